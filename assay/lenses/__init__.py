@@ -1,0 +1,1 @@
+"""Lenses: the encoder–decoder view of probes, steering vectors, SAEs and logit/tuned lenses."""

@@ -1,0 +1,1 @@
+"""Worlds: seeded generators of examples *and* their ground truth (see ``base.py``)."""
