@@ -1,0 +1,1 @@
+"""Feature attribution: one local-approximation engine, FullGrad, Grad-CAM."""

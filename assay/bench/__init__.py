@@ -1,0 +1,1 @@
+"""Bench suites: methods x worlds x seeds -> tables, plots, HTML report."""

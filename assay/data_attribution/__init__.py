@@ -1,0 +1,1 @@
+"""Training-data attribution: per-example gradients to scores."""

@@ -1,0 +1,1 @@
+"""Dictionaries: sparse autoencoders and related dictionary learners."""

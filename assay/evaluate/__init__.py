@@ -1,0 +1,1 @@
+"""Metrics, each defined once; never imports a method module."""

@@ -1,0 +1,1 @@
+"""Robustness: average-case, adversarial, curvature, off-manifold, SAE fragility."""

@@ -1,0 +1,1 @@
+"""Activation store: sharded, memory-mapped, resumable activations on disk."""
