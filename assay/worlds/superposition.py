@@ -1,0 +1,168 @@
+"""Toy superposition: n sparse features planted as unit directions in d < n dimensions.
+
+Elhage, Hume, Olsson, Schiefer, Henighan et al. 2022, "Toy Models of Superposition"
+(transformer-circuits.pub); firing profiles after SAELens' SynthSAEBench generator
+[code: decoderesearch/SAELens].
+
+    x = Σ_i a_i G_i  (+ N(0, σ²I)),   a_i = m_i · 1[feature i fires],   G ∈ ℝ^{n×d}, ‖G_i‖ = 1
+
+Feature i fires independently with probability p_i. The Zipf profile is
+p_i = p_min + (p_max − p_min)(r_i − r_min)/(r_max − r_min), r_i = 1/i^e (i = 1..n); constant and
+linear profiles are also offered. Magnitudes m_i are U[0, 1] (Elhage) or N(1.5, 0.25²) clipped at
+0. With ``hierarchy`` the features are grouped into parents with children: a child can fire only if
+its parent fires, and siblings are mutually exclusive.
+
+Ground truth: ``world.directions`` (G), per example ``acts`` (the true coefficients a) and
+``active`` (a ≠ 0 pattern). Check value: n = 4, e = 1, p_max 0.3, p_min 0.01 → p = (0.3, 0.106667,
+0.042222, 0.01), expected L0 0.458889.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from assay.config import ConfigError
+from assay.worlds.base import Batch, make_generator
+
+__all__ = ["SuperpositionConfig", "SuperpositionWorld", "firing_probabilities"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuperpositionConfig:
+    """A planted sparse-feature world."""
+
+    n_features: int = 512
+    """Number of planted features n."""
+    d_model: int = 64
+    """Embedding dimension d (d < n for superposition)."""
+    profile: Literal["zipf", "constant", "linear"] = "zipf"
+    """How firing probability falls with the feature index."""
+    p_max: float = 0.3
+    """Firing probability of the most frequent feature."""
+    p_min: float = 0.01
+    """Firing probability of the rarest feature (ignored by the constant profile)."""
+    zipf_exponent: float = 1.0
+    """Exponent e of the Zipf profile r_i = 1/i^e."""
+    magnitude: Literal["uniform", "normal"] = "uniform"
+    """Magnitude when active: U[0, 1], or N(1.5, 0.25²) clipped at 0."""
+    noise_std: float = 0.0
+    """Standard deviation of isotropic Gaussian noise added to x."""
+    target_cosine: float | None = None
+    """If set, optimise the directions towards this pairwise cosine (200 Adam steps)."""
+    hierarchy: tuple[int, ...] | None = None
+    """Children per parent, e.g. (3, 3, 0, 0): features are laid out parent, its children, next parent…"""
+    seed: int = 0
+    """Seed of the static structure (directions)."""
+
+    def __post_init__(self) -> None:
+        if self.n_features <= 0 or self.d_model <= 0:
+            raise ConfigError(f"n_features and d_model must be positive, got {self.n_features}, {self.d_model}")
+        if not 0.0 <= self.p_min <= self.p_max <= 1.0:
+            raise ConfigError(f"need 0 <= p_min <= p_max <= 1, got p_min={self.p_min}, p_max={self.p_max}")
+        if self.p_max == 0.0:
+            raise ConfigError("p_max = 0 means no feature ever fires; use a positive p_max")
+        if self.noise_std < 0:
+            raise ConfigError(f"noise_std must be >= 0, got {self.noise_std}")
+        if self.profile == "constant" and self.p_max >= 1.0 and self.d_model < self.n_features:
+            raise ConfigError(
+                f"every feature always fires (sparsity 0) with n_features={self.n_features} > d_model="
+                f"{self.d_model}: the features cannot be recovered; lower p_max or raise d_model"
+            )
+        if self.hierarchy is not None:
+            if any(c < 0 for c in self.hierarchy):
+                raise ConfigError(f"hierarchy child counts must be >= 0, got {self.hierarchy}")
+            total = len(self.hierarchy) + sum(self.hierarchy)
+            if total != self.n_features:
+                raise ConfigError(
+                    f"hierarchy {self.hierarchy} lays out {total} features but n_features={self.n_features}"
+                )
+
+
+def firing_probabilities(cfg: SuperpositionConfig) -> torch.Tensor:
+    """Per-feature firing probability p_i (float64) for the configured profile."""
+    n = cfg.n_features
+    if cfg.profile == "constant" or n == 1:
+        return torch.full((n,), cfg.p_max, dtype=torch.float64)
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    r = 1.0 / i**cfg.zipf_exponent if cfg.profile == "zipf" else (n - i + 1) / n
+    return cfg.p_min + (cfg.p_max - cfg.p_min) * (r - r.min()) / (r.max() - r.min())
+
+
+def _directions(cfg: SuperpositionConfig) -> torch.Tensor:
+    g = make_generator(cfg.seed)
+    G = torch.randn(cfg.n_features, cfg.d_model, generator=g, dtype=torch.float64)
+    G = G / G.norm(dim=1, keepdim=True)
+    if cfg.target_cosine is not None:
+        G = G.clone().requires_grad_(True)
+        opt = torch.optim.Adam([G], lr=0.01)
+        off = ~torch.eye(cfg.n_features, dtype=torch.bool)
+        for _ in range(200):
+            gram = G @ G.T
+            loss = ((gram[off] - cfg.target_cosine) ** 2).sum() + cfg.n_features * ((G.norm(dim=1) ** 2 - 1) ** 2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        G = G.detach()
+        G = G / G.norm(dim=1, keepdim=True)
+    return G.float()
+
+
+class SuperpositionWorld:
+    """Samples x = Σ a_i G_i with the planted directions G and coefficients a as ground truth."""
+
+    def __init__(self, config: SuperpositionConfig | None = None) -> None:
+        self.config = config or SuperpositionConfig()
+        self.directions = _directions(self.config)
+        """Planted unit directions G, ``[n_features, d_model]``."""
+        self.probabilities = firing_probabilities(self.config)
+        """Marginal firing probability of each feature (before hierarchy constraints)."""
+        self.parents = self._parents()
+        """Parent index of each feature, -1 for roots."""
+
+    def _parents(self) -> torch.Tensor:
+        parents = torch.full((self.config.n_features,), -1, dtype=torch.long)
+        if self.config.hierarchy is not None:
+            i = 0
+            for children in self.config.hierarchy:
+                parents[i + 1 : i + 1 + children] = i
+                i += 1 + children
+        return parents
+
+    def sample(self, n: int, *, generator: torch.Generator) -> Batch:
+        """Draw ``n`` activations with their true coefficients."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        cfg = self.config
+        u = torch.rand(n, cfg.n_features, generator=generator, dtype=torch.float64)
+        active = u < self.probabilities
+        if cfg.hierarchy is not None:
+            active = self._apply_hierarchy(active, generator)
+        if cfg.magnitude == "uniform":
+            mag = torch.rand(n, cfg.n_features, generator=generator)
+        else:
+            mag = (1.5 + 0.25 * torch.randn(n, cfg.n_features, generator=generator)).clamp_min(0.0)
+        acts = mag * active
+        x = acts @ self.directions
+        if cfg.noise_std > 0:
+            x = x + cfg.noise_std * torch.randn(x.shape, generator=generator)
+        return Batch(inputs=x, labels={"acts": acts, "active": acts != 0})
+
+    def _apply_hierarchy(self, active: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Children fire only with their parent; at most one child of a parent fires."""
+        active = active.clone()
+        i = 0
+        for children in self.config.hierarchy or ():
+            if children:
+                kids = slice(i + 1, i + 1 + children)
+                on = active[:, kids] & active[:, i : i + 1]
+                # keep one firing child chosen uniformly among those that fired
+                score = torch.rand(on.shape, generator=generator, dtype=torch.float64) * on
+                keep = torch.zeros_like(on)
+                any_on = on.any(dim=1)
+                keep[any_on, score[any_on].argmax(dim=1)] = True
+                active[:, kids] = keep
+            i += 1 + children
+        return active

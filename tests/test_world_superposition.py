@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from assay.config import ConfigError
+from assay.worlds.base import World, make_generator
+from assay.worlds.superposition import SuperpositionConfig, SuperpositionWorld, firing_probabilities
+
+
+def test_zipf_check_values():
+    p = firing_probabilities(SuperpositionConfig(n_features=4, d_model=2))
+    assert torch.allclose(p, torch.tensor([0.3, 0.106667, 0.042222, 0.01], dtype=torch.float64), atol=1e-6)
+    assert abs(p.sum().item() - 0.458889) < 1e-6
+
+
+def test_sample_is_the_planted_mixture_and_seeded():
+    w = SuperpositionWorld(SuperpositionConfig(n_features=32, d_model=8))
+    assert isinstance(w, World)
+    assert torch.allclose(w.directions.norm(dim=1), torch.ones(32))
+    b = w.sample(4000, generator=make_generator(0))
+    assert torch.allclose(b.inputs, b.labels["acts"] @ w.directions, atol=1e-6)
+    freq = b.labels["active"].float().mean(0).double()
+    assert torch.allclose(freq, w.probabilities, atol=0.03)
+    b2 = w.sample(4000, generator=make_generator(0))
+    assert torch.equal(b.inputs, b2.inputs)
+    assert not torch.equal(b.inputs, w.sample(4000, generator=make_generator(1)).inputs)
+
+
+def test_hierarchy_constraints():
+    cfg = SuperpositionConfig(n_features=20, d_model=10, hierarchy=(3, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0),
+                              profile="constant", p_max=0.5)
+    w = SuperpositionWorld(cfg)
+    a = w.sample(2000, generator=make_generator(0)).labels["active"]
+    for parent, kids in ((0, slice(1, 4)), (4, slice(5, 8)), (8, slice(9, 12))):
+        assert not (a[:, kids].any(1) & ~a[:, parent]).any()  # child only with parent
+        assert (a[:, kids].sum(1) <= 1).all()  # siblings exclusive
+        assert a[:, kids].any(1).float().mean() > 0.1
+
+
+def test_target_cosine_lowers_interference():
+    base = SuperpositionWorld(SuperpositionConfig(n_features=16, d_model=8))
+    opt = SuperpositionWorld(SuperpositionConfig(n_features=16, d_model=8, target_cosine=0.0))
+    off = ~torch.eye(16, dtype=torch.bool)
+    assert (opt.directions @ opt.directions.T)[off].abs().mean() < (base.directions @ base.directions.T)[off].abs().mean()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(n_features=-1), "positive"), (dict(p_min=0.5, p_max=0.1), "p_min"),
+     (dict(n_features=8, d_model=16, profile="constant", p_max=1.0), None),
+     (dict(n_features=16, d_model=8, profile="constant", p_max=1.0), "sparsity 0"),
+     (dict(n_features=5, hierarchy=(1, 1)), "lays out")],
+)
+def test_bad_configs(kwargs, match):
+    if match is None:
+        SuperpositionConfig(**kwargs)
+        return
+    with pytest.raises(ConfigError, match=match):
+        SuperpositionConfig(**kwargs)
