@@ -1,0 +1,199 @@
+"""Per-example and per-group gradients of a model output, for any ``nn.Module``.
+
+Per-example gradients g_i = ∇_θ f(z_i; θ) are computed with ``torch.func``: ``vmap(grad(f))`` over
+the batch, where ``f`` calls the model functionally (``functional_call``) on one example. Group
+gradients (Ley, Srinivas, Zhang, Rusak & Lakkaraju 2024, "Generalized Group Data Attribution")
+need no per-example work: g_G = Σ_{i∈G} g_i = ∇_θ Σ_{i∈G} f(z_i; θ), one ordinary backward pass.
+
+Model-output functions (Park et al. 2023, TRAK, classification):
+  margin  f(z; θ) = logit_y − logsumexp_{j≠y} logit_j = log(p_y / (1 − p_y))
+  loss    ℓ(z; θ) = −log p_y  (cross-entropy)
+and the out-to-loss weight Q = 1 − p_y.
+
+The model must treat examples independently (no batch-norm in training mode) and must not be
+shuffled between featurisation calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+__all__ = [
+    "OutputFn",
+    "margin",
+    "cross_entropy",
+    "out_to_loss",
+    "output_fn",
+    "ParamSelection",
+    "select_parameters",
+    "per_example_grads",
+    "group_grads",
+    "flat_grad",
+]
+
+OutputFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(logits [B, C], targets [B]) -> per-example values [B]``."""
+
+
+def margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """TRAK's classification margin logit_y − logsumexp_{j≠y} logit_j, per example ``[B]``."""
+    correct = logits.gather(-1, targets[..., None]).squeeze(-1)
+    others = logits.scatter(-1, targets[..., None], float("-inf"))
+    return correct - torch.logsumexp(others, dim=-1)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy −log p_y ``[B]``."""
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+def out_to_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """TRAK's out-to-loss weight Q = 1 − p_y ``[B]``."""
+    p = torch.softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    return 1.0 - p
+
+
+def output_fn(name: Literal["margin", "loss"]) -> OutputFn:
+    """The output function called ``name``: ``"margin"`` (TRAK) or ``"loss"`` (TracIn, IF)."""
+    if name == "margin":
+        return margin
+    if name == "loss":
+        return cross_entropy
+    raise ValueError(f"unknown output function {name!r}; use 'margin' or 'loss'")
+
+
+class ParamSelection(NamedTuple):
+    """The parameters that gradients are taken with respect to."""
+
+    names: tuple[str, ...]
+    """Parameter names, in ``model.named_parameters()`` order."""
+    shapes: tuple[torch.Size, ...]
+    """Their shapes."""
+
+    @property
+    def numel(self) -> int:
+        """Total number of selected scalars P."""
+        return sum(int(torch.Size(s).numel()) for s in self.shapes)
+
+
+def select_parameters(model: nn.Module, names: Sequence[str] | None = None) -> ParamSelection:
+    """Select parameters by name or by module prefix (``"fc1"`` selects ``fc1.weight`` and ``fc1.bias``).
+
+    ``None`` selects every parameter that requires grad. A selected parameter that does not require
+    grad, or a name matching nothing, raises ``ValueError``.
+    """
+    params = dict(model.named_parameters())
+    if names is None:
+        chosen = [n for n, p in params.items() if p.requires_grad]
+        if not chosen:
+            raise ValueError(
+                f"model {type(model).__name__} has no parameter that requires grad; "
+                "call p.requires_grad_(True) on the parameters to attribute through"
+            )
+    else:
+        if isinstance(names, str):
+            names = [names]
+        chosen_set: set[str] = set()
+        for name in names:
+            hits = [n for n in params if n == name or n.startswith(name + ".")]
+            if not hits:
+                raise ValueError(
+                    f"{name!r} names no parameter or module of {type(model).__name__}; "
+                    f"parameters are: {', '.join(params)}"
+                )
+            chosen_set.update(hits)
+        chosen = [n for n in params if n in chosen_set]
+        frozen = [n for n in chosen if not params[n].requires_grad]
+        if frozen:
+            raise ValueError(
+                f"parameters {', '.join(frozen)} do not require grad; attribution needs their gradients — "
+                "call .requires_grad_(True) on them or leave them out of the selection"
+            )
+    return ParamSelection(tuple(chosen), tuple(params[n].shape for n in chosen))
+
+
+def _check_batch(inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    if inputs.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"inputs and targets disagree on the number of examples: {inputs.shape[0]} vs {targets.shape[0]}"
+        )
+
+
+def per_example_grads(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    out_fn: OutputFn = cross_entropy,
+    params: Sequence[str] | ParamSelection | None = None,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """Per-example gradients ``[n, P]`` of ``out_fn(model(x_i), y_i)`` w.r.t. the selected parameters,
+    flattened and concatenated in selection order; ``vmap(grad)`` over chunks of ``chunk_size``."""
+    sel = params if isinstance(params, ParamSelection) else select_parameters(model, params)
+    _check_batch(inputs, targets)
+    all_params = dict(model.named_parameters())
+    frozen = {n: p.detach() for n, p in all_params.items() if n not in sel.names}
+    buffers = dict(model.named_buffers())
+    theta = tuple(all_params[n].detach() for n in sel.names)
+
+    def f(ps: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        state = {**frozen, **dict(zip(sel.names, ps)), **buffers}
+        out = functional_call(model, state, (x.unsqueeze(0),))
+        return out_fn(out, y.unsqueeze(0)).sum()
+
+    g = vmap(grad(f), in_dims=(None, 0, 0))
+    chunks = []
+    for start in range(0, inputs.shape[0], chunk_size):
+        x, y = inputs[start : start + chunk_size], targets[start : start + chunk_size]
+        parts = g(theta, x, y)
+        chunks.append(torch.cat([p.reshape(x.shape[0], -1) for p in parts], dim=1))
+    if not chunks:
+        return torch.zeros(0, sel.numel, dtype=theta[0].dtype)
+    return torch.cat(chunks)
+
+
+def flat_grad(
+    model: nn.Module, value: torch.Tensor, sel: ParamSelection, *, create_graph: bool = False
+) -> torch.Tensor:
+    """∇ of a scalar ``value`` w.r.t. the selected parameters, flattened ``[P]``."""
+    params = dict(model.named_parameters())
+    gs = torch.autograd.grad(value, [params[n] for n in sel.names], create_graph=create_graph, allow_unused=True)
+    return torch.cat(
+        [(torch.zeros_like(params[n]) if g is None else g).reshape(-1) for n, g in zip(sel.names, gs)]
+    )
+
+
+def group_grads(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    groups: torch.Tensor,
+    *,
+    n_groups: int | None = None,
+    out_fn: OutputFn = cross_entropy,
+    params: Sequence[str] | ParamSelection | None = None,
+) -> torch.Tensor:
+    """Group gradients ``[K, P]``: g_G = ∇_θ Σ_{i∈G} f(z_i), one backward pass per group (GGDA).
+
+    ``groups [n]`` holds each example's group id in ``0..K−1``.
+    """
+    sel = params if isinstance(params, ParamSelection) else select_parameters(model, params)
+    _check_batch(inputs, targets)
+    groups = torch.as_tensor(groups, dtype=torch.long)
+    if groups.shape != (inputs.shape[0],):
+        raise ValueError(f"groups must be [n] = [{inputs.shape[0]}] group ids, got {tuple(groups.shape)}")
+    k = int(groups.max()) + 1 if n_groups is None else n_groups
+    out = torch.zeros(k, sel.numel, dtype=next(model.parameters()).dtype)
+    for gid in range(k):
+        idx = (groups == gid).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        value = out_fn(model(inputs[idx]), targets[idx]).sum()
+        out[gid] = flat_grad(model, value, sel).detach()
+    return out

@@ -1,0 +1,69 @@
+"""TRAK: attributing model behaviour through a kernel on projected margin gradients.
+
+Park, Georgiev, Ilyas, Leclerc & Madry 2023, "TRAK: Attributing Model Behavior at Scale" (ICML 2023);
+the recipe of ``MadryLab/trak``. Per model (or checkpoint) k:
+
+    Φ_k = Rᵀ∇_θ f(z_i; θ_k)/√P,  Q_k = 1 − p(z_i; θ_k),  F_k = Φ_k Xinv,  Xinv = (Φ_kᵀΦ_k + λI)⁻¹ / mean|·|
+    S = (1/K) Σ_k F_k G_kᵀ  ⊙  mean_k Q_k        (G_k: target margin features, same R)
+
+The ``Xinv`` rescale (TRAK's, so an fp16 cast survives) is a constant factor. The same functions
+serve group attribution (GGDA) when Φ holds one row per group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["TrakCheckpoint", "trak_finalize", "trak_scores"]
+
+
+class TrakCheckpoint(NamedTuple):
+    """One model's finalised train-side TRAK state."""
+
+    features: torch.Tensor
+    """F = Φ (ΦᵀΦ + λI)⁻¹ / mean|·| ``[n, k]``."""
+    out_to_loss: torch.Tensor
+    """Q = 1 − p_y per train point (or group mean) ``[n]``."""
+
+
+def trak_finalize(
+    phi: torch.Tensor, out_to_loss: torch.Tensor, *, lambda_reg: float = 0.0, block: int = 20_000
+) -> TrakCheckpoint:
+    """F = Φ Xinv from train features Φ ``[n, k]`` (already divided by √P); XᵀX accumulated in float64
+    blocks."""
+    if phi.dim() != 2 or out_to_loss.shape != (phi.shape[0],):
+        raise ValueError(f"need Φ [n, k] and Q [n]; got {tuple(phi.shape)} and {tuple(out_to_loss.shape)}")
+    if lambda_reg < 0:
+        raise ValueError(f"lambda_reg must be ≥ 0, got {lambda_reg}")
+    k = phi.shape[1]
+    xtx = torch.zeros(k, k, dtype=torch.float64)
+    for start in range(0, phi.shape[0], block):
+        b = phi[start : start + block].double()
+        xtx += b.T @ b
+    xtx += lambda_reg * torch.eye(k, dtype=torch.float64)
+    xinv = torch.linalg.inv(xtx)
+    xinv /= xinv.abs().mean()
+    return TrakCheckpoint((phi.double() @ xinv).to(phi.dtype), out_to_loss)
+
+
+def trak_scores(
+    checkpoints: Sequence[TrakCheckpoint], target_features: Sequence[torch.Tensor], *, block: int = 8192
+) -> torch.Tensor:
+    """S ``[n, m]`` = mean_k F_k G_kᵀ ⊙ mean_k Q_k, accumulated blockwise over train rows."""
+    if len(checkpoints) != len(target_features) or not checkpoints:
+        raise ValueError(
+            f"need one target feature matrix per checkpoint: {len(checkpoints)} checkpoints, "
+            f"{len(target_features)} target matrices"
+        )
+    n, m = checkpoints[0].features.shape[0], target_features[0].shape[0]
+    scores = torch.zeros(n, m, dtype=checkpoints[0].features.dtype)
+    for ck, g in zip(checkpoints, target_features):
+        if ck.features.shape[1] != g.shape[1]:
+            raise ValueError(f"train features have {ck.features.shape[1]} dims, target features {g.shape[1]}")
+        for start in range(0, n, block):
+            scores[start : start + block] += ck.features[start : start + block] @ g.T
+    q = torch.stack([ck.out_to_loss for ck in checkpoints]).mean(0)
+    return scores / len(checkpoints) * q[:, None]
