@@ -167,12 +167,13 @@ class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_embed = nn.Embedding(cfg.context, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
-        self.ln_f = nn.LayerNorm(cfg.d_model)
-        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        with torch.random.fork_rng(devices=[]):  # PyTorch's default init draws (all redrawn below)
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+            self.pos_embed = nn.Embedding(cfg.context, cfg.d_model)
+            self.drop = nn.Dropout(cfg.dropout)
+            self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+            self.ln_f = nn.LayerNorm(cfg.d_model)
+            self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters(generator=generator)
 
     @torch.no_grad()
