@@ -1,1 +1,15 @@
-"""Activation store: sharded, memory-mapped, resumable activations on disk."""
+"""Activation store: sharded, memory-mapped, resumable activations on disk.
+
+- :func:`write_store` — a model's activations at one or more sites over token windows, in fixed-size
+  checksummed shards, resumable after a crash (:mod:`assay.store.writer`);
+- :class:`ActivationStore` — memory-mapped reader: seeded random batches with exact resume, bounded
+  memory, checksum verification (:mod:`assay.store.reader`).
+
+See ``docs/store.md``. Importing this package does no work.
+"""
+
+from assay.store.manifest import StoreError
+from assay.store.reader import ActivationStore, Column
+from assay.store.writer import StoreSummary, model_fingerprint, write_store
+
+__all__ = ["ActivationStore", "Column", "StoreError", "StoreSummary", "model_fingerprint", "write_store"]
