@@ -1,0 +1,100 @@
+"""TopK sparse autoencoder with the AuxK dead-latent loss.
+
+Gao, Dupré la Tour, Tillman, Goh, Troll, Radford, Sutskever, Leike & Wu 2024, "Scaling and
+evaluating sparse autoencoders" (arXiv 2406.04093); repos openai/sparse_autoencoder,
+EleutherAI/sparsify, saprmarks/dictionary_learning (``TopKTrainer``).
+
+    z = TopK_k(ReLU((x − b_dec) W_enc + b_enc)),   x̂ = z W_dec + b_dec,
+    L = mean_b‖x − x̂‖² + α · L_aux,
+    L_aux = mean_b‖e − ê‖² / mean_b‖e − ē‖²,  e = x − x̂ (detached),  ê = TopK_{k_aux}(ReLU(pre_dead)) W_dec,dead
+
+Unit-norm atoms (§1.2 of specs/dictionaries.md), geometric-median b_dec, lr 2e-4/√(n/2¹⁴).
+With ``sparse=True`` (default) encoding and decoding use :mod:`assay.dictionaries.sparse` (backward
+touches only the k selected latents); ``sparse=False`` is the eager dense reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from assay.config import ConfigError
+from assay.dictionaries.base import SAE, Codes, SAEConfig
+from assay.dictionaries.sparse import topk_encode, topk_encode_reference
+
+__all__ = ["TopKConfig", "TopKSAE", "auxk_loss", "topk_codes"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopKConfig(SAEConfig):
+    """A TopK SAE (Gao et al. 2024). Reconstruction loss: sum over d, mean over tokens."""
+
+    k: int = 32
+    """Active latents per token."""
+    aux_k: int | None = None
+    """Latents used by the AuxK loss (None: d_in // 2, as dictionary_learning)."""
+    aux_coef: float = 1 / 32
+    """Weight α of the AuxK loss (0 disables it)."""
+    sparse: bool = True
+    """Use the sparse encoder/decoder kernels (False: the eager dense reference path)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.k <= self.d_sae:
+            raise ConfigError(f"k must be in 1..d_sae={self.d_sae}, got k={self.k}; lower k or widen the SAE")
+        if self.aux_k is not None and self.aux_k <= 0:
+            raise ConfigError(f"aux_k must be positive or None, got {self.aux_k}")
+        if self.aux_coef < 0:
+            raise ConfigError(f"aux_coef must be >= 0, got {self.aux_coef}")
+
+
+def topk_codes(pre: Tensor, k: int) -> Tensor:
+    """Dense TopK(ReLU(pre)) per row. Check: [[1,−2,3,−4],[−5,6,−7,8]], k=2 → [[1,0,3,0],[0,6,0,8]]."""
+    values, indices = pre.relu().topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, indices, values)
+
+
+def auxk_loss(
+    centred: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, residual: Tensor, dead: Tensor, k_aux: int
+) -> Tensor:
+    """Normalised AuxK loss: reconstruct the (detached) residual from the top ``k_aux`` dead latents.
+
+    ``centred`` = x − b_dec ``[B, d]``; ``dead`` bool ``[n]``; returns 0 when no latent is dead.
+    """
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return residual.new_zeros(())
+    idx = dead.nonzero().squeeze(1)
+    pre = centred @ W_enc[:, idx] + b_enc[idx]
+    k = min(k_aux, n_dead)
+    values, pos = pre.relu().topk(k, dim=-1)
+    e_hat = torch.zeros_like(pre).scatter(-1, pos, values) @ W_dec[idx]
+    e = residual.detach()
+    num = (e - e_hat).pow(2).sum(-1).mean()
+    den = (e - e.mean(0)).pow(2).sum(-1).mean()
+    return torch.nan_to_num(num / den, nan=0.0, posinf=0.0)
+
+
+class TopKSAE(SAE):
+    """TopK SAE; ``encode``/``decode`` satisfy the Lens protocol."""
+
+    architecture = "topk"
+    config_cls = TopKConfig
+    cfg: TopKConfig
+
+    def encode_codes(self, x: Tensor) -> Codes:
+        centred = x - self.b_dec
+        if self.cfg.sparse:
+            values, indices = topk_encode(centred, self.W_enc, self.b_enc, self.cfg.k)
+            return Codes(values, indices, self.d_sae, False)
+        return Codes.from_dense(topk_encode_reference(centred, self.W_enc, self.b_enc, self.cfg.k))
+
+    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None) -> tuple[Tensor, Tensor]:
+        zero = x_hat.new_zeros(())
+        if dead is None or self.cfg.aux_coef == 0:
+            return zero, zero
+        k_aux = self.cfg.aux_k or max(1, self.d_in // 2)
+        aux = auxk_loss(x - self.b_dec, self.W_enc, self.b_enc, self.W_dec, x - x_hat, dead, k_aux)
+        return zero, self.cfg.aux_coef * aux
