@@ -1,0 +1,189 @@
+"""Retraining harness: train models on many random subsets and record target values (LDS ground truth).
+
+Park et al. 2023 (TRAK) define the linear datamodeling score on models retrained on random α-subsets
+of the training set. :func:`retrain` draws M seeded subsets (exactly ⌊αn⌉ points each), trains R
+models per subset with ``train_eval(indices, seed) -> values [m]`` (e.g. −loss on each target),
+runs them in parallel processes, and caches every (subset, run) result on disk atomically beside a
+manifest (config, subset masks, key), so an interrupted run resumes where it stopped and a finished
+one is never recomputed. ``train_eval`` must be picklable (a module-level function or a
+``functools.partial`` of one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from assay.config import to_dict
+
+__all__ = ["RetrainConfig", "RetrainResult", "subset_masks", "retrain", "fit_logreg", "logreg_target_values"]
+
+TrainEval = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrainConfig:
+    """How many subsets to retrain on, and how."""
+
+    n_subsets: int = 50
+    """M, the number of random training subsets."""
+    fraction: float = 0.5
+    """α, the fraction of training points in each subset; strictly between 0 and 1."""
+    runs_per_subset: int = 1
+    """R, models trained per subset (their target values are averaged)."""
+    seed: int = 0
+    """Seed of the subsets and of the training runs."""
+    n_workers: int = 1
+    """Parallel worker processes (1: run in this process)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"subset fraction must be strictly between 0 and 1, got {self.fraction}")
+        if self.n_subsets < 2:
+            raise ValueError(f"n_subsets must be ≥ 2 (LDS is a rank correlation over subsets), got {self.n_subsets}")
+        if self.runs_per_subset < 1 or self.n_workers < 1:
+            raise ValueError("runs_per_subset and n_workers must be ≥ 1")
+
+
+class RetrainResult(NamedTuple):
+    """Retraining ground truth."""
+
+    masks: torch.Tensor
+    """``[M, n]`` bool: which training points each subset holds."""
+    values: torch.Tensor
+    """``[M, m]`` target values (mean over the R runs of each subset)."""
+
+
+def subset_masks(n_train: int, n_subsets: int, fraction: float, seed: int) -> torch.Tensor:
+    """``[M, n]`` bool masks of seeded uniformly random subsets of size round(fraction · n)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"subset fraction must be strictly between 0 and 1, got {fraction}")
+    g = torch.Generator().manual_seed(int(seed))
+    size = max(1, round(fraction * n_train))
+    masks = torch.zeros(n_subsets, n_train, dtype=torch.bool)
+    for j in range(n_subsets):
+        masks[j, torch.randperm(n_train, generator=g)[:size]] = True
+    return masks
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run_one(train_eval: TrainEval, idx: np.ndarray, seed: int) -> np.ndarray:
+    torch.set_num_threads(1)
+    return torch.as_tensor(train_eval(torch.from_numpy(idx), seed)).detach().double().numpy()
+
+
+def retrain(
+    train_eval: TrainEval, n_train: int, cfg: RetrainConfig, *, cache_dir: str | Path | None = None, key: str = ""
+) -> RetrainResult:
+    """Train on ``cfg.n_subsets`` random subsets (``cfg.runs_per_subset`` seeds each) and collect target
+    values; results are cached under ``cache_dir/<hash of key and cfg>`` and reused on resume.
+
+    ``key`` should name the data, model and training recipe so different experiments never share a cache.
+    """
+    masks = subset_masks(n_train, cfg.n_subsets, cfg.fraction, cfg.seed)
+    jobs = [(j, r) for j in range(cfg.n_subsets) for r in range(cfg.runs_per_subset)]
+    results: dict[tuple[int, int], np.ndarray] = {}
+    folder = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(json.dumps([key, to_dict(cfg), n_train], sort_keys=True).encode()).hexdigest()[:16]
+        folder = Path(cache_dir) / f"retrain-{digest}"
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = {"key": key, "config": to_dict(cfg), "n_train": n_train}
+        mf = folder / "manifest.json"
+        if mf.exists() and json.loads(mf.read_text()) != manifest:
+            raise ValueError(f"{mf} describes a different experiment; use another cache_dir")
+        if not mf.exists():
+            mf.write_text(json.dumps(manifest, indent=1))
+            _save_atomic(folder / "masks.npy", masks.numpy())
+        for j, r in jobs:
+            f = folder / f"subset{j:05d}_run{r:02d}.npy"
+            if f.exists():
+                results[(j, r)] = np.load(f, allow_pickle=False)
+    todo = [jr for jr in jobs if jr not in results]
+    args = [
+        (masks[j].nonzero().squeeze(1).numpy(), cfg.seed * 1_000_003 + j * 101 + r) for j, r in todo
+    ]
+
+    def store(jr: tuple[int, int], value: np.ndarray) -> None:
+        results[jr] = value
+        if folder is not None:
+            _save_atomic(folder / f"subset{jr[0]:05d}_run{jr[1]:02d}.npy", value)
+
+    if cfg.n_workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=cfg.n_workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_run_one, train_eval, idx, seed): jr for jr, (idx, seed) in zip(todo, args)}
+            for fut, jr in futures.items():
+                store(jr, fut.result())
+    else:
+        threads = torch.get_num_threads()
+        try:
+            for jr, (idx, seed) in zip(todo, args):
+                store(jr, torch.as_tensor(train_eval(torch.from_numpy(idx), seed)).detach().double().numpy())
+        finally:
+            torch.set_num_threads(threads)
+    values = np.stack(
+        [np.mean([results[(j, r)] for r in range(cfg.runs_per_subset)], axis=0) for j in range(cfg.n_subsets)]
+    )
+    return RetrainResult(masks, torch.from_numpy(values))
+
+
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 1e-2, max_iter: int = 200) -> torch.nn.Linear:
+    """Multinomial logistic regression minimising mean cross-entropy + (l2/2)‖W, b‖², by full-batch
+    L-BFGS from zero (deterministic; strongly convex for l2 > 0)."""
+    model = torch.nn.Linear(x.shape[1], n_classes).to(x.dtype)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=max_iter, tolerance_grad=1e-9,
+                            tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = loss + 0.5 * l2 * sum((p * p).sum() for p in model.parameters())
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return model.eval()
+
+
+def logreg_target_values(
+    idx: torch.Tensor,
+    seed: int,
+    *,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_target: torch.Tensor,
+    y_target: torch.Tensor,
+    n_classes: int,
+    l2: float = 1e-2,
+) -> torch.Tensor:
+    """A ``train_eval`` for :func:`retrain`: fit logistic regression on ``idx``, return −loss per target
+    (``seed`` is unused: the fit is deterministic)."""
+    model = fit_logreg(x_train[idx], y_train[idx], n_classes, l2=l2)
+    with torch.no_grad():
+        return -torch.nn.functional.cross_entropy(model(x_target), y_target, reduction="none")
