@@ -1,1 +1,28 @@
-"""Feature attribution: one local-approximation engine, FullGrad, Grad-CAM."""
+"""Feature attribution: one local-approximation engine, FullGrad, Grad-CAM.
+
+``attribute(model, x, target, config=IntegratedGradientsConfig(steps=32))`` runs any engine method;
+the method functions (``gradient``, ``smoothgrad``, ``integrated_gradients``, ``occlusion``,
+``lime``, ``kernel_shap``, ``c_lime``, ``input_x_gradient``) can be called directly too.
+"""
+
+from assay.attribution.engine import Attribution, EngineConfig
+from assay.attribution.gradients import (
+    GradientConfig,
+    InputXGradientConfig,
+    SmoothGradConfig,
+    gradient,
+    input_x_gradient,
+    smoothgrad,
+)
+from assay.attribution.integrated_gradients import IntegratedGradientsConfig, integrated_gradients
+from assay.attribution.lime_shap import CLimeConfig, KernelShapConfig, LimeConfig, c_lime, kernel_shap, lime
+from assay.attribution.methods import METHODS, attribute
+from assay.attribution.occlusion import OcclusionConfig, occlusion
+
+__all__ = [
+    "Attribution", "EngineConfig", "METHODS", "attribute",
+    "GradientConfig", "InputXGradientConfig", "SmoothGradConfig", "IntegratedGradientsConfig",
+    "OcclusionConfig", "LimeConfig", "KernelShapConfig", "CLimeConfig",
+    "gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion", "lime",
+    "kernel_shap", "c_lime",
+]

@@ -1,0 +1,331 @@
+"""The local-function-approximation engine behind every perturbation and gradient attribution.
+
+Han, Srinivas & Lakkaraju (2022), "Which Explanation Should I Choose? A Function Approximation
+Perspective to Characterizing Post Hoc Explanations": an explanation is the parameter ``w`` of a
+simple surrogate fitted to ``f`` around ``x``::
+
+    w* = argmin_w  E_{ξ ~ Z}  ℓ(f, g_w, x, ξ)
+
+Two losses cover the eight classic methods, and both have closed forms, so no optimiser runs:
+
+* **gradient matching** (gradient, input×gradient, SmoothGrad, Integrated Gradients):
+  ``w = Σ_s q_s · (∂x'/∂ξ) ⊙ ∇f_t(x'_s)`` — a weighted mean gradient over the neighbourhood
+  (:func:`mean_gradient`);
+* **weighted squared loss** (LIME, KernelSHAP, C-LIME, occlusion): ``f_t(x'_s) ≈ w·z_s + c`` solved by
+  weighted least squares (:func:`assay.attribution.surrogates.weighted_lstsq`) on the outputs
+  gathered by :func:`outputs_at`.
+
+All rows (examples × neighbourhood samples) are flattened into one batch and evaluated in chunks
+whose size comes from a single memory budget (:func:`chunk_rows`). Several targets per example are
+supported everywhere (a ``[B, K]`` target gives values ``[B, K, *x]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from assay.config import ConfigError
+
+__all__ = [
+    "Attribution",
+    "EngineConfig",
+    "OutputKind",
+    "select_output",
+    "resolve_targets",
+    "expand_baseline",
+    "check_model",
+    "chunk_rows",
+    "mean_gradient",
+    "outputs_at",
+    "target_outputs",
+    "baseline_outputs",
+    "finish",
+]
+
+OutputKind = Literal["logit", "log_softmax", "probability"]
+RowFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(example index [n], sample index [n]) -> perturbed inputs [n, *x]``."""
+
+
+class Attribution(NamedTuple):
+    """An attribution of model outputs to input features (the same fields for every method).
+
+    With a target of shape ``[B]`` (or an int, or None) ``values`` is ``[B, *x]`` and per-target
+    fields are ``[B]``; with targets ``[B, K]`` they are ``[B, K, *x]`` and ``[B, K]``.
+    """
+
+    values: torch.Tensor
+    """Attributions, shaped like the input (with a target axis after the batch when K targets)."""
+    target: torch.Tensor
+    """The explained output index per example (long)."""
+    output: torch.Tensor
+    """f_t(x), the explained output at the input (after the ``output`` transform)."""
+    baseline_output: torch.Tensor
+    """f_t(x'), the explained output at the method's reference input; NaN for methods without one
+    (gradient, SmoothGrad, C-LIME)."""
+    completeness_gap: torch.Tensor
+    """Σ values − (f_t(x) − f_t(x')): IG's convergence delta, KernelSHAP's efficiency gap; NaN when the
+    method has no reference input."""
+    intercept: torch.Tensor
+    """The fitted surrogate's bias (LIME, KernelSHAP, C-LIME); NaN for methods without one."""
+    method: str
+    """Name of the method that produced this attribution."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """Settings shared by every engine method."""
+
+    output: OutputKind = "logit"
+    """Which output is explained: raw logits, log-softmax (loss-like, invariant to a shared logit
+    shift) or softmax probabilities."""
+    memory_budget_mb: float = 256.0
+    """Memory for one chunk of perturbed rows (activations and gradients); the chunk size is
+    derived from it by measuring the model's activations on the input batch."""
+
+    def __post_init__(self) -> None:
+        if self.output not in ("logit", "log_softmax", "probability"):
+            raise ConfigError(f"output must be 'logit', 'log_softmax' or 'probability', got {self.output!r}")
+        if not self.memory_budget_mb > 0:
+            raise ConfigError(f"memory_budget_mb must be positive, got {self.memory_budget_mb}")
+
+
+def select_output(y: torch.Tensor, output: OutputKind) -> torch.Tensor:
+    """Apply the output transform to model outputs ``[n, C]``."""
+    if not isinstance(y, torch.Tensor):
+        logits = getattr(y, "logits", None)
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"the model must return a tensor [n, C] of outputs, got {type(y).__name__}")
+        y = logits
+    if y.dim() != 2:
+        raise ValueError(
+            f"the model must return outputs of shape [n, C] (one row per input), got {tuple(y.shape)}; "
+            "wrap it so that it returns the scores to explain"
+        )
+    if output == "logit":
+        return y
+    if output == "log_softmax":
+        return torch.log_softmax(y, dim=-1)
+    return torch.softmax(y, dim=-1)
+
+
+def check_model(model: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Refuse models whose batch rows interact (BatchNorm in training mode) or are random (dropout)."""
+    if not isinstance(model, nn.Module):
+        return
+    for name, m in model.named_modules():
+        if m.training and isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d)):
+            raise ValueError(
+                f"module {name or type(model).__name__!r} ({type(m).__name__}) is in training mode; "
+                "attributions batch many perturbed rows together, so call model.eval() first"
+            )
+
+
+def resolve_targets(
+    y: torch.Tensor, target: int | torch.Tensor | None
+) -> tuple[torch.Tensor, bool]:
+    """Targets as a ``[B, K]`` long tensor, and whether the caller asked for a single target per row.
+
+    ``None`` takes the argmax of ``y`` ``[B, C]``; an int applies to every row; ``[B]`` one per row;
+    ``[B, K]`` several per row. Out-of-range targets raise ``ValueError``.
+    """
+    B, C = y.shape
+    if target is None:
+        t = y.argmax(dim=1)
+    elif isinstance(target, int) and not isinstance(target, bool):
+        t = torch.full((B,), target, dtype=torch.long, device=y.device)
+    elif isinstance(target, torch.Tensor):
+        if target.dtype.is_floating_point or target.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+        t = target.to(device=y.device, dtype=torch.long)
+        if t.dim() == 0:
+            t = t.expand(B)
+        if t.dim() > 2 or t.shape[0] != B:
+            raise ValueError(f"target must be an int, [B] or [B, K] with B = {B}; got shape {tuple(target.shape)}")
+    else:
+        raise TypeError(f"target must be None, an int or a tensor of class indices, got {type(target).__name__}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= C):
+        bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+        raise ValueError(f"target {bad} is out of range for a model with {C} outputs (valid: 0..{C - 1})")
+    single = t.dim() == 1
+    return (t[:, None] if single else t), single
+
+
+def expand_baseline(x: torch.Tensor, baseline: float | torch.Tensor | None) -> torch.Tensor:
+    """A baseline ``[B, *x]`` from a scalar, ``[*x]``, ``[1, *x]`` or ``[B, *x]`` (default 0)."""
+    if baseline is None:
+        return torch.zeros_like(x)
+    if not isinstance(baseline, torch.Tensor):
+        return torch.full_like(x, float(baseline))
+    b = baseline.to(device=x.device, dtype=x.dtype)
+    if b.dim() == x.dim() - 1:
+        b = b[None]
+    if b.dim() != x.dim() or any(bs not in (1, xs) for bs, xs in zip(b.shape, x.shape)):
+        raise ValueError(
+            f"baseline of shape {tuple(baseline.shape)} does not fit input of shape {tuple(x.shape)}; "
+            f"pass a scalar, a tensor of shape {tuple(x.shape[1:])} or {tuple(x.shape)}"
+        )
+    return b.expand_as(x)
+
+
+def _row_bytes(model: Callable, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Bytes of activations per input row, measured by hooking every leaf module during one forward."""
+    total = [0]
+    handles = []
+    if isinstance(model, nn.Module):
+
+        def hook(module, args, out):
+            if isinstance(out, torch.Tensor):
+                total[0] += out.numel() * out.element_size()
+            elif isinstance(out, (tuple, list)):
+                total[0] += sum(o.numel() * o.element_size() for o in out if isinstance(o, torch.Tensor))
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    act = total[0] if total[0] else 32 * x.numel() * x.element_size()
+    return (act + x.numel() * x.element_size()) / x.shape[0], y
+
+
+def chunk_rows(per_row_bytes: float, budget_mb: float, *, backward: bool, n_rows: int) -> int:
+    """Rows per chunk that fit the memory budget (activations ×3 with backward, ×1.5 without)."""
+    factor = 3.0 if backward else 1.5
+    return int(max(1, min(n_rows, budget_mb * 2**20 // max(1.0, factor * per_row_bytes))))
+
+
+def target_outputs(
+    model: Callable, x: torch.Tensor, target: int | torch.Tensor | None, output: OutputKind
+) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
+    """One forward on ``x``: (targets ``[B, K]``, f_t(x) ``[B, K]``, single-target flag, bytes/row)."""
+    check_model(model)
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise ValueError("x must be a batched tensor [B, ...]")
+    per_row, y = _row_bytes(model, x)
+    y = select_output(y, output)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"the model returned {y.shape[0]} rows for {x.shape[0]} inputs")
+    t, single = resolve_targets(y, target)
+    return t, y.gather(1, t), single, per_row
+
+
+def _check_float(x: torch.Tensor) -> None:
+    if not x.dtype.is_floating_point:
+        raise TypeError(
+            f"gradient methods need floating-point inputs, got {x.dtype}; for token ids attribute at the "
+            "embedding layer (assay.attribution.text), or use a perturbation method"
+        )
+
+
+def mean_gradient(
+    model: Callable,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    rows: RowFn,
+    weights: torch.Tensor,
+    *,
+    output: OutputKind,
+    chunk: int,
+    abs_: bool = False,
+) -> torch.Tensor:
+    """Σ_s weights[s] · ∇_x' f_t(x'_s) (or of |∇| with ``abs_``) for every example and target, as ``[B, K, *x]``.
+
+    ``rows(ex, s)`` builds the perturbed inputs of the flattened (example, sample) pairs; all
+    ``B × S`` rows are processed in chunks of ``chunk`` rows, one forward and K backwards each.
+    """
+    _check_float(x)
+    B, K = targets.shape
+    S = weights.shape[0]
+    acc = torch.zeros((B, K, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    w = weights.to(device=x.device, dtype=x.dtype)
+    n = B * S
+    for start in range(0, n, chunk):
+        r = torch.arange(start, min(n, start + chunk), device=x.device)
+        ex, s = r // S, r % S
+        with torch.enable_grad():
+            pts = rows(ex, s).detach().requires_grad_(True)
+            y = select_output(model(pts), output)
+            for k in range(K):
+                sel = y.gather(1, targets[ex, k, None]).sum()
+                g = None
+                if sel.requires_grad:
+                    (g,) = torch.autograd.grad(sel, pts, retain_graph=k < K - 1, allow_unused=True)
+                if g is None:
+                    raise RuntimeError(
+                        "the model output does not depend on its input through differentiable operations "
+                        "(no gradient path); gradient methods cannot explain it"
+                    )
+                if abs_:
+                    g = g.abs()
+                shape = (-1,) + (1,) * (x.dim() - 1)
+                acc[:, k].index_add_(0, ex, g * w[s].view(shape))
+    return acc
+
+
+def outputs_at(
+    model: Callable,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    rows: RowFn,
+    n_samples: int,
+    *,
+    output: OutputKind,
+    chunk: int,
+    distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """f_t at every perturbed row: ``[B, K, S]``; plus ``distance(x_rows, x'_rows)`` as ``[B, S]`` if given."""
+    B, K = targets.shape
+    S = n_samples
+    ys = torch.empty((B, K, S), dtype=torch.float64, device=x.device)
+    dist = torch.empty((B, S), dtype=torch.float64, device=x.device) if distance is not None else None
+    n = B * S
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            r = torch.arange(start, min(n, start + chunk), device=x.device)
+            ex, s = r // S, r % S
+            pts = rows(ex, s)
+            y = select_output(model(pts), output)
+            ys[ex, :, s] = y.gather(1, targets[ex]).to(torch.float64)
+            if dist is not None:
+                dist[ex, s] = distance(x[ex], pts).to(torch.float64)
+    return ys, dist
+
+
+def baseline_outputs(
+    model: Callable, base: torch.Tensor, targets: torch.Tensor, output: OutputKind, chunk: int
+) -> torch.Tensor:
+    """f_t(x') at the reference inputs ``[B, *x]`` for targets ``[B, K]``, as ``[B, K]``."""
+    outs = []
+    with torch.no_grad():
+        for start in range(0, base.shape[0], chunk):
+            y = select_output(model(base[start : start + chunk]), output)
+            outs.append(y.gather(1, targets[start : start + chunk]))
+    return torch.cat(outs)
+
+
+def finish(
+    values: torch.Tensor,
+    targets: torch.Tensor,
+    out: torch.Tensor,
+    single: bool,
+    method: str,
+    *,
+    baseline_output: torch.Tensor | None = None,
+    intercept: torch.Tensor | None = None,
+) -> Attribution:
+    """Assemble an :class:`Attribution` from ``[B, K, ...]`` pieces, dropping K for single targets."""
+    nan = torch.full_like(out, float("nan"))
+    base = nan if baseline_output is None else baseline_output.to(out.dtype)
+    gap = values.flatten(2).sum(-1).to(out.dtype) - (out - base)
+    icpt = nan if intercept is None else intercept.to(out.dtype)
+    if single:
+        values, targets, out, base, gap, icpt = (t[:, 0] for t in (values, targets, out, base, gap, icpt))
+    return Attribution(values, targets, out.detach(), base.detach(), gap.detach(), icpt.detach(), method)
