@@ -1,0 +1,81 @@
+"""Geometry and stability of a dictionary D ``[k, d]`` (rows are atoms), defined once.
+
+After Fel, Lubana et al. 2025, "Archetypal SAE" (arXiv 2502.12892), §4 metrics; coherence and the
+Babel function after Tropp 2004, "Greed is Good". Atoms are unit-normalised before every cosine.
+
+    stability S(D, D′) = (1/m) max_Π Σ_i |cos(D_i, D′_Π(i))|   (Hungarian, m = min(k, k′))
+    OOD score = 1 − (1/k) Σ_i max_j cos(D_i, A_j)   over real activations A
+    stable rank = ‖D‖_F² / ‖D‖₂²;  effective rank = exp(−Σ p_i log p_i), p = σ/Σσ
+    coherence = max_{i≠j} |D_i·D_j|;  Babel μ₁(r) = max_i (sum of the r largest |D_i·D_j|, j ≠ i)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["unit", "hungarian_match", "stability", "ood_score", "stable_rank", "effective_rank", "coherence",
+           "babel"]
+
+
+def unit(D: Tensor) -> Tensor:
+    """Rows divided by their norm (zero rows stay zero)."""
+    D = D.double()
+    return D / D.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def hungarian_match(A: Tensor, B: Tensor, *, signed: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Match rows of A to rows of B maximising total cosine (|cos| when ``signed``: signed permutations).
+
+    Returns ``(rows of A, rows of B, cosines of the pairs)`` — min(len A, len B) pairs, cosines signed.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    cos = unit(A) @ unit(B).t()
+    score = cos.abs() if signed else cos
+    r, c = linear_sum_assignment((1 - score).cpu().numpy())
+    r, c = torch.as_tensor(r), torch.as_tensor(c)
+    return r, c, cos[r, c]
+
+
+def stability(D1: Tensor, D2: Tensor, *, signed: bool = True) -> float:
+    """Hungarian-matched mean |cos| (or cos, ``signed=False``) between two dictionaries.
+
+    Check: D = I₃, D′ rows (0,−1,0), (0.6,0,0.8), (1,0,0) → 0.933333 signed, 0.333333 unsigned.
+    """
+    _, _, c = hungarian_match(D1, D2, signed=signed)
+    return (c.abs() if signed else c).mean().item()
+
+
+def ood_score(D: Tensor, activations: Tensor) -> float:
+    """1 − mean_i max_j cos(D_i, A_j); lower = atoms closer to real data. Check: A = I₂,
+    D = {(1,0),(0.6,0.8)} → 0.1."""
+    return 1.0 - (unit(D) @ unit(activations).t()).max(dim=1).values.mean().item()
+
+
+def stable_rank(D: Tensor) -> float:
+    """‖D‖_F² / ‖D‖₂² (of the unit-normalised atoms). Check: {(1,0),(0.6,0.8),(0,1)} → 1.5."""
+    s = torch.linalg.svdvals(unit(D))
+    return (s.pow(2).sum() / s[0].pow(2)).item()
+
+
+def effective_rank(D: Tensor) -> float:
+    """exp of the entropy of the normalised singular values (Roy & Vetterli 2007)."""
+    s = torch.linalg.svdvals(unit(D))
+    p = s / s.sum()
+    p = p[p > 0]
+    return torch.exp(-(p * p.log()).sum()).item()
+
+
+def coherence(D: Tensor) -> float:
+    """max_{i≠j} |cos(D_i, D_j)|."""
+    g = (unit(D) @ unit(D).t()).abs()
+    g.fill_diagonal_(0)
+    return g.max().item()
+
+
+def babel(D: Tensor, r: int) -> float:
+    """Babel function μ₁(r): the largest sum of r absolute cosines between one atom and r others."""
+    g = (unit(D) @ unit(D).t()).abs()
+    g.fill_diagonal_(-1)
+    return g.topk(r, dim=1).values.sum(1).max().item()

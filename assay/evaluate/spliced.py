@@ -1,0 +1,131 @@
+"""Downstream fidelity: CE loss and KL when a site's activation is replaced by a reconstruction.
+
+Definitions (SAELens ``evals``; Bricken et al. 2023; specs/dictionaries.md §3), next-token CE on the
+same tokens with BOS/padding excluded via ``mask``:
+
+    CE recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)      (also vs mean ablation)
+    KL score     = (KL_zero − KL_sae) / KL_zero,   KL = KL(p_clean ‖ p_patched), mean over tokens
+
+The replacement runs through :func:`assay.hooks.patch`. ``reconstruct`` is any callable from
+activations ``[..., d]`` to activations (an SAE's ``decode(encode(·))``); this module never imports a
+method. Check: CE_clean 3.0, CE_zero 8.0, CE_sae 3.5 → recovered 0.9.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from assay.hooks import patch
+
+__all__ = ["SplicedMetrics", "spliced_metrics", "recovered", "logits_of"]
+
+
+class SplicedMetrics(NamedTuple):
+    """Downstream loss with the site spliced; all CE/KL are means over the counted tokens."""
+
+    ce_clean: float
+    """CE of the unmodified model."""
+    ce_sae: float
+    """CE with the site replaced by the reconstruction."""
+    ce_zero: float
+    """CE with the site zero-ablated."""
+    ce_mean: float
+    """CE with the site replaced by the mean activation (mean over the counted tokens)."""
+    ce_recovered: float
+    """(CE_zero − CE_sae)/(CE_zero − CE_clean)."""
+    ce_recovered_mean: float
+    """(CE_mean − CE_sae)/(CE_mean − CE_clean)."""
+    kl_sae: float
+    """Mean KL(p_clean ‖ p_sae)."""
+    kl_zero: float
+    """Mean KL(p_clean ‖ p_zero)."""
+    kl_score: float
+    """(KL_zero − KL_sae)/KL_zero."""
+    n_tokens: int
+    """Number of predicted tokens counted."""
+
+
+def recovered(clean: float, patched: float, baseline: float) -> float:
+    """(baseline − patched)/(baseline − clean)."""
+    return (baseline - patched) / (baseline - clean) if baseline != clean else float("nan")
+
+
+def logits_of(output) -> Tensor:
+    """Logits from a model output (a tensor, or an object/dict with ``logits``)."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, dict):
+        return output["logits"]
+    return output.logits
+
+
+def _ce_kl(logits: Tensor, clean_logp: Tensor, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    logp = logits[:, :-1].float().log_softmax(-1)
+    tgt = tokens[:, 1:]
+    ce = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    kl = F.kl_div(logp, clean_logp, log_target=True, reduction="none").sum(-1)
+    m = mask[:, 1:]
+    return ce[m].sum(), kl[m].sum()
+
+
+@torch.no_grad()
+def spliced_metrics(
+    model: nn.Module,
+    site: str,
+    batches: Iterable[Tensor | tuple[Tensor, Tensor]],
+    reconstruct: Callable[[Tensor], Tensor],
+    *,
+    mean_activation: Tensor | None = None,
+) -> SplicedMetrics:
+    """CE/KL with ``site`` spliced, over ``batches`` of token ids ``[n, T]`` or ``(tokens, mask)`` pairs.
+
+    ``mask [n, T]`` marks target tokens to count (exclude padding; position 0 is never a target).
+    ``mean_activation [d]`` for mean ablation; None estimates it from the clean activations of the
+    first batch.
+    """
+    sums = dict(clean=0.0, sae=0.0, zero=0.0, mean=0.0, kl_sae=0.0, kl_zero=0.0)
+    count = 0
+    mean = mean_activation
+    for item in batches:
+        tokens, mask = item if isinstance(item, tuple) else (item, torch.ones_like(item, dtype=torch.bool))
+        mask = mask.bool()
+        if mean is None:
+            from assay.hooks import capture
+
+            with capture(model, [site]) as cap:
+                model(tokens)
+            h = cap[site]
+            mean = h[mask].mean(0) if h.shape[:2] == mask.shape else h.reshape(-1, h.shape[-1]).mean(0)
+        clean = logits_of(model(tokens))
+        clean_logp = clean[:, :-1].float().log_softmax(-1)
+        ce, _ = _ce_kl(clean, clean_logp, tokens, mask)
+        sums["clean"] += ce.item()
+        m = mean
+        for name, fn in (
+            ("sae", lambda h: reconstruct(h).to(h.dtype)),
+            ("zero", torch.zeros_like),
+            ("mean", lambda h, m=m: m.to(h.dtype).expand_as(h).clone()),
+        ):
+            with patch(model, {site: fn}):
+                out = logits_of(model(tokens))
+            ce, kl = _ce_kl(out, clean_logp, tokens, mask)
+            sums[name] += ce.item()
+            if name in ("sae", "zero"):
+                sums["kl_" + name] += kl.item()
+        count += int(mask[:, 1:].sum())
+    if count == 0:
+        raise ValueError("no target tokens were counted (empty batches or an all-False mask)")
+    c = {k: v / count for k, v in sums.items()}
+    return SplicedMetrics(
+        ce_clean=c["clean"], ce_sae=c["sae"], ce_zero=c["zero"], ce_mean=c["mean"],
+        ce_recovered=recovered(c["clean"], c["sae"], c["zero"]),
+        ce_recovered_mean=recovered(c["clean"], c["sae"], c["mean"]),
+        kl_sae=c["kl_sae"], kl_zero=c["kl_zero"],
+        kl_score=(c["kl_zero"] - c["kl_sae"]) / c["kl_zero"] if c["kl_zero"] > 0 else float("nan"),
+        n_tokens=count,
+    )
