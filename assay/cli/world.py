@@ -41,6 +41,8 @@ def list_worlds() -> None:
         try:
             entry = registry.get(name)
             doc = (sys.modules[entry.world_cls.__module__].__doc__ or "").strip().split("\n")[0]
+            if len(doc) > 100 or not doc.endswith((".", ")", "?")):
+                doc = (entry.world_cls.__doc__ or doc).strip().split("\n")[0]
         except (ImportError, AttributeError) as e:
             doc = f"(not available: {e})"
         typer.echo(f"{name:14s} {doc}")
