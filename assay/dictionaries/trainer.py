@@ -1,0 +1,359 @@
+"""One trainer for every SAE: streams activation batches (from a store, any iterator of tensors, or
+live from a model hook) into one or several SAEs in lockstep, with exact resume.
+
+Recipe (specs/dictionaries.md §1; Gao et al. 2024, "Scaling and evaluating sparse autoencoders";
+Bricken et al. 2023; Anthropic "Circuits Updates — April 2024"), per step t on a batch x:
+
+    x ← s·x  (s = √d / mean‖x‖ from the first batch; folded into the weights at the end)
+    L = mean_b‖x − x̂‖² + min(1, t/T_sparsity)·L_sparsity + L_aux(dead latents)
+    g_W_dec ← g − (g·ŵ)ŵ;  clip ‖g‖ ≤ 1;  Adam(β₁, β₂) at lr(t) (linear warmup, optional linear decay);
+    renormalise atoms.
+
+A latent is dead after ``dead_window`` tokens without firing. Under ``torch.distributed`` each rank
+takes an equal slice of every global batch and gradients are averaged with ``all_reduce`` (gloo on
+CPU, NCCL on GPU), so W ranks give the same weights as one process on the same global batches.
+Checkpoints (assay artifacts) hold weights, Adam state, step, input scale and dead-latent counters;
+the data position is the step, so a resumed run is bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from assay.artifact import ArtifactError, load_artifact, save_artifact
+from assay.config import ConfigError, to_dict
+from assay.dictionaries.base import SAE, topk_lr
+
+__all__ = ["TrainConfig", "TrainResult", "SAETrainer", "NonFiniteActivationsError", "lr_at", "train_saes",
+           "live_batches"]
+
+
+class NonFiniteActivationsError(RuntimeError):
+    """A training batch held NaN or inf; the run stopped before that step, checkpoints untouched."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How to train SAEs. Reconstruction loss: sum over d, mean over tokens (never scales with batch)."""
+
+    steps: int
+    """Total optimizer steps (batches)."""
+    lr: float | None = None
+    """Learning rate (None: the architecture's default, else the width-scaled TopK rule 2e-4/√(n/2¹⁴))."""
+    warmup_steps: int = 1000
+    """Linear lr warmup from 0 over this many steps (capped at steps/10)."""
+    decay_start: int | None = None
+    """Step from which lr decays linearly to 0 at the last step (None: constant)."""
+    sparsity_warmup_steps: int = 0
+    """Linear warmup of the sparsity coefficient from 0 over this many steps."""
+    grad_clip: float | None = 1.0
+    """Global gradient-norm clip per SAE (None: no clipping)."""
+    normalize_inputs: bool = True
+    """Scale inputs so E‖s·x‖ = √d (s from the first batch); folded into the weights by ``finalize``."""
+    dead_window: int | None = None
+    """Tokens without firing after which a latent counts as dead (None: 10 × the batch size)."""
+    checkpoint_every: int | None = None
+    """Save a checkpoint every this many steps (and at the end) when a checkpoint path is given."""
+    progress: bool = False
+    """Show a rich progress bar with loss, L0, FVU and dead fraction."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ConfigError(f"steps must be >= 0, got {self.steps}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be positive or None, got {self.lr}")
+        if self.warmup_steps < 0 or self.sparsity_warmup_steps < 0:
+            raise ConfigError("warmup_steps and sparsity_warmup_steps must be >= 0")
+        if self.decay_start is not None and not 0 <= self.decay_start < max(self.steps, 1):
+            raise ConfigError(f"decay_start must lie in [0, steps={self.steps}), got {self.decay_start}")
+        if self.checkpoint_every is not None and self.checkpoint_every <= 0:
+            raise ConfigError(f"checkpoint_every must be positive or None, got {self.checkpoint_every}")
+
+
+def lr_at(step: int, base: float, *, warmup: int, decay_start: int | None, total: int) -> float:
+    """lr at ``step`` (0-based): linear warmup (step+1)/warmup, constant, linear decay to 0 from decay_start."""
+    f = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if decay_start is not None and step >= decay_start:
+        f *= max(0.0, (total - step) / (total - decay_start))
+    return base * f
+
+
+class TrainResult(NamedTuple):
+    """What :meth:`SAETrainer.fit` returns."""
+
+    steps: int
+    """Steps done in total (including those before a resume)."""
+    input_scale: float
+    """The input scale s (1.0 when not normalising)."""
+    last: list[dict[str, float]]
+    """Per SAE, the last step's loss, FVU, L0 and dead fraction."""
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class SAETrainer:
+    """Trains ``saes`` (one or several, in lockstep on the same batches) under ``cfg``."""
+
+    def __init__(self, saes: SAE | list[SAE], cfg: TrainConfig) -> None:
+        self.saes = [saes] if isinstance(saes, SAE) else list(saes)
+        if not self.saes:
+            raise ValueError("give at least one SAE to train")
+        d = {s.d_in for s in self.saes}
+        if len(d) != 1:
+            raise ValueError(f"SAEs trained in lockstep must share d_in; got {sorted(d)}")
+        self.cfg = cfg
+        self.d_in = d.pop()
+        self.step = 0
+        self.input_scale = 1.0
+        self.since_fired = [torch.zeros(s.d_sae, dtype=torch.long) for s in self.saes]
+        self.lrs = [cfg.lr or s.default_lr or topk_lr(s.d_sae) for s in self.saes]
+        self.opts = [self._adam(s, lr) for s, lr in zip(self.saes, self.lrs)]
+        self.last: list[dict[str, float]] = [{} for _ in self.saes]
+
+    @staticmethod
+    def _adam(sae: SAE, lr: float) -> torch.optim.Adam:
+        betas = getattr(sae, "adam_betas", (0.9, 0.999))
+        dev = next(sae.parameters()).device.type
+        return torch.optim.Adam(sae.parameters(), lr=lr, betas=betas, fused=dev in ("cpu", "cuda"))
+
+    # ----- one step ---------------------------------------------------------------------------
+    def _check(self, x: Tensor, where: Callable[[Tensor], str] | None) -> None:
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"activations have dimension {x.shape[-1]} but the SAE(s) expect d_in={self.d_in}; "
+                             "train on the site the SAE was built for, or build it with the right d_in")
+        bad = ~torch.isfinite(x).all(dim=-1)
+        if bool(bad.any()):
+            loc = where(bad) if where is not None else ""
+            raise NonFiniteActivationsError(
+                f"non-finite activations (NaN/inf) in {int(bad.sum())} row(s) of the batch for step {self.step}"
+                f"{loc}; stopped before this step, checkpoints untouched")
+
+    def train_step(self, x: Tensor, *, where: Callable[[Tensor], str] | None = None) -> None:
+        """One optimizer step of every SAE on the global batch ``x [B, d]``."""
+        x = x.reshape(-1, x.shape[-1])
+        self._check(x, where)
+        rank, world = _dist()
+        if self.step == 0:
+            if self.cfg.normalize_inputs:
+                self.input_scale = math.sqrt(self.d_in) / x.float().norm(dim=-1).mean().item()
+            for s in self.saes:
+                s.init_from_batch(x * self.input_scale)
+        if world > 1:
+            if x.shape[0] % world:
+                raise ValueError(f"global batch of {x.shape[0]} rows does not split evenly over {world} ranks")
+            per = x.shape[0] // world
+            x = x[rank * per : (rank + 1) * per]
+        x = x * self.input_scale if self.input_scale != 1.0 else x
+        B_global = x.shape[0] * world
+        window = self.cfg.dead_window or 10 * B_global
+        sp = min(1.0, (self.step + 1) / self.cfg.sparsity_warmup_steps) if self.cfg.sparsity_warmup_steps else 1.0
+        warm = min(self.cfg.warmup_steps, max(1, self.cfg.steps // 10))
+        for i, (sae, opt) in enumerate(zip(self.saes, self.opts)):
+            dead = self.since_fired[i] >= window
+            out = sae(x, dead=dead, sparsity_scale=sp)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            fired = out.codes.fired()
+            stats = torch.stack([out.rec_loss * x.shape[0], (x - x.mean(0)).pow(2).sum().detach(),
+                                 out.codes.l0().sum().float()])
+            if world > 1:
+                import torch.distributed as dist
+
+                for p in sae.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad.div_(world)
+                dist.all_reduce(fired)
+                dist.all_reduce(stats)
+            sae.before_step()
+            if self.cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.grad_clip)
+            lr = lr_at(self.step, self.lrs[i], warmup=warm, decay_start=self.cfg.decay_start, total=self.cfg.steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step()
+            sae.after_step()
+            sae.observe(out.codes, self.step)
+            self.since_fired[i] += B_global
+            self.since_fired[i][fired.cpu() > 0] = 0
+            self.last[i] = {"loss": out.loss.item(), "fvu": (stats[0] / stats[1]).item(),
+                            "l0": (stats[2] / B_global).item(), "dead": dead.float().mean().item()}
+        self.step += 1
+
+    # ----- loops ------------------------------------------------------------------------------
+    def fit(self, batches: Iterable[Tensor], *, checkpoint: str | Path | None = None,
+            where: Callable[[int, Tensor], str] | None = None) -> TrainResult:
+        """Train until ``cfg.steps`` on ``batches`` (which must start at batch ``self.step``: after a
+        resume, pass the data from that position). ``where(step, bad_rows)`` names the data source
+        of a non-finite batch (e.g. its shards)."""
+        it = iter(batches)
+        bar = _Bar(self.cfg.steps, self.step) if self.cfg.progress and _dist()[0] == 0 else None
+        try:
+            while self.step < self.cfg.steps:
+                try:
+                    x = next(it)
+                except StopIteration:
+                    raise ValueError(f"the data ran out after {self.step} of {self.cfg.steps} steps") from None
+                step = self.step
+                self.train_step(x, where=(lambda bad, step=step: where(step, bad)) if where else None)
+                if bar:
+                    bar.update(self.last[0])
+                every = self.cfg.checkpoint_every
+                if checkpoint is not None and every and self.step % every == 0 and self.step < self.cfg.steps:
+                    self.save_checkpoint(checkpoint)
+        finally:
+            if bar:
+                bar.close()
+        if checkpoint is not None:
+            self.save_checkpoint(checkpoint)
+        return TrainResult(self.step, self.input_scale, [dict(d) for d in self.last])
+
+    def finalize(self) -> list[SAE]:
+        """Copies of the SAEs with the input scale folded in: they take raw activations."""
+        import copy
+
+        out = []
+        for s in self.saes:
+            c = copy.deepcopy(s)
+            if self.input_scale != 1.0:
+                c.fold_input_scale(self.input_scale)
+            out.append(c.eval())
+        return out
+
+    # ----- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Save weights, Adam state, step, input scale and dead counters (rank 0 writes)."""
+        if _dist()[0] != 0:
+            return Path(path)
+        files: dict[str, dict[str, Tensor]] = {}
+        groups = []
+        for i, (s, opt) in enumerate(zip(self.saes, self.opts)):
+            files[f"sae{i}"] = {k: v.contiguous() for k, v in s.state_dict().items()}
+            sd = opt.state_dict()
+            files[f"opt{i}"] = {f"{p}.{k}": v.contiguous() for p, st in sd["state"].items() for k, v in st.items()}
+            files[f"opt{i}"]["_since_fired"] = self.since_fired[i]
+            groups.append({k: v for k, v in sd["param_groups"][0].items() if k != "params"})
+        meta = {"step": self.step, "input_scale": self.input_scale, "param_groups": groups,
+                "saes": [{"architecture": s.architecture, "config": to_dict(s.cfg)} for s in self.saes]}
+        return save_artifact(path, kind="sae-checkpoint", config=self.cfg, tensors=files, meta=meta)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore the state saved by :meth:`save_checkpoint` (SAEs must match in architecture and config)."""
+        art = load_artifact(path, kind="sae-checkpoint")
+        meta = art.meta
+        saved = meta.get("saes", [])
+        mine = [{"architecture": s.architecture, "config": to_dict(s.cfg)} for s in self.saes]
+        if saved != mine:
+            raise ArtifactError(f"{path}: the checkpoint holds SAEs {saved}, but the trainer has {mine}")
+        for i, (s, opt) in enumerate(zip(self.saes, self.opts)):
+            with torch.no_grad():
+                for k, v in s.state_dict().items():
+                    v.copy_(art.tensors[f"sae{i}"][k])
+            t = dict(art.tensors[f"opt{i}"])
+            self.since_fired[i] = t.pop("_since_fired").clone()
+            state: dict[int, dict[str, Tensor]] = {}
+            for key, v in t.items():
+                p, name = key.split(".", 1)
+                state.setdefault(int(p), {})[name] = v
+            group = dict(meta["param_groups"][i])
+            group["betas"] = tuple(group["betas"])
+            group["params"] = list(range(len(opt.param_groups[0]["params"])))
+            opt.load_state_dict({"state": state, "param_groups": [group]})
+            for p in opt.param_groups[0]["params"]:  # state must share the parameter's memory layout
+                st = opt.state[p]  # (fused Adam walks raw memory; W_enc is stored transposed)
+                for name, v in st.items():
+                    if v.shape == p.shape and v.stride() != p.stride():
+                        st[name] = torch.empty_like(p).copy_(v)
+        self.step = int(meta["step"])
+        self.input_scale = float(meta["input_scale"])
+
+
+class _Bar:
+    def __init__(self, total: int, done: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("sae"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          TextColumn("{task.fields[info]}"))
+        self.p.start()
+        self.task = self.p.add_task("train", total=total, completed=done, info="")
+
+    def update(self, last: dict[str, float]) -> None:
+        info = f"loss {last['loss']:.4g}  L0 {last['l0']:.1f}  FVU {last['fvu']:.3f}  dead {last['dead']:.1%}"
+        self.p.update(self.task, advance=1, info=info)
+
+    def close(self) -> None:
+        self.p.stop()
+
+
+def live_batches(model: torch.nn.Module, site: str, token_batches: Iterable[Tensor], *, batch_size: int,
+                 drop_first: bool = True) -> Iterator[Tensor]:
+    """Activations of ``site`` computed on the fly (no storage), regrouped into ``[batch_size, d]`` rows.
+
+    Each item of ``token_batches`` is a model input ``[n, T]``; position 0 (BOS) is dropped by default.
+    """
+    from assay.hooks import run_to
+
+    buf: list[Tensor] = []
+    have = 0
+    for tokens in token_batches:
+        h = run_to(model, site, tokens)
+        if drop_first and h.dim() == 3:
+            h = h[:, 1:]
+        h = h.reshape(-1, h.shape[-1])
+        buf.append(h)
+        have += h.shape[0]
+        while have >= batch_size:
+            flat = torch.cat(buf)
+            yield flat[:batch_size]
+            rest = flat[batch_size:]
+            buf, have = [rest], rest.shape[0]
+
+
+def train_saes(saes: SAE | list[SAE], cfg: TrainConfig, data: Any, *, site: str | None = None,
+               batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
+               resume: bool = True) -> tuple[list[SAE], TrainResult]:
+    """Train on ``data``: an :class:`assay.store.ActivationStore` (with ``site``, ``batch_size``,
+    ``seed``), a callable ``start_batch -> iterator of [B, d] tensors``, or an iterable (batches
+    already consumed before a resume are skipped). Resumes from ``checkpoint`` when it exists.
+    Returns the finalized (input-scale-folded) SAEs and the result."""
+    trainer = SAETrainer(saes, cfg)
+    if checkpoint is not None and resume and (Path(checkpoint) / "config.json").exists():
+        trainer.load_checkpoint(checkpoint)
+    start = trainer.step
+    where = None
+    if hasattr(data, "batches") and hasattr(data, "batch_rows"):
+        if site is None or batch_size is None:
+            raise ValueError("training from a store needs site= and batch_size=")
+        if data.d(site) != trainer.d_in:
+            raise ValueError(f"store site {site!r} has d={data.d(site)} but the SAE(s) expect d_in={trainer.d_in}")
+        store = data
+        total = store.n_batches(batch_size)
+        if cfg.steps > total:
+            raise ValueError(f"the store holds {total} batches of {batch_size} rows, fewer than steps={cfg.steps}")
+        batches: Iterable[Tensor] = store.batches(site, batch_size=batch_size, seed=seed, start_batch=min(start, total))
+
+        def where(step: int, bad: Tensor) -> str:
+            rows = store.batch_rows(step, batch_size=batch_size, seed=seed)
+            shards = sorted({int(r) // store.shard_rows for r in rows[bad]})
+            return f" (store {store.path}, site {site!r}, shard(s) {shards})"
+    elif callable(data):
+        batches = data(start)
+    else:
+        import itertools
+
+        batches = itertools.islice(iter(data), start, None)
+    result = trainer.fit(batches, checkpoint=checkpoint, where=where)
+    return trainer.finalize(), result
