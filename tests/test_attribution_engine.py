@@ -126,7 +126,7 @@ def test_occlusion_windows_match_naive_loop():
     ref = torch.zeros_like(x)
     cnt = torch.zeros_like(x)
     f0 = net(x)[:, 1]
-    for i in range(0, 4, 2):
+    for i in range(0, 5, 2):  # ⌈(5-2)/2⌉ + 1 = 3 positions, the last clipped at the border
         for j in range(0, 3):
             xo = x.clone()
             xo[:, :, i : i + 2, j : j + 3] = 0.5

@@ -161,14 +161,15 @@ def grid_feature_mask(shape: tuple[int, ...], patch: tuple[int, ...]) -> torch.T
 
 
 def window_starts(shape: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...]) -> list[torch.Tensor]:
-    """Start offsets of sliding windows per dimension (1 + ⌊(size − window)/stride⌋ positions each)."""
+    """Start offsets of sliding windows per dimension: 1 + ⌈(size − window)/stride⌉ positions, the last
+    window clipped at the border so every element is covered (Captum's convention)."""
     if not (len(shape) == len(window) == len(strides)):
         raise ValueError(f"window {window} and strides {strides} need one entry per input dimension {shape}")
     starts = []
     for size, w, st in zip(shape, window, strides):
         if not (1 <= w <= size) or st < 1:
             raise ValueError(f"window {window} / strides {strides} do not fit input dimensions {shape}")
-        starts.append(torch.arange(0, size - w + 1, st))
+        starts.append(torch.arange(0, math.ceil((size - w) / st) + 1) * st)
     return starts
 
 
