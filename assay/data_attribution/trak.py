@@ -12,12 +12,18 @@ serve group attribution (GGDA) when Φ holds one row per group.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
-__all__ = ["TrakCheckpoint", "trak_finalize", "trak_scores"]
+from assay.data_attribution.featurize import Method, check_inputs, featurize
+from assay.data_attribution.grads import margin, out_to_loss, select_parameters
+from assay.data_attribution.projection import ProjectionConfig
+
+__all__ = ["TrakCheckpoint", "trak_featurize", "trak_finalize", "trak_scores", "trak"]
 
 
 class TrakCheckpoint(NamedTuple):
@@ -67,3 +73,46 @@ def trak_scores(
             scores[start : start + block] += ck.features[start : start + block] @ g.T
     q = torch.stack([ck.out_to_loss for ck in checkpoints]).mean(0)
     return scores / len(checkpoints) * q[:, None]
+
+
+def trak_featurize(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    projection: ProjectionConfig,
+    params: Sequence[str] | None = None,
+    method: Method = "auto",
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Φ ``[n, k]`` = projected margin gradients / √P, Q ``[n]`` = 1 − p_y) for one model."""
+    sel = select_parameters(model, params)
+    phi = featurize(
+        model, inputs, targets, projection=projection, out_fn=margin, params=sel, method=method, batch_size=batch_size
+    )
+    with torch.no_grad():
+        q = torch.cat([out_to_loss(model(inputs[s : s + batch_size]), targets[s : s + batch_size])
+                       for s in range(0, inputs.shape[0], batch_size)])
+    return phi / math.sqrt(sel.numel), q
+
+
+def trak(
+    models: Sequence[nn.Module],
+    train: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor],
+    *,
+    projection: ProjectionConfig,
+    params: Sequence[str] | None = None,
+    lambda_reg: float = 0.0,
+    method: Method = "auto",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """TRAK scores ``[n, m]`` of ``target`` on ``train`` over an ensemble of ``models`` (the full recipe)."""
+    check_inputs(target[0], tuple(train[0].shape[1:]), "target inputs")
+    cks, gs = [], []
+    for model in models:
+        phi, q = trak_featurize(model, *train, projection=projection, params=params, method=method, batch_size=batch_size)
+        cks.append(trak_finalize(phi, q, lambda_reg=lambda_reg))
+        gs.append(trak_featurize(model, *target, projection=projection, params=params, method=method,
+                                 batch_size=batch_size)[0])
+    return trak_scores(cks, gs)
