@@ -8,10 +8,14 @@ naming the shard file.
 
 ``batches(site, batch_size=B, seed=s)`` yields ``[B, d]`` tensors of rows in a seeded global random
 order (:mod:`assay.store.order`): batch ``b`` is computed directly, so ``start_batch=b`` resumes
-exactly. Rows are gathered from the memory-mapped shards and released again
-(``madvise(MADV_DONTNEED)``) whenever the bytes the mappings may hold resident would pass
-``memory_budget``, so the process's RSS stays within about ``memory_budget`` plus one batch whatever
-the store's size.
+exactly.
+
+**Bounded memory.** Rows are gathered from the memory-mapped shards in chunks small enough that one
+chunk can map at most ``memory_budget / 2`` bytes (counting :data:`~assay.store.shardfile.MAX_FOLIO`
+per scattered row). After each chunk the process's resident file-mapped bytes are measured
+(``/proc/self/statm``); once they have grown by ``memory_budget / 2`` since the last release, every
+mapping is released (``madvise(MADV_DONTNEED)``). So the mappings never hold more than about
+``memory_budget``, and RSS stays within that plus the batches being built, whatever the store size.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from assay.store.manifest import ROWS, FileRecord, Manifest, StoreError, read_manifest
 from assay.store.order import batch_rows
 from assay.store.prefetch import prefetch as _prefetch
-from assay.store.shardfile import DTYPES, MappedFile, resident_bound, sha256_of, to_torch
+from assay.store.shardfile import DTYPES, MAX_FOLIO, MappedFile, mapped_file_bytes, sha256_of, to_torch
 
 __all__ = ["ActivationStore", "Column"]
 
@@ -45,7 +49,7 @@ class ActivationStore:
         self.max_open = max_open
         self._maps: dict[tuple[str, int], MappedFile] = {}
         self._verified: set[str] = set()
-        self._resident = 0
+        self._base: int | None = None
         self._lock = threading.RLock()
 
     # -- opening ---------------------------------------------------------------------------------
@@ -192,16 +196,26 @@ class ActivationStore:
             self._maps[key] = mf
             return mf
 
-    def _account(self, mf: MappedFile, nbytes: int) -> None:
-        """Release every mapping first if ``nbytes`` more would pass the budget."""
+    def _release_if_needed(self) -> None:
+        """Release every mapping once resident mapped bytes grew by half the budget (see module doc)."""
         if self.memory_budget is None:
             return
-        if self._resident + nbytes > self.memory_budget:
-            for other in self._maps.values():
-                other.release()
-            self._resident = 0
-        self._resident += nbytes
-        mf.touched = True
+        now = mapped_file_bytes()
+        if self._base is None and now is not None:
+            self._base = now
+        elif now is None or now - self._base >= self.memory_budget // 2:
+            for mf in self._maps.values():
+                mf.release()
+            self._base = mapped_file_bytes()
+
+    def _chunk_rows(self, local: np.ndarray, row_bytes: int) -> int:
+        """Rows per chunk so that one chunk maps at most half the budget."""
+        if self.memory_budget is None:
+            return max(1, len(local))
+        half = self.memory_budget // 2
+        if len(local) and int(local[-1] - local[0]) + 1 == len(local):  # contiguous rows
+            return max(1, (half - 2 * MAX_FOLIO) // row_bytes)
+        return max(1, half // (MAX_FOLIO + row_bytes))
 
     def _gather(self, group: str, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (global, any order) of tensor ``name`` of a file group, as a NumPy array."""
@@ -218,12 +232,12 @@ class ActivationStore:
                 if out is None:
                     out = np.empty((rows.shape[0], *arr.shape[1:]), dtype=arr.dtype)
                 local = part - k * self.shard_rows
-                row_bytes = arr.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
-                offsets = mf.info[name].begin + local * row_bytes
-                step = max(1, (self.memory_budget or 1 << 62) // (4 * 65536 + row_bytes)) if self.memory_budget else len(local)
+                row_bytes = max(1, arr.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64)))
+                step = self._chunk_rows(local, row_bytes)
                 for i in range(0, len(local), step):
-                    self._account(mf, resident_bound(offsets[i : i + step], row_bytes))
+                    mf.touched = True
                     out[where[i : i + step]] = arr[local[i : i + step]]
+                    self._release_if_needed()
         return out
 
     def _torch(self, a: np.ndarray, stored: torch.dtype, dtype: torch.dtype | None) -> torch.Tensor:
@@ -317,7 +331,7 @@ class ActivationStore:
             for mf in self._maps.values():
                 mf.close()
             self._maps.clear()
-            self._resident = 0
+            self._base = None
 
     def __enter__(self) -> ActivationStore:
         return self

@@ -7,11 +7,11 @@ them (SHA-256), fsyncs, and renames into place: a reader never sees a half-writt
 
 Reading maps the file (``mmap``, read-only) and views each tensor as a NumPy array without copying.
 Pages touched through a mapping count toward the process's resident memory (RSS) until unmapped,
-and Linux maps up to 16 neighbouring cached pages on each fault ("fault-around"), so a random row
-can add 64 KiB to RSS. :class:`MappedFile` therefore reports an upper bound of the bytes each access
-may make resident, and :meth:`MappedFile.release` drops them (``madvise(MADV_DONTNEED)``: the pages
-stay in the OS page cache, only this process's mapping of them goes). The reader uses the two to
-keep RSS under a budget whatever the store size.
+and a single fault maps more than the page touched: Linux maps up to 16 neighbouring cached pages
+("fault-around", 64 KiB) and, since 6.18, a whole large page-cache folio (up to :data:`MAX_FOLIO`).
+:meth:`MappedFile.release` drops a mapping's resident pages (``madvise(MADV_DONTNEED)``: they stay
+in the OS page cache, only this process's mapping of them goes); :func:`mapped_file_bytes` measures
+them. The reader uses the two to keep RSS under a budget whatever the store size.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 from assay.store.manifest import StoreError, fsync_dir
 
-__all__ = ["TensorInfo", "write_shard", "read_header", "MappedFile", "DTYPES", "dtype_name", "FAULT_AROUND"]
+__all__ = ["TensorInfo", "write_shard", "read_header", "MappedFile", "DTYPES", "dtype_name", "MAX_FOLIO", "mapped_file_bytes"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 """On-disk activation dtypes by name."""
@@ -39,8 +39,8 @@ _ST_CODE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", 
 _FROM_CODE = {v: k for k, v in _ST_CODE.items()}
 # NumPy has no bfloat16: such tensors are viewed as uint16 and reinterpreted by torch.
 _NP = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64, "I32": np.int32}
-FAULT_AROUND = 1 << 16
-"""Bytes one page fault may map (Linux ``fault_around_bytes`` default): the residency unit."""
+MAX_FOLIO = 2 << 20
+"""Most bytes one page fault of a file mapping may make resident (a PMD-sized folio on x86-64/arm64)."""
 _CHUNK = 1 << 22
 
 
@@ -191,11 +191,14 @@ def to_torch(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
 
-def resident_bound(offsets: np.ndarray, row_bytes: int) -> int:
-    """Upper bound of the bytes that reading rows starting at sorted byte ``offsets`` may map."""
-    if offsets.size == 0:
-        return 0
-    first = offsets // FAULT_AROUND
-    last = (offsets + row_bytes - 1) // FAULT_AROUND
-    blocks = 1 + int(np.count_nonzero(first[1:] != last[:-1])) + int(np.sum(last - first))
-    return (blocks + 1) * FAULT_AROUND
+_PAGE = mmap.PAGESIZE
+
+
+def mapped_file_bytes() -> int | None:
+    """Resident bytes of this process's file-backed (and shared) mappings, from ``/proc/self/statm``;
+    ``None`` where that file does not exist (then the reader releases after every chunk)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[2]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
