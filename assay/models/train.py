@@ -69,6 +69,9 @@ class TrainConfig:
     """Save a checkpoint every this many updates (needs a checkpoint folder); None: never."""
     seed: int = 0
     """Seed of the training data stream (the held-out batch uses seed + 1)."""
+    pack: bool = False
+    """Train on ``world.pack(batch_size, context)`` rows (documents joined up to the model context)
+    instead of ``world.sample(batch_size)`` (one padded document per row)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_size"):
@@ -198,6 +201,18 @@ def evaluate(model: nn.Module, world: Any, batch: Batch, *, chunk: int = 256) ->
     return out
 
 
+def _sampler(model: nn.Module, world: Any, cfg: TrainConfig) -> Callable[[int, torch.Generator], Batch]:
+    """``(n, generator) -> Batch``: packed rows of the model's context, or plain padded samples."""
+    if not cfg.pack:
+        return lambda n, g: world.sample(n, generator=g)
+    if not hasattr(world, "pack"):
+        raise ConfigError(f"TrainConfig.pack=True but world {type(world).__name__} has no pack(n, length) method")
+    context = getattr(getattr(model, "config", None), "context", None)
+    if context is None:
+        raise ConfigError("TrainConfig.pack=True needs a model with config.context (the packed row length)")
+    return lambda n, g: world.pack(n, context, generator=g)
+
+
 def _headline(world: Any, metrics: dict[str, float]) -> str:
     acceptance = getattr(world, "acceptance", None)
     names = [acceptance[0]] if acceptance else [k for k in metrics if k != "eval_loss"][:1]
@@ -224,7 +239,8 @@ def train(
         raise ConfigError("TrainConfig.checkpoint_every is set but no checkpoint_dir was given")
     opt = _optimizer(model, cfg)
     g = make_generator(cfg.seed)
-    eval_batch = world.sample(cfg.eval_size, generator=make_generator(cfg.seed + 1))
+    draw = _sampler(model, world, cfg)
+    eval_batch = draw(cfg.eval_size, make_generator(cfg.seed + 1))
     step, losses, history = 0, [], []
     if resume is not None:
         ck = load_artifact(resume, kind=CHECKPOINT_KIND)
@@ -252,7 +268,7 @@ def train(
         while step < cfg.steps:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            batch = world.sample(cfg.batch_size, generator=g)
+            batch = draw(cfg.batch_size, g)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed * 1_000_003 + step)
                 loss = sequence_loss(model(batch.inputs), batch_targets(batch, world))
