@@ -1,0 +1,114 @@
+"""Agreement of attributions with ground truth (or with each other), and localisation on masks.
+
+OpenXAI's agreement metrics (Krishna, Han, Gu, Pombra, Jabbari, Wu & Lakkaraju 2022, "The
+Disagreement Problem in Explainable Machine Learning"; Agarwal et al. 2022, "OpenXAI"), with T_k(·)
+the top-k features by |value|:
+
+    FA = |T_k(e) ∩ T_k(g)|/k                     RA  = fraction of the k ranks holding the same feature
+    SA = |{i ∈ T_k(e) ∩ T_k(g): sign e_i = sign g_i}|/k   SRA = same feature and same sign per rank
+    RC = Spearman correlation of |e| and |g|      PRA = fraction of feature pairs ordered alike by |e|, |g|
+
+Localisation on a known signal mask (Arras, Osman & Samek 2022, "CLEVR-XAI" relevance mass; Zhang
+et al. 2018 pointing game): the share of |attribution| inside the mask, against the mask's area.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["Agreement", "agreement", "spearman", "relevance_mass", "pointing_game"]
+
+
+class Agreement(NamedTuple):
+    """The six OpenXAI agreement scores, each ``[B]``."""
+
+    fa: torch.Tensor
+    """Feature agreement."""
+    ra: torch.Tensor
+    """Rank agreement."""
+    sa: torch.Tensor
+    """Sign agreement."""
+    sra: torch.Tensor
+    """Signed rank agreement."""
+    rc: torch.Tensor
+    """Rank correlation (Spearman of |e| and |g|)."""
+    pra: torch.Tensor
+    """Pairwise rank agreement."""
+
+
+def _ranks(v: torch.Tensor) -> torch.Tensor:
+    """Average ranks (1-based, ties averaged) along the last dim."""
+    order = v.argsort(dim=-1, stable=True)
+    r = torch.empty_like(v, dtype=torch.float64)
+    r.scatter_(-1, order, torch.arange(1, v.shape[-1] + 1, dtype=torch.float64).expand_as(v).contiguous())
+    # average ties
+    out = r.clone()
+    for i in range(v.shape[0]):
+        vals, inv = torch.unique(v[i], return_inverse=True)
+        if len(vals) < v.shape[-1]:
+            sums = torch.zeros(len(vals), dtype=torch.float64).index_add_(0, inv, r[i])
+            cnt = torch.zeros(len(vals), dtype=torch.float64).index_add_(0, inv, torch.ones_like(r[i]))
+            out[i] = (sums / cnt)[inv]
+    return out
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation per row of ``[B, d]`` tensors (ties get average ranks)."""
+    ra, rb = _ranks(a.flatten(1).double()), _ranks(b.flatten(1).double())
+    ra = ra - ra.mean(-1, keepdim=True)
+    rb = rb - rb.mean(-1, keepdim=True)
+    return (ra * rb).sum(-1) / (ra.norm(dim=-1) * rb.norm(dim=-1))
+
+
+def agreement(e: torch.Tensor, g: torch.Tensor, k: int) -> Agreement:
+    """FA, RA, SA, SRA, RC, PRA between explanations ``e`` and ground truth ``g`` (``[B, ...]``)."""
+    e, g = e.flatten(1).double(), g.flatten(1).double()
+    if e.shape != g.shape:
+        raise ValueError(f"explanations {tuple(e.shape)} and ground truth {tuple(g.shape)} differ in shape")
+    d = e.shape[1]
+    if not 1 <= k <= d:
+        raise ValueError(f"k must lie in 1..{d}, got {k}")
+    te = e.abs().argsort(dim=-1, descending=True, stable=True)[:, :k]
+    tg = g.abs().argsort(dim=-1, descending=True, stable=True)[:, :k]
+    in_e = torch.zeros_like(e, dtype=torch.bool).scatter_(1, te, True)
+    in_g = torch.zeros_like(g, dtype=torch.bool).scatter_(1, tg, True)
+    both = in_e & in_g
+    same_sign = torch.sign(e) == torch.sign(g)
+    fa = both.sum(1) / k
+    sa = (both & same_sign).sum(1) / k
+    same_rank = te == tg
+    ra = same_rank.sum(1) / k
+    sra = (same_rank & torch.gather(same_sign, 1, te)).sum(1) / k
+    rc = spearman(e.abs(), g.abs())
+    ae, ag = e.abs(), g.abs()
+    iu = torch.triu_indices(d, d, 1)
+    de = torch.sign(ae[:, iu[0]] - ae[:, iu[1]])
+    dg = torch.sign(ag[:, iu[0]] - ag[:, iu[1]])
+    pra = (de == dg).double().mean(1)
+    return Agreement(fa.double(), ra.double(), sa.double(), sra.double(), rc, pra)
+
+
+def relevance_mass(attributions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Share of |attribution| inside ``mask`` and the mask's area share (chance level), both ``[B]``.
+
+    ``attributions`` ``[B, C, H, W]`` (summed over channels) or ``[B, H, W]``; ``mask`` bool ``[B, H, W]``.
+    """
+    a = attributions.abs().double()
+    if a.dim() == mask.dim() + 1:
+        a = a.sum(1)
+    if a.shape != mask.shape:
+        raise ValueError(f"attribution map {tuple(a.shape)} does not match mask {tuple(mask.shape)}")
+    m = mask.to(a.device).bool()
+    mass = (a * m).flatten(1).sum(1) / a.flatten(1).sum(1).clamp_min(1e-300)
+    return mass, m.flatten(1).double().mean(1)
+
+
+def pointing_game(attributions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Whether the maximum of the (channel-summed) attribution falls inside ``mask``, ``[B]`` bool."""
+    a = attributions.double()
+    if a.dim() == mask.dim() + 1:
+        a = a.sum(1)
+    idx = a.flatten(1).argmax(1)
+    return mask.flatten(1).to(a.device).bool().gather(1, idx[:, None])[:, 0]

@@ -1,0 +1,219 @@
+"""Faithfulness of attributions: does removing what the attribution calls important change f?
+
+* Deletion / insertion curves (Petsiuk, Das & Saenko 2018, "RISE: Randomized Input Sampling for
+  Explanation of Black-box Models"; Quantus's pixel flipping, Bach et al. 2015): features are set to
+  a baseline (deletion) or revealed from it (insertion) in order of decreasing attribution; the
+  curve p_t(step) and its trapezoid AUC over the removed fraction ∈ [0, 1].
+* Faithfulness correlation (Bhatt, Weller & Moura 2020, "Evaluating and Aggregating Feature-based
+  Model Explanations"): Pearson correlation over random subsets S of Σ_{i∈S} φ_i and f(x) − f(x_S→b).
+* PGI / PGU (Agarwal et al. 2022, "OpenXAI"): E|f(x) − f(x + ε ⊙ m)| with Gaussian ε on the top-k
+  (PGI) or the other (PGU) features by |φ|.
+* Infidelity (Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations"):
+  E_I[(Iᵀφ − (f(x) − f(x − I)))²], optionally with φ rescaled by β = E[Iᵀφ·Δf]/E[(Iᵀφ)²] (Captum's
+  ``normalize``).
+
+Attributions are passed in (this module never imports a method); every metric evaluates all its
+perturbation steps as one batch of rows, cut into chunks of ``chunk`` rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import torch
+
+__all__ = [
+    "Curve",
+    "perturbation_curve",
+    "faithfulness_correlation",
+    "prediction_gap",
+    "infidelity",
+    "scores_of",
+]
+
+Output = Literal["probability", "logit", "log_softmax"]
+
+
+def scores_of(model: Callable, x: torch.Tensor, target: torch.Tensor, output: Output) -> torch.Tensor:
+    """f_t(x) per row for targets ``[n]`` under the output transform."""
+    y = model(x)
+    if output == "probability":
+        y = y.softmax(-1)
+    elif output == "log_softmax":
+        y = y.log_softmax(-1)
+    return y.gather(1, target[:, None])[:, 0]
+
+
+def _targets(model, x, target) -> torch.Tensor:
+    if target is None:
+        with torch.no_grad():
+            return model(x).argmax(1)
+    if isinstance(target, int):
+        return torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
+    return target.to(x.device).long()
+
+
+def _batched(model, build: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], B: int, S: int,
+             target: torch.Tensor, output: Output, chunk: int) -> torch.Tensor:
+    """Scores of rows (example ex, step s) built by ``build(ex, s)`` as ``[B, S]``."""
+    out = torch.empty(B * S, dtype=torch.float64, device=target.device)
+    with torch.no_grad():
+        for start in range(0, B * S, chunk):
+            r = torch.arange(start, min(B * S, start + chunk), device=target.device)
+            ex, s = r // S, r % S
+            out[r] = scores_of(model, build(ex, s), target[ex], output).double()
+    return out.view(B, S)
+
+
+def _check(x: torch.Tensor, a: torch.Tensor) -> None:
+    if a.shape[0] != x.shape[0] or a.dim() != x.dim():
+        raise ValueError(f"attributions {tuple(a.shape)} must be [B, ...] broadcastable to inputs {tuple(x.shape)}")
+    try:
+        torch.broadcast_shapes(a.shape, x.shape)
+    except RuntimeError:
+        raise ValueError(f"attributions {tuple(a.shape)} do not broadcast to inputs {tuple(x.shape)}") from None
+
+
+class Curve(NamedTuple):
+    """A deletion or insertion curve."""
+
+    fractions: torch.Tensor
+    """Fraction of features removed (deletion) or revealed (insertion) at each step, ``[S+1]``."""
+    scores: torch.Tensor
+    """f_t after each step, ``[B, S+1]`` (column 0 is the unperturbed start)."""
+    auc: torch.Tensor
+    """Trapezoid area under scores over fractions, ``[B]``."""
+
+
+def perturbation_curve(
+    model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None, *,
+    mode: Literal["deletion", "insertion"] = "deletion", features_per_step: int | None = None,
+    n_steps: int = 20, baseline: float | torch.Tensor = 0.0, output: Output = "probability", chunk: int = 256,
+) -> Curve:
+    """Deletion/insertion curve: features ranked by attribution (descending, stable ties).
+
+    Features are the elements of ``attributions`` (which broadcasts to ``x``: an ``[B, 1, H, W]`` map
+    removes whole pixels). ``features_per_step`` (Quantus's pixel flipping) overrides ``n_steps``.
+    """
+    _check(x, attributions)
+    t = _targets(model, x, target)
+    B = x.shape[0]
+    a = attributions.reshape(B, -1).to(x.device)
+    D = a.shape[1]
+    rank = torch.argsort(torch.argsort(-a.double(), dim=1, stable=True), dim=1)
+    fps = features_per_step if features_per_step is not None else max(1, -(-D // n_steps))
+    S = -(-D // fps)
+    counts = torch.clamp(torch.arange(S + 1, device=x.device) * fps, max=D)
+    base = baseline if isinstance(baseline, torch.Tensor) else torch.tensor(float(baseline))
+    base = base.to(device=x.device, dtype=x.dtype).expand_as(x)
+    a_shape = attributions.shape[1:]
+
+    def build(ex, s):
+        m = (rank[ex] < counts[s][:, None]).view(-1, *a_shape).expand(-1, *x.shape[1:])
+        if mode == "insertion":
+            m = ~m
+        return torch.where(m, base[ex], x[ex])
+
+    if mode not in ("deletion", "insertion"):
+        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+    scores = _batched(model, build, B, S + 1, t, output, chunk)
+    frac = counts.double() / D
+    auc = torch.trapezoid(scores, frac, dim=1)
+    return Curve(frac, scores, auc)
+
+
+def faithfulness_correlation(
+    model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None, *,
+    subsets: torch.Tensor | None = None, n_runs: int = 100, subset_size: int = 16,
+    generator: torch.Generator | None = None, baseline: float | torch.Tensor = 0.0, output: Output = "probability",
+    chunk: int = 256,
+) -> torch.Tensor:
+    """Pearson correlation per example between Σ_{i∈S} φ_i and f(x) − f(x with S set to the baseline).
+
+    ``baseline`` is a value or one value per example ``[B]`` (Quantus's "black" is each example's
+    minimum). ``subsets`` ``[B, R, s]`` (flat feature indices of x) fixes the random subsets; otherwise R =
+    ``n_runs`` subsets of ``subset_size`` are drawn without replacement from ``generator``.
+    """
+    _check(x, attributions)
+    t = _targets(model, x, target)
+    B = x.shape[0]
+    a = attributions.expand_as(x).reshape(B, -1).double()
+    D = a.shape[1]
+    if subsets is None:
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        subsets = torch.rand(B, n_runs, D, generator=g).argsort(-1)[..., :subset_size]
+    subsets = subsets.to(x.device).long()
+    R = subsets.shape[1]
+    flat = x.reshape(B, -1)
+    fill = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand(B)
+    with torch.no_grad():
+        f0 = scores_of(model, x, t, output).double()
+
+    def build(ex, s):
+        rows = flat[ex].clone()
+        rows.scatter_(1, subsets[ex, s], fill[ex, None].expand(-1, subsets.shape[2]))
+        return rows.view(-1, *x.shape[1:])
+
+    f = _batched(model, build, B, R, t, output, chunk)
+    delta = f0[:, None] - f
+    att = torch.gather(a[:, None].expand(-1, R, -1), 2, subsets).sum(-1)
+    return _pearson(att, delta)
+
+
+def _pearson(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    u = u - u.mean(-1, keepdim=True)
+    v = v - v.mean(-1, keepdim=True)
+    return (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
+
+
+def prediction_gap(
+    model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None, *,
+    k: int | float = 0.25, mode: Literal["important", "unimportant"] = "important", sigma: float = 0.1,
+    n_samples: int = 100, generator: torch.Generator | None = None, output: Output = "probability", chunk: int = 1024,
+) -> torch.Tensor:
+    """PGI (``mode="important"``) or PGU: mean |f_t(x) − f_t(x + ε ⊙ m)|, ε ~ N(0, σ²), m the top-k
+    (or the other) features by |φ|; ``k`` an int or a fraction of the features. Returns ``[B]``."""
+    _check(x, attributions)
+    t = _targets(model, x, target)
+    B = x.shape[0]
+    a = attributions.expand_as(x).reshape(B, -1).abs()
+    D = a.shape[1]
+    kk = int(round(k * D)) if isinstance(k, float) else int(k)
+    top = torch.zeros_like(a, dtype=torch.bool).scatter_(1, a.topk(kk, dim=1).indices, True)
+    m = top if mode == "important" else ~top
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    eps = sigma * torch.randn(n_samples, D, generator=g, dtype=x.dtype).to(x.device)
+    flat = x.reshape(B, -1)
+    with torch.no_grad():
+        f0 = scores_of(model, x, t, output).double()
+    f = _batched(model, lambda ex, s: (flat[ex] + eps[s] * m[ex]).view(-1, *x.shape[1:]), B, n_samples, t, output, chunk)
+    return (f0[:, None] - f).abs().mean(1)
+
+
+def infidelity(
+    model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None, *,
+    n_samples: int = 64, sigma: float = 0.1, perturbations: torch.Tensor | None = None,
+    generator: torch.Generator | None = None, normalize: bool = False, output: Output = "logit", chunk: int = 1024,
+) -> torch.Tensor:
+    """E_I[(Iᵀφ − (f(x) − f(x − I)))²] with I ~ N(0, σ²) (or ``perturbations`` ``[B, N, *x]``); ``[B]``.
+
+    ``normalize`` first rescales φ by the optimal β = E[Iᵀφ·Δf]/E[(Iᵀφ)²] (Captum's convention).
+    """
+    _check(x, attributions)
+    t = _targets(model, x, target)
+    B = x.shape[0]
+    if perturbations is None:
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        perturbations = sigma * torch.randn(B, n_samples, *x.shape[1:], generator=g, dtype=x.dtype)
+    I = perturbations.to(device=x.device, dtype=x.dtype)
+    N = I.shape[1]
+    with torch.no_grad():
+        f0 = scores_of(model, x, t, output).double()
+    f = _batched(model, lambda ex, s: x[ex] - I[ex, s], B, N, t, output, chunk)
+    dfx = f0[:, None] - f
+    ia = (I.flatten(2).double() * attributions.expand_as(x).flatten(1).double()[:, None]).sum(-1)
+    if normalize:
+        beta = (ia * dfx).mean(1) / (ia * ia).mean(1)
+        ia = ia * beta[:, None]
+    return ((ia - dfx) ** 2).mean(1)
