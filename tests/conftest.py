@@ -18,3 +18,27 @@ def assay_cache(tmp_path_factory):
     path = os.environ.get("ASSAY_TEST_CACHE") or str(tmp_path_factory.mktemp("assay-cache"))
     os.environ["ASSAY_CACHE"] = path
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(assay_cache):
+    """SmolLM2-135M-Instruct (LoadedModel), converted from its GGUF once per run into ``assay_cache``."""
+    from assay.models.offline import load
+
+    return load("smollm2-135m", cache_dir=assay_cache)
+
+
+@pytest.fixture(scope="session")
+def minilm(assay_cache):
+    """all-MiniLM-L6-v2 sentence encoder (LoadedModel, eager attention)."""
+    from assay.models.offline import load
+
+    return load("minilm-l6", cache_dir=assay_cache)
+
+
+@pytest.fixture(scope="session")
+def efficientnet(assay_cache):
+    """EfficientNet-Lite0 ImageNet classifier (LoadedModel), its weights cached as safetensors once per run."""
+    from assay.models.offline import load
+
+    return load("efficientnet-lite0", cache_dir=assay_cache)

@@ -64,8 +64,10 @@ GGUF_PIP = "pip install gguf accelerate"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REFERENCE_PROMPT = "When Mary and John went to the store, John gave a drink to"
 """Prompt whose GGUF logits are stored next to the converted SmolLM2 (``reference_logits.safetensors``)."""
+TOKENIZER_PROBE = "Café naïve — 3.14 tokens\n\n    indented\tcode(x) 日本語 <|im_end|>"
+"""Text whose GGUF-tokenizer ids are stored with the reference logits (``probe_ids``)."""
 MARKER = "assay_model.json"
-FORMAT = 1
+FORMAT = 2
 
 
 class LoadedModel(NamedTuple):
@@ -242,11 +244,13 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     plain = type(model)(config).eval()
     plain.load_state_dict(model.state_dict())
     plain.save_pretrained(out)
-    tok.save_pretrained(out)
+    tok.save_pretrained(out, legacy_format=False)  # tokenizer.json only (the legacy format copies the GGUF)
     ids = tok(REFERENCE_PROMPT, return_tensors="pt")["input_ids"]
+    probe = tok(TOKENIZER_PROBE, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         logits = model(ids).logits
-    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()}, str(out / "reference_logits.safetensors"))
+    ref = {"input_ids": ids, "logits": logits, "probe_ids": probe}
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(out / "reference_logits.safetensors"))
 
 
 def _load_smollm2(root: Path, dtype: torch.dtype, attn: str | None) -> tuple[nn.Module, Any]:
