@@ -19,6 +19,14 @@ from assay.dictionaries.spade import SpaDEConfig, SpaDESAE, sparsemax
 from assay.lenses.protocol import Lens
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():  # tiny tensors: one thread avoids OpenMP spin on the shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_geometric_median_and_lr_checks():
     pts = torch.tensor([[0.0, 0], [1, 0], [0, 1], [10, 10]])
     torch.testing.assert_close(geometric_median(pts), torch.tensor([0.5, 0.5]), atol=1e-4, rtol=0)

@@ -14,6 +14,14 @@ from assay.evaluate.sparsity import sparsity_metrics
 from assay.evaluate.spliced import recovered, spliced_metrics
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():  # tiny tensors: one thread avoids OpenMP spin on the shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_explained_variance_checks():
     x = torch.tensor([[2.0, 0], [0, 4]])
     m = reconstruction_metrics(x, torch.tensor([[2.0, 1], [0, 3]]))

@@ -16,6 +16,14 @@ from assay.dictionaries.trainer import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():  # tiny tensors: one thread avoids OpenMP spin on the shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _data(start=0, n=8, B=64, d=16):
     g = torch.Generator().manual_seed(0)
     basis = torch.randn(40, d, generator=g)
