@@ -1,0 +1,97 @@
+"""``assay cache`` and ``assay quickstart``: config validation, the generated command, a real run."""
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from assay.cli import app
+from assay.cli import cache as cache_cli
+from assay.config import ConfigError, field_docs
+from assay.corpora import TokenWindows
+from assay.store import ActivationStore
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(40, 8)
+        self.layers = nn.ModuleList([nn.Linear(8, 8) for _ in range(3)])
+
+    def forward(self, x):
+        h = self.emb(x)
+        for layer in self.layers:
+            h = h + torch.relu(layer(h))
+        return h
+
+
+def fake_prepare(cfg):
+    n, t = -(-cfg.n_tokens // cfg.context_length), cfg.context_length
+    tokens = torch.randint(0, 40, (n, t), generator=torch.Generator().manual_seed(0))
+    return Tiny().eval(), TokenWindows(tokens, torch.arange(n), torch.arange(t).repeat(n, 1))
+
+
+def test_config_validation_and_docs():
+    with pytest.raises(ConfigError, match="n_tokens must be positive"):
+        cache_cli.CacheConfig(n_tokens=0)
+    with pytest.raises(ConfigError, match="sites must name at least one"):
+        cache_cli.CacheConfig(sites=())
+    cfg = cache_cli.CacheConfig(sites=("model.layers.3",), n_tokens=500)
+    assert cfg.store_dir.as_posix() == "runs/cache/smollm2-135m-model.layers.3-500"
+    docs = field_docs(cache_cli.CacheConfig)
+    assert set(docs) >= {"model", "sites", "corpus", "n_tokens", "context_length", "batch_size", "shard_rows",
+                         "dtype", "out_dir", "resume"}
+
+
+def test_cache_command_writes_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_cli, "prepare", fake_prepare)
+    out = tmp_path / "store"
+    args = ["cache", "--model", "tiny", "--sites", "layers.0", "--sites", "layers.1", "--n-tokens", "300",
+            "--context-length", "10", "--batch-size", "4", "--shard-rows", "64", "--dtype", "bfloat16",
+            "--out-dir", str(out)]
+    runner = CliRunner()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "tok/s" in res.output and "300 rows in 5 shards" in res.output
+    store = ActivationStore.open(out, sites=["layers.0", "layers.1"], d=8)
+    assert store.n_rows == 300 and store.dtype == torch.bfloat16 and store.config["model"] == "tiny"
+    model, windows = fake_prepare(cache_cli.CacheConfig(n_tokens=300, context_length=10))
+    tokens = windows.tokens
+    with torch.no_grad():
+        want = model.layers[0](model.emb(tokens)).reshape(-1, 8)  # the site is the Linear's output
+    assert torch.equal(store.read("layers.0", 0, 300, dtype=torch.bfloat16), want.to(torch.bfloat16))
+    again = runner.invoke(app, args)  # complete: resumes to nothing
+    assert again.exit_code == 0 and "resumed at row 300" in again.output
+    refused = runner.invoke(app, [*args, "--no-resume"])
+    assert refused.exit_code != 0 and "pass resume=True" in refused.output
+    other = runner.invoke(app, [a if a != "bfloat16" else "float16" for a in args])
+    assert other.exit_code != 0 and "different run" in other.output and "dtype: store has 'bfloat16'" in other.output
+
+
+def test_cache_command_reads_toml(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_cli, "prepare", fake_prepare)
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'sites = ["layers.2"]\nn_tokens = 40\ncontext_length = 8\nout_dir = "{tmp_path / "s"}"\n')
+    res = CliRunner().invoke(app, ["cache", "--config", str(toml), "--shard-rows", "16"])
+    assert res.exit_code == 0, res.output
+    store = ActivationStore.open(tmp_path / "s")
+    assert store.sites == ("layers.2",) and store.n_rows == 40 and store.n_shards == 3
+    bad = CliRunner().invoke(app, ["cache", "--n-tokens", "-5"])
+    assert bad.exit_code != 0 and "n_tokens must be positive" in bad.output
+
+
+@pytest.mark.slow
+def test_cache_smollm2_real_model(tmp_path, smollm2):
+    from assay import hooks
+
+    cfg = cache_cli.CacheConfig(sites=("model.layers.1",), n_tokens=96, context_length=32, batch_size=2,
+                                shard_rows=40, out_dir=tmp_path / "s")
+    summary = cache_cli.run_cache(cfg, quiet=True)
+    store = ActivationStore.open(tmp_path / "s", d=576)
+    assert summary.n_rows == store.n_rows == 96 and store.n_shards == 3
+    _, windows = cache_cli.prepare(cfg)
+    assert torch.equal(store.tokens.all(), windows.tokens.reshape(-1))
+    assert torch.equal(store.positions.all(), windows.positions.reshape(-1))
+    h = hooks.run_to(smollm2.model, "model.layers.1", windows.tokens[:2])
+    torch.testing.assert_close(store.read("model.layers.1", 0, 64), h.reshape(-1, 576), rtol=1e-5, atol=1e-4)
