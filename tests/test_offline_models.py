@@ -159,6 +159,9 @@ def test_minilm_sentence_similarity(minilm):
     # padding is masked out: one sentence at a time (no padding) gives the same embeddings
     single = torch.cat([encode_sentences(minilm, [t]) for t in texts])
     assert torch.allclose(single, emb, atol=1e-5)
+    wide = load("minilm-l6", dtype=torch.float64)  # dtype is honoured; float64 agrees with float32
+    assert next(wide.model.parameters()).dtype == torch.float64
+    assert torch.allclose(encode_sentences(wide, texts).float(), emb, atol=1e-5)
 
 
 @pytest.mark.slow
