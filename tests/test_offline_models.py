@@ -82,6 +82,39 @@ def test_build_cached_is_atomic_and_validated(tmp_path):
     assert not stale.exists() and len(calls) == 5
 
 
+def test_conversion_killed_midway_leaves_no_cache(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "models" / "m"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from assay.models.offline import build_cached\n"
+        "def build(out):\n"
+        "    (out / 'part.bin').write_bytes(b'x' * 10)\n"
+        "    Path(sys.argv[2]).write_text('ready')\n"
+        "    time.sleep(60)\n"
+        "build_cached(Path(sys.argv[1]), None, build)\n"
+    )
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target), str(ready)])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the converter subprocess never started building"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    leftovers = [p.name for p in target.parent.iterdir()]
+    assert not target.exists() and len(leftovers) == 1 and leftovers[0].startswith(".m.")
+    build_cached(target, None, lambda out: (out / "w.bin").write_bytes(b"ok"))  # rebuilds, clears the debris
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m"] and (target / "w.bin").read_bytes() == b"ok"
+
+
 def test_preprocess_image():
     import numpy as np
 
