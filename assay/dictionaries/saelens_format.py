@@ -1,0 +1,112 @@
+"""Read and write SAELens' on-disk SAE format (a folder with ``cfg.json`` and
+``sae_weights.safetensors``), so SAEs move between assay and SAELens (decoderesearch/SAELens ≥ 6).
+
+Weights use the same names and layouts in both: W_enc [d_in, d_sae], b_enc [d_sae],
+W_dec [d_sae, d_in], b_dec [d_in] (+ ``threshold`` [d_sae] for JumpReLU). Architectures map as
+
+    assay relu      ↔ SAELens "standard"  (assay does not subtract b_dec: apply_b_dec_to_input=False)
+    assay topk      ↔ SAELens "topk"      (apply_b_dec_to_input=True)
+    assay jumprelu  ↔ SAELens "jumprelu"  (apply_b_dec_to_input=False)
+    assay batchtopk, matryoshka → SAELens "jumprelu" with the global inference threshold θ on every latent
+                                  (as SAELens saves its own BatchTopK SAEs for inference)
+
+Reading an SAELens SAE with ``apply_b_dec_to_input=True`` into an assay architecture that does not
+subtract b_dec folds it into the encoder bias: (x − b_dec) W_enc + b_enc = x W_enc + (b_enc − b_dec W_enc).
+Input normalisation other than ``"none"`` is refused (assay folds its input scale into the weights).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from assay.dictionaries.base import SAE
+
+__all__ = ["save_saelens", "load_saelens", "CFG_FILE", "WEIGHTS_FILE"]
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+
+
+def save_saelens(sae: SAE, path: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``sae`` in SAELens' format (inference form) and return the folder."""
+    path = Path(path)
+    arch = sae.architecture
+    sd = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
+    weights = {k: sd[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")} if "W_enc" in sd else None
+    if weights is None:
+        raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE")
+    cfg: dict[str, Any] = {"d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": str(sd["W_enc"].dtype).removeprefix("torch."),
+                           "device": "cpu", "normalize_activations": "none", "reshape_activations": "none",
+                           "metadata": dict(metadata or {})}
+    if arch == "relu":
+        cfg |= {"architecture": "standard", "apply_b_dec_to_input": False}
+    elif arch == "topk":
+        cfg |= {"architecture": "topk", "apply_b_dec_to_input": True, "k": sae.cfg.k}  # type: ignore[attr-defined]
+    elif arch == "jumprelu":
+        cfg |= {"architecture": "jumprelu", "apply_b_dec_to_input": False}
+        weights["threshold"] = sd["threshold"]
+    elif arch in ("batchtopk", "matryoshka"):
+        theta = float(sd["threshold"])
+        if theta < 0:
+            raise ValueError("this BatchTopK SAE has no inference threshold yet (train past threshold_start)")
+        cfg |= {"architecture": "jumprelu", "apply_b_dec_to_input": True}
+        weights["threshold"] = torch.full((sae.d_sae,), theta, dtype=sd["W_enc"].dtype)
+    else:
+        raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE")
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(path / WEIGHTS_FILE))
+    (path / CFG_FILE).write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+def load_saelens(path: str | Path) -> SAE:
+    """Read an SAELens SAE folder into the matching assay SAE (validated shapes, clear errors)."""
+    from assay.dictionaries.jumprelu import JumpReLUConfig, JumpReLUSAE
+    from assay.dictionaries.relu import ReLUConfig, ReLUSAE
+    from assay.dictionaries.topk import TopKConfig, TopKSAE
+
+    path = Path(path)
+    if not (path / CFG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise ValueError(f"{path} is not an SAELens SAE folder (needs {CFG_FILE} and {WEIGHTS_FILE})")
+    cfg = json.loads((path / CFG_FILE).read_text())
+    arch = cfg.get("architecture", "standard")
+    if cfg.get("normalize_activations", "none") != "none":
+        raise ValueError(f"{path}: normalize_activations={cfg['normalize_activations']!r} is not supported; "
+                         "fold the normalisation into the weights first")
+    w = load_file(str(path / WEIGHTS_FILE))
+    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    for name, shape in (("W_enc", (d_in, d_sae)), ("b_enc", (d_sae,)), ("W_dec", (d_sae, d_in)), ("b_dec", (d_in,))):
+        if name not in w or tuple(w[name].shape) != shape:
+            got = tuple(w[name].shape) if name in w else "missing"
+            raise ValueError(f"{path}: tensor {name} is {got}, expected {shape}")
+    apply_b_dec = bool(cfg.get("apply_b_dec_to_input", True))
+    b_enc = w["b_enc"]
+    sae: SAE
+    if arch == "topk":
+        if cfg.get("rescale_acts_by_decoder_norm", False):
+            raise ValueError(f"{path}: rescale_acts_by_decoder_norm=True is not supported")
+        sae = TopKSAE(TopKConfig(d_in=d_in, d_sae=d_sae, k=int(cfg["k"])))
+        if not apply_b_dec:  # assay TopK subtracts b_dec: compensate in b_enc
+            b_enc = b_enc + w["b_dec"] @ w["W_enc"]
+    elif arch in ("standard", "jumprelu"):
+        sae = ReLUSAE(ReLUConfig(d_in=d_in, d_sae=d_sae)) if arch == "standard" else JumpReLUSAE(
+            JumpReLUConfig(d_in=d_in, d_sae=d_sae))
+        if apply_b_dec:
+            b_enc = b_enc - w["b_dec"] @ w["W_enc"]
+    else:
+        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (standard, topk, jumprelu)")
+    with torch.no_grad():
+        sae.W_enc.copy_(w["W_enc"])
+        sae.b_enc.copy_(b_enc)
+        sae.W_dec.copy_(w["W_dec"])
+        sae.b_dec.copy_(w["b_dec"])
+        if arch == "jumprelu":
+            if "threshold" not in w:
+                raise ValueError(f"{path}: a jumprelu SAE needs a 'threshold' tensor")
+            sae.threshold.copy_(w["threshold"])  # type: ignore[operator]
+    return sae.eval()

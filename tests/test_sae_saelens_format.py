@@ -1,0 +1,78 @@
+"""SAELens on-disk format: assay → SAELens and SAELens → assay give the same outputs."""
+
+import pytest
+import torch
+from peer_import import peer
+
+from assay.dictionaries.registry import build_sae
+from assay.dictionaries.saelens_format import load_saelens, save_saelens
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # tiny tensors: one thread avoids OpenMP spin on the shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _randomised(arch, **kw):
+    sae = build_sae(arch, d_in=12, d_sae=40, seed=3, **kw)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            if name == "threshold":
+                p.copy_(torch.rand(p.shape, generator=g) * 0.5)
+            else:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+        if arch == "batchtopk":
+            sae.threshold.fill_(0.4)
+    return sae
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("arch,kw", [("topk", {"k": 5}), ("relu", {}), ("jumprelu", {}), ("batchtopk", {"k": 5})])
+def test_assay_to_saelens_and_back(arch, kw, tmp_path):
+    sae_lens = peer("sae_lens")
+    sae = _randomised(arch, **kw)
+    x = torch.randn(30, 12, generator=torch.Generator().manual_seed(0))
+    save_saelens(sae, tmp_path / "s")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "s"))
+    with torch.no_grad():
+        z = sae.encode(x)
+        torch.testing.assert_close(theirs.encode(x), z, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(theirs.decode(z), sae.decode(z), atol=1e-5, rtol=1e-5)
+        # and back: SAELens writes, assay reads
+        theirs.save_model(str(tmp_path / "t"))
+        back = load_saelens(tmp_path / "t")
+        torch.testing.assert_close(back.encode(x), z, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(back.decode(z), sae.decode(z), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.peers
+def test_saelens_native_topk_with_b_dec_loads(tmp_path):
+    sae_lens = peer("sae_lens")
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    theirs = TopKSAE(TopKSAEConfig(d_in=12, d_sae=40, k=4))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    theirs.save_model(str(tmp_path / "t"))
+    ours = load_saelens(tmp_path / "t")
+    x = torch.randn(9, 12, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.decode(ours.encode(x)), theirs.decode(theirs.encode(x)), atol=1e-5,
+                                   rtol=1e-5)
+    assert sae_lens is not None
+
+
+def test_bad_saelens_folders(tmp_path):
+    with pytest.raises(ValueError, match="not an SAELens SAE folder"):
+        load_saelens(tmp_path)
+    with pytest.raises(ValueError, match="no inference format"):
+        save_saelens(build_sae("spade", d_in=4, d_sae=8), tmp_path / "x")
+    with pytest.raises(ValueError, match="no inference threshold"):
+        save_saelens(build_sae("batchtopk", d_in=4, d_sae=8, k=2), tmp_path / "y")
