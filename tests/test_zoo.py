@@ -96,3 +96,20 @@ def test_registry_world_by_name(tmp_path):
     assert wm.trained and wm.path.name.startswith("dyck-")
     assert wm.model.config.vocab_size == len(wm.world.vocab)
     assert wm.world.acceptance[0] in wm.metrics
+
+
+def test_cli_world_train_trains_then_loads(tmp_path):
+    from typer.testing import CliRunner
+
+    from assay.cli import app
+
+    args = ["world", "train", "dyck", "--steps", "2", "--model", "d_model=16", "--model", "context=16",
+            "--model", "n_layers=1", "--train", "batch_size=4", "--train", "eval_size=8",
+            "--cache-dir", str(tmp_path), "--no-progress"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith("trained: ") and "close_acc = " in first.output
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0 and second.output.startswith("loaded from cache: ")
+    bad = CliRunner().invoke(app, [*args, "--model", "d_modle=3"])
+    assert bad.exit_code != 0 and "unknown model/training setting" in bad.output
