@@ -9,7 +9,8 @@ on matrices only (as in nanoGPT); gradient-norm clipping; learning rate at updat
 (the cosine schedule of Loshchilov & Hutter 2017, "SGDR"). The loss is next-token cross-entropy
 over positions whose target is not -100.
 
-Data come from ``world.sample(batch_size, generator=g)`` with ``g`` seeded from ``TrainConfig.seed``;
+Data come from ``world.sample(batch_size, generator=g)`` (or ``world.pack(batch_size, context,
+generator=g)`` with ``TrainConfig.pack``) with ``g`` seeded from ``TrainConfig.seed``;
 the evaluation batch comes from a second generator (seed + 1) drawn once, so evaluation never
 disturbs the training stream. A checkpoint (an assay artifact of kind ``"train.checkpoint"``)
 holds the model weights, the AdamW state, the data generator's state, the step and the loss
