@@ -136,7 +136,7 @@ def _factors(plan: list[LinearPlan], cfg: ProjectionConfig, dtype: torch.dtype):
     return out
 
 
-def _resolve_method(model: nn.Module, sel: ParamSelection, cfg: ProjectionConfig, method: Method):
+def resolve_method(model: nn.Module, sel: ParamSelection, cfg: ProjectionConfig, method: Method):
     plan = linear_plan(model, sel) if cfg.dim is not None else None
     if method == "factored" and plan is None:
         raise ValueError(
@@ -163,7 +163,7 @@ def featurize(
     sel = params if isinstance(params, ParamSelection) else select_parameters(model, params)
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"inputs ({inputs.shape[0]}) and targets ({targets.shape[0]}) differ in length")
-    plan = _resolve_method(model, sel, projection, method)
+    plan = resolve_method(model, sel, projection, method)
     dtype = next(model.parameters()).dtype
     chunks = []
     if plan is not None:
@@ -192,7 +192,7 @@ def projection_matrix(
     (selection order). For tests on small models."""
     sel = params if isinstance(params, ParamSelection) else select_parameters(model, params)
     dtype = next(model.parameters()).dtype
-    plan = _resolve_method(model, sel, projection, method)
+    plan = resolve_method(model, sel, projection, method)
     if plan is None:
         return dense_matrix(projection, sel.numel, dtype)
     factors = _factors(plan, projection, dtype)

@@ -96,22 +96,33 @@ def _run_one(train_eval: TrainEval, idx: np.ndarray, seed: int) -> np.ndarray:
 
 
 def retrain(
-    train_eval: TrainEval, n_train: int, cfg: RetrainConfig, *, cache_dir: str | Path | None = None, key: str = ""
+    train_eval: TrainEval,
+    n_train: int,
+    cfg: RetrainConfig,
+    *,
+    cache_dir: str | Path | None = None,
+    key: str = "",
+    masks: torch.Tensor | None = None,
 ) -> RetrainResult:
     """Train on ``cfg.n_subsets`` random subsets (``cfg.runs_per_subset`` seeds each) and collect target
     values; results are cached under ``cache_dir/<hash of key and cfg>`` and reused on resume.
 
     ``key`` should name the data, model and training recipe so different experiments never share a cache.
+    ``masks [M, n]`` replaces the random subsets (e.g. unions of groups for group LDS; M = cfg.n_subsets).
     """
-    masks = subset_masks(n_train, cfg.n_subsets, cfg.fraction, cfg.seed)
+    if masks is None:
+        masks = subset_masks(n_train, cfg.n_subsets, cfg.fraction, cfg.seed)
+    elif masks.shape != (cfg.n_subsets, n_train) or masks.dtype != torch.bool:
+        raise ValueError(f"masks must be bool [{cfg.n_subsets}, {n_train}], got {tuple(masks.shape)} {masks.dtype}")
+    mask_digest = hashlib.sha256(masks.numpy().tobytes()).hexdigest()[:16]
     jobs = [(j, r) for j in range(cfg.n_subsets) for r in range(cfg.runs_per_subset)]
     results: dict[tuple[int, int], np.ndarray] = {}
     folder = None
     if cache_dir is not None:
-        digest = hashlib.sha256(json.dumps([key, to_dict(cfg), n_train], sort_keys=True).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps([key, to_dict(cfg), n_train, mask_digest], sort_keys=True).encode()).hexdigest()[:16]
         folder = Path(cache_dir) / f"retrain-{digest}"
         folder.mkdir(parents=True, exist_ok=True)
-        manifest = {"key": key, "config": to_dict(cfg), "n_train": n_train}
+        manifest = {"key": key, "config": to_dict(cfg), "n_train": n_train, "masks_sha256": mask_digest}
         mf = folder / "manifest.json"
         if mf.exists() and json.loads(mf.read_text()) != manifest:
             raise ValueError(f"{mf} describes a different experiment; use another cache_dir")
