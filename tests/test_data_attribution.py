@@ -408,3 +408,53 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="no empty group"):
         groups.check_groups(torch.tensor([0, 2, 2]), 3)
 
+
+
+# ---------------------------------------------------------------- EK-FAC and group attribution
+
+
+def test_ekfac_matches_explicit_influence_on_logreg():
+    from assay.data_attribution import ekfac
+    from assay.evaluate.lds import spearman
+
+    x, y = _data(300, 32, d=6)
+    xt, yt = _data(6, 33, d=6)
+    model = retrain.fit_logreg(x, y, 3, l2=1e-2)
+    f = ekfac.fit_ekfac(model, x, y, fisher="true", n_samples=20, damping=1e-2, generator=_gen(34))
+    got = ekfac.ekfac_scores(model, f, (x, y), (xt, yt))
+    h = influence.loss_hessian(model, x, y)
+    want = influence.influence_scores(grads.per_example_grads(model, x, y),
+                                      influence.solve_explicit(h, grads.per_example_grads(model, xt, yt).T, damping=1e-2))
+    assert float(spearman(got, want).min()) > 0.95
+    # on an MLP the per-layer solve equals the dense inverse of the EK-FAC block
+    mlp = _mlp()
+    xm, ym = _data(50, 35)
+    fm = ekfac.fit_ekfac(mlp, xm, ym, fisher="empirical", damping=0.05)
+    lay = fm["2"]
+    a, s = ekfac.layer_grads(mlp, [p for p in featurize.linear_plan(mlp, grads.select_parameters(mlp)) if p.name == "2"],
+                             xm[:2], ym[:2])["2"]
+    q = torch.kron(lay.q_s, lay.q_a)  # eigenbasis of the row-major vec of [out, in+1]
+    dense = q @ torch.diag(lay.eigen.reshape(-1) + lay.damping) @ q.T
+    v = (s[0][:, None] * a[0][None, :]).reshape(-1)
+    solved = lay.q_s @ ((lay.q_s.T @ v.reshape(s.shape[1], -1) @ lay.q_a) / (lay.eigen + lay.damping)) @ lay.q_a.T
+    torch.testing.assert_close(solved.reshape(-1), torch.linalg.solve(dense, v), atol=1e-4, rtol=1e-3)
+
+
+def test_group_features_and_group_scores():
+    from assay.data_attribution import group_trak
+
+    model, (x, y) = _mlp(), _data(40, 36)
+    xt, yt = _data(4, 37)
+    gid = groups.groups_by_class(y, per_class=2, generator=_gen(38))
+    _, k = groups.check_groups(gid, 40)
+    for method in ("dense", "factored"):
+        cfg = projection.ProjectionConfig(dim=16, block_rows=32)
+        got = group_trak.group_features(model, x, y, gid, projection=cfg, method=method)
+        per = featurize.featurize(model, x, y, projection=cfg, out_fn=grads.margin, method=method)
+        torch.testing.assert_close(got, groups.group_sum(per, gid, k), atol=1e-5, rtol=1e-4)
+    # group TRAK with the kernel from all points and singleton groups equals pointwise TRAK
+    cfg = projection.ProjectionConfig(dim=12, block_rows=32)
+    point = trak.trak([model], (x, y), (xt, yt), projection=cfg, method="dense")
+    single = group_trak.group_trak([model], (x, y), (xt, yt), torch.arange(40), projection=cfg, kernel_points=40,
+                                   generator=_gen(39), method="dense")
+    torch.testing.assert_close(single, point, atol=1e-6 * float(point.abs().max()) + 1e-9, rtol=1e-3)
