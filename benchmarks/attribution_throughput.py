@@ -1,0 +1,105 @@
+"""Attributions/s of assay vs Captum (same run), with the raw forward(+backward) bound.
+
+MLP 784-512-512-10 (batch 256) and a small CNN on 1×28×28: IG (50 steps), SmoothGrad (25 samples),
+KernelSHAP (200 samples, 49 features = 4×4 patches) and occlusion (4×4 windows, stride 4). The bound
+runs the same number of rows as plain batched calls (forward+backward for gradient methods).
+Last line: JSON keyed by method with speedup_vs_captum and fraction_of_bound (MLP figures).
+
+    .venv/bin/python benchmarks/attribution_throughput.py [--quick]
+"""
+
+import json
+import sys
+import time
+
+import torch
+from torch import nn
+
+from assay.attribution import (
+    IntegratedGradientsConfig,
+    KernelShapConfig,
+    OcclusionConfig,
+    SmoothGradConfig,
+    integrated_gradients,
+    kernel_shap,
+    occlusion,
+    smoothgrad,
+)
+from assay.attribution.neighbourhoods import grid_feature_mask
+
+torch.set_num_threads(2)
+QUICK = "--quick" in sys.argv
+
+
+def timeit(fn, reps=1):
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bound(model, x, rows, backward, chunk=2048):
+    def run():
+        done = 0
+        while done < rows:
+            n = min(chunk, rows - done)
+            xi = x[:1].expand(n, *x.shape[1:]).clone().requires_grad_(backward)
+            y = model(xi)
+            if backward:
+                torch.autograd.grad(y[:, 0].sum(), xi)
+            else:
+                y.detach()
+            done += n
+    with torch.set_grad_enabled(backward):
+        return timeit(run)
+
+
+def main():
+    from captum.attr import IntegratedGradients, KernelShap, NoiseTunnel, Occlusion, Saliency
+
+    B = 32 if QUICK else 256
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)).eval()
+    cnn = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
+                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 7 * 7, 10)).eval()
+    x = torch.rand(B, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    fm = grid_feature_mask((1, 28, 28), (1, 4, 4))
+    n_ks = 32 if QUICK else B  # KernelSHAP in Captum is slow: time it on fewer examples
+    results = {}
+    for mname, model in (("mlp", mlp), ("cnn", cnn)):
+        t = model(x).argmax(1)
+        rows = {"integrated_gradients": (B * 50, True), "smoothgrad": (B * 25, True),
+                "kernel_shap": (n_ks * 200, False), "occlusion": (B * 49, False)}
+        ours = {
+            "integrated_gradients": lambda: integrated_gradients(model, x, t, config=IntegratedGradientsConfig(steps=50)),
+            "smoothgrad": lambda: smoothgrad(model, x, t, config=SmoothGradConfig(n_samples=25, noise_scale="absolute", noise_level=0.1)),
+            "kernel_shap": lambda: kernel_shap(model, x[:n_ks], t[:n_ks], feature_mask=fm, config=KernelShapConfig(n_samples=200)),
+            "occlusion": lambda: occlusion(model, x, t, config=OcclusionConfig(window=(1, 4, 4), strides=(1, 4, 4))),
+        }
+        theirs = {
+            "integrated_gradients": lambda: IntegratedGradients(model).attribute(x, target=t, n_steps=50, internal_batch_size=2048),
+            "smoothgrad": lambda: NoiseTunnel(Saliency(model)).attribute(x.clone().requires_grad_(True), nt_type="smoothgrad", nt_samples=25, stdevs=0.1, target=t, abs=False, nt_samples_batch_size=25),
+            "kernel_shap": lambda: KernelShap(model).attribute(x[:n_ks], target=t[:n_ks], feature_mask=fm[None], n_samples=200, perturbations_per_eval=200),
+            "occlusion": lambda: Occlusion(model).attribute(x, target=t, sliding_window_shapes=(1, 4, 4), strides=(1, 4, 4), perturbations_per_eval=64),
+        }
+        for meth in ours:
+            n_attr = n_ks if meth == "kernel_shap" else B
+            to = timeit(ours[meth])
+            tc = timeit(theirs[meth])
+            tb = bound(model, x, *rows[meth])
+            r = {"assay_per_s": n_attr / to, "captum_per_s": n_attr / tc, "bound_per_s": n_attr / tb,
+                 "speedup_vs_captum": tc / to, "fraction_of_bound": tb / to}
+            results.setdefault(meth, {})[mname] = r
+            print(f"{mname:4s} {meth:22s} assay {r['assay_per_s']:9.1f}/s  captum {r['captum_per_s']:9.1f}/s  "
+                  f"bound {r['bound_per_s']:9.1f}/s  speedup {r['speedup_vs_captum']:6.2f}x  of bound {r['fraction_of_bound']:.2f}",
+                  flush=True)
+    print(json.dumps({m: {"speedup_vs_captum": round(v["mlp"]["speedup_vs_captum"], 3),
+                          "fraction_of_bound": round(v["mlp"]["fraction_of_bound"], 3),
+                          "cnn": {k: round(v["cnn"][k], 3) for k in ("speedup_vs_captum", "fraction_of_bound")}}
+                      for m, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
