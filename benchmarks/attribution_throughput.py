@@ -73,16 +73,16 @@ def main():
         rows = {"integrated_gradients": (B * 50, True), "smoothgrad": (B * 25, True),
                 "kernel_shap": (n_ks * 200, False), "occlusion": (B * 49, False)}
         ours = {
-            "integrated_gradients": lambda: integrated_gradients(model, x, t, config=IntegratedGradientsConfig(steps=50)),
-            "smoothgrad": lambda: smoothgrad(model, x, t, config=SmoothGradConfig(n_samples=25, noise_scale="absolute", noise_level=0.1)),
-            "kernel_shap": lambda: kernel_shap(model, x[:n_ks], t[:n_ks], feature_mask=fm, config=KernelShapConfig(n_samples=200)),
-            "occlusion": lambda: occlusion(model, x, t, config=OcclusionConfig(window=(1, 4, 4), strides=(1, 4, 4))),
+            "integrated_gradients": lambda model=model, t=t: integrated_gradients(model, x, t, config=IntegratedGradientsConfig(steps=50)),
+            "smoothgrad": lambda model=model, t=t: smoothgrad(model, x, t, config=SmoothGradConfig(n_samples=25, noise_scale="absolute", noise_level=0.1)),
+            "kernel_shap": lambda model=model, t=t: kernel_shap(model, x[:n_ks], t[:n_ks], feature_mask=fm, config=KernelShapConfig(n_samples=200)),
+            "occlusion": lambda model=model, t=t: occlusion(model, x, t, config=OcclusionConfig(window=(1, 4, 4), strides=(1, 4, 4))),
         }
         theirs = {
-            "integrated_gradients": lambda: IntegratedGradients(model).attribute(x, target=t, n_steps=50, internal_batch_size=2048),
-            "smoothgrad": lambda: NoiseTunnel(Saliency(model)).attribute(x.clone().requires_grad_(True), nt_type="smoothgrad", nt_samples=25, stdevs=0.1, target=t, abs=False, nt_samples_batch_size=25),
-            "kernel_shap": lambda: KernelShap(model).attribute(x[:n_ks], target=t[:n_ks], feature_mask=fm[None], n_samples=200, perturbations_per_eval=200),
-            "occlusion": lambda: Occlusion(model).attribute(x, target=t, sliding_window_shapes=(1, 4, 4), strides=(1, 4, 4), perturbations_per_eval=64),
+            "integrated_gradients": lambda model=model, t=t: IntegratedGradients(model).attribute(x, target=t, n_steps=50, internal_batch_size=2048),
+            "smoothgrad": lambda model=model, t=t: NoiseTunnel(Saliency(model)).attribute(x.clone().requires_grad_(True), nt_type="smoothgrad", nt_samples=25, stdevs=0.1, target=t, abs=False, nt_samples_batch_size=25),
+            "kernel_shap": lambda model=model, t=t: KernelShap(model).attribute(x[:n_ks], target=t[:n_ks], feature_mask=fm[None], n_samples=200, perturbations_per_eval=200),
+            "occlusion": lambda model=model, t=t: Occlusion(model).attribute(x, target=t, sliding_window_shapes=(1, 4, 4), strides=(1, 4, 4), perturbations_per_eval=64),
         }
         for meth in ours:
             n_attr = n_ks if meth == "kernel_shap" else B
