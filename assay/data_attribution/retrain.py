@@ -27,7 +27,16 @@ import torch
 
 from assay.config import to_dict
 
-__all__ = ["RetrainConfig", "RetrainResult", "subset_masks", "retrain", "fit_logreg", "logreg_target_values"]
+__all__ = [
+    "RetrainConfig",
+    "RetrainResult",
+    "subset_masks",
+    "retrain",
+    "fit_logreg",
+    "logreg_target_values",
+    "fit_mlp",
+    "mlp_target_values",
+]
 
 TrainEval = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -196,5 +205,36 @@ def logreg_target_values(
     """A ``train_eval`` for :func:`retrain`: fit logistic regression on ``idx``, return −loss per target
     (``seed`` is unused: the fit is deterministic)."""
     model = fit_logreg(x_train[idx], y_train[idx], n_classes, l2=l2)
+    with torch.no_grad():
+        return -torch.nn.functional.cross_entropy(model(x_target), y_target, reduction="none")
+
+
+def fit_mlp(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, seed: int, epochs: int = 30, hidden: int = 64) -> torch.nn.Module:
+    """A seeded MLP ``d-hidden-n_classes`` fitted with ``assay.models.fit.fit_classifier`` (AdamW)."""
+    from assay.models.fit import fit_classifier
+    from assay.models.mlp import MLP
+
+    g = torch.Generator().manual_seed(int(seed))
+    model = MLP(x.shape[1], (hidden,), n_classes)
+    with torch.no_grad():
+        for p in model.parameters():
+            bound = 1.0 / (p.shape[-1] if p.dim() > 1 else p.shape[0]) ** 0.5
+            p.uniform_(-bound, bound, generator=g)
+    return fit_classifier(model, x, y, epochs=epochs, batch_size=64, lr=3e-3, weight_decay=1e-4, seed=int(seed))
+
+
+def mlp_target_values(
+    idx: torch.Tensor,
+    seed: int,
+    *,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_target: torch.Tensor,
+    y_target: torch.Tensor,
+    n_classes: int,
+    epochs: int = 30,
+) -> torch.Tensor:
+    """A ``train_eval`` for :func:`retrain`: fit :func:`fit_mlp` on ``idx`` with ``seed``, return −loss per target."""
+    model = fit_mlp(x_train[idx], y_train[idx], n_classes, seed=seed, epochs=epochs)
     with torch.no_grad():
         return -torch.nn.functional.cross_entropy(model(x_target), y_target, reduction="none")
