@@ -6,6 +6,7 @@ leave-one-out retraining, traker (NoOpProjector), closed-form metric check value
 
 from __future__ import annotations
 
+import json
 import math
 from functools import partial
 
@@ -458,3 +459,24 @@ def test_group_features_and_group_scores():
     single = group_trak.group_trak([model], (x, y), (xt, yt), torch.arange(40), projection=cfg, kernel_points=40,
                                    generator=_gen(39), method="dense")
     torch.testing.assert_close(single, point, atol=1e-6 * float(point.abs().max()) + 1e-9, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_data_attribution_runs_and_validates(tmp_path):
+    from typer.testing import CliRunner
+
+    from assay.cli import app
+    from assay.cli.data_attribution import DataAttributionCommand
+
+    res = CliRunner().invoke(app, ["data-attribution", "--method", "if-explicit", "--n-train", "80", "--n-test", "5",
+                                   "--n-subsets", "4", "--label-noise", "0.1", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "results.json").read_text())
+    assert set(out) >= {"lds", "mislabel_auroc", "test_accuracy"} and -1 <= out["lds"] <= 1
+    assert (tmp_path / "scores-if-explicit-logreg" / "config.json").is_file()
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        DataAttributionCommand(subset_fraction=1.5)
+    bad = CliRunner().invoke(app, ["data-attribution", "--proj-dim", "0", "--out", str(tmp_path)])
+    assert bad.exit_code != 0 and "proj_dim" in bad.output
