@@ -153,8 +153,8 @@ def test_factored_projection_on_sequences_and_partial_selection():
     torch.manual_seed(1)
     model = Seq()
     x, y = torch.randn(5, 3, 4, generator=_gen(8)), torch.randint(0, 3, (5,), generator=_gen(9))
-    for names in (None, ["inp.bias", "head"]):
-        cfg = projection.ProjectionConfig(dim=20)
+    for names, over in ((None, 1), (["inp.bias", "head"], 1), (None, 3)):
+        cfg = projection.ProjectionConfig(dim=20, oversample=over)
         phi = featurize.featurize(model, x, y, projection=cfg, params=names, method="factored")
         r = featurize.projection_matrix(model, cfg, params=names, method="factored")
         g = grads.per_example_grads(model, x, y, params=names)

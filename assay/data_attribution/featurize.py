@@ -33,6 +33,7 @@ from assay.data_attribution.projection import (
     dense_matrix,
     khatri_rao_matrix,
     layer_factors,
+    mixing_matrix,
     project_dense,
     project_factored,
 )
@@ -116,7 +117,7 @@ def _factored_batch(
     finally:
         for h in handles:
             h.remove()
-    phi = torch.zeros(x.shape[0], k, dtype=value.dtype, device=value.device)
+    phi = torch.zeros(x.shape[0], k, dtype=value.dtype, device=value.device)  # k: the factored width
     for p, s in zip(plan, grads):
         if s is None:
             continue
@@ -169,9 +170,11 @@ def featurize(
     if plan is not None:
         assert projection.dim is not None
         factors = _factors(plan, projection, dtype)
+        mix = mixing_matrix(projection, dtype)
         for start in range(0, inputs.shape[0], batch_size):
             x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
-            chunks.append(_factored_batch(model, plan, factors, x, y, out_fn, projection.dim).detach())
+            phi = _factored_batch(model, plan, factors, x, y, out_fn, projection.dim * projection.oversample).detach()
+            chunks.append(phi if mix is None else phi @ mix)
     else:
         for start in range(0, inputs.shape[0], batch_size):
             x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
@@ -203,4 +206,6 @@ def projection_matrix(
             rows[p.name + ".weight"] = khatri_rao_matrix(u, v[: p.module.in_features])
         if p.bias:
             rows[p.name + ".bias"] = khatri_rao_matrix(u, v[-1:])
-    return torch.cat([rows[n] for n in sel.names])
+    r = torch.cat([rows[n] for n in sel.names])
+    mix = mixing_matrix(projection, dtype)
+    return r if mix is None else r @ mix
