@@ -73,8 +73,8 @@ def timed(fn):
 # ----------------------------------------------------------------------------- assay
 
 
-def assay_trak(model, train, test, k, batch):
-    cfg = ProjectionConfig(dim=k, seed=0)
+def assay_trak(model, train, test, k, batch, seed=0):
+    cfg = ProjectionConfig(dim=k, seed=seed)
     t0 = time.perf_counter()
     phi, q = trak.trak_featurize(model, *train, projection=cfg, batch_size=batch)
     t_feat = time.perf_counter() - t0
@@ -133,12 +133,12 @@ def assay_tracin(model, train, test, k, batch):
 # ----------------------------------------------------------------------------- peers
 
 
-def traker_trak(model, train, test, k, batch, save_dir):
+def traker_trak(model, train, test, k, batch, save_dir, seed=0):
     from trak import TRAKer
     from trak.projectors import BasicProjector, ProjectionType
 
     n_params = sum(p.numel() for p in model.parameters())
-    proj = BasicProjector(grad_dim=n_params, proj_dim=k, seed=0, proj_type=ProjectionType.normal, device="cpu",
+    proj = BasicProjector(grad_dim=n_params, proj_dim=k, seed=seed, proj_type=ProjectionType.normal, device="cpu",
                           block_size=k, dtype=torch.float32)
     t0 = time.perf_counter()
     tr = TRAKer(model=model, task="image_classification", train_set_size=train[0].shape[0], projector=proj,
@@ -228,6 +228,7 @@ def main() -> None:
     ap.add_argument("--group-lambda", type=float, default=0.01)
     ap.add_argument("--kernel-fraction", type=float, default=0.08)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3, help="projection seeds for assay and traker TRAK")
     ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "assay-bench-da"))
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
@@ -246,12 +247,17 @@ def main() -> None:
           f"n_test {args.n_test}, proj_dim {args.proj_dim}, torch threads {torch.get_num_threads()}")
     k, batch, n = args.proj_dim, 500, args.n_train
     res = {}
-    res["assay TRAK"] = assay_trak(model, train, test, k, batch)
+    seeds = range(args.seeds)
+    runs = {"assay TRAK": [assay_trak(model, train, test, k, batch, seed=s) for s in seeds]}
     res["assay TracIn"] = assay_tracin(model, train, test, k, batch)
-    with tempfile.TemporaryDirectory() as d:
-        res["traker TRAK"] = traker_trak(model, train, test, k, batch, d)
-    res["dattri TRAK"] = dattri_trak(model, train, test, k, 64)
-    sd, td = dattri_tracin(model, train, test, k, 64)
+    runs["traker TRAK"] = []
+    for s in seeds:
+        with tempfile.TemporaryDirectory() as d:
+            runs["traker TRAK"].append(traker_trak(model, train, test, k, batch, d, seed=s))
+    for name, rs in runs.items():  # median timings over projection seeds; scores of seed 0
+        res[name] = (rs[0][0], float(np.median([r[1] for r in rs])), float(np.median([r[2] for r in rs])))
+    res["dattri TRAK"] = dattri_trak(model, train, test, k, 250)
+    sd, td = dattri_tracin(model, train, test, k, 500)
     res["dattri TracIn"] = (sd, float("nan"), td)
 
     fn = partial(mlp_target_values, x_train=train[0], y_train=train[1], x_target=test[0], y_target=test[1],
@@ -267,6 +273,10 @@ def main() -> None:
         lds_of[name] = r.mean
         rate = n / tf if tf == tf else float("nan")
         print(f"{name:16s} {rate:10.0f} {tt:9.2f} {r.mean:7.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]")
+    seed_lds = {name: [lds(r[0], truth.masks, truth.values).mean for r in rs] for name, rs in runs.items()}
+    for name, v in seed_lds.items():
+        print(f"{name}: LDS over {len(v)} projection seeds {np.mean(v):.3f} ± {np.std(v):.3f} (each: "
+              + ", ".join(f"{x:.3f}" for x in v) + ")")
     best_peer = min(res["traker TRAK"][2], res["dattri TRAK"][2])
     speedup = best_peer / res["assay TRAK"][2]
     feat_speedup = n / res["assay TRAK"][1] / max(n / res["traker TRAK"][1], n / res["dattri TRAK"][1])
@@ -308,6 +318,7 @@ def main() -> None:
         "featurisation_speedup_vs_best_peer": round(feat_speedup, 2),
         "tracin_speedup_vs_dattri": round(tracin_speedup, 2),
         "lds": {k_: round(v, 4) for k_, v in lds_of.items()},
+        "lds_over_seeds": {k_: [round(x, 4) for x in v] for k_, v in seed_lds.items()},
         "group_speedup": round(group_speedup, 2),
         "group_speedup_vs_factored": round(res["assay TRAK"][2] / t_group, 2),
         "group_tracin_speedup": round(t_tr_dense / t_tr_group, 2),
