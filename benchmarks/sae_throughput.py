@@ -1,31 +1,49 @@
 """TopK SAE training throughput: assay vs the peers, same synthetic activations, same optimizer (Adam,
-lr 2e-4/√(n/2¹⁴), grad clip 1, unit-norm decoder with the parallel gradient removed, AuxK on).
+lr 2e-4/√(n/2¹⁴), grad clip 1, AuxK on; each library keeps its own decoder constraint).
 
-    .venv/bin/python benchmarks/sae_throughput.py [--steps 20] [--batch 4096]
+    .venv/bin/python benchmarks/sae_throughput.py [--steps 24] [--batch 4096] [--dense]
 
-Peers: EleutherAI sparsify (``eai-sparsify``, SparseCoder driven by a hand loop mirroring its trainer),
-SAELens (``SAETrainer.fit`` on ``TopKTrainingSAE``), dictionary_learning and overcomplete (run when
-importable, else reported as skipped with the reason). Prints ratios; the last line is JSON with
-assay_samples_per_s, best_peer, best_peer_samples_per_s, speedup, assay_fvu, best_peer_fvu,
-bound_fraction (encoder-forward FLOPs per step / step time / dense-matmul FLOP/s measured here) and
-peak memory (process max RSS after each method, in MiB; methods run in this order).
+Peers, each through its own training code:
+- EleutherAI sparsify (``eai-sparsify``): ``SparseCoder`` in a hand loop mirroring its trainer's step
+  (FVU + AuxK/32, gradient parallel to the atoms removed, clip 1, Adam, unit-norm decoder) — its
+  ``Trainer`` needs a Hugging Face model and a tokenised dataset;
+- SAELens: the real ``SAETrainer.fit()`` on a ``TopKTrainingSAE``, fed the same pre-made tensors through
+  its ``data_provider`` (fit runs in a helper thread; the provider hands it one batch per step, so a
+  step's time is the time between two requests, fit's own per-step bookkeeping included);
+- dictionary_learning and overcomplete: reported as skipped when not importable (not installed here).
+
+Methods are stepped round-robin (one step of each in turn), so load from other jobs on a shared
+machine hits all of them alike; ratios within one run are what count. Medians over the steps after
+``--warmup``. Peak memory: the process RSS high-water above the pre-step RSS during each method's
+warm-up steps (sampled every millisecond, after ``malloc_trim``), in MiB. The last line is JSON with
+assay_samples_per_s, best_peer, best_peer_samples_per_s, speedup, assay_fvu, best_peer_fvu and
+bound_fraction (encoder-forward FLOPs 2·B·d·n per step / assay's step time / the dense-matmul FLOP/s
+measured in the same run).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
-import resource
+import os
+import queue
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TQDM_DISABLE", "1")  # SAELens' progress bar
 
 D_IN, D_SAE, K = 576, 4608, 32
+LR = 2e-4 / (D_SAE / 2**14) ** 0.5
+Step = Callable[[torch.Tensor], None]
+Recon = Callable[[torch.Tensor], torch.Tensor]
 
 
 def make_data(batch: int, n_batches: int, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -49,36 +67,63 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return reconstruction_metrics(x, x_hat).fvu
 
 
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# ----- memory -----------------------------------------------------------------------------------
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def timed(step, batches, steps) -> list[float]:
-    times = []
-    for i in range(steps):
-        t = time.perf_counter()
-        step(batches[i % len(batches)])
-        times.append(time.perf_counter() - t)
-    return times
+def _trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
 
 
-def run_assay(batches, held, steps):
-    from assay.dictionaries.base import topk_lr
+class PeakRSS:
+    """RSS high-water (bytes above the starting RSS) sampled every millisecond on a thread."""
+
+    def __enter__(self) -> PeakRSS:
+        _trim()
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+# ----- methods: each returns (step, reconstruct, close) -----------------------------------------
+def setup_assay(steps: int, *, sparse: bool = True) -> tuple[Step, Recon, Callable[[], None]]:
     from assay.dictionaries.registry import build_sae
     from assay.dictionaries.trainer import SAETrainer, TrainConfig
 
-    sae = build_sae("topk", d_in=D_IN, d_sae=D_SAE, k=K)
-    tr = SAETrainer(sae, TrainConfig(steps=10**9, lr=topk_lr(D_SAE), warmup_steps=0, normalize_inputs=False))
-    times = timed(tr.train_step, batches, steps)
-    with torch.no_grad():
-        return times, fvu(held, sae.decode_codes(sae.encode_codes(held)))
+    sae = build_sae("topk", d_in=D_IN, d_sae=D_SAE, k=K, sparse=sparse)
+    tr = SAETrainer(sae, TrainConfig(steps=10**9, lr=LR, warmup_steps=0, normalize_inputs=False))
+
+    def recon(x):
+        return sae.decode_codes(sae.encode_codes(x))
+
+    return tr.train_step, recon, lambda: None
 
 
-def run_sparsify(batches, held, steps):
+def setup_sparsify(steps: int) -> tuple[Step, Recon, Callable[[], None]]:
     from sparsify import SparseCoder, SparseCoderConfig
 
     sae = SparseCoder(D_IN, SparseCoderConfig(k=K, num_latents=D_SAE))
-    opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (D_SAE / 2**14) ** 0.5)
+    opt = torch.optim.Adam(sae.parameters(), lr=LR)
     since = torch.zeros(D_SAE, dtype=torch.long)
     first = [True]
 
@@ -99,57 +144,138 @@ def run_sparsify(batches, held, steps):
         since.add_(x.shape[0])
         since[fired > 0] = 0
 
-    times = timed(step, batches, steps)
-    with torch.no_grad():
-        return times, fvu(held, sae(held).sae_out)
+    return step, lambda x: sae(x).sae_out, lambda: None
 
 
-def run_saelens(batches, held, steps):
-    import sae_lens  # noqa: F401  (SAETrainer.fit on TopKTrainingSAE; see docs/peers in specs)
+class _Handoff:
+    """SAELens' data provider: ``fit()`` (on a helper thread) asks for a batch; ``step`` hands one over
+    and waits until fit asks for the next one (or returns), so each call is exactly one fit() step."""
 
-    raise RuntimeError("sae_lens imported but the SAETrainer driver is not written yet")
+    def __init__(self) -> None:
+        self.inbox: queue.Queue = queue.Queue(1)
+        self.asked: queue.Queue = queue.Queue(1)
+
+    def __iter__(self) -> _Handoff:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        self.asked.put("next")
+        return self.inbox.get()
+
+    def step(self, x: torch.Tensor) -> None:
+        self.inbox.put(x)
+        msg = self.asked.get()
+        if isinstance(msg, BaseException):
+            raise msg
+
+
+def setup_saelens(steps: int) -> tuple[Step, Recon, Callable[[], None]]:
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    batch = ARGS.batch
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, dtype="float32", device="cpu"))
+    cfg = SAETrainerConfig(total_training_samples=steps * batch, train_batch_size_samples=batch, lr=LR, lr_end=LR,
+                           device="cpu", dead_feature_window=10, feature_sampling_window=10**9)
+    provider = _Handoff()
+    trainer = SAETrainer(cfg, sae, provider)
+
+    def run() -> None:
+        try:
+            trainer.fit()
+            provider.asked.put("done")
+        except BaseException as e:  # noqa: BLE001  (handed to the main thread)
+            provider.asked.put(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    first = provider.asked.get()  # fit() set itself up and asks for its first batch
+    if isinstance(first, BaseException):
+        raise first
+    return provider.step, lambda x: sae(x), lambda: None
+
+
+# ----- main -------------------------------------------------------------------------------------
+ARGS = argparse.Namespace(batch=4096)
 
 
 def main() -> None:
+    global ARGS
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=24, help="training steps per method")
+    ap.add_argument("--warmup", type=int, default=4, help="leading steps left out of the medians")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--dense", action="store_true", help="also time assay's dense reference path")
+    ARGS = args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches, held = make_data(args.batch, 4)
     a = torch.randn(args.batch, D_IN)
     w = torch.randn(D_IN, D_SAE)
-    mm = statistics.median(timed(lambda _: a @ w, [None], 5))
     flops = 2 * args.batch * D_IN * D_SAE
-    mm_rate = flops / mm
-    print(f"dense matmul [{args.batch}x{D_IN}]@[{D_IN}x{D_SAE}]: {mm * 1e3:.1f} ms, {mm_rate / 1e9:.1f} GFLOP/s")
-    results, skipped, peaks = {}, {}, {}
-    runners = {"assay": run_assay, "sparsify": run_sparsify, "sae_lens": run_saelens,
-               "dictionary_learning": None, "overcomplete": None}
-    for name, fn in runners.items():
-        if fn is None:
-            try:
-                __import__(name)
-                skipped[name] = "importable but no driver written"
-            except Exception as e:  # noqa: BLE001
-                skipped[name] = f"not importable: {type(e).__name__}: {e}"[:160]
-            continue
+
+    def matmul_s() -> float:
+        t = time.perf_counter()
+        a @ w
+        return time.perf_counter() - t
+
+    mm_times = [matmul_s() for _ in range(3)]
+
+    setups: dict[str, Callable] = {"assay": setup_assay}
+    if args.dense:
+        setups["assay_dense_reference"] = lambda s: setup_assay(s, sparse=False)
+    setups |= {"sparsify": setup_sparsify, "sae_lens": setup_saelens}
+    methods, skipped, peaks = {}, {}, {}
+    for name, make in setups.items():
         try:
-            times, f = fn(batches, held, args.steps)
+            step, recon, close = make(args.steps)
+            with PeakRSS() as pk:  # warm-up steps, measured for memory
+                for i in range(args.warmup):
+                    step(batches[i % len(batches)])
         except Exception as e:  # noqa: BLE001
-            skipped[name] = f"{type(e).__name__}: {e}"[:160]
+            skipped[name] = f"{type(e).__name__}: {e}"[:200]
             continue
-        step = statistics.median(times[2:])
+        methods[name] = (step, recon, close)
+        peaks[name] = pk.mib
+    for name in ("dictionary_learning", "overcomplete"):
+        try:
+            __import__(name)
+            skipped[name] = "importable but no driver written"
+        except Exception as e:  # noqa: BLE001
+            skipped[name] = f"not importable: {type(e).__name__}: {e}"[:200]
+
+    times: dict[str, list[float]] = {n: [] for n in methods}
+    for i in range(args.warmup, args.steps):
+        x = batches[i % len(batches)]
+        for name, (step, _, _) in methods.items():
+            t = time.perf_counter()
+            step(x)
+            times[name].append(time.perf_counter() - t)
+        mm_times.append(matmul_s())  # the bound, sampled under the same load
+    mm = statistics.median(mm_times)
+    mm_rate = flops / mm
+    print(f"dense matmul [{args.batch}x{D_IN}]@[{D_IN}x{D_SAE}]: median {mm * 1e3:.1f} ms, "
+          f"{mm_rate / 1e9:.1f} GFLOP/s (sampled between rounds)")
+    results = {}
+    for name, (_, recon, close) in methods.items():
+        with torch.no_grad():
+            f = fvu(held, recon(held))
+        close()
+        step = statistics.median(times[name])
         results[name] = {"samples_per_s": args.batch / step, "step_s": step, "fvu": f}
-        peaks[name] = peak_mib()
-        print(f"{name:>20}: {args.batch / step:9.0f} samples/s  step {step * 1e3:7.1f} ms  FVU {f:.4f}  "
-              f"peak RSS {peaks[name]:.0f} MiB")
+        print(f"{name:>22}: {args.batch / step:9.0f} samples/s  step {step * 1e3:7.1f} ms "
+              f"(min {min(times[name]) * 1e3:.0f}, max {max(times[name]) * 1e3:.0f})  FVU {f:.4f}  "
+              f"step peak +{peaks[name]:.0f} MiB")
     for name, why in skipped.items():
-        print(f"{name:>20}: skipped ({why})")
-    peers = {k: v for k, v in results.items() if k != "assay"}
+        print(f"{name:>22}: skipped ({why})")
+    if "assay" not in results:
+        raise SystemExit("assay itself failed: " + skipped.get("assay", "?"))
+    peers = {k: v for k, v in results.items() if not k.startswith("assay")}
     best = max(peers, key=lambda k: peers[k]["samples_per_s"]) if peers else None
     ours = results["assay"]
+    for name, v in results.items():
+        if name != "assay":
+            print(f"assay / {name}: {ours['samples_per_s'] / v['samples_per_s']:.2f}x")
     summary = {
         "assay_samples_per_s": round(ours["samples_per_s"], 1),
         "best_peer": best,
@@ -158,11 +284,13 @@ def main() -> None:
         "assay_fvu": round(ours["fvu"], 4),
         "best_peer_fvu": round(peers[best]["fvu"], 4) if best else None,
         "bound_fraction": round((flops / ours["step_s"]) / mm_rate, 3),
-        "peak_rss_mib": {k: round(v) for k, v in peaks.items()},
-        "steps": args.steps, "batch": args.batch, "skipped": sorted(skipped),
+        "matmul_gflops": round(mm_rate / 1e9, 1),
+        "samples_per_s": {k: round(v["samples_per_s"], 1) for k, v in results.items()},
+        "fvu": {k: round(v["fvu"], 4) for k, v in results.items()},
+        "step_peak_mib": {k: round(v) for k, v in peaks.items()},
+        "steps": args.steps, "warmup": args.warmup, "batch": args.batch, "threads": args.threads,
+        "skipped": sorted(skipped),
     }
-    for name, v in peers.items():
-        print(f"assay / {name}: {ours['samples_per_s'] / v['samples_per_s']:.2f}x")
     print(json.dumps(summary))
 
 
