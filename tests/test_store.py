@@ -105,8 +105,8 @@ def test_low_precision_on_disk_is_the_rounded_activation(tmp_path, dtype):
 def test_stop_at_runs_only_the_layers_needed(tmp_path):
     model, win = Tiny().eval(), make_windows(n=8)
     write_store(tmp_path / "s", model, ["layers.1", "layers.0"], win, batch_size=4, shard_rows=64)
-    # one probe pass (full) + 2 batches that stop after layers.1
-    assert model.calls == [3, 3, 1, 1]
+    # a one-window probe + 2 batches, all stopped after layers.1 (layers 2 and 3 never run)
+    assert model.calls == [3, 3, 0, 0]
 
 
 def test_shards_are_safetensors_with_manifest_checksums(tiny_store):

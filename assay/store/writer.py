@@ -113,25 +113,33 @@ def _fingerprint_corpus(*ts: torch.Tensor) -> str:
 
 
 def _probe(model: nn.Module, sites: list[str], x: torch.Tensor, forward: ForwardFn) -> tuple[str, dict[str, int]]:
-    """Run one window through the model: the site that runs last, and each site's width ``d``."""
+    """Run one window through the model, stopping once every site has run: the site that runs last,
+    and each site's width ``d``."""
     for s in sites:
         hooks.resolve(model, s)
     order: list[str] = []
+
+    class _AllSeen(Exception):
+        pass
 
     def seen(site: str):
         def hook(module, args, output):
             if site not in order:
                 order.append(site)
+            if len(order) == len(sites):
+                raise _AllSeen
 
         return hook
 
-    handles = [model.get_submodule(s).register_forward_hook(seen(s)) for s in sites]
-    try:
-        with torch.no_grad(), hooks.capture(model, sites) as cap:
+    with torch.no_grad(), hooks.capture(model, sites) as cap:  # its hooks run before the ones below
+        handles = [model.get_submodule(s).register_forward_hook(seen(s)) for s in sites]
+        try:
             forward(model, x)
-    finally:
-        for h in handles:
-            h.remove()
+        except _AllSeen:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
     missing = [s for s in sites if s not in cap]
     if missing:
         raise StoreError(f"site(s) {', '.join(missing)} did not run during the model's forward pass")
