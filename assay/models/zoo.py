@@ -126,7 +126,7 @@ def _build_world(world: str | Any, world_overrides: dict[str, Any] | None) -> tu
 
 def _load(path: Path, world: Any) -> tuple[Transformer, dict[str, float]]:
     art = load_artifact(path, kind=KIND)
-    model = Transformer(TransformerConfig(**art.config["model"]))
+    model = Transformer(TransformerConfig(**art.config["model"]), generator=make_generator(0))  # overwritten
     model.load_state_dict(art.tensors["weights"])
     return model.eval(), dict(art.meta.get("metrics", {}))
 
