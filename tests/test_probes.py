@@ -1,0 +1,258 @@
+"""Probes against closed forms, scikit-learn and planted directions; pooling against spec values."""
+
+import math
+
+import pytest
+import torch
+
+from assay.hooks import SiteError, run_to
+from assay.lenses.pooling import (
+    SequenceProbeConfig,
+    fit_sequence_probe,
+    last_index,
+    pool_last,
+    pool_max,
+    pool_mean,
+    pool_rolling_max,
+    pool_softmax,
+)
+from assay.lenses.probe_eval import accuracy_ci, auroc, auroc_ci, cross_validate, stratified_folds, tpr_at_fpr
+from assay.lenses.probes import diff_of_means, lda, logistic, logistic_path
+from assay.lenses.sweep import collect_features, probe_sweep
+
+
+def _g(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _exact_moments(n, mu_pos, mu_neg, cov):
+    """Two classes with exactly the given means and pooled (ML) within-class covariance."""
+    z = torch.randn(2 * n, len(mu_pos), generator=_g(), dtype=torch.float64)
+    z[:n] -= z[:n].mean(0)
+    z[n:] -= z[n:].mean(0)
+    c = z.T @ z / (2 * n)
+    a = torch.linalg.cholesky(cov) @ torch.linalg.inv(torch.linalg.cholesky(c))
+    x = z @ a.T
+    x[:n] += mu_pos
+    x[n:] += mu_neg
+    y = torch.cat([torch.ones(n), torch.zeros(n)]).long()
+    return x, y
+
+
+def test_closed_forms_spec_check():
+    cov = torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    x, y = _exact_moments(50, torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0]), cov)
+    torch.testing.assert_close(diff_of_means(x, y).w, torch.tensor([2.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(lda(x, y, shrinkage=0.0).w, torch.tensor([8 / 3, -4 / 3], dtype=torch.float64))
+    assert float(diff_of_means(x, y).b) == pytest.approx(0.0, abs=1e-12)
+
+
+def _data(n=200, d=8, seed=0):
+    g = _g(seed)
+    u = torch.randn(d, generator=g)
+    u /= u.norm()
+    y = (torch.rand(n, generator=g) < 0.5).long()
+    x = torch.randn(n, d, generator=g) * torch.linspace(0.5, 3, d) + 2.0 + (2 * y[:, None] - 1) * u * 1.5
+    return x.double(), y, u
+
+
+@pytest.mark.parametrize(("C", "intercept"), [(1e-3, False), (1.0, True), (0.05, True)])
+def test_logistic_matches_sklearn(C, intercept):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, _ = _data()
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=C, fit_intercept=intercept, max_iter=5000,
+                                                             tol=1e-10)).fit(x.numpy(), y.numpy())
+    probe = logistic(x, y, C=C, fit_intercept=intercept)
+    p_ref = torch.from_numpy(ref.predict_proba(x.numpy())[:, 1])
+    torch.testing.assert_close(probe.predict_proba(x), p_ref, atol=1e-4, rtol=0)
+
+
+def test_logistic_path_warm_start_equals_cold_fits():
+    x, y, _ = _data(seed=1)
+    path = logistic_path(x, y, Cs=(1.0, 1e-2, 1e-1))
+    assert path.Cs == (1e-2, 1e-1, 1.0)
+    for C, p in zip(path.Cs, path.probes):
+        torch.testing.assert_close(p.predict_proba(x), logistic(x, y, C=C).predict_proba(x), atol=1e-5, rtol=0)
+    # weaker regularisation → larger standardised weights
+    norms = [float((p.w * x.std(0, unbiased=False)).norm()) for p in path.probes]
+    assert norms == sorted(norms)
+
+
+def test_lda_matches_sklearn():
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    x, y, _ = _data(seed=2)
+    ref = LinearDiscriminantAnalysis(solver="lsqr").fit(x.numpy(), y.numpy())
+    w = torch.from_numpy(ref.coef_[0])
+    probe = lda(x, y, shrinkage=0.0)
+    torch.testing.assert_close(probe.w, w, atol=1e-8, rtol=1e-6)
+    prior = math.log(float(y.float().mean()) / (1 - float(y.float().mean())))
+    assert float(probe.b) + prior == pytest.approx(float(ref.intercept_[0]), abs=1e-6)
+
+
+@pytest.mark.parametrize("fit", [diff_of_means, lda, lambda x, y: logistic(x, y, C=1.0)])
+def test_planted_direction_recovered(fit):
+    """Isotropic noise + (2y−1)·u: every probe's direction is the planted u (cosine)."""
+    g = _g(3)
+    d = 16
+    u = torch.randn(d, generator=g)
+    u /= u.norm()
+    y = (torch.rand(2000, generator=g) < 0.5).long()
+    x = torch.randn(2000, d, generator=g) + (2 * y[:, None] - 1) * u
+    cos = float(fit(x, y).direction @ u)
+    assert cos > 0.97
+
+
+def test_planted_direction_superposition_world():
+    """A feature of the toy-superposition world: the LDA direction for "feature i active" matches the
+    planted atom of feature i."""
+    from assay.worlds.superposition import SuperpositionConfig, SuperpositionWorld
+
+    world = SuperpositionWorld(SuperpositionConfig(n_features=24, d_model=16, p_max=0.2, p_min=0.05, seed=0))
+    batch = world.sample(4000, generator=_g(4))
+    i = 0
+    y = batch.labels["active"][:, i].long()
+    probe = diff_of_means(batch.inputs, y)
+    assert float(probe.direction @ world.directions[i]) > 0.9
+
+
+def test_auroc_and_delong_against_references():
+    from sklearn.metrics import roc_auc_score
+
+    g = _g(5)
+    y = (torch.rand(120, generator=g) < 0.4).long()
+    s = torch.round((torch.randn(120, generator=g) + y) * 2) / 2  # ties
+    assert auroc(s, y) == pytest.approx(roc_auc_score(y.numpy(), s.numpy()), abs=1e-12)
+    # naive DeLong structural components
+    pos, neg = s[y == 1].double(), s[y == 0].double()
+    psi = (pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()
+    v10, v01 = psi.mean(1), psi.mean(0)
+    se = math.sqrt(float(v10.var() / len(pos) + v01.var() / len(neg)))
+    ci = auroc_ci(s, y)
+    assert ci.value == pytest.approx(float(psi.mean()), abs=1e-12)
+    assert ci.high - ci.value == pytest.approx(1.959964 * se, rel=1e-5)
+    acc = accuracy_ci(torch.tensor([1] * 8 + [0] * 2), torch.ones(10))
+    assert acc.value == 0.8 and acc.low == pytest.approx(0.4901, abs=1e-3) and acc.high == pytest.approx(0.9433, abs=1e-3)
+    assert tpr_at_fpr(torch.arange(10.0), torch.tensor([0] * 5 + [1] * 5), fpr=0.0) == 1.0
+
+
+def test_cross_validation_folds_and_scores():
+    x, y, _ = _data(n=100, seed=6)
+    folds = stratified_folds(y, 5, seed=0)
+    assert torch.equal(torch.sort(torch.cat(folds)).values, torch.arange(100))
+    for f in folds:
+        frac = float(y[f].float().mean())
+        assert abs(frac - float(y.float().mean())) < 0.1
+    res = cross_validate(diff_of_means, x, y, k=5)
+    assert res.auroc.low < res.auroc.value < res.auroc.high
+    assert res.auroc.value > 0.8
+    # out-of-fold: each score comes from a probe that never saw that row
+    f0 = folds[0]
+    train = torch.ones(100, dtype=torch.bool)
+    train[f0] = False
+    torch.testing.assert_close(res.scores[f0], diff_of_means(x[train], y[train]).score(x[f0]).double())
+
+
+def test_pooling_spec_values_and_padding():
+    s = torch.tensor([[1.0, 2.0, 3.0]])
+    assert float(pool_mean(s)) == pytest.approx(2.0)
+    assert float(pool_max(s)) == 3.0
+    assert float(pool_softmax(s, temperature=1.0)) == pytest.approx(2.575210, abs=1e-6)
+    assert float(pool_softmax(s, temperature=5.0)) == pytest.approx(2.132452, abs=1e-6)
+    assert float(pool_rolling_max(s, window=2)) == pytest.approx(2.5)
+    # right and left padding give the same pooled values as the unpadded sequence
+    right = torch.tensor([[1.0, 2.0, 3.0, 9.0]])
+    rmask = torch.tensor([[1, 1, 1, 0]])
+    left = torch.tensor([[9.0, 1.0, 2.0, 3.0]])
+    lmask = torch.tensor([[0, 1, 1, 1]])
+    for x, m in ((right, rmask), (left, lmask)):
+        assert float(pool_last(x, m)) == 3.0
+        assert float(pool_mean(x, m)) == pytest.approx(2.0)
+        assert float(pool_max(x, m)) == 3.0
+        assert float(pool_softmax(x, m, temperature=1.0)) == pytest.approx(2.575210, abs=1e-6)
+        assert float(pool_rolling_max(x, m, window=2)) == pytest.approx(2.5)
+    assert last_index(torch.tensor([[1, 1, 0], [0, 1, 1]])).tolist() == [1, 2]
+
+
+def test_rolling_max_against_loop():
+    g = _g(7)
+    s = torch.randn(5, 12, generator=g)
+    lengths = [12, 7, 3, 1, 10]
+    mask = torch.zeros(5, 12, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+    got = pool_rolling_max(s, mask, window=4)
+    for i, n in enumerate(lengths):
+        w = min(4, n)
+        ref = max(float(s[i, j:j + w].mean()) for j in range(n - w + 1))
+        assert float(got[i]) == pytest.approx(ref, abs=1e-6)
+
+
+def _sparse_signal_world(n=240, T=12, d=8, seed=8):
+    """Positives carry the planted direction u at one random token; negatives never."""
+    g = _g(seed)
+    u = torch.zeros(d)
+    u[0] = 1.0
+    y = (torch.rand(n, generator=g) < 0.5).long()
+    h = torch.randn(n, T, d, generator=g) * 0.5
+    where = torch.randint(0, T, (n,), generator=g)
+    h[torch.arange(n), where] += 3.0 * u * y[:, None]
+    mask = torch.ones(n, T, dtype=torch.bool)
+    return h, mask, y, u
+
+
+@pytest.mark.parametrize(("kind", "agg"), [("linear_then_agg", "max"), ("linear_then_agg", "softmax"),
+                                           ("attention", "mean")])
+def test_sequence_probe_finds_sparse_signal(kind, agg):
+    h, mask, y, u = _sparse_signal_world()
+    cfg = SequenceProbeConfig(kind=kind, aggregation=agg, temperature=1.0, epochs=30, lr=2e-2, seed=0)
+    probe = fit_sequence_probe(h[:160], mask[:160], y[:160], cfg)
+    with torch.no_grad():
+        s = probe(h[160:], mask[160:])
+    assert auroc(s, y[160:]) > 0.9
+    w = probe.w.detach()
+    if probe.bn is not None:
+        w = w / torch.sqrt(probe.bn.running_var + probe.bn.eps)
+    # the probe reads the planted direction (the attention probe's value vector less sharply: its
+    # context vector averages noise from the other tokens; cos ≈ 0.68 at this size)
+    assert int(w.abs().argmax()) == 0
+    assert abs(float(w @ u) / float(w.norm())) > (0.6 if kind == "attention" else 0.8)
+
+
+def test_collect_features_one_pass_equals_per_site():
+    from assay.models.transformer import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(vocab_size=20, n_layers=3, d_model=16, n_heads=2, context=8),
+                        generator=_g(0)).eval()
+    ids = torch.randint(0, 20, (6, 8), generator=_g(1))
+    sites = ["blocks.0", "blocks.2", "blocks.1"]
+    feats = collect_features(model, sites, [(ids[:3], None), (ids[3:], None)], pooling="mean", skip_first=True)
+    for s in sites:
+        torch.testing.assert_close(feats[s], run_to(model, s, ids)[:, 1:].mean(1))
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    res = probe_sweep(feats, y, fit=diff_of_means, k=2)
+    assert res.sites == tuple(sites) and len(res.aurocs()) == 3 and res.best() in sites
+
+
+def test_bad_input():
+    x = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="single class"):
+        logistic(x, torch.zeros(10))
+    with pytest.raises(ValueError, match="single class"):
+        diff_of_means(x, torch.ones(10))
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        lda(bad, torch.arange(10) % 2)
+    with pytest.raises(ValueError, match="binary"):
+        diff_of_means(x, torch.arange(10))
+    with pytest.raises(ValueError, match="width 3"):
+        diff_of_means(x, torch.arange(10) % 2).score(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="both classes"):
+        auroc(torch.randn(4), torch.zeros(4))
+    model = torch.nn.Sequential(torch.nn.Identity())
+    with pytest.raises(SiteError, match="no submodule"):
+        collect_features(model, ["layers.9"], [(torch.randn(2, 3, 4), None)])
