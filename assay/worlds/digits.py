@@ -5,11 +5,11 @@ Attributions: Bridging Post Hoc Explainability and Inherent Interpretability" (D
 [code: AI4LIFE-GROUP/DiET], rebuilt from scikit-learn's bundled 8×8 digits (1,797 images,
 values 0–16, offline):
 
-- a 3×32×32 canvas of a random background colour, with 0–2 horizontal and 0–2 vertical bands
+- a 3×32×32 canvas of a random dark background colour (channels in [0, 0.5]), with 0–2 horizontal and 0–2 vertical bands
   (width 1–6 px, random colour, Gaussian noise σ = 0.1);
-- the *signal* digit upscaled ×2 (16×16, nearest) in a random foreground colour at a uniform random
-  position; pixel = bg·(1 − v) + fg·v with v = intensity/16;
-- a *decoy* 8×8 digit of a different class in its own colour, not overlapping the signal;
+- the *signal* digit upscaled ×2 (16×16, nearest) in a random bright foreground colour (channels in
+  [0.5, 1]) at a uniform random position; pixel = bg·(1 − v) + fg·v with v = intensity/16;
+- a *decoy* 8×8 digit of a different class in its own bright colour, not overlapping the signal;
 - optional shortcut: with probability ``spurious_rho`` the decoy class is (y + 1) mod 10.
 
 The label is the signal digit's class; ``signal_mask`` (pixels of the upscaled digit with v > 0) is
@@ -83,11 +83,8 @@ def digit_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images[idx], labels[idx]
 
 
-def _colour(rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.ndarray:
-    while True:
-        c = rng.random(3).astype(np.float32)
-        if avoid is None or np.abs(c - avoid).sum() > 0.6:
-            return c
+def _colour(rng: np.random.Generator, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    return (low + (high - low) * rng.random(3)).astype(np.float32)
 
 
 class SignalDistractorDigits:
@@ -114,7 +111,7 @@ class SignalDistractorDigits:
         for i in range(n):
             j = rng.integers(len(self.classes))
             y[i] = self.classes[j]
-            bg = _colour(rng)
+            bg = _colour(rng, 0.0, 0.5)
             canvas = np.broadcast_to(bg[:, None, None], (3, CANVAS, CANVAS)).copy()
             for axis in (0, 1):
                 for _ in range(rng.integers(0, cfg.max_bands + 1)):
@@ -127,7 +124,7 @@ class SignalDistractorDigits:
                     bands[i][region[1:]] = True
             r, c = rng.integers(0, CANVAS - SIGNAL + 1, size=2)
             v = np.kron(self.images[j], np.ones((2, 2), np.float32))
-            fg = _colour(rng, bg)
+            fg = _colour(rng, 0.5, 1.0)
             box = (slice(None), slice(r, r + SIGNAL), slice(c, c + SIGNAL))
             canvas[box] = canvas[box] * (1 - v) + fg[:, None, None] * v
             signal[i, r : r + SIGNAL, c : c + SIGNAL] = v > 0
@@ -142,7 +139,7 @@ class SignalDistractorDigits:
                         break
                 dv = self.images[dj]
                 dbox = (slice(None), slice(r2, r2 + DECOY), slice(c2, c2 + DECOY))
-                canvas[dbox] = canvas[dbox] * (1 - dv) + _colour(rng, bg)[:, None, None] * dv
+                canvas[dbox] = canvas[dbox] * (1 - dv) + _colour(rng, 0.5, 1.0)[:, None, None] * dv
                 decoy[i, r2 : r2 + DECOY, c2 : c2 + DECOY] = dv > 0
             x[i] = canvas
         bands &= ~(signal | decoy)
