@@ -95,3 +95,27 @@ def test_cache_smollm2_real_model(tmp_path, smollm2):
     assert torch.equal(store.positions.all(), windows.positions.reshape(-1))
     h = hooks.run_to(smollm2.model, "model.layers.1", windows.tokens[:2])
     torch.testing.assert_close(store.read("model.layers.1", 0, 64), h.reshape(-1, 576), rtol=1e-5, atol=1e-4)
+
+
+def test_quickstart_statistics_match_a_direct_computation(tmp_path):
+    from assay.cli.quickstart import store_statistics
+    from assay.store import write_store
+
+    model, windows = fake_prepare(cache_cli.CacheConfig(n_tokens=120, context_length=10))
+    positions = windows.positions.clone()
+    positions[:, 0] = -1  # first token of each window plays the BOS
+    windows = TokenWindows(windows.tokens, windows.doc_ids, positions)
+    write_store(tmp_path / "s", model, "layers.1", windows, batch_size=4, shard_rows=32)
+    store = ActivationStore.open(tmp_path / "s")
+    stats = store_statistics(store, "layers.1", chunk=7)
+    h = store.read("layers.1", 0, 120).double()
+    norms = h.norm(dim=1)
+    bos = positions.reshape(-1) < 0
+    assert stats["rows"] == 120 and stats["d"] == 8
+    assert stats["entry_mean"] == pytest.approx(h.mean().item(), rel=1e-9)
+    assert stats["entry_std"] == pytest.approx(h.std(unbiased=False).item(), rel=1e-6)
+    assert stats["norm_median_bos"] == pytest.approx(norms[bos].float().median().item(), rel=1e-6)
+    assert stats["norm_max_text"] == pytest.approx(norms[~bos].max().item(), rel=1e-6)
+    top_rows = [r for r, _, _ in stats["top_text_rows"]]
+    assert top_rows == norms.masked_fill(bos, -1).topk(5).indices.tolist()
+    assert [t for _, t, _ in stats["top_text_rows"]] == windows.tokens.reshape(-1)[top_rows].tolist()
