@@ -1,0 +1,235 @@
+"""SAE fragility: small input perturbations that change which dictionary latents fire while the
+model's output stays (almost) the same.
+
+Li, Srinivas, Bhalla & Lakkaraju 2025/2026, "Interpretability Illusions with Sparse Autoencoders:
+Evaluating Robustness of Concept Representations" (arXiv 2505.16004; EACL 2026); reference code
+``AI4LIFE-GROUP/sae_robustness``. This module implements the continuous version of the attack
+(perturbing embeddings or any real-valued input; the paper's token-level GCG is not implemented).
+
+With h(x) the activation at the SAE's site, z = pre-activations of the lens, S(x) = {i : encode(h)_i > 0}
+and p(x) the model's output distribution, projected gradient descent on δ (‖δ‖ ≤ ε) minimises
+
+    untargeted   cos(z(x + δ), z(x))              success: |S(x+δ) ∩ S(x)|/|S(x)| ≤ τ
+    targeted     −cos(z(x + δ), z_target)         success: |S(x+δ) ∩ S_t|/|S_t| ≥ τ
+    activate j   −z_j(x + δ)                      success: latent j fires
+    deactivate j  z_j(x + δ)                      success: latent j does not fire
+    + w·max(0, KL(p(x) ‖ p(x + δ)) − κ)/κ         every success also needs KL ≤ κ
+
+and keeps, per example, the successful perturbation of smallest norm. The pre-activations are
+(h − b_dec) W_enc + b_enc when the lens has those weights (every assay SAE); otherwise
+``lens.encode`` itself (whose gradient vanishes for latents that are off — pass ``pre_activation``).
+A random direction of the same norm is the baseline (:func:`random_baseline`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from assay.lenses.protocol import Lens
+from assay.robustness.adversarial import project
+from assay.robustness.validate import check_nonnegative, check_positive
+
+__all__ = ["FragilityResult", "fragility_attack", "random_baseline", "pre_activations", "active_set_overlap",
+           "site_forward"]
+
+Objective = Literal["untargeted", "targeted", "activate", "deactivate"]
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class FragilityResult(NamedTuple):
+    """Outcome of the attack per example."""
+
+    x_adv: torch.Tensor
+    """Perturbed inputs (the smallest successful perturbation; the last iterate where it failed)."""
+    success: torch.Tensor
+    """Objective met with KL ≤ κ ``[B]`` (bool)."""
+    overlap: torch.Tensor
+    """|S(x′) ∩ S_ref|/|S_ref| with S_ref = S(x) (S_target when targeted) ``[B]``."""
+    kl: torch.Tensor
+    """KL(p(x) ‖ p(x′)) of the model outputs ``[B]``."""
+    perturbation_norm: torch.Tensor
+    """‖x′ − x‖ in the attack's norm ``[B]``."""
+    relative_perturbation: torch.Tensor
+    """‖x′ − x‖/‖x‖ in the same norm ``[B]``."""
+
+
+def pre_activations(lens: Lens, h: torch.Tensor) -> torch.Tensor:
+    """Differentiable latent scores: (h − b_dec) W_enc + b_enc if the lens has them, else encode(h)."""
+    W, b = getattr(lens, "W_enc", None), getattr(lens, "b_enc", None)
+    if isinstance(W, torch.Tensor) and isinstance(b, torch.Tensor) and W.shape[0] == h.shape[-1]:
+        b_dec = getattr(lens, "b_dec", None)
+        centred = h - b_dec if isinstance(b_dec, torch.Tensor) and b_dec.shape == h.shape[-1:] else h
+        return centred @ W + b
+    return lens.encode(h)
+
+
+def active_set_overlap(codes: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """|S(codes) ∩ S(reference)|/|S(reference)| per row, S = nonzero latents (1 when S(reference) = ∅)."""
+    a, r = codes != 0, reference != 0
+    return (a & r).sum(-1).to(torch.float32) / r.sum(-1).clamp_min(1).to(torch.float32) + (r.sum(-1) == 0)
+
+
+def site_forward(model: torch.nn.Module, site: str, *, position: int | None = -1,
+                 call: Callable[[torch.nn.Module, torch.Tensor], object] | None = None) -> Forward:
+    """A ``forward(x) -> (h, logits)`` reading ``site`` with :func:`assay.hooks.capture` (graph kept).
+
+    ``call(model, x)`` runs the model (default ``model(x)``; e.g. ``lambda m, e: m(inputs_embeds=e)``);
+    outputs with a ``.logits`` attribute are unwrapped; 3-D activations and logits ``[B, T, ·]`` are
+    read at ``position``."""
+    from assay.hooks import capture
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with capture(model, [site], detach=False) as cap:
+            out = call(model, x) if call is not None else model(x)
+        logits = getattr(out, "logits", out)
+        h = cap[site]
+        if position is not None and h.ndim == 3:
+            h = h[:, position]
+        if position is not None and logits.ndim == 3:
+            logits = logits[:, position]
+        return h, logits
+
+    return forward
+
+
+def _kl(logp0: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return (logp0.exp() * (logp0 - logits.log_softmax(-1))).sum(-1)
+
+
+def _norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.reshape(delta.shape[0], -1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+def _check_outputs(h: torch.Tensor, logits: torch.Tensor, B: int) -> None:
+    if not isinstance(h, torch.Tensor) or not isinstance(logits, torch.Tensor):
+        raise TypeError("forward must return a pair of tensors (activations [B, d], logits [B, n_out])")
+    if h.ndim != 2 or logits.ndim != 2 or h.shape[0] != B or logits.shape[0] != B:
+        raise ValueError(f"forward must return activations [B, d] and logits [B, n_out] with B = {B}, got "
+                         f"{tuple(h.shape)} and {tuple(logits.shape)}; read one position (site_forward's position=)")
+
+
+def _success(objective: str, codes: torch.Tensor, ref_codes: torch.Tensor, latent: torch.Tensor | None,
+             threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    overlap = active_set_overlap(codes, ref_codes)
+    if objective == "untargeted":
+        ok = overlap <= threshold
+    elif objective == "targeted":
+        ok = overlap >= threshold
+    else:
+        fires = codes.gather(1, latent[:, None]).squeeze(1) > 0
+        ok = fires if objective == "activate" else ~fires
+    return ok, overlap
+
+
+def fragility_attack(forward: Forward, lens: Lens, x: torch.Tensor, *, objective: Objective = "untargeted",
+                     latent: int | torch.Tensor | None = None, target_h: torch.Tensor | None = None,
+                     eps: float = 1.0, norm: Literal["l2", "linf"] = "l2", steps: int = 50,
+                     step_size: float | None = None, kl_bound: float = 0.01, kl_weight: float = 10.0,
+                     overlap_threshold: float = 0.5,
+                     pre_activation: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FragilityResult:
+    """PGD on the input to manipulate SAE latents under a KL bound on the output (module docstring).
+
+    ``forward(x) -> (h [B, d], logits [B, n_out])``; ``latent`` (int or ``[B]``) for activate /
+    deactivate; ``target_h`` the activations whose code to match (targeted). ``step_size`` defaults to
+    2.5ε/steps."""
+    eps = check_positive("eps", eps)
+    kl_bound = check_positive("kl_bound", kl_bound)
+    check_nonnegative("kl_weight", kl_weight)
+    if objective not in ("untargeted", "targeted", "activate", "deactivate"):
+        raise ValueError(f"objective must be untargeted, targeted, activate or deactivate, got {objective!r}")
+    if norm not in ("l2", "linf"):
+        raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    alpha = 2.5 * eps / steps if step_size is None else check_positive("step_size", step_size)
+    score = pre_activation or (lambda h: pre_activations(lens, h))
+    B = x.shape[0]
+    with torch.no_grad():
+        h0, logits0 = forward(x)
+        _check_outputs(h0, logits0, B)
+        logp0 = logits0.log_softmax(-1)
+        z0 = score(h0)
+        ref_codes = lens.encode(h0)
+        if objective == "targeted":
+            if target_h is None or target_h.shape != h0.shape:
+                raise ValueError(f"targeted needs target_h shaped like the activations {tuple(h0.shape)}")
+            z_ref, ref_codes = score(target_h), lens.encode(target_h)
+    lat = None
+    if objective in ("activate", "deactivate"):
+        if latent is None:
+            raise ValueError(f"objective {objective!r} needs latent= (an index or [B] indices)")
+        lat = torch.as_tensor(latent, device=x.device).long().expand(B).clone()
+        if lat.min() < 0 or lat.max() >= z0.shape[1]:
+            raise ValueError(f"latent index out of range [0, {z0.shape[1]})")
+
+    delta = torch.zeros_like(x)
+    best = x.detach().clone()
+    best_norm = torch.full((B,), float("inf"), device=x.device)
+    succeeded = torch.zeros(B, dtype=torch.bool, device=x.device)
+    for _ in range(steps + 1):
+        d = delta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            h, logits = forward(x + d)
+            z = score(h)
+            if objective == "untargeted":
+                obj = F.cosine_similarity(z, z0, dim=1)
+            elif objective == "targeted":
+                obj = -F.cosine_similarity(z, z_ref, dim=1)
+            else:
+                zj = z.gather(1, lat[:, None]).squeeze(1)
+                obj = -zj if objective == "activate" else zj
+            kl = _kl(logp0, logits)
+            loss = obj + kl_weight * F.relu(kl - kl_bound) / kl_bound
+            (grad,) = torch.autograd.grad(loss.sum(), d)
+        with torch.no_grad():
+            ok, _ = _success(objective, lens.encode(h), ref_codes, lat, overlap_threshold)
+            ok &= kl <= kl_bound
+            size = _norm(d, norm)
+            better = ok & (size < best_norm)
+            best[better] = (x + d)[better]
+            best_norm = torch.where(better, size, best_norm)
+            succeeded |= ok
+            fallback = ~succeeded
+            best[fallback] = (x + d)[fallback]
+            if norm == "linf":
+                step = grad.sign()
+            else:
+                step = grad / _norm(grad, "l2").clamp_min(1e-30).reshape(-1, *([1] * (x.ndim - 1)))
+            delta = project(d - alpha * step, eps, norm)
+    with torch.no_grad():
+        h, logits = forward(best)
+        _, overlap = _success(objective, lens.encode(h), ref_codes, lat, overlap_threshold)
+        size = _norm(best - x, norm)
+        rel = size / _norm(x, norm).clamp_min(1e-30)
+        return FragilityResult(best, succeeded, overlap, _kl(logp0, logits), size, rel)
+
+
+def random_baseline(forward: Forward, lens: Lens, x: torch.Tensor, sizes: torch.Tensor, *,
+                    objective: Objective = "untargeted", latent: int | torch.Tensor | None = None,
+                    target_h: torch.Tensor | None = None, norm: Literal["l2", "linf"] = "l2",
+                    kl_bound: float = 0.01, overlap_threshold: float = 0.5,
+                    generator: torch.Generator | None = None) -> FragilityResult:
+    """The same success test for random perturbations with per-example sizes ``sizes [B]``."""
+    B = x.shape[0]
+    if norm == "linf":
+        delta = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator).mul(2).sub(1).sign()
+    else:
+        delta = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        delta = delta / _norm(delta, "l2").reshape(-1, *([1] * (x.ndim - 1)))
+    delta = delta * sizes.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    with torch.no_grad():
+        h0, logits0 = forward(x)
+        _check_outputs(h0, logits0, B)
+        ref_codes = lens.encode(h0 if target_h is None else target_h)
+        h, logits = forward(x + delta)
+        lat = None if latent is None else torch.as_tensor(latent, device=x.device).long().expand(B)
+        ok, overlap = _success(objective, lens.encode(h), ref_codes, lat, overlap_threshold)
+        kl = _kl(logits0.log_softmax(-1), logits)
+        size = _norm(delta, norm)
+        return FragilityResult(x + delta, ok & (kl <= kl_bound), overlap, kl, size,
+                               size / _norm(x, norm).clamp_min(1e-30))
