@@ -110,3 +110,35 @@ def test_sparse_and_dense_topk_sae_agree_through_training_loss():
 def test_k_larger_than_d_sae_is_a_clear_error():
     with pytest.raises(ConfigError, match="k must be in 1..d_sae"):
         TopKConfig(d_in=4, d_sae=8, k=9)
+
+
+def test_chunked_cpu_encoder_matches_dense_values_and_grads(monkeypatch):
+    import assay.dictionaries.sparse as sp
+
+    monkeypatch.setattr(sp, "CHUNK_ROWS", 5)  # 16 rows → blocks of 5, 5, 5, 1
+    g = _gen(4)
+    B, d, n, k = 16, 8, 32, 4
+    x = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(d, n, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(n, generator=g, dtype=torch.float64, requires_grad=True)
+    v, i = topk_encode(x, W, b, k)
+    z_ref = topk_encode_reference(x, W, b, k)
+    torch.testing.assert_close(to_dense(v, i, n), z_ref)
+    assert torch.autograd.gradcheck(lambda x_, W_, b_: topk_encode(x_, W_, b_, k)[0], (x, W, b))
+
+
+def test_in_place_decoder_constraint_equals_the_pure_functions():
+    from assay.dictionaries.base import remove_parallel_component, unit_rows
+
+    sae = TopKSAE(TopKConfig(d_in=16, d_sae=64, k=4))
+    g = _gen(5)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(64, 1, generator=g) + 0.5)  # rows of norm ≠ 1
+    grad = torch.randn(64, 16, generator=g)
+    sae.W_dec.grad = grad.clone()
+    sae.before_step()
+    torch.testing.assert_close(sae.W_dec.grad, remove_parallel_component(grad, sae.W_dec.detach()))
+    assert (sae.W_dec.grad * sae.W_dec).sum(-1).abs().max() < 1e-5  # no component along the atoms is left
+    w = sae.W_dec.detach().clone()
+    sae.after_step()
+    assert torch.equal(sae.W_dec.detach(), unit_rows(w))

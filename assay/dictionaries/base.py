@@ -246,13 +246,16 @@ class SAE(nn.Module):
     def before_step(self) -> None:
         """Called after backward, before the optimizer step: remove the decoder gradient's parallel part."""
         if self.constrained_decoder and self.W_dec.grad is not None:
-            self.W_dec.grad.copy_(remove_parallel_component(self.W_dec.grad, self.W_dec))
+            # in place, as remove_parallel_component: g ← g − (g·w) w / (‖w‖ + eps)²  (no n×d temporaries)
+            g, w = self.W_dec.grad, self.W_dec
+            coef = torch.linalg.vecdot(g, w) / (w.norm(dim=-1) + 1e-8).square()
+            g.addcmul_(w, coef.unsqueeze(-1), value=-1.0)
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Called after the optimizer step: renormalise atoms to unit norm."""
+        """Called after the optimizer step: renormalise atoms to unit norm (in place, as ``unit_rows``)."""
         if self.constrained_decoder:
-            self.W_dec.copy_(unit_rows(self.W_dec))
+            self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).add_(1e-8))
 
     @torch.no_grad()
     def observe(self, codes: Codes, step: int) -> None:

@@ -167,7 +167,7 @@ class SAETrainer:
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             fired = out.codes.fired()
-            stats = torch.stack([out.rec_loss * x.shape[0], (x - x.mean(0)).pow(2).sum().detach(),
+            stats = torch.stack([out.rec_loss * x.shape[0], x.var(0, correction=0).sum() * x.shape[0],
                                  out.codes.l0().sum().float()])
             if world > 1:
                 import torch.distributed as dist
