@@ -1,1 +1,9 @@
-"""Robustness: average-case, adversarial, curvature, off-manifold, SAE fragility."""
+"""Robustness: average-case, adversarial, curvature, off-manifold, SAE fragility.
+
+Modules (import them directly; nothing is loaded here): ``average_case`` (p_σ(x) estimators),
+``mvn`` (batched multivariate normal CDF), ``adversarial`` (FGSM, PGD, robust accuracy, adversarial
+training), ``curvature`` (Hessian power iteration, normalised curvature), ``lcnn_layers`` / ``lcnn``
+(low-curvature layers and recipe), ``regularisers`` (gradient-norm, score matching),
+``off_manifold`` (on/off-manifold robustness, gradient alignment), ``sae_fragility`` (attacks on
+dictionary latents), ``suite`` (the ``assay robustness`` report). See docs/robustness.md.
+"""
