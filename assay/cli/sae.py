@@ -1,69 +1,70 @@
-"""``assay sae train``: train an SAE on activations from an assay store (config: :class:`SAETrainCommand`)."""
+"""``assay sae train``: train an SAE on one site of an activation store (``assay cache`` output), report
+held-out FVU/L0 and, when the store's model is an offline model, CE loss recovered with the
+reconstruction spliced in. Config: :class:`SAETrainCommand`; the work is
+:func:`assay.dictionaries.store_run.train_sae_on_store`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import typer
 
 from assay.cli import command
-from assay.config import ConfigError
+from assay.dictionaries.store_run import StoreSAEConfig
+
+__all__ = ["SAETrainCommand", "run_sae_train", "register"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class SAETrainCommand:
-    """Train a sparse autoencoder on one site of an activation store."""
+class SAETrainCommand(StoreSAEConfig):
+    """Train a sparse autoencoder on one site of an activation store and evaluate it."""
 
     store: Path
-    """Activation store folder (written by assay's store)."""
+    """Activation store folder (written by `assay cache`)."""
     site: str
     """Site whose activations to train on."""
     out: Path
     """Output artifact folder for the trained SAE."""
-    architecture: Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "mp"] = "topk"
-    """SAE architecture."""
-    expansion: int = 8
-    """d_sae = expansion × d_in."""
-    k: int = 32
-    """Active latents per token (TopK family, MP)."""
-    steps: int = 1000
-    """Optimizer steps."""
-    batch_size: int = 4096
-    """Tokens per step."""
-    lr: float | None = None
-    """Learning rate (None: the architecture's default / width-scaled rule)."""
-    seed: int = 0
-    """Seed of the data order and the initialisation."""
     checkpoint: Path | None = None
-    """Checkpoint folder (resumed when it exists)."""
-
-    def __post_init__(self) -> None:
-        if self.expansion <= 0 or self.steps <= 0 or self.batch_size <= 0:
-            raise ConfigError("expansion, steps and batch_size must be positive")
+    """Checkpoint folder (resumed when it exists; a finished run resumed takes no step)."""
+    evaluate_model: bool = True
+    """Load the store's model (an offline model name) and report CE loss recovered on held-out windows."""
 
 
-def _run(cfg: SAETrainCommand) -> None:
-    from assay.dictionaries.registry import build_sae, save_sae
-    from assay.dictionaries.trainer import TrainConfig, train_saes
+def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
+    """Run ``assay sae train``; returns the printed figures."""
+    from assay.dictionaries.store_run import train_sae_on_store
     from assay.store import ActivationStore
 
-    store = ActivationStore.open(cfg.store)
-    d = store.d(cfg.site)
-    kw = {"d_in": d, "d_sae": cfg.expansion * d, "seed": cfg.seed}
-    if cfg.architecture in ("topk", "batchtopk", "matryoshka", "mp"):
-        kw["k"] = cfg.k
-    sae = build_sae(cfg.architecture, **kw)
-    (trained,), result = train_saes(sae, TrainConfig(steps=cfg.steps, lr=cfg.lr, progress=True), store,
-                                    site=cfg.site, batch_size=cfg.batch_size, seed=cfg.seed,
-                                    checkpoint=cfg.checkpoint)
-    save_sae(cfg.out, trained, meta={"store": str(cfg.store), "site": cfg.site, "steps": result.steps,
-                                     "last": result.last[0]})
-    typer.echo(f"saved {cfg.out}: {result.last[0]}")
+    store = ActivationStore.open(cfg.store, sites=[cfg.site])
+    model = None
+    if cfg.evaluate_model and cfg.holdout_windows > 0:
+        from assay.models.offline import MODELS, load
+
+        name = store.config.get("model")
+        if name in MODELS:
+            model = load(name).model
+        else:
+            typer.echo(f"store model {name!r} is not an offline model; skipping CE loss recovered", err=True)
+    res = train_sae_on_store(store, cfg.site, cfg, model=model, out=cfg.out, checkpoint=cfg.checkpoint)
+    facts: dict[str, Any] = {"out": str(cfg.out), "steps": res.train.steps, "train_s": round(res.train_seconds, 1),
+                             "last_step": {k: round(v, 4) for k, v in res.train.last[0].items()}}
+    if res.reconstruction is not None and res.sparsity is not None:
+        facts |= {"heldout_tokens": res.reconstruction.n_tokens, "heldout_fvu": round(res.reconstruction.fvu, 4),
+                  "heldout_l0": round(res.sparsity.l0, 2), "heldout_dead": round(res.sparsity.dead_fraction, 4)}
+    if res.spliced is not None:
+        s = res.spliced
+        facts |= {"ce_clean": round(s.ce_clean, 4), "ce_sae": round(s.ce_sae, 4), "ce_zero": round(s.ce_zero, 4),
+                  "ce_mean": round(s.ce_mean, 4), "ce_recovered": round(s.ce_recovered, 4),
+                  "ce_recovered_vs_mean": round(s.ce_recovered_mean, 4), "kl_score": round(s.kl_score, 4)}
+    for k, v in facts.items():
+        typer.echo(f"{k}: {v}")
+    return facts
 
 
 def register(app: typer.Typer) -> None:
     sae_app = typer.Typer(help="Sparse autoencoders.", no_args_is_help=True)
-    command(sae_app, "train", SAETrainCommand, _run)
+    command(sae_app, "train", SAETrainCommand, run_sae_train)
     app.add_typer(sae_app, name="sae")

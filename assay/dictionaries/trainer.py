@@ -32,7 +32,7 @@ from assay.config import ConfigError, to_dict
 from assay.dictionaries.base import SAE, topk_lr
 
 __all__ = ["TrainConfig", "TrainResult", "SAETrainer", "NonFiniteActivationsError", "lr_at", "train_saes",
-           "live_batches"]
+           "live_batches", "store_batches"]
 
 
 class NonFiniteActivationsError(RuntimeError):
@@ -322,12 +322,44 @@ def live_batches(model: torch.nn.Module, site: str, token_batches: Iterable[Tens
             buf, have = [rest], rest.shape[0]
 
 
+def store_batches(store: Any, site: str, *, batch_size: int, seed: int, start_batch: int, n_batches: int,
+                  keep_rows: Callable[[Tensor], Tensor] | None = None, prefetch: int = 2
+                  ) -> tuple[Iterator[Tensor], Callable[[int], Tensor]]:
+    """Batches ``start_batch .. n_batches-1`` of ``site`` in the store's seeded order (epochs past the
+    first continue the order), and ``rows_of(step)``: the global store rows of that step's batch.
+
+    ``keep_rows(rows) -> bool mask`` drops rows (e.g. BOS/padding, or held-out windows); the batch then
+    holds the kept rows only (trimmed to a multiple of the data-parallel world size). Batch b depends
+    only on (store, batch_size, seed, b), so a resumed run reads exactly the batches it would have.
+    """
+    from assay.store.prefetch import prefetch as _prefetch
+
+    world = _dist()[1]
+
+    def rows_of(step: int) -> Tensor:
+        rows = store.batch_rows(step, batch_size=batch_size, seed=seed)
+        if keep_rows is not None:
+            rows = rows[keep_rows(rows)]
+        return rows[: rows.shape[0] - rows.shape[0] % world]
+
+    def gen() -> Iterator[Tensor]:
+        for b in range(start_batch, n_batches):
+            rows = rows_of(b)
+            if rows.numel() == 0:
+                raise ValueError(f"batch {b} of the store keeps no rows after filtering; use a larger batch_size")
+            yield store.read_rows(site, rows)
+
+    return _prefetch(gen(), prefetch), rows_of
+
+
 def train_saes(saes: SAE | list[SAE], cfg: TrainConfig, data: Any, *, site: str | None = None,
                batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
-               resume: bool = True) -> tuple[list[SAE], TrainResult]:
+               resume: bool = True, keep_rows: Callable[[Tensor], Tensor] | None = None
+               ) -> tuple[list[SAE], TrainResult]:
     """Train on ``data``: an :class:`assay.store.ActivationStore` (with ``site``, ``batch_size``,
-    ``seed``), a callable ``start_batch -> iterator of [B, d] tensors``, or an iterable (batches
-    already consumed before a resume are skipped). Resumes from ``checkpoint`` when it exists.
+    ``seed`` and optionally ``keep_rows``, see :func:`store_batches`; as many epochs over the store as
+    ``cfg.steps`` needs), a callable ``start_batch -> iterator of [B, d] tensors``, or an iterable
+    (batches already consumed before a resume are skipped). Resumes from ``checkpoint`` when it exists.
     Returns the finalized (input-scale-folded) SAEs and the result."""
     trainer = SAETrainer(saes, cfg)
     if checkpoint is not None and resume and (Path(checkpoint) / "config.json").exists():
@@ -338,17 +370,20 @@ def train_saes(saes: SAE | list[SAE], cfg: TrainConfig, data: Any, *, site: str 
         if site is None or batch_size is None:
             raise ValueError("training from a store needs site= and batch_size=")
         if data.d(site) != trainer.d_in:
-            raise ValueError(f"store site {site!r} has d={data.d(site)} but the SAE(s) expect d_in={trainer.d_in}")
+            raise ValueError(f"store site {site!r} has d={data.d(site)} but the SAE(s) expect d_in={trainer.d_in}; "
+                             "build the SAE with d_in equal to the store's width")
         store = data
-        total = store.n_batches(batch_size)
-        if cfg.steps > total:
-            raise ValueError(f"the store holds {total} batches of {batch_size} rows, fewer than steps={cfg.steps}")
-        batches: Iterable[Tensor] = store.batches(site, batch_size=batch_size, seed=seed, start_batch=min(start, total))
+        per_epoch = store.n_batches(batch_size)
+        if per_epoch == 0:
+            raise ValueError(f"batch_size={batch_size} exceeds the store's {store.n_rows} rows")
+        n_batches = max(cfg.steps, start)
+        batches, rows_of = store_batches(store, site, batch_size=batch_size, seed=seed, start_batch=start,
+                                         n_batches=n_batches, keep_rows=keep_rows)
 
         def where(step: int, bad: Tensor) -> str:
-            rows = store.batch_rows(step, batch_size=batch_size, seed=seed)
+            rows = rows_of(step)
             shards = sorted({int(r) // store.shard_rows for r in rows[bad]})
-            return f" (store {store.path}, site {site!r}, shard(s) {shards})"
+            return f" (store {store.path}, site {site!r}, shard(s) {shards}, store rows {rows[bad][:5].tolist()})"
     elif callable(data):
         batches = data(start)
     else:

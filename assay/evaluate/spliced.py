@@ -64,6 +64,21 @@ def logits_of(output) -> Tensor:
     return output.logits
 
 
+def _keeping(fn: Callable[[Tensor], Tensor], keep_first: int) -> Callable[[Tensor], Tensor]:
+    """``fn`` with the first ``keep_first`` positions (dim 1) of its input passed through unchanged."""
+    if keep_first == 0:
+        return fn
+
+    def kept(h: Tensor) -> Tensor:
+        if h.dim() != 3:
+            raise ValueError(f"keep_first needs activations [n, T, d] at the site, got shape {tuple(h.shape)}")
+        out = fn(h).clone()
+        out[:, :keep_first] = h[:, :keep_first]
+        return out
+
+    return kept
+
+
 def _ce_kl(logits: Tensor, clean_logp: Tensor, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     logp = logits[:, :-1].float().log_softmax(-1)
     tgt = tokens[:, 1:]
@@ -81,13 +96,18 @@ def spliced_metrics(
     reconstruct: Callable[[Tensor], Tensor],
     *,
     mean_activation: Tensor | None = None,
+    keep_first: int = 0,
 ) -> SplicedMetrics:
     """CE/KL with ``site`` spliced, over ``batches`` of token ids ``[n, T]`` or ``(tokens, mask)`` pairs.
 
     ``mask [n, T]`` marks target tokens to count (exclude padding; position 0 is never a target).
     ``mean_activation [d]`` for mean ablation; None estimates it from the clean activations of the
-    first batch.
+    first batch. ``keep_first`` leaves the first positions of every sequence unpatched in all three
+    replacements (1: the BOS, whose outsized activation SAEs are not trained on); needs ``[n, T, d]``
+    activations.
     """
+    if keep_first < 0:
+        raise ValueError(f"keep_first must be >= 0, got {keep_first}")
     sums = dict(clean=0.0, sae=0.0, zero=0.0, mean=0.0, kl_sae=0.0, kl_zero=0.0)
     count = 0
     mean = mean_activation
@@ -111,7 +131,7 @@ def spliced_metrics(
             ("zero", torch.zeros_like),
             ("mean", lambda h, m=m: m.to(h.dtype).expand_as(h).clone()),
         ):
-            with patch(model, {site: fn}):
+            with patch(model, {site: _keeping(fn, keep_first)}):
                 out = logits_of(model(tokens))
             ce, kl = _ce_kl(out, clean_logp, tokens, mask)
             sums[name] += ce.item()

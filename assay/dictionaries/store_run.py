@@ -1,0 +1,225 @@
+"""Train one SAE on a site of an activation store and evaluate it end to end: the function behind
+``assay sae train`` (and the quickstart's SAE step).
+
+Recipe: the SAE trainer of :mod:`assay.dictionaries.trainer` (Gao et al. 2024, "Scaling and
+evaluating sparse autoencoders", for the TopK defaults) on the store's rows, minus BOS/padding rows
+(position −1 in the store; their norms are outliers, SAELens#333) and minus the last
+``holdout_windows`` windows, which are kept for evaluation:
+
+- reconstruction (FVU as a ratio of global sums) and sparsity (L0, dead fraction) on the held-out
+  rows, via :mod:`assay.evaluate.reconstruction` / :mod:`assay.evaluate.sparsity`;
+- with the model, CE loss recovered (CE_zero − CE_sae)/(CE_zero − CE_clean) and the KL score on the
+  held-out windows, the reconstruction spliced in at every position but the BOS
+  (:mod:`assay.evaluate.spliced`).
+
+Store rows are window-major (row = window · T + t), so a held-out window is a contiguous block.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from assay.config import ConfigError
+from assay.dictionaries.base import SAE
+from assay.dictionaries.trainer import TrainResult
+from assay.evaluate.reconstruction import ReconstructionMetrics
+from assay.evaluate.sparsity import SparsityMetrics
+from assay.evaluate.spliced import SplicedMetrics
+
+__all__ = ["StoreSAEConfig", "StoreSAEResult", "train_sae_on_store", "build_store_sae"]
+
+Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "mp"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreSAEConfig:
+    """How to train and evaluate an SAE on one store site. Reconstruction loss: sum over d, mean over tokens."""
+
+    architecture: Architecture = "topk"
+    """SAE architecture."""
+    expansion: int = 8
+    """d_sae = expansion × d_in."""
+    k: int = 32
+    """Active latents per token (TopK family, MP)."""
+    steps: int = 1000
+    """Optimizer steps (epochs over the store as needed)."""
+    batch_size: int = 4096
+    """Store rows drawn per step (BOS/padding and held-out rows are then dropped from the batch)."""
+    lr: float | None = None
+    """Learning rate (None: the architecture's default, else the width-scaled TopK rule)."""
+    warmup_steps: int = 1000
+    """Linear lr warmup (capped at steps/10)."""
+    decay_fraction: float = 0.2
+    """Decay the lr linearly to 0 over this last fraction of the steps (0: constant)."""
+    seed: int = 0
+    """Seed of the data order and the weight initialisation."""
+    holdout_windows: int = 16
+    """Last windows of the store kept out of training, for evaluation (0: evaluate nothing)."""
+    exclude_special: bool = True
+    """Drop BOS and padding rows (store position −1) from training and evaluation."""
+    checkpoint_every: int | None = None
+    """Checkpoint every this many steps when a checkpoint folder is given (None: only at the end)."""
+    eval_batch_windows: int = 4
+    """Windows per model forward pass in the spliced evaluation."""
+    progress: bool = False
+    """Show a progress bar with loss, L0, FVU and dead fraction."""
+
+    def __post_init__(self) -> None:
+        for name in ("expansion", "k", "steps", "batch_size", "eval_batch_windows"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.holdout_windows < 0:
+            raise ConfigError(f"holdout_windows must be >= 0, got {self.holdout_windows}")
+        if not 0.0 <= self.decay_fraction < 1.0:
+            raise ConfigError(f"decay_fraction must lie in [0, 1), got {self.decay_fraction}")
+
+
+class StoreSAEResult(NamedTuple):
+    """What :func:`train_sae_on_store` returns."""
+
+    sae: SAE
+    """The trained SAE (takes raw activations; the input scale is folded in)."""
+    train: TrainResult
+    """Steps, input scale and the last training step's loss, FVU, L0 and dead fraction."""
+    reconstruction: ReconstructionMetrics | None
+    """Held-out reconstruction metrics (None when ``holdout_windows`` = 0)."""
+    sparsity: SparsityMetrics | None
+    """Held-out sparsity metrics (None when ``holdout_windows`` = 0)."""
+    spliced: SplicedMetrics | None
+    """CE/KL recovered on the held-out windows (None without a model or held-out windows)."""
+    train_seconds: float
+    """Wall-clock seconds of training."""
+    eval_seconds: float
+    """Wall-clock seconds of evaluation."""
+
+
+def build_store_sae(cfg: StoreSAEConfig, d_in: int) -> SAE:
+    """The untrained SAE ``cfg`` describes for inputs of width ``d_in``."""
+    from assay.dictionaries.registry import build_sae
+
+    kw: dict[str, Any] = {"d_in": d_in, "d_sae": cfg.expansion * d_in, "seed": cfg.seed}
+    if cfg.architecture in ("topk", "batchtopk", "matryoshka", "mp"):
+        kw["k"] = cfg.k
+    return build_sae(cfg.architecture, **kw)
+
+
+def _layout(store: Any, cfg: StoreSAEConfig) -> tuple[int, int]:
+    """(window length T, first held-out row)."""
+    t = int(store.config.get("context_length", 0))
+    if t <= 0 or store.n_rows % t:
+        raise ValueError(f"{store.path}: cannot recover the window layout (context_length={t}, rows={store.n_rows})")
+    n_windows = store.n_rows // t
+    if cfg.holdout_windows >= n_windows:
+        raise ValueError(f"holdout_windows={cfg.holdout_windows} leaves no training window of the store's {n_windows}")
+    return t, (n_windows - cfg.holdout_windows) * t
+
+
+def train_sae_on_store(
+    store: Any,
+    site: str,
+    cfg: StoreSAEConfig,
+    *,
+    sae: SAE | None = None,
+    model: nn.Module | None = None,
+    out: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+) -> StoreSAEResult:
+    """Train an SAE on ``site`` of ``store`` (an :class:`assay.store.ActivationStore` or its folder),
+    evaluate it on the held-out windows and (with ``out``) save it as an assay artifact.
+
+    ``sae``: a prebuilt untrained SAE (default: :func:`build_store_sae`); its d_in must equal the
+    site's width. ``model``: the model the store was cached from, for CE loss recovered.
+    ``checkpoint``: a folder for exact resume (a finished run resumed takes no further steps).
+    """
+    from assay.dictionaries.registry import save_sae
+    from assay.dictionaries.trainer import TrainConfig, train_saes
+    from assay.store import ActivationStore
+
+    if not hasattr(store, "batch_rows"):
+        store = ActivationStore.open(store)
+    d = store.d(site)
+    sae = sae if sae is not None else build_store_sae(cfg, d)
+    if sae.d_in != d:
+        raise ValueError(f"store site {site!r} has d={d} but the SAE expects d_in={sae.d_in}; "
+                         "build the SAE with d_in equal to the store's width")
+    t, cut = _layout(store, cfg)
+
+    def keep_rows(rows: Tensor) -> Tensor:
+        keep = rows < cut
+        if cfg.exclude_special:
+            keep &= store.positions[rows] >= 0
+        return keep
+
+    decay = int(cfg.steps * (1 - cfg.decay_fraction)) if cfg.decay_fraction > 0 else None
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                       decay_start=decay if decay is not None and decay < cfg.steps else None,
+                       checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+    t0 = time.perf_counter()
+    (trained,), result = train_saes(sae, tcfg, store, site=site, batch_size=cfg.batch_size, seed=cfg.seed,
+                                    checkpoint=checkpoint, keep_rows=keep_rows)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rec = spars = spliced = None
+    if cfg.holdout_windows > 0:
+        rec, spars, mean = _heldout_metrics(trained, store, site, cut, cfg.exclude_special)
+        if model is not None:
+            spliced = _spliced(trained, model, store, site, cut, t, cfg, mean)
+    eval_s = time.perf_counter() - t0
+    if out is not None:
+        meta: dict[str, Any] = {"store": str(store.path), "site": site, "model": store.config.get("model"),
+                                "steps": result.steps, "input_scale": result.input_scale, "last": result.last[0],
+                                "heldout_fvu": rec.fvu if rec else None, "heldout_l0": spars.l0 if spars else None,
+                                "ce_recovered": spliced.ce_recovered if spliced else None}
+        save_sae(out, trained, meta=meta)
+    return StoreSAEResult(trained, result, rec, spars, spliced, train_s, eval_s)
+
+
+@torch.no_grad()
+def _heldout_metrics(sae: SAE, store: Any, site: str, cut: int, exclude_special: bool, chunk: int = 4096
+                     ) -> tuple[ReconstructionMetrics, SparsityMetrics, Tensor]:
+    from assay.evaluate.reconstruction import ReconstructionAccumulator
+    from assay.evaluate.sparsity import SparsityAccumulator
+
+    rec, spars = ReconstructionAccumulator(), SparsityAccumulator(sae.d_sae)
+    total = torch.zeros(sae.d_in, dtype=torch.float64)
+    n = 0
+    for a in range(cut, store.n_rows, chunk):
+        b = min(a + chunk, store.n_rows)
+        x = store.read(site, a, b)
+        if exclude_special:
+            x = x[store.positions[a:b] >= 0]
+        if x.shape[0] == 0:
+            continue
+        z = sae.encode(x)
+        rec.update(x, sae.decode(z))
+        spars.update(z)
+        total += x.double().sum(0)
+        n += x.shape[0]
+    if n == 0:
+        raise ValueError("the held-out windows hold no rows to evaluate (all BOS/padding?)")
+    return rec.result(), spars.result(), (total / n).float()
+
+
+def _spliced(sae: SAE, model: nn.Module, store: Any, site: str, cut: int, t: int, cfg: StoreSAEConfig,
+             mean: Tensor) -> SplicedMetrics:
+    from assay.evaluate.spliced import spliced_metrics
+
+    tokens = store.tokens[cut:store.n_rows].reshape(-1, t)
+    positions = store.positions[cut:store.n_rows].reshape(-1, t)
+    mask = positions >= 0 if cfg.exclude_special else torch.ones_like(tokens, dtype=torch.bool)
+    dev = next(model.parameters()).device
+    batches = [(tokens[i:i + cfg.eval_batch_windows].to(dev), mask[i:i + cfg.eval_batch_windows].to(dev))
+               for i in range(0, tokens.shape[0], cfg.eval_batch_windows)]
+    sae = sae.to(dev)
+
+    def reconstruct(h: Tensor) -> Tensor:
+        return sae.decode(sae.encode(h.float()))
+
+    return spliced_metrics(model, site, batches, reconstruct, mean_activation=mean.to(dev),
+                           keep_first=1 if cfg.exclude_special else 0)
