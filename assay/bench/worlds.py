@@ -1,0 +1,164 @@
+"""Bench worlds: a spec string → activations with their ground truth (:class:`WorldData`).
+
+A world spec is ``name[:key=value,…]``:
+
+- ``superposition`` — the toy-superposition world (:mod:`assay.worlds.superposition`); keys are its
+  config fields (defaults here: n_features 64, d_model 16, p_max 0.2, p_min 0.02). Ground truth: the
+  planted directions, coefficients and firing pattern (concepts = features).
+- ``hierarchy`` — the same world with parent/child features (default 4 parents with 3 children each
+  plus 16 free features: 48 features in d 16) for absorption.
+- ``dyck`` / ``expr`` / ``english`` — a sequence world's default tiny transformer from the model zoo
+  (:func:`assay.models.zoo.world_model`, cached), activations at ``site`` (default: the last block's
+  residual output) on packed rows; concepts are one-hot per-token labels (Dyck depth/top, Expr
+  depth/arity, English preterminal/parent nonterminals). Extra keys: ``model_steps`` (training steps
+  of the tiny model; default the world's reference), ``context``, ``pool_rows`` (rows of activations
+  to draw training batches from), any world config field.
+
+The world's own structure seed is part of its config; the bench seed draws the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from assay.bench.methods import _value
+from assay.config import ConfigError
+from assay.worlds.base import make_generator
+
+__all__ = ["WorldData", "parse_world", "load_world", "SEQUENCE_CONCEPTS"]
+
+SEQUENCE_CONCEPTS: dict[str, tuple[str, ...]] = {
+    "dyck": ("depth", "top"),
+    "expr": ("depth", "arity"),
+    "english": ("preterminal", "parent"),
+}
+"""Per sequence world: the per-token labels turned into one-hot concepts."""
+
+_SUPER_DEFAULTS = {"n_features": 64, "d_model": 16, "p_max": 0.2, "p_min": 0.02}
+_HIER_DEFAULTS = {"n_features": 32, "d_model": 16, "hierarchy": (3, 3, 3, 3) + (0,) * 16, "p_max": 0.25,
+                  "p_min": 0.05, "profile": "constant"}
+
+
+class WorldData(NamedTuple):
+    """Activations of one world with their ground truth, for one bench seed."""
+
+    name: str
+    """The world spec."""
+    d: int
+    """Activation dimension."""
+    train: Any
+    """``train(n_rows, seed) -> [n_rows, d]``: training activations (fresh samples or pool draws)."""
+    eval: Tensor
+    """Evaluation activations ``[M, d]``."""
+    concepts: Tensor
+    """Binary ground-truth concepts of the evaluation rows ``[M, C]``."""
+    concept_names: tuple[str, ...]
+    """Concept names."""
+    acts: Tensor | None
+    """True feature coefficients ``[M, m]`` (planted worlds), else None."""
+    directions: Tensor | None
+    """Planted unit directions ``[m, d]``, else None."""
+    parents: Tensor | None
+    """Parent of each concept (−1 roots) where concepts form a hierarchy, else None."""
+    planted_l0: float | None
+    """Expected number of active features per row (planted worlds)."""
+    model: Any
+    """The tiny model (sequence worlds) for spliced CE, else None."""
+    site: str | None
+    """The model site the activations come from."""
+    token_rows: Tensor | None
+    """Evaluation token ids ``[R, T]`` (sequence worlds)."""
+    row_index: Tensor | None
+    """For each evaluation activation, its ``(row, position)`` in ``token_rows`` ``[M, 2]``."""
+    vocab: tuple[str, ...] | None
+    """Token strings (sequence worlds)."""
+
+
+def parse_world(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"superposition:n_features=128,d_model=32"`` → ``("superposition", {...})`` (tuples as ``a/b/c``)."""
+    name, _, rest = spec.strip().partition(":")
+    if name not in ("superposition", "hierarchy", *SEQUENCE_CONCEPTS):
+        raise ConfigError(f"unknown bench world {name!r}; choose superposition, hierarchy, "
+                          f"{', '.join(SEQUENCE_CONCEPTS)}")
+    kw: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, val = part.partition("=")
+        if not eq:
+            raise ConfigError(f"world parameter {part!r} in {spec!r} must look like key=value")
+        kw[key.strip()] = tuple(_value(v) for v in val.split("/")) if "/" in val else _value(val.strip())
+    return name, kw
+
+
+def load_world(spec: str, *, seed: int, n_eval: int = 4096) -> WorldData:
+    """Build the data of world ``spec`` for bench seed ``seed``."""
+    name, kw = parse_world(spec)
+    if name in ("superposition", "hierarchy"):
+        return _planted(spec, name, kw, seed, n_eval)
+    return _sequence(spec, name, kw, seed, n_eval)
+
+
+def _planted(spec: str, name: str, kw: dict[str, Any], seed: int, n_eval: int) -> WorldData:
+    from assay.worlds.superposition import SuperpositionConfig, SuperpositionWorld
+
+    cfg = SuperpositionConfig(**{**(_HIER_DEFAULTS if name == "hierarchy" else _SUPER_DEFAULTS), **kw})
+    world = SuperpositionWorld(cfg)
+
+    def train(n: int, s: int) -> Tensor:
+        return world.sample(n, generator=make_generator(s)).inputs
+
+    b = world.sample(n_eval, generator=make_generator(10**9 + seed))
+    names = tuple(f"f{i}" for i in range(cfg.n_features))
+    parents = world.parents if cfg.hierarchy is not None else None
+    l0 = float(b.labels["active"].double().sum(1).mean())
+    return WorldData(spec, cfg.d_model, train, b.inputs, b.labels["active"], names, b.labels["acts"],
+                     world.directions, parents, l0, None, None, None, None, None)
+
+
+def _sequence(spec: str, name: str, kw: dict[str, Any], seed: int, n_eval: int) -> WorldData:
+    from assay.evaluate.detection import one_hot_concepts
+    from assay.hooks import run_to
+    from assay.models.zoo import world_model
+    from assay.worlds import registry
+
+    model_steps = kw.pop("model_steps", None)
+    site = kw.pop("site", None)
+    context = kw.pop("context", None)
+    pool_rows = int(kw.pop("pool_rows", 256))
+    cfg_fields = {f.name for f in dataclasses.fields(registry.get(name).config_cls)}
+    unknown = sorted(set(kw) - cfg_fields)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} for bench world {name!r}")
+    model_over = {"context": int(context)} if context else None
+    train_over = {"steps": int(model_steps)} if model_steps else None
+    wm = world_model(name, world_overrides=kw or None, model_overrides=model_over, train_overrides=train_over,
+                     progress=False)
+    model, world = wm.model, wm.world
+    site = site or f"blocks.{model.config.n_layers - 1}"
+    T = model.config.context
+
+    def rows(n: int, s: int):
+        b = world.pack(n, T, generator=make_generator(s))
+        with torch.no_grad():
+            h = run_to(model, site, b.inputs)
+        return b, h
+
+    pool_batch, pool = rows(pool_rows, 7_000_000 + seed)
+    keep = pool_batch.inputs != world.pad_id
+    pool = pool[keep]
+
+    def train(n: int, s: int) -> Tensor:
+        idx = torch.randint(0, pool.shape[0], (n,), generator=make_generator(s))
+        return pool[idx]
+
+    n_rows = max(1, -(-n_eval // T))
+    b, h = rows(n_rows, 9_000_000 + seed)
+    mask = b.inputs != world.pad_id
+    labels = {k: b.labels[k] for k in SEQUENCE_CONCEPTS[name]}
+    y, names = one_hot_concepts(labels, mask=mask, min_count=5)
+    index = mask.nonzero()
+    return WorldData(spec, h.shape[-1], train, h[mask], y, names, None, None, None, None, model, site,
+                     b.inputs, index, tuple(world.vocab))
