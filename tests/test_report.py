@@ -1,0 +1,94 @@
+"""The HTML report: data text is escaped (a corpus with <script> and quotes), the embedded JSON round-trips,
+and a real headless Chromium loads it without script errors, navigates the feature browser by hash and
+renders a non-blank screenshot. Under ASSAY_REQUIRE_PEERS=1 a missing Chromium fails the test."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from assay.bench.report import Table, embed_json, render_report, write_report
+
+EVIL = '</script><script>alert("x")</script> \' " & <b>bold</b>'
+
+
+def _features(n=300):
+    lat = []
+    for i in range(n):
+        toks = ["the", EVIL, f"tok{i}", "<!--", "end"]
+        lat.append({"id": i, "freq": 0.01 * (i % 7), "max": 1.0 + i, "hist": [i % 5, 3, 1], "concept": f"depth={i % 4}",
+                    "concept_auroc": 0.5 + (i % 50) / 100, "best_for": [EVIL] if i == 5 else [],
+                    "contexts": [{"tokens": toks, "acts": [0, 0.5, 1.0 + i, 0, 0], "focus": 2}],
+                    "logits": [[EVIL, 1.5], ["b", 0.5]]})
+    return {"title": EVIL, "n_latents": n, "latents": lat}
+
+
+def _render():
+    return render_report(f"report {EVIL}", tables=[Table(EVIL, ["method", "x"], [[EVIL, 0.5], ["pca", float("nan")]])],
+                         features=_features(), notes=[EVIL])
+
+
+def test_escaping_and_json_round_trip():
+    html = _render()
+    assert "<script>alert" not in html and "<b>bold</b>" not in html
+    assert html.count("</script>") == 3  # the error hook, the data block and the browser script — nothing injected
+    m = re.search(r'<script type="application/json" id="assay-data">(.*?)</script>', html, re.S)
+    data = json.loads(m.group(1))
+    assert data["features"]["latents"][7]["contexts"][0]["tokens"][1] == EVIL
+    assert data["features"]["title"] == EVIL
+    assert "&lt;/script&gt;" in html  # escaped in the server-rendered tables / notes
+    assert json.loads(embed_json({"a": "\u2028</x>"})) == {"a": "\u2028</x>"}
+    with pytest.raises(ValueError):
+        embed_json({"a": float("nan")})  # NaN is not JSON: the report converts it to null first
+
+
+def _chromium():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("ASSAY_REQUIRE_PEERS") == "1":
+            pytest.fail("chromium is not installed (apt-get install -y chromium); the browser test is required")
+        pytest.skip("chromium is not installed")
+    return path
+
+
+def _run(chrome, tmp_path, url, *extra):
+    prof = tmp_path / "profile"
+    cmd = [chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+           f"--user-data-dir={prof}", "--enable-logging=stderr", "--v=0", *extra, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_report_in_headless_chromium(tmp_path):
+    chrome = _chromium()
+    path = write_report(tmp_path / "report.html", f"report {EVIL}", tables=[Table("t", ["a"], [[EVIL]])],
+                        features=_features(), notes=[EVIL])
+    url = path.resolve().as_uri()
+    doms = {}
+    for latent in (5, 250):
+        r = _run(chrome, tmp_path, f"{url}#latent={latent}", "--dump-dom")
+        assert r.returncode == 0, r.stderr[-2000:]
+        dom = r.stdout
+        assert re.search(r'<html[^>]*data-browser-ready="1"', dom), dom[:500]
+        assert not re.search(r"<html[^>]*data-js-errors", dom)
+        assert "Uncaught" not in r.stderr and not re.search(r"CONSOLE.*(Error|error)", r.stderr)
+        assert f"<h3>Latent {latent}</h3>" in dom
+        assert "<script>alert" not in dom and "&lt;/script&gt;&lt;script&gt;alert" in dom  # shown as text
+        doms[latent] = dom
+    assert "page 1 / 6" in doms[5] and "page 6 / 6" in doms[250]  # 300 latents, 50 per page
+    assert ">tok250</span>" in doms[250] and ">tok250</span>" not in doms[5]  # rendered context, not the JSON
+    shot = tmp_path / "shot.png"
+    r = _run(chrome, tmp_path, f"{url}#latent=5", f"--screenshot={shot}", "--window-size=1200,900",
+             "--hide-scrollbars")
+    assert shot.exists(), r.stderr[-2000:]
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    img = plt.imread(shot)
+    assert img.shape[0] >= 800 and img.shape[1] >= 1100
+    assert img[..., :3].std() > 0.05  # not blank: text, tables, highlighted tokens
