@@ -1,10 +1,15 @@
-"""``assay quickstart``: the first end-to-end run (what ``make quickstart`` does).
+"""``assay quickstart``: the flagship end-to-end run (what ``make quickstart`` does).
 
-For now: cache SmolLM2-135M's residual stream after layer 3 over ~20k tokens of the bundled corpus
-into ``runs/quickstart/store`` (resumed if interrupted, reused if complete), then print a summary:
-rows, shards, bytes, tokens/s and a few activation statistics computed by streaming the store
-(norms with and without the BOS rows, whose residual norm is outsized in Llama-family models, and
-the tokens with the largest norms). Later issues extend it into the full flagship run.
+1. Ground truth: train (or load from the zoo cache) the tiny transformer of the PCFG world (``expr``),
+   cache its residual activations, fit TopK and ReLU SAEs and a PCA baseline, and score them against
+   the grammar's per-token truth (the bench suite of :mod:`assay.bench.suite`, one seed; results are
+   cached so a re-run is instant).
+2. A real model: cache SmolLM2-135M's residual stream after layer 3 over ~20k tokens of the bundled
+   corpus into ``<out_dir>/store`` (resumed if interrupted, reused if complete; a summary of the
+   store with activation statistics is printed), train a TopK SAE on it and compute the CE loss
+   recovered when the SAE's reconstruction is spliced in (:mod:`assay.evaluate.spliced`).
+3. Write ``<out_dir>/report.html`` (tables, plots, a feature browser over the SmolLM2 SAE's latents
+   with top contexts and logit effects) and print where it is with a summary table.
 """
 
 from __future__ import annotations
@@ -38,6 +43,24 @@ class QuickstartConfig:
     """On-disk dtype of the activations."""
     out_dir: Path = Path("runs/quickstart")
     """Folder for this run's outputs (the store goes to <out_dir>/store)."""
+    world: str = "expr"
+    """Ground-truth world of the first part (a bench world spec; expr is the PCFG world)."""
+    world_methods: tuple[str, ...] = ("topk:k=4|8", "relu:l1_coef=1|3", "pca:n=16")
+    """Methods scored against the world's ground truth (bench method specs)."""
+    world_sae_steps: int = 600
+    """SAE training steps on the world's activations."""
+    lm: bool = True
+    """Run the SmolLM2 part (caching, SAE, CE loss recovered)."""
+    lm_sae_steps: int = 300
+    """SAE training steps on the SmolLM2 activations."""
+    lm_sae_batch: int = 1024
+    """Tokens per SAE step on SmolLM2."""
+    lm_sae_expansion: int = 8
+    """Latents = expansion x 576 for the SmolLM2 SAE."""
+    lm_sae_k: int = 32
+    """Active latents per token of the SmolLM2 TopK SAE."""
+    ce_windows: int = 8
+    """Windows of the bundled corpus used for the CE-loss-recovered measurement."""
 
 
 def store_statistics(store: Any, site: str, *, chunk: int = 4096) -> dict[str, Any]:
@@ -72,14 +95,42 @@ def store_statistics(store: Any, site: str, *, chunk: int = 4096) -> dict[str, A
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
-    """Run the quickstart; returns the printed facts as a dict."""
+    """Run the flagship quickstart; returns what it printed as a dict."""
+    import time
+
     from rich.console import Console
+
+    from assay.bench.suite import SuiteConfig, run_suite
+
+    console = Console()
+    t0 = time.perf_counter()
+    out = Path(cfg.out_dir)
+    console.print(f"[1/3] ground truth: {', '.join(cfg.world_methods)} on the {cfg.world!r} world")
+    suite = run_suite(SuiteConfig(methods=cfg.world_methods, worlds=(cfg.world,), seeds=(0,),
+                                  steps=cfg.world_sae_steps, out_dir=out / "bench", plots=True, report=False),
+                      log=lambda m: console.print("  " + m, markup=False, highlight=False))
+    facts: dict[str, Any] = {"world_runs": len(suite.runs)}
+    lm: dict[str, Any] | None = None
+    if cfg.lm:
+        console.print(f"[2/3] {cfg.model}: cache activations, train a TopK SAE, CE loss recovered")
+        facts.update(_cache_and_summarise(cfg, console))
+        lm = _lm_sae(cfg, console)
+        facts.update({k: v for k, v in lm.items() if k != "features"})
+    console.print("[3/3] report")
+    path = _report(cfg, suite, lm)
+    facts["report"] = str(path)
+    facts["seconds"] = time.perf_counter() - t0
+    _print_summary(console, suite, lm, path, facts["seconds"])
+    return facts
+
+
+def _cache_and_summarise(cfg: QuickstartConfig, console: Any) -> dict[str, Any]:
+    """The caching step (written by engineer "store"): cache SmolLM2 activations, print a store summary."""
     from rich.table import Table
 
     from assay.cli.cache import CacheConfig, run_cache
     from assay.store import ActivationStore
 
-    console = Console()
     cache_cfg = CacheConfig(model=cfg.model, sites=(cfg.site,), corpus="bundled", n_tokens=cfg.n_tokens,
                             context_length=cfg.context_length, batch_size=cfg.batch_size, shard_rows=8192,
                             dtype=cfg.dtype, out_dir=Path(cfg.out_dir) / "store")  # type: ignore[arg-type]
@@ -102,6 +153,98 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         table.add_row(f"large norm: row {r}", f"{word!r} (norm {v:.2f})")
     console.print(table)
     return {**stats, "tokens_per_s": rate, "shards": summary.n_shards, "bytes": summary.bytes}
+
+
+def _lm_sae(cfg: QuickstartConfig, console: Any) -> dict[str, Any]:
+    """Train a TopK SAE on the cached SmolLM2 activations; CE loss recovered; feature-browser data."""
+    import types
+
+    import torch
+
+    from assay import models
+    from assay.bench.features import feature_browser_data
+    from assay.cli.cache import CacheConfig
+    from assay.corpora import load_corpus, token_windows
+    from assay.dictionaries.registry import build_sae, save_sae
+    from assay.dictionaries.trainer import TrainConfig, train_saes
+    from assay.evaluate.reconstruction import reconstruction_metrics
+    from assay.evaluate.sparsity import sparsity_metrics
+    from assay.evaluate.spliced import spliced_metrics
+    from assay.store import ActivationStore
+
+    store_dir = CacheConfig(model=cfg.model, sites=(cfg.site,), out_dir=Path(cfg.out_dir) / "store").store_dir
+    loaded = models.load(cfg.model)
+    with ActivationStore.open(store_dir, verify="open") as store:
+        d = store.d(cfg.site)
+        steps = min(cfg.lm_sae_steps, store.n_batches(cfg.lm_sae_batch))
+        sae = build_sae("topk", d_in=d, d_sae=cfg.lm_sae_expansion * d, k=cfg.lm_sae_k, seed=0)
+        (sae,), res = train_saes(sae, TrainConfig(steps=steps, warmup_steps=max(1, steps // 20), lr=1e-3), store,
+                                 site=cfg.site, batch_size=cfg.lm_sae_batch, seed=0,
+                                 checkpoint=Path(cfg.out_dir) / "lm_sae.ckpt")
+        T = cfg.context_length
+        m = min(store.n_rows, 4096) // T * T
+        h = store.read(cfg.site, 0, m)
+        tokens = torch.as_tensor(store.tokens[:m]).long().reshape(-1, T)
+        pos = torch.as_tensor(store.positions[:m]).long()
+    save_sae(Path(cfg.out_dir) / "lm_sae", sae, meta={"store": str(store_dir), "site": cfg.site})
+    text = pos >= 0  # BOS rows are outliers: score reconstruction on text tokens
+    with torch.no_grad():
+        z = sae.encode(h)
+        rec = reconstruction_metrics(h[text], sae.decode(z[text]))
+        sp = sparsity_metrics(z[text])
+    docs = load_corpus("bundled")
+    win = token_windows(loaded.tokenizer, docs, T).tokens[: cfg.ce_windows]
+    recon = lambda a: sae.decode(sae.encode(a)).to(a.dtype)  # noqa: E731
+    batches = [win[i : i + 4] for i in range(0, win.shape[0], 4)]
+    with torch.no_grad():
+        sm = spliced_metrics(loaded.model, cfg.site, batches, recon)
+    console.print(f"  SAE: L0 {sp.l0:.1f}, FVU {rec.fvu:.3f}, dead {sp.dead_fraction:.1%}; CE clean {sm.ce_clean:.3f}, "
+                  f"with SAE {sm.ce_sae:.3f}, zero-ablated {sm.ce_zero:.3f} -> recovered {sm.ce_recovered:.3f}",
+                  highlight=False)
+    rows = torch.arange(m)
+    data = types.SimpleNamespace(eval=h, concepts=None, concept_names=(), token_rows=tokens, vocab=None, acts=None,
+                                 row_index=torch.stack([rows // T, rows % T], 1))
+    tok = loaded.tokenizer
+    head = loaded.model.get_output_embeddings().weight
+    features = feature_browser_data(sae, data, top_n=5, radius=10, unembed=head,
+                                    token_str=lambda i: tok.decode([int(i)]),
+                                    title=f"TopK SAE (k={cfg.lm_sae_k}, {sae.d_sae} latents) on {cfg.model} {cfg.site}")
+    return {"lm_l0": sp.l0, "lm_fvu": rec.fvu, "lm_dead": sp.dead_fraction, "ce_clean": sm.ce_clean,
+            "ce_sae": sm.ce_sae, "ce_zero": sm.ce_zero, "ce_recovered": sm.ce_recovered, "kl_score": sm.kl_score,
+            "lm_steps": res.steps, "features": features}
+
+
+def _report(cfg: QuickstartConfig, suite: Any, lm: dict[str, Any] | None) -> Path:
+    from assay.bench.report import Plot, Table, summary_table, write_report
+
+    tables = [summary_table(suite.summary, cfg.world)]
+    if lm is not None:
+        tables.append(Table(f"{cfg.model} @ {cfg.site}: TopK SAE", ["metric", "value"],
+                            [[k, float(lm[k])] for k in ("lm_l0", "lm_fvu", "lm_dead", "ce_clean", "ce_sae",
+                                                         "ce_zero", "ce_recovered", "kl_score")]))
+    plots = [Plot(p.stem.replace("_", " "), p) for p in sorted((Path(cfg.out_dir) / "bench" / "plots").glob("*.svg"))]
+    notes = [f"assay quickstart: {cfg.world!r} world (ground truth: per-token grammar labels) and {cfg.model} on "
+             "the bundled corpus."]
+    return write_report(Path(cfg.out_dir) / "report.html", "assay quickstart", tables=tables, plots=plots,
+                        features=lm["features"] if lm else None, notes=notes)
+
+
+def _print_summary(console: Any, suite: Any, lm: dict[str, Any] | None, path: Path, seconds: float) -> None:
+    from rich.table import Table
+
+    idx = {(r["method"], r["level"], r["metric"]): r["mean"] for r in suite.summary}
+    t = Table(title="assay quickstart: ground-truth scores (PCFG world) and SmolLM2 SAE")
+    for c in ("method", "L0", "FVU", "best-latent AUROC", "probe AUROC k=1", "CE recovered"):
+        t.add_column(c)
+    f = lambda v: "–" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+    for meth, lev in dict.fromkeys((a, b) for a, b, _ in idx):
+        t.add_row(f"{meth} ({lev})", *(f(idx.get((meth, lev, m))) for m in ("l0", "fvu", "detect_auroc",
+                                                                            "probe_auroc_k1", "ce_recovered")))
+    if lm is not None:
+        t.add_row(f"SmolLM2 topk (k={lm.get('lm_l0', 0):.0f})", f(lm["lm_l0"]), f(lm["lm_fvu"]), "–", "–",
+                  f(lm["ce_recovered"]))
+    console.print(t)
+    console.print(f"report: {path.resolve()}  ({seconds:.0f} s)")
 
 
 def _tokenizer(name: str) -> Any:
