@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import queue
@@ -38,7 +39,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TQDM_DISABLE", "1")  # SAELens' progress bar
 
 D_IN, D_SAE, K = 576, 4608, 32
 LR = 2e-4 / (D_SAE / 2**14) ** 0.5
@@ -172,7 +172,10 @@ class _Handoff:
 def setup_saelens(steps: int) -> tuple[Step, Recon, Callable[[], None]]:
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training import sae_trainer
     from sae_lens.training.sae_trainer import SAETrainer
+
+    sae_trainer.tqdm = functools.partial(sae_trainer.tqdm, disable=True)  # no progress bar in the log
 
     batch = ARGS.batch
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, dtype="float32", device="cpu"))
