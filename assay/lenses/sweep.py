@@ -40,7 +40,7 @@ def collect_features(
     forward: Callable[[nn.Module, Tensor, Tensor | None], object] | None = None,
 ) -> dict[str, Tensor]:
     """Pooled activations ``site -> [N, d]`` over ``batches`` of ``(inputs, attention_mask)``, all
-    sites captured in the same forward pass. ``skip_first`` drops position 0 (a BOS) from the pool;
+    sites captured in the same forward pass. ``skip_first`` drops each row's first real token (a BOS) from the pool;
     ``forward(model, inputs, mask)`` overrides the call (default ``model(input_ids=…, attention_mask=…)``
     for masked inputs, ``model(inputs)`` otherwise)."""
     sites = list(sites)
@@ -58,8 +58,8 @@ def collect_features(
             else:
                 model(inputs)
         pm = m.clone()
-        if skip_first:
-            pm[:, 0] = False
+        if skip_first:  # the first real token (a BOS), wherever padding puts it
+            pm[torch.arange(pm.shape[0]), pm.long().argmax(1)] = False
             if not pm.any(1).all():
                 raise ValueError("skip_first left a sequence with no token; sequences need at least 2 tokens")
         for s in sites:
