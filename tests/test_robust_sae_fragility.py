@@ -153,3 +153,29 @@ def test_attack_plugs_into_an_assay_topk_sae_and_beats_random():
     assert res.success.float().mean() >= 0.3  # measured 0.69 (random: 0.13)
     assert res.success.sum() > rnd.success.sum()
     assert (res.kl[res.success] <= 0.05).all()
+
+
+def test_token_level_attack_swaps_in_the_token_that_fires_the_latent():
+    from assay.robustness.sae_fragility import token_fragility_attack
+
+    V = 20
+    E = torch.zeros(V, D)
+    E[torch.arange(V), torch.arange(V) % 5] = 1.0  # tokens write dims 0-4
+    E[7, 5] = 6.0  # only token 7 writes dim 5 (output null space), strongly
+
+    def fwd(embeds):  # mean-pooled embedding is the SAE site; the output reads dims 0-2
+        h = embeds.mean(1)
+        return h, h @ OUT.T
+
+    tokens = torch.tensor([[1, 2, 3, 4, 1, 2], [0, 3, 3, 1, 4, 4]])
+    editable = torch.tensor([False, False, False, False, True, True])
+    lens = ReLULens(bias=-0.5)
+    res = token_fragility_attack(fwd, E, tokens, lens, editable=editable, objective="activate", latent=5,
+                                 iters=5, top_k=4, n_candidates=16, kl_bound=0.5,
+                                 generator=torch.Generator().manual_seed(0))
+    assert res.success.all()
+    assert (res.tokens[:, :4] == tokens[:, :4]).all()  # only editable positions change
+    assert (res.tokens[:, 4:] == 7).any(1).all() and (res.n_edits >= 1).all()
+    assert (lens.encode(fwd(E[res.tokens])[0])[:, 5] > 0).all()
+    with pytest.raises(ValueError, match="editable mask"):
+        token_fragility_attack(fwd, E, tokens, lens, editable=torch.ones(3, dtype=torch.bool))

@@ -3,8 +3,9 @@ model's output stays (almost) the same.
 
 Li, Srinivas, Bhalla & Lakkaraju 2025/2026, "Interpretability Illusions with Sparse Autoencoders:
 Evaluating Robustness of Concept Representations" (arXiv 2505.16004; EACL 2026); reference code
-``AI4LIFE-GROUP/sae_robustness``. This module implements the continuous version of the attack
-(perturbing embeddings or any real-valued input; the paper's token-level GCG is not implemented).
+``AI4LIFE-GROUP/sae_robustness``. :func:`fragility_attack` is the continuous version (perturbing
+embeddings or any real-valued input by PGD); :func:`token_fragility_attack` the token-replacement
+version by generalised GCG (gradient-ranked candidate tokens, exact scoring of sampled swaps).
 
 With h(x) the activation at the SAE's site, z = pre-activations of the lens, S(x) = {i : encode(h)_i > 0}
 and p(x) the model's output distribution, projected gradient descent on δ (‖δ‖ ≤ ε) minimises
@@ -34,7 +35,7 @@ from assay.robustness.adversarial import project
 from assay.robustness.validate import check_nonnegative, check_positive
 
 __all__ = ["FragilityResult", "fragility_attack", "random_baseline", "pre_activations", "active_set_overlap",
-           "site_forward"]
+           "site_forward", "TokenFragilityResult", "token_fragility_attack"]
 
 Objective = Literal["untargeted", "targeted", "activate", "deactivate"]
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -233,3 +234,100 @@ def random_baseline(forward: Forward, lens: Lens, x: torch.Tensor, sizes: torch.
         size = _norm(delta, norm)
         return FragilityResult(x + delta, ok & (kl <= kl_bound), overlap, kl, size,
                                size / _norm(x, norm).clamp_min(1e-30))
+
+
+class TokenFragilityResult(NamedTuple):
+    """Outcome of the token-level attack per sequence."""
+
+    tokens: torch.Tensor
+    """Edited token ids ``[B, T]`` (the first successful edit set; the last state where it failed)."""
+    success: torch.Tensor
+    """Objective met with KL ≤ κ ``[B]`` (bool)."""
+    overlap: torch.Tensor
+    """|S(x′) ∩ S_ref|/|S_ref| ``[B]``."""
+    kl: torch.Tensor
+    """KL(p(x) ‖ p(x′)) ``[B]``."""
+    n_edits: torch.Tensor
+    """Positions changed (the Levenshtein distance of token replacements) ``[B]``."""
+
+
+def token_fragility_attack(forward_embeds: Forward, embedding: torch.Tensor, tokens: torch.Tensor, lens: Lens, *,
+                           editable: torch.Tensor, objective: Objective = "untargeted",
+                           latent: int | torch.Tensor | None = None, target_h: torch.Tensor | None = None,
+                           iters: int = 20, top_k: int = 16, n_candidates: int = 64, kl_bound: float = 0.01,
+                           kl_weight: float = 10.0, overlap_threshold: float = 0.5,
+                           generator: torch.Generator | None = None) -> TokenFragilityResult:
+    """Token replacement by generalised GCG (Zou et al. 2023 as used by Li et al.): per iteration, the
+    gradient of the objective w.r.t. one-hot tokens ranks ``top_k`` candidate tokens per editable
+    position; ``n_candidates`` random single-token swaps are scored exactly and the best is kept if it
+    lowers the loss. ``forward_embeds(embeds [B, T, e]) -> (h, logits)``; ``embedding`` is the token
+    embedding matrix ``[V, e]``; ``editable`` a bool mask ``[T]`` of positions that may change."""
+    kl_bound = check_positive("kl_bound", kl_bound)
+    if objective not in ("untargeted", "targeted", "activate", "deactivate"):
+        raise ValueError(f"objective must be untargeted, targeted, activate or deactivate, got {objective!r}")
+    if tokens.ndim != 2 or editable.shape != (tokens.shape[1],) or editable.dtype != torch.bool:
+        raise ValueError(f"need tokens [B, T] and a bool editable mask [T], got {tuple(tokens.shape)}, "
+                         f"{tuple(editable.shape)} {editable.dtype}")
+    if not editable.any() or min(iters, top_k, n_candidates) < 1:
+        raise ValueError("need at least one editable position and iters, top_k, n_candidates >= 1")
+    B, V = tokens.shape[0], embedding.shape[0]
+    pos = torch.nonzero(editable).flatten()
+    with torch.no_grad():
+        h0, logits0 = forward_embeds(embedding[tokens])
+        _check_outputs(h0, logits0, B)
+        logp0 = logits0.log_softmax(-1)
+        z0, ref_codes = pre_activations(lens, h0), lens.encode(h0)
+        if objective == "targeted":
+            if target_h is None or target_h.shape != h0.shape:
+                raise ValueError(f"targeted needs target_h shaped like the activations {tuple(h0.shape)}")
+            z0, ref_codes = pre_activations(lens, target_h), lens.encode(target_h)
+    lat = None
+    if objective in ("activate", "deactivate"):
+        if latent is None:
+            raise ValueError(f"objective {objective!r} needs latent= (an index or [B] indices)")
+        lat = torch.as_tensor(latent, device=tokens.device).long().expand(B).clone()
+
+    def losses(h: torch.Tensor, logits: torch.Tensor, lp0: torch.Tensor, zr: torch.Tensor, lt) -> torch.Tensor:
+        z = pre_activations(lens, h)
+        if objective == "untargeted":
+            obj = F.cosine_similarity(z, zr, dim=1)
+        elif objective == "targeted":
+            obj = -F.cosine_similarity(z, zr, dim=1)
+        else:
+            zj = z.gather(1, lt[:, None]).squeeze(1)
+            obj = -zj if objective == "activate" else zj
+        return obj + kl_weight * F.relu(_kl(lp0, logits) - kl_bound) / kl_bound
+
+    cur = tokens.clone()
+    done = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+    for _ in range(iters):
+        with torch.no_grad():
+            h, logits = forward_embeds(embedding[cur])
+            ok, _ = _success(objective, lens.encode(h), ref_codes, lat, overlap_threshold)
+            done |= ok & (_kl(logp0, logits) <= kl_bound)
+            cur_loss = losses(h, logits, logp0, z0, lat)
+        if done.all():
+            break
+        onehot = F.one_hot(cur, V).to(embedding.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            h, logits = forward_embeds(onehot @ embedding)
+            (grad,) = torch.autograd.grad(losses(h, logits, logp0, z0, lat).sum(), onehot)
+        cand = (-grad[:, pos]).topk(min(top_k, V), dim=-1).indices  # [B, P, k]
+        which = torch.randint(0, pos.numel(), (B, n_candidates), generator=generator, device=tokens.device)
+        pick = torch.randint(0, cand.shape[-1], (B, n_candidates), generator=generator, device=tokens.device)
+        new_tok = cand[torch.arange(B)[:, None], which, pick]  # [B, n]
+        trial = cur[:, None].repeat(1, n_candidates, 1)
+        trial.scatter_(2, pos[which][..., None], new_tok[..., None])
+        with torch.no_grad():
+            flat = trial.reshape(B * n_candidates, -1)
+            h, logits = forward_embeds(embedding[flat])
+            rep = lambda t: t.repeat_interleave(n_candidates, 0)  # noqa: E731
+            trial_loss = losses(h, logits, rep(logp0), rep(z0), None if lat is None else rep(lat))
+            best_loss, best = trial_loss.reshape(B, n_candidates).min(1)
+            accept = (best_loss < cur_loss) & ~done
+            cur[accept] = trial[torch.arange(B), best][accept]
+    with torch.no_grad():
+        h, logits = forward_embeds(embedding[cur])
+        ok, overlap = _success(objective, lens.encode(h), ref_codes, lat, overlap_threshold)
+        kl = _kl(logp0, logits)
+        return TokenFragilityResult(cur, ok & (kl <= kl_bound), overlap, kl, (cur != tokens).sum(1))
