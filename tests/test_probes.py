@@ -17,7 +17,7 @@ from assay.lenses.pooling import (
     pool_softmax,
 )
 from assay.lenses.probe_eval import accuracy_ci, auroc, auroc_ci, cross_validate, stratified_folds, tpr_at_fpr
-from assay.lenses.probes import diff_of_means, lda, logistic, logistic_path
+from assay.lenses.probes import diff_of_means, lda, logistic, logistic_path, sparse_probe
 from assay.lenses.sweep import collect_features, probe_sweep
 
 
@@ -256,3 +256,23 @@ def test_bad_input():
     model = torch.nn.Sequential(torch.nn.Identity())
     with pytest.raises(SiteError, match="no submodule"):
         collect_features(model, ["layers.9"], [(torch.randn(2, 3, 4), None)])
+
+
+def test_sparse_probe_on_sae_latents():
+    """Probe on the codes of an SAE whose atom 5 is the planted concept direction: the 1-sparse probe
+    selects latent 5 and separates the classes."""
+    from assay.dictionaries.registry import build_sae
+
+    sae = build_sae("topk", d_in=16, d_sae=32, k=4)
+    g = _g(9)
+    y = (torch.rand(300, generator=g) < 0.5).long()
+    h = 0.3 * torch.randn(300, 16, generator=g) + 3.0 * y[:, None] * sae.W_dec[5].detach()
+    with torch.no_grad():
+        z = sae.encode(h)
+    sp = sparse_probe(z, y, 1)
+    assert sp.latents.tolist() == [5]
+    assert auroc(sp.score(z), y) > 0.95
+    dense = logistic(z, y, C=1.0)
+    assert auroc(dense.score(z), y) > 0.95
+    with pytest.raises(ValueError, match="k must be"):
+        sparse_probe(z, y, 0)

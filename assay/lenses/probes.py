@@ -34,6 +34,8 @@ __all__ = [
     "logistic",
     "LogisticPath",
     "logistic_path",
+    "SparseProbe",
+    "sparse_probe",
 ]
 
 
@@ -193,3 +195,27 @@ def logistic_path(x: Tensor, y: Tensor, Cs: Sequence[float] = (1e-3, 1e-2, 1e-1,
         theta = _fit_logistic(xs, y.double(), C, fit_intercept, theta, max_iter, 1e-9)
         probes.append(_to_raw(theta, mu, sd, x.dtype))
     return LogisticPath(tuple(order), tuple(probes))
+
+
+class SparseProbe(NamedTuple):
+    """A logistic probe on the k latents with the largest class-mean difference (SAEBench-style)."""
+
+    latents: Tensor
+    """The selected latent indices ``[k]`` (largest |mean₊ − mean₋| first)."""
+    probe: LinearProbe
+    """Logistic probe over the selected latents (raw coordinates)."""
+
+    def score(self, z: Tensor) -> Tensor:
+        """Scores of full latent codes ``[..., n_latents]``."""
+        return self.probe.score(z[..., self.latents])
+
+
+def sparse_probe(z: Tensor, y: Tensor, k: int, *, C: float = 1.0) -> SparseProbe:
+    """k-sparse probe on SAE latents ``z [N, n]`` (Gao et al. 2024; SAEBench): select the k latents
+    with the largest |mean₊ − mean₋|, then fit a standardised logistic probe on them."""
+    z, yb = check_xy(z, y)
+    if not 1 <= k <= z.shape[1]:
+        raise ValueError(f"k must be in 1..{z.shape[1]}, got {k}")
+    gap = (z[yb].mean(0) - z[~yb].mean(0)).abs()
+    latents = torch.argsort(gap, descending=True, stable=True)[:k]
+    return SparseProbe(latents, logistic(z[:, latents], yb.long(), C=C))
