@@ -90,8 +90,9 @@ def train_world_model(cfg: RobustnessConfig) -> tuple[Any, Any, Any]:
             model = fit_low_curvature(LowCurvatureCNN(), train.inputs, train.targets, epochs=cfg.epochs,
                                       batch_size=64, lr=2e-3, seed=cfg.seed)
             return model, train, test
-        torch.manual_seed(cfg.seed)  # SmallCNN draws its init from the global generator
-        model = SmallCNN()
+        with torch.random.fork_rng():  # SmallCNN draws its init from the global generator; restore it after
+            torch.manual_seed(cfg.seed)
+            model = SmallCNN()
     else:
         from assay.models.mlp import MLP
 
@@ -109,8 +110,9 @@ def train_world_model(cfg: RobustnessConfig) -> tuple[Any, Any, Any]:
             world = GaussianMixtureWorld(GaussianMixtureConfig())
         train = world.sample(cfg.n_train, generator=g)
         test = world.sample(cfg.n_eval, generator=g)
-        torch.manual_seed(cfg.seed)  # MLP draws its init from the global generator
-        model = MLP(train.inputs.shape[1], n_out=int(train.targets.max()) + 1)
+        with torch.random.fork_rng():  # MLP draws its init from the global generator; restore it after
+            torch.manual_seed(cfg.seed)
+            model = MLP(train.inputs.shape[1], n_out=int(train.targets.max()) + 1)
     model = fit_classifier(model, train.inputs, train.targets, epochs=cfg.epochs, batch_size=64, lr=2e-3,
                            seed=cfg.seed)
     return model.eval(), train, test
