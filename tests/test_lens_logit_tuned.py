@@ -97,3 +97,31 @@ def test_bad_input(llama):
         fit_tuned_lens([torch.full((3, 4), float("nan"))], torch.randn(3, 5), nn.Identity(), nn.Linear(4, 5), cfg)
     with pytest.raises(ValueError, match="expected"):
         fit_tuned_lens([torch.randn(3, 5)], torch.randn(3, 5), nn.Identity(), nn.Linear(4, 5), cfg)
+
+
+def test_tuned_lens_from_store_tiny_transformer(tmp_path):
+    """Train on a store of a tiny transformer's residuals: the last block's store rows through ln_f and
+    unembed are the model's logits, and training lowers the first layer's KL below the logit lens's."""
+    from assay.lenses.tuned_lens import fit_tuned_lens_from_store
+    from assay.models.transformer import Transformer, TransformerConfig
+    from assay.store import ActivationStore, write_store
+
+    model = Transformer(TransformerConfig(vocab_size=16, n_layers=2, d_model=16, n_heads=2, context=8),
+                        generator=torch.Generator().manual_seed(0)).eval()
+    tokens = torch.randint(0, 16, (32, 8), generator=torch.Generator().manual_seed(1))
+    write_store(tmp_path / "s", model, ["blocks.0", "blocks.1"], tokens, batch_size=8, shard_rows=64)
+    store = ActivationStore.open(tmp_path / "s")
+    with torch.no_grad():
+        logits = model(tokens).reshape(-1, 16)
+    torch.testing.assert_close(model.unembed(model.ln_f(store.read("blocks.1", 0, store.n_rows))), logits,
+                               atol=1e-5, rtol=1e-5)
+    cfg = TunedLensConfig(d_model=16, sites=("blocks.0",), steps=60, batch_tokens=128, lr_scale=4.0)
+    lens, losses = fit_tuned_lens_from_store(store, "blocks.1", model.ln_f, model.unembed, cfg)
+    h0 = store.read("blocks.0", 0, store.n_rows)
+    with torch.no_grad():
+        before = float(kl_to_final(logits, model.unembed(model.ln_f(h0))).mean())
+        after = float(kl_to_final(logits, model.unembed(model.ln_f(lens(h0, 0)))).mean())
+    assert after < 0.8 * before
+    assert all(p.requires_grad for p in model.parameters())  # frozen only during training
+    with pytest.raises(ValueError, match="no site"):
+        fit_tuned_lens_from_store(store, "blocks.5", model.ln_f, model.unembed, cfg)
