@@ -69,3 +69,17 @@ def test_overwrite_is_atomic(tmp_path):
     art = load_artifact(p)
     assert art.config == {"v": 2} and torch.equal(art.tensors["weights"]["x"], torch.ones(2))
     assert sorted(x.name for x in tmp_path.iterdir()) == ["a"]
+
+
+def test_atomic_write_text_has_ordinary_permissions(tmp_path):
+    import os
+
+    from assay.artifact import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "hello")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f.txt").read_text() == "hello"
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
