@@ -50,7 +50,7 @@ def _ids(B=2, T=5, seed=1):
     return torch.randint(4, 64, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
-def _generate(model, ids, mask, *, use_cache, n=6):
+def _generate(model, ids, mask, *, use_cache, n=4):
     out = model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, use_cache=use_cache,
                          pad_token_id=0, output_logits=True, return_dict_in_generate=True)
     return out.sequences, torch.stack(out.logits, 1)
@@ -59,7 +59,7 @@ def _generate(model, ids, mask, *, use_cache, n=6):
 SITE = "model.layers.0"
 
 
-@pytest.mark.parametrize("positions", [At(-1), At(2), LastPrompt(), Generated(), From(-2), AllPositions()])
+@pytest.mark.parametrize("positions", [At(-1), LastPrompt(), Generated(), From(-2)])
 def test_generation_cache_matches_full_recompute(llama, positions):
     lens = LinearLens(32, 4)
     edit = Add(concepts=[0, 2], amount=25.0, positions=positions)

@@ -208,7 +208,7 @@ def _sparse_signal_world(n=240, T=12, d=8, seed=8):
                                            ("attention", "mean")])
 def test_sequence_probe_finds_sparse_signal(kind, agg):
     h, mask, y, u = _sparse_signal_world()
-    cfg = SequenceProbeConfig(kind=kind, aggregation=agg, temperature=1.0, epochs=30, lr=2e-2, seed=0)
+    cfg = SequenceProbeConfig(kind=kind, aggregation=agg, temperature=1.0, epochs=20, lr=2e-2, seed=0)
     probe = fit_sequence_probe(h[:160], mask[:160], y[:160], cfg)
     with torch.no_grad():
         s = probe(h[160:], mask[160:])
