@@ -15,8 +15,9 @@ Two losses cover the eight classic methods, and both have closed forms, so no op
   weighted least squares (:func:`assay.attribution.surrogates.weighted_lstsq`) on the outputs
   gathered by :func:`outputs_at`.
 
-All rows (examples × neighbourhood samples) are flattened into one batch and evaluated in chunks
-whose size comes from a single memory budget (:func:`chunk_rows`). Several targets per example are
+All rows (examples × neighbourhood samples) are evaluated in rectangular blocks (:func:`blocks`) of
+at most ``chunk`` rows, built by broadcasting (no per-row gathers), with the chunk size from a single
+memory budget (:func:`chunk_rows`). Several targets per example are
 supported everywhere (a ``[B, K]`` target gives values ``[B, K, *x]``).
 """
 
@@ -40,16 +41,18 @@ __all__ = [
     "expand_baseline",
     "check_model",
     "chunk_rows",
+    "blocks",
     "mean_gradient",
     "outputs_at",
+    "Probe",
+    "probe",
     "target_outputs",
-    "baseline_outputs",
     "finish",
 ]
 
 OutputKind = Literal["logit", "log_softmax", "probability"]
-RowFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(example index [n], sample index [n]) -> perturbed inputs [n, *x]``."""
+RowFn = Callable[[slice, slice], torch.Tensor]
+"""``(example slice, sample slice) -> perturbed inputs [nb, ns, *x]`` of one block."""
 
 
 class Attribution(NamedTuple):
@@ -202,19 +205,46 @@ def chunk_rows(per_row_bytes: float, budget_mb: float, *, backward: bool, n_rows
     return int(max(1, min(n_rows, budget_mb * 2**20 // max(1.0, factor * per_row_bytes))))
 
 
+class Probe(NamedTuple):
+    """What one forward on the inputs (and the baselines) tells an engine method."""
+
+    targets: torch.Tensor
+    """Targets ``[B, K]`` (long)."""
+    output: torch.Tensor
+    """f_t(x) ``[B, K]``."""
+    single: bool
+    """Whether the caller asked for one target per example."""
+    row_bytes: float
+    """Activation bytes per input row (for :func:`chunk_rows`)."""
+    baseline_output: torch.Tensor | None
+    """f_t(b) ``[B, K]`` when baselines were given."""
+
+
+def probe(
+    model: Callable, x: torch.Tensor, target: int | torch.Tensor | None, output: OutputKind,
+    baseline: torch.Tensor | None = None,
+) -> Probe:
+    """One forward on ``x`` (stacked with ``baseline`` ``[B, *x]`` when given, so f_t(b) costs no extra call)."""
+    check_model(model)
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise ValueError("x must be a batched tensor [B, ...]")
+    B = x.shape[0]
+    inp = x if baseline is None else torch.cat([x, baseline])
+    per_row, y = _row_bytes(model, inp)
+    y = select_output(y, output)
+    if y.shape[0] != inp.shape[0]:
+        raise ValueError(f"the model returned {y.shape[0]} rows for {inp.shape[0]} inputs")
+    t, single = resolve_targets(y[:B], target)
+    base = None if baseline is None else y[B:].gather(1, t)
+    return Probe(t, y[:B].gather(1, t), single, per_row, base)
+
+
 def target_outputs(
     model: Callable, x: torch.Tensor, target: int | torch.Tensor | None, output: OutputKind
 ) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
     """One forward on ``x``: (targets ``[B, K]``, f_t(x) ``[B, K]``, single-target flag, bytes/row)."""
-    check_model(model)
-    if not isinstance(x, torch.Tensor) or x.dim() < 2:
-        raise ValueError("x must be a batched tensor [B, ...]")
-    per_row, y = _row_bytes(model, x)
-    y = select_output(y, output)
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"the model returned {y.shape[0]} rows for {x.shape[0]} inputs")
-    t, single = resolve_targets(y, target)
-    return t, y.gather(1, t), single, per_row
+    p = probe(model, x, target, output)
+    return p.targets, p.output, p.single, p.row_bytes
 
 
 def _check_float(x: torch.Tensor) -> None:
@@ -223,6 +253,29 @@ def _check_float(x: torch.Tensor) -> None:
             f"gradient methods need floating-point inputs, got {x.dtype}; for token ids attribute at the "
             "embedding layer (assay.attribution.text), or use a perturbation method"
         )
+
+
+def blocks(n_examples: int, n_samples: int, chunk: int):
+    """(example slice, sample slice) blocks of at most ``chunk`` rows covering all examples × samples.
+
+    Whole examples go together when their samples fit (``chunk // n_samples`` examples per block);
+    otherwise one example at a time with ``chunk`` samples per block. Blocks are rectangles, so
+    perturbed rows are built by broadcasting ``[nb, 1, *x]`` against ``[1, ns, *x]`` — no gathers.
+    """
+    chunk = max(1, int(chunk))
+    if n_samples <= chunk:
+        nb = max(1, chunk // n_samples)
+        nb = -(-n_examples // -(-n_examples // nb))  # balanced: equal blocks instead of a ragged last one
+        for e0 in range(0, n_examples, nb):
+            yield slice(e0, min(n_examples, e0 + nb)), slice(0, n_samples)
+    else:
+        for e0 in range(n_examples):
+            for s0 in range(0, n_samples, chunk):
+                yield slice(e0, e0 + 1), slice(s0, min(n_samples, s0 + chunk))
+
+
+def _span(sl: slice) -> int:
+    return sl.stop - sl.start
 
 
 def mean_gradient(
@@ -238,35 +291,46 @@ def mean_gradient(
 ) -> torch.Tensor:
     """Σ_s weights[s] · ∇_x' f_t(x'_s) (or of |∇| with ``abs_``) for every example and target, as ``[B, K, *x]``.
 
-    ``rows(ex, s)`` builds the perturbed inputs of the flattened (example, sample) pairs; all
-    ``B × S`` rows are processed in chunks of ``chunk`` rows, one forward and K backwards each.
+    ``rows(examples, samples)`` (two slices) builds the perturbed inputs of a block as
+    ``[nb, ns, *x]``; blocks of at most ``chunk`` rows run one forward and K backwards each. The
+    weights enter as the backward's output gradient (so no per-row rescaling pass) and the sum over a
+    block's samples is one contiguous reduction.
     """
     _check_float(x)
     B, K = targets.shape
     S = weights.shape[0]
-    acc = torch.zeros((B, K, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    w = weights.to(device=x.device, dtype=x.dtype)
-    n = B * S
-    for start in range(0, n, chunk):
-        r = torch.arange(start, min(n, start + chunk), device=x.device)
-        ex, s = r // S, r % S
+    shape = tuple(x.shape[1:])
+    acc = torch.zeros((B, K, *shape), dtype=x.dtype, device=x.device)
+    w_all = weights.to(device=x.device, dtype=x.dtype)
+    for exs, ss in blocks(B, S, chunk):
+        nb, ns = _span(exs), _span(ss)
         with torch.enable_grad():
-            pts = rows(ex, s).detach().requires_grad_(True)
+            pts = rows(exs, ss).reshape(nb * ns, *shape).detach().requires_grad_(True)
             y = select_output(model(pts), output)
+            if not y.requires_grad:
+                raise RuntimeError(
+                    "the model output does not depend on its input through differentiable operations "
+                    "(no gradient path); gradient methods cannot explain it"
+                )
+            C = y.shape[1]
+            w = w_all[ss]
+            src = (torch.ones_like(w) if abs_ else w).view(1, ns, 1).expand(nb, ns, 1)
             for k in range(K):
-                sel = y.gather(1, targets[ex, k, None]).sum()
-                g = None
-                if sel.requires_grad:
-                    (g,) = torch.autograd.grad(sel, pts, retain_graph=k < K - 1, allow_unused=True)
+                go = torch.zeros((nb, ns, C), dtype=y.dtype, device=y.device)
+                go.scatter_(2, targets[exs, k].view(nb, 1, 1).expand(nb, ns, 1), src.to(y.dtype))
+                (g,) = torch.autograd.grad(y, pts, go.view(nb * ns, C), retain_graph=k < K - 1, allow_unused=True)
                 if g is None:
                     raise RuntimeError(
                         "the model output does not depend on its input through differentiable operations "
                         "(no gradient path); gradient methods cannot explain it"
                     )
+                g = g.view(nb, ns, *shape)
                 if abs_:
-                    g = g.abs()
-                shape = (-1,) + (1,) * (x.dim() - 1)
-                acc[:, k].index_add_(0, ex, g * w[s].view(shape))
+                    acc[exs, k] += torch.einsum("s,bs...->b...", w, g.abs())
+                elif ns == 1:
+                    acc[exs, k] += g[:, 0]
+                else:
+                    acc[exs, k] += g.sum(1)
     return acc
 
 
@@ -281,34 +345,22 @@ def outputs_at(
     chunk: int,
     distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """f_t at every perturbed row: ``[B, K, S]``; plus ``distance(x_rows, x'_rows)`` as ``[B, S]`` if given."""
+    """f_t at every perturbed row: ``[B, K, S]``; plus ``distance(x [nb, *x], x' [nb, ns, *x]) -> [nb, ns]``
+    as ``[B, S]`` if given. ``rows`` builds blocks as in :func:`mean_gradient`."""
     B, K = targets.shape
     S = n_samples
+    shape = tuple(x.shape[1:])
     ys = torch.empty((B, K, S), dtype=torch.float64, device=x.device)
     dist = torch.empty((B, S), dtype=torch.float64, device=x.device) if distance is not None else None
-    n = B * S
     with torch.no_grad():
-        for start in range(0, n, chunk):
-            r = torch.arange(start, min(n, start + chunk), device=x.device)
-            ex, s = r // S, r % S
-            pts = rows(ex, s)
-            y = select_output(model(pts), output)
-            ys[ex, :, s] = y.gather(1, targets[ex]).to(torch.float64)
+        for exs, ss in blocks(B, S, chunk):
+            nb, ns = _span(exs), _span(ss)
+            pts = rows(exs, ss)
+            y = select_output(model(pts.reshape(nb * ns, *shape)), output).view(nb, ns, -1)
+            ys[exs, :, ss] = y.gather(2, targets[exs].view(nb, 1, K).expand(nb, ns, K)).transpose(1, 2).to(torch.float64)
             if dist is not None:
-                dist[ex, s] = distance(x[ex], pts).to(torch.float64)
+                dist[exs, ss] = distance(x[exs], pts).to(torch.float64)
     return ys, dist
-
-
-def baseline_outputs(
-    model: Callable, base: torch.Tensor, targets: torch.Tensor, output: OutputKind, chunk: int
-) -> torch.Tensor:
-    """f_t(x') at the reference inputs ``[B, *x]`` for targets ``[B, K]``, as ``[B, K]``."""
-    outs = []
-    with torch.no_grad():
-        for start in range(0, base.shape[0], chunk):
-            y = select_output(model(base[start : start + chunk]), output)
-            outs.append(y.gather(1, targets[start : start + chunk]))
-    return torch.cat(outs)
 
 
 def finish(

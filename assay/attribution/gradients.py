@@ -74,15 +74,13 @@ class SmoothGradConfig(EngineConfig):
 
 def _plain(model, x, target, output, budget, *, scale: torch.Tensor | None, abs_: bool, method: str,
            baseline=None) -> Attribution:
-    t, out, single, per_row = engine.target_outputs(model, x, target, output)
+    t, out, single, per_row, base_out = engine.probe(model, x, target, output, baseline)
     chunk = engine.chunk_rows(per_row, budget, backward=True, n_rows=x.shape[0])
-    g = engine.mean_gradient(model, x, t, lambda ex, s: x[ex], torch.ones(1), output=output, chunk=chunk)
+    g = engine.mean_gradient(model, x, t, lambda exs, ss: x[exs, None], torch.ones(1), output=output, chunk=chunk)
     if abs_:
         g = g.abs()
-    base_out = None
     if scale is not None:
         g = g * scale[:, None]
-        base_out = engine.baseline_outputs(model, baseline, t, output, chunk)
     return engine.finish(g, t, out, single, method, baseline_output=base_out)
 
 
@@ -125,8 +123,8 @@ def smoothgrad(
             sigma = torch.full((B,), config.noise_level, dtype=x.dtype, device=x.device)
         sigma = sigma.view(-1, *([1] * len(shape)))
 
-        def rows(ex, s):
-            return x[ex] + sigma[ex] * eps[s]
+        def rows(exs, ss):
+            return torch.addcmul(x[exs, None], sigma[exs, None], eps[None, ss])
 
         n = config.n_samples
     else:
@@ -137,8 +135,8 @@ def smoothgrad(
         nz = noise.to(device=x.device, dtype=x.dtype)
         n = nz.shape[1]
 
-        def rows(ex, s):
-            return x[ex] + nz[ex, s]
+        def rows(exs, ss):
+            return x[exs, None] + nz[exs, ss]
 
     chunk = engine.chunk_rows(per_row, config.memory_budget_mb, backward=True, n_rows=B * n)
     vals = engine.mean_gradient(model, x, t, rows, torch.full((n,), 1.0 / n, dtype=torch.float64), output=config.output,

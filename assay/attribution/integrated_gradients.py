@@ -51,17 +51,16 @@ def integrated_gradients(
     """IG of f_t at ``x`` from ``baseline`` (0 by default; a scalar, ``[*x]`` or ``[B, *x]``)."""
     engine._check_float(x)
     b = engine.expand_baseline(x, baseline)
-    t, out, single, per_row = engine.target_outputs(model, x, target, config.output)
+    t, out, single, per_row, base_out = engine.probe(model, x, target, config.output, b)
     alphas, weights = quadrature(config.quadrature, config.steps)
     alphas = alphas.to(device=x.device, dtype=x.dtype)
     delta = x - b
-    shape = (-1,) + (1,) * (x.dim() - 1)
+    shape = (1, -1) + (1,) * (x.dim() - 1)
 
-    def rows(ex, s):
-        return b[ex] + alphas[s].view(shape) * delta[ex]
+    def rows(exs, ss):
+        return torch.addcmul(b[exs, None], alphas[ss].view(shape), delta[exs, None])
 
     chunk = engine.chunk_rows(per_row, config.memory_budget_mb, backward=True, n_rows=x.shape[0] * config.steps)
     g = engine.mean_gradient(model, x, t, rows, weights, output=config.output, chunk=chunk)
     vals = g * delta[:, None] if config.multiply_by_inputs else g
-    base_out = engine.baseline_outputs(model, b, t, config.output, chunk)
     return engine.finish(vals, t, out, single, "integrated_gradients", baseline_output=base_out)

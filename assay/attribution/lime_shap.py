@@ -27,9 +27,11 @@ from assay.attribution.neighbourhoods import (
     bernoulli_masks,
     check_feature_mask,
     expand_features,
+    features_block,
     n_features,
     shapley_kernel_masks,
     shapley_kernel_weight,
+    shared_mask,
 )
 from assay.attribution.surrogates import Distance, distances, exponential_kernel, weighted_lstsq
 from assay.config import ConfigError
@@ -94,8 +96,8 @@ class CLimeConfig(_SampledConfig):
             raise ConfigError(f"sigma must be positive, got {self.sigma}")
 
 
-def _fit(model, x, target, config, fm, z, weights_fn, rows, method, *, base_out_fn=None):
-    t, out, single, per_row = engine.target_outputs(model, x, target, config.output)
+def _fit(model, x, target, config, fm, z, weights_fn, rows, method, *, baseline=None):
+    t, out, single, per_row, base_out = engine.probe(model, x, target, config.output, baseline)
     S = z.shape[0]
     chunk = engine.chunk_rows(per_row, config.memory_budget_mb, backward=False, n_rows=x.shape[0] * S)
     dist_fn = None if weights_fn is None or weights_fn[0] is None else weights_fn[0]
@@ -106,16 +108,21 @@ def _fit(model, x, target, config, fm, z, weights_fn, rows, method, *, base_out_
     vals = expand_features(coef.reshape(B * K, -1).to(x.dtype),
                            None if fm is None else fm.repeat_interleave(K, 0), tuple(x.shape[1:]))
     vals = vals.reshape(B, K, *x.shape[1:])
-    base_out = base_out_fn(t, chunk) if base_out_fn is not None else None
     return engine.finish(vals, t, out, single, method, baseline_output=base_out, intercept=icpt)
 
 
 def _masks_rows(x, b, fm, z):
     zx = z.to(x.dtype)
+    shape = tuple(x.shape[1:])
+    shared = shared_mask(fm)
+    binary = bool(((z == 0) | (z == 1)).all())
+    delta = x - b
 
-    def rows(ex, s):
-        zin = expand_features(zx[s], None if fm is None else fm[ex], tuple(x.shape[1:]))
-        return b[ex] + zin * (x[ex] - b[ex])
+    def rows(exs, ss):
+        zin = features_block(zx[ss], fm, shared, exs, shape)
+        if binary:  # exact x where kept, exact b where removed (as Captum: x·z + b·(1 − z))
+            return torch.where(zin.bool(), x[exs, None], b[exs, None])
+        return torch.addcmul(b[exs, None], zin, delta[exs, None])
 
     return rows
 
@@ -144,7 +151,7 @@ def lime(
     kern = (lambda xs, xp: distances(xs, xp, config.distance),
             lambda dist: exponential_kernel(dist, config.kernel_width))
     return _fit(model, x, target, config, fm, z, kern, _masks_rows(x, b, fm, z), "lime",
-                base_out_fn=lambda t, c: engine.baseline_outputs(model, b, t, config.output, c))
+                baseline=b)
 
 
 def kernel_shap(
@@ -173,7 +180,7 @@ def kernel_shap(
     z = z.to(x.device)
     w = w.to(x.device)
     return _fit(model, x, target, config, fm, z, (None, lambda _d: w), _masks_rows(x, b, fm, z), "kernel_shap",
-                base_out_fn=lambda t, c: engine.baseline_outputs(model, b, t, config.output, c))
+                baseline=b)
 
 
 def c_lime(
@@ -191,7 +198,9 @@ def c_lime(
     z = z.to(x.device)
     zx = z.to(x.dtype)
 
-    def rows(ex, s):
-        return x[ex] + expand_features(zx[s], None if fm is None else fm[ex], tuple(x.shape[1:]))
+    shared = shared_mask(fm)
+
+    def rows(exs, ss):
+        return x[exs, None] + features_block(zx[ss], fm, shared, exs, tuple(x.shape[1:]))
 
     return _fit(model, x, target, config, fm, z, None, rows, "c_lime")

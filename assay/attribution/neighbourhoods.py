@@ -28,6 +28,8 @@ __all__ = [
     "shapley_kernel_masks",
     "shapley_kernel_weight",
     "expand_features",
+    "features_block",
+    "shared_mask",
     "check_feature_mask",
     "n_features",
     "grid_feature_mask",
@@ -138,6 +140,31 @@ def expand_features(z: torch.Tensor, feature_mask: torch.Tensor | None, shape: t
         return z.reshape(z.shape[0], *shape)
     flat = feature_mask.reshape(feature_mask.shape[0], -1)
     return torch.gather(z, 1, flat).reshape(z.shape[0], *shape)
+
+
+def shared_mask(feature_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The ``[*x]`` mask when every example of a ``[B, *x]`` feature mask is the same, else None."""
+    if feature_mask is None:
+        return None
+    if feature_mask.shape[0] == 1 or feature_mask.stride(0) == 0:
+        return feature_mask[0]
+    first = feature_mask[:1]
+    return feature_mask[0] if bool((feature_mask == first).all()) else None
+
+
+def features_block(
+    z: torch.Tensor, feature_mask: torch.Tensor | None, shared: torch.Tensor | None, exs: slice,
+    shape: tuple[int, ...],
+) -> torch.Tensor:
+    """Feature-space rows ``z [ns, d]`` in input space for the examples ``exs``: ``[1, ns, *shape]`` when
+    the mask is absent or shared by all examples, else ``[nb, ns, *shape]``."""
+    ns = z.shape[0]
+    if feature_mask is None:
+        return z.reshape(1, ns, *shape)
+    if shared is not None:
+        return z[:, shared.reshape(-1)].reshape(1, ns, *shape)
+    fm = feature_mask[exs].reshape(exs.stop - exs.start, 1, -1)
+    return torch.gather(z[None].expand(fm.shape[0], -1, -1), 2, fm.expand(-1, ns, -1)).reshape(-1, ns, *shape)
 
 
 def grid_feature_mask(shape: tuple[int, ...], patch: tuple[int, ...]) -> torch.Tensor:

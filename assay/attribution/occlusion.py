@@ -21,7 +21,7 @@ import torch
 
 from assay.attribution import engine
 from assay.attribution.engine import Attribution, EngineConfig
-from assay.attribution.neighbourhoods import check_feature_mask, window_masks, window_starts
+from assay.attribution.neighbourhoods import check_feature_mask, shared_mask, window_masks, window_starts
 from assay.config import ConfigError
 
 __all__ = ["OcclusionConfig", "occlusion"]
@@ -50,44 +50,57 @@ def occlusion(
 ) -> Attribution:
     """Mean output drop over the windows (or feature groups) covering each input element."""
     b = engine.expand_baseline(x, baseline)
-    t, out, single, per_row = engine.target_outputs(model, x, target, config.output)
+    t, out, single, per_row, base_out = engine.probe(model, x, target, config.output, b)
     shape = tuple(x.shape[1:])
+    nd = len(shape)
     fm = check_feature_mask(feature_mask, x)
+    shared = shared_mask(fm)
     if fm is not None:
         n_win = int(fm.max()) + 1
+        ids_all = torch.arange(n_win, device=x.device)
 
-        def masks(ids: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
-            return fm[ex] == ids.view(-1, *([1] * len(shape)))
+        def masks(ss: slice) -> torch.Tensor:  # [1 or B, ns, *x]
+            ids = ids_all[ss].view(1, -1, *([1] * nd))
+            return (shared[None, None] if shared is not None else fm[:, None]) == ids
     else:
-        window = config.window or (1,) * len(shape)
-        strides = config.strides or (1,) * len(shape)
+        window = config.window or (1,) * nd
+        strides = config.strides or (1,) * nd
         starts = window_starts(shape, window, strides)
         n_win = 1
-        for s in starts:
-            n_win *= len(s)
+        for st in starts:
+            n_win *= len(st)
 
-        def masks(ids: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
-            return window_masks(ids, starts, shape, window)
+        def masks(ss: slice) -> torch.Tensor:  # [1, ns, *x]
+            return window_masks(torch.arange(ss.start, ss.stop, device=x.device), starts, shape, window)[None]
 
-    def rows(ex, s):
-        return torch.where(masks(s, ex), b[ex], x[ex])
+    cache: dict = {}
+
+    def rows(exs, ss):
+        key = (ss.start, ss.stop)
+        if cache.get("key") != key:  # masks are shared by the examples of consecutive blocks
+            cache["key"], cache["m"] = key, masks(ss)
+        m = cache["m"]
+        if m.shape[0] != 1:
+            m = m[exs]
+        return torch.where(m, b[exs, None], x[exs, None])
 
     chunk = engine.chunk_rows(per_row, config.memory_budget_mb, backward=False, n_rows=x.shape[0] * n_win)
     ys, _ = engine.outputs_at(model, x, t, rows, n_win, output=config.output, chunk=chunk)
+    cache.clear()
     drop = (out.to(torch.float64)[:, :, None] - ys).to(x.dtype)  # [B, K, S]
     B, K = t.shape
-    vals = torch.zeros((B, K, *shape), dtype=x.dtype, device=x.device)
-    count = torch.zeros((B, *shape), dtype=x.dtype, device=x.device)
-    win_chunk = max(1, chunk // max(1, B))
-    all_ex = torch.arange(B, device=x.device)
-    for s0 in range(0, n_win, win_chunk):
-        ids = torch.arange(s0, min(n_win, s0 + win_chunk), device=x.device)
-        if fm is not None:
-            m = torch.stack([masks(ids, torch.full_like(ids, i)) for i in all_ex.tolist()]).to(x.dtype)
-        else:
-            m = masks(ids, ids)[None].to(x.dtype).expand(B, *([-1] * (len(shape) + 1)))
-        vals += torch.einsum("bks,bs...->bk...", drop[:, :, ids], m)
-        count += m.sum(1)
-    vals = vals / count.clamp_min(1)[:, None]
-    base_out = engine.baseline_outputs(model, b, t, config.output, chunk)
+    if fm is not None:  # every element lies in exactly one group: its value is that group's drop
+        idx = fm.reshape(B, 1, -1).expand(B, K, -1)
+        vals = torch.gather(drop, 2, idx).reshape(B, K, *shape)
+    else:  # Σ_s drop_s M_s / Σ_s M_s, one matmul per block of windows
+        D = x[0].numel()
+        acc = torch.zeros((B * K, D), dtype=x.dtype, device=x.device)
+        count = torch.zeros(D, dtype=x.dtype, device=x.device)
+        step = max(1, chunk)
+        for s0 in range(0, n_win, step):
+            ss = slice(s0, min(n_win, s0 + step))
+            m = masks(ss)[0].reshape(ss.stop - s0, D).to(x.dtype)
+            acc += drop[:, :, ss].reshape(B * K, -1) @ m
+            count += m.sum(0)
+        vals = (acc / count.clamp_min(1)).reshape(B, K, *shape)
     return engine.finish(vals, t, out, single, "occlusion", baseline_output=base_out)

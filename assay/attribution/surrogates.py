@@ -56,12 +56,13 @@ def weighted_lstsq(
 
 
 def distances(x: torch.Tensor, xp: torch.Tensor, kind: Distance) -> torch.Tensor:
-    """Row-wise distance between ``x`` and ``xp`` (both ``[n, *]``): euclidean or cosine (1 − cos)."""
-    a, b = x.flatten(1).double(), xp.flatten(1).double()
+    """Distance between each ``x`` ``[n, *]`` and its perturbations ``xp`` ``[n, s, *]``, as ``[n, s]``:
+    euclidean or cosine (1 − cos)."""
+    a, b = x.flatten(1).double()[:, None], xp.flatten(2).double()
     if kind == "euclidean":
-        return (a - b).norm(dim=1)
+        return (a - b).norm(dim=-1)
     if kind == "cosine":
-        return 1 - torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)
+        return 1 - torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
     raise ValueError(f"distance must be 'euclidean' or 'cosine', got {kind!r}")
 
 
