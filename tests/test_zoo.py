@@ -113,3 +113,27 @@ def test_cli_world_train_trains_then_loads(tmp_path):
     assert second.exit_code == 0 and second.output.startswith("loaded from cache: ")
     bad = CliRunner().invoke(app, [*args, "--model", "d_modle=3"])
     assert bad.exit_code != 0 and "unknown model/training setting" in bad.output
+
+
+def test_interrupted_first_training_resumes_exactly(tmp_path):
+    from assay.models.train import train
+    from assay.models.zoo import cache_key
+
+    over = {"steps": 10, "checkpoint_every": 5, "eval_every": 5}
+    world = RefCountWorld()
+    model_cfg, train_cfg = reference_configs(world, train_overrides=over)
+    partial = tmp_path / "a" / "world_models" / f".partial-refcountworld-{cache_key('refcountworld', world, model_cfg, train_cfg, 0)}"
+
+    def crash(entry):
+        if entry["step"] == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # dies after the step-5 checkpoint, before step 10's
+        train(Transformer(model_cfg, generator=make_generator(0)), world, train_cfg, checkpoint_dir=partial,
+              on_eval=crash)
+    assert [p.name for p in partial.iterdir()] == ["step-0000005"]
+    resumed = world_model(world, cache_dir=tmp_path / "a", progress=False, train_overrides=over)
+    straight = world_model(world, cache_dir=tmp_path / "b", progress=False, train_overrides=over)
+    assert resumed.trained and not partial.exists()
+    for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
+        assert torch.equal(p, q)
