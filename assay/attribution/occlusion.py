@@ -73,20 +73,23 @@ def occlusion(
         def masks(ss: slice) -> torch.Tensor:  # [1, ns, *x]
             return window_masks(torch.arange(ss.start, ss.stop, device=x.device), starts, shape, window)[None]
 
+    chunk = engine.chunk_rows(per_row, config.memory_budget_mb, backward=False, n_rows=x.shape[0] * n_win)
+    step = max(1, chunk)
     cache: dict = {}
 
-    def rows(exs, ss):
+    def block_masks(ss: slice) -> torch.Tensor:
         key = (ss.start, ss.stop)
-        if cache.get("key") != key:  # masks are shared by the examples of consecutive blocks
+        if cache.get("key") != key:  # shared by the examples of consecutive blocks and the accumulation
             cache["key"], cache["m"] = key, masks(ss)
-        m = cache["m"]
+        return cache["m"]
+
+    def rows(exs, ss):
+        m = block_masks(ss)
         if m.shape[0] != 1:
             m = m[exs]
         return torch.where(m, b[exs, None], x[exs, None])
 
-    chunk = engine.chunk_rows(per_row, config.memory_budget_mb, backward=False, n_rows=x.shape[0] * n_win)
     ys, _ = engine.outputs_at(model, x, t, rows, n_win, output=config.output, chunk=chunk)
-    cache.clear()
     drop = (out.to(torch.float64)[:, :, None] - ys).to(x.dtype)  # [B, K, S]
     B, K = t.shape
     if fm is not None:  # every element lies in exactly one group: its value is that group's drop
@@ -96,11 +99,12 @@ def occlusion(
         D = x[0].numel()
         acc = torch.zeros((B * K, D), dtype=x.dtype, device=x.device)
         count = torch.zeros(D, dtype=x.dtype, device=x.device)
-        step = max(1, chunk)
-        for s0 in range(0, n_win, step):
-            ss = slice(s0, min(n_win, s0 + step))
-            m = masks(ss)[0].reshape(ss.stop - s0, D).to(x.dtype)
+        s_step = n_win if n_win <= step else step  # the blocks outputs_at used, so the cached masks serve
+        for s0 in range(0, n_win, s_step):
+            ss = slice(s0, min(n_win, s0 + s_step))
+            m = block_masks(ss)[0].reshape(ss.stop - s0, D).to(x.dtype)
             acc += drop[:, :, ss].reshape(B * K, -1) @ m
             count += m.sum(0)
         vals = (acc / count.clamp_min(1)).reshape(B, K, *shape)
+    cache.clear()
     return engine.finish(vals, t, out, single, "occlusion", baseline_output=base_out)

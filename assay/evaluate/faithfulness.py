@@ -54,16 +54,32 @@ def _targets(model, x, target) -> torch.Tensor:
     return target.to(x.device).long()
 
 
-def _batched(model, build: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], B: int, S: int,
+def _blocks(B: int, S: int, chunk: int):
+    """(example slice, step slice) rectangles of at most ``chunk`` rows, balanced in size."""
+    chunk = max(1, int(chunk))
+    if S <= chunk:
+        nb = max(1, chunk // S)
+        nb = -(-B // -(-B // nb))
+        for e0 in range(0, B, nb):
+            yield slice(e0, min(B, e0 + nb)), slice(0, S)
+    else:
+        for e in range(B):
+            for s0 in range(0, S, chunk):
+                yield slice(e, e + 1), slice(s0, min(S, s0 + chunk))
+
+
+def _batched(model, build: Callable[[slice, slice], torch.Tensor], B: int, S: int,
              target: torch.Tensor, output: Output, chunk: int) -> torch.Tensor:
-    """Scores of rows (example ex, step s) built by ``build(ex, s)`` as ``[B, S]``."""
-    out = torch.empty(B * S, dtype=torch.float64, device=target.device)
+    """Scores ``[B, S]`` of the rows that ``build(examples, steps)`` (two slices) returns as
+    ``[nb, ns, *x]`` blocks — built by broadcasting, one model call per block."""
+    out = torch.empty(B, S, dtype=torch.float64, device=target.device)
     with torch.no_grad():
-        for start in range(0, B * S, chunk):
-            r = torch.arange(start, min(B * S, start + chunk), device=target.device)
-            ex, s = r // S, r % S
-            out[r] = scores_of(model, build(ex, s), target[ex], output).double()
-    return out.view(B, S)
+        for exs, ss in _blocks(B, S, chunk):
+            rows = build(exs, ss)
+            nb, ns = rows.shape[:2]
+            t = target[exs].repeat_interleave(ns)
+            out[exs, ss] = scores_of(model, rows.reshape(nb * ns, *rows.shape[2:]), t, output).double().view(nb, ns)
+    return out
 
 
 def _check(x: torch.Tensor, a: torch.Tensor) -> None:
@@ -89,7 +105,7 @@ class Curve(NamedTuple):
 def perturbation_curve(
     model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None, *,
     mode: Literal["deletion", "insertion"] = "deletion", features_per_step: int | None = None,
-    n_steps: int = 20, baseline: float | torch.Tensor = 0.0, output: Output = "probability", chunk: int = 256,
+    n_steps: int = 20, baseline: float | torch.Tensor = 0.0, output: Output = "probability", chunk: int = 1024,
 ) -> Curve:
     """Deletion/insertion curve: features ranked by attribution (descending, stable ties).
 
@@ -109,11 +125,12 @@ def perturbation_curve(
     base = base.to(device=x.device, dtype=x.dtype).expand_as(x)
     a_shape = attributions.shape[1:]
 
-    def build(ex, s):
-        m = (rank[ex] < counts[s][:, None]).view(-1, *a_shape).expand(-1, *x.shape[1:])
+    def build(exs, ss):
+        m = rank[exs, None] < counts[None, ss, None]  # [nb, ns, D]
         if mode == "insertion":
             m = ~m
-        return torch.where(m, base[ex], x[ex])
+        m = m.view(*m.shape[:2], *a_shape)
+        return torch.where(m, base[exs, None], x[exs, None])
 
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
@@ -127,7 +144,7 @@ def faithfulness_correlation(
     model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None, *,
     subsets: torch.Tensor | None = None, n_runs: int = 100, subset_size: int = 16,
     generator: torch.Generator | None = None, baseline: float | torch.Tensor = 0.0, output: Output = "probability",
-    chunk: int = 256,
+    chunk: int = 1024,
 ) -> torch.Tensor:
     """Pearson correlation per example between Σ_{i∈S} φ_i and f(x) − f(x with S set to the baseline).
 
@@ -150,10 +167,11 @@ def faithfulness_correlation(
     with torch.no_grad():
         f0 = scores_of(model, x, t, output).double()
 
-    def build(ex, s):
-        rows = flat[ex].clone()
-        rows.scatter_(1, subsets[ex, s], fill[ex, None].expand(-1, subsets.shape[2]))
-        return rows.view(-1, *x.shape[1:])
+    def build(exs, ss):
+        idx = subsets[exs, ss]  # [nb, ns, s]
+        rows = flat[exs, None].expand(-1, idx.shape[1], -1).clone()
+        rows.scatter_(2, idx, fill[exs, None, None].expand_as(idx))
+        return rows.view(*idx.shape[:2], *x.shape[1:])
 
     f = _batched(model, build, B, R, t, output, chunk)
     delta = f0[:, None] - f
@@ -187,7 +205,8 @@ def prediction_gap(
     flat = x.reshape(B, -1)
     with torch.no_grad():
         f0 = scores_of(model, x, t, output).double()
-    f = _batched(model, lambda ex, s: (flat[ex] + eps[s] * m[ex]).view(-1, *x.shape[1:]), B, n_samples, t, output, chunk)
+    f = _batched(model, lambda exs, ss: torch.addcmul(flat[exs, None], eps[None, ss], m[exs, None].to(x.dtype))
+                 .view(-1, ss.stop - ss.start, *x.shape[1:]), B, n_samples, t, output, chunk)
     return (f0[:, None] - f).abs().mean(1)
 
 
@@ -210,7 +229,7 @@ def infidelity(
     N = I.shape[1]
     with torch.no_grad():
         f0 = scores_of(model, x, t, output).double()
-    f = _batched(model, lambda ex, s: x[ex] - I[ex, s], B, N, t, output, chunk)
+    f = _batched(model, lambda exs, ss: x[exs, None] - I[exs, ss], B, N, t, output, chunk)
     dfx = f0[:, None] - f
     ia = (I.flatten(2).double() * attributions.expand_as(x).flatten(1).double()[:, None]).sum(-1)
     if normalize:
