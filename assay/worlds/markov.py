@@ -162,7 +162,7 @@ class MarkovMixtureWorld:
 
     def reference_model(self) -> dict[str, Any]:
         """Tiny-transformer settings (spec §3: Park et al.'s GPT, CPU default steps)."""
-        return {"n_layers": 2, "n_heads": 4, "d_model": 64, "context": self.config.seq_len, "steps": 3000,
+        return {"n_layers": 2, "n_heads": 4, "d_model": 64, "context": self.config.seq_len, "steps": 2000,
                 "batch_size": 128, "lr": 6e-4, "weight_decay": 0.1, "betas": (0.9, 0.95), "pack": False}
 
     def sample(self, n: int, *, generator: torch.Generator) -> Batch:

@@ -206,7 +206,7 @@ class _PCFGWorld(DocWorld):
 
     def reference_model(self) -> dict[str, Any]:
         """Tiny-transformer settings (spec §2, CPU default); train on ``pack(batch, context)``."""
-        return {"n_layers": 2, "n_heads": 2, "d_model": 64, "context": 64, "steps": 3000, "batch_size": 64,
+        return {"n_layers": 2, "n_heads": 2, "d_model": 64, "context": 64, "steps": 1500, "batch_size": 64,
                 "lr": 1e-3, "weight_decay": 1e-4, "betas": (0.9, 0.95), "pack": True}
 
     def _valid_next(self, words: list[str]) -> list[tuple[int, ...]]:
