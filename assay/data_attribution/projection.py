@@ -16,7 +16,8 @@ block of R with Khatri–Rao columns r_c = vec(u_c v_cᵀ) (u_c ∈ ℝ^out, v_c
 
 which costs (out + in)·k per example instead of out·in·k and never forms the gradient. The
 projection is still unbiased (E[r_c r_cᵀ] = I); each feature has a larger variance than a dense one
-(a product of two Gaussians), comparable to a dense projection of about k/4 dims (hence the oversampling below). The same idea, with
+(a product of two Gaussians: up to 4× a dense feature's for a single rank-1 layer gradient; see the
+oversampling option below). The same idea, with
 Kronecker rather than Khatri–Rao factors, is LoGra (Choe et al. 2024, "What is Your Data Worth to
 GPT?"). Layers are combined by summing their projections, i.e. R stacks the per-layer blocks. With
 ``oversample = o > 1`` the factored path oversamples (o·k Khatri–Rao features) and mixes them down to k with a dense
