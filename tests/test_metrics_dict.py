@@ -149,3 +149,25 @@ def test_spliced_metrics_hand_case():
     # "with error term" splicing x̂ + (x − x̂) reproduces clean logits exactly
     err = spliced_metrics(model, "mid", [(tokens, mask)], lambda h: half(h) + (h - half(h)))
     assert err.ce_sae == pytest.approx(m.ce_clean, rel=1e-6)
+
+
+def test_spliced_keep_first_leaves_the_bos_position_clean():
+    model = _Tiny().eval()
+    tokens = torch.tensor([[0, 3, 1, 5], [2, 2, 6, 4]])
+
+    def manual_ce(h_fn):  # h_fn applied at positions ≥ 1 only
+        h = model.mid(model.embed(tokens))
+        h = torch.cat([h[:, :1], h_fn(h[:, 1:])], 1)
+        logits = model.unembed(torch.tanh(h))[:, :-1]
+        return F.cross_entropy(logits.reshape(-1, 7), tokens[:, 1:].reshape(-1)).item()
+
+    half = lambda h: 0.5 * h  # noqa: E731
+    with torch.no_grad():
+        want_sae, want_zero = manual_ce(half), manual_ce(torch.zeros_like)
+    m = spliced_metrics(model, "mid", [tokens], half, keep_first=1)
+    assert m.ce_sae == pytest.approx(want_sae, rel=1e-5)
+    assert m.ce_zero == pytest.approx(want_zero, rel=1e-5)
+    full = spliced_metrics(model, "mid", [tokens], half)
+    assert full.ce_zero != pytest.approx(m.ce_zero)  # position 0's prediction changed without keep_first
+    with pytest.raises(ValueError, match="keep_first must be >= 0"):
+        spliced_metrics(model, "mid", [tokens], half, keep_first=-1)
