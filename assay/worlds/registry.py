@@ -26,6 +26,8 @@ WORLDS: dict[str, str] = {
     "bijections": "assay.worlds.bijections:BijectionsConfig/BijectionsWorld",
     "graph": "assay.worlds.graph:GraphConfig/GraphWorld",
     "cyclic": "assay.worlds.cyclic:CyclicConfig/CyclicWorld",
+    "gaussian_mixture": "assay.worlds.manifold:GaussianMixtureConfig/GaussianMixtureWorld",
+    "subspace": "assay.worlds.manifold:SubspaceManifoldConfig/SubspaceManifoldWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 
