@@ -31,7 +31,7 @@ from assay.evaluate.faithfulness import faithfulness_correlation, perturbation_c
 
 torch.set_num_threads(2)
 REPS = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 3
-BOUND_CHUNKS = (512, 1024, 2048)
+BOUND_CHUNKS = (256, 512, 1024, 2048)
 B, STEP, RUNS, SUBSET = 64, 28, 100, 224
 
 
@@ -123,7 +123,7 @@ def main():
         results[name] = r
         print(f"{name:26s} assay {to:7.3f}s  quantus {tq:7.3f}s  bound {tb:7.3f}s  speedup {tq / to:6.2f}x  "
               f"of bound {tb / to:.2f}  max|assay-quantus| {diff:.2e}", flush=True)
-    print(json.dumps({k: {m: round(v, 6) for m, v in r.items()} for k, r in results.items()}))
+    print(json.dumps({k: {m: float(f"{v:.4g}") for m, v in r.items()} for k, r in results.items()}))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 MLP 784-512-512-10 (batch 256) and a small CNN on 1×28×28: IG (50 steps), SmoothGrad (25 samples),
 KernelSHAP (200 samples, 49 features = 4×4 patches) and occlusion (4×4 windows, stride 4). The bound
 runs the same number of rows as plain batched calls (forward+backward for gradient methods) and is
-the fastest of several rows-per-call settings (1024, 2048, 4096), so it is not tuned to assay's chunk.
+the fastest of several rows-per-call settings (256 … 4096), so it is not tuned to assay's chunk.
 assay, Captum and the bounds run round-robin ``--reps`` times after a warm-up and each keeps its best
 wall time (on a shared machine the load changes between calls; interleaving exposes all to the same).
 Last line: JSON keyed by method with speedup_vs_captum and fraction_of_bound (MLP figures, CNN nested).
@@ -33,7 +33,7 @@ from assay.attribution.neighbourhoods import grid_feature_mask
 torch.set_num_threads(2)
 QUICK = "--quick" in sys.argv
 REPS = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 2
-BOUND_CHUNKS = (1024, 2048, 4096)
+BOUND_CHUNKS = (256, 512, 1024, 2048, 4096)
 EXACT = ("integrated_gradients", "occlusion")  # same values expected; SmoothGrad/KernelSHAP draw their own noise
 
 

@@ -202,10 +202,12 @@ def _row_bytes(model: Callable, x: torch.Tensor) -> tuple[float, torch.Tensor]:
 def chunk_rows(per_row_bytes: float, budget_mb: float, *, backward: bool, n_rows: int) -> int:
     """Rows per chunk that fit the memory budget.
 
-    ``per_row_bytes`` sums every leaf module's output, an upper bound on what a no-grad forward holds
-    at once (×1); a backward keeps the saved activations and their gradients (×2).
+    ``per_row_bytes`` sums every leaf module's output. A backward keeps the saved activations and their
+    gradients (×2); a no-grad forward holds far less at once, but rows whose activations stay near the
+    CPU caches run faster, so it gets the same ×2 (measured on the benchmark CNN: ~700-row calls beat
+    ~1,500-row calls on an idle machine).
     """
-    factor = 2.0 if backward else 1.0
+    factor = 2.0  # the same for both: see above
     return int(max(1, min(n_rows, budget_mb * 2**20 // max(1.0, factor * per_row_bytes))))
 
 
