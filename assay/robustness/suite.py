@@ -88,7 +88,7 @@ def train_world_model(cfg: RobustnessConfig) -> tuple[Any, Any, Any]:
             from assay.robustness.lcnn import LowCurvatureCNN, fit_low_curvature
 
             model = fit_low_curvature(LowCurvatureCNN(), train.inputs, train.targets, epochs=cfg.epochs,
-                                      batch_size=64, lr=2e-3, seed=cfg.seed)
+                                      batch_size=64, seed=cfg.seed)
             return model, train, test
         with torch.random.fork_rng():  # SmallCNN draws its init from the global generator; restore it after
             torch.manual_seed(cfg.seed)
