@@ -12,6 +12,19 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on tiny tensors a second OpenMP thread only adds barrier waits
+    (measured up to 15x slower on the shared 2-core machine). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def assay_cache(tmp_path_factory):
     """A per-run cache directory (set as ASSAY_CACHE so model conversions land there)."""

@@ -16,13 +16,7 @@ from assay.bench.worlds import load_world, parse_world
 from assay.config import ConfigError
 from assay.worlds.base import make_generator
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_method_and_world_specs():

@@ -16,16 +16,7 @@ from assay.models.train import TrainConfig, sequence_loss
 from assay.models.transformer import Transformer, TransformerConfig
 from assay.worlds.markov import MarkovConfig, MarkovMixtureWorld
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP barrier overhead on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _world() -> MarkovMixtureWorld:

@@ -30,22 +30,7 @@ from assay.data_attribution.applications import opponents, proponents, prune_by_
 from assay.evaluate.lds import expand_group_masks, lds
 from assay.evaluate.mislabel import auroc, plant_label_noise
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run every test here on one intra-op thread, restoring the previous count afterwards.
-
-    The models are tiny (≤ 1k parameters), so each op is microseconds of work and a second OpenMP thread
-    only adds synchronisation; on the shared, loaded 2-core machine those barriers dominated: the LDS test
-    took ~110 s wall (~40 s CPU) with 2 threads and the CG/LiSSA test ~30 s, versus ~3 s and ~0.5 s of CPU
-    with one thread — same data, same fits, same assertions.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -18,13 +18,7 @@ from assay.dictionaries.relu import norm_weighted_l1
 from assay.dictionaries.spade import SpaDEConfig, SpaDESAE, sparsemax
 from assay.lenses.protocol import Lens
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # tiny tensors: one thread avoids OpenMP spin on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_geometric_median_and_lr_checks():

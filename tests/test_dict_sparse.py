@@ -16,13 +16,7 @@ from assay.dictionaries.sparse import (
 )
 from assay.dictionaries.topk import TopKConfig, TopKSAE, topk_codes
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # tiny tensors: one thread avoids OpenMP spin on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed=0):

@@ -13,13 +13,7 @@ from assay.evaluate.recovery import feature_recovery
 from assay.evaluate.sparsity import sparsity_metrics
 from assay.evaluate.spliced import recovered, spliced_metrics
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # tiny tensors: one thread avoids OpenMP spin on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_explained_variance_checks():

@@ -19,13 +19,7 @@ from assay.evaluate.selectivity import intervention_selectivity
 from assay.worlds.base import make_generator
 from assay.worlds.superposition import SuperpositionConfig, SuperpositionWorld
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _world(**kw):

@@ -12,13 +12,7 @@ from assay.evaluate.sparsity import sparsity_metrics
 from assay.worlds.base import make_generator
 from assay.worlds.superposition import SuperpositionConfig, SuperpositionWorld, firing_probabilities
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # tiny tensors: one thread avoids OpenMP spin on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(world, k, seed):

@@ -7,13 +7,7 @@ from peer_import import peer
 from assay.dictionaries.registry import build_sae
 from assay.dictionaries.saelens_format import load_saelens, save_saelens
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # tiny tensors: one thread avoids OpenMP spin on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomised(arch, **kw):

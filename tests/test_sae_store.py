@@ -22,12 +22,7 @@ from assay.store.shardfile import read_header
 V, D, T, N_WIN = 23, 16, 12, 40  # vocab, width, window length, windows → 480 rows
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # tiny tensors: one thread avoids OpenMP spin on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Block(nn.Module):

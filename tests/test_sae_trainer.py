@@ -15,13 +15,7 @@ from assay.dictionaries.trainer import (
     train_saes,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # tiny tensors: one thread avoids OpenMP spin on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(start=0, n=8, B=64, d=16):
