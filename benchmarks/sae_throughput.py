@@ -10,7 +10,18 @@ Peers, each through its own training code:
 - SAELens: the real ``SAETrainer.fit()`` on a ``TopKTrainingSAE``, fed the same pre-made tensors through
   its ``data_provider`` (fit runs in a helper thread; the provider hands it one batch per step, so a
   step's time is the time between two requests, fit's own per-step bookkeeping included);
-- dictionary_learning and overcomplete: reported as skipped when not importable (not installed here).
+- dictionary_learning 0.1.0: its ``TopKTrainer.update(step, x)`` (``AutoEncoderTopK``; geometric-median
+  ``b_dec`` init at step 0, MSE + AuxK/32, gradient parallel to the atoms removed, clip 1, Adam, unit-norm
+  decoder), built with ``warmup_steps=0`` and its dead-latent window set to 10 batches like sparsify's;
+- overcomplete 0.3.0: its ``train_sae()`` loop on a ``TopKSAE`` (linear encoder, l2-normalised dictionary)
+  with its ``top_k_auxiliary_loss`` criterion, clip 1, Adam, fed through a data loader that hands it one
+  batch per step (like SAELens above). Its package imports ``torchvision.transforms`` at import time; a
+  stub module is put in ``sys.modules`` (inside this benchmark only) because the PyPI torchvision wheel
+  would replace torch, and ``matplotlib.cm.get_cmap`` is aliased for its plotting module.
+
+dictionary_learning and overcomplete cannot be installed with plain pip next to torch 2.13.0 CPU (they
+pin torchvision via nnsight/timm): run ``make bench-peers`` first (installs them with ``--no-deps`` plus
+their real runtime deps). A peer that cannot be set up is reported as skipped, with the error.
 
 Methods are stepped round-robin (one step of each in turn), so load from other jobs on a shared
 machine hits all of them alike; ratios within one run are what count. Medians over the steps after
@@ -169,6 +180,70 @@ class _Handoff:
             raise msg
 
 
+def setup_dictionary_learning(steps: int) -> tuple[Step, Recon, Callable[[], None]]:
+    from dictionary_learning.trainers.top_k import TopKTrainer
+
+    tr = TopKTrainer(steps=10**9, activation_dim=D_IN, dict_size=D_SAE, k=K, layer=0, lm_name="bench",
+                     lr=LR, warmup_steps=0, device="cpu")
+    tr.dead_feature_threshold = 10 * ARGS.batch  # its default (10M tokens) never fires in a benchmark
+    n = [0]
+
+    def step(x):
+        tr.update(n[0], x)
+        n[0] += 1
+
+    return step, lambda x: tr.ae(x), lambda: None
+
+
+def _import_overcomplete():
+    """overcomplete imports ``torchvision.transforms`` at import time: stub it (the real wheel would
+    replace torch here), and alias ``matplotlib.cm.get_cmap`` (removed in matplotlib 3.9) for its plots."""
+    import types
+
+    import matplotlib
+    import matplotlib.cm
+
+    if "torchvision" not in sys.modules:
+        tv, tr = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
+        tv.transforms = tr
+        sys.modules["torchvision"], sys.modules["torchvision.transforms"] = tv, tr
+    if not hasattr(matplotlib.cm, "get_cmap"):
+        matplotlib.cm.get_cmap = matplotlib.colormaps.get_cmap
+    import overcomplete.sae
+
+    return overcomplete.sae
+
+
+def setup_overcomplete(steps: int) -> tuple[Step, Recon, Callable[[], None]]:
+    ocs = _import_overcomplete()
+    sae = ocs.TopKSAE(D_IN, nb_concepts=D_SAE, top_k=K, device="cpu")
+    opt = torch.optim.Adam(sae.parameters(), lr=LR)
+    provider = _Handoff()
+
+    def fit() -> None:
+        ocs.train_sae(sae, provider, ocs.losses.top_k_auxiliary_loss, opt, nb_epochs=1, clip_grad=1.0,
+                      monitoring=0, device="cpu")
+
+    _start_fit(fit, provider)
+    return provider.step, lambda x: sae(x)[2], lambda: None
+
+
+def _start_fit(fit: Callable[[], None], provider: _Handoff) -> None:
+    """Run a library's own training loop on a daemon thread until it asks ``provider`` for a batch."""
+
+    def run() -> None:
+        try:
+            fit()
+            provider.asked.put("done")
+        except BaseException as e:  # noqa: BLE001  (handed to the main thread)
+            provider.asked.put(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    first = provider.asked.get()  # the loop set itself up and asks for its first batch
+    if isinstance(first, BaseException):
+        raise first
+
+
 def setup_saelens(steps: int) -> tuple[Step, Recon, Callable[[], None]]:
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -184,17 +259,7 @@ def setup_saelens(steps: int) -> tuple[Step, Recon, Callable[[], None]]:
     provider = _Handoff()
     trainer = SAETrainer(cfg, sae, provider)
 
-    def run() -> None:
-        try:
-            trainer.fit()
-            provider.asked.put("done")
-        except BaseException as e:  # noqa: BLE001  (handed to the main thread)
-            provider.asked.put(e)
-
-    threading.Thread(target=run, daemon=True).start()
-    first = provider.asked.get()  # fit() set itself up and asks for its first batch
-    if isinstance(first, BaseException):
-        raise first
+    _start_fit(trainer.fit, provider)
     return provider.step, lambda x: sae(x), lambda: None
 
 
@@ -204,7 +269,8 @@ ARGS = argparse.Namespace(batch=4096)
 
 def main() -> None:
     global ARGS
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="dictionary_learning and "
+                                 "overcomplete need `make bench-peers` first (plain pip cannot install them here).")
     ap.add_argument("--steps", type=int, default=24, help="training steps per method")
     ap.add_argument("--warmup", type=int, default=4, help="leading steps left out of the medians")
     ap.add_argument("--batch", type=int, default=4096)
@@ -227,7 +293,8 @@ def main() -> None:
     setups: dict[str, Callable] = {"assay": setup_assay}
     if args.dense:
         setups["assay_dense_reference"] = lambda s: setup_assay(s, sparse=False)
-    setups |= {"sparsify": setup_sparsify, "sae_lens": setup_saelens}
+    setups |= {"sparsify": setup_sparsify, "sae_lens": setup_saelens,
+               "dictionary_learning": setup_dictionary_learning, "overcomplete": setup_overcomplete}
     methods, skipped, peaks = {}, {}, {}
     for name, make in setups.items():
         try:
@@ -236,16 +303,10 @@ def main() -> None:
                 for i in range(args.warmup):
                     step(batches[i % len(batches)])
         except Exception as e:  # noqa: BLE001
-            skipped[name] = f"{type(e).__name__}: {e}"[:200]
+            skipped[name] = f"{type(e).__name__}: {e}"[:300]
             continue
         methods[name] = (step, recon, close)
         peaks[name] = pk.mib
-    for name in ("dictionary_learning", "overcomplete"):
-        try:
-            __import__(name)
-            skipped[name] = "importable but no driver written"
-        except Exception as e:  # noqa: BLE001
-            skipped[name] = f"not importable: {type(e).__name__}: {e}"[:200]
 
     times: dict[str, list[float]] = {n: [] for n in methods}
     for i in range(args.warmup, args.steps):
