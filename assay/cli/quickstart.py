@@ -60,7 +60,7 @@ class QuickstartConfig:
     lm_sae_k: int = 32
     """Active latents per token of the SmolLM2 TopK SAE."""
     ce_windows: int = 8
-    """Windows of the bundled corpus used for the CE-loss-recovered measurement."""
+    """Last windows of the cached store held out from SAE training: held-out FVU, L0 and CE loss recovered."""
 
 
 def store_statistics(store: Any, site: str, *, chunk: int = 4096) -> dict[str, Any]:
@@ -156,7 +156,12 @@ def _cache_and_summarise(cfg: QuickstartConfig, console: Any) -> dict[str, Any]:
 
 
 def _lm_sae(cfg: QuickstartConfig, console: Any) -> dict[str, Any]:
-    """Train a TopK SAE on the cached SmolLM2 activations; CE loss recovered; feature-browser data."""
+    """Train a TopK SAE on the cached SmolLM2 activations; CE loss recovered; feature-browser data.
+
+    Training and evaluation are :func:`assay.dictionaries.store_run.train_sae_on_store`: BOS rows (norm
+    outliers) are left out of training and never spliced, and the last ``ce_windows`` windows of the store
+    are held out for FVU, L0 and CE/KL recovered.
+    """
     import types
 
     import torch
@@ -164,43 +169,25 @@ def _lm_sae(cfg: QuickstartConfig, console: Any) -> dict[str, Any]:
     from assay import models
     from assay.bench.features import feature_browser_data
     from assay.cli.cache import CacheConfig
-    from assay.corpora import load_corpus, token_windows
-    from assay.dictionaries.registry import build_sae, save_sae
-    from assay.dictionaries.trainer import TrainConfig, train_saes
-    from assay.evaluate.reconstruction import reconstruction_metrics
-    from assay.evaluate.sparsity import sparsity_metrics
-    from assay.evaluate.spliced import spliced_metrics
+    from assay.dictionaries.store_run import StoreSAEConfig, train_sae_on_store
     from assay.store import ActivationStore
 
     store_dir = CacheConfig(model=cfg.model, sites=(cfg.site,), out_dir=Path(cfg.out_dir) / "store").store_dir
     loaded = models.load(cfg.model)
+    run_cfg = StoreSAEConfig(architecture="topk", expansion=cfg.lm_sae_expansion, k=cfg.lm_sae_k,
+                             steps=cfg.lm_sae_steps, batch_size=cfg.lm_sae_batch, lr=1e-3,
+                             warmup_steps=max(1, cfg.lm_sae_steps // 20), holdout_windows=cfg.ce_windows)
     with ActivationStore.open(store_dir, verify="open") as store:
-        d = store.d(cfg.site)
-        steps = min(cfg.lm_sae_steps, store.n_batches(cfg.lm_sae_batch))
-        sae = build_sae("topk", d_in=d, d_sae=cfg.lm_sae_expansion * d, k=cfg.lm_sae_k, seed=0)
-        (sae,), res = train_saes(sae, TrainConfig(steps=steps, warmup_steps=max(1, steps // 20), lr=1e-3), store,
-                                 site=cfg.site, batch_size=cfg.lm_sae_batch, seed=0,
+        res = train_sae_on_store(store, cfg.site, run_cfg, model=loaded.model, out=Path(cfg.out_dir) / "lm_sae",
                                  checkpoint=Path(cfg.out_dir) / "lm_sae.ckpt")
         T = cfg.context_length
         m = min(store.n_rows, 4096) // T * T
         h = store.read(cfg.site, 0, m)
         tokens = torch.as_tensor(store.tokens[:m]).long().reshape(-1, T)
-        pos = torch.as_tensor(store.positions[:m]).long()
-    save_sae(Path(cfg.out_dir) / "lm_sae", sae, meta={"store": str(store_dir), "site": cfg.site})
-    text = pos >= 0  # BOS rows are outliers: score reconstruction on text tokens
-    with torch.no_grad():
-        z = sae.encode(h)
-        rec = reconstruction_metrics(h[text], sae.decode(z[text]))
-        sp = sparsity_metrics(z[text])
-    docs = load_corpus("bundled")
-    win = token_windows(loaded.tokenizer, docs, T).tokens[: cfg.ce_windows]
-    recon = lambda a: sae.decode(sae.encode(a)).to(a.dtype)  # noqa: E731
-    batches = [win[i : i + 4] for i in range(0, win.shape[0], 4)]
-    with torch.no_grad():
-        sm = spliced_metrics(loaded.model, cfg.site, batches, recon)
+    sae, rec, sp, sm = res.sae, res.reconstruction, res.sparsity, res.spliced
     console.print(f"  SAE: L0 {sp.l0:.1f}, FVU {rec.fvu:.3f}, dead {sp.dead_fraction:.1%}; CE clean {sm.ce_clean:.3f}, "
-                  f"with SAE {sm.ce_sae:.3f}, zero-ablated {sm.ce_zero:.3f} -> recovered {sm.ce_recovered:.3f}",
-                  highlight=False)
+                  f"with SAE {sm.ce_sae:.3f}, zero-ablated {sm.ce_zero:.3f} -> recovered {sm.ce_recovered:.3f} "
+                  f"(on {cfg.ce_windows} held-out windows)", highlight=False)
     rows = torch.arange(m)
     data = types.SimpleNamespace(eval=h, concepts=None, concept_names=(), token_rows=tokens, vocab=None, acts=None,
                                  row_index=torch.stack([rows // T, rows % T], 1))
@@ -211,7 +198,7 @@ def _lm_sae(cfg: QuickstartConfig, console: Any) -> dict[str, Any]:
                                     title=f"TopK SAE (k={cfg.lm_sae_k}, {sae.d_sae} latents) on {cfg.model} {cfg.site}")
     return {"lm_l0": sp.l0, "lm_fvu": rec.fvu, "lm_dead": sp.dead_fraction, "ce_clean": sm.ce_clean,
             "ce_sae": sm.ce_sae, "ce_zero": sm.ce_zero, "ce_recovered": sm.ce_recovered, "kl_score": sm.kl_score,
-            "lm_steps": res.steps, "features": features}
+            "lm_steps": res.train.steps, "features": features}
 
 
 def _report(cfg: QuickstartConfig, suite: Any, lm: dict[str, Any] | None) -> Path:
