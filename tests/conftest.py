@@ -55,3 +55,14 @@ def efficientnet(assay_cache):
     from assay.models.offline import load
 
     return load("efficientnet-lite0", cache_dir=assay_cache)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    """A tiny randomly initialised Hugging Face Llama (2 layers, d_model 32, vocab 64), seeded."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return transformers.LlamaForCausalLM(cfg).eval()

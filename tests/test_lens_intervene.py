@@ -35,17 +35,6 @@ class LinearLens:
         return z @ self.P
 
 
-@pytest.fixture(scope="module")
-def llama():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(cfg).eval()
-    return model
-
-
 def _ids(B=2, T=5, seed=1):
     return torch.randint(4, 64, (B, T), generator=torch.Generator().manual_seed(seed))
 

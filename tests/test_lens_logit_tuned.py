@@ -15,17 +15,6 @@ from assay.lenses.tuned_lens import (
     save_tuned_lens,
 )
 
-
-@pytest.fixture(scope="module")
-def llama():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return transformers.LlamaForCausalLM(cfg).eval()
-
-
 SITES = ["model.layers.0", "model.layers.1"]
 
 

@@ -25,16 +25,6 @@ def _g(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.fixture(scope="module")
-def llama():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return transformers.LlamaForCausalLM(cfg).eval()
-
-
 def _pairs(n=30, d=12, seed=1):
     g = _g(seed)
     u = torch.randn(d, generator=g)
