@@ -91,15 +91,27 @@ def _plot_html(p: Plot) -> str:
     return f'<figure><img alt="{cap}" src="data:{mime};base64,{b64}"><figcaption>{cap}</figcaption></figure>'
 
 
+def _section_html(s: Any) -> str:
+    parts = [f"<h2>{html.escape(str(s.title))}</h2>"]
+    parts += [f'<p class="muted">{html.escape(str(n))}</p>' for n in s.notes]
+    parts += [_table_html(t) for t in s.tables]
+    if s.plots:
+        parts.append('<div class="plots">' + "".join(_plot_html(p) for p in s.plots) + "</div>")
+    return "<section>" + "".join(parts) + "</section>"
+
+
 def render_report(title: str, *, tables: Sequence[Table] = (), plots: Sequence[Plot] = (),
-                  features: dict[str, Any] | None = None, notes: Sequence[str] = ()) -> str:
-    """The report's HTML text."""
+                  features: dict[str, Any] | None = None, notes: Sequence[str] = (),
+                  sections: Sequence[Any] = ()) -> str:
+    """The report's HTML text: notes, summary tables, plots, then one block per
+    :class:`assay.bench.section.Section`, then the feature browser."""
     template = resources.files("assay.bench").joinpath("report_template.html").read_text(encoding="utf-8")
     parts = [f'<p class="muted">{html.escape(n)}</p>' for n in notes]
     if tables:
         parts.append("<h2>Summary</h2>" + "".join(_table_html(t) for t in tables))
     if plots:
         parts.append('<h2>Plots</h2><div class="plots">' + "".join(_plot_html(p) for p in plots) + "</div>")
+    parts += [_section_html(s) for s in sections]
     if features and features.get("title"):
         parts.append(f'<p class="muted small">Feature browser: {html.escape(str(features["title"]))}</p>')
     data = embed_json({"features": _clean(features) if features else None})
@@ -155,5 +167,9 @@ def write_suite_report(out: Path, cfg: Any, runs: list[dict[str, Any]], summary:
             break
     notes = [f"{len(runs)} runs: {len(cfg.methods)} method spec(s) x {len(worlds)} world(s) x {len(cfg.seeds)} "
              f"seed(s); SAE steps {cfg.steps}, batch {cfg.batch_size}, {cfg.n_eval} evaluation rows."]
+    from assay.bench.section import Section, write_section
+
+    write_section(out, Section("Dictionary bench: ground-truth recovery on worlds", tables, plots, notes),
+                  report=False)
     return write_report(Path(out) / "report.html", "assay bench report", tables=tables, plots=plots,
                         features=features, notes=notes)

@@ -1,0 +1,132 @@
+"""Report sections: how every command's results join one report.
+
+Each results-producing command (``assay probe``, ``assay steer``, ``assay lens``, ``assay attribute``,
+``assay robustness``, ``assay data-attribution``, ``assay bench``) ends by calling
+:func:`write_section` on its output folder. That writes two files:
+
+* ``section.json`` — the section's title, notes, tables and plot file names (plots must live inside
+  the folder and are referenced relative to it, so the folder can be moved);
+* ``report.html`` — a self-contained report of this one section.
+
+``assay report --runs runs`` (:func:`collect_sections`) then gathers every ``section.json`` under a
+folder into one self-contained ``report.html``. A corrupted or hand-edited ``section.json`` is refused
+with its path rather than half-rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from assay.bench.report import Plot, Table, write_report
+
+__all__ = ["Section", "SectionError", "write_section", "read_section", "collect_sections", "SECTION_FILE"]
+
+SECTION_FILE = "section.json"
+"""Name of a section's description inside its output folder."""
+
+_FORMAT = 1
+
+
+class SectionError(ValueError):
+    """A ``section.json`` that cannot be read (missing fields, wrong version, plot outside its folder)."""
+
+
+class Section(NamedTuple):
+    """One command's results, as they appear in a report."""
+
+    title: str
+    """Heading of the section (e.g. "Probe sweep: SmolLM2-135M sentiment")."""
+    tables: Sequence[Table] = ()
+    """Tables of the section."""
+    plots: Sequence[Plot] = ()
+    """Images of the section; each path must be inside the folder the section is written to."""
+    notes: Sequence[str] = ()
+    """Sentences shown under the heading (settings, what the numbers mean)."""
+
+
+def _json_cell(v: Any) -> Any:
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return str(v)
+
+
+def write_section(out_dir: str | Path, section: Section, *, report: bool = True) -> Path:
+    """Write ``out_dir/section.json`` (and, by default, ``out_dir/report.html``); returns the json path."""
+    from assay.artifact import atomic_write_text
+
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for p in section.plots:
+        path = Path(p.path).resolve()
+        if not path.is_file():
+            raise SectionError(f"plot {path} does not exist; write the image before the section")
+        if not path.is_relative_to(out):
+            raise SectionError(f"plot {path} is outside the section folder {out}; save plots inside it")
+        plots.append({"caption": str(p.caption), "path": path.relative_to(out).as_posix()})
+    data = {
+        "format": _FORMAT,
+        "title": str(section.title),
+        "notes": [str(n) for n in section.notes],
+        "tables": [{"title": str(t.title), "columns": [str(c) for c in t.columns],
+                    "rows": [[_json_cell(v) for v in r] for r in t.rows]} for t in section.tables],
+        "plots": plots,
+    }
+    path = out / SECTION_FILE
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+    if report:
+        write_report(out / "report.html", section.title, sections=[read_section(out)])
+    return path
+
+
+def read_section(folder: str | Path) -> Section:
+    """The section written to ``folder`` by :func:`write_section` (plot paths made absolute)."""
+    folder = Path(folder).resolve()
+    path = folder / SECTION_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SectionError(f"{path} does not exist; run the command that writes this folder first") from None
+    except json.JSONDecodeError as e:
+        raise SectionError(f"{path} is not valid JSON ({e}); delete it and re-run the command") from None
+    try:
+        if data["format"] != _FORMAT:
+            raise SectionError(f"{path} has format {data['format']!r}, this assay reads {_FORMAT}")
+        tables = [Table(t["title"], list(t["columns"]), [list(r) for r in t["rows"]]) for t in data["tables"]]
+        plots = []
+        for p in data["plots"]:
+            ppath = (folder / p["path"]).resolve()
+            if not ppath.is_relative_to(folder):
+                raise SectionError(f"{path}: plot {p['path']!r} points outside its folder")
+            if not ppath.is_file():
+                raise SectionError(f"{path}: plot {p['path']!r} is missing; re-run the command")
+            plots.append(Plot(p["caption"], ppath))
+        return Section(str(data["title"]), tables, plots, [str(n) for n in data["notes"]])
+    except (KeyError, TypeError) as e:
+        raise SectionError(f"{path} is missing or has a malformed field ({e!r}); re-run the command") from None
+
+
+def collect_sections(runs: str | Path, out: str | Path, *, title: str = "assay report") -> tuple[Path, int]:
+    """Gather every ``section.json`` under ``runs`` (sorted by folder) into one report at ``out``.
+
+    Returns the report's path and the number of sections.
+    """
+    runs = Path(runs)
+    if not runs.is_dir():
+        raise SectionError(f"{runs} is not a folder; pass the folder holding the commands' output folders")
+    root = runs.resolve()
+    folders = sorted(p.parent.resolve() for p in root.rglob(SECTION_FILE))
+    if not folders:
+        raise SectionError(f"no {SECTION_FILE} under {runs}; run e.g. `assay probe` or `assay bench` first")
+    sections: Sequence[Section] = [read_section(f) for f in folders]
+    notes = [f"{len(sections)} section(s) from {runs}: "
+             + ", ".join(f.relative_to(root).as_posix() or "." for f in folders)]
+    return write_report(out, title, sections=sections, notes=notes), len(sections)

@@ -1,0 +1,78 @@
+"""Report sections: a command's section round-trips through section.json, plots stay inside their folder,
+`assay report` gathers every section under a folder into one escaped report, and a corrupted
+section.json is refused with its path."""
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from assay.bench.report import Plot, Table
+from assay.bench.section import Section, SectionError, collect_sections, read_section, write_section
+from assay.cli import app
+
+EVIL = '</script><script>alert("x")</script> <b>bold</b>'
+SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>'
+
+
+def _section(folder, title):
+    (folder / "plots").mkdir(parents=True)
+    (folder / "plots" / "a.svg").write_text(SVG)
+    return Section(title, [Table(EVIL, ["layer", "auroc"], [[0, 0.5], [1, float("nan")], [EVIL, 0.91]])],
+                   [Plot(f"curve {EVIL}", folder / "plots" / "a.svg")], [f"note {EVIL}"])
+
+
+def test_round_trip_and_standalone_report(tmp_path):
+    sec = _section(tmp_path / "probe", "Probe sweep")
+    write_section(tmp_path / "probe", sec)
+    back = read_section(tmp_path / "probe")
+    assert back.title == "Probe sweep" and back.notes == [f"note {EVIL}"]
+    assert back.tables[0].rows == [[0, 0.5], [1, None], [EVIL, 0.91]]  # NaN stored as null, shown as –
+    assert back.plots[0].path == (tmp_path / "probe" / "plots" / "a.svg").resolve()
+    html = (tmp_path / "probe" / "report.html").read_text()
+    assert "<script>alert" not in html and "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    assert html.count("data:image/svg+xml;base64,") == 1
+    # the folder can be moved: plots are stored relative to it
+    (tmp_path / "probe").rename(tmp_path / "moved")
+    assert read_section(tmp_path / "moved").plots[0].path.is_file()
+
+
+def test_plot_outside_folder_is_refused(tmp_path):
+    sec = _section(tmp_path / "elsewhere", "x")
+    with pytest.raises(SectionError, match="outside the section folder"):
+        write_section(tmp_path / "probe", sec)
+
+
+def test_collect_and_cli(tmp_path):
+    runs = tmp_path / "runs"
+    write_section(runs / "b_steer", _section(runs / "b_steer", "Steering"))
+    write_section(runs / "a_probe", _section(runs / "a_probe", "Probe sweep"))
+    path, n = collect_sections(runs, tmp_path / "all.html", title=f"all {EVIL}")
+    html = path.read_text()
+    assert n == 2 and html.index("<h2>Probe sweep</h2>") < html.index("<h2>Steering</h2>")
+    assert "<script>alert" not in html and html.count("data:image/svg+xml;base64,") == 2
+    res = CliRunner().invoke(app, ["report", "--runs", str(runs), "--out", str(tmp_path / "cli.html")])
+    assert res.exit_code == 0, res.output
+    assert "2 section(s)" in res.output and (tmp_path / "cli.html").is_file()
+    res = CliRunner().invoke(app, ["report", "--runs", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "not a folder" in res.output
+
+
+def test_bad_sections_are_refused(tmp_path):
+    with pytest.raises(SectionError, match="no section.json"):
+        collect_sections(tmp_path, tmp_path / "r.html")
+    with pytest.raises(SectionError, match="not a folder"):
+        collect_sections(tmp_path / "missing", tmp_path / "r.html")
+    folder = tmp_path / "p"
+    write_section(folder, _section(folder, "ok"))
+    (folder / "section.json").write_text("{ truncated")
+    with pytest.raises(SectionError, match=re.escape(str(folder / "section.json"))):
+        read_section(folder)
+    data = {"format": 1, "title": "t", "notes": [], "tables": [], "plots": [{"caption": "c", "path": "../x.svg"}]}
+    (folder / "section.json").write_text(json.dumps(data))
+    with pytest.raises(SectionError, match="outside its folder"):
+        read_section(folder)
+    (folder / "section.json").write_text(json.dumps({"format": 1, "title": "t"}))
+    with pytest.raises(SectionError, match="malformed field"):
+        read_section(folder)
