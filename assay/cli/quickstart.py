@@ -203,6 +203,7 @@ def _lm_sae(cfg: QuickstartConfig, console: Any) -> dict[str, Any]:
 
 def _report(cfg: QuickstartConfig, suite: Any, lm: dict[str, Any] | None) -> Path:
     from assay.bench.report import Plot, Table, summary_table, write_report
+    from assay.bench.section import Section, write_section
 
     tables = [summary_table(suite.summary, cfg.world)]
     if lm is not None:
@@ -212,6 +213,7 @@ def _report(cfg: QuickstartConfig, suite: Any, lm: dict[str, Any] | None) -> Pat
     plots = [Plot(p.stem.replace("_", " "), p) for p in sorted((Path(cfg.out_dir) / "bench" / "plots").glob("*.svg"))]
     notes = [f"assay quickstart: {cfg.world!r} world (ground truth: per-token grammar labels) and {cfg.model} on "
              "the bundled corpus."]
+    write_section(cfg.out_dir, Section("Quickstart: PCFG world and SmolLM2 SAE", tables, plots, notes), report=False)
     return write_report(Path(cfg.out_dir) / "report.html", "assay quickstart", tables=tables, plots=plots,
                         features=lm["features"] if lm else None, notes=notes)
 
