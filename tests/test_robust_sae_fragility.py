@@ -179,3 +179,28 @@ def test_token_level_attack_swaps_in_the_token_that_fires_the_latent():
     assert (lens.encode(fwd(E[res.tokens])[0])[:, 5] > 0).all()
     with pytest.raises(ValueError, match="editable mask"):
         token_fragility_attack(fwd, E, tokens, lens, editable=torch.ones(3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "archetypal", "mp"])
+def test_pre_activations_are_the_scores_each_sae_keeps(arch):
+    """Independent of the attack: every nonzero code equals its pre-activation score (ReLU, JumpReLU and
+    TopK keep the score itself; MP's first greedy coefficient is its largest correlation)."""
+    from assay.dictionaries.registry import build_sae
+    from assay.robustness.sae_fragility import pre_activations
+
+    kw = {"k": 3} if arch in ("topk", "batchtopk", "matryoshka", "archetypal", "mp") else {}
+    sae = build_sae(arch, d_in=D, d_sae=24, **kw)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        sae.b_dec.add_(torch.randn(D, generator=g))  # a trained b_dec is never zero
+        if arch == "mp":
+            sae.input_scale.fill_(1.7)
+    h = torch.randn(32, D, generator=g) * 2
+    z, pre = sae.encode(h), pre_activations(sae, h)
+    if arch == "mp":
+        first = pre.argmax(1)
+        torch.testing.assert_close(z.gather(1, first[:, None]).squeeze(1) != 0, torch.ones(32, dtype=torch.bool))
+        return
+    on = z != 0
+    assert on.any()
+    torch.testing.assert_close(z[on], pre[on])

@@ -16,9 +16,10 @@ and p(x) the model's output distribution, projected gradient descent on δ (‖�
     deactivate j  z_j(x + δ)                      success: latent j does not fire
     + w·max(0, KL(p(x) ‖ p(x + δ)) − κ)/κ         every success also needs KL ≤ κ
 
-and keeps, per example, the successful perturbation of smallest norm. The pre-activations are
-(h − b_dec) W_enc + b_enc when the lens has those weights (every assay SAE); otherwise
-``lens.encode`` itself (whose gradient vanishes for latents that are off — pass ``pre_activation``).
+and keeps, per example, the successful perturbation of smallest norm. The pre-activations are the
+SAE's own (:func:`pre_activations`: exactly the scores whose positive part or top-k its encoder
+keeps, for every assay SAE but SpaDE); otherwise ``lens.encode`` itself (whose gradient vanishes for
+latents that are off — pass ``pre_activation``).
 A random direction of the same norm is the baseline (:func:`random_baseline`).
 """
 
@@ -59,9 +60,22 @@ class FragilityResult(NamedTuple):
 
 
 def pre_activations(lens: Lens, h: torch.Tensor) -> torch.Tensor:
-    """Differentiable latent scores: (h − b_dec) W_enc + b_enc if the lens has them, else encode(h)."""
+    """Differentiable latent scores whose positive part (or top-k) decides which latents fire.
+
+    The lens's own ``pre_acts(h)`` when it has one (assay BatchTopK, Matryoshka, JumpReLU); for an
+    assay ReLU SAE h W_enc + b_enc (it does not centre by b_dec); for matching pursuit the first
+    greedy step's correlations (h·s − b_dec) W_decᵀ; otherwise (h − b_dec) W_enc + b_enc when the
+    lens has those weights (TopK, archetypal, hand-built lenses), else ``lens.encode(h)``."""
+    own = getattr(lens, "pre_acts", None)
+    if callable(own):
+        return own(h)
+    arch = getattr(lens, "architecture", None)
+    if arch == "mp":
+        return (h * lens.input_scale - lens.b_dec) @ lens.W_dec.T  # type: ignore[attr-defined]
     W, b = getattr(lens, "W_enc", None), getattr(lens, "b_enc", None)
     if isinstance(W, torch.Tensor) and isinstance(b, torch.Tensor) and W.shape[0] == h.shape[-1]:
+        if arch == "relu":
+            return h @ W + b
         b_dec = getattr(lens, "b_dec", None)
         centred = h - b_dec if isinstance(b_dec, torch.Tensor) and b_dec.shape == h.shape[-1:] else h
         return centred @ W + b
@@ -256,6 +270,7 @@ def token_fragility_attack(forward_embeds: Forward, embedding: torch.Tensor, tok
                            latent: int | torch.Tensor | None = None, target_h: torch.Tensor | None = None,
                            iters: int = 20, top_k: int = 16, n_candidates: int = 64, kl_bound: float = 0.01,
                            kl_weight: float = 10.0, overlap_threshold: float = 0.5,
+                           pre_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
                            generator: torch.Generator | None = None) -> TokenFragilityResult:
     """Token replacement by generalised GCG (Zou et al. 2023 as used by Li et al.): per iteration, the
     gradient of the objective w.r.t. one-hot tokens ranks ``top_k`` candidate tokens per editable
@@ -272,15 +287,16 @@ def token_fragility_attack(forward_embeds: Forward, embedding: torch.Tensor, tok
         raise ValueError("need at least one editable position and iters, top_k, n_candidates >= 1")
     B, V = tokens.shape[0], embedding.shape[0]
     pos = torch.nonzero(editable).flatten()
+    score = pre_activation or (lambda h: pre_activations(lens, h))
     with torch.no_grad():
         h0, logits0 = forward_embeds(embedding[tokens])
         _check_outputs(h0, logits0, B)
         logp0 = logits0.log_softmax(-1)
-        z0, ref_codes = pre_activations(lens, h0), lens.encode(h0)
+        z0, ref_codes = score(h0), lens.encode(h0)
         if objective == "targeted":
             if target_h is None or target_h.shape != h0.shape:
                 raise ValueError(f"targeted needs target_h shaped like the activations {tuple(h0.shape)}")
-            z0, ref_codes = pre_activations(lens, target_h), lens.encode(target_h)
+            z0, ref_codes = score(target_h), lens.encode(target_h)
     lat = None
     if objective in ("activate", "deactivate"):
         if latent is None:
@@ -288,7 +304,7 @@ def token_fragility_attack(forward_embeds: Forward, embedding: torch.Tensor, tok
         lat = torch.as_tensor(latent, device=tokens.device).long().expand(B).clone()
 
     def losses(h: torch.Tensor, logits: torch.Tensor, lp0: torch.Tensor, zr: torch.Tensor, lt) -> torch.Tensor:
-        z = pre_activations(lens, h)
+        z = score(h)
         if objective == "untargeted":
             obj = F.cosine_similarity(z, zr, dim=1)
         elif objective == "targeted":
