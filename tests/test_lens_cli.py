@@ -1,4 +1,5 @@
-"""Real model (SmolLM2-135M), kept small: probe sweep, steering run, logit lens; CLI registration."""
+"""Real model (SmolLM2-135M), kept small: probe sweep, steering run, logit lens; CLI registration; each
+command's report section read back with ``read_section``."""
 
 import json
 
@@ -6,15 +7,30 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from assay.bench.section import read_section
 from assay.cli import app
 from assay.cli.lenses import LensConfig, ProbeConfig, SteerConfig, run_lens, run_probe, run_steer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cli_commands_registered():
     runner = CliRunner()
-    for name, flag in (("probe", "--pooling"), ("steer", "--strengths"), ("lens", "--prompt")):
+    for name, flag in (("probe", "--pooling"), ("steer", "--strengths"), ("steer", "--readout-layer"),
+                       ("lens", "--positions")):
         res = runner.invoke(app, [name, "--help"])
         assert res.exit_code == 0 and flag in res.output
+
+
+def test_config_bad_input():
+    with pytest.raises(ValueError, match="at least one strength"):
+        SteerConfig(strengths=())
+    with pytest.raises(ValueError, match="finite"):
+        SteerConfig(strengths=(float("nan"),))
+    with pytest.raises(ValueError, match="readout_layer"):
+        SteerConfig(layer=10, readout_layer=3)
+    with pytest.raises(ValueError, match="n_sentences"):
+        ProbeConfig(n_sentences=2)
 
 
 def test_probe_sweep_smollm2(smollm2, tmp_path):
@@ -23,21 +39,62 @@ def test_probe_sweep_smollm2(smollm2, tmp_path):
     assert [row["site"] for row in r["layers"]] == ["model.layers.2", "model.layers.20"]
     for row in r["layers"]:
         assert 0.0 <= row["auroc_low"] <= row["auroc"] <= row["auroc_high"] <= 1.0
+        assert 0.0 <= row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"] <= 1.0
     assert json.loads((tmp_path / "results.json").read_text())["best"] == r["best"]
-    assert (tmp_path / "probe_auroc.png").stat().st_size > 1000
+    sec = read_section(tmp_path)
+    assert "Probe sweep" in sec.title
+    (table,) = sec.tables
+    assert table.columns[:3] == ["layer", "site", "AUROC"] and "accuracy" in table.columns
+    assert [row[0] for row in table.rows] == [2, 20]
+    assert [row[2] for row in table.rows] == pytest.approx([row["auroc"] for row in r["layers"]], abs=1e-4)
+    (plot,) = sec.plots
+    assert plot.path.is_relative_to(tmp_path.resolve()) and plot.path.stat().st_size > 1000
+    assert (tmp_path / "report.html").stat().st_size > plot.path.stat().st_size  # plot inlined
     with pytest.raises(ValueError, match="do not exist"):
         run_probe(ProbeConfig(n_sentences=8, layers=(99,), out_dir=tmp_path), smollm2)
 
 
-def test_steer_and_lens_smollm2(smollm2, tmp_path):
-    r = run_steer(SteerConfig(layer=10, n_train=8, n_eval=3, strengths=(0.0, 2.0), max_new_tokens=2,
-                              n_heldout=2, heldout_tokens=16,
+def test_steer_smollm2(smollm2, tmp_path):
+    # strengths not starting at 0: the baseline is the unsteered model, not the first strength
+    r = run_steer(SteerConfig(layer=10, readout_layer=20, n_train=8, n_eval=3, strengths=(2.0, 0.0),
+                              max_new_tokens=2, n_heldout=2, heldout_tokens=16, batch_size=8,
                               out_dir=tmp_path / "steer"), smollm2)
-    zero, two = r["rows"]
+    two, zero = r["rows"]
     assert zero["pres_pos"] == (0.0, 0.0, 0.0) and zero["pres_neg"] == (0.0, 0.0, 0.0)  # α = 0: no effect
-    assert two["heldout_ppl"] != zero["heldout_ppl"]
-    assert (tmp_path / "steer" / "steer_tradeoff.png").exists()
+    assert zero["effect"] == zero["probe_shift"] == zero["heldout_kl"] == 0.0
+    assert two["heldout_ppl"] != zero["heldout_ppl"] and two["heldout_kl"] > 0
+    assert two["effect_low"] <= two["effect"] <= two["effect_high"]
+    assert two["probe_shift"] > 0  # adding the positive-minus-negative direction reads as more positive downstream
+    sec = read_section(tmp_path / "steer")
+    (table,) = sec.tables
+    assert table.columns[0] == "α" and "KL held-out" in table.columns and "probe shift (× class gap)" in table.columns
+    assert [row[0] for row in table.rows] == [2.0, 0.0]
+    kl = table.columns.index("KL held-out")
+    assert table.rows[0][kl] == pytest.approx(two["heldout_kl"], abs=1e-4)
+    (plot,) = sec.plots
+    assert plot.path.parent == (tmp_path / "steer" / "plots").resolve() and plot.path.exists()
+
+
+def test_lens_smollm2(smollm2, tmp_path):
     lens = run_lens(LensConfig(layers=(3, 29), out_dir=tmp_path / "lens"), smollm2)
     assert lens["layers"][-1]["kl_to_final"] == pytest.approx(0.0, abs=1e-4)  # last layer = the model
     assert lens["layers"][-1]["top"][0] == lens["final_top"]
+    assert lens["layers"][-1]["top_at"] == lens["final_top_at"]
     assert torch.isfinite(torch.tensor(lens["layers"][0]["kl_to_final"]))
+    sec = read_section(tmp_path / "lens")
+    (table,) = sec.tables
+    T = len(lens["positions"])
+    assert lens["positions"] == list(range(T)) and len(table.columns) == T + 2
+    assert [row[0] for row in table.rows] == [3, 29, "model"]
+    assert table.rows[1][1:T + 1] == lens["final_top_at"]
+    (plot,) = sec.plots
+    assert plot.path.stat().st_size > 1000
+
+    # chosen positions (negative from the end); token text with markup is escaped by the report
+    sel = run_lens(LensConfig(prompt="a <b>bold</b> $x$ claim", layers=(29,), positions=(0, -1),
+                              out_dir=tmp_path / "sel"), smollm2)
+    assert len(sel["positions"]) == 2 and sel["positions"][0] == 0 and sel["tokens"][-1] == " claim"
+    html = (tmp_path / "sel" / "report.html").read_text()
+    assert "<b>bold" not in html and "&lt;b&gt;" in html
+    with pytest.raises(ValueError, match="do not exist"):
+        run_lens(LensConfig(positions=(50,), layers=(1,), out_dir=tmp_path / "bad"), smollm2)

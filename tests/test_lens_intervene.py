@@ -18,6 +18,8 @@ from assay.lenses.intervene import (
     intervene,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class LinearLens:
     """encode = h W (d → n), decode = z W⁺ (a lossy lens when n < d)."""

@@ -15,6 +15,8 @@ from assay.lenses.tuned_lens import (
     save_tuned_lens,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SITES = ["model.layers.0", "model.layers.1"]
 
 

@@ -20,6 +20,8 @@ from assay.lenses.probe_eval import accuracy_ci, auroc, auroc_ci, cross_validate
 from assay.lenses.probes import diff_of_means, lda, logistic, logistic_path, sparse_probe
 from assay.lenses.sweep import collect_features, probe_sweep
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _g(seed=0):
     return torch.Generator().manual_seed(seed)

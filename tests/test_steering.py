@@ -18,6 +18,8 @@ from assay.lenses.steering import (
     steer,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SITE = "model.layers.0"
 
 

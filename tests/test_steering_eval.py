@@ -7,16 +7,20 @@ import pytest
 import torch
 
 from assay.evaluate.intervention import (
+    TradeoffCurve,
     bhattacharyya,
     distinct_n,
+    mean_kl,
     naturalness,
     perplexity,
     plot_tradeoffs,
     success_rate,
     tradeoff_curve,
 )
-from assay.evaluate.steering import continuation_loglik, pres_scores
+from assay.evaluate.steering import continuation_loglik, paired_shift, pres_scores
 from assay.lenses.manifold import fit_concept_manifold, linear_path, manifold_path
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _g(seed=0):
@@ -69,12 +73,42 @@ def test_metric_checks():
         bhattacharyya(torch.tensor([0.5, 0.6]), q[:2])
 
 
+def test_paired_shift_matches_scipy_paired_t():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    g = _g(3)
+    base = torch.randn(12, generator=g, dtype=torch.float64)
+    steered = base + 0.4 + 0.3 * torch.randn(12, generator=g, dtype=torch.float64)
+    s = paired_shift(base, steered, level=0.9)
+    ci = scipy_stats.ttest_rel(steered.numpy(), base.numpy()).confidence_interval(0.9)
+    assert (s.value, s.low, s.high, s.n) == pytest.approx((float((steered - base).mean()), ci.low, ci.high, 12))
+    assert paired_shift(base, base) == (0.0, 0.0, 0.0, 12)  # no change: a zero-width interval at 0
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_shift(base[:1], base[:1])
+    with pytest.raises(ValueError, match="NaN"):
+        paired_shift(base, base * float("nan"))
+
+
+def test_mean_kl_against_torch_kl_div():
+    g = _g(4)
+    a, b = torch.randn(2, 3, 5, generator=g), torch.randn(2, 3, 5, generator=g)
+    mask = torch.tensor([[1, 1, 0], [0, 1, 1]])
+    ref = torch.nn.functional.kl_div(b.log_softmax(-1), a.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    assert mean_kl(a, b, mask) == pytest.approx(float(ref[mask.bool()].mean()), abs=1e-6)
+    assert mean_kl(a, a) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        mean_kl(a, b[:1])
+
+
 def test_tradeoff_curves_same_axes(tmp_path):
     curves = [tradeoff_curve(name, [0.0, 1.0, 2.0], lambda a, k=k: (1 - math.exp(-k * a), 10 + k * a * a))
               for name, k in (("sae", 1.0), ("steering", 2.0))]
     assert curves[0].success[0] == 0.0 and curves[1].coherence == (10.0, 12.0, 18.0)
     out = plot_tradeoffs(curves, tmp_path / "tradeoff.png")
     assert out.stat().st_size > 1000
+    with_ci = TradeoffCurve("ci", (0.0, 1.0), (0.0, 0.5), (0.0, 0.1), ((0.0, 0.0), (0.3, 0.7)))
+    assert plot_tradeoffs([with_ci, *curves], tmp_path / "ci.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="intervals"):
+        plot_tradeoffs([with_ci._replace(interval=((0.0, 0.0),))], tmp_path / "bad.png")
 
 
 def test_manifold_steering_on_cyclic_world():

@@ -29,6 +29,7 @@ __all__ = [
     "naturalness",
     "distinct_n",
     "perplexity",
+    "mean_kl",
     "success_rate",
     "TradeoffCurve",
     "tradeoff_curve",
@@ -85,6 +86,21 @@ def perplexity(logits: Tensor, tokens: Tensor, mask: Tensor | None = None) -> fl
     return float(torch.exp(-(lp[m]).mean()))
 
 
+def mean_kl(base_logits: Tensor, logits: Tensor, mask: Tensor | None = None) -> float:
+    """Mean over positions (where ``mask [B, T]``, default all) of KL(p_base ‖ p) in nats, from logits
+    ``[B, T, V]`` of the unsteered and the steered model on the same text — the coherence cost."""
+    if base_logits.shape != logits.shape:
+        raise ValueError(f"base logits {tuple(base_logits.shape)} and logits {tuple(logits.shape)} differ in shape")
+    if not (torch.isfinite(base_logits).all() and torch.isfinite(logits).all()):
+        raise ValueError("logits contain NaN or inf")
+    lp_b = torch.log_softmax(base_logits.double(), -1)
+    kl = (lp_b.exp() * (lp_b - torch.log_softmax(logits.double(), -1))).sum(-1)
+    m = torch.ones(kl.shape, dtype=torch.bool, device=kl.device) if mask is None else mask.bool()
+    if m.shape != kl.shape or not m.any():
+        raise ValueError(f"mask must be {tuple(kl.shape)} with at least one true position")
+    return float(kl[m].mean())
+
+
 def success_rate(texts: Sequence[str], concept: str | Sequence[str]) -> float:
     """Fraction of ``texts`` containing the concept string (any of several; case-insensitive)."""
     if not texts:
@@ -104,6 +120,8 @@ class TradeoffCurve(NamedTuple):
     """Intervention success at each α (higher is better)."""
     coherence: tuple[float, ...]
     """Coherence cost at each α (e.g. perplexity under the unsteered model; lower is better)."""
+    interval: tuple[tuple[float, float], ...] = ()
+    """(low, high) interval of ``success`` at each α, drawn as error bars (empty: none)."""
 
 
 def tradeoff_curve(name: str, strengths: Sequence[float], run: Callable[[float], tuple[float, float]]) -> TradeoffCurve:
@@ -125,7 +143,14 @@ def plot_tradeoffs(curves: Sequence[TradeoffCurve], path: str | Path, *, xlabel:
 
     fig, ax = plt.subplots(figsize=(5, 4))
     for c in curves:
-        ax.plot(c.coherence, c.success, marker="o", label=c.name)
+        if c.interval:
+            if len(c.interval) != len(c.success):
+                raise ValueError(f"curve {c.name!r}: {len(c.interval)} intervals for {len(c.success)} points")
+            err = [[s - lo for s, (lo, _) in zip(c.success, c.interval)],
+                   [hi - s for s, (_, hi) in zip(c.success, c.interval)]]
+            ax.errorbar(c.coherence, c.success, yerr=err, marker="o", capsize=3, label=c.name)
+        else:
+            ax.plot(c.coherence, c.success, marker="o", label=c.name)
         for a, x, y in zip(c.strengths, c.coherence, c.success):
             ax.annotate(f"{a:g}", (x, y), fontsize=7, alpha=0.7)
     ax.set_xlabel(xlabel)
