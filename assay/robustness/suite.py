@@ -3,7 +3,8 @@ estimator (error against Monte Carlo), PGD robust accuracy over ε, and loss cur
 
 Backs ``assay robustness``. The methods are in the sibling modules (``average_case``,
 ``adversarial``, ``curvature``); this module only wires a world, a tiny model and those methods
-together and returns rows ``{"section", "name", "value"}`` (written as JSON with the config).
+together and returns rows ``{"section", "name", "value"}``; :func:`write_robustness_section` turns
+them into a report section (tables, a robust-accuracy-vs-ε plot) in the run's output folder.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 from assay.config import ConfigError, check_choice, to_dict
 
-__all__ = ["RobustnessConfig", "run_robustness", "train_world_model"]
+__all__ = ["RobustnessConfig", "run_robustness", "train_world_model", "write_robustness_section"]
 
 ESTIMATOR_NAMES = ("mc", "taylor", "mmse", "taylor_mvs", "mmse_mvs", "softmax")
 
@@ -54,8 +55,11 @@ class RobustnessConfig:
     """Power-iteration steps for the Hessian norm."""
     seed: int = 0
     """Seed of data, training and noise."""
+    out_dir: Path | None = None
+    """Output folder (section.json, report.html, rows.json, plots/); unset: `out` without its suffix
+    (rob.json -> rob/) when `out` is given, else runs/robustness."""
     out: Path | None = None
-    """Write the rows and config as JSON here."""
+    """Also write the rows and config as one JSON file here (the same content as <out_dir>/rows.json)."""
 
     def __post_init__(self) -> None:
         for e in self.estimators:
@@ -68,6 +72,17 @@ class RobustnessConfig:
             raise ConfigError("n_train, n_eval, epochs, mc_samples, pgd_steps and curvature_iters must be >= 1")
         if self.low_curvature and self.world != "digits":
             raise ConfigError("low_curvature is implemented for the digits world (a CNN); use world='digits'")
+        if self.out is not None and self.out.is_dir():
+            raise ConfigError(f"out={self.out} is a folder; pass a .json file path for out, or use out_dir")
+
+    @property
+    def section_dir(self) -> Path:
+        """The output folder: ``out_dir``, else ``out`` without its suffix, else ``runs/robustness``."""
+        if self.out_dir is not None:
+            return Path(self.out_dir)
+        if self.out is not None:
+            return Path(self.out).with_suffix("")
+        return Path("runs/robustness")
 
 
 def train_world_model(cfg: RobustnessConfig) -> tuple[Any, Any, Any]:
@@ -156,3 +171,55 @@ def run_robustness(cfg: RobustnessConfig, *, model: Any = None, data: Any = None
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
         cfg.out.write_text(json.dumps({"config": to_dict(cfg), "rows": rows}, indent=1))
     return rows
+
+
+def write_robustness_section(cfg: RobustnessConfig, rows: list[dict[str, Any]], out_dir: Path | None = None) -> Path:
+    """Write the report section of ``rows`` (and ``rows.json``, ``plots/robust_accuracy.svg``) to
+    ``out_dir`` (default ``cfg.section_dir``); returns the folder."""
+    from assay.artifact import atomic_write_text
+    from assay.bench.report import Plot, Table
+    from assay.bench.section import Section, write_section
+
+    out = Path(out_dir) if out_dir is not None else cfg.section_dir
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "rows.json", json.dumps({"config": to_dict(cfg), "rows": rows}, indent=1))
+    by = {(r["section"], r["name"]): r for r in rows}
+    tables = []
+    est = [r for r in rows if r["section"] == "average_case"]
+    if est:
+        tables.append(Table(f"Average-case robustness p_σ(x) ({cfg.noise}, σ = {cfg.sigma:g}), mean over {cfg.n_eval} points",
+                            ["estimator", "mean p", "mean |p − p_mc|", "seconds"],
+                            [[r["name"], r["value"],
+                              by[("average_case_error_vs_mc", r["name"])]["value"]
+                              if ("average_case_error_vs_mc", r["name"]) in by else None, r["seconds"]] for r in est]))
+    curve = [r for r in rows if r["section"] == "robust_accuracy"]
+    eps = [float(r["name"].split("=", 1)[1]) for r in curve]
+    tables.append(Table(f"PGD robust accuracy ({cfg.norm}, {cfg.pgd_steps} steps)", ["ε", "robust accuracy"],
+                        [[e, r["value"]] for e, r in zip(eps, curve)]))
+    tables.append(Table(f"Loss curvature ({cfg.curvature_iters} power iterations)", ["quantity", "mean", "std"],
+                        [[r["name"], r["value"], r["std"]] for r in rows if r["section"] == "curvature"]))
+    plots = []
+    if curve:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        (out / "plots").mkdir(exist_ok=True)
+        path = out / "plots" / "robust_accuracy.svg"
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        ax.plot(eps, [r["value"] for r in curve], marker="o")
+        ax.set_xlabel(f"ε ({cfg.norm})")
+        ax.set_ylabel("robust accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        plots.append(Plot(f"PGD robust accuracy over ε ({cfg.norm}, {cfg.pgd_steps} steps)", path))
+    model = ("LowCurvatureCNN" if cfg.low_curvature else "SmallCNN") if cfg.world == "digits" else "MLP"
+    notes = [f"{model} trained on the {cfg.world} world ({cfg.n_train} examples × {cfg.epochs} epochs, seed {cfg.seed}); "
+             f"clean accuracy {by[('accuracy', 'clean')]['value']:.3f} on {cfg.n_eval} evaluation points.",
+             "Average-case errors are against Monte Carlo with "
+             f"{cfg.mc_samples} noisy copies per point; curvature is ‖∇²ℓ‖/(‖∇ℓ‖ + 1e-6) of the loss."]
+    write_section(out, Section(f"Robustness: {cfg.world} world", tables, plots, notes))
+    return out
