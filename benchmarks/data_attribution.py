@@ -4,10 +4,13 @@ MLP 100-256-256-10 (≈94k parameters) on a seeded 10-class Gaussian-mixture tas
 test points, projection to 1,024 dims. Measures featurisation throughput (train examples/s) and
 total scoring time (featurise train, finalise, featurise targets, score) for TRAK and TracIn
 (Grad-Dot, one checkpoint); LDS of each against models retrained on 50% subsets; and group
-attribution (GGDA): group TRAK over K groups vs pointwise TRAK, its speed-up and group-LDS ratio.
+attribution (GGDA): group TRAK over K groups vs pointwise TRAK on the generic path, one work definition
+for both (featurise train incl. kernel + featurise test + score), its speed-up and group-LDS ratio
+(group-subset retrainings; pointwise scores summed over the same groups).
 
     .venv/bin/python benchmarks/data_attribution.py            # full
     .venv/bin/python benchmarks/data_attribution.py --quick    # small smoke run
+    .venv/bin/python benchmarks/data_attribution.py --only groups   # group attribution only
 
 Last line: JSON with speedup_vs_best_peer, group_speedup, group_lds_ratio.
 """
@@ -84,31 +87,41 @@ def assay_trak(model, train, test, k, batch, seed=0):
     return scores, t_feat, time.perf_counter() - t0
 
 
-def assay_trak_dense(model, train, test, k, batch):
-    """Pointwise TRAK on the generic path (vmap per-example gradients + block-regenerated dense R)."""
+def pointwise_trak_parts(model, train, test, k, batch):
+    """Pointwise TRAK on the generic path (vmap per-example gradients + block-regenerated dense R), in
+    parts: (Φ, Q, G, t_featurise_train, t_featurise_test). Finalise and score are timed by the caller."""
     cfg = ProjectionConfig(dim=k, seed=0, block_rows=16384)
-    t0 = time.perf_counter()
-    phi, q = trak.trak_featurize(model, *train, projection=cfg, method="dense", batch_size=batch)
-    ck = trak.trak_finalize(phi, q)
-    g, _ = trak.trak_featurize(model, *test, projection=cfg, method="dense", batch_size=batch)
-    return trak.trak_scores([ck], [g]), time.perf_counter() - t0
+    (phi, q), t_train = timed(lambda: trak.trak_featurize(model, *train, projection=cfg, method="dense", batch_size=batch))
+    (g, _), t_test = timed(lambda: trak.trak_featurize(model, *test, projection=cfg, method="dense", batch_size=batch))
+    return phi, q, g, t_train, t_test
 
 
-def assay_group_trak(model, train, test, gid, k, kernel_points, lambda_reg, batch):
-    """GGDA TRAK on the generic path: one summed-margin backward pass per group, dense projection of K
-    rows, kernel from ``kernel_points`` per-example features."""
+def pointwise_trak_finish(phi, q, g, lam):
+    """Finalise (kernel, λ relative to its mean diagonal, as group TRAK) and score; returns (S, t_kernel, t_score)."""
+    lam_abs = lam * float((phi.double() ** 2).sum(0).mean())
+    ck, t_kernel = timed(lambda: trak.trak_finalize(phi, q, lambda_reg=lam_abs))
+    s, t_score = timed(lambda: trak.trak_scores([ck], [g]))
+    return s, t_kernel, t_score
+
+
+def group_trak_parts(model, train, test, gid, k, kernel, lam, batch):
+    """GGDA TRAK on the generic path: one vectorised backward pass per group (no per-example gradients),
+    dense projection of the K group rows, kernel and inverse from group rows; per-example target features
+    as in pointwise TRAK. Returns (S, t_train incl. kernel, t_test, t_score)."""
     cfg = ProjectionConfig(dim=k, seed=0, block_rows=16384)
-    t0 = time.perf_counter()
-    scores = group_trak.group_trak([model], train, test, gid, projection=cfg, kernel_points=kernel_points,
-                                   generator=torch.Generator().manual_seed(0), lambda_reg=lambda_reg,
-                                   method="dense", batch_size=batch)
-    return scores, time.perf_counter() - t0
+    ck, t_train = timed(lambda: group_trak.group_trak_checkpoint(model, *train, gid, projection=cfg, kernel=kernel,
+                                                                   lambda_reg=lam, method="dense", batch_size=batch))
+    g, t_test = timed(lambda: featurize(model, *test, projection=cfg, out_fn=grads.margin, method="dense",
+                                        batch_size=batch) / math.sqrt(sum(p.numel() for p in model.parameters())))
+    s, t_score = timed(lambda: trak.trak_scores([ck], [g]))
+    return s, t_train, t_test, t_score
 
 
 def assay_group_tracin(model, train, test, gid, k, batch):
     cfg = ProjectionConfig(dim=k, seed=0, block_rows=16384)
     t0 = time.perf_counter()
-    phi = group_trak.group_features(model, *train, gid, projection=cfg, out_fn=grads.cross_entropy, method="dense")
+    phi = group_trak.group_features(model, *train, gid, projection=cfg, out_fn=grads.cross_entropy, method="dense",
+                                    batch_size=batch)
     g = featurize(model, *test, projection=cfg, out_fn=grads.cross_entropy, method="dense", batch_size=batch)
     return tracin.tracin_scores([phi], [g]), time.perf_counter() - t0
 
@@ -216,35 +229,8 @@ def dattri_tracin(model, train, test, k, batch):
 # ----------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n-train", type=int, default=5000)
-    ap.add_argument("--n-test", type=int, default=500)
-    ap.add_argument("--proj-dim", type=int, default=1024)
-    ap.add_argument("--n-subsets", type=int, default=40)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--group-size", type=int, default=20)
-    ap.add_argument("--group-dim", type=int, default=256)
-    ap.add_argument("--group-lambda", type=float, default=0.01)
-    ap.add_argument("--kernel-fraction", type=float, default=0.08)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seeds", type=int, default=3, help="projection seeds for assay and traker TRAK")
-    ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "assay-bench-da"))
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    if args.quick:
-        args.n_train, args.n_test, args.proj_dim, args.n_subsets, args.epochs = 1000, 100, 512, 12, 4
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-    torch.set_num_threads(2)
-    x, y = make_data(args.n_train + args.n_test, 100, seed=0)
-    train, test = (x[: args.n_train], y[: args.n_train]), (x[args.n_train :], y[args.n_train :])
-    model = train_model(*train, seed=0, epochs=args.epochs)
-    with torch.no_grad():
-        acc = float((model(test[0]).argmax(-1) == test[1]).float().mean())
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"MLP 100-256-256-10: {n_params} parameters, test accuracy {acc:.3f}; n_train {args.n_train}, "
-          f"n_test {args.n_test}, proj_dim {args.proj_dim}, torch threads {torch.get_num_threads()}")
+def peers_section(model, train, test, args, truth) -> dict:
+    """TRAK and TracIn: assay vs traker and dattri, throughput, total time and LDS."""
     k, batch, n = args.proj_dim, 500, args.n_train
     res = {}
     seeds = range(args.seeds)
@@ -259,13 +245,6 @@ def main() -> None:
     res["dattri TRAK"] = dattri_trak(model, train, test, k, 250)
     sd, td = dattri_tracin(model, train, test, k, 500)
     res["dattri TracIn"] = (sd, float("nan"), td)
-
-    fn = partial(mlp_target_values, x_train=train[0], y_train=train[1], x_target=test[0], y_target=test[1],
-                 epochs=args.epochs)
-    cfg = retrain.RetrainConfig(n_subsets=args.n_subsets, fraction=0.5, seed=0, n_workers=args.workers)
-    truth, t_rt = timed(lambda: retrain.retrain(fn, n, cfg, cache_dir=args.cache_dir,
-                                                key=f"bench-mlp-{n}-{args.n_test}-{args.epochs}"))
-    print(f"retraining ground truth: {args.n_subsets} subsets in {t_rt:.1f}s (cached across runs)")
     print(f"{'method':16s} {'feat ex/s':>10s} {'total s':>9s} {'LDS':>7s}  95% CI")
     lds_of = {}
     for name, (s, tf, tt) in res.items():
@@ -284,49 +263,133 @@ def main() -> None:
     print(f"TRAK total-time speed-up vs best peer: {speedup:.1f}x (featurisation {feat_speedup:.1f}x); "
           f"TracIn vs dattri: {tracin_speedup:.1f}x; LDS assay {lds_of['assay TRAK']:.3f} vs traker "
           f"{lds_of['traker TRAK']:.3f}")
+    return {
+        "speedup_vs_best_peer": round(speedup, 2),
+        "featurisation_speedup_vs_best_peer": round(feat_speedup, 2),
+        "tracin_speedup_vs_dattri": round(tracin_speedup, 2),
+        "lds": {k_: round(v, 4) for k_, v in lds_of.items()},
+        "lds_over_seeds": {k_: [round(x, 4) for x in v] for k_, v in seed_lds.items()},
+        "assay_trak_total_s": round(res["assay TRAK"][2], 3),
+    }
 
-    # ---- group attribution (generic per-example-gradient path: where GGDA's saving lies)
+
+def groups_section(model, train, test, args, fn, cfg, truth) -> dict:
+    """GGDA vs pointwise on the generic (any-module) path, one work definition for both:
+    featurise train (+ kernel and its inverse) + featurise test + score, all timed; same projection dim,
+    same λ (relative to the kernel's mean diagonal). Group-LDS on retrainings over unions of groups,
+    pointwise scores summed over the same groups."""
+    n, k, batch = args.n_train, args.group_dim, 500
     per_class = max(1, round(n / 10 / args.group_size))
     gid = groups.groups_by_class(train[1], per_class=per_class, generator=torch.Generator().manual_seed(0))
     gid, n_groups = groups.check_groups(gid, n)
     gmasks = retrain.subset_masks(n_groups, args.n_subsets, 0.5, seed=1)
     gtruth = retrain.retrain(fn, n, cfg, cache_dir=args.cache_dir, key=f"bench-mlp-{n}-{args.n_test}-{args.epochs}",
                              masks=expand_group_masks(gmasks, gid))
-    kernel_points = max(1, round(args.kernel_fraction * n))
-    dense_scores, t_dense = assay_trak_dense(model, train, test, k, batch)
-    gscores, t_group = assay_group_trak(model, train, test, gid, args.group_dim, kernel_points, args.group_lambda, batch)
+    lams = args.group_lambdas
+    phi, q, g, t_ftrain, t_ftest = pointwise_trak_parts(model, train, test, k, batch)
+    print(f"groups: K={n_groups} (each class split at random, {args.group_size} per group), n={n}, m={args.n_test}, "
+          f"proj dim {k} for both, generic path (vmap per-example / vmap per-group gradients + dense R)")
+    print("timed work, both sides: featurise train (+ kernel, inverse) | featurise test | score")
+    print(f"{'TRAK':18s} {'lambda':>7s} {'train s':>8s} {'test s':>7s} {'score s':>8s} {'total s':>8s} "
+          f"{'speed-up':>8s} {'group-LDS':>9s}  95% CI          ratio")
+    rows = {}
+    for lam in lams:
+        s, t_kernel, t_score = pointwise_trak_finish(phi, q, g, lam)
+        r = lds(groups.group_sum(s, gid, n_groups), gmasks, gtruth.values)
+        pw_pointlds = lds(s, truth.masks, truth.values).mean
+        t = (t_ftrain + t_kernel, t_ftest, t_score)
+        rows[("pointwise", lam)] = (t, r, pw_pointlds)
+        print(f"{'pointwise (summed)':18s} {lam:7g} {t[0]:8.2f} {t[1]:7.2f} {t[2]:8.3f} {sum(t):8.2f} {'1.0x':>8s} "
+              f"{r.mean:9.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  (pointwise LDS {pw_pointlds:.3f})")
+        for kernel in ("group", "signed"):
+            try:
+                sg, tt, tte, tsc = group_trak_parts(model, train, test, gid, k, kernel, lam, batch)
+            except ValueError as e:  # K rows < k dims with λ = 0: singular, say so
+                print(f"{'group, ' + kernel:18s} {lam:7g}  n/a: {str(e)[:80]}…")
+                continue
+            rg = lds(sg, gmasks, gtruth.values)
+            tg = (tt, tte, tsc)
+            rows[(kernel, lam)] = (tg, rg, None)
+            print(f"{'group, ' + kernel:18s} {lam:7g} {tg[0]:8.2f} {tg[1]:7.2f} {tg[2]:8.3f} {sum(tg):8.2f} "
+                  f"{sum(t) / sum(tg):7.1f}x {rg.mean:9.3f}  [{rg.ci_low:.3f}, {rg.ci_high:.3f}]  {rg.mean / r.mean:5.2f}")
+    # headline: λ at which pointwise TRAK's group-LDS is best (the baseline at its best); literal GGDA kernel
+    best = max((lam_ for lam_ in lams if ("group", lam_) in rows), key=lambda lam_: rows[("pointwise", lam_)][1].mean)
+    (tp, rp, _), (tg, rg, _) = rows[("pointwise", best)], rows[("group", best)]
+    group_speedup, ratio = sum(tp) / sum(tg), rg.mean / rp.mean
+    train_speedup = tp[0] / tg[0]
+    cap = sum(tp) / tp[1]
+    print(f"headline (lambda {best:g}, best pointwise group-LDS; kernel 'group'): total {sum(tp):.2f}s -> {sum(tg):.2f}s "
+          f"= {group_speedup:.1f}x (train side alone {train_speedup:.1f}x); group-LDS {rg.mean:.3f} vs pointwise "
+          f"summed {rp.mean:.3f} = ratio {ratio:.2f}. Per-example test featurisation is common to both "
+          f"({tp[1]:.2f}s vs {tg[1]:.2f}s): it caps the total speed-up at {cap:.1f}x")
     tr_dense, t_tr_dense = assay_tracin_dense(model, train, test, k, batch)
     tr_group, t_tr_group = assay_group_tracin(model, train, test, gid, k, batch)
-    lds_point = lds(groups.group_sum(dense_scores, gid, n_groups), gmasks, gtruth.values)
-    lds_group = lds(gscores, gmasks, gtruth.values)
     lds_tr_point = lds(groups.group_sum(tr_dense, gid, n_groups), gmasks, gtruth.values)
     lds_tr_group = lds(tr_group, gmasks, gtruth.values)
-    group_speedup = t_dense / t_group
-    ratio = lds_group.mean / lds_point.mean
-    print(f"groups: K={n_groups} (each class split at random, {args.group_size} per group); group TRAK proj dim "
-          f"{args.group_dim}, kernel from {kernel_points} points, lambda {args.group_lambda}")
-    print(f"TRAK   pointwise (generic path) {t_dense:.2f}s, group {t_group:.2f}s -> {group_speedup:.1f}x; "
-          f"group-LDS group {lds_group.mean:.3f} [{lds_group.ci_low:.3f}, {lds_group.ci_high:.3f}] vs pointwise "
-          f"summed {lds_point.mean:.3f} [{lds_point.ci_low:.3f}, {lds_point.ci_high:.3f}] -> ratio {ratio:.2f}")
     print(f"TracIn pointwise (generic path) {t_tr_dense:.2f}s, group {t_tr_group:.2f}s -> "
           f"{t_tr_dense / t_tr_group:.1f}x; group-LDS group {lds_tr_group.mean:.3f} vs pointwise summed "
           f"{lds_tr_point.mean:.3f}")
-    print(f"(factored path, pointwise TRAK: {res['assay TRAK'][2]:.2f}s — cheaper than the generic group path; "
-          f"on all-linear models groups buy little)")
-    print(json.dumps({
-        "speedup_vs_best_peer": round(speedup, 2),
-        "featurisation_speedup_vs_best_peer": round(feat_speedup, 2),
-        "tracin_speedup_vs_dattri": round(tracin_speedup, 2),
-        "lds": {k_: round(v, 4) for k_, v in lds_of.items()},
-        "lds_over_seeds": {k_: [round(x, 4) for x in v] for k_, v in seed_lds.items()},
+    return {
         "group_speedup": round(group_speedup, 2),
-        "group_speedup_vs_factored": round(res["assay TRAK"][2] / t_group, 2),
+        "group_train_speedup": round(train_speedup, 2),
+        "group_speedup_cap_from_test_featurisation": round(cap, 2),
+        "group_lds_ratio": round(ratio, 3),
+        "group_lds": round(rg.mean, 4),
+        "pointwise_group_lds": round(rp.mean, 4),
+        "group_lambda": best,
+        "group_table": {f"{name} lam={lam:g}": {"total_s": round(sum(t), 3), "group_lds": round(r.mean, 4)}
+                        for (name, lam), (t, r, _) in rows.items()},
         "group_tracin_speedup": round(t_tr_dense / t_tr_group, 2),
         "group_tracin_lds_ratio": round(lds_tr_group.mean / lds_tr_point.mean, 3),
-        "group_lds_ratio": round(ratio, 3),
-        "group_lds": round(lds_group.mean, 4),
-        "pointwise_group_lds": round(lds_point.mean, 4),
-    }))
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-train", type=int, default=5000)
+    ap.add_argument("--n-test", type=int, default=500)
+    ap.add_argument("--proj-dim", type=int, default=1024)
+    ap.add_argument("--n-subsets", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--group-size", type=int, default=20)
+    ap.add_argument("--group-dim", type=int, default=256, help="projection dim of the group comparison (both sides)")
+    ap.add_argument("--group-lambdas", type=float, nargs="+", default=[0.0, 1.0, 10.0],
+                    help="λ (relative to the kernel's mean diagonal) swept for pointwise and group TRAK alike")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3, help="projection seeds for assay and traker TRAK")
+    ap.add_argument("--only", choices=["all", "peers", "groups"], default="all")
+    ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "assay-bench-da"))
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.n_train, args.n_test, args.proj_dim, args.n_subsets, args.epochs = 1000, 100, 512, 12, 4
+        args.group_size, args.seeds = 10, 1
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(2)
+    x, y = make_data(args.n_train + args.n_test, 100, seed=0)
+    train, test = (x[: args.n_train], y[: args.n_train]), (x[args.n_train :], y[args.n_train :])
+    model = train_model(*train, seed=0, epochs=args.epochs)
+    with torch.no_grad():
+        acc = float((model(test[0]).argmax(-1) == test[1]).float().mean())
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"MLP 100-256-256-10: {n_params} parameters, test accuracy {acc:.3f}; n_train {args.n_train}, "
+          f"n_test {args.n_test}, proj_dim {args.proj_dim}, torch threads {torch.get_num_threads()}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    n = args.n_train
+    fn = partial(mlp_target_values, x_train=train[0], y_train=train[1], x_target=test[0], y_target=test[1],
+                 epochs=args.epochs)
+    cfg = retrain.RetrainConfig(n_subsets=args.n_subsets, fraction=0.5, seed=0, n_workers=args.workers)
+    truth, t_rt = timed(lambda: retrain.retrain(fn, n, cfg, cache_dir=args.cache_dir,
+                                                key=f"bench-mlp-{n}-{args.n_test}-{args.epochs}"))
+    print(f"retraining ground truth: {args.n_subsets} subsets in {t_rt:.1f}s (cached across runs)")
+    out = {}
+    if args.only in ("all", "peers"):
+        out.update(peers_section(model, train, test, args, truth))
+    if args.only in ("all", "groups"):
+        out.update(groups_section(model, train, test, args, fn, cfg, truth))
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Per-example gradients g_i = ∇_θ f(z_i; θ) are computed with ``torch.func``: ``vmap(grad(f))`` over
 the batch, where ``f`` calls the model functionally (``functional_call``) on one example. Group
 gradients (Ley, Srinivas, Zhang, Rusak & Lakkaraju 2024, "Generalized Group Data Attribution")
-need no per-example work: g_G = Σ_{i∈G} g_i = ∇_θ Σ_{i∈G} f(z_i; θ), one ordinary backward pass.
+need no per-example work: g_G = Σ_{i∈G} g_i = ∇_θ Σ_{i∈G} f(z_i; θ), one ordinary backward pass per
+group (vectorised over groups with ``vmap``, each group a padded batch).
 
 Model-output functions (Park et al. 2023, TRAK, classification):
   margin  f(z; θ) = logit_y − logsumexp_{j≠y} logit_j = log(p_y / (1 − p_y))
@@ -169,6 +170,13 @@ def flat_grad(
     )
 
 
+def _group_loop(model, inputs, targets, members, weights, out_fn, sel, out):
+    for row, idx in members:
+        value = out_fn(model(inputs[idx]), targets[idx])
+        value = (value if weights is None else value * weights[idx]).sum()
+        out[row] = flat_grad(model, value, sel).detach()
+
+
 def group_grads(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -178,22 +186,61 @@ def group_grads(
     n_groups: int | None = None,
     out_fn: OutputFn = cross_entropy,
     params: Sequence[str] | ParamSelection | None = None,
+    weights: torch.Tensor | None = None,
+    groups_per_call: int | None = None,
+    vectorize: bool = True,
 ) -> torch.Tensor:
-    """Group gradients ``[K, P]``: g_G = ∇_θ Σ_{i∈G} f(z_i), one backward pass per group (GGDA).
+    """Group gradients ``[K, P]``: g_G = ∇_θ Σ_{i∈G} w_i f(z_i), one backward pass per group (GGDA).
 
-    ``groups [n]`` holds each example's group id in ``0..K−1``.
+    ``groups [n]`` holds each example's group id in ``0..K−1``; ``weights [n]`` (default 1) are
+    constants multiplying each example's output (e.g. TRAK's Q_i, or random signs). With ``vectorize``
+    the per-group backward passes run together: ``vmap(grad)`` over ``groups_per_call`` groups at a
+    time (default: as many as keep the ``[groups, P]`` output under 2²⁶ floats), each group a zero-weight-padded batch (groups sorted by size, so padding stays small); the
+    model sees whole group batches, never single examples. ``vectorize=False`` loops over groups.
     """
     sel = params if isinstance(params, ParamSelection) else select_parameters(model, params)
     _check_batch(inputs, targets)
     groups = torch.as_tensor(groups, dtype=torch.long)
     if groups.shape != (inputs.shape[0],):
         raise ValueError(f"groups must be [n] = [{inputs.shape[0]}] group ids, got {tuple(groups.shape)}")
-    k = int(groups.max()) + 1 if n_groups is None else n_groups
-    out = torch.zeros(k, sel.numel, dtype=next(model.parameters()).dtype)
-    for gid in range(k):
-        idx = (groups == gid).nonzero().squeeze(1)
-        if idx.numel() == 0:
-            continue
-        value = out_fn(model(inputs[idx]), targets[idx]).sum()
-        out[gid] = flat_grad(model, value, sel).detach()
+    if weights is not None:
+        weights = torch.as_tensor(weights).detach()
+        if weights.shape != (inputs.shape[0],):
+            raise ValueError(f"weights must be [n] = [{inputs.shape[0]}], got {tuple(weights.shape)}")
+    if groups_per_call is None:
+        groups_per_call = max(1, 2**26 // max(1, sel.numel))
+    if groups_per_call < 1:
+        raise ValueError(f"groups_per_call must be ≥ 1, got {groups_per_call}")
+    k = int(groups.max()) + 1 if n_groups is None and groups.numel() else (n_groups or 0)
+    dtype = next(model.parameters()).dtype
+    out = torch.zeros(k, sel.numel, dtype=dtype)
+    order = torch.argsort(groups, stable=True)
+    sizes = torch.bincount(groups, minlength=k)
+    starts = torch.cumsum(sizes, 0) - sizes
+    members = [(g, order[int(starts[g]) : int(starts[g] + sizes[g])]) for g in range(k) if int(sizes[g]) > 0]
+    if not vectorize:
+        _group_loop(model, inputs, targets, members, weights, out_fn, sel, out)
+        return out
+    all_params = dict(model.named_parameters())
+    frozen = {n: p.detach() for n, p in all_params.items() if n not in sel.names}
+    buffers = dict(model.named_buffers())
+    theta = tuple(all_params[n].detach() for n in sel.names)
+
+    def f(ps: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        state = {**frozen, **dict(zip(sel.names, ps)), **buffers}
+        return (out_fn(functional_call(model, state, (x,)), y) * w).sum()
+
+    g = vmap(grad(f), in_dims=(None, 0, 0, 0))
+    members.sort(key=lambda m: m[1].numel())
+    for c in range(0, len(members), groups_per_call):
+        chunk = members[c : c + groups_per_call]
+        width = chunk[-1][1].numel()
+        idx = torch.zeros(len(chunk), width, dtype=torch.long)
+        w = torch.zeros(len(chunk), width, dtype=dtype)
+        for r, (_, m) in enumerate(chunk):
+            idx[r, : m.numel()] = m
+            w[r, : m.numel()] = 1.0 if weights is None else weights[m].to(dtype)
+        parts = g(theta, inputs[idx], targets[idx], w)
+        rows = torch.tensor([gid for gid, _ in chunk])
+        out[rows] = torch.cat([p.reshape(len(chunk), -1) for p in parts], dim=1)
     return out
