@@ -178,3 +178,28 @@ def test_bad_input_errors():
         monte_carlo(lin3, X3, 0.5, noise="laplace")
     with pytest.raises(ValueError, match="target class ids"):
         taylor(lin3, X3, 0.5, target=torch.tensor([7]))
+
+
+def test_smoothed_margins_match_a_naive_per_copy_average_for_any_chunk():
+    """Reference: draw the same noise, take each noisy copy's margins and gradients with torch.func.jacrev
+    one copy at a time, and average; the batched Jacobian calls must agree for every chunk size."""
+    model = small_mlp()
+    x = torch.randn(3, 6, generator=gen(5), dtype=torch.float64)
+    target = model(x).argmax(1)
+    g = gen(11)
+    eps = [torch.randn(x.shape, generator=g, dtype=x.dtype) * 0.2 for _ in range(3)]
+    gs, grads = [], []
+    for e in eps:
+        for xe in (x + e, x - e):
+            for i in range(3):
+                f = model(xe[i:i + 1])[0]
+                J = torch.func.jacrev(lambda z: model(z[None])[0])(xe[i])  # [C, d]
+                others = [c for c in range(f.shape[0]) if c != target[i]]
+                gs.append(f[target[i]] - f[others])
+                grads.append(J[target[i]] - J[others])
+    ref_g = torch.stack(gs).reshape(6, 3, -1).mean(0)
+    ref_grad = torch.stack(grads).reshape(6, 3, *grads[0].shape).mean(0)
+    for chunk in (1, 6, 12, 512):
+        m = smoothed_margins(model, x, 0.2, n_samples=6, generator=gen(11), chunk=chunk)
+        torch.testing.assert_close(m.g, ref_g.detach())
+        torch.testing.assert_close(m.grad, ref_grad.detach())

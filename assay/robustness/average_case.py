@@ -136,11 +136,13 @@ def margins(model: Model, x: torch.Tensor, target: torch.Tensor | None = None) -
 
 def smoothed_margins(model: Model, x: torch.Tensor, sigma: float, *, n_samples: int = 10,
                      noise: Noise = "gaussian", target: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None) -> Margins:
+                     generator: torch.Generator | None = None, chunk: int = 512) -> Margins:
     """Margins and gradients of the noise-smoothed model: averages over ``n_samples`` noisy copies
     (the MMSE linearisation). The copies come in antithetic pairs x ± ε (``n_samples`` rounded up
     to even), which cancels the noise's first-order term exactly: for a linear model the result
-    equals :func:`margins`. The target is the clean prediction unless given."""
+    equals :func:`margins`. The target is the clean prediction unless given. Noisy copies are
+    stacked into Jacobian calls of up to ``chunk`` rows (the noise is drawn in the same order for
+    every ``chunk``, so the result does not depend on it)."""
     sigma = check_positive("sigma", sigma)
     _check_noise(noise)
     if n_samples < 1:
@@ -149,12 +151,17 @@ def smoothed_margins(model: Model, x: torch.Tensor, sigma: float, *, n_samples: 
         clean = classifier_logits(model, x)
     target = check_target(target, clean)
     n_pairs = (n_samples + 1) // 2
+    B = x.shape[0]
     g_sum, grad_sum = None, None
-    for _ in range(n_pairs):
-        eps = sample_noise(x.shape, sigma, noise, dtype=x.dtype, device=x.device, generator=generator)
-        m = _to_margins(*_jacobian(model, torch.cat([x + eps, x - eps])), target.repeat(2))
-        g = m.g[: x.shape[0]] + m.g[x.shape[0]:]
-        grad = m.grad[: x.shape[0]] + m.grad[x.shape[0]:]
+    per_call = max(1, chunk // (2 * B))  # noise pairs per Jacobian call (one batch of up to ``chunk`` rows)
+    for start in range(0, n_pairs, per_call):
+        k = min(per_call, n_pairs - start)
+        eps = torch.cat([sample_noise(x.shape, sigma, noise, dtype=x.dtype, device=x.device, generator=generator)
+                         for _ in range(k)])
+        xr = x.repeat(k, *([1] * (x.ndim - 1)))
+        m = _to_margins(*_jacobian(model, torch.cat([xr + eps, xr - eps])), target.repeat(2 * k))
+        g = m.g.reshape(2 * k, B, -1).sum(0)
+        grad = m.grad.reshape(2 * k, B, *m.grad.shape[1:]).sum(0)
         g_sum = g if g_sum is None else g_sum + g
         grad_sum = grad if grad_sum is None else grad_sum + grad
     return Margins(g_sum / (2 * n_pairs), grad_sum / (2 * n_pairs), target)
