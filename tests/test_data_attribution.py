@@ -312,6 +312,22 @@ def _fail(idx, seed):
     raise AssertionError("cached results should have been reused")
 
 
+def test_retrain_serial_runs_on_one_thread_and_restores_it():
+    seen = []
+
+    def record(idx, seed):
+        seen.append(torch.get_num_threads())
+        return torch.zeros(1)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        retrain.retrain(record, 10, retrain.RetrainConfig(n_subsets=3, fraction=0.5))
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2  # like the worker processes; restored after
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_retrain_resumes_after_interruption_and_parallel_equals_serial(tmp_path):
     x, y = _data(40, 25, d=3)
     fn = partial(retrain.logreg_target_values, x_train=x, y_train=y, x_target=x[:4], y_target=y[:4], n_classes=3)
@@ -508,6 +524,14 @@ def test_cli_data_attribution_runs_and_validates(tmp_path):
     out = json.loads((tmp_path / "results.json").read_text())
     assert set(out) >= {"lds", "mislabel_auroc", "test_accuracy"} and -1 <= out["lds"] <= 1
     assert (tmp_path / "scores-if-explicit-logreg" / "config.json").is_file()
+    from assay.bench.section import read_section
+
+    sec = read_section(tmp_path)  # the report section: metrics table (values = results.json) and the image
+    cells = dict(sec.tables[0].rows)
+    assert cells["method"] == "if-explicit" and cells["LDS (mean Spearman over targets)"] == out["lds"]
+    assert cells["mislabel AUROC (self-influence)"] == out["mislabel_auroc"]
+    assert len(sec.plots) == 1 and sec.plots[0].path.is_relative_to(tmp_path.resolve())
+    assert sec.plots[0].path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "report.html").is_file()
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         DataAttributionCommand(subset_fraction=1.5)
     bad = CliRunner().invoke(app, ["data-attribution", "--proj-dim", "0", "--out", str(tmp_path)])

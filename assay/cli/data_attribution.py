@@ -4,8 +4,9 @@ Trains the model (logistic regression or a small MLP) on the 8×8 digits (64 fea
 planted label noise), attributes held-out targets with the chosen method, then evaluates the scores
 with the linear datamodeling score (LDS, retraining on random half subsets; cached and resumable)
 and, with label noise, mislabel-detection AUROC from self-influence. Writes an artifact folder
-(config.json + scores) with the metrics in its metadata, a ``results.json`` line, and — when
-matplotlib is available — ``proponents.png`` with each of a few targets' top proponents/opponents.
+(config.json + scores) with the metrics in its metadata, a ``results.json`` line, — when matplotlib is
+available — ``plots/proponents.png`` with each of a few targets' top proponents/opponents, and the
+report section (``section.json`` + ``report.html``: metrics table and that image).
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def _plot(out: Path, x, xt, scores, k: int = 3, n_targets: int = 4) -> str | Non
             ax.set_title(title, fontsize=7)
             ax.axis("off")
     fig.suptitle("target | top proponents | top opponents", fontsize=8)
-    path = out / "proponents.png"
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    path = out / "plots" / "proponents.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return str(path)
@@ -198,9 +200,11 @@ def run(cfg: DataAttributionCommand) -> dict:
         rcfg = retrain.RetrainConfig(n_subsets=cfg.n_subsets, fraction=cfg.subset_fraction, seed=cfg.seed,
                                      n_workers=cfg.workers)
         key = f"digits-{cfg.model}-{cfg.n_train}-{cfg.n_test}-{cfg.l2}-{cfg.label_noise}-{cfg.seed}"
+        t1 = time.perf_counter()
         truth = retrain.retrain(fn, cfg.n_train, rcfg, cache_dir=out / "retrain", key=key)
         r = lds(scores, truth.masks, truth.values)
-        result.update(lds=round(r.mean, 4), lds_ci=[round(r.ci_low, 4), round(r.ci_high, 4)])
+        result.update(lds=round(r.mean, 4), lds_ci=[round(r.ci_low, 4), round(r.ci_high, 4)],
+                      seconds_retraining=round(time.perf_counter() - t1, 3))
     if flip is not None:
         self_scores = score(x, y).diagonal()
         result["mislabel_auroc"] = round(auroc(self_scores, flip), 4)
@@ -210,8 +214,35 @@ def run(cfg: DataAttributionCommand) -> dict:
     if image:
         result["proponents_png"] = image
     atomic_write_text(out / "results.json", json.dumps(result) + "\n")
+    _write_section(cfg, out, result, image)
     typer.echo(json.dumps(result))
     return result
+
+
+def _write_section(cfg: DataAttributionCommand, out: Path, result: dict, image: str | None) -> None:
+    """The report section: a metrics table and the proponents/opponents image (inside ``out``)."""
+    from assay.bench.report import Plot, Table
+    from assay.bench.section import Section, write_section
+
+    ci = result.get("lds_ci")
+    rows = [
+        ["method", cfg.method],
+        ["model", f"{cfg.model} on digits ({cfg.n_train} train / {cfg.n_test} targets)"],
+        ["test accuracy", result["test_accuracy"]],
+        ["LDS (mean Spearman over targets)", result.get("lds", "not run (n_subsets = 0)")],
+        ["LDS 95% interval", f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"],
+        ["mislabel AUROC (self-influence)", result.get("mislabel_auroc", "not run (label_noise = 0)")],
+        ["scoring seconds (fit, featurise, score)", result["seconds_scoring"]],
+        ["retraining seconds (LDS ground truth; cached)", result.get("seconds_retraining", "–")],
+    ]
+    notes = [
+        f"{cfg.n_subsets} retraining subsets of fraction {cfg.subset_fraction}; label noise {cfg.label_noise}; "
+        f"seed {cfg.seed}; projection dim {cfg.proj_dim} (TRAK/TracIn), {cfg.n_models} TRAK model(s).",
+        "Score sign: positive = the training point helps the target (removing it raises the target loss).",
+    ]
+    plots = [Plot("Each row: a target digit, its top-3 proponents (+) and top-3 opponents", Path(image))] if image else []
+    title = f"Data attribution: {cfg.method} on digits ({cfg.model})"
+    write_section(out, Section(title, [Table("Data attribution metrics", ["metric", "value"], rows)], plots, notes))
 
 
 def register(app: typer.Typer) -> None:

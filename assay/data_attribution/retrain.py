@@ -3,7 +3,8 @@
 Park et al. 2023 (TRAK) define the linear datamodeling score on models retrained on random α-subsets
 of the training set. :func:`retrain` draws M seeded subsets (exactly ⌊αn⌉ points each), trains R
 models per subset with ``train_eval(indices, seed) -> values [m]`` (e.g. −loss on each target),
-runs them in parallel processes, and caches every (subset, run) result on disk atomically beside a
+runs them in parallel processes (every run, serial or parallel, on one intra-op thread: reproducible
+timings, no oversubscription), and caches every (subset, run) result on disk atomically beside a
 manifest (config, subset masks, key), so an interrupted run resumes where it stopped and a finished
 one is never recomputed. ``train_eval`` must be picklable (a module-level function or a
 ``functools.partial`` of one).
@@ -157,11 +158,11 @@ def retrain(
             futures = {pool.submit(_run_one, train_eval, idx, seed): jr for jr, (idx, seed) in zip(todo, args)}
             for fut, jr in futures.items():
                 store(jr, fut.result())
-    else:
+    elif todo:
         threads = torch.get_num_threads()
-        try:
+        try:  # one intra-op thread per training run, as in the worker processes (_run_one)
             for jr, (idx, seed) in zip(todo, args):
-                store(jr, torch.as_tensor(train_eval(torch.from_numpy(idx), seed)).detach().double().numpy())
+                store(jr, _run_one(train_eval, idx, seed))
         finally:
             torch.set_num_threads(threads)
     values = np.stack(
