@@ -66,6 +66,38 @@ def test_generation_cache_matches_full_recompute(llama, positions):
     assert not torch.allclose(logits_c, base_logits, atol=1e-3)  # the edit does something
 
 
+@pytest.mark.parametrize("positions", [At(-1), LastPrompt(), Generated()])
+def test_generation_left_padded_batch_cache_matches_recompute_and_rows_alone(llama, positions):
+    """Left-padded batch: cached and recomputed generation agree, and the padded row steers exactly as it
+    does when generated alone (its padding shifts no position the selector names)."""
+    lens = LinearLens(32, 4)
+    edit = Add(concepts=[1, 3], amount=25.0, positions=positions)
+    ids = _ids(B=2, T=6, seed=5)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    outs = []
+    for use_cache in (True, False):
+        with intervene(llama, SITE, lens, edit):
+            outs.append(_generate(llama, ids, mask, use_cache=use_cache))
+    assert torch.equal(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-4, rtol=1e-4)
+    with intervene(llama, SITE, lens, edit):
+        alone_seq, alone_logits = _generate(llama, ids[:1, 2:], mask[:1, 2:], use_cache=True)
+    assert torch.equal(alone_seq[0], outs[0][0][0, 2:])
+    torch.testing.assert_close(alone_logits[0], outs[0][1][0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("edit", [Add(concepts=0, amount=5.0, strength=0.0), Clamp(value=1.0, strength=0.0)])
+def test_strength_zero_generation_is_bitwise_identity(llama, edit):
+    lens = LinearLens(32, 4)
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    base_seq, base_logits = _generate(llama, ids, mask, use_cache=True)
+    with intervene(llama, SITE, lens, edit):
+        seq, logits = _generate(llama, ids, mask, use_cache=True)
+    assert torch.equal(seq, base_seq) and torch.equal(logits, base_logits)
+
+
 def test_generation_edit_equals_manual_patch_of_final_sequence(llama):
     """The logits of the cached, edited generation equal one forward pass over the final sequence with
     the edit applied by hand at absolute column 4 (the last prompt token)."""

@@ -77,6 +77,27 @@ def test_unembed_lens_pinv_round_trip():
     torch.testing.assert_close(lens.decode(lens.encode(x)), x, atol=1e-12, rtol=0)
 
 
+def test_tuned_lens_as_lens():
+    """Layer ℓ of a tuned lens as an encoder–decoder: at init it is the unembedding lens; trained (planted
+    A, b) it encodes as W_U·translator(h) and its pseudo-inverse decoder round-trips."""
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    tl = TunedLens(TunedLensConfig(d_model=4, sites=("a", "b"))).double()
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(tl.lens(1, W).encode(x), UnembedLens(W).encode(x), atol=1e-12, rtol=0)
+    with torch.no_grad():
+        tl.A[1] = 0.3 * torch.randn(4, 4, generator=g, dtype=torch.float64)
+        tl.b[1] = torch.randn(4, generator=g, dtype=torch.float64)
+    lens = tl.lens(1, W)
+    with torch.no_grad():
+        torch.testing.assert_close(lens.encode(x), tl(x, 1) @ W.T, atol=1e-10, rtol=0)
+    torch.testing.assert_close(lens.decode(lens.encode(x)), x, atol=1e-10, rtol=0)
+    with pytest.raises(IndexError, match="out of range"):
+        tl.lens(2, W)
+    with pytest.raises(ValueError, match="width 3"):
+        lens.encode(torch.randn(2, 3, dtype=torch.float64))
+
+
 def test_bad_input(llama):
     ids = torch.randint(0, 64, (1, 4))
     with pytest.raises(KeyError, match="no submodule"):

@@ -224,6 +224,31 @@ def test_sequence_probe_finds_sparse_signal(kind, agg):
     assert abs(float(w @ u) / float(w.norm())) > (0.6 if kind == "attention" else 0.8)
 
 
+@pytest.mark.parametrize(("kind", "agg"), [("mean_then_linear", "mean"), ("attention", "mean")]
+                         + [("linear_then_agg", a) for a in ("mean", "max", "last", "rolling_max", "softmax")])
+def test_every_sequence_probe_ignores_padding_and_batches(kind, agg):
+    """Contract for every pooling: left or right padding changes no score, a batch scores as its rows
+    one by one, and a short training run separates a planted last-token signal (above chance)."""
+    g = _g(11)
+    cfg = SequenceProbeConfig(kind=kind, aggregation=agg, window=3, temperature=2.0, epochs=8, lr=3e-2, seed=1)
+    n, T, d = 64, 6, 8
+    y = (torch.arange(n) % 2).long()
+    h = 0.5 * torch.randn(n, T, d, generator=g)
+    h[:, -1, 0] += 2.0 * (2 * y - 1)  # the label sits in the last token's first coordinate
+    probe = fit_sequence_probe(h, None, y, cfg)
+    with torch.no_grad():
+        s = probe(h)
+        assert auroc(s, y) > 0.75
+        x = h[:3]
+        pad = torch.randn(3, 2, d, generator=g) * 100.0
+        ones, zeros = torch.ones(3, T, dtype=torch.bool), torch.zeros(3, 2, dtype=torch.bool)
+        left = probe(torch.cat([pad, x], 1), torch.cat([zeros, ones], 1))
+        right = probe(torch.cat([x, pad], 1), torch.cat([ones, zeros], 1))
+        torch.testing.assert_close(left, s[:3], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(right, s[:3], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.cat([probe(x[i:i + 1]) for i in range(3)]), s[:3], atol=1e-6, rtol=0)
+
+
 def test_collect_features_one_pass_equals_per_site():
     from assay.models.transformer import Transformer, TransformerConfig
 

@@ -18,7 +18,8 @@ from assay.evaluate.intervention import (
     tradeoff_curve,
 )
 from assay.evaluate.steering import continuation_loglik, paired_shift, pres_scores
-from assay.lenses.manifold import fit_concept_manifold, linear_path, manifold_path
+from assay.lenses.intervene import At
+from assay.lenses.manifold import fit_concept_manifold, linear_path, manifold_path, steer_along
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -129,12 +130,27 @@ def test_manifold_steering_on_cyclic_world():
     def behaviour(x):
         return torch.softmax(2.0 * x @ E.T, -1).double()
 
+    # the "model": the site "0" then a read-out head whose outputs are the ground-truth behaviour
+    head = torch.nn.Linear(16, world.n, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(2.0 * E)
+    model = torch.nn.Sequential(torch.nn.Identity(), head).eval()
+    prompts = torch.randn(4, 3, 16, generator=_g(5))
+
+    def run(mdl):
+        with torch.no_grad():
+            return mdl(prompts).softmax(-1).double()  # [prompt, pos, concept]
+
     m = fit_concept_manifold(h, z, world.n, n_components=4)
     y_manifold = behaviour(m.grid.to(torch.float32) @ m.components + m.mean)
     h0, h1 = m.point(torch.tensor(m.concept_u(0))), m.point(torch.tensor(m.concept_u(3)))
-    lin = naturalness(behaviour(linear_path(h0, h1, 50)), y_manifold)
     man_path = manifold_path(m, h0, h1, 50)
-    man = naturalness(behaviour(man_path), y_manifold)
+    # steer: patch h ← π(t) at the last position of every prompt, read the model's behaviour there
+    outs = {name: steer_along(model, "0", path, run, positions=At(-1))
+            for name, path in (("linear", linear_path(h0, h1, 50)), ("manifold", man_path))}
+    torch.testing.assert_close(outs["manifold"][:, 2, -1], behaviour(man_path), atol=1e-6, rtol=0)
+    torch.testing.assert_close(outs["linear"][:, :, :-1], run(model)[None, :, :-1].expand(50, -1, -1, -1))  # untouched
+    lin, man = (sum(naturalness(outs[k][:, p, -1], y_manifold) for p in range(4)) / 4 for k in ("linear", "manifold"))
     assert man < 0.05 and lin > 5 * man
     order = behaviour(man_path).argmax(-1)
     assert order[0] == 0 and order[-1] == 3
@@ -145,16 +161,18 @@ def test_manifold_steering_on_cyclic_world():
 
 
 def test_every_lens_on_the_same_tradeoff_axes(tmp_path):
-    """Superposition world, feature i: a CAA direction, a probe direction and an SAE whose atom 0 is the
-    planted atom are swept over strength through intervene(); success = the ground-truth read-out d_i·h
+    """Superposition world, feature i: a CAA direction, a probe direction, an SAE whose atom 0 is the
+    planted atom, and a logit lens / tuned lens whose "unembedding" is the planted atoms are swept over strength through intervene(); success = the ground-truth read-out d_i·h
     moves, coherence cost = mean |change| of the other features' read-outs. Success grows with strength
     for every lens and nothing moves at strength 0."""
     from assay.dictionaries.registry import build_sae
     from assay.hooks import capture
     from assay.lenses.direction import DirectionLens
     from assay.lenses.intervene import Add, intervene
+    from assay.lenses.logit_lens import UnembedLens
     from assay.lenses.probes import diff_of_means
     from assay.lenses.steering import caa
+    from assay.lenses.tuned_lens import TunedLens, TunedLensConfig
     from assay.worlds.superposition import SuperpositionConfig, SuperpositionWorld
 
     world = SuperpositionWorld(SuperpositionConfig(n_features=20, d_model=16, p_max=0.2, p_min=0.05, seed=2))
@@ -166,23 +184,28 @@ def test_every_lens_on_the_same_tradeoff_axes(tmp_path):
     sae = build_sae("relu", d_in=16, d_sae=24)
     with torch.no_grad():
         sae.W_dec[0] = D[i]
-    lenses = {"caa": DirectionLens(caa(on @ D, off @ D)),
-              "probe": diff_of_means(batch.inputs, batch.labels["active"][:, i].long()).lens(), "sae": sae}
+    tuned = TunedLens(TunedLensConfig(d_model=16, sites=("0",)))
+    with torch.no_grad():
+        tuned.A[0] = 0.2 * torch.randn(16, 16, generator=_g(6))
+    # (lens, concept index): the vocabulary lenses read the planted atoms as their "unembedding" W_U = D
+    lenses = {"caa": (DirectionLens(caa(on @ D, off @ D)), 0),
+              "probe": (diff_of_means(batch.inputs, batch.labels["active"][:, i].long()).lens(), 0), "sae": (sae, 0),
+              "logit lens": (UnembedLens(D), i), "tuned lens": (tuned.lens(0, D), i)}
     model = torch.nn.Sequential(torch.nn.Identity())
     h = batch.inputs[:64, None, :]
     others = [j for j in range(20) if j != i]
 
-    def run(lens):
+    def run(lens, concept):
         def at(alpha):
-            with torch.no_grad(), intervene(model, "0", lens, Add(concepts=0, amount=1.0, strength=alpha)), \
+            with torch.no_grad(), intervene(model, "0", lens, Add(concepts=concept, amount=1.0, strength=alpha)), \
                     capture(model, "0") as c:
                 model(h)
             delta = (c["0"] - h)[:, 0]
             return float((delta @ D[i]).mean()), float((delta @ D[others].T).abs().mean())
         return at
 
-    curves = [tradeoff_curve(name, [0.0, 0.5, 1.0, 2.0], run(lens)) for name, lens in lenses.items()]
+    curves = [tradeoff_curve(name, [0.0, 0.5, 1.0, 2.0], run(*lc)) for name, lc in lenses.items()]
     for c in curves:
         assert c.success[0] == 0.0 and c.coherence[0] == 0.0
-        assert list(c.success) == sorted(c.success) and c.success[-1] > 1.0
+        assert list(c.success) == sorted(c.success) and c.success[-1] > 1.0, c
     assert plot_tradeoffs(curves, tmp_path / "all.png").exists()

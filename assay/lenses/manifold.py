@@ -9,14 +9,20 @@ Geometry of Neural Network Representation and Behavior" (arXiv 2605.05115), spec
     manifold path  π(t) = s((1 − t) s⁻¹(h₀) + t s⁻¹(h₁))   (periodic: along the shorter arc)
 
 s⁻¹(h) is the parameter of the nearest point of the spline (on a dense grid) to h's PCA projection.
+:func:`steer_along` patches h ← π(t) at a site of a model, point by point, and collects the outputs
+(scored against the behaviour manifold with :func:`assay.evaluate.intervention.naturalness`).
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from collections.abc import Callable
 
-__all__ = ["ConceptManifold", "fit_concept_manifold", "linear_path", "manifold_path"]
+import torch
+from torch import Tensor, nn
+
+from assay.lenses.intervene import AllPositions, CallInfo, Selector, positional_patch, select
+
+__all__ = ["ConceptManifold", "fit_concept_manifold", "linear_path", "manifold_path", "steer_along"]
 
 
 class ConceptManifold:
@@ -96,3 +102,25 @@ def manifold_path(m: ConceptManifold, h0: Tensor, h1: Tensor, n_points: int = 50
         u1 = u1 - 1.0 if u1 > u0 else u1 + 1.0
     t = torch.linspace(0, 1, n_points, dtype=torch.float64)
     return m.point((1 - t) * u0 + t * u1)
+
+
+def steer_along(model: nn.Module, site: str, path: Tensor, run: Callable[[nn.Module], Tensor], *,
+                positions: Selector | None = None) -> Tensor:
+    """For each point π(t) of ``path [K, d]``: patch the site's activation to π(t) at ``positions``
+    (default all real positions) and call ``run(model)``; returns the outputs stacked ``[K, ...]``."""
+    if path.dim() != 2 or path.shape[0] < 1:
+        raise ValueError(f"a steering path must be [n_points, d] with n_points >= 1, got {tuple(path.shape)}")
+    if not torch.isfinite(path).all():
+        raise ValueError("the steering path contains NaN or inf")
+    selector = positions if positions is not None else AllPositions()
+    outs = []
+    for point in path:
+        def fn(h: Tensor, info: CallInfo, point: Tensor = point) -> Tensor:
+            if h.shape[-1] != point.shape[0]:
+                raise ValueError(f"path points have width {point.shape[0]} but site {site!r} has width {h.shape[-1]}")
+            sel = select(selector, info)
+            return torch.where(sel[..., None], point.to(h.dtype).to(h.device), h)
+
+        with positional_patch(model, {site: fn}):
+            outs.append(run(model))
+    return torch.stack(outs)

@@ -10,6 +10,10 @@ trained with SGD + Nesterov momentum β = 0.9, lr = lr_scale·(1 − β), weight
 without warm-up, gradient-norm clipping at 1; the final norm and unembedding stay frozen. Trains from
 captured activations or from an :class:`assay.store.ActivationStore` (same rows at every site), and
 saves/loads as an artifact of kind ``"lens.tuned"``.
+
+As a :class:`~assay.lenses.protocol.Lens` (Bhalla et al. 2024, Table 1), layer ℓ's tuned lens is
+encode z = W_U((I + A_ℓ)h + b_ℓ) (the final norm left out, as for :class:`UnembedLens`) and decode by
+the pseudo-inverse of that affine map, h = (W_U(I + A_ℓ))⁺(z − W_U b_ℓ) (:meth:`TunedLens.lens`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from assay.artifact import load_artifact, save_artifact
 from assay.config import ConfigError
 from assay.lenses.logit_lens import kl_to_final
 
-__all__ = ["TunedLensConfig", "TunedLens", "fit_tuned_lens", "fit_tuned_lens_from_store", "save_tuned_lens",
+__all__ = ["TunedLensConfig", "TunedLens", "AffineUnembedLens", "fit_tuned_lens", "fit_tuned_lens_from_store", "save_tuned_lens",
            "load_tuned_lens"]
 
 
@@ -78,6 +82,35 @@ class TunedLens(nn.Module):
             raise ValueError(f"tuned lens of width {self.cfg.d_model} got activations of shape {tuple(h.shape)}")
         A, b = self.A[layer].to(h.dtype), self.b[layer].to(h.dtype)
         return h + h @ A.T + b
+
+    def lens(self, layer: int, W_U: Tensor) -> AffineUnembedLens:
+        """Layer ``layer``'s translator followed by the unembedding ``W_U [vocab, d]`` as a Lens."""
+        if not -len(self.cfg.sites) <= layer < len(self.cfg.sites):
+            raise IndexError(f"layer {layer} out of range for a tuned lens over {len(self.cfg.sites)} sites")
+        d = self.cfg.d_model
+        with torch.no_grad():
+            return AffineUnembedLens(W_U, torch.eye(d) + self.A[layer].detach(), self.b[layer].detach())
+
+
+class AffineUnembedLens:
+    """Lens over the vocabulary through an affine map: encode z = W_U(M h + b), decode h = (W_U M)⁺(z − W_U b)."""
+
+    def __init__(self, W_U: Tensor, M: Tensor, b: Tensor) -> None:
+        if W_U.dim() != 2 or M.shape != (W_U.shape[1], W_U.shape[1]) or b.shape != (W_U.shape[1],):
+            raise ValueError(f"need W_U [vocab, d], M [d, d], b [d]; got {tuple(W_U.shape)}, {tuple(M.shape)}, "
+                             f"{tuple(b.shape)}")
+        W = W_U.detach().double()
+        self.map = (W @ M.double()).to(W_U.dtype)                    # [V, d]
+        self.offset = (W @ b.double()).to(W_U.dtype)                 # [V]
+        self.pinv = torch.linalg.pinv(W @ M.double()).T.to(W_U.dtype)  # [V, d]: h = (z − offset) @ pinv
+
+    def encode(self, h: Tensor) -> Tensor:
+        if h.shape[-1] != self.map.shape[1]:
+            raise ValueError(f"activations of width {h.shape[-1]} do not match the lens's width {self.map.shape[1]}")
+        return h @ self.map.T.to(h.dtype) + self.offset.to(h.dtype)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return (z - self.offset.to(z.dtype)) @ self.pinv.to(z.dtype)
 
 
 Batch = Callable[[torch.Generator], tuple[list[Tensor], Tensor]]
