@@ -108,8 +108,17 @@ def main() -> None:
         "taylor_mvs": lambda: ac.taylor_mvs(model, x, sigma),
         "mmse": lambda: ac.mmse(model, x, sigma, n_samples=10, generator=make_generator(3)),
         "mmse_mvs": lambda: ac.mmse_mvs(model, x, sigma, n_samples=10, generator=make_generator(3)),
+        "mmse_n4": lambda: ac.mmse(model, x, sigma, n_samples=4, generator=make_generator(3)),
+        "mmse_n2": lambda: ac.mmse(model, x, sigma, n_samples=2, generator=make_generator(3)),
         "softmax": lambda: ac.softmax_confidence(model, x),
     }
+    # where the analytic estimators' time goes: one forward vs one input Jacobian (C backward passes)
+    with torch.no_grad():
+        model(x)
+        _, t_fwd = timed(lambda: model(x))
+    _, t_jac = timed(lambda: ac.margins(model, x))
+    print(f"one forward of {x.shape[0]} points {t_fwd * 1e3:.1f} ms; input Jacobian (margins) {t_jac * 1e3:.1f} ms "
+          f"= {t_jac / t_fwd:.1f} forwards")
     mean_abs_error, speedup, matched = {}, {}, {}
     for name, fn in estimators.items():
         p, t = timed(fn)
@@ -164,7 +173,8 @@ def main() -> None:
     print(json.dumps({"sigma": sigma, "n_points": args.n_points, "cnn_test_acc": round(acc, 3),
                       "mc_truth_samples": args.mc_truth, "mean_abs_error": mean_abs_error,
                       "speedup_vs_mc": speedup, "matched_mc_samples": matched,
-                      "mvn_cdf_speedup_vs_scipy": round(t_scipy / t_ours, 2), "curvature": extra}))
+                      "mvn_cdf_speedup_vs_scipy": round(t_scipy / t_ours, 2),
+                      "jacobian_in_forwards": round(t_jac / t_fwd, 1), "curvature": extra}))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,9 @@ def train_sae(arch: str, acts: torch.Tensor, *, d_sae: int, k: int, steps: int, 
     if arch in ("batchtopk", "matryoshka"):
         kw["threshold_start"] = steps // 4  # estimate the inference threshold within this short run
     if arch == "jumprelu":
-        kw["target_l0"] = float(k)
+        kw["target_l0"], kw["l0_coef"] = float(k), 10.0
+    if arch == "relu":
+        kw["l1_coef"] = 3.0
     sae = build_sae(arch, **kw)
     g = torch.Generator().manual_seed(seed)
 
@@ -126,7 +128,8 @@ def train_sae(arch: str, acts: torch.Tensor, *, d_sae: int, k: int, steps: int, 
         for _ in range(start, steps):
             yield acts[torch.randint(0, acts.shape[0], (batch_size,), generator=g)]
 
-    (sae,), _ = train_saes(sae, TrainConfig(steps=steps, warmup_steps=max(1, steps // 10)), batches)
+    # lr 1e-3 for every architecture: the ReLU/JumpReLU defaults (5e-5, 7e-5) are for runs 100x longer
+    (sae,), _ = train_saes(sae, TrainConfig(steps=steps, lr=1e-3, warmup_steps=max(1, steps // 10)), batches)
     return sae.eval()
 
 
@@ -338,7 +341,7 @@ def main() -> None:
     ap.add_argument("--n-attack", type=int, default=64)
     ap.add_argument("--d-sae", type=int, default=256)
     ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--sae-steps", type=int, default=600)
+    ap.add_argument("--sae-steps", type=int, default=400)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--eps-rel", type=float, default=0.5)
     ap.add_argument("--kl-bound", type=float, default=0.01)

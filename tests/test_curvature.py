@@ -196,3 +196,13 @@ def test_bad_input():
         loss_curvature(lambda z: z.sum(1, keepdim=True), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="beta must be"):
         CentredSoftplus(0.0)
+
+
+def test_bad_input_classifier_shape_and_sigma():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"logits of shape \[batch, n_classes\]"):
+        loss_curvature(lambda z: z[:, None, :].repeat(1, 4, 1), x, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(TypeError, match="must return a tensor"):
+        loss_curvature(lambda z: (z,), x, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="sigma must be"):
+        taylor_trace(quadratic, torch.zeros(1, 3, dtype=torch.float64), -1.0)

@@ -118,3 +118,20 @@ def test_bad_input():
         fgsm(lambda x: x[:, :1], X, Y, 0.1)
     with pytest.raises(ValueError, match="y must be class ids"):
         pgd(binary, X, torch.tensor([0.5]), 0.1)
+
+
+def test_bad_input_every_entry_point():
+    """The issue's list: ε < 0, a model without [batch, n_classes] logits, a non-classifier."""
+    seq = lambda x: torch.stack([binary(x)] * 3, 1)  # noqa: E731  [B, T, C] sequence logits
+    for fn in (lambda: fgsm(binary, X, Y, -0.01), lambda: robust_accuracy(binary, X, Y, [0.0, -0.1]),
+               lambda: pgd(binary, X, Y, float("nan"))):
+        with pytest.raises(ValueError, match="eps must be"):
+            fn()
+    with pytest.raises(ValueError, match=r"logits of shape \[batch, n_classes\]"):
+        pgd(seq, X, Y, 0.1)
+    with pytest.raises(ValueError, match=r"logits of shape \[batch, n_classes\]"):
+        robust_accuracy(seq, X, Y, [0.0])
+    with pytest.raises(TypeError, match="must return a tensor"):
+        fgsm(lambda x: {"logits": binary(x)}, X, Y, 0.1)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        robust_accuracy(lambda x: binary(x)[:, :1], X, Y, [0.0])

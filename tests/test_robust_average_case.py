@@ -203,3 +203,16 @@ def test_smoothed_margins_match_a_naive_per_copy_average_for_any_chunk():
         m = smoothed_margins(model, x, 0.2, n_samples=6, generator=gen(11), chunk=chunk)
         torch.testing.assert_close(m.g, ref_g.detach())
         torch.testing.assert_close(m.grad, ref_grad.detach())
+
+
+@pytest.mark.parametrize("est", ["mc", "taylor", "mmse", "taylor_mvs", "mmse_mvs", "softmax"])
+def test_every_estimator_refuses_a_non_classifier_and_bad_sigma(est):
+    cfg = AverageCaseConfig(estimator=est, sigma=0.5, n_samples=100 if est == "mc" else None)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        estimate(lambda x: x[:, :1], X3, cfg)  # a regression head
+    with pytest.raises(ValueError, match=r"logits of shape \[batch, n_classes\]"):
+        estimate(lambda x: x[:, None, :].repeat(1, 3, 1), X3, cfg)  # sequence logits [B, T, C]
+    with pytest.raises(ConfigError, match="sigma"):
+        AverageCaseConfig(estimator=est, sigma=-0.1)
+    with pytest.raises(ConfigError, match="sigma"):
+        AverageCaseConfig(estimator=est, sigma=float("nan"))
