@@ -173,5 +173,10 @@ def test_bad_input(llama):
         caa(torch.full((2, 4), float("nan")), torch.randn(2, 4))
     with pytest.raises(KeyError, match="no submodule"), steer(llama, {"model.layers.7": torch.randn(32)}):
         pass
+    model = torch.nn.Sequential(torch.nn.Identity())
+    h = torch.randn(1, 3, 4)
+    h[0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match="non-finite activations"), steer(model, {"0": torch.ones(4)}):
+        model(h)
     with pytest.raises(ValueError, match="unknown steering operator"):
         apply_operator(torch.randn(2, 4), torch.randn(4), "multiply")

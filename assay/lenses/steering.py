@@ -184,6 +184,8 @@ def steer(
                 )
             if strength == 0 and operator != "ablate":
                 return h
+            if torch.is_floating_point(h) and not torch.isfinite(h).all():
+                raise ValueError(f"non-finite activations (NaN/inf) at site {site!r}; steering cannot proceed")
             sel = select(selector, info)
             if not sel.any():
                 return h
