@@ -216,6 +216,46 @@ def test_influence_matches_leave_one_out(logreg_problem):
 # ---------------------------------------------------------------- TRAK and TracIn
 
 
+def test_lds_equals_dattri_metric_with_ties():
+    from peer_import import peer
+
+    dattri_metric = peer("dattri.metric")
+    g = _gen(50)
+    scores = torch.randn(30, 6, generator=g).round(decimals=1)  # coarse values: ties in the predictions
+    masks = retrain.subset_masks(30, 12, 0.5, seed=2)
+    values = torch.randn(12, 6, generator=g).round(decimals=1)
+    idx = torch.stack([m.nonzero().squeeze(1) for m in masks])
+    want = dattri_metric.lds(scores, (values, idx))[0]
+    torch.testing.assert_close(lds(scores, masks, values).per_target, want.double(), atol=1e-6, rtol=0)
+
+
+def test_explicit_influence_equals_dattri_on_logreg():
+    from peer_import import peer
+
+    dattri_if = peer("dattri.algorithm.influence_function")
+    from dattri.task import AttributionTask
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = _data(80, 51, d=5)
+    xt, yt = _data(6, 52, d=5)
+    model = retrain.fit_logreg(x, y, 3, l2=1e-2)
+
+    def ce(params, data):
+        xx, yy = data
+        out = torch.func.functional_call(model, params, xx.unsqueeze(0) if xx.dim() == 1 else xx)
+        return nn.functional.cross_entropy(out, yy.unsqueeze(0) if yy.dim() == 0 else yy)
+
+    train_dl = DataLoader(TensorDataset(x, y), batch_size=80, shuffle=False)
+    att = dattri_if.IFAttributorExplicit(task=AttributionTask(loss_func=ce, model=model, checkpoints=model.state_dict()),
+                                         regularization=1e-2)
+    att.cache(train_dl)
+    ref = att.attribute(train_dl, DataLoader(TensorDataset(xt, yt), batch_size=6, shuffle=False)).detach()
+    h = influence.loss_hessian(model, x, y, l2=1e-2)
+    ours = influence.influence_scores(grads.per_example_grads(model, x, y),
+                                      influence.solve_explicit(h, grads.per_example_grads(model, xt, yt).T))
+    torch.testing.assert_close(ours, ref, atol=1e-4 * float(ref.abs().max()), rtol=1e-3)
+
+
 def test_trak_matches_traker_without_projection(tmp_path):
     from peer_import import peer
 
