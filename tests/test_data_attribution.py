@@ -441,6 +441,40 @@ def test_feature_store_resumes(tmp_path):
         featstore.FeatureStore(tmp_path / "f", n=10, k=8, identity={"model": "other"})
 
 
+class _Interrupting(nn.Module):
+    """Wraps a model; raises on the ``fail_at``-th forward call (simulates a killed featurisation)."""
+
+    def __init__(self, inner: nn.Module, fail_at: int | None):
+        super().__init__()
+        self.inner, self.fail_at, self.calls = inner, fail_at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return self.inner(x)
+
+
+def test_interrupted_trak_featurisation_resumes(tmp_path):
+    inner, (x, y) = _mlp(), _data(10, 60)
+    cfg = projection.ProjectionConfig(dim=8, block_rows=16)
+    want_phi, want_q = trak.trak_featurize(inner, x, y, projection=cfg, method="dense", batch_size=4)
+    ident = {"model": "mlp", "seed": 0}
+    killed = _Interrupting(inner, fail_at=3)  # each batch: one forward for Φ (vmap counts once) and one for Q
+    with pytest.raises(KeyboardInterrupt):
+        trak.trak_featurize(killed, x, y, projection=cfg, method="dense", batch_size=4,
+                            store=featstore.FeatureStore(tmp_path / "s", n=10, k=8, identity=ident))
+    store = featstore.FeatureStore(tmp_path / "s", n=10, k=8, identity=ident)
+    assert int(store.done.sum()) == 4  # the first batch finished before the interruption, the second did not
+    resumed = _Interrupting(inner, fail_at=None)
+    phi, q = trak.trak_featurize(resumed, x, y, projection=cfg, method="dense", batch_size=4, store=store)
+    assert resumed.calls == 4  # two remaining batches × (Φ, Q); the finished batch was not recomputed
+    torch.testing.assert_close(phi, want_phi, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(q, want_q)
+    with pytest.raises(ValueError, match="use a store of that shape"):
+        trak.trak_featurize(inner, x, y, projection=cfg, store=featstore.FeatureStore(tmp_path / "t", n=10, k=4))
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -449,6 +483,12 @@ def test_bad_input_errors():
     model[0].weight.requires_grad_(False)
     with pytest.raises(ValueError, match="do not require grad"):
         grads.select_parameters(model, ["0.weight"])
+    frozen = _mlp().requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameter that requires grad"):
+        trak.trak([frozen], _data(6, 61), _data(2, 62), projection=projection.ProjectionConfig(dim=4))
+    with pytest.raises(ValueError, match="add a leading batch dimension"):  # one target point without its batch dim
+        trak.trak([_mlp()], _data(6, 63), (_data(1, 64)[0][0], torch.tensor([0])),
+                  projection=projection.ProjectionConfig(dim=4))
     with pytest.raises(ValueError, match="names no parameter"):
         grads.select_parameters(model, ["nope"])
     with pytest.raises(ValueError, match="projection dim must be a positive integer"):

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from assay.data_attribution.featstore import FeatureStore, featurize_to_store
 from assay.data_attribution.featurize import Method, check_inputs, featurize
 from assay.data_attribution.grads import margin, out_to_loss, select_parameters
 from assay.data_attribution.projection import ProjectionConfig
@@ -84,16 +85,34 @@ def trak_featurize(
     params: Sequence[str] | None = None,
     method: Method = "auto",
     batch_size: int = 256,
+    store: FeatureStore | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Φ ``[n, k]`` = projected margin gradients / √P, Q ``[n]`` = 1 − p_y) for one model."""
+    """(Φ ``[n, k]`` = projected margin gradients / √P, Q ``[n]`` = 1 − p_y) for one model.
+
+    With ``store`` (a :class:`~assay.data_attribution.featstore.FeatureStore` of shape ``[n, k]`` whose
+    identity names this model, data and projection), batches are written to the memory-mapped store as
+    they finish and batches already there are skipped, so an interrupted featurisation resumes. R
+    depends only on the projection seed, never on the batching, so resumed features equal a fresh run."""
     sel = select_parameters(model, params)
-    phi = featurize(
-        model, inputs, targets, projection=projection, out_fn=margin, params=sel, method=method, batch_size=batch_size
-    )
-    with torch.no_grad():
-        q = torch.cat([out_to_loss(model(inputs[s : s + batch_size]), targets[s : s + batch_size])
-                       for s in range(0, inputs.shape[0], batch_size)])
-    return phi / math.sqrt(sel.numel), q
+    root_p = math.sqrt(sel.numel)
+
+    def compute(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = inputs[start:stop], targets[start:stop]
+        phi = featurize(model, x, y, projection=projection, out_fn=margin, params=sel, method=method,
+                        batch_size=batch_size)
+        with torch.no_grad():
+            q = torch.cat([out_to_loss(model(x[s : s + batch_size]), y[s : s + batch_size])
+                           for s in range(0, x.shape[0], batch_size)])
+        return phi / root_p, q
+
+    if store is None:
+        return compute(0, inputs.shape[0])
+    width = projection.dim if projection.dim is not None else sel.numel
+    if tuple(store.features.shape) != (inputs.shape[0], width):
+        raise ValueError(f"store holds [{store.features.shape[0]}, {store.features.shape[1]}] features, this "
+                         f"featurisation makes [{inputs.shape[0]}, {width}]; use a store of that shape")
+    featurize_to_store(store, compute, batch_size=batch_size)
+    return store.read()
 
 
 def trak(
