@@ -15,7 +15,7 @@ embeddings of a 16-token prefix, read at the last position) is run untargeted (|
 of prompts read at the last token of the template " \\nThe previous text is about" (as in the paper).
 A random replacement of as many tokens is the baseline.
 
-    nice .venv/bin/python benchmarks/sae_fragility.py [--skip-lm] [--out runs/sae_fragility]
+    nice .venv/bin/python benchmarks/sae_fragility.py [--skip-lm | --skip-world] [--out runs/sae_fragility]
 
 Per row: success rate with a Wilson 95% interval, median perturbation size of the successes (relative
 L2 for (a), edited tokens for (b)), the largest KL of a success (always ≤ κ) and the baseline's rate.
@@ -346,6 +346,7 @@ def main() -> None:
     ap.add_argument("--eps-rel", type=float, default=0.5)
     ap.add_argument("--kl-bound", type=float, default=0.01)
     ap.add_argument("--skip-lm", action="store_true")
+    ap.add_argument("--skip-world", action="store_true")
     ap.add_argument("--out", default="runs/sae_fragility")
     ap.add_argument("--lm-site", default="model.layers.15")
     ap.add_argument("--lm-tokens", type=int, default=32_768)
@@ -361,7 +362,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    rows, world_info = run_world(args)
+    rows, world_info = run_world(args) if not args.skip_world else ([], {})
     lm_info: dict[str, Any] = {}
     if not args.skip_lm:
         lm_rows, lm_info = run_lm(args)
