@@ -9,6 +9,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from assay.artifact import load_artifact
+from assay.bench.section import read_section
 from assay.cli import app
 from assay.models import offline
 
@@ -47,6 +48,16 @@ def test_image_heatmaps_and_ig_completeness(tmp_path, monkeypatch):
     art = load_artifact(out / "attribution", kind="attribution")
     assert art.tensors["attribution"]["values"].shape == (2, 3, 224, 224)
     assert "chelsea" in res.output and "wrote" in res.output
+    # the report section: one heatmap per photo and the completeness gap per photo
+    sec = read_section(out)
+    assert "integrated_gradients" in sec.title
+    assert [p.path.name for p in sec.plots] == ["heatmap_chelsea.png", "heatmap_coffee.png"]
+    (table,) = sec.tables
+    assert [r[0] for r in table.rows] == ["chelsea", "coffee"]
+    assert any("f_t(0)" in c for c in table.columns)
+    assert [r[-1] for r in table.rows] == [r["completeness_gap"] for r in results["rows"]]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
 
 
 def test_occlusion_patches_on_images(tmp_path, monkeypatch):
@@ -62,33 +73,64 @@ def test_occlusion_patches_on_images(tmp_path, monkeypatch):
 
 
 class CharTokenizer:
+    """One token per character (ids = ord(c) mod 61); tokens spelled like HTML tags to test escaping."""
+
+    eos_token_id = 2
+    pad_token_id = None
+
     def __call__(self, text, return_tensors="pt"):
         ids = torch.tensor([[ord(c) % 61 for c in text]])
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def convert_ids_to_tokens(self, ids):
-        return [f"<{i}>" for i in ids]
+        return [f"<b{i}>" for i in ids]
 
 
-def test_prompt_token_scores(tmp_path, monkeypatch):
-    transformers = pytest.importorskip("transformers")
+@pytest.fixture
+def tiny_lm(llama, monkeypatch):
+    monkeypatch.setattr(offline, "load", lambda name, **kw: offline.LoadedModel(
+        llama, CharTokenizer(), name, ("model.layers.0", "model.layers.1")))
+    return llama
 
-    def tiny_llama(name, **kw):
-        cfg = transformers.LlamaConfig(vocab_size=61, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = transformers.LlamaForCausalLM(cfg).eval()
-        return offline.LoadedModel(model, CharTokenizer(), name, ("model.layers.0", "model.layers.1"))
 
-    monkeypatch.setattr(offline, "load", tiny_llama)
+def test_prompt_token_scores_and_section(tmp_path, tiny_lm):
     out = tmp_path / "txt"
     res = CliRunner().invoke(app, ["attribute", "--model", "smollm2-135m", "--prompt", "hi there", "--method",
                                    "input_x_gradient", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
     assert len(rows) == len("hi there") and all(isinstance(r["score"], float) for r in rows)
-    assert res.output.count("<") >= len("hi there")
+    assert res.output.count("<b") >= len("hi there")
+    sec = read_section(out)
+    explained, scores = sec.tables
+    assert [r[1] for r in scores.rows] == [f"<b{ord(c) % 61}>" for c in "hi there"]
+    assert [r[2] for r in scores.rows] == [r["score"] for r in rows]
+    assert explained.rows[0][0] == results["target"] and explained.rows[0][4] == results["completeness_gap"]
+    html = (out / "report.html").read_text()
+    assert "&lt;b40&gt;" in html and "<b40>" not in html  # tokens are text: escaped, never markup
+
+
+@pytest.mark.parametrize("kind", ["zero", "pad", "mean"])
+def test_text_baseline_flag(tmp_path, tiny_lm, kind):
+    """--text-baseline sets f_t(baseline) to the model's output at the chosen reference embedding."""
+    out = tmp_path / kind
+    res = CliRunner().invoke(app, ["attribute", "--model", "smollm2-135m", "--prompt", "hey", "--steps", "8",
+                                   "--text-baseline", kind, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "results.json").read_text())
+    E = tiny_lm.get_input_embeddings().weight.detach()
+    ref = {"zero": torch.zeros_like(E[0]), "pad": E[CharTokenizer.eos_token_id], "mean": E.mean(0)}[kind]
+    with torch.no_grad():
+        f_b = tiny_lm(inputs_embeds=ref.expand(1, 3, -1)).logits[0, -1, r["target"]]
+        f_x = tiny_lm(input_ids=torch.tensor([[ord(c) % 61 for c in "hey"]])).logits[0, -1, r["target"]]
+    assert r["baseline_output"] == pytest.approx(float(f_b), abs=1e-5)
+    total = sum(row["score"] for row in r["rows"])
+    assert r["completeness_gap"] == pytest.approx(total - float(f_x - f_b), abs=1e-5)
+    if kind != "zero":  # IG: Σφ = f(x) − f(b) up to the 8-node quadrature error; from the zero embedding
+        # RMSNorm's scale invariance puts a sharp step near α = 0 (on this model 8 nodes miss ~40% of Δf)
+        assert abs(r["completeness_gap"]) < 0.05 * abs(float(f_x - f_b)) + 1e-3
+    assert read_section(out).tables[0].rows[0][-1] == kind
 
 
 def test_bad_flags():
@@ -96,3 +138,5 @@ def test_bad_flags():
     assert r.exit_code != 0 and "steps must be" in r.output
     r = CliRunner().invoke(app, ["attribute", "--method", "shap"])
     assert r.exit_code != 0
+    r = CliRunner().invoke(app, ["attribute", "--text-baseline", "blank"])
+    assert r.exit_code != 0 and "blank" in r.output

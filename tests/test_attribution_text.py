@@ -92,3 +92,33 @@ def test_token_occlusion_matches_manual_removal(llama):
             assert abs(float(res.scores[i] - drop * e.shape[2])) < 1e-9  # each of D dims carries the drop
     with pytest.raises(ValueError, match="out of range"):
         attribute_tokens(model, tok, TEXT, 61, config="gradient")
+
+
+def test_embedding_baselines_and_their_errors(llama):
+    from assay.attribution.text import embedding_baseline
+
+    model, tok = llama
+    ids = tok(TEXT)["input_ids"]
+    E = model.get_input_embeddings().weight.detach()
+    assert torch.equal(embedding_baseline(model, tok, ids, "zero"), torch.zeros(1, len(TEXT), E.shape[1], dtype=E.dtype))
+    torch.testing.assert_close(embedding_baseline(model, tok, ids, "mean")[0, 3], E.mean(0))
+    with pytest.raises(ValueError, match="pad or eos token"):
+        embedding_baseline(model, tok, ids, "pad")  # CharTokenizer has neither
+    tok.eos_token_id = 5
+    try:
+        assert torch.equal(embedding_baseline(model, tok, ids, "pad")[0, -1], E[5])
+        tok.pad_token_id = 7  # the pad token wins over eos
+        assert torch.equal(embedding_baseline(model, tok, ids, "pad")[0, 0], E[7])
+        # the named baseline reaches the method: f_t(baseline) is the output at the pad embedding
+        res = attribute_tokens(model, tok, TEXT, 3, config="integrated_gradients", baseline="pad")
+        with torch.no_grad():
+            f_b = model(inputs_embeds=E[7].expand(1, len(TEXT), -1)).logits[0, -1, 3]
+        torch.testing.assert_close(res.attribution.baseline_output[0], f_b)
+        # methods without a reference input ignore it
+        grad = attribute_tokens(model, tok, TEXT, 3, config="gradient", baseline="pad")
+        assert torch.isnan(grad.attribution.baseline_output).all()
+    finally:
+        del tok.eos_token_id
+        tok.__dict__.pop("pad_token_id", None)
+    with pytest.raises(ValueError, match="unknown text baseline"):
+        embedding_baseline(model, tok, ids, "blank")

@@ -7,6 +7,15 @@ distribution for a causal LM such as SmolLM2) or, for an encoder without a head 
 mean-pooled last hidden state. A token's score is the sum of its embedding's attributions (for
 IG this keeps completeness: Σ_tokens = f(e) − f(baseline)); perturbation methods treat each token's
 whole embedding as one feature.
+
+The reference input matters for IG (and input×gradient, occlusion, LIME, KernelSHAP). The zero
+embedding is a poor one for models that normalise the residual stream (RMSNorm/LayerNorm are
+scale-invariant, RMSNorm(αe) = RMSNorm(e) until αe ~ √ε): on the straight path αe the output is
+almost constant and then jumps near α = 0, so the quadrature misses the jump and the completeness
+gap is large. :func:`embedding_baseline` offers three references, each a ``[1, T, D]`` embedding:
+``"zero"``; ``"pad"`` — every position holds the pad token's embedding (the end-of-sequence token's
+when there is no pad token), a real embedding of ordinary norm, i.e. "the text with every token
+removed"; ``"mean"`` — the mean of the embedding matrix over the vocabulary.
 """
 
 from __future__ import annotations
@@ -19,7 +28,41 @@ from torch import nn
 from assay.attribution.engine import Attribution, EngineConfig
 from assay.attribution.methods import attribute
 
-__all__ = ["EmbeddingScores", "TokenAttribution", "attribute_tokens"]
+__all__ = ["EmbeddingScores", "TokenAttribution", "TextBaseline", "BASELINE_METHODS", "embedding_baseline",
+           "attribute_tokens"]
+
+TextBaseline = Literal["zero", "pad", "mean"]
+"""Named reference inputs in embedding space (see :func:`embedding_baseline`)."""
+BASELINE_METHODS = ("integrated_gradients", "input_x_gradient", "occlusion", "lime", "kernel_shap")
+"""Engine methods that use a reference input (the others ignore the baseline)."""
+_CONFIG_NAMES = {"IntegratedGradientsConfig": "integrated_gradients", "InputXGradientConfig": "input_x_gradient",
+                 "OcclusionConfig": "occlusion", "LimeConfig": "lime", "KernelShapConfig": "kernel_shap",
+                 "CLimeConfig": "c_lime", "GradientConfig": "gradient", "SmoothGradConfig": "smoothgrad"}
+
+
+def embedding_baseline(model: nn.Module, tokenizer, ids: torch.Tensor, kind: TextBaseline) -> torch.Tensor:
+    """The reference embedding ``[1, T, D]`` of ``kind`` for token ids ``[1, T]``.
+
+    ``"zero"``: zeros; ``"pad"``: the pad token's embedding at every position (the eos token's when the
+    tokenizer has no pad token; ``ValueError`` when it has neither); ``"mean"``: the vocabulary's mean
+    embedding at every position.
+    """
+    weight = model.get_input_embeddings().weight
+    T = ids.shape[-1]
+    if kind == "zero":
+        return torch.zeros((1, T, weight.shape[1]), dtype=weight.dtype, device=weight.device)
+    if kind == "mean":
+        return weight.detach().mean(0).expand(1, T, -1).clone()
+    if kind == "pad":
+        tid = getattr(tokenizer, "pad_token_id", None)
+        if tid is None:
+            tid = getattr(tokenizer, "eos_token_id", None)
+        if tid is None:
+            raise ValueError("baseline 'pad' needs a tokenizer with a pad or eos token; use 'zero' or 'mean'")
+        if not 0 <= int(tid) < weight.shape[0]:
+            raise ValueError(f"pad/eos token id {tid} is outside the embedding matrix ({weight.shape[0]} rows)")
+        return weight.detach()[int(tid)].expand(1, T, -1).clone()
+    raise ValueError(f"unknown text baseline {kind!r}; choose 'zero', 'pad' or 'mean'")
 
 
 class EmbeddingScores(nn.Module):
@@ -61,12 +104,14 @@ class TokenAttribution(NamedTuple):
 
 def attribute_tokens(
     model: nn.Module, tokenizer, text: str, target: int | None = None, *, config: EngineConfig | str,
-    pool: Literal["position", "mean"] = "position", position: int = -1, baseline: float | torch.Tensor | None = None,
+    pool: Literal["position", "mean"] = "position", position: int = -1,
+    baseline: TextBaseline | float | torch.Tensor | None = None,
 ) -> TokenAttribution:
     """Attribute the model's score ``target`` (default: the top next token) to each token of ``text``.
 
-    ``baseline`` (for IG, occlusion, LIME, KernelSHAP) is in embedding space; the default 0 is the
-    zero embedding.
+    ``baseline`` (used by IG, input×gradient, occlusion, LIME, KernelSHAP; ignored by the others) is a
+    named reference (:func:`embedding_baseline`: ``"zero"``, ``"pad"``, ``"mean"``) or a value / tensor in
+    embedding space; None keeps the method's default, the zero embedding.
     """
     enc = tokenizer(text, return_tensors="pt")
     ids = enc["input_ids"]
@@ -76,22 +121,20 @@ def attribute_tokens(
     with torch.no_grad():
         e = emb_layer(ids)
     f = EmbeddingScores(model, enc.get("attention_mask", None), position, pool)
-    name = config if isinstance(config, str) else type(config).__name__
+    name = config if isinstance(config, str) else _CONFIG_NAMES.get(type(config).__name__, type(config).__name__)
     kwargs: dict = {}
-    if baseline is not None:
+    if isinstance(baseline, str):
+        baseline = embedding_baseline(model, tokenizer, ids, baseline)  # type: ignore[arg-type]
+    if baseline is not None and name in BASELINE_METHODS:
         kwargs["baseline"] = baseline
     T, D = e.shape[1], e.shape[2]
-    if name in ("lime", "kernel_shap", "LimeConfig", "KernelShapConfig"):
+    if name in ("lime", "kernel_shap", "occlusion", "c_lime"):
         kwargs["feature_mask"] = torch.arange(T, device=dev)[:, None].expand(T, D)
-    if name in ("occlusion", "OcclusionConfig"):
-        kwargs["feature_mask"] = torch.arange(T, device=dev)[:, None].expand(T, D)
-    if name in ("c_lime", "CLimeConfig"):
-        kwargs = {"feature_mask": torch.arange(T, device=dev)[:, None].expand(T, D)}
     a = attribute(f, e, target, config=config, **kwargs)
     if a.values.dim() != 3:
         raise ValueError("attribute_tokens explains one target; pass an int or None")
     scores = a.values[0].sum(-1)
-    if name in ("lime", "kernel_shap", "c_lime", "LimeConfig", "KernelShapConfig", "CLimeConfig"):
+    if name in ("lime", "kernel_shap", "c_lime"):
         scores = a.values[0, :, 0]  # each token's coefficient is copied to all its D dims
     tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     return TokenAttribution(tokens, ids[0].cpu(), scores.detach().cpu(), a)

@@ -6,9 +6,12 @@
   Taly & Yan 2017) and saves one PNG per photo (the photo beside its channel-summed attribution map).
 * ``--model smollm2-135m`` / ``minilm-l6``: attributes the top next token (SmolLM2) or a pooled
   output unit (MiniLM) to each token of ``--prompt`` at the input-embedding layer and prints one
-  score per token.
+  score per token; ``--text-baseline`` picks the reference embedding (pad token by default, see
+  :func:`assay.attribution.text.embedding_baseline`).
 
-Writes ``out/attribution`` (an artifact: config + the attribution tensors) and ``out/results.json``.
+Writes ``out/attribution`` (an artifact: config + the attribution tensors), ``out/results.json`` and the
+report section (``out/section.json`` + ``out/report.html``: the heatmaps, or the per-token score table,
+and the completeness gap Σφ − (f(x) − f(x')) of methods with a reference input).
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class AttributeCommand:
     """scikit-image bundled photos (skimage.data names) for the image model."""
     prompt: str = "The capital of France is"
     """Text for the language models."""
+    text_baseline: Literal["zero", "pad", "mean"] = "pad"
+    """Reference embedding of the language models (IG, input×gradient, occlusion, LIME, KernelSHAP):
+    'pad' — the pad (else eos) token's embedding at every position; 'zero'; 'mean' — the vocabulary's
+    mean embedding. Photos always use 0 (the normalised mean colour)."""
     target: int | None = None
     """Class / token id to explain; None explains each input's top prediction."""
     output: Literal["logit", "log_softmax", "probability"] = "logit"
@@ -141,34 +148,81 @@ def _images(cfg: AttributeCommand, loaded) -> dict:
     return {"rows": rows, "values": a.values.detach()}
 
 
+def _image_section(cfg: AttributeCommand, res: dict) -> Any:
+    from assay.bench.report import Plot, Table
+    from assay.bench.section import Section
+
+    gap = _has_reference(cfg.method)
+    table = Table("Explained output per photo",
+                  ["photo", "class", "f_t(x)", "Σφ − (f_t(x) − f_t(0))" if gap else "Σφ − Δf (no reference input)"],
+                  [[r["image"], r["target"], r["output"], r["completeness_gap"]] for r in res["rows"]])
+    plots = [Plot(f"{r['image']}: {cfg.method} of class {r['target']} (red: positive, blue: negative; channels summed)",
+                  Path(r["png"])) for r in res["rows"]]
+    return Section(f"Feature attribution: {cfg.model}, {cfg.method}", [table], plots, _notes(cfg))
+
+
+def _text_section(cfg: AttributeCommand, res: dict) -> Any:
+    from assay.bench.report import Table
+    from assay.bench.section import Section
+
+    out = Table("Explained output", ["target", "token", "f_t(x)", "f_t(baseline)", "completeness gap", "baseline"],
+                [[res["target"], res["target_token"], res["output"], res["baseline_output"], res["completeness_gap"],
+                  cfg.text_baseline if _has_reference(cfg.method) else "none"]])
+    scores = Table("Per-token scores", ["position", "token", "score"],
+                   [[i, r["token"], r["score"]] for i, r in enumerate(res["rows"])])
+    return Section(f"Feature attribution: {cfg.model}, {cfg.method}", [out, scores], [],
+                   [f"prompt: {cfg.prompt!r}", *_notes(cfg)])
+
+
+def _has_reference(method: str) -> bool:
+    from assay.attribution.text import BASELINE_METHODS
+
+    return method in BASELINE_METHODS
+
+
+def _notes(cfg: AttributeCommand) -> list[str]:
+    notes = [f"method {cfg.method}, output {cfg.output}, steps/samples {cfg.steps}"]
+    if _has_reference(cfg.method):
+        notes.append("The completeness gap is Σφ − (f_t(x) − f_t(baseline)): near 0 for a converged IG; a large "
+                     "gap means the attribution does not account for the output change (more steps, or another "
+                     "baseline).")
+    return notes
+
+
 def _text(cfg: AttributeCommand, loaded) -> dict:
     from assay.attribution.text import attribute_tokens
 
     pool = "mean" if cfg.model == "minilm-l6" else "position"
-    r = attribute_tokens(loaded.model, loaded.tokenizer, cfg.prompt, cfg.target, config=method_config(cfg), pool=pool)
+    r = attribute_tokens(loaded.model, loaded.tokenizer, cfg.prompt, cfg.target, config=method_config(cfg), pool=pool,
+                         baseline=cfg.text_baseline)
     a = r.attribution
     target = int(a.target[0])
     label = loaded.tokenizer.convert_ids_to_tokens([target])[0] if pool == "position" else f"unit {target}"
     typer.echo(f"explaining {label!r} (id {target}), f_t = {float(a.output[0]):.4f}, "
-               f"Σφ − Δf = {float(a.completeness_gap[0]):+.3e}")
+               f"Σφ − Δf = {float(a.completeness_gap[0]):+.3e} (baseline: {cfg.text_baseline})")
     for tok, s in zip(r.tokens, r.scores.tolist()):
         typer.echo(f"  {tok!r:<20} {s:+.5f}")
     return {"rows": [{"token": t, "score": s} for t, s in zip(r.tokens, r.scores.tolist())],
-            "target": target, "values": a.values.detach()}
+            "target": target, "target_token": str(label), "output": float(a.output[0]),
+            "baseline_output": float(a.baseline_output[0]), "completeness_gap": float(a.completeness_gap[0]),
+            "text_baseline": cfg.text_baseline, "values": a.values.detach()}
 
 
 def run(cfg: AttributeCommand) -> dict:
     """Load the model, attribute, print the report and write the outputs; returns the results."""
     from assay.artifact import save_artifact
+    from assay.bench.section import write_section
     from assay.models import offline
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     loaded = offline.load(cfg.model)
-    res = _images(cfg, loaded) if loaded.tokenizer is None else _text(cfg, loaded)
+    is_text = loaded.tokenizer is not None
+    res = _text(cfg, loaded) if is_text else _images(cfg, loaded)
     values = res.pop("values")
     save_artifact(cfg.out / "attribution", kind="attribution", config=cfg, tensors={"attribution": {"values": values.contiguous()}},
                   meta={"model": cfg.model, "method": cfg.method})
     (cfg.out / "results.json").write_text(json.dumps({"model": cfg.model, "method": cfg.method, **res}, indent=1))
+    write_section(cfg.out, _text_section(cfg, res) if is_text else _image_section(cfg, res))
     typer.echo(f"wrote {cfg.out}")
     return res
 
