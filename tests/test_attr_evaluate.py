@@ -70,6 +70,9 @@ def test_linear_closed_forms():
     assert c.fractions.tolist() == [0, 0.25, 0.5, 0.75, 1.0]
     ins = perturbation_curve(lin, x, phi, t, output="logit", mode="insertion", features_per_step=1)
     torch.testing.assert_close(ins.scores[:, -1], c.scores[:, 0])
+    # insertion from the zero baseline: starts at the bias and adds w_i x_i in attribution order
+    bias = lin.bias[t].detach()[:, None]
+    torch.testing.assert_close(ins.scores, torch.cat([bias, bias + torch.cumsum(phi.gather(1, order), 1)], 1))
     # faithfulness correlation of w⊙x on a linear model (zero baseline) is exactly 1
     assert (faithfulness_correlation(lin, x, phi, t, subset_size=2, n_runs=20, output="logit") - 1).abs().max() < 1e-9
     # PGU with no unimportant features is 0; PGI of noise on a linear logit is E|w·ε| > 0
@@ -150,3 +153,21 @@ def test_faithfulness_correlation_matches_quantus():
     ours = faithfulness_correlation(net, x, a, y, subsets=torch.from_numpy(subsets), output="probability",
                                     baseline=x.flatten(1).min(1).values)
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_metrics_do_not_depend_on_the_chunk():
+    """The automatic chunk (sized from the memory budget) and tiny explicit chunks give the same values."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double().eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    phi = torch.randn(5, 6, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 0, 1])
+    g = torch.Generator()
+    for fn in (lambda **kw: perturbation_curve(net, x, phi, t, features_per_step=2, **kw).scores,
+               lambda **kw: perturbation_curve(net, x, phi, None, mode="insertion", n_steps=3, **kw).scores,
+               lambda **kw: faithfulness_correlation(net, x, phi, t, subset_size=2, n_runs=7, generator=g.manual_seed(0), **kw),
+               lambda **kw: prediction_gap(net, x, phi, t, k=2, n_samples=9, generator=g.manual_seed(0), **kw),
+               lambda **kw: infidelity(net, x, phi, t, n_samples=9, generator=g.manual_seed(0), **kw)):
+        auto = fn()
+        for chunk in (1, 4, 1000):
+            torch.testing.assert_close(fn(chunk=chunk), auto, rtol=1e-12, atol=1e-12)

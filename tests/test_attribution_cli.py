@@ -140,3 +140,35 @@ def test_bad_flags():
     assert r.exit_code != 0
     r = CliRunner().invoke(app, ["attribute", "--text-baseline", "blank"])
     assert r.exit_code != 0 and "blank" in r.output
+
+
+def test_attribute_rank_writes_the_ranking_section(tmp_path, monkeypatch):
+    """``assay attribute-rank``: the ranking of ``rank_methods`` (here on a tiny CNN and planted masks instead of
+    the trained digits classifier) lands in results.json and in the section, one row per method."""
+    from assay.attribution import ranking
+
+    def tiny_rank(n_examples, *, config, seed):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+        x = torch.rand(n_examples, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+        mask = torch.zeros(n_examples, 8, 8, dtype=torch.bool)
+        mask[:, :4, :4] = True
+        return ranking.rank_methods(net, x, mask, config=config), 0.9
+
+    monkeypatch.setattr(ranking, "rank_on_digits", tiny_rank)
+    out = tmp_path / "rank"
+    res = CliRunner().invoke(app, ["attribute-rank", "--n-examples", "4", "--methods", "gradient", "--methods",
+                                   "random", "--top-k", "8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    (table,) = read_section(out).tables
+    assert table.columns[0] == "method" and "randomisation Spearman (lower better)" in table.columns
+    assert any("faithfulness" in c for c in table.columns) and "relevance mass" in table.columns
+    assert sorted(r[0] for r in table.rows) == ["gradient", "random"]
+    for row, r in zip(table.rows, results["rows"]):
+        assert row[0] == r["method"] and row[1] == r["relevance_mass"] and row[-1] == r["randomisation_spearman"]
+    rnd = next(r for r in table.rows if r[0] == "random")
+    assert rnd[-1] == pytest.approx(1.0)  # the control ignores the weights
+    r = CliRunner().invoke(app, ["attribute-rank", "--methods", "shap", "--out", str(out)])
+    assert r.exit_code != 0 and "unknown methods" in r.output

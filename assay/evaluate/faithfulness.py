@@ -13,7 +13,11 @@
   ``normalize``).
 
 Attributions are passed in (this module never imports a method); every metric evaluates all its
-perturbation steps as one batch of rows, cut into chunks of ``chunk`` rows.
+perturbation steps as one batch of rows, cut into chunks of ``chunk`` rows. By default (``chunk=None``)
+the chunk is sized from :data:`MEMORY_BUDGET_MB` and the activation bytes per row, measured by hooking
+the model's leaf modules during the one forward on the unperturbed inputs that every metric needs
+anyway (f_t(x)); on shared CPUs a few large calls beat many small ones, since every operator call of a
+small block can stall on the thread pool.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ __all__ = [
 ]
 
 Output = Literal["probability", "logit", "log_softmax"]
+MEMORY_BUDGET_MB = 256.0
+"""Memory for one chunk of perturbed rows (their activations) when ``chunk`` is None."""
 
 
 def scores_of(model: Callable, x: torch.Tensor, target: torch.Tensor, output: Output) -> torch.Tensor:
@@ -52,6 +58,37 @@ def _targets(model, x, target) -> torch.Tensor:
     if isinstance(target, int):
         return torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
     return target.to(x.device).long()
+
+
+def _start(model: Callable, x: torch.Tensor, target, output: Output, chunk: int | None
+           ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One no-grad forward on ``x``: targets ``[B]`` (argmax when None), f_t(x) ``[B]`` (float64) and the
+    rows per chunk (``chunk``, or sized from :data:`MEMORY_BUDGET_MB` by the activation bytes per row)."""
+    total = [0]
+
+    def hook(module, args, out):
+        if isinstance(out, torch.Tensor):
+            total[0] += out.numel() * out.element_size()
+
+    handles = []
+    if chunk is None and isinstance(model, torch.nn.Module):
+        handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    t = y.argmax(1) if target is None else _targets(model, x, target)
+    if output == "probability":
+        y = y.softmax(-1)
+    elif output == "log_softmax":
+        y = y.log_softmax(-1)
+    f0 = y.gather(1, t[:, None])[:, 0].double()
+    if chunk is None:
+        per_row = (total[0] or 32 * x.numel() * x.element_size()) / x.shape[0] + x[0].numel() * x.element_size()
+        chunk = int(max(1, MEMORY_BUDGET_MB * 2**20 // (2 * per_row)))
+    return t, f0, int(chunk)
 
 
 def _blocks(B: int, S: int, chunk: int):
@@ -105,7 +142,7 @@ class Curve(NamedTuple):
 def perturbation_curve(
     model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None, *,
     mode: Literal["deletion", "insertion"] = "deletion", features_per_step: int | None = None,
-    n_steps: int = 20, baseline: float | torch.Tensor = 0.0, output: Output = "probability", chunk: int = 256,
+    n_steps: int = 20, baseline: float | torch.Tensor = 0.0, output: Output = "probability", chunk: int | None = None,
 ) -> Curve:
     """Deletion/insertion curve: features ranked by attribution (descending, stable ties).
 
@@ -113,7 +150,9 @@ def perturbation_curve(
     removes whole pixels). ``features_per_step`` (Quantus's pixel flipping) overrides ``n_steps``.
     """
     _check(x, attributions)
-    t = _targets(model, x, target)
+    if mode not in ("deletion", "insertion"):
+        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+    t, f0, chunk = _start(model, x, target, output, chunk)
     B = x.shape[0]
     a = attributions.reshape(B, -1).to(x.device)
     D = a.shape[1]
@@ -125,16 +164,20 @@ def perturbation_curve(
     base = base.to(device=x.device, dtype=x.dtype).expand_as(x)
     a_shape = attributions.shape[1:]
 
-    def build(exs, ss):
-        m = rank[exs, None] < counts[None, ss, None]  # [nb, ns, D]
-        if mode == "insertion":
-            m = ~m
-        m = m.view(*m.shape[:2], *a_shape)
-        return torch.where(m, base[exs, None], x[exs, None])
+    def steps_from(offset: int):
+        def build(exs, ss):  # steps offset + ss of the curve
+            m = rank[exs, None] < counts[None, ss.start + offset:ss.stop + offset, None]  # [nb, ns, D]
+            if mode == "insertion":
+                m = ~m
+            m = m.view(*m.shape[:2], *a_shape)
+            return torch.where(m, base[exs, None], x[exs, None])
+        return build
 
-    if mode not in ("deletion", "insertion"):
-        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
-    scores = _batched(model, build, B, S + 1, t, output, chunk)
+    # x itself is deletion's first step and insertion's last: its score f0 comes from the first forward
+    if mode == "deletion":
+        scores = torch.cat([f0[:, None], _batched(model, steps_from(1), B, S, t, output, chunk)], 1)
+    else:
+        scores = torch.cat([_batched(model, steps_from(0), B, S, t, output, chunk), f0[:, None]], 1)
     frac = counts.double() / D
     auc = torch.trapezoid(scores, frac, dim=1)
     return Curve(frac, scores, auc)
@@ -144,7 +187,7 @@ def faithfulness_correlation(
     model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None, *,
     subsets: torch.Tensor | None = None, n_runs: int = 100, subset_size: int = 16,
     generator: torch.Generator | None = None, baseline: float | torch.Tensor = 0.0, output: Output = "probability",
-    chunk: int = 256,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Pearson correlation per example between Σ_{i∈S} φ_i and f(x) − f(x with S set to the baseline).
 
@@ -153,19 +196,17 @@ def faithfulness_correlation(
     ``n_runs`` subsets of ``subset_size`` are drawn without replacement from ``generator``.
     """
     _check(x, attributions)
-    t = _targets(model, x, target)
+    t, f0, chunk = _start(model, x, target, output, chunk)
     B = x.shape[0]
     a = attributions.expand_as(x).reshape(B, -1).double()
     D = a.shape[1]
-    if subsets is None:
+    if subsets is None:  # uniform subsets: the indices of the s largest of D uniforms (order irrelevant)
         g = generator if generator is not None else torch.Generator().manual_seed(0)
-        subsets = torch.rand(B, n_runs, D, generator=g).topk(subset_size, dim=-1).indices  # uniform subsets
+        subsets = torch.rand(B, n_runs, D, generator=g).topk(subset_size, dim=-1, sorted=False).indices
     subsets = subsets.to(x.device).long()
     R = subsets.shape[1]
     flat = x.reshape(B, -1)
     fill = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand(B)
-    with torch.no_grad():
-        f0 = scores_of(model, x, t, output).double()
 
     def build(exs, ss):
         idx = subsets[exs, ss]  # [nb, ns, s]
@@ -188,12 +229,13 @@ def _pearson(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def prediction_gap(
     model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None, *,
     k: int | float = 0.25, mode: Literal["important", "unimportant"] = "important", sigma: float = 0.1,
-    n_samples: int = 100, generator: torch.Generator | None = None, output: Output = "probability", chunk: int = 1024,
+    n_samples: int = 100, generator: torch.Generator | None = None, output: Output = "probability",
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """PGI (``mode="important"``) or PGU: mean |f_t(x) − f_t(x + ε ⊙ m)|, ε ~ N(0, σ²), m the top-k
     (or the other) features by |φ|; ``k`` an int or a fraction of the features. Returns ``[B]``."""
     _check(x, attributions)
-    t = _targets(model, x, target)
+    t, f0, chunk = _start(model, x, target, output, chunk)
     B = x.shape[0]
     a = attributions.expand_as(x).reshape(B, -1).abs()
     D = a.shape[1]
@@ -203,8 +245,6 @@ def prediction_gap(
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     eps = sigma * torch.randn(n_samples, D, generator=g, dtype=x.dtype).to(x.device)
     flat = x.reshape(B, -1)
-    with torch.no_grad():
-        f0 = scores_of(model, x, t, output).double()
     f = _batched(model, lambda exs, ss: torch.addcmul(flat[exs, None], eps[None, ss], m[exs, None].to(x.dtype))
                  .view(-1, ss.stop - ss.start, *x.shape[1:]), B, n_samples, t, output, chunk)
     return (f0[:, None] - f).abs().mean(1)
@@ -213,22 +253,21 @@ def prediction_gap(
 def infidelity(
     model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None, *,
     n_samples: int = 64, sigma: float = 0.1, perturbations: torch.Tensor | None = None,
-    generator: torch.Generator | None = None, normalize: bool = False, output: Output = "logit", chunk: int = 1024,
+    generator: torch.Generator | None = None, normalize: bool = False, output: Output = "logit",
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """E_I[(Iᵀφ − (f(x) − f(x − I)))²] with I ~ N(0, σ²) (or ``perturbations`` ``[B, N, *x]``); ``[B]``.
 
     ``normalize`` first rescales φ by the optimal β = E[Iᵀφ·Δf]/E[(Iᵀφ)²] (Captum's convention).
     """
     _check(x, attributions)
-    t = _targets(model, x, target)
+    t, f0, chunk = _start(model, x, target, output, chunk)
     B = x.shape[0]
     if perturbations is None:
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         perturbations = sigma * torch.randn(B, n_samples, *x.shape[1:], generator=g, dtype=x.dtype)
     I = perturbations.to(device=x.device, dtype=x.dtype)
     N = I.shape[1]
-    with torch.no_grad():
-        f0 = scores_of(model, x, t, output).double()
     f = _batched(model, lambda exs, ss: x[exs, None] - I[exs, ss], B, N, t, output, chunk)
     dfx = f0[:, None] - f
     ia = (I.flatten(2).double() * attributions.expand_as(x).flatten(1).double()[:, None]).sum(-1)
