@@ -134,3 +134,30 @@ def test_fullgrad_refuses_training_batchnorm_and_inplace_input():
     bad = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(3, 2)).double()
     with pytest.raises(ValueError, match="in-place"):
         fullgrad(bad, torch.randn(2, 3, dtype=torch.float64))
+
+
+def test_gradcam_inplace_relu_after_the_layer_and_reused_layer():
+    torch.manual_seed(0)
+    net, net_inplace = _cnn(), _cnn(inplace=True)
+    net_inplace.load_state_dict(net.state_dict())
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    ref = gradcam(net, x, 1, config=GradCamConfig(layer="3", relu=False))
+    got = gradcam(net_inplace, x, 1, config=GradCamConfig(layer="3", relu=False))  # conv "3" feeds ReLU(inplace)
+    torch.testing.assert_close(got.layer_map, ref.layer_map)
+    torch.testing.assert_close(got.weights, ref.weights)
+    # the maps are the conv's (pre-ReLU) outputs: Σ_k α_k A^k with A from a plain forward to "3"
+    with torch.no_grad():
+        a = net[:4](x)
+    torch.testing.assert_close(ref.layer_map, torch.einsum("bk,bkhw->bhw", ref.weights, a))
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, z):
+            return self.fc(self.conv(torch.relu(self.conv(z))).mean((2, 3)))
+
+    with pytest.raises(ValueError, match="ran 2 times"):
+        gradcam(Twice().double().eval(), x, 0, config=GradCamConfig(layer="conv"))

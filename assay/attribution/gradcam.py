@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from assay.attribution import engine
 from assay.attribution.engine import EngineConfig
-from assay.hooks import capture
+from assay.hooks import resolve
 
 __all__ = ["GradCamConfig", "GradCamResult", "gradcam", "gradcam_map"]
 
@@ -59,9 +59,27 @@ def gradcam(model, x: torch.Tensor, target=None, *, config: GradCamConfig) -> Gr
     t, _, single, _ = engine.target_outputs(model, x, target, config.output)
     if not single:
         raise ValueError("Grad-CAM explains one target per example; pass target as an int or [B] tensor")
-    with torch.enable_grad(), capture(model, [config.layer], detach=False) as cap:
-        y = engine.select_output(model(x), config.output)
-    act = cap[config.layer]
+    module = resolve(model, config.layer)
+    seen: list[torch.Tensor] = []
+
+    def hook(mod, args, out):
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"Grad-CAM needs a layer that returns a tensor; {config.layer!r} returns {type(out).__name__}")
+        seen.append(out)
+        return out.clone()  # downstream in-place ops (ReLU(inplace=True)) then leave the recorded maps intact
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            y = engine.select_output(model(x), config.output)
+    finally:
+        handle.remove()
+    if len(seen) != 1:
+        raise ValueError(
+            f"layer {config.layer!r} ran {len(seen)} times in one forward (a reused module); Grad-CAM weights "
+            "the feature maps of one call: choose a site that runs once (e.g. give each use its own module)"
+        )
+    act = seen[0]
     if act.dim() != 4:
         raise ValueError(f"Grad-CAM needs a layer with [B, K, h, w] outputs; {config.layer!r} gives {tuple(act.shape)}")
     if not act.requires_grad:
