@@ -85,9 +85,10 @@ def _start(model: Callable, x: torch.Tensor, target, output: Output, chunk: int 
     elif output == "log_softmax":
         y = y.log_softmax(-1)
     f0 = y.gather(1, t[:, None])[:, 0].double()
-    if chunk is None:
+    if chunk is None:  # a no-grad forward frees each activation after its consumer: the sum over all leaf
+        # outputs (plus the input row) bounds its peak from above
         per_row = (total[0] or 32 * x.numel() * x.element_size()) / x.shape[0] + x[0].numel() * x.element_size()
-        chunk = int(max(1, MEMORY_BUDGET_MB * 2**20 // (2 * per_row)))
+        chunk = int(max(1, MEMORY_BUDGET_MB * 2**20 // per_row))
     return t, f0, int(chunk)
 
 
@@ -156,7 +157,8 @@ def perturbation_curve(
     B = x.shape[0]
     a = attributions.reshape(B, -1).to(x.device)
     D = a.shape[1]
-    rank = torch.argsort(torch.argsort(-a.double(), dim=1, stable=True), dim=1)
+    order = torch.argsort(a, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(D, device=x.device).expand(B, D))
     fps = features_per_step if features_per_step is not None else max(1, -(-D // n_steps))
     S = -(-D // fps)
     counts = torch.clamp(torch.arange(S + 1, device=x.device) * fps, max=D)
