@@ -483,6 +483,11 @@ def test_bad_input_errors():
     model[0].weight.requires_grad_(False)
     with pytest.raises(ValueError, match="do not require grad"):
         grads.select_parameters(model, ["0.weight"])
+    indefinite = torch.diag(torch.tensor([2.0, -1.0, 0.5]))
+    with pytest.raises(ValueError, match="negative curvature"):  # CG on an indefinite H must not return garbage
+        influence.solve_cg(lambda v: indefinite @ v, torch.ones(3), damping=0.1)
+    torch.testing.assert_close(influence.solve_cg(lambda v: indefinite @ v, torch.ones(3), damping=1.5),
+                               torch.ones(3) / torch.tensor([3.5, 0.5, 2.0]))
     frozen = _mlp().requires_grad_(False)
     with pytest.raises(ValueError, match="no parameter that requires grad"):
         trak.trak([frozen], _data(6, 61), _data(2, 62), projection=projection.ProjectionConfig(dim=4))

@@ -126,10 +126,19 @@ def solve_cg(
     rs = (r * r).sum(0)
     b_norm = (b2 * b2).sum(0).sqrt().clamp_min(1e-30)
     for _ in range(max_iter):
-        if bool(((rs.sqrt() / b_norm) < tol).all()):
+        active = (rs.sqrt() / b_norm) >= tol
+        if not bool(active.any()):
             break
         ap = op(p)
-        alpha = rs / (p * ap).sum(0).clamp_min(1e-30)
+        curv = (p * ap).sum(0)
+        if bool((active & (curv <= 0)).any()):
+            worst = float((curv / (p * p).sum(0).clamp_min(1e-30))[active].min())
+            raise ValueError(
+                f"H + damping·I has negative curvature along a CG direction (pᵀ(H + λI)p / ‖p‖² = {worst:.3g}): "
+                "the Hessian is indefinite (a non-convex model) and CG would return garbage; increase the "
+                "damping above the most negative eigenvalue, or use TRAK / EK-FAC, whose curvature is PSD"
+            )
+        alpha = rs / curv.clamp_min(1e-30)
         x += alpha * p
         r -= alpha * ap
         rs_new = (r * r).sum(0)
