@@ -256,7 +256,18 @@ def test_collect_features_one_pass_equals_per_site():
                         generator=_g(0)).eval()
     ids = torch.randint(0, 20, (6, 8), generator=_g(1))
     sites = ["blocks.0", "blocks.2", "blocks.1"]
-    feats = collect_features(model, sites, [(ids[:3], None), (ids[3:], None)], pooling="mean", skip_first=True)
+    calls = {"model": 0, "blocks.2": 0, "unembed": 0}
+    hooks = [model.register_forward_pre_hook(lambda *_: calls.__setitem__("model", calls["model"] + 1)),
+             model.blocks[2].register_forward_pre_hook(lambda *_: calls.__setitem__("blocks.2", calls["blocks.2"] + 1)),
+             model.unembed.register_forward_pre_hook(lambda *_: calls.__setitem__("unembed", calls["unembed"] + 1))]
+    try:
+        feats = collect_features(model, sites, [(ids[:3], None), (ids[3:], None)], pooling="mean", skip_first=True)
+        assert calls == {"model": 2, "blocks.2": 2, "unembed": 0}  # one pass per batch for all sites, stopped early
+        collect_features(model, ["blocks.1", "blocks.0"], [(ids, None)])
+        assert calls == {"model": 3, "blocks.2": 2, "unembed": 0}  # nothing after the deepest site runs
+    finally:
+        for h in hooks:
+            h.remove()
     for s in sites:
         torch.testing.assert_close(feats[s], run_to(model, s, ids)[:, 1:].mean(1))
     y = torch.tensor([0, 1, 0, 1, 0, 1])
@@ -301,5 +312,7 @@ def test_sparse_probe_on_sae_latents():
     assert auroc(sp.score(z), y) > 0.95
     dense = logistic(z, y, C=1.0)
     assert auroc(dense.score(z), y) > 0.95
+    cv = cross_validate(lambda zz, yy: sparse_probe(zz, yy, 1), z, y, k=3)  # cross-validated on SAE latents
+    assert cv.auroc.low > 0.9 and cv.accuracy.value > 0.85
     with pytest.raises(ValueError, match="k must be"):
         sparse_probe(z, y, 0)
