@@ -190,6 +190,19 @@ def test_cg_and_lissa_equal_explicit_hessian(logreg_problem):
     assert float((est - exact).norm() / exact.norm()) < 0.1
 
 
+def test_group_influence_is_pointwise_influence_summed(logreg_problem):
+    # GGDA for influence functions: τ(G, t) = ∇ℓ(z_t)ᵀ H⁻¹ g_G with g_G one backward pass of the group's summed loss
+    model, x, y = logreg_problem
+    xt, yt = _data(3, 53, d=4)
+    gid = groups.groups_by_class(y, per_class=4, generator=_gen(54))
+    _, k = groups.check_groups(gid, 80)
+    h = influence.loss_hessian(model, x, y, l2=0.1)
+    solved = influence.solve_explicit(h, grads.per_example_grads(model, xt, yt).T)
+    point = influence.influence_scores(grads.per_example_grads(model, x, y), solved)
+    group = influence.influence_scores(grads.group_grads(model, x, y, gid), solved)
+    torch.testing.assert_close(group, groups.group_sum(point, gid, k), atol=1e-5, rtol=1e-4)
+
+
 def test_influence_matches_leave_one_out(logreg_problem):
     model, x, y = logreg_problem
     xt, yt = _data(3, 14, d=4)
