@@ -290,7 +290,7 @@ def run_steer(cfg: SteerConfig, lm: Any = None) -> dict[str, Any]:
                      "probe_shift": shift.value, "probe_shift_low": shift.low, "probe_shift_high": shift.high,
                      "heldout_kl": mean_kl(base_held, held_logits, held.attention_mask),
                      "heldout_ppl": perplexity(held_logits, held.input_ids, held.attention_mask),
-                     "sample": tok.decode(gen[0, sample_ids.input_ids.shape[1]:], skip_special_tokens=True)})
+                     "sample": tok.decode(gen[0, sample_ids.input_ids.shape[1]:], skip_special_tokens=True).strip()})
     out = Path(cfg.out_dir)
     plot = out / "plots" / "steer_tradeoff.png"
     curve = TradeoffCurve("CAA sentiment", tuple(r["strength"] for r in rows), tuple(r["effect"] for r in rows),
