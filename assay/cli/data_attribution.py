@@ -141,7 +141,7 @@ def _scorer(cfg: DataAttributionCommand, x, y):
     return model, lambda xt, yt: influence.influence_scores(g_train, solve(grads.per_example_grads(model, xt, yt).T))
 
 
-def _plot(out: Path, x, xt, scores, k: int = 3, n_targets: int = 4) -> str | None:
+def _plot(out: Path, x, y, xt, yt, scores, k: int = 3, n_targets: int = 4) -> str | None:
     try:
         import matplotlib
 
@@ -154,13 +154,15 @@ def _plot(out: Path, x, xt, scores, k: int = 3, n_targets: int = 4) -> str | Non
     pro, opp = proponents(scores, k), opponents(scores, k)
     fig, axes = plt.subplots(n_targets, 1 + 2 * k, figsize=(1.3 * (1 + 2 * k), 1.4 * n_targets))
     for t in range(n_targets):
-        row = [("target", xt[t])] + [(f"+{float(s):.2g}", x[i]) for i, s in zip(pro.indices[t], pro.scores[t])] + [
-            (f"{float(s):.2g}", x[i]) for i, s in zip(opp.indices[t], opp.scores[t])]
+        row = [(f"target y={int(yt[t])}", xt[t])] + [
+            (f"+{float(s):.2g} y={int(y[i])}", x[i]) for i, s in zip(pro.indices[t], pro.scores[t])] + [
+            (f"{float(s):.2g} y={int(y[i])}", x[i]) for i, s in zip(opp.indices[t], opp.scores[t])]
         for ax, (title, img) in zip(axes[t], row):
             ax.imshow(img.reshape(8, 8).numpy(), cmap="gray_r")
             ax.set_title(title, fontsize=7)
             ax.axis("off")
-    fig.suptitle("target | top proponents | top opponents", fontsize=8)
+    fig.suptitle("target | top proponents | top opponents (score, training label as used — flipped if noisy)",
+                 fontsize=8)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     path = out / "plots" / "proponents.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -210,7 +212,7 @@ def run(cfg: DataAttributionCommand) -> dict:
         result["mislabel_auroc"] = round(auroc(self_scores, flip), 4)
     save_artifact(out / f"scores-{cfg.method}-{cfg.model}", kind="data_attribution.scores", config=cfg,
                   tensors={"scores": scores.float().contiguous()}, meta=result)
-    image = _plot(out, x, xt, scores)
+    image = _plot(out, x, y, xt, yt, scores)
     if image:
         result["proponents_png"] = image
     atomic_write_text(out / "results.json", json.dumps(result) + "\n")
@@ -240,7 +242,9 @@ def _write_section(cfg: DataAttributionCommand, out: Path, result: dict, image: 
         f"seed {cfg.seed}; projection dim {cfg.proj_dim} (TRAK/TracIn), {cfg.n_models} TRAK model(s).",
         "Score sign: positive = the training point helps the target (removing it raises the target loss).",
     ]
-    plots = [Plot("Each row: a target digit, its top-3 proponents (+) and top-3 opponents", Path(image))] if image else []
+    caption = ("Each row: a target digit, its top-3 proponents (+) and top-3 opponents, with each training "
+               "point's (possibly flipped) label")
+    plots = [Plot(caption, Path(image))] if image else []
     title = f"Data attribution: {cfg.method} on digits ({cfg.model})"
     write_section(out, Section(title, [Table("Data attribution metrics", ["metric", "value"], rows)], plots, notes))
 
