@@ -2,7 +2,9 @@
 
 MLP 784-512-512-10 (batch 256) and a small CNN on 1×28×28: IG (50 steps), SmoothGrad (25 samples),
 KernelSHAP (200 samples, 49 features = 4×4 patches) and occlusion (4×4 windows, stride 4). The bound
-runs the same number of rows as plain batched calls (forward+backward for gradient methods) and is
+runs the same number of rows as plain batched calls (forward+backward for gradient methods; the
+rows cycle through the real examples, as copies of one example would let max-pooling predict its
+branches) and is
 the fastest of several rows-per-call settings (256 … 4096), so it is not tuned to assay's chunk.
 The bound's rows per call are picked first (fastest setting, each timed twice); then assay, Captum and
 the bound run round-robin ``--reps`` times after a warm-up and each reports its median wall time (on a
@@ -73,7 +75,7 @@ def bound(model, x, rows, backward, chunk):
             done = 0
             while done < rows:
                 n = min(chunk, rows - done)
-                xi = x[:1].expand(n, *x.shape[1:]).clone().requires_grad_(backward)
+                xi = x[torch.arange(done, done + n) % x.shape[0]].requires_grad_(backward)  # real, distinct rows
                 y = model(xi)
                 if backward:
                     torch.autograd.grad(y[:, 0].sum(), xi)

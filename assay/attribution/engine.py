@@ -306,7 +306,8 @@ def mean_gradient(
     B, K = targets.shape
     S = weights.shape[0]
     shape = tuple(x.shape[1:])
-    acc = torch.zeros((B, K, *shape), dtype=x.dtype, device=x.device)
+    whole = S <= chunk  # every block holds all samples of its examples: each result is written once
+    acc = (torch.empty if whole else torch.zeros)((B, K, *shape), dtype=x.dtype, device=x.device)
     w_all = weights.to(device=x.device, dtype=x.dtype)
     for exs, ss in blocks(B, S, chunk):
         nb, ns = _span(exs), _span(ss)
@@ -332,11 +333,13 @@ def mean_gradient(
                     )
                 g = g.view(nb, ns, *shape)
                 if abs_:
-                    acc[exs, k] += torch.einsum("s,bs...->b...", w, g.abs())
-                elif ns == 1:
-                    acc[exs, k] += g[:, 0]
+                    part = torch.einsum("s,bs...->b...", w, g.abs())
                 else:
-                    acc[exs, k] += g.sum(1)
+                    part = g[:, 0] if ns == 1 else g.sum(1)
+                if whole:
+                    acc[exs, k] = part
+                else:
+                    acc[exs, k] += part
     return acc
 
 
@@ -382,7 +385,7 @@ def finish(
     """Assemble an :class:`Attribution` from ``[B, K, ...]`` pieces, dropping K for single targets."""
     nan = torch.full_like(out, float("nan"))
     base = nan if baseline_output is None else baseline_output.to(out.dtype)
-    gap = values.flatten(2).sum(-1).to(out.dtype) - (out - base)
+    gap = nan if baseline_output is None else values.flatten(2).sum(-1).to(out.dtype) - (out - base)
     icpt = nan if intercept is None else intercept.to(out.dtype)
     if single:
         values, targets, out, base, gap, icpt = (t[:, 0] for t in (values, targets, out, base, gap, icpt))

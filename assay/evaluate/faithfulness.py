@@ -85,10 +85,10 @@ def _start(model: Callable, x: torch.Tensor, target, output: Output, chunk: int 
     elif output == "log_softmax":
         y = y.log_softmax(-1)
     f0 = y.gather(1, t[:, None])[:, 0].double()
-    if chunk is None:  # a no-grad forward frees each activation after its consumer: the sum over all leaf
-        # outputs (plus the input row) bounds its peak from above
+    if chunk is None:  # the engine's rule (assay.attribution.engine.chunk_rows): 2× the summed leaf outputs
+        # per row, so a chunk's activations stay near the CPU caches
         per_row = (total[0] or 32 * x.numel() * x.element_size()) / x.shape[0] + x[0].numel() * x.element_size()
-        chunk = int(max(1, MEMORY_BUDGET_MB * 2**20 // per_row))
+        chunk = int(max(1, MEMORY_BUDGET_MB * 2**20 // (2 * per_row)))
     return t, f0, int(chunk)
 
 
