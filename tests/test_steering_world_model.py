@@ -9,7 +9,7 @@ this model (``seed`` 0; seeds 1 and 2 within a few points; scratch sweep in the 
   embed 0.50, blocks.0 ≈ 0.6–0.8, blocks.1 1.00 — the answer is linearly present only after block 1.
 * answer steering at blocks.1 / ``=`` with a held-out one-vs-rest difference-of-means direction,
   strength 2: 93–99 % of (prompt, target ≠ answer) pairs output the target; a random direction of the
-  same norm 0–2.4 %; chance 1/6. (blocks.0: 26–44 % at strength 1–2, random ≤ 13 %.)
+  same norm 0–9 %; chance 1/6. (blocks.0: 26–44 % at strength 1–2, random ≤ 13 %.)
 * concept steering at the concept token (embed, position 1), CAA target − source over all k,
   strength 1: 98–100 % output (target + k) mod 7; random 9–10 %. The same vector at blocks.0 or blocks.1
   position 1 moves nothing (≤ 4 %): after block 0 the weekday has already been copied into later
@@ -114,7 +114,7 @@ def _steer_rate(model, world, ids, answer, feats, site, strength, g):
 
 
 def test_answer_direction_steers_output_to_target(world_model):
-    """Measured 0.93 (probe) vs 0.02 (random) at blocks.1, strength 2; chance 1/6."""
+    """Measured 0.93 (probe) vs 0.08 (random) at blocks.1, strength 2; chance 1/6."""
     model, world, ids, _, _, answer = world_model
     feats = collect_features(model, ["blocks.1"], [(ids, None)], pooling="last")["blocks.1"]
     rate, rate_rnd = _steer_rate(model, world, ids, answer, feats, "blocks.1", 2.0, make_generator(2))
