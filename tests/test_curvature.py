@@ -27,6 +27,8 @@ from assay.robustness.regularisers import (
     score_matching_penalty,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, no spinning on shared cores
+
 A = torch.tensor([5.0, -7.0, 1.0], dtype=torch.float64)
 LIN = torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64)
 

@@ -7,6 +7,8 @@ import torch
 
 from assay.robustness.adversarial import adversarial_fit, fgsm, pgd, project, robust_accuracy
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, no spinning on shared cores
+
 W = torch.tensor([3.0, -4.0], dtype=torch.float64)
 X = torch.tensor([[0.2, 0.1]], dtype=torch.float64)
 Y = torch.tensor([1])

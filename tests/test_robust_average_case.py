@@ -22,6 +22,8 @@ from assay.robustness.average_case import (
 )
 from assay.robustness.mvn import bvn_cdf, mvn_cdf
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, no spinning on shared cores
+
 W3 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
 X3 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
 

@@ -15,6 +15,8 @@ from assay.robustness.off_manifold import (
 from assay.worlds.base import make_generator
 from assay.worlds.manifold import SubspaceManifoldConfig, SubspaceManifoldWorld
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, no spinning on shared cores
+
 WORLD = SubspaceManifoldWorld(SubspaceManifoldConfig(d=12, r=2, noise_std=0.05, n_classes=4))
 X = WORLD.sample(64, generator=make_generator(0)).inputs
 A = WORLD.basis

@@ -12,6 +12,8 @@ from assay.robustness.sae_fragility import (
     site_forward,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, no spinning on shared cores
+
 D = 8
 OUT = torch.zeros(3, D)
 OUT[0, 0], OUT[1, 1], OUT[2, 2] = 2.0, 2.0, 2.0  # the output reads dims 0-2 only
