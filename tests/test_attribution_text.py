@@ -122,3 +122,26 @@ def test_embedding_baselines_and_their_errors(llama):
         tok.__dict__.pop("pad_token_id", None)
     with pytest.raises(ValueError, match="unknown text baseline"):
         embedding_baseline(model, tok, ids, "blank")
+
+
+def test_encoder_mean_pool_ig_is_complete_from_the_pad_embedding():
+    """MiniLM-style encoder (a tiny random BERT, no head): the explained scores are the mean-pooled last
+    hidden state; IG from the pad embedding sums to f(e) − f(pad) over the tokens."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=61, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=32, attn_implementation="eager")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        bert = transformers.BertModel(cfg, add_pooling_layer=False).double().eval()
+    tok = CharTokenizer(61)
+    tok.pad_token_id = 0
+    res = attribute_tokens(bert, tok, TEXT, 3, config=IntegratedGradientsConfig(steps=64), pool="mean", baseline="pad")
+    a = res.attribution
+    ids = tok(TEXT)["input_ids"]
+    with torch.no_grad():
+        f_x = bert(input_ids=ids).last_hidden_state.mean(1)[0, 3]
+        pad = bert.get_input_embeddings().weight[0].expand(1, len(TEXT), -1)
+        f_b = bert(inputs_embeds=pad).last_hidden_state.mean(1)[0, 3]
+    torch.testing.assert_close(a.output[0], f_x)
+    torch.testing.assert_close(a.baseline_output[0], f_b)
+    assert abs(float(res.scores.sum() - (f_x - f_b))) < 1e-3 * max(1.0, abs(float(f_x - f_b)))
