@@ -161,3 +161,7 @@ def test_gradcam_inplace_relu_after_the_layer_and_reused_layer():
 
     with pytest.raises(ValueError, match="ran 2 times"):
         gradcam(Twice().double().eval(), x, 0, config=GradCamConfig(layer="conv"))
+    with pytest.raises(TypeError, match="floating-point"):
+        gradcam(net, torch.ones(2, 2, 8, 8, dtype=torch.long), 0, config=GradCamConfig(layer="3"))
+    with pytest.raises(TypeError, match="floating-point"):
+        fullgrad(net, torch.ones(2, 2, 8, 8, dtype=torch.long))

@@ -56,6 +56,7 @@ def gradcam_map(activations: torch.Tensor, grads: torch.Tensor, relu: bool = Tru
 
 def gradcam(model, x: torch.Tensor, target=None, *, config: GradCamConfig) -> GradCamResult:
     """Grad-CAM of f_t at ``config.layer`` for a batch of images ``[B, C, H, W]``."""
+    engine._check_float(x)
     t, _, single, _ = engine.target_outputs(model, x, target, config.output)
     if not single:
         raise ValueError("Grad-CAM explains one target per example; pass target as an int or [B] tensor")
