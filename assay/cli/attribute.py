@@ -56,7 +56,7 @@ class AttributeCommand:
     """IG quadrature nodes, SmoothGrad noisy copies, or LIME/KernelSHAP/C-LIME perturbations."""
     patch: int = 16
     """Image methods that perturb regions (occlusion, LIME, KernelSHAP, C-LIME) use patch×patch squares."""
-    memory_budget_mb: float = 256.0
+    memory_budget_mb: float = 128.0
     """Memory for one chunk of perturbed rows (the engine's single memory knob)."""
     seed: int = 0
     """Seed of the stochastic methods."""

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 Output = Literal["probability", "logit", "log_softmax"]
-MEMORY_BUDGET_MB = 256.0
+MEMORY_BUDGET_MB = 128.0
 """Memory for one chunk of perturbed rows (their activations) when ``chunk`` is None."""
 
 
