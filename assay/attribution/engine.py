@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from assay.config import ConfigError
+from assay.hooks import row_bytes
 
 __all__ = [
     "Attribution",
@@ -178,29 +179,6 @@ def expand_baseline(x: torch.Tensor, baseline: float | torch.Tensor | None) -> t
     return b.expand_as(x)
 
 
-def _row_bytes(model: Callable, x: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Bytes of activations per input row, measured by hooking every leaf module during one forward."""
-    total = [0]
-    handles = []
-    if isinstance(model, nn.Module):
-
-        def hook(module, args, out):
-            if isinstance(out, torch.Tensor):
-                total[0] += out.numel() * out.element_size()
-            elif isinstance(out, (tuple, list)):
-                total[0] += sum(o.numel() * o.element_size() for o in out if isinstance(o, torch.Tensor))
-
-        handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    act = total[0] if total[0] else 32 * x.numel() * x.element_size()
-    return (act + x.numel() * x.element_size()) / x.shape[0], y
-
-
 def chunk_rows(per_row_bytes: float, budget_mb: float, *, backward: bool, n_rows: int) -> int:
     """Rows per chunk that fit the memory budget.
 
@@ -238,7 +216,7 @@ def probe(
         raise ValueError("x must be a batched tensor [B, ...]")
     B = x.shape[0]
     inp = x if baseline is None else torch.cat([x, baseline])
-    per_row, y = _row_bytes(model, inp)
+    per_row, y = row_bytes(model, inp)
     y = select_output(y, output)
     if y.shape[0] != inp.shape[0]:
         raise ValueError(f"the model returned {y.shape[0]} rows for {inp.shape[0]} inputs")

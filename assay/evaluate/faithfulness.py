@@ -27,6 +27,8 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from assay.hooks import row_bytes
+
 __all__ = [
     "Curve",
     "perturbation_curve",
@@ -64,21 +66,7 @@ def _start(model: Callable, x: torch.Tensor, target, output: Output, chunk: int 
            ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One no-grad forward on ``x``: targets ``[B]`` (argmax when None), f_t(x) ``[B]`` (float64) and the
     rows per chunk (``chunk``, or sized from :data:`MEMORY_BUDGET_MB` by the activation bytes per row)."""
-    total = [0]
-
-    def hook(module, args, out):
-        if isinstance(out, torch.Tensor):
-            total[0] += out.numel() * out.element_size()
-
-    handles = []
-    if chunk is None and isinstance(model, torch.nn.Module):
-        handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    per_row, y = row_bytes(model, x)
     t = y.argmax(1) if target is None else _targets(model, x, target)
     if output == "probability":
         y = y.softmax(-1)
@@ -87,7 +75,6 @@ def _start(model: Callable, x: torch.Tensor, target, output: Output, chunk: int 
     f0 = y.gather(1, t[:, None])[:, 0].double()
     if chunk is None:  # the engine's rule (assay.attribution.engine.chunk_rows): 2× the summed leaf outputs
         # per row, so a chunk's activations stay near the CPU caches
-        per_row = (total[0] or 32 * x.numel() * x.element_size()) / x.shape[0] + x[0].numel() * x.element_size()
         chunk = int(max(1, MEMORY_BUDGET_MB * 2**20 // (2 * per_row)))
     return t, f0, int(chunk)
 
