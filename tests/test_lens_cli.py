@@ -31,6 +31,14 @@ def test_config_bad_input():
         SteerConfig(layer=10, readout_layer=3)
     with pytest.raises(ValueError, match="n_sentences"):
         ProbeConfig(n_sentences=2)
+    with pytest.raises(ValueError, match="directions must be one of 'caa', 'pca', 'probe'; got 'pcaa'"):
+        SteerConfig(directions=("caa", "pcaa"))
+    with pytest.raises(ValueError, match="at least one direction"):
+        SteerConfig(directions=())
+    with pytest.raises(ValueError, match="must not repeat"):
+        SteerConfig(directions=("pca", "pca"))
+    res = CliRunner().invoke(app, ["steer", "--directions", "caa", "--directions", "ridge"])
+    assert res.exit_code != 0 and "ridge" in res.output and "'probe'" in res.output
 
 
 def test_probe_sweep_smollm2(smollm2, tmp_path):
@@ -59,20 +67,48 @@ def test_steer_smollm2(smollm2, tmp_path):
     r = run_steer(SteerConfig(layer=10, readout_layer=20, n_train=8, n_eval=3, strengths=(2.0, 0.0),
                               max_new_tokens=2, n_heldout=2, heldout_tokens=16, batch_size=8,
                               out_dir=tmp_path / "steer"), smollm2)
-    two, zero = r["rows"]
-    assert zero["pres_pos"] == (0.0, 0.0, 0.0) and zero["pres_neg"] == (0.0, 0.0, 0.0)  # α = 0: no effect
-    assert zero["effect"] == zero["probe_shift"] == zero["heldout_kl"] == 0.0
-    assert two["heldout_ppl"] != zero["heldout_ppl"] and two["heldout_kl"] > 0
-    assert two["effect_low"] <= two["effect"] <= two["effect_high"]
-    assert two["probe_shift"] > 0  # adding the positive-minus-negative direction reads as more positive downstream
+    dirs = ("caa", "pca", "probe")
+    assert tuple(r["directions"]) == dirs
+    assert [(x["direction"], x["strength"]) for x in r["rows"]] == [(d, a) for d in dirs for a in (2.0, 0.0)]
+    for d in dirs:
+        two, zero = r["directions"][d]["rows"]
+        assert zero["pres_pos"] == (0.0, 0.0, 0.0) and zero["pres_neg"] == (0.0, 0.0, 0.0)  # α = 0: no effect
+        assert zero["effect"] == zero["probe_shift"] == zero["heldout_kl"] == 0.0
+        assert zero["effect_low"] == zero["effect_high"] == 0.0
+        assert two["heldout_ppl"] != zero["heldout_ppl"] and two["heldout_kl"] > 0
+        assert two["effect_low"] <= two["effect"] <= two["effect_high"]
+        # each positive-minus-negative direction reads as more positive downstream
+        assert two["probe_shift"] > 0, d
+    assert r["directions"]["caa"]["cosine_to_caa"] == pytest.approx(1.0)
+    assert r["directions"]["pca"]["raw_norm"] == pytest.approx(1.0, abs=1e-4)  # unit PC before rescaling
+    for d in ("pca", "probe"):
+        assert 0 < r["directions"][d]["cosine_to_caa"] < 1  # sign-fixed, and a different direction
+    # same size of edit: at equal α the directions differ, so their costs differ
+    kls = {r["directions"][d]["rows"][0]["heldout_kl"] for d in dirs}
+    assert len(kls) == 3
+    saved = json.loads((tmp_path / "steer" / "results.json").read_text())
+    assert list(saved["directions"]) == list(dirs)
+    assert [x["heldout_kl"] for x in saved["rows"]] == [x["heldout_kl"] for x in r["rows"]]
+
     sec = read_section(tmp_path / "steer")
+    assert all(n in sec.title for n in ("CAA", "PCA", "probe"))
     (table,) = sec.tables
-    assert table.columns[0] == "α" and "KL held-out" in table.columns and "probe shift (× class gap)" in table.columns
-    assert [row[0] for row in table.rows] == [2.0, 0.0]
-    kl = table.columns.index("KL held-out")
-    assert table.rows[0][kl] == pytest.approx(two["heldout_kl"], abs=1e-4)
+    assert table.columns[:2] == ["direction", "α"]
+    assert "KL held-out" in table.columns and "probe shift (× class gap)" in table.columns
+    assert [row[:2] for row in table.rows] == [[d, a] for d in dirs for a in (2.0, 0.0)]
+    kl, eff = table.columns.index("KL held-out"), table.columns.index("effect (Δ LL gap)")
+    for row, x in zip(table.rows, r["rows"]):
+        assert row[kl] == pytest.approx(x["heldout_kl"], abs=1e-4) and row[eff] == pytest.approx(x["effect"], abs=1e-4)
+        if x["strength"] == 0.0:
+            assert row[kl] == row[eff] == 0.0
     (plot,) = sec.plots
-    assert plot.path.parent == (tmp_path / "steer" / "plots").resolve() and plot.path.exists()
+    assert plot.path.parent == (tmp_path / "steer" / "plots").resolve() and plot.path.stat().st_size > 1000
+
+    # one direction only (PCA, still at the CAA norm): one row, one curve
+    one = run_steer(SteerConfig(layer=10, readout_layer=20, n_train=8, n_eval=3, strengths=(1.0,), directions=("pca",),
+                                max_new_tokens=1, n_heldout=2, heldout_tokens=16, batch_size=8,
+                                out_dir=tmp_path / "one"), smollm2)
+    assert list(one["directions"]) == ["pca"] and len(one["rows"]) == 1
 
 
 def test_lens_smollm2(smollm2, tmp_path):

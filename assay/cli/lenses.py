@@ -2,11 +2,13 @@
 
 - ``probe``: cross-validated probe AUROC per layer for the bundled Pang & Lee sentiment sentences
   (all layers captured in one forward pass per batch), plotted with DeLong intervals.
-- ``steer``: a CAA sentiment steering vector (mean BOS-free residual of positive minus negative
-  sentences); per strength, the effect (shift of the log-likelihood gap between held-out positive and
+- ``steer``: sentiment steering directions at one layer — CAA (mean BOS-free residual of positive minus
+  negative sentences), the sign-fixed PCA of paired differences, and a logistic probe's weight — each
+  rescaled to the CAA norm; per direction and strength, the effect (shift of the log-likelihood gap between held-out positive and
   negative continuations after a neutral prompt, with a paired-t interval; Pres et al. 2024 scores;
   a downstream sentiment probe's read-out shift) and the coherence cost (KL to the unsteered model
-  and perplexity on held-out text); plotted as a success-vs-coherence curve.
+  and perplexity on held-out text); all directions' success-vs-coherence curves on the same axes
+  (Bhalla et al. 2024, "Towards Unifying Interpretability and Control").
 - ``lens``: the logit lens over layers at the prompt's positions (top token, KL to the final
   distribution), as a table and a heatmap.
 
@@ -25,6 +27,7 @@ from typing import Any, Literal
 import typer
 
 from assay.cli import command
+from assay.config import check_choice
 
 __all__ = ["ProbeConfig", "SteerConfig", "LensConfig", "run_probe", "run_steer", "run_lens", "register"]
 
@@ -155,9 +158,15 @@ def _plot_probe(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+STEER_DIRECTIONS = ("caa", "pca", "probe")
+DIRECTION_NAMES = {"caa": "CAA (difference of means)", "pca": "PCA of paired differences",
+                   "probe": "logistic-probe direction"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class SteerConfig:
-    """A CAA sentiment steering vector: effect (Pres et al. scores, probe read-out) and coherence cost per strength."""
+    """Sentiment steering directions (CAA, PCA, probe): effect (Pres et al. scores, probe read-out) and coherence
+    cost per strength."""
 
     model: str = "smollm2-135m"
     """Offline model name."""
@@ -170,9 +179,13 @@ class SteerConfig:
     """Sentences (balanced) used to extract the vector and fit the read-out probe; the rest are held out."""
     n_eval: int = 40
     """Held-out positive/negative sentence pairs scored as continuations."""
+    directions: tuple[Literal["caa", "pca", "probe"], ...] = ("caa", "pca", "probe")
+    """Steering directions to evaluate: caa (mean paired difference), pca (first principal component of the
+    paired differences, sign-fixed), probe (weight of a logistic probe fitted at the steered layer); all
+    rescaled to the CAA vector's norm so that α is the same size of edit for each."""
     strengths: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
-    """Multipliers α of the CAA vector v: h ← h + α·v at every position (the last one shows where the
-    coherence cost outgrows the effect)."""
+    """Multipliers α of each direction v (norm ‖CAA‖): h ← h + α·v at every position (the last one shows where
+    the coherence cost outgrows the effect)."""
     prompt: str = "Here is my review of the film:"
     """Neutral prompt before each continuation (and for the sample generations)."""
     max_new_tokens: int = 20
@@ -195,6 +208,12 @@ class SteerConfig:
             raise ValueError("need n_train >= 4, n_eval >= 2 and n_train + 2*n_eval <= 200 sentences")
         if not self.strengths:
             raise ValueError("give at least one strength")
+        if not self.directions:
+            raise ValueError(f"give at least one direction (choices: {', '.join(STEER_DIRECTIONS)})")
+        for d in self.directions:
+            check_choice("directions", d, STEER_DIRECTIONS)
+        if len(set(self.directions)) != len(self.directions):
+            raise ValueError(f"directions must not repeat, got {self.directions}")
         if any(not math.isfinite(a) for a in self.strengths):
             raise ValueError(f"strengths must be finite numbers, got {self.strengths}")
         if self.C <= 0 or self.batch_size < 1 or self.n_heldout < 1 or self.heldout_tokens < 2:
@@ -222,7 +241,7 @@ def run_steer(cfg: SteerConfig, lm: Any = None) -> dict[str, Any]:
     from assay.hooks import capture
     from assay.lenses.pooling import pool_mean
     from assay.lenses.probes import logistic
-    from assay.lenses.steering import caa, steer
+    from assay.lenses.steering import caa, pca_direction, probe_direction, steer
     from assay.lenses.sweep import collect_features
     from assay.lenses.text import batches, encode_texts
     from assay.models.offline import load
@@ -246,6 +265,13 @@ def run_steer(cfg: SteerConfig, lm: Any = None) -> dict[str, Any]:
     scale = float(feats[site].norm(dim=1).mean())
     y_ro = torch.cat([torch.ones(k, dtype=torch.long), torch.zeros(k, dtype=torch.long)])
     probe = logistic(feats[ro_site], y_ro, C=cfg.C)
+    raw = {"caa": v}
+    if "pca" in cfg.directions:
+        raw["pca"] = pca_direction(read["pos"][site], read["neg"][site])
+    if "probe" in cfg.directions:
+        raw["probe"] = probe_direction(probe if ro_site == site else logistic(feats[site], y_ro, C=cfg.C))
+    # every direction at the CAA norm: α is the same size of edit for all
+    vecs = {d: (raw[d].double() * (v.double().norm() / raw[d].double().norm())).to(v.dtype) for d in cfg.directions}
     class_gap = float(probe.score(read["pos"][ro_site]).mean() - probe.score(read["neg"][ro_site]).mean())
 
     n_prompt = int(encode_texts(tok, [cfg.prompt]).attention_mask.sum())
@@ -274,33 +300,50 @@ def run_steer(cfg: SteerConfig, lm: Any = None) -> dict[str, Any]:
 
     base_pos, base_neg, base_read, base_held = measure()
     sample_ids = encode_texts(tok, [cfg.prompt])
-    rows = []
-    for a in cfg.strengths:
-        with steer(model, {site: v}, strength=float(a)):
+
+    def evaluate(vec: Any, a: float) -> dict[str, Any]:
+        with steer(model, {site: vec}, strength=a):
             ll_pos, ll_neg, ro, held_logits = measure()
-        with steer(model, {site: v}, strength=float(a)), torch.no_grad():
+        with steer(model, {site: vec}, strength=a), torch.no_grad():
             gen = model.generate(sample_ids.input_ids, attention_mask=sample_ids.attention_mask, do_sample=False,
                                  max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.eos_token_id)
         scores = pres_scores(base_pos, base_neg, ll_pos, ll_neg)
         effect = paired_shift(base_pos - base_neg, ll_pos - ll_neg)
         shift = paired_shift(base_read, ro)
-        rows.append({"strength": a, "effect": effect.value, "effect_low": effect.low, "effect_high": effect.high,
-                     "pres_fractions": scores.fractions, "pres_pos": scores.pos, "pres_neg": scores.neg,
-                     "ll_gap": float((ll_pos - ll_neg).mean()),
-                     "probe_shift": shift.value, "probe_shift_low": shift.low, "probe_shift_high": shift.high,
-                     "heldout_kl": mean_kl(base_held, held_logits, held.attention_mask),
-                     "heldout_ppl": perplexity(held_logits, held.input_ids, held.attention_mask),
-                     "sample": tok.decode(gen[0, sample_ids.input_ids.shape[1]:], skip_special_tokens=True).strip()})
+        return {"strength": a, "effect": effect.value, "effect_low": effect.low, "effect_high": effect.high,
+                "pres_fractions": scores.fractions, "pres_pos": scores.pos, "pres_neg": scores.neg,
+                "ll_gap": float((ll_pos - ll_neg).mean()),
+                "probe_shift": shift.value, "probe_shift_low": shift.low, "probe_shift_high": shift.high,
+                "heldout_kl": mean_kl(base_held, held_logits, held.attention_mask),
+                "heldout_ppl": perplexity(held_logits, held.input_ids, held.attention_mask),
+                "sample": tok.decode(gen[0, sample_ids.input_ids.shape[1]:], skip_special_tokens=True).strip()}
+
+    zero: dict[str, Any] | None = None  # α = 0 is the same edit for every direction: evaluated once, shared
+    by_dir: dict[str, list[dict[str, Any]]] = {}
+    for d in cfg.directions:
+        by_dir[d] = []
+        for a in map(float, cfg.strengths):
+            if a == 0.0:
+                zero = zero or evaluate(vecs[d], 0.0)
+                row = dict(zero)
+            else:
+                row = evaluate(vecs[d], a)
+            by_dir[d].append({"direction": d, **row})
     out = Path(cfg.out_dir)
     plot = out / "plots" / "steer_tradeoff.png"
-    curve = TradeoffCurve("CAA sentiment", tuple(r["strength"] for r in rows), tuple(r["effect"] for r in rows),
-                          tuple(r["heldout_kl"] for r in rows),
-                          tuple((r["effect_low"], r["effect_high"]) for r in rows))
-    plot_tradeoffs([curve], plot, xlabel="coherence cost: held-out KL to unsteered (nats/token)",
+    curves = [TradeoffCurve(DIRECTION_NAMES[d], tuple(r["strength"] for r in rs), tuple(r["effect"] for r in rs),
+                            tuple(r["heldout_kl"] for r in rs), tuple((r["effect_low"], r["effect_high"]) for r in rs))
+              for d, rs in by_dir.items()]
+    plot_tradeoffs(curves, plot, xlabel="coherence cost: held-out KL to unsteered (nats/token)",
                    ylabel="effect: Δ[LL(pos) − LL(neg)] (nats/token)", title=f"{lm.name} layer {cfg.layer}")
+    unit_caa = v.double() / v.double().norm()
+    directions = {d: {"raw_norm": float(raw[d].norm()),
+                      "cosine_to_caa": float(raw[d].double() @ unit_caa / raw[d].double().norm()),
+                      "rows": by_dir[d]} for d in cfg.directions}
     result = {"model": lm.name, "site": site, "readout_site": ro_site, "vector_norm": float(v.norm()),
               "mean_residual_norm": scale, "probe_class_gap": class_gap,
-              "base_ppl": perplexity(base_held, held.input_ids, held.attention_mask), "rows": rows, "plot": str(plot)}
+              "base_ppl": perplexity(base_held, held.input_ids, held.attention_mask),
+              "directions": directions, "rows": [r for rs in by_dir.values() for r in rs], "plot": str(plot)}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     _steer_section(out, result, cfg)
     return result
@@ -312,27 +355,39 @@ def _steer_section(out: Path, r: dict[str, Any], cfg: SteerConfig) -> None:
 
     rows = []
     for x in r["rows"]:
-        rows.append([x["strength"], round(x["effect"], 4), f"[{x['effect_low']:.3f}, {x['effect_high']:.3f}]",
+        rows.append([x["direction"], x["strength"], round(x["effect"], 4),
+                     f"[{x['effect_low']:.3f}, {x['effect_high']:.3f}]",
                      *(f"{p:+.3f} / {n:+.3f}" for p, n in zip(x["pres_pos"], x["pres_neg"])),
                      round(x["probe_shift"], 4), f"[{x['probe_shift_low']:.3f}, {x['probe_shift_high']:.3f}]",
                      round(x["heldout_kl"], 4), round(x["heldout_ppl"], 3), x["sample"]])
     fr = r["rows"][0]["pres_fractions"]
-    table = Table(f"Strength → effect and coherence cost ({r['site']})",
-                  ["α", "effect (Δ LL gap)", "effect 95% CI", *(f"Pres Pos/Neg @{q:g}" for q in fr),
+    table = Table(f"Direction and strength → effect and coherence cost ({r['site']})",
+                  ["direction", "α", "effect (Δ LL gap)", "effect 95% CI", *(f"Pres Pos/Neg @{q:g}" for q in fr),
                    "probe shift (× class gap)", "probe shift 95% CI", "KL held-out", "held-out ppl", "sample"], rows)
-    notes = [f"{r['model']}: CAA vector v = mean BOS-free residual of {cfg.n_train // 2} positive minus "
-             f"{cfg.n_train // 2} negative Pang & Lee sentences at {r['site']} (‖v‖ = {r['vector_norm']:.2f}, mean "
-             f"residual norm {r['mean_residual_norm']:.1f}); h ← h + α·v at every position.",
+    half = cfg.n_train // 2
+    described = {
+        "caa": f"caa = mean BOS-free residual of {half} positive minus {half} negative Pang & Lee sentences",
+        "pca": "pca = first principal component of the (centred) paired differences, sign-fixed so that positives "
+               "project above their negatives",
+        "probe": f"probe = weight of a standardised logistic probe (C={cfg.C:g}) fitted on the same training "
+                 "sentences at the steered layer"}
+    cos = ", ".join(f"{d} {x['cosine_to_caa']:+.3f}" for d, x in r["directions"].items() if d != "caa")
+    notes = [f"{r['model']} at {r['site']}: " + "; ".join(described[d] for d in r["directions"]) + ". "
+             f"Every direction is rescaled to the CAA vector's norm (‖v‖ = {r['vector_norm']:.2f}; mean residual "
+             f"norm {r['mean_residual_norm']:.1f}), so α is the same size of edit for all; h ← h + α·v at every "
+             "position." + (f" Cosine to CAA: {cos}." if cos else ""),
              f"Effect: change of the mean per-token log-likelihood gap LL(pos) − LL(neg) of {cfg.n_eval} held-out "
              f"positive/negative sentence pairs after the prompt {cfg.prompt!r} (paired-t 95% interval); Pres et "
              "al. 2024 Pos/Neg scores on the hardest fractions.",
              f"Probe shift: change of a sentiment probe's logit at {r['readout_site']} on the same continuations, in "
              f"units of its training class-mean gap ({r['probe_class_gap']:.3f}); 1 = a negative text read as positive.",
              f"Coherence cost: KL(unsteered ‖ steered) per token and perplexity on {cfg.n_heldout} held-out `lee` "
-             f"documents ({cfg.heldout_tokens} tokens; unsteered perplexity {r['base_ppl']:.2f})."]
-    write_section(out, Section(f"Steering: {r['model']} sentiment (CAA, layer {cfg.layer})", [table],
-                               [Plot("Effect (with 95% interval) vs coherence cost; labels are α", Path(r["plot"]))],
-                               notes))
+             f"documents ({cfg.heldout_tokens} tokens; unsteered perplexity {r['base_ppl']:.2f}). The unsteered "
+             "baseline is computed once; α = 0 is the same (null) edit for every direction, evaluated once and shared."]
+    names = ", ".join(d.upper() if d != "probe" else "probe" for d in r["directions"])
+    write_section(out, Section(f"Steering: {r['model']} sentiment ({names}; layer {cfg.layer})", [table],
+                               [Plot("Effect (with 95% interval) vs coherence cost, one curve per direction; "
+                                     "labels are α", Path(r["plot"]))], notes))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -446,7 +501,7 @@ def register(app: typer.Typer) -> None:
     def steer_cmd(cfg: SteerConfig) -> None:
         r = run_steer(cfg)
         for row in r["rows"]:
-            typer.echo(f"α={row['strength']:<5g} effect {row['effect']:+.3f} [{row['effect_low']:+.3f}, "
+            typer.echo(f"{row['direction']:5s} α={row['strength']:<5g} effect {row['effect']:+.3f} [{row['effect_low']:+.3f}, "
                        f"{row['effect_high']:+.3f}]  Pres pos/neg@50% {row['pres_pos'][1]:+.3f}/{row['pres_neg'][1]:+.3f}"
                        f"  probe shift {row['probe_shift']:+.3f}  KL {row['heldout_kl']:.4f}  ppl "
                        f"{row['heldout_ppl']:.2f}  | {row['sample']!r}")
