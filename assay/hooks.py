@@ -30,7 +30,6 @@ __all__ = [
     "patch",
     "ablate",
     "run_to",
-    "row_bytes",
 ]
 
 PatchFn = Callable[[torch.Tensor], torch.Tensor]
@@ -225,29 +224,3 @@ def run_to(model: nn.Module, site: str, *args: Any, **kwargs: Any) -> torch.Tens
     if site not in cap:
         raise RuntimeError(f"site {site!r} did not run during the forward pass")
     return cap[site]
-
-
-def row_bytes(model: Any, x: torch.Tensor) -> tuple[float, Any]:
-    """One no-grad forward ``model(x)``; returns (bytes of activations per input row, the output).
-
-    The bytes sum every leaf module's tensor outputs (tuples too) plus the input row, so callers can
-    size chunks from a memory budget. For a plain function (no modules to hook) 32× the input's bytes
-    stand in for its activations.
-    """
-    total = [0]
-
-    def hook(module: nn.Module, args: Any, out: Any) -> None:
-        outs = out if isinstance(out, tuple | list) else (out,)
-        total[0] += sum(o.numel() * o.element_size() for o in outs if isinstance(o, torch.Tensor))
-
-    handles = []
-    if isinstance(model, nn.Module):
-        handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    act = total[0] if total[0] else 32 * x.numel() * x.element_size()
-    return (act + x.numel() * x.element_size()) / x.shape[0], y

@@ -143,16 +143,3 @@ def test_hf_llama_and_bert_layers():
             bert(ids)
     assert torch.allclose(cap["encoder.layer.1"], ref[2], atol=1e-6)
     assert n_hooks(llama) == base_llama and n_hooks(bert) == base_bert
-
-
-def test_row_bytes_counts_leaf_outputs_and_removes_its_hooks():
-    from assay.hooks import row_bytes
-
-    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    x = torch.randn(5, 4)
-    per_row, y = row_bytes(net, x)
-    assert per_row == (8 + 8 + 3 + 4) * 4  # float32 outputs of the three leaves, plus the input row
-    assert torch.equal(y, net(x)) and not y.requires_grad
-    assert all(not m._forward_hooks for m in net.modules())
-    per_row_fn, _ = row_bytes(lambda t: t.sum(1), x)  # no modules to hook: 32x the input stands in
-    assert per_row_fn == 33 * 4 * 4

@@ -30,8 +30,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
+from assay.chunks import blocks, row_bytes
 from assay.config import ConfigError
-from assay.hooks import row_bytes
 
 __all__ = [
     "Attribution",
@@ -42,7 +42,6 @@ __all__ = [
     "expand_baseline",
     "check_model",
     "chunk_rows",
-    "blocks",
     "mean_gradient",
     "outputs_at",
     "Probe",
@@ -239,25 +238,6 @@ def _check_float(x: torch.Tensor) -> None:
             f"gradient methods need floating-point inputs, got {x.dtype}; for token ids attribute at the "
             "embedding layer (assay.attribution.text), or use a perturbation method"
         )
-
-
-def blocks(n_examples: int, n_samples: int, chunk: int):
-    """(example slice, sample slice) blocks of at most ``chunk`` rows covering all examples × samples.
-
-    Whole examples go together when their samples fit (``chunk // n_samples`` examples per block);
-    otherwise one example at a time with ``chunk`` samples per block. Blocks are rectangles, so
-    perturbed rows are built by broadcasting ``[nb, 1, *x]`` against ``[1, ns, *x]`` — no gathers.
-    """
-    chunk = max(1, int(chunk))
-    if n_samples <= chunk:
-        nb = max(1, chunk // n_samples)
-        nb = -(-n_examples // -(-n_examples // nb))  # balanced: equal blocks instead of a ragged last one
-        for e0 in range(0, n_examples, nb):
-            yield slice(e0, min(n_examples, e0 + nb)), slice(0, n_samples)
-    else:
-        for e0 in range(n_examples):
-            for s0 in range(0, n_samples, chunk):
-                yield slice(e0, e0 + 1), slice(s0, min(n_samples, s0 + chunk))
 
 
 def _span(sl: slice) -> int:

@@ -27,7 +27,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from assay.hooks import row_bytes
+from assay.chunks import blocks, row_bytes
 
 __all__ = [
     "Curve",
@@ -79,27 +79,13 @@ def _start(model: Callable, x: torch.Tensor, target, output: Output, chunk: int 
     return t, f0, int(chunk)
 
 
-def _blocks(B: int, S: int, chunk: int):
-    """(example slice, step slice) rectangles of at most ``chunk`` rows, balanced in size."""
-    chunk = max(1, int(chunk))
-    if S <= chunk:
-        nb = max(1, chunk // S)
-        nb = -(-B // -(-B // nb))
-        for e0 in range(0, B, nb):
-            yield slice(e0, min(B, e0 + nb)), slice(0, S)
-    else:
-        for e in range(B):
-            for s0 in range(0, S, chunk):
-                yield slice(e, e + 1), slice(s0, min(S, s0 + chunk))
-
-
 def _batched(model, build: Callable[[slice, slice], torch.Tensor], B: int, S: int,
              target: torch.Tensor, output: Output, chunk: int) -> torch.Tensor:
     """Scores ``[B, S]`` of the rows that ``build(examples, steps)`` (two slices) returns as
     ``[nb, ns, *x]`` blocks — built by broadcasting, one model call per block."""
     out = torch.empty(B, S, dtype=torch.float64, device=target.device)
     with torch.no_grad():
-        for exs, ss in _blocks(B, S, chunk):
+        for exs, ss in blocks(B, S, chunk):
             rows = build(exs, ss)
             nb, ns = rows.shape[:2]
             t = target[exs].repeat_interleave(ns)
