@@ -181,6 +181,11 @@ def test_token_level_attack_swaps_in_the_token_that_fires_the_latent():
     assert (lens.encode(fwd(E[res.tokens])[0])[:, 5] > 0).all()
     with pytest.raises(ValueError, match="editable mask"):
         token_fragility_attack(fwd, E, tokens, lens, editable=torch.ones(3, dtype=torch.bool))
+    for bad in (-1, D):  # both attacks check the latent index the same way
+        with pytest.raises(ValueError, match="latent index out of range"):
+            token_fragility_attack(fwd, E, tokens, lens, editable=editable, objective="activate", latent=bad)
+        with pytest.raises(ValueError, match="latent index out of range"):
+            fragility_attack(forward, lens, X, objective="activate", latent=bad)
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "archetypal", "mp"])

@@ -120,6 +120,19 @@ def _norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
+def _latent_indices(objective: str, latent: int | torch.Tensor | None, B: int, n_latents: int,
+                    device: torch.device) -> torch.Tensor | None:
+    """The ``[B]`` latent indices of an activate/deactivate objective (None for the others), checked."""
+    if objective not in ("activate", "deactivate"):
+        return None
+    if latent is None:
+        raise ValueError(f"objective {objective!r} needs latent= (an index or [B] indices)")
+    lat = torch.as_tensor(latent, device=device).long().expand(B).clone()
+    if lat.min() < 0 or lat.max() >= n_latents:
+        raise ValueError(f"latent index out of range [0, {n_latents})")
+    return lat
+
+
 def _check_outputs(h: torch.Tensor, logits: torch.Tensor, B: int) -> None:
     if not isinstance(h, torch.Tensor) or not isinstance(logits, torch.Tensor):
         raise TypeError("forward must return a pair of tensors (activations [B, d], logits [B, n_out])")
@@ -174,13 +187,7 @@ def fragility_attack(forward: Forward, lens: Lens, x: torch.Tensor, *, objective
             if target_h is None or target_h.shape != h0.shape:
                 raise ValueError(f"targeted needs target_h shaped like the activations {tuple(h0.shape)}")
             z_ref, ref_codes = score(target_h), lens.encode(target_h)
-    lat = None
-    if objective in ("activate", "deactivate"):
-        if latent is None:
-            raise ValueError(f"objective {objective!r} needs latent= (an index or [B] indices)")
-        lat = torch.as_tensor(latent, device=x.device).long().expand(B).clone()
-        if lat.min() < 0 or lat.max() >= z0.shape[1]:
-            raise ValueError(f"latent index out of range [0, {z0.shape[1]})")
+    lat = _latent_indices(objective, latent, B, z0.shape[1], x.device)
 
     delta = torch.zeros_like(x)
     best = x.detach().clone()
@@ -297,11 +304,7 @@ def token_fragility_attack(forward_embeds: Forward, embedding: torch.Tensor, tok
             if target_h is None or target_h.shape != h0.shape:
                 raise ValueError(f"targeted needs target_h shaped like the activations {tuple(h0.shape)}")
             z0, ref_codes = score(target_h), lens.encode(target_h)
-    lat = None
-    if objective in ("activate", "deactivate"):
-        if latent is None:
-            raise ValueError(f"objective {objective!r} needs latent= (an index or [B] indices)")
-        lat = torch.as_tensor(latent, device=tokens.device).long().expand(B).clone()
+    lat = _latent_indices(objective, latent, B, z0.shape[1], tokens.device)
 
     def losses(h: torch.Tensor, logits: torch.Tensor, lp0: torch.Tensor, zr: torch.Tensor, lt) -> torch.Tensor:
         z = score(h)
