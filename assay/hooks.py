@@ -7,9 +7,11 @@ A *site* is a module path such as ``"model.layers.3"`` or ``"blocks.2.mlp"``, re
 Modules that return tuples (Hugging Face decoder/encoder layers) are handled by acting on the
 first element, the hidden state; the rest of the tuple passes through unchanged.
 
-``stop_at=site`` raises a private exception right after that site runs, and the context
-manager swallows it, so ``with capture(model, [s], stop_at=s): model(x)`` costs only the layers
-up to ``s``. (Statements after the model call inside the ``with`` block do not run in that case.)
+``stop_at=site`` raises a private exception right after that site runs and ``model``'s own forward
+catches it and returns ``None``, so ``with capture(model, [s], stop_at=s): model(x)`` costs only the
+layers up to ``s`` and the rest of the ``with`` block runs as usual. The stop is caught only by the
+``model`` passed in: calling it through an outer module (or calling something else that reaches the
+site) raises :class:`StopOutsideModel` rather than silently skipping the rest of the block.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 __all__ = [
     "SiteError",
+    "StopOutsideModel",
     "resolve",
     "site_names",
     "capture",
@@ -44,6 +47,10 @@ class SiteError(KeyError):
 
 class _StopForward(Exception):
     """Raised after the ``stop_at`` site to end the forward pass early."""
+
+
+class StopOutsideModel(RuntimeError):
+    """A ``stop_at`` forward pass was stopped outside the model given to the context manager."""
 
 
 def site_names(model: nn.Module) -> list[str]:
@@ -104,10 +111,14 @@ def _sites_list(sites: str | Iterable[str]) -> list[str]:
 def _hooked(
     model: nn.Module, hooks: Mapping[str, Callable[[nn.Module, Any, Any], Any]], stop_at: str | None
 ) -> Iterator[None]:
-    """Register forward hooks by site; remove all of them in ``finally``; swallow the stop signal."""
+    """Register forward hooks by site; remove all of them in ``finally``. With ``stop_at``, ``model.forward``
+    is wrapped for the duration so that the stop signal ends only the forward pass (which returns None)."""
     modules = {site: resolve(model, site) for site in hooks}
     stop_module = resolve(model, stop_at) if stop_at is not None else None
     handles = []
+    own_forward = "forward" in model.__dict__  # an instance attribute to restore rather than delete
+    saved_forward = model.__dict__.get("forward")
+    stopped: list[bool] = []
     try:
         for site, fn in hooks.items():
             handles.append(modules[site].register_forward_hook(fn))
@@ -117,18 +128,74 @@ def _hooked(
                 raise _StopForward
 
             handles.append(stop_module.register_forward_hook(_stop))
+            inner = model.forward
+
+            def _forward_until_stop(*args, **kwargs):
+                try:
+                    return inner(*args, **kwargs)
+                except _StopForward:
+                    stopped.append(True)
+                    return None
+
+            model.forward = _forward_until_stop
         try:
             yield
         except _StopForward:
-            pass
+            raise StopOutsideModel(
+                f"the forward pass was stopped at {stop_at!r} outside the forward of the "
+                f"{type(model).__name__} given to the hook context, so the rest of the with block was not run. "
+                "Call that same model inside the block (or pass the outer module you call as the model)."
+            ) from None
+        except Exception as err:
+            if stopped:  # most likely an outer module choking on the stopped forward's None
+                err.add_note(f"(assay.hooks: the forward of {type(model).__name__} was stopped at {stop_at!r} and "
+                             "returned None; call that model itself inside the block, not a module around it)")
+            raise
     finally:
         for h in handles:
             h.remove()
+        if stop_module is not None:
+            if own_forward:
+                model.forward = saved_forward
+            else:
+                del model.forward
 
 
 class Capture(dict):
     """Activations captured by :func:`capture`: ``site -> tensor`` (the last forward pass's value,
-    or all of them concatenated along ``dim`` when ``accumulate=True``)."""
+    or all of them concatenated along ``dim`` when ``accumulate=True``).
+
+    Accumulated passes wait in a list and are joined into the stored value only when the site is read,
+    so k passes read once cost one concatenation, not k."""
+
+    def __init__(self, dim: int = 0) -> None:
+        super().__init__()
+        self._dim = dim
+        self._new: dict[str, list[torch.Tensor]] = {}  # passes not yet joined into the stored value
+
+    def _add(self, site: str, h: torch.Tensor) -> None:
+        if dict.__contains__(self, site):
+            self._new.setdefault(site, []).append(h)
+        else:
+            dict.__setitem__(self, site, h)
+
+    def _join(self, site: str) -> None:
+        new = self._new.pop(site, None)
+        if new:
+            dict.__setitem__(self, site, torch.cat([dict.__getitem__(self, site), *new], self._dim))
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        self._join(site)
+        return dict.__getitem__(self, site)
+
+    def get(self, site, default=None):
+        return self[site] if site in self else default
+
+    def values(self):
+        return [self[k] for k in self]
+
+    def items(self):
+        return [(k, self[k]) for k in self]
 
 
 @contextmanager
@@ -144,22 +211,20 @@ def capture(
     """Capture the outputs of ``sites`` during forward passes inside the ``with`` block.
 
     ``detach=False`` keeps the graph (for gradients through the captured tensor). With
-    ``accumulate=True`` every forward pass is kept and joined along ``dim`` on exit of each call;
+    ``accumulate=True`` every forward pass is kept and the passes are joined along ``dim`` when read;
     otherwise each pass overwrites the previous value.
     """
     site_list = _sites_list(sites)
-    out = Capture()
-    chunks: dict[str, list[torch.Tensor]] = {s: [] for s in site_list}
+    out = Capture(dim)
 
     def make(site: str):
         def hook(module, args, output):
             h = _hidden(output)
             h = h.detach() if detach else h
             if accumulate:
-                chunks[site].append(h)
-                out[site] = chunks[site][0] if len(chunks[site]) == 1 else torch.cat(chunks[site], dim)
+                out._add(site, h)
             else:
-                out[site] = h
+                dict.__setitem__(out, site, h)
 
         return hook
 

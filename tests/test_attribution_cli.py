@@ -131,6 +131,12 @@ def test_text_baseline_flag(tmp_path, tiny_lm, kind):
         # RMSNorm's scale invariance puts a sharp step near α = 0 (on this model 8 nodes miss ~40% of Δf)
         assert abs(r["completeness_gap"]) < 0.05 * abs(float(f_x - f_b)) + 1e-3
     assert read_section(out).tables[0].rows[0][-1] == kind
+    # an incomplete IG (the zero baseline here: ~40% of Δf missing) is flagged in the terminal and as the
+    # report's first note; a complete one is not
+    incomplete = abs(r["completeness_gap"]) > 0.1 * abs(float(f_x - f_b))
+    assert incomplete == (kind == "zero")
+    assert ("UNTRUSTWORTHY" in res.output) == incomplete
+    assert read_section(out).notes[0].startswith("UNTRUSTWORTHY") == incomplete
 
 
 def test_bad_flags():

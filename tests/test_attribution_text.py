@@ -65,6 +65,7 @@ def test_integrated_gradients_completeness_at_the_embeddings(llama):
     gap = float(res.scores.sum() - (logit - zero))
     assert abs(gap) < 1e-4
     assert abs(float(a.completeness_gap[0]) - gap) < 1e-12
+    assert abs(res.completeness_gap - gap) < 1e-9 and res.relative_gap < 1e-3
 
 
 def test_gradient_and_input_x_gradient_match_manual_embedding_gradient(llama):
@@ -89,9 +90,45 @@ def test_token_occlusion_matches_manual_removal(llama):
             ei = e.clone()
             ei[0, i] = 0
             drop = f0 - model(inputs_embeds=ei).logits[0, -1, target]
-            assert abs(float(res.scores[i] - drop * e.shape[2])) < 1e-9  # each of D dims carries the drop
+            # the token's score is its drop, once (not once per embedding dimension: D = 16 here)
+            assert abs(float(res.scores[i] - drop)) < 1e-9
     with pytest.raises(ValueError, match="out of range"):
         attribute_tokens(model, tok, TEXT, 61, config="gradient")
+
+
+def test_token_occlusion_from_the_pad_embedding_matches_hand_replacement(llama):
+    """Replacing one token by the pad token's embedding by hand gives exactly the occlusion score."""
+    model, tok = llama
+    tok.pad_token_id = 7
+    try:
+        res = attribute_tokens(model, tok, TEXT, 3, config="occlusion", baseline="pad")
+    finally:
+        del tok.pad_token_id
+    E = model.get_input_embeddings().weight.detach()
+    e = E[tok(TEXT)["input_ids"]]
+    with torch.no_grad():
+        f0 = model(inputs_embeds=e).logits[0, -1, 3]
+        hand = []
+        for i in range(e.shape[1]):
+            ei = e.clone()
+            ei[0, i] = E[7]
+            hand.append(float(f0 - model(inputs_embeds=ei).logits[0, -1, 3]))
+        f_pad = model(inputs_embeds=E[7].expand(1, len(TEXT), -1)).logits[0, -1, 3]
+    torch.testing.assert_close(res.scores, torch.tensor(hand, dtype=res.scores.dtype), rtol=0, atol=1e-9)
+    # the token-level gap is Σ scores − (f(x) − f(pad)), a float
+    assert isinstance(res.completeness_gap, float)
+    assert abs(res.completeness_gap - (sum(hand) - float(f0 - f_pad))) < 1e-9
+
+
+def test_tokens_are_decoded_text_when_the_tokenizer_can_decode(llama):
+    model, tok = llama
+    tok.decode = lambda ids: "".join(chr(97 + i % 26) for i in ids)
+    try:
+        res = attribute_tokens(model, tok, TEXT, 3, config="gradient")
+    finally:
+        del tok.decode
+    assert res.tokens == [chr(97 + i % 26) for i in tok(TEXT)["input_ids"][0].tolist()]
+    assert attribute_tokens(model, tok, TEXT, 3, config="gradient").tokens[0].startswith("<")  # raw fallback
 
 
 def test_embedding_baselines_and_their_errors(llama):

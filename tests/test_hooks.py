@@ -104,10 +104,56 @@ def test_unknown_site_lists_close_names():
 
 def test_accumulate_concatenates_passes():
     m = Tiny()
+    xs = [torch.randn(n, 4) for n in (2, 3, 1)]
     with hooks.capture(m, "layers.0", accumulate=True) as cap:
-        m(torch.randn(2, 4))
-        m(torch.randn(3, 4))
-    assert cap["layers.0"].shape == (5, 4)
+        m(xs[0])
+        m(xs[1])
+        assert cap["layers.0"].shape == (5, 4)  # readable inside the block
+        m(xs[2])
+    assert torch.equal(cap["layers.0"], m.layers[0](torch.cat(xs)).detach())
+    assert list(cap.keys()) == ["layers.0"] and torch.equal(dict(cap.items())["layers.0"], cap["layers.0"])
+
+
+def test_accumulate_joins_once_when_read(monkeypatch):
+    """k passes read once cost one concatenation (not one per pass: that re-copies everything, quadratic)."""
+    m = Tiny()
+    calls = []
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda *a, **k: calls.append(1) or real_cat(*a, **k))
+    with hooks.capture(m, "layers.0", accumulate=True) as cap:
+        for _ in range(50):
+            m(torch.randn(2, 4))
+    assert len(calls) == 0
+    assert cap["layers.0"].shape == (100, 4) and len(calls) == 1
+
+
+def test_stop_at_inside_a_with_block_runs_the_rest_of_the_block():
+    """The natural loop collects one tensor per batch: the stop ends the forward pass, not the block."""
+    m = Tiny()
+    acts, after = [], []
+    for _ in range(3):
+        with hooks.capture(m, ["layers.0"], stop_at="layers.0") as cap:
+            y = m(torch.randn(2, 4))
+            after.append(y)
+            acts.append(cap["layers.0"])
+    assert len(acts) == 3 and all(a.shape == (2, 4) for a in acts)
+    assert after == [None, None, None]  # the stopped forward returns None
+    assert m.calls == [0, 0, 0]  # and only the first layer ran
+    assert "forward" not in m.__dict__ and n_hooks(m) == 0  # the model is left as it was
+
+
+def test_stop_at_reached_through_an_outer_module_is_an_error():
+    m = Tiny()
+    outer = nn.Sequential(m, nn.Linear(4, 2))
+    with pytest.raises(hooks.StopOutsideModel, match="outside the forward"):  # hooked the outer, called the inner
+        with hooks.capture(outer, ["0.layers.0"], stop_at="0.layers.0"):
+            m(torch.randn(2, 4))
+    assert "forward" not in outer.__dict__ and n_hooks(outer) == 0
+    with pytest.raises(TypeError) as info:  # hooked the inner, called the outer: the outer gets None
+        with hooks.capture(m, ["layers.0"], stop_at="layers.0"):
+            outer(torch.randn(2, 4))
+    assert "returned None; call that model itself" in "".join(getattr(info.value, "__notes__", []))
+    assert "forward" not in m.__dict__ and n_hooks(m) == 0
 
 
 def test_hf_llama_and_bert_layers():

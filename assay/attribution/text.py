@@ -4,9 +4,12 @@ Token ids are not differentiable, so every engine method runs on the input embed
 ``[B, T, D]`` (Sundararajan, Taly & Yan 2017 attribute IG this way for text): the model is called
 with ``inputs_embeds`` and the explained scores are the logits at one position (the next-token
 distribution for a causal LM such as SmolLM2) or, for an encoder without a head (MiniLM), the
-mean-pooled last hidden state. A token's score is the sum of its embedding's attributions (for
-IG this keeps completeness: Σ_tokens = f(e) − f(baseline)); perturbation methods treat each token's
-whole embedding as one feature.
+mean-pooled last hidden state. For the gradient family (gradient, input×gradient, SmoothGrad, IG) a
+token's score is the sum of its embedding's attributions (for IG this keeps completeness:
+Σ_tokens = f(e) − f(baseline)). The perturbation methods (occlusion, LIME, KernelSHAP, C-LIME) treat
+each token's whole embedding as one feature; the engine writes that feature's score into each of its
+D dimensions, so the token's score is the value of one dimension, not their sum (which would be D
+times too large).
 
 The reference input matters for IG (and input×gradient, occlusion, LIME, KernelSHAP). The zero
 embedding is a poor one for models that normalise the residual stream (RMSNorm/LayerNorm are
@@ -28,13 +31,19 @@ from torch import nn
 from assay.attribution.engine import Attribution, EngineConfig
 from assay.attribution.methods import attribute
 
-__all__ = ["EmbeddingScores", "TokenAttribution", "TextBaseline", "BASELINE_METHODS", "embedding_baseline",
-           "attribute_tokens"]
+__all__ = ["EmbeddingScores", "TokenAttribution", "TextBaseline", "BASELINE_METHODS", "TOKEN_FEATURE_METHODS",
+           "COMPLETE_METHODS", "embedding_baseline", "attribute_tokens", "decoded_tokens"]
 
 TextBaseline = Literal["zero", "pad", "mean"]
 """Named reference inputs in embedding space (see :func:`embedding_baseline`)."""
 BASELINE_METHODS = ("integrated_gradients", "input_x_gradient", "occlusion", "lime", "kernel_shap")
 """Engine methods that use a reference input (the others ignore the baseline)."""
+TOKEN_FEATURE_METHODS = ("occlusion", "lime", "kernel_shap", "c_lime")
+"""Engine methods that score each token's whole embedding as one feature (one value per token)."""
+COMPLETE_METHODS = ("integrated_gradients", "kernel_shap")
+"""Methods whose token scores should sum to f(x) − f(baseline) (IG's completeness, KernelSHAP's
+efficiency); for them a completeness gap that is large against that difference means the scores are
+not trustworthy."""
 _CONFIG_NAMES = {"IntegratedGradientsConfig": "integrated_gradients", "InputXGradientConfig": "input_x_gradient",
                  "OcclusionConfig": "occlusion", "LimeConfig": "lime", "KernelShapConfig": "kernel_shap",
                  "CLimeConfig": "c_lime", "GradientConfig": "gradient", "SmoothGradConfig": "smoothgrad"}
@@ -93,13 +102,27 @@ class TokenAttribution(NamedTuple):
     """Per-token scores for one text."""
 
     tokens: list[str]
-    """The tokens, as the tokenizer spells them."""
+    """The tokens as text (``" capital"``, decoded one by one; the tokenizer's raw spelling, such as
+    ``"Ġcapital"``, when it cannot decode)."""
     token_ids: torch.Tensor
     """Token ids ``[T]``."""
     scores: torch.Tensor
     """One score per token ``[T]`` (the sum of its embedding's attributions)."""
     attribution: Attribution
     """The full embedding-level attribution (values ``[1, T, D]``)."""
+    completeness_gap: float
+    """Σ scores − (f_t(x) − f_t(baseline)) at the token level; NaN for methods without a reference
+    input. Only for :data:`COMPLETE_METHODS` is it expected to be near 0."""
+    relative_gap: float
+    """``|completeness_gap| / |f_t(x) − f_t(baseline)|`` (NaN without a reference input)."""
+
+
+def decoded_tokens(tokenizer, ids: list[int]) -> list[str]:
+    """Each token id as the text it stands for (``" capital"`` rather than BPE's ``"Ġcapital"``)."""
+    decode = getattr(tokenizer, "decode", None)
+    if decode is None:
+        return list(tokenizer.convert_ids_to_tokens(ids))
+    return [decode([i]) for i in ids]
 
 
 def attribute_tokens(
@@ -128,13 +151,18 @@ def attribute_tokens(
     if baseline is not None and name in BASELINE_METHODS:
         kwargs["baseline"] = baseline
     T, D = e.shape[1], e.shape[2]
-    if name in ("lime", "kernel_shap", "occlusion", "c_lime"):
+    if name in TOKEN_FEATURE_METHODS:
         kwargs["feature_mask"] = torch.arange(T, device=dev)[:, None].expand(T, D)
     a = attribute(f, e, target, config=config, **kwargs)
     if a.values.dim() != 3:
         raise ValueError("attribute_tokens explains one target; pass an int or None")
-    scores = a.values[0].sum(-1)
-    if name in ("lime", "kernel_shap", "c_lime"):
-        scores = a.values[0, :, 0]  # each token's coefficient is copied to all its D dims
-    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
-    return TokenAttribution(tokens, ids[0].cpu(), scores.detach().cpu(), a)
+    # a perturbation method's token score is copied into all D dims of the token; a gradient method's
+    # per-dim values add up to the token's score
+    scores = a.values[0, :, 0] if name in TOKEN_FEATURE_METHODS else a.values[0].sum(-1)
+    scores = scores.detach().cpu()
+    delta = float(a.output[0]) - float(a.baseline_output[0])
+    gap = float(scores.double().sum()) - delta
+    relative = abs(gap) / abs(delta) if delta != 0 else (0.0 if gap == 0 else float("inf"))
+    if gap != gap:  # NaN: no reference input
+        relative = float("nan")
+    return TokenAttribution(decoded_tokens(tokenizer, ids[0].tolist()), ids[0].cpu(), scores, a, gap, relative)

@@ -170,8 +170,9 @@ def _text_section(cfg: AttributeCommand, res: dict) -> Any:
                   cfg.text_baseline if _has_reference(cfg.method) else "none"]])
     scores = Table("Per-token scores", ["position", "token", "score"],
                    [[i, r["token"], r["score"]] for i, r in enumerate(res["rows"])])
+    warning = [res["warning"]] if res.get("warning") else []
     return Section(f"Feature attribution: {cfg.model}, {cfg.method}", [out, scores], [],
-                   [f"prompt: {cfg.prompt!r}", *_notes(cfg)])
+                   [*warning, f"prompt: {cfg.prompt!r}", *_notes(cfg)])
 
 
 def _has_reference(method: str) -> bool:
@@ -182,29 +183,56 @@ def _has_reference(method: str) -> bool:
 
 def _notes(cfg: AttributeCommand) -> list[str]:
     notes = [f"method {cfg.method}, output {cfg.output}, steps/samples {cfg.steps}"]
-    if _has_reference(cfg.method):
-        notes.append("The completeness gap is Σφ − (f_t(x) − f_t(baseline)): near 0 for a converged IG; a large "
-                     "gap means the attribution does not account for the output change (more steps, or another "
-                     "baseline).")
+    from assay.attribution.text import COMPLETE_METHODS
+
+    if cfg.method in COMPLETE_METHODS:
+        notes.append(f"The completeness gap is Σφ − (f_t(x) − f_t(baseline)): near 0 for a converged {cfg.method}; "
+                     "a large gap means the attribution does not account for the output change (more steps, or "
+                     "another baseline).")
+    elif _has_reference(cfg.method):
+        notes.append(f"Σφ − (f_t(x) − f_t(baseline)) compares the summed effects of removing one feature at a time "
+                     f"with the effect of removing all of them; {cfg.method} promises no completeness, so a non-zero "
+                     "value measures interactions between features, not an error.")
     return notes
 
 
+GAP_WARN_SHARE = 0.1
+"""A complete method (IG, KernelSHAP) whose |Σφ − Δf| exceeds this share of |Δf| is flagged as untrustworthy."""
+
+
+def _gap_warning(method: str, gap: float, relative: float, delta: float) -> str | None:
+    """The warning for an incomplete attribution by a method that promises completeness, else None."""
+    from assay.attribution.text import COMPLETE_METHODS
+
+    if method not in COMPLETE_METHODS or not relative > GAP_WARN_SHARE:  # NaN (no reference) is never flagged
+        return None
+    return (f"UNTRUSTWORTHY: the token scores do not add up to the output change: Σφ − Δf = {gap:+.4g} against "
+            f"Δf = {delta:+.4g} ({relative:.0%} of it; a complete {method} is within {GAP_WARN_SHARE:.0%}). The "
+            "path integral has not converged (try more --steps or another --text-baseline), or the model is too "
+            "sharp along the path for this method; occlusion or input_x_gradient give scores without this axiom.")
+
+
 def _text(cfg: AttributeCommand, loaded) -> dict:
-    from assay.attribution.text import attribute_tokens
+    from assay.attribution.text import attribute_tokens, decoded_tokens
 
     pool = "mean" if cfg.model == "minilm-l6" else "position"
     r = attribute_tokens(loaded.model, loaded.tokenizer, cfg.prompt, cfg.target, config=method_config(cfg), pool=pool,
                          baseline=cfg.text_baseline)
     a = r.attribution
     target = int(a.target[0])
-    label = loaded.tokenizer.convert_ids_to_tokens([target])[0] if pool == "position" else f"unit {target}"
+    label = decoded_tokens(loaded.tokenizer, [target])[0] if pool == "position" else f"unit {target}"
+    delta = float(a.output[0]) - float(a.baseline_output[0])
     typer.echo(f"explaining {label!r} (id {target}), f_t = {float(a.output[0]):.4f}, "
-               f"Σφ − Δf = {float(a.completeness_gap[0]):+.3e} (baseline: {cfg.text_baseline})")
+               f"Σφ − Δf = {r.completeness_gap:+.3e} (baseline: {cfg.text_baseline})")
+    warning = _gap_warning(cfg.method, r.completeness_gap, r.relative_gap, delta)
+    if warning:
+        typer.secho(warning, fg="red", err=True)
     for tok, s in zip(r.tokens, r.scores.tolist()):
         typer.echo(f"  {tok!r:<20} {s:+.5f}")
     return {"rows": [{"token": t, "score": s} for t, s in zip(r.tokens, r.scores.tolist())],
             "target": target, "target_token": str(label), "output": float(a.output[0]),
-            "baseline_output": float(a.baseline_output[0]), "completeness_gap": float(a.completeness_gap[0]),
+            "baseline_output": float(a.baseline_output[0]), "completeness_gap": r.completeness_gap,
+            "relative_gap": r.relative_gap, "warning": warning,
             "text_baseline": cfg.text_baseline, "values": a.values.detach()}
 
 
