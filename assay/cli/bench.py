@@ -1,49 +1,78 @@
-"""``assay bench``: run a ground-truth benchmark suite (config: :class:`assay.bench.suite.SuiteConfig`).
+"""``assay bench``: run one family's ground-truth benchmark (config: :class:`BenchCommand`).
 
-Methods × worlds × seeds × sparsity levels → ``results.csv``/``summary.csv`` (mean and 95% interval
-over seeds), plots and ``report.html`` under ``--out-dir``; finished runs are cached, so a re-run
-computes only what changed and an interrupted suite resumes.
+``assay bench --family F`` runs worlds × seeds × methods of family F (:mod:`assay.bench.families`)
+through the one runner (:mod:`assay.bench.runner`): finished runs are cached, so a re-run computes only
+what changed and an interrupted bench resumes; the results (``results.csv``, ``summary.csv`` with mean
+and 95% interval over seeds) and the report section go to ``--out-dir`` (default ``runs/bench/F``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from assay.bench.suite import SuiteConfig
+from assay.bench.families import FamilyName
 from assay.cli import command
+from assay.config import ConfigError
 
-__all__ = ["register", "run_bench"]
+__all__ = ["BenchCommand", "register", "run_bench"]
 
 
-def run_bench(cfg: SuiteConfig) -> Any:
-    """Run the suite, print a short summary table and where the outputs are."""
+@dataclass(frozen=True, kw_only=True)
+class BenchCommand:
+    """Score a method family on worlds whose truth is known: worlds × seeds × methods, cached and resumable."""
+
+    family: FamilyName = "dictionaries"
+    """Which family to bench."""
+    methods: tuple[str, ...] = ()
+    """Method specs name[:key=v1|v2,…] ('|' sweeps a value); none given: the family's defaults."""
+    worlds: tuple[str, ...] = ()
+    """World specs name[:key=value,…]; none given: the family's defaults."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds (each draws the data and initialises the methods)."""
+    options: tuple[str, ...] = ()
+    """The family's run settings as key=value (e.g. steps=200 for dictionaries); see docs/bench.md."""
+    out_dir: Path | None = None
+    """Output folder; default runs/bench/<family>."""
+    report: bool = True
+    """Write the report section (section.json + report.html)."""
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ConfigError("give at least one --seeds")
+
+
+def run_bench(cfg: BenchCommand) -> Any:
+    """Run the family, print its summary table and where the outputs are."""
     from rich.console import Console
     from rich.table import Table
 
-    from assay.bench.suite import run_suite
+    from assay.bench.families import load_family
+    from assay.bench.runner import parse_options, run_family, summary_rows
 
+    family = load_family(cfg.family)
+    settings = parse_options(family, cfg.options)
+    out = cfg.out_dir or Path("runs/bench") / cfg.family
     console = Console()
-    res = run_suite(cfg, log=lambda s: console.print(s, markup=False, highlight=False))
-    idx = {(r["world"], r["method"], r["level"], r["metric"]): r for r in res.summary}
-    table = Table(title=f"assay bench: {len(res.runs)} runs ({res.computed} computed, "
+    res = run_family(family, worlds=cfg.worlds, methods=cfg.methods, seeds=cfg.seeds, settings=settings,
+                     out_dir=out, report=cfg.report,
+                     log=lambda s: console.print(s, markup=False, highlight=False))
+    columns, rows = summary_rows(res, family.metrics)
+    table = Table(title=f"assay bench --family {cfg.family}: {len(res.runs)} runs ({res.computed} computed, "
                         f"{len(res.runs) - res.computed} cached)")
-    cols = ("l0", "fvu", "recovery_mcc", "detect_auroc", "probe_auroc_k1", "absorption")
-    for c in ("world", "method", "level", *cols):
+    for c in columns:
         table.add_column(c)
-    for w, m, lev in dict.fromkeys((k[0], k[1], k[2]) for k in idx):
-        cells = []
-        for c in cols:
-            r = idx.get((w, m, lev, c))
-            cells.append("–" if not r or not r["n"] else f"{r['mean']:.3f}")
-        table.add_row(w, m, lev, *cells)
+    for r in rows:
+        table.add_row(*map(str, r))
     console.print(table)
-    console.print(f"tables: {res.out_dir / 'summary.csv'}, {res.out_dir / 'results.csv'}")
+    console.print(f"tables: {out / 'summary.csv'}, {out / 'results.csv'}")
     if cfg.report:
-        console.print(f"report: {res.out_dir / 'report.html'}")
+        console.print(f"report: {out / 'report.html'}")
     return res
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "bench", SuiteConfig, run_bench)
+    command(app, "bench", BenchCommand, run_bench)

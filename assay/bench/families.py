@@ -1,0 +1,34 @@
+"""The bench families by name: ``assay bench --family NAME`` looks them up here.
+
+Each entry names the module that defines the family (imported only when the family runs, so the
+command line starts fast). A new family adds one module under ``assay/bench/`` with a ``FAMILY``
+object satisfying :class:`assay.bench.runner.Family`, and one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Literal
+
+from assay.config import ConfigError
+
+__all__ = ["FAMILY_MODULES", "FamilyName", "load_family"]
+
+FAMILY_MODULES = {
+    "dictionaries": "assay.bench.dictionaries",
+    "lenses": "assay.bench.lenses",
+    "attribution": "assay.bench.attribution",
+    "robustness": "assay.bench.robustness",
+    "data-attribution": "assay.bench.data_attribution",
+}
+"""Family name → the module holding its ``FAMILY``."""
+
+FamilyName = Literal["dictionaries", "lenses", "attribution", "robustness", "data-attribution"]
+"""The names of :data:`FAMILY_MODULES` (a Literal, for the command line's choices)."""
+
+
+def load_family(name: str):
+    """The ``FAMILY`` object of family ``name``."""
+    if name not in FAMILY_MODULES:
+        raise ConfigError(f"unknown bench family {name!r}; choose from: {', '.join(FAMILY_MODULES)}")
+    return importlib.import_module(FAMILY_MODULES[name]).FAMILY
