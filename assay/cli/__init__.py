@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
 import pkgutil
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -45,7 +47,7 @@ def _cli_type(tp: Any) -> tuple[Any, str]:
             return _cli_type(rest[0])
         return str, ""
     if origin is Literal:
-        return type(args[0]), f" [choices: {', '.join(map(str, args))}]"
+        return type(args[0]), f" Choices: {', '.join(map(str, args))}."
     if origin in (tuple, list):
         item = args[0] if args else str
         inner, _ = _cli_type(item)
@@ -53,6 +55,37 @@ def _cli_type(tp: Any) -> tuple[Any, str]:
     if tp in (int, float, str, bool, Path):
         return tp, ""
     return str, ""
+
+
+def _plain(text: str) -> str:
+    """Help text without reStructuredText markup (``code`` and :role:`target` become plain words)."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "").replace("`", "")
+
+
+def _shown_default(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(map(str, value)) if value else "none"
+    return "none" if value is None else str(value)
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, ImportError, FileNotFoundError,
+                                                 PermissionError, IsADirectoryError, NotADirectoryError)
+"""Errors a command reports as one line (``error: …``) instead of a traceback: the library raises these
+for bad input (ConfigError, StoreError, ArtifactError, SiteError, ModelPackageError, …). Set
+``ASSAY_TRACEBACK=1`` to see the whole traceback."""
+
+
+def _report_user_errors(run: Callable[[Any], Any], cfg: Any) -> Any:
+    try:
+        return run(cfg)
+    except USER_ERRORS as e:
+        if os.environ.get("ASSAY_TRACEBACK"):
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        typer.secho(f"error: {msg or type(e).__name__}", fg="red", err=True)
+        typer.echo("(set ASSAY_TRACEBACK=1 to see where it was raised)", err=True)
+        raise typer.Exit(2) from None
 
 
 def command(
@@ -74,13 +107,16 @@ def command(
             continue
         cli_tp, suffix = _cli_type(hints[f.name])
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         flag = "--" + f.name.replace("_", "-")
         decls = [flag] if cli_tp is not bool else [f"{flag}/--no-{f.name.replace('_', '-')}"]
         params.append(
             inspect.Parameter(
                 f.name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(None, *decls, help=docs.get(f.name, "") + suffix + (" [required]" if required else "")),
+                default=typer.Option(None, *decls, help=("REQUIRED. " if required else "") + _plain(docs.get(f.name, ""))
+                                     + suffix, show_default=False if required else _shown_default(default)),
                 annotation=typing.Optional[cli_tp],  # noqa: UP045
             )
         )
@@ -92,11 +128,11 @@ def command(
             cfg = load_toml(config_cls, config_file, overrides=given) if config_file else from_dict(config_cls, given)
         except (ConfigError, ValueError) as e:
             raise typer.BadParameter(str(e)) from None
-        return run(cfg)
+        return _report_user_errors(run, cfg)
 
     callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     callback.__name__ = name.replace("-", "_")
-    parent.command(name, help=help or (config_cls.__doc__ or "").strip().split("\n\n")[0])(callback)
+    parent.command(name, help=_plain(help or (config_cls.__doc__ or "").strip().split("\n\n")[0]))(callback)
 
 
 def _register_all() -> None:
