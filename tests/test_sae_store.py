@@ -143,8 +143,10 @@ def test_resume_from_store_is_exact_and_finished_run_takes_no_step(tmp_path):
         train_sae_on_store(store, "blocks.0", half, checkpoint=tmp_path / "b")
     store.read_rows = orig
     back = SAETrainer(build_sae("topk", d_in=D, d_sae=4 * D, k=4), TrainConfig(steps=30))
-    back.load_checkpoint(tmp_path / "b")
+    back.load_checkpoint(tmp_path / "b", settings_must_match=False)  # only to read the step
     assert back.step == 10
+    with pytest.raises(ArtifactError, match="hybrid run"):  # but a resume with other settings is refused
+        back.load_checkpoint(tmp_path / "b")
     resumed = train_sae_on_store(store, "blocks.0", half, checkpoint=tmp_path / "b")
     for (name, p), q in zip(full.state_dict().items(), resumed.sae.state_dict().values()):
         assert torch.equal(p, q), name
@@ -152,6 +154,24 @@ def test_resume_from_store_is_exact_and_finished_run_takes_no_step(tmp_path):
     assert again.train.steps == 30
     for p, q in zip(full.state_dict().values(), again.sae.state_dict().values()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("change", [{"lr": 5e-3}, {"batch_size": 32}, {"warmup_steps": 7}, {"decay_fraction": 0.5},
+                                    {"seed": 1}])
+def test_resume_with_changed_settings_is_refused(tmp_path, change):
+    """Every change that breaks 'resumed = uninterrupted' is refused, naming the field."""
+    _store(tmp_path / "s")
+    store = ActivationStore.open(tmp_path / "s")
+    half = StoreSAEConfig(**{**CFG.__dict__, "steps": 4})
+    train_sae_on_store(store, "blocks.0", half, checkpoint=tmp_path / "ck")
+    other = StoreSAEConfig(**{**half.__dict__, **change})
+    name = {"decay_fraction": "decay_start"}.get(next(iter(change)), next(iter(change)))  # the trainer's name
+    # (the seed also seeds the SAE's init, so it is caught by the SAE-config check first)
+    with pytest.raises(ArtifactError, match="checkpoint holds SAEs" if name == "seed" else f"hybrid run.*{name}"):
+        train_sae_on_store(store, "blocks.0", other, checkpoint=tmp_path / "ck")
+    # progress and checkpoint frequency do not change the result: allowed
+    same = StoreSAEConfig(**{**half.__dict__, "progress": not half.progress, "checkpoint_every": 2})
+    assert train_sae_on_store(store, "blocks.0", same, checkpoint=tmp_path / "ck").train.steps == 4
 
 
 def test_cli_sae_train_on_a_tiny_store(tmp_path):
@@ -165,7 +185,7 @@ def test_cli_sae_train_on_a_tiny_store(tmp_path):
     sae = load_sae(tmp_path / "o")
     assert sae.d_sae == 4 * D and sae.cfg.k == 4
     res = CliRunner().invoke(app, [*args[:-2], "--holdout-windows", "8", "--k", "999"])
-    assert res.exit_code != 0 and "k must be in 1..d_sae" in str(res.exception or res.output)
+    assert res.exit_code == 2 and "k must be in 1..d_sae" in res.output and "Traceback" not in res.output
 
 
 def test_bad_input_through_the_store(tmp_path):
@@ -214,6 +234,6 @@ def test_nan_in_a_store_shard_stops_naming_step_and_shard_checkpoint_intact(tmp_
     assert f"step {first}" in msg and "shard(s) [2]" in msg and "197" in msg
     back = SAETrainer(build_sae("topk", d_in=D, d_sae=4 * D, k=4), TrainConfig(steps=30))
     if first > 0:
-        back.load_checkpoint(tmp_path / "ck")  # intact and loadable, at the step before the bad batch
+        back.load_checkpoint(tmp_path / "ck", settings_must_match=False)  # intact and loadable, at the step before the bad batch
         assert back.step == first
         assert all(torch.isfinite(p).all() for p in back.saes[0].parameters())

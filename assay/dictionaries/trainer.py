@@ -85,6 +85,11 @@ def lr_at(step: int, base: float, *, warmup: int, decay_start: int | None, total
     return base * f
 
 
+RESUME_FREE_FIELDS = ("progress", "checkpoint_every")
+"""TrainConfig fields that may change across a resume (they do not change the result); a change of any
+other field, or of the data order (site, batch size, seed), is refused."""
+
+
 class TrainResult(NamedTuple):
     """What :meth:`SAETrainer.fit` returns."""
 
@@ -118,6 +123,8 @@ class SAETrainer:
         self.d_in = d.pop()
         self.step = 0
         self.input_scale = 1.0
+        self.data_identity: dict[str, Any] | None = None
+        """What fixes the data order (site, batch size, seed) when known; checked on resume."""
         self.since_fired = [torch.zeros(s.d_sae, dtype=torch.long) for s in self.saes]
         self.lrs = [cfg.lr or s.default_lr or topk_lr(s.d_sae) for s in self.saes]
         self.opts = [self._adam(s, lr) for s, lr in zip(self.saes, self.lrs)]
@@ -247,17 +254,32 @@ class SAETrainer:
             files[f"opt{i}"]["_since_fired"] = self.since_fired[i]
             groups.append({k: v for k, v in sd["param_groups"][0].items() if k != "params"})
         meta = {"step": self.step, "input_scale": self.input_scale, "param_groups": groups,
-                "saes": [{"architecture": s.architecture, "config": to_dict(s.cfg)} for s in self.saes]}
+                "saes": [{"architecture": s.architecture, "config": to_dict(s.cfg)} for s in self.saes],
+                "data": self.data_identity}
         return save_artifact(path, kind="sae-checkpoint", config=self.cfg, tensors=files, meta=meta)
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore the state saved by :meth:`save_checkpoint` (SAEs must match in architecture and config)."""
+    def load_checkpoint(self, path: str | Path, *, settings_must_match: bool = True) -> None:
+        """Restore the state saved by :meth:`save_checkpoint`. The SAEs must match in architecture and
+        config; with ``settings_must_match`` (for a resume) so must the training settings and data order
+        (:data:`RESUME_FREE_FIELDS` excepted); pass False only to inspect a checkpoint."""
         art = load_artifact(path, kind="sae-checkpoint")
         meta = art.meta
         saved = meta.get("saes", [])
         mine = [{"architecture": s.architecture, "config": to_dict(s.cfg)} for s in self.saes]
         if saved != mine:
             raise ArtifactError(f"{path}: the checkpoint holds SAEs {saved}, but the trainer has {mine}")
+        now = to_dict(self.cfg)
+        changed = [f"{k}: {art.config.get(k)!r} in the checkpoint, {now[k]!r} now" for k in now
+                   if settings_must_match and k not in RESUME_FREE_FIELDS and art.config.get(k) != now[k]]
+        saved_data = meta.get("data")
+        if settings_must_match and saved_data is not None and self.data_identity is not None:
+            changed += [f"{k}: {saved_data.get(k)!r} in the checkpoint, {v!r} now"
+                        for k, v in self.data_identity.items() if saved_data.get(k) != v]
+        if changed:
+            raise ArtifactError(
+                f"{path}: resuming with changed settings would make a hybrid run, not the promised identical "
+                f"result ({'; '.join(changed)}). Resume with the checkpoint's settings, or use a new "
+                "checkpoint folder to start afresh.")
         for i, (s, opt) in enumerate(zip(self.saes, self.opts)):
             with torch.no_grad():
                 for k, v in s.state_dict().items():
@@ -362,6 +384,8 @@ def train_saes(saes: SAE | list[SAE], cfg: TrainConfig, data: Any, *, site: str 
     (batches already consumed before a resume are skipped). Resumes from ``checkpoint`` when it exists.
     Returns the finalized (input-scale-folded) SAEs and the result."""
     trainer = SAETrainer(saes, cfg)
+    if hasattr(data, "batches") and hasattr(data, "batch_rows"):
+        trainer.data_identity = {"site": site, "batch_size": batch_size, "seed": seed}
     if checkpoint is not None and resume and (Path(checkpoint) / "config.json").exists():
         trainer.load_checkpoint(checkpoint)
     start = trainer.step
