@@ -26,7 +26,8 @@ from safetensors.torch import load_file, save_file
 from assay import __version__
 from assay.config import from_dict, to_dict
 
-__all__ = ["ArtifactError", "Artifact", "save_artifact", "load_artifact", "sha256_file", "atomic_write_text"]
+__all__ = ["ArtifactError", "Artifact", "save_artifact", "load_artifact", "sha256_file", "atomic_write_text",
+           "check_writable"]
 
 C = TypeVar("C")
 CONFIG_FILE = "config.json"
@@ -76,6 +77,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | Path, *, overwrite: bool = False) -> Path:
+    """Check, before any work, that an artifact can later be saved at ``path``: refuse an existing
+    ``path`` unless ``overwrite``, and prove its folder can be created and written (a temporary file is
+    made and removed there). Returns ``path``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ArtifactError(f"{path} already exists; choose another output, or pass overwrite to replace it")
+    if path.exists() and not path.is_dir():
+        raise ArtifactError(f"{path} is a file, not an artifact folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ArtifactError(f"cannot write the output {path}: {e.strerror or e}; choose a writable folder") from None
+    return path
 
 
 def save_artifact(

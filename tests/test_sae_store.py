@@ -184,8 +184,18 @@ def test_cli_sae_train_on_a_tiny_store(tmp_path):
     assert "heldout_fvu" in res.output and "not an offline model" in res.output
     sae = load_sae(tmp_path / "o")
     assert sae.d_sae == 4 * D and sae.cfg.k == 4
-    res = CliRunner().invoke(app, [*args[:-2], "--holdout-windows", "8", "--k", "999"])
+    res = CliRunner().invoke(app, [*args, "--k", "999", "--out", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "k must be in 1..d_sae" in res.output and "Traceback" not in res.output
+    # the output is checked before any training: an existing SAE is never silently replaced ...
+    before = (tmp_path / "o" / "config.json").read_bytes()
+    res = CliRunner().invoke(app, [*args, "--steps", "100000"])  # would take minutes if it trained first
+    assert res.exit_code == 2 and "already exists" in res.output and "heldout_fvu" not in res.output
+    assert (tmp_path / "o" / "config.json").read_bytes() == before
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0  # ... unless asked
+    # ... and an output that cannot be written fails at once (here: its parent is a file)
+    (tmp_path / "file").write_text("x")
+    res = CliRunner().invoke(app, [*args, "--steps", "100000", "--out", str(tmp_path / "file" / "o")])
+    assert res.exit_code == 2 and "cannot write the output" in res.output
 
 
 def test_bad_input_through_the_store(tmp_path):

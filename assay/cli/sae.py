@@ -26,7 +26,9 @@ class SAETrainCommand(StoreSAEConfig):
     site: str
     """Site whose activations to train on."""
     out: Path
-    """Output artifact folder for the trained SAE."""
+    """Output artifact folder for the trained SAE (checked before training; never replaced unless --overwrite)."""
+    overwrite: bool = False
+    """Replace an existing SAE at --out."""
     checkpoint: Path | None = None
     """Checkpoint folder (resumed when it exists; a finished run resumed takes no step)."""
     evaluate_model: bool = True
@@ -35,9 +37,11 @@ class SAETrainCommand(StoreSAEConfig):
 
 def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
     """Run ``assay sae train``; returns the printed figures."""
+    from assay.artifact import check_writable
     from assay.dictionaries.store_run import train_sae_on_store
     from assay.store import ActivationStore
 
+    check_writable(cfg.out, overwrite=cfg.overwrite)
     store = ActivationStore.open(cfg.store, sites=[cfg.site])
     model = None
     if cfg.evaluate_model and cfg.holdout_windows > 0:
