@@ -77,8 +77,11 @@ def test_geometry_checks():
     three = torch.tensor([[1.0, 0], [0.6, 0.8], [0, 1]])
     assert stable_rank(three) == pytest.approx(1.5, abs=1e-6)
     assert effective_rank(three) == pytest.approx(1.970634, abs=1e-6)
-    sv = torch.diag(torch.tensor([3.0, 1.0]))  # rows (3,0),(0,1) → after unit-normalising σ = (1,1)
-    assert effective_rank(sv) == pytest.approx(2.0)
+    # atoms of unequal norm (as an RA-SAE's are): the ranks see D's own spectrum σ = (3, 1), not the
+    # unit-normalised atoms' (σ = (1, 1), which would give 2 and 2)
+    sv = torch.diag(torch.tensor([3.0, 1.0]))
+    assert stable_rank(sv) == pytest.approx(1.111111, abs=1e-6)
+    assert effective_rank(sv) == pytest.approx(1.754765, abs=1e-6)
     p = torch.tensor([0.75, 0.25])
     assert math.exp(-(p * p.log()).sum().item()) == pytest.approx(1.754765, abs=1e-6)
     assert coherence(three) == pytest.approx(0.8)

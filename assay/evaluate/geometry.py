@@ -1,7 +1,9 @@
 """Geometry and stability of a dictionary D ``[k, d]`` (rows are atoms), defined once.
 
 After Fel, Lubana et al. 2025, "Archetypal SAE" (arXiv 2502.12892), §4 metrics; coherence and the
-Babel function after Tropp 2004, "Greed is Good". Atoms are unit-normalised before every cosine.
+Babel function after Tropp 2004, "Greed is Good". Atoms are unit-normalised before every cosine; the
+two ranks are taken of D as it is (an RA-SAE's atoms are convex combinations of data points, not unit
+vectors, and their norms are part of the dictionary's spectrum).
 
     stability S(D, D′) = (1/m) max_Π Σ_i |cos(D_i, D′_Π(i))|   (Hungarian, m = min(k, k′))
     OOD score = 1 − (1/k) Σ_i max_j cos(D_i, A_j)   over real activations A
@@ -54,14 +56,15 @@ def ood_score(D: Tensor, activations: Tensor) -> float:
 
 
 def stable_rank(D: Tensor) -> float:
-    """‖D‖_F² / ‖D‖₂² (of the unit-normalised atoms). Check: {(1,0),(0.6,0.8),(0,1)} → 1.5."""
-    s = torch.linalg.svdvals(unit(D))
+    """‖D‖_F² / ‖D‖₂² of D as given. Checks: {(1,0),(0.6,0.8),(0,1)} → 1.5; σ = (3, 1) → 1.111111."""
+    s = torch.linalg.svdvals(D.double())
     return (s.pow(2).sum() / s[0].pow(2)).item()
 
 
 def effective_rank(D: Tensor) -> float:
-    """exp of the entropy of the normalised singular values (Roy & Vetterli 2007)."""
-    s = torch.linalg.svdvals(unit(D))
+    """exp of the entropy of the normalised singular values of D as given (Roy & Vetterli 2007).
+    Check: σ = (3, 1) → 1.754765."""
+    s = torch.linalg.svdvals(D.double())
     p = s / s.sum()
     p = p[p > 0]
     return torch.exp(-(p * p.log()).sum()).item()
