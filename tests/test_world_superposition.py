@@ -25,15 +25,38 @@ def test_sample_is_the_planted_mixture_and_seeded():
     assert not torch.equal(b.inputs, w.sample(4000, generator=make_generator(1)).inputs)
 
 
-def test_hierarchy_constraints():
+@pytest.mark.parametrize("sampling", ["one_parent", "independent"])
+def test_hierarchy_constraints(sampling):
     cfg = SuperpositionConfig(n_features=20, d_model=10, hierarchy=(3, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0),
-                              profile="constant", p_max=0.5)
+                              profile="constant", p_max=0.5, hierarchy_sampling=sampling)
     w = SuperpositionWorld(cfg)
     a = w.sample(2000, generator=make_generator(0)).labels["active"]
     for parent, kids in ((0, slice(1, 4)), (4, slice(5, 8)), (8, slice(9, 12))):
         assert not (a[:, kids].any(1) & ~a[:, parent]).any()  # child only with parent
         assert (a[:, kids].sum(1) <= 1).all()  # siblings exclusive
-        assert a[:, kids].any(1).float().mean() > 0.1
+        assert a[:, kids].any(1).float().mean() > (0.1 if sampling == "independent" else 0.03)  # (1/11 · 0.5)
+
+
+def test_one_parent_sampler_is_the_papers_toy():
+    """MP-SAE / Matryoshka toy: 20 concepts, 11 roots of which 3 have 3 children; exactly one root per sample
+    (here uniform: constant profile), plus one of its children (uniform) with probability 0.5."""
+    cfg = SuperpositionConfig(n_features=20, d_model=10, hierarchy=(3, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0),
+                              profile="constant", p_max=0.5)
+    w = SuperpositionWorld(cfg)
+    n = 40_000
+    a = w.sample(n, generator=make_generator(0)).labels["active"]
+    roots = torch.tensor([0, 4, 8, *range(12, 20)])
+    assert (a[:, roots].sum(1) == 1).all()  # one root per sample
+    assert (a.sum(1) <= 2).all()
+    freq = a[:, roots].float().mean(0)
+    assert torch.allclose(freq, torch.full((11,), 1 / 11), atol=0.01)  # ∝ p (equal here)
+    for parent in (0, 4, 8):
+        kids = a[:, parent + 1: parent + 4]
+        on = a[:, parent]
+        assert abs(kids[on].any(1).float().mean().item() - 0.5) < 0.03  # child_probability
+        assert torch.allclose(kids[on].float().mean(0), torch.full((3,), 0.5 / 3), atol=0.02)  # uniform child
+        assert not (kids.any(1) & ~on).any()
+    assert not (a[:, roots[3:]].any(1) & (a.sum(1) > 1)).any()  # roots without children come alone
 
 
 def test_target_cosine_lowers_interference():

@@ -10,7 +10,15 @@ Feature i fires independently with probability p_i. The Zipf profile is
 p_i = p_min + (p_max − p_min)(r_i − r_min)/(r_max − r_min), r_i = 1/i^e (i = 1..n); constant and
 linear profiles are also offered. Magnitudes m_i are U[0, 1] (Elhage) or N(1.5, 0.25²) clipped at
 0. With ``hierarchy`` the features are grouped into parents with children: a child can fire only if
-its parent fires, and siblings are mutually exclusive.
+its parent fires, and siblings are mutually exclusive. Two samplers (``hierarchy_sampling``):
+
+- ``"one_parent"`` (default) — the MP-SAE / Matryoshka toy (Costa, Fel, Lubana, Tolooshams & Ba 2025,
+  "From Flat to Hierarchical"; Bussmann, Nabeshima, Karvonen & Nanda 2025, "Learning Multi-Level
+  Features with Matryoshka Sparse Autoencoders"): every sample has exactly one root feature, drawn with
+  probability ∝ p_root, plus — when that root has children — one child, drawn uniformly, with
+  probability ``child_probability``. Absorption figures are comparable with those papers' only here.
+- ``"independent"`` — every feature fires independently with p_i, then a child that fired without its
+  parent is dropped and at most one firing child per parent is kept (uniformly).
 
 Ground truth: ``world.directions`` (G), per example ``acts`` (the true coefficients a) and
 ``active`` (a ≠ 0 pattern). Check value: n = 4, e = 1, p_max 0.3, p_min 0.01 → p = (0.3, 0.106667,
@@ -54,6 +62,11 @@ class SuperpositionConfig:
     """If set, optimise the directions towards this pairwise cosine (200 Adam steps)."""
     hierarchy: tuple[int, ...] | None = None
     """Children per parent, e.g. (3, 3, 0, 0): features are laid out parent, its children, next parent…"""
+    hierarchy_sampling: Literal["one_parent", "independent"] = "one_parent"
+    """With a hierarchy: one root (+ at most one of its children) per sample, as in the MP-SAE/Matryoshka toy,
+    or independent firing thinned by the tree (module docstring)."""
+    child_probability: float = 0.5
+    """``one_parent`` sampling: probability that the chosen root's sample also has one of its children."""
     seed: int = 0
     """Seed of the static structure (directions)."""
 
@@ -71,6 +84,8 @@ class SuperpositionConfig:
                 f"every feature always fires (sparsity 0) with n_features={self.n_features} > d_model="
                 f"{self.d_model}: the features cannot be recovered; lower p_max or raise d_model"
             )
+        if not 0.0 <= self.child_probability <= 1.0:
+            raise ConfigError(f"child_probability must lie in [0, 1], got {self.child_probability}")
         if self.hierarchy is not None:
             if any(c < 0 for c in self.hierarchy):
                 raise ConfigError(f"hierarchy child counts must be >= 0, got {self.hierarchy}")
@@ -136,10 +151,13 @@ class SuperpositionWorld:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         cfg = self.config
-        u = torch.rand(n, cfg.n_features, generator=generator, dtype=torch.float64)
-        active = u < self.probabilities
-        if cfg.hierarchy is not None:
-            active = self._apply_hierarchy(active, generator)
+        if cfg.hierarchy is not None and cfg.hierarchy_sampling == "one_parent":
+            active = self._one_parent(n, generator)
+        else:
+            u = torch.rand(n, cfg.n_features, generator=generator, dtype=torch.float64)
+            active = u < self.probabilities
+            if cfg.hierarchy is not None:
+                active = self._apply_hierarchy(active, generator)
         if cfg.magnitude == "uniform":
             mag = torch.rand(n, cfg.n_features, generator=generator)
         else:
@@ -149,6 +167,22 @@ class SuperpositionWorld:
         if cfg.noise_std > 0:
             x = x + cfg.noise_std * torch.randn(x.shape, generator=generator)
         return Batch(inputs=x, labels={"acts": acts, "active": acts != 0})
+
+    def _one_parent(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """One root per sample (∝ its p), plus one of its children (uniform) with ``child_probability``."""
+        cfg = self.config
+        roots = torch.nonzero(self.parents < 0).squeeze(1)
+        counts = torch.tensor(cfg.hierarchy or (), dtype=torch.long)
+        pick = torch.multinomial(self.probabilities[roots], n, replacement=True, generator=generator)
+        active = torch.zeros(n, cfg.n_features, dtype=torch.bool)
+        rows = torch.arange(n)
+        active[rows, roots[pick]] = True
+        kids = counts[pick]
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        child = (torch.rand(n, generator=generator, dtype=torch.float64) * kids).long().clamp_max((kids - 1).clamp_min(0))
+        with_child = (kids > 0) & (u < cfg.child_probability)
+        active[rows[with_child], (roots[pick] + 1 + child)[with_child]] = True
+        return active
 
     def _apply_hierarchy(self, active: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Children fire only with their parent; at most one child of a parent fires."""
