@@ -16,7 +16,7 @@ from assay.dictionaries.mp import matching_pursuit
 from assay.dictionaries.registry import ARCHITECTURES, build_sae, load_sae, save_sae
 from assay.dictionaries.relu import norm_weighted_l1
 from assay.dictionaries.spade import SpaDEConfig, SpaDESAE, sparsemax
-from assay.lenses.protocol import Lens
+from assay.lens import Lens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from assay.lenses.protocol import Lens
+from assay.lens import Lens
 from assay.robustness.sae_fragility import (
     active_set_overlap,
     fragility_attack,

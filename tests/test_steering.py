@@ -5,18 +5,11 @@ import torch
 from peer_import import peer
 
 from assay.hooks import capture
+from assay.lens import Ablate, Add, Clamp, Set
 from assay.lenses.direction import DirectionLens
-from assay.lenses.intervene import Ablate, Add, Clamp, LastPrompt, intervene
+from assay.lenses.intervene import At, From, Generated, LastPrompt, intervene, linear_decay
 from assay.lenses.probes import diff_of_means
-from assay.lenses.steering import (
-    ablate,
-    apply_operator,
-    caa,
-    linear_decay,
-    pca_direction,
-    probe_direction,
-    steer,
-)
+from assay.lenses.steering import caa, pca_direction, probe_direction, steer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,19 +66,32 @@ def test_application_parity_with_steering_vectors(llama, ours, theirs):
     assert not torch.allclose(out, base, atol=1e-3)
 
 
+def _naive(h, v, operator, alpha):
+    """The three operators written out on h (the reference)."""
+    v_hat = v / v.norm()
+    ablated = h - (h @ v_hat)[..., None] * v_hat
+    return {"add": h + alpha * v, "ablate": ablated, "ablate_then_add": ablated + alpha * v}[operator]
+
+
 def test_direction_lens_edits_equal_operators():
-    """intervene() with a DirectionLens reproduces the three operators (the encoder–decoder view)."""
+    """intervene() with a DirectionLens reproduces the three operators (the encoder–decoder view), and
+    so does steer() on an identity model."""
     model = torch.nn.Sequential(torch.nn.Identity())
     v = torch.randn(8, generator=_g(5))
     h = torch.randn(2, 3, 8, generator=_g(6))
     lens = DirectionLens(v)
-    cases = [(Add(amount=2.0 * float(v.norm())), apply_operator(h, v, "add", 2.0)),
-             (Ablate(), apply_operator(h, v, "ablate")),
-             (Clamp(value=2.0 * float(v.norm())), apply_operator(h, v, "ablate_then_add", 2.0))]
+    cases = [(Add(amount=2.0 * float(v.norm())), _naive(h, v, "add", 2.0)),
+             (Ablate(), _naive(h, v, "ablate", 2.0)),
+             (Clamp(value=2.0 * float(v.norm())), _naive(h, v, "ablate_then_add", 2.0)),
+             (Set(value=float(v.norm()), strength=2.0), _naive(h, v, "ablate_then_add", 2.0))]
     for edit, expect in cases:
         with torch.no_grad(), intervene(model, "0", lens, edit), capture(model, "0") as c:
             model(h)
         torch.testing.assert_close(c["0"], expect, atol=1e-5, rtol=1e-5)
+    for op in ("add", "ablate", "ablate_then_add"):
+        with torch.no_grad(), steer(model, {"0": v}, operator=op, strength=2.0), capture(model, "0") as c:
+            model(h)
+        torch.testing.assert_close(c["0"], _naive(h, v, op, 2.0), atol=1e-5, rtol=1e-5)
 
 
 def test_contracts(llama):
@@ -104,12 +110,17 @@ def test_contracts(llama):
             llama(ids, attention_mask=mask)
     raw = llama.model.embed_tokens(ids)
     assert torch.equal(c["model.embed_tokens"][0, :2], raw[0, :2])  # padding untouched
-    h = torch.randn(4, 32, generator=_g(9))
-    once = ablate(h, v)
-    torch.testing.assert_close(ablate(once, v), once, atol=1e-6, rtol=0)  # idempotent
-    torch.testing.assert_close(once @ (v / v.norm()), torch.zeros(4), atol=1e-5, rtol=0)
-    normed = apply_operator(h, v, "add", 5.0, normalize=True)
-    torch.testing.assert_close(normed.norm(dim=-1), h.norm(dim=-1))
+    ident = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Identity())
+    h = torch.randn(4, 1, 32, generator=_g(9))
+    with torch.no_grad(), steer(ident, {"0": v, "1": v}, operator="ablate", strength=0.0), \
+            capture(ident, ["0", "1"]) as c:
+        ident(h)  # ablate ignores the strength; ablating twice is ablating once
+    torch.testing.assert_close(c["1"], c["0"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(c["0"] @ (v / v.norm()), torch.zeros(4, 1), atol=1e-5, rtol=0)
+    with torch.no_grad(), steer(ident, {"0": v}, strength=5.0, normalize=True), capture(ident, "0") as c:
+        ident(h)
+    torch.testing.assert_close(c["0"].norm(dim=-1), h.norm(dim=-1))
+    assert not torch.allclose(c["0"], h, atol=1e-3)
 
 
 def test_generation_schedule_and_positions_cache_vs_recompute(llama):
@@ -128,6 +139,61 @@ def test_generation_schedule_and_positions_cache_vs_recompute(llama):
             outs.append(torch.stack(llama.generate(ids, use_cache=use_cache, **kw).logits, 1))
     torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-4)
     assert linear_decay(4)(torch.tensor([-2, 0, 2, 4, 6])).tolist() == [1.0, 1.0, 0.5, 0.0, 0.0]
+
+
+def _gen_logits(model, ids, mask, n=4):
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0,
+                         output_logits=True, return_dict_in_generate=True)
+    return out.sequences, torch.stack(out.logits, 1)
+
+
+@pytest.mark.parametrize(("operator", "strength", "positions", "schedule"), [
+    ("add", 1.5, None, None),
+    ("add", -2.0, At(-1), linear_decay(2)),
+    ("ablate", 3.0, LastPrompt(), None),
+    ("ablate_then_add", 0.7, From(-2), linear_decay(3)),
+    ("ablate_then_add", 2.0, Generated(), None),
+])
+def test_steer_equals_direct_intervene_bitwise(llama, operator, strength, positions, schedule):
+    """steer() is a wrapper: its output (a forward pass and a cached generation, two sites) is bitwise the
+    output of the intervene() call it stands for, written out by hand."""
+    g = _g(20)
+    vs = {SITE: torch.randn(32, generator=g) * 3, "model.layers.1": torch.randn(32, generator=g) * 3}
+    ids = torch.randint(4, 64, (2, 5), generator=_g(21))
+    mask = torch.ones_like(ids)
+    mask[1, :1] = 0
+
+    def edit(v):
+        return {"add": (None, Add(amount=v, strength=strength)), "ablate": (DirectionLens(v), Ablate()),
+                "ablate_then_add": (DirectionLens(v), Set(value=float(v.norm()), strength=strength))}[operator]
+
+    direct = {s: edit(v) for s, v in vs.items()}
+    sched = None if operator == "ablate" else schedule  # ablate ignores strength and schedule
+    kw = dict(operator=operator, strength=strength, positions=positions, schedule=schedule)
+    with torch.no_grad():  # one block per forward pass or generate call (the block's first call is the prompt)
+        with steer(llama, vs, **kw):
+            out = llama(ids, attention_mask=mask).logits
+        with steer(llama, vs, **kw):
+            seq, gen = _gen_logits(llama, ids, mask)
+        with intervene(llama, direct, positions=positions, schedule=sched):
+            ref = llama(ids, attention_mask=mask).logits
+        with intervene(llama, direct, positions=positions, schedule=sched):
+            ref_seq, ref_gen = _gen_logits(llama, ids, mask)
+    assert torch.equal(out, ref) and torch.equal(seq, ref_seq) and torch.equal(gen, ref_gen)
+    assert not torch.equal(gen, _gen_logits(llama, ids, mask)[1])  # the steering does something
+
+
+@pytest.mark.parametrize("operator", ["add", "ablate_then_add"])
+def test_steer_strength_zero_is_bitwise_identity_in_cached_generation(llama, operator):
+    v = torch.randn(32, generator=_g(22)) * 4
+    ids = torch.randint(4, 64, (2, 5), generator=_g(23))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    with torch.no_grad():
+        base_seq, base_gen = _gen_logits(llama, ids, mask)
+        with steer(llama, {SITE: v, "model.layers.1": -v}, operator=operator, strength=0.0, schedule=linear_decay(2)):
+            seq, gen = _gen_logits(llama, ids, mask)
+    assert torch.equal(seq, base_seq) and torch.equal(gen, base_gen)
 
 
 def test_planted_concept_direction_and_behaviour():
@@ -176,7 +242,7 @@ def test_bad_input(llama):
     model = torch.nn.Sequential(torch.nn.Identity())
     h = torch.randn(1, 3, 4)
     h[0, 1, 2] = float("nan")
-    with pytest.raises(ValueError, match="non-finite activations"), steer(model, {"0": torch.ones(4)}):
+    with pytest.raises(ValueError, match="non-finite activations"), steer(model, {"0": torch.ones(4)}, check_finite=True):
         model(h)
     with pytest.raises(ValueError, match="unknown steering operator"):
-        apply_operator(torch.randn(2, 4), torch.randn(4), "multiply")
+        steer(model, {"0": torch.ones(4)}, operator="multiply")

@@ -160,6 +160,31 @@ def test_manifold_steering_on_cyclic_world():
         assert float(m.inverse(m.point(torch.tensor(m.concept_u(c))))) == pytest.approx(m.concept_u(c), abs=1e-3)
 
 
+@pytest.mark.parametrize("positions", [None, At(-1), At(0, 2)])
+def test_steer_along_equals_direct_intervene_bitwise(llama, positions):
+    """steer_along() is a wrapper: its outputs are bitwise those of intervene(site, None, Set(value=π(t)))
+    point by point, and the site's activation at the selected positions is π(t) itself."""
+    from assay.hooks import capture
+    from assay.lens import Set
+    from assay.lenses.intervene import intervene
+
+    site = "model.layers.0"
+    ids = torch.randint(4, 64, (2, 4), generator=_g(30))
+    path = torch.randn(3, 32, generator=_g(31)) * 2
+
+    def run(mdl):
+        with torch.no_grad():
+            return mdl(ids).logits
+
+    outs = steer_along(llama, site, path, run, positions=positions)
+    for point, out in zip(path, outs, strict=True):
+        with intervene(llama, site, None, Set(value=point), positions=positions), capture(llama, site) as c:
+            assert torch.equal(out, run(llama))
+        cols = [0, 1, 2, 3] if positions is None else [p % 4 for p in positions.positions]
+        assert torch.equal(c[site][:, cols], point.expand(2, len(cols), 32))
+    assert not torch.equal(outs[0], outs[1])
+
+
 def test_every_lens_on_the_same_tradeoff_axes(tmp_path):
     """Superposition world, feature i: a CAA direction, a probe direction, an SAE whose atom 0 is the
     planted atom, and a logit lens / tuned lens whose "unembedding" is the planted atoms are swept over strength through intervene(); success = the ground-truth read-out d_i·h
@@ -167,8 +192,9 @@ def test_every_lens_on_the_same_tradeoff_axes(tmp_path):
     for every lens and nothing moves at strength 0."""
     from assay.dictionaries.registry import build_sae
     from assay.hooks import capture
+    from assay.lens import Add
     from assay.lenses.direction import DirectionLens
-    from assay.lenses.intervene import Add, intervene
+    from assay.lenses.intervene import intervene
     from assay.lenses.logit_lens import UnembedLens
     from assay.lenses.probes import diff_of_means
     from assay.lenses.steering import caa

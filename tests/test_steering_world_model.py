@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from assay.hooks import capture
-from assay.lenses.intervene import Add, At, intervene
+from assay.lens import Add
+from assay.lenses.intervene import At, intervene
 from assay.lenses.probes import diff_of_means
 from assay.lenses.steering import caa, steer
 from assay.lenses.sweep import collect_features, probe_sweep
@@ -101,8 +102,8 @@ def _steer_rate(model, world, ids, answer, feats, site, strength, g):
             probe = diff_of_means(feats[fit], (answer[fit] == t).long())
             v = probe.w
             moved = answer[ev] != t
-            edit = Add(amount=strength * float(v.norm()), positions=At(EQ))
-            with intervene(model, site, probe.lens(), edit):
+            edit = Add(amount=strength * float(v.norm()))
+            with intervene(model, site, probe.lens(), edit, positions=At(EQ)):
                 got = _answers(model, ids[ev])
             with steer(model, {site: _random_like(v, g)}, strength=strength, positions=At(EQ)):
                 got_rnd = _answers(model, ids[ev])
@@ -124,7 +125,7 @@ def test_answer_direction_steers_output_to_target(world_model):
     with torch.no_grad():
         base = model(ids)
         with intervene(model, "blocks.1", diff_of_means(feats, (answer == 0).long()).lens(),
-                       Add(amount=5.0, strength=0.0, positions=At(EQ))):
+                       Add(amount=5.0, strength=0.0), positions=At(EQ)):
             assert torch.equal(model(ids), base)
 
 

@@ -153,7 +153,7 @@ class SAE(nn.Module):
     """Base of all sparse autoencoders: parameters W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d].
 
     Subclasses implement :meth:`encode_codes` (and may override :meth:`decode_codes` and
-    :meth:`loss_terms`). ``encode``/``decode`` make every SAE a :class:`assay.lenses.Lens`.
+    :meth:`loss_terms`). ``encode``/``decode`` make every SAE a :class:`assay.lens.Lens`.
     W_enc is stored transposed in memory (an ``[n, d]`` buffer viewed as ``[d, n]``) so the sparse
     encoder backward writes whole rows.
     """

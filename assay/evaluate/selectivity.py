@@ -5,9 +5,10 @@ Control: Evaluation via Intervention" (edit through the Lens ``decode``, score t
 causal test of Menon et al. 2025 (intervene on a latent, check the change the feature predicts).
 For a Lens (encode/decode), activations h ``[N, d]``, a ground-truth ``readout(h) -> [N, C]`` (what
 the world says each concept's behaviour is, e.g. the true feature coefficients read off h) and a
-latent i assigned to target concept c, the edit keeps the reconstruction error:
+latent i assigned to target concept c, the edit keeps the reconstruction error (``Add`` through
+:func:`assay.lens.apply_edit`):
 
-    z = encode(h);  z′ = z + δ e_i;  h′ = h + decode(z′) − decode(z)
+    z = encode(h);  z′ = z + δ e_i;  h′ = h + (decode(z′) − decode(z))
     effect_c′ = mean_b |readout(h′)_bc′ − readout(h)_bc′|
     selectivity(i → c) = effect_c / Σ_c′ effect_c′          (1: only c moves; ≈ 1/C: no preference)
 
@@ -25,16 +26,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["SelectivityMetrics", "edit_latent", "readout_effects", "intervention_selectivity"]
+from assay.lens import Add, Lens, apply_edit
 
-
-def edit_latent(lens, h: Tensor, latent: int, delta: float) -> Tensor:
-    """h + decode(z + δ e_latent) − decode(z), z = encode(h): the edited activations ``[N, d]``."""
-    with torch.no_grad():
-        z = lens.encode(h)
-        z2 = z.clone()
-        z2[..., latent] += delta
-        return h + lens.decode(z2) - lens.decode(z)
+__all__ = ["SelectivityMetrics", "readout_effects", "intervention_selectivity"]
 
 
 def readout_effects(readout: Callable[[Tensor], Tensor], h: Tensor, h_edit: Tensor) -> Tensor:
@@ -69,7 +63,7 @@ def _share(effect: Tensor, c: int) -> float:
     return effect[c].item() / total if total > 0 else 0.0
 
 
-def intervention_selectivity(lens, h: Tensor, assignment: Sequence[tuple[int, int]],
+def intervention_selectivity(lens: Lens, h: Tensor, assignment: Sequence[tuple[int, int]],
                              readout: Callable[[Tensor], Tensor], *, directions: Tensor | None = None,
                              strength: float = 1.0) -> SelectivityMetrics:
     """Selectivity of each ``(concept, latent)`` pair in ``assignment`` (module docstring).
@@ -85,7 +79,8 @@ def intervention_selectivity(lens, h: Tensor, assignment: Sequence[tuple[int, in
     for c, i in assignment:
         fired = z[..., i][z[..., i] > 0]
         delta = strength * (fired.mean().item() if fired.numel() else 1.0)
-        h2 = edit_latent(lens, h, i, delta)
+        with torch.no_grad():
+            h2 = apply_edit(h, lens, Add(concepts=i, amount=delta))[0]
         eff = readout_effects(readout, h, h2)
         rows.append(eff)
         sel.append(_share(eff, c))

@@ -7,9 +7,9 @@ As a lens with unit direction v̂ = v/‖v‖:
     encode(h) = h·v̂            (the coordinate along v, shape [..., 1])
     decode(z) = z v̂
 
-so, through :func:`assay.lenses.intervene.intervene`'s h′ = h + D(z′) − D(z),
-``Add(amount=α‖v‖)`` is addition h + α v, ``Ablate()`` is projection removal h − (h·v̂)v̂ and
-``Clamp(value=c)`` is ablation-then-addition h − (h·v̂)v̂ + c v̂.
+so, through equation (1) of :mod:`assay.lens`, h′ = h + D(z′) − D(z), ``Add(amount=α‖v‖)`` is addition
+h + α v, ``Ablate()`` is projection removal h − (h·v̂)v̂ and ``Set(value=‖v‖, strength=α)`` is
+ablation-then-addition h − (h·v̂)v̂ + α v.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ class DirectionLens:
 
     def encode(self, h: Tensor) -> Tensor:
         self._check(h)
-        return (h @ self.v_hat.to(h.dtype))[..., None]
+        return (h @ self.v_hat.to(device=h.device, dtype=h.dtype))[..., None]
 
     def decode(self, z: Tensor) -> Tensor:
         if z.shape[-1] != 1:
             raise ValueError(f"a direction lens has one concept; codes must be [..., 1], got {tuple(z.shape)}")
-        return z * self.v_hat.to(z.dtype)
+        return z * self.v_hat.to(device=z.device, dtype=z.dtype)

@@ -1,4 +1,5 @@
-"""Intervene on concepts through a lens, in a forward pass and during cached generation.
+"""The one intervention path: edit a lens's concepts at sites of a model, in a forward pass and during
+cached generation, at chosen positions, with a strength that may follow a schedule over generation steps.
 
 Bhalla, Srinivas, Ghandeharioun & Lakkaraju 2024, "Towards Unifying Interpretability and Control:
 Evaluation via Intervention" (arXiv 2411.04430): every method is an encoder E and a decoder D around
@@ -6,8 +7,10 @@ an activation h at a site; an intervention edits the concept code z = E(h) → z
 
     h′ = h + (D(z′) − D(z))                                                        (1)
 
-— the reconstruction error h − D(E(h)) is kept, so an identity edit (z′ = z) changes nothing, and a
-lossy lens (SAE, pseudo-inverse of an unembedding) does not corrupt the untouched part of h.
+(the Lens protocol, the edits and equation (1) are the floor :mod:`assay.lens`). Steering vectors
+(:func:`assay.lenses.steering.steer`) and manifold steering (:func:`assay.lenses.manifold.steer_along`)
+are short wrappers over :func:`intervene`; the strength-0 shortcut, position selection, schedules and
+the finiteness check live here once.
 
 Positions. Each forward call of the model is seen with its *absolute* positions
 ``past_length + local_index`` (``past_length`` from ``cache_position`` / ``past_key_values`` of the
@@ -17,12 +20,15 @@ with a KV cache (steering-vectors#60 and nrimsky/CAA#3 get this wrong). The *pro
 forward call inside the ``with`` block; use one block per ``generate`` call. Padding positions
 (``attention_mask == 0`` of the call) are never edited.
 
-Strength 0 returns the activation tensor itself (bitwise unchanged).
+Schedules. A schedule maps the generation step t = position − prompt length of each column (negative
+in the prompt) to a multiplier of the edit's strength, e.g. :func:`linear_decay`.
+
+Strength 0 returns the activation tensor itself (bitwise unchanged), at every site and step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -31,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from assay.hooks import patch, resolve
-from assay.lenses.protocol import Lens
+from assay.lens import Edit, Lens, apply_edit, check_lens
 
 __all__ = [
     "AllPositions",
@@ -40,18 +46,13 @@ __all__ = [
     "LastPrompt",
     "Generated",
     "Selector",
-    "Read",
-    "Clamp",
-    "Add",
-    "Scale",
-    "Ablate",
-    "Edit",
+    "Schedule",
+    "linear_decay",
     "CallInfo",
     "Reading",
     "Intervention",
     "positional_patch",
     "intervene",
-    "apply_edit",
     "select",
 ]
 
@@ -93,100 +94,6 @@ class Generated:
 
 
 Selector = AllPositions | At | From | LastPrompt | Generated
-
-
-# ----- edits -----------------------------------------------------------------------------------
-Concepts = int | Sequence[int] | None
-
-
-@dataclass(frozen=True, kw_only=True)
-class _EditBase:
-    concepts: Concepts = None
-    """Concept index or indices the edit touches (None: every concept)."""
-    positions: Selector = field(default_factory=AllPositions)
-    """Which positions are edited."""
-    strength: float = 1.0
-    """Multiplier of the edit; 0 changes nothing (bitwise)."""
-
-    def _index(self, n: int) -> Tensor | slice:
-        if self.concepts is None:
-            return slice(None)
-        idx = [self.concepts] if isinstance(self.concepts, int) else list(self.concepts)
-        bad = [i for i in idx if not -n <= i < n]
-        if bad:
-            raise ValueError(f"{type(self).__name__}: concept index {bad} out of range for a lens with {n} concepts")
-        return torch.tensor(idx, dtype=torch.long)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Read(_EditBase):
-    """Record the concept code at the selected positions; change nothing."""
-
-    def new_code(self, z: Tensor) -> Tensor:
-        return z
-
-
-@dataclass(frozen=True, kw_only=True)
-class Clamp(_EditBase):
-    """z_c ← z_c + strength·(value − z_c): set the concept to ``value`` (partially when strength < 1)."""
-
-    value: float | Tensor
-
-    def new_code(self, z: Tensor) -> Tensor:
-        i = self._index(z.shape[-1])
-        out = z.clone()
-        v = torch.as_tensor(self.value, dtype=z.dtype, device=z.device)
-        out[..., i] = z[..., i] + self.strength * (v - z[..., i])
-        return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class Add(_EditBase):
-    """z_c ← z_c + strength·amount."""
-
-    amount: float | Tensor
-
-    def new_code(self, z: Tensor) -> Tensor:
-        i = self._index(z.shape[-1])
-        out = z.clone()
-        out[..., i] = z[..., i] + self.strength * torch.as_tensor(self.amount, dtype=z.dtype, device=z.device)
-        return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class Scale(_EditBase):
-    """z_c ← z_c·(1 + strength·(factor − 1))."""
-
-    factor: float
-
-    def new_code(self, z: Tensor) -> Tensor:
-        i = self._index(z.shape[-1])
-        out = z.clone()
-        out[..., i] = z[..., i] * (1.0 + self.strength * (self.factor - 1.0))
-        return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class Ablate(_EditBase):
-    """z_c ← (1 − strength)·z_c (zero the concept at strength 1)."""
-
-    def new_code(self, z: Tensor) -> Tensor:
-        i = self._index(z.shape[-1])
-        out = z.clone()
-        out[..., i] = z[..., i] * (1.0 - self.strength)
-        return out
-
-
-Edit = Read | Clamp | Add | Scale | Ablate
-
-
-def apply_edit(h: Tensor, lens: Lens, edit: Edit) -> tuple[Tensor, Tensor]:
-    """Equation (1) on rows ``h [..., d]``: returns ``(h′, z)``; ``h′ is h`` when nothing changes."""
-    z = lens.encode(h)
-    if isinstance(edit, Read) or edit.strength == 0:
-        return h, z
-    z_new = edit.new_code(z)
-    return h + (lens.decode(z_new) - lens.decode(z)), z
 
 
 # ----- position bookkeeping ----------------------------------------------------------------------
@@ -311,9 +218,28 @@ def positional_patch(
         handle.remove()
 
 
-class Reading(NamedTuple):
-    """The concept code read at one forward call."""
+# ----- schedules -------------------------------------------------------------------------------
+Schedule = Callable[[Tensor], Tensor]
+"""Maps generation steps ``[T]`` (position − prompt length: negative in the prompt) to strength multipliers ``[T]``."""
 
+
+def linear_decay(n_steps: int) -> Schedule:
+    """Schedule: 1 on the prompt, then 1 − t/n_steps for generated token t (0 from t = n_steps)."""
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+
+    def schedule(steps: Tensor) -> Tensor:
+        return (1 - steps.clamp(min=0).float() / n_steps).clamp(min=0)
+
+    return schedule
+
+
+# ----- the intervention ------------------------------------------------------------------------
+class Reading(NamedTuple):
+    """The concept code read at one site in one forward call."""
+
+    site: str
+    """The site the code was read at."""
     z: Tensor
     """Codes at the selected positions ``[n_selected, n_concepts]`` (before the edit)."""
     selected: Tensor
@@ -324,47 +250,115 @@ class Reading(NamedTuple):
 
 @dataclass
 class Intervention:
-    """Handle yielded by :func:`intervene`: the codes read at each forward call."""
+    """Handle yielded by :func:`intervene`: the codes read at each site call (empty with ``record=False``)."""
 
     readings: list[Reading] = field(default_factory=list)
 
 
-def _check_lens(lens: Any) -> None:
-    if not (callable(getattr(lens, "encode", None)) and callable(getattr(lens, "decode", None))):
-        raise TypeError(f"{type(lens).__name__} is not a Lens: it needs encode(h) and decode(z) methods")
+SiteEdits = Mapping[str, tuple[Lens | None, Edit]]
+
+
+def _plan(site: str | SiteEdits, lens: Lens | None, edit: Edit | None) -> dict[str, tuple[Lens | None, Edit]]:
+    """``{site: (lens, edit)}`` from either call form, validated."""
+    if isinstance(site, str):
+        if edit is None:
+            raise TypeError("intervene(model, site, lens, edit) needs an edit, e.g. Add(concepts=3, amount=2.0)")
+        plan = {site: (lens, edit)}
+    elif isinstance(site, Mapping):
+        if lens is not None or edit is not None:
+            raise TypeError("give either intervene(model, site, lens, edit) or intervene(model, {site: (lens, edit)}), "
+                            "not a mapping together with lens/edit")
+        plan = dict(site)
+    else:
+        raise TypeError(f"site must be a site name or a mapping {{site: (lens, edit)}}, got {type(site).__name__}")
+    if not plan:
+        raise ValueError("intervene needs at least one site")
+    for name, pair in plan.items():
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise TypeError(f"site {name!r}: expected a (lens, edit) pair, got {pair!r}")
+        check_lens(pair[0])
+        if not isinstance(pair[1], Edit):
+            raise TypeError(f"site {name!r}: {pair[1]!r} is not an edit; use Read, Set, Clamp, Add, Scale or Ablate "
+                            "from assay.lens")
+    return plan
 
 
 @contextmanager
 def intervene(
-    model: nn.Module, site: str, lens: Lens, edit: Edit, *, prompt_len: int | None = None
+    model: nn.Module,
+    site: str | SiteEdits,
+    lens: Lens | None = None,
+    edit: Edit | None = None,
+    *,
+    positions: Selector | None = None,
+    schedule: Schedule | None = None,
+    normalize: bool = False,
+    check_finite: bool = False,
+    record: bool = True,
+    prompt_len: int | None = None,
 ) -> Iterator[Intervention]:
-    """Apply ``edit`` to ``lens``'s concepts at ``site`` during every forward pass in the block
-    (plain calls and ``generate`` with or without a KV cache), by equation (1).
+    """Apply ``edit`` to ``lens``'s concepts at ``site`` by equation (1) during every forward pass in the
+    block (plain calls and ``generate`` with or without a KV cache). ``lens=None`` edits the activations
+    themselves. Several sites: ``intervene(model, {site: (lens, edit), ...})``.
+
+    ``positions``: which absolute positions are edited (default :class:`AllPositions`).
+    ``schedule``: multiplies the strength per generation step (see the module docstring).
+    ``normalize``: rescale every edited row to its norm before the edit (repeng's ``normalize``).
+    ``check_finite``: raise at the first site whose activations hold NaN or inf. Off by default: the
+    check costs a device sync per hooked call, and a NaN reaches the model's output anyway; turn it on
+    to learn which site it came from.
+    ``record``: keep the code read at each site call in the yielded :class:`Intervention`'s
+    ``readings`` (turn off for long generations with wide lenses: the readings accumulate).
+    ``prompt_len``: the prompt's length, when the first forward call in the block is not the prompt.
 
     Example::
 
-        with intervene(model, "model.layers.3", sae, Clamp(concepts=17, value=5.0, positions=LastPrompt())):
+        with intervene(model, "model.layers.3", sae, Clamp(concepts=17, value=5.0), positions=LastPrompt()):
             out = model.generate(ids, max_new_tokens=20, do_sample=False)
     """
-    _check_lens(lens)
+    plan = _plan(site, lens, edit)
+    selector = positions if positions is not None else AllPositions()
     handle = Intervention()
 
-    def fn(h: Tensor, info: CallInfo) -> Tensor:
-        if torch.is_floating_point(h) and not torch.isfinite(h).all():
-            raise ValueError(f"non-finite activations (NaN/inf) at site {site!r}; the intervention cannot proceed")
-        sel = select(edit.positions, info)
-        if not sel.any():
-            return h
-        rows = h[sel]
-        new_rows, z = apply_edit(rows, lens, edit)
-        handle.readings.append(Reading(z.detach(), sel, info.positions))
-        if new_rows is rows:
-            return h
-        if new_rows.shape != rows.shape:
-            raise ValueError(f"lens decode returned shape {tuple(new_rows.shape)}, expected {tuple(rows.shape)}")
-        out = h.clone()
-        out[sel] = new_rows.to(h.dtype)
-        return out
+    def make(name: str, lens: Lens | None, edit: Edit) -> PositionalFn:
+        idle = edit.changes_nothing
 
-    with positional_patch(model, {site: fn}, prompt_len=prompt_len):
+        def fn(h: Tensor, info: CallInfo) -> Tensor:
+            if idle and not record:
+                return h
+            if check_finite and torch.is_floating_point(h) and not torch.isfinite(h).all():
+                raise ValueError(f"non-finite activations (NaN/inf) at site {name!r}; the intervention cannot proceed")
+            sel = select(selector, info)
+            if not sel.any():
+                return h
+            rows = h[sel]
+            scale = None
+            if schedule is not None and not idle:
+                steps = info.positions - info.prompt_len
+                mult = schedule(steps)
+                if mult.shape != steps.shape:
+                    raise ValueError(f"a schedule must return one multiplier per position {tuple(steps.shape)}, "
+                                     f"got shape {tuple(mult.shape)}")
+                scale = mult.to(device=h.device, dtype=h.dtype)[None, :].expand(sel.shape)[sel][:, None]
+            try:
+                new_rows, z = apply_edit(rows, lens, edit, scale=scale)
+            except ValueError as err:
+                err.add_note(f"(at site {name!r})")
+                raise
+            if record:
+                handle.readings.append(Reading(name, z.detach(), sel, info.positions))
+            if new_rows is rows:
+                return h
+            if new_rows.shape != rows.shape:
+                raise ValueError(f"lens decode at site {name!r} returned shape {tuple(new_rows.shape)}, "
+                                 f"expected {tuple(rows.shape)}")
+            if normalize:
+                new_rows = new_rows * (rows.norm(dim=-1, keepdim=True) / new_rows.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            out = h.clone()
+            out[sel] = new_rows.to(h.dtype)
+            return out
+
+        return fn
+
+    with positional_patch(model, {name: make(name, *pair) for name, pair in plan.items()}, prompt_len=prompt_len):
         yield handle

@@ -9,8 +9,9 @@ Geometry of Neural Network Representation and Behavior" (arXiv 2605.05115), spec
     manifold path  π(t) = s((1 − t) s⁻¹(h₀) + t s⁻¹(h₁))   (periodic: along the shorter arc)
 
 s⁻¹(h) is the parameter of the nearest point of the spline (on a dense grid) to h's PCA projection.
-:func:`steer_along` patches h ← π(t) at a site of a model, point by point, and collects the outputs
-(scored against the behaviour manifold with :func:`assay.evaluate.intervention.naturalness`).
+:func:`steer_along` sets h ← π(t) at a site of a model, point by point (``Set(value=π(t))`` on the
+activations through :func:`assay.lenses.intervene.intervene`), and collects the outputs (scored against
+the behaviour manifold with :func:`assay.evaluate.intervention.naturalness`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from assay.lenses.intervene import AllPositions, CallInfo, Selector, positional_patch, select
+from assay.lens import Set
+from assay.lenses.intervene import Selector, intervene
 
 __all__ = ["ConceptManifold", "fit_concept_manifold", "linear_path", "manifold_path", "steer_along"]
 
@@ -112,15 +114,8 @@ def steer_along(model: nn.Module, site: str, path: Tensor, run: Callable[[nn.Mod
         raise ValueError(f"a steering path must be [n_points, d] with n_points >= 1, got {tuple(path.shape)}")
     if not torch.isfinite(path).all():
         raise ValueError("the steering path contains NaN or inf")
-    selector = positions if positions is not None else AllPositions()
     outs = []
     for point in path:
-        def fn(h: Tensor, info: CallInfo, point: Tensor = point) -> Tensor:
-            if h.shape[-1] != point.shape[0]:
-                raise ValueError(f"path points have width {point.shape[0]} but site {site!r} has width {h.shape[-1]}")
-            sel = select(selector, info)
-            return torch.where(sel[..., None], point.to(h.dtype).to(h.device), h)
-
-        with positional_patch(model, {site: fn}):
+        with intervene(model, site, None, Set(value=point), positions=positions, record=False):
             outs.append(run(model))
     return torch.stack(outs)

@@ -11,46 +11,40 @@ For paired activations (h⁺_j, h⁻_j) at a site (read at one token, default th
     PCA (uncentred) v = PC₁ of {δ_j, −δ_j} without centring (steering-vectors' pca_aggregator)
     sign fix        flip v so that mean_j δ_j·v > 0
 
-Operators on the site output h at the selected positions, with v̂ = v/‖v‖ and strength α:
+Operators on the site output h at the selected positions, with v̂ = v/‖v‖ and strength α, each one
+edit of :func:`assay.lenses.intervene.intervene` (the one intervention path; Bhalla et al. 2024, Table 1):
 
-    add                 h ← h + α v
-    ablate              h ← h − (h·v̂) v̂                  (ignores α; idempotent)
-    ablate_then_add     h ← h − (h·v̂) v̂ + α v
+    add                 h ← h + α v                      Add(amount=v) on the activations (lens=None)
+    ablate              h ← h − (h·v̂) v̂                  Ablate() through DirectionLens(v) (ignores α; idempotent)
+    ablate_then_add     h ← h − (h·v̂) v̂ + α v            Set(value=‖v‖) through DirectionLens(v)
 
 optionally followed by norm preservation h′ ← h′·‖h‖/‖h′‖ (repeng ``normalize``). Strength can be
-scheduled over generation steps; strength 0 leaves h bitwise unchanged.
+scheduled over generation steps (not ablate's); strength 0 leaves h bitwise unchanged (not ablate's).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from assay.lenses.direction import unit
-from assay.lenses.intervene import AllPositions, CallInfo, Selector, positional_patch, select
+from assay.lens import Ablate, Add, Edit, Set
+from assay.lenses.direction import DirectionLens, unit
+from assay.lenses.intervene import Intervention, Schedule, Selector, intervene
 from assay.lenses.probes import LinearProbe
 
 __all__ = [
     "caa",
     "pca_direction",
     "probe_direction",
-    "add",
-    "ablate",
-    "ablate_then_add",
-    "apply_operator",
-    "Schedule",
-    "constant",
-    "linear_decay",
+    "Operator",
     "steer",
 ]
 
 Operator = Literal["add", "ablate", "ablate_then_add"]
-Schedule = Callable[[Tensor], Tensor]
-"""Maps generation steps ``[T]`` (position − prompt length: negative in the prompt) to strength multipliers."""
 
 
 def _pairs(pos: Tensor, neg: Tensor) -> Tensor:
@@ -97,61 +91,17 @@ def probe_direction(probe: LinearProbe) -> Tensor:
     return probe.w
 
 
-def add(h: Tensor, v: Tensor, alpha: float | Tensor = 1.0) -> Tensor:
-    """h + α v."""
-    return h + alpha * v
-
-
-def ablate(h: Tensor, v: Tensor) -> Tensor:
-    """h − (h·v̂) v̂: remove the component along v."""
-    v_hat = unit(v).to(h.dtype)
-    return h - (h @ v_hat)[..., None] * v_hat
-
-
-def ablate_then_add(h: Tensor, v: Tensor, alpha: float | Tensor = 1.0) -> Tensor:
-    """h − (h·v̂) v̂ + α v."""
-    return ablate(h, v) + alpha * v
-
-
-def apply_operator(h: Tensor, v: Tensor, operator: Operator, alpha: float | Tensor = 1.0, *,
-                   normalize: bool = False) -> Tensor:
-    """One operator by name on rows ``h [..., d]``; ``alpha`` broadcasts against ``h[..., :1]``."""
-    if h.shape[-1] != v.shape[-1]:
-        raise ValueError(
-            f"steering vector has width {v.shape[-1]} but the activations have width {h.shape[-1]} "
-            f"(shape {tuple(h.shape)}); was it extracted at another site or model?"
-        )
-    v = v.to(h.dtype)
+def _operator_edit(v: Tensor, operator: Operator, strength: float) -> tuple[DirectionLens | None, Edit]:
+    """The ``(lens, edit)`` of a steering operator with vector ``v`` at strength α (module docstring)."""
     if operator == "add":
-        out = add(h, v, alpha)
-    elif operator == "ablate":
-        out = ablate(h, v)
-    elif operator == "ablate_then_add":
-        out = ablate_then_add(h, v, alpha)
-    else:
-        raise ValueError(f"unknown steering operator {operator!r}; choose add, ablate or ablate_then_add")
-    if normalize:
-        out = out * (h.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-    return out
+        return None, Add(amount=v, strength=strength)
+    if operator == "ablate":
+        return DirectionLens(v), Ablate()
+    if operator == "ablate_then_add":
+        return DirectionLens(v), Set(value=float(v.norm()), strength=strength)
+    raise ValueError(f"unknown steering operator {operator!r}; choose add, ablate or ablate_then_add")
 
 
-def constant(steps: Tensor) -> Tensor:
-    """Schedule: 1 everywhere."""
-    return torch.ones_like(steps, dtype=torch.float32)
-
-
-def linear_decay(n_steps: int) -> Schedule:
-    """Schedule: 1 on the prompt, then 1 − t/n_steps for generated token t (0 from t = n_steps)."""
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-
-    def schedule(steps: Tensor) -> Tensor:
-        return (1 - steps.clamp(min=0).float() / n_steps).clamp(min=0)
-
-    return schedule
-
-
-@contextmanager
 def steer(
     model: nn.Module,
     vectors: Mapping[str, Tensor],
@@ -161,41 +111,19 @@ def steer(
     positions: Selector | None = None,
     schedule: Schedule | None = None,
     normalize: bool = False,
-) -> Iterator[list[CallInfo]]:
-    """Steer ``model`` with ``{site: vector}`` during every forward pass (and cached generation) in
-    the block. ``positions`` (default all) are absolute, as in :func:`assay.lenses.intervene.intervene`;
-    ``schedule`` scales the strength per generation step. Ablating one direction at every residual
-    site is ``steer(model, {s: v for s in sites}, operator="ablate")`` (Arditi et al. 2024)."""
+    check_finite: bool = False,
+) -> AbstractContextManager[Intervention]:
+    """Steer ``model`` with ``{site: vector}`` during every forward pass (and cached generation) in the
+    ``with`` block: :func:`assay.lenses.intervene.intervene` with each operator's edit (module docstring) at each site.
+    ``positions`` (default all) are absolute; ``schedule`` scales the strength per generation step.
+    Ablating one direction at every residual site is ``steer(model, {s: v for s in sites}, operator="ablate")``
+    (Arditi et al. 2024)."""
     if not vectors:
         raise ValueError("steer needs at least one {site: vector}")
-    vecs = {}
+    plan: dict[str, tuple[DirectionLens | None, Edit]] = {}
     for site, v in vectors.items():
-        v = torch.as_tensor(v)
+        v = torch.as_tensor(v).detach()
         unit(v)  # validates shape, finiteness, non-zero
-        vecs[site] = v.detach()
-    selector = positions if positions is not None else AllPositions()
-
-    def make(site: str, v: Tensor):
-        def fn(h: Tensor, info: CallInfo) -> Tensor:
-            if h.shape[-1] != v.shape[0]:
-                raise ValueError(
-                    f"steering vector for site {site!r} has width {v.shape[0]} but the site's activations "
-                    f"have width {h.shape[-1]}; was it extracted at another site or model?"
-                )
-            if strength == 0 and operator != "ablate":
-                return h
-            if torch.is_floating_point(h) and not torch.isfinite(h).all():
-                raise ValueError(f"non-finite activations (NaN/inf) at site {site!r}; steering cannot proceed")
-            sel = select(selector, info)
-            if not sel.any():
-                return h
-            alpha = torch.full(h.shape[:2], float(strength), dtype=h.dtype, device=h.device)
-            if schedule is not None:
-                alpha = alpha * schedule(info.positions - info.prompt_len).to(h.dtype)[None, :]
-            new = apply_operator(h, v.to(h.device), operator, alpha[..., None], normalize=normalize)
-            return torch.where(sel[..., None], new, h)
-
-        return fn
-
-    with positional_patch(model, {s: make(s, v) for s, v in vecs.items()}) as calls:
-        yield calls
+        plan[site] = _operator_edit(v, operator, strength)
+    return intervene(model, plan, positions=positions, schedule=None if operator == "ablate" else schedule,
+                     normalize=normalize, check_finite=check_finite, record=False)

@@ -11,7 +11,7 @@ without warm-up, gradient-norm clipping at 1; the final norm and unembedding sta
 captured activations or from an :class:`assay.store.ActivationStore` (same rows at every site), and
 saves/loads as an artifact of kind ``"lens.tuned"``.
 
-As a :class:`~assay.lenses.protocol.Lens` (Bhalla et al. 2024, Table 1), layer ℓ's tuned lens is
+As a :class:`~assay.lens.Lens` (Bhalla et al. 2024, Table 1), layer ℓ's tuned lens is
 encode z = W_U((I + A_ℓ)h + b_ℓ) (the final norm left out, as for :class:`UnembedLens`) and decode by
 the pseudo-inverse of that affine map, h = (W_U(I + A_ℓ))⁺(z − W_U b_ℓ) (:meth:`TunedLens.lens`).
 """

@@ -31,7 +31,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from assay.lenses.protocol import Lens
+from assay.lens import Lens
 from assay.robustness.adversarial import project
 from assay.robustness.validate import check_nonnegative, check_positive
 
