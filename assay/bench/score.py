@@ -91,7 +91,7 @@ def score_method(lens, data: WorldData, *, max_detect_rows: int = 4096, probe_ks
         from assay.evaluate.spliced import spliced_metrics
 
         tokens = data.token_rows
-        mask = tokens != 0  # pad id 0 in every sequence world
+        mask = tokens != data.pad_id
         recon = lambda h: lens.decode(lens.encode(h)).to(h.dtype)  # noqa: E731
         m["ce_recovered"] = _f(spliced_metrics(data.model, data.site, [(tokens, mask)], recon).ce_recovered)
     per = {n: _f(v) for n, v in zip(data.concept_names, det.best_auroc.tolist())}

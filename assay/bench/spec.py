@@ -43,12 +43,16 @@ def parse_spec(spec: str, known: Collection[str], *, what: str = "method") -> tu
 
 
 def parse_world_spec(spec: str, known: Collection[str]) -> tuple[str, dict[str, Any]]:
-    """``"dyck:model_steps=20"`` → ``("dyck", {"model_steps": 20})`` (no sweeps in a world spec)."""
+    """``"dyck:model_steps=20"`` → ``("dyck", {"model_steps": 20})``; a value with ``/`` is a tuple
+    (``"hierarchy=3/3/0"`` → ``(3, 3, 0)``). A world spec sweeps nothing: list each world instead."""
     name, params = parse_spec(spec, known, what="world")
     swept = [k for k, v in params.items() if len(v) > 1]
     if swept:
         raise ConfigError(f"world spec {spec!r} sweeps {', '.join(swept)}; list each world separately instead")
-    return name, {k: v[0] for k, v in params.items()}
+    out: dict[str, Any] = {}
+    for k, (v,) in params.items():
+        out[k] = tuple(spec_value(p) for p in v.split("/")) if isinstance(v, str) and "/" in v else v
+    return name, out
 
 
 class SpecRun(NamedTuple):

@@ -7,12 +7,14 @@ A world spec is ``name[:key=value,…]``:
   planted directions, coefficients and firing pattern (concepts = features).
 - ``hierarchy`` — the same world with parent/child features (default 4 parents with 3 children each
   plus 16 free features: 48 features in d 16) for absorption.
-- ``dyck`` / ``expr`` / ``english`` — a sequence world's default tiny transformer from the model zoo
-  (:func:`assay.models.zoo.world_model`, cached), activations at ``site`` (default: the last block's
-  residual output) on packed rows; concepts are one-hot per-token labels (Dyck depth/top, Expr
-  depth/arity, English preterminal/parent nonterminals). Extra keys: ``model_steps`` (training steps
-  of the tiny model; default the world's reference), ``context``, ``pool_rows`` (rows of activations
-  to draw training batches from), any world config field.
+- ``dyck`` / ``expr`` / ``english`` / ``markov`` / ``bijections`` / ``graph`` / ``cyclic`` — a sequence
+  world's default tiny transformer from the model zoo (:func:`assay.models.zoo.world_model`, cached),
+  activations at ``site`` (default: the last block's residual output) on rows drawn the way the model
+  was trained (packed or padded, :func:`assay.models.train.batch_sampler`); padding and BOS positions
+  are never used (the BOS activation is an outlier that says nothing about the text). Concepts are
+  one-hot per-token labels (:data:`SEQUENCE_CONCEPTS`). Extra keys: ``model_steps`` (training steps of
+  the tiny model; default the world's reference), ``context``, ``pool_rows`` (rows of activations to
+  draw training batches from), any world config field.
 
 The world's own structure seed is part of its config; the bench seed draws the data.
 """
@@ -25,16 +27,20 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from assay.bench.methods import _value
+from assay.bench.spec import parse_world_spec
 from assay.config import ConfigError
 from assay.worlds.base import make_generator
 
-__all__ = ["WorldData", "parse_world", "load_world", "SEQUENCE_CONCEPTS"]
+__all__ = ["WorldData", "WORLD_NAMES", "parse_world", "load_world", "SEQUENCE_CONCEPTS"]
 
 SEQUENCE_CONCEPTS: dict[str, tuple[str, ...]] = {
     "dyck": ("depth", "top"),
     "expr": ("depth", "arity"),
     "english": ("preterminal", "parent"),
+    "markov": ("chain", "state"),
+    "bijections": ("block", "target_block"),
+    "graph": ("layer", "dist_to_goal", "on_valid_path"),
+    "cyclic": ("concept",),
 }
 """Per sequence world: the per-token labels turned into one-hot concepts."""
 
@@ -76,21 +82,17 @@ class WorldData(NamedTuple):
     """For each evaluation activation, its ``(row, position)`` in ``token_rows`` ``[M, 2]``."""
     vocab: tuple[str, ...] | None
     """Token strings (sequence worlds)."""
+    pad_id: int | None
+    """The padding token id (sequence worlds)."""
+
+
+WORLD_NAMES = ("superposition", "hierarchy", *SEQUENCE_CONCEPTS)
+"""The worlds a dictionary bench can use."""
 
 
 def parse_world(spec: str) -> tuple[str, dict[str, Any]]:
     """``"superposition:n_features=128,d_model=32"`` → ``("superposition", {...})`` (tuples as ``a/b/c``)."""
-    name, _, rest = spec.strip().partition(":")
-    if name not in ("superposition", "hierarchy", *SEQUENCE_CONCEPTS):
-        raise ConfigError(f"unknown bench world {name!r}; choose superposition, hierarchy, "
-                          f"{', '.join(SEQUENCE_CONCEPTS)}")
-    kw: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, val = part.partition("=")
-        if not eq:
-            raise ConfigError(f"world parameter {part!r} in {spec!r} must look like key=value")
-        kw[key.strip()] = tuple(_value(v) for v in val.split("/")) if "/" in val else _value(val.strip())
-    return name, kw
+    return parse_world_spec(spec, WORLD_NAMES)
 
 
 def load_world(spec: str, *, seed: int, n_eval: int = 4096) -> WorldData:
@@ -115,7 +117,7 @@ def _planted(spec: str, name: str, kw: dict[str, Any], seed: int, n_eval: int) -
     parents = world.parents if cfg.hierarchy is not None else None
     l0 = float(b.labels["active"].double().sum(1).mean())
     return WorldData(spec, cfg.d_model, train, b.inputs, b.labels["active"], names, b.labels["acts"],
-                     world.directions, parents, l0, None, None, None, None, None)
+                     world.directions, parents, l0, None, None, None, None, None, None)
 
 
 def _sequence(spec: str, name: str, kw: dict[str, Any], seed: int, n_eval: int) -> WorldData:
@@ -137,28 +139,30 @@ def _sequence(spec: str, name: str, kw: dict[str, Any], seed: int, n_eval: int) 
     wm = world_model(name, world_overrides=kw or None, model_overrides=model_over, train_overrides=train_over,
                      progress=False)
     model, world = wm.model, wm.world
+    from assay.models.train import batch_sampler
+
+    draw = batch_sampler(model, world, wm.train_config)
     site = site or f"blocks.{model.config.n_layers - 1}"
-    T = model.config.context
 
     def rows(n: int, s: int):
-        b = world.pack(n, T, generator=make_generator(s))
+        b = draw(n, make_generator(s))
         with torch.no_grad():
             h = run_to(model, site, b.inputs)
-        return b, h
+        text = (b.inputs != world.pad_id) & (b.inputs != world.bos_id)  # never train or score on pad/BOS
+        return b, h, text
 
-    pool_batch, pool = rows(pool_rows, 7_000_000 + seed)
-    keep = pool_batch.inputs != world.pad_id
+    pool_batch, pool, keep = rows(pool_rows, 7_000_000 + seed)
     pool = pool[keep]
 
     def train(n: int, s: int) -> Tensor:
         idx = torch.randint(0, pool.shape[0], (n,), generator=make_generator(s))
         return pool[idx]
 
+    T = pool_batch.inputs.shape[1]
     n_rows = max(1, -(-n_eval // T))
-    b, h = rows(n_rows, 9_000_000 + seed)
-    mask = b.inputs != world.pad_id
+    b, h, mask = rows(n_rows, 9_000_000 + seed)
     labels = {k: b.labels[k] for k in SEQUENCE_CONCEPTS[name]}
     y, names = one_hot_concepts(labels, mask=mask, min_count=5)
     index = mask.nonzero()
     return WorldData(spec, h.shape[-1], train, h[mask], y, names, None, None, None, None, model, site,
-                     b.inputs, index, tuple(world.vocab))
+                     b.inputs, index, tuple(world.vocab), int(world.pad_id))

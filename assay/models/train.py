@@ -35,7 +35,7 @@ from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.config import ConfigError, to_dict
 from assay.worlds.base import Batch, make_generator
 
-__all__ = ["TrainConfig", "TrainResult", "train", "lr_at", "sequence_loss", "latest_checkpoint"]
+__all__ = ["TrainConfig", "TrainResult", "train", "lr_at", "sequence_loss", "latest_checkpoint", "batch_sampler"]
 
 CHECKPOINT_KIND = "train.checkpoint"
 
@@ -202,7 +202,7 @@ def evaluate(model: nn.Module, world: Any, batch: Batch, *, chunk: int = 256) ->
     return out
 
 
-def _sampler(model: nn.Module, world: Any, cfg: TrainConfig) -> Callable[[int, torch.Generator], Batch]:
+def batch_sampler(model: nn.Module, world: Any, cfg: TrainConfig) -> Callable[[int, torch.Generator], Batch]:
     """``(n, generator) -> Batch``: packed rows of the model's context, or plain padded samples."""
     if not cfg.pack:
         return lambda n, g: world.sample(n, generator=g)
@@ -240,7 +240,7 @@ def train(
         raise ConfigError("TrainConfig.checkpoint_every is set but no checkpoint_dir was given")
     opt = _optimizer(model, cfg)
     g = make_generator(cfg.seed)
-    draw = _sampler(model, world, cfg)
+    draw = batch_sampler(model, world, cfg)
     eval_batch = draw(cfg.eval_size, make_generator(cfg.seed + 1))
     step, losses, history = 0, [], []
     if resume is not None:

@@ -53,6 +53,8 @@ class WorldModel(NamedTuple):
     """The cached artifact folder."""
     trained: bool
     """True when this call trained the model, False when it was loaded from the cache."""
+    train_config: TrainConfig
+    """How it was trained (also how its training batches are drawn: :func:`assay.models.train.batch_sampler`)."""
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -158,7 +160,7 @@ def world_model(
     if path.is_dir() and not retrain:
         try:
             model, metrics = _load(path, w)
-            return WorldModel(model, w, metrics, path, False)
+            return WorldModel(model, w, metrics, path, False, train_cfg)
         except ArtifactError:
             pass  # corrupted or half-deleted cache entry: train again
     partial = root / f".partial-{name}-{key}"
@@ -180,4 +182,4 @@ def world_model(
         if not path.is_dir():  # not a lost race with another process: a real failure
             raise
     shutil.rmtree(partial, ignore_errors=True)
-    return WorldModel(model.eval(), w, dict(res.metrics), path, True)
+    return WorldModel(model.eval(), w, dict(res.metrics), path, True, train_cfg)
