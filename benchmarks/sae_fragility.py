@@ -33,6 +33,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from assay.stats import wilson_interval
+
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "mp")
 TEMPLATE = " \nThe previous text is about"
 PROMPTS = (
@@ -45,17 +47,6 @@ PROMPTS = (
     "He scored the winning goal in the final minute of the match.",
     "Photosynthesis turns sunlight, water and carbon dioxide into sugar.",
 )
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion k/n."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 class Row(NamedTuple):
@@ -84,7 +75,7 @@ class Row(NamedTuple):
 def make_row(setting: str, success: torch.Tensor, size: torch.Tensor, kl: torch.Tensor, kl_bound: float,
              baseline: torch.Tensor) -> Row:
     k, n = int(success.sum()), success.numel()
-    lo, hi = wilson(k, n)
+    lo, hi = (float(v) for v in wilson_interval(k, n))
     med = float(size[success].median()) if k else float("nan")
     mkl = float(kl[success].max()) if k else float("nan")
     return Row(setting, n, k / n, lo, hi, med, mkl, kl_bound, float(baseline.float().mean()))

@@ -6,7 +6,7 @@ import torch
 from peer_import import peer
 from torch import nn
 
-from assay.evaluate.attribution_agreement import agreement, pointing_game, relevance_mass, spearman
+from assay.evaluate.attribution_agreement import agreement, pointing_game, relevance_mass
 from assay.evaluate.attribution_sanity import logit_shift_test, model_randomisation, ssim
 from assay.evaluate.faithfulness import (
     faithfulness_correlation,
@@ -29,13 +29,14 @@ def test_openxai_agreement_check_values():
         agreement(e, g, 5)
 
 
-def test_spearman_matches_scipy_and_localisation():
+def test_rank_correlation_matches_scipy_and_localisation():
     from scipy.stats import spearmanr
 
-    a = torch.tensor([[1.0, 2.0, 2.0, 5.0, 0.0], [3.0, 1.0, 4.0, 1.0, 5.0]])
-    b = torch.tensor([[2.0, 1.0, 3.0, 4.0, 0.5], [1.0, 2.0, 3.0, 4.0, 5.0]])
-    for i in range(2):
-        assert float(spearman(a, b)[i]) == pytest.approx(spearmanr(a[i], b[i]).statistic)
+    a = torch.tensor([[1.0, -2.0, 2.0, 5.0, 0.0], [3.0, 1.0, -4.0, 1.0, 5.0]])
+    b = torch.tensor([[2.0, 1.0, 3.0, -4.0, 0.5], [1.0, 2.0, 3.0, 4.0, -5.0]])
+    rc = agreement(a, b, 2).rc
+    for i in range(2):  # RC is the Spearman correlation of |e| and |g|, ties averaged
+        assert float(rc[i]) == pytest.approx(spearmanr(a[i].abs(), b[i].abs()).statistic)
     amap = torch.zeros(1, 4, 4)
     amap[0, 1, 1] = 3.0
     amap[0, 3, 3] = 1.0

@@ -11,7 +11,7 @@ import torch
 
 from assay.bench.baselines import fit_baseline, fit_ica, fit_pca
 from assay.bench.methods import expand_method, parse_method
-from assay.bench.suite import SuiteConfig, run_suite, t_interval
+from assay.bench.suite import SuiteConfig, run_suite
 from assay.bench.worlds import load_world, parse_world
 from assay.config import ConfigError
 from assay.worlds.base import make_generator
@@ -66,17 +66,6 @@ def test_ica_unmixes_independent_sources_and_random_is_k_sparse():
     assert corr.max(1).values.min().item() > 0.95
     r = fit_baseline("random", s @ A, n=8, k=3, seed=0)
     assert ((r.encode(s @ A) != 0).sum(1) <= 3).all() and r.atoms.shape == (8, 2)
-
-
-def test_t_interval_matches_scipy():
-    from scipy import stats
-
-    v = [0.8, 0.9, 0.85]
-    m, lo, hi, n = t_interval(v)
-    ref = stats.t.interval(0.95, 2, loc=sum(v) / 3, scale=stats.sem(v))
-    assert (lo, hi) == pytest.approx(ref) and n == 3 and m == pytest.approx(0.85)
-    assert t_interval([1.0, float("nan")]) == (1.0, 1.0, 1.0, 1)
-    assert math.isnan(t_interval([])[0])
 
 
 def _suite(tmp_path, **kw):

@@ -68,10 +68,11 @@ def test_world_fragility_success_matches_an_independent_recomputation(bench, set
     assert row.max_kl <= kl_bound
 
 
-def test_wilson_interval_matches_scipy(bench):
+def test_row_interval_is_scipys_wilson(bench):
     from scipy.stats import binomtest
 
     for k, n in [(0, 10), (3, 10), (31, 32), (64, 64)]:
         ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-        lo, hi = bench.wilson(k, n)
-        assert lo == pytest.approx(ci.low, abs=2e-4) and hi == pytest.approx(ci.high, abs=2e-4)
+        success = torch.arange(n) < k
+        row = bench.make_row("t", success, torch.ones(n), torch.zeros(n), 1.0, torch.zeros(n, dtype=torch.bool))
+        assert row.ci_low == pytest.approx(ci.low, abs=1e-12) and row.ci_high == pytest.approx(ci.high, abs=1e-12)

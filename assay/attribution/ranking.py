@@ -156,9 +156,10 @@ def rank_methods(
 ) -> list[MethodScore]:
     """Score every method of ``config`` on images ``x`` ``[B, C, H, W]`` with masks ``[B, H, W]``; rows
     sorted by relevance mass (best first)."""
-    from assay.evaluate.attribution_agreement import pointing_game, relevance_mass, spearman
+    from assay.evaluate.attribution_agreement import pointing_game, relevance_mass
     from assay.evaluate.attribution_sanity import model_randomisation
     from assay.evaluate.faithfulness import faithfulness_correlation, perturbation_curve
+    from assay.stats import spearman
 
     if x.dim() != 4 or signal_mask.shape != (x.shape[0], *x.shape[2:]):
         raise ValueError(f"need images [B, C, H, W] and masks [B, H, W]; got {tuple(x.shape)} and "

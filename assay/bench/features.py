@@ -4,7 +4,7 @@ ground-truth concept and top logit effects — plain JSON-ready dicts.
 For each latent i over the evaluation rows: the ``top_n`` rows with the largest code z_i, each shown
 as its token context (``radius`` tokens before, 2 after) with z_i at every shown token (sequence data)
 or as the example's active ground-truth features (planted worlds); a 20-bin histogram of its positive
-codes; the concept c maximising AUROC(z_i, concept c) (:func:`assay.evaluate.detection.auroc_matrix`);
+codes; the concept c maximising AUROC(z_i, concept c) (:func:`assay.stats.auroc_matrix`);
 and for language models the direct logit effect W_U · D_i (the atom read by the unembedding, as in
 "Towards Monosemanticity", Bricken et al. 2023), top tokens by value.
 """
@@ -49,7 +49,7 @@ def feature_browser_data(lens, data, *, concept_best: dict[str, int] | None = No
     """The browser's data for every latent of ``lens`` on ``data`` (a :class:`assay.bench.worlds.WorldData`
     or anything with ``eval``, ``concepts``, ``concept_names``, ``token_rows``, ``row_index``, ``vocab``,
     ``acts``; the last five may be None)."""
-    from assay.evaluate.detection import auroc_matrix
+    from assay.stats import auroc_matrix
 
     with torch.no_grad():
         x = data.eval[:max_rows].float()

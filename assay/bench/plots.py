@@ -1,6 +1,6 @@
 """Bench plots (matplotlib, Agg backend; each saved as PNG and SVG): the sparsity–fidelity Pareto
 (L0 vs FVU), ground-truth recovery vs L0, and per-concept detection heatmaps (method × concept, best
-single-latent AUROC). Points are seed means with 95% intervals (:func:`assay.bench.suite.t_interval`).
+single-latent AUROC). Points are seed means with 95% intervals (:func:`assay.stats.t_interval`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ batch size, n_eval, assay version))[:16]`` and written atomically, so re-running
 the runs whose configuration changed and a suite killed midway resumes where it stopped.
 
 Across seeds a metric's mean m, standard deviation s and n seeds give the 95% Student-t interval
-m ± t₀.₉₇₅,ₙ₋₁ · s/√n (a single seed gives a zero-width interval, flagged by n = 1).
+m ± t₀.₉₇₅,ₙ₋₁ · s/√n (:func:`assay.stats.t_interval`; a single seed gives a zero-width interval,
+flagged by n = 1).
 Outputs: ``results.csv``/``results.json`` (long format: one row per run and metric),
 ``summary.csv``/``summary.json`` (mean, ci_low, ci_high, n per world × method × level × metric), and
 ``results.parquet`` when pyarrow imports.
@@ -26,8 +27,9 @@ from typing import Any, NamedTuple
 
 from assay import __version__
 from assay.config import ConfigError
+from assay.stats import t_interval
 
-__all__ = ["SuiteConfig", "SuiteResult", "run_suite", "run_key", "aggregate", "t_interval", "DEFAULT_METHODS",
+__all__ = ["SuiteConfig", "SuiteResult", "run_suite", "run_key", "aggregate", "DEFAULT_METHODS",
            "DEFAULT_WORLDS"]
 
 DEFAULT_METHODS = ("topk:k=2|4|8", "batchtopk:k=2|4|8", "relu:l1_coef=1|3|10", "matryoshka:k=2|4|8",
@@ -92,22 +94,6 @@ class SuiteResult(NamedTuple):
     """The output folder."""
     computed: int
     """Runs computed in this call (the others came from the cache)."""
-
-
-def t_interval(values: list[float]) -> tuple[float, float, float, int]:
-    """``(mean, low, high, n)`` — the 95% Student-t interval of the finite values."""
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    n = len(v)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    m = sum(v) / n
-    if n == 1:
-        return m, m, m, 1
-    from scipy.special import stdtrit  # the Student-t quantile (a lighter import than scipy.stats)
-
-    s = math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1))
-    half = float(stdtrit(n - 1, 0.975)) * s / math.sqrt(n)
-    return m, m - half, m + half, n
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

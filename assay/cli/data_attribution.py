@@ -180,7 +180,8 @@ def run(cfg: DataAttributionCommand) -> dict:
     from assay.artifact import atomic_write_text, save_artifact
     from assay.data_attribution import retrain
     from assay.evaluate.lds import lds
-    from assay.evaluate.mislabel import auroc, plant_label_noise
+    from assay.evaluate.mislabel import plant_label_noise
+    from assay.stats import auroc
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from assay.config import ConfigError
-from assay.evaluate.mislabel import auroc
 from assay.models.train import TrainConfig, lr_at, next_token_targets, sequence_loss
 from assay.models.transformer import Transformer, TransformerConfig
+from assay.stats import auroc
 from assay.worlds.base import make_generator
 
 __all__ = [

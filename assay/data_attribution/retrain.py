@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from assay.config import to_dict
+from assay.stats import softmax_regression
 
 __all__ = [
     "RetrainConfig",
@@ -172,23 +174,17 @@ def retrain(
 
 
 def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 1e-2, max_iter: int = 200) -> torch.nn.Linear:
-    """Multinomial logistic regression minimising mean cross-entropy + (l2/2)‖W, b‖², by full-batch
-    L-BFGS from zero (deterministic; strongly convex for l2 > 0)."""
+    """Multinomial logistic regression minimising mean cross-entropy + (l2/2)‖W, b‖² (the objective of
+    :func:`assay.data_attribution.influence.objective_fn`): :func:`assay.stats.softmax_regression` with
+    C = 1/(N·l2) and the intercept penalised, from zero (deterministic; strongly convex for l2 > 0)."""
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
+    C = 1.0 / (x.shape[0] * l2) if l2 > 0 else math.inf
+    fit = softmax_regression(x, y, n_classes, C=C, penalize_intercept=True, max_iter=max_iter)
     model = torch.nn.Linear(x.shape[1], n_classes).to(x.dtype)
-    torch.nn.init.zeros_(model.weight)
-    torch.nn.init.zeros_(model.bias)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=max_iter, tolerance_grad=1e-9,
-                            tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss = loss + 0.5 * l2 * sum((p * p).sum() for p in model.parameters())
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
+    with torch.no_grad():
+        model.weight.copy_(fit.weight)
+        model.bias.copy_(fit.bias)
     return model.eval()
 
 

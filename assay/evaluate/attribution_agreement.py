@@ -18,7 +18,9 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Agreement", "agreement", "spearman", "relevance_mass", "pointing_game"]
+from assay.stats import spearman
+
+__all__ = ["Agreement", "agreement", "relevance_mass", "pointing_game"]
 
 
 class Agreement(NamedTuple):
@@ -33,33 +35,9 @@ class Agreement(NamedTuple):
     sra: torch.Tensor
     """Signed rank agreement."""
     rc: torch.Tensor
-    """Rank correlation (Spearman of |e| and |g|)."""
+    """Rank correlation (Spearman of |e| and |g|; NaN where either is constant)."""
     pra: torch.Tensor
     """Pairwise rank agreement."""
-
-
-def _ranks(v: torch.Tensor) -> torch.Tensor:
-    """Average ranks (1-based, ties averaged) along the last dim."""
-    order = v.argsort(dim=-1, stable=True)
-    r = torch.empty_like(v, dtype=torch.float64)
-    r.scatter_(-1, order, torch.arange(1, v.shape[-1] + 1, dtype=torch.float64).expand_as(v).contiguous())
-    # average ties
-    out = r.clone()
-    for i in range(v.shape[0]):
-        vals, inv = torch.unique(v[i], return_inverse=True)
-        if len(vals) < v.shape[-1]:
-            sums = torch.zeros(len(vals), dtype=torch.float64).index_add_(0, inv, r[i])
-            cnt = torch.zeros(len(vals), dtype=torch.float64).index_add_(0, inv, torch.ones_like(r[i]))
-            out[i] = (sums / cnt)[inv]
-    return out
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation per row of ``[B, d]`` tensors (ties get average ranks)."""
-    ra, rb = _ranks(a.flatten(1).double()), _ranks(b.flatten(1).double())
-    ra = ra - ra.mean(-1, keepdim=True)
-    rb = rb - rb.mean(-1, keepdim=True)
-    return (ra * rb).sum(-1) / (ra.norm(dim=-1) * rb.norm(dim=-1))
 
 
 def agreement(e: torch.Tensor, g: torch.Tensor, k: int) -> Agreement:

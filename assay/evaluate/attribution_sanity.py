@@ -22,8 +22,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from assay.evaluate.attribution_agreement import spearman
 from assay.hooks import resolve
+from assay.stats import spearman
 
 __all__ = ["RandomisationResult", "model_randomisation", "ssim", "LogitShiftResult", "logit_shift_test"]
 

@@ -1,7 +1,8 @@
 """Latents as concept detectors: best single-latent AUROC/F1, k-sparse probes, activation MCC.
 
 For codes z ``[N, n]`` and binary ground-truth concepts y ``[N, C]`` (a planted feature firing, a
-Dyck depth, a PCFG nonterminal — :func:`one_hot_concepts` turns integer labels into such columns):
+Dyck depth, a PCFG nonterminal — :func:`one_hot_concepts` turns integer labels into such columns),
+with the AUROC matrix of :func:`assay.stats.auroc_matrix`:
 
     AUROC_ic = P(z_i of a positive > z_i of a negative) = (R_ic − P_c(P_c+1)/2) / (P_c (N − P_c)),
                R_ic = Σ of the (average-tie) ranks of z_i over the positives of concept c (Mann–Whitney)
@@ -10,8 +11,8 @@ Dyck depth, a PCFG nonterminal — :func:`one_hot_concepts` turns integer labels
 
 k-sparse probing follows Gurnee et al. 2023, "Finding Neurons in a Haystack: Case Studies with Sparse
 Probing" and SAEBench (Karvonen et al. 2025): on a train split keep the k latents with the largest
-|mean(z_i | y) − mean(z_i | ¬y)|, fit a logistic regression on them (Newton/IRLS, scikit-learn's
-objective with C = 1), report its AUROC on the test split.
+|mean(z_i | y) − mean(z_i | ¬y)|, fit a logistic regression on them (:func:`assay.stats.logistic_regression`,
+scikit-learn's objective with C = 1), report its AUROC on the test split.
 
 Activation MCC (mean correlation coefficient, the identifiability metric of Hyvärinen & Morioka 2016,
 "Unsupervised Feature Extraction by Time-Contrastive Learning and Nonlinear ICA"): Pearson correlations
@@ -29,9 +30,10 @@ import torch
 from torch import Tensor
 
 from assay.evaluate.geometry import hungarian_match
+from assay.stats import auroc, auroc_matrix, logistic_regression
 
-__all__ = ["DetectionMetrics", "auroc_matrix", "f1_matrix", "average_ranks", "logistic_fit", "sparse_probe_auroc", "activation_mcc",
-           "latent_detection", "one_hot_concepts", "FIRE_THRESHOLD"]
+__all__ = ["DetectionMetrics", "f1_matrix", "sparse_probe_auroc", "activation_mcc", "latent_detection",
+           "one_hot_concepts", "FIRE_THRESHOLD"]
 
 FIRE_THRESHOLD = 1e-6
 """A latent fires on a token when its code exceeds this."""
@@ -46,37 +48,6 @@ def _check(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return z.detach().double().cpu(), y.detach().bool().cpu()
 
 
-def average_ranks(z: Tensor, *, chunk: int = 512) -> Tensor:
-    """Ranks 1..N of each column of ``z [N, n]``, ties given their average rank (float64)."""
-    N = z.shape[0]
-    out = torch.empty(z.shape, dtype=torch.float64)
-    pos = torch.arange(1, N + 1, dtype=torch.float64)[:, None]
-    for a in range(0, z.shape[1], chunk):
-        s, idx = z[:, a : a + chunk].sort(0)
-        new = torch.ones_like(s, dtype=torch.bool)
-        new[1:] = s[1:] != s[:-1]
-        gid = new.long().cumsum(0) - 1
-        p = pos.expand_as(s)
-        sums = torch.zeros_like(p).scatter_add_(0, gid, p)
-        cnt = torch.zeros_like(p).scatter_add_(0, gid, torch.ones_like(p))
-        out[:, a : a + chunk] = torch.empty_like(p).scatter_(0, idx, (sums / cnt.clamp(min=1)).gather(0, gid))
-    return out
-
-
-def auroc_matrix(z: Tensor, y: Tensor) -> Tensor:
-    """AUROC of every latent (column of ``z [N, n]``) for every concept (column of bool ``y [N, C]``) ``[n, C]``.
-
-    Ties count one half (average ranks). A concept with no positives or no negatives gives NaN.
-    """
-    z, y = _check(z, y)
-    ranks = average_ranks(z)  # [N, n]
-    pos = y.double().sum(0)  # [C]
-    neg = y.shape[0] - pos
-    r = ranks.t() @ y.double()  # [n, C]
-    auc = (r - pos * (pos + 1) / 2) / (pos * neg)
-    return torch.where((pos > 0) & (neg > 0), auc, torch.full_like(auc, float("nan")))
-
-
 def f1_matrix(z: Tensor, y: Tensor, *, threshold: float = FIRE_THRESHOLD) -> Tensor:
     """F1 of "latent i fires" (z_i > threshold) as a detector of concept c, ``[n, C]``."""
     z, y = _check(z, y)
@@ -86,37 +57,14 @@ def f1_matrix(z: Tensor, y: Tensor, *, threshold: float = FIRE_THRESHOLD) -> Ten
     return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
 
 
-def _auroc_1d(score: Tensor, y: Tensor) -> float:
-    return auroc_matrix(score[:, None], y[:, None])[0, 0].item()
-
-
-def logistic_fit(X: Tensor, y: Tensor, *, l2: float = 1.0, iters: int = 50, tol: float = 1e-10) -> Tensor:
-    """L2-regularised logistic regression by Newton's method (IRLS): minimises
-    Σ_b log(1 + exp(−s_b (X_b w + w₀))) + (l2/2)‖w‖² (bias unpenalised) — scikit-learn's
-    ``LogisticRegression(C=1/l2)`` objective. Returns ``[w, w₀]`` ``[k + 1]`` (float64)."""
-    A = torch.cat([X.double(), torch.ones(X.shape[0], 1, dtype=torch.float64)], 1)
-    t = y.double()
-    w = torch.zeros(A.shape[1], dtype=torch.float64)
-    reg = torch.full((A.shape[1],), float(l2), dtype=torch.float64)
-    reg[-1] = 0.0
-    for _ in range(iters):
-        p = torch.sigmoid(A @ w)
-        g = A.t() @ (p - t) + reg * w
-        H = (A * (p * (1 - p))[:, None]).t() @ A + torch.diag(reg) + 1e-9 * torch.eye(A.shape[1], dtype=torch.float64)
-        step = torch.linalg.solve(H, g)
-        w = w - step
-        if step.abs().max().item() < tol:
-            break
-    return w
-
-
 def sparse_probe_auroc(z: Tensor, y: Tensor, *, ks: Sequence[int] = (1, 2, 5), train_fraction: float = 0.5,
-                       l2: float = 1.0) -> dict[int, Tensor]:
+                       C: float = 1.0) -> dict[int, Tensor]:
     """Test AUROC of the best k-sparse logistic probe over latents, per concept: ``{k: [C]}``.
 
     The first ``train_fraction`` of the rows is the train split (rows must be exchangeable, e.g. iid
     samples); latents are chosen by the class-mean difference on it (SAEBench), standardised, and a
-    logistic regression (L2 ``l2``, :func:`logistic_fit`) is fitted. NaN where a split lacks a class.
+    logistic regression (:func:`assay.stats.logistic_regression`, inverse L2 strength ``C``) is fitted.
+    NaN where a split lacks a class.
     """
     z, y = _check(z, y)
     if not 0 < train_fraction < 1:
@@ -136,8 +84,8 @@ def sparse_probe_auroc(z: Tensor, y: Tensor, *, ks: Sequence[int] = (1, 2, 5), t
         order = diff.argsort(descending=True)
         for k in ks:
             idx = order[: min(k, z.shape[1])]
-            w = logistic_fit(ztr[:, idx], yc, l2=l2)
-            out[k][c] = _auroc_1d(zte[:, idx] @ w[:-1] + w[-1], tc)
+            fit = logistic_regression(ztr[:, idx], yc, C=C)
+            out[k][c] = auroc(zte[:, idx] @ fit.weight + fit.bias, tc)
     return out
 
 
@@ -182,7 +130,7 @@ def latent_detection(z: Tensor, y: Tensor, concepts: Sequence[str] | None = None
     names = tuple(concepts) if concepts is not None else tuple(f"c{i}" for i in range(y.shape[1]))
     if len(names) != y.shape[1]:
         raise ValueError(f"{len(names)} concept names for {y.shape[1]} concept columns")
-    auc = auroc_matrix(z, y)
+    auc = auroc_matrix(*_check(z, y))
     f1 = f1_matrix(z, y)
     auc_filled = torch.nan_to_num(auc, nan=-1.0)
     best_auc, best_auc_i = auc_filled.max(0)

@@ -16,7 +16,7 @@ renormalisation and (δ/2, δ/2) with subtraction.
 
 :func:`paired_shift` reports an effect with its interval: for per-sample read-outs before (b_i) and
 after (s_i) steering, the mean of d_i = s_i − b_i with the Student-t interval
-mean ± t_{1−(1−level)/2, n−1}·sd(d)/√n (the paired t-test's interval).
+mean ± t_{1−(1−level)/2, n−1}·sd(d)/√n (the paired t-test's interval, :func:`assay.stats.t_interval`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
+
+from assay.stats import t_interval
 
 __all__ = ["continuation_loglik", "PresScores", "pres_scores", "Shift", "paired_shift"]
 
@@ -122,18 +124,10 @@ class Shift(NamedTuple):
 
 def paired_shift(base: Tensor, steered: Tensor, *, level: float = 0.95) -> Shift:
     """Mean of ``steered − base`` (per-sample read-outs ``[n]``) with the paired-t interval at ``level``."""
-    from scipy.stats import t as student_t
-
     b = torch.as_tensor(base, dtype=torch.float64).flatten()
     s = torch.as_tensor(steered, dtype=torch.float64).flatten()
     if b.numel() != s.numel() or b.numel() < 2:
         raise ValueError(f"need two equally long read-outs with at least 2 samples, got {b.numel()} and {s.numel()}")
     if not (torch.isfinite(b).all() and torch.isfinite(s).all()):
         raise ValueError("read-outs contain NaN or inf")
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    d = s - b
-    n = d.numel()
-    mean = float(d.mean())
-    half = float(student_t.ppf(0.5 + level / 2, n - 1)) * float(d.std(unbiased=True)) / math.sqrt(n)
-    return Shift(mean, mean - half, mean + half, n)
+    return Shift(*t_interval(s - b, level=level))

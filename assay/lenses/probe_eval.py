@@ -1,15 +1,9 @@
-"""Scoring probes: AUROC with DeLong intervals, accuracy with Wilson intervals, TPR at a fixed FPR,
-and stratified k-fold cross-validation.
+"""Scoring probes: accuracy with a Wilson interval, TPR at a fixed FPR, and stratified k-fold
+cross-validation whose out-of-fold scores get an AUROC with DeLong's interval.
 
-AUROC is the Mann–Whitney statistic P(s₊ > s₋) + ½P(s₊ = s₋). Its variance follows DeLong, DeLong
-& Clarke-Pearson 1988, "Comparing the areas under two or more correlated receiver operating
-characteristic curves: a nonparametric approach": with structural components
-V₁₀(i) = mean_j ψ(s₊ᵢ, s₋ⱼ), V₀₁(j) = mean_i ψ(s₊ᵢ, s₋ⱼ),
-
-    Var(AUC) = Var(V₁₀)/m + Var(V₀₁)/n,
-
-(m positives, n negatives), computed from mid-ranks in O(N log N) (Sun & Xu 2014). Accuracy's
-interval is Wilson's score interval (Wilson 1927).
+The statistics themselves (AUROC as the Mann–Whitney statistic, DeLong, DeLong & Clarke-Pearson
+1988's interval, Wilson 1927's score interval) live in :mod:`assay.stats`; this module applies them to
+probes (Alain & Bengio 2016, "Understanding intermediate layers using linear classifier probes").
 """
 
 from __future__ import annotations
@@ -22,33 +16,9 @@ import torch
 from torch import Tensor
 
 from assay.lenses.probes import LinearProbe, check_xy
+from assay.stats import Interval, auroc, delong_interval, wilson_interval
 
-__all__ = ["Interval", "auroc", "auroc_ci", "accuracy_ci", "tpr_at_fpr", "stratified_folds", "CVResult",
-           "cross_validate"]
-
-
-class Interval(NamedTuple):
-    """A point estimate with a two-sided confidence interval."""
-
-    value: float
-    """The estimate."""
-    low: float
-    """Lower bound."""
-    high: float
-    """Upper bound."""
-
-
-def _midranks(x: Tensor) -> Tensor:
-    """1-based mid-ranks (ties get their average rank)."""
-    x = x.double()
-    sorted_x, order = torch.sort(x)
-    n = x.numel()
-    ranks = torch.empty(n, dtype=torch.float64)
-    _, inverse, counts = torch.unique_consecutive(sorted_x, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    mid = ends - (counts.double() - 1) / 2
-    ranks[order] = mid[inverse]
-    return ranks
+__all__ = ["accuracy_ci", "tpr_at_fpr", "stratified_folds", "CVResult", "cross_validate"]
 
 
 def _check_scores(scores: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,51 +29,18 @@ def _check_scores(scores: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     if not torch.isfinite(scores).all():
         raise ValueError("scores contain NaN or inf")
     if y.all() or not y.any():
-        raise ValueError("AUROC needs both classes among the labels; got a single class")
+        raise ValueError("tpr_at_fpr needs both classes among the labels; got a single class")
     return scores, y
 
 
-def auroc(scores: Tensor, y: Tensor) -> float:
-    """Area under the ROC curve (ties count one half)."""
-    scores, y = _check_scores(scores, y)
-    r = _midranks(scores)
-    m, n = int(y.sum()), int((~y).sum())
-    return float((r[y].sum() - m * (m + 1) / 2) / (m * n))
-
-
-def auroc_ci(scores: Tensor, y: Tensor, *, level: float = 0.95) -> Interval:
-    """AUROC with a DeLong normal interval (clipped to [0, 1])."""
-    scores, y = _check_scores(scores, y)
-    pos, neg = scores[y], scores[~y]
-    m, n = pos.numel(), neg.numel()
-    r_all = _midranks(torch.cat([pos, neg]))
-    r_pos, r_neg = _midranks(pos), _midranks(neg)
-    v10 = (r_all[:m] - r_pos) / n          # per positive: fraction of negatives below (+½ ties)
-    v01 = 1.0 - (r_all[m:] - r_neg) / m    # per negative: fraction of positives above (+½ ties)
-    auc = float(v10.mean())
-    var = (v10.var(unbiased=True) / m if m > 1 else 0.0) + (v01.var(unbiased=True) / n if n > 1 else 0.0)
-    z = _z(level)
-    half = z * math.sqrt(float(var))
-    return Interval(auc, max(0.0, auc - half), min(1.0, auc + half))
-
-
-def _z(level: float) -> float:
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    return math.sqrt(2) * float(torch.special.erfinv(torch.tensor(level, dtype=torch.float64)))
-
-
 def accuracy_ci(pred: Tensor, y: Tensor, *, level: float = 0.95) -> Interval:
-    """Accuracy with a Wilson score interval."""
+    """Accuracy with a Wilson score interval (:func:`assay.stats.wilson_interval`)."""
     pred, y = torch.as_tensor(pred).flatten(), torch.as_tensor(y).flatten()
     if pred.numel() != y.numel() or pred.numel() == 0:
         raise ValueError(f"need equally many predictions and labels (>0), got {pred.numel()} and {y.numel()}")
-    n = pred.numel()
-    p = float((pred.long() == y.long()).double().mean())
-    z = _z(level)
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
+    hits = int((pred.long() == y.long()).sum())
+    low, high = wilson_interval(hits, pred.numel(), level=level)
+    return Interval(hits / pred.numel(), float(low), float(high))
 
 
 def tpr_at_fpr(scores: Tensor, y: Tensor, fpr: float = 0.01) -> float:
@@ -139,7 +76,7 @@ class CVResult(NamedTuple):
     accuracy: Interval
     """Accuracy of the out-of-fold predictions (score > 0) with a Wilson interval."""
     fold_auroc: tuple[float, ...]
-    """AUROC of each fold."""
+    """AUROC of each fold (NaN where a fold holds a single class)."""
     scores: Tensor
     """Out-of-fold scores ``[N]``."""
 
@@ -157,6 +94,6 @@ def cross_validate(fit: Callable[[Tensor, Tensor], LinearProbe], x: Tensor, y: T
         s = probe.score(x[test]).double()
         scores[test] = s
         yt = yb[test]
-        fold_auc.append(auroc(s, yt) if yt.any() and not yt.all() else float("nan"))
-    return CVResult(auroc_ci(scores, yb, level=level), accuracy_ci((scores > 0).long(), yb, level=level),
+        fold_auc.append(auroc(s, yt))
+    return CVResult(delong_interval(scores, yb, level=level), accuracy_ci((scores > 0).long(), yb, level=level),
                     tuple(fold_auc), scores)

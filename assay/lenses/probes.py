@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from assay.lenses.direction import DirectionLens
+from assay.stats import LinearModel, logistic_regression
 
 __all__ = [
     "LinearProbe",
@@ -131,45 +132,20 @@ def _standardise(x: Tensor, standardise: bool) -> tuple[Tensor, Tensor, Tensor]:
     return (x - mu) / sd, mu, sd
 
 
-def _fit_logistic(xs: Tensor, yf: Tensor, C: float, fit_intercept: bool, init: Tensor | None,
-                  max_iter: int, tol: float) -> Tensor:
-    """Minimise mean BCE + ‖w‖²/(2CN) by L-BFGS (float64); returns [w, b]."""
-    N, d = xs.shape
-    theta = torch.zeros(d + 1, dtype=torch.float64) if init is None else init.clone()
-    theta.requires_grad_(True)
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-15,
-                            history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        b = theta[d] if fit_intercept else theta.new_zeros(())
-        logits = xs @ theta[:d] + b
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yf) + theta[:d].pow(2).sum() / (2 * C * N)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    out = theta.detach()
-    if not fit_intercept:
-        out[d] = 0.0
-    return out
-
-
 def logistic(x: Tensor, y: Tensor, *, C: float = 1.0, standardise: bool = True, fit_intercept: bool = True,
              max_iter: int = 500, tol: float = 1e-9) -> LinearProbe:
-    """L2 logistic regression (sklearn's ``LogisticRegression(C=C)`` objective) on optionally
-    standardised features; returned in raw coordinates."""
-    if C <= 0:
-        raise ValueError(f"C (inverse regularisation strength) must be positive, got {C}")
+    """L2 logistic regression (sklearn's ``LogisticRegression(C=C)`` objective,
+    :func:`assay.stats.logistic_regression`) on optionally standardised features; returned in raw
+    coordinates."""
     x, y = check_xy(x, y)
     xs, mu, sd = _standardise(x.double(), standardise)
-    theta = _fit_logistic(xs, y.double(), C, fit_intercept, None, max_iter, tol)
-    return _to_raw(theta, mu, sd, x.dtype)
+    fit = logistic_regression(xs, y, C=C, fit_intercept=fit_intercept, max_iter=max_iter, tol=tol)
+    return _to_raw(fit, mu, sd, x.dtype)
 
 
-def _to_raw(theta: Tensor, mu: Tensor, sd: Tensor, dtype: torch.dtype) -> LinearProbe:
-    w = theta[:-1] / sd
-    b = theta[-1] - w @ mu
+def _to_raw(fit: LinearModel, mu: Tensor, sd: Tensor, dtype: torch.dtype) -> LinearProbe:
+    w = fit.weight / sd
+    b = fit.bias - w @ mu
     return LinearProbe(w.to(dtype), b.to(dtype), "logistic")
 
 
@@ -189,11 +165,11 @@ def logistic_path(x: Tensor, y: Tensor, Cs: Sequence[float] = (1e-3, 1e-2, 1e-1,
         raise ValueError(f"Cs must be a non-empty list of positive numbers, got {Cs}")
     x, y = check_xy(x, y)
     xs, mu, sd = _standardise(x.double(), standardise)
-    theta, probes = None, []
+    fit, probes = None, []
     order = sorted(Cs)
     for C in order:
-        theta = _fit_logistic(xs, y.double(), C, fit_intercept, theta, max_iter, 1e-9)
-        probes.append(_to_raw(theta, mu, sd, x.dtype))
+        fit = logistic_regression(xs, y, C=C, fit_intercept=fit_intercept, init=fit, max_iter=max_iter)
+        probes.append(_to_raw(fit, mu, sd, x.dtype))
     return LogisticPath(tuple(order), tuple(probes))
 
 

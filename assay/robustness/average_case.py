@@ -34,6 +34,7 @@ import torch
 from assay.config import ConfigError, check_choice
 from assay.robustness.mvn import mvn_cdf
 from assay.robustness.validate import check_positive, check_target, classifier_logits
+from assay.stats import wilson_interval
 
 __all__ = [
     "Noise",
@@ -227,14 +228,6 @@ def softmax_confidence(model: Model, x: torch.Tensor, *, target: torch.Tensor | 
     return logits.softmax(1).gather(1, t[:, None]).squeeze(1)
 
 
-def _wilson(k: torch.Tensor, n: torch.Tensor, z: float) -> tuple[torch.Tensor, torch.Tensor]:
-    p = k / n
-    denom = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denom
-    half = z * torch.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return (centre - half).clamp(0, 1), (centre + half).clamp(0, 1)
-
-
 def monte_carlo(model: Model, x: torch.Tensor, sigma: float, *, n_samples: int = 10_000, chunk: int = 256,
                 noise: Noise = "gaussian", target: torch.Tensor | None = None, target_error: float | None = None,
                 confidence: float = 0.95, max_batch: int = 8192,
@@ -252,7 +245,6 @@ def monte_carlo(model: Model, x: torch.Tensor, sigma: float, *, n_samples: int =
         raise ValueError(f"target_error must be in (0, 0.5), got {target_error}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    zq = math.sqrt(2.0) * float(torch.special.erfinv(torch.tensor(confidence, dtype=torch.float64)))
     with torch.no_grad():
         t = check_target(target, classifier_logits(model, x))
         B = x.shape[0]
@@ -271,10 +263,10 @@ def monte_carlo(model: Model, x: torch.Tensor, sigma: float, *, n_samples: int =
             drawn[active] += step
             keep = drawn[active] < n_samples
             if target_error is not None:
-                lo, hi = _wilson(hits[active], drawn[active], zq)
+                lo, hi = wilson_interval(hits[active], drawn[active], level=confidence)
                 keep &= (hi - lo) / 2 > target_error
             active = active[keep]
-        lo, hi = _wilson(hits, drawn, zq)
+        lo, hi = wilson_interval(hits, drawn, level=confidence)
     return MonteCarloEstimate((hits / drawn).to(x.dtype), lo.to(x.dtype), hi.to(x.dtype), drawn.long(), t)
 
 
