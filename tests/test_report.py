@@ -150,3 +150,9 @@ def test_report_in_headless_chromium(tmp_path):
     img = imread(shot)
     assert img.shape[0] >= 800 and img.shape[1] >= 1100
     assert img[..., :3].std() > 0.05  # not blank: text, tables, highlighted tokens
+    # a combined report without feature data: contents, no browser, no script at all
+    wide = Table("wide", [f"metric_{i}" for i in range(14)], [[f"m{r}", *[0.5 + r] * 13] for r in range(40)])
+    path = write_report(tmp_path / "plain.html", "plain", sections=[Section("A", [wide]), Section(EVIL, [])])
+    r = _run(chrome, tmp_path, path.resolve().as_uri(), "--dump-dom")
+    assert r.returncode == 0 and not re.search(r"<html[^>]*data-js-errors", r.stdout), r.stderr[-2000:]
+    assert '<a href="#section-2">' in r.stdout and "Feature browser" not in r.stdout
