@@ -9,9 +9,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from assay.artifact import load_artifact
-from assay.bench.section import read_section
 from assay.cli import app
 from assay.models import offline
+from assay.report import read_section
 
 
 class TinyImageNet(nn.Module):

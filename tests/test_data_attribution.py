@@ -622,7 +622,7 @@ def test_cli_data_attribution_runs_and_validates(tmp_path):
     out = json.loads((tmp_path / "results.json").read_text())
     assert set(out) >= {"lds", "mislabel_auroc", "test_accuracy"} and -1 <= out["lds"] <= 1
     assert (tmp_path / "scores-if-explicit-logreg" / "config.json").is_file()
-    from assay.bench.section import read_section
+    from assay.report import read_section
 
     sec = read_section(tmp_path)  # the report section: metrics table (values = results.json) and the image
     cells = dict(sec.tables[0].rows)

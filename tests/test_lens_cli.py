@@ -7,9 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from assay.bench.section import read_section
 from assay.cli import app
 from assay.cli.lenses import LensConfig, ProbeConfig, SteerConfig, run_lens, run_probe, run_steer
+from assay.report import read_section
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

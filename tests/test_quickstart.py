@@ -17,9 +17,9 @@ def test_quickstart_ground_truth_part(tmp_path, monkeypatch):
         out = CliRunner().invoke(app, args)
         assert out.exit_code == 0, out.output
         assert "report:" in out.output and "topk (k=4)" in out.output and "pca (n=8)" in out.output
-        html = (tmp_path / "qs" / "report.html").read_text()
+        html = (tmp_path / "qs" / "report.html").read_text().replace("<wbr>", "")  # headers may break at "_"
         assert "assay quickstart" in html and "detect_auroc" in html and "data:image/svg+xml;base64," in html
-        from assay.bench.section import read_section
+        from assay.report import read_section
 
         sec = read_section(tmp_path / "qs")  # the quickstart joins `assay report` as one section
         assert sec.tables[0].columns[0] == "method (level)" and sec.plots

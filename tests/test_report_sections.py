@@ -1,16 +1,17 @@
 """Report sections: a command's section round-trips through section.json, plots stay inside their folder,
-`assay report` gathers every section under a folder into one escaped report, and a corrupted
-section.json is refused with its path."""
+`assay report` gathers every section under a folder into one escaped report with a table of contents,
+ordered by the time each section was written (then by folder), and a corrupted section.json is refused
+with its path."""
 
 import json
 import re
+from datetime import UTC, datetime
 
 import pytest
 from typer.testing import CliRunner
 
-from assay.bench.report import Plot, Table
-from assay.bench.section import Section, SectionError, collect_sections, read_section, write_section
 from assay.cli import app
+from assay.report import Plot, Section, SectionError, Table, collect_sections, read_section, write_section
 
 EVIL = '</script><script>alert("x")</script> <b>bold</b>'
 SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>'
@@ -50,13 +51,49 @@ def test_collect_and_cli(tmp_path):
     write_section(runs / "a_probe", _section(runs / "a_probe", "Probe sweep"))
     path, n = collect_sections(runs, tmp_path / "all.html", title=f"all {EVIL}")
     html = path.read_text()
-    assert n == 2 and html.index("<h2>Probe sweep</h2>") < html.index("<h2>Steering</h2>")
+    # in the order written (steering first), not by folder name
+    assert n == 2 and html.index("<h2>Steering</h2>") < html.index("<h2>Probe sweep</h2>")
+    assert re.findall(r'<a href="#(section-\d)">(.*?)</a>', html) == [("section-1", "Steering"),
+                                                                      ("section-2", "Probe sweep")]
     assert "<script>alert" not in html and html.count("data:image/svg+xml;base64,") == 2
     res = CliRunner().invoke(app, ["report", "--runs", str(runs), "--out", str(tmp_path / "cli.html")])
     assert res.exit_code == 0, res.output
     assert "2 section(s)" in res.output and (tmp_path / "cli.html").is_file()
     res = CliRunner().invoke(app, ["report", "--runs", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "not a folder" in res.output
+
+
+def _set_created(folder, created):
+    data = json.loads((folder / "section.json").read_text())
+    if created is None:
+        del data["created"]
+    else:
+        data["created"] = created
+    (folder / "section.json").write_text(json.dumps(data))
+
+
+def test_sections_ordered_by_creation_time_then_name(tmp_path):
+    runs = tmp_path / "runs"
+    before = datetime.now(UTC)
+    for name in ("a", "b", "c", "d", "e"):
+        write_section(runs / name, Section(f"title {name}"))
+    created = json.loads((runs / "a" / "section.json").read_text())["created"]
+    assert before <= datetime.fromisoformat(created) <= datetime.now(UTC)
+    _set_created(runs / "a", "2024-05-01T12:00:00+00:00")
+    _set_created(runs / "b", "2024-05-01T13:30:00+02:00")  # 11:30 UTC: before a
+    _set_created(runs / "c", "2024-04-30T09:00:00")  # naive: read as UTC
+    _set_created(runs / "d", None)  # written by an older assay: after the dated ones, by folder
+    _set_created(runs / "e", None)
+    html = collect_sections(runs, tmp_path / "r.html")[0].read_text()
+    order = re.findall(r"<h2>title (\w)</h2>", html)
+    assert order == ["c", "b", "a", "d", "e"]
+    assert "in the order they were written: c, b, a, d, e" in html
+    _set_created(runs / "e", "yesterday")
+    with pytest.raises(SectionError, match="'created' is not an ISO 8601 time"):
+        collect_sections(runs, tmp_path / "r.html")
+    _set_created(runs / "e", 5)
+    with pytest.raises(SectionError, match="malformed field"):
+        read_section(runs / "e")
 
 
 def test_bad_sections_are_refused(tmp_path):

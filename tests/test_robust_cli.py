@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from assay.bench.section import read_section
 from assay.cli import app
 from assay.config import ConfigError
+from assay.report import read_section
 from assay.robustness.suite import RobustnessConfig
 
 

@@ -1,33 +1,36 @@
-"""Bench plots (matplotlib, Agg backend; each saved as PNG and SVG): the sparsity–fidelity Pareto
-(L0 vs FVU), ground-truth recovery vs L0, and per-concept detection heatmaps (method × concept, best
-single-latent AUROC). Points are seed means with 95% intervals (:func:`assay.stats.t_interval`).
+"""Bench plots (matplotlib figures without pyplot, :mod:`assay.report.figure`; each saved as PNG and
+SVG): the sparsity–fidelity Pareto (L0 vs FVU), ground-truth recovery vs L0, and per-concept detection
+heatmaps (method × concept, best single-latent AUROC). Points are seed means with 95% intervals
+(:func:`assay.stats.t_interval`). The log L0 axis is labelled with plain numbers (1…9 within a
+decade, 1-2-5 steps up to three decades, powers of ten beyond), never with matplotlib's crowded
+``2×10^0`` minor-tick labels.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
+
+from assay.report import new_figure, save_figure
 
 __all__ = ["pareto_plot", "recovery_plot", "detection_heatmap", "draw_all"]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> list[Path]:
-    out = []
-    for ext in ("png", "svg"):
-        p = path.with_suffix(f".{ext}")
-        fig.savefig(p, dpi=110, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
-        out.append(p)
-    _plt().close(fig)
-    return out
+    return [save_figure(fig, path.with_suffix(f".{ext}"), dpi=110, tight=True) for ext in ("png", "svg")]
+
+
+def _log_ticks(axis, lo: float, hi: float) -> None:
+    """Plain-number labels on a log ``axis`` spanning [lo, hi]: at every 1…9 × 10^k within a decade, at
+    1, 2, 5 × 10^k up to three decades, at powers of ten beyond; minor ticks unlabelled."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    decades = math.log10(hi / lo)
+    subs = tuple(range(1, 10)) if decades < 1 else (1, 2, 5) if decades <= 3 else (1,)
+    axis.set_major_locator(LogLocator(base=10, subs=[float(s) for s in subs]))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _series(summary: list[dict[str, Any]], world: str, metric: str) -> dict[str, list[tuple[float, float, float, float]]]:
@@ -44,19 +47,20 @@ def _series(summary: list[dict[str, Any]], world: str, metric: str) -> dict[str,
     return {k: sorted(v) for k, v in out.items()}
 
 
-def _line_plot(summary, world: str, metric: str, ylabel: str, title: str, path: Path, *, logy: bool = False):
+def _line_plot(summary, world: str, metric: str, ylabel: str, title: str, path: Path) -> list[Path]:
     series = _series(summary, world, metric)
     if not series:
         return []
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = new_figure((5.5, 3.8))
+    ax = fig.subplots()
     for meth, pts in series.items():
         xs, ys, lo, hi = zip(*pts)
         ax.errorbar(xs, ys, yerr=[[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]], marker="o",
                     capsize=2, label=meth)
     ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
+    l0 = [p[0] for pts in series.values() for p in pts if p[0] > 0]
+    if l0:
+        _log_ticks(ax.xaxis, min(l0), max(l0))
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -101,8 +105,8 @@ def detection_heatmap(runs: list[dict[str, Any]], world: str, path: Path, *, max
     concepts = sorted({c for _, _, m in best.values() for c in m})[:max_concepts]  # type: ignore[misc]
     methods = sorted(best)
     grid = np.array([[best[m][2].get(c, np.nan) for c in concepts] for m in methods])  # type: ignore[index]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(4, 0.22 * len(concepts) + 2), 0.35 * len(methods) + 1.5))
+    fig = new_figure((max(4, 0.22 * len(concepts) + 2), 0.35 * len(methods) + 1.5))
+    ax = fig.subplots()
     im = ax.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
     ax.set_yticks(range(len(methods)), [f"{m} ({best[m][1]})" for m in methods], fontsize=7)  # type: ignore[index]
     ax.set_xticks(range(len(concepts)), concepts, rotation=90, fontsize=6)

@@ -192,7 +192,7 @@ def run_suite(cfg: SuiteConfig, *, log: Callable[[str], None] | None = None) -> 
 
         draw_all(out, runs, summary)
     if cfg.report:
-        from assay.bench.report import write_suite_report
+        from assay.bench.suite_report import write_suite_report
 
         write_suite_report(out, cfg, runs, summary)
     return SuiteResult(runs, summary, out, computed)

@@ -100,22 +100,19 @@ def _skimage_photo(name: str) -> Any:
 
 def save_heatmap(path: Path, image: Any, values: Any, title: str) -> None:
     """PNG of the photo (``[H, W, 3]`` in [0, 1]) beside the channel-summed signed attribution map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from assay.report import new_figure, save_figure
 
     heat = values.sum(0).numpy()
     lim = float(abs(heat).max()) or 1.0
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    fig = new_figure((8, 4))
+    axes = fig.subplots(1, 2)
     axes[0].imshow(image)
     axes[1].imshow(heat, cmap="bwr", vmin=-lim, vmax=lim)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def _images(cfg: AttributeCommand, loaded) -> dict:
@@ -149,8 +146,7 @@ def _images(cfg: AttributeCommand, loaded) -> dict:
 
 
 def _image_section(cfg: AttributeCommand, res: dict) -> Any:
-    from assay.bench.report import Plot, Table
-    from assay.bench.section import Section
+    from assay.report import Plot, Section, Table
 
     gap = _has_reference(cfg.method)
     table = Table("Explained output per photo",
@@ -162,8 +158,7 @@ def _image_section(cfg: AttributeCommand, res: dict) -> Any:
 
 
 def _text_section(cfg: AttributeCommand, res: dict) -> Any:
-    from assay.bench.report import Table
-    from assay.bench.section import Section
+    from assay.report import Section, Table
 
     out = Table("Explained output", ["target", "token", "f_t(x)", "f_t(baseline)", "completeness gap", "baseline"],
                 [[res["target"], res["target_token"], res["output"], res["baseline_output"], res["completeness_gap"],
@@ -239,8 +234,8 @@ def _text(cfg: AttributeCommand, loaded) -> dict:
 def run(cfg: AttributeCommand) -> dict:
     """Load the model, attribute, print the report and write the outputs; returns the results."""
     from assay.artifact import save_artifact
-    from assay.bench.section import write_section
     from assay.models import offline
+    from assay.report import write_section
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     loaded = offline.load(cfg.model)
@@ -298,8 +293,7 @@ RANK_COLUMNS = ["method", "relevance mass", "pointing game", "top-k precision", 
 def run_rank(cfg: RankCommand) -> list:
     """Rank the methods on the digits world, print the table and write results.json + the section."""
     from assay.attribution import ranking
-    from assay.bench.report import Table
-    from assay.bench.section import Section, write_section
+    from assay.report import Section, Table, write_section
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     rows, acc = ranking.rank_on_digits(cfg.n_examples, config=cfg.ranking_config(), seed=cfg.seed)

@@ -142,17 +142,16 @@ def _scorer(cfg: DataAttributionCommand, x, y):
 
 
 def _plot(out: Path, x, y, xt, yt, scores, k: int = 3, n_targets: int = 4) -> str | None:
-    try:
-        import matplotlib
+    import importlib.util
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:
         return None
     from assay.data_attribution.applications import opponents, proponents
+    from assay.report import new_figure, save_figure
 
     pro, opp = proponents(scores, k), opponents(scores, k)
-    fig, axes = plt.subplots(n_targets, 1 + 2 * k, figsize=(1.3 * (1 + 2 * k), 1.4 * n_targets))
+    fig = new_figure((1.3 * (1 + 2 * k), 1.4 * n_targets))
+    axes = fig.subplots(n_targets, 1 + 2 * k)
     for t in range(n_targets):
         row = [(f"target y={int(yt[t])}", xt[t])] + [
             (f"+{float(s):.2g} y={int(y[i])}", x[i]) for i, s in zip(pro.indices[t], pro.scores[t])] + [
@@ -163,11 +162,7 @@ def _plot(out: Path, x, y, xt, yt, scores, k: int = 3, n_targets: int = 4) -> st
             ax.axis("off")
     fig.suptitle("target | top proponents | top opponents (score, training label as used — flipped if noisy)",
                  fontsize=8)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    path = out / "plots" / "proponents.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return str(path)
+    return str(save_figure(fig, out / "plots" / "proponents.png", dpi=100, tight=True))
 
 
 def run(cfg: DataAttributionCommand) -> dict:
@@ -224,8 +219,7 @@ def run(cfg: DataAttributionCommand) -> dict:
 
 def _write_section(cfg: DataAttributionCommand, out: Path, result: dict, image: str | None) -> None:
     """The report section: a metrics table and the proponents/opponents image (inside ``out``)."""
-    from assay.bench.report import Plot, Table
-    from assay.bench.section import Section, write_section
+    from assay.report import Plot, Section, Table, write_section
 
     ci = result.get("lds_ci")
     rows = [

@@ -13,7 +13,7 @@
   distribution), as a table and a heatmap.
 
 Each command writes ``results.json``, its plot under ``out_dir/plots/`` and a report section
-(``section.json`` + ``report.html``, :mod:`assay.bench.section`) into ``out_dir``.
+(``section.json`` + ``report.html``, :mod:`assay.report.section`) into ``out_dir``.
 """
 
 from __future__ import annotations
@@ -120,8 +120,7 @@ def _layer(site: str, i: int) -> int:
 
 
 def _probe_section(out: Path, r: dict[str, Any], cfg: ProbeConfig) -> None:
-    from assay.bench.report import Plot, Table
-    from assay.bench.section import Section, write_section
+    from assay.report import Plot, Section, Table, write_section
 
     rows = [[_layer(x["site"], i), x["site"], round(x["auroc"], 4), f"[{x['auroc_low']:.3f}, {x['auroc_high']:.3f}]",
              round(x["accuracy"], 4), f"[{x['accuracy_low']:.3f}, {x['accuracy_high']:.3f}]",
@@ -140,13 +139,11 @@ def _probe_section(out: Path, r: dict[str, Any], cfg: ProbeConfig) -> None:
 
 
 def _plot_probe(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from assay.report import new_figure, save_figure
 
     x = [_layer(r["site"], i) for i, r in enumerate(rows)]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = new_figure((6, 3.5))
+    ax = fig.subplots()
     ax.plot(x, [r["auroc"] for r in rows], marker="o")
     ax.fill_between(x, [r["auroc_low"] for r in rows], [r["auroc_high"] for r in rows], alpha=0.25)
     ax.set_xlabel("layer")
@@ -154,8 +151,7 @@ def _plot_probe(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_ylim(0.4, 1.0)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 STEER_DIRECTIONS = ("caa", "pca", "probe")
@@ -350,8 +346,7 @@ def run_steer(cfg: SteerConfig, lm: Any = None) -> dict[str, Any]:
 
 
 def _steer_section(out: Path, r: dict[str, Any], cfg: SteerConfig) -> None:
-    from assay.bench.report import Plot, Table
-    from assay.bench.section import Section, write_section
+    from assay.report import Plot, Section, Table, write_section
 
     rows = []
     for x in r["rows"]:
@@ -446,14 +441,11 @@ def run_lens(cfg: LensConfig, lm: Any = None) -> dict[str, Any]:
 
 
 def _plot_lens(rows: list[dict[str, Any]], tokens: list[str], cols: list[int], path: Path, title: str) -> None:
-    import matplotlib
+    from assay.report import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     grid = [r["p_top_at"] for r in rows]
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cols), 1.2 + 0.28 * len(rows)))
+    fig = new_figure((1.2 + 1.1 * len(cols), 1.2 + 0.28 * len(rows)))
+    ax = fig.subplots()
     im = ax.imshow(grid, aspect="auto", cmap="Blues", vmin=0.0, vmax=1.0, origin="lower")
     for i, r in enumerate(rows):
         for j, t in enumerate(r["top_at"]):
@@ -469,13 +461,11 @@ def _plot_lens(rows: list[dict[str, Any]], tokens: list[str], cols: list[int], p
     ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax, label="top-1 probability")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _lens_section(out: Path, r: dict[str, Any]) -> None:
-    from assay.bench.report import Plot, Table
-    from assay.bench.section import Section, write_section
+    from assay.report import Plot, Section, Table, write_section
 
     head = [f"{c}: {t!r}" for c, t in zip(r["positions"], r["tokens"])]
     rows = [[_layer(x["site"], i), *x["top_at"], round(x["kl_to_final"], 4)] for i, x in enumerate(r["layers"])]

@@ -202,8 +202,8 @@ def _lm_sae(cfg: QuickstartConfig, console: Any) -> dict[str, Any]:
 
 
 def _report(cfg: QuickstartConfig, suite: Any, lm: dict[str, Any] | None) -> Path:
-    from assay.bench.report import Plot, Table, summary_table, write_report
-    from assay.bench.section import Section, write_section
+    from assay.bench.suite_report import summary_table
+    from assay.report import Plot, Section, Table, write_report, write_section
 
     tables = [summary_table(suite.summary, cfg.world)]
     if lm is not None:

@@ -1,7 +1,7 @@
 """``assay report``: gather the results of every command under a folder into one HTML report.
 
 Each results-producing command writes a ``section.json`` into its output folder
-(:mod:`assay.bench.section`); this command finds them all under ``--runs`` and writes one
+(:mod:`assay.report.section`); this command finds them all under ``--runs`` and writes one
 self-contained ``report.html`` (tables and plots inlined, no network).
 """
 
@@ -31,7 +31,7 @@ class ReportCommand:
 
 def run(cfg: ReportCommand) -> Path:
     """Write the combined report and print its path."""
-    from assay.bench.section import SectionError, collect_sections
+    from assay.report import SectionError, collect_sections
 
     try:
         path, n = collect_sections(cfg.runs, cfg.out, title=cfg.title)

@@ -136,12 +136,10 @@ def tradeoff_curve(name: str, strengths: Sequence[float], run: Callable[[float],
 def plot_tradeoffs(curves: Sequence[TradeoffCurve], path: str | Path, *, xlabel: str = "coherence cost",
                    ylabel: str = "intervention success", title: str = "") -> Path:
     """All curves on the same axes (coherence on x, success on y), saved to ``path``."""
-    import matplotlib
+    from assay.report import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = new_figure((5, 4))
+    ax = fig.subplots()
     for c in curves:
         if c.interval:
             if len(c.interval) != len(c.success):
@@ -159,8 +157,4 @@ def plot_tradeoffs(curves: Sequence[TradeoffCurve], path: str | Path, *, xlabel:
         ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -177,8 +177,7 @@ def write_robustness_section(cfg: RobustnessConfig, rows: list[dict[str, Any]], 
     """Write the report section of ``rows`` (and ``rows.json``, ``plots/robust_accuracy.svg``) to
     ``out_dir`` (default ``cfg.section_dir``); returns the folder."""
     from assay.artifact import atomic_write_text
-    from assay.bench.report import Plot, Table
-    from assay.bench.section import Section, write_section
+    from assay.report import Plot, Section, Table, write_section
 
     out = Path(out_dir) if out_dir is not None else cfg.section_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -200,21 +199,16 @@ def write_robustness_section(cfg: RobustnessConfig, rows: list[dict[str, Any]], 
                         [[r["name"], r["value"], r["std"]] for r in rows if r["section"] == "curvature"]))
     plots = []
     if curve:
-        import matplotlib
+        from assay.report import new_figure, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        (out / "plots").mkdir(exist_ok=True)
-        path = out / "plots" / "robust_accuracy.svg"
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        fig = new_figure((4.5, 3.2))
+        ax = fig.subplots()
         ax.plot(eps, [r["value"] for r in curve], marker="o")
         ax.set_xlabel(f"ε ({cfg.norm})")
         ax.set_ylabel("robust accuracy")
         ax.set_ylim(-0.02, 1.02)
         fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
+        path = save_figure(fig, out / "plots" / "robust_accuracy.svg")
         plots.append(Plot(f"PGD robust accuracy over ε ({cfg.norm}, {cfg.pgd_steps} steps)", path))
     model = ("LowCurvatureCNN" if cfg.low_curvature else "SmallCNN") if cfg.world == "digits" else "MLP"
     notes = [f"{model} trained on the {cfg.world} world ({cfg.n_train} examples × {cfg.epochs} epochs, seed {cfg.seed}); "

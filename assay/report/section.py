@@ -4,13 +4,16 @@ Each results-producing command (``assay probe``, ``assay steer``, ``assay lens``
 ``assay robustness``, ``assay data-attribution``, ``assay bench``) ends by calling
 :func:`write_section` on its output folder. That writes two files:
 
-* ``section.json`` — the section's title, notes, tables and plot file names (plots must live inside
-  the folder and are referenced relative to it, so the folder can be moved);
+* ``section.json`` — the section's title, notes, tables, plot file names (plots must live inside
+  the folder and are referenced relative to it, so the folder can be moved) and ``created``, the UTC
+  time it was written (ISO 8601);
 * ``report.html`` — a self-contained report of this one section.
 
 ``assay report --runs runs`` (:func:`collect_sections`) then gathers every ``section.json`` under a
-folder into one self-contained ``report.html``. A corrupted or hand-edited ``section.json`` is refused
-with its path rather than half-rendered.
+folder into one self-contained ``report.html`` with a table of contents, the sections in the order
+they were written (oldest first, i.e. the order the commands ran; a re-run command moves to the end).
+Sections without a ``created`` time (written by an older assay) come after the dated ones, by folder
+path. A corrupted or hand-edited ``section.json`` is refused with its path rather than half-rendered.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from assay.bench.report import Plot, Table, write_report
+from assay.report.html import write_report
+from assay.report.table import Plot, Table
 
 __all__ = ["Section", "SectionError", "write_section", "read_section", "collect_sections", "SECTION_FILE"]
 
@@ -79,6 +84,7 @@ def write_section(out_dir: str | Path, section: Section, *, report: bool = True)
         "tables": [{"title": str(t.title), "columns": [str(c) for c in t.columns],
                     "rows": [[_json_cell(v) for v in r] for r in t.rows]} for t in section.tables],
         "plots": plots,
+        "created": datetime.now(UTC).isoformat(timespec="microseconds"),
     }
     path = out / SECTION_FILE
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
@@ -89,7 +95,11 @@ def write_section(out_dir: str | Path, section: Section, *, report: bool = True)
 
 def read_section(folder: str | Path) -> Section:
     """The section written to ``folder`` by :func:`write_section` (plot paths made absolute)."""
-    folder = Path(folder).resolve()
+    return _load(Path(folder).resolve())[0]
+
+
+def _load(folder: Path) -> tuple[Section, datetime | None]:
+    """The section in ``folder`` and when it was written (``None`` when section.json has no time)."""
     path = folder / SECTION_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -109,15 +119,29 @@ def read_section(folder: str | Path) -> Section:
             if not ppath.is_file():
                 raise SectionError(f"{path}: plot {p['path']!r} is missing; re-run the command")
             plots.append(Plot(p["caption"], ppath))
-        return Section(str(data["title"]), tables, plots, [str(n) for n in data["notes"]])
+        section = Section(str(data["title"]), tables, plots, [str(n) for n in data["notes"]])
+        created = data.get("created")
+        if created is not None and not isinstance(created, str):
+            raise TypeError(f"'created' is {type(created).__name__}, not str")
     except (KeyError, TypeError) as e:
         raise SectionError(f"{path} is missing or has a malformed field ({e!r}); re-run the command") from None
+    if created is None:
+        return section, None
+    try:
+        return section, _utc(datetime.fromisoformat(created))
+    except ValueError as e:
+        raise SectionError(f"{path}: 'created' is not an ISO 8601 time ({e}); re-run the command") from None
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def collect_sections(runs: str | Path, out: str | Path, *, title: str = "assay report") -> tuple[Path, int]:
-    """Gather every ``section.json`` under ``runs`` (sorted by folder) into one report at ``out``.
+    """Gather every ``section.json`` under ``runs`` into one report at ``out``, with a table of contents.
 
-    Returns the report's path and the number of sections.
+    Sections are ordered by the time they were written (oldest first); sections without a time come
+    last, by folder path. Returns the report's path and the number of sections.
     """
     runs = Path(runs)
     if not runs.is_dir():
@@ -126,7 +150,9 @@ def collect_sections(runs: str | Path, out: str | Path, *, title: str = "assay r
     folders = sorted(p.parent.resolve() for p in root.rglob(SECTION_FILE))
     if not folders:
         raise SectionError(f"no {SECTION_FILE} under {runs}; run e.g. `assay probe` or `assay bench` first")
-    sections: Sequence[Section] = [read_section(f) for f in folders]
-    notes = [f"{len(sections)} section(s) from {runs}: "
-             + ", ".join(f.relative_to(root).as_posix() or "." for f in folders)]
+    loaded = [(_load(f), f) for f in folders]
+    loaded.sort(key=lambda x: (x[0][1] is None, x[0][1] or datetime.min.replace(tzinfo=UTC), x[1]))
+    sections = [s for (s, _), _ in loaded]
+    notes = [f"{len(sections)} section(s) from {runs}, in the order they were written: "
+             + ", ".join(f.relative_to(root).as_posix() or "." for _, f in loaded)]
     return write_report(out, title, sections=sections, notes=notes), len(sections)
