@@ -113,3 +113,24 @@ def test_bad_sections_are_refused(tmp_path):
     (folder / "section.json").write_text(json.dumps({"format": 1, "title": "t"}))
     with pytest.raises(SectionError, match="malformed field"):
         read_section(folder)
+
+
+def test_feature_browser_travels_with_its_section(tmp_path):
+    """A section's feature data is saved beside it, read back, shown in its own report and in the joined
+    one (the first section's browser; the others are named in a note), with token text escaped."""
+    latents = [{"index": 0, "label": "<b>x</b>", "contexts": []}]
+    write_section(tmp_path / "a", Section("A", notes=["n"], features={"title": "A's latents", "latents": latents}))
+    write_section(tmp_path / "b", Section("B", features={"title": "B's latents", "latents": latents}))
+    write_section(tmp_path / "c", Section("C"))
+    back = read_section(tmp_path / "a")
+    assert back.features == {"title": "A's latents", "latents": latents}
+    assert read_section(tmp_path / "c").features is None and not (tmp_path / "c" / "features.json").exists()
+    own = (tmp_path / "a" / "report.html").read_text()
+    assert "Feature browser" in own and "<b>x</b>" not in own and "\\u003cb\\u003ex" in own
+    assert "Feature browser" not in (tmp_path / "c" / "report.html").read_text()
+    path, n = collect_sections(tmp_path, tmp_path / "all.html")
+    joined = path.read_text()
+    assert n == 3 and "A&#x27;s latents" in joined and "b/report.html" in joined
+    (tmp_path / "a" / "features.json").write_text("{")
+    with pytest.raises(SectionError, match="features.json is not valid JSON"):
+        read_section(tmp_path / "a")

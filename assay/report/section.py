@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,6 +32,8 @@ __all__ = ["Section", "SectionError", "write_section", "read_section", "collect_
 
 SECTION_FILE = "section.json"
 """Name of a section's description inside its output folder."""
+FEATURES_FILE = "features.json"
+"""Name of a section's feature-browser data inside its output folder."""
 
 _FORMAT = 1
 
@@ -51,6 +53,9 @@ class Section(NamedTuple):
     """Images of the section; each path must be inside the folder the section is written to."""
     notes: Sequence[str] = ()
     """Sentences shown under the heading (settings, what the numbers mean)."""
+    features: Mapping[str, Any] | None = None
+    """Feature-browser data (``{"title": …, "latents": [...]}``, :mod:`assay.bench.features`), saved as
+    ``features.json`` beside ``section.json``; None or no latents: no browser."""
 
 
 def _json_cell(v: Any) -> Any:
@@ -86,10 +91,14 @@ def write_section(out_dir: str | Path, section: Section, *, report: bool = True)
         "plots": plots,
         "created": datetime.now(UTC).isoformat(timespec="microseconds"),
     }
+    if section.features and section.features.get("latents"):
+        atomic_write_text(out / FEATURES_FILE, json.dumps(section.features, allow_nan=False))
+        data["features"] = FEATURES_FILE
     path = out / SECTION_FILE
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
     if report:
-        write_report(out / "report.html", section.title, sections=[read_section(out)])
+        written = read_section(out)
+        write_report(out / "report.html", section.title, sections=[written], features=written.features)
     return path
 
 
@@ -119,7 +128,19 @@ def _load(folder: Path) -> tuple[Section, datetime | None]:
             if not ppath.is_file():
                 raise SectionError(f"{path}: plot {p['path']!r} is missing; re-run the command")
             plots.append(Plot(p["caption"], ppath))
-        section = Section(str(data["title"]), tables, plots, [str(n) for n in data["notes"]])
+        features = None
+        if data.get("features") is not None:
+            fpath = (folder / data["features"]).resolve()
+            if not fpath.is_relative_to(folder) or not fpath.is_file():
+                raise SectionError(f"{path}: feature data {data['features']!r} is missing or outside its folder; "
+                                   "re-run the command")
+            try:
+                features = json.loads(fpath.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise SectionError(f"{fpath} is not valid JSON ({e}); re-run the command") from None
+            if not isinstance(features, dict):
+                raise TypeError(f"feature data is {type(features).__name__}, not an object")
+        section = Section(str(data["title"]), tables, plots, [str(n) for n in data["notes"]], features)
         created = data.get("created")
         if created is not None and not isinstance(created, str):
             raise TypeError(f"'created' is {type(created).__name__}, not str")
@@ -155,4 +176,9 @@ def collect_sections(runs: str | Path, out: str | Path, *, title: str = "assay r
     sections = [s for (s, _), _ in loaded]
     notes = [f"{len(sections)} section(s) from {runs}, in the order they were written: "
              + ", ".join(f.relative_to(root).as_posix() or "." for _, f in loaded)]
-    return write_report(out, title, sections=sections, notes=notes), len(sections)
+    browsed = [(s, f) for (s, _), f in loaded if s.features]
+    if len(browsed) > 1:  # one browser per page: the first; the others stay in their own report.html
+        notes.append(f"Feature browser: {browsed[0][0].title}. The other feature browsers are in "
+                     + ", ".join((f / "report.html").relative_to(root).as_posix() for _, f in browsed[1:]) + ".")
+    features = browsed[0][0].features if browsed else None
+    return write_report(out, title, sections=sections, notes=notes, features=features), len(sections)
