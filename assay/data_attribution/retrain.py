@@ -174,7 +174,7 @@ def retrain(
 def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 1e-2, max_iter: int = 200) -> torch.nn.Linear:
     """Multinomial logistic regression minimising mean cross-entropy + (l2/2)‖W, b‖², by full-batch
     L-BFGS from zero (deterministic; strongly convex for l2 > 0)."""
-    model = torch.nn.Linear(x.shape[1], n_classes).to(x.dtype)
+    model = torch.nn.utils.skip_init(torch.nn.Linear, x.shape[1], n_classes, dtype=x.dtype)  # draws nothing
     torch.nn.init.zeros_(model.weight)
     torch.nn.init.zeros_(model.bias)
     opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=max_iter, tolerance_grad=1e-9,
@@ -215,12 +215,7 @@ def fit_mlp(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, seed: int, epoc
     from assay.models.fit import fit_classifier
     from assay.models.mlp import MLP
 
-    g = torch.Generator().manual_seed(int(seed))
-    model = MLP(x.shape[1], (hidden,), n_classes)
-    with torch.no_grad():
-        for p in model.parameters():
-            bound = 1.0 / (p.shape[-1] if p.dim() > 1 else p.shape[0]) ** 0.5
-            p.uniform_(-bound, bound, generator=g)
+    model = MLP(x.shape[1], (hidden,), n_classes, generator=torch.Generator().manual_seed(int(seed)))
     return fit_classifier(model, x, y, epochs=epochs, batch_size=64, lr=3e-3, weight_decay=1e-4, seed=int(seed))
 
 

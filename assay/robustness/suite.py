@@ -87,7 +87,6 @@ class RobustnessConfig:
 
 def train_world_model(cfg: RobustnessConfig) -> tuple[Any, Any, Any]:
     """(model, train batch, eval batch) for ``cfg.world``, trained with a seeded AdamW loop."""
-    import torch
 
     from assay.models.fit import fit_classifier
     from assay.worlds.base import make_generator
@@ -102,12 +101,10 @@ def train_world_model(cfg: RobustnessConfig) -> tuple[Any, Any, Any]:
         if cfg.low_curvature:
             from assay.robustness.lcnn import LowCurvatureCNN, fit_low_curvature
 
-            model = fit_low_curvature(LowCurvatureCNN(), train.inputs, train.targets, epochs=cfg.epochs,
-                                      batch_size=64, seed=cfg.seed)
+            model = fit_low_curvature(LowCurvatureCNN(generator=make_generator(cfg.seed)), train.inputs,
+                                      train.targets, epochs=cfg.epochs, batch_size=64, seed=cfg.seed)
             return model, train, test
-        with torch.random.fork_rng():  # SmallCNN draws its init from the global generator; restore it after
-            torch.manual_seed(cfg.seed)
-            model = SmallCNN()
+        model = SmallCNN(generator=make_generator(cfg.seed))
     else:
         from assay.models.mlp import MLP
 
@@ -125,9 +122,7 @@ def train_world_model(cfg: RobustnessConfig) -> tuple[Any, Any, Any]:
             world = GaussianMixtureWorld(GaussianMixtureConfig())
         train = world.sample(cfg.n_train, generator=g)
         test = world.sample(cfg.n_eval, generator=g)
-        with torch.random.fork_rng():  # MLP draws its init from the global generator; restore it after
-            torch.manual_seed(cfg.seed)
-            model = MLP(train.inputs.shape[1], n_out=int(train.targets.max()) + 1)
+        model = MLP(train.inputs.shape[1], n_out=int(train.targets.max()) + 1, generator=make_generator(cfg.seed))
     model = fit_classifier(model, train.inputs, train.targets, epochs=cfg.epochs, batch_size=64, lr=2e-3,
                            seed=cfg.seed)
     return model.eval(), train, test
