@@ -45,7 +45,7 @@ def _cli_type(tp: Any) -> tuple[Any, str]:
             return _cli_type(rest[0])
         return str, ""
     if origin is Literal:
-        return type(args[0]), f" [choices: {', '.join(map(str, args))}]"
+        return type(args[0]), f" (choices: {', '.join(map(str, args))})"  # not [..]: rich markup
     if origin in (tuple, list):
         item = args[0] if args else str
         inner, _ = _cli_type(item)
@@ -80,7 +80,7 @@ def command(
             inspect.Parameter(
                 f.name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(None, *decls, help=docs.get(f.name, "") + suffix + (" [required]" if required else "")),
+                default=typer.Option(None, *decls, help=docs.get(f.name, "") + suffix + (" (required)" if required else "")),
                 annotation=typing.Optional[cli_tp],  # noqa: UP045
             )
         )

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from assay.config import ConfigError, check_choice, to_dict
+from assay.robustness.average_case import ESTIMATORS, Estimator
 
 __all__ = ["RobustnessConfig", "run_robustness", "train_world_model", "write_robustness_section"]
 
-ESTIMATOR_NAMES = ("mc", "taylor", "mmse", "taylor_mvs", "mmse_mvs", "softmax")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +37,7 @@ class RobustnessConfig:
     """Evaluation examples."""
     epochs: int = 5
     """Training epochs."""
-    estimators: tuple[str, ...] = ESTIMATOR_NAMES
+    estimators: tuple[Estimator, ...] = ESTIMATORS
     """Average-case estimators to run (mc is the reference for the error column)."""
     sigma: float = 0.1
     """Noise standard deviation for average-case robustness."""
@@ -63,7 +63,7 @@ class RobustnessConfig:
 
     def __post_init__(self) -> None:
         for e in self.estimators:
-            check_choice("estimators", e, ESTIMATOR_NAMES)
+            check_choice("estimators", e, ESTIMATORS)
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             raise ConfigError(f"sigma must be a finite number > 0, got {self.sigma}")
         if any(not math.isfinite(e) or e < 0 for e in self.epsilons):
