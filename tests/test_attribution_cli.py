@@ -72,6 +72,39 @@ def test_occlusion_patches_on_images(tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text())["rows"][0]["target"] == 2
 
 
+@pytest.mark.parametrize("method", ["fullgrad", "gradcam"])
+def test_fullgrad_and_gradcam_maps_on_images(tmp_path, monkeypatch, method):
+    """The two methods outside the engine run from the command line and save the library function's map."""
+    from skimage import data
+
+    from assay.attribution.fullgrad import fullgrad
+    from assay.attribution.gradcam import GradCamConfig, gradcam
+    from assay.models.offline_vision import preprocess_image
+
+    monkeypatch.setattr(offline, "load", _tiny_image)
+    out = tmp_path / method
+    res = CliRunner().invoke(app, ["attribute", "--images", "coffee", "--method", method, "--target", "1",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    saved = load_artifact(out / "attribution", kind="attribution").tensors["attribution"]["values"]
+    net, x = _tiny_image("stand-in").model, preprocess_image(data.coffee())[None]
+    if method == "fullgrad":
+        ref = fullgrad(net, x, 1).saliency
+    else:  # the default layer is the model's last layer site ("conv" here)
+        ref = gradcam(net, x, 1, config=GradCamConfig(layer="conv")).values
+    assert saved.shape == (1, 224, 224) and ref.abs().sum() > 0
+    torch.testing.assert_close(saved, ref.detach())
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert row["target"] == 1 and (out / "heatmap_coffee.png").read_bytes()[:4] == b"\x89PNG"
+    with torch.no_grad():
+        f_t = float(net(x)[0, 1])
+    if method == "fullgrad":  # FullGrad reports f_t(x); Grad-CAM does not
+        assert row["output"] == pytest.approx(f_t, rel=1e-5)
+    else:
+        assert row["output"] != row["output"]
+    assert method in read_section(out).title
+
+
 class CharTokenizer:
     """One token per character (ids = ord(c) mod 61); tokens spelled like HTML tags to test escaping."""
 
@@ -146,6 +179,8 @@ def test_bad_flags():
     assert r.exit_code != 0
     r = CliRunner().invoke(app, ["attribute", "--text-baseline", "blank"])
     assert r.exit_code != 0 and "blank" in r.output
+    r = CliRunner().invoke(app, ["attribute", "--model", "smollm2-135m", "--method", "gradcam"])
+    assert r.exit_code != 0 and "photos only" in r.output
 
 
 def test_attribute_rank_writes_the_ranking_section(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from assay.attribution import (
-    METHODS,
+    ENGINE_METHODS,
     CLimeConfig,
     IntegratedGradientsConfig,
     KernelShapConfig,
@@ -34,7 +34,7 @@ def linear():
     return lin
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(ENGINE_METHODS))
 def test_linear_model_check_values(name):
     a = attribute(linear(), X, 0, config=name)
     expected = W if name in GRADIENT_LIKE else W * X[0]  # (1,-2,3) or w⊙x = (2,-2,-3)
@@ -74,15 +74,15 @@ def _net():
     return torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 4)).double().eval()
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(ENGINE_METHODS))
 def test_batch_equals_per_example_and_seeded(name):
     net = _net()
     x = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    cfg = METHODS[name][0](memory_budget_mb=0.001)  # forces many tiny chunks
+    cfg = ENGINE_METHODS[name].config(memory_budget_mb=0.001)  # forces many tiny chunks
     full = attribute(net, x, config=cfg)
     again = attribute(net, x, config=cfg)
     torch.testing.assert_close(full.values, again.values, rtol=0, atol=1e-12)  # LAPACK may differ in the last bit
-    big = attribute(net, x, config=METHODS[name][0]())
+    big = attribute(net, x, config=ENGINE_METHODS[name].config())
     torch.testing.assert_close(full.values, big.values, rtol=1e-9, atol=1e-9)
     for i in range(3):
         one = attribute(net, x[i : i + 1], full.target[i : i + 1], config=cfg)

@@ -3,6 +3,8 @@
 ``attribute(model, x, target, config=IntegratedGradientsConfig(steps=32))`` runs any engine method;
 the method functions (``gradient``, ``smoothgrad``, ``integrated_gradients``, ``occlusion``,
 ``lime``, ``kernel_shap``, ``c_lime``, ``input_x_gradient``) can be called directly too.
+``METHODS`` (all methods, FullGrad and Grad-CAM included) and ``ENGINE_METHODS`` (those ``attribute``
+runs) are the registry (:mod:`assay.attribution.registry`): name -> config class and function.
 """
 
 from assay.attribution.engine import Attribution, EngineConfig
@@ -16,11 +18,12 @@ from assay.attribution.gradients import (
 )
 from assay.attribution.integrated_gradients import IntegratedGradientsConfig, integrated_gradients
 from assay.attribution.lime_shap import CLimeConfig, KernelShapConfig, LimeConfig, c_lime, kernel_shap, lime
-from assay.attribution.methods import METHODS, attribute
+from assay.attribution.methods import attribute
 from assay.attribution.occlusion import OcclusionConfig, occlusion
+from assay.attribution.registry import ENGINE_METHODS, METHODS
 
 __all__ = [
-    "Attribution", "EngineConfig", "METHODS", "attribute",
+    "Attribution", "EngineConfig", "METHODS", "ENGINE_METHODS", "attribute",
     "GradientConfig", "InputXGradientConfig", "SmoothGradConfig", "IntegratedGradientsConfig",
     "OcclusionConfig", "LimeConfig", "KernelShapConfig", "CLimeConfig",
     "gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion", "lime",

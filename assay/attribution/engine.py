@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -82,7 +82,25 @@ class Attribution(NamedTuple):
 
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
-    """Settings shared by every engine method."""
+    """Settings shared by every engine method.
+
+    Each method's config class also names the method and states its capabilities as class constants
+    (not fields); :mod:`assay.attribution.registry` builds the method table from them.
+    """
+
+    name: ClassVar[str] = ""
+    """The method's name in the registry and on the command line ('' for a base class)."""
+    uses_baseline: ClassVar[bool] = False
+    """The method compares x with a reference input: it takes ``baseline=`` and reports f_t(baseline)."""
+    feature_groups: ClassVar[bool] = False
+    """The method takes ``feature_mask=`` and gives each feature group one score, written to every
+    element of the group (a token's whole embedding, an image patch)."""
+    complete: ClassVar[bool] = False
+    """Its scores should sum to f_t(x) − f_t(baseline) (IG's completeness, KernelSHAP's efficiency)."""
+    stochastic: ClassVar[bool] = False
+    """It draws random numbers, from ``generator=`` or else from its ``seed`` field."""
+    budget_field: ClassVar[str | None] = None
+    """The field that sets the model evaluations per example (IG's ``steps``, a sample count); None: fixed."""
 
     output: OutputKind = "logit"
     """Which output is explained: raw logits, log-softmax (loss-like, invariant to a shared logit

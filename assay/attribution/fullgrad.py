@@ -26,7 +26,7 @@ cannot overwrite it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,12 @@ _EXPLICIT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._B
 
 @dataclass(frozen=True, kw_only=True)
 class FullGradConfig(EngineConfig):
-    """FullGrad saliency and its completeness decomposition."""
+    """FullGrad saliency and its completeness decomposition.
+
+    Not ``stochastic``: only the 'smooth' variant draws noise. Not ``complete`` in the engine's sense:
+    the decomposition is exact, but the saliency map (ψ-normalised) does not sum to the output."""
+
+    name: ClassVar[str] = "fullgrad"
 
     variant: Literal["fullgrad", "simple", "smooth"] = "fullgrad"
     """'fullgrad': ψ(∇h ⊙ b); 'simple': ψ(∇h); 'smooth': FullGrad averaged over noisy inputs."""

@@ -12,13 +12,14 @@ named by ``relu``; Captum's ``LayerGradCam`` defaults to no ReLU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from assay.attribution import engine
 from assay.attribution.engine import EngineConfig
+from assay.config import ConfigError
 from assay.hooks import resolve
 
 __all__ = ["GradCamConfig", "GradCamResult", "gradcam", "gradcam_map"]
@@ -28,10 +29,18 @@ __all__ = ["GradCamConfig", "GradCamResult", "gradcam", "gradcam_map"]
 class GradCamConfig(EngineConfig):
     """Grad-CAM at one layer (a site name)."""
 
+    name: ClassVar[str] = "gradcam"
+
     layer: str
     """Site of the convolutional layer whose feature maps are weighted (e.g. 'features.3')."""
     relu: bool = True
     """Keep only positive evidence (the paper); False gives Captum's default."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.layer, str) or not self.layer:
+            raise ConfigError(f"GradCamConfig.layer must name a site (e.g. the model's last ReLU or conv block), "
+                              f"got {self.layer!r}")
 
 
 class GradCamResult(NamedTuple):

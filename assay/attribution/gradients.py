@@ -16,7 +16,7 @@ surrogate by *gradient matching* in a neighbourhood, whose closed form is a mean
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -38,6 +38,8 @@ __all__ = [
 class GradientConfig(EngineConfig):
     """Vanilla gradient (saliency): ∇_x f_t(x)."""
 
+    name: ClassVar[str] = "gradient"
+
     abs: bool = False
     """Return |∇| instead of the signed gradient (Captum's Saliency default is abs=True)."""
 
@@ -46,10 +48,17 @@ class GradientConfig(EngineConfig):
 class InputXGradientConfig(EngineConfig):
     """Input × gradient: (x − baseline) ⊙ ∇_x f_t(x)."""
 
+    name: ClassVar[str] = "input_x_gradient"
+    uses_baseline: ClassVar[bool] = True
+
 
 @dataclass(frozen=True, kw_only=True)
 class SmoothGradConfig(EngineConfig):
     """SmoothGrad: the gradient averaged over Gaussian-noised copies of the input."""
+
+    name: ClassVar[str] = "smoothgrad"
+    stochastic: ClassVar[bool] = True
+    budget_field: ClassVar[str | None] = "n_samples"
 
     n_samples: int = 50
     """Number of noisy copies N."""

@@ -14,6 +14,7 @@ Completeness: Σ_i IG_i = f_t(x) − f_t(b) up to the quadrature error, reported
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -28,6 +29,11 @@ __all__ = ["IntegratedGradientsConfig", "integrated_gradients"]
 @dataclass(frozen=True, kw_only=True)
 class IntegratedGradientsConfig(EngineConfig):
     """Integrated Gradients along the straight path from a baseline to the input."""
+
+    name: ClassVar[str] = "integrated_gradients"
+    uses_baseline: ClassVar[bool] = True
+    complete: ClassVar[bool] = True
+    budget_field: ClassVar[str | None] = "steps"
 
     steps: int = 50
     """Number of quadrature nodes on the path."""

@@ -17,7 +17,7 @@ its group (as Captum does).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -41,6 +41,10 @@ __all__ = ["LimeConfig", "KernelShapConfig", "CLimeConfig", "lime", "kernel_shap
 
 @dataclass(frozen=True, kw_only=True)
 class _SampledConfig(EngineConfig):
+    feature_groups: ClassVar[bool] = True
+    stochastic: ClassVar[bool] = True
+    budget_field: ClassVar[str | None] = "n_samples"
+
     n_samples: int | None = None
     """Number of perturbations S; None: max(200, 2·d + 2) for d interpretable features."""
     seed: int = 0
@@ -55,6 +59,9 @@ class _SampledConfig(EngineConfig):
 @dataclass(frozen=True, kw_only=True)
 class LimeConfig(_SampledConfig):
     """LIME: Bernoulli(½) feature masks, exponential distance kernel, linear surrogate with bias."""
+
+    name: ClassVar[str] = "lime"
+    uses_baseline: ClassVar[bool] = True
 
     distance: Distance = "cosine"
     """Distance between x and x' in the kernel: 'cosine' (Captum) or 'euclidean' (LFA code)."""
@@ -73,6 +80,10 @@ class LimeConfig(_SampledConfig):
 class KernelShapConfig(_SampledConfig):
     """KernelSHAP: feature masks with the Shapley kernel, linear surrogate with bias."""
 
+    name: ClassVar[str] = "kernel_shap"
+    uses_baseline: ClassVar[bool] = True
+    complete: ClassVar[bool] = True
+
     sampling: Literal["kernel", "bernoulli"] = "kernel"
     """'kernel': subset sizes sampled ∝ Shapley kernel, unit weights (Captum); 'bernoulli': z ~
     Bernoulli(½) weighted by the Shapley kernel (LFA)."""
@@ -86,6 +97,8 @@ class KernelShapConfig(_SampledConfig):
 @dataclass(frozen=True, kw_only=True)
 class CLimeConfig(_SampledConfig):
     """C-LIME: continuous Gaussian perturbations, unweighted linear surrogate with bias."""
+
+    name: ClassVar[str] = "c_lime"
 
     sigma: float = 0.1
     """Standard deviation of the perturbations ξ."""

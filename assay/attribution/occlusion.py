@@ -16,6 +16,7 @@ All B × windows rows run as one chunked no-grad batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -30,6 +31,10 @@ __all__ = ["OcclusionConfig", "occlusion"]
 @dataclass(frozen=True, kw_only=True)
 class OcclusionConfig(EngineConfig):
     """Occlusion with sliding windows (or feature ablation with a feature mask)."""
+
+    name: ClassVar[str] = "occlusion"
+    uses_baseline: ClassVar[bool] = True
+    feature_groups: ClassVar[bool] = True
 
     window: tuple[int, ...] | None = None
     """Window shape over the non-batch dimensions (e.g. (3, 4, 4)); None: one element at a time."""

@@ -24,18 +24,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import torch
 from torch import nn
 
-from assay.config import ConfigError
+from assay.attribution.engine import OutputKind
+from assay.attribution.registry import METHODS, configure
+from assay.config import ConfigError, check_choice
 
 __all__ = ["RankingConfig", "MethodScore", "pixel_map", "explainer", "rank_methods", "rank_on_digits",
            "DEFAULT_METHODS"]
 
-DEFAULT_METHODS = ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion", "lime",
-                   "kernel_shap", "c_lime", "fullgrad", "gradcam", "random")
+DEFAULT_METHODS = (*METHODS, "random")
+"""Every registered method, then the chance-level control."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +45,8 @@ class RankingConfig:
     """Which methods to rank and how each is run and scored."""
 
     methods: tuple[str, ...] = DEFAULT_METHODS
-    """Engine method names, 'fullgrad', 'gradcam', and 'random' (a chance-level control map)."""
+    """Method names of the registry (assay.attribution.registry.METHODS) and 'random' (a chance-level
+    control map)."""
     top_k: int = 64
     """k of the top-k precision (pixels)."""
     patch: int = 4
@@ -58,7 +61,7 @@ class RankingConfig:
     """Sites re-initialised top first for the sanity check; None: every parameterised leaf module."""
     gradcam_layer: str | None = None
     """Grad-CAM site; None: the last ReLU of the model."""
-    output: str = "logit"
+    output: OutputKind = "logit"
     """Explained output: logit, log_softmax or probability."""
     seed: int = 0
     """Seed of stochastic methods, the random control and the randomisation."""
@@ -66,9 +69,8 @@ class RankingConfig:
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.patch < 1 or self.steps < 1 or self.n_samples < 3 or self.deletion_steps < 1:
             raise ConfigError("top_k, patch, steps and deletion_steps must be ≥ 1 and n_samples ≥ 3")
-        from assay.attribution.methods import METHODS
-
-        bad = [m for m in self.methods if m not in METHODS and m not in ("fullgrad", "gradcam", "random")]
+        check_choice("output", self.output, get_args(OutputKind))
+        bad = [m for m in self.methods if m not in DEFAULT_METHODS]
         if bad:
             raise ConfigError(f"unknown methods {bad}; choose from {', '.join(DEFAULT_METHODS)}")
 
@@ -101,18 +103,16 @@ def pixel_map(values: torch.Tensor) -> torch.Tensor:
     return values.abs().sum(1) if values.dim() == 4 else values
 
 
-def _last_relu(model: nn.Module) -> str:
+def _last_relu(model: nn.Module) -> str | None:
     names = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    if not names:
-        raise ValueError("Grad-CAM needs a ReLU layer or an explicit gradcam_layer")
-    return names[-1]
+    return names[-1] if names else None
 
 
 def explainer(name: str, cfg: RankingConfig, shape: tuple[int, ...]) -> Callable:
-    """``explain(model, x, target) -> [B, H, W]`` pixel map for one method name."""
-    from dataclasses import replace
+    """``explain(model, x, target) -> [B, H, W]`` pixel map for one method name.
 
-    from assay.attribution.methods import METHODS
+    Feature-group methods (occlusion, LIME, KernelSHAP, C-LIME) score ``patch``×``patch`` squares over all
+    channels; Grad-CAM runs at ``cfg.gradcam_layer``, else at the model's last ReLU."""
     from assay.attribution.neighbourhoods import grid_feature_mask
 
     C = shape[0]
@@ -121,28 +121,15 @@ def explainer(name: str, cfg: RankingConfig, shape: tuple[int, ...]) -> Callable
             g = torch.Generator().manual_seed(cfg.seed)
             return torch.rand(x.shape[0], *x.shape[2:], generator=g, dtype=x.dtype)
         return rand
-    if name == "fullgrad":
-        from assay.attribution.fullgrad import FullGradConfig, fullgrad
+    entry = METHODS[name]
+    kwargs = {"feature_mask": grid_feature_mask(shape, (C, cfg.patch, cfg.patch))} if entry.config.feature_groups else {}
 
-        return lambda model, x, t: fullgrad(model, x, t, config=FullGradConfig(output=cfg.output)).saliency
-    if name == "gradcam":
-        from assay.attribution.gradcam import GradCamConfig, gradcam
+    def explain(model, x, t):
+        mcfg = configure(name, steps=cfg.steps, n_samples=cfg.n_samples, seed=cfg.seed, output=cfg.output,
+                         layer=cfg.gradcam_layer or _last_relu(model))
+        return pixel_map(entry.values(entry.run(model, x, t, config=mcfg, **kwargs)).detach())
 
-        return lambda model, x, t: gradcam(
-            model, x, t, config=GradCamConfig(layer=cfg.gradcam_layer or _last_relu(model), output=cfg.output)).values
-    mcls, fn = METHODS[name]
-    mcfg = mcls(output=cfg.output)
-    kwargs: dict = {}
-    if name == "integrated_gradients":
-        mcfg = replace(mcfg, steps=cfg.steps)
-    elif name == "smoothgrad":
-        mcfg = replace(mcfg, n_samples=cfg.steps, seed=cfg.seed)
-    elif name == "occlusion":
-        mcfg = replace(mcfg, window=(C, cfg.patch, cfg.patch), strides=(C, cfg.patch, cfg.patch))
-    elif name in ("lime", "kernel_shap", "c_lime"):
-        mcfg = replace(mcfg, n_samples=cfg.n_samples, seed=cfg.seed)
-        kwargs["feature_mask"] = grid_feature_mask(shape, (C, cfg.patch, cfg.patch))
-    return lambda model, x, t: pixel_map(fn(model, x, t, config=mcfg, **kwargs).values.detach())
+    return explain
 
 
 def _top_k_precision(m: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:

@@ -6,10 +6,10 @@ with ``inputs_embeds`` and the explained scores are the logits at one position (
 distribution for a causal LM such as SmolLM2) or, for an encoder without a head (MiniLM), the
 mean-pooled last hidden state. For the gradient family (gradient, input×gradient, SmoothGrad, IG) a
 token's score is the sum of its embedding's attributions (for IG this keeps completeness:
-Σ_tokens = f(e) − f(baseline)). The perturbation methods (occlusion, LIME, KernelSHAP, C-LIME) treat
-each token's whole embedding as one feature; the engine writes that feature's score into each of its
-D dimensions, so the token's score is the value of one dimension, not their sum (which would be D
-times too large).
+Σ_tokens = f(e) − f(baseline)). The feature-group methods (config constant ``feature_groups``:
+occlusion, LIME, KernelSHAP, C-LIME) treat each token's whole embedding as one feature; the engine
+writes that feature's score into each of its D dimensions, so the token's score is the value of one
+dimension, not their sum (which would be D times too large).
 
 The reference input matters for IG (and input×gradient, occlusion, LIME, KernelSHAP). The zero
 embedding is a poor one for models that normalise the residual stream (RMSNorm/LayerNorm are
@@ -23,30 +23,20 @@ removed"; ``"mean"`` — the mean of the embedding matrix over the vocabulary.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 from torch import nn
 
 from assay.attribution.engine import Attribution, EngineConfig
 from assay.attribution.methods import attribute
+from assay.attribution.registry import ENGINE_METHODS, lookup
 
-__all__ = ["EmbeddingScores", "TokenAttribution", "TextBaseline", "BASELINE_METHODS", "TOKEN_FEATURE_METHODS",
-           "COMPLETE_METHODS", "embedding_baseline", "attribute_tokens", "decoded_tokens"]
+__all__ = ["EmbeddingScores", "TokenAttribution", "TextBaseline", "embedding_baseline", "attribute_tokens",
+           "decoded_tokens"]
 
 TextBaseline = Literal["zero", "pad", "mean"]
 """Named reference inputs in embedding space (see :func:`embedding_baseline`)."""
-BASELINE_METHODS = ("integrated_gradients", "input_x_gradient", "occlusion", "lime", "kernel_shap")
-"""Engine methods that use a reference input (the others ignore the baseline)."""
-TOKEN_FEATURE_METHODS = ("occlusion", "lime", "kernel_shap", "c_lime")
-"""Engine methods that score each token's whole embedding as one feature (one value per token)."""
-COMPLETE_METHODS = ("integrated_gradients", "kernel_shap")
-"""Methods whose token scores should sum to f(x) − f(baseline) (IG's completeness, KernelSHAP's
-efficiency); for them a completeness gap that is large against that difference means the scores are
-not trustworthy."""
-_CONFIG_NAMES = {"IntegratedGradientsConfig": "integrated_gradients", "InputXGradientConfig": "input_x_gradient",
-                 "OcclusionConfig": "occlusion", "LimeConfig": "lime", "KernelShapConfig": "kernel_shap",
-                 "CLimeConfig": "c_lime", "GradientConfig": "gradient", "SmoothGradConfig": "smoothgrad"}
 
 
 def embedding_baseline(model: nn.Module, tokenizer, ids: torch.Tensor, kind: TextBaseline) -> torch.Tensor:
@@ -71,7 +61,7 @@ def embedding_baseline(model: nn.Module, tokenizer, ids: torch.Tensor, kind: Tex
         if not 0 <= int(tid) < weight.shape[0]:
             raise ValueError(f"pad/eos token id {tid} is outside the embedding matrix ({weight.shape[0]} rows)")
         return weight.detach()[int(tid)].expand(1, T, -1).clone()
-    raise ValueError(f"unknown text baseline {kind!r}; choose 'zero', 'pad' or 'mean'")
+    raise ValueError(f"unknown text baseline {kind!r}; choose one of {', '.join(get_args(TextBaseline))}")
 
 
 class EmbeddingScores(nn.Module):
@@ -112,7 +102,8 @@ class TokenAttribution(NamedTuple):
     """The full embedding-level attribution (values ``[1, T, D]``)."""
     completeness_gap: float
     """Σ scores − (f_t(x) − f_t(baseline)) at the token level; NaN for methods without a reference
-    input. Only for :data:`COMPLETE_METHODS` is it expected to be near 0."""
+    input. Only for a method whose config is ``complete`` (IG, KernelSHAP) is it expected to be near 0;
+    for them a gap that is large against f_t(x) − f_t(baseline) means the scores are not trustworthy."""
     relative_gap: float
     """``|completeness_gap| / |f_t(x) − f_t(baseline)|`` (NaN without a reference input)."""
 
@@ -132,8 +123,8 @@ def attribute_tokens(
 ) -> TokenAttribution:
     """Attribute the model's score ``target`` (default: the top next token) to each token of ``text``.
 
-    ``baseline`` (used by IG, input×gradient, occlusion, LIME, KernelSHAP; ignored by the others) is a
-    named reference (:func:`embedding_baseline`: ``"zero"``, ``"pad"``, ``"mean"``) or a value / tensor in
+    ``baseline`` (used by the methods whose config ``uses_baseline``: IG, input×gradient, occlusion, LIME,
+    KernelSHAP; ignored by the others) is a named reference (:func:`embedding_baseline`: ``"zero"``, ``"pad"``, ``"mean"``) or a value / tensor in
     embedding space; None keeps the method's default, the zero embedding.
     """
     enc = tokenizer(text, return_tensors="pt")
@@ -144,21 +135,21 @@ def attribute_tokens(
     with torch.no_grad():
         e = emb_layer(ids)
     f = EmbeddingScores(model, enc.get("attention_mask", None), position, pool)
-    name = config if isinstance(config, str) else _CONFIG_NAMES.get(type(config).__name__, type(config).__name__)
+    method = lookup(config, ENGINE_METHODS).config if isinstance(config, str) else type(config)
     kwargs: dict = {}
     if isinstance(baseline, str):
         baseline = embedding_baseline(model, tokenizer, ids, baseline)  # type: ignore[arg-type]
-    if baseline is not None and name in BASELINE_METHODS:
+    if baseline is not None and method.uses_baseline:
         kwargs["baseline"] = baseline
     T, D = e.shape[1], e.shape[2]
-    if name in TOKEN_FEATURE_METHODS:
+    if method.feature_groups:
         kwargs["feature_mask"] = torch.arange(T, device=dev)[:, None].expand(T, D)
     a = attribute(f, e, target, config=config, **kwargs)
     if a.values.dim() != 3:
         raise ValueError("attribute_tokens explains one target; pass an int or None")
     # a perturbation method's token score is copied into all D dims of the token; a gradient method's
     # per-dim values add up to the token's score
-    scores = a.values[0, :, 0] if name in TOKEN_FEATURE_METHODS else a.values[0].sum(-1)
+    scores = a.values[0, :, 0] if method.feature_groups else a.values[0].sum(-1)
     scores = scores.detach().cpu()
     delta = float(a.output[0]) - float(a.baseline_output[0])
     gap = float(scores.double().sum()) - delta

@@ -1,13 +1,14 @@
 """``assay attribute``: feature attribution on a real model — heatmaps for photos, scores for tokens.
 
 * ``--model efficientnet-lite0`` (default): attributes the top class (or ``--target``) of each of
-  scikit-image's bundled photos (``--images chelsea --images coffee``) with any engine method
-  (Han, Srinivas & Lakkaraju 2022, "Which Explanation Should I Choose?"; IG by default, Sundararajan,
-  Taly & Yan 2017) and saves one PNG per photo (the photo beside its channel-summed attribution map).
+  scikit-image's bundled photos (``--images chelsea --images coffee``) with any registered method
+  (:data:`assay.attribution.registry.METHODS`: the engine methods of Han, Srinivas & Lakkaraju 2022,
+  "Which Explanation Should I Choose?", IG by default, Sundararajan, Taly & Yan 2017; FullGrad;
+  Grad-CAM) and saves one PNG per photo (the photo beside its channel-summed attribution map).
 * ``--model smollm2-135m`` / ``minilm-l6``: attributes the top next token (SmolLM2) or a pooled
-  output unit (MiniLM) to each token of ``--prompt`` at the input-embedding layer and prints one
-  score per token; ``--text-baseline`` picks the reference embedding (pad token by default, see
-  :func:`assay.attribution.text.embedding_baseline`).
+  output unit (MiniLM) to each token of ``--prompt`` at the input-embedding layer with an engine
+  method and prints one score per token; ``--text-baseline`` picks the reference embedding (pad token
+  by default, see :func:`assay.attribution.text.embedding_baseline`).
 
 Writes ``out/attribution`` (an artifact: config + the attribution tensors), ``out/results.json`` and the
 report section (``out/section.json`` + ``out/report.html``: the heatmaps, or the per-token score table,
@@ -17,19 +18,23 @@ and the completeness gap Σφ − (f(x) − f(x')) of methods with a reference i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import typer
 
+from assay.attribution.engine import OutputKind
+from assay.attribution.ranking import RankingConfig
+from assay.attribution.registry import ENGINE_METHODS, METHODS, configure
+from assay.attribution.text import TextBaseline
 from assay.cli import command
 from assay.config import ConfigError
 
 __all__ = ["AttributeCommand", "RankCommand", "register", "run", "run_rank"]
 
-Method = Literal["gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion", "lime",
-                 "kernel_shap", "c_lime"]
+Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+"""The registered method names (typer needs a Literal for its choices)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,23 +44,25 @@ class AttributeCommand:
     model: Literal["efficientnet-lite0", "smollm2-135m", "minilm-l6"] = "efficientnet-lite0"
     """Offline model to explain (see `assay.models.offline`)."""
     method: Method = "integrated_gradients"
-    """Engine method."""
+    """Attribution method (FullGrad and Grad-CAM explain photos only)."""
     images: tuple[str, ...] = ("chelsea", "coffee")
     """scikit-image bundled photos (skimage.data names) for the image model."""
     prompt: str = "The capital of France is"
     """Text for the language models."""
-    text_baseline: Literal["zero", "pad", "mean"] = "pad"
+    text_baseline: TextBaseline = "pad"
     """Reference embedding of the language models (IG, input×gradient, occlusion, LIME, KernelSHAP):
     'pad' — the pad (else eos) token's embedding at every position; 'zero'; 'mean' — the vocabulary's
     mean embedding. Photos always use 0 (the normalised mean colour)."""
     target: int | None = None
     """Class / token id to explain; None explains each input's top prediction."""
-    output: Literal["logit", "log_softmax", "probability"] = "logit"
+    output: OutputKind = "logit"
     """Which output is explained."""
     steps: int = 32
     """IG quadrature nodes, SmoothGrad noisy copies, or LIME/KernelSHAP/C-LIME perturbations."""
     patch: int = 16
     """Image methods that perturb regions (occlusion, LIME, KernelSHAP, C-LIME) use patch×patch squares."""
+    gradcam_layer: str | None = None
+    """Grad-CAM's site; None: the model's last layer site (its last block)."""
     memory_budget_mb: float = 128.0
     """Memory for one chunk of perturbed rows (the engine's single memory knob)."""
     seed: int = 0
@@ -72,21 +79,15 @@ class AttributeCommand:
             raise ConfigError("give at least one --images name (e.g. chelsea, coffee, astronaut)")
         if self.model != "efficientnet-lite0" and not self.prompt:
             raise ConfigError("--prompt must not be empty for a language model")
+        if self.model != "efficientnet-lite0" and self.method not in ENGINE_METHODS:
+            raise ConfigError(f"--method {self.method} explains photos only; for a language model choose one of "
+                              f"{', '.join(ENGINE_METHODS)}")
 
 
-def method_config(cfg: AttributeCommand) -> Any:
-    """The engine config for ``cfg.method`` with the command's shared settings."""
-    from assay.attribution import METHODS
-
-    cls = METHODS[cfg.method][0]
-    c = cls(output=cfg.output, memory_budget_mb=cfg.memory_budget_mb)
-    if cfg.method == "integrated_gradients":
-        c = replace(c, steps=cfg.steps)
-    elif cfg.method == "smoothgrad":
-        c = replace(c, n_samples=cfg.steps, seed=cfg.seed)
-    elif cfg.method in ("lime", "kernel_shap", "c_lime"):
-        c = replace(c, n_samples=max(3, cfg.steps), seed=cfg.seed)
-    return c
+def method_config(cfg: AttributeCommand, layer: str | None = None) -> Any:
+    """The config for ``cfg.method`` with the command's shared settings (``layer``: Grad-CAM's site)."""
+    return configure(cfg.method, steps=cfg.steps, n_samples=max(3, cfg.steps), seed=cfg.seed, output=cfg.output,
+                     memory_budget_mb=cfg.memory_budget_mb, layer=layer)
 
 
 def _skimage_photo(name: str) -> Any:
@@ -102,7 +103,7 @@ def save_heatmap(path: Path, image: Any, values: Any, title: str) -> None:
     """PNG of the photo (``[H, W, 3]`` in [0, 1]) beside the channel-summed signed attribution map."""
     from assay.report import new_figure, save_figure
 
-    heat = values.sum(0).numpy()
+    heat = (values.sum(0) if values.dim() == 3 else values).numpy()  # [C, H, W] or a map [H, W]
     lim = float(abs(heat).max()) or 1.0
     fig = new_figure((8, 4))
     axes = fig.subplots(1, 2)
@@ -118,31 +119,32 @@ def save_heatmap(path: Path, image: Any, values: Any, title: str) -> None:
 def _images(cfg: AttributeCommand, loaded) -> dict:
     import torch
 
-    from assay.attribution import METHODS
     from assay.attribution.neighbourhoods import grid_feature_mask
     from assay.models.offline_vision import preprocess_image
 
     x = torch.stack([preprocess_image(_skimage_photo(n)) for n in cfg.images])
     shape = tuple(x.shape[1:])
-    mcfg = method_config(cfg)
-    kwargs: dict = {}
-    if cfg.method == "occlusion":
-        mcfg = replace(mcfg, window=(shape[0], cfg.patch, cfg.patch), strides=(shape[0], cfg.patch, cfg.patch))
-    elif cfg.method in ("lime", "kernel_shap", "c_lime"):
-        kwargs["feature_mask"] = grid_feature_mask(shape, (shape[0], cfg.patch, cfg.patch))
-    if cfg.method == "smoothgrad" or cfg.method in ("lime", "kernel_shap", "c_lime"):
-        kwargs["generator"] = torch.Generator().manual_seed(cfg.seed)
-    a = METHODS[cfg.method][1](loaded.model, x, cfg.target, config=mcfg, **kwargs)
+    entry = METHODS[cfg.method]
+    mcfg = method_config(cfg, layer=cfg.gradcam_layer or loaded.layer_sites[-1])
+    kwargs = {"feature_mask": grid_feature_mask(shape, (shape[0], cfg.patch, cfg.patch))} if entry.config.feature_groups else {}
+    result = entry.run(loaded.model, x, cfg.target, config=mcfg, **kwargs)
+    values = entry.values(result).detach()
+    nan = torch.full((x.shape[0],), float("nan"))
+    # f_t(x) where the method reports it (Grad-CAM does not); Σφ − Δf only for an Attribution (FullGrad's own
+    # decomposition gap measures something else)
+    output = getattr(result, "output", nan)
+    gap = result.completeness_gap if entry.map_field is None else nan
     rows = []
     for i, name in enumerate(cfg.images):
         png = cfg.out / f"heatmap_{name}.png"
         shown = ((x[i] * 128 + 127) / 255).clamp(0, 1).permute(1, 2, 0).numpy()
-        save_heatmap(png, shown, a.values[i].detach(), f"{name}: {cfg.method} of class {int(a.target[i])}")
-        rows.append({"image": name, "target": int(a.target[i]), "output": float(a.output[i]),
-                     "completeness_gap": float(a.completeness_gap[i]), "png": str(png)})
-        typer.echo(f"{name:<12} class {int(a.target[i]):>4}  f_t = {float(a.output[i]):9.4f}  "
-                   f"Σφ − Δf = {float(a.completeness_gap[i]):+.3e}  → {png}")
-    return {"rows": rows, "values": a.values.detach()}
+        target = int(result.target[i])
+        save_heatmap(png, shown, values[i], f"{name}: {cfg.method} of class {target}")
+        rows.append({"image": name, "target": target, "output": float(output[i]),
+                     "completeness_gap": float(gap[i]), "png": str(png)})
+        typer.echo(f"{name:<12} class {target:>4}  f_t = {float(output[i]):9.4f}  "
+                   f"Σφ − Δf = {float(gap[i]):+.3e}  → {png}")
+    return {"rows": rows, "values": values}
 
 
 def _image_section(cfg: AttributeCommand, res: dict) -> Any:
@@ -171,16 +173,12 @@ def _text_section(cfg: AttributeCommand, res: dict) -> Any:
 
 
 def _has_reference(method: str) -> bool:
-    from assay.attribution.text import BASELINE_METHODS
-
-    return method in BASELINE_METHODS
+    return METHODS[method].config.uses_baseline
 
 
 def _notes(cfg: AttributeCommand) -> list[str]:
     notes = [f"method {cfg.method}, output {cfg.output}, steps/samples {cfg.steps}"]
-    from assay.attribution.text import COMPLETE_METHODS
-
-    if cfg.method in COMPLETE_METHODS:
+    if METHODS[cfg.method].config.complete:
         notes.append(f"The completeness gap is Σφ − (f_t(x) − f_t(baseline)): near 0 for a converged {cfg.method}; "
                      "a large gap means the attribution does not account for the output change (more steps, or "
                      "another baseline).")
@@ -197,9 +195,7 @@ GAP_WARN_SHARE = 0.1
 
 def _gap_warning(method: str, gap: float, relative: float, delta: float) -> str | None:
     """The warning for an incomplete attribution by a method that promises completeness, else None."""
-    from assay.attribution.text import COMPLETE_METHODS
-
-    if method not in COMPLETE_METHODS or not relative > GAP_WARN_SHARE:  # NaN (no reference) is never flagged
+    if not METHODS[method].config.complete or not relative > GAP_WARN_SHARE:  # NaN (no reference) is never flagged
         return None
     return (f"UNTRUSTWORTHY: the token scores do not add up to the output change: Σφ − Δf = {gap:+.4g} against "
             f"Δf = {delta:+.4g} ({relative:.0%} of it; a complete {method} is within {GAP_WARN_SHARE:.0%}). The "
@@ -251,38 +247,22 @@ def run(cfg: AttributeCommand) -> dict:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RankCommand:
+class RankCommand(RankingConfig):
     """Rank attribution methods on signal–distractor digits by ground-truth agreement, faithfulness and the
-    randomisation sanity check (assay.attribution.ranking)."""
+    randomisation sanity check (assay.attribution.ranking).
+
+    The ranking's own settings (methods, steps, n_samples, patch, ...) and their defaults are those of
+    :class:`~assay.attribution.ranking.RankingConfig`; ``seed`` also picks the examples."""
 
     n_examples: int = 32
     """Correctly classified test digits to explain."""
-    methods: tuple[str, ...] = ("gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion",
-                                "lime", "kernel_shap", "c_lime", "fullgrad", "gradcam", "random")
-    """Methods to rank ('random' is a chance-level control map)."""
-    steps: int = 16
-    """IG quadrature nodes and SmoothGrad noisy copies."""
-    n_samples: int = 200
-    """LIME / KernelSHAP / C-LIME perturbations."""
-    patch: int = 4
-    """Square patch side for occlusion windows and LIME/KernelSHAP/C-LIME features."""
-    top_k: int = 64
-    """k of the top-k precision (pixels)."""
-    seed: int = 0
-    """Seed of the examples, the stochastic methods and the randomisation."""
     out: Path = Path("runs/attribute-rank")
     """Output folder (results.json and the report section)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.n_examples < 1:
             raise ConfigError(f"n_examples must be ≥ 1, got {self.n_examples}")
-        self.ranking_config()  # validates methods, steps, n_samples, patch, top_k
-
-    def ranking_config(self) -> Any:
-        from assay.attribution.ranking import RankingConfig
-
-        return RankingConfig(methods=tuple(self.methods), top_k=self.top_k, patch=self.patch, steps=self.steps,
-                             n_samples=self.n_samples, seed=self.seed)
 
 
 RANK_COLUMNS = ["method", "relevance mass", "pointing game", "top-k precision", "rank correlation",
@@ -296,7 +276,7 @@ def run_rank(cfg: RankCommand) -> list:
     from assay.report import Section, Table, write_section
 
     cfg.out.mkdir(parents=True, exist_ok=True)
-    rows, acc = ranking.rank_on_digits(cfg.n_examples, config=cfg.ranking_config(), seed=cfg.seed)
+    rows, acc = ranking.rank_on_digits(cfg.n_examples, config=cfg, seed=cfg.seed)
     table = [[r.method, r.relevance_mass, r.pointing_game, r.top_k_precision, r.rank_correlation, r.deletion_auc,
               r.faithfulness_correlation, r.randomisation_spearman] for r in rows]
     typer.echo("  ".join(RANK_COLUMNS))

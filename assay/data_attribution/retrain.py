@@ -181,7 +181,7 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 
         raise ValueError(f"l2 must be >= 0, got {l2}")
     C = 1.0 / (x.shape[0] * l2) if l2 > 0 else math.inf
     fit = softmax_regression(x, y, n_classes, C=C, penalize_intercept=True, max_iter=max_iter)
-    model = torch.nn.Linear(x.shape[1], n_classes).to(x.dtype)
+    model = torch.nn.utils.skip_init(torch.nn.Linear, x.shape[1], n_classes, dtype=x.dtype)  # draws nothing
     with torch.no_grad():
         model.weight.copy_(fit.weight)
         model.bias.copy_(fit.bias)
@@ -211,12 +211,7 @@ def fit_mlp(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, seed: int, epoc
     from assay.models.fit import fit_classifier
     from assay.models.mlp import MLP
 
-    g = torch.Generator().manual_seed(int(seed))
-    model = MLP(x.shape[1], (hidden,), n_classes)
-    with torch.no_grad():
-        for p in model.parameters():
-            bound = 1.0 / (p.shape[-1] if p.dim() > 1 else p.shape[0]) ** 0.5
-            p.uniform_(-bound, bound, generator=g)
+    model = MLP(x.shape[1], (hidden,), n_classes, generator=torch.Generator().manual_seed(int(seed)))
     return fit_classifier(model, x, y, epochs=epochs, batch_size=64, lr=3e-3, weight_decay=1e-4, seed=int(seed))
 
 

@@ -96,11 +96,9 @@ def _worlds(name: str, world_config: Any) -> tuple[Any, Any, Any]:
 
 
 def _build(name: str, world: Any, recipe: ClassifierRecipe, seed: int) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
-        torch.manual_seed(seed)
-        if name == "digits":
-            return SmallCNN(channels=recipe.hidden, batch_norm=True)
-        return MLP(world.config.d, recipe.hidden, 2)
+    if name == "digits":
+        return SmallCNN(channels=recipe.hidden, batch_norm=True, generator=make_generator(seed))
+    return MLP(world.config.d, recipe.hidden, 2, generator=make_generator(seed))
 
 
 def world_classifier(

@@ -3,6 +3,8 @@
 Sites: ``fc{i}`` (pre-activation of hidden layer i), ``act{i}`` (after the nonlinearity) and
 ``out`` (logits). Every nonlinearity is its own module and none is in-place, so hooks and
 gradient-based attribution (FullGrad's bias gradients included) see each layer separately.
+Weights start at PyTorch's default initialisation, drawn from ``generator`` (see
+:mod:`assay.models.init`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from assay.models.init import materialise
+
 __all__ = ["MLP"]
 
 
@@ -20,7 +24,7 @@ class MLP(nn.Module):
 
     def __init__(
         self, d_in: int, hidden: Sequence[int] = (64, 64), n_out: int = 2, *, activation: str = "relu",
-        flatten: bool = True,
+        flatten: bool = True, generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if d_in <= 0 or n_out <= 0 or any(h <= 0 for h in hidden):
@@ -30,11 +34,13 @@ class MLP(nn.Module):
             raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
         self.flatten = flatten
         widths = [d_in, *hidden]
-        for i, (a, b) in enumerate(zip(widths, widths[1:])):
-            self.add_module(f"fc{i}", nn.Linear(a, b))
-            self.add_module(f"act{i}", acts[activation]())
+        with torch.device("meta"):  # allocates and draws nothing; materialise draws from generator
+            for i, (a, b) in enumerate(zip(widths, widths[1:])):
+                self.add_module(f"fc{i}", nn.Linear(a, b))
+                self.add_module(f"act{i}", acts[activation]())
+            self.out = nn.Linear(widths[-1], n_out)
         self.n_hidden = len(hidden)
-        self.out = nn.Linear(widths[-1], n_out)
+        materialise(self, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.flatten:

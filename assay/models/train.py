@@ -15,12 +15,15 @@ the evaluation batch comes from a second generator (seed + 1) drawn once, so eva
 disturbs the training stream. A checkpoint (an assay artifact of kind ``"train.checkpoint"``)
 holds the model weights, the AdamW state, the data generator's state, the step and the loss
 history, so ``train(..., resume=ckpt)`` continues **bit for bit** as if never interrupted (on the
-same machine and thread count). Dropout, if any, draws from a per-step seed inside
-``torch.random.fork_rng``, so the global RNG is never touched.
+same machine and thread count). Dropout, if any, draws its masks from a generator seeded per step
+and passed as ``model(inputs, generator=g)`` (as :class:`assay.models.transformer.Transformer`
+accepts), so the global RNG is never touched; a model with active dropout whose ``forward`` takes no
+``generator`` is refused.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -214,6 +217,19 @@ def batch_sampler(model: nn.Module, world: Any, cfg: TrainConfig) -> Callable[[i
     return lambda n, g: world.pack(n, context, generator=g)
 
 
+def _step_forward(model: nn.Module) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``(inputs, seed) -> logits``, with dropout masks drawn from a generator seeded with ``seed``."""
+    if "generator" in inspect.signature(model.forward).parameters:
+        return lambda inputs, seed: model(inputs, generator=make_generator(seed))
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        raise ConfigError(
+            f"{type(model).__name__} has dropout but its forward takes no generator=, so its masks would come "
+            "from the global RNG and training could not resume exactly; set dropout to 0 or give forward a "
+            "generator= keyword (as assay.models.transformer.Transformer has)"
+        )
+    return lambda inputs, seed: model(inputs)
+
+
 def _headline(world: Any, metrics: dict[str, float]) -> str:
     acceptance = getattr(world, "acceptance", None)
     names = [acceptance[0]] if acceptance else [k for k in metrics if k != "eval_loss"][:1]
@@ -241,6 +257,7 @@ def train(
     opt = _optimizer(model, cfg)
     g = make_generator(cfg.seed)
     draw = batch_sampler(model, world, cfg)
+    forward = _step_forward(model)
     eval_batch = draw(cfg.eval_size, make_generator(cfg.seed + 1))
     step, losses, history = 0, [], []
     if resume is not None:
@@ -270,11 +287,9 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             batch = draw(cfg.batch_size, g)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed * 1_000_003 + step)
-                loss = sequence_loss(model(batch.inputs), batch_targets(batch, world))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+            loss = sequence_loss(forward(batch.inputs, cfg.seed * 1_000_003 + step), batch_targets(batch, world))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()

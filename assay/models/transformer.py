@@ -17,7 +17,9 @@ Sites reachable by :mod:`assay.hooks` (``model.get_submodule`` names):
 
 Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` (``attn_impl=
 "sdpa"``) or the eager reference :func:`naive_causal_attention` (``attn_impl="eager"``); tests
-check the two agree.
+check the two agree. Dropout (training only) draws its masks from the ``generator`` passed to
+``forward`` (None: the global generator); SDPA cannot take a generator, so attention with dropout
+runs the eager kernel.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch import nn
 
 from assay.config import ConfigError, check_choice
 
-__all__ = ["TransformerConfig", "Transformer", "naive_causal_attention", "causal_attention"]
+__all__ = ["TransformerConfig", "Transformer", "naive_causal_attention", "causal_attention", "dropout"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,30 +85,47 @@ class TransformerConfig:
         return self.d_mlp if self.d_mlp is not None else 4 * self.d_model
 
 
-def naive_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Reference causal attention: ``softmax(q kᵀ / √d + mask) v`` for [batch, head, pos, d_head]."""
+def dropout(x: torch.Tensor, p: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Inverted dropout (Srivastava et al. 2014): zero each entry with probability ``p`` and scale the
+    rest by 1/(1−p); the mask draws from ``generator`` (None: the global generator)."""
+    if p == 0.0:
+        return x
+    device = generator.device if generator is not None else x.device
+    keep = torch.rand(x.shape, generator=generator, device=device).to(x.device) >= p
+    return x * keep.to(x.dtype) / (1 - p)
+
+
+def naive_causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Reference causal attention: ``softmax(q kᵀ / √d + mask) v`` for [batch, head, pos, d_head],
+    with :func:`dropout` of rate ``dropout_p`` on the attention weights."""
     t = q.shape[-2]
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
     scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1) @ v
+    return dropout(scores.softmax(dim=-1), dropout_p, generator=generator) @ v
 
 
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, impl: str = "sdpa", dropout_p: float = 0.0
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, impl: str = "sdpa", dropout_p: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Causal attention with the chosen kernel; ``dropout_p`` applies to the attention weights."""
-    if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    if impl == "eager":
-        if dropout_p > 0.0:
-            t = q.shape[-2]
-            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-            mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-            weights = F.dropout(scores.masked_fill(~mask, float("-inf")).softmax(-1), dropout_p)
-            return weights @ v
-        return naive_causal_attention(q, k, v)
-    raise ValueError(f"unknown attention implementation {impl!r}; use 'sdpa' or 'eager'")
+    """Causal attention with the chosen kernel; ``dropout_p`` applies to the attention weights, the mask
+    drawn from ``generator``. SDPA cannot draw from a generator, so with dropout the eager kernel runs."""
+    if impl not in ("sdpa", "eager"):
+        raise ValueError(f"unknown attention implementation {impl!r}; use 'sdpa' or 'eager'")
+    if impl == "sdpa" and dropout_p == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return naive_causal_attention(q, k, v, dropout_p=dropout_p, generator=generator)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask draws from the generator given to ``forward`` (see :func:`dropout`)."""
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return dropout(x, self.p if self.training else 0.0, generator=generator)
 
 
 class Attention(nn.Module):
@@ -117,16 +136,16 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         b, t, d = x.shape
         h = self.cfg.n_heads
         q, k, v = self.qkv(x).split(d, dim=-1)
         q, k, v = (z.view(b, t, h, d // h).transpose(1, 2) for z in (q, k, v))
         p = self.cfg.dropout if self.training else 0.0
-        y = causal_attention(q, k, v, impl=self.cfg.attn_impl, dropout_p=p)
-        return self.drop(self.out(y.transpose(1, 2).reshape(b, t, d)))
+        y = causal_attention(q, k, v, impl=self.cfg.attn_impl, dropout_p=p, generator=generator)
+        return self.drop(self.out(y.transpose(1, 2).reshape(b, t, d)), generator=generator)
 
 
 class MLP(nn.Module):
@@ -136,10 +155,10 @@ class MLP(nn.Module):
         super().__init__()
         self.fc_in = nn.Linear(cfg.d_model, cfg.mlp_width)
         self.fc_out = nn.Linear(cfg.mlp_width, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc_out(F.gelu(self.fc_in(x))))
+    def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.drop(self.fc_out(F.gelu(self.fc_in(x))), generator=generator)
 
 
 class Block(nn.Module):
@@ -152,9 +171,9 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+    def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), generator=generator)
+        return x + self.mlp(self.ln2(x), generator=generator)
 
 
 class Transformer(nn.Module):
@@ -167,13 +186,15 @@ class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = cfg
-        with torch.random.fork_rng(devices=[]):  # PyTorch's default init draws (all redrawn below)
+        device = torch.get_default_device()
+        with torch.device("meta"):  # allocates and draws nothing: reset_parameters draws every weight
             self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
             self.pos_embed = nn.Embedding(cfg.context, cfg.d_model)
-            self.drop = nn.Dropout(cfg.dropout)
+            self.drop = Dropout(cfg.dropout)
             self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
             self.ln_f = nn.LayerNorm(cfg.d_model)
             self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.to_empty(device=device)
         self.reset_parameters(generator=generator)
 
     @torch.no_grad()
@@ -189,7 +210,8 @@ class Transformer(nn.Module):
                 std = resid_std if name.endswith(("attn.out.weight", "mlp.fc_out.weight")) else 0.02
                 nn.init.normal_(p, 0.0, std, generator=generator)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Logits ``[batch, pos, vocab]``; in training mode dropout masks draw from ``generator``."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, pos] token ids, got shape {tuple(tokens.shape)}")
         t = tokens.shape[1]
@@ -199,9 +221,9 @@ class Transformer(nn.Module):
                 "truncate the input or build the model with a larger context"
             )
         pos = torch.arange(t, device=tokens.device)
-        x = self.drop(self.embed(tokens) + self.pos_embed(pos))
+        x = self.drop(self.embed(tokens) + self.pos_embed(pos), generator=generator)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, generator=generator)
         return self.unembed(self.ln_f(x))
 
     def n_params(self) -> int:

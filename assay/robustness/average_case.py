@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 
@@ -271,7 +271,9 @@ def monte_carlo(model: Model, x: torch.Tensor, sigma: float, *, n_samples: int =
 
 
 Estimator = Literal["mc", "taylor", "mmse", "taylor_mvs", "mmse_mvs", "softmax"]
-ESTIMATORS: tuple[str, ...] = ("mc", "taylor", "mmse", "taylor_mvs", "mmse_mvs", "softmax")
+"""An estimator of p_σ(x) by name (Monte Carlo, the analytic ones, the softmax baseline)."""
+ESTIMATORS: tuple[Estimator, ...] = get_args(Estimator)
+"""Every estimator name, in display order."""
 
 
 @dataclass(frozen=True, kw_only=True)

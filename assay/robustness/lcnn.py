@@ -14,7 +14,8 @@ starves the net of signal (0.11 accuracy on the digits world even with all λ = 
 γ no gradient. Tuning on the digits world (5,000 composites × 4 epochs, stages (16, 32, 64)) is
 recorded in ``docs/benchmarks.md`` (robustness section). Layout per stage: ``conv{i}`` →
 ``bn{i}`` → ``act{i}`` → ``pool{i}`` (2×2 average), then ``fc`` — the same site names as
-:class:`assay.models.cnn.SmallCNN`.
+:class:`assay.models.cnn.SmallCNN`. Conv and Linear weights start at PyTorch's default
+initialisation and, with the spectral power iteration's start vector, draw from ``generator``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from assay.models.init import materialise
 from assay.robustness.lcnn_layers import (
     CentredSoftplus,
     LipschitzBatchNorm,
@@ -41,25 +43,29 @@ class LowCurvatureCNN(nn.Module):
 
     def __init__(self, in_channels: int = 3, n_classes: int = 10, channels: Sequence[int] = (16, 32, 64),
                  image_size: int = 32, *, beta: float = 5.0, lipschitz: float = 5.0,
-                 spectral_conv: bool = False, spectral_fc: bool = True) -> None:
+                 spectral_conv: bool = False, spectral_fc: bool = True,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         if image_size % (2 ** len(channels)):
             raise ValueError(f"image_size {image_size} must be divisible by 2**{len(channels)}")
         widths = [in_channels, *channels]
         side = image_size
-        g = torch.Generator().manual_seed(0)
         for i, (a, b) in enumerate(zip(widths, widths[1:])):
-            conv = nn.Conv2d(a, b, 3, padding=1)
+            with torch.device("meta"):  # allocates and draws nothing; materialise draws from generator
+                conv = nn.Conv2d(a, b, 3, padding=1)
+            materialise(conv, generator=generator)
             if spectral_conv:
-                spectral_norm_conv(conv, (a, side, side), generator=g)
+                spectral_norm_conv(conv, (a, side, side), generator=generator)
             self.add_module(f"conv{i}", conv)
             self.add_module(f"bn{i}", LipschitzBatchNorm(b, lipschitz=lipschitz))
             self.add_module(f"act{i}", CentredSoftplus(beta))
             self.add_module(f"pool{i}", nn.AvgPool2d(2))
             side //= 2
         self.n_stages = len(channels)
-        fc = nn.Linear(widths[-1] * side * side, n_classes)
-        self.fc = spectral_norm_linear(fc) if spectral_fc else fc
+        with torch.device("meta"):
+            fc = nn.Linear(widths[-1] * side * side, n_classes)
+        materialise(fc, generator=generator)
+        self.fc = spectral_norm_linear(fc, generator=generator) if spectral_fc else fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(self.n_stages):

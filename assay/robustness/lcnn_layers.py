@@ -131,9 +131,24 @@ def spectral_norm_conv(conv: nn.Conv2d, input_shape: tuple[int, int, int], *, n_
     return conv
 
 
-def spectral_norm_linear(linear: nn.Linear, *, n_power_iterations: int = 1) -> nn.Linear:
-    """PyTorch's spectral normalisation of a Linear layer (Miyato et al. 2018)."""
-    return nn.utils.parametrizations.spectral_norm(linear, n_power_iterations=n_power_iterations)
+def spectral_norm_linear(linear: nn.Linear, *, n_power_iterations: int = 1,
+                         generator: torch.Generator | None = None) -> nn.Linear:
+    """PyTorch's spectral normalisation of a Linear layer (Miyato et al. 2018), its power iteration's
+    start vectors u, v drawn from ``generator`` (PyTorch's ``spectral_norm`` draws them from the global RNG).
+
+    Equal to ``nn.utils.parametrizations.spectral_norm(linear)`` after ``torch.manual_seed(s)`` when
+    ``generator`` is seeded with ``s``."""
+    from torch.nn.utils.parametrizations import _SpectralNorm  # the class spectral_norm registers
+
+    weight = linear.weight
+    sn = _SpectralNorm(torch.empty_like(weight, device="meta"), n_power_iterations)  # draws nothing
+    sn.to_empty(device=weight.device)
+    with torch.no_grad():
+        for buffer in (sn._u, sn._v):
+            buffer.copy_(F.normalize(buffer.normal_(0, 1, generator=generator), dim=0, eps=sn.eps))
+        sn._power_method(weight.detach(), 15)  # as spectral_norm does at registration
+    parametrize.register_parametrization(linear, "weight", sn)
+    return linear
 
 
 def curvature_penalty(model: nn.Module, *, lambda_beta: float = 1e-2, lambda_gamma: float = 1e-2) -> torch.Tensor:

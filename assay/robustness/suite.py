@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from assay.config import ConfigError, check_choice, to_dict
+from assay.robustness.average_case import ESTIMATORS, Estimator
 
 __all__ = ["RobustnessConfig", "run_robustness", "train_world_model", "write_robustness_section"]
 
-ESTIMATOR_NAMES = ("mc", "taylor", "mmse", "taylor_mvs", "mmse_mvs", "softmax")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +37,7 @@ class RobustnessConfig:
     """Evaluation examples."""
     epochs: int = 5
     """Training epochs."""
-    estimators: tuple[str, ...] = ESTIMATOR_NAMES
+    estimators: tuple[Estimator, ...] = ESTIMATORS
     """Average-case estimators to run (mc is the reference for the error column)."""
     sigma: float = 0.1
     """Noise standard deviation for average-case robustness."""
@@ -63,7 +63,7 @@ class RobustnessConfig:
 
     def __post_init__(self) -> None:
         for e in self.estimators:
-            check_choice("estimators", e, ESTIMATOR_NAMES)
+            check_choice("estimators", e, ESTIMATORS)
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             raise ConfigError(f"sigma must be a finite number > 0, got {self.sigma}")
         if any(not math.isfinite(e) or e < 0 for e in self.epsilons):
@@ -87,7 +87,6 @@ class RobustnessConfig:
 
 def train_world_model(cfg: RobustnessConfig) -> tuple[Any, Any, Any]:
     """(model, train batch, eval batch) for ``cfg.world``, trained with a seeded AdamW loop."""
-    import torch
 
     from assay.models.fit import fit_classifier
     from assay.worlds.base import make_generator
@@ -102,12 +101,10 @@ def train_world_model(cfg: RobustnessConfig) -> tuple[Any, Any, Any]:
         if cfg.low_curvature:
             from assay.robustness.lcnn import LowCurvatureCNN, fit_low_curvature
 
-            model = fit_low_curvature(LowCurvatureCNN(), train.inputs, train.targets, epochs=cfg.epochs,
-                                      batch_size=64, seed=cfg.seed)
+            model = fit_low_curvature(LowCurvatureCNN(generator=make_generator(cfg.seed)), train.inputs,
+                                      train.targets, epochs=cfg.epochs, batch_size=64, seed=cfg.seed)
             return model, train, test
-        with torch.random.fork_rng():  # SmallCNN draws its init from the global generator; restore it after
-            torch.manual_seed(cfg.seed)
-            model = SmallCNN()
+        model = SmallCNN(generator=make_generator(cfg.seed))
     else:
         from assay.models.mlp import MLP
 
@@ -125,9 +122,7 @@ def train_world_model(cfg: RobustnessConfig) -> tuple[Any, Any, Any]:
             world = GaussianMixtureWorld(GaussianMixtureConfig())
         train = world.sample(cfg.n_train, generator=g)
         test = world.sample(cfg.n_eval, generator=g)
-        with torch.random.fork_rng():  # MLP draws its init from the global generator; restore it after
-            torch.manual_seed(cfg.seed)
-            model = MLP(train.inputs.shape[1], n_out=int(train.targets.max()) + 1)
+        model = MLP(train.inputs.shape[1], n_out=int(train.targets.max()) + 1, generator=make_generator(cfg.seed))
     model = fit_classifier(model, train.inputs, train.targets, epochs=cfg.epochs, batch_size=64, lr=2e-3,
                            seed=cfg.seed)
     return model.eval(), train, test
