@@ -9,7 +9,7 @@ from assay.cli import app
 from assay.cli import cache as cache_cli
 from assay.config import ConfigError, field_docs
 from assay.corpora import TokenWindows
-from assay.store import ActivationStore
+from assay.store import ActivationStore, StoreError
 
 
 class Tiny(nn.Module):
@@ -67,6 +67,28 @@ def test_cache_command_writes_and_resumes(tmp_path, monkeypatch):
     assert refused.exit_code != 0 and "pass resume=True" in refused.output
     other = runner.invoke(app, [a if a != "bfloat16" else "float16" for a in args])
     assert other.exit_code != 0 and "different run" in other.output and "dtype: store has 'bfloat16'" in other.output
+
+
+def test_cache_rerun_repairs_exactly_the_damaged_shard(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_cli, "prepare", fake_prepare)
+    out = tmp_path / "store"
+    args = ["cache", "--model", "tiny", "--sites", "layers.0", "--sites", "layers.1", "--n-tokens", "300",
+            "--context-length", "10", "--batch-size", "4", "--shard-rows", "64", "--out-dir", str(out)]
+    runner = CliRunner()
+    assert runner.invoke(app, args).exit_code == 0
+    victim = out / "acts/layers.1/shard_000002.safetensors"
+    good = victim.read_bytes()
+    victim.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    skipped = runner.invoke(app, [*args, "--no-verify"])
+    assert skipped.exit_code == 0 and "repaired" not in skipped.output and victim.read_bytes() != good
+    with pytest.raises(StoreError, match="re-run the same `assay cache` command"):
+        ActivationStore.open(out, verify="open")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "checking the existing shard files" in res.output
+    assert "repaired shard(s) 2: rewrote acts/layers.1/shard_000002.safetensors" in res.output.replace("\n", "")
+    assert victim.read_bytes() == good
+    ActivationStore.open(out, verify="open")
 
 
 def test_cache_command_reads_toml(tmp_path, monkeypatch):

@@ -4,7 +4,9 @@ Backed by :class:`CacheConfig` (every flag is a field; ``--config FILE.toml`` re
 The model comes from :func:`assay.models.load`, the text from :func:`assay.corpora.load_corpus`, cut
 into windows by :func:`assay.corpora.token_windows`; :func:`assay.store.write_store` does the work,
 with a progress bar showing tokens/s and the time left. Running the same command again resumes an
-interrupted run (``--no-resume`` refuses to touch an existing store instead).
+interrupted run (``--no-resume`` refuses to touch an existing store instead) and repairs a damaged
+one: every existing shard file is checked against the manifest (``--no-verify`` skips this full
+read) and exactly the damaged shards are recomputed and rewritten.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class CacheConfig:
     """Store folder; unset: runs/cache/<model>-<sites>-<n_tokens>."""
     resume: bool = True
     """Continue an interrupted run of the same config in out_dir (otherwise an existing store is an error)."""
+    verify: bool = True
+    """On a re-run, check every existing shard file (size, header, SHA-256: one full read of the store) and
+    recompute exactly the damaged shards; --no-verify skips the check."""
 
     def __post_init__(self) -> None:
         if not self.sites or any(not s for s in self.sites):
@@ -111,6 +116,7 @@ def run_cache(cfg: CacheConfig, *, quiet: bool = False) -> Any:
     from rich.text import Text
 
     from assay.store import StoreError, write_store
+    from assay.store.manifest import MANIFEST_FILE
 
     class TokensPerSecond(ProgressColumn):
         def render(self, task: Any) -> Text:
@@ -122,6 +128,8 @@ def run_cache(cfg: CacheConfig, *, quiet: bool = False) -> Any:
     n_rows = windows.tokens.numel()
     out = cfg.store_dir
     console.print(f"caching {cfg.model} at {', '.join(cfg.sites)}: {n_rows:,} tokens -> {out}")
+    if cfg.verify and cfg.resume and (out / MANIFEST_FILE).is_file():
+        console.print("checking the existing shard files against the manifest (SHA-256; --no-verify skips this)")
     columns = (TextColumn("[bold]cache"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tok"),
                TokensPerSecond(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar:
@@ -136,10 +144,18 @@ def run_cache(cfg: CacheConfig, *, quiet: bool = False) -> Any:
 
         try:
             summary = write_store(out, model, cfg.sites, windows, batch_size=cfg.batch_size, shard_rows=cfg.shard_rows,
-                                  dtype=cfg.dtype, model_name=cfg.model, resume=cfg.resume, progress=progress)
+                                  dtype=cfg.dtype, model_name=cfg.model, resume=cfg.resume, verify=cfg.verify,
+                                  progress=progress)
         except StoreError as e:
             raise typer.BadParameter(str(e)) from None
         bar.update(task, completed=n_rows)
+    if summary.repaired_shards:
+        console.print(f"repaired shard(s) {', '.join(map(str, summary.repaired_shards))}: rewrote "
+                      f"{', '.join(summary.repaired_files)}")
+    if summary.rerecorded_files:
+        console.print(f"warning: the recomputed {', '.join(summary.rerecorded_files)} differ from the bytes first "
+                      "written (the model is not bit-reproducible on this machine); their manifest records were "
+                      "updated")
     note = f" (resumed at row {summary.resumed_rows:,})" if summary.resumed_rows else ""
     console.print(f"wrote {summary.n_rows:,} rows in {summary.n_shards} shards, {summary.bytes / 2**20:,.1f} MiB; "
                   f"{summary.rows_per_second:,.0f} tok/s{note}")

@@ -14,7 +14,8 @@ manifest never names a file that is not fully written.
 
 ``config`` identifies the run (model name and weight fingerprint, sites and widths, dtype, context
 length, batch size, shard size, number of windows, corpus fingerprint). Resuming a run requires the
-same config; :func:`config_diff` names every key that differs.
+same config; :func:`config_diff` names every key that differs. :func:`shard_shapes` says which
+tensors, of which shapes, a shard file of a group must hold.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ __all__ = [
     "write_manifest",
     "config_diff",
     "shard_file",
+    "shard_shapes",
+    "META",
+    "REPAIR_HINT",
 ]
 
 MANIFEST_FILE = "manifest.json"
@@ -47,6 +51,11 @@ FORMAT = "assay-activation-store"
 FORMAT_VERSION = 1
 ROWS = "rows"
 """Name of the per-shard file group holding tokens, doc ids and positions."""
+META = ("tokens", "doc_ids", "positions")
+"""The int64 per-row tensors of a ``rows`` file."""
+REPAIR_HINT = ("re-run the same `assay cache` command (or write_store with the same arguments) to rewrite exactly "
+               "the damaged shards")
+"""How to repair a damaged shard file (the writer checks and recomputes listed shards on a re-run)."""
 
 
 class StoreError(ValueError):
@@ -101,6 +110,13 @@ def shard_file(group: str, index: int) -> str:
     """Relative path of shard ``index`` of a file group (``"rows"`` or a site name)."""
     name = f"shard_{index:06d}.safetensors"
     return f"{ROWS}/{name}" if group == ROWS else f"acts/{group}/{name}"
+
+
+def shard_shapes(config: Mapping[str, Any], group: str, rows: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors a shard file of ``group`` with ``rows`` rows holds."""
+    if group == ROWS:
+        return {name: (rows,) for name in META}
+    return {"acts": (rows, int(config["d"][group]))}
 
 
 def _to_json(m: Manifest) -> str:

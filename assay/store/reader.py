@@ -4,7 +4,8 @@
 with its recorded size (a missing or truncated shard fails at once, naming the file). The SHA-256 of
 each file is verified **on first read of that file** (``verify="first_read"``, the default), or of
 every file at open (``"open"``), or never (``"none"``); a mismatch raises :class:`StoreError`
-naming the shard file.
+naming the shard file and the repair (:data:`~assay.store.manifest.REPAIR_HINT`: re-running the
+writer rewrites exactly the damaged shards).
 
 ``batches(site, batch_size=B, seed=s)`` yields ``[B, d]`` tensors of rows in a seeded global random
 order (:mod:`assay.store.order`): batch ``b`` is computed directly, so ``start_batch=b`` resumes
@@ -28,14 +29,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from assay.store.manifest import ROWS, FileRecord, Manifest, StoreError, read_manifest
+from assay.store.manifest import (
+    REPAIR_HINT,
+    ROWS,
+    FileRecord,
+    Manifest,
+    StoreError,
+    read_manifest,
+    shard_shapes,
+)
 from assay.store.order import batch_rows
 from assay.store.prefetch import prefetch as _prefetch
-from assay.store.shardfile import DTYPES, MAX_FOLIO, MappedFile, mapped_file_bytes, sha256_of, to_torch
+from assay.store.shardfile import (
+    DTYPES,
+    MAX_FOLIO,
+    MappedFile,
+    file_damage,
+    mapped_file_bytes,
+    shape_problem,
+    to_torch,
+)
 
 __all__ = ["ActivationStore", "Column"]
-
-_META = ("tokens", "doc_ids", "positions")
 
 
 class ActivationStore:
@@ -103,13 +118,11 @@ class ActivationStore:
         return store
 
     def _check_present(self, rec: FileRecord) -> None:
-        f = self.path / rec.path
-        if not f.is_file():
-            raise StoreError(f"{self.path}: shard file {rec.path} is missing")
-        size = f.stat().st_size
-        if size != rec.bytes:
-            raise StoreError(f"{self.path}: shard file {rec.path} has {size} bytes, the manifest says {rec.bytes} "
-                             "(truncated or replaced)")
+        self._raise_if_damaged(rec, file_damage(self.path, rec, digest=False))
+
+    def _raise_if_damaged(self, rec: FileRecord, problem: str | None) -> None:
+        if problem is not None:
+            raise StoreError(f"{self.path}: shard file {rec.path} {problem}. To repair it, {REPAIR_HINT}.")
 
     def verify_all(self) -> None:
         """Check the SHA-256 of every shard file now."""
@@ -120,9 +133,7 @@ class ActivationStore:
     def _verify(self, rec: FileRecord) -> None:
         if rec.path in self._verified:
             return
-        self._check_present(rec)
-        if sha256_of(self.path / rec.path) != rec.sha256:
-            raise StoreError(f"{self.path}: shard file {rec.path} is corrupted (SHA-256 differs from the manifest)")
+        self._raise_if_damaged(rec, file_damage(self.path, rec))
         self._verified.add(rec.path)
 
     # -- facts -----------------------------------------------------------------------------------
@@ -183,13 +194,10 @@ class ActivationStore:
             if self.verify != "none":
                 self._verify(rec)
             mf = MappedFile(self.path / rec.path)
-            want = (self.manifest.shards[k].rows, self.d(group)) if group != ROWS else (self.manifest.shards[k].rows,)
-            names = ("acts",) if group != ROWS else _META
-            for name in names:
-                if name not in mf.info or mf.info[name].shape != want:
-                    got = mf.info[name].shape if name in mf.info else "absent"
-                    mf.close()
-                    raise StoreError(f"{self.path}: shard file {rec.path}: tensor {name!r} is {got}, expected {want}")
+            problem = shape_problem(mf.info, shard_shapes(self.manifest.config, group, self.manifest.shards[k].rows))
+            if problem is not None:
+                mf.close()
+                self._raise_if_damaged(rec, f"is corrupted ({problem})")
             while len(self._maps) >= self.max_open:
                 old_key = next(iter(self._maps))
                 self._maps.pop(old_key).close()

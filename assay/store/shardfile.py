@@ -12,6 +12,10 @@ and a single fault maps more than the page touched: Linux maps up to 16 neighbou
 :meth:`MappedFile.release` drops a mapping's resident pages (``madvise(MADV_DONTNEED)``: they stay
 in the OS page cache, only this process's mapping of them goes); :func:`mapped_file_bytes` measures
 them. The reader uses the two to keep RSS under a budget whatever the store size.
+
+:func:`file_damage` checks a listed shard file against its manifest record, cheapest test first
+(present, size, header and tensor shapes, then SHA-256: only the last reads the whole file); the
+reader and the writer's repair both use it.
 """
 
 from __future__ import annotations
@@ -22,15 +26,28 @@ import mmap
 import os
 import struct
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from assay.store.manifest import StoreError, fsync_dir
+from assay.store.manifest import FileRecord, StoreError, fsync_dir
 
-__all__ = ["TensorInfo", "write_shard", "read_header", "MappedFile", "DTYPES", "dtype_name", "MAX_FOLIO", "mapped_file_bytes"]
+__all__ = [
+    "TensorInfo",
+    "write_shard",
+    "read_header",
+    "sha256_of",
+    "shape_problem",
+    "file_damage",
+    "MappedFile",
+    "DTYPES",
+    "dtype_name",
+    "MAX_FOLIO",
+    "mapped_file_bytes",
+]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 """On-disk activation dtypes by name."""
@@ -139,6 +156,47 @@ def sha256_of(path: str | Path) -> str:
         while block := f.read(_CHUNK):
             h.update(block)
     return h.hexdigest()
+
+
+def shape_problem(info: Mapping[str, TensorInfo], shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """What differs between a parsed header and the tensor shapes it should hold; ``None`` if nothing."""
+    for name, want in shapes.items():
+        got = info[name].shape if name in info else "absent"
+        if got != tuple(want):
+            return f"tensor {name!r} is {got}, expected {tuple(want)}"
+    return None
+
+
+def file_damage(
+    folder: str | Path,
+    rec: FileRecord,
+    *,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    digest: bool = True,
+) -> str | None:
+    """What is wrong with the shard file ``rec`` of the store at ``folder`` (a phrase to follow its
+    name, e.g. ``"is missing"``), or ``None`` if it is intact.
+
+    Cheapest check first: the file exists, has the recorded size, (with ``shapes``) its header parses
+    and holds those tensors, and (with ``digest``) its SHA-256 is the recorded one — the only check
+    that reads the whole file.
+    """
+    path = Path(folder) / rec.path
+    if not path.is_file():
+        return "is missing"
+    size = path.stat().st_size
+    if size != rec.bytes:
+        return f"has {size} bytes, the manifest says {rec.bytes} (truncated or replaced)"
+    if shapes is not None:
+        try:
+            problem = shape_problem(read_header(path), shapes)
+        except StoreError:
+            problem = "its safetensors header does not parse"
+        if problem is not None:
+            return f"is corrupted ({problem})"
+    if digest and sha256_of(path) != rec.sha256:
+        return "is corrupted (SHA-256 differs from the manifest)"
+    return None
 
 
 class MappedFile:

@@ -13,6 +13,14 @@ duplicates, no gaps. The run's identity (model fingerprint, sites, dtype, batch 
 must match the manifest's, otherwise :class:`StoreError` lists what differs. A lock file stops two
 writers sharing a folder.
 
+**Repair.** A re-run (``resume=True``, the default ``verify=True``) first checks every listed shard
+file against its manifest record (present, size, header, SHA-256 — one full read of the store; see
+:func:`assay.store.shardfile.file_damage`) and recomputes each damaged shard from the same forward
+batches that produced it, rewriting only its damaged files (atomically). A deterministic model gives
+the recorded bytes back; if the recomputed bytes differ (nondeterministic kernels), the record is
+updated and :attr:`StoreSummary.rerecorded_files` says so. The normal path and the repair share
+:func:`_shards`, which turns the captured activations of a range of forward batches into shards.
+
 **Overlap.** Shard files are written, hashed and fsynced on a background thread while the model runs
 the next batches; at most ``max_pending`` shards wait, so memory stays bounded.
 """
@@ -34,7 +42,9 @@ from torch import nn
 
 from assay import hooks
 from assay.store.manifest import (
+    FORMAT,
     MANIFEST_FILE,
+    META,
     ROWS,
     FileRecord,
     Manifest,
@@ -43,9 +53,10 @@ from assay.store.manifest import (
     config_diff,
     read_manifest,
     shard_file,
+    shard_shapes,
     write_manifest,
 )
-from assay.store.shardfile import DTYPES, dtype_name, write_shard
+from assay.store.shardfile import DTYPES, dtype_name, file_damage, write_shard
 
 __all__ = ["write_store", "StoreSummary", "model_fingerprint"]
 
@@ -70,6 +81,14 @@ class StoreSummary(NamedTuple):
     """Wall-clock seconds of this call's caching loop."""
     rows_per_second: float
     """Rows (tokens) cached per second by this call."""
+    repaired_shards: tuple[int, ...]
+    """Shards found damaged (missing, resized, unparsable or with another SHA-256 than the manifest's
+    record) and recomputed by this call."""
+    repaired_files: tuple[str, ...]
+    """The shard files this call rewrote (paths relative to the store); a shard's intact files are kept."""
+    rerecorded_files: tuple[str, ...]
+    """Repaired files whose recomputed bytes differ from the manifest's record (the model or hardware is
+    not bit-reproducible); their records were updated to the new bytes."""
 
 
 def model_fingerprint(model: nn.Module, samples: int = 256) -> str:
@@ -188,7 +207,7 @@ class _ShardBuffer:
 
     def _new(self) -> None:
         self.acts = {s: torch.empty(self.rows, d, dtype=self.dtype) for s, d in self.dims.items()}
-        self.meta = {k: torch.empty(self.rows, dtype=torch.long) for k in ("tokens", "doc_ids", "positions")}
+        self.meta = {k: torch.empty(self.rows, dtype=torch.long) for k in META}
         self.fill = 0
 
     def add(self, acts: dict[str, torch.Tensor], meta: dict[str, torch.Tensor]) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
@@ -222,6 +241,83 @@ def _check_finite(site: str, src: torch.Tensor, stored: torch.Tensor, dtype: str
     raise StoreError(f"site {site!r}: the model produced non-finite activations in {where}")
 
 
+class _Source(NamedTuple):
+    """Everything that turns forward batches into shard tensors."""
+
+    model: nn.Module
+    sites: list[str]
+    last: str
+    """The site that runs last (the forward pass stops after it)."""
+    dims: dict[str, int]
+    tokens: torch.Tensor
+    doc_ids: torch.Tensor
+    positions: torch.Tensor
+    batch_size: int
+    shard_rows: int
+    disk_dtype: torch.dtype
+    dtype: str
+    forward: ForwardFn
+    device: torch.device
+
+
+def _batch_span(src: _Source, first_row: int, stop_row: int) -> range:
+    """The forward batches (batch ``b`` = windows ``[b * batch_size, (b + 1) * batch_size)``) holding
+    rows ``[first_row, stop_row)``."""
+    per_batch = src.batch_size * src.tokens.shape[1]
+    return range(first_row // per_batch, -(-stop_row // per_batch))
+
+
+def _shards(
+    src: _Source, first_shard: int, stop_row: int, after_batch: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, dict[str, dict[str, torch.Tensor]]]]:
+    """``(k, {group: tensors})`` for shards ``first_shard, first_shard + 1, ...`` covering rows
+    ``[first_shard * shard_rows, stop_row)``.
+
+    The model runs on the forward batches of the original run (:func:`_batch_span`), whatever range
+    is asked for, so every shard is bit-identical to the one an uninterrupted run wrote (on the same
+    machine); rows outside the range are dropped. ``after_batch(rows_end)`` is called after each batch
+    with the end of the rows it covered.
+    """
+    n_windows, t = src.tokens.shape
+    first_row = first_shard * src.shard_rows
+    batches = _batch_span(src, first_row, stop_row)
+    skip = first_row - batches.start * src.batch_size * t
+    buffer = _ShardBuffer(src.dims, src.shard_rows, src.disk_dtype)
+    k = first_shard
+    for b in batches:
+        lo, hi = b * src.batch_size, min((b + 1) * src.batch_size, n_windows)
+        with torch.no_grad(), hooks.capture(src.model, src.sites, stop_at=src.last) as cap:
+            src.forward(src.model, src.tokens[lo:hi].to(src.device))
+        end = min(hi * t, stop_row) - lo * t
+        where = f"windows {lo}..{hi - 1}"
+        acts = {}
+        for s in src.sites:
+            h = cap[s].reshape(-1, src.dims[s])[skip:end]
+            stored = h.to("cpu", src.disk_dtype)
+            _check_finite(s, h, stored, src.dtype, where)
+            acts[s] = stored
+        meta = {
+            "tokens": src.tokens[lo:hi].reshape(-1)[skip:end],
+            "doc_ids": src.doc_ids[lo:hi, None].expand(-1, t).reshape(-1)[skip:end],
+            "positions": src.positions[lo:hi].reshape(-1)[skip:end],
+        }
+        skip = 0
+        for shard in buffer.add(acts, meta):
+            yield k, shard
+            k += 1
+        if after_batch is not None:
+            after_batch(lo * t + end)
+    if buffer.fill:
+        yield k, buffer.take()
+
+
+def _write_file(out: Path, index: int, group: str, tensors: dict[str, torch.Tensor]) -> FileRecord:
+    """Write one file of shard ``index`` atomically; its manifest record."""
+    rel = shard_file(group, index)
+    digest, nbytes = write_shard(out / rel, tensors, metadata={"format": FORMAT})
+    return FileRecord(rel, digest, nbytes)
+
+
 def write_store(
     out_dir: str | Path,
     model: nn.Module,
@@ -233,6 +329,7 @@ def write_store(
     dtype: str | torch.dtype = "float32",
     model_name: str | None = None,
     resume: bool = True,
+    verify: bool = True,
     forward: ForwardFn | None = None,
     progress: ProgressFn | None = None,
     max_pending: int = 1,
@@ -243,7 +340,10 @@ def write_store(
     the window numbers and positions ``0..T-1``). ``model`` must be in eval mode; ``forward(model,
     tokens)`` defaults to ``model(tokens)``. With ``resume=True`` an existing store of the same run
     is continued (or returned at once if complete); a store of a different run is an error, never
-    overwritten. ``progress(rows_done, n_rows)`` is called after every batch. ``max_pending`` shards
+    overwritten. On such a re-run, ``verify=True`` first checks every shard file already listed
+    (size, header, SHA-256: one full read of the store) and recomputes exactly the damaged shards
+    (reported in :attr:`StoreSummary.repaired_shards`); ``verify=False`` skips the check.
+    ``progress(rows_done, n_rows)`` is called after every batch of new rows. ``max_pending`` shards
     may wait for the background writer (0 writes on the calling thread).
     """
     sites = [sites] if isinstance(sites, str) else list(sites)
@@ -254,7 +354,6 @@ def write_store(
     if model.training:
         raise StoreError("the model is in training mode (dropout would make the cache irreproducible); call model.eval()")
     dtype = dtype_name(dtype)
-    disk_dtype = DTYPES[dtype]
     forward = forward or (lambda m, x: m(x))
     tokens, doc_ids, positions = _windows(windows)
     n_windows, t = tokens.shape
@@ -275,6 +374,8 @@ def write_store(
         "corpus_fingerprint": _fingerprint_corpus(tokens, doc_ids, positions),
     }
     config = json.loads(json.dumps(config))
+    src = _Source(model, sites, last, dims, tokens, doc_ids, positions, batch_size, shard_rows, DTYPES[dtype], dtype,
+                  forward, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
@@ -294,31 +395,88 @@ def write_store(
             manifest = Manifest(config, n_rows, (), False, {})
             write_manifest(out, manifest)
         _clean_partial(out, len(manifest.shards))
-        return _run(out, model, sites, last, dims, manifest, tokens, doc_ids, positions, batch_size, disk_dtype,
-                    forward, progress, max_pending, device)
+        repair = _Repair((), (), ())
+        if verify and manifest.shards:
+            manifest, repair = _repair(out, src, manifest, _damaged_files(out, manifest))
+        return _run(out, src, manifest, progress, max_pending, repair)
 
 
-def _run(out, model, sites, last, dims, manifest, tokens, doc_ids, positions, batch_size, disk_dtype, forward,
-         progress, max_pending, device) -> StoreSummary:
-    n_windows, t = tokens.shape
-    n_rows, shard_rows, dtype = manifest.n_rows, manifest.config["shard_rows"], manifest.config["dtype"]
+class _Repair(NamedTuple):
+    """What :func:`_repair` did (see the ``repaired_*`` fields of :class:`StoreSummary`)."""
+
+    shards: tuple[int, ...]
+    files: tuple[str, ...]
+    rerecorded: tuple[str, ...]
+
+
+def _damaged_files(out: Path, manifest: Manifest) -> dict[int, list[str]]:
+    """``{shard index: [damaged file groups]}`` over every listed shard (see :func:`file_damage`)."""
+    damaged: dict[int, list[str]] = {}
+    for shard in manifest.shards:
+        for group, rec in shard.files.items():
+            if file_damage(out, rec, shapes=shard_shapes(manifest.config, group, shard.rows)) is not None:
+                damaged.setdefault(shard.index, []).append(group)
+    return damaged
+
+
+def _repair(out: Path, src: _Source, manifest: Manifest, damaged: dict[int, list[str]]) -> tuple[Manifest, _Repair]:
+    """Recompute the damaged shards and rewrite their damaged files; damaged shards whose forward
+    batches overlap are computed in one pass."""
+    shards = list(manifest.shards)
+
+    def stop(k: int) -> int:
+        return min((k + 1) * src.shard_rows, manifest.n_rows)
+
+    def batches(k: int) -> range:
+        return _batch_span(src, k * src.shard_rows, stop(k))
+
+    spans: list[list[int]] = []  # [first shard, last shard] per pass
+    for k in sorted(damaged):
+        if spans and batches(k).start < batches(spans[-1][1]).stop:
+            spans[-1][1] = k
+        else:
+            spans.append([k, k])
+    files, rerecorded = [], []
+    for first, last in spans:
+        for k, shard in _shards(src, first, stop(last)):
+            if k not in damaged:
+                continue
+            records = dict(shards[k].files)
+            for group in damaged[k]:
+                rec = _write_file(out, k, group, shard[group])
+                files.append(rec.path)
+                if rec != records[group]:
+                    rerecorded.append(rec.path)
+                    records[group] = rec
+            shards[k] = shards[k]._replace(files=records)
+    manifest = manifest._replace(shards=tuple(shards))
+    if rerecorded:
+        write_manifest(out, manifest)
+    return manifest, _Repair(tuple(sorted(damaged)), tuple(files), tuple(rerecorded))
+
+
+def _run(out: Path, src: _Source, manifest: Manifest, progress: ProgressFn | None, max_pending: int,
+         repair: _Repair) -> StoreSummary:
+    """Compute and write the shards after the listed ones, overlapping file writes with the model."""
+    n_rows = manifest.n_rows
     done = manifest.rows_done
     state = {"manifest": manifest}
     base_seconds = float(manifest.meta.get("seconds", 0.0))
     t0 = time.perf_counter()
+
+    def summary(m: Manifest, seconds: float, rate: float) -> StoreSummary:
+        nbytes = sum(f.bytes for s in m.shards for f in s.files.values())
+        return StoreSummary(out, n_rows, len(m.shards), nbytes, done, seconds, rate, repaired_shards=repair.shards,
+                            repaired_files=repair.files, rerecorded_files=repair.rerecorded)
+
     if done == n_rows:
-        nbytes = sum(f.bytes for s in manifest.shards for f in s.files.values())
-        return StoreSummary(out, n_rows, len(manifest.shards), nbytes, done, 0.0, float("nan"))
+        return summary(manifest, 0.0, float("nan"))
 
     def commit(index: int, shard: dict[str, dict[str, torch.Tensor]]) -> None:
-        files = {}
-        for group, tensors in shard.items():
-            rel = shard_file(group, index)
-            digest, nbytes = write_shard(out / rel, tensors, metadata={"format": "assay-activation-store"})
-            files[group] = FileRecord(rel, digest, nbytes)
+        files = {group: _write_file(out, index, group, tensors) for group, tensors in shard.items()}
         m = state["manifest"]
         rows = shard[ROWS]["tokens"].shape[0]
-        record = ShardRecord(index, index * shard_rows, rows, files)
+        record = ShardRecord(index, index * src.shard_rows, rows, files)
         m = m._replace(shards=(*m.shards, record))
         complete = m.rows_done == n_rows
         meta = {**m.meta, "seconds": base_seconds + time.perf_counter() - t0}
@@ -336,37 +494,13 @@ def _run(out, model, sites, last, dims, manifest, tokens, doc_ids, positions, ba
             pending.pop(0).result()
         pending.append(pool.submit(commit, index, shard))
 
-    buffer = _ShardBuffer(dims, shard_rows, disk_dtype)
-    next_shard = len(manifest.shards)
-    first_batch = (done // t) // batch_size
-    skip = done - first_batch * batch_size * t
-    rows_seen = done
+    def after_batch(rows_end: int) -> None:
+        if progress is not None:
+            progress(rows_end, n_rows)
+
     try:
-        for b in range(first_batch, -(-n_windows // batch_size)):
-            lo, hi = b * batch_size, min((b + 1) * batch_size, n_windows)
-            with torch.no_grad(), hooks.capture(model, sites, stop_at=last) as cap:
-                forward(model, tokens[lo:hi].to(device))
-            where = f"windows {lo}..{hi - 1}"
-            acts = {}
-            for s in sites:
-                h = cap[s].reshape(-1, dims[s])[skip:]
-                stored = h.to("cpu", disk_dtype)
-                _check_finite(s, h, stored, dtype, where)
-                acts[s] = stored
-            meta = {
-                "tokens": tokens[lo:hi].reshape(-1)[skip:],
-                "doc_ids": doc_ids[lo:hi, None].expand(-1, t).reshape(-1)[skip:],
-                "positions": positions[lo:hi].reshape(-1)[skip:],
-            }
-            skip = 0
-            for shard in buffer.add(acts, meta):
-                submit(next_shard, shard)
-                next_shard += 1
-            rows_seen = hi * t
-            if progress is not None:
-                progress(rows_seen, n_rows)
-        if buffer.fill:
-            submit(next_shard, buffer.take())
+        for index, shard in _shards(src, len(manifest.shards), n_rows, after_batch):
+            submit(index, shard)
         while pending:
             pending.pop(0).result()
     finally:
@@ -377,5 +511,4 @@ def _run(out, model, sites, last, dims, manifest, tokens, doc_ids, positions, ba
     rate = (n_rows - done) / seconds if seconds > 0 else float("nan")
     m = m._replace(meta={**m.meta, "rows_per_second_last_call": rate})
     write_manifest(out, m)
-    nbytes = sum(f.bytes for s in m.shards for f in s.files.values())
-    return StoreSummary(out, n_rows, len(m.shards), nbytes, done, seconds, rate)
+    return summary(m, seconds, rate)
