@@ -11,17 +11,17 @@ import time
 
 import torch
 
-from assay.bench.suite import SuiteConfig, run_suite
+from assay.bench.dictionaries import FAMILY, DictionarySettings
+from assay.bench.runner import run_family
 
 
 def main() -> None:
     out = sys.argv[1] if len(sys.argv) > 1 else "runs/bench_small"
     torch.set_num_threads(1)
-    cfg = SuiteConfig(methods=("topk:k=2|4", "relu:l1_coef=1|3", "pca:n=4|8", "random"),
-                      worlds=("superposition", "hierarchy", "dyck:model_steps=300"), seeds=(0, 1, 2), steps=300,
-                      batch_size=256, n_eval=2048, out_dir=out)
     t = time.perf_counter()
-    res = run_suite(cfg, log=print)
+    res = run_family(FAMILY, methods=("topk:k=2|4", "relu:l1_coef=1|3", "pca:n=4|8", "random"),
+                     worlds=("superposition", "hierarchy", "dyck:model_steps=300"), seeds=(0, 1, 2),
+                     settings=DictionarySettings(steps=300, batch_size=256, n_eval=2048), out_dir=out, log=print)
     wall = time.perf_counter() - t
     idx = {(r["world"], r["method"], r["level"], r["metric"]): r for r in res.summary}
     best: dict[str, float] = {}

@@ -1,7 +1,7 @@
-"""Bench: method/world specs, baselines against scikit-learn and closed forms, Student-t intervals, the
-run cache (re-run computes nothing, a changed method only its runs, a torn cache file is recomputed),
-plots, the CLI, and the sanity ordering at small size (TopK SAE beats PCA on superposition recovery;
-the random dictionary is near chance)."""
+"""The dictionaries bench family: method/world specs, baselines against scikit-learn and closed forms, the
+run cache through the runner (re-run computes nothing, a changed method only its runs, a torn cache file
+is recomputed), plots, the report with its feature browser, the CLI, and the sanity ordering at small
+size (TopK SAE beats PCA on superposition recovery; the random dictionary is near chance)."""
 
 import json
 import math
@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from assay.bench.baselines import fit_baseline, fit_ica, fit_pca
-from assay.bench.methods import expand_method, parse_method
-from assay.bench.suite import SuiteConfig, run_suite
+from assay.bench.dictionaries import FAMILY, DictionarySettings
+from assay.bench.methods import expand_method
+from assay.bench.runner import run_family
+from assay.bench.spec import parse_spec
 from assay.bench.worlds import load_world, parse_world
 from assay.config import ConfigError
 from assay.worlds.base import make_generator
@@ -20,21 +22,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_method_and_world_specs():
-    assert parse_method("topk:k=2|4,expansion=2") == ("topk", {"k": [2, 4], "expansion": [2]})
-    runs = list(expand_method("topk:k=2|4,expansion=2"))
+    runs = expand_method("topk:k=2|4,expansion=2,steps=9")
     assert [r.level for r in runs] == ["k=2", "k=4"]
-    assert runs[0].label == "topk,expansion=2" and runs[1].params == {"expansion": 2, "k": 4}
+    assert runs[0].label == "topk,expansion=2" and runs[1].params == {"expansion": 2, "steps": 9, "k": 4}
     (pca,) = expand_method("pca:n=3")
     assert (pca.label, pca.level) == ("pca", "n=3")
+    (wide,) = expand_method("relu:expansion=8")
+    assert (wide.label, wide.level) == ("relu", "default")  # an unswept expansion is not a level
     with pytest.raises(ConfigError, match="unknown method 'svd'"):
-        parse_method("svd:n=2")
+        expand_method("svd:n=2")
     with pytest.raises(ConfigError, match="key=v1"):
-        parse_method("topk:k")
+        parse_spec("topk:k", FAMILY.method_names())
     assert parse_world("hierarchy:hierarchy=2/0/0,d_model=8") == ("hierarchy", {"hierarchy": (2, 0, 0), "d_model": 8})
-    with pytest.raises(ConfigError, match="unknown bench world"):
+    with pytest.raises(ConfigError, match="unknown world 'mnist'"):
         parse_world("mnist")
-    with pytest.raises(ConfigError, match="at least one method"):
-        SuiteConfig(methods=())
+    with pytest.raises(ConfigError, match="n_eval at least 16"):
+        DictionarySettings(n_eval=4)
 
 
 def test_pca_matches_sklearn_and_is_exact_at_full_rank():
@@ -68,10 +71,11 @@ def test_ica_unmixes_independent_sources_and_random_is_k_sparse():
     assert ((r.encode(s @ A) != 0).sum(1) <= 3).all() and r.atoms.shape == (8, 2)
 
 
-def _suite(tmp_path, **kw):
-    base = dict(methods=("topk:k=3", "pca:n=4", "random"), worlds=("superposition:n_features=24,d_model=8",),
-                seeds=(0,), steps=250, batch_size=256, n_eval=1024, out_dir=tmp_path, plots=False, report=False)
-    return SuiteConfig(**{**base, **kw})
+def _suite(tmp_path, methods=("topk:k=3", "pca:n=4", "random"), worlds=("superposition:n_features=24,d_model=8",),
+           seeds=(0,), report=False, **settings):
+    s = DictionarySettings(**{"steps": 250, "batch_size": 256, "n_eval": 1024, "plots": False, **settings})
+    return run_family(FAMILY, methods=methods, worlds=worlds, seeds=seeds, settings=s, out_dir=tmp_path,
+                      report=report)
 
 
 def _metric(res, method, metric):
@@ -80,8 +84,7 @@ def _metric(res, method, metric):
 
 
 def test_sanity_ordering_and_cache(tmp_path):
-    cfg = _suite(tmp_path)
-    res = run_suite(cfg)
+    res = _suite(tmp_path)
     assert res.computed == 3
     topk, pca, rnd = (_metric(res, m, "recovery_mcc") for m in ("topk", "pca", "random"))
     assert topk > 0.8 and topk > pca + 0.2 and topk > rnd + 0.2, (topk, pca, rnd)
@@ -93,22 +96,23 @@ def test_sanity_ordering_and_cache(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {"mean", "ci_low", "ci_high", "n"} <= set(summary[0])
     # re-run: everything cached, same numbers
-    again = run_suite(cfg)
+    again = _suite(tmp_path)
     assert again.computed == 0 and all(r["cached"] for r in again.runs)
     assert _metric(again, "topk", "recovery_mcc") == topk
     # a changed method recomputes only its runs; a torn cache file is recomputed
-    changed = run_suite(_suite(tmp_path, methods=("topk:k=3", "pca:n=5", "random")))
+    changed = _suite(tmp_path, methods=("topk:k=3", "pca:n=5", "random"))
     assert changed.computed == 1
     victim = tmp_path / "cache" / f"{res.runs[0]['key']}.json"
     victim.write_text('{"world": ')
-    assert run_suite(cfg).computed == 1
+    assert _suite(tmp_path).computed == 1
 
 
 def test_seeds_give_intervals_plots_and_report(tmp_path):
     pytest.importorskip("matplotlib")
-    cfg = _suite(tmp_path, methods=("pca:n=2|4", "random:k=2"), seeds=(0, 1, 2), steps=5, plots=True, report=True,
+    from assay.report import read_section
+
+    res = _suite(tmp_path, methods=("pca:n=2|4", "random:k=2"), seeds=(0, 1, 2), steps=5, plots=True, report=True,
                  worlds=("hierarchy:n_features=16,hierarchy=3/3/0/0/0/0/0/0/0/0,d_model=8",))
-    res = run_suite(cfg)
     assert res.computed == 9
     r = [r for r in res.summary if r["method"] == "pca" and r["level"] == "n=2" and r["metric"] == "fvu"][0]
     assert r["n"] == 3 and r["ci_low"] <= r["mean"] <= r["ci_high"]
@@ -117,8 +121,10 @@ def test_seeds_give_intervals_plots_and_report(tmp_path):
         for ext in ("png", "svg"):
             files = list((tmp_path / "plots").glob(f"{kind}_*.{ext}"))
             assert files and files[0].stat().st_size > 1000
+    sec = read_section(tmp_path)
+    assert sec.title.startswith("Dictionary bench") and sec.features and sec.features["latents"]
     html = (tmp_path / "report.html").read_text()
-    assert "assay bench report" in html and "data:image/svg+xml;base64," in html and '"latents"' in html
+    assert "data:image/svg+xml;base64," in html and '"latents"' in html and "Feature browser" in html
 
 
 def test_sequence_world_with_tiny_model(tmp_path, monkeypatch):
@@ -126,8 +132,8 @@ def test_sequence_world_with_tiny_model(tmp_path, monkeypatch):
     data = load_world("dyck:model_steps=20,pool_rows=8", seed=0, n_eval=256)
     assert data.eval.shape[1] == 64 and data.concepts.shape[0] == data.eval.shape[0]
     assert any(n.startswith("depth=") for n in data.concept_names)
-    res = run_suite(_suite(tmp_path / "b", methods=("pca:n=8",), worlds=("dyck:model_steps=20,pool_rows=8",),
-                           n_eval=256, steps=5))
+    res = _suite(tmp_path / "b", methods=("pca:n=8",), worlds=("dyck:model_steps=20,pool_rows=8",), n_eval=256,
+                 steps=5)
     ce = _metric(res, "pca", "ce_recovered")
     assert math.isfinite(ce)
 
@@ -137,10 +143,13 @@ def test_cli_bench(tmp_path):
 
     from assay.cli import app
 
-    out = CliRunner().invoke(app, ["bench", "--methods", "pca:n=2", "--methods", "random:k=1", "--worlds",
-                                   "superposition:n_features=8,d_model=4", "--seeds", "0", "--steps", "5",
-                                   "--n-eval", "256", "--out-dir", str(tmp_path), "--no-plots", "--no-report"])
+    out = CliRunner().invoke(app, ["bench", "--family", "dictionaries", "--methods", "pca:n=2", "--methods",
+                                   "random:k=1", "--worlds", "superposition:n_features=8,d_model=4", "--seeds", "0",
+                                   "--options", "steps=5", "--options", "n_eval=256", "--options", "plots=false",
+                                   "--out-dir", str(tmp_path), "--no-report"])
     assert out.exit_code == 0, out.output
     assert "2 runs (2 computed" in out.output and (tmp_path / "summary.csv").exists()
     bad = CliRunner().invoke(app, ["bench", "--methods", "nope", "--out-dir", str(tmp_path)])
-    assert bad.exit_code != 0 and "unknown method" in bad.output
+    assert bad.exit_code == 2 and "unknown method 'nope'" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(app, ["bench", "--options", "stepz=5", "--out-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "valid keys: steps, batch_size" in bad.output

@@ -2,8 +2,8 @@
 
 1. Ground truth: train (or load from the zoo cache) the tiny transformer of the PCFG world (``expr``),
    cache its residual activations, fit TopK and ReLU SAEs and a PCA baseline, and score them against
-   the grammar's per-token truth (the bench suite of :mod:`assay.bench.suite`, one seed; results are
-   cached so a re-run is instant).
+   the grammar's per-token truth (the dictionaries family of :mod:`assay.bench.dictionaries` through the
+   bench runner, one seed; results are cached so a re-run is instant).
 2. A real model: cache SmolLM2-135M's residual stream after layer 3 over ~20k tokens of the bundled
    corpus into ``<out_dir>/store`` (resumed if interrupted, reused if complete; a summary of the
    store with activation statistics is printed), train a TopK SAE on it and compute the CE loss
@@ -100,15 +100,16 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
 
     from rich.console import Console
 
-    from assay.bench.suite import SuiteConfig, run_suite
+    from assay.bench.dictionaries import FAMILY, DictionarySettings
+    from assay.bench.runner import run_family
 
     console = Console()
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     console.print(f"[1/3] ground truth: {', '.join(cfg.world_methods)} on the {cfg.world!r} world")
-    suite = run_suite(SuiteConfig(methods=cfg.world_methods, worlds=(cfg.world,), seeds=(0,),
-                                  steps=cfg.world_sae_steps, out_dir=out / "bench", plots=True, report=False),
-                      log=lambda m: console.print("  " + m, markup=False, highlight=False))
+    suite = run_family(FAMILY, worlds=(cfg.world,), methods=cfg.world_methods, seeds=(0,),
+                       settings=DictionarySettings(steps=cfg.world_sae_steps), out_dir=out / "bench", report=False,
+                       log=lambda m: console.print("  " + m, markup=False, highlight=False))
     facts: dict[str, Any] = {"world_runs": len(suite.runs)}
     lm: dict[str, Any] | None = None
     if cfg.lm:
@@ -202,20 +203,20 @@ def _lm_sae(cfg: QuickstartConfig, console: Any) -> dict[str, Any]:
 
 
 def _report(cfg: QuickstartConfig, suite: Any, lm: dict[str, Any] | None) -> Path:
-    from assay.bench.suite_report import summary_table
-    from assay.report import Plot, Section, Table, write_report, write_section
+    from assay.bench.dictionaries import FAMILY
+    from assay.report import Section, Table, write_section
 
-    tables = [summary_table(suite.summary, cfg.world)]
+    bench = FAMILY.section(suite)  # the world's table and plots (drawn under <out_dir>/bench/plots)
+    tables = list(bench.tables)
     if lm is not None:
         tables.append(Table(f"{cfg.model} @ {cfg.site}: TopK SAE", ["metric", "value"],
                             [[k, float(lm[k])] for k in ("lm_l0", "lm_fvu", "lm_dead", "ce_clean", "ce_sae",
                                                          "ce_zero", "ce_recovered", "kl_score")]))
-    plots = [Plot(p.stem.replace("_", " "), p) for p in sorted((Path(cfg.out_dir) / "bench" / "plots").glob("*.svg"))]
     notes = [f"assay quickstart: {cfg.world!r} world (ground truth: per-token grammar labels) and {cfg.model} on "
-             "the bundled corpus."]
-    write_section(cfg.out_dir, Section("Quickstart: PCFG world and SmolLM2 SAE", tables, plots, notes), report=False)
-    return write_report(Path(cfg.out_dir) / "report.html", "assay quickstart", tables=tables, plots=plots,
-                        features=lm["features"] if lm else None, notes=notes)
+             "the bundled corpus.", *bench.notes]
+    write_section(cfg.out_dir, Section("Quickstart: PCFG world and SmolLM2 SAE", tables, bench.plots, notes,
+                                       features=lm["features"] if lm else bench.features))
+    return Path(cfg.out_dir) / "report.html"
 
 
 def _print_summary(console: Any, suite: Any, lm: dict[str, Any] | None, path: Path, seconds: float) -> None:
