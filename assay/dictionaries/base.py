@@ -1,7 +1,7 @@
 """The shared base of every sparse autoencoder in assay: config, typed outputs, parameters and the
 pure helpers all variants use (decoder-norm constraint, geometric median, width-scaled lr).
 
-Notation (specs/dictionaries.md): x ∈ ℝ^{B×d}, n latents, W_enc ∈ ℝ^{d×n}, W_dec ∈ ℝ^{n×d} (rows
+Notation (docs/glossary.md): x ∈ ℝ^{B×d}, n latents, W_enc ∈ ℝ^{d×n}, W_dec ∈ ℝ^{n×d} (rows
 are atoms), b_enc ∈ ℝ^n, b_dec ∈ ℝ^d;
 
     pre = (x − b_dec) W_enc + b_enc,     x̂ = z W_dec + b_dec,

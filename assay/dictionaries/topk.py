@@ -8,7 +8,7 @@ EleutherAI/sparsify, saprmarks/dictionary_learning (``TopKTrainer``).
     L = mean_b‖x − x̂‖² + α · L_aux,
     L_aux = mean_b‖e − ê‖² / mean_b‖e − ē‖²,  e = x − x̂ (detached),  ê = TopK_{k_aux}(ReLU(pre_dead)) W_dec,dead
 
-Unit-norm atoms (§1.2 of specs/dictionaries.md), geometric-median b_dec, lr 2e-4/√(n/2¹⁴).
+Unit-norm atoms, geometric-median b_dec, lr 2e-4/√(n/2¹⁴).
 With ``sparse=True`` (default) encoding and decoding use :mod:`assay.dictionaries.sparse` (backward
 touches only the k selected latents); ``sparse=False`` is the eager dense reference.
 """

@@ -1,7 +1,7 @@
 """One trainer for every SAE: streams activation batches (from a store, any iterator of tensors, or
 live from a model hook) into one or several SAEs in lockstep, with exact resume.
 
-Recipe (specs/dictionaries.md §1; Gao et al. 2024, "Scaling and evaluating sparse autoencoders";
+Recipe (Gao et al. 2024, "Scaling and evaluating sparse autoencoders";
 Bricken et al. 2023; Anthropic "Circuits Updates — April 2024"), per step t on a batch x:
 
     x ← s·x  (s = √d / mean‖x‖ from the first batch; folded into the weights at the end)

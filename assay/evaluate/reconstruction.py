@@ -1,6 +1,6 @@
 """Reconstruction metrics of an encoder–decoder (SAE or any Lens), defined once, streamed as sums.
 
-Definitions (specs/dictionaries.md §3; SAEBench, Karvonen et al. 2025). Over N tokens with the
+Definitions (SAEBench, Karvonen et al. 2025). Over N tokens with the
 global per-dimension mean μ = (1/N) Σ_b x_b:
 
     MSE = (1/N) Σ_b ‖x_b − x̂_b‖²                    (sum over d, mean over tokens)

@@ -1,6 +1,6 @@
 """Sparsity metrics of codes: L0, L1, dead and dense latent fractions (defined once).
 
-Definitions (specs/dictionaries.md §3; Gao et al. 2024, "Scaling and evaluating sparse
+Definitions (Gao et al. 2024, "Scaling and evaluating sparse
 autoencoders"): L0 = mean_b #{i : z_bi ≠ 0}; L1 = mean_b Σ_i |z_bi|; a latent is dead if it fires on
 no evaluation token, dense if it fires on more than ``dense_threshold`` of them.
 """

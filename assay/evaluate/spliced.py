@@ -1,6 +1,6 @@
 """Downstream fidelity: CE loss and KL when a site's activation is replaced by a reconstruction.
 
-Definitions (SAELens ``evals``; Bricken et al. 2023; specs/dictionaries.md §3), next-token CE on the
+Definitions (SAELens ``evals``; Bricken et al. 2023), next-token CE on the
 same tokens with BOS/padding excluded via ``mask``:
 
     CE recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)      (also vs mean ablation)
