@@ -1,68 +1,64 @@
-"""``assay robustness`` end to end on the subspace world (tiny sizes), and its config errors."""
+"""``assay robustness`` end to end on the subspace world (tiny sizes): the robustness bench family run
+through the bench runner into --out-dir, and its config errors."""
 
-import json
+import csv
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from assay.cli import app
+from assay.cli.robustness import RobustnessCommand
 from assay.config import ConfigError
 from assay.report import read_section
-from assay.robustness.suite import RobustnessConfig
+
+ARGS = ["robustness", "--world", "subspace", "--n-train", "300", "--n-eval", "8", "--epochs", "3", "--mc-samples",
+        "500", "--estimators", "mc", "--estimators", "taylor", "--estimators", "softmax", "--epsilons", "0",
+        "--epsilons", "0.5"]
 
 
-def test_cli_runs_and_writes_rows(tmp_path):
-    out = tmp_path / "rob.json"
-    res = CliRunner().invoke(app, ["robustness", "--world", "subspace", "--n-train", "300", "--n-eval", "8",
-                                   "--epochs", "3", "--mc-samples", "500", "--estimators", "mc",
-                                   "--estimators", "taylor", "--estimators", "softmax", "--epsilons", "0",
-                                   "--epsilons", "0.5", "--out", str(out)])
+def test_cli_runs_the_family_into_out_dir_and_resumes(tmp_path):
+    out = tmp_path / "r"
+    res = CliRunner().invoke(app, [*ARGS, "--out-dir", str(out)])
     assert res.exit_code == 0, res.output
-    rows = json.loads(out.read_text())["rows"]
-    by = {(r["section"], r["name"]): r["value"] for r in rows}
-    assert 0 <= by[("average_case", "mc")] <= 1
-    assert by[("robust_accuracy", "eps=0")] == pytest.approx(by[("accuracy", "clean")])
-    assert by[("robust_accuracy", "eps=0.5")] <= by[("robust_accuracy", "eps=0")]
-    assert ("average_case_error_vs_mc", "taylor") in by and by[("curvature", "hessian_norm")] >= 0
-    # the legacy --out file also names the output folder (rob.json -> rob/), which holds the section
-    sec = read_section(tmp_path / "rob")
-    assert json.loads((tmp_path / "rob" / "rows.json").read_text())["rows"] == rows
-    assert (tmp_path / "rob" / "report.html").is_file()
-    tables = {t.title.split(" (")[0]: t for t in sec.tables}
-    avg = {r[0]: r for r in tables["Average-case robustness p_σ(x)"].rows}
+    said = " ".join(res.output.split())  # the table title may wrap
+    assert "assay bench --family robustness --worlds subspace" in said and "(6 computed, 0 cached)" in said
+    summary = {(r["method"], r["level"], r["metric"]): float(r["mean"])
+               for r in csv.DictReader((out / "summary.csv").read_text().splitlines())}
+    level = "sigma=0.1,noise=gaussian"
+    assert 0 <= summary["mc", level, "mean_p"] <= 1 and summary["taylor", level, "error_vs_mc"] >= 0
+    assert summary["mc", level, "reference_p"] == summary["taylor", level, "reference_p"]  # one ground truth
+    pgd = "pgd,norm=linf,steps=10"
+    assert summary[pgd, "eps=0.0", "robust_accuracy"] == summary[pgd, "eps=0.0", "clean_accuracy"]
+    assert summary[pgd, "eps=0.5", "robust_accuracy"] <= summary[pgd, "eps=0.0", "robust_accuracy"]
+    assert summary["curvature", "iters=10", "hessian_norm"] >= 0
+    sec = read_section(out)
+    assert (out / "report.html").is_file() and len(sec.plots) == 1 and sec.plots[0].path.is_file()
+    avg = {r[1]: r for r in sec.tables[0].rows}
     assert set(avg) == {"mc", "taylor", "softmax"}
-    assert avg["taylor"][1] == pytest.approx(by[("average_case", "taylor")])
-    assert avg["taylor"][2] == pytest.approx(by[("average_case_error_vs_mc", "taylor")])
-    assert avg["mc"][2] is None
-    pgd = tables["PGD robust accuracy"].rows
-    assert [r[0] for r in pgd] == [0.0, 0.5]
-    assert [r[1] for r in pgd] == pytest.approx([by[("robust_accuracy", "eps=0")], by[("robust_accuracy", "eps=0.5")]])
-    curv = {r[0]: r[1] for r in tables["Loss curvature"].rows}
-    assert curv["curvature"] == pytest.approx(by[("curvature", "curvature")])
-    assert len(sec.plots) == 1 and sec.plots[0].path.suffix == ".svg" and sec.plots[0].path.is_file()
+    assert float(avg["taylor"][3]) == pytest.approx(summary["taylor", level, "error_vs_mc"], rel=1e-3)
+    again = CliRunner().invoke(app, [*ARGS, "--out-dir", str(out)])
+    assert again.exit_code == 0 and "(0 computed, 6 cached)" in " ".join(again.output.split())
 
 
-def test_cli_out_dir_without_json(tmp_path):
-    res = CliRunner().invoke(app, ["robustness", "--world", "mixture", "--n-train", "200", "--n-eval", "4",
-                                   "--epochs", "1", "--mc-samples", "200", "--estimators", "mc",
-                                   "--epsilons", "0", "--epsilons", "0.1", "--epsilons", "0.3",
-                                   "--out-dir", str(tmp_path / "r")])
-    assert res.exit_code == 0, res.output
-    sec = read_section(tmp_path / "r")
-    assert sec.title == "Robustness: mixture world"
-    acc = [r[1] for r in next(t for t in sec.tables if t.title.startswith("PGD")).rows]
-    assert len(acc) == 3 and all(0 <= a <= 1 for a in acc) and acc[2] <= acc[0]
-    assert RobustnessConfig().section_dir == Path("runs/robustness")
-    assert RobustnessConfig(out=Path("a/b.json")).section_dir == Path("a/b")
+def test_command_builds_the_bench_specs():
+    cfg = RobustnessCommand(world="digits", low_curvature=True, estimators=("mmse",), sigma=0.05, noise="uniform",
+                            epsilons=(0.0, 0.1), norm="l2", pgd_steps=5, curvature_iters=3, mc_samples=800)
+    assert cfg.world_spec == "digits:low_curvature=true"
+    assert cfg.method_specs == ("mmse:sigma=0.05,noise=uniform", "pgd:eps=0.0|0.1,norm=l2,steps=5", "curvature:iters=3")
+    assert cfg.settings().reference_samples == 800
+    assert RobustnessCommand().out_dir == Path("runs/robustness")
+    assert len(RobustnessCommand(epsilons=()).method_specs) == 7  # every estimator, no PGD, curvature
 
 
 def test_cli_rejects_bad_values():
     res = CliRunner().invoke(app, ["robustness", "--sigma", "0"])
-    assert res.exit_code != 0 and "sigma must be" in res.output
-    with pytest.raises(ConfigError, match="epsilons"):
-        RobustnessConfig(epsilons=(-0.1,))
-    with pytest.raises(ConfigError, match="estimators"):
-        RobustnessConfig(estimators=("bogus",))
-    with pytest.raises(ConfigError, match="is a folder"):
-        RobustnessConfig(out=Path("."))
+    assert res.exit_code != 0 and "sigma" in res.output
+    with pytest.raises(ConfigError, match="eps"):
+        RobustnessCommand(epsilons=(-0.1,))
+    with pytest.raises(ConfigError, match="unknown method"):
+        RobustnessCommand(estimators=("bogus",))
+    with pytest.raises(ConfigError, match="digits world"):
+        RobustnessCommand(world="tabular", low_curvature=True)
+    with pytest.raises(ConfigError, match="reference_samples"):
+        RobustnessCommand(mc_samples=0)

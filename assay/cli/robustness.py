@@ -1,36 +1,114 @@
-"""``assay robustness``: train a tiny classifier on a world and report its robustness.
+"""``assay robustness``: the robustness bench family on one world (config: :class:`RobustnessCommand`).
 
-Average-case robustness by each estimator (and its error against Monte Carlo), PGD robust accuracy
-over ε, and the normalised loss curvature (config: :class:`assay.robustness.suite.RobustnessConfig`);
-ends by writing the report section (``section.json`` + ``report.html``) to the output folder.
+Trains a tiny classifier on the world (once per seed), then scores the average-case robustness
+estimators against Monte Carlo, PGD robust accuracy over ε and the loss curvature — the runs of
+``assay bench --family robustness`` (:mod:`assay.bench.robustness`) with the worlds and method specs
+built from the flags below, through the same runner: cached and resumable under ``--out-dir`` (default
+``runs/robustness``), which receives ``results.csv``, ``summary.csv``, ``plots/robust_accuracy.svg`` and
+the report section (``section.json`` + ``report.html``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import typer
 
 from assay.cli import command
-from assay.robustness.suite import RobustnessConfig
+from assay.config import ConfigError
 
-__all__ = ["register", "run"]
+__all__ = ["RobustnessCommand", "register", "run"]
 
 
-def run(cfg: RobustnessConfig) -> Any:
-    """Run the report and print one line per row."""
-    from assay.robustness.suite import run_robustness, write_robustness_section
+@dataclass(frozen=True, kw_only=True)
+class RobustnessCommand:
+    """Train a tiny classifier on a world, then measure average-case and adversarial robustness and curvature."""
 
-    rows = run_robustness(cfg)
-    for r in rows:
-        extra = "".join(f"  {k}={v:.3g}" for k, v in r.items() if k not in ("section", "name", "value"))
-        typer.echo(f"{r['section']:<26} {r['name']:<12} {r['value']:.4f}{extra}")
-    if cfg.out is not None:
-        typer.echo(f"wrote {cfg.out}")
-    out = write_robustness_section(cfg, rows)
-    typer.echo(f"wrote {out / 'section.json'} and {out / 'report.html'}")
-    return rows
+    world: Literal["digits", "tabular", "subspace", "mixture"] = "subspace"
+    """World to train and evaluate on (digits: SmallCNN; others: MLP)."""
+    low_curvature: bool = False
+    """Use the low-curvature recipe (centred softplus, Lipschitz BN, gradient-norm penalty; digits only)."""
+    n_train: int = 2000
+    """Training examples."""
+    n_eval: int = 32
+    """Evaluation points."""
+    epochs: int = 5
+    """Training epochs."""
+    estimators: tuple[str, ...] = ()
+    """Average-case estimators to score (none given: every estimator of assay.robustness.average_case)."""
+    sigma: float = 0.1
+    """Noise standard deviation for average-case robustness."""
+    noise: Literal["gaussian", "uniform"] = "gaussian"
+    """Noise distribution."""
+    mc_samples: int = 4000
+    """Monte Carlo noisy copies per point of the ground truth the estimators are scored against."""
+    epsilons: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
+    """PGD radii for the robust-accuracy curve (none: no PGD)."""
+    norm: Literal["linf", "l2"] = "linf"
+    """PGD norm."""
+    pgd_steps: int = 10
+    """PGD steps."""
+    curvature_iters: int = 10
+    """Power-iteration steps for the Hessian norm."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds (each draws the data, trains the classifier and draws the noise)."""
+    out_dir: Path = Path("runs/robustness")
+    """Output folder (cache/, results and summary tables, plots/, section.json, report.html)."""
+
+    def __post_init__(self) -> None:
+        from assay.bench.robustness import FAMILY, parse_world
+
+        if not self.seeds:
+            raise ConfigError("give at least one --seeds")
+        parse_world(self.world_spec)
+        for spec in self.method_specs:
+            FAMILY.expand(spec)
+        self.settings()
+
+    @property
+    def world_spec(self) -> str:
+        """The bench world spec."""
+        return self.world + (":low_curvature=true" if self.low_curvature else "")
+
+    @property
+    def method_specs(self) -> tuple[str, ...]:
+        """The bench method specs: each estimator at σ, PGD over the radii, curvature."""
+        from assay.robustness.average_case import ESTIMATORS
+
+        specs = [f"{e}:sigma={self.sigma},noise={self.noise}" for e in self.estimators or ESTIMATORS]
+        if self.epsilons:
+            eps = "|".join(str(e) for e in self.epsilons)
+            specs.append(f"pgd:eps={eps},norm={self.norm},steps={self.pgd_steps}")
+        return (*specs, f"curvature:iters={self.curvature_iters}")
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The family's settings as ``assay bench --options``."""
+        return (f"n_train={self.n_train}", f"n_eval={self.n_eval}", f"epochs={self.epochs}",
+                f"reference_samples={self.mc_samples}")
+
+    def settings(self) -> Any:
+        """The family's settings dataclass (validated)."""
+        from assay.bench.robustness import FAMILY
+        from assay.bench.runner import parse_options
+
+        return parse_options(FAMILY, self.options)
+
+
+def run(cfg: RobustnessCommand) -> Any:
+    """Run the family through the bench runner and print its summary table."""
+    from assay.cli.bench import BenchCommand, run_bench
+
+    args = ["--worlds", cfg.world_spec, *(a for m in cfg.method_specs for a in ("--methods", m)),
+            *(a for s in cfg.seeds for a in ("--seeds", str(s))), *(a for o in cfg.options for a in ("--options", o)),
+            "--out-dir", str(cfg.out_dir)]
+    typer.echo("assay bench --family robustness " + " ".join(map(shlex.quote, args)))
+    return run_bench(BenchCommand(family="robustness", worlds=(cfg.world_spec,), methods=cfg.method_specs,
+                                  seeds=cfg.seeds, options=cfg.options, out_dir=cfg.out_dir))
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "robustness", RobustnessConfig, run)
+    command(app, "robustness", RobustnessCommand, run)

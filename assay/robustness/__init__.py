@@ -5,5 +5,6 @@ Modules (import them directly; nothing is loaded here): ``average_case`` (p_σ(x
 training), ``curvature`` (Hessian power iteration, normalised curvature), ``lcnn_layers`` / ``lcnn``
 (low-curvature layers and recipe), ``regularisers`` (gradient-norm, score matching),
 ``off_manifold`` (on/off-manifold robustness, gradient alignment), ``sae_fragility`` (attacks on
-dictionary latents), ``suite`` (the ``assay robustness`` report). See docs/robustness.md.
+dictionary latents). The experiment (worlds × estimators/PGD/curvature × seeds) is the bench family
+``assay.bench.robustness``. See docs/robustness.md.
 """
