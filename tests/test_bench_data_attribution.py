@@ -9,7 +9,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from assay.bench.data_attribution import FAMILY
+from assay.bench.data_attribution import FAMILY, check_world
 from assay.bench.runner import parse_options, run_family
 from assay.config import ConfigError
 
@@ -93,7 +93,14 @@ def test_bad_specs_fail_before_any_work(tmp_path):
         with pytest.raises(ConfigError, match=match):
             run_family(FAMILY, worlds=["digits"], methods=["random", spec], seeds=[0], out_dir=tmp_path)
     assert not list((tmp_path / "cache").glob("*.json"))
-    with pytest.raises(ConfigError, match="unknown parameter.*for world 'digits'"):
-        FAMILY.prepare("digits:noise=0.1", 0, FAMILY.settings_type())
+    for spec, match in (("digits:noise=0.1", "unknown parameter.*for world 'digits'"),
+                        ("tabular:model=cnn", "logreg or mlp"), ("contamination:repetitions=0/x", "joined by '/'"),
+                        ("contamination:repetitions=4/4", "distinct"), ("contamination:items=1", "items")):
+        with pytest.raises(ConfigError, match=match):
+            check_world(spec)
     with pytest.raises(ConfigError, match="n_subsets"):
         parse_options(FAMILY, ["n_subsets=1"])
+    from assay.cli import app
+
+    bad = CliRunner().invoke(app, ["data-attribution", "--methods", "trak:ensemble=0", "--out-dir", str(tmp_path)])
+    assert bad.exit_code != 0 and "ensemble must be a positive integer" in bad.output

@@ -19,7 +19,7 @@ rate of the update that produced it):
 
 Methods are :mod:`assay.data_attribution.scorers` by spec (``trak:proj_dim=512,ensemble=5``,
 ``influence:solver=lissa``, ``tracin``, ``grad_dot``, ``ekfac``, ``random``, …); ``seconds`` is the time
-to build the scorer and score the targets.
+to build the scorer and score the targets (training models is not counted).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from assay.data_attribution.tracin import TracInCheckpoint
 from assay.models.train import TrainConfig, lr_at, train
 from assay.worlds.base import Batch, make_generator
 
-__all__ = ["WORLD_PARAMS", "DataAttributionSettings", "Recipe", "DataAttributionFamily", "FAMILY", "fit_classifier_run",
-           "prepare_contamination"]
+__all__ = ["WORLD_PARAMS", "check_world", "DataAttributionSettings", "Recipe", "DataAttributionFamily", "FAMILY", "train_with_snapshots",
+           "fit_classifier_run", "prepare_contamination"]
 
 WORLD_PARAMS: dict[str, dict[str, Any]] = {
     "digits": {"model": "logreg", "label_noise": 0.0},
@@ -58,9 +58,9 @@ WORLD_PARAMS: dict[str, dict[str, Any]] = {
 class DataAttributionSettings:
     """The run budget of the data-attribution bench."""
 
-    n_train: int = 500
+    n_train: int = 1000
     """Training points of a classifier world."""
-    n_test: int = 50
+    n_test: int = 100
     """Held-out targets attributed (LDS is their mean)."""
     steps: int = 300
     """AdamW updates of each classifier (the world model, every ensemble member and every retraining)."""
@@ -72,7 +72,7 @@ class DataAttributionSettings:
     """AdamW weight decay of the classifiers (weight matrices only)."""
     n_checkpoints: int = 4
     """Snapshots kept for TracInCP: every ⌈steps / n⌉ updates and at the end."""
-    n_subsets: int = 30
+    n_subsets: int = 50
     """Retraining subsets for the LDS ground truth."""
     subset_fraction: float = 0.5
     """Fraction of the training points in each retraining subset."""
@@ -125,26 +125,32 @@ class Recipe:
     """The training run (its ``seed`` is replaced per model)."""
 
 
-def fit_classifier_run(recipe: Recipe, x: torch.Tensor, y: torch.Tensor, seed: int, *,
-                       n_checkpoints: int = 0) -> tuple[nn.Module, tuple[TracInCheckpoint, ...]]:
-    """Train a classifier on ``(x, y)`` with ``recipe`` (initialisation and data order from ``seed``);
-    with ``n_checkpoints`` also snapshot it every ⌈steps / n⌉ updates and at the end, each with the learning
-    rate of the update that produced it (for TracInCP)."""
-    from assay.models.mlp import MLP
-
-    with torch.random.fork_rng(devices=[]):  # PyTorch's default initialisation, drawn from this seed only
-        torch.manual_seed(seed)
-        model = MLP(recipe.d_in, recipe.hidden, recipe.n_classes)
-    every = math.ceil(recipe.train.steps / n_checkpoints) if n_checkpoints else None
-    cfg = dataclasses.replace(recipe.train, seed=seed, eval_every=every)
+def train_with_snapshots(model: nn.Module, world: Any, cfg: TrainConfig, n_checkpoints: int) -> tuple[TracInCheckpoint, ...]:
+    """Train ``model`` on ``world`` with ``assay.models.train``; with ``n_checkpoints`` > 0 keep a snapshot every
+    ⌈steps / n⌉ updates and at the end, each with the learning rate of the update that produced it (TracInCP)."""
+    every = math.ceil(cfg.steps / n_checkpoints) if n_checkpoints else None
+    cfg = dataclasses.replace(cfg, eval_every=every)
     snaps: list[TracInCheckpoint] = []
 
     def snapshot(entry: dict[str, float]) -> None:
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         snaps.append(TracInCheckpoint(state, lr_at(int(entry["step"]) - 1, cfg)))
 
-    train(model, _Rows(x, y), cfg, on_eval=snapshot if n_checkpoints else None)
-    return model, tuple(snaps)
+    train(model, world, cfg, on_eval=snapshot if n_checkpoints else None)
+    return tuple(snaps)
+
+
+def fit_classifier_run(recipe: Recipe, x: torch.Tensor, y: torch.Tensor, seed: int, *,
+                       n_checkpoints: int = 0) -> tuple[nn.Module, tuple[TracInCheckpoint, ...]]:
+    """Train a classifier on ``(x, y)`` with ``recipe`` (initialisation and data order from ``seed``) and
+    ``n_checkpoints`` snapshots (:func:`train_with_snapshots`)."""
+    from assay.models.mlp import MLP
+
+    with torch.random.fork_rng(devices=[]):  # PyTorch's default initialisation, drawn from this seed only
+        torch.manual_seed(seed)
+        model = MLP(recipe.d_in, recipe.hidden, recipe.n_classes)
+    snaps = train_with_snapshots(model, _Rows(x, y), dataclasses.replace(recipe.train, seed=seed), n_checkpoints)
+    return model, snaps
 
 
 def _target_values(idx: torch.Tensor, seed: int, *, recipe: Recipe, x: torch.Tensor, y: torch.Tensor,
@@ -156,18 +162,30 @@ def _target_values(idx: torch.Tensor, seed: int, *, recipe: Recipe, x: torch.Ten
 
 
 class _Classifier(NamedTuple):
+    """A prepared classifier world."""
+
     world: str
+    """``digits`` or ``tabular``."""
     x: torch.Tensor
+    """Training inputs ``[n, d]``."""
     y: torch.Tensor
     """The labels trained on (flipped where ``flip``)."""
     flip: torch.Tensor | None
+    """``[n]`` planted label noise (None: no noise)."""
     xt: torch.Tensor
+    """Target inputs ``[m, d]``."""
     yt: torch.Tensor
+    """Target labels ``[m]``."""
     recipe: Recipe
+    """How every model of this world is trained."""
     model: nn.Module
+    """The world model."""
     checkpoints: tuple[TracInCheckpoint, ...]
+    """Its snapshots (TracInCP)."""
     masks: torch.Tensor
+    """``[M, n]`` retraining subsets."""
     values: torch.Tensor
+    """``[M, m]`` −loss of the retrained models on the targets."""
     members: dict[int, nn.Module]
     """Ensemble members trained so far (index ≥ 1; member 0 is ``model``)."""
     seed: int
@@ -193,8 +211,6 @@ def _prepare_classifier(name: str, p: dict[str, Any], seed: int, s: DataAttribut
     from assay.data_attribution.retrain import RetrainConfig, retrain
     from assay.evaluate.mislabel import plant_label_noise
 
-    if p["model"] not in ("logreg", "mlp") or not 0.0 <= p["label_noise"] < 1.0:
-        raise ConfigError(f"world {name}: model must be logreg or mlp and label_noise in [0, 1), got {p}")
     x, y, n_classes = _classification_data(name, s.n_train + s.n_test, seed)
     x, y, xt, yt = x[: s.n_train], y[: s.n_train], x[s.n_train :], y[s.n_train :]
     flip = None
@@ -222,9 +238,10 @@ def _score_classifier(w: _Classifier, run: SpecRun, ctx: RunContext) -> dict[str
     from assay.evaluate.lds import lds
     from assay.evaluate.mislabel import auroc
 
-    t0 = time.perf_counter()
+    members = _ensemble(w, run.params.get("ensemble", METHODS["trak"]["ensemble"])) if run.name == "trak" else []
+    t0 = time.perf_counter()  # model training (the world's, the ensemble's) is not attribution time
     scorer = build_scorer(run.name, run.params, model=w.model, train=(w.x, w.y), checkpoints=w.checkpoints,
-                          ensemble=partial(_ensemble, w), seed=ctx.seed)
+                          ensemble=lambda k: members[:k], seed=ctx.seed)
     scores = scorer(w.xt, w.yt)
     out = {"seconds": time.perf_counter() - t0, "lds": lds(scores, w.masks, w.values).mean}
     if w.flip is not None:
@@ -253,10 +270,14 @@ def _save_proponents(folder: Path, w: _Classifier, scores: torch.Tensor, k: int 
 
 
 class _Contamination(NamedTuple):
+    """A prepared contamination world."""
+
     world: Any
     """The :class:`~assay.worlds.contamination.ContaminatedWorld`."""
     model: nn.Module
+    """The transformer trained on its stream."""
     checkpoints: tuple[TracInCheckpoint, ...]
+    """Its snapshots (TracInCP)."""
     gaps: Any
     """:class:`~assay.evaluate.contamination.SplitGaps`."""
 
@@ -287,20 +308,13 @@ def prepare_contamination(p: dict[str, Any], seed: int, s: DataAttributionSettin
                                           context=world.stream.inputs.shape[1], attn_impl="eager"),
                         generator=make_generator(seed + 1))
     tcfg = TrainConfig(steps=s.lm_steps, batch_size=s.lm_batch_size, lr=s.lm_lr, min_lr=s.lm_lr / 10,
-                       warmup=max(1, s.lm_steps // 12), weight_decay=0.0, eval_size=64, seed=seed,
-                       eval_every=math.ceil(s.lm_steps / s.n_checkpoints))
-    snaps: list[TracInCheckpoint] = []
-
-    def snapshot(entry: dict[str, float]) -> None:
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        snaps.append(TracInCheckpoint(state, lr_at(int(entry["step"]) - 1, tcfg)))
-
-    train(model, world, tcfg, on_eval=snapshot)
+                       warmup=max(1, s.lm_steps // 12), weight_decay=0.0, eval_size=64, seed=seed)
+    snaps = train_with_snapshots(model, world, tcfg, s.n_checkpoints)
     prompts = world.prompts()
     with torch.no_grad():
         logits = model(prompts.inputs)[:, -1]
     gaps = split_gaps(logits, world.facts.answer, world.facts.answer_ids, world.facts.split)
-    return _Contamination(world, model, tuple(snaps), gaps)
+    return _Contamination(world, model, snaps, gaps)
 
 
 def _score_contamination(c: _Contamination, run: SpecRun, ctx: RunContext) -> dict[str, float]:
@@ -387,13 +401,28 @@ def _proponent_figure(result: BenchResult, path: Path) -> Path | None:
     return path
 
 
-def _contamination_metrics(summary: list[dict[str, Any]]) -> list[str]:
-    """copy_auroc, copy_precision, then per repetition count r: copy recovery and the split's gaps."""
-    reps = sorted({int(s["metric"].rsplit("_r", 1)[1]) for s in summary if s["metric"].startswith("acc_gap_r")})
-    per_r = ("copy_auroc_r{}", "copy_precision_r{}", "acc_gap_r{}", "loss_gap_r{}", "loss_gap_se_r{}")
-    present = {s["metric"] for s in summary}
-    names = ["copy_auroc", "copy_precision", *(m.format(r) for r in reps for m in per_r)]
-    return [m for m in names if m in present]
+def _contamination_tables(result: BenchResult) -> list[Any]:
+    """Copies found per method (copy_*, overall and per repetition count r), and the gap of each split to the
+    holdout (a property of the trained world: read from the first method's runs)."""
+    from assay.report import Table
+
+    reps = sorted({int(s["metric"].rsplit("_r", 1)[1]) for s in result.summary if s["metric"].startswith("acc_gap_r")})
+    present = {s["metric"] for s in result.summary}
+    found = [m for m in ("copy_auroc", "copy_precision", *(f"copy_{k}_r{r}" for r in reps if r for k in ("auroc",
+                                                                                                    "precision")))
+             if m in present]
+    cols, rows = summary_rows(result, found)
+    mine = [r for r in rows if str(r[0]).startswith("contamination") and any(c != "–" for c in r[3:])]
+    gap_cols, gap_rows = summary_rows(result, [f"{k}_r{r}" for r in reps for k in ("acc_gap", "loss_gap", "loss_gap_se")])
+    gaps, seen = [], set()
+    for row in gap_rows:
+        if str(row[0]).startswith("contamination") and row[0] not in seen:
+            seen.add(row[0])
+            gaps += [[row[0], r, *row[3 + 3 * i : 6 + 3 * i]] for i, r in enumerate(reps)]
+    return [Table("Contamination: each item's copies among all stream rows — AUROC and precision@r (r = its copies)",
+                  cols, mine),
+            Table("Contamination: gap of each split to the never-inserted holdout (r = copies per item)",
+                  ["world", "r", "accuracy gap", "loss gap (nats)", "loss gap standard error"], gaps)]
 
 
 def _section(result: BenchResult) -> Any:
@@ -404,10 +433,7 @@ def _section(result: BenchResult) -> Any:
     tables = [Table("LDS against retraining, mislabel AUROC of self-influence, seconds to score",
                     columns, [r for r in rows if r not in contaminated])]
     if contaminated:
-        c_cols, c_rows = summary_rows(result, _contamination_metrics(result.summary))
-        tables.append(Table("Contamination: each item's copies recovered among all stream rows (copy_*), and the "
-                            "accuracy / loss gap of each split to the holdout (same for every method)", c_cols,
-                            [r for r in c_rows if str(r[0]).startswith("contamination")]))
+        tables += _contamination_tables(result)
     plots = []
     try:
         import matplotlib  # noqa: F401
@@ -440,6 +466,25 @@ def _section(result: BenchResult) -> Any:
 # ---------------------------------------------------------------- the family
 
 
+def check_world(spec: str) -> tuple[str, dict[str, Any]]:
+    """``(name, parameters over the defaults)`` of a world spec; an unknown name, key or value raises
+    :class:`ConfigError`."""
+    name, given = parse_world_spec(spec, WORLD_PARAMS)
+    unknown = sorted(set(given) - set(WORLD_PARAMS[name]))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for world {name!r}; "
+                          f"valid: {', '.join(WORLD_PARAMS[name])}")
+    p = {**WORLD_PARAMS[name], **given}
+    if name == "contamination":
+        _repetitions(p["repetitions"])
+        if not isinstance(p["items"], int) or p["items"] < 2:
+            raise ConfigError(f"contamination:items must be an integer ≥ 2 (a standard error per split), got {p['items']!r}")
+    elif p["model"] not in ("logreg", "mlp") or not 0.0 <= p["label_noise"] < 1.0:
+        raise ConfigError(f"world {name}: model must be logreg or mlp and label_noise in [0, 1), got "
+                          f"model={p['model']!r}, label_noise={p['label_noise']!r}")
+    return name, p
+
+
 class DataAttributionFamily:
     """The ``data-attribution`` bench family (module docstring)."""
 
@@ -463,12 +508,7 @@ class DataAttributionFamily:
         return runs
 
     def prepare(self, world: str, seed: int, settings: DataAttributionSettings) -> Any:
-        name, given = parse_world_spec(world, WORLD_PARAMS)
-        unknown = sorted(set(given) - set(WORLD_PARAMS[name]))
-        if unknown:
-            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for world {name!r}; "
-                              f"valid: {', '.join(WORLD_PARAMS[name])}")
-        p = {**WORLD_PARAMS[name], **given}
+        name, p = check_world(world)
         if name == "contamination":
             return prepare_contamination(p, seed, settings)
         return _prepare_classifier(name, p, seed, settings)

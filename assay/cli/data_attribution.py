@@ -40,6 +40,14 @@ class DataAttributionCommand:
     def __post_init__(self) -> None:
         if not self.methods or not self.worlds or not self.seeds:
             raise ConfigError("give at least one --methods, --worlds and --seeds")
+        from assay.bench.data_attribution import FAMILY, check_world
+        from assay.bench.runner import parse_options
+
+        for spec in self.methods:  # a bad spec is a usage error, reported before any work
+            FAMILY.expand(spec)
+        for spec in self.worlds:
+            check_world(spec)
+        parse_options(FAMILY, self.options)
 
 
 def run(cfg: DataAttributionCommand) -> Any:
