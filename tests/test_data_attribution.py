@@ -6,7 +6,6 @@ leave-one-out retraining, traker (NoOpProjector), closed-form metric check value
 
 from __future__ import annotations
 
-import json
 import math
 from functools import partial
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from assay.config import ConfigError
 from assay.data_attribution import (
     featstore,
     featurize,
@@ -23,6 +23,7 @@ from assay.data_attribution import (
     influence,
     projection,
     retrain,
+    scorers,
     tracin,
     trak,
 )
@@ -325,6 +326,92 @@ def test_tracin_equals_lr_weighted_gradient_dots():
     assert float(cos.abs().max()) <= 1 + 1e-5
 
 
+
+def _checkpoints(seeds_lrs):
+    return [tracin.TracInCheckpoint(_mlp(s).state_dict(), lr) for s, lr in seeds_lrs]
+
+
+def test_tracin_cp_equals_naive_loop_over_checkpoints():
+    model = _mlp(9)  # the architecture; its own weights must not matter
+    cks = _checkpoints([(0, 0.5), (1, 0.1), (2, 0.02)])
+    x, y = _data(11, 30)
+    xt, yt = _data(4, 31)
+    got = tracin.tracin_cp(model, cks, (x, y), (xt, yt), batch_size=3)
+    want = torch.zeros(11, 4)
+    for ck in cks:
+        m = _mlp(0)
+        m.load_state_dict(ck.state)
+        for i in range(11):  # one training example and one target at a time
+            for t in range(4):
+                gi = torch.autograd.grad(grads.cross_entropy(m(x[i : i + 1]), y[i : i + 1]).sum(), list(m.parameters()))
+                gt = torch.autograd.grad(grads.cross_entropy(m(xt[t : t + 1]), yt[t : t + 1]).sum(), list(m.parameters()))
+                want[i, t] += ck.lr * sum(float((a * b).sum()) for a, b in zip(gi, gt))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert torch.equal(model[0].weight, _mlp(9)[0].weight)  # the model passed in is left alone
+    # Grad-Dot = one checkpoint at η = 1; Grad-Cos is bounded by 1; a projection gives JL estimates of the dots
+    one = tracin.tracin_cp(model, cks[:1], (x, y), (xt, yt))
+    torch.testing.assert_close(one, tracin.tracin_scores([grads.per_example_grads(_mlp(0), x, y)],
+                                                         [grads.per_example_grads(_mlp(0), xt, yt)], lrs=[0.5]))
+    cos = tracin.tracin_cp(model, cks, (x, y), (xt, yt), cosine=True)
+    assert float(cos.abs().max()) <= 0.62 + 1e-5  # Σ η_k |cos| ≤ Σ η_k
+    proj = tracin.tracin_cp(model, cks, (x, y), (xt, yt), projection=projection.ProjectionConfig(dim=4096, seed=3))
+    assert float((proj - want).norm() / want.norm()) < 0.1
+    with pytest.raises(ValueError, match="at least one checkpoint"):
+        tracin.tracin_cp(model, [], (x, y), (xt, yt))
+
+
+def test_next_token_loss_is_the_per_row_sequence_loss():
+    from assay.models.train import sequence_loss
+
+    g = _gen(32)
+    logits, t = torch.randn(3, 5, 7, generator=g), torch.randint(0, 7, (3, 5), generator=g)
+    t[0, :2], t[2, 4] = -100, -100
+    rows = grads.next_token_loss(logits, t)
+    ref = torch.stack([sequence_loss(logits[i : i + 1], t[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(rows, ref)
+    assert float(grads.next_token_loss(logits[:1], torch.full((1, 5), -100))) == 0.0
+
+
+def test_scorers_equal_the_recipes_they_name(logreg_problem):
+    model, x, y = logreg_problem
+    xt, yt = _data(5, 33, d=4)
+    kw = dict(model=model, train=(x, y))
+    g, gt = grads.per_example_grads(model, x, y), grads.per_example_grads(model, xt, yt)
+    torch.testing.assert_close(scorers.build_scorer("grad_dot", {}, **kw)(xt, yt), g @ gt.T, atol=1e-5, rtol=1e-4)
+    h = influence.loss_hessian(model, x, y)
+    want = g @ influence.solve_explicit(h, gt.T, damping=0.01)
+    torch.testing.assert_close(scorers.build_scorer("influence", {}, **kw)(xt, yt), want, atol=1e-5, rtol=1e-4)
+    cg = scorers.build_scorer("influence", {"solver": "cg"}, **kw)(xt, yt)
+    torch.testing.assert_close(cg, want, atol=1e-4, rtol=1e-3)
+    lissa = scorers.build_scorer("influence", {"solver": "lissa", "damping": 0.1}, **kw)(xt, yt)  # stochastic: 0.05
+    damped = g @ influence.solve_explicit(h, gt.T, damping=0.1)
+    assert float((lissa - damped).norm() / damped.norm()) < 0.1
+    cks = [tracin.TracInCheckpoint(model.state_dict(), 0.3)]
+    torch.testing.assert_close(scorers.build_scorer("tracin", {}, checkpoints=cks, **kw)(xt, yt), 0.3 * (g @ gt.T),
+                               atol=1e-5, rtol=1e-4)
+    proj = projection.ProjectionConfig(dim=64, seed=5)
+    one = trak.trak([model], (x, y), (xt, yt), projection=proj, lambda_reg=0.0)
+    got = scorers.build_scorer("trak", {"proj_dim": 64, "ensemble": 1, "lambda_rel": 0.0}, seed=5, **kw)(xt, yt)
+    torch.testing.assert_close(got, one)
+    r1, r2 = (scorers.build_scorer("random", {}, seed=4, **kw)(xt, yt) for _ in range(2))
+    assert r1.shape == (80, 5) and torch.equal(r1, r2)  # seeded
+
+
+def test_scorer_errors_say_what_to_do(logreg_problem):
+    model, x, y = logreg_problem
+    kw = dict(model=model, train=(x, y))
+    with pytest.raises(ConfigError, match="needs the checkpoints"):
+        scorers.build_scorer("tracin", {}, **kw)
+    with pytest.raises(ConfigError, match="independently trained models"):
+        scorers.build_scorer("trak", {"ensemble": 3}, **kw)
+    with pytest.raises(ConfigError, match="needs a classifier"):
+        scorers.build_scorer("ekfac", {}, loss=grads.next_token_loss, **kw)
+    with pytest.raises(ConfigError, match="valid: solver, damping, depth, max_iter"):
+        scorers.method_params("influence", {"iters": 3})
+    with pytest.raises(ConfigError, match="choose from"):
+        scorers.method_params("if-explicit", {})
+    assert scorers.method_params("ekfac", {"fisher": "empirical"}) == {"damping": None, "fisher": "empirical"}
+
 # ---------------------------------------------------------------- evaluation and applications
 
 
@@ -605,32 +692,3 @@ def test_group_features_and_group_scores():
         run(kernel="points")
     with pytest.raises(ValueError, match="singular without damping"):  # 6 group rows cannot span 12 dims
         run(kernel="group", lambda_reg=0.0)
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def test_cli_data_attribution_runs_and_validates(tmp_path):
-    from typer.testing import CliRunner
-
-    from assay.cli import app
-    from assay.cli.data_attribution import DataAttributionCommand
-
-    res = CliRunner().invoke(app, ["data-attribution", "--method", "if-explicit", "--n-train", "80", "--n-test", "5",
-                                   "--n-subsets", "4", "--label-noise", "0.1", "--out", str(tmp_path)])
-    assert res.exit_code == 0, res.output
-    out = json.loads((tmp_path / "results.json").read_text())
-    assert set(out) >= {"lds", "mislabel_auroc", "test_accuracy"} and -1 <= out["lds"] <= 1
-    assert (tmp_path / "scores-if-explicit-logreg" / "config.json").is_file()
-    from assay.report import read_section
-
-    sec = read_section(tmp_path)  # the report section: metrics table (values = results.json) and the image
-    cells = dict(sec.tables[0].rows)
-    assert cells["method"] == "if-explicit" and cells["LDS (mean Spearman over targets)"] == out["lds"]
-    assert cells["mislabel AUROC (self-influence)"] == out["mislabel_auroc"]
-    assert len(sec.plots) == 1 and sec.plots[0].path.is_relative_to(tmp_path.resolve())
-    assert sec.plots[0].path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "report.html").is_file()
-    with pytest.raises(ValueError, match="strictly between 0 and 1"):
-        DataAttributionCommand(subset_fraction=1.5)
-    bad = CliRunner().invoke(app, ["data-attribution", "--proj-dim", "0", "--out", str(tmp_path)])
-    assert bad.exit_code != 0 and "proj_dim" in bad.output

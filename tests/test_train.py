@@ -6,7 +6,7 @@ import torch
 
 from assay.artifact import ArtifactError
 from assay.config import ConfigError
-from assay.models.train import TrainConfig, latest_checkpoint, lr_at, next_token_targets, train
+from assay.models.train import TrainConfig, latest_checkpoint, lr_at, next_token_targets, sequence_loss, train
 from assay.models.transformer import Transformer, TransformerConfig
 from assay.worlds.base import Batch, make_generator
 
@@ -76,6 +76,37 @@ def test_lr_schedule_matches_closed_form():
 def test_next_token_targets():
     x = torch.tensor([[1, 2, 3, 9, 9]])
     assert next_token_targets(x, pad_id=9).tolist() == [[2, 3, -100, -100, -100]]
+
+
+def test_sequence_loss_of_class_logits_is_cross_entropy():
+    g = make_generator(3)
+    logits, y = torch.randn(7, 4, generator=g), torch.randint(0, 4, (7,), generator=g)
+    assert float(sequence_loss(logits, y)) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)))
+    seq, t = torch.randn(2, 3, 5, generator=g), torch.tensor([[1, -100, 2], [0, 4, -100]])
+    kept = [(0, 0), (0, 2), (1, 0), (1, 1)]
+    ref = sum(-torch.log_softmax(seq[b, i], -1)[t[b, i]] for b, i in kept) / 4
+    assert float(sequence_loss(seq, t)) == pytest.approx(float(ref), rel=1e-6)
+
+
+class StreamWorld(CountWorld):
+    """CountWorld whose training stream is fixed: update s trains on rows starting at token s mod m."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def train_batch(self, step, n, *, generator):
+        self.asked.append((step, n))
+        m, t = self.config.modulus, self.config.length
+        inputs = (step + torch.arange(t)).remainder(m).expand(n, t).clone()
+        return Batch(inputs=inputs, targets=next_token_targets(inputs, self.pad_id))
+
+
+def test_train_batch_replaces_sampling_for_training_steps_only():
+    world = StreamWorld()
+    res = train(fresh(), world, small(steps=12, eval_every=None))
+    assert world.asked == [(s, 16) for s in range(12)]  # every update, in order; evaluation still samples
+    assert len(res.losses) == 12 and "accuracy" in res.metrics
 
 
 def test_training_learns_the_stand_in_world():

@@ -9,7 +9,8 @@ group (vectorised over groups with ``vmap``, each group a padded batch).
 Model-output functions (Park et al. 2023, TRAK, classification):
   margin  f(z; θ) = logit_y − logsumexp_{j≠y} logit_j = log(p_y / (1 − p_y))
   loss    ℓ(z; θ) = −log p_y  (cross-entropy)
-and the out-to-loss weight Q = 1 − p_y.
+and the out-to-loss weight Q = 1 − p_y. For sequences, the per-row next-token loss
+ℓ(z; θ) = mean over positions t with a target of −log p(y_t | x_≤t).
 
 The model must treat examples independently (no batch-norm in training mode) and must not be
 shuffled between featurisation calls.
@@ -28,6 +29,7 @@ __all__ = [
     "OutputFn",
     "margin",
     "cross_entropy",
+    "next_token_loss",
     "out_to_loss",
     "output_fn",
     "ParamSelection",
@@ -51,6 +53,13 @@ def margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-example cross-entropy −log p_y ``[B]``."""
     return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row mean next-token cross-entropy ``[B]`` of logits ``[B, T, V]`` over the positions whose
+    target ``[B, T]`` is not -100 (a row without any target gives 0)."""
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    return ce.sum(1) / (targets != -100).sum(1).clamp_min(1)
 
 
 def out_to_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

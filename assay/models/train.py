@@ -7,10 +7,13 @@ on matrices only (as in nanoGPT); gradient-norm clipping; learning rate at updat
     lr(s) = min_lr + ½ (lr − min_lr) (1 + cos(π (s − warmup) / (steps − warmup)))   otherwise
 
 (the cosine schedule of Loshchilov & Hutter 2017, "SGDR"). The loss is next-token cross-entropy
-over positions whose target is not -100.
+over positions whose target is not -100 (or, for a classifier's logits ``[n, C]`` with class ids
+``[n]``, plain cross-entropy).
 
 Data come from ``world.sample(batch_size, generator=g)`` (or ``world.pack(batch_size, context,
-generator=g)`` with ``TrainConfig.pack``) with ``g`` seeded from ``TrainConfig.seed``;
+generator=g)`` with ``TrainConfig.pack``; or ``world.train_batch(step, batch_size, generator=g)`` for
+a world whose training stream is fixed step by step, such as a planted-contamination world) with
+``g`` seeded from ``TrainConfig.seed``;
 the evaluation batch comes from a second generator (seed + 1) drawn once, so evaluation never
 disturbs the training stream. A checkpoint (an assay artifact of kind ``"train.checkpoint"``)
 holds the model weights, the AdamW state, the data generator's state, the step and the loss
@@ -139,8 +142,9 @@ def batch_targets(batch: Batch, world: Any) -> torch.Tensor:
 
 
 def sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over positions with a target (targets == -100 are ignored)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    """Mean cross-entropy over positions with a target (targets == -100 are ignored): logits ``[n, T, V]``
+    with targets ``[n, T]``, or a classifier's logits ``[n, C]`` with class ids ``[n]``."""
+    return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=-100)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -206,7 +210,8 @@ def evaluate(model: nn.Module, world: Any, batch: Batch, *, chunk: int = 256) ->
 
 
 def batch_sampler(model: nn.Module, world: Any, cfg: TrainConfig) -> Callable[[int, torch.Generator], Batch]:
-    """``(n, generator) -> Batch``: packed rows of the model's context, or plain padded samples."""
+    """``(n, generator) -> Batch``: packed rows of the model's context, or plain padded samples (the
+    evaluation batch, and the training batches of a world without ``train_batch``)."""
     if not cfg.pack:
         return lambda n, g: world.sample(n, generator=g)
     if not hasattr(world, "pack"):
@@ -286,7 +291,8 @@ def train(
         while step < cfg.steps:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            batch = draw(cfg.batch_size, g)
+            batch = (world.train_batch(step, cfg.batch_size, generator=g) if hasattr(world, "train_batch")
+                     else draw(cfg.batch_size, g))
             loss = sequence_loss(forward(batch.inputs, cfg.seed * 1_000_003 + step), batch_targets(batch, world))
             opt.zero_grad(set_to_none=True)
             loss.backward()
