@@ -74,3 +74,24 @@ def test_programming_errors_still_raise():
 def test_real_commands_report_bad_input_cleanly(tmp_path, args, message):
     res = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_default_threads_follow_free_cores(monkeypatch):
+    import os
+
+    import torch
+
+    from assay.cli import default_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("ASSAY_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 0, 0))
+    assert default_threads() == 2  # 8 cores, ~6 busy
+    monkeypatch.setattr(os, "getloadavg", lambda: (30.0, 0, 0))
+    assert default_threads() == 1  # never 0
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0, 0))
+    assert default_threads() == 8
+    monkeypatch.setenv("ASSAY_THREADS", "3")
+    assert default_threads() == 3
