@@ -19,35 +19,24 @@ Srinivas, Ghandeharioun & Lakkaraju 2024, "Towards Unifying Interpretability and
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from assay.bench.lenses.family import Outcome
 from assay.config import ConfigError
 from assay.worlds.base import make_generator
 
-__all__ = ["EQ", "Outcome", "CyclicModelWorld", "prepare_cyclic"]
+__all__ = ["EQ", "CyclicModelWorld", "prepare_cyclic"]
 
 EQ = 4
 """Position of ``=`` in ``<bos> c_z + k =`` (the answer is predicted there)."""
 
 
-class Outcome(NamedTuple):
-    """One intervention on one fold for one concept."""
-
-    predicted: Tensor
-    """The edited model's answer per held-out example ``[N]`` (concept index; −1 or more: any other token)."""
-    target: Tensor
-    """The target concept per example ``[N]``."""
-    eligible: Tensor
-    """Examples whose unedited (world) answer was not the target ``[N]`` (bool)."""
-    kl: float
-    """Coherence cost: mean KL(unedited ‖ edited) per token on the held-out inputs (nats)."""
-
-
 class CyclicModelWorld:
-    """A prepared cyclic world: the trained model, its prompts, their answers, activations and folds."""
+    """A prepared cyclic world (a :class:`~assay.bench.lenses.family.LensWorld`): the trained model, its prompts,
+    their answers, activations and folds."""
 
     applies = frozenset({"diff_means", "probe", "pca", "random", "sae", "logit_lens", "tuned_lens", "prompting"})
     """Methods that apply to this world."""

@@ -33,17 +33,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
+from torch import Tensor
 
 from assay.bench.runner import BenchResult, RunContext, check_params, expand_with, summary_rows
 from assay.bench.spec import SpecRun, parse_world_spec
 from assay.config import ConfigError
 from assay.worlds.base import make_generator
 
-__all__ = ["WORLD_PARAMS", "METHOD_PARAMS", "LensesSettings", "Fitted", "fit_method", "score_run", "LensesFamily",
-           "FAMILY"]
+__all__ = ["WORLD_PARAMS", "METHOD_PARAMS", "LensesSettings", "Outcome", "LensWorld", "Fitted", "fit_method", "score_run",
+           "LensesFamily", "FAMILY"]
 
 WORLD_PARAMS: dict[str, dict[str, Any]] = {"cyclic": {"site": "blocks.1"}, "smollm2": {"layer": 15}}
 """World name → its spec parameters with their defaults."""
@@ -99,6 +100,70 @@ class LensesSettings:
                               "and heldout_tokens >= 2")
 
 
+class Outcome(NamedTuple):
+    """One intervention (or prompt) on one fold for one concept."""
+
+    predicted: Tensor
+    """The edited model's answer per held-out example ``[N]`` (a concept index; anything else never matches)."""
+    target: Tensor
+    """The target concept per example ``[N]``."""
+    eligible: Tensor
+    """Examples whose unedited answer was not the target ``[N]`` (bool)."""
+    kl: float
+    """Coherence cost: mean KL(unedited ‖ edited) per token on the held-out inputs (nats)."""
+
+
+class LensWorld(Protocol):
+    """What a prepared world gives the methods (:mod:`~assay.bench.lenses.cyclic`, :mod:`~assay.bench.lenses.sentiment`)."""
+
+    applies: frozenset[str]
+    """The methods that apply (the others score nothing)."""
+    n_concepts: int
+    """Concepts t = 0 … n_concepts − 1, each fitted and scored separately."""
+    folds: tuple[Any, ...]
+    """One entry per fold (fit on one part, score on the other)."""
+    site: str
+    """The site edited and read."""
+    d_model: int
+    """Width of the activations at the site."""
+    norm: Any
+    """The model's final norm (for tuned lenses)."""
+    unembed: Any
+    """The model's unembedding (``.weight`` is W_U ``[V, d]``)."""
+    model_acc: float | None
+    """The model's task accuracy (None when the world has no answer key)."""
+    memo: dict[Any, Any]
+    """Fitted objects shared across a method's strengths."""
+
+    def concept_token(self, t: int) -> int:
+        """The vocabulary id the lenses edit for concept t."""
+        ...
+
+    def fit_pairs(self, fold: int, t: int) -> tuple[Tensor, Tensor]:
+        """Paired positive / negative activations of the fit part ``[n, d]`` each."""
+        ...
+
+    def fit_labelled(self, fold: int, t: int) -> tuple[Tensor, Tensor]:
+        """Fit-part activations ``[n, d]`` and labels ``[n]`` (bool)."""
+        ...
+
+    def readout(self, fold: int, t: int) -> tuple[Tensor, Tensor]:
+        """Held-out activations ``[n, d]`` and the world's labels ``[n]`` (bool)."""
+        ...
+
+    def fit_tokens(self, fold: int) -> tuple[Tensor, Tensor]:
+        """Token activations ``[n, d]`` and the model's logits ``[n, V]`` of the fit part (SAEs, tuned lenses)."""
+        ...
+
+    def edited(self, fold: int, t: int, lens: Any, edit: Any) -> Outcome:
+        """Score ``edit`` of ``lens``'s concepts at the site on the held-out part."""
+        ...
+
+    def prompted(self, fold: int, t: int, strength: int) -> Outcome:
+        """Score the prompting baseline at ``strength`` on the held-out part."""
+        ...
+
+
 def _check_method(run: SpecRun) -> dict[str, Any]:
     p = check_params(run, METHOD_PARAMS[run.name])
     s = p["strength"]
@@ -137,14 +202,14 @@ class Fitted(NamedTuple):
         return Set(concepts=self.concept, value=self.size, strength=float(strength))
 
 
-def _sae(w: Any, fold: int, k: int, expansion: int, seed: int, steps: int) -> Any:
+def _sae(w: LensWorld, fold: int, k: int, expansion: int, seed: int, steps: int) -> Any:
     from assay.dictionaries.registry import build_sae
     from assay.dictionaries.trainer import TrainConfig, train_saes
 
     key = ("sae-model", k, expansion, fold)
     if key not in w.memo:
         x, _ = w.fit_tokens(fold)
-        sae = build_sae("topk", d_in=w.d_model, d_sae=expansion * w.d_model, k=min(k, expansion * w.d_model), seed=seed)
+        sae = build_sae("topk", d_in=w.d_model, d_sae=expansion * w.d_model, k=k, seed=seed)
 
         def batches(start: int):
             g = make_generator(seed * 7919 + fold)
@@ -155,7 +220,7 @@ def _sae(w: Any, fold: int, k: int, expansion: int, seed: int, steps: int) -> An
     return w.memo[key]
 
 
-def _tuned(w: Any, fold: int, seed: int, steps: int) -> Any:
+def _tuned(w: LensWorld, fold: int, seed: int, steps: int) -> Any:
     from assay.lenses.tuned_lens import TunedLensConfig, fit_tuned_lens
 
     key = ("tuned-lens", fold)
@@ -167,7 +232,7 @@ def _tuned(w: Any, fold: int, seed: int, steps: int) -> Any:
     return w.memo[key]
 
 
-def fit_method(w: Any, name: str, p: dict[str, Any], fold: int, t: int, seed: int, settings: LensesSettings) -> Fitted:
+def fit_method(w: LensWorld, name: str, p: dict[str, Any], fold: int, t: int, seed: int, settings: LensesSettings) -> Fitted:
     """Fit method ``name`` (parameters ``p``; the strength is not used) for concept ``t`` on ``fold`` of the
     prepared world ``w``."""
     from assay.evaluate.detection import auroc_matrix
@@ -205,7 +270,7 @@ def fit_method(w: Any, name: str, p: dict[str, Any], fold: int, t: int, seed: in
     raise ConfigError(f"method {name!r} has no encoder–decoder")
 
 
-def score_run(w: Any, run: SpecRun, ctx: RunContext) -> dict[str, float]:
+def score_run(w: LensWorld, run: SpecRun, ctx: RunContext) -> dict[str, float]:
     """Fit and score one method level on every fold and concept of the prepared world ``w``."""
     from assay.evaluate.intervention import readout_auroc, target_success
 
@@ -244,8 +309,9 @@ def score_run(w: Any, run: SpecRun, ctx: RunContext) -> dict[str, float]:
 def _curves(result: BenchResult, world: str) -> list[Any]:
     from assay.evaluate.intervention import TradeoffCurve
 
-    strength = {(r["method"], r["level"]): float(r["params"].get("strength", 0.0)) for r in result.runs
-                if r["world"] == world}
+    default = {name: p["strength"] for name, p in METHOD_PARAMS.items()}
+    strength = {(r["method"], r["level"]): float(r["params"].get("strength", default.get(r["method"].split(",")[0], 1)))
+                for r in result.runs if r["world"] == world}
     stats = {(s["method"], s["level"], s["metric"]): s for s in result.summary if s["world"] == world}
     curves = []
     for method in dict.fromkeys(m for m, _ in strength):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from assay.bench.lenses.cyclic import Outcome
+from assay.bench.lenses.family import Outcome
 from assay.config import ConfigError
 from assay.lenses.text import TokenBatch
 
@@ -42,7 +42,7 @@ CONCEPT_WORD = " good"
 
 
 class SentimentWorld:
-    """A prepared SmolLM2 sentiment world (the interface of :class:`~assay.bench.lenses.cyclic.CyclicModelWorld`)."""
+    """A prepared SmolLM2 sentiment world (a :class:`~assay.bench.lenses.family.LensWorld`)."""
 
     applies = frozenset({"diff_means", "probe", "pca", "random", "logit_lens", "prompting"})
     """Methods that apply to this world."""
