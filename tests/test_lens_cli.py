@@ -1,5 +1,6 @@
-"""Real model (SmolLM2-135M), kept small: probe sweep, steering run, logit lens; CLI registration; each
-command's report section read back with ``read_section``."""
+"""Real model (SmolLM2-135M), kept small: probe sweep, steering run, logit lens (the experiments of
+assay/bench/lenses/ behind ``assay probe / steer / lens``); CLI registration; each command's report section read
+back with ``read_section``; the probe and steering-vector artifacts they write load back with their provenance."""
 
 import json
 
@@ -7,8 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from assay.bench.lenses.logit_lens import LensConfig, run_lens
+from assay.bench.lenses.probe_sweep import ProbeConfig, run_probe
+from assay.bench.lenses.sentiment_steering import SteerConfig, run_steer
 from assay.cli import app
-from assay.cli.lenses import LensConfig, ProbeConfig, SteerConfig, run_lens, run_probe, run_steer
+from assay.lenses.artifacts import load_probe, load_steering_vectors
 from assay.report import read_section
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -17,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_cli_commands_registered():
     runner = CliRunner()
     for name, flag in (("probe", "--pooling"), ("steer", "--strengths"), ("steer", "--readout-layer"),
-                       ("lens", "--positions")):
+                       ("lens", "--positions"), ("probe", "--out-dir"), ("steer", "--out-dir"), ("lens", "--out-dir")):
         res = runner.invoke(app, [name, "--help"])
         assert res.exit_code == 0 and flag in res.output
 
@@ -58,6 +62,13 @@ def test_probe_sweep_smollm2(smollm2, tmp_path):
     (plot,) = sec.plots
     assert plot.path.is_relative_to(tmp_path.resolve()) and plot.path.stat().st_size > 1000
     assert (tmp_path / "report.html").stat().st_size > plot.path.stat().st_size  # plot inlined
+    # the best layer's probe, refitted on all sentences, saved with off-policy provenance
+    saved = load_probe(r["probe"])
+    assert saved.config.provenance.site == r["best"] and saved.config.provenance.policy == "off"
+    assert saved.config.provenance.model == smollm2.name and saved.config.provenance.n_examples == 24
+    assert saved.config.d_model == 576 and saved.probe.method == "logistic"
+    best = next(row for row in r["layers"] if row["site"] == r["best"])
+    assert saved.meta["cv_auroc"] == best["auroc"]
     with pytest.raises(ValueError, match="do not exist"):
         run_probe(ProbeConfig(n_sentences=8, layers=(99,), out_dir=tmp_path), smollm2)
 
@@ -89,6 +100,16 @@ def test_steer_smollm2(smollm2, tmp_path):
     saved = json.loads((tmp_path / "steer" / "results.json").read_text())
     assert list(saved["directions"]) == list(dirs)
     assert [x["heldout_kl"] for x in saved["rows"]] == [x["heldout_kl"] for x in r["rows"]]
+
+    # the vectors used (each at the CAA norm) and the read-out probe, as artifacts
+    vecs = load_steering_vectors(r["vectors"])
+    assert list(vecs.vectors) == list(dirs) and vecs.site == r["site"] == "model.layers.10"
+    assert vecs.config.provenance.policy == "off" and vecs.config.provenance.n_examples == 8
+    for d in dirs:
+        assert float(vecs.vectors[d].double().norm()) == pytest.approx(r["vector_norm"], rel=1e-5)
+    ro = load_probe(r["readout_probe"])
+    assert ro.config.provenance.site == r["readout_site"] == "model.layers.20"
+    assert ro.meta["class_gap"] == pytest.approx(r["probe_class_gap"])
 
     sec = read_section(tmp_path / "steer")
     assert all(n in sec.title for n in ("CAA", "PCA", "probe"))

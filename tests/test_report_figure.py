@@ -69,23 +69,28 @@ from assay.cli.attribute import save_heatmap
 save_heatmap(out / "heat.png", torch.rand(8, 8, 3).numpy(), torch.randn(3, 8, 8), "t")
 files.append(out / "heat.png")
 
-from assay.cli.lenses import _plot_lens, _plot_probe
+from assay.bench.lenses import logit_lens, probe_sweep
 rows = [{"site": f"model.layers.{i}", "auroc": 0.6, "auroc_low": 0.5, "auroc_high": 0.7,
          "p_top_at": [0.2, 0.9], "top_at": ["a", "$b"]} for i in range(3)]
-_plot_probe(rows, out / "probe.png", "probe")
-_plot_lens(rows, ["x", "y"], [0, 1], out / "lens" / "lens.png", "lens")
+probe_sweep._plot(rows, out / "probe.png", "probe")
+logit_lens._plot(rows, ["x", "y"], [0, 1], out / "lens" / "lens.png", "lens")
 files += [out / "probe.png", out / "lens" / "lens.png"]
 
-from assay.cli.data_attribution import _plot
-x, y = torch.rand(10, 64), torch.randint(0, 2, (10,))
-files.append(Path(_plot(out, x, y, x[:2], y[:2], torch.randn(10, 2), k=2, n_targets=2)))
+from assay.bench.runner import BenchResult
+def stat(world, method, level, metric, v):
+    return {"world": world, "method": method, "level": level, "metric": metric, "mean": v, "ci_low": v - 0.05,
+            "ci_high": v + 0.05, "n": 3}
 
-from assay.robustness.suite import RobustnessConfig, write_robustness_section
-cfg = RobustnessConfig()
-rows = [{"section": "accuracy", "name": "clean", "value": 0.9, "std": None, "seconds": 0.0}] + [
-    {"section": "robust_accuracy", "name": f"eps={e}", "value": 1 - e, "std": None, "seconds": 0.0} for e in (0.1, 0.2)]
-write_robustness_section(cfg, rows, out / "robust")
-files.append(out / "robust" / "plots" / "robust_accuracy.svg")
+from assay.bench.data_attribution import _bar_figure
+lds = BenchResult("data-attribution", [], [stat("digits", m, "default", "lds", v) for m, v in (("trak", 0.4), ("random", 0.0))],
+                  out / "da", 0, None)
+files.append(Path(_bar_figure(lds, out / "da" / "lds.svg")))
+
+from assay.bench.robustness import _robust_accuracy_plot
+pgd = [{"world": "w", "method": "pgd", "level": f"eps={e}", "params": {"eps": e}} for e in (0.0, 0.1, 0.2)]
+rob = BenchResult("robustness", pgd, [stat("w", "pgd", f"eps={e}", "robust_accuracy", 1 - e) for e in (0.0, 0.1, 0.2)],
+                  out / "robust", 0, None)
+files.append(_robust_accuracy_plot(rob).path)
 
 print(json.dumps({"backend": matplotlib.get_backend(), "pyplot": "matplotlib.pyplot" in sys.modules,
                   "files": [str(f) for f in files], "sizes": [Path(f).stat().st_size for f in files]}))

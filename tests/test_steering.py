@@ -8,8 +8,8 @@ from assay.hooks import capture
 from assay.lens import Ablate, Add, Clamp, Set
 from assay.lenses.direction import DirectionLens
 from assay.lenses.intervene import At, From, Generated, LastPrompt, intervene, linear_decay
-from assay.lenses.probes import diff_of_means
-from assay.lenses.steering import caa, pca_direction, probe_direction, steer
+from assay.lenses.probes import diff_of_means, logistic
+from assay.lenses.steering import caa, contrast_direction, pca_direction, probe_direction, rescale, steer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -223,6 +223,29 @@ def test_planted_concept_direction_and_behaviour():
     moved = (c["0"] - h)[:, 0] @ d_i
     torch.testing.assert_close(moved, torch.full((50,), float(probe.w @ d_i)), atol=1e-5, rtol=0)
     assert float(moved[0]) > 0.4  # ≈ the mean magnitude of an active feature (uniform on [0, 1]) × cos
+
+
+def test_contrast_directions_and_rescale():
+    """contrast_direction names caa / pca / probe exactly (the same vectors as the functions it names); rescale
+    keeps the direction and sets the norm."""
+    pos, neg, u = _pairs(seed=14)
+    assert torch.equal(contrast_direction("caa", pos, neg), caa(pos, neg))
+    assert torch.equal(contrast_direction("pca", pos, neg, pca_variant="center"), pca_direction(pos, neg, variant="center"))
+    y = torch.cat([torch.ones(len(pos), dtype=torch.long), torch.zeros(len(neg), dtype=torch.long)])
+    assert torch.equal(contrast_direction("probe", pos, neg, C=0.1), logistic(torch.cat([pos, neg]), y, C=0.1).w)
+    for name in ("caa", "pca", "probe"):  # all point along the planted difference u
+        v = contrast_direction(name, pos, neg)
+        assert float(v @ u / (v.norm() * u.norm())) > 0.8, name
+    v = contrast_direction("probe", pos, neg)
+    r = rescale(v, 7.5)
+    assert float(r.double().norm()) == pytest.approx(7.5, rel=1e-6) and r.dtype == v.dtype
+    assert float(r @ v / (r.norm() * v.norm())) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown contrastive direction 'lda'"):
+        contrast_direction("lda", pos, neg)
+    with pytest.raises(ValueError, match="zero vector"):
+        rescale(torch.zeros(3), 1.0)
+    with pytest.raises(ValueError, match="target norm"):
+        rescale(v, float("nan"))
 
 
 def test_bad_input(llama):

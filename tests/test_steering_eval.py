@@ -14,7 +14,9 @@ from assay.evaluate.intervention import (
     naturalness,
     perplexity,
     plot_tradeoffs,
+    readout_auroc,
     success_rate,
+    target_success,
     tradeoff_curve,
 )
 from assay.evaluate.steering import continuation_loglik, paired_shift, pres_scores
@@ -72,6 +74,26 @@ def test_metric_checks():
     assert success_rate(["I love Coffee", "tea"], "coffee") == 0.5
     with pytest.raises(ValueError, match="sum to 1"):
         bhattacharyya(torch.tensor([0.5, 0.6]), q[:2])
+
+
+def test_readout_auroc_matches_sklearn_and_target_success_counts():
+    from sklearn.metrics import roc_auc_score
+
+    g = _g(5)
+    y = torch.rand(60, generator=g) < 0.3
+    codes = y.double() + torch.randn(60, generator=g, dtype=torch.float64)
+    codes[:10] = 0.5  # ties count one half
+    assert readout_auroc(codes, y) == pytest.approx(roc_auc_score(y.numpy(), codes.numpy()), abs=1e-12)
+    assert math.isnan(readout_auroc(codes, torch.zeros(60, dtype=torch.bool)))  # one class: undefined
+    with pytest.raises(ValueError, match="NaN"):
+        readout_auroc(codes * float("nan"), y)
+    pred, target = torch.tensor([3, 1, 3, 0, 3]), torch.tensor(3)
+    assert target_success(pred, target) == pytest.approx(3 / 5)
+    # eligible: rows whose answer was not the target before the edit (rows 1 and 3 already were, say)
+    assert target_success(pred, target, torch.tensor([True, False, True, False, False])) == 1.0
+    assert target_success(pred, torch.tensor([3, 3, 0, 0, 1]), torch.tensor([1, 1, 1, 1, 1])) == pytest.approx(2 / 5)
+    with pytest.raises(ValueError, match="no eligible"):
+        target_success(pred, target, torch.zeros(5, dtype=torch.bool))
 
 
 def test_paired_shift_matches_scipy_paired_t():

@@ -349,13 +349,13 @@ def _score_contamination(c: _Contamination, run: SpecRun, ctx: RunContext) -> di
 
 
 def _bar_figure(result: BenchResult, path: Path) -> Path | None:
-    from matplotlib.figure import Figure
+    from assay.report import new_figure, save_figure
 
     rows = [s for s in result.summary if s["metric"] == "lds"]
     worlds = list(dict.fromkeys(s["world"] for s in rows))
     if not worlds:
         return None
-    fig = Figure(figsize=(1.0 + 2.2 * len(worlds) + 0.3 * len(rows), 3.2))
+    fig = new_figure((1.0 + 2.2 * len(worlds) + 0.3 * len(rows), 3.2))
     axes = fig.subplots(1, len(worlds), squeeze=False)[0]
     for ax, world in zip(axes, worlds):
         mine = [s for s in rows if s["world"] == world]
@@ -368,13 +368,14 @@ def _bar_figure(result: BenchResult, path: Path) -> Path | None:
         ax.set_title(world, fontsize=8)
         ax.set_ylabel("LDS (mean Spearman over targets)", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     return path
 
 
 def _proponent_figure(result: BenchResult, path: Path) -> Path | None:
-    from matplotlib.figure import Figure
     from safetensors.torch import load_file
+
+    from assay.report import new_figure, save_figure
 
     runs = [r for r in result.runs if r["world"].split(":")[0] == "digits"
             and (result.out_dir / "cache" / r["key"] / "proponents.safetensors").is_file()]
@@ -383,7 +384,7 @@ def _proponent_figure(result: BenchResult, path: Path) -> Path | None:
     best = min(runs, key=lambda r: (r["method"] != "trak", r["method"] == "random", r["seed"]))
     t = load_file(str(result.out_dir / "cache" / best["key"] / "proponents.safetensors"))
     n, k = t["pro_x"].shape[:2]
-    fig = Figure(figsize=(1.3 * (1 + 2 * k), 1.4 * n))
+    fig = new_figure((1.3 * (1 + 2 * k), 1.4 * n))
     axes = fig.subplots(n, 1 + 2 * k, squeeze=False)
     for i in range(n):
         cells = [(f"target y={int(t['target_y'][i])}", t["target_x"][i])]
@@ -395,7 +396,7 @@ def _proponent_figure(result: BenchResult, path: Path) -> Path | None:
             ax.axis("off")
     fig.suptitle(f"{best['world']}, {best['method']} {best['level']}, seed {best['seed']}: target | top proponents | "
                  "top opponents (score, training label as used — flipped if noisy)", fontsize=8)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path, dpi=100, tight=True)
     return path
 
 

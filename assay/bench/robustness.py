@@ -296,9 +296,7 @@ def _method_of(label: str) -> str:
 
 def _robust_accuracy_plot(result: BenchResult) -> Any:
     """Robust accuracy over ε, one line per world (× pgd variant), with 95% intervals; None without pgd runs."""
-    from matplotlib.figure import Figure
-
-    from assay.report import Plot
+    from assay.report import Plot, new_figure, save_figure
 
     eps = {(r["world"], r["method"], r["level"]): float(r["params"]["eps"]) for r in result.runs
            if _method_of(r["method"]) == "pgd"}
@@ -309,7 +307,7 @@ def _robust_accuracy_plot(result: BenchResult) -> Any:
             lines.setdefault(key[:2], []).append((eps[key], s["mean"], s["ci_low"], s["ci_high"]))
     if not lines:
         return None
-    fig = Figure(figsize=(5, 3.4))
+    fig = new_figure((5, 3.4))
     ax = fig.add_subplot()
     for (world, method), pts in lines.items():
         pts.sort()
@@ -323,7 +321,7 @@ def _robust_accuracy_plot(result: BenchResult) -> Any:
     fig.tight_layout()
     path = Path(result.out_dir) / "plots" / "robust_accuracy.svg"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     return Plot("PGD robust accuracy over ε (mean over seeds, 95% interval)", path)
 
 

@@ -12,13 +12,18 @@ scored by its distance to the behaviour manifold M_y,
     E_BC(γ) = ∫₀¹ min_{q∈M_y} d_BC(γ(t), q) dt,   d_BC(p, q) = −log Σ_i √(p_i q_i)
 
 (the integral as the mean over evenly spaced t). Check: d_BC((½, ½, 0), (¼, ¼, ½)) = 0.346574.
+
+On a world whose answers are known (a trained world model), Bhalla et al.'s two axes become exact:
+*read-out* — the AUROC of the encoded concept against the world's label (:func:`readout_auroc`) — and
+*intervention success* — the fraction of (input, target) pairs whose answer becomes the target, over the
+pairs whose answer was not already the target (:func:`target_success`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,8 +36,11 @@ __all__ = [
     "perplexity",
     "mean_kl",
     "success_rate",
+    "target_success",
+    "readout_auroc",
     "TradeoffCurve",
     "tradeoff_curve",
+    "draw_tradeoffs",
     "plot_tradeoffs",
 ]
 
@@ -109,6 +117,36 @@ def success_rate(texts: Sequence[str], concept: str | Sequence[str]) -> float:
     return sum(any(w.lower() in t.lower() for w in words) for t in texts) / len(texts)
 
 
+def target_success(predicted: Tensor, target: Tensor, eligible: Tensor | None = None) -> float:
+    """Fraction of the ``eligible`` rows (bool ``[N]``, default all) whose ``predicted`` answer ``[N]`` equals
+    ``target`` (``[N]`` or one value). Pass as eligible the rows whose unedited answer was not the target
+    already, so that success counts only answers the edit moved."""
+    predicted, target = torch.as_tensor(predicted).reshape(-1), torch.as_tensor(target).reshape(-1)
+    if target.numel() == 1:
+        target = target.expand_as(predicted)
+    if predicted.shape != target.shape:
+        raise ValueError(f"{predicted.numel()} predictions for {target.numel()} targets")
+    keep = torch.ones_like(predicted, dtype=torch.bool) if eligible is None else torch.as_tensor(eligible).reshape(-1).bool()
+    if keep.shape != predicted.shape:
+        raise ValueError(f"eligible has {keep.numel()} rows for {predicted.numel()} predictions")
+    if not keep.any():
+        raise ValueError("no eligible row to score")
+    return float((predicted[keep] == target[keep]).double().mean())
+
+
+def readout_auroc(codes: Tensor, labels: Tensor) -> float:
+    """AUROC of an encoded concept ``codes [N]`` (higher = more of the concept) against the world's binary
+    ``labels [N]``; ties count one half, NaN when the labels hold one class."""
+    from assay.stats import auroc_matrix
+
+    c, y = torch.as_tensor(codes).reshape(-1, 1), torch.as_tensor(labels).reshape(-1, 1).bool()
+    if c.shape != y.shape:
+        raise ValueError(f"{c.shape[0]} codes for {y.shape[0]} labels")
+    if not torch.isfinite(c).all():
+        raise ValueError("concept codes contain NaN or inf")
+    return float(auroc_matrix(c.double(), y)[0, 0])
+
+
 class TradeoffCurve(NamedTuple):
     """Success and coherence of one lens's intervention across strengths."""
 
@@ -133,13 +171,9 @@ def tradeoff_curve(name: str, strengths: Sequence[float], run: Callable[[float],
                          tuple(p[1] for p in pairs))
 
 
-def plot_tradeoffs(curves: Sequence[TradeoffCurve], path: str | Path, *, xlabel: str = "coherence cost",
-                   ylabel: str = "intervention success", title: str = "") -> Path:
-    """All curves on the same axes (coherence on x, success on y), saved to ``path``."""
-    from assay.report import new_figure, save_figure
-
-    fig = new_figure((5, 4))
-    ax = fig.subplots()
+def draw_tradeoffs(ax: Any, curves: Sequence[TradeoffCurve], *, xlabel: str = "coherence cost",
+                   ylabel: str = "intervention success", title: str = "") -> None:
+    """Draw every curve on the matplotlib axes ``ax`` (coherence on x, success on y; points labelled by α)."""
     for c in curves:
         if c.interval:
             if len(c.interval) != len(c.success):
@@ -156,5 +190,14 @@ def plot_tradeoffs(curves: Sequence[TradeoffCurve], path: str | Path, *, xlabel:
     if title:
         ax.set_title(title)
     ax.legend()
+
+
+def plot_tradeoffs(curves: Sequence[TradeoffCurve], path: str | Path, *, xlabel: str = "coherence cost",
+                   ylabel: str = "intervention success", title: str = "") -> Path:
+    """All curves on the same axes (:func:`draw_tradeoffs`), saved to ``path``."""
+    from assay.report import new_figure, save_figure
+
+    fig = new_figure((5, 4))
+    draw_tradeoffs(fig.subplots(), curves, xlabel=xlabel, ylabel=ylabel, title=title)
     fig.tight_layout()
     return save_figure(fig, path)

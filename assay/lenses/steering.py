@@ -10,6 +10,10 @@ For paired activations (h⁺_j, h⁻_j) at a site (read at one token, default th
     PCA (center)    v = PC₁ of {h⁺_j − m_j, h⁻_j − m_j}, m_j = (h⁺_j + h⁻_j)/2 (repeng "pca_center")
     PCA (uncentred) v = PC₁ of {δ_j, −δ_j} without centring (steering-vectors' pca_aggregator)
     sign fix        flip v so that mean_j δ_j·v > 0
+    probe           v = w of a logistic probe on {h⁺_j} ∪ {h⁻_j} (Bhalla et al. 2024 §4: x̂ = x + α w)
+
+:func:`contrast_direction` names these by ``caa`` / ``pca`` / ``probe``; :func:`rescale` sets a direction
+to a given norm (v·r/‖v‖), so that directions of different methods are the same size of edit at equal α.
 
 Operators on the site output h at the selected positions, with v̂ = v/‖v‖ and strength α, each one
 edit of :func:`assay.lenses.intervene.intervene` (the one intervention path; Bhalla et al. 2024, Table 1):
@@ -24,6 +28,7 @@ scheduled over generation steps (not ablate's); strength 0 leaves h bitwise unch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Literal
@@ -34,12 +39,16 @@ from torch import Tensor, nn
 from assay.lens import Ablate, Add, Edit, Set
 from assay.lenses.direction import DirectionLens, unit
 from assay.lenses.intervene import Intervention, Schedule, Selector, intervene
-from assay.lenses.probes import LinearProbe
+from assay.lenses.probes import LinearProbe, logistic
 
 __all__ = [
     "caa",
     "pca_direction",
     "probe_direction",
+    "Contrast",
+    "CONTRASTS",
+    "contrast_direction",
+    "rescale",
     "Operator",
     "steer",
 ]
@@ -89,6 +98,36 @@ def pca_direction(pos: Tensor, neg: Tensor, *, variant: Literal["diff", "center"
 def probe_direction(probe: LinearProbe) -> Tensor:
     """A probe's weight as a steering vector (Bhalla et al. 2024 §4: x̂ = x + α w_probe)."""
     return probe.w
+
+
+Contrast = Literal["caa", "pca", "probe"]
+CONTRASTS: tuple[Contrast, ...] = ("caa", "pca", "probe")
+"""The contrastive directions :func:`contrast_direction` extracts."""
+
+
+def contrast_direction(name: Contrast, pos: Tensor, neg: Tensor, *, C: float = 1e-3,
+                       pca_variant: Literal["diff", "center", "uncentred"] = "diff") -> Tensor:
+    """A steering direction ``[d]`` from paired activations ``pos``, ``neg`` ``[n_pairs, d]``: ``caa`` the
+    mean paired difference, ``pca`` the sign-fixed first principal component (``pca_variant``), ``probe``
+    the weight of a standardised logistic probe (inverse L2 strength ``C``) separating the positives from
+    the negatives, in raw activation coordinates."""
+    if name == "caa":
+        return caa(pos, neg)
+    if name == "pca":
+        return pca_direction(pos, neg, variant=pca_variant)
+    if name == "probe":
+        _pairs(pos, neg)
+        y = torch.cat([torch.ones(pos.shape[0], dtype=torch.long), torch.zeros(neg.shape[0], dtype=torch.long)])
+        return probe_direction(logistic(torch.cat([pos, neg]), y, C=C))
+    raise ValueError(f"unknown contrastive direction {name!r}; choose from {', '.join(CONTRASTS)}")
+
+
+def rescale(v: Tensor, norm: float) -> Tensor:
+    """``v`` scaled to Euclidean norm ``norm`` (computed in float64, returned in v's dtype)."""
+    unit(v)  # validates shape, finiteness, non-zero
+    if not (math.isfinite(norm) and norm >= 0):
+        raise ValueError(f"the target norm must be a finite number >= 0, got {norm}")
+    return (v.double() * (norm / v.double().norm())).to(v.dtype)
 
 
 def _operator_edit(v: Tensor, operator: Operator, strength: float) -> tuple[DirectionLens | None, Edit]:
