@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import operator
 import textwrap
 import tomllib
 import types
@@ -28,7 +29,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-__all__ = ["ConfigError", "field_docs", "to_dict", "from_dict", "load_toml", "check_choice"]
+__all__ = ["ConfigError", "field_docs", "to_dict", "from_dict", "load_toml", "check_choice", "check_int_fields"]
 
 C = TypeVar("C")
 
@@ -66,6 +67,38 @@ def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+@cache
+def _int_fields(cls: type) -> tuple[tuple[str, bool], ...]:
+    """``(name, may_be_none)`` of every field of dataclass ``cls`` annotated ``int`` or ``int | None``."""
+    out = []
+    for name, tp in typing.get_type_hints(cls).items():
+        if tp is int:
+            out.append((name, False))
+        elif get_origin(tp) in (typing.Union, types.UnionType) and set(get_args(tp)) == {int, type(None)}:
+            out.append((name, True))
+    return tuple(out)
+
+
+def check_int_fields(config: Any) -> None:
+    """Raise a :class:`ConfigError` for any field of the dataclass ``config`` annotated ``int`` (or
+    ``int | None``) that holds something else: a float such as ``2.5``, a bool, a string. Integer-like
+    values (numpy integers, one-element integer tensors) are stored as plain ``int``. Call it first in
+    a config's ``__post_init__``."""
+    for name, may_be_none in _int_fields(type(config)):
+        v = getattr(config, name)
+        if v is None and may_be_none:
+            continue
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            i = operator.index(v)
+        except TypeError:
+            raise ConfigError(f"{type(config).__name__}.{name} must be an integer, got {type(v).__name__} {v!r}; "
+                              "pass a whole number") from None
+        if type(v) is not int:
+            object.__setattr__(config, name, i)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

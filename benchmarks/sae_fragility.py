@@ -101,7 +101,7 @@ def site_rows(model: torch.nn.Module, tokens: torch.Tensor, site: str, *, pad: i
 def train_sae(arch: str, acts: torch.Tensor, *, d_sae: int, k: int, steps: int, batch_size: int, seed: int):
     """A small SAE of ``arch`` on rows ``acts`` (assay's trainer, inputs normalised, scale folded in)."""
     from assay.dictionaries.registry import build_sae
-    from assay.dictionaries.trainer import TrainConfig, train_saes
+    from assay.dictionaries.trainer import SAETrainConfig, train_saes
 
     kw: dict[str, Any] = {"d_in": acts.shape[1], "d_sae": d_sae, "seed": seed}
     if arch in ("topk", "batchtopk", "matryoshka", "mp"):
@@ -120,7 +120,7 @@ def train_sae(arch: str, acts: torch.Tensor, *, d_sae: int, k: int, steps: int, 
             yield acts[torch.randint(0, acts.shape[0], (batch_size,), generator=g)]
 
     # lr 1e-3 for every architecture: the ReLU/JumpReLU defaults (5e-5, 7e-5) are for runs 100x longer
-    (sae,), _ = train_saes(sae, TrainConfig(steps=steps, lr=1e-3, warmup_steps=max(1, steps // 10)), batches)
+    sae, _ = train_saes(sae, SAETrainConfig(steps=steps, lr=1e-3, warmup_steps=max(1, steps // 10)), batches)
     return sae.eval()
 
 

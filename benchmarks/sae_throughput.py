@@ -119,10 +119,10 @@ class PeakRSS:
 # ----- methods: each returns (step, reconstruct, close) -----------------------------------------
 def setup_assay(steps: int, *, sparse: bool = True) -> tuple[Step, Recon, Callable[[], None]]:
     from assay.dictionaries.registry import build_sae
-    from assay.dictionaries.trainer import SAETrainer, TrainConfig
+    from assay.dictionaries.trainer import SAETrainConfig, SAETrainer
 
     sae = build_sae("topk", d_in=D_IN, d_sae=D_SAE, k=K, sparse=sparse)
-    tr = SAETrainer(sae, TrainConfig(steps=10**9, lr=LR, warmup_steps=0, normalize_inputs=False))
+    tr = SAETrainer(sae, SAETrainConfig(steps=10**9, lr=LR, warmup_steps=0, normalize_inputs=False))
 
     def recon(x):
         return sae.decode_codes(sae.encode_codes(x))

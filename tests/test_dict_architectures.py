@@ -196,3 +196,31 @@ def test_artifact_errors(tmp_path):
         load_sae(path)
     with pytest.raises(ValueError, match="unknown SAE architecture"):
         build_sae("gated", d_in=4, d_sae=8)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_integer_fields_refuse_fractions_at_build_time(arch):
+    """k=2.5 (or a float width) fails when the config is made, naming the field, not later in training."""
+    import numpy as np
+
+    from assay.config import ConfigError
+
+    for field in ("d_in", "d_sae", "seed", *(("k",) if "k" in _kw(arch) else ())):
+        bad = {**_kw(arch), field: _kw(arch)[field] + 0.5}
+        with pytest.raises(ConfigError, match=rf"Config\.{field} must be an integer, got float"):
+            build_sae(arch, **bad)
+    with pytest.raises(ConfigError, match="must be an integer, got bool"):
+        build_sae(arch, **{**_kw(arch), "d_in": True})
+    # integer-like values (numpy, one-element tensors) are accepted and stored as plain int
+    sae = build_sae(arch, **{**_kw(arch), "d_sae": np.int64(32), "d_in": torch.tensor(8)})
+    assert type(sae.cfg.d_sae) is int and type(sae.cfg.d_in) is int and sae.W_dec.shape == (32, 8)
+
+
+def test_optional_integer_fields_are_checked_too():
+    from assay.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"TopKConfig\.aux_k must be an integer, got float 2.5"):
+        build_sae("topk", d_in=8, d_sae=32, k=4, aux_k=2.5)
+    assert build_sae("topk", d_in=8, d_sae=32, k=4, aux_k=None).cfg.aux_k is None
+    with pytest.raises(ConfigError, match=r"ArchetypalConfig\.n_centroids must be an integer"):
+        build_sae("archetypal", d_in=8, d_sae=32, k=4, n_centroids=40.0)

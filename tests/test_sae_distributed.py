@@ -10,9 +10,9 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from assay.dictionaries.registry import build_sae
-from assay.dictionaries.trainer import SAETrainer, TrainConfig
+from assay.dictionaries.trainer import SAETrainConfig, SAETrainer
 
-CFG = TrainConfig(steps=4, warmup_steps=1, lr=1e-2, dead_window=64)
+CFG = SAETrainConfig(steps=4, warmup_steps=1, lr=1e-2, dead_window=64)
 
 
 def _batches():

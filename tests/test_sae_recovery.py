@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from assay.dictionaries.registry import build_sae
-from assay.dictionaries.trainer import TrainConfig, train_saes
+from assay.dictionaries.trainer import SAETrainConfig, train_saes
 from assay.evaluate.geometry import stability
 from assay.evaluate.reconstruction import reconstruction_metrics
 from assay.evaluate.recovery import feature_recovery
@@ -22,7 +22,7 @@ def _train(world, k, seed):
             yield world.sample(256, generator=g).inputs
 
     sae = build_sae("topk", d_in=16, d_sae=64, k=k, seed=seed)
-    (trained,), _ = train_saes(sae, TrainConfig(steps=300, warmup_steps=10, lr=5e-3), data)
+    trained, _ = train_saes(sae, SAETrainConfig(steps=300, warmup_steps=10, lr=5e-3), data)
     return trained
 
 

@@ -14,7 +14,7 @@ from assay.cli import app
 from assay.config import ConfigError
 from assay.dictionaries.registry import build_sae, load_sae
 from assay.dictionaries.store_run import StoreSAEConfig, train_sae_on_store
-from assay.dictionaries.trainer import NonFiniteActivationsError, SAETrainer, TrainConfig
+from assay.dictionaries.trainer import NonFiniteActivationsError, SAETrainConfig, SAETrainer
 from assay.store import ActivationStore, write_store
 from assay.store.manifest import shard_file
 from assay.store.shardfile import read_header
@@ -98,8 +98,14 @@ def test_train_on_store_reports_heldout_and_ce_recovered(tmp_path):
     store = ActivationStore.open(tmp_path / "s")
     # the layout the pipeline relies on: row = window·T + t
     assert torch.equal(store.tokens.all().reshape(N_WIN, T), tokens)
-    res = train_sae_on_store(store, "blocks.0", CFG, model=model, out=tmp_path / "sae")
+    said = []
+    res = train_sae_on_store(store, "blocks.0", CFG, model=model, out=tmp_path / "sae", log=said.append)
     rec, sp = res.reconstruction, res.sparsity
+    # a line before and after each evaluation step, the second with its figures and seconds
+    assert [s.split(":")[0] for s in said] == ["held-out metrics"] * 2 + ["CE loss recovered"] * 2
+    assert said[0].endswith("...") and said[2].endswith("...")
+    assert f"FVU {rec.fvu:.4f}" in said[1] and f"{res.spliced.ce_recovered:.4f}" in said[3]
+    assert said[1].endswith(" s)") and said[3].endswith(" s)")
     assert rec.n_tokens == 8 * (T - 1)  # held-out windows, BOS rows dropped
     # independent check of the held-out FVU: recompute from the raw rows with the saved SAE
     sae = load_sae(tmp_path / "sae")
@@ -142,7 +148,7 @@ def test_resume_from_store_is_exact_and_finished_run_takes_no_step(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_sae_on_store(store, "blocks.0", half, checkpoint=tmp_path / "b")
     store.read_rows = orig
-    back = SAETrainer(build_sae("topk", d_in=D, d_sae=4 * D, k=4), TrainConfig(steps=30))
+    back = SAETrainer(build_sae("topk", d_in=D, d_sae=4 * D, k=4), SAETrainConfig(steps=30))
     back.load_checkpoint(tmp_path / "b", settings_must_match=False)  # only to read the step
     assert back.step == 10
     with pytest.raises(ArtifactError, match="hybrid run"):  # but a resume with other settings is refused
@@ -165,7 +171,7 @@ def test_resume_with_changed_settings_is_refused(tmp_path, change):
     half = StoreSAEConfig(**{**CFG.__dict__, "steps": 4})
     train_sae_on_store(store, "blocks.0", half, checkpoint=tmp_path / "ck")
     other = StoreSAEConfig(**{**half.__dict__, **change})
-    name = {"decay_fraction": "decay_start"}.get(next(iter(change)), next(iter(change)))  # the trainer's name
+    name = next(iter(change))  # the store config and the trainer name each field alike
     # (the seed also seeds the SAE's init, so it is caught by the SAE-config check first)
     with pytest.raises(ArtifactError, match="checkpoint holds SAEs" if name == "seed" else f"hybrid run.*{name}"):
         train_sae_on_store(store, "blocks.0", other, checkpoint=tmp_path / "ck")
@@ -242,8 +248,82 @@ def test_nan_in_a_store_shard_stops_naming_step_and_shard_checkpoint_intact(tmp_
         train_sae_on_store(store, "blocks.0", cfg, checkpoint=tmp_path / "ck")
     msg = str(err.value)
     assert f"step {first}" in msg and "shard(s) [2]" in msg and "197" in msg
-    back = SAETrainer(build_sae("topk", d_in=D, d_sae=4 * D, k=4), TrainConfig(steps=30))
+    back = SAETrainer(build_sae("topk", d_in=D, d_sae=4 * D, k=4), SAETrainConfig(steps=30))
     if first > 0:
         back.load_checkpoint(tmp_path / "ck", settings_must_match=False)  # intact and loadable, at the step before the bad batch
         assert back.step == first
         assert all(torch.isfinite(p).all() for p in back.saes[0].parameters())
+
+
+def test_train_saes_on_a_store_leaves_bos_rows_out_by_default(tmp_path):
+    """The library default is the CLI's: no BOS/padding row (store position −1) reaches training."""
+    from assay.dictionaries.trainer import train_saes
+
+    _store(tmp_path / "s")
+    store = ActivationStore.open(tmp_path / "s")
+    seen = []
+    orig = store.read_rows
+
+    def spy(site, rows, **kw):
+        seen.append(torch.as_tensor(rows))
+        return orig(site, rows, **kw)
+
+    store.read_rows = spy
+    cfg = SAETrainConfig(steps=5, warmup_steps=1, lr=1e-3)
+    sae, res = train_saes(build_sae("topk", d_in=D, d_sae=4 * D, k=4), cfg, store, site="blocks.0", batch_size=64)
+    assert res.steps == 5 and sae.d_sae == 4 * D  # one SAE in, one SAE out
+    rows = torch.cat(seen)
+    assert rows.numel() > 5 * 50 and bool((store.positions[rows] >= 0).all())
+    seen.clear()
+    train_saes(build_sae("topk", d_in=D, d_sae=4 * D, k=4), cfg, store, site="blocks.0", batch_size=64,
+               exclude_special=False)
+    rows = torch.cat(seen)
+    assert rows.numel() == 5 * 64 and bool((store.positions[rows] < 0).any())  # asked for: BOS rows included
+
+
+def test_store_config_checks_integers_and_shows_progress_by_default():
+    with pytest.raises(ConfigError, match=r"StoreSAEConfig\.expansion must be an integer, got float 2.5"):
+        StoreSAEConfig(expansion=2.5)
+    with pytest.raises(ConfigError, match=r"StoreSAEConfig\.k must be an integer"):
+        StoreSAEConfig(k=4.0)
+    assert StoreSAEConfig().progress
+
+
+def test_cli_sae_train_writes_a_report_section_with_a_feature_browser(tmp_path):
+    """`assay sae train` narrates its evaluation, and its folder joins `assay report` with a feature
+    browser over the held-out windows whose top contexts match a brute-force argsort."""
+    from assay.report import read_section
+
+    _store(tmp_path / "s")
+    out = tmp_path / "runs" / "sae"
+    args = ["sae", "train", "--store", str(tmp_path / "s"), "--site", "blocks.0", "--out", str(out),
+            "--expansion", "4", "--k", "4", "--steps", "12", "--batch-size", "64", "--warmup-steps", "2",
+            "--holdout-windows", "8"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    start = next(i for i, s in enumerate(lines) if s.startswith("held-out metrics:") and s.endswith("..."))
+    assert lines[start + 1].startswith("held-out metrics: FVU") and lines[start + 1].endswith(" s)")
+    assert "sae " in res.output and "12/12" in res.output  # the progress bar, on by default
+    sec = read_section(out)
+    assert "blocks.0" in sec.title and sec.tables[0].rows and sec.features["n_latents"] == 4 * D
+    # the browser's top contexts are the held-out rows with the largest codes (BOS left out)
+    store = ActivationStore.open(tmp_path / "s")
+    sae = load_sae(out)
+    cut = (N_WIN - 8) * T
+    rows = cut + (store.positions[cut:] >= 0).nonzero().squeeze(1)
+    with torch.no_grad():
+        z = sae.encode(store.read_rows("blocks.0", rows))
+    checked = 0
+    for lat in sec.features["latents"]:
+        col = z[:, lat["id"]]
+        want = sorted(col[col > 0].tolist(), reverse=True)[:6]
+        assert [c["acts"][c["focus"]] for c in lat["contexts"]] == pytest.approx(want, abs=1e-4)
+        for c in lat["contexts"]:
+            r = int(rows[c["row"]])
+            assert c["tokens"][c["focus"]] == str(store.tokens[r])  # ids: the tiny model has no tokenizer
+        checked += bool(want)
+    assert checked > 0
+    report = CliRunner().invoke(app, ["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "r.html")])
+    assert report.exit_code == 0, report.output
+    assert sec.title in (tmp_path / "r.html").read_text() and "Feature browser" in (tmp_path / "r.html").read_text()

@@ -5,11 +5,13 @@ import torch
 from torch import nn
 
 from assay.artifact import ArtifactError
+from assay.config import ConfigError
+from assay.dictionaries.base import SAE
 from assay.dictionaries.registry import build_sae
 from assay.dictionaries.trainer import (
     NonFiniteActivationsError,
+    SAETrainConfig,
     SAETrainer,
-    TrainConfig,
     live_batches,
     lr_at,
     train_saes,
@@ -33,7 +35,7 @@ def _saes():
             build_sae("batchtopk", d_in=16, d_sae=64, k=4, threshold_start=2)]
 
 
-CFG = TrainConfig(steps=6, warmup_steps=2, decay_start=3, sparsity_warmup_steps=3, lr=1e-3, dead_window=64)
+CFG = SAETrainConfig(steps=6, warmup_steps=2, decay_fraction=0.5, sparsity_warmup_steps=3, lr=1e-3, dead_window=64)
 
 
 def _assert_same(a, b):
@@ -50,10 +52,25 @@ def test_lr_schedule():
     assert lr_at(8, 1.0, warmup=4, decay_start=6, total=10) == pytest.approx(0.5)
 
 
+def test_decay_fraction_is_the_cli_meaning():
+    """decay_fraction f: the lr decays linearly to 0 over the last f of the steps, as `--decay-fraction`."""
+    assert CFG.decay_start == 3
+    assert SAETrainConfig(steps=700, decay_fraction=0.2).decay_start == 560  # the measured run of docs/dictionaries.md
+    assert SAETrainConfig(steps=10, decay_fraction=0.0).decay_start is None
+    lrs = [lr_at(t, 1.0, warmup=0, decay_start=SAETrainConfig(steps=10, decay_fraction=0.4).decay_start, total=10)
+           for t in range(10)]
+    assert lrs[:6] == [1.0] * 6 and lrs[6:] == pytest.approx([4 / 4, 3 / 4, 2 / 4, 1 / 4])
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="decay_fraction must lie in"):
+            SAETrainConfig(steps=10, decay_fraction=bad)
+    with pytest.raises(ConfigError, match=r"SAETrainConfig.steps must be an integer, got float 10.5"):
+        SAETrainConfig(steps=10.5)
+
+
 def test_interrupted_and_resumed_equals_uninterrupted_bitwise(tmp_path):
     full, res_full = train_saes(_saes(), CFG, _data)
     ck = tmp_path / "ck"
-    part = TrainConfig(**{**CFG.__dict__, "steps": 6, "checkpoint_every": 3})
+    part = SAETrainConfig(**{**CFG.__dict__, "steps": 6, "checkpoint_every": 3})
     trainer = SAETrainer(_saes(), part)
     trainer.fit(_data(), checkpoint=ck)  # leaves a final checkpoint at 6; redo with an interruption
     interrupted = SAETrainer(_saes(), part)
@@ -76,15 +93,17 @@ def test_interrupted_and_resumed_equals_uninterrupted_bitwise(tmp_path):
 def test_lockstep_equals_separate_runs():
     together, _ = train_saes(_saes(), CFG, _data)
     for i, sae in enumerate(_saes()):
-        alone, _ = train_saes(sae, CFG, _data)
-        _assert_same([together[i]], alone)
+        alone, _ = train_saes(sae, CFG, _data)  # one SAE in, one SAE out
+        assert isinstance(alone, SAE)
+        _assert_same([together[i]], [alone])
+    assert isinstance(together, list) and len(together) == 3  # a list in, a list out
 
 
 def test_non_finite_batch_stops_with_step_named_and_checkpoint_intact(tmp_path):
     batches = list(_data())
     batches[4] = batches[4].clone()
     batches[4][7, 3] = float("nan")
-    cfg = TrainConfig(steps=6, warmup_steps=1, lr=1e-3, checkpoint_every=2)
+    cfg = SAETrainConfig(steps=6, warmup_steps=1, lr=1e-3, checkpoint_every=2)
     trainer = SAETrainer(_saes()[:1], cfg)
     with pytest.raises(NonFiniteActivationsError, match="step 4"):
         trainer.fit(batches, checkpoint=tmp_path / "ck")
@@ -132,7 +151,7 @@ def test_live_hook_training_matches_precomputed_activations():
     with torch.no_grad():
         direct = torch.cat([model.block(model.embed(t))[:, 1:].reshape(-1, 16) for t in tokens])
     torch.testing.assert_close(torch.cat(live), direct)
-    cfg = TrainConfig(steps=5, warmup_steps=1, lr=1e-3)
+    cfg = SAETrainConfig(steps=5, warmup_steps=1, lr=1e-3)
     a, _ = train_saes(_saes()[:1], cfg, live_batches(model, "block", tokens, batch_size=16))
     b, _ = train_saes(_saes()[:1], cfg, live)
     _assert_same(a, b)

@@ -57,7 +57,7 @@ def fit_method(run: SpecRun, train: Callable[[int, int], Tensor], d: int, *, see
         x = train(max(4 * n, 8192), seed)
         return fit_baseline(run.name, x, n=n, k=int(k) if k is not None else None, seed=seed)  # type: ignore[arg-type]
     from assay.dictionaries.registry import build_sae
-    from assay.dictionaries.trainer import TrainConfig, train_saes
+    from assay.dictionaries.trainer import SAETrainConfig, train_saes
 
     sae = build_sae(run.name, d_in=d, d_sae=expansion * d, seed=seed, **p)
 
@@ -65,8 +65,8 @@ def fit_method(run: SpecRun, train: Callable[[int, int], Tensor], d: int, *, see
         for step in range(start, steps):
             yield train(batch_size, 10_000 * (seed + 1) + step)
 
-    cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=max(1, steps // 20))
-    (trained,), _ = train_saes(sae, cfg, batches)
+    cfg = SAETrainConfig(steps=steps, lr=lr, warmup_steps=max(1, steps // 20))
+    trained, _ = train_saes(sae, cfg, batches)
     return trained
 
 

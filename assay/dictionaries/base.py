@@ -21,7 +21,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from assay.config import ConfigError
+from assay.config import ConfigError, check_int_fields
 
 __all__ = [
     "SAEConfig",
@@ -49,6 +49,7 @@ class SAEConfig:
     """Seed of the weight initialisation (a private torch.Generator; global RNG untouched)."""
 
     def __post_init__(self) -> None:
+        check_int_fields(self)  # every int field of every architecture's config (k, d_sae, aux_k, ...)
         if self.d_in <= 0 or self.d_sae <= 0:
             raise ConfigError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
 

@@ -18,6 +18,7 @@ Store rows are window-major (row = window · T + t), so a held-out window is a c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -25,7 +26,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from assay.config import ConfigError
+from assay.config import ConfigError, check_int_fields
 from assay.dictionaries.base import SAE
 from assay.dictionaries.trainer import TrainResult
 from assay.evaluate.reconstruction import ReconstructionMetrics
@@ -67,10 +68,11 @@ class StoreSAEConfig:
     """Checkpoint every this many steps when a checkpoint folder is given (None: only at the end)."""
     eval_batch_windows: int = 4
     """Windows per model forward pass in the spliced evaluation."""
-    progress: bool = False
+    progress: bool = True
     """Show a progress bar with loss, L0, FVU and dead fraction."""
 
     def __post_init__(self) -> None:
+        check_int_fields(self)
         for name in ("expansion", "k", "steps", "batch_size", "eval_batch_windows"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -129,6 +131,7 @@ def train_sae_on_store(
     model: nn.Module | None = None,
     out: str | Path | None = None,
     checkpoint: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> StoreSAEResult:
     """Train an SAE on ``site`` of ``store`` (an :class:`assay.store.ActivationStore` or its folder),
     evaluate it on the held-out windows and (with ``out``) save it as an assay artifact.
@@ -136,9 +139,11 @@ def train_sae_on_store(
     ``sae``: a prebuilt untrained SAE (default: :func:`build_store_sae`); its d_in must equal the
     site's width. ``model``: the model the store was cached from, for CE loss recovered.
     ``checkpoint``: a folder for exact resume (a finished run resumed takes no further steps).
+    ``log``: called with a line before and after each evaluation step (what runs, then its figures and
+    seconds), e.g. ``print``; the evaluation can take minutes on a real model.
     """
     from assay.dictionaries.registry import save_sae
-    from assay.dictionaries.trainer import TrainConfig, train_saes
+    from assay.dictionaries.trainer import SAETrainConfig, train_saes
     from assay.store import ActivationStore
 
     if not hasattr(store, "batch_rows"):
@@ -150,26 +155,30 @@ def train_sae_on_store(
                          "build the SAE with d_in equal to the store's width")
     t, cut = _layout(store, cfg)
 
-    def keep_rows(rows: Tensor) -> Tensor:
-        keep = rows < cut
-        if cfg.exclude_special:
-            keep &= store.positions[rows] >= 0
-        return keep
-
-    decay = int(cfg.steps * (1 - cfg.decay_fraction)) if cfg.decay_fraction > 0 else None
-    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                       decay_start=decay if decay is not None and decay < cfg.steps else None,
-                       checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+    tcfg = SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, decay_fraction=cfg.decay_fraction,
+                          checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
     t0 = time.perf_counter()
-    (trained,), result = train_saes(sae, tcfg, store, site=site, batch_size=cfg.batch_size, seed=cfg.seed,
-                                    checkpoint=checkpoint, keep_rows=keep_rows)
+    trained, result = train_saes(sae, tcfg, store, site=site, batch_size=cfg.batch_size, seed=cfg.seed,
+                                 checkpoint=checkpoint, exclude_special=cfg.exclude_special,
+                                 keep_rows=lambda rows: rows < cut)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     rec = spars = spliced = None
+    say = log or (lambda line: None)
     if cfg.holdout_windows > 0:
+        n_win = cfg.holdout_windows
+        say(f"held-out metrics: FVU, L0 and dead fraction on the last {n_win} windows ...")
+        t1 = time.perf_counter()
         rec, spars, mean = _heldout_metrics(trained, store, site, cut, cfg.exclude_special)
+        say(f"held-out metrics: FVU {rec.fvu:.4f}, L0 {spars.l0:.2f}, dead {spars.dead_fraction:.2%} on "
+            f"{rec.n_tokens} tokens ({time.perf_counter() - t1:.1f} s)")
         if model is not None:
+            say(f"CE loss recovered: the model on {n_win} windows clean, with the SAE spliced in, zero- and "
+                "mean-ablated ...")
+            t1 = time.perf_counter()
             spliced = _spliced(trained, model, store, site, cut, t, cfg, mean)
+            say(f"CE loss recovered: {spliced.ce_recovered:.4f} (CE clean {spliced.ce_clean:.4f}, with the SAE "
+                f"{spliced.ce_sae:.4f}), KL score {spliced.kl_score:.4f} ({time.perf_counter() - t1:.1f} s)")
     eval_s = time.perf_counter() - t0
     if out is not None:
         meta: dict[str, Any] = {"store": str(store.path), "site": site, "model": store.config.get("model"),

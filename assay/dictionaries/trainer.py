@@ -13,7 +13,8 @@ A latent is dead after ``dead_window`` tokens without firing. Under ``torch.dist
 takes an equal slice of every global batch and gradients are averaged with ``all_reduce`` (gloo on
 CPU, NCCL on GPU), so W ranks give the same weights as one process on the same global batches.
 Checkpoints (assay artifacts) hold weights, Adam state, step, input scale and dead-latent counters;
-the data position is the step, so a resumed run is bit-identical to an uninterrupted one.
+the data position is the step, so a resumed run is bit-identical to an uninterrupted one. From a
+store, BOS and padding rows (position −1; outlier norms, SAELens#333) are left out by default.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import torch
 from torch import Tensor
 
 from assay.artifact import ArtifactError, load_artifact, save_artifact
-from assay.config import ConfigError, to_dict
+from assay.config import ConfigError, check_int_fields, to_dict
 from assay.dictionaries.base import SAE, topk_lr
 
-__all__ = ["TrainConfig", "TrainResult", "SAETrainer", "NonFiniteActivationsError", "lr_at", "train_saes",
+__all__ = ["SAETrainConfig", "TrainResult", "SAETrainer", "NonFiniteActivationsError", "lr_at", "train_saes",
            "live_batches", "store_batches"]
 
 
@@ -40,7 +41,7 @@ class NonFiniteActivationsError(RuntimeError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class SAETrainConfig:
     """How to train SAEs. Reconstruction loss: sum over d, mean over tokens (never scales with batch)."""
 
     steps: int
@@ -49,8 +50,8 @@ class TrainConfig:
     """Learning rate (None: the architecture's default, else the width-scaled TopK rule 2e-4/√(n/2¹⁴))."""
     warmup_steps: int = 1000
     """Linear lr warmup from 0 over this many steps (capped at steps/10)."""
-    decay_start: int | None = None
-    """Step from which lr decays linearly to 0 at the last step (None: constant)."""
+    decay_fraction: float = 0.0
+    """Decay the lr linearly to 0 over this last fraction of the steps (0: constant after warmup)."""
     sparsity_warmup_steps: int = 0
     """Linear warmup of the sparsity coefficient from 0 over this many steps."""
     grad_clip: float | None = 1.0
@@ -65,16 +66,23 @@ class TrainConfig:
     """Show a rich progress bar with loss, L0, FVU and dead fraction."""
 
     def __post_init__(self) -> None:
+        check_int_fields(self)
         if self.steps < 0:
             raise ConfigError(f"steps must be >= 0, got {self.steps}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be positive or None, got {self.lr}")
         if self.warmup_steps < 0 or self.sparsity_warmup_steps < 0:
             raise ConfigError("warmup_steps and sparsity_warmup_steps must be >= 0")
-        if self.decay_start is not None and not 0 <= self.decay_start < max(self.steps, 1):
-            raise ConfigError(f"decay_start must lie in [0, steps={self.steps}), got {self.decay_start}")
+        if not 0.0 <= self.decay_fraction < 1.0:
+            raise ConfigError(f"decay_fraction must lie in [0, 1), got {self.decay_fraction}")
         if self.checkpoint_every is not None and self.checkpoint_every <= 0:
             raise ConfigError(f"checkpoint_every must be positive or None, got {self.checkpoint_every}")
+
+    @property
+    def decay_start(self) -> int | None:
+        """The step from which the lr decays, ⌊steps · (1 − decay_fraction)⌋ (None: no decay)."""
+        start = int(self.steps * (1 - self.decay_fraction))
+        return start if self.decay_fraction > 0 and start < self.steps else None
 
 
 def lr_at(step: int, base: float, *, warmup: int, decay_start: int | None, total: int) -> float:
@@ -86,7 +94,7 @@ def lr_at(step: int, base: float, *, warmup: int, decay_start: int | None, total
 
 
 RESUME_FREE_FIELDS = ("progress", "checkpoint_every")
-"""TrainConfig fields that may change across a resume (they do not change the result); a change of any
+"""SAETrainConfig fields that may change across a resume (they do not change the result); a change of any
 other field, or of the data order (site, batch size, seed), is refused."""
 
 
@@ -112,7 +120,7 @@ def _dist() -> tuple[int, int]:
 class SAETrainer:
     """Trains ``saes`` (one or several, in lockstep on the same batches) under ``cfg``."""
 
-    def __init__(self, saes: SAE | list[SAE], cfg: TrainConfig) -> None:
+    def __init__(self, saes: SAE | list[SAE], cfg: SAETrainConfig) -> None:
         self.saes = [saes] if isinstance(saes, SAE) else list(saes)
         if not self.saes:
             raise ValueError("give at least one SAE to train")
@@ -345,12 +353,13 @@ def live_batches(model: torch.nn.Module, site: str, token_batches: Iterable[Tens
 
 
 def store_batches(store: Any, site: str, *, batch_size: int, seed: int, start_batch: int, n_batches: int,
-                  keep_rows: Callable[[Tensor], Tensor] | None = None, prefetch: int = 2
-                  ) -> tuple[Iterator[Tensor], Callable[[int], Tensor]]:
+                  exclude_special: bool = True, keep_rows: Callable[[Tensor], Tensor] | None = None,
+                  prefetch: int = 2) -> tuple[Iterator[Tensor], Callable[[int], Tensor]]:
     """Batches ``start_batch .. n_batches-1`` of ``site`` in the store's seeded order (epochs past the
     first continue the order), and ``rows_of(step)``: the global store rows of that step's batch.
 
-    ``keep_rows(rows) -> bool mask`` drops rows (e.g. BOS/padding, or held-out windows); the batch then
+    ``exclude_special`` drops BOS and padding rows (store position −1: their norms are outliers,
+    SAELens#333); ``keep_rows(rows) -> bool mask`` drops more rows (e.g. held-out windows). A batch then
     holds the kept rows only (trimmed to a multiple of the data-parallel world size). Batch b depends
     only on (store, batch_size, seed, b), so a resumed run reads exactly the batches it would have.
     """
@@ -360,6 +369,8 @@ def store_batches(store: Any, site: str, *, batch_size: int, seed: int, start_ba
 
     def rows_of(step: int) -> Tensor:
         rows = store.batch_rows(step, batch_size=batch_size, seed=seed)
+        if exclude_special:
+            rows = rows[store.positions[rows] >= 0]
         if keep_rows is not None:
             rows = rows[keep_rows(rows)]
         return rows[: rows.shape[0] - rows.shape[0] % world]
@@ -374,23 +385,47 @@ def store_batches(store: Any, site: str, *, batch_size: int, seed: int, start_ba
     return _prefetch(gen(), prefetch), rows_of
 
 
-def train_saes(saes: SAE | list[SAE], cfg: TrainConfig, data: Any, *, site: str | None = None,
+@overload
+def train_saes(saes: SAE, cfg: SAETrainConfig, data: Any, *, site: str | None = None,
                batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
-               resume: bool = True, keep_rows: Callable[[Tensor], Tensor] | None = None
-               ) -> tuple[list[SAE], TrainResult]:
-    """Train on ``data``: an :class:`assay.store.ActivationStore` (with ``site``, ``batch_size``,
-    ``seed`` and optionally ``keep_rows``, see :func:`store_batches`; as many epochs over the store as
-    ``cfg.steps`` needs), a callable ``start_batch -> iterator of [B, d] tensors``, or an iterable
-    (batches already consumed before a resume are skipped). Resumes from ``checkpoint`` when it exists.
-    Returns the finalized (input-scale-folded) SAEs and the result."""
+               resume: bool = True, exclude_special: bool = True,
+               keep_rows: Callable[[Tensor], Tensor] | None = None) -> tuple[SAE, TrainResult]: ...
+
+
+@overload
+def train_saes(saes: list[SAE], cfg: SAETrainConfig, data: Any, *, site: str | None = None,
+               batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
+               resume: bool = True, exclude_special: bool = True,
+               keep_rows: Callable[[Tensor], Tensor] | None = None) -> tuple[list[SAE], TrainResult]: ...
+
+
+def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: str | None = None,
+               batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
+               resume: bool = True, exclude_special: bool = True,
+               keep_rows: Callable[[Tensor], Tensor] | None = None) -> tuple[SAE | list[SAE], TrainResult]:
+    """Train ``saes`` (one SAE, or a list trained in lockstep on the same batches) on ``data``:
+
+    - an :class:`assay.store.ActivationStore`, with ``site``, ``batch_size``, ``seed``: batches in the
+      store's seeded order, as many epochs as ``cfg.steps`` needs (:func:`store_batches`). BOS and
+      padding rows (store position −1) are left out unless ``exclude_special=False``; ``keep_rows``
+      drops more rows;
+    - a callable ``start_batch -> iterator of [B, d] tensors``;
+    - an iterable of ``[B, d]`` tensors (batches already consumed before a resume are skipped).
+
+    These last two carry no positions: leave BOS rows out of them yourself (:func:`live_batches` does).
+    Resumes from ``checkpoint`` when it exists. Returns the finalized (input-scale-folded) SAE(s) and
+    the result: one SAE in, one SAE out; a list in, a list out (in the same order).
+    """
     trainer = SAETrainer(saes, cfg)
-    if hasattr(data, "batches") and hasattr(data, "batch_rows"):
-        trainer.data_identity = {"site": site, "batch_size": batch_size, "seed": seed}
+    from_store = hasattr(data, "batches") and hasattr(data, "batch_rows")
+    if from_store:
+        trainer.data_identity = {"site": site, "batch_size": batch_size, "seed": seed,
+                                 "exclude_special": exclude_special}
     if checkpoint is not None and resume and (Path(checkpoint) / "config.json").exists():
         trainer.load_checkpoint(checkpoint)
     start = trainer.step
     where = None
-    if hasattr(data, "batches") and hasattr(data, "batch_rows"):
+    if from_store:
         if site is None or batch_size is None:
             raise ValueError("training from a store needs site= and batch_size=")
         if data.d(site) != trainer.d_in:
@@ -402,7 +437,7 @@ def train_saes(saes: SAE | list[SAE], cfg: TrainConfig, data: Any, *, site: str 
             raise ValueError(f"batch_size={batch_size} exceeds the store's {store.n_rows} rows")
         n_batches = max(cfg.steps, start)
         batches, rows_of = store_batches(store, site, batch_size=batch_size, seed=seed, start_batch=start,
-                                         n_batches=n_batches, keep_rows=keep_rows)
+                                         n_batches=n_batches, exclude_special=exclude_special, keep_rows=keep_rows)
 
         def where(step: int, bad: Tensor) -> str:
             rows = rows_of(step)
@@ -415,4 +450,5 @@ def train_saes(saes: SAE | list[SAE], cfg: TrainConfig, data: Any, *, site: str 
 
         batches = itertools.islice(iter(data), start, None)
     result = trainer.fit(batches, checkpoint=checkpoint, where=where)
-    return trainer.finalize(), result
+    trained = trainer.finalize()
+    return (trained[0] if isinstance(saes, SAE) else trained), result

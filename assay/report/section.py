@@ -1,7 +1,7 @@
 """Report sections: how every command's results join one report.
 
 Each results-producing command (``assay probe``, ``assay steer``, ``assay lens``, ``assay attribute``,
-``assay robustness``, ``assay data-attribution``, ``assay bench``) ends by calling
+``assay robustness``, ``assay data-attribution``, ``assay bench``, ``assay sae train``) ends by calling
 :func:`write_section` on its output folder. That writes two files:
 
 * ``section.json`` — the section's title, notes, tables, plot file names (plots must live inside
@@ -54,7 +54,7 @@ class Section(NamedTuple):
     notes: Sequence[str] = ()
     """Sentences shown under the heading (settings, what the numbers mean)."""
     features: Mapping[str, Any] | None = None
-    """Feature-browser data (``{"title": …, "latents": [...]}``, :mod:`assay.bench.features`), saved as
+    """Feature-browser data (``{"title": …, "latents": [...]}``, :mod:`assay.dictionaries.features`), saved as
     ``features.json`` beside ``section.json``; None or no latents: no browser."""
 
 
