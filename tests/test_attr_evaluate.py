@@ -6,7 +6,14 @@ import torch
 from peer_import import peer
 from torch import nn
 
-from assay.evaluate.attribution_agreement import agreement, pointing_game, relevance_mass
+from assay.evaluate.attribution_agreement import (
+    agreement,
+    importance_map,
+    pointing_game,
+    rank_correlation,
+    relevance_mass,
+    top_k_precision,
+)
 from assay.evaluate.attribution_sanity import logit_shift_test, model_randomisation, ssim
 from assay.evaluate.faithfulness import (
     faithfulness_correlation,
@@ -45,6 +52,32 @@ def test_rank_correlation_matches_scipy_and_localisation():
     mass, area = relevance_mass(amap, mask)
     assert float(mass[0]) == pytest.approx(0.75) and float(area[0]) == pytest.approx(0.25)
     assert bool(pointing_game(amap, mask)[0])
+
+
+def test_top_k_precision_rank_correlation_and_importance_against_naive_loops():
+    from scipy.stats import spearmanr
+
+    g = torch.Generator().manual_seed(3)
+    phi = torch.randn(4, 3, 6, 6, generator=g)
+    mask = torch.rand(4, 6, 6, generator=g) < 0.3
+    imp = importance_map(phi)
+    assert torch.equal(imp, phi.abs().sum(1)) and torch.equal(importance_map(phi[:, 0]), phi[:, 0].abs())
+    for k in (1, 5, 36):
+        got = top_k_precision(imp, mask, k)
+        torch.testing.assert_close(top_k_precision(phi, mask, k), got)  # images: channels summed as |φ|
+        for b in range(4):  # naive: walk the pixels in decreasing importance, count the first k in the mask
+            order = sorted(range(36), key=lambda i: -float(imp[b].flatten()[i]))[:k]
+            assert float(got[b]) == pytest.approx(sum(bool(mask[b].flatten()[i]) for i in order) / k)
+    # k = all features: the mask's area share, the chance level
+    torch.testing.assert_close(top_k_precision(imp, mask, 36), mask.flatten(1).double().mean(1))
+    rc = rank_correlation(imp, mask)
+    for b in range(4):
+        assert float(rc[b]) == pytest.approx(spearmanr(imp[b].flatten(), mask[b].flatten().double()).statistic)
+    torch.testing.assert_close(agreement(imp, mask.double(), 3).rc, rc)
+    with pytest.raises(ValueError, match="k must lie"):
+        top_k_precision(imp, mask, 37)
+    with pytest.raises(ValueError, match="does not match mask"):
+        top_k_precision(imp[:, :4], mask, 2)
 
 
 def _linear():

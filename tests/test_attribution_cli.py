@@ -77,7 +77,7 @@ def test_fullgrad_and_gradcam_maps_on_images(tmp_path, monkeypatch, method):
     """The two methods outside the engine run from the command line and save the library function's map."""
     from skimage import data
 
-    from assay.attribution.fullgrad import fullgrad
+    from assay.attribution.fullgrad import FullGradConfig, fullgrad
     from assay.attribution.gradcam import GradCamConfig, gradcam
     from assay.models.offline_vision import preprocess_image
 
@@ -88,16 +88,17 @@ def test_fullgrad_and_gradcam_maps_on_images(tmp_path, monkeypatch, method):
     assert res.exit_code == 0, res.output
     saved = load_artifact(out / "attribution", kind="attribution").tensors["attribution"]["values"]
     net, x = _tiny_image("stand-in").model, preprocess_image(data.coffee())[None]
+    # the command explains the class's log-softmax by default
     if method == "fullgrad":
-        ref = fullgrad(net, x, 1).saliency
+        ref = fullgrad(net, x, 1, config=FullGradConfig(output="log_softmax")).saliency
     else:  # the default layer is the model's last layer site ("conv" here)
-        ref = gradcam(net, x, 1, config=GradCamConfig(layer="conv")).values
+        ref = gradcam(net, x, 1, config=GradCamConfig(layer="conv", output="log_softmax")).values
     assert saved.shape == (1, 224, 224) and ref.abs().sum() > 0
     torch.testing.assert_close(saved, ref.detach())
     (row,) = json.loads((out / "results.json").read_text())["rows"]
     assert row["target"] == 1 and (out / "heatmap_coffee.png").read_bytes()[:4] == b"\x89PNG"
     with torch.no_grad():
-        f_t = float(net(x)[0, 1])
+        f_t = float(net(x).log_softmax(-1)[0, 1])
     if method == "fullgrad":  # FullGrad reports f_t(x); Grad-CAM does not
         assert row["output"] == pytest.approx(f_t, rel=1e-5)
     else:
@@ -154,22 +155,57 @@ def test_text_baseline_flag(tmp_path, tiny_lm, kind):
     r = json.loads((out / "results.json").read_text())
     E = tiny_lm.get_input_embeddings().weight.detach()
     ref = {"zero": torch.zeros_like(E[0]), "pad": E[CharTokenizer.eos_token_id], "mean": E.mean(0)}[kind]
-    with torch.no_grad():
-        f_b = tiny_lm(inputs_embeds=ref.expand(1, 3, -1)).logits[0, -1, r["target"]]
-        f_x = tiny_lm(input_ids=torch.tensor([[ord(c) % 61 for c in "hey"]])).logits[0, -1, r["target"]]
+    with torch.no_grad():  # the command explains the next token's log-softmax by default
+        f_b = tiny_lm(inputs_embeds=ref.expand(1, 3, -1)).logits[0, -1].log_softmax(-1)[r["target"]]
+        f_x = tiny_lm(input_ids=torch.tensor([[ord(c) % 61 for c in "hey"]])).logits[0, -1].log_softmax(-1)[r["target"]]
     assert r["baseline_output"] == pytest.approx(float(f_b), abs=1e-5)
     total = sum(row["score"] for row in r["rows"])
     assert r["completeness_gap"] == pytest.approx(total - float(f_x - f_b), abs=1e-5)
     if kind != "zero":  # IG: Σφ = f(x) − f(b) up to the 8-node quadrature error; from the zero embedding
-        # RMSNorm's scale invariance puts a sharp step near α = 0 (on this model 8 nodes miss ~40% of Δf)
+        # RMSNorm's scale invariance puts a sharp step near α = 0 (on this model 8 nodes miss 44% of Δf of the
+        # log-softmax; pad and mean: |gap| < 0.05% of Δf)
         assert abs(r["completeness_gap"]) < 0.05 * abs(float(f_x - f_b)) + 1e-3
     assert read_section(out).tables[0].rows[0][-1] == kind
-    # an incomplete IG (the zero baseline here: ~40% of Δf missing) is flagged in the terminal and as the
+    # an incomplete IG (the zero baseline here: 44% of Δf missing) is flagged in the terminal and as the
     # report's first note; a complete one is not
     incomplete = abs(r["completeness_gap"]) > 0.1 * abs(float(f_x - f_b))
     assert incomplete == (kind == "zero")
     assert ("UNTRUSTWORTHY" in res.output) == incomplete
     assert read_section(out).notes[0].startswith("UNTRUSTWORTHY") == incomplete
+
+
+def test_raw_logits_of_a_classifier_are_explained_with_a_warning(tmp_path, monkeypatch):
+    """The photo classifier's class is explained as log-softmax by default, silently; --output logit explains
+    the raw logit (the library function's map for output='logit') and warns in the terminal and as the
+    report's first note (Srinivas & Fleuret 2021). MiniLM's pooled unit has no softmax: logit, no warning."""
+    from skimage import data
+
+    from assay.attribution import InputXGradientConfig, input_x_gradient
+    from assay.cli.attribute import AttributeCommand, explained_output, logit_warning
+    from assay.models.offline_vision import preprocess_image
+
+    monkeypatch.setattr(offline, "load", _tiny_image)
+    net, x = _tiny_image("stand-in").model, preprocess_image(data.coffee())[None]
+    maps = {}
+    for flag in ([], ["--output", "logit"]):
+        out = tmp_path / ("logit" if flag else "default")
+        res = CliRunner().invoke(app, ["attribute", "--images", "coffee", "--method", "input_x_gradient", "--target",
+                                       "2", *flag, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        assert ("RAW LOGITS" in res.output) == bool(flag)
+        notes = read_section(out).notes
+        assert notes[0].startswith("RAW LOGITS") == bool(flag)
+        assert any(f"output {'logit' if flag else 'log_softmax (the default)'}" in n for n in notes)
+        maps[bool(flag)] = load_artifact(out / "attribution", kind="attribution").tensors["attribution"]["values"]
+    for raw, kind in ((False, "log_softmax"), (True, "logit")):
+        ref = input_x_gradient(net, x, 2, config=InputXGradientConfig(output=kind)).values
+        torch.testing.assert_close(maps[raw], ref.detach())
+    assert not torch.allclose(maps[False], maps[True])  # the two outputs are explained differently
+    enc = AttributeCommand(model="minilm-l6")
+    assert explained_output(enc) == "logit" and logit_warning(enc) is None
+    assert explained_output(AttributeCommand(model="smollm2-135m")) == "log_softmax"
+    assert logit_warning(AttributeCommand(model="smollm2-135m", output="logit")) is not None
+    assert logit_warning(AttributeCommand(output="probability")) is None
 
 
 def test_bad_flags():
@@ -184,32 +220,25 @@ def test_bad_flags():
 
 
 def test_attribute_rank_writes_the_ranking_section(tmp_path, monkeypatch):
-    """``assay attribute-rank``: the ranking of ``rank_methods`` (here on a tiny CNN and planted masks instead of
-    the trained digits classifier) lands in results.json and in the section, one row per method."""
-    from assay.attribution import ranking
-
-    def tiny_rank(n_examples, *, config, seed):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
-        x = torch.rand(n_examples, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
-        mask = torch.zeros(n_examples, 8, 8, dtype=torch.bool)
-        mask[:, :4, :4] = True
-        return ranking.rank_methods(net, x, mask, config=config), 0.9
-
-    monkeypatch.setattr(ranking, "rank_on_digits", tiny_rank)
+    """``assay attribute-rank``: the attribution bench family (here on the tabular world with a tiny classifier
+    trained into a temporary cache) lands in summary.json and in the section, one row per method."""
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "rank"
-    res = CliRunner().invoke(app, ["attribute-rank", "--n-examples", "4", "--methods", "gradient", "--methods",
-                                   "random", "--top-k", "8", "--out", str(out)])
+    res = CliRunner().invoke(app, ["attribute-rank", "--methods", "gradient", "--methods", "random", "--worlds",
+                                   "tabular:top_k=3", "--options", "n_examples=8", "--options", "n_train=500",
+                                   "--options", "epochs=3", "--options", "plots=false", "--out-dir", str(out)])
     assert res.exit_code == 0, res.output
-    results = json.loads((out / "results.json").read_text())
+    assert "2 runs (2 computed" in res.output
+    summary = json.loads((out / "summary.json").read_text())
     (table,) = read_section(out).tables
-    assert table.columns[0] == "method" and "randomisation Spearman (lower better)" in table.columns
-    assert any("faithfulness" in c for c in table.columns) and "relevance mass" in table.columns
+    assert table.columns[:2] == ["method", "level"] and table.columns[-1] == "randomisation_spearman"
+    assert "faithfulness_correlation" in table.columns and "relevance_mass" in table.columns
     assert sorted(r[0] for r in table.rows) == ["gradient", "random"]
-    for row, r in zip(table.rows, results["rows"]):
-        assert row[0] == r["method"] and row[1] == r["relevance_mass"] and row[-1] == r["randomisation_spearman"]
+    for row in table.rows:  # each cell is the summary's mean (one seed: no interval)
+        for col, cell in zip(table.columns[2:], row[2:]):
+            (s,) = [s for s in summary if s["method"] == row[0] and s["metric"] == col]
+            assert cell == f"{s['mean']:.4g}" and s["n"] == 1
     rnd = next(r for r in table.rows if r[0] == "random")
-    assert rnd[-1] == pytest.approx(1.0)  # the control ignores the weights
-    r = CliRunner().invoke(app, ["attribute-rank", "--methods", "shap", "--out", str(out)])
-    assert r.exit_code != 0 and "unknown methods" in r.output
+    assert float(rnd[-1]) == pytest.approx(1.0)  # the control ignores the weights
+    r = CliRunner().invoke(app, ["attribute-rank", "--methods", "shap", "--out-dir", str(out)])
+    assert r.exit_code != 0 and "unknown method 'shap'" in r.output

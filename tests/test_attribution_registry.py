@@ -1,4 +1,4 @@
-"""The attribution registry: one table of methods from which the CLI, the ranking and the text module read,
+"""The attribution registry: one table of methods from which the CLI, the bench family and the text module read,
 and capability constants on each config class that agree with what the method actually does."""
 
 import dataclasses
@@ -8,9 +8,9 @@ import typing
 import pytest
 import torch
 
-from assay.attribution.ranking import DEFAULT_METHODS, RankingConfig
 from assay.attribution.registry import ENGINE_METHODS, METHODS, configure, lookup
-from assay.cli.attribute import AttributeCommand, RankCommand
+from assay.bench.attribution import FAMILY, method_params
+from assay.cli.attribute import AttributeCommand
 from assay.config import ConfigError
 
 CAPABILITIES = ("uses_baseline", "feature_groups", "complete", "stochastic")
@@ -42,14 +42,15 @@ def test_each_entry_is_named_by_its_config_and_function():
     assert set(ENGINE_METHODS) == set(METHODS) - {"fullgrad", "gradcam"}
 
 
-def test_the_cli_and_the_ranking_read_the_registry():
+def test_the_cli_and_the_bench_family_read_the_registry():
     hints = typing.get_type_hints(AttributeCommand)
     assert typing.get_args(hints["method"]) == tuple(METHODS)
-    assert DEFAULT_METHODS == (*METHODS, "random") == RankCommand().methods
-    # the command is the ranking config plus its own fields, so each default exists once
-    assert issubclass(RankCommand, RankingConfig)
-    for f in dataclasses.fields(RankingConfig):
-        assert getattr(RankCommand(), f.name) == getattr(RankingConfig(), f.name), f.name
+    assert FAMILY.method_names() == FAMILY.methods == (*METHODS, "diet", "random")
+    # a method's spec parameters are its config's fields (seed and output come from the bench)
+    for name, entry in METHODS.items():
+        own = {f.name for f in dataclasses.fields(entry.config) if f.init} - {"seed", "output"}
+        assert set(method_params(name)) == own | ({"patch"} if entry.config.feature_groups else set()), name
+    assert method_params("integrated_gradients")["steps"] == 32 and method_params("lime")["n_samples"] == 200
 
 
 def test_lookup_and_configure():

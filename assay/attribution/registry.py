@@ -3,10 +3,11 @@
 A method's name and capabilities (``uses_baseline``, ``feature_groups``, ``complete``, ``stochastic``,
 ``budget_field``) are class constants of its config (:class:`assay.attribution.engine.EngineConfig`);
 this module holds the one table that pairs each config class with its function. The command line's
-``--method`` choices, the ranking's method list and the text module's per-method behaviour all read
-it. The engine methods (Han, Srinivas & Lakkaraju 2022, "Which Explanation Should I Choose?") return
-an :class:`~assay.attribution.engine.Attribution` shaped like the input; FullGrad (Srinivas & Fleuret
-2019) and Grad-CAM (Selvaraju et al. 2017) return a map ``[B, H, W]`` in their own result types.
+``--method`` choices, the attribution bench family's methods (:mod:`assay.bench.attribution`) and the
+text module's per-method behaviour all read it. The engine methods (Han, Srinivas & Lakkaraju 2022,
+"Which Explanation Should I Choose?") return an :class:`~assay.attribution.engine.Attribution` shaped
+like the input; FullGrad (Srinivas & Fleuret 2019) and Grad-CAM (Selvaraju et al. 2017) return a map
+``[B, H, W]`` in their own result types.
 """
 
 from __future__ import annotations

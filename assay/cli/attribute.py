@@ -10,6 +10,13 @@
   method and prints one score per token; ``--text-baseline`` picks the reference embedding (pad token
   by default, see :func:`assay.attribution.text.embedding_baseline`).
 
+The explained output is the log-softmax of the class / next token by default (``--output``): a raw logit
+of a softmax classifier changes under a shift g(x) shared by all logits that leaves the classifier
+unchanged, so its gradient explanations need not be about the classifier (Srinivas & Fleuret 2021,
+"Rethinking the Role of Gradient-based Attribution Methods for Model Interpretability"); explaining raw
+logits of such a model is allowed but warned about, in the terminal and in the report. MiniLM's pooled
+unit has no softmax and is explained as is.
+
 Writes ``out/attribution`` (an artifact: config + the attribution tensors), ``out/results.json`` and the
 report section (``out/section.json`` + ``out/report.html``: the heatmaps, or the per-token score table,
 and the completeness gap Σφ − (f(x) − f(x')) of methods with a reference input).
@@ -25,16 +32,18 @@ from typing import Any, Literal
 import typer
 
 from assay.attribution.engine import OutputKind
-from assay.attribution.ranking import RankingConfig
 from assay.attribution.registry import ENGINE_METHODS, METHODS, configure
 from assay.attribution.text import TextBaseline
 from assay.cli import command
 from assay.config import ConfigError
 
-__all__ = ["AttributeCommand", "RankCommand", "register", "run", "run_rank"]
+__all__ = ["AttributeCommand", "SOFTMAX_MODELS", "explained_output", "logit_warning", "register", "run"]
 
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 """The registered method names (typer needs a Literal for its choices)."""
+
+SOFTMAX_MODELS = ("efficientnet-lite0", "smollm2-135m")
+"""Models whose outputs are softmax logits (ImageNet classes, next tokens); minilm-l6 is an encoder."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,8 +64,11 @@ class AttributeCommand:
     mean embedding. Photos always use 0 (the normalised mean colour)."""
     target: int | None = None
     """Class / token id to explain; None explains each input's top prediction."""
-    output: OutputKind = "logit"
-    """Which output is explained."""
+    output: OutputKind | None = None
+    """Which output is explained; none given: log_softmax for the softmax models (the photo classifier's
+    class, SmolLM2's next token: the model's own log-probability, unchanged by a shift shared by all logits,
+    Srinivas & Fleuret 2021), logit for minilm-l6 (a pooled embedding unit, no softmax). Raw logits of a
+    softmax model are explained with a warning."""
     steps: int = 32
     """IG quadrature nodes, SmoothGrad noisy copies, or LIME/KernelSHAP/C-LIME perturbations."""
     patch: int = 16
@@ -84,10 +96,28 @@ class AttributeCommand:
                               f"{', '.join(ENGINE_METHODS)}")
 
 
+def explained_output(cfg: AttributeCommand) -> OutputKind:
+    """``cfg.output``, or the model's default: log_softmax for the softmax models, logit for minilm-l6."""
+    if cfg.output is not None:
+        return cfg.output
+    return "log_softmax" if cfg.model in SOFTMAX_MODELS else "logit"
+
+
+def logit_warning(cfg: AttributeCommand) -> str | None:
+    """The warning for raw logits of a softmax model (Srinivas & Fleuret 2021), else None."""
+    if cfg.model not in SOFTMAX_MODELS or explained_output(cfg) != "logit":
+        return None
+    return ("RAW LOGITS: this explains a raw logit of a softmax classifier. Adding any g(x) to every logit leaves "
+            "the predictions unchanged but moves the gradient by ∇g, so the map can show g rather than what the "
+            "classifier decides on (Srinivas & Fleuret 2021, 'Rethinking the Role of Gradient-based Attribution "
+            "Methods'). Explain --output log_softmax (the default) for the classifier's own score; "
+            "assay.evaluate.attribution_sanity.logit_shift_test measures the difference.")
+
+
 def method_config(cfg: AttributeCommand, layer: str | None = None) -> Any:
     """The config for ``cfg.method`` with the command's shared settings (``layer``: Grad-CAM's site)."""
-    return configure(cfg.method, steps=cfg.steps, n_samples=max(3, cfg.steps), seed=cfg.seed, output=cfg.output,
-                     memory_budget_mb=cfg.memory_budget_mb, layer=layer)
+    return configure(cfg.method, steps=cfg.steps, n_samples=max(3, cfg.steps), seed=cfg.seed,
+                     output=explained_output(cfg), memory_budget_mb=cfg.memory_budget_mb, layer=layer)
 
 
 def _skimage_photo(name: str) -> Any:
@@ -142,7 +172,7 @@ def _images(cfg: AttributeCommand, loaded) -> dict:
         save_heatmap(png, shown, values[i], f"{name}: {cfg.method} of class {target}")
         rows.append({"image": name, "target": target, "output": float(output[i]),
                      "completeness_gap": float(gap[i]), "png": str(png)})
-        typer.echo(f"{name:<12} class {target:>4}  f_t = {float(output[i]):9.4f}  "
+        typer.echo(f"{name:<12} class {target:>4}  {explained_output(cfg)} f_t = {float(output[i]):9.4f}  "
                    f"Σφ − Δf = {float(gap[i]):+.3e}  → {png}")
     return {"rows": rows, "values": values}
 
@@ -156,7 +186,7 @@ def _image_section(cfg: AttributeCommand, res: dict) -> Any:
                   [[r["image"], r["target"], r["output"], r["completeness_gap"]] for r in res["rows"]])
     plots = [Plot(f"{r['image']}: {cfg.method} of class {r['target']} (red: positive, blue: negative; channels summed)",
                   Path(r["png"])) for r in res["rows"]]
-    return Section(f"Feature attribution: {cfg.model}, {cfg.method}", [table], plots, _notes(cfg))
+    return Section(f"Feature attribution: {cfg.model}, {cfg.method}", [table], plots, [*_warnings(res), *_notes(cfg)])
 
 
 def _text_section(cfg: AttributeCommand, res: dict) -> Any:
@@ -167,9 +197,12 @@ def _text_section(cfg: AttributeCommand, res: dict) -> Any:
                   cfg.text_baseline if _has_reference(cfg.method) else "none"]])
     scores = Table("Per-token scores", ["position", "token", "score"],
                    [[i, r["token"], r["score"]] for i, r in enumerate(res["rows"])])
-    warning = [res["warning"]] if res.get("warning") else []
     return Section(f"Feature attribution: {cfg.model}, {cfg.method}", [out, scores], [],
-                   [*warning, f"prompt: {cfg.prompt!r}", *_notes(cfg)])
+                   [*_warnings(res), f"prompt: {cfg.prompt!r}", *_notes(cfg)])
+
+
+def _warnings(res: dict) -> list[str]:
+    return [w for w in (res.get("warning"), res.get("logit_warning")) if w]
 
 
 def _has_reference(method: str) -> bool:
@@ -177,7 +210,9 @@ def _has_reference(method: str) -> bool:
 
 
 def _notes(cfg: AttributeCommand) -> list[str]:
-    notes = [f"method {cfg.method}, output {cfg.output}, steps/samples {cfg.steps}"]
+    out = explained_output(cfg)
+    notes = [f"method {cfg.method}, output {out}" + (" (the default)" if cfg.output is None else "")
+             + f", steps/samples {cfg.steps}"]
     if METHODS[cfg.method].config.complete:
         notes.append(f"The completeness gap is Σφ − (f_t(x) − f_t(baseline)): near 0 for a converged {cfg.method}; "
                      "a large gap means the attribution does not account for the output change (more steps, or "
@@ -213,7 +248,7 @@ def _text(cfg: AttributeCommand, loaded) -> dict:
     target = int(a.target[0])
     label = decoded_tokens(loaded.tokenizer, [target])[0] if pool == "position" else f"unit {target}"
     delta = float(a.output[0]) - float(a.baseline_output[0])
-    typer.echo(f"explaining {label!r} (id {target}), f_t = {float(a.output[0]):.4f}, "
+    typer.echo(f"explaining {label!r} (id {target}), {explained_output(cfg)} f_t = {float(a.output[0]):.4f}, "
                f"Σφ − Δf = {r.completeness_gap:+.3e} (baseline: {cfg.text_baseline})")
     warning = _gap_warning(cfg.method, r.completeness_gap, r.relative_gap, delta)
     if warning:
@@ -236,7 +271,12 @@ def run(cfg: AttributeCommand) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     loaded = offline.load(cfg.model)
     is_text = loaded.tokenizer is not None
+    warning = logit_warning(cfg)
+    if warning:
+        typer.secho(warning, fg="yellow", err=True)
     res = _text(cfg, loaded) if is_text else _images(cfg, loaded)
+    res["output_kind"] = explained_output(cfg)
+    res["logit_warning"] = warning
     values = res.pop("values")
     save_artifact(cfg.out / "attribution", kind="attribution", config=cfg, tensors={"attribution": {"values": values.contiguous()}},
                   meta={"model": cfg.model, "method": cfg.method})
@@ -246,56 +286,5 @@ def run(cfg: AttributeCommand) -> dict:
     return res
 
 
-@dataclass(frozen=True, kw_only=True)
-class RankCommand(RankingConfig):
-    """Rank attribution methods on signal–distractor digits by ground-truth agreement, faithfulness and the
-    randomisation sanity check (assay.attribution.ranking).
-
-    The ranking's own settings (methods, steps, n_samples, patch, ...) and their defaults are those of
-    :class:`~assay.attribution.ranking.RankingConfig`; ``seed`` also picks the examples."""
-
-    n_examples: int = 32
-    """Correctly classified test digits to explain."""
-    out: Path = Path("runs/attribute-rank")
-    """Output folder (results.json and the report section)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.n_examples < 1:
-            raise ConfigError(f"n_examples must be ≥ 1, got {self.n_examples}")
-
-
-RANK_COLUMNS = ["method", "relevance mass", "pointing game", "top-k precision", "rank correlation",
-                "deletion AUC (lower better)", "faithfulness correlation", "randomisation Spearman (lower better)"]
-"""Columns of the ranking table: ground-truth agreement (4), faithfulness (2), the sanity check (1)."""
-
-
-def run_rank(cfg: RankCommand) -> list:
-    """Rank the methods on the digits world, print the table and write results.json + the section."""
-    from assay.attribution import ranking
-    from assay.report import Section, Table, write_section
-
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    rows, acc = ranking.rank_on_digits(cfg.n_examples, config=cfg, seed=cfg.seed)
-    table = [[r.method, r.relevance_mass, r.pointing_game, r.top_k_precision, r.rank_correlation, r.deletion_auc,
-              r.faithfulness_correlation, r.randomisation_spearman] for r in rows]
-    typer.echo("  ".join(RANK_COLUMNS))
-    for r in table:
-        typer.echo(f"{r[0]:<22}" + "".join(f"{v:>10.3f}" for v in r[1:]))
-    chance = rows[0].chance_mass if rows else float("nan")
-    (cfg.out / "results.json").write_text(json.dumps({"classifier_test_accuracy": acc, "chance_mass": chance,
-                                                      "rows": [r._asdict() for r in rows]}, indent=1))
-    notes = [f"{cfg.n_examples} correctly classified test digits of world_classifier('digits') (test accuracy "
-             f"{acc:.3f}); sorted by relevance mass inside the signal mask (chance level {chance:.3f}).",
-             "Ground-truth agreement: relevance mass, pointing game, top-k precision, rank correlation with the "
-             "signal mask. Faithfulness: deletion AUC, faithfulness correlation. Sanity: Spearman of |φ| before "
-             "and after cascading model randomisation (a method that ignores the weights stays near 1)."]
-    write_section(cfg.out, Section("Attribution methods ranked on signal–distractor digits",
-                                   [Table("Ranking", RANK_COLUMNS, table)], [], notes))
-    typer.echo(f"wrote {cfg.out}")
-    return rows
-
-
 def register(app: typer.Typer) -> None:
     command(app, "attribute", AttributeCommand, run)
-    command(app, "attribute-rank", RankCommand, run_rank)

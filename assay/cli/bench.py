@@ -4,6 +4,9 @@
 through the one runner (:mod:`assay.bench.runner`): finished runs are cached, so a re-run computes only
 what changed and an interrupted bench resumes; the results (``results.csv``, ``summary.csv`` with mean
 and 95% interval over seeds) and the report section go to ``--out-dir`` (default ``runs/bench/F``).
+
+``assay attribute-rank`` is ``assay bench --family attribution`` with one seed and ``--out-dir``
+``runs/attribute-rank`` by default (:class:`RankCommand`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from assay.bench.families import FamilyName
 from assay.cli import command
 from assay.config import ConfigError
 
-__all__ = ["BenchCommand", "register", "run_bench"]
+__all__ = ["BenchCommand", "RankCommand", "register", "run_bench", "run_rank"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,5 +77,31 @@ def run_bench(cfg: BenchCommand) -> Any:
     return res
 
 
+@dataclass(frozen=True, kw_only=True)
+class RankCommand:
+    """Rank attribution methods against true attribution masks (assay bench --family attribution, one seed)."""
+
+    methods: tuple[str, ...] = ()
+    """Method specs name[:key=v1|v2,…] (e.g. integrated_gradients:steps=16|64, occlusion:patch=4); none
+    given: every registered method, DiET and the random control."""
+    worlds: tuple[str, ...] = ()
+    """World specs (digits, tabular; e.g. digits:top_k=32); none given: both."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds (each draws the explained examples and seeds the stochastic methods)."""
+    options: tuple[str, ...] = ()
+    """Run settings as key=value (n_examples, output, deletion_steps, randomise, …); see docs/bench.md."""
+    out_dir: Path = Path("runs/attribute-rank")
+    """Output folder (tables, cache, report section)."""
+    report: bool = True
+    """Write the report section (section.json + report.html)."""
+
+
+def run_rank(cfg: RankCommand) -> Any:
+    """Run the attribution family through :func:`run_bench`."""
+    return run_bench(BenchCommand(family="attribution", methods=cfg.methods, worlds=cfg.worlds, seeds=cfg.seeds,
+                                  options=cfg.options, out_dir=cfg.out_dir, report=cfg.report))
+
+
 def register(app: typer.Typer) -> None:
     command(app, "bench", BenchCommand, run_bench)
+    command(app, "attribute-rank", RankCommand, run_rank)

@@ -9,7 +9,11 @@ the top-k features by |value|:
     RC = Spearman correlation of |e| and |g|      PRA = fraction of feature pairs ordered alike by |e|, |g|
 
 Localisation on a known signal mask (Arras, Osman & Samek 2022, "CLEVR-XAI" relevance mass; Zhang
-et al. 2018 pointing game): the share of |attribution| inside the mask, against the mask's area.
+et al. 2018 pointing game): the share of |attribution| inside the mask, against the mask's area; and,
+for a binary mask, top-k precision (the share of the k most important features inside the mask: FA
+with the mask as the ground-truth set — FA itself would take an arbitrary k of the mask's features).
+:func:`importance_map` turns an attribution into one non-negative importance per feature (Σ_c |φ_c|
+per pixel of an image).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import torch
 
 from assay.stats import spearman
 
-__all__ = ["Agreement", "agreement", "relevance_mass", "pointing_game"]
+__all__ = ["Agreement", "agreement", "rank_correlation", "importance_map", "relevance_mass", "pointing_game",
+           "top_k_precision"]
 
 
 class Agreement(NamedTuple):
@@ -59,7 +64,7 @@ def agreement(e: torch.Tensor, g: torch.Tensor, k: int) -> Agreement:
     same_rank = te == tg
     ra = same_rank.sum(1) / k
     sra = (same_rank & torch.gather(same_sign, 1, te)).sum(1) / k
-    rc = spearman(e.abs(), g.abs())
+    rc = rank_correlation(e, g)
     ae, ag = e.abs(), g.abs()
     iu = torch.triu_indices(d, d, 1)
     de = torch.sign(ae[:, iu[0]] - ae[:, iu[1]])
@@ -68,16 +73,36 @@ def agreement(e: torch.Tensor, g: torch.Tensor, k: int) -> Agreement:
     return Agreement(fa.double(), ra.double(), sa.double(), sra.double(), rc, pra)
 
 
+def rank_correlation(e: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """OpenXAI's RC: Spearman correlation of |e| and |g| over the features of each example (ties
+    averaged; NaN where either is constant), ``[B]``."""
+    e, g = e.flatten(1).double(), g.flatten(1).double()
+    if e.shape != g.shape:
+        raise ValueError(f"explanations {tuple(e.shape)} and ground truth {tuple(g.shape)} differ in shape")
+    return spearman(e.abs(), g.abs())
+
+
+def importance_map(attributions: torch.Tensor) -> torch.Tensor:
+    """One importance per feature: Σ_c |φ_c| for images ``[B, C, H, W]`` (a pixel map ``[B, H, W]``),
+    |φ| for anything else (maps ``[B, H, W]``, tabular ``[B, d]``)."""
+    return attributions.abs().sum(1) if attributions.dim() == 4 else attributions.abs()
+
+
+def _localisation_map(attributions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    a = attributions.double()
+    if a.dim() == mask.dim() + 1:
+        a = a.abs().sum(1)
+    if a.shape != mask.shape:
+        raise ValueError(f"attribution map {tuple(a.shape)} does not match mask {tuple(mask.shape)}")
+    return a
+
+
 def relevance_mass(attributions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Share of |attribution| inside ``mask`` and the mask's area share (chance level), both ``[B]``.
 
     ``attributions`` ``[B, C, H, W]`` (summed over channels) or ``[B, H, W]``; ``mask`` bool ``[B, H, W]``.
     """
-    a = attributions.abs().double()
-    if a.dim() == mask.dim() + 1:
-        a = a.sum(1)
-    if a.shape != mask.shape:
-        raise ValueError(f"attribution map {tuple(a.shape)} does not match mask {tuple(mask.shape)}")
+    a = _localisation_map(attributions, mask).abs()
     m = mask.to(a.device).bool()
     mass = (a * m).flatten(1).sum(1) / a.flatten(1).sum(1).clamp_min(1e-300)
     return mass, m.flatten(1).double().mean(1)
@@ -90,3 +115,17 @@ def pointing_game(attributions: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
         a = a.sum(1)
     idx = a.flatten(1).argmax(1)
     return mask.flatten(1).to(a.device).bool().gather(1, idx[:, None])[:, 0]
+
+
+def top_k_precision(attributions: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Share of the ``k`` features of largest attribution that lie inside ``mask``, ``[B]`` (ties broken
+    by position). Chance level: the mask's area share.
+
+    ``attributions`` ``[B, C, H, W]`` (Σ_c |φ_c|) or shaped like ``mask`` (ranked by value: pass
+    importances, e.g. :func:`importance_map`); ``mask`` bool ``[B, ...]``.
+    """
+    a = _localisation_map(attributions, mask).flatten(1)
+    if not 1 <= k <= a.shape[1]:
+        raise ValueError(f"k must lie in 1..{a.shape[1]}, got {k}")
+    top = a.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return mask.flatten(1).to(a.device).bool().gather(1, top).double().mean(1)

@@ -1,0 +1,421 @@
+"""The attribution family: feature-attribution methods ranked on worlds whose true attributions are known.
+
+Every method explains the same correctly classified held-out examples of a world's trained classifier
+(:func:`assay.models.classifier_zoo.world_classifier`) and is scored on three axes:
+
+* **ground-truth agreement** with the world's signal mask — relevance mass inside the mask against the
+  mask's area (Arras, Osman & Samek 2022, "CLEVR-XAI"), the pointing game (Zhang et al. 2018, "Top-down
+  Neural Attention by Excitation Backprop"), top-k precision and rank correlation with the binary mask
+  (OpenXAI's feature agreement and RC, Krishna et al. 2022, "The Disagreement Problem in Explainable
+  Machine Learning");
+* **faithfulness**: deletion AUC (Petsiuk, Das & Saenko 2018, "RISE"; lower is better) and faithfulness
+  correlation (Bhatt, Weller & Moura 2020);
+* **sanity**: the cascading model-parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for
+  Saliency Maps"): Spearman correlation of the maps before and after re-initialising the layers (lower:
+  the method depends on what the model learnt; a map that ignores the model stays at 1).
+
+Worlds: ``digits`` (signal–distractor digits after DiET's Hard-MNIST, :mod:`assay.worlds.digits`; the
+mask is the signal digit's pixels) and ``tabular`` (OpenXAI's Gaussian clusters,
+:mod:`assay.worlds.tabular`; the mask is the point's cluster's signal features). Methods: every method of
+the attribution registry (:data:`assay.attribution.registry.METHODS`), DiET (Bhalla, Srinivas &
+Lakkaraju 2023, "Discriminative Feature Attributions", :mod:`assay.attribution.diet`: its mask, learnt
+with a tuned copy of the model, is the map) and ``random``, a map that ignores the model (chance).
+Maps are one importance per feature (Σ_c |φ_c| per pixel). The metrics are those of
+:mod:`assay.evaluate.attribution_agreement`, :mod:`assay.evaluate.faithfulness` and
+:mod:`assay.evaluate.attribution_sanity`.
+
+Outputs beside the runner's tables: ``plots/truth_vs_sanity_<world>.{png,svg}`` (relevance mass against
+the randomisation Spearman, one point per method with its interval; good methods sit bottom right).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, get_args
+
+import torch
+from torch import nn
+
+from assay.attribution.engine import OutputKind
+from assay.attribution.registry import METHODS, configure
+from assay.bench.runner import BenchResult, RunContext, check_params, summary_rows
+from assay.bench.spec import SpecRun, expand_spec, parse_world_spec
+from assay.config import ConfigError, check_choice
+
+__all__ = ["AttributionSettings", "AttributionFamily", "PreparedWorld", "FAMILY", "WORLD_NAMES", "METHOD_NAMES",
+           "SUMMARY_METRICS", "method_params"]
+
+WORLD_NAMES = ("digits", "tabular")
+"""Worlds with true attribution masks (and a default classifier in the zoo)."""
+
+METHOD_NAMES = (*METHODS, "diet", "random")
+"""The registry's methods, DiET, and the chance-level control."""
+
+SUMMARY_METRICS = ("relevance_mass", "pointing_game", "top_k_precision", "rank_correlation", "deletion_auc",
+                   "faithfulness_correlation", "randomisation_spearman")
+"""Columns of the summary table: ground-truth agreement (4), faithfulness (2), the sanity check (1)."""
+
+IMAGE_ONLY = ("gradcam", "diet")
+"""Methods that need images ``[B, C, H, W]`` (a conv feature map; a mask upsampled over pixels)."""
+
+TOP_K = {"digits": 64, "tabular": 4}
+"""Default k of the top-k precision per world (the world spec's ``top_k`` overrides it)."""
+
+SHARED_DEFAULTS = {"steps": 32, "n_samples": 200, "patch": 4}
+"""Defaults of the registry methods: IG nodes / SmoothGrad copies (``steps``), LIME/KernelSHAP/C-LIME
+perturbations (``n_samples``), and the side of the square image patches that occlusion, LIME, KernelSHAP
+and C-LIME score as one feature (``patch``; tabular features are scored one by one)."""
+
+DIET_DEFAULTS = {"rounds": 3, "max_epochs": 15, "upsample": 4, "batch_size": 64}
+"""DiET's defaults in the bench (fewer rounds and epochs than :class:`~assay.attribution.diet.DietConfig`'s
+5 × 30, so that one run takes seconds at the bench's sizes)."""
+
+EXAMPLE_SEED = 20_000
+"""Explained examples are drawn with seed ``EXAMPLE_SEED + seed`` (the classifier trains on draws of its
+seed s and is tested on s + 10,000)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttributionSettings:
+    """The run budget of an attribution bench."""
+
+    n_examples: int = 32
+    """Correctly classified held-out examples explained per world and seed."""
+    output: OutputKind = "log_softmax"
+    """Explained output of the classifier: log_softmax (the classifier's own score, invariant to a shared
+    logit shift; Srinivas & Fleuret 2021), logit or probability."""
+    deletion_steps: int = 16
+    """Steps of the deletion curve."""
+    faithfulness_runs: int = 50
+    """Random subsets (of 1/8 of the features) of the faithfulness correlation."""
+    randomise: tuple[str, ...] = ()
+    """Sites re-initialised, top first, by the sanity check; empty: every parameterised leaf module."""
+    model_seed: int = 0
+    """Seed of the classifier's training (0 with the zoo recipe: the zoo's cached classifier)."""
+    model_per_seed: bool = False
+    """Train one classifier per bench seed s (seed model_seed + s), so the intervals cover training too."""
+    n_train: int | None = None
+    """Training examples of the classifier; None: the zoo recipe's."""
+    epochs: int | None = None
+    """Training epochs of the classifier; None: the zoo recipe's."""
+    hidden: tuple[int, ...] = ()
+    """Conv channels (digits) or hidden widths (tabular) of the classifier; empty: the zoo recipe's."""
+    plots: bool = True
+    """Draw the plots (matplotlib; PNG + SVG)."""
+
+    def __post_init__(self) -> None:
+        if self.n_examples < 1 or self.deletion_steps < 1 or self.faithfulness_runs < 3:
+            raise ConfigError("n_examples and deletion_steps must be ≥ 1 and faithfulness_runs ≥ 3")
+        check_choice("output", self.output, get_args(OutputKind))
+        if (self.n_train is not None and self.n_train < 1) or (self.epochs is not None and self.epochs < 1) or \
+                any(h < 1 for h in self.hidden):
+            raise ConfigError("n_train, epochs and the hidden widths must be ≥ 1")
+
+
+class PreparedWorld(NamedTuple):
+    """One world and seed, ready to explain."""
+
+    name: str
+    """World name."""
+    model: nn.Module
+    """The trained classifier (eval mode)."""
+    x: torch.Tensor
+    """Explained examples (correctly classified, held out)."""
+    mask: torch.Tensor
+    """Their signal masks (bool, one entry per pixel or feature)."""
+    target: torch.Tensor
+    """Their labels (= the classifier's predictions)."""
+    accuracy: float
+    """The classifier's held-out accuracy."""
+    top_k: int
+    """k of the top-k precision."""
+    sites: tuple[str, ...]
+    """Sites of the randomisation test, top first."""
+
+
+def method_params(name: str) -> dict[str, Any]:
+    """The spec parameters of method ``name`` with their defaults: a registry method's config fields (its
+    budget at the bench's shared defaults; ``seed`` is the bench seed and ``output`` a setting) plus
+    ``patch`` for feature-group methods; DiET's config fields; none for ``random``."""
+    if name == "random":
+        return {}
+    if name == "diet":
+        from assay.attribution.diet import DietConfig
+
+        return {**{f.name: getattr(DietConfig(), f.name) for f in dataclasses.fields(DietConfig)
+                   if f.name != "seed"}, **DIET_DEFAULTS}
+    cfg = _registry_config(name, {}, seed=0, output="log_softmax", layer="<last ReLU>")
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init and f.name not in ("seed", "output")}
+    if type(cfg).feature_groups:
+        out["patch"] = SHARED_DEFAULTS["patch"]
+    return out
+
+
+def _registry_config(name: str, params: dict[str, Any], *, seed: int, output: str, layer: str | None) -> Any:
+    cfg = configure(name, steps=SHARED_DEFAULTS["steps"], n_samples=SHARED_DEFAULTS["n_samples"], seed=seed,
+                    output=output, layer=layer)
+    try:
+        return dataclasses.replace(cfg, **{k: v for k, v in params.items() if k != "patch"})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad parameters {params} for method {name!r}: {e}") from None
+
+
+def _diet_config(params: dict[str, Any], seed: int) -> Any:
+    from assay.attribution.diet import DietConfig
+
+    try:
+        return DietConfig(**{**DIET_DEFAULTS, **params, "seed": seed})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad parameters {params} for method 'diet': {e}") from None
+
+
+def _last_relu(model: nn.Module) -> str | None:
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    return names[-1] if names else None
+
+
+Explain = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def explainer(run: SpecRun, world: PreparedWorld, seed: int, output: str) -> Explain | None:
+    """``explain(model, x, target) -> importance map`` (one value per pixel or feature) for the method of
+    ``run``, or None where it does not apply to the world (Grad-CAM and DiET need images)."""
+    from assay.evaluate.attribution_agreement import importance_map
+
+    params = check_params(run, method_params(run.name))
+    image = world.x.dim() == 4
+    if run.name in IMAGE_ONLY and not image:
+        return None
+    if run.name == "random":
+        def rand(model, x, t):
+            g = torch.Generator().manual_seed(seed)
+            return torch.rand(x.shape[0], *x.shape[2 if image else 1:], generator=g, dtype=x.dtype)
+        return rand
+    if run.name == "diet":
+        import torch.nn.functional as F
+
+        from assay.attribution.diet import diet
+
+        cfg = _diet_config(run.params, seed)
+
+        def explain_diet(model, x, t):  # the mask learnt with a tuned copy of this model, upsampled as DiET erases
+            masks = diet(model, x, config=cfg, generator=torch.Generator().manual_seed(seed)).masks
+            return F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return explain_diet
+    from assay.attribution.neighbourhoods import grid_feature_mask
+
+    entry = METHODS[run.name]
+    mcfg = _registry_config(run.name, run.params, seed=seed, output=output, layer=_last_relu(world.model))
+    kwargs = {}
+    if entry.config.feature_groups and image:
+        shape = tuple(world.x.shape[1:])
+        kwargs["feature_mask"] = grid_feature_mask(shape, (shape[0], params["patch"], params["patch"]))
+
+    def explain(model, x, t):
+        return importance_map(entry.values(entry.run(model, x, t, config=mcfg, **kwargs)).detach())
+    return explain
+
+
+def _world_parts(name: str, kw: dict[str, Any]) -> tuple[Any, Any]:
+    """(world config or None for the default, the held-out world) of world ``name`` with spec ``kw``."""
+    try:
+        if name == "digits":
+            from assay.worlds.digits import DigitsConfig, SignalDistractorDigits
+
+            cfg = DigitsConfig(**kw)
+            return (cfg if kw else None), SignalDistractorDigits(dataclasses.replace(cfg, split="test"))
+        from assay.worlds.tabular import TabularConfig, TabularSignalWorld
+
+        tcfg = TabularConfig(**kw)
+        return (tcfg if kw else None), TabularSignalWorld(tcfg)
+    except TypeError as e:
+        raise ConfigError(f"world {name!r}: {e}") from None
+
+
+def prepare_world(world: str, seed: int, settings: AttributionSettings) -> PreparedWorld:
+    """Train (or load) the world's classifier and draw ``n_examples`` correctly classified held-out examples."""
+    from assay.models.classifier_zoo import RECIPES, world_classifier
+    from assay.worlds.base import make_generator
+
+    name, kw = parse_world_spec(world, WORLD_NAMES)
+    top_k = int(kw.pop("top_k", TOP_K[name]))
+    world_config, held_out = _world_parts(name, kw)
+    budget = {"n_train": settings.n_train, "epochs": settings.epochs, "hidden": settings.hidden or None}
+    recipe = dataclasses.replace(RECIPES[name], **{k: v for k, v in budget.items() if v is not None})
+    wc = world_classifier(name, world_config=world_config, recipe=recipe,
+                          seed=settings.model_seed + (seed if settings.model_per_seed else 0))
+    g = make_generator(EXAMPLE_SEED + seed)
+    xs, masks, ys = [], [], []
+    n, draws = settings.n_examples, 0
+    while sum(len(y) for y in ys) < n and draws < 8:  # 2n draws at a time until n are classified correctly
+        batch = held_out.sample(2 * n, generator=g)
+        with torch.no_grad():
+            ok = wc.model(batch.inputs).argmax(1) == batch.targets
+        xs.append(batch.inputs[ok])
+        masks.append(batch.labels["signal_mask"][ok].bool())
+        ys.append(batch.targets[ok])
+        draws += 1
+    x, mask, y = torch.cat(xs)[:n], torch.cat(masks)[:n], torch.cat(ys)[:n]
+    if len(y) == 0:
+        raise ConfigError(f"the {name} classifier (held-out accuracy {wc.test_accuracy:.3f}) classified none of "
+                          f"{draws * 2 * n} examples correctly; train it longer (--options epochs=…, n_train=…)")
+    if not 1 <= top_k <= mask[0].numel():
+        raise ConfigError(f"world {world!r}: top_k must lie in 1..{mask[0].numel()}, got {top_k}")
+    sites = tuple(site for site, m in reversed(list(wc.model.named_modules()))
+                  if site and not list(m.children()) and any(True for _ in m.parameters(recurse=False)))
+    if settings.randomise:
+        unknown = [s for s in settings.randomise if s not in sites]
+        if unknown:
+            raise ConfigError(f"randomise: no parameterised sites {unknown} in the {name} classifier; "
+                              f"choose from {', '.join(sites)}")
+        sites = settings.randomise
+    return PreparedWorld(name, wc.model, x, mask, y, wc.test_accuracy, top_k, sites)
+
+
+def score_method(explain: Explain, world: PreparedWorld, settings: AttributionSettings, seed: int) -> dict[str, float]:
+    """The metrics of one explainer on a prepared world (means over the examples)."""
+    from assay.evaluate.attribution_agreement import (
+        pointing_game,
+        rank_correlation,
+        relevance_mass,
+        top_k_precision,
+    )
+    from assay.evaluate.attribution_sanity import model_randomisation
+    from assay.evaluate.faithfulness import faithfulness_correlation, perturbation_curve
+
+    model, x, mask, t = world.model, world.x, world.mask, world.target
+    m = explain(model, x, t).detach()
+    a = m[:, None] if x.dim() == 4 else m  # a pixel map removes all channels of a pixel
+    mass, chance = relevance_mass(m, mask)
+    curve = perturbation_curve(model, x, a, t, n_steps=settings.deletion_steps, output="probability")
+    fc = faithfulness_correlation(model, x, a, t, subset_size=max(1, mask[0].numel() // 8),
+                                  n_runs=settings.faithfulness_runs, generator=torch.Generator().manual_seed(seed))
+    sanity = model_randomisation(model, explain, x, t, layers=world.sites,
+                                 generator=torch.Generator().manual_seed(42 + seed))
+    return {"relevance_mass": float(mass.mean()), "pointing_game": float(pointing_game(m, mask).double().mean()),
+            "top_k_precision": float(top_k_precision(m, mask, world.top_k).mean()),
+            "rank_correlation": float(rank_correlation(m, mask).nanmean()), "deletion_auc": float(curve.auc.mean()),
+            "faithfulness_correlation": float(fc.nanmean()),
+            "randomisation_spearman": float(sanity.spearman_abs[-1].nanmean()),
+            "chance_mass": float(chance.mean()), "model_accuracy": world.accuracy, "n_examples": float(len(t))}
+
+
+class AttributionFamily:
+    """Attribution methods × worlds with true attribution masks (module docstring)."""
+
+    name = "attribution"
+    title = "Attribution bench: methods ranked against true attribution masks"
+    worlds = WORLD_NAMES
+    methods = METHOD_NAMES
+    metrics = SUMMARY_METRICS
+    settings_type = AttributionSettings
+
+    def world_names(self) -> tuple[str, ...]:
+        return WORLD_NAMES
+
+    def method_names(self) -> tuple[str, ...]:
+        return METHOD_NAMES
+
+    def expand(self, spec: str) -> list[SpecRun]:
+        runs = list(expand_spec(spec, METHOD_NAMES))
+        for r in runs:  # unknown keys and invalid values fail here, before any work
+            check_params(r, method_params(r.name))
+            if r.name == "diet":
+                _diet_config(r.params, 0)
+            elif r.name != "random":
+                _registry_config(r.name, r.params, seed=0, output="log_softmax", layer="<last ReLU>")
+        return runs
+
+    def prepare(self, world: str, seed: int, settings: AttributionSettings) -> PreparedWorld:
+        return prepare_world(world, seed, settings)
+
+    def score(self, prepared: PreparedWorld, run: SpecRun, ctx: RunContext) -> dict[str, float]:
+        explain = explainer(run, prepared, ctx.seed, ctx.settings.output)
+        if explain is None:
+            return {}  # not applicable to this world (listed in the section's notes)
+        return score_method(explain, prepared, ctx.settings, ctx.seed)
+
+    def section(self, result: BenchResult) -> Any:
+        from assay.report import Plot, Section, Table
+
+        tables, plots = [], []
+        for world in dict.fromkeys(r["world"] for r in result.runs):
+            mine = result._replace(summary=[s for s in result.summary if s["world"] == world])
+            cols, rows = summary_rows(mine, SUMMARY_METRICS)
+            mass = {(s["method"], s["level"]): s["mean"] for s in mine.summary if s["metric"] == "relevance_mass"}
+            rows = sorted((r for r in rows if (r[1], r[2]) in mass), key=lambda r: -mass[(r[1], r[2])])
+            n = max((s["n"] for s in mine.summary), default=0)
+            chance = _mean(mine.summary, "chance_mass")
+            acc = _mean(mine.summary, "model_accuracy")
+            tables.append(Table(f"{world}: classifier accuracy {acc:.3f}, chance relevance mass {chance:.3f} "
+                                f"(mean [95% interval] over {n} seed(s); sorted by relevance mass)",
+                                cols[1:], [r[1:] for r in rows]))
+            if result.settings.plots:
+                path = result.out_dir / "plots" / f"truth_vs_sanity_{_slug(world)}"
+                plots.append(Plot(f"{world}: relevance mass vs randomisation Spearman",
+                                  _truth_vs_sanity(mine.summary, world, chance, path)))
+        s = result.settings
+        skipped = sorted({f"{r['method']} on {r['world']}" for r in result.runs if not r["metrics"]})
+        notes = [f"{len(result.runs)} runs; {s.n_examples} correctly classified held-out examples per world and "
+                 f"seed; explained output {s.output}; classifier seed {s.model_seed}"
+                 f"{' + the bench seed' if s.model_per_seed else ''}.",
+                 "Ground-truth agreement: relevance mass (share of |φ| inside the signal mask; chance = the mask's "
+                 "area), pointing game, top-k precision and rank correlation with the mask. Faithfulness: deletion "
+                 "AUC (probability as features are removed in map order; lower is better), faithfulness "
+                 "correlation. Sanity: Spearman of the maps before and after cascading randomisation of the "
+                 "classifier's layers (lower: the map depends on the learnt weights; the random control stays at "
+                 "1).",
+                 "random is a map that ignores the model: every method should beat it on agreement and "
+                 "faithfulness, and fall below it on the randomisation Spearman."]
+        if skipped:
+            notes.append(f"Not applicable (needs images): {', '.join(skipped)}.")
+        undefined = sorted({r["method"] for r in result.runs
+                            if math.isnan(r["metrics"].get("randomisation_spearman", 0.0))})
+        if undefined:
+            notes.append(f"Randomisation Spearman undefined (–) for {', '.join(undefined)}: after randomisation every "
+                         "map is constant (DiET erases every pixel of a model that no longer reacts to the input); "
+                         "such methods are left out of the plot.")
+        return Section(self.title, tables, plots, notes)
+
+
+def _mean(summary: list[dict[str, Any]], metric: str) -> float:
+    vals = [s["mean"] for s in summary if s["metric"] == metric and s["n"]]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _slug(world: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in world)
+
+
+def _truth_vs_sanity(summary: list[dict[str, Any]], world: str, chance: float, path: Path) -> Path:
+    """Scatter of relevance mass (x) against randomisation Spearman (y), one point per method level with
+    95% intervals; good methods sit bottom right. Saved as PNG and SVG; returns the SVG."""
+    from assay.report import new_figure, save_figure
+
+    idx = {(s["method"], s["level"], s["metric"]): s for s in summary if s["n"]}
+    fig = new_figure((6, 4.2))
+    ax = fig.subplots()
+    for (meth, lev, met), sx in idx.items():
+        sy = idx.get((meth, lev, "randomisation_spearman"))
+        if met != "relevance_mass" or sy is None:
+            continue
+        ax.errorbar(sx["mean"], sy["mean"], xerr=[[sx["mean"] - sx["ci_low"]], [sx["ci_high"] - sx["mean"]]],
+                    yerr=[[sy["mean"] - sy["ci_low"]], [sy["ci_high"] - sy["mean"]]], fmt="o", ms=4, capsize=2)
+        ax.annotate(meth if lev == "default" else f"{meth} {lev}", (sx["mean"], sy["mean"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    if chance == chance:
+        ax.axvline(chance, color="grey", ls="--", lw=0.8, label="chance mass")
+        ax.legend(fontsize=7, loc="upper right")
+    ax.set_xlabel("relevance mass inside the signal mask (higher: agrees with the truth)")
+    ax.set_ylabel("randomisation Spearman (lower: depends on the weights)")
+    ax.set_title(world, fontsize=9)
+    save_figure(fig, path.with_suffix(".png"), dpi=110, tight=True)
+    return save_figure(fig, path.with_suffix(".svg"), tight=True)
+
+
+FAMILY = AttributionFamily()
+"""The attribution family for :func:`assay.bench.runner.run_family`."""
