@@ -204,7 +204,7 @@ class Fitted(NamedTuple):
 
 def _sae(w: LensWorld, fold: int, k: int, expansion: int, seed: int, steps: int) -> Any:
     from assay.dictionaries.registry import build_sae
-    from assay.dictionaries.trainer import TrainConfig, train_saes
+    from assay.dictionaries.trainer import SAETrainConfig, train_saes
 
     key = ("sae-model", k, expansion, fold)
     if key not in w.memo:
@@ -216,7 +216,7 @@ def _sae(w: LensWorld, fold: int, k: int, expansion: int, seed: int, steps: int)
             for _ in range(start, steps):
                 yield x[torch.randint(0, x.shape[0], (64,), generator=g)]
 
-        (w.memo[key],), _ = train_saes(sae, TrainConfig(steps=steps, warmup_steps=max(1, steps // 10)), batches)
+        w.memo[key], _ = train_saes(sae, SAETrainConfig(steps=steps, warmup_steps=max(1, steps // 10)), batches)
     return w.memo[key]
 
 
