@@ -37,7 +37,7 @@ def test_image_heatmaps_and_ig_completeness(tmp_path, monkeypatch):
     monkeypatch.setattr(offline, "load", _tiny_image)
     out = tmp_path / "attr"
     res = CliRunner().invoke(app, ["attribute", "--images", "chelsea", "--images", "coffee", "--steps", "16",
-                                   "--out", str(out)])
+                                   "--out-dir", str(out)])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert [r["image"] for r in results["rows"]] == ["chelsea", "coffee"]
@@ -64,12 +64,24 @@ def test_occlusion_patches_on_images(tmp_path, monkeypatch):
     monkeypatch.setattr(offline, "load", _tiny_image)
     out = tmp_path / "occ"
     res = CliRunner().invoke(app, ["attribute", "--images", "coffee", "--method", "occlusion", "--patch", "56",
-                                   "--target", "2", "--out", str(out)])
+                                   "--target", "2", "--out-dir", str(out)])
     assert res.exit_code == 0, res.output
     v = load_artifact(out / "attribution", kind="attribution").tensors["attribution"]["values"][0]
     # 4×4 windows of 56×56 over all channels: the map is constant on each window
     assert torch.unique(v[:, :56, :56]).numel() == 1 and torch.unique(v).numel() <= 16
     assert json.loads((out / "results.json").read_text())["rows"][0]["target"] == 2
+
+
+def test_runs_get_their_own_folder_and_leave_no_stale_heatmaps(tmp_path, monkeypatch):
+    monkeypatch.setattr(offline, "load", _tiny_image)
+    monkeypatch.chdir(tmp_path)
+    args = ["attribute", "--method", "gradient", "--target", "1"]
+    assert CliRunner().invoke(app, [*args, "--images", "coffee", "--images", "chelsea"]).exit_code == 0
+    out = tmp_path / "runs" / "attribute" / "efficientnet-lite0"  # the default: one folder per model
+    assert sorted(p.name for p in out.glob("heatmap_*.png")) == ["heatmap_chelsea.png", "heatmap_coffee.png"]
+    assert CliRunner().invoke(app, [*args, "--images", "astronaut"]).exit_code == 0
+    assert [p.name for p in out.glob("heatmap_*.png")] == ["heatmap_astronaut.png"]  # the earlier photos are gone
+    assert [r["image"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["astronaut"]
 
 
 @pytest.mark.parametrize("method", ["fullgrad", "gradcam"])
@@ -84,7 +96,7 @@ def test_fullgrad_and_gradcam_maps_on_images(tmp_path, monkeypatch, method):
     monkeypatch.setattr(offline, "load", _tiny_image)
     out = tmp_path / method
     res = CliRunner().invoke(app, ["attribute", "--images", "coffee", "--method", method, "--target", "1",
-                                   "--out", str(out)])
+                                   "--out-dir", str(out)])
     assert res.exit_code == 0, res.output
     saved = load_artifact(out / "attribution", kind="attribution").tensors["attribution"]["values"]
     net, x = _tiny_image("stand-in").model, preprocess_image(data.coffee())[None]
@@ -130,7 +142,7 @@ def tiny_lm(llama, monkeypatch):
 def test_prompt_token_scores_and_section(tmp_path, tiny_lm):
     out = tmp_path / "txt"
     res = CliRunner().invoke(app, ["attribute", "--model", "smollm2-135m", "--prompt", "hi there", "--method",
-                                   "input_x_gradient", "--out", str(out)])
+                                   "input_x_gradient", "--out-dir", str(out)])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
@@ -150,7 +162,7 @@ def test_text_baseline_flag(tmp_path, tiny_lm, kind):
     """--text-baseline sets f_t(baseline) to the model's output at the chosen reference embedding."""
     out = tmp_path / kind
     res = CliRunner().invoke(app, ["attribute", "--model", "smollm2-135m", "--prompt", "hey", "--steps", "8",
-                                   "--text-baseline", kind, "--out", str(out)])
+                                   "--text-baseline", kind, "--out-dir", str(out)])
     assert res.exit_code == 0, res.output
     r = json.loads((out / "results.json").read_text())
     E = tiny_lm.get_input_embeddings().weight.detach()
@@ -181,7 +193,7 @@ def test_raw_logits_of_a_classifier_are_explained_with_a_warning(tmp_path, monke
     from skimage import data
 
     from assay.attribution import InputXGradientConfig, input_x_gradient
-    from assay.cli.attribute import AttributeCommand, explained_output, logit_warning
+    from assay.bench.real_model_attribution import AttributeCommand, explained_output, logit_warning
     from assay.models.offline_vision import preprocess_image
 
     monkeypatch.setattr(offline, "load", _tiny_image)
@@ -190,7 +202,7 @@ def test_raw_logits_of_a_classifier_are_explained_with_a_warning(tmp_path, monke
     for flag in ([], ["--output", "logit"]):
         out = tmp_path / ("logit" if flag else "default")
         res = CliRunner().invoke(app, ["attribute", "--images", "coffee", "--method", "input_x_gradient", "--target",
-                                       "2", *flag, "--out", str(out)])
+                                       "2", *flag, "--out-dir", str(out)])
         assert res.exit_code == 0, res.output
         assert ("RAW LOGITS" in res.output) == bool(flag)
         notes = read_section(out).notes

@@ -10,7 +10,7 @@ import torch
 
 from assay.attribution.registry import ENGINE_METHODS, METHODS, configure, lookup
 from assay.bench.attribution import FAMILY, method_params
-from assay.cli.attribute import AttributeCommand
+from assay.bench.real_model_attribution import AttributeCommand
 from assay.config import ConfigError
 
 CAPABILITIES = ("uses_baseline", "feature_groups", "complete", "stochastic")

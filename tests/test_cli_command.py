@@ -68,7 +68,7 @@ def test_programming_errors_still_raise():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["attribute", "--images", "not_a_photo", "--out", "{tmp}/o"], "skimage.data has no photo 'not_a_photo'"),
+    (["attribute", "--images", "not_a_photo", "--out-dir", "{tmp}/o"], "skimage.data has no photo 'not_a_photo'"),
     (["report", "--runs", "/nonexistent/folder", "--out", "{tmp}/r.html"], "/nonexistent/folder is not a folder"),
 ])
 def test_real_commands_report_bad_input_cleanly(tmp_path, args, message):

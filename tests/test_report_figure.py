@@ -65,7 +65,7 @@ files = draw_all(out / "bench", runs, summary)
 from assay.evaluate.intervention import TradeoffCurve, plot_tradeoffs
 files.append(plot_tradeoffs([TradeoffCurve("c", (0.0, 1.0), (0.1, 0.9), (0.0, 0.3))], out / "tradeoff.png"))
 
-from assay.cli.attribute import save_heatmap
+from assay.bench.real_model_attribution import save_heatmap
 save_heatmap(out / "heat.png", torch.rand(8, 8, 3).numpy(), torch.randn(3, 8, 8), "t")
 files.append(out / "heat.png")
 
