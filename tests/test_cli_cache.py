@@ -26,7 +26,7 @@ class Tiny(nn.Module):
         return h
 
 
-def fake_prepare(cfg):
+def fake_prepare(cfg, *, loaded=None):
     n, t = -(-cfg.n_tokens // cfg.context_length), cfg.context_length
     tokens = torch.randint(0, 40, (n, t), generator=torch.Generator().manual_seed(0))
     return Tiny().eval(), TokenWindows(tokens, torch.arange(n), torch.arange(t).repeat(n, 1))
@@ -109,10 +109,13 @@ def test_cache_smollm2_real_model(tmp_path, smollm2):
 
     cfg = cache_cli.CacheConfig(sites=("model.layers.1",), n_tokens=96, context_length=32, batch_size=2,
                                 shard_rows=40, out_dir=tmp_path / "s")
-    summary = cache_cli.run_cache(cfg, quiet=True)
+    summary = cache_cli.run_cache(cfg, quiet=True, loaded=smollm2)  # the loaded model is used, not reloaded
     store = ActivationStore.open(tmp_path / "s", d=576)
     assert summary.n_rows == store.n_rows == 96 and store.n_shards == 3
-    _, windows = cache_cli.prepare(cfg)
+    model, windows = cache_cli.prepare(cfg, loaded=smollm2)
+    assert model is smollm2.model
+    with pytest.raises(ConfigError, match="the loaded model is 'smollm2-135m' but the config asks for 'minilm-l6'"):
+        cache_cli.prepare(cache_cli.CacheConfig(model="minilm-l6"), loaded=smollm2)
     assert torch.equal(store.tokens.all(), windows.tokens.reshape(-1))
     assert torch.equal(store.positions.all(), windows.positions.reshape(-1))
     h = hooks.run_to(smollm2.model, "model.layers.1", windows.tokens[:2])

@@ -137,7 +137,7 @@ def _sequence(spec: str, name: str, kw: dict[str, Any], seed: int, n_eval: int) 
     model_over = {"context": int(context)} if context else None
     train_over = {"steps": int(model_steps)} if model_steps else None
     wm = world_model(name, world_overrides=kw or None, model_overrides=model_over, train_overrides=train_over,
-                     progress=False)
+                     progress=True)  # a bar while a world model trains on first use
     model, world = wm.model, wm.world
     from assay.models.train import batch_sampler
 

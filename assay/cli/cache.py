@@ -74,13 +74,17 @@ class CacheConfig:
         return Path("runs") / "cache" / f"{self.model}-{sites}-{self.n_tokens}"
 
 
-def prepare(cfg: CacheConfig) -> tuple[Any, Any]:
-    """Load the model and cut the corpus into windows: ``(model, TokenWindows)``."""
+def prepare(cfg: CacheConfig, *, loaded: Any = None) -> tuple[Any, Any]:
+    """Load the model (unless ``loaded``, an already loaded :class:`assay.models.offline.LoadedModel` of
+    ``cfg.model``, is given) and cut the corpus into windows: ``(model, TokenWindows)``."""
     import torch
 
     from assay import corpora, models
 
-    loaded = models.load(cfg.model, device=cfg.device)
+    if loaded is None:
+        loaded = models.load(cfg.model, device=cfg.device)
+    elif loaded.name != cfg.model:
+        raise ConfigError(f"the loaded model is {loaded.name!r} but the config asks for {cfg.model!r}")
     if loaded.tokenizer is None:
         raise ConfigError(f"model {cfg.model!r} takes images, not text; `assay cache` needs a text model")
     docs = corpora.load_corpus(cfg.corpus)
@@ -102,8 +106,9 @@ def prepare(cfg: CacheConfig) -> tuple[Any, Any]:
     return loaded.model, windows
 
 
-def run_cache(cfg: CacheConfig, *, quiet: bool = False) -> Any:
-    """Run ``assay cache``; returns the :class:`assay.store.StoreSummary`."""
+def run_cache(cfg: CacheConfig, *, quiet: bool = False, loaded: Any = None) -> Any:
+    """Run ``assay cache``; returns the :class:`assay.store.StoreSummary`. ``loaded``: the model, already
+    loaded (see :func:`prepare`)."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -124,7 +129,7 @@ def run_cache(cfg: CacheConfig, *, quiet: bool = False) -> Any:
             return Text("? tok/s" if speed is None else f"{speed:,.0f} tok/s")
 
     console = Console(stderr=True, quiet=quiet)
-    model, windows = prepare(cfg)
+    model, windows = prepare(cfg, loaded=loaded)
     n_rows = windows.tokens.numel()
     out = cfg.store_dir
     console.print(f"caching {cfg.model} at {', '.join(cfg.sites)}: {n_rows:,} tokens -> {out}")
