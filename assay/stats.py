@@ -43,6 +43,7 @@ __all__ = [
     "auroc",
     "auroc_matrix",
     "delong_interval",
+    "pearson",
     "spearman",
     "wilson_interval",
     "t_interval",
@@ -130,19 +131,28 @@ def average_ranks(x: Tensor, dim: int = -1, *, chunk: int = 512) -> Tensor:
     return out.reshape(moved.shape).movedim(-1, dim)
 
 
-def spearman(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
-    """Spearman rank correlation of ``a`` and ``b`` (one shape) along ``dim``: float64, ``dim`` reduced.
+def pearson(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
+    """Pearson correlation of ``a`` and ``b`` (one shape) along ``dim``: float64, ``dim`` reduced.
 
     NaN where either side is constant along ``dim`` (or holds a NaN).
     """
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.shape != b.shape:
-        raise ValueError(f"spearman needs two tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    ra, rb = average_ranks(a, dim), average_ranks(b, dim)
-    ra = ra - ra.mean(dim, keepdim=True)
-    rb = rb - rb.mean(dim, keepdim=True)
-    den = (ra.square().sum(dim) * rb.square().sum(dim)).sqrt()
-    return torch.where(den > 0, (ra * rb).sum(dim) / den, float("nan"))
+        raise ValueError(f"a correlation needs two tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a = a.double() - a.double().mean(dim, keepdim=True)
+    b = b.double() - b.double().mean(dim, keepdim=True)
+    den = (a.square().sum(dim) * b.square().sum(dim)).sqrt()
+    return torch.where(den > 0, (a * b).sum(dim) / den, float("nan"))
+
+
+def spearman(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
+    """Spearman rank correlation of ``a`` and ``b`` (one shape) along ``dim``: the Pearson correlation of
+    their average ranks; float64, ``dim`` reduced. NaN where either side is constant along ``dim`` (or
+    holds a NaN)."""
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    if a.shape != b.shape:
+        raise ValueError(f"a correlation needs two tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return pearson(average_ranks(a, dim), average_ranks(b, dim), dim)
 
 
 # ----------------------------------------------------------------------------------------------- AUROC

@@ -14,6 +14,7 @@ from assay.stats import (
     average_ranks,
     delong_interval,
     logistic_regression,
+    pearson,
     softmax_regression,
     spearman,
     t_interval,
@@ -313,3 +314,18 @@ def test_softmax_regression_penalised_intercept_classes_and_errors():
         softmax_regression(x, y, 3)
     with pytest.raises(ValueError, match="integer classes"):
         softmax_regression(x, y.double())
+
+
+def test_pearson_matches_scipy_and_constant_input_is_nan():
+    from scipy import stats as sps
+
+    g = torch.Generator().manual_seed(3)
+    a, b = (torch.randn(4, 30, generator=g, dtype=torch.float64) for _ in range(2))
+    b[1] = 2 * a[1] + 0.1 * b[1]
+    ours = pearson(a, b)
+    for i in range(4):
+        assert float(ours[i]) == pytest.approx(sps.pearsonr(a[i].numpy(), b[i].numpy())[0], abs=1e-12)
+    assert float(pearson(a, b, dim=0)[5]) == pytest.approx(sps.pearsonr(a[:, 5].numpy(), b[:, 5].numpy())[0], abs=1e-12)
+    assert torch.isnan(pearson(torch.ones(5), torch.arange(5.0)))
+    with pytest.raises(ValueError, match="one shape"):
+        pearson(torch.ones(3), torch.ones(4))

@@ -28,6 +28,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from assay.chunks import blocks, row_bytes
+from assay.stats import pearson
 
 __all__ = [
     "Curve",
@@ -192,13 +193,7 @@ def faithfulness_correlation(
     f = _batched(model, build, B, R, t, output, chunk)
     delta = f0[:, None] - f
     att = torch.gather(a[:, None].expand(-1, R, -1), 2, subsets).sum(-1)
-    return _pearson(att, delta)
-
-
-def _pearson(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    u = u - u.mean(-1, keepdim=True)
-    v = v - v.mean(-1, keepdim=True)
-    return (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
+    return pearson(att, delta).to(att.dtype)
 
 
 def prediction_gap(
