@@ -33,9 +33,16 @@ from typing import Any, NamedTuple
 
 import torch
 
+from assay.bench.sae_fragility import (
+    SAE_ARCHS,
+    common_off_latent,
+    embeds_forward,
+    sae_quality,
+    site_rows,
+    train_sae,
+)
 from assay.stats import wilson_interval
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "mp")
 TEMPLATE = " \nThe previous text is about"
 PROMPTS = (
     "The cat sat on the warm windowsill and watched the birds in the garden.",
@@ -83,76 +90,6 @@ def make_row(setting: str, success: torch.Tensor, size: torch.Tensor, kl: torch.
 
 # ----- (a) world model -----------------------------------------------------------------------------------
 
-def site_rows(model: torch.nn.Module, tokens: torch.Tensor, site: str, *, pad: int = 0, batch: int = 128
-              ) -> torch.Tensor:
-    """Activations at ``site`` for every non-pad token ``[n_rows, d]``."""
-    from assay.hooks import capture
-
-    out = []
-    with torch.no_grad():
-        for a in range(0, tokens.shape[0], batch):
-            t = tokens[a:a + batch]
-            with capture(model, [site]) as cap:
-                model(t)
-            out.append(cap[site][t != pad])
-    return torch.cat(out)
-
-
-def train_sae(arch: str, acts: torch.Tensor, *, d_sae: int, k: int, steps: int, batch_size: int, seed: int):
-    """A small SAE of ``arch`` on rows ``acts`` (assay's trainer, inputs normalised, scale folded in)."""
-    from assay.dictionaries.registry import build_sae
-    from assay.dictionaries.trainer import SAETrainConfig, train_saes
-
-    kw: dict[str, Any] = {"d_in": acts.shape[1], "d_sae": d_sae, "seed": seed}
-    if arch in ("topk", "batchtopk", "matryoshka", "mp"):
-        kw["k"] = k
-    if arch in ("batchtopk", "matryoshka"):
-        kw["threshold_start"] = steps // 4  # estimate the inference threshold within this short run
-    if arch == "jumprelu":
-        kw["target_l0"], kw["l0_coef"] = float(k), 10.0
-    if arch == "relu":
-        kw["l1_coef"] = 3.0
-    sae = build_sae(arch, **kw)
-    g = torch.Generator().manual_seed(seed)
-
-    def batches(start: int):
-        for _ in range(start, steps):
-            yield acts[torch.randint(0, acts.shape[0], (batch_size,), generator=g)]
-
-    # lr 1e-3 for every architecture: the ReLU/JumpReLU defaults (5e-5, 7e-5) are for runs 100x longer
-    sae, _ = train_saes(sae, SAETrainConfig(steps=steps, lr=1e-3, warmup_steps=max(1, steps // 10)), batches)
-    return sae.eval()
-
-
-@torch.no_grad()
-def sae_quality(sae, acts: torch.Tensor) -> tuple[float, float]:
-    """(L0, FVU) of ``sae`` on ``acts``."""
-    z = sae.encode(acts)
-    rec = sae.decode(z)
-    fvu = float((acts - rec).square().sum() / (acts - acts.mean(0)).square().sum())
-    return float((z != 0).sum(1).float().mean()), fvu
-
-
-def embed_forward(model: torch.nn.Module, tokens: torch.Tensor, site: str, *, embed_site: str = "embed"):
-    """``forward(e) -> (h, logits)`` at the last position, with ``e`` replacing the token embeddings."""
-    from assay.hooks import patch
-    from assay.robustness.sae_fragility import site_forward
-
-    def call(m: torch.nn.Module, e: torch.Tensor) -> torch.Tensor:
-        with patch(m, {embed_site: lambda _: e}):
-            return m(tokens)
-
-    return site_forward(model, site, position=-1, call=call)
-
-
-def common_off_latent(sae, h: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-    """Per example, the latent that fires most often on ``acts`` among those off at ``h``."""
-    with torch.no_grad():
-        freq = (sae.encode(acts) != 0).float().mean(0)
-        off = sae.encode(h) == 0
-    return torch.where(off, freq, torch.full_like(freq, -1.0)).argmax(1)
-
-
 def world_fragility(model: torch.nn.Module, sae, tokens: torch.Tensor, site: str, *, objective: str,
                     eps_rel: float = 0.5, steps: int = 50, kl_bound: float = 0.01, overlap_threshold: float = 0.5,
                     acts: torch.Tensor | None = None, seed: int = 0):
@@ -164,7 +101,7 @@ def world_fragility(model: torch.nn.Module, sae, tokens: torch.Tensor, site: str
 
     with torch.no_grad():
         x = model.embed(tokens)
-    fwd = embed_forward(model, tokens, site)
+    fwd = embeds_forward(model, site)
     eps = eps_rel * float(x.flatten(1).norm(dim=1).median())
     latent = None
     if objective in ("activate", "deactivate"):
@@ -325,7 +262,7 @@ def print_row(r: Row, extra: str = "") -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--archs", nargs="+", default=list(ARCHS))
+    ap.add_argument("--archs", nargs="+", default=list(SAE_ARCHS))
     ap.add_argument("--site", default="blocks.0")
     ap.add_argument("--n-seq", type=int, default=768)
     ap.add_argument("--prefix", type=int, default=16)

@@ -77,6 +77,8 @@ def test_kl_bound_blocks_latents_the_output_reads():
     assert not res.success.any()
     loose = fragility_attack(forward, lens, X, objective="activate", latent=2, eps=3.0, steps=100, kl_bound=50.0)
     assert loose.success.all()
+    free = fragility_attack(forward, lens, X, objective="activate", latent=2, eps=3.0, steps=100, kl_bound=None)
+    assert free.success.all() and (free.kl > 1e-3).any()  # no bound: success although the output moved
 
 
 def test_deactivate_and_untargeted_topk():

@@ -20,10 +20,11 @@ FAMILY_MODULES = {
     "attribution": "assay.bench.attribution",
     "robustness": "assay.bench.robustness",
     "data-attribution": "assay.bench.data_attribution",
+    "sae-fragility": "assay.bench.sae_fragility",
 }
 """Family name → the module holding its ``FAMILY``."""
 
-FamilyName = Literal["dictionaries", "lenses", "attribution", "robustness", "data-attribution"]
+FamilyName = Literal["dictionaries", "lenses", "attribution", "robustness", "data-attribution", "sae-fragility"]
 """The names of :data:`FAMILY_MODULES` (a Literal, for the command line's choices)."""
 
 

@@ -5,6 +5,7 @@ Modules (import them directly; nothing is loaded here): ``average_case`` (p_σ(x
 training), ``curvature`` (Hessian power iteration, normalised curvature), ``lcnn_layers`` / ``lcnn``
 (low-curvature layers and recipe), ``regularisers`` (gradient-norm, score matching),
 ``off_manifold`` (on/off-manifold robustness, gradient alignment), ``sae_fragility`` (attacks on
-dictionary latents). The experiment (worlds × estimators/PGD/curvature × seeds) is the bench family
-``assay.bench.robustness``. See docs/robustness.md.
+dictionary latents: continuous, token replacement, suffix append). The experiments (worlds ×
+estimators/PGD/curvature × seeds; world models × SAE attacks × seeds) are the bench families
+``assay.bench.robustness`` and ``assay.bench.sae_fragility``. See docs/robustness.md.
 """
