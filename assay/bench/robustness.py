@@ -185,7 +185,7 @@ def off_manifold_params(run: SpecRun) -> dict[str, Any]:
     return p
 
 
-def fit(model: Any, inputs: Any, targets: Any, seed: int, settings: RobustnessSettings, *,
+def fit_recipe(model: Any, inputs: Any, targets: Any, seed: int, settings: RobustnessSettings, *,
         regulariser: str = "noise", strength: float = 0.0) -> Any:
     """The family's training recipe (AdamW lr 2e-3, batch 64, ``settings.epochs``, shuffling from ``seed``),
     with an optional regulariser of :data:`REGULARISERS` at ``strength`` (0: plain cross-entropy)."""
@@ -251,7 +251,7 @@ def train_classifier(world: str, seed: int, settings: RobustnessSettings) -> Pre
         model = new_mlp(train.inputs, train.targets, seed)
         if name in OFF_MANIFOLD_WORLDS:
             tangent, score = source.basis, test.labels["score"]
-    model = fit(model, train.inputs, train.targets, seed, settings)
+    model = fit_recipe(model, train.inputs, train.targets, seed, settings)
     return PreparedWorld(model, test.inputs, test.targets, {}, train.inputs, train.targets, tangent, score)
 
 
@@ -265,7 +265,7 @@ def off_manifold_metrics(prepared: PreparedWorld, p: dict[str, Any], ctx: RunCon
     from assay.worlds.base import make_generator
 
     x, T = prepared.inputs, prepared.tangent
-    model = fit(new_mlp(prepared.train_inputs, prepared.train_targets, ctx.seed), prepared.train_inputs,
+    model = fit_recipe(new_mlp(prepared.train_inputs, prepared.train_targets, ctx.seed), prepared.train_inputs,
                 prepared.train_targets, ctx.seed, ctx.settings, regulariser=p["regulariser"],
                 strength=float(p["strength"]))
     r = on_off_robustness(model, x, T, [float(p["eps"])], generator=make_generator(ctx.seed))
