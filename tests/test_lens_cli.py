@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from assay.bench.lenses.logit_lens import LensConfig, run_lens
+from assay.bench.lenses.logit_lens import LensConfig, run_lens, token_label
 from assay.bench.lenses.probe_sweep import ProbeConfig, run_probe
 from assay.bench.lenses.sentiment_steering import SteerConfig, run_steer
 from assay.cli import app
@@ -143,7 +143,7 @@ def test_lens_smollm2(smollm2, tmp_path):
     T = len(lens["positions"])
     assert lens["positions"] == list(range(T)) and len(table.columns) == T + 2
     assert [row[0] for row in table.rows] == [3, 29, "model"]
-    assert table.rows[1][1:T + 1] == lens["final_top_at"]
+    assert table.rows[1][1:T + 1] == [token_label(t, None) for t in lens["final_top_at"]]  # whitespace made visible
     (plot,) = sec.plots
     assert plot.path.stat().st_size > 1000
 

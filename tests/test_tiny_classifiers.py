@@ -50,3 +50,38 @@ def test_bad_sizes():
         SmallCNN(image_size=30)
     with pytest.raises(ValueError, match="rows"):
         fit_classifier(MLP(2, (2,), 2), torch.zeros(3, 2), torch.zeros(2, dtype=torch.long))
+
+
+def test_fit_classifier_regularisers_match_a_hand_written_loop():
+    import torch.nn.functional as F
+
+    from assay.robustness.regularisers import gradient_norm_penalty
+
+    x = torch.randn(40, 3, generator=make_generator(0))
+    y = (x[:, 0] > 0).long()
+
+    def reference(noise, lam):  # the loop written out: shuffle, then noise, from one generator
+        model = MLP(3, (8,), 2, generator=make_generator(1))
+        g = torch.Generator().manual_seed(2)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+        for _ in range(2):
+            order = torch.randperm(40, generator=g)
+            for s in range(0, 40, 16):
+                xb, yb = x[order[s:s + 16]], y[order[s:s + 16]]
+                xb = xb + noise * torch.randn(xb.shape, generator=g) if noise else xb
+                loss = F.cross_entropy(model(xb), yb) + (lam * gradient_norm_penalty(model, xb, yb) if lam else 0)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return model
+
+    for noise, lam in ((0.5, 0.0), (0.0, 3.0)):
+        model = MLP(3, (8,), 2, generator=make_generator(1))
+        penalty = (lambda xb, yb, m=model, w=lam: w * gradient_norm_penalty(m, xb, yb)) if lam else None
+        fit_classifier(model, x, y, epochs=2, batch_size=16, lr=1e-2, seed=2, input_noise=noise, penalty=penalty)
+        for a, b in zip(model.parameters(), reference(noise, lam).parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    plain = fit_classifier(MLP(3, (8,), 2, generator=make_generator(1)), x, y, epochs=2, batch_size=16, lr=1e-2, seed=2)
+    assert not torch.equal(plain.out.weight, model.out.weight)  # the penalty changed the fit
+    with pytest.raises(ValueError, match="input_noise"):
+        fit_classifier(MLP(2, (2,), 2), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), input_noise=-1.0)

@@ -1,11 +1,13 @@
 """``assay robustness``: the robustness bench family on one world (config: :class:`RobustnessCommand`).
 
 Trains a tiny classifier on the world (once per seed), then scores the average-case robustness
-estimators against Monte Carlo, PGD robust accuracy over ε and the loss curvature — the runs of
+estimators against Monte Carlo, PGD robust accuracy over ε and the loss curvature, and on the subspace
+world retrains it over a regularisation sweep to show the three regimes of off-manifold robustness
+(Srinivas, Bordt & Lakkaraju 2023) — the runs of
 ``assay bench --family robustness`` (:mod:`assay.bench.robustness`) with the worlds and method specs
 built from the flags below, through the same runner: cached and resumable under ``--out-dir`` (default
-``runs/robustness``), which receives ``results.csv``, ``summary.csv``, ``plots/robust_accuracy.svg`` and
-the report section (``section.json`` + ``report.html``).
+``runs/robustness``), which receives ``results.csv``, ``summary.csv``, ``plots/robust_accuracy.svg``,
+``plots/off_manifold.svg`` and the report section (``section.json`` + ``report.html``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ __all__ = ["RobustnessCommand", "register", "run"]
 
 @dataclass(frozen=True, kw_only=True)
 class RobustnessCommand:
-    """Train a tiny classifier on a world, then measure average-case and adversarial robustness and curvature."""
+    """Train a tiny classifier on a world, then measure average-case and adversarial robustness, curvature and
+    (subspace world) off-manifold robustness over a regularisation sweep."""
 
     world: Literal["digits", "tabular", "subspace", "mixture"] = "subspace"
     """World to train and evaluate on (digits: SmallCNN; others: MLP)."""
@@ -53,6 +56,10 @@ class RobustnessCommand:
     """PGD steps."""
     curvature_iters: int = 10
     """Power-iteration steps for the Hessian norm."""
+    regulariser: Literal["noise", "gradient_norm"] = "noise"
+    """Off-manifold sweep: Gaussian noise augmentation (strength = its std) or gradient-norm penalty (= its weight)."""
+    strengths: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
+    """Off-manifold sweep strengths (subspace world only; none: no sweep; gradient_norm: try 0 0.01 0.1 1 10 100)."""
     seeds: tuple[int, ...] = (0,)
     """Seeds (each draws the data, trains the classifier and draws the noise)."""
     out_dir: Path = Path("runs/robustness")
@@ -75,14 +82,19 @@ class RobustnessCommand:
 
     @property
     def method_specs(self) -> tuple[str, ...]:
-        """The bench method specs: each estimator at σ, PGD over the radii, curvature."""
+        """The bench method specs: each estimator at σ, PGD over the radii, curvature, the off-manifold sweep."""
+        from assay.bench.robustness import OFF_MANIFOLD_WORLDS
         from assay.robustness.average_case import ESTIMATORS
 
         specs = [f"{e}:sigma={self.sigma},noise={self.noise}" for e in self.estimators or ESTIMATORS]
         if self.epsilons:
             eps = "|".join(str(e) for e in self.epsilons)
             specs.append(f"pgd:eps={eps},norm={self.norm},steps={self.pgd_steps}")
-        return (*specs, f"curvature:iters={self.curvature_iters}")
+        specs.append(f"curvature:iters={self.curvature_iters}")
+        if self.strengths and self.world in OFF_MANIFOLD_WORLDS:
+            strengths = "|".join(str(s) for s in self.strengths)
+            specs.append(f"off_manifold:regulariser={self.regulariser},strength={strengths}")
+        return tuple(specs)
 
     @property
     def options(self) -> tuple[str, ...]:

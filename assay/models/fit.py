@@ -6,6 +6,8 @@ resume) is ``assay.models.train``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,15 +25,24 @@ def fit_classifier(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     seed: int = 0,
+    input_noise: float = 0.0,
+    penalty: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place to predict ``targets`` (class ids) from ``inputs``; return it in eval mode.
 
-    Shuffling draws from a generator seeded with ``seed``, so the same call gives the same weights.
+    Regularisers (both off by default): ``input_noise`` σ trains on x + N(0, σ²I) drawn afresh for
+    every batch (Gaussian noise augmentation); ``penalty(x, y)`` is added to each batch's
+    cross-entropy (e.g. ``lambda x, y: λ·gradient_norm_penalty(model, x, y)``).
+
+    Shuffling and the noise draw from a generator seeded with ``seed``, so the same call gives the
+    same weights.
     """
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"inputs have {inputs.shape[0]} rows but targets {targets.shape[0]}")
     if epochs <= 0 or batch_size <= 0:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
+    if not input_noise >= 0:
+        raise ValueError(f"input_noise must be >= 0, got {input_noise}")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
@@ -40,7 +51,12 @@ def fit_classifier(
         order = torch.randperm(n, generator=g)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            loss = F.cross_entropy(model(inputs[idx]), targets[idx])
+            x, y = inputs[idx], targets[idx]
+            if input_noise > 0:
+                x = x + input_noise * torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
+            loss = F.cross_entropy(model(x), y)
+            if penalty is not None:
+                loss = loss + penalty(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
