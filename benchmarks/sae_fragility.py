@@ -152,10 +152,11 @@ def run_world(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
 
 def lm_sae(args: argparse.Namespace, loaded: Any):
     """The SmolLM2 TopK SAE: loaded from ``out/lm_sae`` when present, else cached store + trained."""
-    from assay.cli.cache import CacheConfig, run_cache
+    from assay.cli.cache import run_cache
     from assay.dictionaries.registry import load_sae
     from assay.dictionaries.store_run import StoreSAEConfig, train_sae_on_store
     from assay.store import ActivationStore
+    from assay.store.corpus_cache import CacheConfig
 
     out = Path(args.out)
     sae_dir = out / "lm_sae"

@@ -9,7 +9,7 @@ from assay.cli import app
 from assay.cli import cache as cache_cli
 from assay.config import ConfigError, field_docs
 from assay.corpora import TokenWindows
-from assay.store import ActivationStore, StoreError
+from assay.store import ActivationStore, StoreError, corpus_cache
 
 
 class Tiny(nn.Module):
@@ -34,18 +34,18 @@ def fake_prepare(cfg, *, loaded=None):
 
 def test_config_validation_and_docs():
     with pytest.raises(ConfigError, match="n_tokens must be positive"):
-        cache_cli.CacheConfig(n_tokens=0)
+        corpus_cache.CacheConfig(n_tokens=0)
     with pytest.raises(ConfigError, match="sites must name at least one"):
-        cache_cli.CacheConfig(sites=())
-    cfg = cache_cli.CacheConfig(sites=("model.layers.3",), n_tokens=500)
+        corpus_cache.CacheConfig(sites=())
+    cfg = corpus_cache.CacheConfig(sites=("model.layers.3",), n_tokens=500)
     assert cfg.store_dir.as_posix() == "runs/cache/smollm2-135m-model.layers.3-500"
-    docs = field_docs(cache_cli.CacheConfig)
+    docs = field_docs(corpus_cache.CacheConfig)
     assert set(docs) >= {"model", "sites", "corpus", "n_tokens", "context_length", "batch_size", "shard_rows",
                          "dtype", "out_dir", "resume"}
 
 
 def test_cache_command_writes_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_cli, "prepare", fake_prepare)
+    monkeypatch.setattr(corpus_cache, "prepare", fake_prepare)
     out = tmp_path / "store"
     args = ["cache", "--model", "tiny", "--sites", "layers.0", "--sites", "layers.1", "--n-tokens", "300",
             "--context-length", "10", "--batch-size", "4", "--shard-rows", "64", "--dtype", "bfloat16",
@@ -56,7 +56,7 @@ def test_cache_command_writes_and_resumes(tmp_path, monkeypatch):
     assert "tok/s" in res.output and "300 rows in 5 shards" in res.output
     store = ActivationStore.open(out, sites=["layers.0", "layers.1"], d=8)
     assert store.n_rows == 300 and store.dtype == torch.bfloat16 and store.config["model"] == "tiny"
-    model, windows = fake_prepare(cache_cli.CacheConfig(n_tokens=300, context_length=10))
+    model, windows = fake_prepare(corpus_cache.CacheConfig(n_tokens=300, context_length=10))
     tokens = windows.tokens
     with torch.no_grad():
         want = model.layers[0](model.emb(tokens)).reshape(-1, 8)  # the site is the Linear's output
@@ -70,7 +70,7 @@ def test_cache_command_writes_and_resumes(tmp_path, monkeypatch):
 
 
 def test_cache_rerun_repairs_exactly_the_damaged_shard(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_cli, "prepare", fake_prepare)
+    monkeypatch.setattr(corpus_cache, "prepare", fake_prepare)
     out = tmp_path / "store"
     args = ["cache", "--model", "tiny", "--sites", "layers.0", "--sites", "layers.1", "--n-tokens", "300",
             "--context-length", "10", "--batch-size", "4", "--shard-rows", "64", "--out-dir", str(out)]
@@ -92,7 +92,7 @@ def test_cache_rerun_repairs_exactly_the_damaged_shard(tmp_path, monkeypatch):
 
 
 def test_cache_command_reads_toml(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_cli, "prepare", fake_prepare)
+    monkeypatch.setattr(corpus_cache, "prepare", fake_prepare)
     toml = tmp_path / "c.toml"
     toml.write_text(f'sites = ["layers.2"]\nn_tokens = 40\ncontext_length = 8\nout_dir = "{tmp_path / "s"}"\n')
     res = CliRunner().invoke(app, ["cache", "--config", str(toml), "--shard-rows", "16"])
@@ -107,15 +107,15 @@ def test_cache_command_reads_toml(tmp_path, monkeypatch):
 def test_cache_smollm2_real_model(tmp_path, smollm2):
     from assay import hooks
 
-    cfg = cache_cli.CacheConfig(sites=("model.layers.1",), n_tokens=96, context_length=32, batch_size=2,
+    cfg = corpus_cache.CacheConfig(sites=("model.layers.1",), n_tokens=96, context_length=32, batch_size=2,
                                 shard_rows=40, out_dir=tmp_path / "s")
     summary = cache_cli.run_cache(cfg, quiet=True, loaded=smollm2)  # the loaded model is used, not reloaded
     store = ActivationStore.open(tmp_path / "s", d=576)
     assert summary.n_rows == store.n_rows == 96 and store.n_shards == 3
-    model, windows = cache_cli.prepare(cfg, loaded=smollm2)
+    model, windows = corpus_cache.prepare(cfg, loaded=smollm2)
     assert model is smollm2.model
     with pytest.raises(ConfigError, match="the loaded model is 'smollm2-135m' but the config asks for 'minilm-l6'"):
-        cache_cli.prepare(cache_cli.CacheConfig(model="minilm-l6"), loaded=smollm2)
+        corpus_cache.prepare(corpus_cache.CacheConfig(model="minilm-l6"), loaded=smollm2)
     assert torch.equal(store.tokens.all(), windows.tokens.reshape(-1))
     assert torch.equal(store.positions.all(), windows.positions.reshape(-1))
     h = hooks.run_to(smollm2.model, "model.layers.1", windows.tokens[:2])
@@ -123,10 +123,10 @@ def test_cache_smollm2_real_model(tmp_path, smollm2):
 
 
 def test_quickstart_statistics_match_a_direct_computation(tmp_path):
-    from assay.cli.quickstart import store_statistics
+    from assay.bench.quickstart import store_statistics
     from assay.store import write_store
 
-    model, windows = fake_prepare(cache_cli.CacheConfig(n_tokens=120, context_length=10))
+    model, windows = fake_prepare(corpus_cache.CacheConfig(n_tokens=120, context_length=10))
     positions = windows.positions.clone()
     positions[:, 0] = -1  # first token of each window plays the BOS
     windows = TokenWindows(windows.tokens, windows.doc_ids, positions)

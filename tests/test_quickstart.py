@@ -8,8 +8,8 @@ import types
 import torch
 from typer.testing import CliRunner
 
+from assay.bench.quickstart import findings
 from assay.cli import app
-from assay.cli.quickstart import findings
 
 PLANTED = "superposition:n_features=24,d_model=8"
 GRAMMAR = "expr:model_steps=20,pool_rows=8"
