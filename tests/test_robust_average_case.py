@@ -218,3 +218,80 @@ def test_every_estimator_refuses_a_non_classifier_and_bad_sigma(est):
         AverageCaseConfig(estimator=est, sigma=-0.1)
     with pytest.raises(ConfigError, match="sigma"):
         AverageCaseConfig(estimator=est, sigma=float("nan"))
+
+
+class Counting(torch.nn.Module):
+    """Wraps a model and records the rows of every forward call (with or without grad)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.calls: list[tuple[int, bool]] = []
+
+    def forward(self, x):
+        self.calls.append((x.shape[0], torch.is_grad_enabled()))
+        return self.model(x)
+
+
+def test_monte_carlo_is_the_same_for_every_chunk_and_budget_and_the_budget_sizes_the_passes():
+    """Without early stop, the copies drawn do not depend on batching; a tiny budget makes more, smaller passes."""
+    model = small_mlp()
+    x = torch.randn(5, 6, generator=gen(5), dtype=torch.float64)
+    results, calls = [], []
+    for chunk, budget in ((None, 128.0), (None, 0.01), (256, 128.0), (700, 0.05), (3000, 1.0)):
+        wrapped = Counting(model)
+        mc = monte_carlo(wrapped, x, 0.4, n_samples=3000, chunk=chunk, memory_budget_mb=budget, generator=gen(2))
+        results.append(mc)
+        calls.append([r for r, _ in wrapped.calls[1:]])  # after the clean (measuring) pass
+        assert sum(calls[-1]) == 5 * 3000
+    for mc in results[1:]:
+        assert torch.equal(mc.p, results[0].p) and torch.equal(mc.n_samples, results[0].n_samples)
+    assert len(calls[1]) > 10 * len(calls[0]) and max(calls[1]) < max(calls[0])
+    # independent check: the estimate is a binomial proportion around the long-run value
+    ref = monte_carlo(model, x, 0.4, n_samples=60_000, generator=gen(9)).p
+    assert (results[0].p - ref).abs().max() < 4 * math.sqrt(0.25 / 3000)
+    # estimate() passes the budget and the chunk through
+    for budget, n_calls in ((128.0, len(calls[0])), (0.01, len(calls[1]))):
+        wrapped = Counting(model)
+        p = estimate(wrapped, x, AverageCaseConfig(estimator="mc", sigma=0.4, n_samples=3000,
+                                                   memory_budget_mb=budget, seed=2))
+        assert len(wrapped.calls) - 1 == n_calls
+        assert torch.equal(p, results[0].p)
+    wrapped = Counting(model)
+    estimate(wrapped, x, AverageCaseConfig(estimator="mc", sigma=0.4, n_samples=3000, chunk=256, seed=2))
+    assert len(wrapped.calls) - 1 == 3000 // 256 + 1  # one pass per round of 256 copies of all 5 examples
+    with pytest.raises(ConfigError, match="memory_budget_mb"):
+        AverageCaseConfig(memory_budget_mb=0)
+
+
+def test_mmse_chunk_reaches_the_jacobian_calls_and_does_not_change_the_result():
+    model = small_mlp()
+    x = torch.randn(4, 6, generator=gen(5), dtype=torch.float64)
+    out = {}
+    for chunk in (8, 64, 4096):
+        wrapped = Counting(model)
+        out[chunk] = mmse(wrapped, x, 0.3, n_samples=256, generator=gen(4), chunk=chunk)
+        grad_calls = [r for r, g in wrapped.calls if g]
+        assert sum(grad_calls) == 4 * 256 and max(grad_calls) <= max(chunk, 8)
+        assert len(grad_calls) == -(-128 // max(1, chunk // 8))  # 128 antithetic pairs, chunk // (2B) per call
+        wrapped = Counting(model)
+        estimate(wrapped, x, AverageCaseConfig(estimator="mmse", sigma=0.3, n_samples=256, chunk=chunk))
+        assert len([r for r, g in wrapped.calls if g]) == len(grad_calls)
+    torch.testing.assert_close(out[8], out[4096], atol=2e-4, rtol=0)  # QMC CDF error only
+    torch.testing.assert_close(out[64], out[4096], atol=2e-4, rtol=0)
+
+
+def test_taylor_jitter_and_cdf_precision_reach_the_cdf():
+    """Closed form: for a linear model p = Φ_{Σ+jI}(z) with Σ = UUᵀ; scipy's MVN CDF is the reference."""
+    m = margins(lin3, X3)
+    z = (m.g / (0.5 * m.grad.norm(dim=2)))[0].numpy()
+    U = (m.grad / m.grad.norm(dim=2, keepdim=True))[0].numpy()
+    for jitter in (1e-5, 0.5):
+        ref = multivariate_normal(mean=np.zeros(2), cov=U @ U.T + jitter * np.eye(2)).cdf(z)
+        got = taylor(lin3, X3, 0.5, jitter=jitter, abseps=1e-6, generator=gen())
+        assert got.item() == pytest.approx(ref, abs=1e-5)
+        cfg = AverageCaseConfig(estimator="taylor", sigma=0.5, jitter=jitter, abseps=1e-6)
+        assert estimate(lin3, X3, cfg).item() == pytest.approx(ref, abs=1e-5)
+        cfg = AverageCaseConfig(estimator="mmse", sigma=0.5, jitter=jitter, abseps=1e-6)
+        assert estimate(lin3, X3, cfg).item() == pytest.approx(ref, abs=1e-5)  # linear: MMSE = Taylor
+    assert abs(ref - 0.754492) > 0.01  # the large jitter is visible

@@ -16,6 +16,9 @@ from assay.dictionaries.trainer import (
     lr_at,
     train_saes,
 )
+from assay.evaluate.recovery import feature_recovery
+from assay.worlds.base import make_generator
+from assay.worlds.superposition import SuperpositionConfig, SuperpositionWorld
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -155,3 +158,56 @@ def test_live_hook_training_matches_precomputed_activations():
     a, _ = train_saes(_saes()[:1], cfg, live_batches(model, "block", tokens, batch_size=16))
     b, _ = train_saes(_saes()[:1], cfg, live)
     _assert_same(a, b)
+
+
+def test_on_step_watches_recovery_rise_without_changing_the_run():
+    """on_step sees the SAEs as finalize would at that step: feature recovery on a superposition world
+    (planted ground truth) rises over training, the copies take raw inputs (scale folded in), and the
+    trained weights are bitwise those of a run without the callback."""
+    world = SuperpositionWorld(SuperpositionConfig(n_features=32, d_model=16, p_max=0.3, p_min=0.05))
+
+    def data(start):
+        g = make_generator(1000 + start)
+        while True:
+            yield world.sample(256, generator=g).inputs * 7.0  # a scale the trainer normalises away
+
+    cfg = SAETrainConfig(steps=200, warmup_steps=10, lr=5e-3)
+    seen: dict[int, float] = {}
+    x = world.sample(512, generator=make_generator(3)).inputs * 7.0
+    fvu: dict[int, float] = {}
+
+    def watch(step, saes):
+        (sae,) = saes
+        assert not sae.training
+        seen[step] = feature_recovery(sae.W_dec.detach(), world.directions).mcc
+        with torch.no_grad():  # raw (unscaled) inputs reconstruct: the input scale is folded in
+            fvu[step] = ((sae.decode(sae.encode(x)) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+
+    watched, _ = train_saes(build_sae("topk", d_in=16, d_sae=64, k=4, seed=0), cfg, data, on_step=watch,
+                            on_step_at=50)
+    assert sorted(seen) == [50, 100, 150, 200]
+    mcc = [seen[t] for t in sorted(seen)]
+    assert mcc[-1] > mcc[0] + 0.1 and mcc[-1] >= 0.9, mcc
+    assert fvu[200] < 0.2 and fvu[200] < fvu[50], fvu
+    assert seen[200] == feature_recovery(watched.W_dec.detach(), world.directions).mcc  # last call = result
+    plain, _ = train_saes(build_sae("topk", d_in=16, d_sae=64, k=4, seed=0), cfg, data)
+    _assert_same([watched], [plain])
+
+
+def test_on_step_after_resume_runs_for_the_remaining_steps_only(tmp_path):
+    interrupted = SAETrainer(_saes(), CFG)
+    it = _data()
+    for _ in range(3):
+        interrupted.train_step(next(it))
+    interrupted.save_checkpoint(tmp_path / "mid")
+    steps: list[int] = []
+    resumed, _ = train_saes(_saes(), CFG, _data, checkpoint=tmp_path / "mid",
+                            on_step=lambda t, saes: steps.append(t), on_step_at=range(1, 100))
+    assert steps == [4, 5, 6]
+    full, _ = train_saes(_saes(), CFG, _data, on_step=lambda t, saes: steps.append(t), on_step_at={2, 6})
+    assert steps == [4, 5, 6, 2, 6]
+    _assert_same(full, resumed)
+    with pytest.raises(ValueError, match="start at 1"):
+        train_saes(_saes(), CFG, _data, on_step=print, on_step_at=[0, 3])
+    with pytest.raises(ValueError, match="positive step interval"):
+        train_saes(_saes(), CFG, _data, on_step=print, on_step_at=0)

@@ -1,9 +1,17 @@
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from assay.config import ConfigError
 from assay.worlds.base import World, make_generator
-from assay.worlds.superposition import SuperpositionConfig, SuperpositionWorld, firing_probabilities
+from assay.worlds.superposition import (
+    SuperpositionConfig,
+    SuperpositionWorld,
+    firing_probabilities,
+    pair_joint,
+)
 
 
 def test_zipf_check_values():
@@ -79,3 +87,57 @@ def test_bad_configs(kwargs, match):
         return
     with pytest.raises(ConfigError, match=match):
         SuperpositionConfig(**kwargs)
+
+
+def _se(p, n):
+    return math.sqrt(p * (1 - p) / n)
+
+
+def test_uniform_magnitude_range_per_feature_probabilities_and_correlated_pairs_match_closed_forms():
+    """200k rows: marginals, joints and correlations against their closed forms, within 5 binomial SEs."""
+    probs = (0.3, 0.1, 0.05, 0.2, 0.5, 0.02)
+    pairs = ((0, 1, 0.4), (2, 3, -0.1), (4, 5, 0.1))
+    cfg = SuperpositionConfig(n_features=6, d_model=4, probabilities=probs, magnitude_range=(0.5, 2.0),
+                              correlated_pairs=pairs)
+    world = SuperpositionWorld(cfg)
+    assert world.probabilities.tolist() == list(probs)
+    n = 200_000
+    b = world.sample(n, generator=make_generator(0))
+    on = b.labels["active"].double()
+    for k, p in enumerate(probs):
+        assert abs(on[:, k].mean().item() - p) < 5 * _se(p, n), k
+    for i, j, rho in pairs:
+        pi, pj = probs[i], probs[j]
+        p11 = pi * pj + rho * math.sqrt(pi * (1 - pi) * pj * (1 - pj))
+        assert pair_joint(pi, pj, rho) == pytest.approx(p11)
+        assert abs((on[:, i] * on[:, j]).mean().item() - p11) < 5 * _se(p11, n)
+        r = np.corrcoef(on[:, i].numpy(), on[:, j].numpy())[0, 1]
+        assert abs(r - rho) < 5 / math.sqrt(n) * 1.5, (i, j, r)
+    # features in different pairs stay independent
+    assert abs((on[:, 0] * on[:, 4]).mean().item() - 0.3 * 0.5) < 5 * _se(0.15, n)
+    # magnitudes: U[0.5, 2] — range, mean (lo+hi)/2 and variance (hi-lo)²/12
+    mags = b.labels["acts"][b.labels["active"]].double()
+    assert mags.min() >= 0.5 and mags.max() <= 2.0
+    m = mags.numel()
+    assert abs(mags.mean().item() - 1.25) < 5 * math.sqrt(1.5**2 / 12 / m)
+    assert mags.var().item() == pytest.approx(1.5**2 / 12, rel=0.02)
+    # the default range is still U[0, 1], the same draws as before the option existed
+    default = SuperpositionWorld(SuperpositionConfig(n_features=6, d_model=4, probabilities=probs))
+    same = SuperpositionWorld(SuperpositionConfig(n_features=6, d_model=4, probabilities=probs,
+                                                  magnitude_range=(0.0, 1.0)))
+    assert torch.equal(default.sample(100, generator=make_generator(1)).inputs,
+                       same.sample(100, generator=make_generator(1)).inputs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"probabilities": (0.1, 0.2)}, "probabilities has 2 values"),
+    ({"probabilities": (0.1, 0.2, 1.5, 0.1)}, "must lie in"),
+    ({"magnitude_range": (2.0, 1.0)}, "magnitude_range"),
+    ({"probabilities": (0.1, 0.2, 0.3, 0.4), "correlated_pairs": ((0, 1, 0.9),)}, "falls outside"),
+    ({"correlated_pairs": ((0, 1, 0.1), (1, 2, 0.1))}, "at most one pair"),
+    ({"correlated_pairs": ((0, 0, 0.1),)}, "distinct"),
+    ({"correlated_pairs": ((0, 1, 0.1),), "hierarchy": (1, 1)}, "hierarchy"),
+])
+def test_new_option_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        SuperpositionConfig(n_features=4, d_model=2, **kwargs)

@@ -30,7 +30,7 @@ from typing import ClassVar, Literal, NamedTuple
 import torch
 from torch import nn
 
-from assay.chunks import blocks, row_bytes
+from assay.chunks import blocks, chunk_rows, row_bytes
 from assay.config import ConfigError
 
 __all__ = [
@@ -194,18 +194,6 @@ def expand_baseline(x: torch.Tensor, baseline: float | torch.Tensor | None) -> t
             f"pass a scalar, a tensor of shape {tuple(x.shape[1:])} or {tuple(x.shape)}"
         )
     return b.expand_as(x)
-
-
-def chunk_rows(per_row_bytes: float, budget_mb: float, *, backward: bool, n_rows: int) -> int:
-    """Rows per chunk that fit the memory budget.
-
-    ``per_row_bytes`` sums every leaf module's output. A backward keeps the saved activations and their
-    gradients (×2); a no-grad forward holds far less at once, but rows whose activations stay near the
-    CPU caches run faster, so it gets the same ×2 (measured on the benchmark CNN: ~700-row calls beat
-    ~1,500-row calls on an idle machine).
-    """
-    factor = 2.0  # the same for both: see above
-    return int(max(1, min(n_rows, budget_mb * 2**20 // max(1.0, factor * per_row_bytes))))
 
 
 class Probe(NamedTuple):

@@ -13,14 +13,15 @@ A latent is dead after ``dead_window`` tokens without firing. Under ``torch.dist
 takes an equal slice of every global batch and gradients are averaged with ``all_reduce`` (gloo on
 CPU, NCCL on GPU), so W ranks give the same weights as one process on the same global batches.
 Checkpoints (assay artifacts) hold weights, Adam state, step, input scale and dead-latent counters;
-the data position is the step, so a resumed run is bit-identical to an uninterrupted one. From a
-store, BOS and padding rows (position −1; outlier norms, SAELens#333) are left out by default.
+the data position is the step, so a resumed run is bit-identical to an uninterrupted one. An
+``on_step(step, saes)`` callback watches training (e.g. feature recovery over steps): it gets finalized
+copies, so it cannot disturb the run. From a store, BOS and padding rows (position −1; outlier norms, SAELens#333) are left out by default.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, overload
@@ -33,7 +34,7 @@ from assay.config import ConfigError, check_int_fields, to_dict
 from assay.dictionaries.base import SAE, topk_lr
 
 __all__ = ["SAETrainConfig", "TrainResult", "SAETrainer", "NonFiniteActivationsError", "lr_at", "train_saes",
-           "live_batches", "store_batches"]
+           "live_batches", "store_batches", "StepCallback"]
 
 
 class NonFiniteActivationsError(RuntimeError):
@@ -115,6 +116,23 @@ def _dist() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+StepCallback = Callable[[int, list[SAE]], None]
+"""``on_step(step, saes)``: called after optimizer step ``step`` (1-based: steps done so far) with finalized
+copies of the SAEs as they are then (input scale folded in, eval mode; see :meth:`SAETrainer.finalize`)."""
+
+
+def _due(on_step_at: int | Collection[int]) -> Callable[[int], bool]:
+    """Which steps (1-based, steps done) an ``on_step`` callback runs at: every ``n`` steps, or the given ones."""
+    if isinstance(on_step_at, int):
+        if on_step_at <= 0:
+            raise ValueError(f"on_step_at must be a positive step interval or a collection of steps, got {on_step_at}")
+        return lambda step: step % on_step_at == 0
+    steps = frozenset(int(t) for t in on_step_at)
+    if any(t <= 0 for t in steps):
+        raise ValueError(f"on_step_at steps count the steps done, so they start at 1; got {sorted(steps)}")
+    return steps.__contains__
 
 
 class SAETrainer:
@@ -210,10 +228,15 @@ class SAETrainer:
 
     # ----- loops ------------------------------------------------------------------------------
     def fit(self, batches: Iterable[Tensor], *, checkpoint: str | Path | None = None,
-            where: Callable[[int, Tensor], str] | None = None) -> TrainResult:
+            where: Callable[[int, Tensor], str] | None = None, on_step: StepCallback | None = None,
+            on_step_at: int | Collection[int] = 1) -> TrainResult:
         """Train until ``cfg.steps`` on ``batches`` (which must start at batch ``self.step``: after a
         resume, pass the data from that position). ``where(step, bad_rows)`` names the data source
-        of a non-finite batch (e.g. its shards)."""
+        of a non-finite batch (e.g. its shards). ``on_step(step, saes)`` (:data:`StepCallback`) runs
+        after every ``on_step_at``-th step, or after the steps in ``on_step_at`` when it is a collection
+        (steps done, 1..``cfg.steps``; on every rank); it sees copies, so the trained weights and a resume
+        are exactly as without it. After a resume it runs for the remaining steps only."""
+        due = _due(on_step_at)
         it = iter(batches)
         bar = _Bar(self.cfg.steps, self.step) if self.cfg.progress and _dist()[0] == 0 else None
         try:
@@ -226,6 +249,8 @@ class SAETrainer:
                 self.train_step(x, where=(lambda bad, step=step: where(step, bad)) if where else None)
                 if bar:
                     bar.update(self.last[0])
+                if on_step is not None and due(self.step):
+                    on_step(self.step, self.finalize())
                 every = self.cfg.checkpoint_every
                 if checkpoint is not None and every and self.step % every == 0 and self.step < self.cfg.steps:
                     self.save_checkpoint(checkpoint)
@@ -389,20 +414,23 @@ def store_batches(store: Any, site: str, *, batch_size: int, seed: int, start_ba
 def train_saes(saes: SAE, cfg: SAETrainConfig, data: Any, *, site: str | None = None,
                batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
                resume: bool = True, exclude_special: bool = True,
-               keep_rows: Callable[[Tensor], Tensor] | None = None) -> tuple[SAE, TrainResult]: ...
+               keep_rows: Callable[[Tensor], Tensor] | None = None, on_step: StepCallback | None = None,
+               on_step_at: int | Collection[int] = 1) -> tuple[SAE, TrainResult]: ...
 
 
 @overload
 def train_saes(saes: list[SAE], cfg: SAETrainConfig, data: Any, *, site: str | None = None,
                batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
                resume: bool = True, exclude_special: bool = True,
-               keep_rows: Callable[[Tensor], Tensor] | None = None) -> tuple[list[SAE], TrainResult]: ...
+               keep_rows: Callable[[Tensor], Tensor] | None = None, on_step: StepCallback | None = None,
+               on_step_at: int | Collection[int] = 1) -> tuple[list[SAE], TrainResult]: ...
 
 
 def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: str | None = None,
                batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
                resume: bool = True, exclude_special: bool = True,
-               keep_rows: Callable[[Tensor], Tensor] | None = None) -> tuple[SAE | list[SAE], TrainResult]:
+               keep_rows: Callable[[Tensor], Tensor] | None = None, on_step: StepCallback | None = None,
+               on_step_at: int | Collection[int] = 1) -> tuple[SAE | list[SAE], TrainResult]:
     """Train ``saes`` (one SAE, or a list trained in lockstep on the same batches) on ``data``:
 
     - an :class:`assay.store.ActivationStore`, with ``site``, ``batch_size``, ``seed``: batches in the
@@ -413,6 +441,7 @@ def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: s
     - an iterable of ``[B, d]`` tensors (batches already consumed before a resume are skipped).
 
     These last two carry no positions: leave BOS rows out of them yourself (:func:`live_batches` does).
+    ``on_step(step, saes)`` watches training at the steps ``on_step_at`` picks (:meth:`SAETrainer.fit`).
     Resumes from ``checkpoint`` when it exists. Returns the finalized (input-scale-folded) SAE(s) and
     the result: one SAE in, one SAE out; a list in, a list out (in the same order).
     """
@@ -449,6 +478,6 @@ def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: s
         import itertools
 
         batches = itertools.islice(iter(data), start, None)
-    result = trainer.fit(batches, checkpoint=checkpoint, where=where)
+    result = trainer.fit(batches, checkpoint=checkpoint, where=where, on_step=on_step, on_step_at=on_step_at)
     trained = trainer.finalize()
     return (trained[0] if isinstance(saes, SAE) else trained), result

@@ -11,7 +11,8 @@ exact for linear f (``taylor``). ``mmse`` linearises the Gaussian-smoothed model
 and gradients averaged over noisy copies); ``taylor_mvs``/``mmse_mvs`` replace Φ_Σ(z) by the
 multivariate sigmoid 1/(1 + Σ_i e^{−z_i}); ``softmax`` is the max softmax probability (the paper's
 strawman); ``monte_carlo`` counts noisy copies, with a Wilson confidence interval and a per-point
-early stop once the interval's half-width reaches a target error.
+early stop once the interval's half-width reaches a target error; its forward passes are sized from a
+memory budget (:mod:`assay.chunks`) and its noise is drawn per example, so batching never changes it.
 
 Noise: ``"gaussian"`` N(0, σ²I), or ``"uniform"`` with the same per-coordinate standard deviation,
 U(−√3σ, √3σ)^d. The analytic estimators use the Gaussian of matching covariance for uniform noise
@@ -31,6 +32,7 @@ from typing import Literal, NamedTuple, get_args
 
 import torch
 
+from assay.chunks import chunk_rows, row_bytes
 from assay.config import ConfigError, check_choice
 from assay.robustness.mvn import mvn_cdf
 from assay.robustness.validate import check_positive, check_target, classifier_logits
@@ -51,6 +53,7 @@ __all__ = [
     "softmax_confidence",
     "gaussian_cdf_of_margins",
     "multivariate_sigmoid",
+    "MC_UNIT",
     "AverageCaseConfig",
     "ESTIMATORS",
     "estimate",
@@ -193,10 +196,12 @@ def multivariate_sigmoid(m: Margins, sigma: float) -> torch.Tensor:
 
 
 def taylor(model: Model, x: torch.Tensor, sigma: float, *, target: torch.Tensor | None = None,
-           generator: torch.Generator | None = None, abseps: float = 1e-4) -> torch.Tensor:
-    """Taylor estimator Φ_Σ(z) at the clean input ``[B]`` (exact for linear models)."""
+           generator: torch.Generator | None = None, jitter: float = 1e-5, abseps: float = 1e-4) -> torch.Tensor:
+    """Taylor estimator Φ_Σ(z) at the clean input ``[B]`` (exact for linear models). ``jitter`` is added
+    to the diagonal of Σ (it is singular when C − 1 > d); ``abseps`` is the CDF's absolute error target."""
     sigma = check_positive("sigma", sigma)
-    return gaussian_cdf_of_margins(margins(model, x, target), sigma, generator=generator, abseps=abseps)
+    return gaussian_cdf_of_margins(margins(model, x, target), sigma, generator=generator, jitter=jitter,
+                                   abseps=abseps)
 
 
 def taylor_mvs(model: Model, x: torch.Tensor, sigma: float, *, target: torch.Tensor | None = None) -> torch.Tensor:
@@ -206,17 +211,22 @@ def taylor_mvs(model: Model, x: torch.Tensor, sigma: float, *, target: torch.Ten
 
 
 def mmse(model: Model, x: torch.Tensor, sigma: float, *, n_samples: int = 10, noise: Noise = "gaussian",
-         target: torch.Tensor | None = None, generator: torch.Generator | None = None,
-         abseps: float = 1e-4) -> torch.Tensor:
-    """MMSE estimator: Φ_Σ(z) of the noise-averaged margins and gradients ``[B]``."""
-    m = smoothed_margins(model, x, sigma, n_samples=n_samples, noise=noise, target=target, generator=generator)
-    return gaussian_cdf_of_margins(m, sigma, generator=generator, abseps=abseps)
+         target: torch.Tensor | None = None, generator: torch.Generator | None = None, chunk: int = 512,
+         jitter: float = 1e-5, abseps: float = 1e-4) -> torch.Tensor:
+    """MMSE estimator: Φ_Σ(z) of the noise-averaged margins and gradients ``[B]``. ``chunk``: rows per
+    Jacobian call (:func:`smoothed_margins`; the result does not depend on it); ``jitter`` and ``abseps``
+    as in :func:`taylor`."""
+    m = smoothed_margins(model, x, sigma, n_samples=n_samples, noise=noise, target=target, generator=generator,
+                         chunk=chunk)
+    return gaussian_cdf_of_margins(m, sigma, generator=generator, jitter=jitter, abseps=abseps)
 
 
 def mmse_mvs(model: Model, x: torch.Tensor, sigma: float, *, n_samples: int = 10, noise: Noise = "gaussian",
-             target: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """MMSE margins through the multivariate sigmoid ``[B]``."""
-    m = smoothed_margins(model, x, sigma, n_samples=n_samples, noise=noise, target=target, generator=generator)
+             target: torch.Tensor | None = None, generator: torch.Generator | None = None,
+             chunk: int = 512) -> torch.Tensor:
+    """MMSE margins through the multivariate sigmoid ``[B]`` (``chunk`` as in :func:`mmse`)."""
+    m = smoothed_margins(model, x, sigma, n_samples=n_samples, noise=noise, target=target, generator=generator,
+                         chunk=chunk)
     return multivariate_sigmoid(m, sigma)
 
 
@@ -228,39 +238,65 @@ def softmax_confidence(model: Model, x: torch.Tensor, *, target: torch.Tensor | 
     return logits.softmax(1).gather(1, t[:, None]).squeeze(1)
 
 
-def monte_carlo(model: Model, x: torch.Tensor, sigma: float, *, n_samples: int = 10_000, chunk: int = 256,
-                noise: Noise = "gaussian", target: torch.Tensor | None = None, target_error: float | None = None,
-                confidence: float = 0.95, max_batch: int = 8192,
-                generator: torch.Generator | None = None) -> MonteCarloEstimate:
-    """Monte Carlo p_σ(x): draw up to ``n_samples`` noisy copies per example, ``chunk`` at a time.
+MC_UNIT = 256
+"""Monte Carlo noise is drawn per example in units of this many copies (fewer when ``n_samples`` is
+smaller), from a generator of its own, so the result does not depend on how copies are batched."""
 
-    With ``target_error`` set, an example stops drawing once the half-width of its Wilson interval
-    (at ``confidence``) is at most ``target_error``. ``max_batch`` caps rows per forward pass.
+
+def monte_carlo(model: Model, x: torch.Tensor, sigma: float, *, n_samples: int = 10_000, chunk: int | None = None,
+                memory_budget_mb: float = 128.0, noise: Noise = "gaussian", target: torch.Tensor | None = None,
+                target_error: float | None = None, confidence: float = 0.95,
+                generator: torch.Generator | None = None) -> MonteCarloEstimate:
+    """Monte Carlo p_σ(x): draw up to ``n_samples`` noisy copies per example, ``chunk`` per round.
+
+    Forward passes hold as many rows as fit ``memory_budget_mb`` (the attribution engine's rule,
+    :func:`assay.chunks.chunk_rows`, from one measured forward). ``chunk`` (copies per example per
+    round, rounded up to a multiple of :data:`MC_UNIT`) defaults to what fills one pass. Each example
+    draws its noise from its own generator (seeded from ``generator``) in fixed units, so without
+    ``target_error`` the result is identical for every ``chunk`` and budget. With ``target_error`` set,
+    an example stops drawing after the first round at which the half-width of its Wilson interval
+    (at ``confidence``) is at most ``target_error`` (a smaller ``chunk`` stops closer to the target).
     """
     sigma = check_positive("sigma", sigma)
     _check_noise(noise)
-    if n_samples < 1 or chunk < 1:
+    if n_samples < 1 or (chunk is not None and chunk < 1):
         raise ValueError(f"n_samples and chunk must be >= 1, got {n_samples}, {chunk}")
+    if not memory_budget_mb > 0:
+        raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
     if target_error is not None and not 0 < target_error < 0.5:
         raise ValueError(f"target_error must be in (0, 0.5), got {target_error}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     with torch.no_grad():
-        t = check_target(target, classifier_logits(model, x))
+        per_row, out = row_bytes(model, x)
+        t = check_target(target, classifier_logits(lambda _: out, x))
         B = x.shape[0]
+        unit = min(MC_UNIT, n_samples)
+        n_units = -(-n_samples // unit)
+        rows = chunk_rows(per_row, memory_budget_mb, backward=False, n_rows=B * n_units * unit)
+        per_round = -(-(chunk if chunk is not None else max(1, rows // B)) // unit)  # units per example per round
+        per_round = min(per_round, n_units)
+        seeds = torch.randint(0, 2**62, (B,), generator=generator, device=generator.device if generator else "cpu")
+        gens = [torch.Generator(device=x.device).manual_seed(int(sd)) for sd in seeds]
         hits = torch.zeros(B, dtype=torch.float64, device=x.device)
         drawn = torch.zeros(B, dtype=torch.float64, device=x.device)
+        done_units = 0
         active = torch.arange(B, device=x.device)
         while active.numel():
-            step = min(chunk, n_samples - int(drawn[active[0]]))
-            per_pass = max(1, max_batch // step)
-            for s in range(0, active.numel(), per_pass):
-                idx = active[s:s + per_pass]
-                xr = x[idx].repeat_interleave(step, 0)
-                xr = xr + sample_noise(xr.shape, sigma, noise, dtype=x.dtype, device=x.device, generator=generator)
-                pred = classifier_logits(model, xr).argmax(1).reshape(idx.numel(), step)
+            k = min(per_round, n_units - done_units)
+            step = min(k * unit, n_samples - done_units * unit)  # copies per example this round
+            per_group = max(1, rows // step)
+            for s in range(0, active.numel(), per_group):
+                idx = active[s:s + per_group]
+                eps = torch.cat([torch.cat([sample_noise((unit, *x.shape[1:]), sigma, noise, dtype=x.dtype,
+                                                         device=x.device, generator=gens[int(i)])
+                                            for _ in range(k)])[:step] for i in idx])
+                xr = x[idx].repeat_interleave(step, 0) + eps
+                pred = torch.cat([classifier_logits(model, xr[r:r + rows]).argmax(1)
+                                  for r in range(0, xr.shape[0], rows)]).reshape(idx.numel(), step)
                 hits[idx] += (pred == t[idx, None]).sum(1).to(torch.float64)
             drawn[active] += step
+            done_units += k
             keep = drawn[active] < n_samples
             if target_error is not None:
                 lo, hi = wilson_interval(hits[active], drawn[active], level=confidence)
@@ -294,6 +330,15 @@ class AverageCaseConfig:
     """Monte Carlo confidence level of the Wilson interval."""
     seed: int = 0
     """Seed of the noise (and of the CDF's quasi-Monte Carlo shifts)."""
+    memory_budget_mb: float = 128.0
+    """Monte Carlo: memory per forward pass, which sets the rows per pass (the result does not depend on it)."""
+    chunk: int | None = None
+    """Monte Carlo: copies per example per round (None: what fills a pass); MMSE: rows per Jacobian call
+    (None: 512). Neither changes the result, except Monte Carlo's early stop under ``target_error``."""
+    jitter: float = 1e-5
+    """Taylor/MMSE: added to the diagonal of the margins' correlation matrix Σ (singular when C − 1 > d)."""
+    abseps: float = 1e-4
+    """Taylor/MMSE: absolute error target of the multivariate normal CDF Φ_Σ."""
 
     def __post_init__(self) -> None:
         check_choice("estimator", self.estimator, ESTIMATORS)
@@ -306,6 +351,12 @@ class AverageCaseConfig:
             raise ConfigError(f"target_error must be in (0, 0.5), got {self.target_error}")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"confidence must be in (0, 1), got {self.confidence}")
+        if not self.memory_budget_mb > 0:
+            raise ConfigError(f"memory_budget_mb must be positive, got {self.memory_budget_mb}")
+        if self.chunk is not None and self.chunk < 1:
+            raise ConfigError(f"chunk must be >= 1 (or unset for the default), got {self.chunk}")
+        if not (self.jitter >= 0 and self.abseps > 0):
+            raise ConfigError(f"need jitter >= 0 and abseps > 0, got {self.jitter}, {self.abseps}")
 
 
 def estimate(model: Model, x: torch.Tensor, cfg: AverageCaseConfig, *,
@@ -315,16 +366,17 @@ def estimate(model: Model, x: torch.Tensor, cfg: AverageCaseConfig, *,
     g = torch.Generator(device=x.device)
     g.manual_seed(cfg.seed)
     if cfg.estimator == "mc":
-        return monte_carlo(model, x, cfg.sigma, n_samples=cfg.n_samples or 10_000, noise=cfg.noise,
-                           target=target, target_error=cfg.target_error, confidence=cfg.confidence,
-                           generator=g).p
+        return monte_carlo(model, x, cfg.sigma, n_samples=cfg.n_samples or 10_000, chunk=cfg.chunk,
+                           memory_budget_mb=cfg.memory_budget_mb, noise=cfg.noise, target=target,
+                           target_error=cfg.target_error, confidence=cfg.confidence, generator=g).p
     if cfg.estimator == "taylor":
-        return taylor(model, x, cfg.sigma, target=target, generator=g)
+        return taylor(model, x, cfg.sigma, target=target, generator=g, jitter=cfg.jitter, abseps=cfg.abseps)
     if cfg.estimator == "taylor_mvs":
         return taylor_mvs(model, x, cfg.sigma, target=target)
     if cfg.estimator == "mmse":
-        return mmse(model, x, cfg.sigma, n_samples=cfg.n_samples or 10, noise=cfg.noise, target=target, generator=g)
+        return mmse(model, x, cfg.sigma, n_samples=cfg.n_samples or 10, noise=cfg.noise, target=target, generator=g,
+                    chunk=cfg.chunk or 512, jitter=cfg.jitter, abseps=cfg.abseps)
     if cfg.estimator == "mmse_mvs":
         return mmse_mvs(model, x, cfg.sigma, n_samples=cfg.n_samples or 10, noise=cfg.noise, target=target,
-                        generator=g)
+                        generator=g, chunk=cfg.chunk or 512)
     return softmax_confidence(model, x, target=target)

@@ -8,8 +8,13 @@ Elhage, Hume, Olsson, Schiefer, Henighan et al. 2022, "Toy Models of Superpositi
 
 Feature i fires independently with probability p_i. The Zipf profile is
 p_i = p_min + (p_max − p_min)(r_i − r_min)/(r_max − r_min), r_i = 1/i^e (i = 1..n); constant and
-linear profiles are also offered. Magnitudes m_i are U[0, 1] (Elhage) or N(1.5, 0.25²) clipped at
-0. With ``hierarchy`` the features are grouped into parents with children: a child can fire only if
+linear profiles are also offered, or p given per feature (``probabilities``). Magnitudes m_i are
+U[lo, hi] (default U[0, 1], Elhage) or N(1.5, 0.25²) clipped at 0.
+
+``correlated_pairs`` ((i, j, ρ), …) makes features i and j fire with Pearson correlation ρ while each
+keeps its own p: the exact two-Bernoulli joint P(i ∧ j) = p_i p_j + ρ√(p_i(1−p_i)p_j(1−p_j)) (which must
+lie in [max(0, p_i + p_j − 1), min(p_i, p_j)]); j is drawn given i, firing with P(i ∧ j)/p_i when i
+fires and (p_j − P(i ∧ j))/(1 − p_i) when it does not. With ``hierarchy`` the features are grouped into parents with children: a child can fire only if
 its parent fires, and siblings are mutually exclusive. Two samplers (``hierarchy_sampling``):
 
 - ``"one_parent"`` (default) — the MP-SAE / Matryoshka toy (Costa, Fel, Lubana, Tolooshams & Ba 2025,
@@ -28,14 +33,14 @@ Ground truth: ``world.directions`` (G), per example ``acts`` (the true coefficie
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from assay.config import ConfigError
 from assay.worlds.base import Batch, make_generator
 
-__all__ = ["SuperpositionConfig", "SuperpositionWorld", "firing_probabilities"]
+__all__ = ["SuperpositionConfig", "SuperpositionWorld", "firing_probabilities", "pair_joint"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,8 +59,15 @@ class SuperpositionConfig:
     """Firing probability of the rarest feature (ignored by the constant profile)."""
     zipf_exponent: float = 1.0
     """Exponent e of the Zipf profile r_i = 1/i^e."""
+    probabilities: tuple[float, ...] | None = None
+    """Firing probability of each feature (n_features values); overrides ``profile``, ``p_max``, ``p_min``."""
     magnitude: Literal["uniform", "normal"] = "uniform"
-    """Magnitude when active: U[0, 1], or N(1.5, 0.25²) clipped at 0."""
+    """Magnitude when active: U[lo, hi] (``magnitude_range``), or N(1.5, 0.25²) clipped at 0."""
+    magnitude_range: tuple[float, float] = (0.0, 1.0)
+    """(lo, hi) of uniform magnitudes, 0 ≤ lo ≤ hi, hi > 0."""
+    correlated_pairs: tuple[tuple[int, int, float], ...] = ()
+    """Pairs (i, j, ρ) of features firing with correlation ρ, each keeping its p (module docstring);
+    a feature belongs to at most one pair; not with ``hierarchy``."""
     noise_std: float = 0.0
     """Standard deviation of isotropic Gaussian noise added to x."""
     target_cosine: float | None = None
@@ -84,6 +96,16 @@ class SuperpositionConfig:
                 f"every feature always fires (sparsity 0) with n_features={self.n_features} > d_model="
                 f"{self.d_model}: the features cannot be recovered; lower p_max or raise d_model"
             )
+        lo, hi = self.magnitude_range
+        if not 0.0 <= lo <= hi or hi <= 0.0:
+            raise ConfigError(f"magnitude_range must be (lo, hi) with 0 <= lo <= hi and hi > 0, got {self.magnitude_range}")
+        if self.probabilities is not None:
+            if len(self.probabilities) != self.n_features:
+                raise ConfigError(f"probabilities has {len(self.probabilities)} values but n_features={self.n_features}")
+            if not all(0.0 <= p <= 1.0 for p in self.probabilities) or not any(p > 0 for p in self.probabilities):
+                raise ConfigError(f"probabilities must lie in [0, 1] with at least one > 0, got {self.probabilities}")
+        if self.correlated_pairs:
+            self._check_pairs()
         if not 0.0 <= self.child_probability <= 1.0:
             raise ConfigError(f"child_probability must lie in [0, 1], got {self.child_probability}")
         if self.hierarchy is not None:
@@ -96,8 +118,35 @@ class SuperpositionConfig:
                 )
 
 
+    def _check_pairs(self) -> None:
+        if self.hierarchy is not None:
+            raise ConfigError("correlated_pairs cannot be combined with hierarchy; use one or the other")
+        p = firing_probabilities(self)
+        used: set[int] = set()
+        for pair in self.correlated_pairs:
+            if len(pair) != 3:
+                raise ConfigError(f"each correlated pair is (i, j, rho), got {pair}")
+            i, j, rho = pair
+            if not (0 <= i < self.n_features and 0 <= j < self.n_features) or i == j or {i, j} & used:
+                raise ConfigError(f"correlated pair {pair}: i and j must be distinct features in "
+                                  f"[0, {self.n_features}), each in at most one pair")
+            used |= {i, j}
+            p11 = pair_joint(float(p[i]), float(p[j]), rho)
+            lo, hi = max(0.0, float(p[i] + p[j]) - 1.0), float(min(p[i], p[j]))
+            if not lo - 1e-12 <= p11 <= hi + 1e-12:
+                raise ConfigError(f"correlated pair {pair}: with p_i={float(p[i]):.4g}, p_j={float(p[j]):.4g} the "
+                                  f"joint P(both)={p11:.4g} falls outside [{lo:.4g}, {hi:.4g}]; lower |rho|")
+
+
+def pair_joint(p_i: Any, p_j: Any, rho: Any) -> Any:
+    """P(i ∧ j) of two Bernoulli features with marginals p_i, p_j and Pearson correlation ρ (floats or tensors)."""
+    return p_i * p_j + rho * (p_i * (1 - p_i) * p_j * (1 - p_j)) ** 0.5
+
+
 def firing_probabilities(cfg: SuperpositionConfig) -> torch.Tensor:
-    """Per-feature firing probability p_i (float64) for the configured profile."""
+    """Per-feature firing probability p_i (float64): ``cfg.probabilities``, else the configured profile."""
+    if cfg.probabilities is not None:
+        return torch.tensor(cfg.probabilities, dtype=torch.float64)
     n = cfg.n_features
     if cfg.profile == "constant" or n == 1:
         return torch.full((n,), cfg.p_max, dtype=torch.float64)
@@ -156,10 +205,14 @@ class SuperpositionWorld:
         else:
             u = torch.rand(n, cfg.n_features, generator=generator, dtype=torch.float64)
             active = u < self.probabilities
+            if cfg.correlated_pairs:
+                active = self._correlate(active, u)
             if cfg.hierarchy is not None:
                 active = self._apply_hierarchy(active, generator)
         if cfg.magnitude == "uniform":
+            lo, hi = cfg.magnitude_range
             mag = torch.rand(n, cfg.n_features, generator=generator)
+            mag = mag if (lo, hi) == (0.0, 1.0) else lo + (hi - lo) * mag
         else:
             mag = (1.5 + 0.25 * torch.randn(n, cfg.n_features, generator=generator)).clamp_min(0.0)
         acts = mag * active
@@ -167,6 +220,18 @@ class SuperpositionWorld:
         if cfg.noise_std > 0:
             x = x + cfg.noise_std * torch.randn(x.shape, generator=generator)
         return Batch(inputs=x, labels={"acts": acts, "active": acts != 0})
+
+    def _correlate(self, active: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Redraw each pair's j given i from the exact two-Bernoulli joint (u[:, j] is j's own uniform)."""
+        i, j, rho = (list(c) for c in zip(*self.config.correlated_pairs))
+        p = self.probabilities
+        pi, pj = p[i], p[j]
+        p11 = pair_joint(pi, pj, torch.tensor(rho, dtype=torch.float64))
+        given_on = p11 / pi.clamp_min(1e-300)
+        given_off = (pj - p11) / (1 - pi).clamp_min(1e-300)
+        active = active.clone()
+        active[:, j] = u[:, j] < torch.where(active[:, i], given_on, given_off)
+        return active
 
     def _one_parent(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """One root per sample (∝ its p), plus one of its children (uniform) with ``child_probability``."""
