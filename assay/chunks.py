@@ -43,8 +43,8 @@ def row_bytes(model: Any, x: torch.Tensor) -> tuple[float, Any]:
     return (act + x.numel() * x.element_size()) / x.shape[0], y
 
 
-def chunk_rows(per_row_bytes: float, budget_mb: float, *, backward: bool, n_rows: int) -> int:
-    """Rows per chunk that fit the memory budget.
+def chunk_rows(per_row_bytes: float, budget_mb: float, *, backward: bool, n_rows: int | None = None) -> int:
+    """Rows per chunk that fit the memory budget (at most ``n_rows`` when given).
 
     ``per_row_bytes`` sums every leaf module's output. A backward keeps the saved activations and their
     gradients (×2); a no-grad forward holds far less at once, but rows whose activations stay near the
@@ -52,7 +52,8 @@ def chunk_rows(per_row_bytes: float, budget_mb: float, *, backward: bool, n_rows
     ~1,500-row calls on an idle machine).
     """
     factor = 2.0  # the same for both: see above
-    return int(max(1, min(n_rows, budget_mb * 2**20 // max(1.0, factor * per_row_bytes))))
+    rows = budget_mb * 2**20 // max(1.0, factor * per_row_bytes)
+    return int(max(1, rows if n_rows is None else min(n_rows, rows)))
 
 
 def blocks(n_examples: int, n_samples: int, chunk: int) -> Iterator[tuple[slice, slice]]:

@@ -27,7 +27,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from assay.chunks import blocks, row_bytes
+from assay.chunks import blocks, chunk_rows, row_bytes
 from assay.stats import pearson
 
 __all__ = [
@@ -74,9 +74,8 @@ def _start(model: Callable, x: torch.Tensor, target, output: Output, chunk: int 
     elif output == "log_softmax":
         y = y.log_softmax(-1)
     f0 = y.gather(1, t[:, None])[:, 0].double()
-    if chunk is None:  # the engine's rule (assay.attribution.engine.chunk_rows): 2× the summed leaf outputs
-        # per row, so a chunk's activations stay near the CPU caches
-        chunk = int(max(1, MEMORY_BUDGET_MB * 2**20 // (2 * per_row)))
+    if chunk is None:  # the engine's rule: a chunk's activations stay near the CPU caches
+        chunk = chunk_rows(per_row, MEMORY_BUDGET_MB, backward=False)
     return t, f0, int(chunk)
 
 
