@@ -42,21 +42,26 @@ def test_saliency_and_input_x_gradient():
     torch.testing.assert_close(input_x_gradient(net, X, T).values, ref)
 
 
-@pytest.mark.parametrize("rule,captum_rule", [("gauss_legendre", "gausslegendre"), ("riemann_trapezoid", "riemann_trapezoid"),
-                                              ("riemann_left", "riemann_left"), ("riemann_middle", "riemann_middle")])
+@pytest.mark.parametrize("rule,captum_rule", [("gauss_legendre", "gausslegendre"), ("captum_trapezoid", "riemann_trapezoid"),
+                                              ("riemann_left", "riemann_left"), ("riemann_middle", "riemann_middle"),
+                                              ("riemann_right", "riemann_right")])
 def test_integrated_gradients(rule, captum_rule):
     net = _cnn()
     base = torch.rand(1, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     ref, delta = captum_attr.IntegratedGradients(net).attribute(
         X, baselines=base, target=T, n_steps=20, method=captum_rule, return_convergence_delta=True)
     ours = integrated_gradients(net, X, T, baseline=base, config=IntegratedGradientsConfig(steps=20, quadrature=rule))
-    if rule == "riemann_trapezoid":
-        # Captum's trapezoid uses cells of 1/n with halved ends, so its weights sum to (n-1)/n, not 1;
-        # assay's nodes/weights integrate constants exactly. The two differ by exactly that factor.
-        torch.testing.assert_close(ours.values * 19 / 20, ref)
-    else:
-        torch.testing.assert_close(ours.values, ref)
-        torch.testing.assert_close(ours.completeness_gap, delta)
+    torch.testing.assert_close(ours.values, ref)
+    torch.testing.assert_close(ours.completeness_gap, delta)
+
+
+def test_textbook_trapezoid_is_captums_rescaled_to_unit_weight():
+    # Captum's trapezoid uses cells of 1/n with halved ends (weights sum to (n−1)/n); assay's
+    # riemann_trapezoid uses cells of 1/(n−1) on the same nodes (weights sum to 1): a factor n/(n−1)
+    net = _cnn()
+    ref = captum_attr.IntegratedGradients(net).attribute(X, target=T, n_steps=20, method="riemann_trapezoid")
+    ours = integrated_gradients(net, X, T, config=IntegratedGradientsConfig(steps=20, quadrature="riemann_trapezoid"))
+    torch.testing.assert_close(ours.values * 19 / 20, ref)
 
 
 def test_smoothgrad_with_captum_noise():

@@ -34,6 +34,17 @@ def _run(name, **kwargs):
     return ENGINE_METHODS[name].run(_net(), X, 0, config=cfg, **kwargs)
 
 
+def test_every_method_is_exported_from_the_package():
+    import assay.attribution as pkg
+    from assay.attribution import FullGradConfig, GradCamConfig, fullgrad, gradcam
+
+    assert (METHODS["fullgrad"].run, METHODS["gradcam"].run) == (fullgrad, gradcam)
+    assert (METHODS["fullgrad"].config, METHODS["gradcam"].config) == (FullGradConfig, GradCamConfig)
+    for name, entry in METHODS.items():
+        for obj in (entry.run, entry.config):
+            assert getattr(pkg, obj.__name__) is obj and obj.__name__ in pkg.__all__, (name, obj)
+
+
 def test_each_entry_is_named_by_its_config_and_function():
     for name, entry in METHODS.items():
         assert entry.name == entry.config.name == name == entry.run.__name__

@@ -1,5 +1,6 @@
 """Dictionary metrics against hand-computed cases (specs/dictionaries.md §3, §5)."""
 
+import itertools
 import math
 
 import pytest
@@ -7,7 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from assay.evaluate.geometry import babel, coherence, effective_rank, ood_score, stability, stable_rank
+from assay.evaluate.geometry import (
+    babel,
+    coherence,
+    effective_rank,
+    hungarian_match,
+    ood_score,
+    stability,
+    stable_rank,
+)
 from assay.evaluate.reconstruction import ReconstructionAccumulator, fvu, reconstruction_metrics
 from assay.evaluate.recovery import feature_recovery
 from assay.evaluate.sparsity import sparsity_metrics
@@ -71,7 +80,7 @@ def test_geometry_checks():
     D = torch.eye(3)
     D2 = torch.tensor([[0.0, -1, 0], [0.6, 0, 0.8], [1, 0, 0]])
     assert stability(D, D2) == pytest.approx(0.933333, abs=1e-6)
-    assert stability(D, D2, signed=False) == pytest.approx(1 / 3, abs=1e-6)
+    assert stability(D, D2, signed=True) == pytest.approx(1 / 3, abs=1e-6)  # (0,−1,0) counts −1
     assert stability(D, torch.cat([D2, torch.ones(2, 3)])) == pytest.approx(0.933333, abs=1e-6)
     assert ood_score(torch.tensor([[1.0, 0], [0.6, 0.8]]), torch.eye(2)) == pytest.approx(0.1)
     three = torch.tensor([[1.0, 0], [0.6, 0.8], [0, 1]])
@@ -88,6 +97,42 @@ def test_geometry_checks():
     assert babel(three, 2) == pytest.approx(1.4)
 
 
+def test_feature_recovery_flipped_direction_is_unrecovered_when_signed():
+    G = torch.eye(2)
+    D = torch.tensor([[-1.0, 0], [0, 1], [0, -1]])  # the first planted direction is only present flipped
+    for m in (feature_recovery(D, G), feature_recovery(D, G, signed=True)):  # signed is the default
+        torch.testing.assert_close(m.matched_cosine, torch.tensor([0.0, 1.0], dtype=torch.float64))
+        torch.testing.assert_close(m.best_cosine, torch.tensor([0.0, 1.0], dtype=torch.float64))
+        assert (m.mcc, m.fraction_recovered, m.mean_max_cosine) == (0.5, 0.5, 0.5)
+    u = feature_recovery(D, G, signed=False)
+    torch.testing.assert_close(u.matched_cosine, torch.ones(2, dtype=torch.float64))
+    assert (u.mcc, u.fraction_recovered, u.mean_max_cosine) == (1.0, 1.0, 1.0)
+    # hungarian_match has the same flag and default: signed, G_0 is not paired with its flip −G_0
+    _, cols, c = hungarian_match(G, D)
+    assert cols.tolist() == [2, 1]
+    _, cols, c = hungarian_match(G, D, signed=False)
+    assert cols.tolist() == [0, 1]
+    torch.testing.assert_close(c, torch.tensor([-1.0, 1.0], dtype=torch.float64))  # cosines keep their sign
+    # importance weights w = (3, 1): weighted means
+    w = feature_recovery(D, G, weights=torch.tensor([3.0, 1.0]))
+    assert (w.mcc, w.fraction_recovered, w.mean_max_cosine) == (0.25, 0.25, 0.25)
+    with pytest.raises(ValueError, match="weights"):
+        feature_recovery(D, G, weights=torch.ones(3))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_feature_recovery_matches_brute_force(signed):
+    g = torch.Generator().manual_seed(0)
+    G, D = torch.randn(3, 4, generator=g), torch.randn(5, 4, generator=g)
+    cos = F.normalize(G.double(), dim=1) @ F.normalize(D.double(), dim=1).t()
+    score = cos if signed else cos.abs()
+    best = max(itertools.permutations(range(5), 3), key=lambda p: sum(score[i, j].item() for i, j in enumerate(p)))
+    want = torch.stack([score[i, j] for i, j in enumerate(best)])
+    m = feature_recovery(D, G, signed=signed)
+    torch.testing.assert_close(m.matched_cosine, want)
+    torch.testing.assert_close(m.best_cosine, score.max(1).values)
+
+
 def test_feature_recovery_hand_case():
     G = torch.eye(3)
     D = torch.tensor([[0.0, 2, 0], [0.6, 0, 0.8], [3, 0, 0], [0, 0, -1]])
@@ -96,7 +141,8 @@ def test_feature_recovery_hand_case():
     assert m.mcc == pytest.approx(2.8 / 3)
     assert m.fraction_recovered == pytest.approx(2 / 3)
     assert m.mean_max_cosine == pytest.approx(2.8 / 3)
-    assert feature_recovery(D, G, signed=True).fraction_recovered == 1.0  # (0,0,−1) counts when signed
+    torch.testing.assert_close(m.best_cosine, torch.tensor([1.0, 1.0, 0.8], dtype=torch.float64))
+    assert feature_recovery(D, G, signed=False).fraction_recovered == 1.0  # (0,0,−1) counts under |cos|
     with pytest.raises(ValueError, match="dimension"):
         feature_recovery(D, torch.eye(4))
 

@@ -60,7 +60,19 @@ def _data(n=200, d=8, seed=0):
 
 
 @pytest.mark.parametrize(("C", "intercept"), [(1e-3, False), (1.0, True), (0.05, True)])
-def test_logistic_matches_sklearn(C, intercept):
+def test_logistic_C_is_sklearns_C_on_the_features_as_given(C, intercept):
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, _ = _data()  # features of scales 0.5..3 around 2: standardising would change what C means
+    ref = LogisticRegression(C=C, fit_intercept=intercept, max_iter=5000, tol=1e-10).fit(x.numpy(), y.numpy())
+    probe = logistic(x, y, C=C, fit_intercept=intercept)
+    torch.testing.assert_close(probe.w, torch.from_numpy(ref.coef_[0]), atol=1e-4, rtol=1e-4)
+    p_ref = torch.from_numpy(ref.predict_proba(x.numpy())[:, 1])
+    torch.testing.assert_close(probe.predict_proba(x), p_ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("C", "intercept"), [(1e-3, False), (1.0, True), (0.05, True)])
+def test_standardised_logistic_matches_sklearn_pipeline(C, intercept):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -68,20 +80,23 @@ def test_logistic_matches_sklearn(C, intercept):
     x, y, _ = _data()
     ref = make_pipeline(StandardScaler(), LogisticRegression(C=C, fit_intercept=intercept, max_iter=5000,
                                                              tol=1e-10)).fit(x.numpy(), y.numpy())
-    probe = logistic(x, y, C=C, fit_intercept=intercept)
+    probe = logistic(x, y, C=C, fit_intercept=intercept, standardise=True)
     p_ref = torch.from_numpy(ref.predict_proba(x.numpy())[:, 1])
     torch.testing.assert_close(probe.predict_proba(x), p_ref, atol=1e-4, rtol=0)
 
 
 def test_logistic_path_warm_start_equals_cold_fits():
     x, y, _ = _data(seed=1)
-    path = logistic_path(x, y, Cs=(1.0, 1e-2, 1e-1))
-    assert path.Cs == (1e-2, 1e-1, 1.0)
-    for C, p in zip(path.Cs, path.probes):
-        torch.testing.assert_close(p.predict_proba(x), logistic(x, y, C=C).predict_proba(x), atol=1e-5, rtol=0)
-    # weaker regularisation → larger standardised weights
-    norms = [float((p.w * x.std(0, unbiased=False)).norm()) for p in path.probes]
-    assert norms == sorted(norms)
+    for standardise in (False, True):
+        path = logistic_path(x, y, Cs=(1.0, 1e-2, 1e-1), standardise=standardise)
+        assert path.Cs == (1e-2, 1e-1, 1.0)
+        for C, p in zip(path.Cs, path.probes):
+            want = logistic(x, y, C=C, standardise=standardise).predict_proba(x)
+            torch.testing.assert_close(p.predict_proba(x), want, atol=1e-5, rtol=0)
+        # weaker regularisation → larger weights (in the coordinates the penalty applies to)
+        scale = x.std(0, unbiased=False) if standardise else torch.ones(x.shape[1], dtype=x.dtype)
+        norms = [float((p.w * scale).norm()) for p in path.probes]
+        assert norms == sorted(norms)
 
 
 def test_lda_matches_sklearn():

@@ -5,7 +5,7 @@ Sundararajan, Taly & Yan (2017), "Axiomatic Attribution for Deep Networks":
     IG_i(x) = (x_i − b_i) · ∫₀¹ ∂f_t(b + α(x − b))/∂x_i dα  ≈  (x_i − b_i) · Σ_s q_s ∂f_t(b + α_s(x − b))/∂x_i
 
 with nodes α_s and weights q_s from :func:`assay.attribution.neighbourhoods.quadrature`
-(Gauss–Legendre by default, as Captum; Riemann left/right/middle/trapezoid). In the LFA view (Han,
+(Gauss–Legendre by default, as Captum; Riemann left/right/middle/trapezoid; Captum's trapezoid). In the LFA view (Han,
 Srinivas & Lakkaraju 2022) it is gradient matching on the neighbourhood x' = b + α(x − b).
 Completeness: Σ_i IG_i = f_t(x) − f_t(b) up to the quadrature error, reported as
 ``Attribution.completeness_gap``. All B × steps rows run as one chunked batch.
@@ -38,7 +38,10 @@ class IntegratedGradientsConfig(EngineConfig):
     steps: int = 50
     """Number of quadrature nodes on the path."""
     quadrature: Quadrature = "gauss_legendre"
-    """Quadrature rule: gauss_legendre, riemann_left, riemann_right, riemann_middle, riemann_trapezoid."""
+    """Quadrature rule: gauss_legendre, riemann_left, riemann_right, riemann_middle, riemann_trapezoid
+    (the textbook rule: weights 1/(n − 1), halved at both ends, summing to 1) or captum_trapezoid
+    (Captum's ``method="riemann_trapezoid"``: weights 1/n, halved at both ends, summing to (n − 1)/n,
+    so its IG is the textbook one times (n − 1)/n and misses completeness by that factor)."""
     multiply_by_inputs: bool = True
     """Multiply the path-averaged gradient by (x − baseline) (False gives OpenXAI's variant)."""
 

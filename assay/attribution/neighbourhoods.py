@@ -37,17 +37,22 @@ __all__ = [
     "window_masks",
 ]
 
-Quadrature = Literal["gauss_legendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"]
+Quadrature = Literal["gauss_legendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
+                     "captum_trapezoid"]
 
 
 def quadrature(rule: Quadrature, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes α and weights q (Σq = 1) on [0, 1] for ∫₀¹ g(α) dα ≈ Σ q_s g(α_s) (float64).
+    """Nodes α and weights q on [0, 1] for ∫₀¹ g(α) dα ≈ Σ q_s g(α_s) (float64).
 
     Conventions match Captum's ``approximation_methods``: Riemann left/right/middle use n equal
-    cells; the trapezoid uses n equally spaced nodes including both ends.
+    cells; the trapezoid uses n equally spaced nodes α_s = s/(n − 1) including both ends. Every rule
+    has Σq = 1 except ``captum_trapezoid``: the textbook ``riemann_trapezoid`` weights are
+    1/(n − 1) with halved ends, Captum's ``riemann_trapezoid`` weights 1/n with halved ends on the same
+    nodes (Σq = (n − 1)/n, so it integrates a constant to (n − 1)/n); ``captum_trapezoid`` reproduces it.
     """
-    if n < 1 or (rule == "riemann_trapezoid" and n < 2):
-        raise ValueError(f"{rule} needs at least {2 if rule == 'riemann_trapezoid' else 1} steps, got {n}")
+    trapezoid = rule in ("riemann_trapezoid", "captum_trapezoid")
+    if n < 1 or (trapezoid and n < 2):
+        raise ValueError(f"{rule} needs at least {2 if trapezoid else 1} steps, got {n}")
     k = torch.arange(n, dtype=torch.float64)
     if rule == "gauss_legendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
@@ -58,14 +63,14 @@ def quadrature(rule: Quadrature, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (k + 1) / n, torch.full((n,), 1 / n, dtype=torch.float64)
     if rule == "riemann_middle":
         return (k + 0.5) / n, torch.full((n,), 1 / n, dtype=torch.float64)
-    if rule == "riemann_trapezoid":
-        q = torch.full((n,), 1 / (n - 1), dtype=torch.float64)
+    if trapezoid:
+        q = torch.full((n,), 1 / (n - 1 if rule == "riemann_trapezoid" else n), dtype=torch.float64)
         q[0] /= 2
         q[-1] /= 2
         return k / (n - 1), q
     raise ValueError(
-        f"unknown quadrature {rule!r}; choose gauss_legendre, riemann_left, riemann_right, riemann_middle "
-        "or riemann_trapezoid"
+        f"unknown quadrature {rule!r}; choose gauss_legendre, riemann_left, riemann_right, riemann_middle, "
+        "riemann_trapezoid or captum_trapezoid"
     )
 
 

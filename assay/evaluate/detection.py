@@ -97,7 +97,7 @@ def activation_mcc(z: Tensor, acts: Tensor) -> tuple[float, Tensor]:
                          f"{tuple(acts.shape)}")
     a = acts.detach().double().cpu()
     b = z.detach().double().cpu()
-    rows, _, corr = hungarian_match((a - a.mean(0)).t(), (b - b.mean(0)).t(), signed=False)
+    rows, _, corr = hungarian_match((a - a.mean(0)).t(), (b - b.mean(0)).t(), signed=True)
     per = torch.zeros(a.shape[1], dtype=torch.float64)
     per[rows] = corr
     return per.mean().item(), per

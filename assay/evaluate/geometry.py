@@ -6,6 +6,7 @@ two ranks are taken of D as it is (an RA-SAE's atoms are convex combinations of 
 vectors, and their norms are part of the dictionary's spectrum).
 
     stability S(D, D′) = (1/m) max_Π Σ_i |cos(D_i, D′_Π(i))|   (Hungarian, m = min(k, k′))
+    (the paper's "signed permutations": a flipped atom matches; ``signed=True`` keeps the sign of cos)
     OOD score = 1 − (1/k) Σ_i max_j cos(D_i, A_j)   over real activations A
     stable rank = ‖D‖_F² / ‖D‖₂²;  effective rank = exp(−Σ p_i log p_i), p = σ/Σσ
     coherence = max_{i≠j} |D_i·D_j|;  Babel μ₁(r) = max_i (sum of the r largest |D_i·D_j|, j ≠ i)
@@ -27,26 +28,31 @@ def unit(D: Tensor) -> Tensor:
 
 
 def hungarian_match(A: Tensor, B: Tensor, *, signed: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """Match rows of A to rows of B maximising total cosine (|cos| when ``signed``: signed permutations).
+    """Match rows of A to rows of B maximising the total cosine.
 
-    Returns ``(rows of A, rows of B, cosines of the pairs)`` — min(len A, len B) pairs, cosines signed.
+    ``signed=True`` (default) maximises Σ cos, so a row and its negation are opposites (cos = −1):
+    right for SAE atoms, whose sign is fixed by non-negative (ReLU) codes. ``signed=False`` maximises
+    Σ |cos| (matching up to a sign flip, the A-SAE paper's "signed permutations").
+    Returns ``(rows of A, rows of B, cosines of the pairs)`` — min(len A, len B) pairs; the returned
+    cosines keep their sign either way.
     """
     from scipy.optimize import linear_sum_assignment
 
     cos = unit(A) @ unit(B).t()
-    score = cos.abs() if signed else cos
+    score = cos if signed else cos.abs()
     r, c = linear_sum_assignment((1 - score).cpu().numpy())
     r, c = torch.as_tensor(r), torch.as_tensor(c)
     return r, c, cos[r, c]
 
 
-def stability(D1: Tensor, D2: Tensor, *, signed: bool = True) -> float:
-    """Hungarian-matched mean |cos| (or cos, ``signed=False``) between two dictionaries.
+def stability(D1: Tensor, D2: Tensor, *, signed: bool = False) -> float:
+    """Hungarian-matched mean |cos| (default, the A-SAE paper's convention) or mean signed cos
+    (``signed=True``, a flipped atom counts −1) between two dictionaries.
 
-    Check: D = I₃, D′ rows (0,−1,0), (0.6,0,0.8), (1,0,0) → 0.933333 signed, 0.333333 unsigned.
+    Check: D = I₃, D′ rows (0,−1,0), (0.6,0,0.8), (1,0,0) → 0.933333 with |cos|, 0.333333 signed.
     """
     _, _, c = hungarian_match(D1, D2, signed=signed)
-    return (c.abs() if signed else c).mean().item()
+    return (c if signed else c.abs()).mean().item()
 
 
 def ood_score(D: Tensor, activations: Tensor) -> float:

@@ -7,8 +7,11 @@ labels y ∈ {0,1}^N:
 
     difference of means   w = μ₊ − μ₋,                          b = −w·(μ₊ + μ₋)/2
     LDA (shrinkage α)     w = Σ_α⁻¹(μ₊ − μ₋),  Σ_α = (1 − α)Σ + α·(tr Σ/d)·I,  b as above
-    logistic              min_w,b  mean_i BCE(σ(w·x̃_i + b), y_i) + ‖w‖²/(2·C·N)
-                          (x̃ = standardised x; sklearn's objective divided by C·N)
+    logistic              min_w,b  mean_i BCE(σ(w·x_i + b), y_i) + ‖w‖²/(2·C·N)
+                          (sklearn's objective divided by C·N: ``C`` is ``LogisticRegression``'s C on
+                          the features as given; with ``standardise=True`` x is replaced by the
+                          standardised x̃ = (x − μ)/σ, i.e. ``StandardScaler → LogisticRegression(C)``,
+                          and the penalty falls on the weights of x̃)
 
 Every probe is returned as a :class:`LinearProbe` in *raw* activation coordinates
 (score = w·x + b), whatever standardisation it was fitted with, so it can be read out, evaluated and
@@ -132,11 +135,12 @@ def _standardise(x: Tensor, standardise: bool) -> tuple[Tensor, Tensor, Tensor]:
     return (x - mu) / sd, mu, sd
 
 
-def logistic(x: Tensor, y: Tensor, *, C: float = 1.0, standardise: bool = True, fit_intercept: bool = True,
+def logistic(x: Tensor, y: Tensor, *, C: float = 1.0, standardise: bool = False, fit_intercept: bool = True,
              max_iter: int = 500, tol: float = 1e-9) -> LinearProbe:
-    """L2 logistic regression (sklearn's ``LogisticRegression(C=C)`` objective,
-    :func:`assay.stats.logistic_regression`) on optionally standardised features; returned in raw
-    coordinates."""
+    """L2 logistic regression, sklearn's ``LogisticRegression(C=C)`` fitted on ``x`` as given
+    (:func:`assay.stats.logistic_regression`); ``standardise=True`` fits it on standardised features
+    instead (``StandardScaler → LogisticRegression(C=C)``: the same C is then a different, scale-free
+    regularisation). Returned in raw coordinates either way."""
     x, y = check_xy(x, y)
     xs, mu, sd = _standardise(x.double(), standardise)
     fit = logistic_regression(xs, y, C=C, fit_intercept=fit_intercept, max_iter=max_iter, tol=tol)
@@ -159,8 +163,9 @@ class LogisticPath(NamedTuple):
 
 
 def logistic_path(x: Tensor, y: Tensor, Cs: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0), *,
-                  standardise: bool = True, fit_intercept: bool = True, max_iter: int = 500) -> LogisticPath:
-    """Fit logistic probes for every C (ascending, each warm-started from the previous solution)."""
+                  standardise: bool = False, fit_intercept: bool = True, max_iter: int = 500) -> LogisticPath:
+    """Fit :func:`logistic` probes for every C (ascending, each warm-started from the previous
+    solution); ``standardise`` as in :func:`logistic`."""
     if not Cs or any(c <= 0 for c in Cs):
         raise ValueError(f"Cs must be a non-empty list of positive numbers, got {Cs}")
     x, y = check_xy(x, y)
@@ -188,10 +193,11 @@ class SparseProbe(NamedTuple):
 
 def sparse_probe(z: Tensor, y: Tensor, k: int, *, C: float = 1.0) -> SparseProbe:
     """k-sparse probe on SAE latents ``z [N, n]`` (Gao et al. 2024; SAEBench): select the k latents
-    with the largest |mean₊ − mean₋|, then fit a standardised logistic probe on them."""
+    with the largest |mean₊ − mean₋|, then fit a standardised logistic probe on them (``C`` applies to
+    the standardised latents, as ``StandardScaler → LogisticRegression(C=C)``)."""
     z, yb = check_xy(z, y)
     if not 1 <= k <= z.shape[1]:
         raise ValueError(f"k must be in 1..{z.shape[1]}, got {k}")
     gap = (z[yb].mean(0) - z[~yb].mean(0)).abs()
     latents = torch.argsort(gap, descending=True, stable=True)[:k]
-    return SparseProbe(latents, logistic(z[:, latents], yb.long(), C=C))
+    return SparseProbe(latents, logistic(z[:, latents], yb.long(), C=C, standardise=True))

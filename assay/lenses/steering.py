@@ -109,8 +109,9 @@ def contrast_direction(name: Contrast, pos: Tensor, neg: Tensor, *, C: float = 1
                        pca_variant: Literal["diff", "center", "uncentred"] = "diff") -> Tensor:
     """A steering direction ``[d]`` from paired activations ``pos``, ``neg`` ``[n_pairs, d]``: ``caa`` the
     mean paired difference, ``pca`` the sign-fixed first principal component (``pca_variant``), ``probe``
-    the weight of a standardised logistic probe (inverse L2 strength ``C``) separating the positives from
-    the negatives, in raw activation coordinates."""
+    the weight of a standardised logistic probe (inverse L2 strength ``C`` on the standardised
+    activations, ``logistic(..., standardise=True)``) separating the positives from the negatives, in raw
+    activation coordinates."""
     if name == "caa":
         return caa(pos, neg)
     if name == "pca":
@@ -118,7 +119,7 @@ def contrast_direction(name: Contrast, pos: Tensor, neg: Tensor, *, C: float = 1
     if name == "probe":
         _pairs(pos, neg)
         y = torch.cat([torch.ones(pos.shape[0], dtype=torch.long), torch.zeros(neg.shape[0], dtype=torch.long)])
-        return probe_direction(logistic(torch.cat([pos, neg]), y, C=C))
+        return probe_direction(logistic(torch.cat([pos, neg]), y, C=C, standardise=True))
     raise ValueError(f"unknown contrastive direction {name!r}; choose from {', '.join(CONTRASTS)}")
 
 

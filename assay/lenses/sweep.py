@@ -99,7 +99,7 @@ def probe_sweep(
     """Cross-validate a probe (default: standardised logistic, C=1e-3) on each site's features."""
     if not features:
         raise ValueError("probe_sweep needs features for at least one site")
-    fit = fit or (lambda x, yy: logistic(x, yy, C=1e-3))
+    fit = fit or (lambda x, yy: logistic(x, yy, C=1e-3, standardise=True))
     results = []
     for x in features.values():
         check_xy(x, y)

@@ -8,7 +8,7 @@ activation h; it is scored by how well E(h) reads a concept out, and by whether 
 the model produce the concept, against what the edit costs in coherence. The methods (spec names):
 
     diff_means   v = μ₊ − μ₋ (CAA over all positive × negative pairs)       Add  z ← z + α‖v‖ along v
-    probe        v = w of a logistic probe (C), rescaled to ‖μ₊ − μ₋‖       Add
+    probe        v = w of a standardised logistic probe (C), rescaled        Add
     pca          v = PC₁ of the paired differences (variant), rescaled       Add
     random       a Gaussian direction (seeded), rescaled — the control        Add
     sae          a TopK SAE (k, expansion) fitted on the fit fold's tokens;   Set  z_j ← α·max z_j

@@ -84,7 +84,7 @@ def run_probe(cfg: ProbeConfig, lm: Any = None) -> dict[str, Any]:
     sites = layer_sites(lm, cfg.layers)
     feats = collect_features(lm.model, sites, batches(lm.tokenizer, texts, cfg.batch_size), pooling=cfg.pooling,
                              skip_first=cfg.pooling != "last")
-    sweep = probe_sweep(feats, labels, fit=lambda x, y: logistic(x, y, C=cfg.C), k=cfg.folds, seed=cfg.seed)
+    sweep = probe_sweep(feats, labels, fit=lambda x, y: logistic(x, y, C=cfg.C, standardise=True), k=cfg.folds, seed=cfg.seed)
     rows = [{"site": s, "auroc": r.auroc.value, "auroc_low": r.auroc.low, "auroc_high": r.auroc.high,
              "accuracy": r.accuracy.value, "accuracy_low": r.accuracy.low, "accuracy_high": r.accuracy.high,
              "tpr_at_1pct_fpr": tpr_at_fpr(r.scores, labels, 0.01)} for s, r in zip(sweep.sites, sweep.results)]
@@ -96,7 +96,7 @@ def run_probe(cfg: ProbeConfig, lm: Any = None) -> dict[str, Any]:
                             pooling=cfg.pooling + (" (BOS excluded)" if cfg.pooling != "last" else ""),
                             n_examples=len(texts), labels="positive sentiment (Pang & Lee __label__pos)")
     best_row = rows[sweep.sites.index(best)]
-    artifact = save_probe(out / "probe", logistic(feats[best], labels, C=cfg.C), provenance=provenance,
+    artifact = save_probe(out / "probe", logistic(feats[best], labels, C=cfg.C, standardise=True), provenance=provenance,
                           meta={"cv_auroc": best_row["auroc"], "cv_folds": cfg.folds, "C": cfg.C})
     result = {"model": lm.name, "n_sentences": len(texts), "pooling": cfg.pooling, "best": best, "layers": rows,
               "plot": str(plot), "probe": str(artifact)}

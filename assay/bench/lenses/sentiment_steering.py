@@ -205,7 +205,7 @@ def run_steer(cfg: SteerConfig, lm: Any = None) -> dict[str, Any]:
     v = contrast_direction("caa", pos, neg)
     scale = float(feats[site].norm(dim=1).mean())
     y_ro = torch.cat([torch.ones(k, dtype=torch.long), torch.zeros(k, dtype=torch.long)])
-    probe = logistic(feats[ro_site], y_ro, C=cfg.C)
+    probe = logistic(feats[ro_site], y_ro, C=cfg.C, standardise=True)
     raw = {d: contrast_direction(d, pos, neg, C=cfg.C) for d in cfg.directions}
     vecs = {d: rescale(raw[d], float(v.double().norm())) for d in cfg.directions}  # α: the same size of edit for all
     class_gap = float(probe.score(feats[ro_site][:k]).mean() - probe.score(feats[ro_site][k:]).mean())
