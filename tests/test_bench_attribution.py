@@ -159,7 +159,7 @@ def test_ground_truth_on_the_digits_world(tmp_path, zoo_cache):
     res = run_family(FAMILY, worlds=("digits",), seeds=(0,), out_dir=tmp_path, report=False,
                      methods=("integrated_gradients:steps=16", "input_x_gradient", "gradient", "random",
                               "diet:rounds=2,max_epochs=8"),
-                     settings=AttributionSettings(n_examples=16, plots=False))
+                     settings=AttributionSettings(n_examples=16, gan_samples=20, plots=False))
     ig = {m: _metric(res, "integrated_gradients", m) for m in FAMILY.metrics}
     ixg = {m: _metric(res, "input_x_gradient", m) for m in FAMILY.metrics}
     rnd = {m: _metric(res, "random", m) for m in FAMILY.metrics}

@@ -128,7 +128,7 @@ class AttributionSettings:
     """Training epochs of the classifier; None: the zoo recipe's."""
     hidden: tuple[int, ...] = ()
     """Conv channels (digits) or hidden widths (tabular) of the classifier; empty: the zoo recipe's."""
-    gan_samples: int = 20
+    gan_samples: int = 10
     """Samples of the GAN-test per method (targets cycle through the classes; images only); 0: no GAN-test."""
     gan_steps: int = 20
     """Ascent steps of the GAN-test (the paper: 500; each step explains every sample once)."""
@@ -522,10 +522,11 @@ class AttributionFamily:
                  "Unfaithfulness (Srinivas & Fleuret 2021): least-salient accuracy and change are the classifier's "
                  "accuracy and mean |Δp_t| over 25 log-spaced fractions (1%–100%) of the features the map ranks "
                  "lowest, removed (grey 0.5 on images, 0 on tabular): a faithful map names what the model ignores "
-                 "(high accuracy, small change; the random control removes random pixels). GAN-test accuracy: "
-                 f"{s.gan_samples} samples per method, {s.gan_steps} ascent steps along its RMS-normalised "
-                 f"attribution of the {s.gan_output} from grey noise, classified by an independently trained proxy "
-                 "(chance 0.1 on the digits; images only; not run for DiET, whose every explanation tunes a model).",
+                 "(high accuracy, small change; the random control removes random pixels)." + (
+                     f" GAN-test accuracy: {s.gan_samples} samples per method, {s.gan_steps} ascent steps along its "
+                     f"RMS-normalised attribution of the {s.gan_output} from grey noise, classified by an "
+                     "independently trained proxy (chance 0.1 on the digits; images only; not run for DiET, whose "
+                     "every explanation tunes a model)." if s.gan_samples else " GAN-test off (gan_samples=0)."),
                  "random is a map that ignores the model: every method should beat it on agreement and "
                  "faithfulness, and fall below it on the randomisation Spearman."]
         if skipped:
