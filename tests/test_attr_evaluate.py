@@ -102,6 +102,13 @@ def test_linear_closed_forms():
     expected = lin(x).gather(1, t[:, None]) - torch.cumsum(phi.gather(1, order), 1)
     torch.testing.assert_close(c.scores[:, 1:], expected.detach())
     assert c.fractions.tolist() == [0, 0.25, 0.5, 0.75, 1.0]
+    # whether the prediction survives each step: the argmax of the model on the same rows
+    logits = torch.stack([lin(torch.where(torch.argsort(order, 1) < k, 0.0, x)) for k in range(5)], 1)
+    assert torch.equal(c.correct, logits.argmax(-1) == t[:, None])
+    # explicit fractions give the same points of the curve, each one a model call
+    fr = perturbation_curve(lin, x, phi, t, output="logit", fractions=[0.25, 0.75, 1.0])
+    torch.testing.assert_close(fr.scores, c.scores[:, [1, 3, 4]])
+    assert torch.equal(fr.correct, c.correct[:, [1, 3, 4]]) and fr.fractions.tolist() == [0.25, 0.75, 1.0]
     ins = perturbation_curve(lin, x, phi, t, output="logit", mode="insertion", features_per_step=1)
     torch.testing.assert_close(ins.scores[:, -1], c.scores[:, 0])
     # insertion from the zero baseline: starts at the bias and adds w_i x_i in attribution order

@@ -12,7 +12,18 @@ Every method explains the same correctly classified held-out examples of a world
   correlation (Bhatt, Weller & Moura 2020);
 * **sanity**: the cascading model-parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for
   Saliency Maps"): Spearman correlation of the maps before and after re-initialising the layers (lower:
-  the method depends on what the model learnt; a map that ignores the model stays at 1).
+  the method depends on what the model learnt; a map that ignores the model stays at 1);
+* **unfaithfulness** (Srinivas & Fleuret 2021, "Rethinking the Role of Gradient-based Attribution Methods
+  for Model Interpretability"): least-salient pixel perturbation — accuracy and mean |Δp_t| after removing
+  the 1%…100% least salient features (fill 0.5 on the digits as the paper, 0 on the tabular world; a
+  faithful map names what the model ignores) — and, on images, the GAN-test: samples drawn by ascent along
+  the method's own (signed, RMS-normalised) attribution of the ``gan_output`` from grey noise, classified
+  by an independently trained proxy classifier (the zoo's recipe at seed model seed + 1000);
+* with ``--options neighbourhood=…``, the **LFA fidelity report** (Han, Srinivas & Lakkaraju 2022, "Which
+  Explanation Should I Choose?"): the loss of each explanation's linear surrogate in the chosen
+  neighbourhood (``gaussian:sigma=0.1`` or ``mask:patch=4``), one table per world, lowest first.
+  Feature-group methods write their group's score on each element; they are divided by the group size
+  to give the per-element shares the surrogate sums.
 
 Worlds: ``digits`` (signal–distractor digits after DiET's Hard-MNIST, :mod:`assay.worlds.digits`; the
 mask is the signal digit's pixels) and ``tabular`` (OpenXAI's Gaussian clusters,
@@ -21,8 +32,9 @@ the attribution registry (:data:`assay.attribution.registry.METHODS`), DiET (Bha
 Lakkaraju 2023, "Discriminative Feature Attributions", :mod:`assay.attribution.diet`: its mask, learnt
 with a tuned copy of the model, is the map) and ``random``, a map that ignores the model (chance).
 Maps are one importance per feature (Σ_c |φ_c| per pixel). The metrics are those of
-:mod:`assay.evaluate.attribution_agreement`, :mod:`assay.evaluate.faithfulness` and
-:mod:`assay.evaluate.attribution_sanity`.
+:mod:`assay.evaluate.attribution_agreement`, :mod:`assay.evaluate.faithfulness`,
+:mod:`assay.evaluate.attribution_sanity`, :mod:`assay.evaluate.unfaithfulness` and
+:mod:`assay.evaluate.local_fidelity`.
 
 Outputs beside the runner's tables: ``plots/truth_vs_sanity_<world>.{png,svg}`` (relevance mass against
 the randomisation Spearman, one point per method with its interval; good methods sit bottom right).
@@ -43,11 +55,11 @@ from torch import nn
 from assay.attribution.engine import OutputKind
 from assay.attribution.registry import METHODS, configure
 from assay.bench.runner import BenchResult, RunContext, check_params, summary_rows
-from assay.bench.spec import SpecRun, expand_spec, parse_world_spec
+from assay.bench.spec import SpecRun, expand_spec, parse_spec, parse_world_spec
 from assay.config import ConfigError, check_choice
 
-__all__ = ["AttributionSettings", "AttributionFamily", "PreparedWorld", "FAMILY", "WORLD_NAMES", "METHOD_NAMES",
-           "SUMMARY_METRICS", "method_params"]
+__all__ = ["AttributionSettings", "AttributionFamily", "PreparedWorld", "Explainer", "FAMILY", "WORLD_NAMES",
+           "METHOD_NAMES", "SUMMARY_METRICS", "method_params", "parse_neighbourhood"]
 
 WORLD_NAMES = ("digits", "tabular")
 """Worlds with true attribution masks (and a default classifier in the zoo)."""
@@ -56,8 +68,20 @@ METHOD_NAMES = (*METHODS, "diet", "random")
 """The registry's methods, DiET, and the chance-level control."""
 
 SUMMARY_METRICS = ("relevance_mass", "pointing_game", "top_k_precision", "rank_correlation", "deletion_auc",
-                   "faithfulness_correlation", "randomisation_spearman")
-"""Columns of the summary table: ground-truth agreement (4), faithfulness (2), the sanity check (1)."""
+                   "faithfulness_correlation", "randomisation_spearman", "least_salient_accuracy",
+                   "least_salient_change", "gan_test_accuracy")
+"""Columns of the summary table: ground-truth agreement (4), faithfulness (2), the sanity check (1), the
+unfaithfulness tests (3)."""
+
+LEAST_SALIENT_FILL = {"digits": 0.5, "tabular": 0.0}
+"""Value of removed features in the least-salient test: the paper's grey on images, the deletion baseline on
+the tabular world."""
+
+PROXY_SEED = 1_000
+"""The GAN-test's proxy classifier trains with seed (the explained classifier's seed) + ``PROXY_SEED``."""
+
+GAN_SEED = 30_000
+"""The GAN-test's starting noise is drawn with seed ``GAN_SEED + seed``."""
 
 IMAGE_ONLY = ("gradcam", "diet")
 """Methods that need images ``[B, C, H, W]`` (a conv feature map; a mask upsampled over pixels)."""
@@ -104,13 +128,28 @@ class AttributionSettings:
     """Training epochs of the classifier; None: the zoo recipe's."""
     hidden: tuple[int, ...] = ()
     """Conv channels (digits) or hidden widths (tabular) of the classifier; empty: the zoo recipe's."""
+    gan_samples: int = 10
+    """Samples of the GAN-test per method (targets cycle through the classes; images only); 0: no GAN-test."""
+    gan_steps: int = 20
+    """Ascent steps of the GAN-test (the paper: 500; each step explains every sample once)."""
+    gan_output: OutputKind = "logit"
+    """Output whose attribution the GAN-test ascends: logit (the class-conditional log-density of Srinivas &
+    Fleuret 2021), log_softmax or probability."""
+    neighbourhood: str = ""
+    """LFA fidelity report in this neighbourhood: gaussian[:sigma=0.1,n_samples=200] or
+    mask[:patch=4,keep=0.5,baseline=0,n_samples=200]; empty: none."""
     plots: bool = True
     """Draw the plots (matplotlib; PNG + SVG)."""
 
     def __post_init__(self) -> None:
         if self.n_examples < 1 or self.deletion_steps < 1 or self.faithfulness_runs < 3:
             raise ConfigError("n_examples and deletion_steps must be ≥ 1 and faithfulness_runs ≥ 3")
+        if self.gan_samples < 0 or self.gan_steps < 1:
+            raise ConfigError("gan_samples must be ≥ 0 (0: no GAN-test) and gan_steps ≥ 1")
         check_choice("output", self.output, get_args(OutputKind))
+        check_choice("gan_output", self.gan_output, get_args(OutputKind))
+        if self.neighbourhood:
+            parse_neighbourhood(self.neighbourhood)
         if (self.n_train is not None and self.n_train < 1) or (self.epochs is not None and self.epochs < 1) or \
                 any(h < 1 for h in self.hidden):
             raise ConfigError("n_train, epochs and the hidden widths must be ≥ 1")
@@ -135,6 +174,10 @@ class PreparedWorld(NamedTuple):
     """k of the top-k precision."""
     sites: tuple[str, ...]
     """Sites of the randomisation test, top first."""
+    proxy: nn.Module | None
+    """The GAN-test's independently trained proxy classifier (images with ``gan_samples`` > 0), else None."""
+    proxy_accuracy: float
+    """The proxy's held-out accuracy (NaN without a proxy)."""
 
 
 def method_params(name: str) -> dict[str, Any]:
@@ -164,6 +207,32 @@ def _registry_config(name: str, params: dict[str, Any], *, seed: int, output: st
         raise ConfigError(f"bad parameters {params} for method {name!r}: {e}") from None
 
 
+NEIGHBOURHOOD_KEYS = {"gaussian": ("sigma", "n_samples"), "mask": ("patch", "keep", "baseline", "n_samples")}
+"""The keys of each neighbourhood spec (:class:`~assay.evaluate.local_fidelity.Neighbourhood`'s fields, plus
+the side of the square image patches that a mask keeps or removes as one feature)."""
+
+
+def parse_neighbourhood(spec: str) -> tuple[Any, int]:
+    """``"gaussian:sigma=0.1"`` or ``"mask:patch=4,keep=0.5"`` → (the
+    :class:`~assay.evaluate.local_fidelity.Neighbourhood`, the patch side of a mask's image features; tabular
+    features are masked one by one)."""
+    from assay.evaluate.local_fidelity import Neighbourhood
+
+    name, params = parse_spec(spec, NEIGHBOURHOOD_KEYS, what="neighbourhood")
+    bad = sorted(set(params) - set(NEIGHBOURHOOD_KEYS[name]))
+    if bad or any(len(v) > 1 for v in params.values()):
+        raise ConfigError(f"neighbourhood {spec!r}: {name} takes one value of each of "
+                          f"{', '.join(NEIGHBOURHOOD_KEYS[name])}" + (f"; unknown: {', '.join(bad)}" if bad else ""))
+    kw = {k: v[0] for k, v in params.items()}
+    patch = kw.pop("patch", SHARED_DEFAULTS["patch"])
+    if not isinstance(patch, int) or patch < 1:
+        raise ConfigError(f"neighbourhood {spec!r}: patch must be a positive integer")
+    try:
+        return Neighbourhood(kind=name, **kw), patch
+    except TypeError as e:
+        raise ConfigError(f"neighbourhood {spec!r}: {e}") from None
+
+
 def _diet_config(params: dict[str, Any], seed: int) -> Any:
     from assay.attribution.diet import DietConfig
 
@@ -178,14 +247,29 @@ def _last_relu(model: nn.Module) -> str | None:
     return names[-1] if names else None
 
 
-Explain = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+Attribute = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def explainer(run: SpecRun, world: PreparedWorld, seed: int, output: str) -> Explain | None:
-    """``explain(model, x, target) -> importance map`` (one value per pixel or feature) for the method of
-    ``run``, or None where it does not apply to the world (Grad-CAM and DiET need images)."""
-    from assay.evaluate.attribution_agreement import importance_map
+class Explainer(NamedTuple):
+    """A method of the bench, ready to explain."""
 
+    attribute: Attribute
+    """``attribute(model, x, target)``: the signed attribution shaped like x, or a map ``[B, H, W]``
+    (FullGrad, Grad-CAM, DiET's mask, the random control)."""
+    group_size: torch.Tensor | None
+    """Elements per feature group at each element (``[*x]``) for methods that write their group's score on
+    every element of the group (occlusion, LIME, KernelSHAP, C-LIME on image patches); None otherwise."""
+
+    def importance(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One importance per pixel or feature: Σ_c |φ_c| (the map of the agreement and faithfulness metrics)."""
+        from assay.evaluate.attribution_agreement import importance_map
+
+        return importance_map(self.attribute(model, x, t).detach())
+
+
+def explainer(run: SpecRun, world: PreparedWorld, seed: int, output: str) -> Explainer | None:
+    """The method of ``run`` explaining ``output``, or None where it does not apply to the world (Grad-CAM
+    and DiET need images)."""
     params = check_params(run, method_params(run.name))
     image = world.x.dim() == 4
     if run.name in IMAGE_ONLY and not image:
@@ -194,7 +278,7 @@ def explainer(run: SpecRun, world: PreparedWorld, seed: int, output: str) -> Exp
         def rand(model, x, t):
             g = torch.Generator().manual_seed(seed)
             return torch.rand(x.shape[0], *x.shape[2 if image else 1:], generator=g, dtype=x.dtype)
-        return rand
+        return Explainer(rand, None)
     if run.name == "diet":
         import torch.nn.functional as F
 
@@ -205,19 +289,20 @@ def explainer(run: SpecRun, world: PreparedWorld, seed: int, output: str) -> Exp
         def explain_diet(model, x, t):  # the mask learnt with a tuned copy of this model, upsampled as DiET erases
             masks = diet(model, x, config=cfg, generator=torch.Generator().manual_seed(seed)).masks
             return F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return explain_diet
+        return Explainer(explain_diet, None)
     from assay.attribution.neighbourhoods import grid_feature_mask
 
     entry = METHODS[run.name]
     mcfg = _registry_config(run.name, run.params, seed=seed, output=output, layer=_last_relu(world.model))
-    kwargs = {}
+    kwargs, size = {}, None
     if entry.config.feature_groups and image:
         shape = tuple(world.x.shape[1:])
-        kwargs["feature_mask"] = grid_feature_mask(shape, (shape[0], params["patch"], params["patch"]))
+        fm = grid_feature_mask(shape, (shape[0], params["patch"], params["patch"]))
+        kwargs["feature_mask"], size = fm, torch.bincount(fm.flatten())[fm].to(world.x.dtype)
 
     def explain(model, x, t):
-        return importance_map(entry.values(entry.run(model, x, t, config=mcfg, **kwargs)).detach())
-    return explain
+        return entry.values(entry.run(model, x, t, config=mcfg, **kwargs))
+    return Explainer(explain, size)
 
 
 def _world_parts(name: str, kw: dict[str, Any]) -> tuple[Any, Any]:
@@ -246,8 +331,8 @@ def prepare_world(world: str, seed: int, settings: AttributionSettings) -> Prepa
     world_config, held_out = _world_parts(name, kw)
     budget = {"n_train": settings.n_train, "epochs": settings.epochs, "hidden": settings.hidden or None}
     recipe = dataclasses.replace(RECIPES[name], **{k: v for k, v in budget.items() if v is not None})
-    wc = world_classifier(name, world_config=world_config, recipe=recipe,
-                          seed=settings.model_seed + (seed if settings.model_per_seed else 0))
+    model_seed = settings.model_seed + (seed if settings.model_per_seed else 0)
+    wc = world_classifier(name, world_config=world_config, recipe=recipe, seed=model_seed)
     g = make_generator(EXAMPLE_SEED + seed)
     xs, masks, ys = [], [], []
     n, draws = settings.n_examples, 0
@@ -273,12 +358,18 @@ def prepare_world(world: str, seed: int, settings: AttributionSettings) -> Prepa
             raise ConfigError(f"randomise: no parameterised sites {unknown} in the {name} classifier; "
                               f"choose from {', '.join(sites)}")
         sites = settings.randomise
-    return PreparedWorld(name, wc.model, x, mask, y, wc.test_accuracy, top_k, sites)
+    proxy = None
+    if x.dim() == 4 and settings.gan_samples:
+        proxy = world_classifier(name, world_config=world_config, recipe=recipe, seed=model_seed + PROXY_SEED)
+    return PreparedWorld(name, wc.model, x, mask, y, wc.test_accuracy, top_k, sites,
+                         proxy.model if proxy else None, proxy.test_accuracy if proxy else math.nan)
 
 
-def score_method(explain: Explain, world: PreparedWorld, settings: AttributionSettings, seed: int) -> dict[str, float]:
-    """The metrics of one explainer on a prepared world (means over the examples)."""
+def score_method(ex: Explainer, world: PreparedWorld, settings: AttributionSettings, seed: int) -> dict[str, float]:
+    """The metrics of one explainer on a prepared world (means over the examples); with a ``neighbourhood``
+    setting also its LFA loss there."""
     from assay.evaluate.attribution_agreement import (
+        importance_map,
         pointing_game,
         rank_correlation,
         relevance_mass,
@@ -286,22 +377,77 @@ def score_method(explain: Explain, world: PreparedWorld, settings: AttributionSe
     )
     from assay.evaluate.attribution_sanity import model_randomisation
     from assay.evaluate.faithfulness import faithfulness_correlation, perturbation_curve
+    from assay.evaluate.unfaithfulness import least_salient_removal
 
     model, x, mask, t = world.model, world.x, world.mask, world.target
-    m = explain(model, x, t).detach()
+    values = ex.attribute(model, x, t).detach()
+    m = importance_map(values)
     a = m[:, None] if x.dim() == 4 else m  # a pixel map removes all channels of a pixel
     mass, chance = relevance_mass(m, mask)
     curve = perturbation_curve(model, x, a, t, n_steps=settings.deletion_steps, output="probability")
     fc = faithfulness_correlation(model, x, a, t, subset_size=max(1, mask[0].numel() // 8),
                                   n_runs=settings.faithfulness_runs, generator=torch.Generator().manual_seed(seed))
-    sanity = model_randomisation(model, explain, x, t, layers=world.sites,
+    sanity = model_randomisation(model, ex.importance, x, t, layers=world.sites,
                                  generator=torch.Generator().manual_seed(42 + seed))
-    return {"relevance_mass": float(mass.mean()), "pointing_game": float(pointing_game(m, mask).double().mean()),
-            "top_k_precision": float(top_k_precision(m, mask, world.top_k).mean()),
-            "rank_correlation": float(rank_correlation(m, mask).nanmean()), "deletion_auc": float(curve.auc.mean()),
-            "faithfulness_correlation": float(fc.nanmean()),
-            "randomisation_spearman": float(sanity.spearman_abs[-1].nanmean()),
-            "chance_mass": float(chance.mean()), "model_accuracy": world.accuracy, "n_examples": float(len(t))}
+    least = least_salient_removal(model, x, a, t, baseline=LEAST_SALIENT_FILL[world.name],
+                                  generator=torch.Generator().manual_seed(seed), output="probability")
+    out = {"relevance_mass": float(mass.mean()), "pointing_game": float(pointing_game(m, mask).double().mean()),
+           "top_k_precision": float(top_k_precision(m, mask, world.top_k).mean()),
+           "rank_correlation": float(rank_correlation(m, mask).nanmean()), "deletion_auc": float(curve.auc.mean()),
+           "faithfulness_correlation": float(fc.nanmean()),
+           "randomisation_spearman": float(sanity.spearman_abs[-1].nanmean()),
+           "least_salient_accuracy": float(least.correct.double().mean()),
+           "least_salient_change": float(least.change.abs().mean()),
+           "chance_mass": float(chance.mean()), "model_accuracy": world.accuracy, "n_examples": float(len(t))}
+    if settings.neighbourhood:
+        out.update(_lfa_metrics(values, ex.group_size, world, settings, seed))
+    return out
+
+
+def _lfa_metrics(values: torch.Tensor, group_size: torch.Tensor | None, world: PreparedWorld,
+                 settings: AttributionSettings, seed: int) -> dict[str, float]:
+    """LFA loss of the attribution ``values`` in the settings' neighbourhood (per-element shares: a
+    feature-group method's values divided by its group size; a map ``[B, H, W]`` spread over the channels)."""
+    from assay.attribution.neighbourhoods import grid_feature_mask
+    from assay.evaluate.local_fidelity import lfa_loss
+
+    nb, patch = parse_neighbourhood(settings.neighbourhood)
+    x = world.x
+    phi = values if group_size is None else values / group_size
+    phi = phi[:, None] if phi.dim() == x.dim() - 1 else phi
+    fm = None
+    if nb.kind == "mask" and x.dim() == 4:
+        fm = grid_feature_mask(tuple(x.shape[1:]), (x.shape[1], patch, patch))
+    r = lfa_loss(world.model, x, phi, world.target, neighbourhood=nb, feature_mask=fm,
+                 generator=torch.Generator().manual_seed(seed), output=settings.output)
+    return {"lfa_loss": float(r.loss.mean()), "lfa_null_loss": float(r.null_loss.mean()),
+            "lfa_relative_loss": float(r.loss.mean() / r.null_loss.mean())}
+
+
+def gan_metrics(run: SpecRun, world: PreparedWorld, settings: AttributionSettings, seed: int) -> dict[str, float]:
+    """The GAN-test of the method of ``run`` (images with a proxy; not DiET, whose every explanation tunes a
+    model): proxy accuracy on ``gan_samples`` samples drawn by ``gan_steps`` ascent steps along its
+    RMS-normalised attribution of ``gan_output``, and the explained model's own accuracy on them."""
+    from assay.evaluate.unfaithfulness import gan_test
+
+    if world.proxy is None or run.name == "diet":
+        return {}
+    ex = explainer(run, world, seed, settings.gan_output)
+    model = world.model
+    with torch.no_grad():
+        n_classes = model(world.x[:1]).shape[1]
+    y = torch.arange(settings.gan_samples) % n_classes
+
+    def direction(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = ex.attribute(model, x, t).detach()
+        return v[:, None] if v.dim() == x.dim() - 1 else v  # a map moves every channel of its pixels
+
+    res = gan_test(direction, world.proxy, y, tuple(world.x.shape[1:]), n_steps=settings.gan_steps, normalize=True,
+                   generator=torch.Generator().manual_seed(GAN_SEED + seed))
+    with torch.no_grad():
+        own = (model(res.samples).argmax(1) == y).double().mean()
+    return {"gan_test_accuracy": res.accuracy, "gan_model_accuracy": float(own),
+            "gan_proxy_accuracy": world.proxy_accuracy}
 
 
 class AttributionFamily:
@@ -334,10 +480,11 @@ class AttributionFamily:
         return prepare_world(world, seed, settings)
 
     def score(self, prepared: PreparedWorld, run: SpecRun, ctx: RunContext) -> dict[str, float]:
-        explain = explainer(run, prepared, ctx.seed, ctx.settings.output)
-        if explain is None:
+        ex = explainer(run, prepared, ctx.seed, ctx.settings.output)
+        if ex is None:
             return {}  # not applicable to this world (listed in the section's notes)
-        return score_method(explain, prepared, ctx.settings, ctx.seed)
+        return {**score_method(ex, prepared, ctx.settings, ctx.seed),
+                **gan_metrics(run, prepared, ctx.settings, ctx.seed)}
 
     def section(self, result: BenchResult) -> Any:
         from assay.report import Plot, Section, Table
@@ -354,6 +501,9 @@ class AttributionFamily:
             tables.append(Table(f"{world}: classifier accuracy {acc:.3f}, chance relevance mass {chance:.3f} "
                                 f"(mean [95% interval] over {n} seed(s); sorted by relevance mass)",
                                 cols[1:], [r[1:] for r in rows]))
+            lfa = _lfa_table(mine, world, result.settings)
+            if lfa is not None:
+                tables.append(lfa)
             if result.settings.plots:
                 path = result.out_dir / "plots" / f"truth_vs_sanity_{_slug(world)}"
                 plots.append(Plot(f"{world}: relevance mass vs randomisation Spearman",
@@ -369,10 +519,24 @@ class AttributionFamily:
                  "correlation. Sanity: Spearman of the maps before and after cascading randomisation of the "
                  "classifier's layers (lower: the map depends on the learnt weights; the random control stays at "
                  "1).",
+                 "Unfaithfulness (Srinivas & Fleuret 2021): least-salient accuracy and change are the classifier's "
+                 "accuracy and mean |Δp_t| over 25 log-spaced fractions (1%–100%) of the features the map ranks "
+                 "lowest, removed (grey 0.5 on images, 0 on tabular): a faithful map names what the model ignores "
+                 "(high accuracy, small change; the random control removes random pixels)." + (
+                     f" GAN-test accuracy: {s.gan_samples} samples per method, {s.gan_steps} ascent steps along its "
+                     f"RMS-normalised attribution of the {s.gan_output} from grey noise, classified by an "
+                     "independently trained proxy (chance 0.1 on the digits; images only; not run for DiET, whose "
+                     "every explanation tunes a model)." if s.gan_samples else " GAN-test off (gan_samples=0)."),
                  "random is a map that ignores the model: every method should beat it on agreement and "
                  "faithfulness, and fall below it on the randomisation Spearman."]
         if skipped:
             notes.append(f"Not applicable (needs images): {', '.join(skipped)}.")
+        if s.neighbourhood:
+            notes.append(f"LFA fidelity in {s.neighbourhood}: each explanation taken literally as a linear surrogate "
+                         "— slopes on the Gaussian noise ξ, or coefficients of the kept/removed features of a mask "
+                         "(φ summed over each feature; feature-group methods divided by their group size first). No "
+                         "explanation is best in every neighbourhood: pick the lowest loss in the one you care about; "
+                         "relative loss ≥ 1 explains less than the zero explanation.")
         undefined = sorted({r["method"] for r in result.runs
                             if math.isnan(r["metrics"].get("randomisation_spearman", 0.0))})
         if undefined:
@@ -380,6 +544,21 @@ class AttributionFamily:
                          "map is constant (DiET erases every pixel of a model that no longer reacts to the input); "
                          "such methods are left out of the plot.")
         return Section(self.title, tables, plots, notes)
+
+
+def _lfa_table(result: BenchResult, world: str, settings: AttributionSettings) -> Any:
+    """The LFA fidelity report of one world (methods by their surrogate's loss, lowest first), or None."""
+    from assay.report import Table
+
+    loss = {(s["method"], s["level"]): s["mean"] for s in result.summary if s["metric"] == "lfa_loss" and s["n"]}
+    if not loss:
+        return None
+    cols, rows = summary_rows(result, ("lfa_loss", "lfa_relative_loss"))
+    rows = sorted((r for r in rows if (r[1], r[2]) in loss), key=lambda r: loss[(r[1], r[2])])
+    null = _mean(result.summary, "lfa_null_loss")
+    return Table(f"{world}: LFA fidelity in the neighbourhood {settings.neighbourhood} (Han, Srinivas & Lakkaraju "
+                 f"2022): E[(f(x′) − f(x) − φᵀξ)²] of the {settings.output}, lowest first; relative = / the zero "
+                 f"explanation's loss {null:.4g}", cols[1:], [r[1:] for r in rows])
 
 
 def _mean(summary: list[dict[str, Any]], metric: str) -> float:

@@ -22,7 +22,7 @@ small block can stall on the thread pool.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -46,7 +46,11 @@ MEMORY_BUDGET_MB = 128.0
 
 def scores_of(model: Callable, x: torch.Tensor, target: torch.Tensor, output: Output) -> torch.Tensor:
     """f_t(x) per row for targets ``[n]`` under the output transform."""
-    y = model(x)
+    return _select(model(x), target, output)
+
+
+def _select(y: torch.Tensor, target: torch.Tensor, output: Output) -> torch.Tensor:
+    """The target column of logits ``y`` under the output transform."""
     if output == "probability":
         y = y.softmax(-1)
     elif output == "log_softmax":
@@ -64,32 +68,33 @@ def _targets(model, x, target) -> torch.Tensor:
 
 
 def _start(model: Callable, x: torch.Tensor, target, output: Output, chunk: int | None
-           ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One no-grad forward on ``x``: targets ``[B]`` (argmax when None), f_t(x) ``[B]`` (float64) and the
-    rows per chunk (``chunk``, or sized from :data:`MEMORY_BUDGET_MB` by the activation bytes per row)."""
+           ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """One no-grad forward on ``x``: targets ``[B]`` (argmax when None), f_t(x) ``[B]`` (float64), the
+    rows per chunk (``chunk``, or sized from :data:`MEMORY_BUDGET_MB` by the activation bytes per row) and
+    whether the prediction is the target ``[B]``."""
     per_row, y = row_bytes(model, x)
     t = y.argmax(1) if target is None else _targets(model, x, target)
-    if output == "probability":
-        y = y.softmax(-1)
-    elif output == "log_softmax":
-        y = y.log_softmax(-1)
-    f0 = y.gather(1, t[:, None])[:, 0].double()
+    f0 = _select(y, t, output).double()
     if chunk is None:  # the engine's rule: a chunk's activations stay near the CPU caches
         chunk = chunk_rows(per_row, MEMORY_BUDGET_MB, backward=False)
-    return t, f0, int(chunk)
+    return t, f0, int(chunk), y.argmax(1) == t
 
 
 def _batched(model, build: Callable[[slice, slice], torch.Tensor], B: int, S: int,
-             target: torch.Tensor, output: Output, chunk: int) -> torch.Tensor:
+             target: torch.Tensor, output: Output, chunk: int, hits: torch.Tensor | None = None) -> torch.Tensor:
     """Scores ``[B, S]`` of the rows that ``build(examples, steps)`` (two slices) returns as
-    ``[nb, ns, *x]`` blocks — built by broadcasting, one model call per block."""
+    ``[nb, ns, *x]`` blocks — built by broadcasting, one model call per block. ``hits`` (bool ``[B, S]``),
+    when given, receives whether each row's prediction is the target."""
     out = torch.empty(B, S, dtype=torch.float64, device=target.device)
     with torch.no_grad():
         for exs, ss in blocks(B, S, chunk):
             rows = build(exs, ss)
             nb, ns = rows.shape[:2]
             t = target[exs].repeat_interleave(ns)
-            out[exs, ss] = scores_of(model, rows.reshape(nb * ns, *rows.shape[2:]), t, output).double().view(nb, ns)
+            y = model(rows.reshape(nb * ns, *rows.shape[2:]))
+            out[exs, ss] = _select(y, t, output).double().view(nb, ns)
+            if hits is not None:
+                hits[exs, ss] = (y.argmax(1) == t).view(nb, ns)
     return out
 
 
@@ -108,33 +113,44 @@ class Curve(NamedTuple):
     fractions: torch.Tensor
     """Fraction of features removed (deletion) or revealed (insertion) at each step, ``[S+1]``."""
     scores: torch.Tensor
-    """f_t after each step, ``[B, S+1]`` (column 0 is the unperturbed start)."""
+    """f_t after each step, ``[B, S+1]`` (column 0 is the unperturbed start, unless ``fractions`` were given)."""
     auc: torch.Tensor
     """Trapezoid area under scores over fractions, ``[B]``."""
+    correct: torch.Tensor
+    """Whether the prediction (argmax) is still the target after each step, bool ``[B, S+1]``."""
 
 
 def perturbation_curve(
     model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None, *,
     mode: Literal["deletion", "insertion"] = "deletion", features_per_step: int | None = None,
-    n_steps: int = 20, baseline: float | torch.Tensor = 0.0, output: Output = "probability", chunk: int | None = None,
+    n_steps: int = 20, fractions: Sequence[float] | torch.Tensor | None = None, baseline: float | torch.Tensor = 0.0,
+    output: Output = "probability", chunk: int | None = None,
 ) -> Curve:
     """Deletion/insertion curve: features ranked by attribution (descending, stable ties).
 
     Features are the elements of ``attributions`` (which broadcasts to ``x``: an ``[B, 1, H, W]`` map
     removes whole pixels). ``features_per_step`` (Quantus's pixel flipping) overrides ``n_steps``.
+    ``fractions`` (non-decreasing, in [0, 1]) evaluates the curve at round(fraction · D) removed
+    (deletion) or revealed (insertion) features instead of equal steps; every column is then a model call.
     """
     _check(x, attributions)
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
-    t, f0, chunk = _start(model, x, target, output, chunk)
+    t, f0, chunk, hit0 = _start(model, x, target, output, chunk)
     B = x.shape[0]
     a = attributions.reshape(B, -1).to(x.device)
     D = a.shape[1]
     order = torch.argsort(a, dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(D, device=x.device).expand(B, D))
-    fps = features_per_step if features_per_step is not None else max(1, -(-D // n_steps))
-    S = -(-D // fps)
-    counts = torch.clamp(torch.arange(S + 1, device=x.device) * fps, max=D)
+    if fractions is None:
+        fps = features_per_step if features_per_step is not None else max(1, -(-D // n_steps))
+        S = -(-D // fps)
+        counts = torch.clamp(torch.arange(S + 1, device=x.device) * fps, max=D)
+    else:
+        fr = torch.as_tensor(fractions, dtype=torch.float64).flatten()
+        if len(fr) == 0 or bool((fr < 0).any() or (fr > 1).any() or (fr.diff() < 0).any()):
+            raise ValueError(f"fractions must be non-decreasing values in [0, 1], got {fr.tolist()}")
+        counts = (fr * D).round().long().to(x.device)
     base = baseline if isinstance(baseline, torch.Tensor) else torch.tensor(float(baseline))
     base = base.to(device=x.device, dtype=x.dtype).expand_as(x)
     a_shape = attributions.shape[1:]
@@ -148,14 +164,19 @@ def perturbation_curve(
             return torch.where(m, base[exs, None], x[exs, None])
         return build
 
+    hits = torch.empty(B, len(counts), dtype=torch.bool, device=x.device)
+    if fractions is not None:
+        scores = _batched(model, steps_from(0), B, len(counts), t, output, chunk, hits)
     # x itself is deletion's first step and insertion's last: its score f0 comes from the first forward
-    if mode == "deletion":
-        scores = torch.cat([f0[:, None], _batched(model, steps_from(1), B, S, t, output, chunk)], 1)
+    elif mode == "deletion":
+        scores = torch.cat([f0[:, None], _batched(model, steps_from(1), B, S, t, output, chunk, hits[:, 1:])], 1)
+        hits[:, 0] = hit0
     else:
-        scores = torch.cat([_batched(model, steps_from(0), B, S, t, output, chunk), f0[:, None]], 1)
+        scores = torch.cat([_batched(model, steps_from(0), B, S, t, output, chunk, hits[:, :-1]), f0[:, None]], 1)
+        hits[:, -1] = hit0
     frac = counts.double() / D
     auc = torch.trapezoid(scores, frac, dim=1)
-    return Curve(frac, scores, auc)
+    return Curve(frac, scores, auc, hits)
 
 
 def faithfulness_correlation(
@@ -171,7 +192,7 @@ def faithfulness_correlation(
     ``n_runs`` subsets of ``subset_size`` are drawn without replacement from ``generator``.
     """
     _check(x, attributions)
-    t, f0, chunk = _start(model, x, target, output, chunk)
+    t, f0, chunk, _ = _start(model, x, target, output, chunk)
     B = x.shape[0]
     a = attributions.expand_as(x).reshape(B, -1).double()
     D = a.shape[1]
@@ -204,7 +225,7 @@ def prediction_gap(
     """PGI (``mode="important"``) or PGU: mean |f_t(x) − f_t(x + ε ⊙ m)|, ε ~ N(0, σ²), m the top-k
     (or the other) features by |φ|; ``k`` an int or a fraction of the features. Returns ``[B]``."""
     _check(x, attributions)
-    t, f0, chunk = _start(model, x, target, output, chunk)
+    t, f0, chunk, _ = _start(model, x, target, output, chunk)
     B = x.shape[0]
     a = attributions.expand_as(x).reshape(B, -1).abs()
     D = a.shape[1]
@@ -230,7 +251,7 @@ def infidelity(
     ``normalize`` first rescales φ by the optimal β = E[Iᵀφ·Δf]/E[(Iᵀφ)²] (Captum's convention).
     """
     _check(x, attributions)
-    t, f0, chunk = _start(model, x, target, output, chunk)
+    t, f0, chunk, _ = _start(model, x, target, output, chunk)
     B = x.shape[0]
     if perturbations is None:
         g = generator if generator is not None else torch.Generator().manual_seed(0)
