@@ -31,10 +31,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "decay_fraction=0.2": {"decay_fraction": 0.2},
     "normalize_inputs=False,decay_fraction=0.2": {"normalize_inputs": False, "decay_fraction": 0.2},
     "decay_fraction=0": {"decay_fraction": 0.0},
-    "scale_bias_step=False": {"scale_bias_step": False},
-    "scale_bias_step=True": {"scale_bias_step": True},
-    "grad_clip=None,scale_bias_step=False": {"grad_clip": None, "scale_bias_step": False},
-    "grad_clip=None,scale_bias_step=True": {"grad_clip": None, "scale_bias_step": True},
+    "grad_clip=None": {"grad_clip": None},
+    "normalize_inputs=False,grad_clip=None": {"normalize_inputs": False, "grad_clip": None},
     "normalize_inputs=False,decay_fraction=0": {"normalize_inputs": False, "decay_fraction": 0.0},
 }
 """Settings that differ from the defaults (of ``SAETrainConfig`` for the world, of ``StoreSAEConfig`` for

@@ -61,9 +61,6 @@ class StoreSAEConfig:
     ``SAETrainConfig``; evidence for 0 in docs/dictionaries.md, "Defaults")."""
     normalize_inputs: bool = True
     """Scale inputs so E‖s·x‖ = √d during training (folded into the weights at the end)."""
-    scale_bias_step: bool = True
-    """When normalising scales the inputs up (s > 1), scale the biases' Adam steps by s
-    (``SAETrainConfig.scale_bias_step``)."""
     seed: int = 0
     """Seed of the data order and the weight initialisation."""
     holdout_windows: int = 16
@@ -163,7 +160,7 @@ def train_sae_on_store(
 
     tcfg = SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, decay_fraction=cfg.decay_fraction,
                           normalize_inputs=cfg.normalize_inputs,
-                          scale_bias_step=cfg.scale_bias_step, checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+                          checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
     t0 = time.perf_counter()
     trained, result = train_saes(sae, tcfg, store, site=site, batch_size=cfg.batch_size, seed=cfg.seed,
                                  checkpoint=checkpoint, exclude_special=cfg.exclude_special,

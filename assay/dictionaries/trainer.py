@@ -5,7 +5,6 @@ Recipe (Gao et al. 2024, "Scaling and evaluating sparse autoencoders";
 Bricken et al. 2023; Anthropic "Circuits Updates — April 2024"), per step t on a batch x:
 
     x ← s·x  (s = √d / mean‖x‖ from the first batch; folded into the weights at the end)
-    (with s > 1 the biases' Adam steps are multiplied by s: as fast in raw units as without scaling)
     L = mean_b‖x − x̂‖² + min(1, t/T_sparsity)·L_sparsity + L_aux(dead latents)
     g_W_dec ← g − (g·ŵ)ŵ;  clip ‖g‖ ≤ 1;  Adam(β₁, β₂) at lr(t) (linear warmup, optional linear decay);
     renormalise atoms.
@@ -59,12 +58,9 @@ class SAETrainConfig:
     grad_clip: float | None = 1.0
     """Global gradient-norm clip per SAE (None: no clipping)."""
     normalize_inputs: bool = True
-    """Scale inputs so E‖s·x‖ = √d (s from the first batch); folded into the weights by ``finalize``."""
-    scale_bias_step: bool = True
-    """When normalising scales the inputs up (s > 1), multiply each Adam step of the biases (b_enc, b_dec)
-    by s, so they move as far in raw units per step as without normalising: Adam steps are in parameter
-    units, so inputs scaled by s alone make the biases s× slower to reach their targets. With s ≤ 1 the
-    normalised step is already the faster one and is kept. Evidence: docs/dictionaries.md, "Defaults"."""
+    """Scale inputs so E‖s·x‖ = √d (s from the first batch); folded into the weights by ``finalize``. On by
+    default (the L1/L0 coefficients are set for that scale); its measured cost on small-norm worlds is in
+    docs/dictionaries.md, "Defaults and the evidence for them"."""
     dead_window: int | None = None
     """Tokens without firing after which a latent counts as dead (None: 10 × the batch size)."""
     checkpoint_every: int | None = None
@@ -200,7 +196,6 @@ class SAETrainer:
         window = self.cfg.dead_window or 10 * B_global
         sp = min(1.0, (self.step + 1) / self.cfg.sparsity_warmup_steps) if self.cfg.sparsity_warmup_steps else 1.0
         warm = min(self.cfg.warmup_steps, max(1, self.cfg.steps // 10))
-        scale_bias = self.cfg.scale_bias_step and self.input_scale > 1.0
         for i, (sae, opt) in enumerate(zip(self.saes, self.opts)):
             dead = self.since_fired[i] >= window
             out = sae(x, dead=dead, sparsity_scale=sp)
@@ -224,12 +219,7 @@ class SAETrainer:
             lr = lr_at(self.step, self.lrs[i], warmup=warm, decay_start=self.cfg.decay_start, total=self.cfg.steps)
             for group in opt.param_groups:
                 group["lr"] = lr
-            before = [b.detach().clone() for b in (sae.b_enc, sae.b_dec)] if scale_bias else []
             opt.step()
-            if scale_bias:
-                with torch.no_grad():
-                    for b, b0 in zip((sae.b_enc, sae.b_dec), before):
-                        b.sub_(b0).mul_(self.input_scale).add_(b0)
             sae.after_step()
             sae.observe(out.codes, self.step)
             self.since_fired[i] += B_global
