@@ -211,4 +211,3 @@ def test_on_step_after_resume_runs_for_the_remaining_steps_only(tmp_path):
         train_saes(_saes(), CFG, _data, on_step=print, on_step_at=[0, 3])
     with pytest.raises(ValueError, match="positive step interval"):
         train_saes(_saes(), CFG, _data, on_step=print, on_step_at=0)
-
