@@ -5,8 +5,8 @@ recovery on a planted superposition world, and held-out FVU / CE recovered on Sm
 a TopK SAE (Gao et al. 2024) with k = the planted L0 and d_sae = expansion·d, trained at the library's
 defaults except for the variant's settings. Every ``--every`` steps ``feature_recovery`` (Hungarian-matched
 cosines, Sharkey et al. 2022 mean max cosine) is taken; the bar is fraction recovered (cos ≥ 0.9) ≥ 0.98
-and mean max cosine ≥ 0.99 (0.995, the issue's bar, lies on this world's plateau). Per variant and seed: the first step that meets the bar (None: never) and
-the final figures.
+and mean max cosine ≥ 0.99 (0.995, the issue's bar, lies on this world's plateau). Per variant and
+seed: the first step that meets the bar (None: never) and the final figures.
 
 (b) SmolLM2-135M ``model.layers.3``: a 20k-token store (cached under ``--out`` once), a short TopK run per
 variant via ``train_sae_on_store``; held-out FVU and CE loss recovered on the store's last windows.
