@@ -169,7 +169,8 @@ def lm_sae(args: argparse.Namespace, loaded: Any):
     run_cache(cache, quiet=True)
     t_cache = time.perf_counter() - t0
     cfg = StoreSAEConfig(architecture="topk", expansion=args.lm_expansion, k=32, steps=args.lm_sae_steps,
-                         batch_size=1024, lr=1e-3, warmup_steps=max(1, args.lm_sae_steps // 20), holdout_windows=8)
+                         batch_size=1024, lr=1e-3, warmup_steps=max(1, args.lm_sae_steps // 20), holdout_windows=8,
+                         decay_fraction=0.2)  # as its documented figures (the old default)
     with ActivationStore.open(cache.store_dir, verify="open") as store:
         res = train_sae_on_store(store, args.lm_site, cfg, model=loaded.model, out=sae_dir,
                                  checkpoint=out / "lm_sae.ckpt")

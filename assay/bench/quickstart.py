@@ -272,7 +272,8 @@ def _lm_sae(cfg: QuickstartConfig, loaded: Any, log: Callable[[str], None]) -> d
     store_dir = CacheConfig(model=cfg.model, sites=(cfg.site,), out_dir=Path(cfg.out_dir) / "store").store_dir
     run_cfg = StoreSAEConfig(architecture="topk", expansion=cfg.lm_sae_expansion, k=cfg.lm_sae_k,
                              steps=cfg.lm_sae_steps, batch_size=cfg.lm_sae_batch, lr=1e-3,
-                             warmup_steps=max(1, cfg.lm_sae_steps // 20), holdout_windows=cfg.ce_windows,
+                             warmup_steps=max(1, cfg.lm_sae_steps // 20), decay_fraction=0.2,  # as its documented figures
+                             holdout_windows=cfg.ce_windows,
                              progress=True)
     log(f"  training a TopK SAE ({cfg.lm_sae_expansion}x, k={cfg.lm_sae_k}, {cfg.lm_sae_steps} steps of "
                   f"{cfg.lm_sae_batch} tokens; resumed from {Path(cfg.out_dir) / 'lm_sae.ckpt'} if there), then "

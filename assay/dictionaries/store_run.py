@@ -56,8 +56,11 @@ class StoreSAEConfig:
     """Learning rate (None: the architecture's default, else the width-scaled TopK rule)."""
     warmup_steps: int = 1000
     """Linear lr warmup (capped at steps/10)."""
-    decay_fraction: float = 0.2
-    """Decay the lr linearly to 0 over this last fraction of the steps (0: constant)."""
+    decay_fraction: float = 0.0
+    """Decay the lr linearly to 0 over this last fraction of the steps (0: constant after warmup, as
+    ``SAETrainConfig``; evidence for 0 in docs/dictionaries.md, "Defaults")."""
+    normalize_inputs: bool = True
+    """Scale inputs so E‖s·x‖ = √d during training (folded into the weights at the end)."""
     seed: int = 0
     """Seed of the data order and the weight initialisation."""
     holdout_windows: int = 16
@@ -156,6 +159,7 @@ def train_sae_on_store(
     t, cut = _layout(store, cfg)
 
     tcfg = SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, decay_fraction=cfg.decay_fraction,
+                          normalize_inputs=cfg.normalize_inputs,
                           checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
     t0 = time.perf_counter()
     trained, result = train_saes(sae, tcfg, store, site=site, batch_size=cfg.batch_size, seed=cfg.seed,

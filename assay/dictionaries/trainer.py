@@ -58,7 +58,9 @@ class SAETrainConfig:
     grad_clip: float | None = 1.0
     """Global gradient-norm clip per SAE (None: no clipping)."""
     normalize_inputs: bool = True
-    """Scale inputs so E‖s·x‖ = √d (s from the first batch); folded into the weights by ``finalize``."""
+    """Scale inputs so E‖s·x‖ = √d (s from the first batch); folded into the weights by ``finalize``. On by
+    default (the L1/L0 coefficients are set for that scale); its measured cost on small-norm worlds is in
+    docs/dictionaries.md, "Defaults and the evidence for them"."""
     dead_window: int | None = None
     """Tokens without firing after which a latent counts as dead (None: 10 × the batch size)."""
     checkpoint_every: int | None = None
