@@ -77,6 +77,20 @@ def run_bench(cfg: BenchCommand) -> Any:
     return res
 
 
+def run_family_command(family: str, *, worlds: tuple[str, ...], methods: tuple[str, ...], seeds: tuple[int, ...],
+                       options: tuple[str, ...], out_dir: Path) -> Any:
+    """For a command that is one family's bench under its own name: print the equivalent
+    ``assay bench --family …`` line, then run it."""
+    import shlex
+
+    flags = [("--worlds", w) for w in worlds] + [("--methods", m) for m in methods]
+    flags += [("--seeds", str(s)) for s in seeds] + [("--options", o) for o in options] + [("--out-dir", str(out_dir))]
+    args = [a for pair in flags for a in pair]
+    typer.echo(f"assay bench --family {family} " + " ".join(map(shlex.quote, args)))
+    return run_bench(BenchCommand(family=family, worlds=worlds, methods=methods, seeds=seeds, options=options,
+                                  out_dir=out_dir))
+
+
 @dataclass(frozen=True, kw_only=True)
 class RankCommand:
     """Rank attribution methods against true attribution masks (assay bench --family attribution, one seed)."""

@@ -8,7 +8,6 @@ resumable under ``--out-dir`` (default ``runs/fragility``): ``results.csv``, ``s
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -92,14 +91,10 @@ class FragilityCommand:
 
 def run(cfg: FragilityCommand) -> Any:
     """Run the family through the bench runner and print its summary table."""
-    from assay.cli.bench import BenchCommand, run_bench
+    from assay.cli.bench import run_family_command
 
-    args = ["--worlds", cfg.world_spec, *(a for m in cfg.method_specs for a in ("--methods", m)),
-            *(a for s in cfg.seeds for a in ("--seeds", str(s))), *(a for o in cfg.options for a in ("--options", o)),
-            "--out-dir", str(cfg.out_dir)]
-    typer.echo("assay bench --family sae-fragility " + " ".join(map(shlex.quote, args)))
-    return run_bench(BenchCommand(family="sae-fragility", worlds=(cfg.world_spec,), methods=cfg.method_specs,
-                                  seeds=cfg.seeds, options=cfg.options, out_dir=cfg.out_dir))
+    return run_family_command("sae-fragility", worlds=(cfg.world_spec,), methods=cfg.method_specs, seeds=cfg.seeds,
+                              options=cfg.options, out_dir=cfg.out_dir)
 
 
 def register(app: typer.Typer) -> None:

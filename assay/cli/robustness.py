@@ -12,7 +12,6 @@ built from the flags below, through the same runner: cached and resumable under 
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -112,14 +111,10 @@ class RobustnessCommand:
 
 def run(cfg: RobustnessCommand) -> Any:
     """Run the family through the bench runner and print its summary table."""
-    from assay.cli.bench import BenchCommand, run_bench
+    from assay.cli.bench import run_family_command
 
-    args = ["--worlds", cfg.world_spec, *(a for m in cfg.method_specs for a in ("--methods", m)),
-            *(a for s in cfg.seeds for a in ("--seeds", str(s))), *(a for o in cfg.options for a in ("--options", o)),
-            "--out-dir", str(cfg.out_dir)]
-    typer.echo("assay bench --family robustness " + " ".join(map(shlex.quote, args)))
-    return run_bench(BenchCommand(family="robustness", worlds=(cfg.world_spec,), methods=cfg.method_specs,
-                                  seeds=cfg.seeds, options=cfg.options, out_dir=cfg.out_dir))
+    return run_family_command("robustness", worlds=(cfg.world_spec,), methods=cfg.method_specs, seeds=cfg.seeds,
+                              options=cfg.options, out_dir=cfg.out_dir)
 
 
 def register(app: typer.Typer) -> None:
