@@ -25,6 +25,7 @@ from assay.bench.runner import BenchResult, RunContext, summary_rows
 from assay.bench.spec import SpecRun
 from assay.bench.worlds import WORLD_NAMES
 from assay.config import ConfigError
+from assay.report.html import json_safe
 
 __all__ = ["DictionarySettings", "DictionaryFamily", "FAMILY", "SUMMARY_METRICS"]
 
@@ -98,14 +99,14 @@ class DictionaryFamily:
         with torch.no_grad():
             sc = score_method(lens, prepared)
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(ctx.run_dir / PER_CONCEPT_FILE, json.dumps(_finite(sc.per_concept)))
+        atomic_write_text(ctx.run_dir / PER_CONCEPT_FILE, json.dumps(json_safe(sc.per_concept)))
         if ctx.seed == 0 or not (ctx.run_dir / FEATURES_FILE).exists():
             from assay.bench.features import feature_browser_data
 
             unembed = prepared.model.unembed.weight if prepared.model is not None else None
             fd = feature_browser_data(lens, prepared, concept_best=sc.best_latent, unembed=unembed,
                                       title=f"{run.label} {run.level} on {prepared.name}, seed {ctx.seed}")
-            atomic_write_text(ctx.run_dir / FEATURES_FILE, json.dumps(_finite(fd)))
+            atomic_write_text(ctx.run_dir / FEATURES_FILE, json.dumps(json_safe(fd)))
         return {**sc.metrics, "fit_seconds": fit_s}
 
     def section(self, result: BenchResult) -> Any:
@@ -136,16 +137,6 @@ class DictionaryFamily:
         features = next((f for r in result.runs if (f := _read(result.out_dir / "cache" / r["key"] / FEATURES_FILE))),
                         None)
         return Section(self.title, tables, plots, notes, features=features)
-
-
-def _finite(v: Any) -> Any:
-    if isinstance(v, float) and v != v:
-        return None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    return v
 
 
 def _read(path: Path) -> Any:

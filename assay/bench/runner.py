@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 import time
 import typing
 from collections.abc import Callable, Collection, Mapping
@@ -37,6 +36,7 @@ from typing import Any, NamedTuple, Protocol
 from assay import __version__
 from assay.bench.spec import SpecRun, expand_spec, parse_world_spec, spec_value
 from assay.config import ConfigError, from_dict
+from assay.report.html import json_safe
 
 __all__ = ["Family", "RunContext", "BenchResult", "run_family", "run_key", "aggregate", "parse_options",
            "write_tables"]
@@ -149,16 +149,6 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
-
-
 def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
     try:
         rec = json.loads(path.read_text())
@@ -215,7 +205,7 @@ def run_family(family: Family, *, worlds: Collection[str] = (), methods: Collect
                         rec = {"family": family.name, "world": world, "method": run.label, "level": run.level,
                                "seed": seed, "key": key, "params": run.params, "seconds": seconds,
                                "metrics": {k: float(v) for k, v in metrics.items()}}
-                        atomic_write_text(path, json.dumps(_json_safe(rec), sort_keys=True, default=str))
+                        atomic_write_text(path, json.dumps(json_safe(rec), sort_keys=True, default=str))
                         rec = _load_cached(path, key) or rec
                         computed += 1
                         shown = ", ".join(f"{m} {rec['metrics'][m]:.3g}" for m in family.metrics
@@ -241,7 +231,7 @@ def write_tables(out: Path, runs: list[dict[str, Any]], summary: list[dict[str, 
     long = [{"world": r["world"], "method": r["method"], "level": r["level"], "seed": r["seed"], "metric": k,
              "value": v} for r in runs for k, v in r["metrics"].items()]
     for name, rows in (("results", long), ("summary", summary)):
-        atomic_write_text(out / f"{name}.json", json.dumps(_json_safe(rows), indent=1))
+        atomic_write_text(out / f"{name}.json", json.dumps(json_safe(rows), indent=1))
         if rows:
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=list(rows[0]))

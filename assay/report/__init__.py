@@ -13,7 +13,7 @@ functions that need it, matplotlib. It knows nothing of the experiments that fil
 """
 
 from assay.report.figure import new_figure, save_figure
-from assay.report.html import embed_json, render_report, write_report
+from assay.report.html import embed_json, json_safe, render_report, write_report
 from assay.report.section import (
     SECTION_FILE,
     Section,
@@ -24,5 +24,5 @@ from assay.report.section import (
 )
 from assay.report.table import Plot, Table
 
-__all__ = ["Table", "Plot", "Section", "SectionError", "SECTION_FILE", "write_section", "read_section",
+__all__ = ["json_safe", "Table", "Plot", "Section", "SectionError", "SECTION_FILE", "write_section", "read_section",
            "collect_sections", "render_report", "write_report", "embed_json", "new_figure", "save_figure"]

@@ -30,7 +30,7 @@ from typing import Any
 
 from assay.report.table import Plot, Table
 
-__all__ = ["render_report", "write_report", "embed_json", "WIDE_COLUMNS"]
+__all__ = ["render_report", "write_report", "embed_json", "json_safe", "WIDE_COLUMNS"]
 
 WIDE_COLUMNS = 8
 """Tables with more columns than this are set in a smaller font."""
@@ -50,13 +50,15 @@ def _default(v: Any) -> Any:
     return str(v)
 
 
-def _clean(v: Any) -> Any:
+def json_safe(v: Any) -> Any:
+    """``v`` with every NaN or infinite float (inside dicts, lists and tuples too) replaced by None, so that
+    strict JSON can hold it; tuples become lists."""
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
+        return {k: json_safe(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
-        return [_clean(x) for x in v]
+        return [json_safe(x) for x in v]
     return v
 
 
@@ -143,7 +145,7 @@ def render_report(title: str, *, tables: Sequence[Table] = (), plots: Sequence[P
         blocks.append((f"section-{i}", str(s.title), _section_block(f"section-{i}", s)))
     if features and features.get("latents"):
         sub = features.get("title")
-        browser = _fill(_asset("browser.html"), DATA=embed_json({"features": _clean(features)}),
+        browser = _fill(_asset("browser.html"), DATA=embed_json({"features": json_safe(features)}),
                         SUBTITLE=f'<p class="muted small">{html.escape(str(sub))}</p>' if sub else "")
         blocks.append(("feature-browser", "Feature browser", browser))
     parts = [f'<p class="muted">{html.escape(str(n))}</p>' for n in notes]
