@@ -6,7 +6,12 @@ EleutherAI/sparsify, saprmarks/dictionary_learning (``TopKTrainer``).
 
     z = TopK_k(ReLU((x − b_dec) W_enc + b_enc)),   x̂ = z W_dec + b_dec,
     L = mean_b‖x − x̂‖² + α · L_aux,
-    L_aux = mean_b‖e − ê‖² / mean_b‖e − ē‖²,  e = x − x̂ (detached),  ê = TopK_{k_aux}(ReLU(pre_dead)) W_dec,dead
+    L_aux = mean_b‖e − ê‖² / mean_b‖e − ē‖² · mean_b‖x − x̄‖²,
+    e = x − x̂ (detached),  ê = TopK_{k_aux}(ReLU(pre_dead)) W_dec,dead
+
+The last factor (the batch's input variance, detached) is assay's: dictionary_learning's AuxK stops at the
+ratio, which makes its weight against the reconstruction term depend on the input scale (see
+:func:`auxk_loss`).
 
 Unit-norm atoms, geometric-median b_dec, lr 2e-4/√(n/2¹⁴).
 With ``sparse=True`` (default) encoding and decoding use :mod:`assay.dictionaries.sparse` (backward
@@ -59,7 +64,14 @@ def topk_codes(pre: Tensor, k: int) -> Tensor:
 def auxk_loss(
     centred: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, residual: Tensor, dead: Tensor, k_aux: int
 ) -> Tensor:
-    """Normalised AuxK loss: reconstruct the (detached) residual from the top ``k_aux`` dead latents.
+    """AuxK loss: reconstruct the (detached) residual from the top ``k_aux`` dead latents.
+
+    The normalised error mean_b‖e − ê‖² / mean_b‖e − ē‖² (Gao et al. 2024; dictionary_learning) times the
+    batch's input variance mean_b‖x − x̄‖² (detached), so that the loss is in the reconstruction term's
+    units and α weighs it against the FVU, as in Gao et al., whose reconstruction loss is normalised too.
+    Without that factor the total loss is not homogeneous in the input scale s: AuxK's weight relative to
+    the reconstruction term goes as 1/s², and input normalisation changed the training, not just its
+    units (docs/dictionaries.md, "Defaults and the evidence for them").
 
     ``centred`` = x − b_dec ``[B, d]``; ``dead`` bool ``[n]``; returns 0 when no latent is dead.
     """
@@ -74,7 +86,9 @@ def auxk_loss(
     e = residual.detach()
     num = (e - e_hat).pow(2).sum(-1).mean()
     den = (e - e.mean(0)).pow(2).sum(-1).mean()
-    return torch.nan_to_num(num / den, nan=0.0, posinf=0.0)
+    c = centred.detach()
+    input_variance = (c - c.mean(0)).pow(2).sum(-1).mean()
+    return torch.nan_to_num(num / den, nan=0.0, posinf=0.0) * input_variance
 
 
 class TopKSAE(SAE):
