@@ -110,3 +110,19 @@ def test_group_magnitude_and_structured_keep():
     assert group_magnitude(model, g).tolist() == [1 + 4 + 1 + 1, 1 + 0.25, 9 + 4]
     keep = structured_keep(model, 0.4)  # round(1.2) = 1 unit: the middle one
     assert keep["fc0"].tolist() == [True, False, True]
+
+
+def test_group_magnitude_of_a_cnn_channel_counts_parameters_not_running_statistics():
+    model = SmallCNN(2, 3, channels=(4, 3), image_size=4, batch_norm=True, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.bn0.running_mean.fill_(100.0)
+        model.bn0.weight.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    g = dependency_groups(model)
+    c0 = group_magnitude(model, g["conv0"])
+    by_hand = (model.conv0.weight.pow(2).sum((1, 2, 3)) + model.conv0.bias.pow(2) + model.bn0.weight.pow(2)
+               + model.bn0.bias.pow(2) + model.conv1.weight.pow(2).sum((0, 2, 3)))
+    assert torch.allclose(c0, by_hand.double())
+    c1 = group_magnitude(model, g["conv1"])  # flattened into fc: 1·1 columns per channel at image_size 4
+    by_hand = (model.conv1.weight.pow(2).sum((1, 2, 3)) + model.conv1.bias.pow(2) + model.bn1.weight.pow(2)
+               + model.bn1.bias.pow(2) + model.fc.weight.pow(2).sum(0))
+    assert torch.allclose(c1, by_hand.double())

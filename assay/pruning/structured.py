@@ -127,10 +127,14 @@ def _group(model: nn.Module, groups: dict[str, UnitGroup], layer: str) -> UnitGr
 
 
 def group_magnitude(model: nn.Module, group: UnitGroup, p: float = 2.0) -> torch.Tensor:
-    """I_c = Σ over the group's tensors of ‖θ[c]‖_p^p, one value per unit (float64)."""
+    """I_c = Σ over the group's parameters (not buffers such as BatchNorm's running statistics) of
+    ‖θ[c]‖_p^p, one value per unit (float64)."""
     total = torch.zeros(group.n_units, dtype=torch.float64)
     for m in group.members:
-        t = getattr(model.get_submodule(m.module), m.tensor).detach().to(torch.float64)
+        module = model.get_submodule(m.module)
+        if m.tensor not in module._parameters:
+            continue
+        t = module._parameters[m.tensor].detach().to(torch.float64)
         t = t.movedim(m.dim, 0).reshape(group.n_units, -1)
         total += t.abs().pow(p).sum(dim=1).to(total.device)
     return total
