@@ -126,3 +126,30 @@ def test_group_magnitude_of_a_cnn_channel_counts_parameters_not_running_statisti
     by_hand = (model.conv1.weight.pow(2).sum((1, 2, 3)) + model.conv1.bias.pow(2) + model.bn1.weight.pow(2)
                + model.bn1.bias.pow(2) + model.fc.weight.pow(2).sum(0))
     assert torch.allclose(c1, by_hand.double())
+
+
+def test_gated_mlp_neurons_of_a_tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=16, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # redraw every weight from a seeded generator (transformers draws from the global one)
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    groups = dependency_groups(model)
+    assert set(groups) == {"model.layers.0.mlp.gate_proj", "model.layers.1.mlp.gate_proj"}
+    keep = structured_keep(model, 0.5)
+    assert all(int(k.sum()) == 12 for k in keep.values())
+    small = remove_units(model, keep)
+    tokens = torch.randint(0, 32, (2, 7), generator=torch.Generator().manual_seed(1))
+    # act(gate)·up is zero where up_proj's output is zero: zero the removed neurons there
+    edits = {k.replace("gate_proj", "up_proj"): _zero(v, -1) for k, v in keep.items()}
+    with torch.no_grad(), patch(model, edits):
+        ref = model(tokens).logits
+    with torch.no_grad():
+        assert torch.allclose(small(tokens).logits, ref, atol=1e-5)
+    assert _n(model) - _n(small) == 2 * 12 * 16 * 3
+    with pytest.raises(ValueError, match=r"'model.layers.0.mlp.down_proj'.*residual add"):
+        remove_units(model, {"model.layers.0.mlp.down_proj": torch.ones(16, dtype=torch.bool)})

@@ -17,11 +17,14 @@ Rather than tracing arbitrary graphs (Torch-Pruning's tracer fails on some model
 - :class:`assay.models.transformer.Transformer` — the MLP neurons of each block (rows of
   ``blocks.{i}.mlp.fc_in``, columns of ``blocks.{i}.mlp.fc_out``). Residual-stream dimensions are
   shared through every residual add, so removing the outputs of a layer that writes to the stream
-  (``attn.out``, ``mlp.fc_out``, the embeddings) is refused.
+  (``attn.out``, ``mlp.fc_out``, the embeddings) is refused;
+- gated MLPs of Llama-style Hugging Face models (SmolLM2): rows of ``gate_proj`` and ``up_proj``,
+  columns of ``down_proj`` (``down_proj``/``o_proj`` outputs and the embeddings are refused as above).
 
 Removal keeps the outputs: the smaller model computes exactly what the original computes with the
-removed units' activations set to zero. A removed Transformer MLP neuron keeps ``config.d_mlp`` as
-built (blocks may now differ in width); the modules' own sizes are updated.
+removed units' activations set to zero. A Transformer keeps ``config.d_mlp`` (a Hugging Face model
+its ``config.intermediate_size``) as built — blocks may now differ in width; the modules' own sizes
+are updated.
 """
 
 from __future__ import annotations
@@ -98,8 +101,24 @@ def _transformer_groups(model: nn.Module) -> dict[str, UnitGroup]:
     return out
 
 
+def _gated_mlp_groups(model: nn.Module) -> dict[str, UnitGroup]:
+    out = {}
+    for path, m in model.named_modules():
+        parts = [getattr(m, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        if all(isinstance(p, nn.Linear) for p in parts):
+            members = [GroupMember(f"{path}.{n}", "weight", 0) for n in ("gate_proj", "up_proj")]
+            members += [GroupMember(f"{path}.{n}", "bias", 0) for n, p in zip(("gate_proj", "up_proj"), parts)
+                        if p.bias is not None]
+            members.append(GroupMember(f"{path}.down_proj", "weight", 1))
+            out[f"{path}.gate_proj"] = UnitGroup(f"{path}.gate_proj", parts[0].out_features, tuple(members))
+    return out
+
+
 def dependency_groups(model: nn.Module) -> dict[str, UnitGroup]:
-    """Layer name → the dependency group of its output units, for the models assay knows."""
+    """Layer name → the dependency group of its output units, for the models assay knows: its MLP,
+    SmallCNN and Transformer, and any model whose MLPs are gated ``gate_proj``/``up_proj``/``down_proj``
+    triples (Llama-style Hugging Face models such as SmolLM2: neuron j is row j of ``gate_proj`` and
+    ``up_proj`` and column j of ``down_proj``; the group is keyed by the ``gate_proj`` path)."""
     from assay.models.cnn import SmallCNN
     from assay.models.mlp import MLP
     from assay.models.transformer import Transformer
@@ -107,18 +126,20 @@ def dependency_groups(model: nn.Module) -> dict[str, UnitGroup]:
     for cls, build in ((MLP, _mlp_groups), (SmallCNN, _cnn_groups), (Transformer, _transformer_groups)):
         if type(model) is cls:
             return build(model)
-    raise TypeError(f"structured removal knows the dependency groups of assay's MLP, SmallCNN and Transformer, not "
-                    f"{type(model).__name__}; it does not trace unknown graphs (use assay.pruning.masks for "
-                    "unstructured masks)")
+    if groups := _gated_mlp_groups(model):
+        return groups
+    raise TypeError(f"structured removal knows the dependency groups of assay's MLP, SmallCNN and Transformer and of "
+                    f"gated MLPs (gate_proj/up_proj/down_proj), not {type(model).__name__}; it does not trace "
+                    "unknown graphs (use assay.pruning.masks for unstructured masks)")
 
 
 def _group(model: nn.Module, groups: dict[str, UnitGroup], layer: str) -> UnitGroup:
     if layer in groups:
         return groups[layer]
-    residual = ("attn.out", "mlp.fc_out", "attn.qkv")
-    if layer.endswith(residual) or layer in ("embed", "pos_embed"):
+    residual = ("attn.out", "mlp.fc_out", "attn.qkv", "o_proj", "down_proj", "q_proj", "k_proj", "v_proj")
+    if layer.endswith(residual) or layer.endswith(("embed", "pos_embed", "embed_tokens")):
         what = ("its outputs are residual-stream dimensions, shared by every residual add, the embeddings and "
-                "the final LayerNorm" if not layer.endswith("attn.qkv")
+                "the final LayerNorm" if not layer.endswith(("attn.qkv", "q_proj", "k_proj", "v_proj"))
                 else "attention heads are not removable here (only MLP neurons are)")
         raise ValueError(f"cannot remove output units of layer {layer!r}: {what}; removing them would break the "
                          f"residual add. Removable layers: {', '.join(groups)}")
