@@ -19,6 +19,7 @@ from assay.pruning.importance import (
     nm_masks,
     snip_scores,
 )
+from assay.pruning.magnitude import magnitude_masks, prune_lowest
 from assay.pruning.masks import apply_masks
 
 A = torch.diag(torch.tensor([2.0, 1.0, 4.0], dtype=torch.float64))
@@ -188,3 +189,11 @@ def test_nm_spec_example_and_pattern_validity():
         nm_masks({"x": torch.ones(2, 6)}, 2, 4)
     with pytest.raises(ValueError, match="0 < N <= M"):
         nm_masks({"x": torch.ones(2, 4)}, 5, 4)
+
+
+def test_lamp_global_pruning_never_empties_a_layer():
+    gen = torch.Generator().manual_seed(4)
+    w = {"small": 0.01 * torch.randn(5, 5, generator=gen), "big": 10 * torch.randn(6, 6, generator=gen)}
+    assert not magnitude_masks(w, 0.6)["small"].any()  # global magnitude removes the small layer entirely
+    keep = prune_lowest(lamp_scores(w), 0.95)
+    assert all(int(k.sum()) >= 1 for k in keep.values())  # each layer's largest weight scores 1

@@ -12,8 +12,10 @@ from assay.pruning.masks import (
     check_sparsity,
     get_masks,
     is_masked,
+    load_masks,
     materialize,
     prunable_layers,
+    save_masks,
     shadow_weight,
     sparsity,
 )
@@ -132,3 +134,16 @@ def test_prunable_layers_skip_first_last():
     model = MLP(3, (4, 5), 2, generator=torch.Generator().manual_seed(0))
     assert prunable_layers(model) == ("fc0", "fc1", "out")
     assert prunable_layers(model, skip_first_last=True) == ("fc1",)
+
+
+def test_masks_save_load_round_trip_and_shape_check_on_apply(tmp_path):
+    model = MLP(3, (2,), 2, generator=torch.Generator().manual_seed(0))
+    masks = {"out": torch.tensor([[0, 1], [1, 1]], dtype=torch.bool), "fc0": MASK}
+    save_masks(tmp_path / "m", masks, meta={"rule": "magnitude"})
+    loaded = load_masks(tmp_path / "m")
+    assert list(loaded) == ["out", "fc0"] and all(torch.equal(loaded[n], masks[n]) for n in masks)
+    apply_masks(model, loaded)
+    assert sparsity(model).zeros == {"fc0": 2, "out": 1}
+    other = MLP(3, (4,), 2)
+    with pytest.raises(ValueError, match=r"'out' has shape \(2, 2\) but its weight has shape \(2, 4\)"):
+        apply_masks(other, loaded)

@@ -9,6 +9,8 @@ from torch import nn
 
 from assay.config import ConfigError
 from assay.models.mlp import MLP
+from assay.pruning.importance import lamp_scores
+from assay.pruning.magnitude import magnitude_masks, prune_lowest
 from assay.pruning.masks import shadow_weight
 from assay.pruning.schedules import (
     PruneConfig,
@@ -134,3 +136,18 @@ def test_cyclical_regrowth_brings_back_a_weight_pruned_in_cycle_one(tmp_path):
     assert float(shadow_weight(model, "0")[0, 3].detach()) > 1.5
     frozen, _ = run(False)
     assert not bool(frozen.masks["0"][0, 3])  # without gradients to masked weights it never returns
+
+
+def test_lamp_rule_projects_by_lamp_scores(tmp_path):
+    model = MLP(6, (8, 8, 8), 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.fc2.weight.mul_(10.0)  # global magnitude would prune fc1 far more than fc2; LAMP balances
+    dense = {n: model.get_submodule(n).weight.detach().clone() for n in ("fc1", "fc2")}
+    cfg = PruneConfig(schedule=ScheduleConfig(kind="one_shot", final_sparsity=0.5), steps=1, rule="lamp",
+                      checkpoint_every=1)
+    res = prune_and_finetune(model, _data(), cfg, out_dir=tmp_path, generator=torch.Generator())
+    expected = prune_lowest(lamp_scores(dense), 0.5)  # one-shot at step 0, before the single update
+    assert all(torch.equal(res.masks[n], expected[n]) for n in dense)
+    by_magnitude = magnitude_masks(dense, 0.5)
+    assert int((~by_magnitude["fc1"]).sum()) == 57  # of 64 pruned in all: magnitude takes nearly all from fc1
+    assert (int((~res.masks["fc1"]).sum()), int((~res.masks["fc2"]).sum())) == (31, 33)  # LAMP: scale-free

@@ -21,14 +21,19 @@ parametrization; structured (channel/neuron) removal is :mod:`assay.pruning.stru
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from assay.artifact import load_artifact, save_artifact
+
 __all__ = ["MaskedWeight", "SparsityReport", "prunable_layers", "check_sparsity", "apply_masks", "get_masks",
-           "shadow_weight", "is_masked", "sparsity", "materialize"]
+           "shadow_weight", "is_masked", "sparsity", "materialize", "save_masks", "load_masks"]
+
+MASKS_KIND = "pruning.masks"
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -187,3 +192,18 @@ def materialize(model: nn.Module) -> nn.Module:
         if is_masked(module):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     return model
+
+
+def save_masks(path: str | Path, masks: Mapping[str, torch.Tensor], *, meta: Mapping[str, Any] | None = None) -> Path:
+    """Save keep-masks (layer name → bool tensor) as an artifact of kind ``"pruning.masks"``; ``meta``
+    (the rule, schedule, sparsity …) is stored alongside. Atomic, checksummed."""
+    return save_artifact(path, kind=MASKS_KIND, config={"layers": list(masks)},
+                         tensors={n: m.to(torch.bool) for n, m in masks.items()}, meta=meta)
+
+
+def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
+    """Masks saved by :func:`save_masks`, in their saved order (apply them with :func:`apply_masks`,
+    which checks each shape against the model's layer)."""
+    art = load_artifact(path, kind=MASKS_KIND)
+    weights = art.tensors["weights"]
+    return {n: weights[n] for n in art.config["layers"]}

@@ -17,7 +17,8 @@
   the cubic schedule with t₀ = 0, Δt = 1, n = round(ramp · cycle_steps).
 
 :func:`prune_and_finetune` trains the dense shadow weights (:mod:`assay.pruning.masks`) with Adam,
-re-projecting by magnitude (:mod:`assay.pruning.magnitude`) at each mask-update step of the schedule;
+re-projecting by magnitude (:mod:`assay.pruning.magnitude`) or LAMP scores of the dense weights at each
+mask-update step of the schedule;
 gradients reach masked weights unless ``regrow=False``. It checkpoints atomically (an assay artifact
 of kind ``"pruning.checkpoint"``: weights, masks, Adam state, the data generator's state, step and
 losses) and, started again on the same ``out_dir``, resumes from the latest checkpoint to bit-identical
@@ -40,7 +41,8 @@ from torch import nn
 from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.config import ConfigError, check_choice, check_int_fields, to_dict
 from assay.models.train import _flat_optim_state, _load_optim_state, latest_checkpoint
-from assay.pruning.magnitude import magnitude_prune
+from assay.pruning.importance import lamp_scores
+from assay.pruning.magnitude import magnitude_prune, prune_lowest
 from assay.pruning.masks import (
     SparsityReport,
     apply_masks,
@@ -48,6 +50,7 @@ from assay.pruning.masks import (
     get_masks,
     is_masked,
     prunable_layers,
+    shadow_weight,
     sparsity,
 )
 
@@ -183,8 +186,10 @@ class PruneConfig:
     """Examples per update, drawn with replacement from the data."""
     lr: float = 1e-3
     """Adam learning rate."""
+    rule: Literal["magnitude", "lamp"] = "magnitude"
+    """Projection score of the dense weights: |θ|, or LAMP (Lee et al. 2021; differs from |θ| only globally)."""
     scope: Literal["layer", "global"] = "global"
-    """Magnitude projection per layer or with one global threshold."""
+    """Projection per layer or with one global threshold."""
     layers: tuple[str, ...] | None = None
     """Layers to prune; None means every prunable layer except the first and the last."""
     regrow: bool = True
@@ -196,6 +201,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         check_int_fields(self)
+        check_choice("PruneConfig.rule", self.rule, ("magnitude", "lamp"))
         check_choice("PruneConfig.scope", self.scope, ("layer", "global"))
         check_choice("PruneConfig.loss", self.loss, ("cross_entropy", "mse"))
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -234,6 +240,15 @@ def _save(folder: Path, model: nn.Module, config: PruneConfig, opt, generator, s
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _project(model: nn.Module, names: Sequence[str], s: float, config: PruneConfig) -> None:
+    """Re-mask ``names`` at sparsity ``s`` from their dense shadow weights by the config's rule."""
+    if config.rule == "magnitude":
+        magnitude_prune(model, s, scope=config.scope, layers=names, regrow=config.regrow)
+        return
+    scores = lamp_scores({n: shadow_weight(model, n) for n in names})
+    apply_masks(model, prune_lowest(scores, s, scope=config.scope), regrow=config.regrow)
+
+
 def prune_and_finetune(
     model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], config: PruneConfig, *, out_dir: str | Path,
     generator: torch.Generator, on_step: Callable[[int, float], None] | None = None,
@@ -269,8 +284,7 @@ def prune_and_finetune(
     model.train()
     while step < config.steps:
         if is_update_step(config.schedule, step):
-            magnitude_prune(model, target_sparsity(config.schedule, step), scope=config.scope, layers=names,
-                            regrow=config.regrow)
+            _project(model, names, target_sparsity(config.schedule, step), config)
         idx = torch.randint(len(inputs), (config.batch_size,), generator=generator)
         loss = loss_fn(model(inputs[idx]), targets[idx])
         opt.zero_grad(set_to_none=True)
