@@ -10,6 +10,7 @@ from torch.func import functional_call
 
 from assay.models.mlp import MLP
 from assay.pruning.importance import (
+    EXTRA_MEASURES,
     MEASURES,
     classification_loss,
     flow_scores,
@@ -98,7 +99,7 @@ def test_gradient_and_hessian_product_match_finite_differences_and_explicit_hess
         assert torch.allclose(hg[n], hg_ref[n], atol=1e-8)
 
 
-@pytest.mark.parametrize("measure", MEASURES)
+@pytest.mark.parametrize("measure", MEASURES + EXTRA_MEASURES)
 def test_each_measure_matches_its_formula_per_weight_and_per_neuron(measure):
     model, batches = _tiny()
     loss_fn = classification_loss(2.0)
@@ -110,10 +111,12 @@ def test_each_measure_matches_its_formula_per_weight_and_per_neuron(measure):
     per_weight = {
         "magnitude": lambda n: th[n].abs(), "loss_preservation": lambda n: (th[n] * g[n]).abs(),
         "biased_loss": lambda n: (th[n] ** 2 * g[n]).abs(), "grasp": lambda n: th[n] * hg[n],
-        "grad_preserve": lambda n: (th[n] * hg[n]).abs(),
+        "grad_preserve": lambda n: (th[n] * hg[n]).abs(), "tfo": lambda n: (th[n] * g[n]).abs(),
+        "fisher": lambda n: th[n] ** 2 * g[n] ** 2, "l1": lambda n: th[n].abs(),
     }[measure]
     per_neuron = {
         "magnitude": lambda n: th[n].norm(dim=1), "grad_preserve": lambda n: (th[n] * hg[n]).sum(1).abs(),
+        "tfo": lambda n: (th[n] * g[n]).sum(1).abs(),
     }.get(measure, lambda n: per_weight(n).sum(1))
     w = flow_scores(model, measure, loss_fn, batches, layers=("fc0", "out"), unit="weight")
     u = flow_scores(model, measure, loss_fn, batches, layers=("fc0", "out"), unit="neuron")

@@ -110,6 +110,17 @@ def test_group_magnitude_and_structured_keep():
     assert group_magnitude(model, g).tolist() == [1 + 4 + 1 + 1, 1 + 0.25, 9 + 4]
     keep = structured_keep(model, 0.4)  # round(1.2) = 1 unit: the middle one
     assert keep["fc0"].tolist() == [True, False, True]
+    deep = MLP(2, (2, 2), 1)
+    with torch.no_grad():
+        deep.fc0.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.1]]))
+        deep.fc0.bias.zero_()
+        deep.fc1.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 2.0]]))
+        deep.fc1.bias.zero_()
+        deep.out.weight.copy_(torch.tensor([[1.0, 1.0]]))
+    # fc0 units: 1 + 9 = 10, 0.01 + 4 = 4.01; fc1 units: 9 + 1 = 10, 4 + 1 = 5 → the global 2 lowest: fc0[1], fc1[1]
+    assert [k.tolist() for k in structured_keep(deep, 0.5, scope="global").values()] == [[True, False], [True, False]]
+    assert [k.tolist() for k in structured_keep(deep, 0.5, scope="layer").values()] == [[True, False], [True, False]]
+    assert structured_keep(deep, 0.25, scope="global")["fc1"].tolist() == [True, True]  # only 4.01 goes
 
 
 def test_group_magnitude_of_a_cnn_channel_counts_parameters_not_running_statistics():

@@ -15,6 +15,10 @@ of the scored layers together), per weight p and per neuron/filter f (a row of a
     ``grad_preserve``      |θ_p (Hg)_p|           |Σ_{p∈f} θ_p (Hg)_p|
     =====================  =====================  ===============================
 
+Extras of the reference code: ``tfo`` (Taylor first order, Molchanov et al. 2019) |θ_p g_p| per
+weight and |Σ_{p∈f} θ_p g_p| per neuron; ``fisher`` θ_p² g_p², summed per neuron; ``l1`` |θ_p|, and
+‖θ_f‖₁ per neuron.
+
 In every case the **lowest** score is pruned first (GraSP stays signed: pruning lowest removes the
 weights whose removal most reduces gradient flow). Hg is computed without forming H, as in the
 reference code: g_base = mean gradient (no graph), then Hg = mean over batches of ∇_θ(g_baseᵀ ∇_θ ℓ_b)
@@ -50,12 +54,14 @@ from torch import nn
 from assay.config import check_choice
 from assay.pruning.masks import prunable_layers, shadow_weight
 
-__all__ = ["MEASURES", "LossFn", "classification_loss", "mean_gradient", "hessian_gradient_product",
+__all__ = ["MEASURES", "EXTRA_MEASURES", "LossFn", "classification_loss", "mean_gradient", "hessian_gradient_product",
            "flow_scores", "snip_scores", "lamp_scores", "nm_masks"]
 
-Measure = Literal["magnitude", "loss_preservation", "biased_loss", "grasp", "grad_preserve"]
+Measure = Literal["magnitude", "loss_preservation", "biased_loss", "grasp", "grad_preserve", "tfo", "fisher", "l1"]
 MEASURES: tuple[str, ...] = ("magnitude", "loss_preservation", "biased_loss", "grasp", "grad_preserve")
 """The gradient-flow measures of Lubana & Dick 2021, in the order of their table."""
+EXTRA_MEASURES: tuple[str, ...] = ("tfo", "fisher", "l1")
+"""The further measures of the reference code (``imp_estimator.py``)."""
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``(model, batch) -> scalar loss``."""
@@ -125,19 +131,27 @@ def flow_scores(
     initial: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Layer name → importance of each weight (``unit="weight"``, shaped like the weight) or of each
-    output neuron/filter (``unit="neuron"``, one score per row), by a gradient-flow ``measure`` (table in
-    the module docstring). ``magnitude`` needs no data; the others need ``loss_fn`` and ``batches``.
+    output neuron/filter (``unit="neuron"``, one score per row), by a gradient-flow ``measure`` or an
+    extra (module docstring). ``magnitude`` and ``l1`` need no data; the others need ``loss_fn`` and
+    ``batches``.
     ``initial`` (layer → θ⁰) switches ``biased_loss`` to its |θ − θ⁰|·|θ g| form."""
-    check_choice("measure", measure, MEASURES)
+    check_choice("measure", measure, MEASURES + EXTRA_MEASURES)
     check_choice("unit", unit, ("weight", "neuron"))
     names = _layers(model, layers)
     theta = {n: model.get_submodule(n).weight.detach() for n in names}
-    if measure == "magnitude":
-        return {n: (t.abs() if unit == "weight" else _rows(t).norm(dim=1)) for n, t in theta.items()}
+    if measure in ("magnitude", "l1"):
+        norm = 2 if measure == "magnitude" else 1
+        return {n: (t.abs() if unit == "weight" else _rows(t).norm(p=norm, dim=1)) for n, t in theta.items()}
     if loss_fn is None or batches is None:
         raise ValueError(f"measure {measure!r} needs loss_fn and batches (it uses the loss gradient)")
     batches = _batches(batches)
     g = mean_gradient(model, loss_fn, batches, layers=names)
+    if measure == "tfo":
+        return {n: ((theta[n] * g[n]).abs() if unit == "weight" else _rows(theta[n] * g[n]).sum(dim=1).abs())
+                for n in names}
+    if measure == "fisher":
+        per = {n: theta[n] ** 2 * g[n] ** 2 for n in names}
+        return per if unit == "weight" else {n: _rows(p).sum(dim=1) for n, p in per.items()}
     if measure in ("loss_preservation", "biased_loss"):
         if measure == "loss_preservation":
             per = {n: (theta[n] * g[n]).abs() for n in names}
