@@ -28,6 +28,7 @@ WORLDS: dict[str, str] = {
     "cyclic": "assay.worlds.cyclic:CyclicConfig/CyclicWorld",
     "gaussian_mixture": "assay.worlds.manifold:GaussianMixtureConfig/GaussianMixtureWorld",
     "subspace": "assay.worlds.manifold:SubspaceManifoldConfig/SubspaceManifoldWorld",
+    "sparse_teacher": "assay.worlds.sparse_teacher:SparseTeacherConfig/SparseTeacherWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 
