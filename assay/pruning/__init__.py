@@ -1,0 +1,1 @@
+"""Pruning and compression: masks, schedules, data-free neuron surgery, trainable gates, importance, distillation."""
