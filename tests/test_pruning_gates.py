@@ -141,3 +141,31 @@ def test_l0_training_switches_off_planted_redundant_units():
     lonely_off = float((~keep[lonely]).float().mean())
     assert redundant_off >= 4 / 7 and redundant_off - lonely_off >= 0.3, (redundant_off, lonely_off)
     assert rel_error < 0.05
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_folded_gates_give_the_gated_outputs_without_hooks(conv):
+    if conv:
+        model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3))
+        x, sizes, readers, config = torch.randn(2, 2, 7, 7), {"1": 4}, {"1": "2"}, HardConcreteConfig(dim=1)
+    else:
+        model, _ = planted_redundancy_mlp(seed=0)
+        x, sizes, readers, config = torch.randn(8, 12), {"act0": 19}, {"act0": "out"}, HardConcreteConfig()
+    n = next(iter(sizes.values()))
+    log_alpha = torch.linspace(-4, 4, n, dtype=torch.float32)
+    gates = Gates(sizes, config, log_alpha={next(iter(sizes)): log_alpha}).eval()
+    with torch.no_grad(), gates.attached(model):
+        gated = model(x)
+    folded = gates.fold(model, readers)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), gated)
+        assert not torch.allclose(model(x), gated)  # the gates did something; the input model is unchanged
+    keep = gates.keep_mask()[next(iter(sizes))]
+    assert 0 < int(keep.sum()) < n
+    reader = folded.get_submodule(next(iter(readers.values())))
+    assert torch.all(reader.weight[:, ~keep] == 0)
+    with pytest.raises(ValueError, match="missing"):
+        gates.fold(model, {})
+    site = next(iter(sizes))
+    with pytest.raises(TypeError, match=f"reader of gated site '{site}'"):
+        gates.fold(model, {site: site})

@@ -14,12 +14,14 @@ through L0 Regularization" (ICLR 2018). With a learnable log α per gate, temper
 
 A gate multiplies one unit of a site's output (``dim`` picks the unit axis: −1 for a linear layer's
 neurons, 1 for a convolution's channels); in training a fresh z is drawn per unit for every example
-(axis 0), as in Louizos et al.'s dense layers, or once per forward pass (``per_example=False``). :meth:`Gates.keep_mask` (units whose test-time gate is nonzero) is the structured mask
-that removal consumes.
+(axis 0), as in Louizos et al.'s dense layers, or once per forward pass (``per_example=False``).
+:meth:`Gates.keep_mask` (units whose test-time gate is nonzero) is the structured mask that removal
+consumes; :meth:`Gates.fold` bakes the test-time gates into the layer that reads each site.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -185,3 +187,28 @@ class Gates(nn.Module):
     def keep_mask(self) -> dict[str, torch.Tensor]:
         """Per site: the boolean mask of units whose test-time gate is nonzero."""
         return {site: g.keep_mask() for site, g in zip(self.sites, self.gates, strict=True)}
+
+    @torch.no_grad()
+    def fold(self, model: nn.Module, readers: Mapping[str, str]) -> nn.Module:
+        """A copy of ``model`` whose weights carry the test-time gates, so it needs no hooks.
+
+        ``readers`` maps each gated site to the ``nn.Linear`` or convolution that reads its output
+        directly (``{"act0": "out"}``, ``{"act0": "fc1"}``); that layer's input columns (dim 1 of its
+        weight) are multiplied by the gates, closed gates giving zero columns. Exact when the site's
+        output reaches the reader unchanged, as in assay's MLP.
+        """
+        missing = set(self.sites) - set(readers)
+        if missing:
+            raise ValueError(f"fold needs the layer that reads each gated site; missing {sorted(missing)}")
+        folded = copy.deepcopy(model)
+        for site, gate in zip(self.sites, self.gates, strict=True):
+            reader = folded.get_submodule(readers[site])
+            if not isinstance(reader, nn.Linear | nn.modules.conv._ConvNd) or getattr(reader, "groups", 1) != 1:
+                raise TypeError(f"the reader of gated site {site!r}, {readers[site]!r}, must be an nn.Linear or an "
+                                f"ungrouped convolution, got {type(reader).__name__}")
+            z = hard_concrete_test_gate(gate.log_alpha, gamma=gate.config.gamma, zeta=gate.config.zeta)
+            if reader.weight.shape[1] != z.numel():
+                raise ValueError(f"{readers[site]!r} reads {reader.weight.shape[1]} inputs but site {site!r} has "
+                                 f"{z.numel()} gates")
+            reader.weight.mul_(z.to(reader.weight.dtype).view(1, -1, *[1] * (reader.weight.dim() - 2)))
+        return folded
