@@ -181,7 +181,7 @@ def _merge_layer(model: nn.Module, layer: NeuronLayer, cfg: SurgeryConfig) -> tu
     resid, c = _residuals(w, cfg.scale_invariant)  # fixed while merging: only the outgoing weights change
     a = fc_out.weight.double().clone()
     s = _saliency(resid, a.pow(2).mean(0))
-    keep = torch.ones(n, dtype=torch.bool)
+    keep = torch.ones(n, dtype=torch.bool, device=a.device)
     merges: list[Merge] = []
     limit = n - 1 if cfg.n_merges is None else cfg.n_merges
     while len(merges) < limit:
