@@ -103,3 +103,11 @@ def test_specs_are_validated_and_the_cli_runs(tmp_path):
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((out / "summary.csv").read_text().splitlines()))
     assert {r["metric"] for r in rows} >= {"f1", "l0", "cosine"} and (out / "section.json").exists()
+
+
+def test_world_spec_fields_are_checked_and_set():
+    prepared = FAMILY.prepare("two_modality:query_offset=0,d=16,n_concepts=20", 0,
+                              ConceptSettings(n_eval=4, n_reference=8))
+    assert prepared.queries.shape == (4, 16) and float(prepared.world.query_offset.norm()) == 0
+    with pytest.raises(ConfigError, match="unknown parameter.*offset"):
+        FAMILY.prepare("two_modality:offset=1", 0, SETTINGS)

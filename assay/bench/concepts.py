@@ -95,12 +95,18 @@ class ConceptFamily:
         return runs
 
     def prepare(self, world: str, seed: int, settings: ConceptSettings) -> PreparedWorld:
+        import dataclasses
+
         from assay.concepts.dictionary import modality_mean
         from assay.worlds.base import make_generator
         from assay.worlds.two_modality import TwoModalityConfig, TwoModalityWorld
 
         _, params = parse_world_spec(world, WORLD_NAMES)
-        w = TwoModalityWorld(TwoModalityConfig(**{"seed": seed, **params}))
+        fields = {f.name for f in dataclasses.fields(TwoModalityConfig)} - {"seed"}
+        unknown = sorted(set(params) - fields)
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} in world {world!r}; valid: {', '.join(sorted(fields))}")
+        w = TwoModalityWorld(TwoModalityConfig(**{**params, "seed": seed}))
         g = make_generator(10_000 + seed)
         ref = w.sample(settings.n_reference, generator=g).inputs
         batch = w.sample(settings.n_eval, generator=g)
