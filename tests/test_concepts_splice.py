@@ -41,7 +41,7 @@ def test_encode_decode_match_the_formulas_and_sklearn():
     torch.testing.assert_close(sp.decode(w), _norm(_norm(w @ dic.rows) + dic.query_mean))
     cos = (sp.decode(w) * _norm(q[:3])).sum(-1)
     assert bool((cos > 0.5).all())  # the recomposition points back at the query
-    assert sp.encode(q[:6].reshape(2, 3, 12)).shape == (2, 3, 30)
+    assert sp.encode(q[:6].reshape(2, 3, 12)).shape == (2, 3, 30) and sp.encode(q[:0]).shape == (0, 30)
 
 
 def test_concept_removal_through_intervene_is_equation_one():

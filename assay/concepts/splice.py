@@ -74,6 +74,8 @@ class Splice:
         """Sparse nonnegative codes ``[..., c]`` of embeddings ``h [..., d]``."""
         self.dictionary.check_queries(h)
         flat = h.reshape(-1, h.shape[-1])
+        if flat.shape[0] == 0:
+            return h.new_zeros(*h.shape[:-1], len(self.dictionary))
         zc = normalise(normalise(flat) - self._mean(flat))
         C = self.dictionary.rows.to(device=h.device, dtype=h.dtype)
         w = solve(C, zc, self.config.lam, solver=self.config.solver, tol=self.config.tol).w
