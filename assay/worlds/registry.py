@@ -29,6 +29,7 @@ WORLDS: dict[str, str] = {
     "gaussian_mixture": "assay.worlds.manifold:GaussianMixtureConfig/GaussianMixtureWorld",
     "subspace": "assay.worlds.manifold:SubspaceManifoldConfig/SubspaceManifoldWorld",
     "sparse_teacher": "assay.worlds.sparse_teacher:SparseTeacherConfig/SparseTeacherWorld",
+    "two_modality": "assay.worlds.two_modality:TwoModalityConfig/TwoModalityWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 
