@@ -1,0 +1,152 @@
+"""Compiled transformers: exact against each program's pure-Python reference, against the Dyck world's
+own labels, and the circuit data consistent with the weights (spec circuits.md §4.3 A1, A2)."""
+
+import copy
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from assay import hooks
+from assay.circuits.compile import (
+    PROGRAMS,
+    SCALE,
+    Circuit,
+    CompileError,
+    allocate_layers,
+    compile_program,
+    dyck1,
+    histogram,
+    induction,
+    load_compiled,
+    previous_token,
+    save_compiled,
+    select_head,
+    without_component,
+)
+from assay.worlds.base import make_generator
+from assay.worlds.dyck import DyckConfig, DyckWorld
+from assay.worlds.vocab import BOS, IGNORE
+
+SMALL = {"previous_token": dict(n_symbols=3, max_seq_len=8), "induction": dict(n_symbols=3, max_seq_len=8),
+         "histogram": dict(n_symbols=3, max_seq_len=8), "dyck1": dict(max_seq_len=13)}
+
+
+def all_inputs(program):
+    """Every BOS + symbol string of full length (the model is causal, so prefixes are covered too), plus
+    random strings that include the non-BOS specials."""
+    n_tok = len(program.token.values)
+    syms = range(4, n_tok)
+    t = program.max_seq_len
+    full = [[BOS, *s] for s in itertools.product(syms, repeat=t - 1)]
+    g = make_generator(0)
+    other = [0, 2, 3, *syms]
+    rand = torch.tensor(other)[torch.randint(0, len(other), (64, t - 1), generator=g)]
+    return torch.cat([torch.tensor(full), torch.cat([torch.full((64, 1), BOS), rand], 1)])
+
+
+def logits_of(compiled, x, model=None):
+    with torch.no_grad():
+        return (model or compiled.model)(x)[..., : len(compiled.output_values)]
+
+
+@pytest.fixture(scope="module", params=sorted(SMALL))
+def case(request):
+    program = PROGRAMS[request.param](**SMALL[request.param])
+    compiled = compile_program(program)
+    x = all_inputs(program)
+    ref = torch.tensor([program.reference(row.tolist()) for row in x])
+    return program, compiled, x, ref
+
+
+def test_compiled_model_equals_reference_on_every_input(case):
+    program, compiled, x, ref = case
+    logits = logits_of(compiled, x)
+    torch.testing.assert_close(logits, SCALE * ref, rtol=0, atol=1e-4)
+    # A1: where the reference is a single answer (a one-hot row) the top-1 margin is at least 5
+    one_hot = (ref == 1).sum(-1) == 1
+    if program.name != "dyck1":
+        top2 = logits.topk(2, dim=-1).values
+        assert ((top2[..., 0] - top2[..., 1])[one_hot] >= 5).all()
+    else:  # valid next tokens get +SCALE, invalid −SCALE
+        assert ((logits > 5) == (ref > 0)).all() and ((logits < -5) == (ref < 0)).all()
+
+
+def test_dyck_program_matches_the_dyck_worlds_valid_next_labels():
+    world = DyckWorld(DyckConfig(k=1, max_len=20))
+    batch = world.sample(300, generator=make_generator(3))
+    compiled = compile_program(dyck1(max_seq_len=batch.inputs.shape[1]))
+    logits = logits_of(compiled, batch.inputs)
+    scored = batch.targets != IGNORE
+    assert ((logits > 0) == batch.labels["valid_next"])[scored].all()
+    metrics = world.evaluate(logits, batch)
+    assert metrics["close_acc"] == 1.0 and metrics["valid_next_acc"] == 1.0
+
+
+def test_layer_allocation_and_padding_layers():
+    assert allocate_layers(induction()) == {"prev_token_head": 0, "induction_head": 2}
+    assert allocate_layers(histogram()) == {"count_head": 0, "invert_mlp": 1}
+    program = previous_token(n_symbols=3, max_seq_len=6)
+    x = all_inputs(program)
+    one, three = compile_program(program), compile_program(program, n_layers=3)
+    assert three.model.config.n_layers == 3
+    torch.testing.assert_close(logits_of(three, x), logits_of(one, x), rtol=0, atol=0)
+
+
+def test_too_few_layers_is_a_clear_error():
+    with pytest.raises(CompileError, match=r"'induction' needs 2 layers but n_layers=1.*n_layers >= 2"):
+        compile_program(induction(), n_layers=1)
+
+
+def test_save_load_round_trip(tmp_path):
+    compiled = compile_program(histogram())
+    loaded = load_compiled(save_compiled(tmp_path / "hist", compiled))
+    assert loaded.circuit == compiled.circuit and loaded.output_values == compiled.output_values
+    assert Circuit.from_dict(compiled.circuit.to_dict()) == compiled.circuit
+    x = all_inputs(histogram())
+    torch.testing.assert_close(logits_of(loaded, x), logits_of(compiled, x), rtol=0, atol=0)
+
+
+def with_decoy(program):
+    """The program plus a decoy head that copies the previous token into a variable nobody reads."""
+    layout, token, one = program.layout, program.token, program.one
+    decoy = layout.categorical("decoy", token.values)
+    key = program.position or token
+    head = select_head("decoy_head", query=key, key=key, predicate=lambda a, b: a == b and b != 0 and b != BOS,
+                       value=token, output=decoy, value_map=lambda v: v, one=one, bos=(token, BOS))
+    return dataclasses.replace(program, heads=(*program.heads, head))
+
+
+def test_circuit_matches_the_weights_under_ablation(case):
+    """A2: every on-circuit component and variable is necessary (its ablation changes the answer on
+    ≥ 10% of inputs); an off-circuit (decoy) head and its variable change no logit by more than 1e-5."""
+    program, _, x, _ = case
+    compiled = compile_program(with_decoy(dataclasses.replace(program, layout=copy.deepcopy(program.layout))))
+    circuit, clean = compiled.circuit, logits_of(compiled, x)
+    on_circuit = circuit.ancestors()
+    assert "decoy" not in on_circuit
+    for comp in circuit.components:
+        changed = (logits_of(compiled, x, without_component(compiled, comp.name)) - clean).abs().amax(-1) > 1e-5
+        writes = {e.target for e in circuit.edges if e.component == comp.name}
+        if writes & on_circuit:
+            assert changed.any(-1).float().mean() >= 0.1, comp.name
+        else:
+            assert not changed.any(), comp.name
+    for node in circuit.nodes:
+        if node.variable == "logits":
+            continue
+        dims = list(node.dims)
+
+        def drop(h, dims=dims):
+            h = h.clone()
+            h[..., dims] = 0.0
+            return h
+
+        with torch.no_grad(), hooks.patch(compiled.model, {node.site: drop}):
+            changed = (compiled.model(x)[..., : len(compiled.output_values)] - clean).abs().amax(-1) > 1e-5
+        if node.variable in on_circuit:
+            assert changed.any(-1).float().mean() >= 0.1, node.variable
+        else:
+            assert not changed.any(), node.variable
+
