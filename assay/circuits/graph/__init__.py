@@ -1,0 +1,19 @@
+"""Attribution graphs over feature bases (Ameisen et al. 2025, "Circuit Tracing: Revealing Computational
+Graphs in Language Models"): the local replacement model, batched edge computation, influence
+pruning and graph scores."""
+
+from assay.circuits.graph.attribute import Graph, attribute, select_logits
+from assay.circuits.graph.basis import FeatureBasis, identity, relu
+from assay.circuits.graph.influence import (
+    GraphScores,
+    Pruned,
+    graph_scores,
+    influence,
+    normalize_matrix,
+    prune,
+    share_threshold,
+)
+from assay.circuits.graph.replacement import LocalReplacement
+
+__all__ = ["Graph", "attribute", "select_logits", "FeatureBasis", "identity", "relu", "GraphScores", "Pruned",
+           "graph_scores", "influence", "normalize_matrix", "prune", "share_threshold", "LocalReplacement"]

@@ -1,0 +1,172 @@
+"""Attribution graphs: direct effects between features, errors, token embeddings and logits.
+
+Ameisen et al. 2025, "Circuit Tracing: Revealing Computational Graphs in Language Models"; the
+node order and edge definition are circuit-tracer's (Hanna, Piotrowski, Lindsey, Ameisen 2025):
+nodes are the active features (basis, position, index) | error nodes (basis-major, one per basis and
+position) | token embeddings (one per position) | logit targets. In the local replacement model
+(:class:`~assay.circuits.graph.replacement.LocalReplacement`, frozen attention patterns) every
+target is linear in the sources, and the edge
+
+    A[t, s] = value_s · ∂target_t/∂value_s
+
+is the source's direct effect on the target: a feature's activation times the gradient of the
+target with respect to it, an error or embedding vector dotted with the gradient at its position.
+A feature target is its pre-activation; a logit target is ``final · (W_U[v] − mean_v' W_U[v'])`` at
+the last position (the logit minus the mean logit). Rows come from batched backward passes: the
+linearised model runs on ``batch_size`` copies of the prompt, copy b seeded by target b, so one
+backward yields ``batch_size`` rows and memory is bounded by ``batch_size``. What no source
+explains (biases, position embeddings) is kept per row in ``constants``, so that
+``Σ_s A[t, s] + constants[t] = values[t]`` holds exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from assay.circuits.graph.basis import FeatureBasis
+from assay.circuits.graph.replacement import LocalReplacement
+
+__all__ = ["Graph", "attribute", "select_logits"]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Graph:
+    """An attribution graph of one prompt (rows of ``adjacency`` are targets, columns sources)."""
+
+    tokens: torch.Tensor
+    """The prompt, [T]."""
+    basis_names: tuple[str, ...]
+    """The bases, in error-node order."""
+    features: torch.Tensor
+    """Active features as (basis index, position, feature index), [n_features, 3]."""
+    activations: torch.Tensor
+    """Their activations, [n_features]."""
+    logit_tokens: torch.Tensor
+    """Token id of each logit node, [n_logits]."""
+    logit_probs: torch.Tensor
+    """Their probabilities at the last position, [n_logits]."""
+    adjacency: torch.Tensor
+    """Direct effects, [N, N], N = n_features + n_bases·T + T + n_logits."""
+    values: torch.Tensor
+    """Each row's target value (feature pre-activation, demeaned logit; 0 for source-only rows), [N]."""
+    constants: torch.Tensor
+    """Each row's value when every source is zero (biases, position embeddings), [N]."""
+
+    @property
+    def n_features(self) -> int:
+        """Number of feature nodes."""
+        return self.features.shape[0]
+
+    @property
+    def n_errors(self) -> int:
+        """Number of error nodes (bases × positions)."""
+        return len(self.basis_names) * self.tokens.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of token (embedding) nodes."""
+        return self.tokens.shape[0]
+
+    @property
+    def n_logits(self) -> int:
+        """Number of logit nodes."""
+        return self.logit_tokens.shape[0]
+
+    def slices(self) -> tuple[slice, slice, slice, slice]:
+        """Index ranges of the feature, error, token and logit nodes."""
+        f, e, t = self.n_features, self.n_errors, self.n_tokens
+        return slice(0, f), slice(f, f + e), slice(f + e, f + e + t), slice(f + e + t, f + e + t + self.n_logits)
+
+    def logit_weights(self) -> torch.Tensor:
+        """Probabilities on the logit nodes, 0 elsewhere, [N] (the influence seed)."""
+        w = torch.zeros(self.adjacency.shape[0], dtype=self.adjacency.dtype)
+        w[self.slices()[3]] = self.logit_probs.to(w.dtype)
+        return w
+
+
+def select_logits(logits: torch.Tensor, *, max_n_logits: int = 10, desired_logit_prob: float = 0.95) -> torch.Tensor:
+    """Top tokens of ``logits`` [vocab] until their probability reaches ``desired_logit_prob``, at most
+    ``max_n_logits`` (circuit-tracer's defaults)."""
+    probs = logits.softmax(-1)
+    top = probs.sort(descending=True)
+    k = int((top.values.cumsum(0) < desired_logit_prob).sum().item()) + 1
+    return top.indices[: min(k, max_n_logits, probs.shape[0])]
+
+
+def attribute(
+    model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis], *, logit_tokens: Sequence[int] | None = None,
+    max_n_logits: int = 10, desired_logit_prob: float = 0.95, batch_size: int = 64, **replacement_kw,
+) -> Graph:
+    """The attribution graph of ``tokens`` [T] over ``bases`` (see the module docstring).
+
+    ``logit_tokens`` picks the logit targets (default: :func:`select_logits` at the last position);
+    ``batch_size`` rows are computed per backward pass (the memory knob). Further keywords go to
+    :class:`~assay.circuits.graph.replacement.LocalReplacement`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rep = LocalReplacement(model, tokens, bases, **replacement_kw)
+    t_len = tokens.shape[0]
+    logits = rep.logits[-1]
+    chosen = (torch.as_tensor(list(logit_tokens), dtype=torch.long) if logit_tokens is not None
+              else select_logits(logits, max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob))
+    u = rep.unembed - rep.unembed.mean(0, keepdim=True)  # demeaned unembedding rows, [vocab, d]
+    feats = torch.cat([torch.cat([torch.full((len(i), 1), j), i], 1) for j, a in enumerate(rep.acts)
+                       for i in [a.nonzero()]]) if rep.acts else torch.zeros(0, 3, dtype=torch.long)
+    n_feat, n_err = feats.shape[0], len(bases) * t_len
+    n = n_feat + n_err + t_len + len(chosen)
+    dtype = rep.emb.dtype
+    adjacency = torch.zeros(n, n, dtype=dtype)
+    offsets = torch.tensor([0, *[b.n_features * t_len for b in bases]]).cumsum(0)
+    flat_index = torch.full((int(offsets[-1]),), -1, dtype=torch.long)  # (basis, pos, idx) → feature node
+    if n_feat:
+        flat_index[offsets[feats[:, 0]] + feats[:, 1] * torch.tensor([b.n_features for b in bases])[feats[:, 0]]
+                   + feats[:, 2]] = torch.arange(n_feat)
+    targets = [("logit", int(v)) for v in chosen] + [("feature", tuple(map(int, f))) for f in feats]
+    rows = [n_feat + n_err + t_len + i for i in range(len(chosen))] + list(range(n_feat))
+
+    def target_values(chunk, pres, final):
+        out = []
+        for b, (kind, what) in enumerate(chunk):
+            if kind == "logit":
+                out.append(final[b, -1] @ u[what])
+            else:
+                j, p, i = what
+                out.append(pres[j][b, p, i])
+        return torch.stack(out)
+
+    values = torch.zeros(n, dtype=dtype)
+    constants = torch.zeros(n, dtype=dtype)
+    for start in range(0, len(targets), batch_size):
+        chunk = targets[start:start + batch_size]
+        bsz = len(chunk)
+        emb = rep.emb.expand(bsz, -1, -1).clone().requires_grad_()
+        acts = [a.expand(bsz, -1, -1).clone().requires_grad_() for a in rep.acts]
+        errs = [e.expand(bsz, -1, -1).clone().requires_grad_() for e in rep.errors]
+        vals = target_values(chunk, *rep.run(emb, acts, errs))
+        grads = torch.autograd.grad(vals.sum(), [emb, *acts, *errs], allow_unused=True)
+        g_emb, g_acts, g_errs = grads[0], grads[1:1 + len(acts)], grads[1 + len(acts):]
+        r = rows[start:start + bsz]
+        adjacency[r, n_feat + n_err:n_feat + n_err + t_len] = (g_emb * rep.emb).sum(-1).detach()
+        for j, (g, e) in enumerate(zip(g_errs, rep.errors, strict=True)):
+            if g is not None:
+                adjacency[r, n_feat + j * t_len:n_feat + (j + 1) * t_len] = (g * e).sum(-1).detach()
+        for j, (g, a) in enumerate(zip(g_acts, rep.acts, strict=True)):
+            if g is None:
+                continue
+            mine = feats[feats[:, 0] == j]
+            if len(mine):
+                cols = flat_index[offsets[j] + mine[:, 1] * a.shape[1] + mine[:, 2]]
+                adjacency[torch.tensor(r)[:, None], cols[None, :]] = (g * a)[:, mine[:, 1], mine[:, 2]].detach()
+        values[r] = vals.detach()
+        with torch.no_grad():  # the part of each target no source explains
+            zero = rep.run(torch.zeros_like(emb), [torch.zeros_like(a) for a in acts], [torch.zeros_like(e) for e in errs])
+            constants[r] = target_values(chunk, *zero)
+    activations = torch.stack([rep.acts[j][p, i] for j, p, i in feats.tolist()]) if n_feat else torch.zeros(0)
+    return Graph(tokens=tokens, basis_names=tuple(b.name for b in bases), features=feats, activations=activations,
+                 logit_tokens=chosen, logit_probs=logits.softmax(-1)[chosen], adjacency=adjacency,
+                 values=values, constants=constants)

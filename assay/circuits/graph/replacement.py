@@ -1,0 +1,91 @@
+"""The local replacement model of one prompt: frozen attention patterns, features and error constants.
+
+Ameisen et al. 2025, "Circuit Tracing: Revealing Computational Graphs in Language Models" (§ "The
+local replacement model"; circuit-tracer's ``_configure_gradient_flow``): run the prompt once, keep
+every attention pattern and each basis's error ``e = y − (a W_dec + b_dec)``; then the model in
+which (i) every pattern site returns its frozen pattern, (ii) the embedding returns a given tensor
+and (iii) every basis's output site returns ``a W_dec + b_dec + e`` for given activations ``a`` and
+errors ``e`` is *linear* in (embeddings, activations, errors), up to constants (biases, position
+embeddings). With the clean values it reproduces the model exactly. Norm layers would need their
+denominators frozen too; models with LayerNorm are refused for now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from assay import hooks
+from assay.circuits.graph.basis import FeatureBasis
+
+__all__ = ["LocalReplacement"]
+
+
+class LocalReplacement:
+    """The linearised model of ``model`` on one prompt ``tokens`` [T] with feature ``bases``.
+
+    ``embed_site`` is the token embedding; ``final_site`` the residual stream fed to the unembedding
+    matrix ``unembed`` [vocab, d] (the site's output must be the final residual: no norm after it);
+    ``pattern_sites`` the attention-pattern sites (default: every module named ``*.attn.pattern``).
+    Attributes: ``emb`` [T, d], ``acts`` / ``pres`` (per basis [T, n]), ``errors`` (per basis [T, d]),
+    ``final`` [T, d] and ``logits`` [T, vocab] of the clean run.
+    """
+
+    def __init__(
+        self, model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis], *, embed_site: str = "embed",
+        final_site: str = "ln_f", unembed: torch.Tensor | None = None, pattern_sites: Sequence[str] | None = None,
+    ) -> None:
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens must be one prompt [T], got shape {tuple(tokens.shape)}")
+        if isinstance(hooks.resolve(model, final_site), nn.LayerNorm):
+            raise ValueError(f"{final_site!r} is a LayerNorm: freezing norm denominators is not implemented; "
+                             "use a model without norms (TransformerConfig(norm='none'))")
+        outputs = [b.output_site for b in bases]
+        if len(set(outputs)) != len(outputs):
+            raise ValueError(f"two bases rebuild the same site: {outputs}; give each output site one basis")
+        self.model, self.tokens, self.bases = model, tokens, tuple(bases)
+        self.embed_site, self.final_site = embed_site, final_site
+        self.unembed = (unembed if unembed is not None else model.get_submodule("unembed").weight).detach()
+        self.pattern_sites = tuple(pattern_sites) if pattern_sites is not None else tuple(
+            name for name, _ in model.named_modules() if name.endswith(".attn.pattern"))
+        sites = {embed_site, final_site, *self.pattern_sites, *(b.input_site for b in bases), *outputs}
+        with torch.no_grad(), hooks.capture(model, sorted(sites)) as cap:
+            model(tokens[None])
+        self.patterns = {s: cap[s] for s in self.pattern_sites}
+        self.emb = cap[embed_site][0]
+        self.pres = [b.pre(cap[b.input_site][0]) for b in bases]
+        self.acts = [b.activation(p) for b, p in zip(bases, self.pres, strict=True)]
+        self.errors = [cap[b.output_site][0] - b.decode(a) for b, a in zip(bases, self.acts, strict=True)]
+        self.final = cap[final_site][0]
+        self.logits = self.final @ self.unembed.T
+
+    def run(
+        self, emb: torch.Tensor, acts: Sequence[torch.Tensor], errors: Sequence[torch.Tensor],
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The linearised forward pass for a batch of source values: ``emb`` [B, T, d], ``acts[j]``
+        [B, T, n_j], ``errors[j]`` [B, T, d]. Returns every basis's pre-activations (as computed from
+        the replacement's own residual stream) [B, T, n_j] and the final residual [B, T, d]."""
+        b = emb.shape[0]
+        pres: dict[int, torch.Tensor] = {}
+        edits = {self.embed_site: lambda h: emb}
+        for site, pattern in self.patterns.items():
+            edits[site] = lambda h, p=pattern: p.expand_as(h)
+        for j, basis in enumerate(self.bases):
+            def rebuild(h, j=j, basis=basis):
+                if basis.input_site == basis.output_site:
+                    pres[j] = basis.pre(h)
+                return basis.decode(acts[j]) + errors[j]
+
+            def read(h, j=j, basis=basis):
+                pres[j] = basis.pre(h)
+                return h
+
+            if basis.input_site != basis.output_site:
+                edits[basis.input_site] = read
+            edits[basis.output_site] = rebuild
+        with hooks.capture(self.model, [self.final_site], stop_at=self.final_site, detach=False) as cap, \
+                hooks.patch(self.model, edits):
+            self.model(self.tokens.expand(b, -1))
+        return [pres[j] for j in range(len(self.bases))], cap[self.final_site]

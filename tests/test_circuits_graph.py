@@ -1,0 +1,179 @@
+"""Attribution graphs: circuit-tracer's hand-computed pruning/score values (spec circuits.md §3.5–3.6),
+a closed-form edge (§3.3), and exact-feature graphs on compiled models (§4.3 A3, A5)."""
+
+import math
+
+import pytest
+import torch
+
+from assay.circuits.compile import PROGRAMS, compile_program
+from assay.circuits.compile.features import edge_recovery, exact_bases
+from assay.circuits.graph import (
+    FeatureBasis,
+    LocalReplacement,
+    attribute,
+    graph_scores,
+    influence,
+    normalize_matrix,
+    prune,
+    share_threshold,
+)
+from assay.models.transformer import Transformer, TransformerConfig
+from assay.worlds.base import make_generator
+
+
+def small_graph(extra_error_edge=False):
+    """circuit-tracer's test_small_graph: features 0–4, errors 5–8, tokens 9–10, logit 11."""
+    a = torch.zeros(12, 12, dtype=torch.float64)
+    edges = [(11, 1), (11, 3), (11, 6), (11, 8), (3, 0), (3, 1), (3, 6), (1, 9), (1, 10), (0, 9)]
+    if extra_error_edge:
+        edges.append((11, 5))
+    for t, s in edges:
+        a[t, s] = 10.0
+    w = torch.zeros(12, dtype=torch.float64)
+    w[11] = 1.0
+    return a, w
+
+
+def masks(idx):
+    m = torch.zeros(12, dtype=torch.bool)
+    m[list(idx)] = True
+    return m
+
+
+def test_influence_and_pruning_match_the_hand_computed_small_graph():
+    a, w = small_graph()
+    inf = influence(normalize_matrix(a), w)
+    expect = torch.tensor([1 / 12, 1 / 3, 0, 1 / 4, 0, 0, 1 / 3, 0, 1 / 4, 1 / 4, 1 / 6, 0], dtype=torch.float64)
+    torch.testing.assert_close(inf, expect)
+    out = prune(a, w, masks(range(9, 12)), features=masks(range(5)))
+    assert set(out.node_mask.nonzero()[:, 0].tolist()) == {1, 3, 6, 8, 9, 10, 11}
+    kept = {tuple(e) for e in out.edge_mask.nonzero().tolist()}
+    assert kept == {(1, 9), (1, 10), (3, 1), (3, 6), (11, 1), (11, 3), (11, 6), (11, 8)}
+    s = out.edge_scores
+    assert s[11, 1] == pytest.approx(1 / 4) and s[3, 1] == pytest.approx(1 / 8) and s[1, 9] == pytest.approx(3 / 16)
+
+
+def test_graph_scores_match_the_hand_computed_values():
+    for extra, rep, comp in ((False, 5 / 12, 25 / 32), (True, 1 / 3, 14 / 19)):
+        a, w = small_graph(extra)
+        scores = graph_scores(a, w, masks(range(5, 9)), masks((9, 10)))
+        assert scores.replacement == pytest.approx(rep, abs=1e-9)
+        assert scores.completeness == pytest.approx(comp, abs=1e-9)
+
+
+def test_share_threshold_equals_the_sort_based_rule_without_sorting_everything():
+    g = make_generator(0)
+    for trial in range(20):
+        x = torch.randint(0, 6, (40, 30), generator=g).double() * torch.rand(40, 30, generator=g, dtype=torch.float64)
+        if trial % 2:
+            x = x.round()  # many ties
+        share = float(torch.rand(1, generator=g)) * 0.98 + 0.01
+        srt = x.flatten().sort(descending=True).values
+        idx = torch.searchsorted(srt.cumsum(0) / srt.sum(), torch.tensor([share], dtype=torch.float64))
+        assert share_threshold(x, share, exact_band=8) == float(srt[idx.clamp(max=len(srt) - 1)])
+
+
+def test_a_hand_computed_edge_through_a_frozen_pattern():
+    """Spec §3.3: pattern P[1, 0] = 0.25, W_OV = I, source at position 0 with value 2·(1, 0), target at
+    position 1 reading (1, 0) → A = 0.5 (and the other position's embedding (0, 1) contributes 0)."""
+    cfg = TransformerConfig(vocab_size=2, n_layers=1, n_heads=1, d_model=2, d_mlp=1, context=2, norm="none",
+                            act="relu", attn_impl="eager")
+    model = Transformer(cfg).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.embed.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
+        attn = model.blocks[0].attn
+        attn.qkv.weight[1, 1] = math.sqrt(2) * math.log(3)  # q·k1/√2 = ln 3, q·k0 = 0 → softmax (¼, ¾)
+        attn.qkv.weight[2:4] = torch.eye(2)
+        attn.qkv.weight[4:6] = torch.eye(2)
+        attn.out.weight.copy_(torch.eye(2))
+    reader = FeatureBasis(name="reader", input_site="blocks.0.ln2", output_site="blocks.0.mlp",
+                          W_enc=torch.tensor([[1.0], [0.0]], dtype=torch.float64), b_enc=torch.zeros(1, dtype=torch.float64),
+                          W_dec=torch.zeros(1, 2, dtype=torch.float64), b_dec=torch.zeros(2, dtype=torch.float64))
+    rep = LocalReplacement(model, torch.tensor([0, 1]), [reader])
+    torch.testing.assert_close(rep.patterns["blocks.0.attn.pattern"][0, 0, 1], torch.tensor([0.25, 0.75], dtype=torch.float64))
+    g = attribute(model, torch.tensor([0, 1]), [reader], logit_tokens=[0])
+    f, _, t, _ = g.slices()
+    row = g.features[:, 1].tolist().index(1)  # the feature at position 1
+    assert g.adjacency[row, t].tolist() == pytest.approx([0.5, 0.0], abs=1e-12)
+
+
+def test_layernorm_models_and_clashing_bases_are_refused():
+    model = Transformer(TransformerConfig(vocab_size=4, n_layers=1, n_heads=1, d_model=4, context=4))
+    with pytest.raises(ValueError, match="LayerNorm"):
+        LocalReplacement(model, torch.tensor([0, 1]), [])
+    cm = compile_program(PROGRAMS["histogram"]())
+    b = exact_bases(cm)
+    with pytest.raises(ValueError, match="same site"):
+        LocalReplacement(cm.model, torch.tensor([1, 4]), [b[0], b[0]])
+
+
+@pytest.fixture(scope="module", params=sorted(PROGRAMS))
+def graphs(request):
+    program = PROGRAMS[request.param]()
+    compiled = compile_program(program)
+    compiled.model.double()
+    bases = exact_bases(compiled)
+    n_tok = len(program.token.values)
+    syms = torch.arange(4, n_tok)
+    g = make_generator(1)
+    prompts = [torch.cat([torch.tensor([1]), syms[torch.randint(0, len(syms), (int(t) - 1,), generator=g)]])
+               for t in torch.randint(2, program.max_seq_len + 1, (12,), generator=g)]
+    return compiled, bases, prompts, [attribute(compiled.model, p, bases, batch_size=16) for p in prompts]
+
+
+def test_exact_feature_graphs_recover_the_compiled_circuit(graphs):
+    """A3: precision = recall = 1 of the graphs' variable-level edges; replacement = completeness = 1."""
+    compiled, bases, _, gs = graphs
+    rec = edge_recovery(gs, bases, compiled)
+    assert rec.precision == 1.0 and rec.recall == 1.0, (rec.found ^ rec.expected)
+    for g in gs:
+        f, e, t, _ = g.slices()
+        n = g.adjacency.shape[0]
+        err, tok = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+        err[e], tok[t] = True, True
+        scores = graph_scores(g.adjacency, g.logit_weights(), err, tok)
+        assert abs(scores.replacement - 1) <= 1e-6 and abs(scores.completeness - 1) <= 1e-6
+        assert abs(scores.completeness_features - 1) <= 1e-6
+
+
+def test_graph_rows_are_conserved_and_batching_does_not_change_them(graphs):
+    compiled, bases, prompts, gs = graphs
+    for g in gs:  # Σ_s A[t, s] + constant_t = the target's clean value
+        torch.testing.assert_close(g.adjacency.sum(1) + g.constants, g.values, rtol=0, atol=1e-9)
+    one_by_one = attribute(compiled.model, prompts[0], bases, batch_size=1)
+    torch.testing.assert_close(one_by_one.adjacency, gs[0].adjacency, rtol=0, atol=1e-12)
+
+
+def test_replacement_is_faithful_and_constrained_interventions_match_edges(graphs):
+    """A5 (constrained): doubling one source in the local replacement model moves every target by A[:, s]."""
+    compiled, bases, prompts, gs = graphs
+    prompt, g = prompts[-1], gs[-1]
+    rep = LocalReplacement(compiled.model, prompt, bases)
+    with torch.no_grad():
+        clean = compiled.model(prompt[None])[0]
+        pres, final = rep.run(rep.emb[None], [a[None] for a in rep.acts], [e[None] for e in rep.errors])
+    torch.testing.assert_close(final[0] @ rep.unembed.T, clean, rtol=0, atol=1e-9)
+    u = rep.unembed - rep.unembed.mean(0)
+    f, _, t, lg = g.slices()
+
+    def targets(pres, final):
+        feats = torch.stack([pres[j][0, p, i] for j, p, i in g.features.tolist()]) if g.n_features else torch.zeros(0)
+        return torch.cat([feats, final[0, -1] @ u[g.logit_tokens].T])
+
+    base = targets(pres, final)
+    rows = list(range(f.stop)) + list(range(lg.start, lg.stop))
+    for k, (j, p, i) in enumerate(g.features.tolist()):
+        acts = [a[None].clone() for a in rep.acts]
+        acts[j][0, p, i] *= 2
+        with torch.no_grad():
+            moved = targets(*rep.run(rep.emb[None], acts, [e[None] for e in rep.errors])) - base
+        torch.testing.assert_close(moved, g.adjacency[rows, k], rtol=0, atol=1e-9)
+    for p in range(g.n_tokens):
+        emb = rep.emb[None].clone()
+        emb[0, p] *= 2
+        with torch.no_grad():
+            moved = targets(*rep.run(emb, [a[None] for a in rep.acts], [e[None] for e in rep.errors])) - base
+        torch.testing.assert_close(moved, g.adjacency[rows, t.start + p], rtol=0, atol=1e-9)
