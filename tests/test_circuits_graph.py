@@ -1,6 +1,7 @@
 """Attribution graphs: circuit-tracer's hand-computed pruning/score values (spec circuits.md §3.5–3.6),
 a closed-form edge (§3.3), and exact-feature graphs on compiled models (§4.3 A3, A5)."""
 
+import json
 import math
 
 import pytest
@@ -16,7 +17,9 @@ from assay.circuits.graph import (
     influence,
     normalize_matrix,
     prune,
+    read_graph_json,
     share_threshold,
+    write_graph_json,
 )
 from assay.models.transformer import Transformer, TransformerConfig
 from assay.worlds.base import make_generator
@@ -177,3 +180,31 @@ def test_replacement_is_faithful_and_constrained_interventions_match_edges(graph
         with torch.no_grad():
             moved = targets(*rep.run(emb, [a[None] for a in rep.acts], [e[None] for e in rep.errors])) - base
         torch.testing.assert_close(moved, g.adjacency[rows, t.start + p], rtol=0, atol=1e-9)
+
+
+def test_graph_json_export_round_trip_and_version_check(graphs, tmp_path):
+    compiled, bases, prompts, gs = graphs
+    g = gs[-1]
+    names = [str(int(t)) for t in g.tokens]
+    path = write_graph_json(tmp_path / "g.json", g, slug="test", prompt_tokens=names,
+                            labels=[b.labels for b in bases])
+    doc = read_graph_json(path)
+    assert doc["metadata"]["schema_version"] == 1 and doc["metadata"]["transcoder_list"] == list(g.basis_names)
+    ids = {n["node_id"] for n in doc["nodes"]}
+    f, e, t, lg = g.slices()
+    assert {f"E_{int(tok)}_{p}" for p, tok in enumerate(g.tokens)} <= ids  # tokens are always kept
+    assert not any(n["feature_type"] == "mlp reconstruction error" for n in doc["nodes"])  # exact: no error node survives
+    index = {}  # node id → adjacency index, rebuilt from the id scheme
+    for k, (j, p, i) in enumerate(g.features.tolist()):
+        index[f"{j}_{i}_{p}"] = k
+    for p, tok in enumerate(g.tokens.tolist()):
+        index[f"E_{tok}_{p}"] = t.start + p
+    for r, tok in enumerate(g.logit_tokens.tolist()):
+        index[f"{len(g.basis_names) + 1}_{tok}_{g.n_tokens - 1}"] = lg.start + r
+    for link in doc["links"]:
+        assert link["weight"] == pytest.approx(float(g.adjacency[index[link["target"]], index[link["source"]]]))
+    assert doc["links"], "the pruned graph keeps some edges"
+    doc["metadata"]["schema_version"] = 2
+    (tmp_path / "v2.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="schema_version 2; assay reads version 1"):
+        read_graph_json(tmp_path / "v2.json")

@@ -4,6 +4,7 @@ pruning and graph scores."""
 
 from assay.circuits.graph.attribute import Graph, attribute, select_logits
 from assay.circuits.graph.basis import FeatureBasis, identity, relu
+from assay.circuits.graph.export import SCHEMA_VERSION, graph_json, read_graph_json, write_graph_json
 from assay.circuits.graph.influence import (
     GraphScores,
     Pruned,
@@ -16,4 +17,5 @@ from assay.circuits.graph.influence import (
 from assay.circuits.graph.replacement import LocalReplacement
 
 __all__ = ["Graph", "attribute", "select_logits", "FeatureBasis", "identity", "relu", "GraphScores", "Pruned",
-           "graph_scores", "influence", "normalize_matrix", "prune", "share_threshold", "LocalReplacement"]
+           "graph_scores", "influence", "normalize_matrix", "prune", "share_threshold", "LocalReplacement", "SCHEMA_VERSION", "graph_json", "read_graph_json",
+           "write_graph_json"]
