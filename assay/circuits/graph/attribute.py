@@ -115,17 +115,14 @@ def attribute(
     chosen = (torch.as_tensor(list(logit_tokens), dtype=torch.long) if logit_tokens is not None
               else select_logits(logits, max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob))
     u = rep.unembed - rep.unembed.mean(0, keepdim=True)  # demeaned unembedding rows, [vocab, d]
-    feats = torch.cat([torch.cat([torch.full((len(i), 1), j), i], 1) for j, a in enumerate(rep.acts)
-                       for i in [a.nonzero()]]) if rep.acts else torch.zeros(0, 3, dtype=torch.long)
+    active = [a.nonzero() for a in rep.acts]  # per basis: (position, feature index) of active features
+    feats = torch.cat([torch.cat([torch.full((len(i), 1), j), i], 1) for j, i in enumerate(active)]) if active \
+        else torch.zeros(0, 3, dtype=torch.long)
+    first = [0, *torch.tensor([len(i) for i in active]).cumsum(0).tolist()]  # basis j's nodes: first[j]:first[j+1]
     n_feat, n_err = feats.shape[0], len(bases) * t_len
     n = n_feat + n_err + t_len + len(chosen)
     dtype = rep.emb.dtype
     adjacency = torch.zeros(n, n, dtype=dtype)
-    offsets = torch.tensor([0, *[b.n_features * t_len for b in bases]]).cumsum(0)
-    flat_index = torch.full((int(offsets[-1]),), -1, dtype=torch.long)  # (basis, pos, idx) → feature node
-    if n_feat:
-        flat_index[offsets[feats[:, 0]] + feats[:, 1] * torch.tensor([b.n_features for b in bases])[feats[:, 0]]
-                   + feats[:, 2]] = torch.arange(n_feat)
     targets = [("logit", int(v)) for v in chosen] + [("feature", tuple(map(int, f))) for f in feats]
     rows = [n_feat + n_err + t_len + i for i in range(len(chosen))] + list(range(n_feat))
 
@@ -156,12 +153,9 @@ def attribute(
             if g is not None:
                 adjacency[r, n_feat + j * t_len:n_feat + (j + 1) * t_len] = (g * e).sum(-1).detach()
         for j, (g, a) in enumerate(zip(g_acts, rep.acts, strict=True)):
-            if g is None:
-                continue
-            mine = feats[feats[:, 0] == j]
-            if len(mine):
-                cols = flat_index[offsets[j] + mine[:, 1] * a.shape[1] + mine[:, 2]]
-                adjacency[torch.tensor(r)[:, None], cols[None, :]] = (g * a)[:, mine[:, 1], mine[:, 2]].detach()
+            if g is not None and len(active[j]):
+                pos, idx = active[j].T
+                adjacency[r, first[j]:first[j + 1]] = (g * a)[:, pos, idx].detach()
         values[r] = vals.detach()
         with torch.no_grad():  # the part of each target no source explains
             zero = rep.run(torch.zeros_like(emb), [torch.zeros_like(a) for a in acts], [torch.zeros_like(e) for e in errs])
