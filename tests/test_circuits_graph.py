@@ -148,6 +148,10 @@ def test_graph_rows_are_conserved_and_batching_does_not_change_them(graphs):
         torch.testing.assert_close(g.adjacency.sum(1) + g.constants, g.values, rtol=0, atol=1e-9)
     one_by_one = attribute(compiled.model, prompts[0], bases, batch_size=1)
     torch.testing.assert_close(one_by_one.adjacency, gs[0].adjacency, rtol=0, atol=1e-12)
+    # bases are cast to the model's dtype (fp32 bases on the fp64 model give the fp64 graph up to fp32 rounding)
+    single = attribute(compiled.model, prompts[0], [b.to(torch.float32) for b in bases], batch_size=16)
+    assert single.adjacency.dtype == torch.float64
+    torch.testing.assert_close(single.adjacency, gs[0].adjacency, rtol=0, atol=1e-5)
 
 
 def test_replacement_is_faithful_and_constrained_interventions_match_edges(graphs):

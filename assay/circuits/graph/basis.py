@@ -14,7 +14,7 @@ any list of bases.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -70,6 +70,12 @@ class FeatureBasis:
     def n_features(self) -> int:
         """Number of features."""
         return self.W_enc.shape[1]
+
+    def to(self, dtype: torch.dtype) -> FeatureBasis:
+        """The same basis with its tensors in ``dtype``."""
+        if self.W_enc.dtype == dtype:
+            return self
+        return replace(self, **{k: getattr(self, k).to(dtype) for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations ``x W_enc + b_enc``."""

@@ -30,7 +30,8 @@ class LocalReplacement:
     matrix ``unembed`` [vocab, d] (the site's output must be the final residual: no norm after it);
     ``pattern_sites`` the attention-pattern sites (default: every module named ``*.attn.pattern``).
     Attributes: ``emb`` [T, d], ``acts`` / ``pres`` (per basis [T, n]), ``errors`` (per basis [T, d]),
-    ``final`` [T, d] and ``logits`` [T, vocab] of the clean run.
+    ``final`` [T, d] and ``logits`` [T, vocab] of the clean run. The bases are cast to the dtype of the
+    model's parameters.
     """
 
     def __init__(
@@ -45,7 +46,8 @@ class LocalReplacement:
         outputs = [b.output_site for b in bases]
         if len(set(outputs)) != len(outputs):
             raise ValueError(f"two bases rebuild the same site: {outputs}; give each output site one basis")
-        self.model, self.tokens, self.bases = model, tokens, tuple(bases)
+        dtype = next(model.parameters()).dtype
+        self.model, self.tokens, self.bases = model, tokens, tuple(b.to(dtype) for b in bases)
         self.embed_site, self.final_site = embed_site, final_site
         self.unembed = (unembed if unembed is not None else model.get_submodule("unembed").weight).detach()
         self.pattern_sites = tuple(pattern_sites) if pattern_sites is not None else tuple(
@@ -55,9 +57,9 @@ class LocalReplacement:
             model(tokens[None])
         self.patterns = {s: cap[s] for s in self.pattern_sites}
         self.emb = cap[embed_site][0]
-        self.pres = [b.pre(cap[b.input_site][0]) for b in bases]
-        self.acts = [b.activation(p) for b, p in zip(bases, self.pres, strict=True)]
-        self.errors = [cap[b.output_site][0] - b.decode(a) for b, a in zip(bases, self.acts, strict=True)]
+        self.pres = [b.pre(cap[b.input_site][0]) for b in self.bases]
+        self.acts = [b.activation(p) for b, p in zip(self.bases, self.pres, strict=True)]
+        self.errors = [cap[b.output_site][0] - b.decode(a) for b, a in zip(self.bases, self.acts, strict=True)]
         self.final = cap[final_site][0]
         self.logits = self.final @ self.unembed.T
 
