@@ -137,7 +137,7 @@ def compile_program(program: Program, *, n_layers: int | None = None) -> Compile
                             context=program.max_seq_len, norm="none", act="relu", attn_impl="eager")
     model = Transformer(cfg)
     components = _write_weights(model, program, heads_at, mlps_at)
-    circuit = Circuit(program=program.name, n_layers=n_layers, nodes=_nodes(program, sub),
+    circuit = Circuit(program=program.name, n_layers=n_layers, nodes=_nodes(program, sub, n_layers),
                       edges=_edges(program), components=tuple(components))
     return CompiledModel(model=model.eval(), circuit=circuit, output_values=tuple(program.output_values),
                          reference=program.reference)
@@ -187,7 +187,7 @@ def _write_weights(model: Transformer, program: Program, heads_at: dict, mlps_at
     return components
 
 
-def _nodes(program: Program, sub: dict[str, int]) -> tuple[CircuitNode, ...]:
+def _nodes(program: Program, sub: dict[str, int], n_layers: int) -> tuple[CircuitNode, ...]:
     embedded = _embedded(program)
     writer = {h.writes: (h.name, "attn", sub[h.name]) for h in program.heads}
     writer |= {v: (m.name, "mlp", sub[m.name]) for m in program.mlps for v in m.writes}
@@ -203,7 +203,6 @@ def _nodes(program: Program, sub: dict[str, int]) -> tuple[CircuitNode, ...]:
             raise CompileError(f"program {program.name!r}: variable {var.name!r} is allocated but never written")
         nodes.append(CircuitNode(variable=var.name, kind=var.kind, values=var.values, dims=var.dims,
                                  component=comp, site=site, layer=layer))
-    n_layers = max((s // 2 + 1 for s in sub.values()), default=1)
     nodes.append(CircuitNode(variable=LOGITS, kind="logits", values=tuple(program.output_values), dims=(),
                              component="unembed", site="unembed", layer=n_layers))
     return tuple(nodes)
