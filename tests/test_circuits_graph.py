@@ -15,6 +15,7 @@ from assay.circuits.graph import (
     attribute,
     graph_scores,
     influence,
+    influential_edge_recall,
     normalize_matrix,
     prune,
     read_graph_json,
@@ -140,6 +141,33 @@ def test_exact_feature_graphs_recover_the_compiled_circuit(graphs):
         scores = graph_scores(g.adjacency, g.logit_weights(), err, tok)
         assert abs(scores.replacement - 1) <= 1e-6 and abs(scores.completeness - 1) <= 1e-6
         assert abs(scores.completeness_features - 1) <= 1e-6
+
+
+def test_pruned_exact_graphs_keep_only_circuit_edges(graphs):
+    """A3 after 0.8/0.98 pruning: precision = 1 against the circuit. The spec's second clause (≥ 90% of
+    the edges carrying ≥ 1% of the logit influence kept, :func:`influential_edge_recall`) does NOT hold
+    under circuit-tracer's pruning rule, so it is reported in docs/circuits.md, not asserted: the 0.8 node
+    share counts the token nodes' influence, which can crowd out a feature on the only path (histogram,
+    prompt [BOS, 5]: an MLP neuron carrying 47% of the logit influence is pruned). Minimum over these
+    12 prompts: previous_token 1.0, induction 0.67, dyck1 0.625, histogram 0.5."""
+    compiled, bases, _, gs = graphs
+    masks = []
+    for g in gs:
+        f, _, t, _ = g.slices()
+        n = g.adjacency.shape[0]
+        always, feats = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+        always[t.start:], feats[f] = True, True
+        masks.append(prune(g.adjacency, g.logit_weights(), always, features=feats).edge_mask)
+    assert edge_recovery(gs, bases, compiled, edge_masks=masks).precision == 1.0
+
+
+def test_influential_edge_recall_on_the_small_graph():
+    a, w = small_graph()
+    # flows (share of logit influence): 11←{1,3,6,8} ¼ each, 3←{0,1,6} 1/12, 1←{9,10} ⅙, 0←9 1/12
+    kept = torch.zeros(12, 12, dtype=torch.bool)
+    kept[11, 1] = kept[11, 3] = kept[1, 9] = True
+    assert influential_edge_recall(a, w, kept, min_share=0.1) == pytest.approx(3 / 6)
+    assert influential_edge_recall(a, w, kept, min_share=0.2) == pytest.approx(2 / 4)
 
 
 def test_graph_rows_are_conserved_and_batching_does_not_change_them(graphs):

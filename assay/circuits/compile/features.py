@@ -71,7 +71,8 @@ class EdgeRecovery(NamedTuple):
     """(source, target) pairs of the circuit (embedded variables merged into ``embed``)."""
 
 
-def _graph_pairs(graph: Graph, bases: Sequence[FeatureBasis], rel_tol: float) -> set[tuple[str, str]]:
+def _graph_pairs(graph: Graph, bases: Sequence[FeatureBasis], rel_tol: float,
+                 edge_mask: torch.Tensor | None) -> set[tuple[str, str]]:
     f_sl, e_sl, t_sl, l_sl = graph.slices()
     names = [""] * graph.adjacency.shape[0]
     for k, (j, _, i) in enumerate(graph.features.tolist()):
@@ -83,16 +84,20 @@ def _graph_pairs(graph: Graph, bases: Sequence[FeatureBasis], rel_tol: float) ->
     for k in range(l_sl.start, l_sl.stop):
         names[k] = LOGITS
     a = graph.adjacency.abs()
-    tgt, src = (a > rel_tol * a.max()).nonzero(as_tuple=True)
+    present = a > rel_tol * a.max()
+    if edge_mask is not None:
+        present &= edge_mask
+    tgt, src = present.nonzero(as_tuple=True)
     return {(names[s], names[t]) for t, s in zip(tgt.tolist(), src.tolist(), strict=True)}
 
 
 def edge_recovery(graphs: Sequence[Graph], bases: Sequence[FeatureBasis], compiled: CompiledModel, *,
-                  rel_tol: float = 1e-6) -> EdgeRecovery:
-    """Precision and recall of the union of ``graphs``' edges against ``compiled``'s circuit."""
+                  rel_tol: float = 1e-6, edge_masks: Sequence[torch.Tensor] | None = None) -> EdgeRecovery:
+    """Precision and recall of the union of ``graphs``' edges against ``compiled``'s circuit; with
+    ``edge_masks`` (one bool [N, N] per graph, e.g. from pruning) only the kept edges count."""
     found: set[tuple[str, str]] = set()
-    for g in graphs:
-        found |= _graph_pairs(g, bases, rel_tol)
+    for k, g in enumerate(graphs):
+        found |= _graph_pairs(g, bases, rel_tol, None if edge_masks is None else edge_masks[k])
     embedded = {n.variable for n in compiled.circuit.nodes if n.site == "embed"}
     expected = {(EMBED if e.source in embedded else e.source, e.target)
                 for e in compiled.circuit.edges if e.kind != "qk"}

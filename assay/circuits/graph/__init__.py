@@ -10,6 +10,7 @@ from assay.circuits.graph.influence import (
     Pruned,
     graph_scores,
     influence,
+    influential_edge_recall,
     normalize_matrix,
     prune,
     share_threshold,
@@ -17,5 +18,5 @@ from assay.circuits.graph.influence import (
 from assay.circuits.graph.replacement import LocalReplacement
 
 __all__ = ["Graph", "attribute", "select_logits", "FeatureBasis", "identity", "relu", "GraphScores", "Pruned",
-           "graph_scores", "influence", "normalize_matrix", "prune", "share_threshold", "LocalReplacement", "SCHEMA_VERSION", "graph_json", "read_graph_json",
+           "graph_scores", "influence", "influential_edge_recall", "normalize_matrix", "prune", "share_threshold", "LocalReplacement", "SCHEMA_VERSION", "graph_json", "read_graph_json",
            "write_graph_json"]

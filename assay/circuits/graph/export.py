@@ -9,7 +9,8 @@ transcoder_list, prompt_tokens, prompt, node_threshold, schema_version), ``qPara
 ``"{n_layers + 1}_{token id}_{pos}"``. assay's "layer" of a feature or error node is the index of
 its basis in ``Graph.basis_names`` (listed in ``transcoder_list``), so an attention and an MLP basis
 of one block do not collide. ``influence`` is circuit-tracer's cumulative share (the fraction of
-total influence held by nodes at least as influential), not the raw influence.
+total node influence held by nodes at least as influential; logits, whose influence is 0, get 1),
+not the raw influence.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from assay.artifact import atomic_write_text
 from assay.circuits.graph.attribute import Graph
-from assay.circuits.graph.influence import influence, normalize_matrix, prune
+from assay.circuits.graph.influence import prune
 
 __all__ = ["SCHEMA_VERSION", "graph_json", "write_graph_json", "read_graph_json"]
 
@@ -66,7 +67,7 @@ def graph_json(
     is_feature[f_sl] = True
     kept = prune(graph.adjacency, w, always, node_threshold=node_threshold, edge_threshold=edge_threshold,
                  features=is_feature)
-    share = _cumulative_share(influence(normalize_matrix(graph.adjacency), w) + w)
+    share = _cumulative_share(kept.node_influence)
     n_layers, t_len = len(graph.basis_names), graph.n_tokens
     ids, nodes = {}, []
     for k in kept.node_mask.nonzero()[:, 0].tolist():

@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["normalize_matrix", "influence", "share_threshold", "Pruned", "prune", "GraphScores", "graph_scores"]
+__all__ = ["normalize_matrix", "influence", "share_threshold", "Pruned", "prune", "influential_edge_recall",
+           "GraphScores", "graph_scores"]
 
 
 def normalize_matrix(adjacency: torch.Tensor) -> torch.Tensor:
@@ -108,6 +109,19 @@ def prune(
         if torch.equal(keep, node_mask) and torch.equal(new_edges, edge_mask):
             return Pruned(node_mask, edge_mask, node_inf, scores)
         node_mask, edge_mask = keep, new_edges
+
+
+def influential_edge_recall(
+    adjacency: torch.Tensor, weights: torch.Tensor, edge_mask: torch.Tensor, *, min_share: float = 0.01,
+) -> float:
+    """Share of the edges carrying at least ``min_share`` of the logit influence that ``edge_mask`` keeps.
+
+    The influence through edge s → t is Ā[t, s]·(I_t + w_t) on the full graph, as a share of Σ w (the spec's
+    "edges on paths carrying ≥ 1% of the target logit's influence", circuits.md §4.3 A3)."""
+    normalized = normalize_matrix(adjacency)
+    flow = normalized * (influence(normalized, weights) + weights)[:, None] / weights.sum()
+    heavy = flow >= min_share
+    return float((heavy & edge_mask).sum() / heavy.sum()) if heavy.any() else 1.0
 
 
 class GraphScores(NamedTuple):
