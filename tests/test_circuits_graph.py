@@ -11,6 +11,7 @@ from assay.circuits.compile import PROGRAMS, compile_program
 from assay.circuits.compile.features import edge_recovery, exact_bases
 from assay.circuits.graph import (
     FeatureBasis,
+    GraphConfig,
     LocalReplacement,
     attribute,
     graph_scores,
@@ -22,6 +23,7 @@ from assay.circuits.graph import (
     share_threshold,
     write_graph_json,
 )
+from assay.config import ConfigError
 from assay.models.transformer import Transformer, TransformerConfig
 from assay.worlds.base import make_generator
 
@@ -104,6 +106,16 @@ def test_a_hand_computed_edge_through_a_frozen_pattern():
     assert g.adjacency[row, t].tolist() == pytest.approx([0.5, 0.0], abs=1e-12)
 
 
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="batch_size"):
+        GraphConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="desired_logit_prob"):
+        GraphConfig(desired_logit_prob=1.5)
+    cm = compile_program(PROGRAMS["histogram"]())
+    with pytest.raises(ValueError, match="logit_tokens must be"):
+        attribute(cm.model, torch.tensor([1, 4]), exact_bases(cm), logit_tokens=[99])
+
+
 def test_layernorm_models_and_clashing_bases_are_refused():
     model = Transformer(TransformerConfig(vocab_size=4, n_layers=1, n_heads=1, d_model=4, context=4))
     with pytest.raises(ValueError, match="LayerNorm"):
@@ -125,7 +137,7 @@ def graphs(request):
     g = make_generator(1)
     prompts = [torch.cat([torch.tensor([1]), syms[torch.randint(0, len(syms), (int(t) - 1,), generator=g)]])
                for t in torch.randint(2, program.max_seq_len + 1, (12,), generator=g)]
-    return compiled, bases, prompts, [attribute(compiled.model, p, bases, batch_size=16) for p in prompts]
+    return compiled, bases, prompts, [attribute(compiled.model, p, bases, GraphConfig(batch_size=16)) for p in prompts]
 
 
 def test_exact_feature_graphs_recover_the_compiled_circuit(graphs):
@@ -174,10 +186,10 @@ def test_graph_rows_are_conserved_and_batching_does_not_change_them(graphs):
     compiled, bases, prompts, gs = graphs
     for g in gs:  # Σ_s A[t, s] + constant_t = the target's clean value
         torch.testing.assert_close(g.adjacency.sum(1) + g.constants, g.values, rtol=0, atol=1e-9)
-    one_by_one = attribute(compiled.model, prompts[0], bases, batch_size=1)
+    one_by_one = attribute(compiled.model, prompts[0], bases, GraphConfig(batch_size=1))
     torch.testing.assert_close(one_by_one.adjacency, gs[0].adjacency, rtol=0, atol=1e-12)
     # bases are cast to the model's dtype (fp32 bases on the fp64 model give the fp64 graph up to fp32 rounding)
-    single = attribute(compiled.model, prompts[0], [b.to(torch.float32) for b in bases], batch_size=16)
+    single = attribute(compiled.model, prompts[0], [b.to(torch.float32) for b in bases], GraphConfig(batch_size=16))
     assert single.adjacency.dtype == torch.float64
     torch.testing.assert_close(single.adjacency, gs[0].adjacency, rtol=0, atol=1e-5)
 

@@ -2,7 +2,7 @@
 Graphs in Language Models"): the local replacement model, batched edge computation, influence
 pruning and graph scores."""
 
-from assay.circuits.graph.attribute import Graph, attribute, select_logits
+from assay.circuits.graph.attribute import Graph, GraphConfig, attribute, select_logits
 from assay.circuits.graph.basis import FeatureBasis, identity, relu
 from assay.circuits.graph.export import SCHEMA_VERSION, graph_json, read_graph_json, write_graph_json
 from assay.circuits.graph.influence import (
@@ -17,6 +17,6 @@ from assay.circuits.graph.influence import (
 )
 from assay.circuits.graph.replacement import LocalReplacement
 
-__all__ = ["Graph", "attribute", "select_logits", "FeatureBasis", "identity", "relu", "GraphScores", "Pruned",
+__all__ = ["Graph", "GraphConfig", "attribute", "select_logits", "FeatureBasis", "identity", "relu", "GraphScores", "Pruned",
            "graph_scores", "influence", "influential_edge_recall", "normalize_matrix", "prune", "share_threshold", "LocalReplacement", "SCHEMA_VERSION", "graph_json", "read_graph_json",
            "write_graph_json"]

@@ -29,8 +29,29 @@ from torch import nn
 
 from assay.circuits.graph.basis import FeatureBasis
 from assay.circuits.graph.replacement import LocalReplacement
+from assay.config import ConfigError, check_int_fields
 
-__all__ = ["Graph", "attribute", "select_logits"]
+__all__ = ["GraphConfig", "Graph", "attribute", "select_logits"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphConfig:
+    """How an attribution graph is computed (circuit-tracer's API defaults, smaller batches for CPU)."""
+
+    batch_size: int = 64
+    """Rows (targets) per backward pass: the memory knob (activations of batch_size copies of the prompt)."""
+    max_n_logits: int = 10
+    """At most this many logit targets."""
+    desired_logit_prob: float = 0.95
+    """Logit targets: top tokens until their probability reaches this."""
+
+    def __post_init__(self) -> None:
+        check_int_fields(self)
+        if self.batch_size < 1 or self.max_n_logits < 1:
+            raise ConfigError(f"GraphConfig: batch_size and max_n_logits must be >= 1, got {self.batch_size}, "
+                              f"{self.max_n_logits}")
+        if not 0.0 < self.desired_logit_prob <= 1.0:
+            raise ConfigError(f"GraphConfig.desired_logit_prob must lie in (0, 1], got {self.desired_logit_prob}")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -98,22 +119,23 @@ def select_logits(logits: torch.Tensor, *, max_n_logits: int = 10, desired_logit
 
 
 def attribute(
-    model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis], *, logit_tokens: Sequence[int] | None = None,
-    max_n_logits: int = 10, desired_logit_prob: float = 0.95, batch_size: int = 64, **replacement_kw,
+    model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis], config: GraphConfig | None = None, *,
+    logit_tokens: Sequence[int] | None = None, **replacement_kw,
 ) -> Graph:
     """The attribution graph of ``tokens`` [T] over ``bases`` (see the module docstring).
 
-    ``logit_tokens`` picks the logit targets (default: :func:`select_logits` at the last position);
-    ``batch_size`` rows are computed per backward pass (the memory knob). Further keywords go to
-    :class:`~assay.circuits.graph.replacement.LocalReplacement`.
+    ``logit_tokens`` picks the logit targets (default: :func:`select_logits` at the last position with
+    the config's limits). Further keywords go to :class:`~assay.circuits.graph.replacement.LocalReplacement`.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    cfg = config or GraphConfig()
+    batch_size = cfg.batch_size
     rep = LocalReplacement(model, tokens, bases, **replacement_kw)
     t_len = tokens.shape[0]
     logits = rep.logits[-1]
     chosen = (torch.as_tensor(list(logit_tokens), dtype=torch.long) if logit_tokens is not None
-              else select_logits(logits, max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob))
+              else select_logits(logits, max_n_logits=cfg.max_n_logits, desired_logit_prob=cfg.desired_logit_prob))
+    if chosen.numel() == 0 or not bool(((chosen >= 0) & (chosen < rep.unembed.shape[0])).all()):
+        raise ValueError(f"logit_tokens must be 1+ token ids in [0, {rep.unembed.shape[0]}), got {chosen.tolist()}")
     u = rep.unembed - rep.unembed.mean(0, keepdim=True)  # demeaned unembedding rows, [vocab, d]
     active = [a.nonzero() for a in rep.acts]  # per basis: (position, feature index) of active features
     feats = torch.cat([torch.cat([torch.full((len(i), 1), j), i], 1) for j, i in enumerate(active)]) if active \
