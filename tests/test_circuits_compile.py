@@ -23,6 +23,7 @@ from assay.circuits.compile import (
     previous_token,
     save_compiled,
     select_head,
+    two_hop,
     without_component,
 )
 from assay.worlds.base import make_generator
@@ -30,7 +31,8 @@ from assay.worlds.dyck import DyckConfig, DyckWorld
 from assay.worlds.vocab import BOS, IGNORE
 
 SMALL = {"previous_token": dict(n_symbols=3, max_seq_len=8), "induction": dict(n_symbols=3, max_seq_len=8),
-         "histogram": dict(n_symbols=3, max_seq_len=8), "dyck1": dict(max_seq_len=13)}
+         "histogram": dict(n_symbols=3, max_seq_len=8), "dyck1": dict(max_seq_len=13),
+         "two_hop": dict(n_symbols=3, max_seq_len=6)}
 
 
 def all_inputs(program):
@@ -87,6 +89,7 @@ def test_dyck_program_matches_the_dyck_worlds_valid_next_labels():
 def test_layer_allocation_and_padding_layers():
     assert allocate_layers(induction()) == {"prev_token_head": 0, "induction_head": 2}
     assert allocate_layers(histogram()) == {"count_head": 0, "invert_mlp": 1}
+    assert allocate_layers(two_hop()) == {"hop1_mlp": 1, "hop2_mlp": 3}
     program = previous_token(n_symbols=3, max_seq_len=6)
     x = all_inputs(program)
     one, three = compile_program(program), compile_program(program, n_layers=3)
@@ -124,7 +127,8 @@ def test_circuit_matches_the_weights_under_ablation(case):
     program, _, x, _ = case
     compiled = compile_program(with_decoy(dataclasses.replace(program, layout=copy.deepcopy(program.layout))))
     circuit, clean = compiled.circuit, logits_of(compiled, x)
-    assert compiled.model.config.n_heads == 2  # the decoy shares layer 0: two heads, outputs still exact
+    shared = 0 in allocate_layers(program).values()  # the decoy shares layer 0 with a head: two heads
+    assert compiled.model.config.n_heads == 1 + shared  # and the outputs stay exact
     torch.testing.assert_close(clean, SCALE * case[3], rtol=0, atol=1e-4)
     on_circuit = circuit.ancestors()
     assert "decoy" not in on_circuit

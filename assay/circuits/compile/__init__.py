@@ -18,7 +18,15 @@ from assay.circuits.compile.blocks import (
 )
 from assay.circuits.compile.circuit import LOGITS, Circuit, CircuitComponent, CircuitEdge, CircuitNode
 from assay.circuits.compile.compiled import CompiledModel, load_compiled, save_compiled, without_component
-from assay.circuits.compile.programs import PROGRAMS, SCALE, dyck1, histogram, induction, previous_token
+from assay.circuits.compile.programs import (
+    PROGRAMS,
+    SCALE,
+    dyck1,
+    histogram,
+    induction,
+    previous_token,
+    two_hop,
+)
 from assay.circuits.compile.space import ONE, Layout, Variable
 
 __all__ = [
@@ -26,5 +34,5 @@ __all__ = [
     "discretising_mlp", "lookup_mlp", "mean_head", "neuron_mlp", "select_head", "LOGITS", "Circuit",
     "CircuitComponent", "CircuitEdge", "CircuitNode", "CompiledModel", "load_compiled", "save_compiled",
     "without_component",
-    "PROGRAMS", "SCALE", "dyck1", "histogram", "induction", "previous_token", "ONE", "Layout", "Variable",
+    "PROGRAMS", "SCALE", "dyck1", "histogram", "induction", "previous_token", "two_hop", "ONE", "Layout", "Variable",
 ]

@@ -17,6 +17,9 @@ input starts with BOS and holds no other BOS.
   prev[s] = token[t] and copies token[s] (the mean one-hot if several match; BOS if none). 2 layers.
 - ``histogram``: out[t] = #{1 ≤ s ≤ t : token[s] = token[t]} (0 at non-symbols). A head over the
   matches plus BOS writes 1/(w+1) (selector width); a discretising MLP inverts it. 1 layer.
+- ``two_hop``: out[t] = g(f(token[t])) for symbols (no output at specials), f(a) = a + 1 and
+  g(b) = n − 1 − b on symbol indices mod n: two lookup-table MLPs in a row, A → B → C (the multi-hop
+  circuit of spec circuits.md §4.3 A6). 2 layers.
 """
 
 from __future__ import annotations
@@ -24,11 +27,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from assay.circuits.compile.assemble import Program
-from assay.circuits.compile.blocks import Neuron, discretising_mlp, mean_head, neuron_mlp, select_head
+from assay.circuits.compile.blocks import (
+    Neuron,
+    discretising_mlp,
+    lookup_mlp,
+    mean_head,
+    neuron_mlp,
+    select_head,
+)
 from assay.circuits.compile.space import ONE, Layout, Variable
 from assay.worlds.vocab import BOS, EOS, SPECIALS
 
-__all__ = ["SCALE", "previous_token", "dyck1", "induction", "histogram", "PROGRAMS"]
+__all__ = ["SCALE", "previous_token", "dyck1", "induction", "histogram", "two_hop", "PROGRAMS"]
 
 SCALE = 10.0
 """Readout weight: a selected output gets logit SCALE (the top-1 margin of one-hot outputs)."""
@@ -166,7 +176,34 @@ def histogram(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
                    max_seq_len=max_seq_len, reference=reference)
 
 
+def two_hop(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
+    """Two chained lookups at every position: A (the token) → B = f(A) → C = g(B)."""
+    n = N_SPECIAL + n_symbols
+    layout, token, one, _ = _base(n, max_seq_len, position=False)
+    hop1 = layout.categorical("hop1", range(n_symbols))
+    hop2 = layout.categorical("hop2", range(n_symbols))
+
+    def f(v):
+        return (v - N_SPECIAL + 1) % n_symbols if _is_symbol(v) else None
+
+    def g(b):
+        return n_symbols - 1 - b
+
+    first = lookup_mlp("hop1_mlp", input=token, output=hop1, table=f)
+    second = lookup_mlp("hop2_mlp", input=hop1, output=hop2, table=g)
+    readout = tuple((hop2.dim(c), N_SPECIAL + c, SCALE) for c in hop2.values)
+
+    def reference(tokens: Sequence[int]) -> list[list[float]]:
+        _check_input(tokens, n)
+        return [_one_hot(N_SPECIAL + g(f(t)), n) if _is_symbol(t) else [0.0] * n for t in tokens]
+
+    return Program(name="two_hop", layout=layout, token=token, one=one, position=None, heads=(),
+                   mlps=(first, second), readout=readout, output_values=tuple(range(n)), max_seq_len=max_seq_len,
+                   reference=reference)
+
+
 PROGRAMS: dict[str, Callable[..., Program]] = {
     "previous_token": previous_token, "dyck1": dyck1, "induction": induction, "histogram": histogram,
+    "two_hop": two_hop,
 }
 """Program builders by name."""
