@@ -1,6 +1,7 @@
 """Attribution graphs: circuit-tracer's hand-computed pruning/score values (spec circuits.md §3.5–3.6),
 a closed-form edge (§3.3), and exact-feature graphs on compiled models (§4.3 A3, A5)."""
 
+import dataclasses
 import json
 import math
 
@@ -17,9 +18,11 @@ from assay.circuits.graph import (
     graph_scores,
     influence,
     influential_edge_recall,
+    load_graph,
     normalize_matrix,
     prune,
     read_graph_json,
+    save_graph,
     share_threshold,
     write_graph_json,
 )
@@ -124,6 +127,9 @@ def test_layernorm_models_and_clashing_bases_are_refused():
     b = exact_bases(cm)
     with pytest.raises(ValueError, match="same site"):
         LocalReplacement(cm.model, torch.tensor([1, 4]), [b[0], b[0]])
+    reads_rebuilt = dataclasses.replace(b[1], input_site=b[0].output_site)
+    with pytest.raises(ValueError, match="read a site that another basis rebuilds"):
+        LocalReplacement(cm.model, torch.tensor([1, 4]), [b[0], reads_rebuilt])
 
 
 @pytest.fixture(scope="module", params=sorted(PROGRAMS))
@@ -262,6 +268,10 @@ def test_graph_json_export_round_trip_and_version_check(graphs, tmp_path):
     for link in doc["links"]:
         assert link["weight"] == pytest.approx(float(g.adjacency[index[link["target"]], index[link["source"]]]))
     assert doc["links"], "the pruned graph keeps some edges"
+    back = load_graph(save_graph(tmp_path / "graph", g))
+    assert back.basis_names == g.basis_names
+    for name in ("tokens", "features", "activations", "logit_tokens", "logit_probs", "adjacency", "values", "constants"):
+        torch.testing.assert_close(getattr(back, name), getattr(g, name), rtol=0, atol=0)
     doc["metadata"]["schema_version"] = 2
     (tmp_path / "v2.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="schema_version 2; assay reads version 1"):

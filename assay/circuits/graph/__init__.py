@@ -4,7 +4,15 @@ pruning and graph scores."""
 
 from assay.circuits.graph.attribute import Graph, GraphConfig, attribute, select_logits
 from assay.circuits.graph.basis import FeatureBasis, identity, relu
-from assay.circuits.graph.export import SCHEMA_VERSION, graph_json, read_graph_json, write_graph_json
+from assay.circuits.graph.export import (
+    GRAPH_KIND,
+    SCHEMA_VERSION,
+    graph_json,
+    load_graph,
+    read_graph_json,
+    save_graph,
+    write_graph_json,
+)
 from assay.circuits.graph.influence import (
     GraphScores,
     Pruned,
@@ -19,4 +27,4 @@ from assay.circuits.graph.replacement import LocalReplacement
 
 __all__ = ["Graph", "GraphConfig", "attribute", "select_logits", "FeatureBasis", "identity", "relu", "GraphScores", "Pruned",
            "graph_scores", "influence", "influential_edge_recall", "normalize_matrix", "prune", "share_threshold", "LocalReplacement", "SCHEMA_VERSION", "graph_json", "read_graph_json",
-           "write_graph_json"]
+           "write_graph_json", "GRAPH_KIND", "save_graph", "load_graph"]

@@ -1,4 +1,4 @@
-"""circuit-tracer's graph JSON: write an assay attribution graph for its viewer, read one back.
+"""Writing graphs out: circuit-tracer's graph JSON (for its viewer) and assay artifacts (exact round trip).
 
 The schema is circuit-tracer's frontend format (Hanna, Piotrowski, Lindsey, Ameisen 2025,
 ``circuit_tracer/frontend/graph_models.py`` at 4bb8c0e; graphs as in Ameisen et al. 2025, "Circuit
@@ -22,11 +22,17 @@ from typing import Any
 
 import torch
 
-from assay.artifact import atomic_write_text
+from assay.artifact import ArtifactError, atomic_write_text, load_artifact, save_artifact
 from assay.circuits.graph.attribute import Graph
 from assay.circuits.graph.influence import prune
 
-__all__ = ["SCHEMA_VERSION", "graph_json", "write_graph_json", "read_graph_json"]
+__all__ = ["SCHEMA_VERSION", "GRAPH_KIND", "graph_json", "write_graph_json", "read_graph_json", "save_graph",
+           "load_graph"]
+
+GRAPH_KIND = "circuits.graph"
+"""Artifact kind of a saved :class:`~assay.circuits.graph.attribute.Graph`."""
+
+_TENSORS = ("tokens", "features", "activations", "logit_tokens", "logit_probs", "adjacency", "values", "constants")
 
 SCHEMA_VERSION = 1
 """The circuit-tracer graph-JSON schema version written and read."""
@@ -131,3 +137,19 @@ def read_graph_json(path: str | Path) -> dict[str, Any]:
         if link.get("source") not in known or link.get("target") not in known or "weight" not in link:
             raise ValueError(f"{path}: link {link} does not join two listed nodes with a weight")
     return doc
+
+
+def save_graph(path: str | Path, graph: Graph) -> Path:
+    """Save a graph as an artifact folder (every tensor, unpruned)."""
+    return save_artifact(path, kind=GRAPH_KIND, config={"basis_names": list(graph.basis_names)},
+                         tensors={k: getattr(graph, k) for k in _TENSORS})
+
+
+def load_graph(path: str | Path) -> Graph:
+    """Load what :func:`save_graph` wrote."""
+    art = load_artifact(path, kind=GRAPH_KIND)
+    weights = art.tensors.get("weights", {})
+    missing = [k for k in _TENSORS if k not in weights]
+    if missing:
+        raise ArtifactError(f"{path}: graph tensors {missing} are missing; re-save it with save_graph")
+    return Graph(basis_names=tuple(art.config.get("basis_names", ())), **{k: weights[k] for k in _TENSORS})

@@ -46,6 +46,9 @@ class LocalReplacement:
         outputs = [b.output_site for b in bases]
         if len(set(outputs)) != len(outputs):
             raise ValueError(f"two bases rebuild the same site: {outputs}; give each output site one basis")
+        clash = [b.name for b in bases if b.input_site != b.output_site and b.input_site in outputs]
+        if clash:
+            raise ValueError(f"bases {clash} read a site that another basis rebuilds; read the site before it")
         dtype = next(model.parameters()).dtype
         self.model, self.tokens, self.bases = model, tokens, tuple(b.to(dtype) for b in bases)
         self.embed_site, self.final_site = embed_site, final_site
