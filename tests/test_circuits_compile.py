@@ -102,6 +102,21 @@ def test_too_few_layers_is_a_clear_error():
         compile_program(induction(), n_layers=1)
 
 
+def test_malformed_programs_are_clear_errors():
+    program = histogram()
+    (invert,) = program.mlps
+    with pytest.raises(CompileError, match="'count' is written twice"):
+        compile_program(dataclasses.replace(program, mlps=(invert, dataclasses.replace(invert, name="again"))))
+    with pytest.raises(CompileError, match="invert_mlp reads 'bos_frac', which no component writes"):
+        compile_program(dataclasses.replace(program, heads=()))
+    with pytest.raises(CompileError, match="unique"):
+        compile_program(dataclasses.replace(program, mlps=(invert, invert)))
+    layout = copy.deepcopy(program.layout)
+    layout.numerical("unused")
+    with pytest.raises(CompileError, match="'unused' is allocated but never written"):
+        compile_program(dataclasses.replace(program, layout=layout))
+
+
 def test_save_load_round_trip(tmp_path):
     compiled = compile_program(histogram())
     loaded = load_compiled(save_compiled(tmp_path / "hist", compiled))

@@ -18,6 +18,7 @@ from assay.circuits.compile.blocks import (
 )
 from assay.circuits.compile.circuit import LOGITS, Circuit, CircuitComponent, CircuitEdge, CircuitNode
 from assay.circuits.compile.compiled import CompiledModel, load_compiled, save_compiled, without_component
+from assay.circuits.compile.features import EMBED, EdgeRecovery, edge_recovery, exact_bases
 from assay.circuits.compile.programs import (
     PROGRAMS,
     SCALE,
@@ -33,6 +34,6 @@ __all__ = [
     "CompileError", "Program", "allocate_layers", "compile_program", "Head", "MLPBlock", "Neuron",
     "discretising_mlp", "lookup_mlp", "mean_head", "neuron_mlp", "select_head", "LOGITS", "Circuit",
     "CircuitComponent", "CircuitEdge", "CircuitNode", "CompiledModel", "load_compiled", "save_compiled",
-    "without_component",
+    "without_component", "EMBED", "EdgeRecovery", "edge_recovery", "exact_bases",
     "PROGRAMS", "SCALE", "dyck1", "histogram", "induction", "previous_token", "two_hop", "ONE", "Layout", "Variable",
 ]

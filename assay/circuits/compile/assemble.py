@@ -74,6 +74,8 @@ def allocate_layers(program: Program) -> dict[str, int]:
     """Sublayer of every component (2l: attention of layer l, 2l + 1: its MLP), by longest path."""
     embedded = _embedded(program)
     comps: dict[str, Head | MLPBlock] = {c.name: c for c in (*program.heads, *program.mlps)}
+    if len(comps) != len(program.heads) + len(program.mlps):
+        raise CompileError(f"program {program.name!r}: component names must be unique")
     writer: dict[str, str] = {}
     for c in comps.values():
         for v in (c.writes,) if isinstance(c, Head) else c.writes:
