@@ -161,6 +161,26 @@ def test_exact_feature_graphs_recover_the_compiled_circuit(graphs):
         assert abs(scores.completeness_features - 1) <= 1e-6
 
 
+def test_max_feature_nodes_visits_the_most_influential_features_and_conserves_rows(graphs):
+    """Visiting only some features: their rows equal the full graph's (restricted to the kept columns), the
+    dropped columns' effect lands in ``unexplored`` (conservation still exact), and the visited features
+    are the most influential ones of the full graph."""
+    compiled, bases, prompts, gs = graphs
+    k = max(range(len(gs)), key=lambda i: gs[i].n_features)
+    full, prompt = gs[k], prompts[k]
+    half = full.n_features // 2
+    part = attribute(compiled.model, prompt, bases, GraphConfig(batch_size=2, max_feature_nodes=half, update_interval=1))
+    assert part.n_features == half
+    torch.testing.assert_close(part.adjacency.sum(1) + part.constants + part.unexplored, part.values, rtol=0, atol=1e-9)
+    index = {tuple(f): i for i, f in enumerate(full.features.tolist())}
+    kept = [index[tuple(f)] for f in part.features.tolist()] + list(range(full.n_features, full.adjacency.shape[0]))
+    visited_rows = list(range(part.n_features)) + list(range(part.slices()[3].start, part.adjacency.shape[0]))
+    torch.testing.assert_close(part.adjacency[visited_rows], full.adjacency[kept][:, kept][visited_rows], rtol=0, atol=1e-12)
+    inf = influence(normalize_matrix(full.adjacency), full.logit_weights())[: full.n_features]
+    chosen = inf[[index[tuple(f)] for f in part.features.tolist()]]
+    assert chosen.min() >= inf.sort(descending=True).values[half - 1] - 1e-12
+
+
 def test_pruned_exact_graphs_keep_only_circuit_edges(graphs):
     """A3 after 0.8/0.98 pruning: precision = 1 against the circuit. The spec's second clause (≥ 90% of
     the edges carrying ≥ 1% of the logit influence kept, :func:`influential_edge_recall`) does NOT hold
@@ -191,6 +211,7 @@ def test_influential_edge_recall_on_the_small_graph():
 def test_graph_rows_are_conserved_and_batching_does_not_change_them(graphs):
     compiled, bases, prompts, gs = graphs
     for g in gs:  # Σ_s A[t, s] + constant_t = the target's clean value
+        assert not g.unexplored.any()
         torch.testing.assert_close(g.adjacency.sum(1) + g.constants, g.values, rtol=0, atol=1e-9)
     one_by_one = attribute(compiled.model, prompts[0], bases, GraphConfig(batch_size=1))
     torch.testing.assert_close(one_by_one.adjacency, gs[0].adjacency, rtol=0, atol=1e-12)
@@ -270,7 +291,8 @@ def test_graph_json_export_round_trip_and_version_check(graphs, tmp_path):
     assert doc["links"], "the pruned graph keeps some edges"
     back = load_graph(save_graph(tmp_path / "graph", g))
     assert back.basis_names == g.basis_names
-    for name in ("tokens", "features", "activations", "logit_tokens", "logit_probs", "adjacency", "values", "constants"):
+    for name in ("tokens", "features", "activations", "logit_tokens", "logit_probs", "adjacency", "values", "constants",
+                 "unexplored"):
         torch.testing.assert_close(getattr(back, name), getattr(g, name), rtol=0, atol=0)
     doc["metadata"]["schema_version"] = 2
     (tmp_path / "v2.json").write_text(json.dumps(doc))

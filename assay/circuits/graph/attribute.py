@@ -16,11 +16,17 @@ the last position (the logit minus the mean logit). Rows come from batched backw
 linearised model runs on ``batch_size`` copies of the prompt, copy b seeded by target b, so one
 backward yields ``batch_size`` rows and memory is bounded by ``batch_size``. What no source
 explains (biases, position embeddings) is kept per row in ``constants``, so that
-``Σ_s A[t, s] + constants[t] = values[t]`` holds exactly.
+``Σ_s A[t, s] + constants[t] + unexplored[t] = values[t]`` holds exactly.
+
+Logit rows come first. With ``max_feature_nodes`` below the number of active features, features are
+visited most influential first (influence estimated from the rows gathered so far, re-ranked every
+``update_interval`` batches, as circuit-tracer); the unvisited ones lose their columns and their summed
+effect on each row is kept in ``unexplored``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +34,7 @@ import torch
 from torch import nn
 
 from assay.circuits.graph.basis import FeatureBasis
+from assay.circuits.graph.influence import influence, normalize_matrix
 from assay.circuits.graph.replacement import LocalReplacement
 from assay.config import ConfigError, check_int_fields
 
@@ -44,12 +51,18 @@ class GraphConfig:
     """At most this many logit targets."""
     desired_logit_prob: float = 0.95
     """Logit targets: top tokens until their probability reaches this."""
+    max_feature_nodes: int | None = None
+    """Visit (compute rows for) at most this many active features, the most influential first; None: all."""
+    update_interval: int = 4
+    """With ``max_feature_nodes``: re-rank the unvisited features by influence every this many batches."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
-        if self.batch_size < 1 or self.max_n_logits < 1:
-            raise ConfigError(f"GraphConfig: batch_size and max_n_logits must be >= 1, got {self.batch_size}, "
-                              f"{self.max_n_logits}")
+        for name in ("batch_size", "max_n_logits", "update_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"GraphConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_feature_nodes is not None and self.max_feature_nodes < 0:
+            raise ConfigError(f"GraphConfig.max_feature_nodes must be >= 0 or None, got {self.max_feature_nodes}")
         if not 0.0 < self.desired_logit_prob <= 1.0:
             raise ConfigError(f"GraphConfig.desired_logit_prob must lie in (0, 1], got {self.desired_logit_prob}")
 
@@ -76,6 +89,9 @@ class Graph:
     """Each row's target value (feature pre-activation, demeaned logit; 0 for source-only rows), [N]."""
     constants: torch.Tensor
     """Each row's value when every source is zero (biases, position embeddings), [N]."""
+    unexplored: torch.Tensor
+    """Each row's summed direct effect of active features that were not visited (``max_feature_nodes``) and
+    whose columns were dropped, [N]; 0 when every feature is visited."""
 
     @property
     def n_features(self) -> int:
@@ -128,61 +144,88 @@ def attribute(
     the config's limits). Further keywords go to :class:`~assay.circuits.graph.replacement.LocalReplacement`.
     """
     cfg = config or GraphConfig()
-    batch_size = cfg.batch_size
     rep = LocalReplacement(model, tokens, bases, **replacement_kw)
-    t_len = tokens.shape[0]
     logits = rep.logits[-1]
     chosen = (torch.as_tensor(list(logit_tokens), dtype=torch.long) if logit_tokens is not None
               else select_logits(logits, max_n_logits=cfg.max_n_logits, desired_logit_prob=cfg.desired_logit_prob))
     if chosen.numel() == 0 or not bool(((chosen >= 0) & (chosen < rep.unembed.shape[0])).all()):
         raise ValueError(f"logit_tokens must be 1+ token ids in [0, {rep.unembed.shape[0]}), got {chosen.tolist()}")
-    u = rep.unembed - rep.unembed.mean(0, keepdim=True)  # demeaned unembedding rows, [vocab, d]
-    active = [a.nonzero() for a in rep.acts]  # per basis: (position, feature index) of active features
-    feats = torch.cat([torch.cat([torch.full((len(i), 1), j), i], 1) for j, i in enumerate(active)]) if active \
-        else torch.zeros(0, 3, dtype=torch.long)
-    first = [0, *torch.tensor([len(i) for i in active]).cumsum(0).tolist()]  # basis j's nodes: first[j]:first[j+1]
-    n_feat, n_err = feats.shape[0], len(bases) * t_len
-    n = n_feat + n_err + t_len + len(chosen)
-    dtype = rep.emb.dtype
-    adjacency = torch.zeros(n, n, dtype=dtype)
-    targets = [("logit", int(v)) for v in chosen] + [("feature", tuple(map(int, f))) for f in feats]
-    rows = [n_feat + n_err + t_len + i for i in range(len(chosen))] + list(range(n_feat))
+    rows = _Rows(rep, chosen)
+    probs = logits.softmax(-1)[chosen]
+    n_feat, n_logit0 = rows.n_feat, rows.n - len(chosen)
+    weights = torch.zeros(rows.n, dtype=rows.adjacency.dtype)
+    weights[n_logit0:] = probs.to(weights.dtype)
+    for start in range(0, len(chosen), cfg.batch_size):  # logit rows first
+        rows.compute([("logit", int(v)) for v in chosen[start:start + cfg.batch_size]],
+                     list(range(n_logit0 + start, n_logit0 + min(start + cfg.batch_size, len(chosen)))))
+    limit = n_feat if cfg.max_feature_nodes is None else min(n_feat, cfg.max_feature_nodes)
+    remaining, visited = list(range(n_feat)), []
+    for batch in itertools.count():
+        if len(visited) == limit:
+            break
+        if limit < n_feat and batch % cfg.update_interval == 0:  # re-rank by influence on the rows so far
+            est = influence(normalize_matrix(rows.adjacency), weights)
+            remaining.sort(key=lambda k: -float(est[k]))
+        k = min(cfg.batch_size, limit - len(visited))
+        take, remaining = remaining[:k], remaining[k:]
+        rows.compute([("feature", tuple(map(int, rows.feats[k]))) for k in take], take)
+        visited += take
+    keep = sorted(visited) + list(range(n_feat, rows.n))
+    dropped = sorted(set(range(n_feat)) - set(visited))
+    unexplored = rows.adjacency[:, dropped].sum(1)[keep]
+    feats = rows.feats[sorted(visited)]
+    activations = torch.stack([rep.acts[j][p, i] for j, p, i in feats.tolist()]) if len(feats) else torch.zeros(0)
+    return Graph(tokens=tokens, basis_names=tuple(b.name for b in bases), features=feats, activations=activations,
+                 logit_tokens=chosen, logit_probs=probs, adjacency=rows.adjacency[keep][:, keep],
+                 values=rows.values[keep], constants=rows.constants[keep], unexplored=unexplored)
 
-    def target_values(chunk, pres, final):
+
+class _Rows:
+    """The adjacency of every active feature under construction, filled a batch of rows at a time."""
+
+    def __init__(self, rep: LocalReplacement, chosen: torch.Tensor) -> None:
+        self.rep = rep
+        self.t_len = rep.tokens.shape[0]
+        self.u = rep.unembed - rep.unembed.mean(0, keepdim=True)  # demeaned unembedding rows, [vocab, d]
+        self.active = [a.nonzero() for a in rep.acts]  # per basis: (position, feature index) of active features
+        self.feats = torch.cat([torch.cat([torch.full((len(i), 1), j), i], 1) for j, i in enumerate(self.active)]) \
+            if self.active else torch.zeros(0, 3, dtype=torch.long)
+        self.first = [0, *torch.tensor([len(i) for i in self.active]).cumsum(0).tolist()]  # basis j: first[j]:first[j+1]
+        self.n_feat, self.n_err = self.feats.shape[0], len(rep.bases) * self.t_len
+        self.n = self.n_feat + self.n_err + self.t_len + len(chosen)
+        dtype = rep.emb.dtype
+        self.adjacency = torch.zeros(self.n, self.n, dtype=dtype)
+        self.values = torch.zeros(self.n, dtype=dtype)
+        self.constants = torch.zeros(self.n, dtype=dtype)
+
+    def _targets(self, chunk, pres, final) -> torch.Tensor:
         out = []
         for b, (kind, what) in enumerate(chunk):
             if kind == "logit":
-                out.append(final[b, -1] @ u[what])
+                out.append(final[b, -1] @ self.u[what])
             else:
                 j, p, i = what
                 out.append(pres[j][b, p, i])
         return torch.stack(out)
 
-    values = torch.zeros(n, dtype=dtype)
-    constants = torch.zeros(n, dtype=dtype)
-    for start in range(0, len(targets), batch_size):
-        chunk = targets[start:start + batch_size]
-        bsz = len(chunk)
+    def compute(self, chunk: list, r: list[int]) -> None:
+        """Fill rows ``r`` with the direct effects on the targets ``chunk`` (one batched backward)."""
+        rep, bsz, t_len, n_feat, n_err = self.rep, len(chunk), self.t_len, self.n_feat, self.n_err
         emb = rep.emb.expand(bsz, -1, -1).clone().requires_grad_()
         acts = [a.expand(bsz, -1, -1).clone().requires_grad_() for a in rep.acts]
         errs = [e.expand(bsz, -1, -1).clone().requires_grad_() for e in rep.errors]
-        vals = target_values(chunk, *rep.run(emb, acts, errs))
+        vals = self._targets(chunk, *rep.run(emb, acts, errs))
         grads = torch.autograd.grad(vals.sum(), [emb, *acts, *errs], allow_unused=True)
         g_emb, g_acts, g_errs = grads[0], grads[1:1 + len(acts)], grads[1 + len(acts):]
-        r = rows[start:start + bsz]
-        adjacency[r, n_feat + n_err:n_feat + n_err + t_len] = (g_emb * rep.emb).sum(-1).detach()
+        self.adjacency[r, n_feat + n_err:n_feat + n_err + t_len] = (g_emb * rep.emb).sum(-1).detach()
         for j, (g, e) in enumerate(zip(g_errs, rep.errors, strict=True)):
             if g is not None:
-                adjacency[r, n_feat + j * t_len:n_feat + (j + 1) * t_len] = (g * e).sum(-1).detach()
+                self.adjacency[r, n_feat + j * t_len:n_feat + (j + 1) * t_len] = (g * e).sum(-1).detach()
         for j, (g, a) in enumerate(zip(g_acts, rep.acts, strict=True)):
-            if g is not None and len(active[j]):
-                pos, idx = active[j].T
-                adjacency[r, first[j]:first[j + 1]] = (g * a)[:, pos, idx].detach()
-        values[r] = vals.detach()
+            if g is not None and len(self.active[j]):
+                pos, idx = self.active[j].T
+                self.adjacency[r, self.first[j]:self.first[j + 1]] = (g * a)[:, pos, idx].detach()
+        self.values[r] = vals.detach()
         with torch.no_grad():  # the part of each target no source explains
             zero = rep.run(torch.zeros_like(emb), [torch.zeros_like(a) for a in acts], [torch.zeros_like(e) for e in errs])
-            constants[r] = target_values(chunk, *zero)
-    activations = torch.stack([rep.acts[j][p, i] for j, p, i in feats.tolist()]) if n_feat else torch.zeros(0)
-    return Graph(tokens=tokens, basis_names=tuple(b.name for b in bases), features=feats, activations=activations,
-                 logit_tokens=chosen, logit_probs=logits.softmax(-1)[chosen], adjacency=adjacency,
-                 values=values, constants=constants)
+            self.constants[r] = self._targets(chunk, *zero)

@@ -32,7 +32,8 @@ __all__ = ["SCHEMA_VERSION", "GRAPH_KIND", "graph_json", "write_graph_json", "re
 GRAPH_KIND = "circuits.graph"
 """Artifact kind of a saved :class:`~assay.circuits.graph.attribute.Graph`."""
 
-_TENSORS = ("tokens", "features", "activations", "logit_tokens", "logit_probs", "adjacency", "values", "constants")
+_TENSORS = ("tokens", "features", "activations", "logit_tokens", "logit_probs", "adjacency", "values", "constants",
+            "unexplored")
 
 SCHEMA_VERSION = 1
 """The circuit-tracer graph-JSON schema version written and read."""
