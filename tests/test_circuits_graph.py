@@ -119,12 +119,30 @@ def test_bad_settings_are_refused():
         attribute(cm.model, torch.tensor([1, 4]), exact_bases(cm), logit_tokens=[99])
 
 
+class Bigram(torch.nn.Module):
+    """An attention-free model with the sites LocalReplacement reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(3, 4)
+        self.ln_f = torch.nn.Identity()
+        self.unembed = torch.nn.Linear(4, 3, bias=False)
+
+    def forward(self, tokens):
+        return self.unembed(self.ln_f(self.embed(tokens)))
+
+
 def test_layernorm_models_and_clashing_bases_are_refused():
     model = Transformer(TransformerConfig(vocab_size=4, n_layers=1, n_heads=1, d_model=4, context=4))
-    with pytest.raises(ValueError, match="LayerNorm"):
+    with pytest.raises(ValueError, match="norm layers"):
         LocalReplacement(model, torch.tensor([0, 1]), [])
     cm = compile_program(PROGRAMS["histogram"]())
     b = exact_bases(cm)
+    bigram = Bigram()
+    with pytest.raises(ValueError, match="no '\\*.attn.pattern' sites"):
+        LocalReplacement(bigram, torch.tensor([1, 2]), [])
+    rep = LocalReplacement(bigram, torch.tensor([1, 2]), [], pattern_sites=())  # no attention: nothing to freeze
+    torch.testing.assert_close(rep.logits, bigram(torch.tensor([[1, 2]]))[0].detach())
     with pytest.raises(ValueError, match="same site"):
         LocalReplacement(cm.model, torch.tensor([1, 4]), [b[0], b[0]])
     reads_rebuilt = dataclasses.replace(b[1], input_site=b[0].output_site)

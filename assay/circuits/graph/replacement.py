@@ -7,7 +7,7 @@ which (i) every pattern site returns its frozen pattern, (ii) the embedding retu
 and (iii) every basis's output site returns ``a W_dec + b_dec + e`` for given activations ``a`` and
 errors ``e`` is *linear* in (embeddings, activations, errors), up to constants (biases, position
 embeddings). With the clean values it reproduces the model exactly. Norm layers would need their
-denominators frozen too; models with LayerNorm are refused for now.
+denominators frozen too; models with LayerNorm or RMSNorm are refused for now.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ class LocalReplacement:
     ) -> None:
         if tokens.ndim != 1:
             raise ValueError(f"tokens must be one prompt [T], got shape {tuple(tokens.shape)}")
-        if isinstance(hooks.resolve(model, final_site), nn.LayerNorm):
-            raise ValueError(f"{final_site!r} is a LayerNorm: freezing norm denominators is not implemented; "
-                             "use a model without norms (TransformerConfig(norm='none'))")
+        norms = [name for name, m in model.named_modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))]
+        if norms:
+            raise ValueError(f"the model has norm layers ({', '.join(norms[:3])}, ...): freezing norm denominators "
+                             "is not implemented; use a model without norms (TransformerConfig(norm='none'))")
         outputs = [b.output_site for b in bases]
         if len(set(outputs)) != len(outputs):
             raise ValueError(f"two bases rebuild the same site: {outputs}; give each output site one basis")
@@ -55,6 +56,9 @@ class LocalReplacement:
         self.unembed = (unembed if unembed is not None else model.get_submodule("unembed").weight).detach()
         self.pattern_sites = tuple(pattern_sites) if pattern_sites is not None else tuple(
             name for name, _ in model.named_modules() if name.endswith(".attn.pattern"))
+        if pattern_sites is None and not self.pattern_sites:
+            raise ValueError("found no '*.attn.pattern' sites to freeze the attention patterns at; pass "
+                             "pattern_sites= (an empty tuple for a model without attention)")
         sites = {embed_site, final_site, *self.pattern_sites, *(b.input_site for b in bases), *outputs}
         with torch.no_grad(), hooks.capture(model, sorted(sites)) as cap:
             model(tokens[None])
