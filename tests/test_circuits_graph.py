@@ -132,10 +132,10 @@ class Bigram(torch.nn.Module):
         return self.unembed(self.ln_f(self.embed(tokens)))
 
 
-def test_layernorm_models_and_clashing_bases_are_refused():
+def test_unfreezable_norms_and_clashing_bases_are_refused():
     model = Transformer(TransformerConfig(vocab_size=4, n_layers=1, n_heads=1, d_model=4, context=4))
-    with pytest.raises(ValueError, match="norm layers"):
-        LocalReplacement(model, torch.tensor([0, 1]), [])
+    with pytest.raises(ValueError, match="cannot be frozen"):
+        LocalReplacement(model, torch.tensor([0, 1]), [], norm_inputs={})
     cm = compile_program(PROGRAMS["histogram"]())
     b = exact_bases(cm)
     bigram = Bigram()
@@ -316,3 +316,74 @@ def test_graph_json_export_round_trip_and_version_check(graphs, tmp_path):
     (tmp_path / "v2.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="schema_version 2; assay reads version 1"):
         read_graph_json(tmp_path / "v2.json")
+
+
+def neuron_bases(model):
+    """Each block's MLP neurons as an exact GELU 'transcoder' (error 0)."""
+    return [FeatureBasis(name=f"blocks.{i}.mlp", input_site=f"blocks.{i}.ln2", output_site=f"blocks.{i}.mlp",
+                         W_enc=b.mlp.fc_in.weight.detach().T, b_enc=b.mlp.fc_in.bias.detach(),
+                         W_dec=b.mlp.fc_out.weight.detach().T, b_dec=b.mlp.fc_out.bias.detach(),
+                         activation=torch.nn.functional.gelu) for i, b in enumerate(model.blocks)]
+
+
+def test_frozen_layernorm_edges_equal_a_hand_written_linearisation():
+    """A 1-layer LayerNorm + GELU transformer: token → neuron and token → logit edges equal the Jacobian of
+    a hand-written forward in which the two LayerNorm scales, the final one and the pattern are frozen at
+    their clean values (computed by hand too)."""
+    cfg = TransformerConfig(vocab_size=7, n_layers=1, n_heads=2, d_model=8, d_mlp=6, context=6)
+    model = Transformer(cfg, generator=make_generator(3)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():  # LayerNorm gains/biases and linear biases away from 1/0
+            p.add_(0.3 * torch.randn(p.shape, generator=make_generator(p.numel()), dtype=p.dtype))
+    tokens = torch.tensor([1, 4, 5, 6, 4])
+    t_len, d, h = 5, 8, 2
+    blk = model.blocks[0]
+
+    def ln(x, mod, sigma):
+        return (x - x.mean(-1, keepdim=True)) / sigma * mod.weight + mod.bias
+
+    def sig(x, mod):
+        return (x.var(-1, unbiased=False, keepdim=True) + mod.eps).sqrt()
+
+    def forward(emb, frozen):
+        x0 = emb + model.pos_embed.weight[:t_len]
+        s1 = frozen["s1"] if frozen else sig(x0, blk.ln1)
+        q, k, v = (blk.attn.qkv(ln(x0, blk.ln1, s1))).split(d, -1)
+        q, k, v = (z.view(t_len, h, d // h).transpose(0, 1) for z in (q, k, v))
+        if frozen:
+            pat = frozen["pat"]
+        else:
+            sc = q @ k.transpose(-1, -2) / math.sqrt(d // h)
+            pat = sc.masked_fill(~torch.ones(t_len, t_len, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+        x1 = x0 + blk.attn.out((pat @ v).transpose(0, 1).reshape(t_len, d))
+        s2 = frozen["s2"] if frozen else sig(x1, blk.ln2)
+        pre = ln(x1, blk.ln2, s2) @ blk.mlp.fc_in.weight.T + blk.mlp.fc_in.bias
+        x2 = x1 + (frozen["mlp"] if frozen else blk.mlp.fc_out(torch.nn.functional.gelu(pre)))
+        sf = frozen["sf"] if frozen else sig(x2, model.ln_f)
+        return pre, ln(x2, model.ln_f, sf), dict(s1=s1, s2=s2, sf=sf, pat=pat, mlp=x2 - x1)
+
+    emb = model.embed.weight[tokens].detach()
+    with torch.no_grad():
+        _, final, clean = forward(emb, None)
+        torch.testing.assert_close(final @ model.unembed.weight.T, model(tokens[None])[0])  # the hand forward is right
+    graph = attribute(model, tokens, neuron_bases(model), logit_tokens=[2, 5])
+    f, _, t, lg = graph.slices()
+    u = model.unembed.weight.detach() - model.unembed.weight.detach().mean(0)
+    for row, (_, p, i) in enumerate(graph.features.tolist()):
+        jac = torch.autograd.functional.jacobian(lambda e, p=p, i=i: forward(e, clean)[0][p, i], emb)
+        torch.testing.assert_close(graph.adjacency[row, t], (jac * emb).sum(-1), rtol=0, atol=1e-10)
+    for r, v in enumerate([2, 5]):
+        jac = torch.autograd.functional.jacobian(lambda e, v=v: forward(e, clean)[1][-1] @ u[v], emb)
+        torch.testing.assert_close(graph.adjacency[lg.start + r, t], (jac * emb).sum(-1), rtol=0, atol=1e-10)
+
+
+def test_layernorm_graphs_conserve_and_match_constrained_interventions():
+    """On a 2-layer LayerNorm + GELU transformer with its MLP neurons as features: the replacement model
+    reproduces the logits, rows are conserved, and doubling a source moves the targets by its column."""
+    cfg = TransformerConfig(vocab_size=9, n_layers=2, n_heads=2, d_model=8, d_mlp=8, context=8)
+    model = Transformer(cfg, generator=make_generator(4)).double().eval()
+    tokens = torch.tensor([1, 4, 7, 5, 4, 8])
+    bases = neuron_bases(model)
+    graph = attribute(model, tokens, bases, GraphConfig(batch_size=7))
+    torch.testing.assert_close(graph.adjacency.sum(1) + graph.constants, graph.values, rtol=0, atol=1e-10)
+    check_constrained_interventions(model, bases, tokens, graph, 1e-10)
