@@ -143,3 +143,46 @@ def test_bad_config_and_input_errors():
         model()(torch.zeros(1, CFG.context + 1, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[batch, pos\]"):
         model()(torch.zeros(5, dtype=torch.long))
+
+
+def test_compiled_weight_options_no_norm_and_exact_relu():
+    cfg = replace(CFG, norm="none", act="relu", attn_impl="eager")
+    m, x = model(cfg), tokens()
+    assert isinstance(m.blocks[0].ln1, torch.nn.Identity) and isinstance(m.ln_f, torch.nn.Identity)
+    assert not any(".ln" in n or n.startswith("ln_f") for n, _ in m.named_parameters())
+    with torch.no_grad(), hooks.capture(m, ["blocks.0.ln2", "blocks.0.mlp", "blocks.0"]) as cap:
+        m(x)
+    mlp = m.blocks[0].mlp  # hand-written ReLU MLP on the un-normalised stream
+    h = cap["blocks.0.ln2"]
+    torch.testing.assert_close(cap["blocks.0.mlp"], mlp.fc_out(torch.clamp(mlp.fc_in(h), min=0)))
+    with pytest.raises(ConfigError, match="norm"):
+        replace(CFG, norm="rms")
+    with pytest.raises(ConfigError, match="act"):
+        replace(CFG, act="tanh")
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_attention_pattern_is_a_site_that_can_be_read_and_replaced(impl):
+    m, x = model(replace(CFG, attn_impl=impl)), tokens()
+    with torch.no_grad(), hooks.capture(m, ["blocks.1.ln1", "blocks.1.attn.pattern"]) as cap:
+        logits = m(x)
+    attn = m.blocks[1].attn
+    b, t, d = cap["blocks.1.ln1"].shape
+    q, k, _ = attn.qkv(cap["blocks.1.ln1"]).split(d, dim=-1)
+    q, k = (z.view(b, t, 2, d // 2).transpose(1, 2) for z in (q, k))
+    # reference pattern written without the library's softmax helper
+    s = (q @ k.transpose(-2, -1)) / math.sqrt(d // 2)
+    s = s - torch.triu(torch.full((t, t), 1e9), 1)
+    torch.testing.assert_close(cap["blocks.1.attn.pattern"], s.softmax(-1))
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(replace(CFG, attn_impl="sdpa"))(x))  # hooking changes nothing
+        # replacing the pattern by the one captured is the identity; by a uniform causal one is not
+        with hooks.patch(m, {"blocks.1.attn.pattern": lambda p: cap["blocks.1.attn.pattern"]}):
+            torch.testing.assert_close(m(x), logits)
+        uniform = torch.tril(torch.ones(t, t)) / torch.arange(1, t + 1)[:, None]
+        with hooks.capture(m, ["blocks.1.attn"]) as cap2, hooks.patch(m, {"blocks.1.attn.pattern": lambda p: uniform.expand_as(p)}):
+            m(x)
+    _, _, v = attn.qkv(cap["blocks.1.ln1"]).split(d, dim=-1)
+    v = v.view(b, t, 2, d // 2).transpose(1, 2)
+    expect = attn.out((uniform @ v).transpose(1, 2).reshape(b, t, d))
+    torch.testing.assert_close(cap2["blocks.1.attn"], expect)

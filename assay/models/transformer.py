@@ -7,13 +7,21 @@ with learned absolute position embeddings. Block ``i`` computes, on the residual
     x = x + Attn(LN₁(x)),   Attn = softmax(QKᵀ/√d_head + causal mask) V  (per head, then W_O)
     x = x + MLP(LN₂(x)),    MLP  = W_out · GELU(W_in · h)
 
+Options for hand-built (compiled) weights, in the style of tracr (Lindner et al. 2023, "Tracr:
+Compiled Transformers as a Laboratory for Interpretability"): ``norm="none"`` makes every LayerNorm
+the identity (the sites ``ln1``/``ln2``/``ln_f`` stay, as ``nn.Identity``) and ``act="relu"`` makes
+the MLP nonlinearity an exact ReLU. Defaults (``"layernorm"``, ``"gelu"``) are the GPT-2 model.
+
 Sites reachable by :mod:`assay.hooks` (``model.get_submodule`` names):
 
 - ``embed`` (token embedding, [batch, pos, d_model]) and ``pos_embed`` (position embedding,
   [pos, d_model]);
 - ``blocks.{i}`` — the residual stream after block ``i``; ``blocks.{i}.attn`` and
   ``blocks.{i}.mlp`` — what each sublayer adds to the stream; ``blocks.{i}.ln1/ln2``;
-- ``ln_f`` (final LayerNorm) and ``unembed`` (logits, [batch, pos, vocab]).
+- ``ln_f`` (final LayerNorm) and ``unembed`` (logits, [batch, pos, vocab]);
+- ``blocks.{i}.attn.pattern`` — the attention pattern (softmax weights, [batch, head, query, key]),
+  an identity module that a hook can read or replace (e.g. to freeze the pattern for attribution
+  graphs). A hook on it makes that layer run the eager kernel even when ``attn_impl="sdpa"``.
 
 Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` (``attn_impl=
 "sdpa"``) or the eager reference :func:`naive_causal_attention` (``attn_impl="eager"``); tests
@@ -34,7 +42,8 @@ from torch import nn
 
 from assay.config import ConfigError, check_choice
 
-__all__ = ["TransformerConfig", "Transformer", "naive_causal_attention", "causal_attention", "dropout"]
+__all__ = ["TransformerConfig", "Transformer", "AttentionPattern", "causal_pattern", "naive_causal_attention",
+           "causal_attention", "dropout"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +66,10 @@ class TransformerConfig:
     """Dropout on attention weights and on each sublayer output (training only)."""
     attn_impl: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel: PyTorch's scaled_dot_product_attention or the eager reference."""
+    norm: Literal["layernorm", "none"] = "layernorm"
+    """Normalisation before each sublayer and the unembedding: LayerNorm, or none (identity)."""
+    act: Literal["gelu", "relu"] = "gelu"
+    """MLP nonlinearity: GELU (GPT-2) or an exact ReLU (for compiled weights)."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layers", "n_heads", "d_model", "context"):
@@ -73,6 +86,8 @@ class TransformerConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"TransformerConfig.dropout must lie in [0, 1), got {self.dropout!r}")
         check_choice("TransformerConfig.attn_impl", self.attn_impl, ("sdpa", "eager"))
+        check_choice("TransformerConfig.norm", self.norm, ("layernorm", "none"))
+        check_choice("TransformerConfig.act", self.act, ("gelu", "relu"))
 
     @property
     def d_head(self) -> int:
@@ -95,17 +110,21 @@ def dropout(x: torch.Tensor, p: float, *, generator: torch.Generator | None = No
     return x * keep.to(x.dtype) / (1 - p)
 
 
+def causal_pattern(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Causal attention weights ``softmax(q kᵀ / √d + mask)``, [batch, head, query, key]."""
+    t = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+
+
 def naive_causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Reference causal attention: ``softmax(q kᵀ / √d + mask) v`` for [batch, head, pos, d_head],
     with :func:`dropout` of rate ``dropout_p`` on the attention weights."""
-    t = q.shape[-2]
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return dropout(scores.softmax(dim=-1), dropout_p, generator=generator) @ v
+    return dropout(causal_pattern(q, k), dropout_p, generator=generator) @ v
 
 
 def causal_attention(
@@ -128,14 +147,25 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p if self.training else 0.0, generator=generator)
 
 
+class AttentionPattern(nn.Identity):
+    """The attention-pattern site (identity): its input and output are the softmax weights
+    [batch, head, query, key], so :mod:`assay.hooks` can read or replace them."""
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 class Attention(nn.Module):
-    """Multi-head causal self-attention (fused QKV projection ``qkv``, output projection ``out``)."""
+    """Multi-head causal self-attention (fused QKV projection ``qkv``, output projection ``out``,
+    pattern site ``pattern``)."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.pattern = AttentionPattern()
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -144,21 +174,29 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).split(d, dim=-1)
         q, k, v = (z.view(b, t, h, d // h).transpose(1, 2) for z in (q, k, v))
         p = self.cfg.dropout if self.training else 0.0
-        y = causal_attention(q, k, v, impl=self.cfg.attn_impl, dropout_p=p, generator=generator)
+        if self.cfg.attn_impl == "eager" or _has_hooks(self.pattern):
+            y = dropout(self.pattern(causal_pattern(q, k)), p, generator=generator) @ v
+        else:
+            y = causal_attention(q, k, v, impl="sdpa", dropout_p=p, generator=generator)
         return self.drop(self.out(y.transpose(1, 2).reshape(b, t, d)), generator=generator)
 
 
 class MLP(nn.Module):
-    """Two-layer GELU MLP (``fc_in``, ``fc_out``)."""
+    """Two-layer MLP (``fc_in``, ``fc_out``) with a GELU or ReLU nonlinearity."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.fc_in = nn.Linear(cfg.d_model, cfg.mlp_width)
         self.fc_out = nn.Linear(cfg.mlp_width, cfg.d_model)
         self.drop = Dropout(cfg.dropout)
+        self.act = F.relu if cfg.act == "relu" else F.gelu
 
     def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.drop(self.fc_out(F.gelu(self.fc_in(x))), generator=generator)
+        return self.drop(self.fc_out(self.act(self.fc_in(x))), generator=generator)
+
+
+def _norm(cfg: TransformerConfig) -> nn.Module:
+    return nn.LayerNorm(cfg.d_model) if cfg.norm == "layernorm" else nn.Identity()
 
 
 class Block(nn.Module):
@@ -166,9 +204,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.ln1 = _norm(cfg)
         self.attn = Attention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ln2 = _norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -192,7 +230,7 @@ class Transformer(nn.Module):
             self.pos_embed = nn.Embedding(cfg.context, cfg.d_model)
             self.drop = Dropout(cfg.dropout)
             self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
-            self.ln_f = nn.LayerNorm(cfg.d_model)
+            self.ln_f = _norm(cfg)
             self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.to_empty(device=device)
         self.reset_parameters(generator=generator)

@@ -105,10 +105,20 @@ def reference_configs(
     return TransformerConfig(**model_kw), train_cfg
 
 
+def _model_key(cfg: TransformerConfig) -> dict[str, Any]:
+    """The model config as keyed: the compiled-weights options (``norm``, ``act``) only when they differ
+    from their defaults, so models cached before those options existed keep their keys."""
+    d = to_dict(cfg)
+    for f in dataclasses.fields(TransformerConfig):
+        if f.name in ("norm", "act") and d[f.name] == f.default:
+            del d[f.name]
+    return d
+
+
 def cache_key(name: str, world: Any, model_cfg: TransformerConfig, train_cfg: TrainConfig, seed: int) -> str:
     """16 hex digits identifying a trained model (see the module docstring)."""
     doc = {"world": name, "world_class": f"{type(world).__module__}.{type(world).__qualname__}",
-           "world_config": _world_dict(world), "model": to_dict(model_cfg), "train": to_dict(train_cfg),
+           "world_config": _world_dict(world), "model": _model_key(model_cfg), "train": to_dict(train_cfg),
            "seed": int(seed), "version": __version__}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 

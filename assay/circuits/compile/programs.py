@@ -1,0 +1,209 @@
+"""Programs compiled by hand into transformers: previous-token copy, Dyck-1 balance, induction, histogram.
+
+Each builder returns a :class:`~assay.circuits.compile.assemble.Program` whose ``reference`` is the
+program's meaning in pure Python; tests check the compiled model against it exhaustively. The
+constructions are tracr's (Lindner et al. 2023, "Tracr: Compiled Transformers as a Laboratory for
+Interpretability": ``make_hist``, ``shuffle_dyck``) written at the craft level, with RASP semantics
+(Weiss, Goldberg, Yahav 2021, "Thinking Like Transformers"): a selection that selects nothing reads
+BOS. Token ids follow :mod:`assay.worlds.vocab` (PAD 0, BOS 1, EOS 2, SEP 3, symbols from 4); every
+input starts with BOS and holds no other BOS.
+
+- ``previous_token``: out[t] = token[t−1] (out[0] = BOS). One head, positional QK. 1 layer.
+- ``dyck1``: the valid next tokens of Dyck-1 given the depth d_t = #o − #c (the labels of
+  :class:`~assay.worlds.dyck.DyckWorld` with k = 1): ``o`` always, ``c`` iff d_t > 0, EOS iff d_t ≤ 0
+  and token t is a bracket; logit +S if valid, −S if not. A uniform head writes d_t/(t+1); an MLP
+  thresholds it (slope 2·max_seq_len, exact because |d_t/(t+1)| ≥ 1/max_seq_len when d_t ≠ 0). 1 layer.
+- ``induction``: layer 0 copies token[t−1] into ``prev``; layer 1 attends to the positions s with
+  prev[s] = token[t] and copies token[s] (the mean one-hot if several match; BOS if none). 2 layers.
+- ``histogram``: out[t] = #{1 ≤ s ≤ t : token[s] = token[t]} (0 at non-symbols). A head over the
+  matches plus BOS writes 1/(w+1) (selector width); a discretising MLP inverts it. 1 layer.
+- ``two_hop``: out[t] = g(f(token[t])) for symbols (no output at specials), f(a) = a + 1 and
+  g(b) = n − 1 − b on symbol indices mod n: two lookup-table MLPs in a row, A → B → C (the multi-hop
+  circuit of spec circuits.md §4.3 A6). 2 layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from assay.circuits.compile.assemble import Program
+from assay.circuits.compile.blocks import (
+    Neuron,
+    discretising_mlp,
+    lookup_mlp,
+    mean_head,
+    neuron_mlp,
+    select_head,
+)
+from assay.circuits.compile.space import ONE, Layout, Variable
+from assay.worlds.vocab import BOS, EOS, SPECIALS
+
+__all__ = ["SCALE", "previous_token", "dyck1", "induction", "histogram", "two_hop", "PROGRAMS"]
+
+SCALE = 10.0
+"""Readout weight: a selected output gets logit SCALE (the top-1 margin of one-hot outputs)."""
+
+N_SPECIAL = len(SPECIALS)
+
+
+def _check_input(tokens: Sequence[int], vocab: int) -> None:
+    if not tokens or tokens[0] != BOS or BOS in tokens[1:]:
+        raise ValueError(f"inputs must start with BOS ({BOS}) and hold no other BOS, got {list(tokens)}")
+    if any(not 0 <= t < vocab for t in tokens):
+        raise ValueError(f"token ids must lie in [0, {vocab}), got {list(tokens)}")
+
+
+def _one_hot(i: int, n: int) -> list[float]:
+    return [1.0 if j == i else 0.0 for j in range(n)]
+
+
+def _base(n_tokens: int, max_seq_len: int, *, position: bool) -> tuple[Layout, Variable, Variable, Variable | None]:
+    layout = Layout()
+    token = layout.categorical("token", range(n_tokens))
+    one = layout.numerical(ONE)
+    pos = layout.categorical("position", range(max_seq_len)) if position else None
+    return layout, token, one, pos
+
+
+def _is_symbol(v) -> bool:
+    return v >= N_SPECIAL
+
+
+def _prev_head(token: Variable, one: Variable, pos: Variable, prev: Variable):
+    return select_head("prev_token_head", query=pos, key=pos, predicate=lambda a, b: b == a - 1 and b >= 1,
+                       value=token, output=prev, value_map=lambda v: v, one=one, bos=(token, BOS))
+
+
+def _readout(var: Variable) -> tuple[tuple[int, int, float], ...]:
+    return tuple((var.dim(v), i, SCALE) for i, v in enumerate(var.values))
+
+
+def previous_token(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
+    """Copy the previous token: out[t] = token[t − 1]."""
+    n = N_SPECIAL + n_symbols
+    layout, token, one, pos = _base(n, max_seq_len, position=True)
+    prev = layout.categorical("prev", range(n))
+
+    def reference(tokens: Sequence[int]) -> list[list[float]]:
+        _check_input(tokens, n)
+        return [_one_hot(tokens[max(t - 1, 0)], n) for t in range(len(tokens))]
+
+    return Program(name="previous_token", layout=layout, token=token, one=one, position=pos,
+                   heads=(_prev_head(token, one, pos, prev),), mlps=(), readout=_readout(prev),
+                   output_values=tuple(range(n)), max_seq_len=max_seq_len, reference=reference)
+
+
+def dyck1(*, max_seq_len: int = 16) -> Program:
+    """Dyck-1 next-token validity from the running depth (matches DyckWorld(k=1) ``valid_next``)."""
+    n = N_SPECIAL + 2
+    o, c = N_SPECIAL, N_SPECIAL + 1
+    layout, token, one, _ = _base(n, max_seq_len, position=False)
+    depth = layout.numerical("depth_frac")
+    close_ok = layout.numerical("close_ok")
+    eos_ok = layout.numerical("eos_ok")
+    head = mean_head("depth_head", value=token, output=depth, value_map=lambda v: {o: 1.0, c: -1.0}.get(v))
+    k2, gate = 2.0 * max_seq_len, 2.0 * max_seq_len + 2.0
+    x, br = depth.dim(), ((token.dim(o), gate), (token.dim(c), gate))
+    neurons = (  # close_ok = clip(2K·x − ½, 0, 1); eos_ok = clip(1½ − 2K·x − gate·(1 − is_bracket), 0, 1)
+        Neuron(w_in=((x, k2),), bias=-0.5, w_out=((close_ok.dim(), 1.0),), writes="close_ok"),
+        Neuron(w_in=((x, k2),), bias=-1.5, w_out=((close_ok.dim(), -1.0),), writes="close_ok"),
+        Neuron(w_in=((x, -k2), *br), bias=1.5 - gate, w_out=((eos_ok.dim(), 1.0),), writes="eos_ok"),
+        Neuron(w_in=((x, -k2), *br), bias=0.5 - gate, w_out=((eos_ok.dim(), -1.0),), writes="eos_ok"),
+    )
+    mlp = neuron_mlp("balance_mlp", reads=(depth, token), neurons=neurons)
+    readout = [(one.dim(), v, SCALE if v == o else -SCALE) for v in range(n)]
+    readout += [(close_ok.dim(), c, 2 * SCALE), (eos_ok.dim(), EOS, 2 * SCALE)]
+
+    def reference(tokens: Sequence[int]) -> list[list[float]]:
+        _check_input(tokens, n)
+        out, d = [], 0
+        for t in tokens:
+            d += {o: 1, c: -1}.get(t, 0)
+            valid = {o} | ({c} if d > 0 else set()) | ({EOS} if d <= 0 and t in (o, c) else set())
+            out.append([1.0 if v in valid else -1.0 for v in range(n)])
+        return out
+
+    return Program(name="dyck1", layout=layout, token=token, one=one, position=None, heads=(head,), mlps=(mlp,),
+                   readout=tuple(readout), output_values=tuple(range(n)), max_seq_len=max_seq_len,
+                   reference=reference)
+
+
+def induction(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
+    """Induction: predict the token that followed the last earlier occurrence(s) of the current token."""
+    n = N_SPECIAL + n_symbols
+    layout, token, one, pos = _base(n, max_seq_len, position=True)
+    prev = layout.categorical("prev", range(n))
+    ind = layout.categorical("induced", range(n))
+    head = select_head("induction_head", query=token, key=prev, predicate=lambda a, b: a == b and _is_symbol(a),
+                       value=token, output=ind, value_map=lambda v: v, one=one, bos=(token, BOS))
+
+    def reference(tokens: Sequence[int]) -> list[list[float]]:
+        _check_input(tokens, n)
+        prev_of = [tokens[max(s - 1, 0)] for s in range(len(tokens))]
+        out = []
+        for t, q in enumerate(tokens):
+            sel = [s for s in range(t + 1) if _is_symbol(q) and prev_of[s] == q]
+            if not sel:
+                out.append(_one_hot(BOS, n))
+                continue
+            out.append([sum(tokens[s] == v for s in sel) / len(sel) for v in range(n)])
+        return out
+
+    return Program(name="induction", layout=layout, token=token, one=one, position=pos,
+                   heads=(_prev_head(token, one, pos, prev), head), mlps=(), readout=_readout(ind),
+                   output_values=tuple(range(n)), max_seq_len=max_seq_len, reference=reference)
+
+
+def histogram(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
+    """Histogram: how often the current symbol has occurred so far (itself included)."""
+    n = N_SPECIAL + n_symbols
+    layout, token, one, _ = _base(n, max_seq_len, position=False)
+    frac = layout.numerical("bos_frac")
+    hist = layout.categorical("count", range(max_seq_len))
+    head = select_head("count_head", query=token, key=token, predicate=lambda a, b: a == b and _is_symbol(a),
+                       value=token, output=frac, value_map=lambda v: 1.0 if v == BOS else None, one=one,
+                       bos=(token, BOS), bos_score="equal")
+    mlp = discretising_mlp("invert_mlp", input=frac, points=[1.0 / (w + 1) for w in range(max_seq_len)],
+                           output=hist, f=lambda x: round(1.0 / x) - 1)
+
+    def reference(tokens: Sequence[int]) -> list[list[float]]:
+        _check_input(tokens, n)
+        return [_one_hot(sum(tokens[s] == q for s in range(1, t + 1)) if _is_symbol(q) else 0, max_seq_len)
+                for t, q in enumerate(tokens)]
+
+    return Program(name="histogram", layout=layout, token=token, one=one, position=None, heads=(head,),
+                   mlps=(mlp,), readout=_readout(hist), output_values=tuple(range(max_seq_len)),
+                   max_seq_len=max_seq_len, reference=reference)
+
+
+def two_hop(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
+    """Two chained lookups at every position: A (the token) → B = f(A) → C = g(B)."""
+    n = N_SPECIAL + n_symbols
+    layout, token, one, _ = _base(n, max_seq_len, position=False)
+    hop1 = layout.categorical("hop1", range(n_symbols))
+    hop2 = layout.categorical("hop2", range(n_symbols))
+
+    def f(v):
+        return (v - N_SPECIAL + 1) % n_symbols if _is_symbol(v) else None
+
+    def g(b):
+        return n_symbols - 1 - b
+
+    first = lookup_mlp("hop1_mlp", input=token, output=hop1, table=f)
+    second = lookup_mlp("hop2_mlp", input=hop1, output=hop2, table=g)
+    readout = tuple((hop2.dim(c), N_SPECIAL + c, SCALE) for c in hop2.values)
+
+    def reference(tokens: Sequence[int]) -> list[list[float]]:
+        _check_input(tokens, n)
+        return [_one_hot(N_SPECIAL + g(f(t)), n) if _is_symbol(t) else [0.0] * n for t in tokens]
+
+    return Program(name="two_hop", layout=layout, token=token, one=one, position=None, heads=(),
+                   mlps=(first, second), readout=readout, output_values=tuple(range(n)), max_seq_len=max_seq_len,
+                   reference=reference)
+
+
+PROGRAMS: dict[str, Callable[..., Program]] = {
+    "previous_token": previous_token, "dyck1": dyck1, "induction": induction, "histogram": histogram,
+    "two_hop": two_hop,
+}
+"""Program builders by name."""

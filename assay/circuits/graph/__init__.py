@@ -1,0 +1,30 @@
+"""Attribution graphs over feature bases (Ameisen et al. 2025, "Circuit Tracing: Revealing Computational
+Graphs in Language Models"): the local replacement model, batched edge computation, influence
+pruning and graph scores."""
+
+from assay.circuits.graph.attribute import Graph, GraphConfig, attribute, select_logits
+from assay.circuits.graph.basis import FeatureBasis, identity, relu
+from assay.circuits.graph.export import (
+    GRAPH_KIND,
+    SCHEMA_VERSION,
+    graph_json,
+    load_graph,
+    read_graph_json,
+    save_graph,
+    write_graph_json,
+)
+from assay.circuits.graph.influence import (
+    GraphScores,
+    Pruned,
+    graph_scores,
+    influence,
+    influential_edge_recall,
+    normalize_matrix,
+    prune,
+    share_threshold,
+)
+from assay.circuits.graph.replacement import LocalReplacement, transformer_norm_inputs
+
+__all__ = ["Graph", "GraphConfig", "attribute", "select_logits", "FeatureBasis", "identity", "relu", "GraphScores", "Pruned",
+           "graph_scores", "influence", "influential_edge_recall", "normalize_matrix", "prune", "share_threshold", "LocalReplacement", "transformer_norm_inputs", "SCHEMA_VERSION", "graph_json", "read_graph_json",
+           "write_graph_json", "GRAPH_KIND", "save_graph", "load_graph"]

@@ -1,0 +1,86 @@
+"""Feature bases: what an attribution graph's feature nodes are, one encoder/decoder per model site.
+
+A basis at one component reads the output of ``input_site`` (x), computes pre-activations
+``pre = x W_enc + b_enc`` and activations ``a = σ(pre)``, and rebuilds the output of
+``output_site`` as ``a W_dec + b_dec``; what it misses is that site's *error*. A per-layer transcoder
+(Dunefsky, Chlenski, Nanda 2024, "Transcoders Find Interpretable LLM Feature Circuits") is a basis
+with input = the MLP input and output = the MLP output; a compiled model's MLP neurons are an exact
+one (error 0), and so is the projection onto the variables a compiled attention layer writes
+(input = output = the attention output, σ = identity). Attribution graphs (Ameisen et al. 2025,
+"Circuit Tracing: Revealing Computational Graphs in Language Models") take their feature nodes from
+any list of bases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+__all__ = ["FeatureBasis", "relu", "identity"]
+
+
+def relu(pre: torch.Tensor) -> torch.Tensor:
+    """ReLU activation."""
+    return pre.clamp(min=0)
+
+
+def identity(pre: torch.Tensor) -> torch.Tensor:
+    """Linear (identity) activation."""
+    return pre
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class FeatureBasis:
+    """Features of one component: an encoder on ``input_site``, a decoder for ``output_site``."""
+
+    name: str
+    """Name of the basis (e.g. the component it explains)."""
+    input_site: str
+    """Site whose output the encoder reads."""
+    output_site: str
+    """Site whose output the decoder rebuilds (features then stand in for it in the replacement model)."""
+    W_enc: torch.Tensor
+    """Encoder, [d_in, n]."""
+    b_enc: torch.Tensor
+    """Encoder bias, [n]."""
+    W_dec: torch.Tensor
+    """Decoder, [n, d_out] (rows are the features' output directions)."""
+    b_dec: torch.Tensor
+    """Decoder bias, [d_out]."""
+    activation: Callable[[torch.Tensor], torch.Tensor] = relu
+    """σ: pre-activations → activations."""
+    labels: tuple[str, ...] = ()
+    """Optional name per feature (e.g. the compiled variable it belongs to)."""
+
+    def __post_init__(self) -> None:
+        n = self.W_enc.shape[1]
+        if self.W_enc.ndim != 2 or self.W_dec.shape[0] != n or self.b_enc.shape != (n,) \
+                or self.b_dec.shape != (self.W_dec.shape[1],):
+            raise ValueError(
+                f"basis {self.name!r}: shapes do not fit: W_enc {tuple(self.W_enc.shape)}, b_enc "
+                f"{tuple(self.b_enc.shape)}, W_dec {tuple(self.W_dec.shape)}, b_dec {tuple(self.b_dec.shape)}; "
+                "expected [d_in, n], [n], [n, d_out], [d_out]"
+            )
+        if self.labels and len(self.labels) != n:
+            raise ValueError(f"basis {self.name!r}: {len(self.labels)} labels for {n} features")
+
+    @property
+    def n_features(self) -> int:
+        """Number of features."""
+        return self.W_enc.shape[1]
+
+    def to(self, dtype: torch.dtype) -> FeatureBasis:
+        """The same basis with its tensors in ``dtype``."""
+        if self.W_enc.dtype == dtype:
+            return self
+        return replace(self, **{k: getattr(self, k).to(dtype) for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations ``x W_enc + b_enc``."""
+        return x @ self.W_enc + self.b_enc
+
+    def decode(self, a: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ``a W_dec + b_dec``."""
+        return a @ self.W_dec + self.b_dec

@@ -1,0 +1,155 @@
+"""The local replacement model of one prompt: frozen attention patterns and norm scales, error constants.
+
+Ameisen et al. 2025, "Circuit Tracing: Revealing Computational Graphs in Language Models" (§ "The
+local replacement model"; circuit-tracer's ``_configure_gradient_flow``): run the prompt once, keep
+every attention pattern, every LayerNorm's scale σ per position, and each basis's error
+``e = y − (a W_dec + b_dec)``; then the model in which (i) every pattern site returns its frozen
+pattern, (ii) every LayerNorm returns ``γ ⊙ (x − mean x)/σ_frozen + β`` (centring stays: it is
+linear), (iii) the embedding returns a given tensor and (iv) every basis's output site returns
+``a W_dec + b_dec + e`` for given activations ``a`` and errors ``e`` is *linear* in (embeddings,
+activations, errors), up to constants (biases, position embeddings). With the clean values it
+reproduces the model exactly.
+
+A LayerNorm site's input is rebuilt as the sum of the outputs of the sites that feed it
+(``norm_inputs``), recorded during the same forward pass; for assay's
+:class:`~assay.models.transformer.Transformer` this map is derived automatically. Other norm
+layers (RMSNorm, or LayerNorms not in ``norm_inputs``) are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from assay import hooks
+from assay.circuits.graph.basis import FeatureBasis
+from assay.models.transformer import Transformer
+
+__all__ = ["LocalReplacement", "transformer_norm_inputs"]
+
+
+def transformer_norm_inputs(model: Transformer) -> dict[str, tuple[str, ...]]:
+    """For each LayerNorm site of assay's tiny transformer, the sites whose outputs sum to its input."""
+    out: dict[str, tuple[str, ...]] = {}
+    resid: tuple[str, ...] = ("embed", "pos_embed")
+    for i in range(model.config.n_layers):
+        out[f"blocks.{i}.ln1"] = resid
+        out[f"blocks.{i}.ln2"] = (*resid, f"blocks.{i}.attn")
+        resid = (f"blocks.{i}",)
+    out["ln_f"] = resid
+    return {site: ins for site, ins in out.items() if isinstance(model.get_submodule(site), nn.LayerNorm)}
+
+
+class LocalReplacement:
+    """The linearised model of ``model`` on one prompt ``tokens`` [T] with feature ``bases``.
+
+    ``embed_site`` is the token embedding; ``final_site`` the (final-norm) residual fed to the
+    unembedding matrix ``unembed`` [vocab, d]; ``pattern_sites`` the attention-pattern sites (default:
+    every module named ``*.attn.pattern``); ``norm_inputs`` maps each LayerNorm site to the sites whose
+    outputs sum to its input (default: derived for assay's Transformer, else none). Attributes: ``emb``
+    [T, d], ``acts`` / ``pres`` (per basis [T, n]), ``errors`` (per basis [T, d]), ``sigmas`` (per norm
+    site [T, 1]), ``final`` [T, d] and ``logits`` [T, vocab] of the clean run. The bases are cast to the
+    dtype of the model's parameters.
+    """
+
+    def __init__(
+        self, model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis], *, embed_site: str = "embed",
+        final_site: str = "ln_f", unembed: torch.Tensor | None = None, pattern_sites: Sequence[str] | None = None,
+        norm_inputs: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens must be one prompt [T], got shape {tuple(tokens.shape)}")
+        if norm_inputs is None:
+            norm_inputs = transformer_norm_inputs(model) if isinstance(model, Transformer) else {}
+        self.norm_inputs = {site: tuple(ins) for site, ins in norm_inputs.items()}
+        norms = [name for name, m in model.named_modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))
+                 and not (isinstance(m, nn.LayerNorm) and name in self.norm_inputs)]
+        if norms:
+            raise ValueError(f"norm layers {norms[:3]} cannot be frozen: only LayerNorms listed in norm_inputs "
+                             "(derived automatically for assay's Transformer) are supported")
+        outputs = [b.output_site for b in bases]
+        if len(set(outputs)) != len(outputs):
+            raise ValueError(f"two bases rebuild the same site: {outputs}; give each output site one basis")
+        clash = [b.name for b in bases if b.input_site != b.output_site and b.input_site in outputs]
+        if clash:
+            raise ValueError(f"bases {clash} read a site that another basis rebuilds; read the site before it")
+        dtype = next(model.parameters()).dtype
+        self.model, self.tokens, self.bases = model, tokens, tuple(b.to(dtype) for b in bases)
+        self.embed_site, self.final_site = embed_site, final_site
+        self.unembed = (unembed if unembed is not None else model.get_submodule("unembed").weight).detach()
+        self.pattern_sites = tuple(pattern_sites) if pattern_sites is not None else tuple(
+            name for name, _ in model.named_modules() if name.endswith(".attn.pattern"))
+        if pattern_sites is None and not self.pattern_sites:
+            raise ValueError("found no '*.attn.pattern' sites to freeze the attention patterns at; pass "
+                             "pattern_sites= (an empty tuple for a model without attention)")
+        fed = {s for ins in self.norm_inputs.values() for s in ins}
+        sites = {embed_site, final_site, *self.pattern_sites, *(b.input_site for b in bases), *outputs, *fed}
+        with torch.no_grad(), hooks.capture(model, sorted(sites)) as cap:
+            model(tokens[None])
+        self.patterns = {s: cap[s] for s in self.pattern_sites}
+        self.sigmas = {}
+        for site, ins in self.norm_inputs.items():
+            x = sum(cap[s][0] if cap[s].ndim == 3 else cap[s] for s in ins)
+            ln = model.get_submodule(site)
+            self.sigmas[site] = (x.var(-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
+        self.emb = cap[embed_site][0]
+        self.pres = [b.pre(cap[b.input_site][0]) for b in self.bases]
+        self.acts = [b.activation(p) for b, p in zip(self.bases, self.pres, strict=True)]
+        self.errors = [cap[b.output_site][0] - b.decode(a) for b, a in zip(self.bases, self.acts, strict=True)]
+        self.final = cap[final_site][0]
+        self.logits = self.final @ self.unembed.T
+
+    def run(
+        self, emb: torch.Tensor, acts: Sequence[torch.Tensor], errors: Sequence[torch.Tensor],
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The linearised forward pass for a batch of source values: ``emb`` [B, T, d], ``acts[j]``
+        [B, T, n_j], ``errors[j]`` [B, T, d]. Returns every basis's pre-activations (as computed from
+        the replacement's own residual stream) [B, T, n_j] and the final residual [B, T, d]."""
+        b = emb.shape[0]
+        pres: dict[int, torch.Tensor] = {}
+        seen: dict[str, torch.Tensor] = {}
+        edits: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {self.embed_site: lambda h: emb}
+        for site, pattern in self.patterns.items():
+            edits[site] = lambda h, p=pattern: p.expand_as(h)
+        for site, ins in self.norm_inputs.items():  # frozen norms first: a basis may read their output
+            ln, sigma = self.model.get_submodule(site), self.sigmas[site]
+
+            def frozen(h, ins=ins, ln=ln, sigma=sigma):
+                x = sum(seen[s] for s in ins)
+                y = (x - x.mean(-1, keepdim=True)) / sigma
+                return y * ln.weight + ln.bias if ln.elementwise_affine else y
+
+            edits[site] = frozen
+        for j, basis in enumerate(self.bases):
+            def rebuild(h, j=j, basis=basis):
+                if basis.input_site == basis.output_site:
+                    pres[j] = basis.pre(h)
+                return basis.decode(acts[j]) + errors[j]
+
+            def read(h, j=j, basis=basis):
+                pres[j] = basis.pre(h)
+                return h
+
+            if basis.input_site != basis.output_site:
+                edits[basis.input_site] = _then(edits.get(basis.input_site), read)
+            edits[basis.output_site] = rebuild
+        for site in {s for ins in self.norm_inputs.values() for s in ins}:  # last: record what feeds a norm
+
+            def record(h, site=site):
+                seen[site] = h
+                return h
+
+            edits[site] = _then(edits.get(site), record)
+        with hooks.patch(self.model, edits), \
+                hooks.capture(self.model, [self.final_site], stop_at=self.final_site, detach=False) as cap:
+            self.model(self.tokens.expand(b, -1))
+        return [pres[j] for j in range(len(self.bases))], cap[self.final_site]
+
+
+def _then(first: Callable | None, second: Callable) -> Callable:
+    """``second ∘ first`` (or ``second`` alone): several edits on one site."""
+    if first is None:
+        return second
+    return lambda h: second(first(h))
