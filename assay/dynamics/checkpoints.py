@@ -38,7 +38,7 @@ from assay.config import ConfigError, to_dict
 from assay.dynamics.connectivity import check_same_architecture
 
 __all__ = ["SERIES_KIND", "log_steps", "CheckpointSeries", "make_series", "save_series", "load_series",
-           "train_series", "evaluate_series", "build_model"]
+           "train_series", "map_series", "evaluate_series", "build_model"]
 
 SERIES_KIND = "dynamics.series"
 
@@ -157,21 +157,28 @@ def build_model(series: CheckpointSeries) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate_series(
-    series: CheckpointSeries, metric_fn: Callable[[nn.Module], float], *, model: nn.Module | None = None,
-) -> list[tuple[int, float]]:
-    """The curve ``[(step, metric_fn(model at step)), …]`` over every checkpoint, models in eval mode.
+def map_series(
+    series: CheckpointSeries, fn: Callable[[nn.Module], Any], *, model: nn.Module | None = None,
+) -> list[tuple[int, Any]]:
+    """``[(step, fn(model at step)), …]`` over every checkpoint, the model in eval mode.
 
     ``model`` is the module each checkpoint is loaded into (default: :func:`build_model`)."""
     vessel = model if model is not None else build_model(series)
     check_same_architecture(dict(vessel.state_dict()), series.states[0], names=("the model", "the series"))
     was_training = vessel.training
     vessel.eval()
-    curve = []
+    out = []
     try:
         for step, state in zip(series.steps, series.states):
             vessel.load_state_dict(state)
-            curve.append((step, float(metric_fn(vessel))))
+            out.append((step, fn(vessel)))
     finally:
         vessel.train(was_training)
-    return curve
+    return out
+
+
+def evaluate_series(
+    series: CheckpointSeries, metric_fn: Callable[[nn.Module], float], *, model: nn.Module | None = None,
+) -> list[tuple[int, float]]:
+    """The curve ``[(step, metric_fn(model at step)), …]`` of a scalar metric (see :func:`map_series`)."""
+    return [(step, float(v)) for step, v in map_series(series, metric_fn, model=model)]
