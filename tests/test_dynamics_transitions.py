@@ -63,6 +63,8 @@ def test_no_transition_on_noisy_ramp_or_flat_curve(seed):
     assert not fit_transition(STEPS, linear_in_t).abrupt
     flat = 0.3 + rng.normal(0, 0.05, STEPS.size)
     assert not fit_transition(STEPS, flat).abrupt
+    constant = fit_transition(STEPS, np.full(STEPS.size, 0.7))
+    assert not constant.abrupt and math.isnan(constant.t0) and constant.low == pytest.approx(constant.high)
 
 
 def test_helpers_against_naive_references():

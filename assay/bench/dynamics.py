@@ -45,11 +45,11 @@ DYNAMICS_WORLDS = ("dyck", "expr", "english", "markov", "bijections", "graph", "
 class DynamicsConfig:
     """Train a world's tiny model with a log-spaced checkpoint series; probe and evaluate every checkpoint."""
 
-    world: Literal["dyck", "expr", "english", "markov", "bijections", "graph", "cyclic"] = "dyck"
+    world: Literal["dyck", "expr", "english", "markov", "bijections", "graph", "cyclic"] = "cyclic"
     """Sequence world whose default tiny transformer is trained."""
     steps: int = 1200
     """Training steps (the rest of the training setup is the world's reference model)."""
-    n_checkpoints: int = 16
+    n_checkpoints: int = 24
     """Log-spaced checkpoints between ``first`` and ``steps`` (plus step 0)."""
     first: int = 10
     """First non-zero checkpoint step."""

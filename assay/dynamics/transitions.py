@@ -136,6 +136,8 @@ def fit_transition(
     bounds = ([-np.inf, -np.inf, u[0] - span, span / 1000], [np.inf, np.inf, u[-1] + span, 10 * span])
     nan = math.nan
     t10_obs, t90_obs = first_stays_above(t, m, 0.1), first_stays_above(t, m, 0.9)
+    if np.ptp(m) == 0:  # a constant curve has no transition to fit
+        return Transition(nan, nan, nan, nan, a0, b0, nan, t10_obs, t90_obs, False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
