@@ -62,8 +62,7 @@ def mechanistic_similarity(
     inv_b = {name: invariance(model_b, x, t) for name, t in transforms.items()}
     sa, sb = model_a.state_dict(), model_b.state_dict()
     sets: dict[str, Transform] = {"identity": lambda z: z, **transforms}
-    with torch.no_grad():
-        bars = {name: loss_path(vessel, sa, sb, classification_loss(t(x), y), alphas=alphas).barrier
-                for name, t in sets.items()}
+    bars = {name: loss_path(vessel, sa, sb, classification_loss(t(x), y), alphas=alphas).barrier
+            for name, t in sets.items()}
     distance = max(abs(inv_a[k] - inv_b[k]) for k in transforms)
     return MechanisticSimilarity(inv_a, inv_b, distance, bars)
