@@ -162,3 +162,7 @@ def test_bad_train_config_errors():
         TrainConfig(grad_clip=0.0)
     with pytest.raises(ConfigError, match="no checkpoint_dir"):
         train(fresh(), WORLD, small(checkpoint_every=5))
+    with pytest.raises(ConfigError, match="no checkpoint_dir"):
+        train(fresh(), WORLD, small(), checkpoint_steps=[5])
+    with pytest.raises(ConfigError, match=r"checkpoint_steps \[31\] lie outside 0..30"):
+        train(fresh(), WORLD, small(), checkpoint_dir="unused", checkpoint_steps=[0, 31])

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -250,15 +250,23 @@ def train(
     resume: str | Path | None = None,
     progress: bool = False,
     on_eval: Callable[[dict[str, float]], None] | None = None,
+    checkpoint_steps: Collection[int] = (),
 ) -> TrainResult:
     """Train ``model`` (token ids → logits) on batches from ``world``; see the module docstring.
 
     ``resume`` is a checkpoint folder written by an earlier call with the same configs; training
     then continues from its step. ``checkpoint_dir`` receives ``step-XXXXXXX`` artifacts every
-    ``cfg.checkpoint_every`` updates and at the end.
+    ``cfg.checkpoint_every`` updates, at every step in ``checkpoint_steps`` (0 = the initial weights;
+    e.g. log-spaced steps for a checkpoint series) and at the end.
     """
     if cfg.checkpoint_every is not None and checkpoint_dir is None:
         raise ConfigError("TrainConfig.checkpoint_every is set but no checkpoint_dir was given")
+    save_at = set(checkpoint_steps)
+    if save_at and checkpoint_dir is None:
+        raise ConfigError("checkpoint_steps were given but no checkpoint_dir")
+    bad = sorted(s for s in save_at if not 0 <= s <= cfg.steps)
+    if bad:
+        raise ConfigError(f"checkpoint_steps {bad} lie outside 0..{cfg.steps} (TrainConfig.steps)")
     opt = _optimizer(model, cfg)
     g = make_generator(cfg.seed)
     draw = batch_sampler(model, world, cfg)
@@ -279,6 +287,8 @@ def train(
         g.set_state(ck.tensors["rng"]["data"])
         step, losses, history = ck.meta["step"], list(ck.meta["losses"]), list(ck.meta["history"])
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if folder is not None and step == 0 and 0 in save_at:
+        _save_checkpoint(folder, model, world, cfg, opt, g, step, losses, history)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -310,7 +320,8 @@ def train(
             elif step % 10 == 0:
                 bar.update(task, status=f"loss={losses[-1]:.4f}")
             bar.update(task, completed=step)
-            if folder is not None and (step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+            if folder is not None and (step == cfg.steps or step in save_at
+                                       or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                 _save_checkpoint(folder, model, world, cfg, opt, g, step, losses, history)
     model.eval()
     metrics = history[-1] if history else {}
