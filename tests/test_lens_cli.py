@@ -12,7 +12,7 @@ from assay.bench.lenses.logit_lens import LensConfig, run_lens, token_label
 from assay.bench.lenses.probe_sweep import ProbeConfig, run_probe
 from assay.bench.lenses.sentiment_steering import SteerConfig, run_steer
 from assay.cli import app
-from assay.lenses.artifacts import load_probe, load_steering_vectors
+from assay.lenses.artifacts import load_probe, load_sequence_probe, load_steering_vectors
 from assay.report import read_section
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,6 +43,23 @@ def test_config_bad_input():
         SteerConfig(directions=("pca", "pca"))
     res = CliRunner().invoke(app, ["steer", "--directions", "caa", "--directions", "ridge"])
     assert res.exit_code != 0 and "ridge" in res.output and "'probe'" in res.output
+
+
+def test_attention_probe_sweep_with_cascade_smollm2(smollm2, tmp_path):
+    """The attention probe from the command's config, the cascade monitor's call count, and the sequence-probe
+    artifact's provenance."""
+    cfg = ProbeConfig(n_sentences=24, layers=(6,), folds=3, batch_size=24, probe="attention", epochs=5,
+                      cascade_fraction=0.25, out_dir=tmp_path)
+    r = run_probe(cfg, smollm2)
+    c = r["cascade"]
+    assert c["calls"] == 6 and [row["calls"] for row in c["curve"]] == [0, 2, 3, 5, 6, 12, 24]
+    assert c["curve"][0]["auroc"] == c["probe_auroc"] == pytest.approx(r["layers"][0]["auroc"], abs=1e-12)
+    assert 0.0 <= c["judge_auroc"] <= 1.0
+    saved = load_sequence_probe(r["probe"])
+    assert saved.config.probe.kind == "attention" and saved.config.provenance.policy == "off"
+    assert saved.config.provenance.pooling == "attention over tokens (BOS excluded)"
+    sec = read_section(tmp_path)
+    assert len(sec.tables) == 2 and sec.tables[1].columns == ["share escalated", "judge calls", "AUROC", "accuracy"]
 
 
 def test_probe_sweep_smollm2(smollm2, tmp_path):

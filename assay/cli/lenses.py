@@ -33,6 +33,10 @@ def _probe(cfg: ProbeConfig) -> None:
     for row in r["layers"]:
         typer.echo(f"{row['site']:20s} AUROC {row['auroc']:.3f} [{row['auroc_low']:.3f}, {row['auroc_high']:.3f}]"
                    f"  acc {row['accuracy']:.3f}")
+    if "cascade" in r:
+        c = r["cascade"]
+        typer.echo(f"cascade: {c['calls']} judge calls (share {cfg.cascade_fraction:g}) -> AUROC {c['auroc']:.3f} "
+                   f"(probe alone {c['probe_auroc']:.3f}, judge alone {c['judge_auroc']:.3f})")
     typer.echo(f"best: {r['best']}   probe: {r['probe']}   plot: {r['plot']}   "
                f"section: {Path(cfg.out_dir) / 'section.json'}")
 

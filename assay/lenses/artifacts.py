@@ -2,8 +2,10 @@
 
 An artifact is a folder of ``config.json`` + ``weights.safetensors`` (:mod:`assay.artifact`: atomic,
 checksummed, never pickled). A probe (kind ``"lens.probe"``) stores its raw-coordinate weight ``w [d]`` and
-bias ``b []`` (score = w·x + b, :class:`~assay.lenses.probes.LinearProbe`); a set of steering vectors
-(kind ``"lens.steering"``) stores one named vector ``[d]`` per direction, all for one site.
+bias ``b []`` (score = w·x + b, :class:`~assay.lenses.probes.LinearProbe`); a sequence probe (kind
+``"lens.sequence_probe"``, :class:`~assay.lenses.pooling.SequenceProbe`: pooling probes and the attention
+probe) stores its config and its state (w, b, the attention query, the BatchNorm statistics); a set of
+steering vectors (kind ``"lens.steering"``) stores one named vector ``[d]`` per direction, all for one site.
 
 Provenance is part of the config because it decides where a probe can be trusted: Kirch, Dower,
 Skapars, Lubana & Krasheninnikov 2025, "That's not natural: The Impact of Off-Policy Training Data on
@@ -25,12 +27,15 @@ from torch import Tensor
 
 from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.config import ConfigError
+from assay.lenses.pooling import SequenceProbe, SequenceProbeConfig
 from assay.lenses.probes import LinearProbe
 
-__all__ = ["Provenance", "ProbeArtifactConfig", "SteeringArtifactConfig", "SavedProbe", "SavedVectors", "save_probe", "load_probe",
-           "save_steering_vectors", "load_steering_vectors"]
+__all__ = ["Provenance", "ProbeArtifactConfig", "SequenceProbeArtifactConfig", "SteeringArtifactConfig", "SavedProbe",
+           "SavedSequenceProbe", "SavedVectors", "save_probe", "load_probe", "save_sequence_probe",
+           "load_sequence_probe", "save_steering_vectors", "load_steering_vectors"]
 
 PROBE_KIND = "lens.probe"
+SEQUENCE_PROBE_KIND = "lens.sequence_probe"
 STEERING_KIND = "lens.steering"
 
 
@@ -77,6 +82,18 @@ class ProbeArtifactConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SequenceProbeArtifactConfig:
+    """The config of a saved sequence probe."""
+
+    probe: SequenceProbeConfig
+    """Its architecture and training settings."""
+    d_model: int
+    """Width of the token activations it reads."""
+    provenance: Provenance
+    """Where its training activations came from (``pooling`` names the probe's own aggregation)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class SteeringArtifactConfig:
     """The config of saved steering vectors."""
 
@@ -97,6 +114,17 @@ class SavedProbe(NamedTuple):
     """Its method, width and provenance."""
     meta: dict[str, Any]
     """Free-form metadata saved with it (e.g. its cross-validated AUROC)."""
+
+
+class SavedSequenceProbe(NamedTuple):
+    """A loaded sequence-probe artifact."""
+
+    probe: SequenceProbe
+    """The probe, in eval mode."""
+    config: SequenceProbeArtifactConfig
+    """Its architecture, width and provenance."""
+    meta: dict[str, Any]
+    """Free-form metadata saved with it."""
 
 
 class SavedVectors(NamedTuple):
@@ -152,6 +180,29 @@ def load_probe(path: str | Path) -> SavedProbe:
     if b is None or b.dim() != 0 or not torch.isfinite(b):
         raise ArtifactError(f"{path}: tensor 'b' must be a finite scalar, got {'missing' if b is None else tuple(b.shape)}")
     return SavedProbe(LinearProbe(w, b, cfg.method), cfg, dict(art.meta))
+
+
+def save_sequence_probe(path: str | Path, probe: SequenceProbe, *, provenance: Provenance,
+                        meta: Mapping[str, Any] | None = None, overwrite: bool = True) -> Path:
+    """Save a sequence probe as a ``lens.sequence_probe`` artifact recording ``provenance``."""
+    cfg = SequenceProbeArtifactConfig(probe=probe.cfg, d_model=probe.d, provenance=provenance)
+    return save_artifact(path, kind=SEQUENCE_PROBE_KIND, config=cfg,
+                         tensors={k: v.detach() for k, v in probe.state_dict().items()}, meta=meta, overwrite=overwrite)
+
+
+def load_sequence_probe(path: str | Path) -> SavedSequenceProbe:
+    """Load a ``lens.sequence_probe`` artifact; its tensors must be exactly the probe's state."""
+    art = _load_config(path, SEQUENCE_PROBE_KIND, SequenceProbeArtifactConfig)
+    cfg: SequenceProbeArtifactConfig = art.config
+    probe = SequenceProbe(cfg.d_model, cfg.probe)
+    try:
+        probe.load_state_dict(art.tensors.get("weights", {}), strict=True)
+    except RuntimeError as e:
+        raise ArtifactError(f"{path}: the tensors do not fit a {cfg.probe.kind} probe of width {cfg.d_model}: "
+                            f"{str(e).splitlines()[0]}") from None
+    if not all(torch.isfinite(v).all() for v in probe.state_dict().values() if v.is_floating_point()):
+        raise ArtifactError(f"{path}: the probe's tensors hold NaN or inf")
+    return SavedSequenceProbe(probe.eval(), cfg, dict(art.meta))
 
 
 def save_steering_vectors(path: str | Path, vectors: Mapping[str, Tensor], *, provenance: Provenance,

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from assay.config import ConfigError, check_choice
 
 __all__ = [
+    "Sequences",
     "pool_mean",
     "pool_max",
     "pool_last",
@@ -107,6 +108,31 @@ def pool_softmax(s: Tensor, mask: Tensor | None = None, *, temperature: float = 
 Pooling = Literal["mean", "max", "last", "rolling_max", "softmax"]
 
 
+@dataclass(frozen=True)
+class Sequences:
+    """Token activations of N sequences, ``h [N, T, d]`` with ``mask [N, T]`` (True = a real token), as one
+    object that indexes like a tensor (``seqs[idx]``), so cross-validation splits sequence data and pooled
+    features the same way."""
+
+    h: Tensor
+    """Activations ``[N, T, d]`` (padded positions hold anything; the mask says which are real)."""
+    mask: Tensor
+    """Bool ``[N, T]``."""
+
+    def __post_init__(self) -> None:
+        if self.h.dim() != 3 or tuple(self.mask.shape) != tuple(self.h.shape[:2]):
+            raise ValueError(f"Sequences need h [N, T, d] and mask [N, T]; got {tuple(self.h.shape)} and "
+                             f"{tuple(self.mask.shape)}")
+        if not self.mask.any(1).all():
+            raise ValueError("every sequence needs at least one real token (a mask row is all False)")
+
+    def __len__(self) -> int:
+        return self.h.shape[0]
+
+    def __getitem__(self, idx: Tensor | slice) -> Sequences:
+        return Sequences(self.h[idx], self.mask[idx])
+
+
 def pool_tokens(s: Tensor, mask: Tensor | None, pooling: Pooling, *, window: int = 40,
                 temperature: float = 5.0) -> Tensor:
     """Aggregate ``s [B, T]`` (or activations ``[B, T, d]`` for mean/max/last) by name."""
@@ -181,6 +207,11 @@ class SequenceProbe(nn.Module):
         z = torch.zeros(h.shape[:2], dtype=h.dtype, device=h.device)
         z[m] = self.bn(flat) @ self.w if self.bn is not None else flat @ self.w
         return z
+
+    def score(self, seqs: Sequences) -> Tensor:
+        """Logits ``[N]`` of ``seqs`` in eval mode, without gradients (what cross-validation reads)."""
+        with torch.no_grad():
+            return self.eval()(seqs.h, seqs.mask)
 
     def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
         if h.dim() != 3 or h.shape[-1] != self.d:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from assay.lenses.probes import LinearProbe, check_xy
+from assay.lenses.pooling import Sequences
+from assay.lenses.probes import check_xy
 from assay.stats import Interval, auroc, delong_interval, wilson_interval
 
 __all__ = ["accuracy_ci", "tpr_at_fpr", "stratified_folds", "CVResult", "cross_validate"]
@@ -81,14 +82,25 @@ class CVResult(NamedTuple):
     """Out-of-fold scores ``[N]``."""
 
 
-def cross_validate(fit: Callable[[Tensor, Tensor], LinearProbe], x: Tensor, y: Tensor, *, k: int = 5,
+def _check_inputs(x: Tensor | Sequences, y: Tensor) -> tuple[Tensor | Sequences, Tensor]:
+    if not isinstance(x, Sequences):
+        return check_xy(x, y)
+    _, yb = check_xy(torch.zeros(len(x), 1), y)  # the label checks
+    if not torch.isfinite(x.h[x.mask]).all():
+        raise ValueError("sequence activations contain NaN or inf at real tokens")
+    return x, yb
+
+
+def cross_validate(fit: Callable[[Any, Tensor], Any], x: Tensor | Sequences, y: Tensor, *, k: int = 5,
                    seed: int = 0, level: float = 0.95) -> CVResult:
-    """k-fold stratified cross-validation of ``fit(x_train, y_train) -> probe``."""
-    x, yb = check_xy(x, y)
-    scores = torch.empty(x.shape[0], dtype=torch.float64)
+    """k-fold stratified cross-validation of ``fit(x_train, y_train) -> probe`` (anything with
+    ``probe.score(x_test) -> [n]``): pooled features ``x [N, d]`` with a :class:`~assay.lenses.probes.LinearProbe`, or
+    :class:`~assay.lenses.pooling.Sequences` with a :class:`~assay.lenses.pooling.SequenceProbe`."""
+    x, yb = _check_inputs(x, y)
+    scores = torch.empty(len(x), dtype=torch.float64)
     fold_auc = []
     for test in stratified_folds(yb, k, seed=seed):
-        train = torch.ones(x.shape[0], dtype=torch.bool)
+        train = torch.ones(len(x), dtype=torch.bool)
         train[test] = False
         probe = fit(x[train], yb[train].long())
         s = probe.score(x[test]).double()

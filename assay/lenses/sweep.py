@@ -9,15 +9,16 @@ stops after the deepest of them (``hooks.capture(..., stop_at=...)``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assay.hooks import capture, resolve
-from assay.lenses.pooling import pool_last, pool_max, pool_mean
+from assay.lenses.pooling import Sequences, pool_last, pool_max, pool_mean
 from assay.lenses.probe_eval import CVResult, cross_validate
-from assay.lenses.probes import LinearProbe, check_xy, logistic
+from assay.lenses.probes import logistic
 
 __all__ = ["deepest_site", "collect_features", "SweepResult", "probe_sweep"]
 
@@ -35,19 +36,24 @@ def collect_features(
     sites: Sequence[str],
     batches: Iterable[tuple[Tensor, Tensor | None]],
     *,
-    pooling: Literal["mean", "max", "last"] = "mean",
+    pooling: Literal["mean", "max", "last", "tokens"] = "mean",
     skip_first: bool = False,
     forward: Callable[[nn.Module, Tensor, Tensor | None], object] | None = None,
-) -> dict[str, Tensor]:
+) -> dict[str, Tensor] | dict[str, Sequences]:
     """Pooled activations ``site -> [N, d]`` over ``batches`` of ``(inputs, attention_mask)``, all
-    sites captured in the same forward pass. ``skip_first`` drops each row's first real token (a BOS) from the pool;
+    sites captured in the same forward pass; ``pooling="tokens"`` keeps every token instead (``site ->``
+    :class:`~assay.lenses.pooling.Sequences`, batches padded on the right to the longest, for sequence
+    probes). ``skip_first`` drops each row's first real token (a BOS) from the pool (from the mask);
     ``forward(model, inputs, mask)`` overrides the call (default ``model(input_ids=…, attention_mask=…)``
     for masked inputs, ``model(inputs)`` otherwise)."""
     sites = list(sites)
     if not sites:
         raise ValueError("collect_features needs at least one site")
     stop = deepest_site(model, sites)
+    if pooling not in ("mean", "max", "last", "tokens"):
+        raise ValueError(f"pooling must be 'mean', 'max', 'last' or 'tokens', got {pooling!r}")
     out: dict[str, list[Tensor]] = {s: [] for s in sites}
+    masks: list[Tensor] = []
     for inputs, mask in batches:
         m = torch.ones(inputs.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
         with torch.no_grad(), capture(model, sites, stop_at=stop) as cap:
@@ -66,9 +72,17 @@ def collect_features(
             h = cap[s].float()
             if not torch.isfinite(h).all():
                 raise ValueError(f"non-finite activations (NaN/inf) captured at site {s!r}")
-            pool = {"mean": pool_mean, "max": pool_max, "last": pool_last}[pooling]
-            out[s].append(pool(h, pm.to(h.device)).cpu())
-    return {s: torch.cat(v) for s, v in out.items()}
+            if pooling == "tokens":
+                out[s].append(h.cpu())
+            else:
+                pool = {"mean": pool_mean, "max": pool_max, "last": pool_last}[pooling]
+                out[s].append(pool(h, pm.to(h.device)).cpu())
+        masks.append(pm.cpu())
+    if pooling != "tokens":
+        return {s: torch.cat(v) for s, v in out.items()}
+    T = max(m.shape[1] for m in masks)
+    mask = torch.cat([F.pad(m, (0, T - m.shape[1])) for m in masks])
+    return {s: Sequences(torch.cat([F.pad(h, (0, 0, 0, T - h.shape[1])) for h in v]), mask) for s, v in out.items()}
 
 
 class SweepResult(NamedTuple):
@@ -89,19 +103,17 @@ class SweepResult(NamedTuple):
 
 
 def probe_sweep(
-    features: dict[str, Tensor],
+    features: dict[str, Tensor] | dict[str, Sequences],
     y: Tensor,
     *,
-    fit: Callable[[Tensor, Tensor], LinearProbe] | None = None,
+    fit: Callable[[Any, Tensor], Any] | None = None,
     k: int = 5,
     seed: int = 0,
 ) -> SweepResult:
-    """Cross-validate a probe (default: standardised logistic, C=1e-3) on each site's features."""
+    """Cross-validate a probe on each site's features (default: standardised logistic, C=1e-3, on pooled
+    ``[N, d]`` features; for :class:`~assay.lenses.pooling.Sequences` pass a sequence-probe ``fit``)."""
     if not features:
         raise ValueError("probe_sweep needs features for at least one site")
     fit = fit or (lambda x, yy: logistic(x, yy, C=1e-3, standardise=True))
-    results = []
-    for x in features.values():
-        check_xy(x, y)
-        results.append(cross_validate(fit, x, y, k=k, seed=seed))
+    results = [cross_validate(fit, x, y, k=k, seed=seed) for x in features.values()]
     return SweepResult(tuple(features), tuple(results))
