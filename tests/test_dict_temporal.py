@@ -8,7 +8,13 @@ import torch
 from test_store import Tiny
 from test_store_sequences import DOC_LENGTHS, cut_windows
 
-from assay.dictionaries.temporal import TemporalConfig, TemporalSAE, train_temporal_sae
+from assay.dictionaries.temporal import (
+    TemporalConfig,
+    TemporalSAE,
+    context_values,
+    context_values_reference,
+    train_temporal_sae,
+)
 from assay.dictionaries.trainer import SAETrainConfig, SAETrainer
 from assay.evaluate.temporal import mean_tortuosity, predictable_share, tortuosity
 from assay.store import SequenceReader, write_store
@@ -194,3 +200,18 @@ def test_metric_closed_forms():
     assert math.isnan(tortuosity(both)[1]) and mean_tortuosity(both) == pytest.approx(3.0)
     with pytest.raises(ValueError, match=r"mask must be \[batch, pos\]"):
         tortuosity(square, torch.ones(4, dtype=torch.bool))
+
+
+def test_context_values_match_the_dense_reference_in_values_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    D = torch.randn(12, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    idx = torch.stack([torch.randperm(12, generator=g)[:4] for _ in range(2 * 6)])
+    val = torch.rand(2 * 6, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+    up = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64)
+    out = context_values(val, idx, D, 3, 2)
+    ref = context_values_reference(val, idx, D, 3, 2)
+    assert out.shape == (2, 3, 6, 5) and torch.equal(out[:, :, 0], torch.zeros(2, 3, 5, dtype=torch.float64))
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad((out * up).sum(), [val, D])
+    for a, b in zip(grads, torch.autograd.grad((ref * up).sum(), [val, D])):
+        torch.testing.assert_close(a, b)

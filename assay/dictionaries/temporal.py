@@ -33,6 +33,7 @@ decay 1e-4 is not applied (the shared trainer's Adam has none).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,7 +46,8 @@ from assay.config import ConfigError
 from assay.dictionaries.base import SAE, Codes, SAEConfig, SAEOutput, rec_loss
 from assay.dictionaries.sparse import sparse_decode, to_dense, topk_encode
 
-__all__ = ["TemporalConfig", "TemporalSAE", "TemporalCodes", "train_temporal_sae"]
+__all__ = ["TemporalConfig", "TemporalSAE", "TemporalCodes", "train_temporal_sae", "context_values",
+           "context_values_reference"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +59,7 @@ class TemporalConfig(SAEConfig):
     n_heads: int = 4
     """Attention heads; head h predicts latents [h·n/H, (h+1)·n/H)."""
     d_attn: int | None = None
-    """Width of queries and keys over all heads (None: d_in rounded up to a multiple of n_heads)."""
+    """Width of queries and keys over all heads (None: 32 per head)."""
     context: int | None = None
     """Past codes a token attends to (None: every earlier token of its window). Windows must be at least
     this long."""
@@ -79,8 +81,8 @@ class TemporalConfig(SAEConfig):
 
     @property
     def attn_width(self) -> int:
-        """d_attn, or d_in rounded up to a multiple of n_heads."""
-        return self.d_attn or -(-self.d_in // self.n_heads) * self.n_heads
+        """d_attn, or 32 per head."""
+        return self.d_attn or 32 * self.n_heads
 
 
 class TemporalCodes(NamedTuple):
@@ -108,6 +110,70 @@ class _Pass(NamedTuple):
     q: Tensor
     k: Tensor
     allowed: Tensor
+
+
+class _Bags(torch.autograd.Function):
+    """Σ of weighted dictionary rows per bag (an ``embedding_bag`` with offsets) with a sparse backward:
+    ``grad_values`` by a sampled dense–dense product over the bags' entries, ``grad_D`` by a sparse
+    (n × bags) product — the kernels of :mod:`assay.dictionaries.sparse` with variable-size bags."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, indices: Tensor, D: Tensor, counts: Tensor):  # type: ignore[override]
+        crow = F.pad(counts.cumsum(0), (1, 0))
+        ctx.save_for_backward(values, indices, D, crow)
+        return F.embedding_bag(indices, D, crow[:-1], per_sample_weights=values, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        values, indices, D, crow = ctx.saved_tensors
+        bags = grad_out.shape[0]
+        grad_values = grad_D = None
+        if ctx.needs_input_grad[0]:
+            if D.device.type == "cpu":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch's sparse "beta" notices
+                    pattern = torch.sparse_csr_tensor(crow, indices, torch.zeros_like(values), (bags, D.shape[0]))
+                    grad_values = torch.sparse.sampled_addmm(pattern, grad_out, D.t()).values()
+            else:
+                bag_of = torch.repeat_interleave(torch.arange(bags, device=D.device), crow.diff())
+                grad_values = (D[indices] * grad_out[bag_of]).sum(-1)
+        if ctx.needs_input_grad[2]:
+            bag_of = torch.repeat_interleave(torch.arange(bags, device=D.device), crow.diff())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                g = torch.sparse_coo_tensor(torch.stack([indices, bag_of]), values, (D.shape[0], bags))
+                grad_D = torch.sparse.mm(g, grad_out)
+        return grad_values, None, grad_D, None
+
+
+def context_values(values: Tensor, indices: Tensor, D: Tensor, heads: int, windows: int) -> Tensor:
+    """The attention's values ``[B, H, T, d]``: slot j of head h holds token j − 1's partial decode
+    Σ_{m: head(indices[m]) = h} values[m] D[indices[m]] (head h owns latents [h·n/H, (h+1)·n/H)); slot 0 is empty.
+
+    ``values``/``indices`` ``[B·T, k]`` are each token's code. The entries are ordered by (window, head, slot)
+    and decoded as one ``embedding_bag`` with one bag per slot, written straight into the attention layout:
+    forward and backward cost what one sparse decode of the window costs."""
+    N, k = indices.shape
+    T = N // windows
+    n = D.shape[0]
+    head_of = torch.div(indices, n // heads, rounding_mode="floor").view(windows, T, k)
+    t = torch.arange(T, device=indices.device).view(1, T, 1)
+    slot = ((torch.arange(windows, device=indices.device).view(-1, 1, 1) * heads + head_of) * T + t + 1)
+    keep = (t < T - 1).expand_as(slot).reshape(-1)  # the last token is no one's context
+    slot = slot.reshape(-1)[keep]
+    slot, order = slot.sort(stable=True)
+    counts = torch.bincount(slot, minlength=windows * heads * T)
+    out = _Bags.apply(values.reshape(-1)[keep][order], indices.reshape(-1)[keep][order], D, counts)
+    return out.view(windows, heads, T, D.shape[1])
+
+
+def context_values_reference(values: Tensor, indices: Tensor, D: Tensor, heads: int, windows: int) -> Tensor:
+    """Eager dense reference of :func:`context_values`: dense codes shifted by one token, per head times D."""
+    n = D.shape[0]
+    z = to_dense(values, indices, n).view(windows, -1, n)
+    ctx = F.pad(z[:, :-1], (0, 0, 1, 0))
+    g = n // heads
+    return torch.stack([ctx[..., h * g:(h + 1) * g] @ D[h * g:(h + 1) * g] for h in range(heads)], 1)
 
 
 class TemporalSAE(SAE):
@@ -182,19 +248,13 @@ class TemporalSAE(SAE):
         u_val, u_idx = topk_encode(self.lam * xc, E, no_bias, k)
         q = F.embedding_bag(u_idx, self.W_q, per_sample_weights=u_val, mode="sum") + self.b_q
         key = F.embedding_bag(u_idx, self.W_k, per_sample_weights=u_val, mode="sum") + self.b_k
-        # per-head partial reconstructions c_j[h] D[h] of every token's code: [B·T·H, d]
-        head_of = torch.div(u_idx, n // H, rounding_mode="floor")
-        heads = torch.arange(H, device=x.device)
-        w = (u_val.unsqueeze(1) * (head_of.unsqueeze(1) == heads[:, None])).reshape(B * T * H, k)
-        parts = sparse_decode(w, u_idx.repeat_interleave(H, 0), self.W_dec).view(B, T, H, d)
         # context slot 0 is the empty code; slot j ≥ 1 is token j − 1
+        values = context_values(u_val, u_idx, self.W_dec, H, B)  # [B, H, T, d]
         keys = torch.cat([self.b_k.expand(B, 1, r), key.view(B, T, r)[:, :-1]], 1)
-        values = F.pad(parts[:, :-1], (0, 0, 0, 0, 1, 0))
         qh = q.view(B, T, H, r // H).transpose(1, 2)
         kh = keys.view(B, T, H, r // H).transpose(1, 2)
         allowed = self._allowed(mask)
-        pred = F.scaled_dot_product_attention(qh, kh, values.transpose(1, 2), attn_mask=allowed).sum(1)
-        pred = pred.reshape(B * T, d)
+        pred = F.scaled_dot_product_attention(qh, kh, values, attn_mask=allowed).sum(1).reshape(B * T, d)
         scale = (pred * xc).sum(-1, keepdim=True) / (pred.norm(dim=-1, keepdim=True) + 1e-6).square()
         p_rec = scale * pred
         n_val, n_idx = topk_encode(self.lam * (xc - p_rec), E, no_bias, k)

@@ -195,7 +195,7 @@ class SAETrainer:
         sequences, windows ``[B, T, d]`` or a :class:`~assay.store.SequenceBatch` (only its masked-in tokens
         count: input scale, statistics, dead latents)."""
         x, mask = self._windows(x) if self.reads_sequences else (x.reshape(-1, x.shape[-1]), None)
-        rows = x if mask is None else x[mask]
+        rows = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]
         self._check(rows, where)
         rank, world = _dist()
         if self.step == 0:
@@ -210,7 +210,7 @@ class SAETrainer:
             x = x[rank * per : (rank + 1) * per]
             mask = None if mask is None else mask[rank * per : (rank + 1) * per]
         x = x * self.input_scale if self.input_scale != 1.0 else x
-        rows = x if mask is None else x[mask]
+        rows = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]
         seq = {} if mask is None else {"mask": mask}
         B_global = rows.shape[0] * world
         window = self.cfg.dead_window or 10 * B_global

@@ -51,7 +51,7 @@ def tortuosity(codes: Tensor, mask: Tensor | None = None) -> Tensor:
     m = _mask(codes, mask)
     out = torch.full((codes.shape[0],), float("nan"), dtype=torch.float64)
     for b in range(codes.shape[0]):
-        z = codes[b][m[b]].double()
+        z = codes[b][m[b]].detach().double()
         if z.shape[0] < 2:
             continue
         chord = (z[-1] - z[0]).norm()
