@@ -88,8 +88,11 @@ class TemporalConfig(SAEConfig):
 class TemporalCodes(NamedTuple):
     """A temporal SAE's decomposition of windows ``[B, T, d]`` (raw activation scale)."""
 
+    predicted: Tensor
+    """ẑ ``[B, T, n]``: the code the past predicts — attention over strictly-past codes — before its per-token
+    scale (dense over the latents the context used; ≥ 0)."""
     predictable: Tensor
-    """z_p ``[B, T, n]``: the code predicted from the past (dense over the latents the context used)."""
+    """z_p = s_t ẑ_t ``[B, T, n]``: ẑ scaled to fit the token (s_t may be negative)."""
     novel: Tensor
     """z_n ``[B, T, n]``: the k-sparse code of what the past did not predict."""
     predictable_recon: Tensor
@@ -291,7 +294,7 @@ class TemporalSAE(SAE):
         z_p = p.scale.view(B, T, 1) * z_hat
         z_n = to_dense(*p.novel, n).view(B, T, n)
         s = self.input_scale
-        return TemporalCodes(z_p, z_n, z_p @ self.W_dec / s, z_n @ self.W_dec / s, p.recon, att)
+        return TemporalCodes(z_hat, z_p, z_n, z_p @ self.W_dec / s, z_n @ self.W_dec / s, p.recon, att)
 
     # ----- Lens view and the trainer's hooks ----------------------------------------------------
     def encode(self, h: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ WORLDS: dict[str, str] = {
     "cyclic": "assay.worlds.cyclic:CyclicConfig/CyclicWorld",
     "gaussian_mixture": "assay.worlds.manifold:GaussianMixtureConfig/GaussianMixtureWorld",
     "subspace": "assay.worlds.manifold:SubspaceManifoldConfig/SubspaceManifoldWorld",
+    "slow_state": "assay.worlds.slow_state:SlowStateConfig/SlowStateWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 

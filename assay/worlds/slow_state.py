@@ -5,16 +5,19 @@ Inductive Biases for Language Model Interpretability", arXiv 2511.01836): langua
 context that persists over many tokens with per-token content. Here, per sequence of T tokens,
 
     s_1 ~ U{0..K−1},  s_{t+1} = s_t with probability 1 − p_switch, else uniform over the other K − 1 states
-    x_t = α · M_{s_t} + Σ_i a_{t,i} G_i + ε_t
+    shown_t = s_t with probability f (faithfulness), else uniform over the other K − 1 states (a decoy)
+    x_t = α · M_{shown_t} + Σ_i a_{t,i} G_i + ε_t
 
 with M ∈ ℝ^{K×d} unit state directions, the fast part Σ_i a_{t,i} G_i + ε_t drawn independently per token
 from the toy-superposition world (Elhage et al. 2022, "Toy Models of Superposition";
 :class:`assay.worlds.superposition.SuperpositionWorld`, constant firing probability, isotropic noise ε).
-With α small against the fast part, one token says little about s_t, while the recent past says a lot
-(the state lasts 1/p_switch tokens on average): a code that pools the past should track s better than
-any single-token code.
+Every token shows one clean state direction (easy for any dictionary to learn), but one token says only
+so much about s_t: a single-token detector of state s fires on a fraction f of the state's tokens and on
+(1 − f)/(K − 1) of the others (best AUROC ≈ ½ + (f − (1 − f)/(K − 1))/2, 0.73 at the defaults), while the
+recent past says a lot (the state lasts 1/p_switch tokens on average, most of them showing it): a code
+that pools the past should track s better than any single-token code.
 
-Labels: ``state`` [n, T] (s_t), ``fast_acts`` [n, T, n_fast] (the a_{t,i}). Static truth:
+Labels: ``state`` [n, T] (s_t), ``shown`` [n, T], ``fast_acts`` [n, T, n_fast] (the a_{t,i}). Static truth:
 ``state_directions`` (M) and ``fast.directions`` (G). The world's activations are used directly (no model).
 """
 
@@ -41,17 +44,20 @@ class SlowStateConfig:
     """Probability per token that the state changes (mean dwell 1/p tokens)."""
     state_scale: float = 1.0
     """α: norm of the state's contribution to every token."""
+    faithfulness: float = 0.6
+    """Probability that a token shows its own state's direction; otherwise it shows one of the other states'
+    (uniformly): per-token evidence that only the recent past makes reliable."""
     length: int = 32
     """Tokens per sequence T."""
-    d_model: int = 32
+    d_model: int = 16
     """Activation dimension d."""
-    n_fast: int = 64
+    n_fast: int = 16
     """Number of fast planted features."""
-    fast_probability: float = 0.08
+    fast_probability: float = 0.02
     """Firing probability of each fast feature per token."""
     fast_magnitude: tuple[float, float] = (0.5, 1.5)
     """(lo, hi) of the fast features' uniform magnitudes."""
-    noise_std: float = 0.3
+    noise_std: float = 0.1
     """Standard deviation of the isotropic per-token noise."""
     seed: int = 0
     """Seed of the static structure (state and feature directions)."""
@@ -61,6 +67,8 @@ class SlowStateConfig:
             raise ConfigError(f"n_states must be at least 2 (a state that never changes is no signal), got {self.n_states}")
         if not 0.0 <= self.switch_probability <= 1.0:
             raise ConfigError(f"switch_probability must lie in [0, 1], got {self.switch_probability}")
+        if not 0.0 <= self.faithfulness <= 1.0:
+            raise ConfigError(f"faithfulness must lie in [0, 1], got {self.faithfulness}")
         if self.state_scale < 0 or self.length <= 0 or self.d_model <= 0:
             raise ConfigError("state_scale must be >= 0 and length, d_model positive; got "
                               f"{self.state_scale}, {self.length}, {self.d_model}")
@@ -97,5 +105,9 @@ class SlowStateWorld:
         cfg = self.config
         state = self.states(n, generator=generator)
         fast = self.fast.sample(n * cfg.length, generator=generator)
-        x = fast.inputs.view(n, cfg.length, cfg.d_model) + cfg.state_scale * self.state_directions[state]
-        return Batch(inputs=x, labels={"state": state, "fast_acts": fast.labels["acts"].view(n, cfg.length, -1)})
+        decoy = torch.rand(n, cfg.length, generator=generator) >= cfg.faithfulness
+        other = (state + torch.randint(1, cfg.n_states, state.shape, generator=generator)) % cfg.n_states
+        shown = torch.where(decoy, other, state)
+        x = fast.inputs.view(n, cfg.length, cfg.d_model) + cfg.state_scale * self.state_directions[shown]
+        return Batch(inputs=x, labels={"state": state, "shown": shown,
+                                       "fast_acts": fast.labels["acts"].view(n, cfg.length, -1)})
