@@ -11,6 +11,7 @@ from test_store_sequences import DOC_LENGTHS, cut_windows
 from assay.dictionaries.temporal import (
     TemporalConfig,
     TemporalSAE,
+    bag_dot,
     context_values,
     context_values_reference,
     train_temporal_sae,
@@ -215,3 +216,12 @@ def test_context_values_match_the_dense_reference_in_values_and_gradients():
     grads = torch.autograd.grad((out * up).sum(), [val, D])
     for a, b in zip(grads, torch.autograd.grad((ref * up).sum(), [val, D])):
         torch.testing.assert_close(a, b)
+
+
+def test_bag_dot_paths_agree_with_a_loop():
+    g = torch.Generator().manual_seed(2)
+    D, vec = torch.randn(9, 4, generator=g), torch.randn(3, 4, generator=g)
+    idx, crow = torch.tensor([1, 5, 0, 2, 2, 8]), torch.tensor([0, 2, 2, 6])  # bag 1 is empty
+    ref = torch.tensor([float(D[i] @ vec[b]) for b in range(3) for i in idx[crow[b]:crow[b + 1]]])
+    for sampled in (True, False):  # CSR sampled product (CPU default) and row gather (the GPU path)
+        torch.testing.assert_close(bag_dot(idx, D, vec, crow, sampled=sampled), ref)

@@ -47,7 +47,7 @@ from assay.dictionaries.base import SAE, Codes, SAEConfig, SAEOutput, rec_loss
 from assay.dictionaries.sparse import sparse_decode, to_dense, topk_encode
 
 __all__ = ["TemporalConfig", "TemporalSAE", "TemporalCodes", "train_temporal_sae", "context_values",
-           "context_values_reference"]
+           "context_values_reference", "bag_dot"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,10 +115,24 @@ class _Pass(NamedTuple):
     allowed: Tensor
 
 
+def bag_dot(indices: Tensor, D: Tensor, vectors: Tensor, crow: Tensor, *, sampled: bool | None = None) -> Tensor:
+    """``out[m] = ⟨D[indices[m]], vectors[bag(m)]⟩`` for entries grouped in bags (bag b holds entries
+    ``crow[b] .. crow[b+1] − 1``). ``sampled`` (default: on CPU) uses a CSR sampled dense–dense product;
+    otherwise rows are gathered (the GPU path)."""
+    if sampled if sampled is not None else D.device.type == "cpu":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's sparse "beta" notices
+            pattern = torch.sparse_csr_tensor(crow, indices, torch.zeros(indices.shape, dtype=vectors.dtype,
+                                              device=vectors.device), (vectors.shape[0], D.shape[0]))
+            return torch.sparse.sampled_addmm(pattern, vectors, D.t()).values()
+    bag_of = torch.repeat_interleave(torch.arange(vectors.shape[0], device=D.device), crow.diff())
+    return (D[indices] * vectors[bag_of]).sum(-1)
+
+
 class _Bags(torch.autograd.Function):
     """Σ of weighted dictionary rows per bag (an ``embedding_bag`` with offsets) with a sparse backward:
-    ``grad_values`` by a sampled dense–dense product over the bags' entries, ``grad_D`` by a sparse
-    (n × bags) product — the kernels of :mod:`assay.dictionaries.sparse` with variable-size bags."""
+    ``grad_values`` by :func:`bag_dot`, ``grad_D`` by a sparse (n × bags) product — the kernels of
+    :mod:`assay.dictionaries.sparse` with variable-size bags."""
 
     @staticmethod
     def forward(ctx, values: Tensor, indices: Tensor, D: Tensor, counts: Tensor):  # type: ignore[override]
@@ -129,22 +143,14 @@ class _Bags(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         values, indices, D, crow = ctx.saved_tensors
-        bags = grad_out.shape[0]
         grad_values = grad_D = None
         if ctx.needs_input_grad[0]:
-            if D.device.type == "cpu":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # torch's sparse "beta" notices
-                    pattern = torch.sparse_csr_tensor(crow, indices, torch.zeros_like(values), (bags, D.shape[0]))
-                    grad_values = torch.sparse.sampled_addmm(pattern, grad_out, D.t()).values()
-            else:
-                bag_of = torch.repeat_interleave(torch.arange(bags, device=D.device), crow.diff())
-                grad_values = (D[indices] * grad_out[bag_of]).sum(-1)
+            grad_values = bag_dot(indices, D, grad_out, crow)
         if ctx.needs_input_grad[2]:
-            bag_of = torch.repeat_interleave(torch.arange(bags, device=D.device), crow.diff())
+            bag_of = torch.repeat_interleave(torch.arange(grad_out.shape[0], device=D.device), crow.diff())
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                g = torch.sparse_coo_tensor(torch.stack([indices, bag_of]), values, (D.shape[0], bags))
+                g = torch.sparse_coo_tensor(torch.stack([indices, bag_of]), values, (D.shape[0], grad_out.shape[0]))
                 grad_D = torch.sparse.mm(g, grad_out)
         return grad_values, None, grad_D, None
 
