@@ -255,8 +255,8 @@ class TemporalSAE(SAE):
         xc = (x * self.input_scale - self.b_dec).reshape(B * T, d)
         E, no_bias = self.W_dec.t(), x.new_zeros(n)
         u_val, u_idx = topk_encode(self.lam * xc, E, no_bias, k)
-        q = F.embedding_bag(u_idx, self.W_q, per_sample_weights=u_val, mode="sum") + self.b_q
-        key = F.embedding_bag(u_idx, self.W_k, per_sample_weights=u_val, mode="sum") + self.b_k
+        qk = F.embedding_bag(u_idx, torch.cat([self.W_q, self.W_k], 1), per_sample_weights=u_val, mode="sum")
+        q, key = qk[:, :r] + self.b_q, qk[:, r:] + self.b_k
         # context slot 0 is the empty code; slot j ≥ 1 is token j − 1
         values = context_values(u_val, u_idx, self.W_dec, H, B)  # [B, H, T, d]
         keys = torch.cat([self.b_k.expand(B, 1, r), key.view(B, T, r)[:, :-1]], 1)
