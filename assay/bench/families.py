@@ -22,6 +22,7 @@ FAMILY_MODULES = {
     "data-attribution": "assay.bench.data_attribution",
     "sae-fragility": "assay.bench.sae_fragility",
     "concepts": "assay.bench.concepts",
+    "temporal": "assay.bench.temporal",
 }
 """Family name → the module holding its ``FAMILY``."""
 

@@ -167,6 +167,8 @@ class SAE(nn.Module):
     """Initialise b_dec at the geometric median of the first batch."""
     default_lr: ClassVar[float | None] = None
     """Default learning rate (None: the width-scaled TopK rule)."""
+    reads_sequences: ClassVar[bool] = False
+    """Trains on whole windows ``[B, T, d]`` with a padding mask (the temporal SAE) instead of token rows."""
 
     def __init__(self, cfg: SAEConfig, *, atom_norm: float = 1.0) -> None:
         super().__init__()

@@ -32,6 +32,7 @@ from torch import Tensor
 from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.config import ConfigError, check_int_fields, to_dict
 from assay.dictionaries.base import SAE, topk_lr
+from assay.store.sequence_reader import SequenceBatch
 
 __all__ = ["SAETrainConfig", "TrainResult", "SAETrainer", "NonFiniteActivationsError", "lr_at", "train_saes",
            "live_batches", "store_batches", "StepCallback"]
@@ -149,6 +150,11 @@ class SAETrainer:
             raise ValueError(f"SAEs trained in lockstep must share d_in; got {sorted(d)}")
         self.cfg = cfg
         self.d_in = d.pop()
+        kinds = {s.reads_sequences for s in self.saes}
+        if len(kinds) != 1:
+            raise ValueError("SAEs trained in lockstep must all read token rows or all read sequences")
+        self.reads_sequences = kinds.pop()
+        """The SAEs train on windows [B, T, d] (see :meth:`train_step`)."""
         self.step = 0
         self.input_scale = 1.0
         self.data_identity: dict[str, Any] | None = None
@@ -165,6 +171,14 @@ class SAETrainer:
         return torch.optim.Adam(sae.parameters(), lr=lr, betas=betas, fused=dev in ("cpu", "cuda"))
 
     # ----- one step ---------------------------------------------------------------------------
+    @staticmethod
+    def _windows(x: Tensor | SequenceBatch) -> tuple[Tensor, Tensor | None]:
+        acts, mask = (x.acts, x.mask) if isinstance(x, SequenceBatch) else (x, None)
+        if acts.dim() != 3:
+            raise ValueError(f"this SAE trains on windows [batch, pos, d]; got a batch of shape {tuple(acts.shape)}. "
+                             "Read whole sequences with assay.store.SequenceReader")
+        return acts, mask
+
     def _check(self, x: Tensor, where: Callable[[Tensor], str] | None) -> None:
         if x.shape[-1] != self.d_in:
             raise ValueError(f"activations have dimension {x.shape[-1]} but the SAE(s) expect d_in={self.d_in}; "
@@ -176,33 +190,39 @@ class SAETrainer:
                 f"non-finite activations (NaN/inf) in {int(bad.sum())} row(s) of the batch for step {self.step}"
                 f"{loc}; stopped before this step, checkpoints untouched")
 
-    def train_step(self, x: Tensor, *, where: Callable[[Tensor], str] | None = None) -> None:
-        """One optimizer step of every SAE on the global batch ``x [B, d]``."""
-        x = x.reshape(-1, x.shape[-1])
-        self._check(x, where)
+    def train_step(self, x: Tensor | SequenceBatch, *, where: Callable[[Tensor], str] | None = None) -> None:
+        """One optimizer step of every SAE on the global batch ``x [B, d]`` — or, for SAEs that read
+        sequences, windows ``[B, T, d]`` or a :class:`~assay.store.SequenceBatch` (only its masked-in tokens
+        count: input scale, statistics, dead latents)."""
+        x, mask = self._windows(x) if self.reads_sequences else (x.reshape(-1, x.shape[-1]), None)
+        rows = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]
+        self._check(rows, where)
         rank, world = _dist()
         if self.step == 0:
             if self.cfg.normalize_inputs:
-                self.input_scale = math.sqrt(self.d_in) / x.float().norm(dim=-1).mean().item()
+                self.input_scale = math.sqrt(self.d_in) / rows.float().norm(dim=-1).mean().item()
             for s in self.saes:
-                s.init_from_batch(x * self.input_scale)
+                s.init_from_batch(rows * self.input_scale)
         if world > 1:
             if x.shape[0] % world:
                 raise ValueError(f"global batch of {x.shape[0]} rows does not split evenly over {world} ranks")
             per = x.shape[0] // world
             x = x[rank * per : (rank + 1) * per]
+            mask = None if mask is None else mask[rank * per : (rank + 1) * per]
         x = x * self.input_scale if self.input_scale != 1.0 else x
-        B_global = x.shape[0] * world
+        rows = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]
+        seq = {} if mask is None else {"mask": mask}
+        B_global = rows.shape[0] * world
         window = self.cfg.dead_window or 10 * B_global
         sp = min(1.0, (self.step + 1) / self.cfg.sparsity_warmup_steps) if self.cfg.sparsity_warmup_steps else 1.0
         warm = min(self.cfg.warmup_steps, max(1, self.cfg.steps // 10))
         for i, (sae, opt) in enumerate(zip(self.saes, self.opts)):
             dead = self.since_fired[i] >= window
-            out = sae(x, dead=dead, sparsity_scale=sp)
+            out = sae(x, dead=dead, sparsity_scale=sp, **seq)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             fired = out.codes.fired()
-            stats = torch.stack([out.rec_loss * x.shape[0], x.var(0, correction=0).sum() * x.shape[0],
+            stats = torch.stack([out.rec_loss * rows.shape[0], rows.var(0, correction=0).sum() * rows.shape[0],
                                  out.codes.l0().sum().float()])
             if world > 1:
                 import torch.distributed as dist

@@ -30,6 +30,7 @@ WORLDS: dict[str, str] = {
     "subspace": "assay.worlds.manifold:SubspaceManifoldConfig/SubspaceManifoldWorld",
     "sparse_teacher": "assay.worlds.sparse_teacher:SparseTeacherConfig/SparseTeacherWorld",
     "two_modality": "assay.worlds.two_modality:TwoModalityConfig/TwoModalityWorld",
+    "slow_state": "assay.worlds.slow_state:SlowStateConfig/SlowStateWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 
