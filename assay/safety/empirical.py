@@ -114,9 +114,8 @@ def grad_ec(tokens: Sequence[int], flt: DifferentiableFilter, config: GradConfig
         logits = torch.ones(len(seq), requires_grad=True)
         opt = torch.optim.SGD([logits], lr=config.lr, weight_decay=config.weight_decay)
         for _ in range(config.opt_steps):
-            opt.zero_grad()
             loss = torch.nn.functional.softplus(-flt.soft_logit(seq, torch.sigmoid(logits)))  # −log σ(harmful logit)
-            loss.backward()
+            (logits.grad,) = torch.autograd.grad(loss, logits)  # leaves the filter's own parameters untouched
             opt.step()
         i = int(logits.detach().argmin())
         seq = seq[:i] + seq[i + 1:]
