@@ -52,3 +52,10 @@ class BagFilter:
 
     def soft_logit(self, tokens: Sequence[int], keep: torch.Tensor) -> torch.Tensor:
         return (keep * self.w[list(tokens)]).sum() + self.b
+
+    def embedding_table(self) -> torch.Tensor:
+        """One-dimensional 'embeddings': token v ↦ w[v], so content_logit is the same bag-of-words logit."""
+        return self.w.unsqueeze(1)
+
+    def content_logit(self, emb: torch.Tensor) -> torch.Tensor:
+        return emb.sum() + self.b

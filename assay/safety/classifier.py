@@ -75,18 +75,26 @@ class ClassifierFilter:
         """σ(head(e(x))) ``[n]``."""
         return torch.sigmoid(self.head.score(self.embed(sequences)).float())
 
+    def embedding_table(self) -> Tensor:
+        """The encoder's input embedding matrix ``[vocab, d_model]`` (for gradient attacks)."""
+        return self.encoder.get_input_embeddings().weight
+
+    def content_logit(self, emb: Tensor) -> Tensor:
+        """Head logit (0-d, differentiable) of a prompt given as input embeddings ``[T, d_model]`` (no [CLS]/[SEP])."""
+        table = self.encoder.get_input_embeddings()
+        ends = table(torch.tensor([self.cls_id, self.sep_id], device=emb.device))
+        hidden = self.encoder(inputs_embeds=torch.cat([ends[:1], emb, ends[1:]]).unsqueeze(0)).last_hidden_state[0]
+        e = nn.functional.normalize(hidden.mean(0), dim=-1)
+        return (e.to(self.head.w.dtype) @ self.head.w.to(e.device) + self.head.b.to(e.device)).cpu()
+
     def soft_logit(self, tokens: Sequence[int], keep: Tensor) -> Tensor:
         """Head logit with token t's input embedding keep_t·E[x_t] + (1 − keep_t)·E[PAD] (differentiable in keep)."""
-        device = next(self.encoder.parameters()).device
         table = self.encoder.get_input_embeddings()
-        ids = torch.tensor([self.cls_id, *tokens, self.sep_id], device=device)
-        emb = table(ids)
+        device = table.weight.device
+        emb = table(torch.tensor(list(tokens), dtype=torch.long, device=device))
         pad = table(torch.tensor([self.pad_id], device=device))
         k = keep.to(device=device, dtype=emb.dtype).unsqueeze(-1)
-        mixed = torch.cat([emb[:1], k * emb[1:-1] + (1 - k) * pad, emb[-1:]])
-        hidden = self.encoder(inputs_embeds=mixed.unsqueeze(0)).last_hidden_state[0]
-        e = nn.functional.normalize(hidden.mean(0), dim=-1)
-        return (e.to(self.head.w.dtype) @ self.head.w.to(device) + self.head.b.to(device)).cpu()
+        return self.content_logit(k * emb + (1 - k) * pad)
 
 
 def fit_classifier_filter(base: ClassifierFilter, harmful: Sequence[Sequence[int]], safe: Sequence[Sequence[int]], *,
