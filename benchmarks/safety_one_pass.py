@@ -10,7 +10,8 @@ Three ways to check the same prompts, timed in the same run, round-robin per pro
 - ``one-pass``: :func:`one_pass_suffix_check` — one forward pass, d + 1 dot products;
 - ``d+1 passes``: :func:`erase_and_check` with batch_size 1 — one pass per prefix, as the repo does;
 - ``batched``: :func:`erase_and_check` with batch_size 64 — the d + 1 prefixes as one right-padded batch.
-Verdicts and witnesses must be identical (asserted). Prints per-prompt latencies and ratios; last line JSON.
+The order rotates per prompt (a shape's first forward pass is slower). Verdicts and witnesses must be
+identical (asserted). Prints per-prompt latencies and ratios; last line JSON.
 
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/safety_one_pass.py [--n-prompts 24] [--d 20]
 """
@@ -66,9 +67,10 @@ def main() -> None:
             p = ids[i] + suffix
             lengths.append(len(p))
             certs = {}
-            for w, f in ways.items():
+            names = list(ways)
+            for w in names[i % 3:] + names[: i % 3]:  # rotate who runs first: a new shape's first call is slower
                 t = time.perf_counter()
-                certs[w] = f(p)
+                certs[w] = ways[w](p)
                 times[w].append(time.perf_counter() - t)
             ref = certs["d+1 passes"]
             for w, c in certs.items():
