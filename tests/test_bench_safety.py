@@ -12,10 +12,10 @@ from assay.report import read_section
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_safety_command_writes_tables_and_respects_the_certificate(tmp_path, minilm):
+def test_safety_command_writes_tables_and_respects_the_certificate(tmp_path, assay_cache):
     out = tmp_path / "safety"
-    args = ["safety", "--suffix-d", "0", "--suffix-d", "4", "--insertion-d", "0", "--insertion-d", "1",
-            "--infusion-d", "0", "--infusion-d", "1", "--attack-lengths", "0", "--attack-lengths", "4",
+    args = ["safety", "--suffix-d", "0", "--suffix-d", "4", "--insertion-d", "1", "--infusion-d", "1",
+            "--n-test", "10", "--n-train", "30", "--max-erased-per-prompt", "4", "--attack-lengths", "0", "--attack-lengths", "4",
             "--attack-d", "4", "--n-attacked", "3", "--attack-steps", "2", "--attack-candidates", "8",
             "--out-dir", str(out)]
     res = CliRunner().invoke(app, args)
@@ -34,6 +34,6 @@ def test_safety_command_writes_tables_and_respects_the_certificate(tmp_path, min
     # filter's clean detection (the length-0 row)
     base = r["attack"][0]["filter"]["rate"]
     assert all(a["erase_and_check"]["rate"] >= base for a in r["attack"] if a["length"] <= 4)
-    assert clean["suffix"]["certified_accuracy"]["rate"] >= 0.9  # measured 1.0 on the 13 held-out harmful prompts
+    assert clean["suffix"]["certified_accuracy"]["rate"] >= 0.9  # measured 1.0 on the held-out harmful prompts
     sec = read_section(out)
     assert len(sec.tables) == 3 and len(sec.plots) == 2 and all(p.path.exists() for p in sec.plots)

@@ -42,6 +42,8 @@ class SafetyConfig:
     """Infusion-mode erase budgets."""
     n_test: int = 34
     """Held-out prompts (the rest of the 104 train the filters)."""
+    n_train: int | None = None
+    """Training prompts (None: all 104 − n_test)."""
     attack_lengths: tuple[int, ...] = (0, 4, 8, 12, 16, 20)
     """Adversarial suffix lengths ℓ."""
     attack_d: int = 20
@@ -68,6 +70,8 @@ class SafetyConfig:
     def __post_init__(self) -> None:
         if not 4 <= self.n_test <= 100:
             raise ValueError(f"n_test must be in 4..100 (of the 104 prompts), got {self.n_test}")
+        if self.n_train is not None and not 4 <= self.n_train <= 104 - self.n_test:
+            raise ValueError(f"n_train must be in 4..{104 - self.n_test} (104 prompts minus n_test), got {self.n_train}")
         if any(d < 0 for d in (*self.suffix_d, *self.insertion_d, *self.infusion_d, *self.attack_lengths)):
             raise ValueError("erase budgets d and attack lengths must be >= 0")
         if not 0 < self.randec_ratio <= 1:
@@ -97,8 +101,8 @@ def run_safety(cfg: SafetyConfig, encoder: Any = None) -> dict[str, Any]:
     g = torch.Generator().manual_seed(cfg.seed)
     data = prompt_set(generator=g)
     ids = tokenize(lm.tokenizer, data.texts)
-    n_train = len(ids) - cfg.n_test
-    split = {"train": range(n_train), "test": range(n_train, len(ids))}
+    n_train = len(ids) - cfg.n_test if cfg.n_train is None else cfg.n_train
+    split = {"train": range(n_train), "test": range(len(ids) - cfg.n_test, len(ids))}
     pick = {(part, lab): [ids[i] for i in split[part] if int(data.harmful[i]) == lab] for part in split for lab in (0, 1)}
     base = ClassifierFilter.for_encoder(lm)
     sweeps = {"suffix": cfg.suffix_d, "insertion": cfg.insertion_d, "infusion": cfg.infusion_d}
