@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def trained(minilm):
     data = prompt_set(generator=torch.Generator().manual_seed(0))
     ids = tokenize(minilm.tokenizer, data.texts)
-    train, test = range(0, 70), range(70, len(ids))
+    train, test = range(0, 70), range(70, 110)
     harm = [ids[i] for i in train if data.harmful[i]]
     safe = [ids[i] for i in train if not data.harmful[i]]
     flt = fit_classifier_filter(ClassifierFilter.for_encoder(minilm), harm, safe, mode="suffix", d=3,
@@ -37,7 +37,7 @@ def test_trained_filter_separates_held_out_prompts_and_batches_exactly(trained):
     seqs = [ids[i] for i in test]
     p = flt.harmful_probability(seqs)
     acc = ((p > 0.5).long() == data.harmful[list(test)]).float().mean()
-    assert acc >= 0.9, acc  # measured 1.0 on the 34 held-out prompts
+    assert acc >= 0.9, acc  # measured 1.0 on the 40 held-out prompts
     one_by_one = torch.cat([flt.harmful_probability([s]) for s in seqs[:6]])
     torch.testing.assert_close(p[:6], one_by_one, atol=1e-5, rtol=0)
     # the recipe: safe held-out prompts stay safe under erase-and-check (their prefixes were trained safe)

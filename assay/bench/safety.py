@@ -41,9 +41,9 @@ class SafetyConfig:
     infusion_d: tuple[int, ...] = (0, 1, 2)
     """Infusion-mode erase budgets."""
     n_test: int = 34
-    """Held-out prompts (the rest of the 104 train the filters)."""
+    """Held-out prompts (the rest of the 200 train the filters)."""
     n_train: int | None = None
-    """Training prompts (None: all 104 − n_test)."""
+    """Training prompts (None: all 200 − n_test)."""
     attack_lengths: tuple[int, ...] = (0, 4, 8, 12, 16, 20)
     """Adversarial suffix lengths ℓ."""
     attack_d: int = 20
@@ -68,10 +68,10 @@ class SafetyConfig:
     """Where results.json, plots/ and the report section go."""
 
     def __post_init__(self) -> None:
-        if not 4 <= self.n_test <= 100:
-            raise ValueError(f"n_test must be in 4..100 (of the 104 prompts), got {self.n_test}")
-        if self.n_train is not None and not 4 <= self.n_train <= 104 - self.n_test:
-            raise ValueError(f"n_train must be in 4..{104 - self.n_test} (104 prompts minus n_test), got {self.n_train}")
+        if not 4 <= self.n_test <= 196:
+            raise ValueError(f"n_test must be in 4..196 (of the 200 prompts), got {self.n_test}")
+        if self.n_train is not None and not 4 <= self.n_train <= 200 - self.n_test:
+            raise ValueError(f"n_train must be in 4..{200 - self.n_test} (200 prompts minus n_test), got {self.n_train}")
         if any(d < 0 for d in (*self.suffix_d, *self.insertion_d, *self.infusion_d, *self.attack_lengths)):
             raise ValueError("erase budgets d and attack lengths must be >= 0")
         if not 0 < self.randec_ratio <= 1:
