@@ -34,9 +34,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "grad_clip=None": {"grad_clip": None},
     "normalize_inputs=False,grad_clip=None": {"normalize_inputs": False, "grad_clip": None},
     "normalize_inputs=False,decay_fraction=0": {"normalize_inputs": False, "decay_fraction": 0.0},
+    "quickstart": {"lr": 1e-3, "warmup_steps": 15, "decay_fraction": 0.2},
 }
 """Settings that differ from the defaults (of ``SAETrainConfig`` for the world, of ``StoreSAEConfig`` for
-SmolLM2; ``grad_clip`` variants are for the world only: ``StoreSAEConfig`` has no such field)."""
+SmolLM2; ``grad_clip`` variants are for the world only: ``StoreSAEConfig`` has no such field). ``quickstart``:
+the settings ``assay quickstart`` and ``benchmarks/sae_fragility.py`` pin for their 300-step SmolLM2 SAE."""
 
 
 def world_run(args: argparse.Namespace, variant: dict[str, Any], seed: int) -> dict[str, Any]:
