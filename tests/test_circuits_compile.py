@@ -22,8 +22,8 @@ from assay.circuits.compile import (
     load_compiled,
     previous_token,
     save_compiled,
-    select_head,
     two_hop,
+    with_decoy,
     without_component,
 )
 from assay.worlds.base import make_generator
@@ -126,21 +126,11 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(logits_of(loaded, x), logits_of(compiled, x), rtol=0, atol=0)
 
 
-def with_decoy(program):
-    """The program plus a decoy head that copies the previous token into a variable nobody reads."""
-    layout, token, one = program.layout, program.token, program.one
-    decoy = layout.categorical("decoy", token.values)
-    key = program.position or token
-    head = select_head("decoy_head", query=key, key=key, predicate=lambda a, b: a == b and b != 0 and b != BOS,
-                       value=token, output=decoy, value_map=lambda v: v, one=one, bos=(token, BOS))
-    return dataclasses.replace(program, heads=(*program.heads, head))
-
-
 def test_circuit_matches_the_weights_under_ablation(case):
     """A2: every on-circuit component and variable is necessary (its ablation changes the answer on
     ≥ 10% of inputs); an off-circuit (decoy) head and its variable change no logit by more than 1e-5."""
     program, _, x, _ = case
-    compiled = compile_program(with_decoy(dataclasses.replace(program, layout=copy.deepcopy(program.layout))))
+    compiled = compile_program(with_decoy(program))
     circuit, clean = compiled.circuit, logits_of(compiled, x)
     shared = 0 in allocate_layers(program).values()  # the decoy shares layer 0 with a head: two heads
     assert compiled.model.config.n_heads == 1 + shared  # and the outputs stay exact

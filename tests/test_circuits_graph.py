@@ -15,6 +15,7 @@ from assay.circuits.graph import (
     GraphConfig,
     LocalReplacement,
     attribute,
+    constrained_effects,
     graph_scores,
     influence,
     influential_edge_recall,
@@ -241,33 +242,13 @@ def test_graph_rows_are_conserved_and_batching_does_not_change_them(graphs):
 
 def check_constrained_interventions(model, bases, prompt, g, atol):
     """Doubling each feature activation and each token embedding in the local replacement model moves every
-    target (feature pre-activation, demeaned logit) by that source's column of A."""
-    rep = LocalReplacement(model, prompt, bases)
-    with torch.no_grad():
-        clean = model(prompt[None])[0]
-        pres, final = rep.run(rep.emb[None], [a[None] for a in rep.acts], [e[None] for e in rep.errors])
-    torch.testing.assert_close(final[0] @ rep.unembed.T, clean, rtol=0, atol=atol)
-    u = rep.unembed - rep.unembed.mean(0)
-    f, _, t, lg = g.slices()
-
-    def targets(pres, final):
-        feats = [pres[j][0, p, i] for j, p, i in g.features.tolist()]
-        return torch.cat([torch.stack(feats) if feats else final.new_zeros(0), final[0, -1] @ u[g.logit_tokens].T])
-
-    base = targets(pres, final)
-    rows = list(range(f.stop)) + list(range(lg.start, lg.stop))
-    for k, (j, p, i) in enumerate(g.features.tolist()):
-        acts = [a[None].clone() for a in rep.acts]
-        acts[j][0, p, i] *= 2
-        with torch.no_grad():
-            moved = targets(*rep.run(rep.emb[None], acts, [e[None] for e in rep.errors])) - base
-        torch.testing.assert_close(moved, g.adjacency[rows, k], rtol=0, atol=atol)
-    for p in range(g.n_tokens):
-        emb = rep.emb[None].clone()
-        emb[0, p] *= 2
-        with torch.no_grad():
-            moved = targets(*rep.run(emb, [a[None] for a in rep.acts], [e[None] for e in rep.errors])) - base
-        torch.testing.assert_close(moved, g.adjacency[rows, t.start + p], rtol=0, atol=atol)
+    target (feature pre-activation, demeaned logit) by that source's column of A; the replacement model with
+    the clean sources reproduces the logits."""
+    assert torch.equal(g.tokens, prompt)
+    eff = constrained_effects(model, g, bases)
+    assert eff.replay_error <= atol
+    assert eff.measured.shape == (g.n_features + g.n_logits, g.n_features + g.n_tokens)
+    torch.testing.assert_close(eff.measured, eff.predicted, rtol=0, atol=atol)
 
 
 def test_replacement_is_faithful_and_constrained_interventions_match_edges(graphs):

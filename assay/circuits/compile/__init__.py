@@ -27,6 +27,7 @@ from assay.circuits.compile.programs import (
     induction,
     previous_token,
     two_hop,
+    with_decoy,
 )
 from assay.circuits.compile.space import ONE, Layout, Variable
 
@@ -35,5 +36,5 @@ __all__ = [
     "discretising_mlp", "lookup_mlp", "mean_head", "neuron_mlp", "select_head", "LOGITS", "Circuit",
     "CircuitComponent", "CircuitEdge", "CircuitNode", "CompiledModel", "load_compiled", "save_compiled",
     "without_component", "EMBED", "EdgeRecovery", "edge_recovery", "exact_bases",
-    "PROGRAMS", "SCALE", "dyck1", "histogram", "induction", "previous_token", "two_hop", "ONE", "Layout", "Variable",
+    "PROGRAMS", "SCALE", "dyck1", "histogram", "induction", "previous_token", "two_hop", "with_decoy", "ONE", "Layout", "Variable",
 ]

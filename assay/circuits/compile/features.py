@@ -69,10 +69,12 @@ class EdgeRecovery(NamedTuple):
     """(source, target) variable pairs seen in the graphs."""
     expected: frozenset
     """(source, target) pairs of the circuit (embedded variables merged into ``embed``)."""
+    chance: float
+    """Precision of a graph holding every (source, target) pair of its nodes' names (no self pairs): what
+    edges drawn at random score."""
 
 
-def _graph_pairs(graph: Graph, bases: Sequence[FeatureBasis], rel_tol: float,
-                 edge_mask: torch.Tensor | None) -> set[tuple[str, str]]:
+def _node_names(graph: Graph, bases: Sequence[FeatureBasis]) -> list[str]:
     f_sl, e_sl, t_sl, l_sl = graph.slices()
     names = [""] * graph.adjacency.shape[0]
     for k, (j, _, i) in enumerate(graph.features.tolist()):
@@ -83,6 +85,12 @@ def _graph_pairs(graph: Graph, bases: Sequence[FeatureBasis], rel_tol: float,
         names[k] = EMBED
     for k in range(l_sl.start, l_sl.stop):
         names[k] = LOGITS
+    return names
+
+
+def _graph_pairs(graph: Graph, bases: Sequence[FeatureBasis], rel_tol: float,
+                 edge_mask: torch.Tensor | None) -> set[tuple[str, str]]:
+    names = _node_names(graph, bases)
     a = graph.adjacency.abs()
     present = a > rel_tol * a.max()
     if edge_mask is not None:
@@ -96,11 +104,19 @@ def edge_recovery(graphs: Sequence[Graph], bases: Sequence[FeatureBasis], compil
     """Precision and recall of the union of ``graphs``' edges against ``compiled``'s circuit; with
     ``edge_masks`` (one bool [N, N] per graph, e.g. from pruning) only the kept edges count."""
     found: set[tuple[str, str]] = set()
+    sources: set[str] = set()
+    targets: set[str] = set()
     for k, g in enumerate(graphs):
         found |= _graph_pairs(g, bases, rel_tol, None if edge_masks is None else edge_masks[k])
+        names = _node_names(g, bases)
+        f_sl, e_sl, t_sl, l_sl = g.slices()
+        sources |= set(names[: l_sl.start])
+        targets |= set(names[f_sl]) | set(names[l_sl])
     embedded = {n.variable for n in compiled.circuit.nodes if n.site == "embed"}
     expected = {(EMBED if e.source in embedded else e.source, e.target)
                 for e in compiled.circuit.edges if e.kind != "qk"}
     hit = len(found & expected)
+    possible = {(s, t) for s in sources for t in targets if s != t}
     return EdgeRecovery(hit / len(found) if found else 1.0, hit / len(expected) if expected else 1.0,
-                        frozenset(found), frozenset(expected))
+                        frozenset(found), frozenset(expected),
+                        len(possible & expected) / len(possible) if possible else float("nan"))
