@@ -25,6 +25,7 @@ from assay.circuits.graph import (
     read_graph_json,
     save_graph,
     share_threshold,
+    subgraph_values,
     write_graph_json,
 )
 from assay.config import ConfigError
@@ -368,3 +369,36 @@ def test_layernorm_graphs_conserve_and_match_constrained_interventions():
     graph = attribute(model, tokens, bases, GraphConfig(batch_size=7))
     torch.testing.assert_close(graph.adjacency.sum(1) + graph.constants, graph.values, rtol=0, atol=1e-10)
     check_constrained_interventions(model, bases, tokens, graph, 1e-10)
+
+
+def test_subgraph_values_equal_the_frozen_model_with_a_token_removed(graphs):
+    """Every edge kept → the clean values; none → the constants; all edges out of one token node dropped →
+    the compiled model's own demeaned logits with that token's embedding zeroed and the attention patterns
+    frozen (the exact bases make the replacement model the model itself, features re-activated by σ)."""
+    from assay import hooks
+
+    compiled, bases, prompts, gs = graphs
+    g, prompt = gs[-1], prompts[-1]
+    f, _, t, lg = g.slices()
+    n = g.adjacency.shape[0]
+    rows = list(range(f.stop)) + list(range(lg.start, n))
+    full = subgraph_values(g, bases, torch.ones(n, n, dtype=torch.bool))
+    torch.testing.assert_close(full[rows], g.values[rows], rtol=0, atol=1e-9)
+    torch.testing.assert_close(subgraph_values(g, bases, torch.zeros(n, n, dtype=torch.bool)), g.constants)
+    rep = LocalReplacement(compiled.model, prompt, bases)
+    u = rep.unembed - rep.unembed.mean(0)
+    for p in range(g.n_tokens):
+        mask = torch.ones(n, n, dtype=torch.bool)
+        mask[:, t.start + p] = False
+
+        def drop(h, p=p):
+            h = h.clone()
+            h[:, p] = 0.0
+            return h
+
+        edits = {"embed": drop, **{s: (lambda h, pat=pat: pat.expand_as(h)) for s, pat in rep.patterns.items()}}
+        with torch.no_grad(), hooks.patch(compiled.model, edits), \
+                hooks.capture(compiled.model, ["ln_f"]) as cap:
+            compiled.model(prompt[None])
+        want = cap["ln_f"][0, -1] @ u[g.logit_tokens].T
+        torch.testing.assert_close(subgraph_values(g, bases, mask)[lg], want, rtol=0, atol=1e-9)

@@ -22,6 +22,7 @@ FAMILY_MODULES = {
     "data-attribution": "assay.bench.data_attribution",
     "sae-fragility": "assay.bench.sae_fragility",
     "concepts": "assay.bench.concepts",
+    "circuits": "assay.bench.circuits",
 }
 """Family name → the module holding its ``FAMILY``."""
 

@@ -80,16 +80,20 @@ class AblationEffect(NamedTuple):
     """Largest |Δ logit| over inputs and positions."""
     share_changed: float
     """Share of inputs (first axis) whose answer changes at some scored position."""
+    share_moved: float
+    """Share of inputs with some logit moved by more than ``tol`` (anywhere)."""
 
 
 def ablation_effect(clean: torch.Tensor, ablated: torch.Tensor, scored: torch.Tensor, *,
-                    kind: ReferenceKind) -> AblationEffect:
+                    kind: ReferenceKind, tol: float = 1e-5) -> AblationEffect:
     """Compare ``ablated`` with ``clean`` logits [B, T, V]; ``scored`` [B, T] marks the positions whose answer counts."""
     changed = answers(clean, kind) != answers(ablated, kind)
     if kind == "sign":
         changed = changed.any(-1)
     share = (changed & scored).any(-1).double().mean()
-    return AblationEffect(float((ablated - clean).abs().max()), float(share))
+    delta = (ablated - clean).abs()
+    moved = (delta > tol).flatten(1).any(-1).double().mean()
+    return AblationEffect(float(delta.max()), float(share), float(moved))
 
 
 def intervention_success(logits: torch.Tensor, expected: torch.Tensor, scored: torch.Tensor, *,
