@@ -65,6 +65,8 @@ def test_section_reads_back(bench):
     sec = read_section(out)
     assert sec.title == FAMILY.title and len(sec.tables[0].rows) == 6
     assert sec.tables[0].columns[3:] == list(FAMILY.metrics)
+    assert [g["metadata"]["slug"] for g in sec.graphs] == [f"{w}: exact-feature graph" for w in WORLDS]
+    assert all(g["links"] and g["metadata"]["prompt_tokens"][0] == "<bos>" for g in sec.graphs)
 
 
 def test_exact_graphs_pass_the_acceptance_checks_and_the_controls_do_not(bench):

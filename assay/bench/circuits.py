@@ -307,8 +307,30 @@ class CircuitFamily:
             "of the top k% edges run in the replacement model (other edges' sources at 0), faithfulness of the "
             "top logit; mean over prompts.",
         ]
+        graphs = [_graph_view(w, s) for w in dict.fromkeys(r["world"] for r in result.runs)] if s.html else []
         return Section(self.title, [Table(f"Acceptance checks (mean [95% interval] over {n} seed(s))", cols, rows)],
-                       [], notes)
+                       [], notes, graphs=graphs)
+
+
+def token_names(ids) -> list[str]:
+    """Display names of program token ids: the specials' names, then symbols a, b, c, …"""
+    from assay.worlds.vocab import SPECIALS
+
+    return [SPECIALS[t] if t < len(SPECIALS) else chr(ord("a") + t - len(SPECIALS)) for t in ids]
+
+
+def _graph_view(world: str, settings: CircuitSettings) -> dict[str, Any]:
+    """The pruned exact-feature graph of one full-length prompt of ``world`` (circuit-tracer graph JSON)."""
+    from assay.circuits.compile import exact_bases
+    from assay.circuits.graph import GraphConfig, attribute, graph_json
+    from assay.worlds.base import make_generator
+
+    prepared = FAMILY.prepare(world, 0, dataclasses.replace(settings, n_inputs=1, n_prompts=1))
+    prompt = _draw_inputs(prepared.program, 1, make_generator(0))[0]
+    bases = exact_bases(prepared.compiled)
+    graph = attribute(prepared.compiled.model, prompt, bases, GraphConfig(batch_size=settings.batch_size))
+    return graph_json(graph, slug=f"{world}: exact-feature graph", prompt_tokens=token_names(prompt.tolist()),
+                      labels=[b.labels for b in bases])
 
 
 FAMILY = CircuitFamily()
