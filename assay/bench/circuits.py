@@ -43,7 +43,6 @@ __all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "ran
 METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_weights": {}}
 """Method name → its parameters and their defaults."""
 WORLD_NAMES = ("previous_token", "dyck1", "induction", "histogram", "two_hop")
-DECOY = "decoy"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +122,110 @@ def _masks(graph):
     return always, feats, errs, toks
 
 
+def _model_checks(compiled, x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """A1 (the outputs against the program) and A2 (every component and variable zero-ablated: on-circuit ones
+    must change answers, off-circuit ones nothing)."""
+    from assay import hooks
+    from assay.circuits.compile import SCALE, without_component
+    from assay.evaluate.programs import ablation_effect, program_accuracy, reference_kind, scored_positions
+
+    model, circuit, n_out = compiled.model, compiled.circuit, len(compiled.output_values)
+    kind = reference_kind(ref)
+
+    def logits(m=model):
+        with torch.no_grad():
+            return m(x)[..., :n_out]
+
+    clean = logits()
+    acc = program_accuracy(clean, ref, scale=SCALE, kind=kind)
+    scored = scored_positions(ref, kind)
+    on_circuit = circuit.ancestors()
+    off_change, min_share, min_moved = 0.0, 1.0, 1.0
+
+    def record(on: bool, eff) -> None:
+        nonlocal off_change, min_share, min_moved
+        if on:
+            min_share, min_moved = min(min_share, eff.share_changed), min(min_moved, eff.share_moved)
+        else:
+            off_change = max(off_change, eff.max_change)
+
+    for comp in circuit.components:
+        writes = {e.target for e in circuit.edges if e.component == comp.name}
+        record(bool(writes & on_circuit),
+               ablation_effect(clean, logits(without_component(compiled, comp.name)), scored, kind=kind))
+    for node in circuit.nodes:
+        if node.variable == "logits":
+            continue
+
+        def drop(h, dims=node.dims):
+            h = h.clone()
+            h[..., list(dims)] = 0.0
+            return h
+
+        with hooks.patch(model, {node.site: drop}):
+            record(node.variable in on_circuit, ablation_effect(clean, logits(), scored, kind=kind))
+    return {"accuracy": acc.accuracy, "min_margin": acc.min_margin, "max_error": acc.max_error,
+            "off_circuit_change": off_change, "min_share_changed": min_share, "min_share_moved": min_moved}
+
+
+def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]:
+    """A3, A5 (constrained), A7 (decoy) and MIB's CPR/CMD on the attribution graphs of ``prompts``."""
+    from assay.circuits.compile import DECOY
+    from assay.circuits.compile.features import edge_recovery
+    from assay.circuits.graph import (
+        GraphConfig,
+        attribute,
+        constrained_effects,
+        graph_scores,
+        influence,
+        influential_edge_recall,
+        normalize_matrix,
+        prune,
+        subgraph_values,
+    )
+    from assay.evaluate.circuit_faithfulness import faithfulness_curve, mib_scores
+
+    model = compiled.model
+    graphs = [attribute(model, p, bases, GraphConfig(batch_size=batch_size)) for p in prompts]
+    per: dict[str, list[float]] = {}
+    masks = []
+    for gr in graphs:
+        always, feats, errs, toks = _masks(gr)
+        w = gr.logit_weights()
+        sc = graph_scores(gr.adjacency, w, errs, toks)
+        pr = prune(gr.adjacency, w, always, features=feats)
+        masks.append(pr.edge_mask)
+        eff = constrained_effects(model, gr, bases)
+        decoy = torch.zeros_like(feats)
+        for k, (j, _, i) in enumerate(gr.features.tolist()):
+            decoy[k] = bases[j].labels[i] == DECOY
+        a = gr.adjacency.abs()
+        inf = influence(normalize_matrix(gr.adjacency), w)
+        top = gr.slices()[3].start  # the most probable logit
+
+        def metric(mask, gr=gr, top=top):
+            return float(subgraph_values(gr, bases, mask)[top])
+
+        exists = gr.adjacency != 0
+        signed = faithfulness_curve(metric, gr.adjacency, candidates=exists)
+        absolute = faithfulness_curve(metric, gr.adjacency.abs(), candidates=exists)
+        for k, v in (("replacement", sc.replacement), ("completeness", sc.completeness),
+                     ("influential_recall", influential_edge_recall(gr.adjacency, w, pr.edge_mask)),
+                     ("constrained_error", float((eff.measured - eff.predicted).abs().max())),
+                     ("decoy_edge_mass", float(a[:, decoy].sum() / a.sum().clamp(min=1e-30))),
+                     ("decoy_influence", float(inf[decoy].sum() / inf.sum().clamp(min=1e-30))),
+                     ("cpr", mib_scores(signed.fractions, signed.faithfulness).cpr),
+                     ("cmd", mib_scores(absolute.fractions, absolute.faithfulness).cmd)):
+            per.setdefault(k, []).append(v)
+    rec = edge_recovery(graphs, bases, compiled)
+    pruned = edge_recovery(graphs, bases, compiled, edge_masks=masks)
+    worst = {k: min(per[k]) for k in ("replacement", "completeness", "influential_recall")}
+    worst |= {k: max(per[k]) for k in ("constrained_error", "decoy_edge_mass", "decoy_influence")}
+    return {"precision": rec.precision, "recall": rec.recall, "chance": rec.chance, **worst,
+            "pruned_precision": pruned.precision, "pruned_recall": pruned.recall,
+            "cpr": sum(per["cpr"]) / len(per["cpr"]), "cmd": sum(per["cmd"]) / len(per["cmd"])}
+
+
 class CircuitFamily:
     """Attribution graphs × compiled programs (module docstring)."""
 
@@ -168,32 +271,13 @@ class CircuitFamily:
         return PreparedProgram(program, compiled, inputs, reference, prompts)
 
     def score(self, prepared: PreparedProgram, run: SpecRun, ctx: RunContext) -> dict[str, float]:
-        from assay import hooks
-        from assay.circuits.compile import SCALE, exact_bases, without_component
-        from assay.circuits.compile.features import edge_recovery
+        from assay.circuits.compile import exact_bases
         from assay.circuits.compile.interventions import free_interventions
-        from assay.circuits.graph import (
-            GraphConfig,
-            attribute,
-            constrained_effects,
-            graph_scores,
-            influence,
-            influential_edge_recall,
-            normalize_matrix,
-            prune,
-            subgraph_values,
-        )
-        from assay.evaluate.circuit_faithfulness import faithfulness_curve, mib_scores
-        from assay.evaluate.programs import (
-            ablation_effect,
-            intervention_success,
-            program_accuracy,
-            reference_kind,
-        )
+        from assay.evaluate.programs import intervention_success
         from assay.worlds.base import make_generator
 
         check_params(run, METHODS[run.name])
-        program, compiled, x, ref = prepared.program, prepared.compiled, prepared.inputs, prepared.reference
+        compiled = prepared.compiled
         g = make_generator(30_000 + ctx.seed)
         bases = exact_bases(compiled)
         if run.name == "random_weights":
@@ -202,84 +286,10 @@ class CircuitFamily:
             bases = [dataclasses.replace(b, labels=lab) for b, lab in zip(exact_bases(compiled), labels, strict=True)]
         elif run.name == "random_basis":
             bases = random_bases(bases, compiled.circuit, g)
-        model, circuit, n_out = compiled.model, compiled.circuit, len(compiled.output_values)
-        kind = reference_kind(ref)
-
-        def logits(m=model):
-            with torch.no_grad():
-                return m(x)[..., :n_out]
-
-        clean = logits()
-        acc = program_accuracy(clean, ref, scale=SCALE, kind=kind)
-        out: dict[str, float] = {"accuracy": acc.accuracy, "min_margin": acc.min_margin, "max_error": acc.max_error}
-
-        # A2: ablate every component and every variable; on-circuit ones must matter, off-circuit ones not at all
-        scored = torch.ones(x.shape, dtype=torch.bool) if kind == "sign" else ((ref == 1).sum(-1) == 1)
-        on_circuit = circuit.ancestors()
-        off_change, min_share, min_moved = 0.0, 1.0, 1.0
-        for comp in circuit.components:
-            eff = ablation_effect(clean, logits(without_component(compiled, comp.name)), scored, kind=kind)
-            writes = {e.target for e in circuit.edges if e.component == comp.name}
-            if writes & on_circuit:
-                min_share, min_moved = min(min_share, eff.share_changed), min(min_moved, eff.share_moved)
-            else:
-                off_change = max(off_change, eff.max_change)
-        for node in circuit.nodes:
-            if node.variable == "logits":
-                continue
-
-            def drop(h, dims=node.dims):
-                h = h.clone()
-                h[..., list(dims)] = 0.0
-                return h
-
-            with hooks.patch(model, {node.site: drop}):
-                eff = ablation_effect(clean, logits(), scored, kind=kind)
-            if node.variable in on_circuit:
-                min_share, min_moved = min(min_share, eff.share_changed), min(min_moved, eff.share_moved)
-            else:
-                off_change = max(off_change, eff.max_change)
-        out.update(off_circuit_change=off_change, min_share_changed=min_share, min_share_moved=min_moved)
-
-        # A3, A5 (constrained), A7 and MIB on the graphs of the prompts
-        graphs = [attribute(model, p, bases, GraphConfig(batch_size=ctx.settings.batch_size)) for p in prepared.prompts]
-        rec = edge_recovery(graphs, bases, compiled)
-        reps, comps, infl, masks, c_err, decoy_mass, decoy_inf, cprs, cmds = [], [], [], [], [], [], [], [], []
-        for gr in graphs:
-            always, feats, errs, toks = _masks(gr)
-            w = gr.logit_weights()
-            sc = graph_scores(gr.adjacency, w, errs, toks)
-            reps.append(sc.replacement)
-            comps.append(sc.completeness)
-            pr = prune(gr.adjacency, w, always, features=feats)
-            masks.append(pr.edge_mask)
-            infl.append(influential_edge_recall(gr.adjacency, w, pr.edge_mask))
-            eff = constrained_effects(model, gr, bases)
-            c_err.append(float((eff.measured - eff.predicted).abs().max()))
-            decoy = torch.zeros_like(feats)
-            for k, (j, _, i) in enumerate(gr.features.tolist()):
-                decoy[k] = bases[j].labels[i] == DECOY
-            a = gr.adjacency.abs()
-            decoy_mass.append(float(a[:, decoy].sum() / a.sum().clamp(min=1e-30)))
-            inf = influence(normalize_matrix(gr.adjacency), w)
-            decoy_inf.append(float(inf[decoy].sum() / inf.sum().clamp(min=1e-30)))
-            top = gr.slices()[3].start  # the most probable logit
-
-            def metric(mask, gr=gr, top=top):
-                return float(subgraph_values(gr, bases, mask)[top])
-
-            exists = gr.adjacency != 0
-            signed = faithfulness_curve(metric, gr.adjacency, candidates=exists)
-            absolute = faithfulness_curve(metric, gr.adjacency.abs(), candidates=exists)
-            cprs.append(mib_scores(signed.fractions, signed.faithfulness).cpr)
-            cmds.append(mib_scores(absolute.fractions, absolute.faithfulness).cmd)
-        pruned = edge_recovery(graphs, bases, compiled, edge_masks=masks)
-        out.update(precision=rec.precision, recall=rec.recall, chance=rec.chance, replacement=min(reps),
-                   completeness=min(comps), pruned_precision=pruned.precision, pruned_recall=pruned.recall,
-                   influential_recall=min(infl), constrained_error=max(c_err), decoy_edge_mass=max(decoy_mass),
-                   decoy_influence=max(decoy_inf), cpr=sum(cprs) / len(cprs), cmd=sum(cmds) / len(cmds))
+        out = {**_model_checks(compiled, prepared.inputs, prepared.reference),
+               **_graph_checks(compiled, bases, prepared.prompts, ctx.settings.batch_size)}
         if run.name == "exact":  # free interventions are a property of the compiled model, scored once
-            fi = free_interventions(program, compiled, x, generator=g)
+            fi = free_interventions(prepared.program, compiled, prepared.inputs, generator=g)
             out["free_success"] = intervention_success(fi.logits, fi.expected, fi.scored)
         return out
 
