@@ -231,3 +231,23 @@ def test_free_interventions_on_the_previous_token_variable_redirect_induction():
         expect.append(out)
     agree = ((moved - SCALE * torch.tensor(expect)).abs().amax(-1) < 1e-3).float().mean()
     assert agree == 1.0
+
+
+def test_free_interventions_library_acts_as_each_program_says(case):
+    """A5 (free) through :func:`free_interventions`, on every program: the model's answers after the
+    intervention equal the program's with the intervened value, and the interventions are not no-ops (the
+    expected answers differ from the clean ones on a good share of inputs)."""
+    from assay.circuits.compile.interventions import free_interventions
+    from assay.evaluate.programs import answers, intervention_success, reference_kind, scored_positions
+
+    program, compiled, x, ref = case
+    sym = x[:, 1:].ge(4).all(1)  # BOS + symbols only
+    fi = free_interventions(program, compiled, x[sym][:300], generator=make_generator(8))
+    assert intervention_success(fi.logits, fi.expected, fi.scored) == 1.0
+    kind = reference_kind(fi.expected)
+    clean = ref[sym][:300].double()
+    mask = fi.scored & scored_positions(fi.expected, kind)
+    differs = answers(fi.expected, kind) != answers(clean, kind)
+    if kind == "sign":
+        differs = differs.any(-1)
+    assert (differs & mask).any(-1).double().mean() > 0.2
