@@ -22,8 +22,8 @@ from assay.circuits.compile import (
     load_compiled,
     previous_token,
     save_compiled,
-    select_head,
     two_hop,
+    with_decoy,
     without_component,
 )
 from assay.worlds.base import make_generator
@@ -126,21 +126,11 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(logits_of(loaded, x), logits_of(compiled, x), rtol=0, atol=0)
 
 
-def with_decoy(program):
-    """The program plus a decoy head that copies the previous token into a variable nobody reads."""
-    layout, token, one = program.layout, program.token, program.one
-    decoy = layout.categorical("decoy", token.values)
-    key = program.position or token
-    head = select_head("decoy_head", query=key, key=key, predicate=lambda a, b: a == b and b != 0 and b != BOS,
-                       value=token, output=decoy, value_map=lambda v: v, one=one, bos=(token, BOS))
-    return dataclasses.replace(program, heads=(*program.heads, head))
-
-
 def test_circuit_matches_the_weights_under_ablation(case):
     """A2: every on-circuit component and variable is necessary (its ablation changes the answer on
     ≥ 10% of inputs); an off-circuit (decoy) head and its variable change no logit by more than 1e-5."""
     program, _, x, _ = case
-    compiled = compile_program(with_decoy(dataclasses.replace(program, layout=copy.deepcopy(program.layout))))
+    compiled = compile_program(with_decoy(program))
     circuit, clean = compiled.circuit, logits_of(compiled, x)
     shared = 0 in allocate_layers(program).values()  # the decoy shares layer 0 with a head: two heads
     assert compiled.model.config.n_heads == 1 + shared  # and the outputs stay exact
@@ -241,3 +231,23 @@ def test_free_interventions_on_the_previous_token_variable_redirect_induction():
         expect.append(out)
     agree = ((moved - SCALE * torch.tensor(expect)).abs().amax(-1) < 1e-3).float().mean()
     assert agree == 1.0
+
+
+def test_free_interventions_library_acts_as_each_program_says(case):
+    """A5 (free) through :func:`free_interventions`, on every program: the model's answers after the
+    intervention equal the program's with the intervened value, and the interventions are not no-ops (the
+    expected answers differ from the clean ones on a good share of inputs)."""
+    from assay.circuits.compile.interventions import free_interventions
+    from assay.evaluate.programs import answers, intervention_success, reference_kind, scored_positions
+
+    program, compiled, x, ref = case
+    sym = x[:, 1:].ge(4).all(1)  # BOS + symbols only
+    fi = free_interventions(program, compiled, x[sym][:300], generator=make_generator(8))
+    assert intervention_success(fi.logits, fi.expected, fi.scored) == 1.0
+    kind = reference_kind(fi.expected)
+    clean = ref[sym][:300].double()
+    mask = fi.scored & scored_positions(fi.expected, kind)
+    differs = answers(fi.expected, kind) != answers(clean, kind)
+    if kind == "sign":
+        differs = differs.any(-1)
+    assert (differs & mask).any(-1).double().mean() > 0.2

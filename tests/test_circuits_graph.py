@@ -15,6 +15,7 @@ from assay.circuits.graph import (
     GraphConfig,
     LocalReplacement,
     attribute,
+    constrained_effects,
     graph_scores,
     influence,
     influential_edge_recall,
@@ -24,6 +25,7 @@ from assay.circuits.graph import (
     read_graph_json,
     save_graph,
     share_threshold,
+    subgraph_values,
     write_graph_json,
 )
 from assay.config import ConfigError
@@ -241,33 +243,13 @@ def test_graph_rows_are_conserved_and_batching_does_not_change_them(graphs):
 
 def check_constrained_interventions(model, bases, prompt, g, atol):
     """Doubling each feature activation and each token embedding in the local replacement model moves every
-    target (feature pre-activation, demeaned logit) by that source's column of A."""
-    rep = LocalReplacement(model, prompt, bases)
-    with torch.no_grad():
-        clean = model(prompt[None])[0]
-        pres, final = rep.run(rep.emb[None], [a[None] for a in rep.acts], [e[None] for e in rep.errors])
-    torch.testing.assert_close(final[0] @ rep.unembed.T, clean, rtol=0, atol=atol)
-    u = rep.unembed - rep.unembed.mean(0)
-    f, _, t, lg = g.slices()
-
-    def targets(pres, final):
-        feats = [pres[j][0, p, i] for j, p, i in g.features.tolist()]
-        return torch.cat([torch.stack(feats) if feats else final.new_zeros(0), final[0, -1] @ u[g.logit_tokens].T])
-
-    base = targets(pres, final)
-    rows = list(range(f.stop)) + list(range(lg.start, lg.stop))
-    for k, (j, p, i) in enumerate(g.features.tolist()):
-        acts = [a[None].clone() for a in rep.acts]
-        acts[j][0, p, i] *= 2
-        with torch.no_grad():
-            moved = targets(*rep.run(rep.emb[None], acts, [e[None] for e in rep.errors])) - base
-        torch.testing.assert_close(moved, g.adjacency[rows, k], rtol=0, atol=atol)
-    for p in range(g.n_tokens):
-        emb = rep.emb[None].clone()
-        emb[0, p] *= 2
-        with torch.no_grad():
-            moved = targets(*rep.run(emb, [a[None] for a in rep.acts], [e[None] for e in rep.errors])) - base
-        torch.testing.assert_close(moved, g.adjacency[rows, t.start + p], rtol=0, atol=atol)
+    target (feature pre-activation, demeaned logit) by that source's column of A; the replacement model with
+    the clean sources reproduces the logits."""
+    assert torch.equal(g.tokens, prompt)
+    eff = constrained_effects(model, g, bases)
+    assert eff.replay_error <= atol
+    assert eff.measured.shape == (g.n_features + g.n_logits, g.n_features + g.n_tokens)
+    torch.testing.assert_close(eff.measured, eff.predicted, rtol=0, atol=atol)
 
 
 def test_replacement_is_faithful_and_constrained_interventions_match_edges(graphs):
@@ -387,3 +369,36 @@ def test_layernorm_graphs_conserve_and_match_constrained_interventions():
     graph = attribute(model, tokens, bases, GraphConfig(batch_size=7))
     torch.testing.assert_close(graph.adjacency.sum(1) + graph.constants, graph.values, rtol=0, atol=1e-10)
     check_constrained_interventions(model, bases, tokens, graph, 1e-10)
+
+
+def test_subgraph_values_equal_the_frozen_model_with_a_token_removed(graphs):
+    """Every edge kept → the clean values; none → the constants; all edges out of one token node dropped →
+    the compiled model's own demeaned logits with that token's embedding zeroed and the attention patterns
+    frozen (the exact bases make the replacement model the model itself, features re-activated by σ)."""
+    from assay import hooks
+
+    compiled, bases, prompts, gs = graphs
+    g, prompt = gs[-1], prompts[-1]
+    f, _, t, lg = g.slices()
+    n = g.adjacency.shape[0]
+    rows = list(range(f.stop)) + list(range(lg.start, n))
+    full = subgraph_values(g, bases, torch.ones(n, n, dtype=torch.bool))
+    torch.testing.assert_close(full[rows], g.values[rows], rtol=0, atol=1e-9)
+    torch.testing.assert_close(subgraph_values(g, bases, torch.zeros(n, n, dtype=torch.bool)), g.constants)
+    rep = LocalReplacement(compiled.model, prompt, bases)
+    u = rep.unembed - rep.unembed.mean(0)
+    for p in range(g.n_tokens):
+        mask = torch.ones(n, n, dtype=torch.bool)
+        mask[:, t.start + p] = False
+
+        def drop(h, p=p):
+            h = h.clone()
+            h[:, p] = 0.0
+            return h
+
+        edits = {"embed": drop, **{s: (lambda h, pat=pat: pat.expand_as(h)) for s, pat in rep.patterns.items()}}
+        with torch.no_grad(), hooks.patch(compiled.model, edits), \
+                hooks.capture(compiled.model, ["ln_f"]) as cap:
+            compiled.model(prompt[None])
+        want = cap["ln_f"][0, -1] @ u[g.logit_tokens].T
+        torch.testing.assert_close(subgraph_values(g, bases, mask)[lg], want, rtol=0, atol=1e-9)

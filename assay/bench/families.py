@@ -23,6 +23,7 @@ FAMILY_MODULES = {
     "sae-fragility": "assay.bench.sae_fragility",
     "concepts": "assay.bench.concepts",
     "temporal": "assay.bench.temporal",
+    "circuits": "assay.bench.circuits",
 }
 """Family name → the module holding its ``FAMILY``."""
 

@@ -13,7 +13,9 @@ close the block), and the script renders it with ``textContent`` only. The templ
 one pass, so a ``{{…}}`` inside data is never substituted. Plots are embedded as ``data:`` images
 (SVG, or PNG), which cannot run script. Navigation in the browser is hash-driven
 (``report.html#latent=5``) and the latent list is paginated (50 per page), so thousands of latents
-stay responsive. The assets are package data (``page.html``, ``browser.html`` beside this module).
+stay responsive. A section's attribution graphs (circuit-tracer graph JSON) are drawn as SVG by the
+script of ``graph.html`` (positions across, layers up; click a node to see its edges), from the same
+kind of embedded JSON and with ``textContent`` only. The assets are package data (``page.html``, ``browser.html``, ``graph.html`` beside this module).
 """
 
 from __future__ import annotations
@@ -114,11 +116,25 @@ def _block(anchor: str, heading: str, inner: Sequence[str]) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(heading)}</h2>{"".join(inner)}</section>'
 
 
+def _graph_html(doc: Any) -> str:
+    """One attribution graph (circuit-tracer graph JSON: metadata, nodes, links), drawn by ``graph.html``'s
+    script from the embedded JSON; every text reaches the page through ``textContent``."""
+    meta = doc.get("metadata", {})
+    title = html.escape(str(meta.get("slug", "attribution graph")))
+    prompt = html.escape(" ".join(str(t) for t in meta.get("prompt_tokens", ())))
+    return (f'<div class="graphview"><h3>{title}</h3><p class="muted small">prompt: {prompt} — '
+            f'{len(doc.get("nodes", ()))} nodes, {len(doc.get("links", ()))} edges (pruned); click a node for its '
+            'edges. Blue: positive, red: negative; width ∝ |weight|.</p><div class="gcanvas"></div>'
+            '<div class="ginfo"></div><script type="application/json" class="graph-data">'
+            f'{embed_json(json_safe(doc))}</script></div>')
+
+
 def _section_block(anchor: str, s: Any) -> str:
     inner = [f'<p class="muted">{html.escape(str(n))}</p>' for n in s.notes]
     inner += [_table_html(t) for t in s.tables]
     if s.plots:
         inner.append(_plots_html(s.plots))
+    inner += [_graph_html(g) for g in getattr(s, "graphs", ())]
     return _block(anchor, str(s.title), inner)
 
 
@@ -152,6 +168,8 @@ def render_report(title: str, *, tables: Sequence[Table] = (), plots: Sequence[P
     if len(blocks) >= 2:
         parts.append(_toc([(a, h) for a, h, _ in blocks]))
     parts += [b for _, _, b in blocks]
+    if any(getattr(s, "graphs", ()) for s in sections):
+        parts.append(_asset("graph.html"))
     return _fill(_asset("page.html"), TITLE=html.escape(str(title)), BODY="\n".join(parts))
 
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from assay.report.html import write_report
+from assay.report.html import json_safe, write_report
 from assay.report.table import Plot, Table
 
 __all__ = ["Section", "SectionError", "write_section", "read_section", "collect_sections", "SECTION_FILE"]
@@ -34,6 +34,8 @@ SECTION_FILE = "section.json"
 """Name of a section's description inside its output folder."""
 FEATURES_FILE = "features.json"
 """Name of a section's feature-browser data inside its output folder."""
+GRAPHS_FILE = "graphs.json"
+"""Name of a section's attribution graphs (a list of circuit-tracer graph JSON documents) inside its folder."""
 
 _FORMAT = 1
 
@@ -56,6 +58,9 @@ class Section(NamedTuple):
     features: Mapping[str, Any] | None = None
     """Feature-browser data (``{"title": …, "latents": [...]}``, :mod:`assay.dictionaries.features`), saved as
     ``features.json`` beside ``section.json``; None or no latents: no browser."""
+    graphs: Sequence[Mapping[str, Any]] = ()
+    """Attribution graphs to draw (circuit-tracer graph JSON: ``metadata`` with ``slug`` and ``prompt_tokens``,
+    ``nodes``, ``links``), saved as ``graphs.json`` beside ``section.json``."""
 
 
 def _json_cell(v: Any) -> Any:
@@ -94,6 +99,9 @@ def write_section(out_dir: str | Path, section: Section, *, report: bool = True)
     if section.features and section.features.get("latents"):
         atomic_write_text(out / FEATURES_FILE, json.dumps(section.features, allow_nan=False))
         data["features"] = FEATURES_FILE
+    if section.graphs:
+        atomic_write_text(out / GRAPHS_FILE, json.dumps(json_safe(list(section.graphs)), allow_nan=False))
+        data["graphs"] = GRAPHS_FILE
     path = out / SECTION_FILE
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
     if report:
@@ -140,7 +148,19 @@ def _load(folder: Path) -> tuple[Section, datetime | None]:
                 raise SectionError(f"{fpath} is not valid JSON ({e}); re-run the command") from None
             if not isinstance(features, dict):
                 raise TypeError(f"feature data is {type(features).__name__}, not an object")
-        section = Section(str(data["title"]), tables, plots, [str(n) for n in data["notes"]], features)
+        graphs: list = []
+        if data.get("graphs") is not None:
+            gpath = (folder / data["graphs"]).resolve()
+            if not gpath.is_relative_to(folder) or not gpath.is_file():
+                raise SectionError(f"{path}: graph data {data['graphs']!r} is missing or outside its folder; "
+                                   "re-run the command")
+            try:
+                graphs = json.loads(gpath.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise SectionError(f"{gpath} is not valid JSON ({e}); re-run the command") from None
+            if not isinstance(graphs, list):
+                raise TypeError(f"graph data is {type(graphs).__name__}, not a list")
+        section = Section(str(data["title"]), tables, plots, [str(n) for n in data["notes"]], features, graphs)
         created = data.get("created")
         if created is not None and not isinstance(created, str):
             raise TypeError(f"'created' is {type(created).__name__}, not str")

@@ -20,6 +20,7 @@ from assay.circuits.compile.circuit import LOGITS, Circuit, CircuitComponent, Ci
 from assay.circuits.compile.compiled import CompiledModel, load_compiled, save_compiled, without_component
 from assay.circuits.compile.features import EMBED, EdgeRecovery, edge_recovery, exact_bases
 from assay.circuits.compile.programs import (
+    DECOY,
     PROGRAMS,
     SCALE,
     dyck1,
@@ -27,6 +28,7 @@ from assay.circuits.compile.programs import (
     induction,
     previous_token,
     two_hop,
+    with_decoy,
 )
 from assay.circuits.compile.space import ONE, Layout, Variable
 
@@ -35,5 +37,5 @@ __all__ = [
     "discretising_mlp", "lookup_mlp", "mean_head", "neuron_mlp", "select_head", "LOGITS", "Circuit",
     "CircuitComponent", "CircuitEdge", "CircuitNode", "CompiledModel", "load_compiled", "save_compiled",
     "without_component", "EMBED", "EdgeRecovery", "edge_recovery", "exact_bases",
-    "PROGRAMS", "SCALE", "dyck1", "histogram", "induction", "previous_token", "two_hop", "ONE", "Layout", "Variable",
+    "DECOY", "PROGRAMS", "SCALE", "dyck1", "histogram", "induction", "previous_token", "two_hop", "with_decoy", "ONE", "Layout", "Variable",
 ]

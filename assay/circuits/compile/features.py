@@ -69,10 +69,13 @@ class EdgeRecovery(NamedTuple):
     """(source, target) variable pairs seen in the graphs."""
     expected: frozenset
     """(source, target) pairs of the circuit (embedded variables merged into ``embed``)."""
+    chance: float
+    """Precision of a graph holding every causally possible edge (source basis before target basis — bases
+    listed in forward order, tokens first, logits last — and source position ≤ target position), named by
+    variables: what edges drawn at random score."""
 
 
-def _graph_pairs(graph: Graph, bases: Sequence[FeatureBasis], rel_tol: float,
-                 edge_mask: torch.Tensor | None) -> set[tuple[str, str]]:
+def _node_names(graph: Graph, bases: Sequence[FeatureBasis]) -> list[str]:
     f_sl, e_sl, t_sl, l_sl = graph.slices()
     names = [""] * graph.adjacency.shape[0]
     for k, (j, _, i) in enumerate(graph.features.tolist()):
@@ -83,6 +86,27 @@ def _graph_pairs(graph: Graph, bases: Sequence[FeatureBasis], rel_tol: float,
         names[k] = EMBED
     for k in range(l_sl.start, l_sl.stop):
         names[k] = LOGITS
+    return names
+
+
+def _possible_pairs(graph: Graph, bases: Sequence[FeatureBasis]) -> set[tuple[str, str]]:
+    names = _node_names(graph, bases)
+    f_sl, e_sl, t_sl, l_sl = graph.slices()
+    t_len = graph.n_tokens
+    order = torch.empty(len(names))
+    pos = torch.empty(len(names), dtype=torch.long)
+    order[f_sl], pos[f_sl] = graph.features[:, 0].double(), graph.features[:, 1]
+    order[e_sl], pos[e_sl] = torch.arange(len(bases)).repeat_interleave(t_len).double(), torch.arange(t_len).repeat(len(bases))
+    order[t_sl], pos[t_sl] = -1.0, torch.arange(t_len)
+    order[l_sl], pos[l_sl] = float(len(bases)), t_len - 1
+    ok = (order[:, None] < order[None, :]) & (pos[:, None] <= pos[None, :])  # [source, target]
+    src, tgt = ok.nonzero(as_tuple=True)
+    return {(names[a], names[b]) for a, b in zip(src.tolist(), tgt.tolist(), strict=True) if names[a] != names[b]}
+
+
+def _graph_pairs(graph: Graph, bases: Sequence[FeatureBasis], rel_tol: float,
+                 edge_mask: torch.Tensor | None) -> set[tuple[str, str]]:
+    names = _node_names(graph, bases)
     a = graph.adjacency.abs()
     present = a > rel_tol * a.max()
     if edge_mask is not None:
@@ -96,11 +120,14 @@ def edge_recovery(graphs: Sequence[Graph], bases: Sequence[FeatureBasis], compil
     """Precision and recall of the union of ``graphs``' edges against ``compiled``'s circuit; with
     ``edge_masks`` (one bool [N, N] per graph, e.g. from pruning) only the kept edges count."""
     found: set[tuple[str, str]] = set()
+    possible: set[tuple[str, str]] = set()
     for k, g in enumerate(graphs):
         found |= _graph_pairs(g, bases, rel_tol, None if edge_masks is None else edge_masks[k])
+        possible |= _possible_pairs(g, bases)
     embedded = {n.variable for n in compiled.circuit.nodes if n.site == "embed"}
     expected = {(EMBED if e.source in embedded else e.source, e.target)
                 for e in compiled.circuit.edges if e.kind != "qk"}
     hit = len(found & expected)
     return EdgeRecovery(hit / len(found) if found else 1.0, hit / len(expected) if expected else 1.0,
-                        frozenset(found), frozenset(expected))
+                        frozenset(found), frozenset(expected),
+                        len(possible & expected) / len(possible) if possible else float("nan"))

@@ -24,6 +24,8 @@ input starts with BOS and holds no other BOS.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from assay.circuits.compile.assemble import Program
@@ -38,7 +40,7 @@ from assay.circuits.compile.blocks import (
 from assay.circuits.compile.space import ONE, Layout, Variable
 from assay.worlds.vocab import BOS, EOS, SPECIALS
 
-__all__ = ["SCALE", "previous_token", "dyck1", "induction", "histogram", "two_hop", "PROGRAMS"]
+__all__ = ["SCALE", "previous_token", "dyck1", "induction", "histogram", "two_hop", "with_decoy", "DECOY", "PROGRAMS"]
 
 SCALE = 10.0
 """Readout weight: a selected output gets logit SCALE (the top-1 margin of one-hot outputs)."""
@@ -200,6 +202,23 @@ def two_hop(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
     return Program(name="two_hop", layout=layout, token=token, one=one, position=None, heads=(),
                    mlps=(first, second), readout=readout, output_values=tuple(range(n)), max_seq_len=max_seq_len,
                    reference=reference)
+
+
+DECOY = "decoy"
+"""The variable :func:`with_decoy`'s head writes."""
+
+
+def with_decoy(program: Program) -> Program:
+    """The program plus an off-circuit decoy head: it copies the token into a new variable :data:`DECOY` that
+    nothing reads (the negative control of spec circuits.md §4.3 A2/A7). The program's layout is copied,
+    so ``program`` itself is unchanged."""
+    layout = copy.deepcopy(program.layout)
+    token, one = layout[program.token.name], layout[program.one.name]
+    decoy = layout.categorical(DECOY, token.values)
+    key = layout[program.position.name] if program.position is not None else token
+    head = select_head("decoy_head", query=key, key=key, predicate=lambda a, b: a == b and b != 0 and b != BOS,
+                       value=token, output=decoy, value_map=lambda v: v, one=one, bos=(token, BOS))
+    return dataclasses.replace(program, layout=layout, heads=(*program.heads, head))
 
 
 PROGRAMS: dict[str, Callable[..., Program]] = {

@@ -1,0 +1,347 @@
+"""The circuits family: attribution graphs scored against compiled transformers whose circuits are known.
+
+Ground truth from compiled programs (tracr's craft level: Lindner et al. 2023, "Tracr: Compiled Transformers
+as a Laboratory for Interpretability"); graphs as in Ameisen et al. 2025, "Circuit Tracing: Revealing
+Computational Graphs in Language Models" (circuit-tracer's definitions); the acceptance checks are those of
+spec circuits.md §4.3. Worlds are the programs of :data:`assay.circuits.compile.PROGRAMS`, each compiled
+with an off-circuit decoy head (:func:`~assay.circuits.compile.with_decoy`); the seed draws the inputs and
+the prompts. Methods (feature bases the graphs are built over):
+
+- ``exact`` — the compiled variables and MLP neurons (:func:`~assay.circuits.compile.exact_bases`, error 0);
+- ``random_basis`` — a control: random Gaussian encoders/decoders of the same sizes (so the errors carry the
+  computation), each feature named after the variable holding most of its decoder row;
+- ``random_weights`` — A7's control: the same circuit's names on a model whose weights are redrawn
+  (Gaussian, each tensor's RMS kept).
+
+Metrics, per (program, seed) — A1: ``accuracy``, ``min_margin``, ``max_error``; A2: ``off_circuit_change``
+(largest |Δ logit| from zero-ablating the decoy head or its variable), ``min_share_changed`` (smallest share of
+inputs whose answer changes when one on-circuit component or variable is ablated); A3 (unpruned graphs, all
+prompts): ``precision``, ``recall``, ``chance``, worst-prompt ``replacement`` and ``completeness``; after
+circuit-tracer's 0.8/0.98 pruning ``pruned_precision``, ``pruned_recall`` and the worst-prompt
+``influential_recall`` (edges carrying ≥ 1% of the logit influence kept); A5: ``constrained_error`` (largest
+|measured − A| when doubling each source), ``free_success`` (share of free interventions that act as the
+program says); A7: ``decoy_edge_mass`` (share of Σ|A| on edges out of decoy features) and
+``decoy_influence``; MIB (Mueller et al. 2025): ``cpr`` and ``cmd`` of the graph's edges ranked by |A|.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from assay.bench.runner import BenchResult, RunContext, check_params, expand_with, summary_rows
+from assay.bench.spec import SpecRun, parse_world_spec
+from assay.config import ConfigError
+
+__all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "random_bases", "random_weights"]
+
+METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_weights": {}}
+"""Method name → its parameters and their defaults."""
+WORLD_NAMES = ("previous_token", "dyck1", "induction", "histogram", "two_hop")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CircuitSettings:
+    """The run budget of a circuits bench."""
+
+    n_inputs: int = 256
+    """Inputs (BOS + random symbols, full length) per seed for A1, A2 and free interventions."""
+    n_prompts: int = 8
+    """Prompts (random lengths) per seed whose attribution graphs are built."""
+    batch_size: int = 64
+    """Graph rows per backward pass."""
+    html: bool = True
+    """Add an interactive view of one pruned graph per world to the report section."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_inputs", "n_prompts", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"CircuitSettings.{name} must be >= 1, got {getattr(self, name)}")
+
+
+class PreparedProgram(NamedTuple):
+    """A compiled program and the inputs drawn for one seed."""
+
+    program: Any
+    """The :class:`~assay.circuits.compile.Program` (with the decoy head)."""
+    compiled: Any
+    """Its :class:`~assay.circuits.compile.CompiledModel`, in float64."""
+    inputs: torch.Tensor
+    """A1/A2/A5 inputs, [n_inputs, T]."""
+    reference: torch.Tensor
+    """The program's outputs on them, [n_inputs, T, n_outputs]."""
+    prompts: list[torch.Tensor]
+    """Graph prompts (BOS + symbols), each [T_i]."""
+
+
+def random_bases(bases, circuit, generator: torch.Generator):
+    """Random Gaussian bases of the same shapes and activations, each feature named after the circuit variable
+    whose directions hold the largest share of its decoder row."""
+    owner = {dim: n.variable for n in circuit.nodes for dim in n.dims}
+    out = []
+    for b in bases:
+        d_in, n = b.W_enc.shape
+        w_enc = torch.randn(d_in, n, generator=generator, dtype=torch.float64) / d_in ** 0.5
+        w_dec = torch.randn(n, b.W_dec.shape[1], generator=generator, dtype=torch.float64) / n ** 0.5
+        labels = []
+        for row in w_dec:
+            mass: dict[str, float] = {}
+            for dim, var in owner.items():
+                mass[var] = mass.get(var, 0.0) + float(row[dim] ** 2)
+            labels.append(max(mass, key=mass.get))
+        out.append(dataclasses.replace(b, W_enc=w_enc, b_enc=torch.zeros(n, dtype=torch.float64), W_dec=w_dec,
+                                       b_dec=torch.zeros_like(b.b_dec, dtype=torch.float64), labels=tuple(labels)))
+    return out
+
+
+def random_weights(model, generator: torch.Generator):
+    """A copy of ``model`` with every parameter redrawn from a Gaussian with that tensor's RMS (zeros stay zero)."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * p.pow(2).mean().sqrt())
+    return out
+
+
+def _draw_inputs(program, n: int, g: torch.Generator) -> torch.Tensor:
+    syms = torch.arange(4, len(program.token.values))
+    body = syms[torch.randint(0, len(syms), (n, program.max_seq_len - 1), generator=g)]
+    return torch.cat([torch.ones(n, 1, dtype=torch.long), body], 1)
+
+
+def _masks(graph):
+    f, e, t, _ = graph.slices()
+    n = graph.adjacency.shape[0]
+    always, feats, errs, toks = (torch.zeros(n, dtype=torch.bool) for _ in range(4))
+    always[t.start:], feats[f], errs[e], toks[t] = True, True, True, True
+    return always, feats, errs, toks
+
+
+def _model_checks(compiled, x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """A1 (the outputs against the program) and A2 (every component and variable zero-ablated: on-circuit ones
+    must change answers, off-circuit ones nothing)."""
+    from assay import hooks
+    from assay.circuits.compile import SCALE, without_component
+    from assay.evaluate.programs import ablation_effect, program_accuracy, reference_kind, scored_positions
+
+    model, circuit, n_out = compiled.model, compiled.circuit, len(compiled.output_values)
+    kind = reference_kind(ref)
+
+    def logits(m=model):
+        with torch.no_grad():
+            return m(x)[..., :n_out]
+
+    clean = logits()
+    acc = program_accuracy(clean, ref, scale=SCALE, kind=kind)
+    scored = scored_positions(ref, kind)
+    on_circuit = circuit.ancestors()
+    off_change, min_share, min_moved = 0.0, 1.0, 1.0
+
+    def record(on: bool, eff) -> None:
+        nonlocal off_change, min_share, min_moved
+        if on:
+            min_share, min_moved = min(min_share, eff.share_changed), min(min_moved, eff.share_moved)
+        else:
+            off_change = max(off_change, eff.max_change)
+
+    for comp in circuit.components:
+        writes = {e.target for e in circuit.edges if e.component == comp.name}
+        record(bool(writes & on_circuit),
+               ablation_effect(clean, logits(without_component(compiled, comp.name)), scored, kind=kind))
+    for node in circuit.nodes:
+        if node.variable == "logits":
+            continue
+
+        def drop(h, dims=node.dims):
+            h = h.clone()
+            h[..., list(dims)] = 0.0
+            return h
+
+        with hooks.patch(model, {node.site: drop}):
+            record(node.variable in on_circuit, ablation_effect(clean, logits(), scored, kind=kind))
+    return {"accuracy": acc.accuracy, "min_margin": acc.min_margin, "max_error": acc.max_error,
+            "off_circuit_change": off_change, "min_share_changed": min_share, "min_share_moved": min_moved}
+
+
+def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]:
+    """A3, A5 (constrained), A7 (decoy) and MIB's CPR/CMD on the attribution graphs of ``prompts``."""
+    from assay.circuits.compile import DECOY
+    from assay.circuits.compile.features import edge_recovery
+    from assay.circuits.graph import (
+        GraphConfig,
+        attribute,
+        constrained_effects,
+        graph_scores,
+        influence,
+        influential_edge_recall,
+        normalize_matrix,
+        prune,
+        subgraph_values,
+    )
+    from assay.evaluate.circuit_faithfulness import faithfulness_curve, mib_scores
+
+    model = compiled.model
+    graphs = [attribute(model, p, bases, GraphConfig(batch_size=batch_size)) for p in prompts]
+    per: dict[str, list[float]] = {}
+    masks = []
+    for gr in graphs:
+        always, feats, errs, toks = _masks(gr)
+        w = gr.logit_weights()
+        sc = graph_scores(gr.adjacency, w, errs, toks)
+        pr = prune(gr.adjacency, w, always, features=feats)
+        masks.append(pr.edge_mask)
+        eff = constrained_effects(model, gr, bases)
+        decoy = torch.zeros_like(feats)
+        for k, (j, _, i) in enumerate(gr.features.tolist()):
+            decoy[k] = bases[j].labels[i] == DECOY
+        a = gr.adjacency.abs()
+        inf = influence(normalize_matrix(gr.adjacency), w)
+        top = gr.slices()[3].start  # the most probable logit
+
+        def metric(mask, gr=gr, top=top):
+            return float(subgraph_values(gr, bases, mask)[top])
+
+        exists = gr.adjacency != 0
+        signed = faithfulness_curve(metric, gr.adjacency, candidates=exists)
+        absolute = faithfulness_curve(metric, gr.adjacency.abs(), candidates=exists)
+        for k, v in (("replacement", sc.replacement), ("completeness", sc.completeness),
+                     ("influential_recall", influential_edge_recall(gr.adjacency, w, pr.edge_mask)),
+                     ("constrained_error", float((eff.measured - eff.predicted).abs().max())),
+                     ("decoy_edge_mass", float(a[:, decoy].sum() / a.sum().clamp(min=1e-30))),
+                     ("decoy_influence", float(inf[decoy].sum() / inf.sum().clamp(min=1e-30))),
+                     ("cpr", mib_scores(signed.fractions, signed.faithfulness).cpr),
+                     ("cmd", mib_scores(absolute.fractions, absolute.faithfulness).cmd)):
+            per.setdefault(k, []).append(v)
+    rec = edge_recovery(graphs, bases, compiled)
+    pruned = edge_recovery(graphs, bases, compiled, edge_masks=masks)
+    worst = {k: min(per[k]) for k in ("replacement", "completeness", "influential_recall")}
+    worst |= {k: max(per[k]) for k in ("constrained_error", "decoy_edge_mass", "decoy_influence")}
+    return {"precision": rec.precision, "recall": rec.recall, "chance": rec.chance, **worst,
+            "pruned_precision": pruned.precision, "pruned_recall": pruned.recall,
+            "cpr": sum(per["cpr"]) / len(per["cpr"]), "cmd": sum(per["cmd"]) / len(per["cmd"])}
+
+
+class CircuitFamily:
+    """Attribution graphs × compiled programs (module docstring)."""
+
+    name = "circuits"
+    title = "Circuits bench: attribution graphs against compiled transformers (spec A1–A3, A5, A7, MIB CPR/CMD)"
+    worlds = WORLD_NAMES
+    methods = ("exact", "random_basis", "random_weights")
+    metrics = ("accuracy", "min_margin", "off_circuit_change", "min_share_changed", "min_share_moved", "precision", "recall", "chance",
+               "replacement", "completeness", "pruned_precision", "pruned_recall", "influential_recall",
+               "constrained_error", "free_success", "decoy_edge_mass", "cpr", "cmd")
+    settings_type = CircuitSettings
+
+    def world_names(self) -> tuple[str, ...]:
+        return WORLD_NAMES
+
+    def method_names(self) -> tuple[str, ...]:
+        return tuple(METHODS)
+
+    def expand(self, spec: str) -> list[SpecRun]:
+        runs = expand_with(METHODS)(spec)
+        for run in runs:
+            check_params(run, METHODS[run.name])
+        return runs
+
+    def prepare(self, world: str, seed: int, settings: CircuitSettings) -> PreparedProgram:
+        from assay.circuits.compile import PROGRAMS, compile_program, with_decoy
+        from assay.worlds.base import make_generator
+
+        name, params = parse_world_spec(world, WORLD_NAMES)
+        builder = PROGRAMS[name]
+        valid = set(inspect.signature(builder).parameters)
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} in world {world!r}; valid: {', '.join(sorted(valid))}")
+        program = with_decoy(builder(**params))
+        compiled = compile_program(program)
+        compiled.model.double()
+        g = make_generator(20_000 + seed)
+        inputs = _draw_inputs(program, settings.n_inputs, g)
+        reference = torch.tensor([program.reference(row) for row in inputs.tolist()], dtype=torch.float64)
+        lengths = torch.randint(2, program.max_seq_len + 1, (settings.n_prompts,), generator=g)
+        prompts = [_draw_inputs(program, 1, g)[0, :int(t)] for t in lengths]
+        return PreparedProgram(program, compiled, inputs, reference, prompts)
+
+    def score(self, prepared: PreparedProgram, run: SpecRun, ctx: RunContext) -> dict[str, float]:
+        from assay.circuits.compile import exact_bases
+        from assay.circuits.compile.interventions import free_interventions
+        from assay.evaluate.programs import intervention_success
+        from assay.worlds.base import make_generator
+
+        check_params(run, METHODS[run.name])
+        compiled = prepared.compiled
+        g = make_generator(30_000 + ctx.seed)
+        bases = exact_bases(compiled)
+        if run.name == "random_weights":
+            compiled = dataclasses.replace(compiled, model=random_weights(compiled.model, g))
+            labels = [b.labels for b in bases]
+            bases = [dataclasses.replace(b, labels=lab) for b, lab in zip(exact_bases(compiled), labels, strict=True)]
+        elif run.name == "random_basis":
+            bases = random_bases(bases, compiled.circuit, g)
+        out = {**_model_checks(compiled, prepared.inputs, prepared.reference),
+               **_graph_checks(compiled, bases, prepared.prompts, ctx.settings.batch_size)}
+        if run.name == "exact":  # free interventions are a property of the compiled model, scored once
+            fi = free_interventions(prepared.program, compiled, prepared.inputs, generator=g)
+            out["free_success"] = intervention_success(fi.logits, fi.expected, fi.scored)
+        return out
+
+    def section(self, result: BenchResult) -> Any:
+        from assay.report import Section, Table
+
+        cols, rows = summary_rows(result, self.metrics)
+        n = max((s["n"] for s in result.summary), default=0)
+        s = result.settings
+        notes = [
+            f"{len(result.runs)} runs; per seed {s.n_inputs} inputs (A1, A2, free interventions) and {s.n_prompts} "
+            "graph prompts; mean [95% Student-t interval] over seeds.",
+            "Acceptance (spec circuits.md §4.3) for `exact`: accuracy 1, min_margin ≥ 5, off_circuit_change ≤ 1e-5, "
+            "min_share_changed ≥ 0.1, precision = recall = 1, replacement = completeness = 1 ± 1e-6 (worst prompt), "
+            "pruned_precision 1, influential_recall ≥ 0.9 (worst prompt), constrained_error ≤ 1e-5, free_success "
+            "≥ 0.95, decoy_edge_mass 0.",
+            "influential_recall fails under circuit-tracer's pruning rule (0.8 node share of the influence, token "
+            "nodes counted): token nodes accumulate the influence of every path above them and crowd out features "
+            "on the only path. Excluding token nodes from the node share does not fix it (worst prompts: dyck1 0.70, "
+            "histogram 0.50, induction 0.67), so the peer-compatible rule is kept; see docs/circuits.md.",
+            "Controls: random_basis (random features of the same sizes; the errors carry the computation) and "
+            "random_weights (the circuit's names on redrawn weights: precision should sit at `chance`, the "
+            "precision of every possible edge).",
+            "cpr / cmd: MIB's circuit scores (Mueller et al. 2025) of the graph's edges ranked by |A|, the circuit "
+            "of the top k% edges run in the replacement model (other edges' sources at 0), faithfulness of the "
+            "top logit; mean over prompts.",
+        ]
+        graphs = [_graph_view(w, s) for w in dict.fromkeys(r["world"] for r in result.runs)] if s.html else []
+        return Section(self.title, [Table(f"Acceptance checks (mean [95% interval] over {n} seed(s))", cols, rows)],
+                       [], notes, graphs=graphs)
+
+
+def token_names(ids) -> list[str]:
+    """Display names of program token ids: the specials' names, then symbols a, b, c, …"""
+    from assay.worlds.vocab import SPECIALS
+
+    return [SPECIALS[t] if t < len(SPECIALS) else chr(ord("a") + t - len(SPECIALS)) for t in ids]
+
+
+def _graph_view(world: str, settings: CircuitSettings) -> dict[str, Any]:
+    """The pruned exact-feature graph of one full-length prompt of ``world`` (circuit-tracer graph JSON)."""
+    from assay.circuits.compile import exact_bases
+    from assay.circuits.graph import GraphConfig, attribute, graph_json
+    from assay.worlds.base import make_generator
+
+    prepared = FAMILY.prepare(world, 0, dataclasses.replace(settings, n_inputs=1, n_prompts=1))
+    prompt = _draw_inputs(prepared.program, 1, make_generator(0))[0]
+    bases = exact_bases(prepared.compiled)
+    graph = attribute(prepared.compiled.model, prompt, bases, GraphConfig(batch_size=settings.batch_size))
+    return graph_json(graph, slug=f"{world}: exact-feature graph", prompt_tokens=token_names(prompt.tolist()),
+                      labels=[b.labels for b in bases])
+
+
+FAMILY = CircuitFamily()
+"""The circuits family for :func:`assay.bench.runner.run_family`."""
