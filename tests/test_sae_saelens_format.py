@@ -15,7 +15,7 @@ def _randomised(arch, **kw):
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, p in sae.named_parameters():
-            if name == "threshold":
+            if name in ("threshold", "rel_threshold"):
                 p.copy_(torch.rand(p.shape, generator=g) * 0.5)
             else:
                 p.add_(0.3 * torch.randn(p.shape, generator=g))

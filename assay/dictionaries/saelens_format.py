@@ -49,7 +49,7 @@ def save_saelens(sae: SAE, path: str | Path, *, metadata: dict[str, Any] | None 
         cfg |= {"architecture": "topk", "apply_b_dec_to_input": True, "k": sae.cfg.k}  # type: ignore[attr-defined]
     elif arch == "jumprelu":
         cfg |= {"architecture": "jumprelu", "apply_b_dec_to_input": False}
-        weights["threshold"] = sd["threshold"]
+        weights["threshold"] = sae.threshold.detach().contiguous().cpu()  # θ = rel_threshold · input_norm
     elif arch in ("batchtopk", "matryoshka"):
         theta = float(sd["threshold"])
         if theta < 0:
@@ -108,5 +108,5 @@ def load_saelens(path: str | Path) -> SAE:
         if arch == "jumprelu":
             if "threshold" not in w:
                 raise ValueError(f"{path}: a jumprelu SAE needs a 'threshold' tensor")
-            sae.threshold.copy_(w["threshold"])  # type: ignore[operator]
+            sae.set_threshold(w["threshold"])  # type: ignore[operator]
     return sae.eval()
