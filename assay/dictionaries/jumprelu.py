@@ -142,7 +142,8 @@ class JumpReLUSAE(SAE):
         self._pre = pre  # reused by loss_terms for the L0 term
         return Codes.from_dense(jumprelu(pre, self.threshold, self.eps))
 
-    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None) -> tuple[Tensor, Tensor]:
+    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None, *,
+                   target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         pre = self.__dict__.pop("_pre", None)
         if pre is None:
             pre = self.pre_acts(x)
@@ -154,10 +155,10 @@ class JumpReLUSAE(SAE):
         return sparsity, x_hat.new_zeros(())
 
     @torch.no_grad()
-    def init_from_batch(self, x: Tensor) -> None:
+    def init_from_batch(self, x: Tensor, target: Tensor | None = None) -> None:
         """Record the mean input norm of the first (scaled) batch: θ (from ``threshold_init``), its step and
         the bandwidth are measured in it."""
-        super().init_from_batch(x)
+        super().init_from_batch(x, target)
         self.input_norm.fill_(x.float().norm(dim=-1).mean().item())
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ import torch
 from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.dictionaries.base import SAE, SAEConfig
 
-__all__ = ["ARCHITECTURES", "sae_class", "build_sae", "save_sae", "load_sae"]
+__all__ = ["ARCHITECTURES", "TRANSCODERS", "sae_class", "build_sae", "save_sae", "load_sae"]
 
 ARCHITECTURES: dict[str, str] = {
     "relu": "assay.dictionaries.relu:ReLUSAE",
@@ -29,14 +29,21 @@ ARCHITECTURES: dict[str, str] = {
     "mp": "assay.dictionaries.mp:MatchingPursuitSAE",
     "spade": "assay.dictionaries.spade:SpaDESAE",
 }
-"""architecture name → ``module:Class``."""
+"""SAE architecture name → ``module:Class``."""
+
+TRANSCODERS: dict[str, str] = {
+    "topk_transcoder": "assay.dictionaries.transcoder:TopKTranscoder",
+    "jumprelu_transcoder": "assay.dictionaries.transcoder:JumpReLUTranscoder",
+}
+"""Transcoder architecture name → ``module:Class`` (input site → output site; config adds ``d_out``, ``skip``)."""
 
 
 def sae_class(architecture: str) -> type[SAE]:
-    """The SAE class registered under ``architecture``."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown SAE architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    module, name = ARCHITECTURES[architecture].split(":")
+    """The SAE (or transcoder) class registered under ``architecture``."""
+    table = ARCHITECTURES | TRANSCODERS
+    if architecture not in table:
+        raise ValueError(f"unknown SAE architecture {architecture!r}; choose one of {', '.join(table)}")
+    module, name = table[architecture].split(":")
     return getattr(importlib.import_module(module), name)
 
 

@@ -84,17 +84,23 @@ class TopKSAE(SAE):
     config_cls = TopKConfig
     cfg: TopKConfig
 
+    def centre(self, x: Tensor) -> Tensor:
+        """What the encoder reads: x − b_dec (a transcoder reads x itself: its b_dec is in output space)."""
+        return x - self.b_dec
+
     def encode_codes(self, x: Tensor) -> Codes:
-        centred = x - self.b_dec
+        centred = self.centre(x)
         if self.cfg.sparse:
             values, indices = topk_encode(centred, self.W_enc, self.b_enc, self.cfg.k)
             return Codes(values, indices, self.d_sae, False)
         return Codes.from_dense(topk_encode_reference(centred, self.W_enc, self.b_enc, self.cfg.k))
 
-    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None) -> tuple[Tensor, Tensor]:
+    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None, *,
+                   target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         zero = x_hat.new_zeros(())
         if dead is None or self.cfg.aux_coef == 0:
             return zero, zero
-        k_aux = self.cfg.aux_k or max(1, self.d_in // 2)
-        aux = auxk_loss(x - self.b_dec, self.W_enc, self.b_enc, self.W_dec, x - x_hat, dead, k_aux)
+        k_aux = self.cfg.aux_k or max(1, self.d_out // 2)
+        y = x if target is None else target
+        aux = auxk_loss(self.centre(x), self.W_enc, self.b_enc, self.W_dec, y - x_hat, dead, k_aux)
         return zero, self.cfg.aux_coef * aux
