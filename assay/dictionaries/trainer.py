@@ -67,6 +67,9 @@ class SAETrainConfig:
     docs/dictionaries.md, "Defaults and the evidence for them"."""
     dead_window: int | None = None
     """Tokens without firing after which a latent counts as dead (None: 10 × the batch size)."""
+    resample_every: int | None = None
+    """Every this many steps, resample the latents that did not fire in the last half of the period
+    (:mod:`assay.dictionaries.resample`, Bricken et al. 2023; None: never)."""
     checkpoint_every: int | None = None
     """Save a checkpoint every this many steps (and at the end) when a checkpoint path is given."""
     progress: bool = False
@@ -84,6 +87,8 @@ class SAETrainConfig:
             raise ConfigError(f"decay_fraction must lie in [0, 1), got {self.decay_fraction}")
         if self.checkpoint_every is not None and self.checkpoint_every <= 0:
             raise ConfigError(f"checkpoint_every must be positive or None, got {self.checkpoint_every}")
+        if self.resample_every is not None and self.resample_every < 2:
+            raise ConfigError(f"resample_every must be >= 2 steps or None, got {self.resample_every}")
 
     @property
     def decay_start(self) -> int | None:
@@ -167,6 +172,15 @@ class SAETrainer:
         self.data_identity: dict[str, Any] | None = None
         """What fixes the data order (site, batch size, seed) when known; checked on resume."""
         self.since_fired = [torch.zeros(s.d_sae, dtype=torch.long) for s in self.saes]
+        if cfg.resample_every is not None:
+            from assay.dictionaries.resample import can_resample
+
+            bad = [s.architecture for s in self.saes if not can_resample(s)]
+            if bad:
+                raise ConfigError(f"resample_every needs explicit W_enc/b_enc/W_dec parameters; {bad} derive their "
+                                  "decoder or have no encoder (MP, SpaDE, RA-SAE): train them with resample_every=None")
+        self.resampled = [0 for _ in self.saes]
+        """Latents resampled so far, per SAE."""
         self.lrs = [cfg.lr or s.default_lr or topk_lr(s.d_sae) for s in self.saes]
         self.opts = [self._adam(s, lr) for s, lr in zip(self.saes, self.lrs)]
         self.last: list[dict[str, float]] = [{} for _ in self.saes]
@@ -260,6 +274,18 @@ class SAETrainer:
             sae.observe(out.codes, self.step)
             self.since_fired[i] += B_global
             self.since_fired[i][fired.cpu() > 0] = 0
+            every = self.cfg.resample_every
+            if every is not None and (self.step + 1) % every == 0:
+                from assay.dictionaries.resample import resample_dead
+
+                g = torch.Generator().manual_seed(self.step)  # depends on the step only: resume stays exact
+                gone = self.since_fired[i] >= (every // 2) * B_global
+                if world > 1:
+                    raise ValueError("resample_every is not supported under torch.distributed yet (each rank would "
+                                     "resample from its own slice); train with resample_every=None")
+                self.resampled[i] += resample_dead(sae, gone.to(x.device), x, t, out.recon.detach(), opt,
+                                                   generator=g)
+                self.since_fired[i][gone] = 0
             self.last[i] = {"loss": out.loss.item(), "fvu": (stats[0] / stats[1]).item(),
                             "l0": (stats[2] / B_global).item(), "dead": dead.float().mean().item()}
         self.step += 1
