@@ -17,7 +17,7 @@ import torch
 from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.dictionaries.base import SAE, SAEConfig
 
-__all__ = ["ARCHITECTURES", "TRANSCODERS", "sae_class", "build_sae", "save_sae", "load_sae"]
+__all__ = ["ARCHITECTURES", "TRANSCODERS", "CROSSCODERS", "sae_class", "build_sae", "save_sae", "load_sae"]
 
 ARCHITECTURES: dict[str, str] = {
     "relu": "assay.dictionaries.relu:ReLUSAE",
@@ -37,10 +37,13 @@ TRANSCODERS: dict[str, str] = {
 }
 """Transcoder architecture name → ``module:Class`` (input site → output site; config adds ``d_out``, ``skip``)."""
 
+CROSSCODERS: dict[str, str] = {"crosscoder": "assay.dictionaries.crosscoder:Crosscoder"}
+"""Crosscoder architecture name → ``module:Class`` (several sources concatenated; config adds ``n_sources``)."""
+
 
 def sae_class(architecture: str) -> type[SAE]:
     """The SAE (or transcoder) class registered under ``architecture``."""
-    table = ARCHITECTURES | TRANSCODERS
+    table = ARCHITECTURES | TRANSCODERS | CROSSCODERS
     if architecture not in table:
         raise ValueError(f"unknown SAE architecture {architecture!r}; choose one of {', '.join(table)}")
     module, name = table[architecture].split(":")
