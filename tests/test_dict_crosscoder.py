@@ -178,8 +178,8 @@ def test_crosscoder_finds_a_latent_exclusive_to_the_model_with_the_changed_rule(
         assert (B(ev).argmax(-1)[:, 1:][at] == NEW).float().mean() > 0.9  # the changed rule is real in B ...
         assert (A(ev).argmax(-1)[:, 1:][at] == NEW).float().mean() < 0.2  # ... and not in A
     diff, b_auc, a_auc, cc = _diff(A, B, tmp_path)
-    # measured: 9 latents B-only by norm, 2 of them rejected by Latent Scaling (ν^r 0.43 and 0.95: A holds
-    # their direction too); the 7 robust ones all detect the rule's positions with AUROC 1.00; no A-only latent
+    # measured: 9 latents B-only by norm, 2 of them rejected by Latent Scaling (ν above 0.2: A holds their
+    # direction too); the 7 robust ones all detect the rule's positions with AUROC 1.00; no A-only latent
     assert len(b_auc) > 0 and min(b_auc.values()) > 0.95, (b_auc, diff.b_only_by_norm.tolist())
     v_dir = B.v / B.v.norm()
     dec_b = cc.source_decoders()[1, list(b_auc)].detach()
