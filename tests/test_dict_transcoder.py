@@ -89,6 +89,18 @@ def test_transcoder_on_a_planted_map_recovers_the_output_directions(tmp_path):
     torch.testing.assert_close(back.transcode(x[:20]), tc.transcode(x[:20]))
 
 
+def test_sparsify_recipe_decoder_starts_at_zero_and_is_never_renormalised():
+    x, y, _ = _planted(n=2000)
+    tc = build_sae("topk_transcoder", d_in=32, d_out=12, d_sae=64, k=4, unit_decoder=False)
+    assert torch.equal(tc.W_dec.detach(), torch.zeros(64, 12))
+    tc, _ = train_saes(tc, SAETrainConfig(steps=60, lr=3e-3, warmup_steps=5, normalize_inputs=False),
+                       _pairs(x, y, 60))
+    norms = tc.W_dec.detach().norm(dim=-1)
+    assert norms.max() > 0 and not torch.allclose(norms[norms > 0], torch.ones_like(norms[norms > 0]), atol=1e-3)
+    with torch.no_grad():
+        assert reconstruction_metrics(y, tc.transcode(x)).fvu < 0.9  # it learns from the zero start
+
+
 def test_fold_scales_maps_raw_inputs_to_raw_outputs():
     tc = build_sae("jumprelu_transcoder", d_in=8, d_out=5, d_sae=20, skip=True, seed=2)
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,8 @@ x ∈ ℝ^{B×d_in} is the input site (e.g. ``blocks.{i}.ln2``), y ∈ ℝ^{B×d
 (``blocks.{i}.mlp``). b_dec lives in output space, so it is **not** subtracted from x (SAELens raises on
 ``apply_b_dec_to_input`` for transcoders). σ is TopK (sparsify) or JumpReLU (GemmaScope; θ and its STE
 bandwidth in units of the input norm, as :mod:`assay.dictionaries.jumprelu`). W_skip ∈ ℝ^{d_out×d_in} is
-zero-initialised (sparsify, SAELens ``skip_transcoder``). At the first batch b_enc = −mean(x) W_enc and
+zero-initialised (sparsify, SAELens ``skip_transcoder``). Atoms are unit-norm by default;
+``unit_decoder=False`` is sparsify's recipe (W_dec from zero, never renormalised). At the first batch b_enc = −mean(x) W_enc and
 b_dec = geometric median of y. Trained by the one SAE trainer (:mod:`assay.dictionaries.trainer`) on
 (x, y) pairs: input and output get separate normalising scales s_in = √d_in/E‖x‖, s_out = √d_out/E‖y‖,
 folded back by :meth:`TranscoderMixin.fold_scales`. The Lens view (``encode``/``decode``) is the sparse
@@ -44,6 +45,9 @@ class TranscoderFields:
     """Width of the output site (what ŷ reconstructs)."""
     skip: bool = False
     """Add the affine skip term x W_skipᵀ (a skip-transcoder, Paulo et al. 2025); W_skip starts at 0."""
+    unit_decoder: bool = True
+    """Random unit-norm atoms kept at unit norm (§1.2 of the dictionaries spec); False: sparsify's transcoder
+    recipe — W_dec starts at zero and is never renormalised."""
 
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]
@@ -76,7 +80,8 @@ class TranscoderMixin(SAE):
         super().__init__(cfg)
         n, d_in, d_out = cfg.d_sae, cfg.d_in, cfg.d_out
         g = torch.Generator().manual_seed(cfg.seed + 1)
-        self.W_dec = nn.Parameter(unit_rows(torch.randn(n, d_out, generator=g)))
+        w_dec = unit_rows(torch.randn(n, d_out, generator=g)) if cfg.unit_decoder else torch.zeros(n, d_out)
+        self.W_dec = nn.Parameter(w_dec)
         self.b_dec = nn.Parameter(torch.zeros(d_out))
         if cfg.skip:
             self.W_skip = nn.Parameter(torch.zeros(d_out, d_in))
@@ -87,6 +92,14 @@ class TranscoderMixin(SAE):
 
     def centre(self, x: Tensor) -> Tensor:
         return x  # b_dec is in output space
+
+    def before_step(self) -> None:
+        if self.cfg.unit_decoder:
+            super().before_step()
+
+    def after_step(self) -> None:
+        if self.cfg.unit_decoder:
+            super().after_step()
 
     def reconstruct(self, x: Tensor, codes: Codes) -> Tensor:
         y_hat = self.decode_codes(codes)
