@@ -81,6 +81,21 @@ def test_latent_scaling_equals_a_direct_least_squares_fit():
                 assert beta[m, col].item() == pytest.approx(direct, rel=1e-6, abs=1e-9)
 
 
+def test_cross_layer_sources_are_one_pass_of_one_model_concatenated():
+    from assay.hooks import capture
+
+    model = Transformer(TransformerConfig(vocab_size=V, n_layers=2, d_model=8, context=T),
+                        generator=torch.Generator().manual_seed(0)).eval()
+    tok = torch.randint(0, V, (3, T), generator=torch.Generator().manual_seed(1))
+    scales = torch.tensor([2.0, 0.5])
+    got = next(crosscoder_batches([model], [(0, "blocks.0"), (0, "blocks.1")], [tok], batch_size=3 * (T - 1),
+                                  scales=scales))
+    with torch.no_grad(), capture(model, ["blocks.0", "blocks.1"]) as cap:
+        model(tok)
+    want = torch.cat([2.0 * cap["blocks.0"][:, 1:], 0.5 * cap["blocks.1"][:, 1:]], -1).reshape(-1, 16)
+    torch.testing.assert_close(got, want)  # BOS dropped, layer-major per row, per-source scales applied
+
+
 def test_sources_of_different_widths_need_a_projection():
     a = Transformer(TransformerConfig(vocab_size=V, n_layers=1, d_model=8, context=T))
     b = Transformer(TransformerConfig(vocab_size=V, n_layers=1, d_model=12, context=T))
