@@ -14,7 +14,7 @@ from assay.dictionaries.trainer import SAETrainConfig, live_batches, train_saes
 from assay.dictionaries.transcoder import is_transcoder
 from assay.evaluate.reconstruction import reconstruction_metrics
 from assay.evaluate.recovery import feature_recovery
-from assay.evaluate.spliced import spliced_metrics
+from assay.evaluate.spliced import replacement_metrics, spliced_metrics
 from assay.models.transformer import Transformer, TransformerConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -148,6 +148,25 @@ def test_spliced_transcoder_splice_reads_the_input_site_and_replaces_the_mlp():
         spliced_metrics(model, "blocks.0.mlp", tokens, tc.transcode, input_site="blocks.0.mlp")
     with pytest.raises(ValueError, match="earlier in the forward pass"):
         spliced_metrics(model, "blocks.0.ln2", tokens, tc.transcode, input_site="blocks.0.mlp")
+
+
+def test_replacement_model_splices_every_layer_at_once():
+    cfg = TransformerConfig(vocab_size=17, n_layers=2, n_heads=2, d_model=16, context=12)
+    model = Transformer(cfg, generator=torch.Generator().manual_seed(1)).eval()
+    tokens = [_tokens(8, 2)]
+    true = {f"blocks.{i}.mlp": (f"blocks.{i}.ln2", copy.deepcopy(model.blocks[i].mlp)) for i in range(2)}
+    exact = replacement_metrics(model, true, tokens)  # every MLP replaced by itself: the clean model
+    assert exact.kl == pytest.approx(0, abs=1e-6) and exact.top1_agreement == 1.0
+    assert exact.ce_replaced == pytest.approx(exact.ce_clean, abs=1e-6)
+    halved = {s: (i, lambda h, f=f: 0.5 * f(h)) for s, (i, f) in true.items()}
+    both = replacement_metrics(model, halved, tokens)
+    assert both.kl > 0
+    # one splice through this path equals spliced_metrics' single-site splice (an independent code path)
+    one = replacement_metrics(model, dict(list(halved.items())[:1]), tokens)
+    ref = spliced_metrics(model, "blocks.0.mlp", tokens, halved["blocks.0.mlp"][1], input_site="blocks.0.ln2")
+    assert one.kl == pytest.approx(ref.kl_sae, rel=1e-6) and one.ce_replaced == pytest.approx(ref.ce_sae, rel=1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        replacement_metrics(model, {}, tokens)
 
 
 def test_transcoder_from_a_store_reads_both_sites_at_the_same_rows(tmp_path):
