@@ -45,6 +45,18 @@ def test_loss_is_reconstruction_plus_l1_of_per_source_decoder_norms():
     torch.testing.assert_close(out.loss.detach(), rec + pen)
 
 
+def test_topk_crosscoder_ranks_by_the_decoder_scaled_code_and_keeps_raw_values():
+    cc = build_sae("crosscoder", d_in=4, d_sae=3, n_sources=2, activation="topk", k=1)
+    with torch.no_grad():
+        cc.W_enc.copy_(torch.tensor([[3.0, 2.0, 1.0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]))
+        cc.b_enc.zero_()
+        cc.W_dec.copy_(torch.tensor([[0.1, 0, 0.1, 0], [1.0, 0, 1.0, 0], [0.5, 0, 0, 0]]))  # Σ_m‖d^m‖ = .2, 2, .5
+    z = cc.encode(torch.tensor([[1.0, 0, 0, 0]]))
+    # pre = (3, 2, 1); scaled = (0.6, 4.0, 0.5): latent 1 wins although latent 0 has the largest code
+    torch.testing.assert_close(z, torch.tensor([[0.0, 2.0, 0.0]]))
+    assert cc(torch.tensor([[1.0, 0, 0, 0]])).sparsity_loss.item() == 0.0
+
+
 def test_spec_check_values_and_fold():
     cc = build_sae("crosscoder", d_in=4, d_sae=3, n_sources=2)
     with torch.no_grad():
@@ -160,7 +172,7 @@ def models():
     return base, PlantedRule(base, strength=3.0).eval()
 
 
-def _diff(A, B, tmp_path=None):
+def _diff(A, B, tmp_path=None, **kw):
     """Train a 2-model crosscoder on blocks.0 of A and B (sources normalised) and sort its latents; returns
     the diff, the AUROC of each robust B-only / A-only latent for the rule label, and the crosscoder."""
     sources = [(0, "blocks.0"), (1, "blocks.0")]
@@ -171,7 +183,7 @@ def _diff(A, B, tmp_path=None):
         return crosscoder_batches([A, B], sources, (_tokens(64, 100 + s) for s in range(start, 10**6)),
                                   batch_size=256, scales=scales)
 
-    cc, _ = train_saes(build_sae("crosscoder", d_in=32, d_sae=64, n_sources=2),
+    cc, _ = train_saes(build_sae("crosscoder", d_in=32, d_sae=64, n_sources=2, **kw),
                        SAETrainConfig(steps=500, lr=3e-3, warmup_steps=25), batches)
     if tmp_path is not None:
         cc = load_sae(save_sae(tmp_path / "cc", cc))
@@ -185,16 +197,18 @@ def _diff(A, B, tmp_path=None):
     return diff, b_auc, a_auc, cc
 
 
-def test_crosscoder_finds_a_latent_exclusive_to_the_model_with_the_changed_rule(models, tmp_path):
+@pytest.mark.parametrize("kw", [{}, {"activation": "topk", "k": 4}], ids=["relu", "topk"])
+def test_crosscoder_finds_a_latent_exclusive_to_the_model_with_the_changed_rule(models, tmp_path, kw):
     A, B = models
     with torch.no_grad():
         ev = _tokens(64, 5)
         at = rule_applies(ev)[:, 1:]
         assert (B(ev).argmax(-1)[:, 1:][at] == NEW).float().mean() > 0.9  # the changed rule is real in B ...
         assert (A(ev).argmax(-1)[:, 1:][at] == NEW).float().mean() < 0.2  # ... and not in A
-    diff, b_auc, a_auc, cc = _diff(A, B, tmp_path)
-    # measured: 9 latents B-only by norm, 2 of them rejected by Latent Scaling (ν above 0.2: A holds their
-    # direction too); the 7 robust ones all detect the rule's positions with AUROC 1.00; no A-only latent
+    diff, b_auc, a_auc, cc = _diff(A, B, tmp_path, **kw)
+    # measured (relu): 9 latents B-only by norm, 2 of them rejected by Latent Scaling (ν above 0.2: A holds their
+    # direction too); the 7 robust ones all detect the rule's positions with AUROC 1.00; no A-only latent.
+    # (topk, k = 4, ranked by decoder-scaled code): exactly one B-only latent, AUROC 1.00; no A-only latent
     assert len(b_auc) > 0 and min(b_auc.values()) > 0.95, (b_auc, diff.b_only_by_norm.tolist())
     v_dir = B.v / B.v.norm()
     dec_b = cc.source_decoders()[1, list(b_auc)].detach()
@@ -202,5 +216,5 @@ def test_crosscoder_finds_a_latent_exclusive_to_the_model_with_the_changed_rule(
     assert cos.max() > 0.9, cos  # a model-B decoder is the planted change itself (measured: all 7 at 0.99)
     assert max(a_auc, default=0.5) < 0.75, a_auc  # nothing exclusive to the unchanged model carries the rule
     # control: two identical models give no robust exclusive latent that carries the rule (measured: none at all)
-    _, b_ctrl, _, _ = _diff(A, PlantedRule(A, strength=0.0).eval())
+    _, b_ctrl, _, _ = _diff(A, PlantedRule(A, strength=0.0).eval(), **kw)
     assert max(b_ctrl.values(), default=0.5) < 0.75, b_ctrl

@@ -8,6 +8,11 @@ Spec: ../shared/specs/circuits.md §2.
     f = ReLU(Σ_m a^m W_enc^m + b_enc),     â^m = f W_dec^m + b_dec^m,
     L = Σ_m mean_b ‖a^m − â^m‖² + λ · mean_b Σ_i f_i Σ_m ‖W_dec,i^m‖    ("L1 of the per-source norms")
 
+or, with ``activation="topk"``, the k latents of largest scaled code f_i·Σ_m‖W_dec,i^m‖ kept per row and no
+L1 term — the per-row form of the BatchTopK crosscoder of Minder, Dumas, Juang, Chughtai & Nanda 2025
+("Overcoming Sparsity Artifacts in Crosscoders to Interpret Chat-Tuning"), their remedy for the L1's
+complete-shrinkage and latent-decoupling artifacts.
+
 Stored as an SAE over the M sources concatenated, x = [a^1 … a^M] ∈ ℝ^{B×M·d}: W_enc ∈ ℝ^{M·d×n} is the
 stack of the W_enc^m (so x W_enc = Σ_m a^m W_enc^m), W_dec ∈ ℝ^{n×M·d} the per-source decoders side by side
 (:meth:`Crosscoder.source_decoders` → [M, n, d]); the one SAE trainer trains it. The reconstruction term is
@@ -22,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -39,8 +45,14 @@ class CrosscoderConfig(SAEConfig):
 
     n_sources: int = 2
     """Number of sources M (layers of one model, or models)."""
+    activation: Literal["relu", "topk"] = "relu"
+    """``relu``: ReLU + the L1 of per-source decoder norms (Lindsey et al.); ``topk``: keep the k latents with
+    the largest *scaled* code f_i·Σ_m‖W_dec,i^m‖ per row, values unscaled, no L1 term (the per-row form of
+    Minder et al.'s BatchTopK crosscoder, their remedy for L1 sparsity artifacts)."""
+    k: int = 32
+    """Active latents per row for ``activation="topk"``."""
     l1_coef: float = 1.0
-    """λ of the sparsity term Σ_i f_i Σ_m ‖W_dec,i^m‖."""
+    """λ of the sparsity term Σ_i f_i Σ_m ‖W_dec,i^m‖ (``relu`` only)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,6 +61,10 @@ class CrosscoderConfig(SAEConfig):
                               f"{self.n_sources} equal widths")
         if self.l1_coef < 0:
             raise ConfigError(f"l1_coef must be >= 0, got {self.l1_coef}")
+        if self.activation not in ("relu", "topk"):
+            raise ConfigError(f"activation must be 'relu' or 'topk', got {self.activation!r}")
+        if self.activation == "topk" and not 0 < self.k <= self.d_sae:
+            raise ConfigError(f"k must be in 1..d_sae={self.d_sae}, got k={self.k}")
 
 
 class Crosscoder(SAE):
@@ -82,12 +98,20 @@ class Crosscoder(SAE):
         return self.W_dec.view(self.d_sae, self.n_sources, self.d_source).norm(dim=-1)
 
     def encode_codes(self, x: Tensor) -> Codes:
-        return Codes.from_dense((x @ self.W_enc + self.b_enc).relu())
+        f = (x @ self.W_enc + self.b_enc).relu()
+        if self.cfg.activation == "relu":
+            return Codes.from_dense(f)
+        scaled = f * self.decoder_norms().sum(-1)  # rank by what each latent writes, keep the raw value
+        idx = scaled.topk(self.cfg.k, dim=-1).indices
+        return Codes.from_dense(torch.zeros_like(f).scatter(-1, idx, f.gather(-1, idx)))
 
     def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None, *,
                    target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        zero = x_hat.new_zeros(())
+        if self.cfg.activation == "topk":
+            return zero, zero
         penalty = (codes.values * self.decoder_norms().sum(-1)).sum(-1).mean()
-        return self.cfg.l1_coef * penalty, x_hat.new_zeros(())
+        return self.cfg.l1_coef * penalty, zero
 
     @torch.no_grad()
     def fold_source_scales(self, scales: Tensor) -> None:
