@@ -63,3 +63,18 @@ def test_threshold_and_bandwidth_are_in_units_of_the_input_norm():
     z = sae.encode(2.0 * x)
     sae.fold_input_scale(2.0)
     torch.testing.assert_close(sae.encode(x), z)
+
+
+def test_an_artifact_saved_with_the_old_threshold_layout_loads_with_the_same_codes(tmp_path):
+    from assay.artifact import save_artifact
+
+    sae = build_sae("jumprelu", d_in=6, d_sae=10, seed=1)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        sae.set_threshold(torch.rand(10, generator=g) * 0.5)
+    old = {k: v for k, v in sae.state_dict().items() if k not in ("rel_threshold", "input_norm")}
+    old["threshold"] = sae.threshold.detach().clone()  # the layout before this change
+    save_artifact(tmp_path / "old", kind="sae.jumprelu", config=sae.cfg, tensors={"weights": old}, meta={})
+    back = load_sae(tmp_path / "old")
+    x = torch.randn(20, 6, generator=g)
+    torch.testing.assert_close(back.encode(x), sae.encode(x))

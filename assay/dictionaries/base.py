@@ -293,5 +293,11 @@ class SAE(nn.Module):
         self.W_dec.div_(s)
         self.b_dec.div_(s)
 
+    @staticmethod
+    def upgrade_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A saved state dict in this architecture's current tensor names (older layouts are converted by the
+        architectures whose layout changed); by default unchanged."""
+        return sd
+
     def extra_config(self) -> dict[str, Any]:
         return {}

@@ -154,6 +154,17 @@ class JumpReLUSAE(SAE):
             sparsity = self.cfg.l0_coef * l0
         return sparsity, x_hat.new_zeros(())
 
+    @staticmethod
+    def upgrade_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Artifacts saved before θ was measured in the input norm hold θ as ``threshold``: read it as
+        ``rel_threshold`` = θ with ``input_norm`` = 1 (the same θ, and so the same codes)."""
+        if "threshold" in sd and "rel_threshold" not in sd:
+            sd = dict(sd)
+            theta = sd.pop("threshold")
+            sd["rel_threshold"] = theta
+            sd["input_norm"] = torch.ones((), dtype=theta.dtype)
+        return sd
+
     @torch.no_grad()
     def init_from_batch(self, x: Tensor, target: Tensor | None = None) -> None:
         """Record the mean input norm of the first (scaled) batch: θ (from ``threshold_init``), its step and

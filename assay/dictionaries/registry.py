@@ -79,7 +79,7 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
         raise ArtifactError(f"{path}: the saved config does not fit a {arch!r} SAE: {e}") from None
     sae = cls(cfg)
     expected = sae.state_dict()
-    got = art.tensors.get("weights", {})
+    got = cls.upgrade_state_dict(dict(art.tensors.get("weights", {})))
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing or extra:
         raise ArtifactError(f"{path}: a {arch!r} SAE needs tensors {sorted(expected)}; missing {missing}, "
