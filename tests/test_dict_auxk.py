@@ -33,7 +33,7 @@ def test_auxk_loss_matches_a_naive_per_row_computation():
         sae.b_enc.copy_(torch.randn(20, generator=g, dtype=torch.float64) * 0.1)
         sae.b_dec.copy_(torch.randn(6, generator=g, dtype=torch.float64))
         x_hat = sae(x).recon
-        got = auxk_loss(x - sae.b_dec, sae.W_enc, sae.b_enc, sae.W_dec, x - x_hat, dead, 3)
+        got = auxk_loss(x - sae.b_dec, sae.W_enc, sae.b_enc, sae.W_dec, x - x_hat, dead, 3, target=x)
     params = [t.detach() for t in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
     want = _naive_auxk(x, *params, x_hat, dead, 3)
     assert abs(float(got) - want) < 1e-9 * max(1.0, want)

@@ -15,7 +15,7 @@ def _randomised(arch, **kw):
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, p in sae.named_parameters():
-            if name == "threshold":
+            if name in ("threshold", "rel_threshold"):
                 p.copy_(torch.rand(p.shape, generator=g) * 0.5)
             else:
                 p.add_(0.3 * torch.randn(p.shape, generator=g))
@@ -70,3 +70,47 @@ def test_bad_saelens_folders(tmp_path):
         save_saelens(build_sae("spade", d_in=4, d_sae=8), tmp_path / "x")
     with pytest.raises(ValueError, match="no inference threshold"):
         save_saelens(build_sae("batchtopk", d_in=4, d_sae=8, k=2), tmp_path / "y")
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("skip", [False, True])
+def test_jumprelu_transcoder_to_saelens_and_back(skip, tmp_path):
+    sae_lens = peer("sae_lens")
+    tc = build_sae("jumprelu_transcoder", d_in=12, d_out=7, d_sae=40, skip=skip, seed=3)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in tc.named_parameters():
+            p.copy_(torch.rand(p.shape, generator=g) * 0.5 if name == "rel_threshold"
+                    else p + 0.3 * torch.randn(p.shape, generator=g))  # W_skip non-symmetric (7 × 12)
+    x = torch.randn(30, 12, generator=torch.Generator().manual_seed(0))
+    save_saelens(tc, tmp_path / "s")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "s"))
+    assert type(theirs).__name__ == ("JumpReLUSkipTranscoder" if skip else "JumpReLUTranscoder")
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode(x), tc.encode(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(theirs(x), tc.transcode(x), atol=1e-5, rtol=1e-5)
+        theirs.save_model(str(tmp_path / "t"))
+        back = load_saelens(tmp_path / "t")
+        torch.testing.assert_close(back.transcode(x), tc.transcode(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.peers
+def test_archetypal_exports_as_a_saelens_topk(tmp_path):
+    sae_lens = peer("sae_lens")
+    sae = build_sae("archetypal", d_in=12, d_sae=16, k=4, seed=1)
+    g = torch.Generator().manual_seed(2)
+    sae.init_from_batch(torch.randn(64, 12, generator=g))
+    with torch.no_grad():
+        sae.Lam.add_(0.1 * torch.randn(sae.Lam.shape, generator=g))
+    x = torch.randn(20, 12, generator=g)
+    save_saelens(sae, tmp_path / "a")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "a"))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.decode(theirs.encode(x)), sae.decode(sae.encode(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_architectures_saelens_cannot_load_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="no TopK transcoder"):
+        save_saelens(build_sae("topk_transcoder", d_in=4, d_out=3, d_sae=8, k=2), tmp_path / "t")
+    with pytest.raises(ValueError, match="SAELens-loadable"):
+        save_saelens(build_sae("mp", d_in=4, d_sae=8, k=2), tmp_path / "m")

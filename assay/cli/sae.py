@@ -27,7 +27,9 @@ class SAETrainCommand(StoreSAEConfig):
     store: Path
     """Activation store folder (written by `assay cache`)."""
     site: str
-    """Site whose activations to train on."""
+    """Site whose activations to train on (a transcoder's input site, e.g. blocks.0.ln2)."""
+    output_site: str | None = None
+    """A transcoder's output site in the same store (e.g. blocks.0.mlp); needs a *_transcoder architecture."""
     out: Path
     """Output artifact folder for the trained SAE (checked before training; never replaced unless --overwrite)."""
     overwrite: bool = False
@@ -45,7 +47,7 @@ def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
     from assay.store import ActivationStore
 
     check_writable(cfg.out, overwrite=cfg.overwrite)
-    store = ActivationStore.open(cfg.store, sites=[cfg.site])
+    store = ActivationStore.open(cfg.store, sites=[cfg.site] + ([cfg.output_site] if cfg.output_site else []))
     loaded = None
     if cfg.evaluate_model:
         from assay.models.offline import MODELS, load
@@ -56,7 +58,7 @@ def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
         else:
             typer.echo(f"store model {name!r} is not an offline model; skipping CE loss recovered", err=True)
     res = train_sae_on_store(store, cfg.site, cfg, model=loaded.model if loaded else None, out=cfg.out,
-                             checkpoint=cfg.checkpoint, log=typer.echo)
+                             checkpoint=cfg.checkpoint, log=typer.echo, output_site=cfg.output_site)
     facts: dict[str, Any] = {"out": str(cfg.out), "steps": res.train.steps, "train_s": round(res.train_seconds, 1),
                              "last_step": {k: round(v, 4) for k, v in res.train.last[0].items()}}
     if res.reconstruction is not None and res.sparsity is not None:

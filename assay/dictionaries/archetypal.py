@@ -104,8 +104,8 @@ class ArchetypalSAE(TopKSAE):
         self.W_enc.copy_(self.W_dec.t() / (self.W_dec.norm(dim=-1) + 1e-8))
 
     @torch.no_grad()
-    def init_from_batch(self, x: Tensor) -> None:
-        super().init_from_batch(x)
+    def init_from_batch(self, x: Tensor, target: Tensor | None = None) -> None:
+        super().init_from_batch(x, target)
         if not bool(self.has_centroids):
             g = torch.Generator().manual_seed(self.cfg.seed)
             self.set_centroids(kmeans(x.float(), self.centroids.shape[0], iters=self.cfg.kmeans_iters, generator=g))

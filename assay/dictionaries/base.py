@@ -192,6 +192,11 @@ class SAE(nn.Module):
     def d_sae(self) -> int:
         return self.cfg.d_sae
 
+    @property
+    def d_out(self) -> int:
+        """Dimension of the reconstruction (d_in for an SAE; the output site's for a transcoder)."""
+        return self.cfg.d_in
+
     def _flat(self, x: Tensor, dim: int, what: str) -> Tensor:
         if x.shape[-1] != dim:
             raise ValueError(
@@ -219,27 +224,37 @@ class SAE(nn.Module):
         return codes.reshape(*h.shape[:-1], self.d_sae)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Lens view: dense codes ``[..., n]`` → activations ``[..., d]``."""
+        """Lens view: dense codes ``[..., n]`` → activations ``[..., d_out]``."""
         flat = self._flat(z, self.d_sae, "codes")
-        return self.decode_codes(Codes.from_dense(flat)).reshape(*z.shape[:-1], self.d_in)
+        return self.decode_codes(Codes.from_dense(flat)).reshape(*z.shape[:-1], self.d_out)
+
+    def reconstruct(self, x: Tensor, codes: Codes) -> Tensor:
+        """The reconstruction of the batch ``x [B, d_in]`` from its codes: ``decode_codes(codes)`` (a
+        skip-transcoder adds its affine skip term in x)."""
+        return self.decode_codes(codes)
 
     def train_codes(self, x: Tensor) -> Codes:
         """Codes used in training (BatchTopK differs from inference here); default: inference codes."""
         return self.encode_codes(x)
 
-    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``(sparsity_loss, aux_loss)`` for this batch, both weighted; zeros by default."""
+    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None, *,
+                   target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(sparsity_loss, aux_loss)`` for this batch, both weighted; zeros by default. ``target``: what
+        ``x_hat`` reconstructs (None: x itself)."""
         zero = x_hat.new_zeros(())
         return zero, zero
 
-    def forward(self, x: Tensor, *, dead: Tensor | None = None, sparsity_scale: float = 1.0) -> SAEOutput:
-        """Training forward on ``x [B, d]``. ``dead``: bool mask ``[n]`` of dead latents (for AuxK);
+    def forward(self, x: Tensor, *, target: Tensor | None = None, dead: Tensor | None = None,
+                sparsity_scale: float = 1.0) -> SAEOutput:
+        """Training forward on ``x [B, d_in]``. ``target``: what to reconstruct ``[B, d_out]`` (None: x, an
+        SAE; a transcoder's output site); ``dead``: bool mask ``[n]`` of dead latents (for AuxK);
         ``sparsity_scale``: multiplier of the sparsity term (the trainer's sparsity warmup)."""
         x = self._flat(x, self.d_in, "activations")
+        y = x if target is None else self._flat(target, self.d_out, "targets")
         codes = self.train_codes(x)
-        x_hat = self.decode_codes(codes)
-        rec = rec_loss(x, x_hat)
-        sparsity, aux = self.loss_terms(x, codes, x_hat, dead)
+        x_hat = self.reconstruct(x, codes)
+        rec = rec_loss(y, x_hat)
+        sparsity, aux = self.loss_terms(x, codes, x_hat, dead, target=y)
         sparsity = sparsity * sparsity_scale
         return SAEOutput(x_hat, detach_codes(codes), rec + sparsity + aux, rec.detach(), sparsity.detach(),
                          aux.detach())
@@ -265,10 +280,12 @@ class SAE(nn.Module):
         """Update running statistics (e.g. inference thresholds) from a training batch's codes."""
 
     @torch.no_grad()
-    def init_from_batch(self, x: Tensor) -> None:
-        """Data-dependent initialisation from the first (scaled) batch: geometric-median b_dec."""
+    def init_from_batch(self, x: Tensor, target: Tensor | None = None) -> None:
+        """Data-dependent initialisation from the first (scaled) batch: b_dec at the geometric median of
+        what is reconstructed (``target``, or x)."""
         if self.median_init:
-            self.b_dec.copy_(geometric_median(x.float()).to(self.b_dec.dtype))
+            y = x if target is None else target
+            self.b_dec.copy_(geometric_median(y.float()).to(self.b_dec.dtype))
 
     @torch.no_grad()
     def fold_input_scale(self, s: float) -> None:
@@ -277,6 +294,12 @@ class SAE(nn.Module):
         self.W_enc.mul_(s)
         self.W_dec.div_(s)
         self.b_dec.div_(s)
+
+    @staticmethod
+    def upgrade_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A saved state dict in this architecture's current tensor names (older layouts are converted by the
+        architectures whose layout changed); by default unchanged."""
+        return sd
 
     def extra_config(self) -> dict[str, Any]:
         return {}

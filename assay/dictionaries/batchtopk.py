@@ -61,7 +61,7 @@ class BatchTopKSAE(TopKSAE):
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return self.centre(x) @ self.W_enc + self.b_enc
 
     def train_codes(self, x: Tensor) -> Codes:
         return Codes.from_dense(batch_topk_codes(self.pre_acts(x), self.cfg.k))

@@ -60,7 +60,10 @@ class MatryoshkaSAE(BatchTopKSAE):
     config_cls = MatryoshkaConfig
     cfg: MatryoshkaConfig
 
-    def forward(self, x: Tensor, *, dead: Tensor | None = None, sparsity_scale: float = 1.0) -> SAEOutput:
+    def forward(self, x: Tensor, *, target: Tensor | None = None, dead: Tensor | None = None,
+                sparsity_scale: float = 1.0) -> SAEOutput:
+        if target is not None:
+            raise ValueError("a Matryoshka SAE reconstructs its input; it takes no separate target")
         x = self._flat(x, self.d_in, "activations")
         codes = self.train_codes(x)
         z = codes.values

@@ -17,7 +17,7 @@ import torch
 from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.dictionaries.base import SAE, SAEConfig
 
-__all__ = ["ARCHITECTURES", "sae_class", "build_sae", "save_sae", "load_sae"]
+__all__ = ["ARCHITECTURES", "TRANSCODERS", "CROSSCODERS", "sae_class", "build_sae", "save_sae", "load_sae"]
 
 ARCHITECTURES: dict[str, str] = {
     "relu": "assay.dictionaries.relu:ReLUSAE",
@@ -29,14 +29,24 @@ ARCHITECTURES: dict[str, str] = {
     "mp": "assay.dictionaries.mp:MatchingPursuitSAE",
     "spade": "assay.dictionaries.spade:SpaDESAE",
 }
-"""architecture name → ``module:Class``."""
+"""SAE architecture name → ``module:Class``."""
+
+TRANSCODERS: dict[str, str] = {
+    "topk_transcoder": "assay.dictionaries.transcoder:TopKTranscoder",
+    "jumprelu_transcoder": "assay.dictionaries.transcoder:JumpReLUTranscoder",
+}
+"""Transcoder architecture name → ``module:Class`` (input site → output site; config adds ``d_out``, ``skip``)."""
+
+CROSSCODERS: dict[str, str] = {"crosscoder": "assay.dictionaries.crosscoder:Crosscoder"}
+"""Crosscoder architecture name → ``module:Class`` (several sources concatenated; config adds ``n_sources``)."""
 
 
 def sae_class(architecture: str) -> type[SAE]:
-    """The SAE class registered under ``architecture``."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown SAE architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    module, name = ARCHITECTURES[architecture].split(":")
+    """The SAE (or transcoder) class registered under ``architecture``."""
+    table = ARCHITECTURES | TRANSCODERS | CROSSCODERS
+    if architecture not in table:
+        raise ValueError(f"unknown SAE architecture {architecture!r}; choose one of {', '.join(table)}")
+    module, name = table[architecture].split(":")
     return getattr(importlib.import_module(module), name)
 
 
@@ -69,7 +79,7 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
         raise ArtifactError(f"{path}: the saved config does not fit a {arch!r} SAE: {e}") from None
     sae = cls(cfg)
     expected = sae.state_dict()
-    got = art.tensors.get("weights", {})
+    got = cls.upgrade_state_dict(dict(art.tensors.get("weights", {})))
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing or extra:
         raise ArtifactError(f"{path}: a {arch!r} SAE needs tensors {sorted(expected)}; missing {missing}, "

@@ -58,5 +58,6 @@ class ReLUSAE(SAE):
     def encode_codes(self, x: Tensor) -> Codes:
         return Codes.from_dense((x @ self.W_enc + self.b_enc).relu())
 
-    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None) -> tuple[Tensor, Tensor]:
+    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None, *,
+                   target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.cfg.l1_coef * norm_weighted_l1(codes.values, self.W_dec), x_hat.new_zeros(())

@@ -9,6 +9,15 @@ W_dec [d_sae, d_in], b_dec [d_in] (+ ``threshold`` [d_sae] for JumpReLU). Archit
     assay jumprelu  ↔ SAELens "jumprelu"  (apply_b_dec_to_input=False)
     assay batchtopk, matryoshka → SAELens "jumprelu" with the global inference threshold θ on every latent
                                   (as SAELens saves its own BatchTopK SAEs for inference)
+    assay archetypal → SAELens "topk" with the fused dictionary D = (W C + Λ)·exp(m) as W_dec (one way:
+                       it reads back as a plain TopK SAE)
+    assay jumprelu_transcoder ↔ SAELens "jumprelu_transcoder" / "jumprelu_skip_transcoder" (+ d_out,
+                       W_skip [d_out, d_in]; ReLU then the mask pre > θ, as assay for θ > 0)
+
+SAELens 6.54 has no format for assay's TopK transcoder (its transcoders are ReLU "transcoder" /
+"skip_transcoder" and the JumpReLU pair), MP (its "matching_pursuit" is a training-time SAE with a
+different residual rule), SpaDE, or crosscoders: saving those raises, naming the alternatives. Its ReLU
+"transcoder" / "skip_transcoder" have no assay counterpart and are refused when read.
 
 Reading an SAELens SAE with ``apply_b_dec_to_input=True`` into an assay architecture that does not
 subtract b_dec folds it into the encoder bias: (x − b_dec) W_enc + b_enc = x W_enc + (b_enc − b_dec W_enc).
@@ -37,19 +46,36 @@ def save_saelens(sae: SAE, path: str | Path, *, metadata: dict[str, Any] | None 
     path = Path(path)
     arch = sae.architecture
     sd = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
-    weights = {k: sd[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")} if "W_enc" in sd else None
+    if arch == "archetypal":
+        sd["W_dec"] = sae.W_dec
+    weights = {k: sd[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")} if "W_enc" in sd and "W_dec" in sd else None
     if weights is None:
-        raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE")
+        raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE (SAELens-loadable: relu, topk, "
+                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder)")
     cfg: dict[str, Any] = {"d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": str(sd["W_enc"].dtype).removeprefix("torch."),
                            "device": "cpu", "normalize_activations": "none", "reshape_activations": "none",
                            "metadata": dict(metadata or {})}
     if arch == "relu":
         cfg |= {"architecture": "standard", "apply_b_dec_to_input": False}
+    elif arch == "jumprelu_transcoder":
+        skip = bool(sae.cfg.skip)  # type: ignore[attr-defined]
+        cfg |= {"architecture": "jumprelu_skip_transcoder" if skip else "jumprelu_transcoder",
+                "apply_b_dec_to_input": False, "d_out": sae.d_out}
+        weights["threshold"] = sae.threshold.detach().contiguous().cpu()  # type: ignore[operator]
+        if skip:
+            weights["W_skip"] = sd["W_skip"]
+    elif arch == "topk_transcoder":
+        raise ValueError("SAELens 6.54 has no TopK transcoder (its transcoders are ReLU 'transcoder'/'skip_transcoder' "
+                         "and 'jumprelu_transcoder'/'jumprelu_skip_transcoder'); train a jumprelu_transcoder to "
+                         "move it to SAELens, or keep it as an assay artifact (save_sae)")
+    elif arch == "archetypal":
+        weights["W_dec"] = sae.W_dec.detach().contiguous().cpu()  # the fused dictionary
+        cfg |= {"architecture": "topk", "apply_b_dec_to_input": True, "k": sae.cfg.k}  # type: ignore[attr-defined]
     elif arch == "topk":
         cfg |= {"architecture": "topk", "apply_b_dec_to_input": True, "k": sae.cfg.k}  # type: ignore[attr-defined]
     elif arch == "jumprelu":
         cfg |= {"architecture": "jumprelu", "apply_b_dec_to_input": False}
-        weights["threshold"] = sd["threshold"]
+        weights["threshold"] = sae.threshold.detach().contiguous().cpu()  # θ = rel_threshold · input_norm
     elif arch in ("batchtopk", "matryoshka"):
         theta = float(sd["threshold"])
         if theta < 0:
@@ -57,7 +83,8 @@ def save_saelens(sae: SAE, path: str | Path, *, metadata: dict[str, Any] | None 
         cfg |= {"architecture": "jumprelu", "apply_b_dec_to_input": True}
         weights["threshold"] = torch.full((sae.d_sae,), theta, dtype=sd["W_enc"].dtype)
     else:
-        raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE")
+        raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE (SAELens-loadable: relu, topk, "
+                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder)")
     path.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(path / WEIGHTS_FILE))
     (path / CFG_FILE).write_text(json.dumps(cfg, indent=2))
@@ -79,6 +106,11 @@ def load_saelens(path: str | Path) -> SAE:
         raise ValueError(f"{path}: normalize_activations={cfg['normalize_activations']!r} is not supported; "
                          "fold the normalisation into the weights first")
     w = load_file(str(path / WEIGHTS_FILE))
+    if arch in ("transcoder", "skip_transcoder"):
+        raise ValueError(f"{path}: SAELens {arch!r} is a ReLU transcoder, which assay does not have; assay reads "
+                         "'jumprelu_transcoder' and 'jumprelu_skip_transcoder'")
+    if arch in ("jumprelu_transcoder", "jumprelu_skip_transcoder"):
+        return _load_jumprelu_transcoder(path, cfg, w)
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     for name, shape in (("W_enc", (d_in, d_sae)), ("b_enc", (d_sae,)), ("W_dec", (d_sae, d_in)), ("b_dec", (d_in,))):
         if name not in w or tuple(w[name].shape) != shape:
@@ -108,5 +140,25 @@ def load_saelens(path: str | Path) -> SAE:
         if arch == "jumprelu":
             if "threshold" not in w:
                 raise ValueError(f"{path}: a jumprelu SAE needs a 'threshold' tensor")
-            sae.threshold.copy_(w["threshold"])  # type: ignore[operator]
+            sae.set_threshold(w["threshold"])  # type: ignore[operator]
+    return sae.eval()
+
+
+def _load_jumprelu_transcoder(path: Path, cfg: dict[str, Any], w: dict[str, torch.Tensor]) -> SAE:
+    """An SAELens JumpReLU (skip-)transcoder as an assay ``jumprelu_transcoder``."""
+    from assay.dictionaries.transcoder import JumpReLUTranscoder, JumpReLUTranscoderConfig
+
+    d_in, d_sae, d_out = int(cfg["d_in"]), int(cfg["d_sae"]), int(cfg["d_out"])
+    skip = cfg["architecture"] == "jumprelu_skip_transcoder"
+    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,),
+              "threshold": (d_sae,)} | ({"W_skip": (d_out, d_in)} if skip else {})
+    for name, shape in shapes.items():
+        if name not in w or tuple(w[name].shape) != shape:
+            got = tuple(w[name].shape) if name in w else "missing"
+            raise ValueError(f"{path}: tensor {name} is {got}, expected {shape}")
+    sae = JumpReLUTranscoder(JumpReLUTranscoderConfig(d_in=d_in, d_sae=d_sae, d_out=d_out, skip=skip))
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec") + (("W_skip",) if skip else ()):
+            getattr(sae, name).copy_(w[name])
+        sae.set_threshold(w["threshold"])
     return sae.eval()

@@ -86,7 +86,8 @@ class SpaDESAE(SAE):
     def decode_codes(self, codes: Codes) -> Tensor:
         return codes.dense() @ self.A_dec
 
-    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None) -> tuple[Tensor, Tensor]:
+    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None, *,
+                   target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.cfg.gamma * (codes.values * self.distances(x)).sum(-1).mean(), x_hat.new_zeros(())
 
     @torch.no_grad()

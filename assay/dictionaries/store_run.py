@@ -12,6 +12,11 @@ evaluating sparse autoencoders", for the TopK defaults) on the store's rows, min
   held-out windows, the reconstruction spliced in at every position but the BOS
   (:mod:`assay.evaluate.spliced`).
 
+A transcoder (``architecture="topk_transcoder"`` / ``"jumprelu_transcoder"``, Dunefsky et al. 2024) is
+trained the same way on two sites cached together in the store (``output_site``, read at the same rows);
+its held-out FVU is that of the output site and its splice replaces the output site by the transcoder's
+map of the input site.
+
 Store rows are window-major (row = window · T + t), so a held-out window is a contiguous block.
 """
 
@@ -35,7 +40,10 @@ from assay.evaluate.spliced import SplicedMetrics
 
 __all__ = ["StoreSAEConfig", "StoreSAEResult", "train_sae_on_store", "build_store_sae"]
 
-Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "mp"]
+Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "archetypal", "mp", "spade",
+                       "topk_transcoder", "jumprelu_transcoder"]
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "archetypal", "mp", "topk_transcoder")
+"""Architectures that take ``k`` (active latents per token)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +55,11 @@ class StoreSAEConfig:
     expansion: int = 8
     """d_sae = expansion × d_in."""
     k: int = 32
-    """Active latents per token (TopK family, MP)."""
+    """Active latents per token (TopK family, RA-SAE, MP, TopK transcoder)."""
+    skip: bool = False
+    """Transcoders: add the affine skip term (a skip-transcoder, Paulo et al. 2025)."""
+    resample_every: int | None = None
+    """Resample latents dead over the last half of every this many steps (Anthropic 2023; None: never)."""
     steps: int = 1000
     """Optimizer steps (epochs over the store as needed)."""
     batch_size: int = 4096
@@ -83,6 +95,8 @@ class StoreSAEConfig:
             raise ConfigError(f"holdout_windows must be >= 0, got {self.holdout_windows}")
         if not 0.0 <= self.decay_fraction < 1.0:
             raise ConfigError(f"decay_fraction must lie in [0, 1), got {self.decay_fraction}")
+        if self.skip and not self.architecture.endswith("_transcoder"):
+            raise ConfigError(f"skip=True is a transcoder option; architecture {self.architecture!r} is an SAE")
 
 
 class StoreSAEResult(NamedTuple):
@@ -104,13 +118,22 @@ class StoreSAEResult(NamedTuple):
     """Wall-clock seconds of evaluation."""
 
 
-def build_store_sae(cfg: StoreSAEConfig, d_in: int) -> SAE:
-    """The untrained SAE ``cfg`` describes for inputs of width ``d_in``."""
+def build_store_sae(cfg: StoreSAEConfig, d_in: int, d_out: int | None = None) -> SAE:
+    """The untrained SAE ``cfg`` describes for inputs of width ``d_in`` (a transcoder also needs ``d_out``,
+    the output site's width)."""
     from assay.dictionaries.registry import build_sae
 
     kw: dict[str, Any] = {"d_in": d_in, "d_sae": cfg.expansion * d_in, "seed": cfg.seed}
-    if cfg.architecture in ("topk", "batchtopk", "matryoshka", "mp"):
+    if cfg.architecture in K_ARCHITECTURES:
         kw["k"] = cfg.k
+    if cfg.architecture.endswith("_transcoder"):
+        if d_out is None:
+            raise ValueError(f"a {cfg.architecture} maps an input site to an output site: give the output site "
+                             "(--output-site, e.g. blocks.0.mlp for input blocks.0.ln2)")
+        kw |= {"d_out": d_out, "skip": cfg.skip}
+    elif d_out is not None:
+        raise ValueError(f"an output site was given but {cfg.architecture!r} is an SAE (it reconstructs its input); "
+                         "use --architecture topk_transcoder or jumprelu_transcoder")
     return build_sae(cfg.architecture, **kw)
 
 
@@ -135,6 +158,7 @@ def train_sae_on_store(
     out: str | Path | None = None,
     checkpoint: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    output_site: str | None = None,
 ) -> StoreSAEResult:
     """Train an SAE on ``site`` of ``store`` (an :class:`assay.store.ActivationStore` or its folder),
     evaluate it on the held-out windows and (with ``out``) save it as an assay artifact.
@@ -143,7 +167,8 @@ def train_sae_on_store(
     site's width. ``model``: the model the store was cached from, for CE loss recovered.
     ``checkpoint``: a folder for exact resume (a finished run resumed takes no further steps).
     ``log``: called with a line before and after each evaluation step (what runs, then its figures and
-    seconds), e.g. ``print``; the evaluation can take minutes on a real model.
+    seconds), e.g. ``print``; the evaluation can take minutes on a real model. ``output_site``: train a
+    transcoder from ``site`` to this site (both cached in ``store``).
     """
     from assay.dictionaries.registry import save_sae
     from assay.dictionaries.trainer import SAETrainConfig, train_saes
@@ -152,18 +177,18 @@ def train_sae_on_store(
     if not hasattr(store, "batch_rows"):
         store = ActivationStore.open(store)
     d = store.d(site)
-    sae = sae if sae is not None else build_store_sae(cfg, d)
+    sae = sae if sae is not None else build_store_sae(cfg, d, None if output_site is None else store.d(output_site))
     if sae.d_in != d:
         raise ValueError(f"store site {site!r} has d={d} but the SAE expects d_in={sae.d_in}; "
                          "build the SAE with d_in equal to the store's width")
     t, cut = _layout(store, cfg)
 
     tcfg = SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, decay_fraction=cfg.decay_fraction,
-                          normalize_inputs=cfg.normalize_inputs,
+                          normalize_inputs=cfg.normalize_inputs, resample_every=cfg.resample_every,
                           checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
     t0 = time.perf_counter()
-    trained, result = train_saes(sae, tcfg, store, site=site, batch_size=cfg.batch_size, seed=cfg.seed,
-                                 checkpoint=checkpoint, exclude_special=cfg.exclude_special,
+    trained, result = train_saes(sae, tcfg, store, site=site, output_site=output_site, batch_size=cfg.batch_size,
+                                 seed=cfg.seed, checkpoint=checkpoint, exclude_special=cfg.exclude_special,
                                  keep_rows=lambda rows: rows < cut)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -173,19 +198,20 @@ def train_sae_on_store(
         n_win = cfg.holdout_windows
         say(f"held-out metrics: FVU, L0 and dead fraction on the last {n_win} windows ...")
         t1 = time.perf_counter()
-        rec, spars, mean = _heldout_metrics(trained, store, site, cut, cfg.exclude_special)
+        rec, spars, mean = _heldout_metrics(trained, store, site, cut, cfg.exclude_special, output_site)
         say(f"held-out metrics: FVU {rec.fvu:.4f}, L0 {spars.l0:.2f}, dead {spars.dead_fraction:.2%} on "
             f"{rec.n_tokens} tokens ({time.perf_counter() - t1:.1f} s)")
         if model is not None:
             say(f"CE loss recovered: the model on {n_win} windows clean, with the SAE spliced in, zero- and "
                 "mean-ablated ...")
             t1 = time.perf_counter()
-            spliced = _spliced(trained, model, store, site, cut, t, cfg, mean)
+            spliced = _spliced(trained, model, store, site, cut, t, cfg, mean, output_site)
             say(f"CE loss recovered: {spliced.ce_recovered:.4f} (CE clean {spliced.ce_clean:.4f}, with the SAE "
                 f"{spliced.ce_sae:.4f}), KL score {spliced.kl_score:.4f} ({time.perf_counter() - t1:.1f} s)")
     eval_s = time.perf_counter() - t0
     if out is not None:
-        meta: dict[str, Any] = {"store": str(store.path), "site": site, "model": store.config.get("model"),
+        meta: dict[str, Any] = {"store": str(store.path), "site": site, "output_site": output_site,
+                                "model": store.config.get("model"), "output_scale": result.output_scale,
                                 "steps": result.steps, "input_scale": result.input_scale, "last": result.last[0],
                                 "heldout_fvu": rec.fvu if rec else None, "heldout_l0": spars.l0 if spars else None,
                                 "ce_recovered": spliced.ce_recovered if spliced else None}
@@ -194,25 +220,28 @@ def train_sae_on_store(
 
 
 @torch.no_grad()
-def _heldout_metrics(sae: SAE, store: Any, site: str, cut: int, exclude_special: bool, chunk: int = 4096
+def _heldout_metrics(sae: SAE, store: Any, site: str, cut: int, exclude_special: bool,
+                     output_site: str | None = None, chunk: int = 4096
                      ) -> tuple[ReconstructionMetrics, SparsityMetrics, Tensor]:
+    """Held-out FVU and sparsity, and the mean of what is reconstructed (for mean ablation); a transcoder
+    is scored on its output site."""
     from assay.evaluate.reconstruction import ReconstructionAccumulator
     from assay.evaluate.sparsity import SparsityAccumulator
 
     rec, spars = ReconstructionAccumulator(), SparsityAccumulator(sae.d_sae)
-    total = torch.zeros(sae.d_in, dtype=torch.float64)
+    total = torch.zeros(sae.d_out, dtype=torch.float64)
     n = 0
     for a in range(cut, store.n_rows, chunk):
         b = min(a + chunk, store.n_rows)
-        x = store.read(site, a, b)
-        if exclude_special:
-            x = x[store.positions[a:b] >= 0]
+        keep = store.positions[a:b] >= 0 if exclude_special else slice(None)
+        x = store.read(site, a, b)[keep]
+        y = x if output_site is None else store.read(output_site, a, b)[keep]
         if x.shape[0] == 0:
             continue
         z = sae.encode(x)
-        rec.update(x, sae.decode(z))
+        rec.update(y, sae.decode(z) if output_site is None else sae.transcode(x))  # type: ignore[operator]
         spars.update(z)
-        total += x.double().sum(0)
+        total += y.double().sum(0)
         n += x.shape[0]
     if n == 0:
         raise ValueError("the held-out windows hold no rows to evaluate (all BOS/padding?)")
@@ -220,7 +249,7 @@ def _heldout_metrics(sae: SAE, store: Any, site: str, cut: int, exclude_special:
 
 
 def _spliced(sae: SAE, model: nn.Module, store: Any, site: str, cut: int, t: int, cfg: StoreSAEConfig,
-             mean: Tensor) -> SplicedMetrics:
+             mean: Tensor, output_site: str | None = None) -> SplicedMetrics:
     from assay.evaluate.spliced import spliced_metrics
 
     tokens = store.tokens[cut:store.n_rows].reshape(-1, t)
@@ -232,7 +261,8 @@ def _spliced(sae: SAE, model: nn.Module, store: Any, site: str, cut: int, t: int
     sae = sae.to(dev)
 
     def reconstruct(h: Tensor) -> Tensor:
-        return sae.decode(sae.encode(h.float()))
+        return sae.decode(sae.encode(h.float())) if output_site is None else sae.transcode(h.float())  # type: ignore[operator]
 
-    return spliced_metrics(model, site, batches, reconstruct, mean_activation=mean.to(dev),
-                           keep_first=1 if cfg.exclude_special else 0)
+    return spliced_metrics(model, site if output_site is None else output_site, batches, reconstruct,
+                           mean_activation=mean.to(dev), keep_first=1 if cfg.exclude_special else 0,
+                           input_site=None if output_site is None else site)

@@ -9,7 +9,7 @@ EleutherAI/sparsify, saprmarks/dictionary_learning (``TopKTrainer``).
     L_aux = mean_b‖e − ê‖² / mean_b‖e − ē‖² · mean_b‖x − x̄‖²,
     e = x − x̂ (detached),  ê = TopK_{k_aux}(ReLU(pre_dead)) W_dec,dead
 
-The last factor (the batch's input variance, detached) is assay's: dictionary_learning's AuxK stops at the
+The last factor (the batch variance of what is reconstructed, detached) is assay's: dictionary_learning's AuxK stops at the
 ratio, which makes its weight against the reconstruction term depend on the input scale (see
 :func:`auxk_loss`).
 
@@ -62,18 +62,21 @@ def topk_codes(pre: Tensor, k: int) -> Tensor:
 
 
 def auxk_loss(
-    centred: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, residual: Tensor, dead: Tensor, k_aux: int
+    centred: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, residual: Tensor, dead: Tensor, k_aux: int,
+    *, target: Tensor,
 ) -> Tensor:
     """AuxK loss: reconstruct the (detached) residual from the top ``k_aux`` dead latents.
 
     The normalised error mean_b‖e − ê‖² / mean_b‖e − ē‖² (Gao et al. 2024; dictionary_learning) times the
-    batch's input variance mean_b‖x − x̄‖² (detached), so that the loss is in the reconstruction term's
-    units and α weighs it against the FVU, as in Gao et al., whose reconstruction loss is normalised too.
-    Without that factor the total loss is not homogeneous in the input scale s: AuxK's weight relative to
-    the reconstruction term goes as 1/s², and input normalisation changed the training, not just its
-    units (docs/dictionaries.md, "Defaults and the evidence for them").
+    batch variance of what is reconstructed, mean_b‖y − ȳ‖² (detached; y = x for an SAE, the output site
+    for a transcoder), so that the loss is in the reconstruction term's units and α weighs it against the
+    FVU, as in Gao et al., whose reconstruction loss is normalised too. Without that factor the total loss
+    is not homogeneous in the input scale s: AuxK's weight relative to the reconstruction term goes as
+    1/s², and input normalisation changed the training, not just its units (docs/dictionaries.md,
+    "Defaults and the evidence for them").
 
-    ``centred`` = x − b_dec ``[B, d]``; ``dead`` bool ``[n]``; returns 0 when no latent is dead.
+    ``centred``: what the encoder reads (x − b_dec) ``[B, d]``; ``residual`` = y − ŷ; ``dead`` bool ``[n]``;
+    returns 0 when no latent is dead.
     """
     n_dead = int(dead.sum())
     if n_dead == 0:
@@ -86,9 +89,9 @@ def auxk_loss(
     e = residual.detach()
     num = (e - e_hat).pow(2).sum(-1).mean()
     den = (e - e.mean(0)).pow(2).sum(-1).mean()
-    c = centred.detach()
-    input_variance = (c - c.mean(0)).pow(2).sum(-1).mean()
-    return torch.nan_to_num(num / den, nan=0.0, posinf=0.0) * input_variance
+    y = target.detach()
+    target_variance = (y - y.mean(0)).pow(2).sum(-1).mean()
+    return torch.nan_to_num(num / den, nan=0.0, posinf=0.0) * target_variance
 
 
 class TopKSAE(SAE):
@@ -98,17 +101,23 @@ class TopKSAE(SAE):
     config_cls = TopKConfig
     cfg: TopKConfig
 
+    def centre(self, x: Tensor) -> Tensor:
+        """What the encoder reads: x − b_dec (a transcoder reads x itself: its b_dec is in output space)."""
+        return x - self.b_dec
+
     def encode_codes(self, x: Tensor) -> Codes:
-        centred = x - self.b_dec
+        centred = self.centre(x)
         if self.cfg.sparse:
             values, indices = topk_encode(centred, self.W_enc, self.b_enc, self.cfg.k)
             return Codes(values, indices, self.d_sae, False)
         return Codes.from_dense(topk_encode_reference(centred, self.W_enc, self.b_enc, self.cfg.k))
 
-    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None) -> tuple[Tensor, Tensor]:
+    def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None, *,
+                   target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         zero = x_hat.new_zeros(())
         if dead is None or self.cfg.aux_coef == 0:
             return zero, zero
-        k_aux = self.cfg.aux_k or max(1, self.d_in // 2)
-        aux = auxk_loss(x - self.b_dec, self.W_enc, self.b_enc, self.W_dec, x - x_hat, dead, k_aux)
+        k_aux = self.cfg.aux_k or max(1, self.d_out // 2)
+        y = x if target is None else target
+        aux = auxk_loss(self.centre(x), self.W_enc, self.b_enc, self.W_dec, y - x_hat, dead, k_aux, target=y)
         return zero, self.cfg.aux_coef * aux

@@ -9,7 +9,10 @@ Bricken et al. 2023; Anthropic "Circuits Updates — April 2024"), per step t on
     g_W_dec ← g − (g·ŵ)ŵ;  clip ‖g‖ ≤ 1;  Adam(β₁, β₂) at lr(t) (linear warmup, optional linear decay);
     renormalise atoms.
 
-A latent is dead after ``dead_window`` tokens without firing. Under ``torch.distributed`` each rank
+A transcoder (:mod:`assay.dictionaries.transcoder`) trains in the same loop on (x, y) pairs — the loss
+target is the output site y, scaled by its own s_out = √d_out / mean‖y‖ — from an iterator of pairs or
+from two sites of one store read at the same rows. A latent is dead after ``dead_window`` tokens without
+firing. Under ``torch.distributed`` each rank
 takes an equal slice of every global batch and gradients are averaged with ``all_reduce`` (gloo on
 CPU, NCCL on GPU), so W ranks give the same weights as one process on the same global batches.
 Checkpoints (assay artifacts) hold weights, Adam state, step, input scale and dead-latent counters;
@@ -32,6 +35,7 @@ from torch import Tensor
 from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.config import ConfigError, check_int_fields, to_dict
 from assay.dictionaries.base import SAE, topk_lr
+from assay.dictionaries.transcoder import is_transcoder
 from assay.store.sequence_reader import SequenceBatch
 
 __all__ = ["SAETrainConfig", "TrainResult", "SAETrainer", "NonFiniteActivationsError", "lr_at", "train_saes",
@@ -64,6 +68,9 @@ class SAETrainConfig:
     docs/dictionaries.md, "Defaults and the evidence for them"."""
     dead_window: int | None = None
     """Tokens without firing after which a latent counts as dead (None: 10 × the batch size)."""
+    resample_every: int | None = None
+    """Every this many steps, resample the latents that did not fire in the last half of the period
+    (:mod:`assay.dictionaries.resample`, Bricken et al. 2023; None: never)."""
     checkpoint_every: int | None = None
     """Save a checkpoint every this many steps (and at the end) when a checkpoint path is given."""
     progress: bool = False
@@ -81,6 +88,8 @@ class SAETrainConfig:
             raise ConfigError(f"decay_fraction must lie in [0, 1), got {self.decay_fraction}")
         if self.checkpoint_every is not None and self.checkpoint_every <= 0:
             raise ConfigError(f"checkpoint_every must be positive or None, got {self.checkpoint_every}")
+        if self.resample_every is not None and self.resample_every < 2:
+            raise ConfigError(f"resample_every must be >= 2 steps or None, got {self.resample_every}")
 
     @property
     def decay_start(self) -> int | None:
@@ -111,6 +120,8 @@ class TrainResult(NamedTuple):
     """The input scale s (1.0 when not normalising)."""
     last: list[dict[str, float]]
     """Per SAE, the last step's loss, FVU, L0 and dead fraction."""
+    output_scale: float = 1.0
+    """A transcoder's output (target) scale s_out; equal to ``input_scale`` for SAEs."""
 
 
 def _dist() -> tuple[int, int]:
@@ -145,11 +156,17 @@ class SAETrainer:
         self.saes = [saes] if isinstance(saes, SAE) else list(saes)
         if not self.saes:
             raise ValueError("give at least one SAE to train")
-        d = {s.d_in for s in self.saes}
+        d = {(s.d_in, s.d_out) for s in self.saes}
         if len(d) != 1:
-            raise ValueError(f"SAEs trained in lockstep must share d_in; got {sorted(d)}")
+            raise ValueError(f"SAEs trained in lockstep must share d_in and d_out; got {sorted(d)}")
+        kinds = {is_transcoder(s) for s in self.saes}
+        if len(kinds) != 1:
+            raise ValueError("SAEs and transcoders cannot train in lockstep (one reads x → x, the other x → y); "
+                             "train them separately")
+        self.paired = kinds.pop()
+        """Transcoders: batches are (x, y) pairs and the loss target is y."""
         self.cfg = cfg
-        self.d_in = d.pop()
+        self.d_in, self.d_out = d.pop()
         kinds = {s.reads_sequences for s in self.saes}
         if len(kinds) != 1:
             raise ValueError("SAEs trained in lockstep must all read token rows or all read sequences")
@@ -157,9 +174,19 @@ class SAETrainer:
         """The SAEs train on windows [B, T, d] (see :meth:`train_step`)."""
         self.step = 0
         self.input_scale = 1.0
+        self.output_scale = 1.0
         self.data_identity: dict[str, Any] | None = None
         """What fixes the data order (site, batch size, seed) when known; checked on resume."""
         self.since_fired = [torch.zeros(s.d_sae, dtype=torch.long) for s in self.saes]
+        if cfg.resample_every is not None:
+            from assay.dictionaries.resample import can_resample
+
+            bad = [s.architecture for s in self.saes if not can_resample(s)]
+            if bad:
+                raise ConfigError(f"resample_every needs explicit W_enc/b_enc/W_dec parameters; {bad} derive their "
+                                  "decoder or have no encoder (MP, SpaDE, RA-SAE): train them with resample_every=None")
+        self.resampled = [0 for _ in self.saes]
+        """Latents resampled so far, per SAE."""
         self.lrs = [cfg.lr or s.default_lr or topk_lr(s.d_sae) for s in self.saes]
         self.opts = [self._adam(s, lr) for s, lr in zip(self.saes, self.lrs)]
         self.last: list[dict[str, float]] = [{} for _ in self.saes]
@@ -179,10 +206,21 @@ class SAETrainer:
                              "Read whole sequences with assay.store.SequenceReader")
         return acts, mask
 
-    def _check(self, x: Tensor, where: Callable[[Tensor], str] | None) -> None:
+    def _check(self, x: Tensor, y: Tensor | None, where: Callable[[Tensor], str] | None) -> None:
         if x.shape[-1] != self.d_in:
             raise ValueError(f"activations have dimension {x.shape[-1]} but the SAE(s) expect d_in={self.d_in}; "
                              "train on the site the SAE was built for, or build it with the right d_in")
+        if self.paired and y is None:
+            raise ValueError("transcoders train on (input, output) pairs: give batches of (x, y) tensors, or a "
+                             "store with output_site=")
+        if not self.paired and y is not None:
+            raise ValueError("an SAE reconstructs its input: give batches of x alone (build a transcoder, e.g. "
+                             "'topk_transcoder', to map an input site to an output site)")
+        if y is not None:
+            if y.shape[-1] != self.d_out or y.shape[0] != x.shape[0]:
+                raise ValueError(f"output batch has shape {tuple(y.shape)} but the transcoder(s) expect "
+                                 f"[{x.shape[0]}, d_out={self.d_out}] (one output row per input row)")
+            x = torch.cat([x, y], dim=-1)
         bad = ~torch.isfinite(x).all(dim=-1)
         if bool(bad.any()):
             loc = where(bad) if where is not None else ""
@@ -190,39 +228,51 @@ class SAETrainer:
                 f"non-finite activations (NaN/inf) in {int(bad.sum())} row(s) of the batch for step {self.step}"
                 f"{loc}; stopped before this step, checkpoints untouched")
 
-    def train_step(self, x: Tensor | SequenceBatch, *, where: Callable[[Tensor], str] | None = None) -> None:
-        """One optimizer step of every SAE on the global batch ``x [B, d]`` — or, for SAEs that read
-        sequences, windows ``[B, T, d]`` or a :class:`~assay.store.SequenceBatch` (only its masked-in tokens
-        count: input scale, statistics, dead latents)."""
+    def train_step(self, x: Tensor | SequenceBatch, *, target: Tensor | None = None,
+                   where: Callable[[Tensor], str] | None = None) -> None:
+        """One optimizer step of every SAE on the global batch ``x [B, d]`` (transcoders: with ``target``
+        y ``[B, d_out]``, the output site) — or, for SAEs that read sequences, windows ``[B, T, d]`` or a
+        :class:`~assay.store.SequenceBatch` (only its masked-in tokens count: input scale, statistics, dead
+        latents)."""
         x, mask = self._windows(x) if self.reads_sequences else (x.reshape(-1, x.shape[-1]), None)
+        y = None if target is None else target.reshape(-1, target.shape[-1])
         rows = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]
-        self._check(rows, where)
+        self._check(rows, y, where)
         rank, world = _dist()
         if self.step == 0:
             if self.cfg.normalize_inputs:
                 self.input_scale = math.sqrt(self.d_in) / rows.float().norm(dim=-1).mean().item()
+                self.output_scale = (self.input_scale if y is None
+                                     else math.sqrt(self.d_out) / y.float().norm(dim=-1).mean().item())
             for s in self.saes:
-                s.init_from_batch(rows * self.input_scale)
+                if y is None:
+                    s.init_from_batch(rows * self.input_scale)
+                else:
+                    s.init_from_batch(rows * self.input_scale, y * self.output_scale)
         if world > 1:
             if x.shape[0] % world:
                 raise ValueError(f"global batch of {x.shape[0]} rows does not split evenly over {world} ranks")
             per = x.shape[0] // world
             x = x[rank * per : (rank + 1) * per]
             mask = None if mask is None else mask[rank * per : (rank + 1) * per]
+            y = None if y is None else y[rank * per : (rank + 1) * per]
         x = x * self.input_scale if self.input_scale != 1.0 else x
+        if y is not None and self.output_scale != 1.0:
+            y = y * self.output_scale
         rows = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]
-        seq = {} if mask is None else {"mask": mask}
+        extra = ({} if mask is None else {"mask": mask}) | ({} if y is None else {"target": y})
+        t = rows if y is None else y
         B_global = rows.shape[0] * world
         window = self.cfg.dead_window or 10 * B_global
         sp = min(1.0, (self.step + 1) / self.cfg.sparsity_warmup_steps) if self.cfg.sparsity_warmup_steps else 1.0
         warm = min(self.cfg.warmup_steps, max(1, self.cfg.steps // 10))
         for i, (sae, opt) in enumerate(zip(self.saes, self.opts)):
             dead = self.since_fired[i] >= window
-            out = sae(x, dead=dead, sparsity_scale=sp, **seq)
+            out = sae(x, dead=dead, sparsity_scale=sp, **extra)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             fired = out.codes.fired()
-            stats = torch.stack([out.rec_loss * rows.shape[0], rows.var(0, correction=0).sum() * rows.shape[0],
+            stats = torch.stack([out.rec_loss * rows.shape[0], t.var(0, correction=0).sum() * rows.shape[0],
                                  out.codes.l0().sum().float()])
             if world > 1:
                 import torch.distributed as dist
@@ -244,6 +294,18 @@ class SAETrainer:
             sae.observe(out.codes, self.step)
             self.since_fired[i] += B_global
             self.since_fired[i][fired.cpu() > 0] = 0
+            every = self.cfg.resample_every
+            if every is not None and (self.step + 1) % every == 0:
+                from assay.dictionaries.resample import resample_dead
+
+                g = torch.Generator().manual_seed(self.step)  # depends on the step only: resume stays exact
+                gone = self.since_fired[i] >= (every // 2) * B_global
+                if world > 1:
+                    raise ValueError("resample_every is not supported under torch.distributed yet (each rank would "
+                                     "resample from its own slice); train with resample_every=None")
+                self.resampled[i] += resample_dead(sae, gone.to(x.device), x, t, out.recon.detach(), opt,
+                                                   generator=g)
+                self.since_fired[i][gone] = 0
             self.last[i] = {"loss": out.loss.item(), "fvu": (stats[0] / stats[1]).item(),
                             "l0": (stats[2] / B_global).item(), "dead": dead.float().mean().item()}
         self.step += 1
@@ -252,7 +314,7 @@ class SAETrainer:
     def fit(self, batches: Iterable[Tensor], *, checkpoint: str | Path | None = None,
             where: Callable[[int, Tensor], str] | None = None, on_step: StepCallback | None = None,
             on_step_at: int | Collection[int] = 1) -> TrainResult:
-        """Train until ``cfg.steps`` on ``batches`` (which must start at batch ``self.step``: after a
+        """Train until ``cfg.steps`` on ``batches`` (tensors; for transcoders (x, y) pairs), which must start at batch ``self.step``: after a
         resume, pass the data from that position). ``where(step, bad_rows)`` names the data source
         of a non-finite batch (e.g. its shards). ``on_step(step, saes)`` (:data:`StepCallback`) runs
         after every ``on_step_at``-th step, or after the steps in ``on_step_at`` when it is a collection
@@ -268,7 +330,8 @@ class SAETrainer:
                 except StopIteration:
                     raise ValueError(f"the data ran out after {self.step} of {self.cfg.steps} steps") from None
                 step = self.step
-                self.train_step(x, where=(lambda bad, step=step: where(step, bad)) if where else None)
+                x, y = (x, None) if isinstance(x, (Tensor, SequenceBatch)) else x
+                self.train_step(x, target=y, where=(lambda bad, step=step: where(step, bad)) if where else None)
                 if bar:
                     bar.update(self.last[0])
                 if on_step is not None and due(self.step):
@@ -281,7 +344,7 @@ class SAETrainer:
                 bar.close()
         if checkpoint is not None:
             self.save_checkpoint(checkpoint)
-        return TrainResult(self.step, self.input_scale, [dict(d) for d in self.last])
+        return TrainResult(self.step, self.input_scale, [dict(d) for d in self.last], self.output_scale)
 
     def finalize(self) -> list[SAE]:
         """Copies of the SAEs with the input scale folded in: they take raw activations."""
@@ -290,7 +353,9 @@ class SAETrainer:
         out = []
         for s in self.saes:
             c = copy.deepcopy(s)
-            if self.input_scale != 1.0:
+            if self.paired:
+                c.fold_scales(self.input_scale, self.output_scale)  # type: ignore[operator]
+            elif self.input_scale != 1.0:
                 c.fold_input_scale(self.input_scale)
             out.append(c.eval())
         return out
@@ -308,7 +373,8 @@ class SAETrainer:
             files[f"opt{i}"] = {f"{p}.{k}": v.contiguous() for p, st in sd["state"].items() for k, v in st.items()}
             files[f"opt{i}"]["_since_fired"] = self.since_fired[i]
             groups.append({k: v for k, v in sd["param_groups"][0].items() if k != "params"})
-        meta = {"step": self.step, "input_scale": self.input_scale, "param_groups": groups,
+        meta = {"step": self.step, "input_scale": self.input_scale, "output_scale": self.output_scale,
+                "param_groups": groups,
                 "saes": [{"architecture": s.architecture, "config": to_dict(s.cfg)} for s in self.saes],
                 "data": self.data_identity}
         return save_artifact(path, kind="sae-checkpoint", config=self.cfg, tensors=files, meta=meta)
@@ -356,6 +422,7 @@ class SAETrainer:
                         st[name] = torch.empty_like(p).copy_(v)
         self.step = int(meta["step"])
         self.input_scale = float(meta["input_scale"])
+        self.output_scale = float(meta.get("output_scale", self.input_scale))
 
 
 class _Bar:
@@ -376,17 +443,27 @@ class _Bar:
 
 
 def live_batches(model: torch.nn.Module, site: str, token_batches: Iterable[Tensor], *, batch_size: int,
-                 drop_first: bool = True) -> Iterator[Tensor]:
+                 drop_first: bool = True, output_site: str | None = None) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
     """Activations of ``site`` computed on the fly (no storage), regrouped into ``[batch_size, d]`` rows.
 
     Each item of ``token_batches`` is a model input ``[n, T]``; position 0 (BOS) is dropped by default.
+    With ``output_site`` (transcoders) both sites are captured in the same forward pass (which stops after
+    ``output_site``) and each item is the pair (``site`` rows, ``output_site`` rows).
     """
-    from assay.hooks import run_to
+    from assay.hooks import capture
 
+    sites = [site] if output_site is None else [site, output_site]
+    last = sites[-1]
     buf: list[Tensor] = []
     have = 0
     for tokens in token_batches:
-        h = run_to(model, site, tokens)
+        with torch.no_grad(), capture(model, sites, stop_at=last) as cap:
+            model(tokens)
+        missing = [s for s in sites if s not in cap]
+        if missing:
+            raise RuntimeError(f"site(s) {missing} did not run before {last!r} stopped the forward pass; the input "
+                               "site must run before the output site (e.g. blocks.0.ln2 → blocks.0.mlp)")
+        h = torch.cat([cap[s] for s in sites], dim=-1)
         if drop_first and h.dim() == 3:
             h = h[:, 1:]
         h = h.reshape(-1, h.shape[-1])
@@ -394,14 +471,19 @@ def live_batches(model: torch.nn.Module, site: str, token_batches: Iterable[Tens
         have += h.shape[0]
         while have >= batch_size:
             flat = torch.cat(buf)
-            yield flat[:batch_size]
-            rest = flat[batch_size:]
+            rows, rest = flat[:batch_size], flat[batch_size:]
+            if output_site is None:
+                yield rows
+            else:
+                d_in = cap[site].shape[-1]
+                yield rows[:, :d_in], rows[:, d_in:]
             buf, have = [rest], rest.shape[0]
 
 
 def store_batches(store: Any, site: str, *, batch_size: int, seed: int, start_batch: int, n_batches: int,
                   exclude_special: bool = True, keep_rows: Callable[[Tensor], Tensor] | None = None,
-                  prefetch: int = 2) -> tuple[Iterator[Tensor], Callable[[int], Tensor]]:
+                  prefetch: int = 2, output_site: str | None = None
+                  ) -> tuple[Iterator[Tensor | tuple[Tensor, Tensor]], Callable[[int], Tensor]]:
     """Batches ``start_batch .. n_batches-1`` of ``site`` in the store's seeded order (epochs past the
     first continue the order), and ``rows_of(step)``: the global store rows of that step's batch.
 
@@ -409,6 +491,8 @@ def store_batches(store: Any, site: str, *, batch_size: int, seed: int, start_ba
     SAELens#333); ``keep_rows(rows) -> bool mask`` drops more rows (e.g. held-out windows). A batch then
     holds the kept rows only (trimmed to a multiple of the data-parallel world size). Batch b depends
     only on (store, batch_size, seed, b), so a resumed run reads exactly the batches it would have.
+    With ``output_site`` (transcoders) each batch is the pair (``site`` rows, ``output_site`` rows) read at
+    the same store rows: the two sites were cached together in one pass.
     """
     from assay.store.prefetch import prefetch as _prefetch
 
@@ -427,13 +511,14 @@ def store_batches(store: Any, site: str, *, batch_size: int, seed: int, start_ba
             rows = rows_of(b)
             if rows.numel() == 0:
                 raise ValueError(f"batch {b} of the store keeps no rows after filtering; use a larger batch_size")
-            yield store.read_rows(site, rows)
+            x = store.read_rows(site, rows)
+            yield x if output_site is None else (x, store.read_rows(output_site, rows))
 
     return _prefetch(gen(), prefetch), rows_of
 
 
 @overload
-def train_saes(saes: SAE, cfg: SAETrainConfig, data: Any, *, site: str | None = None,
+def train_saes(saes: SAE, cfg: SAETrainConfig, data: Any, *, site: str | None = None, output_site: str | None = None,
                batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
                resume: bool = True, exclude_special: bool = True,
                keep_rows: Callable[[Tensor], Tensor] | None = None, on_step: StepCallback | None = None,
@@ -442,6 +527,7 @@ def train_saes(saes: SAE, cfg: SAETrainConfig, data: Any, *, site: str | None = 
 
 @overload
 def train_saes(saes: list[SAE], cfg: SAETrainConfig, data: Any, *, site: str | None = None,
+               output_site: str | None = None,
                batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
                resume: bool = True, exclude_special: bool = True,
                keep_rows: Callable[[Tensor], Tensor] | None = None, on_step: StepCallback | None = None,
@@ -449,6 +535,7 @@ def train_saes(saes: list[SAE], cfg: SAETrainConfig, data: Any, *, site: str | N
 
 
 def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: str | None = None,
+               output_site: str | None = None,
                batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
                resume: bool = True, exclude_special: bool = True,
                keep_rows: Callable[[Tensor], Tensor] | None = None, on_step: StepCallback | None = None,
@@ -456,11 +543,13 @@ def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: s
     """Train ``saes`` (one SAE, or a list trained in lockstep on the same batches) on ``data``:
 
     - an :class:`assay.store.ActivationStore`, with ``site``, ``batch_size``, ``seed``: batches in the
-      store's seeded order, as many epochs as ``cfg.steps`` needs (:func:`store_batches`). BOS and
+      store's seeded order, as many epochs as ``cfg.steps`` needs (:func:`store_batches`); transcoders
+      also need ``output_site`` (read at the same rows). BOS and
       padding rows (store position −1) are left out unless ``exclude_special=False``; ``keep_rows``
       drops more rows;
-    - a callable ``start_batch -> iterator of [B, d] tensors``;
-    - an iterable of ``[B, d]`` tensors (batches already consumed before a resume are skipped).
+    - a callable ``start_batch -> iterator of [B, d] tensors`` (transcoders: of (x, y) pairs);
+    - an iterable of ``[B, d]`` tensors or (x, y) pairs (batches already consumed before a resume are
+      skipped).
 
     These last two carry no positions: leave BOS rows out of them yourself (:func:`live_batches` does).
     ``on_step(step, saes)`` watches training at the steps ``on_step_at`` picks (:meth:`SAETrainer.fit`).
@@ -472,6 +561,8 @@ def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: s
     if from_store:
         trainer.data_identity = {"site": site, "batch_size": batch_size, "seed": seed,
                                  "exclude_special": exclude_special}
+        if output_site is not None:
+            trainer.data_identity["output_site"] = output_site
     if checkpoint is not None and resume and (Path(checkpoint) / "config.json").exists():
         trainer.load_checkpoint(checkpoint)
     start = trainer.step
@@ -482,13 +573,26 @@ def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: s
         if data.d(site) != trainer.d_in:
             raise ValueError(f"store site {site!r} has d={data.d(site)} but the SAE(s) expect d_in={trainer.d_in}; "
                              "build the SAE with d_in equal to the store's width")
+        if trainer.paired != (output_site is not None):
+            raise ValueError("a transcoder needs output_site= (its target site in the same store); an SAE takes "
+                             "none" if trainer.paired else
+                             f"output_site={output_site!r} was given but the model(s) are SAEs; build a transcoder "
+                             "(e.g. 'topk_transcoder') to map one site to another")
+        if output_site is not None:
+            if output_site == site:
+                raise ValueError(f"input and output site are both {site!r}: a transcoder maps one site to another "
+                                 "(for x → x train an SAE)")
+            if data.d(output_site) != trainer.d_out:
+                raise ValueError(f"store site {output_site!r} has d={data.d(output_site)} but the transcoder(s) "
+                                 f"expect d_out={trainer.d_out}; build them with d_out equal to that width")
         store = data
         per_epoch = store.n_batches(batch_size)
         if per_epoch == 0:
             raise ValueError(f"batch_size={batch_size} exceeds the store's {store.n_rows} rows")
         n_batches = max(cfg.steps, start)
         batches, rows_of = store_batches(store, site, batch_size=batch_size, seed=seed, start_batch=start,
-                                         n_batches=n_batches, exclude_special=exclude_special, keep_rows=keep_rows)
+                                         n_batches=n_batches, exclude_special=exclude_special, keep_rows=keep_rows,
+                                         output_site=output_site)
 
         def where(step: int, bad: Tensor) -> str:
             rows = rows_of(step)
