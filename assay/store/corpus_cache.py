@@ -25,7 +25,8 @@ class CacheConfig:
     """Cache a model's activations at one or more sites over a tokenised corpus."""
 
     model: str = "smollm2-135m"
-    """Offline model name (see assay.models.load): smollm2-135m or minilm-l6."""
+    """Offline model name (see assay.models.load): smollm2-135m or minilm-l6; or a path to a local Hugging Face
+    model folder saved with safetensors (config.json, model.safetensors and tokenizer files)."""
     sites: tuple[str, ...] = ("model.layers.3",)
     """Sites (module paths) to cache, all from one forward pass stopped after the last of them."""
     corpus: str = "bundled"
@@ -41,7 +42,7 @@ class CacheConfig:
     shard_rows: int = 65_536
     """Rows per shard file (fixed; the last shard may be shorter)."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """On-disk dtype of the activations (the model itself runs in float32)."""
+    """On-disk dtype of the activations (a named model runs in float32, a model folder in its saved dtype)."""
     device: str = "cpu"
     """Device to run the model on (cpu, cuda, cuda:1, ...)."""
     out_dir: Path | None = None
@@ -67,7 +68,7 @@ class CacheConfig:
         if self.out_dir is not None:
             return Path(self.out_dir)
         sites = "+".join(self.sites)
-        return Path("runs") / "cache" / f"{self.model}-{sites}-{self.n_tokens}"
+        return Path("runs") / "cache" / f"{Path(self.model).name}-{sites}-{self.n_tokens}"
 
 
 def prepare(cfg: CacheConfig, *, loaded: Any = None) -> tuple[Any, Any]:
@@ -82,7 +83,8 @@ def prepare(cfg: CacheConfig, *, loaded: Any = None) -> tuple[Any, Any]:
     elif loaded.name != cfg.model:
         raise ConfigError(f"the loaded model is {loaded.name!r} but the config asks for {cfg.model!r}")
     if loaded.tokenizer is None:
-        raise ConfigError(f"model {cfg.model!r} takes images, not text; `assay cache` needs a text model")
+        raise ConfigError(f"model {cfg.model!r} has no tokenizer (an image model, or a model folder without "
+                          "tokenizer files); `assay cache` needs a text model with its tokenizer")
     docs = corpora.load_corpus(cfg.corpus)
     windows = corpora.token_windows(loaded.tokenizer, docs, cfg.context_length)
     needed = math.ceil(cfg.n_tokens / cfg.context_length)
