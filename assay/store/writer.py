@@ -177,12 +177,12 @@ def _probe(model: nn.Module, sites: list[str], x: torch.Tensor, forward: Forward
 
 
 @contextmanager
-def _lock(folder: Path) -> Iterator[None]:
-    with open(folder / ".lock", "w") as f:
+def _lock(folder: Path, name: str = ".lock") -> Iterator[None]:
+    with open(folder / name, "w") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StoreError(f"another writer is running on {folder} (it holds {folder / '.lock'})") from None
+            raise StoreError(f"another writer is running on {folder} (it holds {folder / name})") from None
         try:
             yield
         finally:
