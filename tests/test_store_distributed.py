@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from assay.models.transformer import Transformer, TransformerConfig
 from assay.store import ActivationStore, StoreError, write_store
-from assay.store.distributed import RANKS, rank_block, write_store_distributed
+from assay.store.distributed import RANKS, _start, rank_block, write_store_distributed
 from assay.store.manifest import read_manifest
 
 SITES = ["blocks.0", "blocks.1"]
@@ -113,3 +113,22 @@ def test_killed_rank_is_named_and_resumes_without_redoing_shards(tmp_path, singl
     assert [r["resumed"] for r in res] == [36, 36] and all(r["error"] is None for r in res)
     assert {p: (out / p).stat().st_mtime_ns for p in kept} == stamps  # finished shards were not rewritten
     _same_store(out, single)
+
+
+def test_distributed_resume_of_a_single_process_store_is_refused(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    out = tmp_path / "store"
+    with pytest.raises(Stop):
+        write_store(out, _model(), SITES, _tokens(), **KW, progress=stop, max_pending=0)
+    m = read_manifest(out)
+    assert not m.complete and m.shards  # an unfinished single-process store
+    with pytest.raises(StoreError, match=r"started by 1 process\(es\); this run has 2. Resume it with a single process"):
+        _start(out, m.config, m.n_rows, 2, True)
+    other = {**m.config, "sites": ["blocks.1"]}
+    with pytest.raises(StoreError, match="sites: store has"):
+        _start(out, other, m.n_rows, 1, True)
