@@ -45,12 +45,10 @@ from torch import nn
 
 from assay.artifact import atomic_write_text
 from assay.store.manifest import (
-    MANIFEST_FILE,
     ROWS,
     Manifest,
     ShardRecord,
     StoreError,
-    check_world_size,
     config_diff,
     read_manifest,
     shard_from_dict,
@@ -69,7 +67,7 @@ from assay.store.writer import (
     _shards,
     _Source,
     _write_file,
-    check_empty,
+    open_manifest,
 )
 
 __all__ = ["write_store_distributed", "launched_by_torchrun", "torchrun_group", "rank_device", "rank_block", "RANKS"]
@@ -182,18 +180,7 @@ def _start(out: Path, config: dict[str, Any], n_rows: int, world: int, resume: b
     """Rank 0: create the manifest of a new store, or check that the existing one is this run's."""
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
-        if (out / MANIFEST_FILE).exists():
-            manifest = read_manifest(out)
-            diff = config_diff(manifest.config, config)
-            if diff:
-                raise StoreError(f"{out} holds a store of a different run; cannot resume it:\n  " + "\n  ".join(diff))
-            check_world_size(out, manifest, world)
-            if not resume:
-                raise StoreError(f"{out} already holds this store ({manifest.rows_done} of {n_rows} rows listed); "
-                                 "pass resume=True to continue it, or choose another folder")
-        else:
-            check_empty(out)
-            write_manifest(out, Manifest(config, n_rows, (), False, {"world_size": world}))
+        open_manifest(out, config, n_rows, resume=resume, world_size=world)
 
 
 def _record_path(out: Path, rank: int) -> Path:

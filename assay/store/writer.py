@@ -353,19 +353,7 @@ def write_store(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
-        if (out / MANIFEST_FILE).exists():
-            manifest = read_manifest(out)
-            diff = config_diff(manifest.config, config)
-            if diff:
-                raise StoreError(f"{out} holds a store of a different run; cannot resume it:\n  " + "\n  ".join(diff))
-            check_world_size(out, manifest, 1)
-            if not resume:
-                raise StoreError(f"{out} already holds this store ({manifest.rows_done} of {n_rows} rows); "
-                                 "pass resume=True to continue it, or choose another folder")
-        else:
-            check_empty(out)
-            manifest = Manifest(config, n_rows, (), False, {})
-            write_manifest(out, manifest)
+        manifest = open_manifest(out, config, n_rows, resume=resume)
         _clean_partial(out, len(manifest.shards))
         repair = _Repair((), (), ())
         if verify and manifest.shards:
@@ -373,12 +361,26 @@ def write_store(
         return _run(out, src, manifest, progress, max_pending, repair)
 
 
-def check_empty(out: Path) -> None:
-    """Refuse a folder that holds files but no store manifest (never write into someone else's folder)."""
+def open_manifest(out: Path, config: dict[str, Any], n_rows: int, *, resume: bool, world_size: int = 1) -> Manifest:
+    """The manifest of this run in ``out`` (checked: same config, same number of processes, ``resume``), or a
+    new empty one written there (``out`` must then be empty). Call it holding the folder's lock."""
+    if (out / MANIFEST_FILE).exists():
+        manifest = read_manifest(out)
+        diff = config_diff(manifest.config, config)
+        if diff:
+            raise StoreError(f"{out} holds a store of a different run; cannot resume it:\n  " + "\n  ".join(diff))
+        check_world_size(out, manifest, world_size)
+        if not resume:
+            raise StoreError(f"{out} already holds this store ({manifest.rows_done} of {n_rows} rows); "
+                             "pass resume=True to continue it, or choose another folder")
+        return manifest
     stray = [p.name for p in out.iterdir() if p.name != ".lock"]
     if stray:
         raise StoreError(f"{out} is not empty and holds no store manifest ({', '.join(sorted(stray)[:5])}); "
                          "choose an empty or new folder")
+    manifest = Manifest(config, n_rows, (), False, {"world_size": world_size} if world_size > 1 else {})
+    write_manifest(out, manifest)
+    return manifest
 
 
 def _prepare_run(model: nn.Module, sites: str | Sequence[str], windows: Any, *, batch_size: int, shard_rows: int,
