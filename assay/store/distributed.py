@@ -315,8 +315,7 @@ def write_store_distributed(
     config, src = prepared
     done, status = _status(_work, out, src, config, rank, world, verify, progress, max_pending)
     _exchange(status, out, group)
-    if rank == 0:
-        _, status = _status(_finish, out, world, config, time.perf_counter() - t0)
+    status = _status(_finish, out, world, config, time.perf_counter() - t0)[1] if rank == 0 else ""
     _exchange(status, out, group)
     resumed, new, seconds = done
     manifest = read_manifest(out)
