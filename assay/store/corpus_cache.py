@@ -4,7 +4,8 @@
 (:func:`assay.corpora.load_corpus`) into windows that never span two documents
 (:func:`assay.corpora.token_windows`); :func:`cache_corpus` then writes the store with
 :func:`assay.store.write_store`, which resumes an interrupted run and, on a re-run, checks every shard file
-and rewrites exactly the damaged ones.
+and rewrites exactly the damaged ones. Launched by ``torchrun --nproc-per-node N -m assay cache ...``, the
+ranks split the shards and write one store (:mod:`assay.store.distributed`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class CacheConfig:
     """Cache a model's activations at one or more sites over a tokenised corpus."""
 
     model: str = "smollm2-135m"
-    """Offline model name (see assay.models.load): smollm2-135m or minilm-l6."""
+    """Offline model name (see assay.models.load): smollm2-135m or minilm-l6; or a path to a local Hugging Face
+    model folder saved with safetensors (config.json, model.safetensors and tokenizer files)."""
     sites: tuple[str, ...] = ("model.layers.3",)
     """Sites (module paths) to cache, all from one forward pass stopped after the last of them."""
     corpus: str = "bundled"
@@ -41,7 +43,7 @@ class CacheConfig:
     shard_rows: int = 65_536
     """Rows per shard file (fixed; the last shard may be shorter)."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """On-disk dtype of the activations (the model itself runs in float32)."""
+    """On-disk dtype of the activations (a named model runs in float32, a model folder in its saved dtype)."""
     device: str = "cpu"
     """Device to run the model on (cpu, cuda, cuda:1, ...)."""
     out_dir: Path | None = None
@@ -51,11 +53,13 @@ class CacheConfig:
     verify: bool = True
     """On a re-run, check every existing shard file (size, header, SHA-256: one full read of the store) and
     recompute exactly the damaged shards; --no-verify skips the check."""
+    timeout_s: float = 1800.0
+    """Under torchrun: seconds a rank waits for another before reporting it dead or hung (and which rank)."""
 
     def __post_init__(self) -> None:
         if not self.sites or any(not s for s in self.sites):
             raise ConfigError("sites must name at least one module path, e.g. --sites model.layers.3")
-        for name in ("n_tokens", "context_length", "batch_size", "shard_rows"):
+        for name in ("n_tokens", "context_length", "batch_size", "shard_rows", "timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
         if self.context_length < 2:
@@ -67,7 +71,7 @@ class CacheConfig:
         if self.out_dir is not None:
             return Path(self.out_dir)
         sites = "+".join(self.sites)
-        return Path("runs") / "cache" / f"{self.model}-{sites}-{self.n_tokens}"
+        return Path("runs") / "cache" / f"{Path(self.model).name}-{sites}-{self.n_tokens}"
 
 
 def prepare(cfg: CacheConfig, *, loaded: Any = None) -> tuple[Any, Any]:
@@ -76,13 +80,15 @@ def prepare(cfg: CacheConfig, *, loaded: Any = None) -> tuple[Any, Any]:
     import torch
 
     from assay import corpora, models
+    from assay.store.distributed import rank_device
 
     if loaded is None:
-        loaded = models.load(cfg.model, device=cfg.device)
+        loaded = models.load(cfg.model, device=rank_device(cfg.device))
     elif loaded.name != cfg.model:
         raise ConfigError(f"the loaded model is {loaded.name!r} but the config asks for {cfg.model!r}")
     if loaded.tokenizer is None:
-        raise ConfigError(f"model {cfg.model!r} takes images, not text; `assay cache` needs a text model")
+        raise ConfigError(f"model {cfg.model!r} has no tokenizer (an image model, or a model folder without "
+                          "tokenizer files); `assay cache` needs a text model with its tokenizer")
     docs = corpora.load_corpus(cfg.corpus)
     windows = corpora.token_windows(loaded.tokenizer, docs, cfg.context_length)
     needed = math.ceil(cfg.n_tokens / cfg.context_length)
@@ -107,7 +113,12 @@ def cache_corpus(cfg: CacheConfig, *, loaded: Any = None,
     """Cache ``cfg``'s model (or ``loaded``) at ``cfg.sites`` over its corpus into ``cfg.store_dir``; returns
     the :class:`assay.store.StoreSummary`. ``progress(rows_done, n_rows)`` is called after every batch."""
     from assay.store import write_store
+    from assay.store.distributed import launched_by_torchrun, torchrun_group, write_store_distributed
 
     model, windows = prepare(cfg, loaded=loaded)
-    return write_store(cfg.store_dir, model, cfg.sites, windows, batch_size=cfg.batch_size, shard_rows=cfg.shard_rows,
-                       dtype=cfg.dtype, model_name=cfg.model, resume=cfg.resume, verify=cfg.verify, progress=progress)
+    kwargs = dict(batch_size=cfg.batch_size, shard_rows=cfg.shard_rows, dtype=cfg.dtype, model_name=cfg.model,
+                  resume=cfg.resume, verify=cfg.verify, progress=progress)
+    if not launched_by_torchrun():
+        return write_store(cfg.store_dir, model, cfg.sites, windows, **kwargs)
+    with torchrun_group(cfg.timeout_s) as group:
+        return write_store_distributed(cfg.store_dir, model, cfg.sites, windows, group=group, **kwargs)

@@ -42,6 +42,9 @@ __all__ = [
     "config_diff",
     "shard_file",
     "shard_shapes",
+    "shard_to_dict",
+    "shard_from_dict",
+    "check_world_size",
     "META",
     "REPAIR_HINT",
 ]
@@ -119,6 +122,27 @@ def shard_shapes(config: Mapping[str, Any], group: str, rows: int) -> dict[str, 
     return {"acts": (rows, int(config["d"][group]))}
 
 
+def shard_to_dict(s: ShardRecord) -> dict[str, Any]:
+    """A shard record as JSON-ready data (the inverse of :func:`shard_from_dict`)."""
+    return {"index": s.index, "start": s.start, "rows": s.rows, "files": {g: f._asdict() for g, f in s.files.items()}}
+
+
+def shard_from_dict(s: Mapping[str, Any]) -> ShardRecord:
+    """A shard record from :func:`shard_to_dict`'s data (``KeyError``/``TypeError``/``ValueError`` if malformed)."""
+    files = {g: FileRecord(str(f["path"]), str(f["sha256"]), int(f["bytes"])) for g, f in s["files"].items()}
+    return ShardRecord(index=int(s["index"]), start=int(s["start"]), rows=int(s["rows"]), files=files)
+
+
+def check_world_size(folder: Path, m: Manifest, world_size: int) -> None:
+    """Refuse to continue an unfinished store with another number of processes than the run that started it
+    (``meta["world_size"]``, 1 when absent): each rank's share of the shards depends on it."""
+    started = int(m.meta.get("world_size", 1))
+    if not m.complete and started != world_size:
+        how = "a single process" if started == 1 else f"`torchrun --nproc-per-node {started}` (or as many ranks)"
+        raise StoreError(f"{folder} is an unfinished store started by {started} process(es); this run has {world_size}. "
+                         f"Resume it with {how}, or write a new store in another folder")
+
+
 def _to_json(m: Manifest) -> str:
     doc = {
         "format": FORMAT,
@@ -128,15 +152,7 @@ def _to_json(m: Manifest) -> str:
         "n_rows": m.n_rows,
         "complete": m.complete,
         "meta": m.meta,
-        "shards": [
-            {
-                "index": s.index,
-                "start": s.start,
-                "rows": s.rows,
-                "files": {g: f._asdict() for g, f in s.files.items()},
-            }
-            for s in m.shards
-        ],
+        "shards": [shard_to_dict(s) for s in m.shards],
     }
     return json.dumps(doc, indent=1, sort_keys=True)
 
@@ -182,15 +198,7 @@ def read_manifest(folder: str | Path) -> Manifest:
             f"{FORMAT_VERSION}. Re-create the store with this assay version."
         )
     try:
-        shards = tuple(
-            ShardRecord(
-                index=int(s["index"]),
-                start=int(s["start"]),
-                rows=int(s["rows"]),
-                files={g: FileRecord(str(f["path"]), str(f["sha256"]), int(f["bytes"])) for g, f in s["files"].items()},
-            )
-            for s in doc["shards"]
-        )
+        shards = tuple(shard_from_dict(s) for s in doc["shards"])
         m = Manifest(dict(doc["config"]), int(doc["n_rows"]), shards, bool(doc["complete"]), dict(doc.get("meta", {})))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise StoreError(f"{path} is corrupted: missing or ill-typed field ({type(e).__name__}: {e})") from None

@@ -50,6 +50,7 @@ from assay.store.manifest import (
     Manifest,
     ShardRecord,
     StoreError,
+    check_world_size,
     config_diff,
     read_manifest,
     shard_file,
@@ -176,12 +177,12 @@ def _probe(model: nn.Module, sites: list[str], x: torch.Tensor, forward: Forward
 
 
 @contextmanager
-def _lock(folder: Path) -> Iterator[None]:
-    with open(folder / ".lock", "w") as f:
+def _lock(folder: Path, name: str = ".lock") -> Iterator[None]:
+    with open(folder / name, "w") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StoreError(f"another writer is running on {folder} (it holds {folder / '.lock'})") from None
+            raise StoreError(f"another writer is running on {folder} (it holds {folder / name})") from None
         try:
             yield
         finally:
@@ -346,6 +347,45 @@ def write_store(
     ``progress(rows_done, n_rows)`` is called after every batch of new rows. ``max_pending`` shards
     may wait for the background writer (0 writes on the calling thread).
     """
+    config, src = _prepare_run(model, sites, windows, batch_size=batch_size, shard_rows=shard_rows, dtype=dtype,
+                               model_name=model_name, forward=forward)
+    n_rows = int(src.tokens.numel())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        manifest = open_manifest(out, config, n_rows, resume=resume)
+        _clean_partial(out, len(manifest.shards))
+        repair = _Repair((), (), ())
+        if verify and manifest.shards:
+            manifest, repair = _repair(out, src, manifest, _damaged_files(out, manifest))
+        return _run(out, src, manifest, progress, max_pending, repair)
+
+
+def open_manifest(out: Path, config: dict[str, Any], n_rows: int, *, resume: bool, world_size: int = 1) -> Manifest:
+    """The manifest of this run in ``out`` (checked: same config, same number of processes, ``resume``), or a
+    new empty one written there (``out`` must then be empty). Call it holding the folder's lock."""
+    if (out / MANIFEST_FILE).exists():
+        manifest = read_manifest(out)
+        diff = config_diff(manifest.config, config)
+        if diff:
+            raise StoreError(f"{out} holds a store of a different run; cannot resume it:\n  " + "\n  ".join(diff))
+        check_world_size(out, manifest, world_size)
+        if not resume:
+            raise StoreError(f"{out} already holds this store ({manifest.rows_done} of {n_rows} rows); "
+                             "pass resume=True to continue it, or choose another folder")
+        return manifest
+    stray = [p.name for p in out.iterdir() if p.name != ".lock"]
+    if stray:
+        raise StoreError(f"{out} is not empty and holds no store manifest ({', '.join(sorted(stray)[:5])}); "
+                         "choose an empty or new folder")
+    manifest = Manifest(config, n_rows, (), False, {"world_size": world_size} if world_size > 1 else {})
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _prepare_run(model: nn.Module, sites: str | Sequence[str], windows: Any, *, batch_size: int, shard_rows: int,
+                 dtype: str | torch.dtype, model_name: str | None, forward: ForwardFn | None) -> tuple[dict[str, Any], _Source]:
+    """Check the arguments, probe the sites once: ``(run config for the manifest, _Source)``."""
     sites = [sites] if isinstance(sites, str) else list(sites)
     if not sites or len(set(sites)) != len(sites):
         raise StoreError(f"sites must be a non-empty list of distinct site names; got {sites!r}")
@@ -357,7 +397,6 @@ def write_store(
     forward = forward or (lambda m, x: m(x))
     tokens, doc_ids, positions = _windows(windows)
     n_windows, t = tokens.shape
-    n_rows = n_windows * t
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     last, dims = _probe(model, sites, tokens[:1].to(device), forward)
@@ -376,29 +415,7 @@ def write_store(
     config = json.loads(json.dumps(config))
     src = _Source(model, sites, last, dims, tokens, doc_ids, positions, batch_size, shard_rows, DTYPES[dtype], dtype,
                   forward, device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with _lock(out):
-        if (out / MANIFEST_FILE).exists():
-            manifest = read_manifest(out)
-            diff = config_diff(manifest.config, config)
-            if diff:
-                raise StoreError(f"{out} holds a store of a different run; cannot resume it:\n  " + "\n  ".join(diff))
-            if not resume:
-                raise StoreError(f"{out} already holds this store ({manifest.rows_done} of {n_rows} rows); "
-                                 "pass resume=True to continue it, or choose another folder")
-        else:
-            stray = [p.name for p in out.iterdir() if p.name != ".lock"]
-            if stray:
-                raise StoreError(f"{out} is not empty and holds no store manifest ({', '.join(sorted(stray)[:5])}); "
-                                 "choose an empty or new folder")
-            manifest = Manifest(config, n_rows, (), False, {})
-            write_manifest(out, manifest)
-        _clean_partial(out, len(manifest.shards))
-        repair = _Repair((), (), ())
-        if verify and manifest.shards:
-            manifest, repair = _repair(out, src, manifest, _damaged_files(out, manifest))
-        return _run(out, src, manifest, progress, max_pending, repair)
+    return config, src
 
 
 class _Repair(NamedTuple):
@@ -483,32 +500,35 @@ def _run(out: Path, src: _Source, manifest: Manifest, progress: ProgressFn | Non
         state["manifest"] = m._replace(complete=complete, meta=meta)
         write_manifest(out, state["manifest"])
 
-    pending: list[Future] = []
-    pool = ThreadPoolExecutor(1, thread_name_prefix="assay-store-writer") if max_pending > 0 else None
-
-    def submit(index: int, shard) -> None:
-        if pool is None:
-            commit(index, shard)
-            return
-        while len(pending) >= max_pending:
-            pending.pop(0).result()
-        pending.append(pool.submit(commit, index, shard))
-
     def after_batch(rows_end: int) -> None:
         if progress is not None:
             progress(rows_end, n_rows)
 
-    try:
-        for index, shard in _shards(src, len(manifest.shards), n_rows, after_batch):
-            submit(index, shard)
-        while pending:
-            pending.pop(0).result()
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+    _drain(_shards(src, len(manifest.shards), n_rows, after_batch), commit, max_pending)
     seconds = time.perf_counter() - t0
     m = state["manifest"]
     rate = (n_rows - done) / seconds if seconds > 0 else float("nan")
     m = m._replace(meta={**m.meta, "rows_per_second_last_call": rate})
     write_manifest(out, m)
     return summary(m, seconds, rate)
+
+
+def _drain(shards: Iterator[tuple[int, dict[str, dict[str, torch.Tensor]]]],
+           commit: Callable[[int, dict[str, dict[str, torch.Tensor]]], None], max_pending: int) -> None:
+    """``commit(k, shard)`` for every shard, in order, on a background thread while the next shards are
+    computed; at most ``max_pending`` shards wait (0: commit on the calling thread)."""
+    pending: list[Future] = []
+    pool = ThreadPoolExecutor(1, thread_name_prefix="assay-store-writer") if max_pending > 0 else None
+    try:
+        for index, shard in shards:
+            if pool is None:
+                commit(index, shard)
+                continue
+            while len(pending) >= max_pending:
+                pending.pop(0).result()
+            pending.append(pool.submit(commit, index, shard))
+        while pending:
+            pending.pop(0).result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
