@@ -21,6 +21,7 @@ FAMILY_MODULES = {
     "robustness": "assay.bench.robustness",
     "data-attribution": "assay.bench.data_attribution",
     "sae-fragility": "assay.bench.sae_fragility",
+    "pruning": "assay.bench.pruning",
 }
 """Family name → the module holding its ``FAMILY``."""
 
