@@ -29,7 +29,7 @@ from torch import nn
 from assay.bench.pruning_worlds import PreparedPruning, task_loss, train_steps
 from assay.bench.runner import RunContext
 
-__all__ = ["METHOD_PARAMS", "APPLIES", "check_method", "score_method"]
+__all__ = ["METHOD_PARAMS", "APPLIES", "check_method", "finetune_masked", "score_method"]
 
 WEIGHT_MASKS = ("magnitude", "lamp", "snip", "flow", "random")
 NEURONS = ("surgery", "neuron_magnitude", "neuron_random", "gates")
@@ -134,15 +134,15 @@ def _weight_masks(name: str, p: dict[str, Any], prepared: PreparedPruning, s: fl
     return prune_lowest(scores, s, scope="global")
 
 
-def _finetune(model: nn.Module, masks: dict[str, torch.Tensor], prepared: PreparedPruning, settings: Any,
-              generator: torch.Generator, steps: int) -> nn.Module:
-    """A copy of ``model`` masked by ``masks`` (masked weights frozen at 0) trained for ``steps``."""
+def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], data: tuple[torch.Tensor, torch.Tensor], loss: str,
+                    *, steps: int, lr: float, batch_size: int, generator: torch.Generator) -> nn.Module:
+    """A copy of ``model`` masked by ``masks`` (masked weights frozen at 0) trained ``steps`` Adam steps
+    on ``data``, the masks baked in."""
     from assay.pruning.masks import apply_masks, materialize
 
     tuned = copy.deepcopy(model)
     apply_masks(tuned, masks, regrow=False)
-    train_steps(tuned, prepared.train, prepared.loss, steps=steps, lr=settings.finetune_lr,
-                batch_size=settings.batch_size, generator=generator)
+    train_steps(tuned, data, loss, steps=steps, lr=lr, batch_size=batch_size, generator=generator)
     return materialize(tuned)
 
 
@@ -174,12 +174,14 @@ def _score_weight_masks(name: str, p: dict[str, Any], prepared: PreparedPruning,
         model.load_state_dict(prepared.init_state)
         masks = prune_lowest(snip_scores(model, _loss_fn(prepared), _batches(prepared, settings)[0]), s)
         steps = settings.train_steps if prepared.name == "sparse_teacher" else settings.digits_steps
-        trained = _finetune(model, masks, prepared, settings, g, steps)
+        trained = finetune_masked(model, masks, prepared.train, prepared.loss, steps=steps, lr=settings.finetune_lr,
+                                  batch_size=settings.batch_size, generator=g)
         return {**_support(masks, trained, prepared), **{f"{k}_finetuned": v for k, v in _task(trained, prepared).items()},
                 **_cost(trained, prepared), "sparsity": s}
     masks = _weight_masks(name, p, prepared, s, settings, g)
     pruned = _masked(prepared.model, masks)
-    tuned = _finetune(prepared.model, masks, prepared, settings, g, settings.finetune_steps)
+    tuned = finetune_masked(prepared.model, masks, prepared.train, prepared.loss, steps=settings.finetune_steps,
+                            lr=settings.finetune_lr, batch_size=settings.batch_size, generator=g)
     return {**_support(masks, prepared.model, prepared), **_task(pruned, prepared),
             **{f"{k}_finetuned": v for k, v in _task(tuned, prepared).items()}, **_cost(pruned, prepared), "sparsity": s}
 
