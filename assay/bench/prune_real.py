@@ -131,10 +131,10 @@ def _subject(cfg: PruneRealConfig, lm: Any) -> _Subject:
 
     lm = lm or load("smollm2-135m")
     windows = token_windows(lm.tokenizer, load_corpus("bundled"), cfg.context)
-    if len(windows.input_ids) < cfg.n_windows:
-        raise ConfigError(f"the bundled corpus gives {len(windows.input_ids)} windows of {cfg.context} tokens; "
+    if len(windows.tokens) < cfg.n_windows:
+        raise ConfigError(f"the bundled corpus gives {len(windows.tokens)} windows of {cfg.context} tokens; "
                           f"ask for at most that many --n-windows")
-    ids = windows.input_ids[torch.randperm(len(windows.input_ids), generator=g)[: cfg.n_windows]]
+    ids = windows.tokens[torch.randperm(len(windows.tokens), generator=g)[: cfg.n_windows]]
     vocab = lm.model.config.vocab_size
     return _Subject(lm.model, None, ids, ids[:1], lambda b: torch.randint(vocab, (b, cfg.latency_tokens), generator=g))
 

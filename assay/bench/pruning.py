@@ -96,7 +96,7 @@ class PruningFamily:
     name = "pruning"
     title = "Pruning bench: planted support, planted redundancy, digits"
     worlds = WORLD_NAMES
-    methods = ("magnitude:scope=layer|global", "lamp", "snip",
+    methods = ("dense", "magnitude:scope=layer|global", "lamp", "snip",
                "flow:measure=loss_preservation|biased_loss|grasp|grad_preserve", "random",
                "schedule:kind=one_shot|cubic|cyclical", "schedule:kind=cubic|cyclical,sparsity=0.95",
                "surgery", "neuron_magnitude", "neuron_random", "gates", "early:measure=magnitude|loss_preservation")

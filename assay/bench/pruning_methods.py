@@ -1,6 +1,6 @@
 """The methods of the pruning bench family, built from spec parameters and scored on a prepared world.
 
-Three kinds, each scored by the metrics its world's truth supports:
+``dense`` is the unpruned reference. Three kinds, each scored by the metrics its world's truth supports:
 
 - **weight masks** (unstructured, every Linear layer, one global ranking unless ``scope=layer``):
   ``magnitude`` (Zhu & Gupta 2017), ``lamp`` (Lee et al. 2021), ``snip`` (Lee, Ajanthan & Torr 2019: scored
@@ -35,6 +35,7 @@ WEIGHT_MASKS = ("magnitude", "lamp", "snip", "flow", "random")
 NEURONS = ("surgery", "neuron_magnitude", "neuron_random", "gates")
 
 METHOD_PARAMS: dict[str, dict[str, Any]] = {
+    "dense": {},
     "magnitude": {"scope": "global", "sparsity": None},
     "lamp": {"sparsity": None},
     "snip": {"sparsity": None},
@@ -50,9 +51,9 @@ METHOD_PARAMS: dict[str, dict[str, Any]] = {
 """Method name → its spec parameters and their defaults (None: the world's default)."""
 
 APPLIES = {
-    "sparse_teacher": (*WEIGHT_MASKS, "schedule"),
+    "sparse_teacher": ("dense", *WEIGHT_MASKS, "schedule"),
     "redundancy": NEURONS,
-    "digits_mlp": (*WEIGHT_MASKS, "schedule", "surgery", "neuron_magnitude", "neuron_random", "early"),
+    "digits_mlp": ("dense", *WEIGHT_MASKS, "schedule", "surgery", "neuron_magnitude", "neuron_random", "early"),
 }
 """World name → the methods scored on it (others return no metrics)."""
 
@@ -322,6 +323,8 @@ def score_method(name: str, p: dict[str, Any], prepared: PreparedPruning, ctx: R
     if name not in APPLIES[prepared.name]:
         return {}
     g = make_generator(ctx.seed + 7)
+    if name == "dense":  # the unpruned reference
+        return {**_task(prepared.model, prepared), **_cost(prepared.model, prepared), "sparsity": 0.0}
     if name in WEIGHT_MASKS:
         return _score_weight_masks(name, p, prepared, ctx, g)
     if name == "schedule":
