@@ -186,7 +186,7 @@ def run_prune(cfg: PruneRealConfig, lm: Any = None, *, log: Any = None) -> Prune
         pruned, masks = _prune(subject.model, s, cfg.mode)
         pruned.eval()
         row: dict[str, Any] = {"sparsity": s, **_quality(pruned, subject, is_lm)}
-        if not is_lm and cfg.finetune_steps and s > 0:
+        if not is_lm and cfg.finetune_steps:  # the unpruned model too, so the comparison is fair
             g = make_generator(cfg.seed + 5)
             kw = {"steps": cfg.finetune_steps, "lr": 1e-3, "batch_size": 64, "generator": g}
             if masks is not None:
@@ -223,6 +223,8 @@ def _plot(rows: list[dict[str, Any]], cfg: PruneRealConfig, path: Path) -> Path:
                 [r["accuracy_finetuned"] for r in rows if "accuracy_finetuned" in r], "s--", label="fine-tuned")
         ax.legend(fontsize=8)
     ax.set(xlabel="sparsity", ylabel=quality, title=quality)
+    if quality == "perplexity":
+        ax.set_yscale("log")
     ax = fig.add_subplot(132)
     ax.plot(xs, [r["params"] for r in rows], "o-", label="parameters")
     ax.plot(xs, [r["nonzero_params"] for r in rows], "s--", label="non-zero parameters")
@@ -256,6 +258,6 @@ def _section(rows: list[dict[str, Any]], cfg: PruneRealConfig, plot: Path, runs:
                      f"latency inputs are {cfg.latency_tokens} random tokens per sequence.")
     elif cfg.finetune_steps:
         notes.append(f"accuracy_finetuned: after {cfg.finetune_steps} Adam steps (lr 1e-3, batch 64) with the "
-                     "structure (or the mask) fixed.")
+                     "structure (or the mask) fixed; sparsity 0 is fine-tuned the same way, as the reference.")
     write_section(cfg.out_dir, Section(f"Pruning {cfg.model}", [table], [Plot("quality, size and latency", plot)],
                                        notes))
