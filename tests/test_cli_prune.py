@@ -40,7 +40,15 @@ def test_prune_digits_mlp(tmp_path, mode):
     assert all(r["latency_b1"] > 0 and r["latency_b64"] > 0 for r in rows)
     assert (out / "plots" / "prune.svg").is_file()
     sec = read_section(out)
-    assert sec.title == "Pruning digits_mlp" and len(sec.tables[0].rows) == 2
+    assert sec.title == f"Pruning digits_mlp ({mode}, magnitude)" and len(sec.tables[0].rows) == 2
+
+
+def test_random_importance_control_prunes_the_same_amount(tmp_path):
+    out = tmp_path / "random"
+    res = CliRunner().invoke(app, ["prune", "--importance", "random", *TINY, "--out-dir", str(out)])
+    assert res.exit_code == 0, res.output
+    half = json.loads((out / "results.json").read_text())["rows"][1]
+    assert half["params"] == _mlp_params(64, 32)
 
 
 def test_bad_configs_are_refused():
@@ -48,3 +56,5 @@ def test_bad_configs_are_refused():
         PruneRealConfig(model="smollm2", mode="unstructured")
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
         PruneRealConfig(sparsities=(0.5, 1.0))
+    with pytest.raises(ConfigError, match="importance"):
+        PruneRealConfig(importance="taylor")

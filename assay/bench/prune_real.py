@@ -47,6 +47,8 @@ class PruneRealConfig:
     """Shares to prune, each in [0, 1): of every hidden layer's units (structured) or of all weights."""
     mode: Literal["structured", "unstructured"] = "structured"
     """structured: remove whole neurons/channels physically; unstructured: mask single weights (classifiers only)."""
+    importance: Literal["magnitude", "random"] = "magnitude"
+    """Which units or weights go first: lowest group magnitude / |θ| (global), or random (the control)."""
     finetune_steps: int = 200
     """Adam steps fine-tuning each pruned classifier (0: none; SmolLM2 is never fine-tuned)."""
     train_steps: int = 1500
@@ -73,6 +75,7 @@ class PruneRealConfig:
 
         check_choice("model", self.model, MODELS)
         check_choice("mode", self.mode, ("structured", "unstructured"))
+        check_choice("importance", self.importance, ("magnitude", "random"))
         if not self.sparsities:
             raise ConfigError("give at least one --sparsities")
         for s in self.sparsities:
@@ -154,17 +157,30 @@ def _quality(model: nn.Module, subject: _Subject, lm: bool) -> dict[str, float]:
     return {"accuracy": accuracy(model, *subject.test)}
 
 
-def _prune(model: nn.Module, s: float, mode: str) -> tuple[nn.Module, dict[str, torch.Tensor] | None]:
+def _prune(model: nn.Module, s: float, cfg: PruneRealConfig) -> tuple[nn.Module, dict[str, torch.Tensor] | None]:
     """The pruned copy and, when unstructured, its masks (for a fixed-mask fine-tune)."""
-    from assay.pruning.magnitude import magnitude_masks
+    import torch
+
+    from assay.pruning.magnitude import magnitude_masks, prune_lowest
     from assay.pruning.masks import apply_masks, materialize, prunable_layers
-    from assay.pruning.structured import remove_units, structured_keep
+    from assay.pruning.structured import dependency_groups, remove_units, structured_keep
+    from assay.worlds.base import make_generator
 
     if s == 0:
         return copy.deepcopy(model), None
-    if mode == "structured":
-        return remove_units(model, structured_keep(model, s)), None
-    masks = magnitude_masks({n: model.get_submodule(n).weight for n in prunable_layers(model)}, s)
+    g = make_generator(cfg.seed + 11)
+    if cfg.mode == "structured":
+        if cfg.importance == "magnitude":
+            keep = structured_keep(model, s)
+        else:
+            scores = {n: torch.rand(gr.n_units, generator=g) for n, gr in dependency_groups(model).items()}
+            keep = prune_lowest(scores, s, scope="layer")
+        return remove_units(model, keep), None
+    weights = {n: model.get_submodule(n).weight for n in prunable_layers(model)}
+    if cfg.importance == "magnitude":
+        masks = magnitude_masks(weights, s)
+    else:
+        masks = prune_lowest({n: torch.rand(w.shape, generator=g) for n, w in weights.items()}, s)
     return materialize(apply_masks(copy.deepcopy(model), masks)), masks
 
 
@@ -183,7 +199,7 @@ def run_prune(cfg: PruneRealConfig, lm: Any = None, *, log: Any = None) -> Prune
     subject = _subject(cfg, lm)
     rows = []
     for s in cfg.sparsities:
-        pruned, masks = _prune(subject.model, s, cfg.mode)
+        pruned, masks = _prune(subject.model, s, cfg)
         pruned.eval()
         row: dict[str, Any] = {"sparsity": s, **_quality(pruned, subject, is_lm)}
         if not is_lm and cfg.finetune_steps:  # the unpruned model too, so the comparison is fair
@@ -236,7 +252,7 @@ def _plot(rows: list[dict[str, Any]], cfg: PruneRealConfig, path: Path) -> Path:
         ax.plot(xs, [1e3 * r[f"latency_b{b}"] for r in rows], "o-", label=f"batch {b}")
     ax.set(xlabel="sparsity", ylabel="ms (median)", title="measured latency", yscale="log")
     ax.legend(fontsize=8)
-    fig.suptitle(f"{cfg.model}, {cfg.mode} pruning")
+    fig.suptitle(f"{cfg.model}, {cfg.mode} pruning by {cfg.importance}")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -245,10 +261,12 @@ def _section(rows: list[dict[str, Any]], cfg: PruneRealConfig, plot: Path, runs:
     from assay.report import Plot, Section, Table, write_section
 
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    table = Table(f"{cfg.model}: {cfg.mode} pruning", cols,
+    table = Table(f"{cfg.model}: {cfg.mode} pruning by {cfg.importance}", cols,
                   [[f"{r[c]:.4g}" if isinstance(r.get(c), float) else r.get(c, "–") for c in cols] for r in rows])
-    what = ("the share of every hidden layer's units removed physically (group magnitude)" if cfg.mode == "structured"
-            else "the share of all Linear/Conv weights masked by global magnitude (the dense kernels still run)")
+    what = (f"the share of every hidden layer's units removed physically (by {cfg.importance} group importance)"
+            if cfg.mode == "structured" else
+            f"the share of all Linear/Conv weights masked (by {cfg.importance}, one global ranking; the dense kernels "
+            "still run)")
     notes = [f"sparsity: {what}. latency_bN: median seconds of {runs} forward passes after {warmup} warm-up calls at "
              "batch N on this machine (compare within one run only).",
              "MACs count the linear and convolution layers for one example (attention's matrix products are not "
@@ -259,5 +277,5 @@ def _section(rows: list[dict[str, Any]], cfg: PruneRealConfig, plot: Path, runs:
     elif cfg.finetune_steps:
         notes.append(f"accuracy_finetuned: after {cfg.finetune_steps} Adam steps (lr 1e-3, batch 64) with the "
                      "structure (or the mask) fixed; sparsity 0 is fine-tuned the same way, as the reference.")
-    write_section(cfg.out_dir, Section(f"Pruning {cfg.model}", [table], [Plot("quality, size and latency", plot)],
+    write_section(cfg.out_dir, Section(f"Pruning {cfg.model} ({cfg.mode}, {cfg.importance})", [table], [Plot("quality, size and latency", plot)],
                                        notes))
