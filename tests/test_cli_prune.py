@@ -36,6 +36,10 @@ def test_prune_digits_mlp(tmp_path, mode):
         n_weights = 64 * 128 + 128 * 64 + 64 * 10
         assert half["params"] == dense["params"] and half["macs"] == dense["macs"] == n_weights
         assert dense["nonzero_params"] - half["nonzero_params"] == n_weights // 2 == half["macs"] - half["nonzero_macs"]
+        from assay.pruning.masks import load_masks
+
+        masks = load_masks(out / "masks" / "sparsity-0.5")
+        assert sum(int((~m).sum()) for m in masks.values()) == n_weights // 2
     assert 0.8 < dense["accuracy"] <= 1 and 0 <= half["accuracy_finetuned"] <= 1
     assert all(r["latency_b1"] > 0 and r["latency_b64"] > 0 for r in rows)
     assert (out / "plots" / "prune.svg").is_file()

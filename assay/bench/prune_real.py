@@ -15,7 +15,8 @@ not counted) and **measured** latency (:func:`assay.evaluate.cost.measure_latenc
 warm-up) at each batch size. Blalock et al. 2020 ("What is the State of Neural Network Pruning?") ask for
 exactly this: sparsity alone says nothing about speed.
 
-Outputs in ``out_dir``: ``results.json``, ``plots/prune.svg`` and the report section.
+Outputs in ``out_dir``: ``results.json``, ``plots/prune.svg``, the report section and, for unstructured
+pruning, the masks of each sparsity (``masks/sparsity-S``, :func:`assay.pruning.masks.save_masks`).
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def _subject(cfg: PruneRealConfig, lm: Any) -> _Subject:
     if cfg.model == "digits_mlp":
         from assay.bench.pruning_worlds import digits_mlp
 
-        model, _, _, train, test = digits_mlp(cfg.seed, steps=cfg.train_steps)
-        return _Subject(model, train, test, test[0][:1], lambda b: torch.rand(b, 64, generator=g))
+        d = digits_mlp(cfg.seed, steps=cfg.train_steps)
+        return _Subject(d.model, d.train, d.test, d.test[0][:1], lambda b: torch.rand(b, 64, generator=g))
     if cfg.model == "digits_cnn":
         from dataclasses import replace
 
@@ -190,6 +191,7 @@ def run_prune(cfg: PruneRealConfig, lm: Any = None, *, log: Any = None) -> Prune
     from assay.bench.pruning_methods import finetune_masked
     from assay.bench.pruning_worlds import train_steps
     from assay.evaluate.cost import count_macs, count_parameters, measure_latency
+    from assay.pruning.masks import save_masks
     from assay.worlds.base import make_generator
 
     say = log or (lambda m: None)
@@ -197,6 +199,7 @@ def run_prune(cfg: PruneRealConfig, lm: Any = None, *, log: Any = None) -> Prune
     runs = cfg.latency_runs if cfg.latency_runs is not None else (3 if is_lm else 20)
     warmup = cfg.latency_warmup if cfg.latency_warmup is not None else (1 if is_lm else 5)
     subject = _subject(cfg, lm)
+    out = Path(cfg.out_dir)
     rows = []
     for s in cfg.sparsities:
         pruned, masks = _prune(subject.model, s, cfg)
@@ -211,6 +214,9 @@ def run_prune(cfg: PruneRealConfig, lm: Any = None, *, log: Any = None) -> Prune
                 tuned = copy.deepcopy(pruned)
                 train_steps(tuned, subject.train, "cross_entropy", **kw)
             row["accuracy_finetuned"] = _quality(tuned, subject, False)["accuracy"]
+        if masks is not None:  # the mask artifact (spec §8), for re-applying with assay.pruning.masks.load_masks
+            save_masks(out / "masks" / f"sparsity-{s}", masks, meta={"model": cfg.model, "sparsity": s,
+                                                                     "importance": cfg.importance})
         macs = count_macs(pruned, subject.example)
         row.update(params=count_parameters(pruned), nonzero_params=sum(int((p != 0).sum()) for p in pruned.parameters()),
                    macs=macs.macs, nonzero_macs=macs.nonzero_macs)
@@ -219,7 +225,6 @@ def run_prune(cfg: PruneRealConfig, lm: Any = None, *, log: Any = None) -> Prune
         say(", ".join(f"{k} {v:.4g}" for k, v in row.items()))
         rows.append(row)
         del pruned
-    out = Path(cfg.out_dir)
     plot = _plot(rows, cfg, out / "plots" / "prune.svg")
     atomic_write_text(out / "results.json", json.dumps({"config": to_dict(cfg), "rows": rows}, indent=1, default=str))
     _section(rows, cfg, plot, runs, warmup)

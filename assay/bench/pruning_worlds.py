@@ -25,7 +25,7 @@ from torch import nn
 
 from assay.config import ConfigError
 
-__all__ = ["WORLD_NAMES", "PreparedPruning", "prepare_world", "train_steps", "task_loss", "digits_mlp"]
+__all__ = ["WORLD_NAMES", "PreparedPruning", "DigitsMLP", "prepare_world", "train_steps", "task_loss", "digits_mlp"]
 
 WORLD_NAMES = ("sparse_teacher", "redundancy", "digits_mlp")
 """World names of the pruning family."""
@@ -91,11 +91,24 @@ def _config(cls: type, params: dict[str, Any], world: str, **fixed: Any) -> Any:
     return cls(**params, **fixed)
 
 
+class DigitsMLP(NamedTuple):
+    """The digits MLP of the pruning spec, trained, with its data."""
+
+    model: nn.Module
+    """64→hidden→10 ReLU MLP, eval mode."""
+    init_state: dict[str, torch.Tensor]
+    """Its weights at initialisation."""
+    early_state: dict[str, torch.Tensor] | None
+    """Its weights after ``early_steps`` (None if 0)."""
+    train: tuple[torch.Tensor, torch.Tensor]
+    """Train split: flattened images [n, 64] in [0, 1] and labels."""
+    test: tuple[torch.Tensor, torch.Tensor]
+    """Test split."""
+
+
 def digits_mlp(seed: int, *, hidden: tuple[int, ...] = (128, 64), steps: int = 1500, lr: float = 1e-3,
-               batch_size: int = 64, early_steps: int = 0
-               ) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, tuple, tuple]:
-    """The 64→hidden→10 ReLU MLP trained on the 8×8 digits' train split: (model, initial weights, weights
-    after ``early_steps`` (None if 0), (x_train, y_train), (x_test, y_test))."""
+               batch_size: int = 64, early_steps: int = 0) -> DigitsMLP:
+    """The 64→hidden→10 ReLU MLP trained ``steps`` Adam steps on the 8×8 digits' train split (70/30)."""
     from assay.models.mlp import MLP
     from assay.worlds.base import make_generator
     from assay.worlds.digits import digit_split
@@ -113,7 +126,7 @@ def digits_mlp(seed: int, *, hidden: tuple[int, ...] = (128, 64), steps: int = 1
         early = copy.deepcopy(model.state_dict())
     train_steps(model, data["train"], "cross_entropy", steps=steps - early_steps, lr=lr, batch_size=batch_size,
                 generator=g)
-    return model, init, early, data["train"], data["test"]
+    return DigitsMLP(model, init, early, data["train"], data["test"])
 
 
 def prepare_world(world: str, seed: int, settings: Any) -> PreparedPruning:
@@ -152,6 +165,5 @@ def prepare_world(world: str, seed: int, settings: Any) -> PreparedPruning:
         raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for world {world!r}; valid: hidden")
     hidden = params.get("hidden", (128, 64))
     hidden = tuple(hidden) if isinstance(hidden, tuple) else (int(hidden),)
-    model, init, early, train, test = digits_mlp(seed, hidden=hidden, steps=s.digits_steps, lr=s.digits_lr,
-                                                 batch_size=64, early_steps=s.early_steps)
-    return PreparedPruning(name, model, init, early, train, test, "cross_entropy", None, 0.9, 0.5)
+    d = digits_mlp(seed, hidden=hidden, steps=s.digits_steps, lr=s.digits_lr, batch_size=64, early_steps=s.early_steps)
+    return PreparedPruning(name, d.model, d.init_state, d.early_state, d.train, d.test, "cross_entropy", None, 0.9, 0.5)
