@@ -169,3 +169,84 @@ def test_folded_gates_give_the_gated_outputs_without_hooks(conv):
     site = next(iter(sizes))
     with pytest.raises(TypeError, match=f"reader of gated site '{site}'"):
         gates.fold(model, {site: site})
+
+
+def _mixed_log_alpha(n: int, seed: int, closed: int) -> torch.Tensor:
+    """Log α with ``closed`` gates at −6 (test-time gate 0) and the rest in (−1.5, 3) (gates in (0, 1])."""
+    g = torch.Generator().manual_seed(seed)
+    la = torch.empty(n).uniform_(-1.5, 3.0, generator=g)
+    la[torch.randperm(n, generator=g)[:closed]] = -6.0
+    return la
+
+
+def test_materialized_gates_give_a_smaller_mlp_with_the_gated_outputs():
+    from assay.pruning.structured import remove_units, unit_sites
+    from assay.pruning.surgery import SurgeryConfig, merge_neurons
+
+    model, _ = planted_redundancy_mlp(PlantedRedundancyConfig(), seed=0)
+    assert unit_sites(model) == {"act0": "fc0"}
+    la = _mixed_log_alpha(19, 0, closed=7)
+    gates = Gates({"act0": 19}, log_alpha={"act0": la}).eval()
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), gates.attached(model):
+        ref = model(x)
+    small = gates.materialize(model)
+    assert small.fc0.out_features == small.out.in_features == 12  # the 7 closed units are gone
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), ref, atol=1e-5, rtol=1e-5)
+    # surgery's keep is keyed by the producing layer already: the merged model shrinks unchanged
+    merged = merge_neurons(model, SurgeryConfig(max_saliency=1e-9, scale_invariant=True))
+    shrunk = remove_units(merged.model, merged.keep)
+    assert shrunk.fc0.out_features == int(merged.keep["fc0"].sum()) == 13
+    with torch.no_grad():
+        torch.testing.assert_close(shrunk(x), merged.model(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(shrunk(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_materialized_channel_gates_of_a_cnn_with_batchnorm_and_flatten():
+    from assay.models.cnn import SmallCNN
+
+    model = SmallCNN(channels=(6, 8), image_size=8, batch_norm=True, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.bn0.running_mean.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(2))
+        model.bn1.running_var.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(3))
+    model.eval()
+    gates = Gates({"act0": 6, "act1": 8}, HardConcreteConfig(dim=1),
+                  log_alpha={"act0": _mixed_log_alpha(6, 1, 2), "act1": _mixed_log_alpha(8, 2, 3)}).eval()
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), gates.attached(model):
+        ref = model(x)
+    small = gates.materialize(model)
+    assert (small.conv0.out_channels, small.bn0.num_features, small.conv1.in_channels) == (4, 4, 4)
+    assert small.conv1.out_channels == 5 and small.fc.in_features == 5 * 2 * 2  # h·w column blocks per channel
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_materialized_gates_on_a_gated_llama_mlp_and_bad_mappings():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from assay.pruning.structured import unit_sites
+
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=16)
+    model = LlamaForCausalLM(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    sites = unit_sites(model)
+    assert sites == {f"model.layers.{i}.mlp.act_fn": f"model.layers.{i}.mlp.gate_proj" for i in range(2)}
+    gates = Gates(dict.fromkeys(sites, 24), log_alpha={s: _mixed_log_alpha(24, i, 10)
+                                                      for i, s in enumerate(sites)}).eval()
+    tokens = torch.randint(0, 32, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), gates.attached(model):
+        ref = model(tokens).logits
+    small = gates.materialize(model)
+    assert [m.mlp.down_proj.in_features for m in small.model.layers] == [14, 14]
+    with torch.no_grad():
+        torch.testing.assert_close(small(tokens).logits, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no producing layer known for gated site"):
+        Gates({"model.norm": 16}).materialize(model)
+    with pytest.raises(ValueError, match=r"maps to 'model.layers.0.mlp.down_proj'.*no removable units"):
+        Gates({"x": 16}).materialize(model, {"x": "model.layers.0.mlp.down_proj"})

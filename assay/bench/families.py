@@ -24,6 +24,7 @@ FAMILY_MODULES = {
     "concepts": "assay.bench.concepts",
     "temporal": "assay.bench.temporal",
     "circuits": "assay.bench.circuits",
+    "pruning": "assay.bench.pruning",
 }
 """Family name → the module holding its ``FAMILY``."""
 

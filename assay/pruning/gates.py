@@ -16,7 +16,11 @@ A gate multiplies one unit of a site's output (``dim`` picks the unit axis: −1
 neurons, 1 for a convolution's channels); in training a fresh z is drawn per unit for every example
 (axis 0), as in Louizos et al.'s dense layers, or once per forward pass (``per_example=False``).
 :meth:`Gates.keep_mask` (units whose test-time gate is nonzero) is the structured mask that removal
-consumes; :meth:`Gates.fold` bakes the test-time gates into the layer that reads each site.
+consumes; :meth:`Gates.fold` bakes the test-time gates into the layer that reads each site, and
+:meth:`Gates.materialize` does that and then removes the closed units physically along their
+dependency groups (:func:`assay.pruning.structured.remove_units`; ``keep_mask`` is keyed by the gated
+site ``act{i}``, removal by the producing layer ``fc{i}``: :func:`assay.pruning.structured.unit_sites`
+maps one to the other).
 """
 
 from __future__ import annotations
@@ -212,3 +216,43 @@ class Gates(nn.Module):
                                  f"{z.numel()} gates")
             reader.weight.mul_(z.to(reader.weight.dtype).view(1, -1, *[1] * (reader.weight.dim() - 2)))
         return folded
+
+    @torch.no_grad()
+    def materialize(self, model: nn.Module, producers: Mapping[str, str] | None = None) -> nn.Module:
+        """A physically smaller copy of ``model`` that computes what the gated model computes with the
+        test-time gates: every consumer of a gated unit (the slots of its dependency group that read it,
+        :func:`assay.pruning.structured.dependency_groups`) is multiplied by the unit's gate, then the
+        units whose gate is 0 are removed with :func:`assay.pruning.structured.remove_units`.
+
+        ``producers`` maps each gated site to the layer that produces its units (the group's key;
+        default :func:`assay.pruning.structured.unit_sites`: ``act{i}`` → ``fc{i}`` in assay's MLP,
+        ``conv{i}`` in SmallCNN). Exact when the units reach their consumers through operations that
+        commute with a non-negative per-unit scale (ReLU, max-pooling, flatten), as in those models."""
+        from assay.pruning.structured import dependency_groups, remove_units, unit_sites
+
+        producers = dict(producers) if producers is not None else unit_sites(model)
+        missing = [s for s in self.sites if s not in producers]
+        if missing:
+            raise ValueError(f"no producing layer known for gated site(s) {missing}; pass producers={{site: layer}} "
+                             f"(known: {producers or 'none'})")
+        groups = dependency_groups(model)
+        scaled = copy.deepcopy(model)
+        keep = {}
+        for site, gate in zip(self.sites, self.gates, strict=True):
+            layer = producers[site]
+            if layer not in groups:
+                raise ValueError(f"gated site {site!r} maps to {layer!r}, which has no removable units; removable "
+                                 f"layers: {', '.join(groups)}")
+            group = groups[layer]
+            z = hard_concrete_test_gate(gate.log_alpha, gamma=gate.config.gamma, zeta=gate.config.zeta)
+            if z.numel() != group.n_units:
+                raise ValueError(f"site {site!r} has {z.numel()} gates but layer {layer!r} has {group.n_units} units")
+            for m in group.members:
+                if m.dim == 0:
+                    continue  # the producer's own rows: removed or kept whole
+                t = getattr(scaled.get_submodule(m.module), m.tensor)
+                shape = [1] * t.dim()
+                shape[m.dim] = -1
+                t.mul_(z.to(t).repeat_interleave(m.width).view(shape))
+            keep[layer] = z > 0
+        return remove_units(scaled, keep)

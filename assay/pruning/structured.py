@@ -39,7 +39,8 @@ from torch import nn
 from assay.pruning.magnitude import prune_lowest
 from assay.pruning.masks import check_sparsity, is_masked
 
-__all__ = ["GroupMember", "UnitGroup", "dependency_groups", "group_magnitude", "structured_keep", "remove_units"]
+__all__ = ["GroupMember", "UnitGroup", "dependency_groups", "unit_sites", "group_magnitude", "structured_keep",
+           "remove_units"]
 
 
 class GroupMember(NamedTuple):
@@ -131,6 +132,28 @@ def dependency_groups(model: nn.Module) -> dict[str, UnitGroup]:
     raise TypeError(f"structured removal knows the dependency groups of assay's MLP, SmallCNN and Transformer and of "
                     f"gated MLPs (gate_proj/up_proj/down_proj), not {type(model).__name__}; it does not trace "
                     "unknown graphs (use assay.pruning.masks for unstructured masks)")
+
+
+def unit_sites(model: nn.Module) -> dict[str, str]:
+    """Activation site → the producing layer that keys its dependency group: the module whose output
+    holds each group's units after the nonlinearity, where a gate (:class:`assay.pruning.gates.Gates`)
+    sits. assay's MLP ``act{i}`` → ``fc{i}``; SmallCNN ``act{i}`` → ``conv{i}``; a gated MLP's
+    ``….mlp.act_fn`` → ``….mlp.gate_proj`` (zeroing act(gate) zeroes the neuron). The Transformer's
+    MLP applies GELU functionally, so it has no such site: pass the mapping yourself."""
+    from assay.models.cnn import SmallCNN
+    from assay.models.mlp import MLP
+
+    if type(model) is MLP:
+        return {f"act{i}": f"fc{i}" for i in range(model.n_hidden)}
+    if type(model) is SmallCNN:
+        return {f"act{i}": f"conv{i}" for i in range(model.n_stages)}
+    groups = dependency_groups(model)
+    out = {}
+    for layer in groups:
+        path = layer.removesuffix(".gate_proj")
+        if isinstance(getattr(model.get_submodule(path), "act_fn", None), nn.Module):
+            out[f"{path}.act_fn"] = layer
+    return out
 
 
 def _group(model: nn.Module, groups: dict[str, UnitGroup], layer: str) -> UnitGroup:
