@@ -1,5 +1,5 @@
 """The pruning bench family: magnitude beats random on the planted support, surgery finds the planted
-pairs, metrics equal a direct computation; cache, resume, section, ``assay bench --family pruning``, spec
+pairs, N:M keeps exactly n of every m inputs (counted group by group), metrics equal a direct computation; cache, resume, section, ``assay bench --family pruning``, spec
 validation; the planted-pair metric against hand-counted cases."""
 
 import copy
