@@ -1,6 +1,7 @@
 """The pruning bench family: magnitude beats random on the planted support, surgery finds the planted
-pairs, N:M keeps exactly n of every m inputs (counted group by group), metrics equal a direct computation; cache, resume, section, ``assay bench --family pruning``, spec
-validation; the planted-pair metric against hand-counted cases."""
+pairs, N:M keeps exactly n of every m inputs (counted group by group), metrics equal a direct computation;
+cache, resume, section, ``assay bench --family pruning``, spec validation; the planted-pair metric against
+hand-counted cases."""
 
 import copy
 import csv
