@@ -13,7 +13,18 @@ rankings agree) the same outputs. Timed: Torch-Pruning's dependency-graph constr
 (pruner constructor + ``step()``) vs assay's group lookup + scores + removal, each on a fresh copy,
 round-robin ``--reps`` times after a warm-up; medians. Last line: JSON with the ratio.
 
+``--finetune``: accuracy after the same fine-tuning instead. The trained digits CNN of the classifier zoo
+(``world_classifier("digits", seed=0)``: SmallCNN (16, 32, 64) with BatchNorm on the signal–distractor
+composites of the 8×8 digits) is pruned by both at each of ``--ratios`` (0.25 and 0.5 keep the same
+counts under both rounding rules, ⌊n(1 − p)⌋ and n − round(p·n), on widths 16/32/64); each pruned model is
+fine-tuned ``--steps`` Adam steps (lr 1e-3, batch 64, the same 2,000 training composites) with batches
+drawn from ``make_generator(seed)`` for each of ``--seeds`` seeds — the same data order for both — and
+tested on 1,000 held-out composites. Reported per ratio: widths, parameters, output shapes, accuracy before
+fine-tuning, and after it the mean with its 95% t-interval over seeds (``assay.stats.t_interval``) for
+each and for the paired difference. Last line: JSON.
+
     make bench-peers && .venv/bin/python benchmarks/pruning_structured.py [--ratio 0.25] [--reps 20]
+    .venv/bin/python benchmarks/pruning_structured.py --finetune [--ratios 0.25,0.5] [--seeds 3] [--steps 100]
 """
 
 import copy
@@ -28,8 +39,14 @@ from assay.models.cnn import SmallCNN
 from assay.pruning.structured import remove_units, structured_keep
 
 torch.set_num_threads(2)
-RATIO = float(sys.argv[sys.argv.index("--ratio") + 1]) if "--ratio" in sys.argv else 0.25
-REPS = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 20
+
+
+def _arg(name: str, default: str) -> str:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+RATIO = float(_arg("--ratio", "0.25"))
+REPS = int(_arg("--reps", "20"))
 
 
 def build() -> SmallCNN:
@@ -45,16 +62,16 @@ def build() -> SmallCNN:
     return model.eval()
 
 
-def run_assay(model: SmallCNN) -> torch.nn.Module:
-    return remove_units(model, structured_keep(model, RATIO))
+def run_assay(model: SmallCNN, ratio: float = RATIO) -> torch.nn.Module:
+    return remove_units(model, structured_keep(model, ratio))
 
 
-def run_tp(model: SmallCNN, example: torch.Tensor) -> torch.nn.Module:
+def run_tp(model: SmallCNN, example: torch.Tensor, ratio: float = RATIO) -> torch.nn.Module:
     import torch_pruning as tp
 
     model = copy.deepcopy(model)  # Torch-Pruning edits in place; assay copies inside remove_units
     pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2, bias=True),
-                                       pruning_ratio=RATIO, ignored_layers=[model.fc])
+                                       pruning_ratio=ratio, ignored_layers=[model.fc])
     pruner.step()
     return model
 
@@ -97,5 +114,57 @@ def main() -> None:
     print(json.dumps(result))
 
 
+def _interval(values: list[float]) -> list[float]:
+    from assay.stats import t_interval
+
+    m = t_interval(values)
+    return [round(m.mean, 4), round(m.low, 4), round(m.high, 4)]
+
+
+def main_finetune() -> None:
+    """Accuracy of both pruned digits CNNs before and after the same fine-tuning (module docstring)."""
+    from dataclasses import replace
+
+    import torch_pruning as tp
+
+    from assay.bench.pruning_worlds import train_steps
+    from assay.models.classifier_zoo import world_classifier
+    from assay.models.fit import accuracy
+    from assay.worlds.base import make_generator
+    from assay.worlds.digits import SignalDistractorDigits
+
+    ratios = [float(r) for r in _arg("--ratios", "0.25,0.5").split(",")]
+    seeds = range(int(_arg("--seeds", "3")))
+    steps = int(_arg("--steps", "100"))
+    wc = world_classifier("digits", seed=0)
+    g = make_generator(3)
+    tr = wc.world.sample(2000, generator=g)
+    te = SignalDistractorDigits(replace(wc.world.config, split="test")).sample(1000, generator=g)
+    model = wc.model.eval()
+    result = {"torch_pruning_version": tp.__version__, "steps": steps, "seeds": len(seeds),
+              "params_dense": n_params(model), "accuracy_dense": accuracy(model, te.inputs, te.targets), "rows": []}
+    for ratio in ratios:
+        pruned = {"assay": run_assay(model, ratio), "torch_pruning": run_tp(model, te.inputs[:1], ratio)}
+        row = {"ratio": ratio}
+        for name, m in pruned.items():
+            m.eval()
+            with torch.no_grad():
+                shape = list(m(te.inputs[:64]).shape)
+            row[name] = {"widths": [m.get_submodule(f"conv{i}").out_channels for i in range(model.n_stages)],
+                         "params": n_params(m), "output_shape": shape,
+                         "accuracy": accuracy(m, te.inputs, te.targets), "finetuned": []}
+            for seed in seeds:
+                tuned = copy.deepcopy(m)
+                train_steps(tuned, (tr.inputs, tr.targets), "cross_entropy", steps=steps, lr=1e-3, batch_size=64,
+                            generator=make_generator(seed))
+                row[name]["finetuned"].append(accuracy(tuned, te.inputs, te.targets))
+            row[name]["finetuned_ci"] = _interval(row[name]["finetuned"])
+        diff = [a - b for a, b in zip(row["assay"]["finetuned"], row["torch_pruning"]["finetuned"])]
+        row["difference_ci"] = _interval(diff)
+        result["rows"].append(row)
+        print(json.dumps(row))
+    print(json.dumps(result))
+
+
 if __name__ == "__main__":
-    main()
+    main_finetune() if "--finetune" in sys.argv else main()

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # torch is imported inside the functions, so the command line
     import torch
     from torch import nn
 
-__all__ = ["PruneRealConfig", "PruneRealResult", "run_prune"]
+__all__ = ["PruneRealConfig", "PruneRealResult", "prune_model", "run_prune"]
 
 MODELS = ("digits_mlp", "digits_cnn", "smollm2")
 
@@ -158,8 +158,10 @@ def _quality(model: nn.Module, subject: _Subject, lm: bool) -> dict[str, float]:
     return {"accuracy": accuracy(model, *subject.test)}
 
 
-def _prune(model: nn.Module, s: float, cfg: PruneRealConfig) -> tuple[nn.Module, dict[str, torch.Tensor] | None]:
-    """The pruned copy and, when unstructured, its masks (for a fixed-mask fine-tune)."""
+def prune_model(model: nn.Module, s: float, cfg: PruneRealConfig) -> tuple[nn.Module, dict[str, torch.Tensor] | None]:
+    """The copy of ``model`` that ``assay prune`` measures at sparsity ``s`` (``cfg``'s mode, importance and
+    seed; ``model`` is unchanged) and, when unstructured, its masks (for a fixed-mask fine-tune). Structured:
+    ``s`` of every removable layer's units go (SmolLM2: of each block's gated-MLP neurons)."""
     import torch
 
     from assay.pruning.magnitude import magnitude_masks, prune_lowest
@@ -202,7 +204,7 @@ def run_prune(cfg: PruneRealConfig, lm: Any = None, *, log: Any = None) -> Prune
     out = Path(cfg.out_dir)
     rows = []
     for s in cfg.sparsities:
-        pruned, masks = _prune(subject.model, s, cfg)
+        pruned, masks = prune_model(subject.model, s, cfg)
         pruned.eval()
         row: dict[str, Any] = {"sparsity": s, **_quality(pruned, subject, is_lm)}
         if not is_lm and cfg.finetune_steps:  # the unpruned model too, so the comparison is fair

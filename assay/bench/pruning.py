@@ -5,7 +5,7 @@ planted-redundancy MLP (truth: its duplicate pairs) and the digits MLP of the sp
 Methods (:mod:`assay.bench.pruning_methods`): magnitude (layer/global; Zhu & Gupta 2017), LAMP (Lee et al.
 2021), SNIP (Lee, Ajanthan & Torr 2019), the gradient-flow measures (Lubana & Dick 2021), random (the
 control), the one-shot / cubic / cyclical schedules (Zhu & Gupta 2017; Srinivas, Kuzmin, Nagel, van
-Baalen, Skliar & Blankevoort 2022), data-free surgery (Srinivas & Babu 2015), group-magnitude neuron
+Baalen, Skliar & Blankevoort 2022), N:M sparsity (Mishra et al. 2021), data-free surgery (Srinivas & Babu 2015), group-magnitude neuron
 removal (Fang et al. 2023), hard-concrete L0 gates (Louizos, Welling & Kingma 2018), and ``early``
 (Lubana & Dick's claim that magnitude pruning early in training converges faster than loss preservation).
 
@@ -97,7 +97,7 @@ class PruningFamily:
     title = "Pruning bench: planted support, planted redundancy, digits"
     worlds = WORLD_NAMES
     methods = ("dense", "magnitude:scope=layer|global", "lamp", "snip",
-               "flow:measure=loss_preservation|biased_loss|grasp|grad_preserve", "random",
+               "flow:measure=loss_preservation|biased_loss|grasp|grad_preserve", "random", "nm:n=1|2",
                "schedule:kind=one_shot|cubic|cyclical", "schedule:kind=cubic|cyclical,sparsity=0.95",
                "surgery", "neuron_magnitude", "neuron_random", "gates", "early:measure=magnitude|loss_preservation")
     metrics = SUMMARY_METRICS

@@ -5,7 +5,9 @@
 - **weight masks** (unstructured, every Linear layer, one global ranking unless ``scope=layer``):
   ``magnitude`` (Zhu & Gupta 2017), ``lamp`` (Lee et al. 2021), ``snip`` (Lee, Ajanthan & Torr 2019: scored
   at initialisation, then the sparse network is trained with the mask fixed), ``flow`` (the per-weight
-  gradient-flow measures of Lubana & Dick 2021), ``random`` (the control); and ``schedule`` — magnitude
+  gradient-flow measures of Lubana & Dick 2021), ``random`` (the control), ``nm`` (N:M semi-structured
+  sparsity, Mishra et al. 2021, "Accelerating Sparse Deep Neural Networks": the ``n`` largest |θ| of every
+  ``m`` consecutive inputs kept, sparsity 1 − n/m; the masks are saved in the run folder); and ``schedule`` — magnitude
   pruning while fine-tuning the trained model with :func:`assay.pruning.schedules.prune_and_finetune`:
   ``one_shot``, ``cubic`` (one cycle of gradual magnitude pruning, Zhu & Gupta 2017) or ``cyclical``
   (Srinivas et al. 2022), over the same budget;
@@ -31,7 +33,7 @@ from assay.bench.runner import RunContext
 
 __all__ = ["METHOD_PARAMS", "APPLIES", "check_method", "finetune_masked", "score_method"]
 
-WEIGHT_MASKS = ("magnitude", "lamp", "snip", "flow", "random")
+WEIGHT_MASKS = ("magnitude", "lamp", "snip", "flow", "random", "nm")
 NEURONS = ("surgery", "neuron_magnitude", "neuron_random", "gates")
 
 METHOD_PARAMS: dict[str, dict[str, Any]] = {
@@ -41,6 +43,7 @@ METHOD_PARAMS: dict[str, dict[str, Any]] = {
     "snip": {"sparsity": None},
     "flow": {"measure": "loss_preservation", "sparsity": None},
     "random": {"sparsity": None},
+    "nm": {"n": 2, "m": 4},
     "schedule": {"kind": "cubic", "sparsity": None, "cycles": 3},
     "surgery": {"share": None, "scale_invariant": True},
     "neuron_magnitude": {"share": None},
@@ -75,6 +78,10 @@ def check_method(name: str, p: dict[str, Any]) -> None:
     for key in ("sparsity", "share"):
         if p.get(key) is not None:
             check_sparsity(p[key], f"{name} {key}")
+    if name == "nm" and not (isinstance(p["n"], int) and isinstance(p["m"], int) and 0 < p["n"] < p["m"]):
+        from assay.config import ConfigError
+
+        raise ConfigError(f"nm needs integers 0 < n < m (n of every m weights kept), got n={p['n']!r}, m={p['m']!r}")
 
 
 def _layers(model: nn.Module) -> tuple[str, ...]:
@@ -118,11 +125,13 @@ def _cost(model: nn.Module, prepared: PreparedPruning) -> dict[str, float]:
 
 def _weight_masks(name: str, p: dict[str, Any], prepared: PreparedPruning, s: float, settings: Any,
                   generator: torch.Generator) -> dict[str, torch.Tensor]:
-    from assay.pruning.importance import flow_scores, lamp_scores
+    from assay.pruning.importance import flow_scores, lamp_scores, nm_masks
     from assay.pruning.magnitude import magnitude_masks, prune_lowest
 
     model = prepared.model
     weights = {n: model.get_submodule(n).weight.detach() for n in _layers(model)}
+    if name == "nm":
+        return nm_masks(weights, p["n"], p["m"])
     if name == "magnitude":
         return magnitude_masks(weights, s, scope=p["scope"])
     if name == "lamp":
@@ -165,7 +174,10 @@ def _masked(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
 def _score_weight_masks(name: str, p: dict[str, Any], prepared: PreparedPruning, ctx: RunContext,
                         g: torch.Generator) -> dict[str, float]:
-    s = prepared.default_sparsity if p["sparsity"] is None else float(p["sparsity"])
+    if name == "nm":
+        s = 1 - p["n"] / p["m"]
+    else:
+        s = prepared.default_sparsity if p["sparsity"] is None else float(p["sparsity"])
     settings = ctx.settings
     if name == "snip":  # score at initialisation, then train the sparse network from there
         from assay.pruning.importance import snip_scores
@@ -180,6 +192,10 @@ def _score_weight_masks(name: str, p: dict[str, Any], prepared: PreparedPruning,
         return {**_support(masks, trained, prepared), **{f"{k}_finetuned": v for k, v in _task(trained, prepared).items()},
                 **_cost(trained, prepared), "sparsity": s}
     masks = _weight_masks(name, p, prepared, s, settings, g)
+    if name == "nm":
+        from assay.pruning.masks import save_masks
+
+        save_masks(ctx.run_dir / "masks", masks, meta={"rule": f"{p['n']}:{p['m']}"})
     pruned = _masked(prepared.model, masks)
     tuned = finetune_masked(prepared.model, masks, prepared.train, prepared.loss, steps=settings.finetune_steps,
                             lr=settings.finetune_lr, batch_size=settings.batch_size, generator=g)
