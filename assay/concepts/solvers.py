@@ -205,7 +205,7 @@ def _admm_gram(G: Tensor, b: Tensor, lam: float, q: Tensor, *, rho: float, tol: 
     return out
 
 
-def nonneg_lasso_batched(C: Tensor, z: Tensor, lam: float, *, tol: float = 1e-6, working_set: int = 64,
+def nonneg_lasso_batched(C: Tensor, z: Tensor, lam: float, *, tol: float = 1e-6, working_set: int = 32,
                          rho: float = 5.0, max_rounds: int = 20, max_iter: int = 2000) -> SolverResult:
     """The working-set solver of the module docstring for large dictionaries (c ≫ d): per-query working sets
     of ``working_set`` concepts (grown as needed), k×k subproblems solved together by ADMM with polishing,
