@@ -30,7 +30,8 @@ program says); A7: ``decoy_edge_mass`` (share of Σ|A| on edges out of decoy fea
 compiled direction at |cos| ≥ 0.9), ``fvu`` (worst layer's fraction of MLP-output variance unexplained on the
 inputs), ``node_precision`` / ``node_recall`` of the pruned graphs' MLP feature nodes against the on-circuit
 MLP-written variables; A6: ``hop_share`` (worst prompt's share of logit influence through the feature nodes
-of intermediate MLP variables, those no logit reads directly: two_hop's ``hop1``).
+of the component writing an intermediate MLP variable — one no logit reads directly, two_hop's ``hop1`` — named
+or not: a shortcut from the tokens to the next layer's features bypasses them).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class CircuitSettings:
     """Graph rows per backward pass."""
     html: bool = True
     """Add an interactive view of one pruned graph per world to the report section."""
-    transcoder_steps: int = 2000
+    transcoder_steps: int = 1000
     """Training steps of each learned transcoder (method ``transcoder``; 256 activation rows per step)."""
 
     def __post_init__(self) -> None:
@@ -201,6 +202,7 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
 
     expected = mlp_variables(compiled.circuit)
     intermediate = expected - {e.source for e in compiled.circuit.edges if e.target == LOGITS}
+    hop_sites = {n.site for n in compiled.circuit.nodes if n.variable in intermediate}
     mlp_bases = [j for j, b in enumerate(bases) if b.output_site.endswith(".mlp")]
 
     model = compiled.model
@@ -216,7 +218,7 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
         node_masks.append(pr.node_mask)
         if intermediate:
             hop = torch.zeros_like(feats)
-            hop[:gr.n_features] = torch.tensor([bases[j].labels[i] in intermediate for j, _, i in gr.features.tolist()],
+            hop[:gr.n_features] = torch.tensor([bases[j].output_site in hop_sites for j, _, _ in gr.features.tolist()],
                                                dtype=torch.bool)
             per.setdefault("hop_share", []).append(influence_through(gr.adjacency, w, hop))
         eff = constrained_effects(model, gr, bases)
