@@ -143,3 +143,28 @@ def test_trained_transcoders_on_two_hop_replace_the_mlps_but_do_not_match_the_di
         errs, toks = (torch.zeros(gr.adjacency.shape[0], dtype=torch.bool) for _ in range(2))
         errs[e], toks[t] = True, True
         assert graph_scores(gr.adjacency, gr.logit_weights(), errs, toks).replacement > 0.99
+
+
+def test_with_the_decoder_bias_held_at_zero_every_live_feature_is_a_compiled_value():
+    """two_hop, d_sae 16, k 1, 300 steps, b_dec = 0 (measured, seed 0): 3 live features per layer, each decoder row
+    one hop value's direction (|cos| > 0.999), node precision = recall = 1 on the unpruned graphs."""
+    compiled = compile_program(PROGRAMS["two_hop"]())
+    model = compiled.model.double()
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.cat([torch.ones(128, 1, dtype=torch.long), torch.randint(4, 7, (128, 4), generator=g)], 1)
+    tcs = train_mlp_transcoders(model, inputs, [0, 1], TranscoderTraining(d_sae=16, k=1, steps=300,
+                                                                          zero_decoder_bias=True))
+    bases = []
+    for i, tc in tcs.items():
+        assert float(tc.b_dec.abs().max()) == 0.0
+        basis = transcoder_basis(tc, layer=i).to(torch.float64)
+        m = match_features(basis, compiled.circuit)
+        with torch.no_grad(), hooks.capture(model, [f"blocks.{i}.ln2"]) as cap:
+            model(inputs)
+        fires = (basis.activation(basis.pre(cap[f"blocks.{i}.ln2"])) > 0).flatten(0, 1).any(0)
+        assert int(fires.sum()) >= 3 and float(m.cosine[fires].min()) > 0.999
+        assert {m.labels[f] for f in fires.nonzero()[:, 0].tolist()} == {("hop1", "hop2")[i]}
+        bases.append(labelled(basis, m))
+    graphs = [attribute(model, torch.tensor(p), bases) for p in ([1, 4, 5, 6], [1, 6, 6])]
+    rec = node_recovery(graphs, bases, mlp_variables(compiled.circuit))
+    assert (rec.precision, rec.recall) == (1.0, 1.0)

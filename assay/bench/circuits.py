@@ -13,7 +13,8 @@ the prompts. Methods (feature bases the graphs are built over):
 - ``random_weights`` — A7's control: the same circuit's names on a model whose weights are redrawn
   (Gaussian, each tensor's RMS kept);
 - ``transcoder`` — A4/A6: one TopK transcoder per compiled MLP layer (:mod:`assay.circuits.learned`), trained
-  on the seed's inputs (parameters ``d_sae``, ``k``; steps from the settings), each feature named after the
+  on the seed's inputs (parameters ``d_sae``, ``k``, ``zero_bias`` — b_dec held at 0, default; false: the
+  usual geometric-median b_dec; steps from the settings), each feature named after the
   compiled direction its decoder row matches (|cos| ≥ 0.9, else unnamed); attention outputs stay linear
   paths of the replacement model. Programs without an MLP (previous_token, induction) get no A4 row values.
 
@@ -51,7 +52,7 @@ from assay.config import ConfigError
 __all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "random_bases", "random_weights"]
 
 METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_weights": {},
-                                      "transcoder": {"d_sae": 16, "k": 1}}
+                                      "transcoder": {"d_sae": 16, "k": 1, "zero_bias": True}}
 """Method name → its parameters and their defaults."""
 WORLD_NAMES = ("previous_token", "dyck1", "induction", "histogram", "two_hop")
 
@@ -274,7 +275,8 @@ def _transcoder_checks(prepared: PreparedProgram, params: dict[str, Any], settin
     layers = sorted({c.layer for c in compiled.circuit.components if c.kind == "mlp"})
     if not layers:
         return {}
-    cfg = TranscoderTraining(d_sae=params["d_sae"], k=params["k"], steps=settings.transcoder_steps, seed=seed)
+    cfg = TranscoderTraining(d_sae=params["d_sae"], k=params["k"], steps=settings.transcoder_steps, seed=seed,
+                             zero_decoder_bias=bool(params["zero_bias"]))
     transcoders = train_mlp_transcoders(compiled.model, prepared.inputs, layers, cfg)
     sites = [s for i in layers for s in (f"blocks.{i}.ln2", f"blocks.{i}.mlp")]
     with torch.no_grad(), hooks.capture(compiled.model, sites) as cap:

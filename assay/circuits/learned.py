@@ -51,6 +51,9 @@ class TranscoderTraining:
     """Learning rate (None: the TopK default 2e-4/√(d_sae/2¹⁴))."""
     seed: int = 0
     """Seeds the transcoders' initialisation and the order in which input rows are drawn."""
+    zero_decoder_bias: bool = False
+    """Hold b_dec at 0 (no geometric-median init, not trained): the decoder rows then carry whole output values
+    instead of offsets from a shared bias."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
@@ -115,6 +118,9 @@ def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
     out = {}
     for i in sorted(layers):
         tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=cfg.d_sae, k=cfg.k, seed=cfg.seed + i)
+        if cfg.zero_decoder_bias:
+            tc.median_init = False  # b_dec stays at its initial 0 ...
+            tc.b_dec.requires_grad_(False)  # ... and gets no gradient, so the optimizer never moves it
         train = SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.steps // 10)
         out[i], _ = train_saes(tc, train, _pairs(model, i, inputs, cfg))
     return out
