@@ -386,6 +386,9 @@ class CircuitFamily:
             "Controls: random_basis (random features of the same sizes; the errors carry the computation) and "
             "random_weights (the circuit's names on redrawn weights: precision should sit at `chance`, the "
             "precision of every possible edge).",
+            "transcoder (A4, A6): learned per-layer TopK transcoders on the compiled MLPs; acceptance matched_share, "
+            "node_precision, node_recall, replacement ≥ 0.8 and hop_share ≥ 0.9 (spec). zero_bias=false (b_dec from "
+            "the geometric median) leaves every feature offset by the bias, so none matches; see docs/circuits.md.",
             "cpr / cmd: MIB's circuit scores (Mueller et al. 2025) of the graph's edges ranked by |A|, the circuit "
             "of the top k% edges run in the replacement model (other edges' sources at 0), faithfulness of the "
             "top logit; mean over prompts.",
