@@ -95,7 +95,7 @@ def test_specs_are_validated_and_the_cli_runs(tmp_path):
     with pytest.raises(ConfigError, match="unknown parameter"):
         FAMILY.expand("exact:k=3")
     with pytest.raises(ConfigError, match="unknown method"):
-        FAMILY.expand("transcoder")
+        FAMILY.expand("clt")  # cross-layer transcoders are not built
     with pytest.raises(ConfigError, match="unknown parameter.*width"):
         FAMILY.prepare("histogram:width=3", 0, SETTINGS)
     with pytest.raises(ConfigError, match="n_prompts must be >= 1"):
