@@ -11,7 +11,12 @@ the prompts. Methods (feature bases the graphs are built over):
 - ``random_basis`` — a control: random Gaussian encoders/decoders of the same sizes (so the errors carry the
   computation), each feature named after the variable holding most of its decoder row;
 - ``random_weights`` — A7's control: the same circuit's names on a model whose weights are redrawn
-  (Gaussian, each tensor's RMS kept).
+  (Gaussian, each tensor's RMS kept);
+- ``transcoder`` — A4/A6: one TopK transcoder per compiled MLP layer (:mod:`assay.circuits.learned`), trained
+  on the seed's inputs (parameters ``d_sae``, ``k``, ``zero_bias`` — b_dec held at 0, default; false: the
+  usual geometric-median b_dec; steps from the settings), each feature named after the
+  compiled direction its decoder row matches (|cos| ≥ 0.9, else unnamed); attention outputs stay linear
+  paths of the replacement model. Programs without an MLP (previous_token, induction) get no A4 row values.
 
 Metrics, per (program, seed) — A1: ``accuracy``, ``min_margin``, ``max_error``; A2: ``off_circuit_change``
 (largest |Δ logit| from zero-ablating the decoy head or its variable), ``min_share_changed`` (smallest share of
@@ -21,7 +26,13 @@ circuit-tracer's 0.8/0.98 pruning ``pruned_precision``, ``pruned_recall`` and th
 ``influential_recall`` (edges carrying ≥ 1% of the logit influence kept); A5: ``constrained_error`` (largest
 |measured − A| when doubling each source), ``free_success`` (share of free interventions that act as the
 program says); A7: ``decoy_edge_mass`` (share of Σ|A| on edges out of decoy features) and
-``decoy_influence``; MIB (Mueller et al. 2025): ``cpr`` and ``cmd`` of the graph's edges ranked by |A|.
+``decoy_influence``; MIB (Mueller et al. 2025): ``cpr`` and ``cmd`` of the graph's edges ranked by |A|; A4:
+``matched_share`` (share of the transcoder features that fire on the inputs whose decoder row matches a
+compiled direction at |cos| ≥ 0.9), ``fvu`` (worst layer's fraction of MLP-output variance unexplained on the
+inputs), ``node_precision`` / ``node_recall`` of the pruned graphs' MLP feature nodes against the on-circuit
+MLP-written variables; A6: ``hop_share`` (worst prompt's share of logit influence through the feature nodes
+of the component writing an intermediate MLP variable — one no logit reads directly, two_hop's ``hop1`` — named
+or not: a shortcut from the tokens to the next layer's features bypasses them).
 """
 
 from __future__ import annotations
@@ -40,7 +51,8 @@ from assay.config import ConfigError
 
 __all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "random_bases", "random_weights"]
 
-METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_weights": {}}
+METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_weights": {},
+                                      "transcoder": {"d_sae": 16, "k": 1, "zero_bias": True}}
 """Method name → its parameters and their defaults."""
 WORLD_NAMES = ("previous_token", "dyck1", "induction", "histogram", "two_hop")
 
@@ -57,9 +69,11 @@ class CircuitSettings:
     """Graph rows per backward pass."""
     html: bool = True
     """Add an interactive view of one pruned graph per world to the report section."""
+    transcoder_steps: int = 1000
+    """Training steps of each learned transcoder (method ``transcoder``; 256 activation rows per step)."""
 
     def __post_init__(self) -> None:
-        for name in ("n_inputs", "n_prompts", "batch_size"):
+        for name in ("n_inputs", "n_prompts", "batch_size", "transcoder_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"CircuitSettings.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -169,8 +183,8 @@ def _model_checks(compiled, x: torch.Tensor, ref: torch.Tensor) -> dict[str, flo
 
 
 def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]:
-    """A3, A5 (constrained), A7 (decoy) and MIB's CPR/CMD on the attribution graphs of ``prompts``."""
-    from assay.circuits.compile import DECOY
+    """A3, A4 (nodes), A5 (constrained), A6, A7 (decoy) and MIB's CPR/CMD on the attribution graphs of ``prompts``."""
+    from assay.circuits.compile import DECOY, LOGITS
     from assay.circuits.compile.features import edge_recovery
     from assay.circuits.graph import (
         GraphConfig,
@@ -178,23 +192,36 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
         constrained_effects,
         graph_scores,
         influence,
+        influence_through,
         influential_edge_recall,
         normalize_matrix,
         prune,
         subgraph_values,
     )
+    from assay.circuits.learned import mlp_variables, node_recovery
     from assay.evaluate.circuit_faithfulness import faithfulness_curve, mib_scores
+
+    expected = mlp_variables(compiled.circuit)
+    intermediate = expected - {e.source for e in compiled.circuit.edges if e.target == LOGITS}
+    hop_sites = {n.site for n in compiled.circuit.nodes if n.variable in intermediate}
+    mlp_bases = [j for j, b in enumerate(bases) if b.output_site.endswith(".mlp")]
 
     model = compiled.model
     graphs = [attribute(model, p, bases, GraphConfig(batch_size=batch_size)) for p in prompts]
     per: dict[str, list[float]] = {}
-    masks = []
+    masks, node_masks = [], []
     for gr in graphs:
         always, feats, errs, toks = _masks(gr)
         w = gr.logit_weights()
         sc = graph_scores(gr.adjacency, w, errs, toks)
         pr = prune(gr.adjacency, w, always, features=feats)
         masks.append(pr.edge_mask)
+        node_masks.append(pr.node_mask)
+        if intermediate:
+            hop = torch.zeros_like(feats)
+            hop[:gr.n_features] = torch.tensor([bases[j].output_site in hop_sites for j, _, _ in gr.features.tolist()],
+                                               dtype=torch.bool)
+            per.setdefault("hop_share", []).append(influence_through(gr.adjacency, w, hop))
         eff = constrained_effects(model, gr, bases)
         decoy = torch.zeros_like(feats)
         for k, (j, _, i) in enumerate(gr.features.tolist()):
@@ -221,9 +248,52 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
     pruned = edge_recovery(graphs, bases, compiled, edge_masks=masks)
     worst = {k: min(per[k]) for k in ("replacement", "completeness", "influential_recall")}
     worst |= {k: max(per[k]) for k in ("constrained_error", "decoy_edge_mass", "decoy_influence")}
+    if intermediate:
+        worst["hop_share"] = min(per["hop_share"])
+    if expected and mlp_bases:
+        nodes = node_recovery(graphs, bases, expected, node_masks=node_masks, only=mlp_bases)
+        worst |= {"node_precision": nodes.precision, "node_recall": nodes.recall}
     return {"precision": rec.precision, "recall": rec.recall, "chance": rec.chance, **worst,
             "pruned_precision": pruned.precision, "pruned_recall": pruned.recall,
             "cpr": sum(per["cpr"]) / len(per["cpr"]), "cmd": sum(per["cmd"]) / len(per["cmd"])}
+
+
+def _transcoder_checks(prepared: PreparedProgram, params: dict[str, Any], settings: CircuitSettings,
+                       seed: int) -> dict[str, float]:
+    """A4 and A6 with learned per-layer transcoders on the compiled MLPs (the graph rows as for the other bases)."""
+    from assay import hooks
+    from assay.circuits.learned import (
+        TranscoderTraining,
+        labelled,
+        match_features,
+        train_mlp_transcoders,
+        transcoder_basis,
+    )
+    from assay.evaluate.reconstruction import fvu
+
+    compiled = prepared.compiled
+    layers = sorted({c.layer for c in compiled.circuit.components if c.kind == "mlp"})
+    if not layers:
+        return {}
+    cfg = TranscoderTraining(d_sae=params["d_sae"], k=params["k"], steps=settings.transcoder_steps, seed=seed,
+                             zero_decoder_bias=bool(params["zero_bias"]))
+    transcoders = train_mlp_transcoders(compiled.model, prepared.inputs, layers, cfg)
+    sites = [s for i in layers for s in (f"blocks.{i}.ln2", f"blocks.{i}.mlp")]
+    with torch.no_grad(), hooks.capture(compiled.model, sites) as cap:
+        compiled.model(prepared.inputs)
+    bases, alive, matched, fvus = [], 0, 0, []
+    for i in layers:
+        basis = transcoder_basis(transcoders[i], layer=i).to(torch.float64)
+        match = match_features(basis, compiled.circuit)
+        x, y = (cap[f"blocks.{i}.{s}"].reshape(-1, compiled.model.config.d_model) for s in ("ln2", "mlp"))
+        a = basis.activation(basis.pre(x))
+        fires = (a > 0).any(0)
+        alive += int(fires.sum())
+        matched += sum(bool(f) and bool(lab) for f, lab in zip(fires.tolist(), match.labels, strict=True))
+        fvus.append(float(fvu(y, basis.decode(a))))
+        bases.append(labelled(basis, match))
+    out = _graph_checks(compiled, bases, prepared.prompts, settings.batch_size)
+    return {**out, "matched_share": matched / alive if alive else float("nan"), "fvu": max(fvus)}
 
 
 class CircuitFamily:
@@ -232,10 +302,11 @@ class CircuitFamily:
     name = "circuits"
     title = "Circuits bench: attribution graphs against compiled transformers (spec A1–A3, A5, A7, MIB CPR/CMD)"
     worlds = WORLD_NAMES
-    methods = ("exact", "random_basis", "random_weights")
+    methods = ("exact", "random_basis", "random_weights", "transcoder")
     metrics = ("accuracy", "min_margin", "off_circuit_change", "min_share_changed", "min_share_moved", "precision", "recall", "chance",
                "replacement", "completeness", "pruned_precision", "pruned_recall", "influential_recall",
-               "constrained_error", "free_success", "decoy_edge_mass", "cpr", "cmd")
+               "constrained_error", "free_success", "decoy_edge_mass", "cpr", "cmd", "matched_share", "fvu",
+               "node_precision", "node_recall", "hop_share")
     settings_type = CircuitSettings
 
     def world_names(self) -> tuple[str, ...]:
@@ -276,10 +347,12 @@ class CircuitFamily:
         from assay.evaluate.programs import intervention_success
         from assay.worlds.base import make_generator
 
-        check_params(run, METHODS[run.name])
+        params = check_params(run, METHODS[run.name])
         compiled = prepared.compiled
         g = make_generator(30_000 + ctx.seed)
         bases = exact_bases(compiled)
+        if run.name == "transcoder":
+            return _transcoder_checks(prepared, params, ctx.settings, ctx.seed)
         if run.name == "random_weights":
             compiled = dataclasses.replace(compiled, model=random_weights(compiled.model, g))
             labels = [b.labels for b in bases]
@@ -313,6 +386,9 @@ class CircuitFamily:
             "Controls: random_basis (random features of the same sizes; the errors carry the computation) and "
             "random_weights (the circuit's names on redrawn weights: precision should sit at `chance`, the "
             "precision of every possible edge).",
+            "transcoder (A4, A6): learned per-layer TopK transcoders on the compiled MLPs; acceptance matched_share, "
+            "node_precision, node_recall, replacement ≥ 0.8 and hop_share ≥ 0.9 (spec). zero_bias=false (b_dec from "
+            "the geometric median) leaves every feature offset by the bias, so none matches; see docs/circuits.md.",
             "cpr / cmd: MIB's circuit scores (Mueller et al. 2025) of the graph's edges ranked by |A|, the circuit "
             "of the top k% edges run in the replacement model (other edges' sources at 0), faithfulness of the "
             "top logit; mean over prompts.",

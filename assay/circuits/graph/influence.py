@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 __all__ = ["normalize_matrix", "influence", "share_threshold", "Pruned", "prune", "influential_edge_recall",
-           "GraphScores", "graph_scores"]
+           "influence_through", "GraphScores", "graph_scores"]
 
 
 def normalize_matrix(adjacency: torch.Tensor) -> torch.Tensor:
@@ -122,6 +122,16 @@ def influential_edge_recall(
     flow = normalized * (influence(normalized, weights) + weights)[:, None] / weights.sum()
     heavy = flow >= min_share
     return float((heavy & edge_mask).sum() / heavy.sum()) if heavy.any() else 1.0
+
+
+def influence_through(adjacency: torch.Tensor, weights: torch.Tensor, through: torch.Tensor) -> float:
+    """Share of the logit influence Σ w that flows through at least one node of the bool mask ``through`` [N]
+    (spec circuits.md §4.3 A6: the multi-hop check). Flow stops at the first such node met going down from
+    the logits (their rows are zeroed in Ā), so each path is counted once: the result is Σ_{s ∈ through} I'_s / Σ w
+    with I' the influence on that cut graph."""
+    cut = normalize_matrix(adjacency)
+    cut[through] = 0
+    return float(influence(cut, weights)[through].sum() / weights.sum())
 
 
 class GraphScores(NamedTuple):

@@ -1,0 +1,192 @@
+"""Learned per-layer transcoders on compiled transformers: feature bases for attribution graphs, and their
+check against the compiled circuit (spec circuits.md §4.3 A4).
+
+Transcoders after Dunefsky, Chlenski & Nanda 2024, "Transcoders Find Interpretable LLM Feature Circuits"
+(TopK activation as Gao et al. 2024 / EleutherAI sparsify); graphs as Ameisen et al. 2025, "Circuit
+Tracing: Revealing Computational Graphs in Language Models"; compiled ground truth after Lindner et al.
+2023 (tracr). A TopK transcoder of MLP ``i`` reads the MLP input ``blocks.{i}.ln2`` (the compiled models
+have no norm, so this is the residual stream) and rebuilds the MLP output ``blocks.{i}.mlp``:
+
+    pre = x W_enc + b_enc,   a = TopK_k(ReLU(pre)),   ŷ = a W_dec + b_dec
+
+which is a :class:`~assay.circuits.graph.basis.FeatureBasis` with σ = TopK∘ReLU (:func:`transcoder_basis`).
+:func:`train_mlp_transcoders` trains one per MLP layer on a model's activations of given inputs through the
+one SAE trainer (:func:`assay.dictionaries.trainer.train_saes`). :func:`match_features` names each feature
+after the compiled residual direction (a variable's value) its decoder row is closest to in |cos|, a match
+when ≥ 0.9; :func:`node_recovery` scores the feature nodes a (pruned) graph keeps against the circuit's
+MLP-written variables.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import torch
+
+from assay.circuits.compile.circuit import Circuit
+from assay.circuits.graph.attribute import Graph
+from assay.circuits.graph.basis import FeatureBasis
+from assay.config import ConfigError, check_int_fields
+
+__all__ = ["TranscoderTraining", "transcoder_basis", "train_mlp_transcoders", "FeatureMatch", "match_features",
+           "NodeRecovery", "node_recovery", "mlp_variables", "labelled"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranscoderTraining:
+    """Budget of the per-layer TopK transcoders trained on a compiled model."""
+
+    d_sae: int = 16
+    """Features per transcoder."""
+    k: int = 2
+    """Active features per token (TopK)."""
+    steps: int = 600
+    """Optimizer steps per transcoder."""
+    batch_size: int = 256
+    """Activation rows (positions, BOS included) per step."""
+    lr: float | None = None
+    """Learning rate (None: the TopK default 2e-4/√(d_sae/2¹⁴))."""
+    seed: int = 0
+    """Seeds the transcoders' initialisation and the order in which input rows are drawn."""
+    zero_decoder_bias: bool = False
+    """Hold b_dec at 0 (no geometric-median init, not trained): the decoder rows then carry whole output values
+    instead of offsets from a shared bias."""
+
+    def __post_init__(self) -> None:
+        check_int_fields(self)
+        for name in ("d_sae", "k", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TranscoderTraining.{name} must be >= 1, got {getattr(self, name)}")
+        if self.k > self.d_sae:
+            raise ConfigError(f"TranscoderTraining.k={self.k} exceeds d_sae={self.d_sae}; lower k or widen d_sae")
+
+
+def transcoder_basis(transcoder, *, layer: int, labels: Sequence[str] = ()) -> FeatureBasis:
+    """The feature basis of a trained TopK transcoder of MLP ``layer`` (input ``blocks.{layer}.ln2``, output
+    ``blocks.{layer}.mlp``): the same encoder, decoder and TopK∘ReLU activation, so ``decode(σ(pre(x)))`` is
+    the transcoder's own ``transcode(x)``. Skip-transcoders and other activations are refused."""
+    from assay.dictionaries.topk import topk_codes
+    from assay.dictionaries.transcoder import TopKTranscoder
+
+    if not isinstance(transcoder, TopKTranscoder):
+        raise TypeError(f"expected a TopKTranscoder, got {type(transcoder).__name__}; build one with "
+                        "build_sae('topk_transcoder', ...)")
+    if transcoder.cfg.skip:
+        raise ValueError("a skip-transcoder's x W_skipᵀ term has no feature-basis form (it would be an input-"
+                         "dependent error); train it with skip=False")
+    return FeatureBasis(
+        name=f"blocks.{layer}.mlp", input_site=f"blocks.{layer}.ln2", output_site=f"blocks.{layer}.mlp",
+        W_enc=transcoder.W_enc.detach().clone(), b_enc=transcoder.b_enc.detach().clone(),
+        W_dec=transcoder.W_dec.detach().clone(), b_dec=transcoder.b_dec.detach().clone(),
+        activation=functools.partial(topk_codes, k=transcoder.cfg.k), labels=tuple(labels))
+
+
+def _pairs(model, layer: int, inputs: torch.Tensor, cfg: TranscoderTraining) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless float32 (MLP input, MLP output) batches of ``cfg.batch_size`` rows over seeded draws of ``inputs``."""
+    from assay.dictionaries.trainer import live_batches
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    per = max(1, -(-cfg.batch_size // inputs.shape[1]))
+
+    def tokens():
+        while True:
+            yield inputs[torch.randint(0, inputs.shape[0], (per,), generator=g)]
+
+    for x, y in live_batches(model, f"blocks.{layer}.ln2", tokens(), batch_size=cfg.batch_size, drop_first=False,
+                             output_site=f"blocks.{layer}.mlp"):
+        yield x.float(), y.float()
+
+
+def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
+                          config: TranscoderTraining | None = None) -> dict[int, object]:
+    """One TopK transcoder per MLP ``layer`` of ``model`` (assay's Transformer), trained on the activations of
+    ``inputs`` [N, T] (every position, BOS included) with :func:`~assay.dictionaries.trainer.train_saes`.
+    Returns layer → the finalized transcoder (mapping raw MLP inputs to raw MLP outputs, float32)."""
+    from assay.dictionaries.registry import build_sae
+    from assay.dictionaries.trainer import SAETrainConfig, train_saes
+
+    cfg = config or TranscoderTraining()
+    d = model.config.d_model
+    if inputs.ndim != 2:
+        raise ValueError(f"inputs must be token ids [N, T], got shape {tuple(inputs.shape)}")
+    bad = [i for i in layers if not 0 <= i < model.config.n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist: the model has {model.config.n_layers}")
+    out = {}
+    for i in sorted(layers):
+        tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=cfg.d_sae, k=cfg.k, seed=cfg.seed + i)
+        if cfg.zero_decoder_bias:
+            tc.median_init = False  # b_dec stays at its initial 0 ...
+            tc.b_dec.requires_grad_(False)  # ... and gets no gradient, so the optimizer never moves it
+        train = SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.steps // 10)
+        out[i], _ = train_saes(tc, train, _pairs(model, i, inputs, cfg))
+    return out
+
+
+def mlp_variables(circuit: Circuit, layers: Collection[int] | None = None) -> frozenset[str]:
+    """On-circuit variables written by the MLP blocks (of ``layers``; default all): what a transcoder should find."""
+    on = circuit.ancestors()
+    return frozenset(n.variable for n in circuit.nodes if n.variable in on and n.site.endswith(".mlp")
+                     and (layers is None or n.layer in layers))
+
+
+class FeatureMatch(NamedTuple):
+    """Each feature's closest compiled direction."""
+
+    labels: tuple[str, ...]
+    """The variable of the closest direction when |cos| ≥ the threshold, else ``""``."""
+    values: tuple[object, ...]
+    """The value (categorical variables) of that direction, ``None`` for numerical ones or no match."""
+    cosine: torch.Tensor
+    """|cos| between each decoder row and its closest compiled direction, [n]."""
+
+
+def match_features(basis: FeatureBasis, circuit: Circuit, *, threshold: float = 0.9) -> FeatureMatch:
+    """Match each decoder row of ``basis`` to the compiled variable value (one orthonormal residual direction)
+    with the largest |cos| (spec A4: ≥ ``threshold`` is a match)."""
+    owner = [(n.variable, n.values[k] if n.values else None, dim)
+             for n in circuit.nodes for k, dim in enumerate(n.dims)]
+    if not owner:
+        raise ValueError("the circuit has no residual directions to match features against")
+    dims = torch.tensor([dim for *_, dim in owner])
+    rows = basis.W_dec.detach().double()
+    cos = (rows[:, dims] / rows.norm(dim=1, keepdim=True).clamp(min=1e-30)).abs()  # directions are unit basis vectors
+    best, which = cos.max(1)
+    labels = tuple(owner[j][0] if c >= threshold else "" for c, j in zip(best.tolist(), which.tolist(), strict=True))
+    values = tuple(owner[j][1] if lab else None for lab, j in zip(labels, which.tolist(), strict=True))
+    return FeatureMatch(labels, values, best)
+
+
+def labelled(basis: FeatureBasis, match: FeatureMatch) -> FeatureBasis:
+    """``basis`` with its features named by ``match``."""
+    return replace(basis, labels=match.labels)
+
+
+class NodeRecovery(NamedTuple):
+    """Feature nodes of graphs against the circuit's variables."""
+
+    precision: float
+    """Share of the kept feature nodes (over all graphs and positions) whose label is an expected variable."""
+    recall: float
+    """Share of the expected variables that label at least one kept feature node."""
+    found: frozenset
+    """Labels of the kept feature nodes (``""`` = unmatched)."""
+
+
+def node_recovery(graphs: Sequence[Graph], bases: Sequence[FeatureBasis], expected: Collection[str], *,
+                  node_masks: Sequence[torch.Tensor] | None = None, only: Collection[int] | None = None) -> NodeRecovery:
+    """Node precision and recall of ``graphs``' feature nodes (with ``node_masks``, one bool [N] per graph from
+    pruning, only the kept ones; with ``only``, only the features of those basis indices) against the
+    ``expected`` variables (e.g. :func:`mlp_variables`)."""
+    names: list[str] = []
+    for k, g in enumerate(graphs):
+        keep = torch.ones(g.n_features, dtype=torch.bool) if node_masks is None else node_masks[k][:g.n_features]
+        names += [bases[j].labels[i] for (j, _, i), kept in zip(g.features.tolist(), keep.tolist(), strict=True)
+                  if kept and (only is None or j in only)]
+    expected = set(expected)
+    hits = sum(n in expected for n in names)
+    return NodeRecovery(hits / len(names) if names else float("nan"),
+                        len(set(names) & expected) / len(expected) if expected else float("nan"), frozenset(names))
