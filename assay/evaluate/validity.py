@@ -13,9 +13,11 @@ With p the model's next-token distribution at a position, V the tokens the gramm
 and an edit moving p → p′ has ``gained = m′(N) − m(N)`` (the grammar predicts > 0) and ``lost = m′(L) − m(L)``
 (predicted < 0). Check: p = (0.5, 0.3, 0.2) → p′ = (0.2, 0.3, 0.5), V = {0, 1}, V′ = {1, 2}: gained 0.3, lost −0.3.
 
-Additivity (isolation vs entanglement): with Δ_X = log p_X − log p the change of next-token log-probabilities
-under edit X, two edits A and B are *isolated* when Δ_{A+B} = Δ_A + Δ_B; the gap ‖Δ_{A+B} − (Δ_A + Δ_B)‖₂ per
-position measures how far they are entangled, relative to ‖Δ_{A+B}‖₂.
+Additivity (isolation vs entanglement): with Δ_X = ℓ_X − ℓ the change of the next-token logits under edit X,
+each logit vector centred on its mean over the vocabulary (logits are defined up to a constant), two edits A and
+B are *isolated* when Δ_{A+B} = Δ_A + Δ_B; the gap ‖Δ_{A+B} − (Δ_A + Δ_B)‖₂ per position measures how far they
+are entangled, relative to ‖Δ_{A+B}‖₂. (Logits, not log-probabilities: the log-normaliser alone makes
+log-probability changes non-additive when the logit changes add.)
 """
 
 from __future__ import annotations
@@ -66,11 +68,11 @@ def validity_shift(before: Tensor, after: Tensor, valid: Tensor, valid_changed: 
 
 
 def additivity_gap(base: Tensor, a: Tensor, b: Tensor, both: Tensor) -> tuple[Tensor, Tensor]:
-    """``(gap, size)`` per position: ‖Δ_{A+B} − Δ_A − Δ_B‖₂ and ‖Δ_{A+B}‖₂ of the next-token log-probabilities,
-    from the logits ``[..., V]`` of the unedited model, edit A, edit B and both edits together."""
+    """``(gap, size)`` per position: ‖Δ_{A+B} − Δ_A − Δ_B‖₂ and ‖Δ_{A+B}‖₂ of the centred next-token logits, from
+    the logits ``[..., V]`` of the unedited model, edit A, edit B and both edits together."""
     shapes = {tuple(t.shape) for t in (base, a, b, both)}
     if len(shapes) != 1:
         raise ValueError(f"the four logits tensors must share one shape, got {sorted(shapes)}")
-    lp = [torch.log_softmax(t.double(), -1) for t in (base, a, b, both)]
+    lp = [t.double() - t.double().mean(-1, keepdim=True) for t in (base, a, b, both)]
     d_a, d_b, d_ab = lp[1] - lp[0], lp[2] - lp[0], lp[3] - lp[0]
     return (d_ab - d_a - d_b).norm(dim=-1), d_ab.norm(dim=-1)
