@@ -222,16 +222,14 @@ def concept_edits(w: CausalWorld, method: str, concept: str, scale: float, seed:
     with torch.no_grad():
         z = w.sae.encode(h)
     au = auroc_matrix(z, torch.stack([is_b, ~is_b], 1)).nan_to_num(0.5)
-    if method == "latent":
-        la, lb = int(au[:, 0].argmax()), int(au[:, 1].argmax())
-    else:
+    ma, mb = int(au[:, 0].argmax()), int(au[:, 1].argmax())
+    la, lb = ma, mb
+    if method == "random":
         live = ((z != 0).any(0)).nonzero().squeeze(1)
-        best = {int(au[:, 0].argmax()), int(au[:, 1].argmax())}
-        pool = torch.tensor([i for i in live.tolist() if i not in best])
+        pool = torch.tensor([i for i in live.tolist() if i not in (ma, mb)])
         if len(pool) < 2:
             raise ConfigError("the SAE has fewer than two live latents besides the matched ones; train it longer")
         la, lb = pool[torch.randperm(len(pool), generator=make_generator(seed + RANDOM_SEED_OFFSET))[:2]].tolist()
-    ma = int(au[:, 0].argmax())
     on = is_b & (z[:, ma] != 0)
     va = scale * float(z[on, ma].mean()) if on.any() else scale * float(z[:, ma].abs().max())
     if la != ma:  # the random latent's step is as long as the matched latent's: the same edit size, another atom
