@@ -21,6 +21,7 @@ FAMILY_MODULES = {
     "robustness": "assay.bench.robustness",
     "data-attribution": "assay.bench.data_attribution",
     "sae-fragility": "assay.bench.sae_fragility",
+    "sae-causal": "assay.bench.sae_causal",
     "concepts": "assay.bench.concepts",
     "temporal": "assay.bench.temporal",
     "circuits": "assay.bench.circuits",
