@@ -34,9 +34,15 @@ from torch import Tensor, nn
 
 from assay.dictionaries.base import Codes, SAEOutput, rec_loss
 from assay.dictionaries.sparse import sparse_decode, topk_encode
-from assay.dictionaries.topk import TopKSAE
+from assay.dictionaries.topk import TopKConfig, TopKSAE
 
 __all__ = ["ShardedTopKSAE", "sharded_train_step"]
+
+
+def _require_group() -> None:
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("a latent-sharded SAE needs an initialised torch.distributed group: start the "
+                           "processes with torchrun and call torch.distributed.init_process_group first")
 
 
 def _all_gather(t: Tensor) -> list[Tensor]:
@@ -46,16 +52,15 @@ def _all_gather(t: Tensor) -> list[Tensor]:
 
 
 class ShardedTopKSAE(nn.Module):
-    """Rank ``rank``'s slice of a TopK SAE with ``d_sae`` latents; ``shard`` is a TopK SAE over its
-    ``d_sae / world`` latents (its ``b_dec`` is the replicated decoder bias)."""
+    """This rank's slice of the TopK SAE configured by ``full_cfg``; ``shard`` is a TopK SAE over its
+    ``d_sae / world`` latents (its ``b_dec`` is the replicated decoder bias). Build with :meth:`from_full`."""
 
-    def __init__(self, shard: TopKSAE, *, d_sae: int, k: int) -> None:
+    def __init__(self, shard: TopKSAE, *, full_cfg: TopKConfig) -> None:
         super().__init__()
-        if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("a latent-sharded SAE needs an initialised torch.distributed group: start the "
-                               "processes with torchrun and call torch.distributed.init_process_group first")
+        _require_group()
         self.shard = shard
-        self.d_sae, self.k = d_sae, k
+        self.full_cfg = full_cfg
+        self.d_sae, self.k = full_cfg.d_sae, full_cfg.k
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.lo = self.rank * shard.d_sae
         """The first global latent index this rank holds."""
@@ -63,6 +68,7 @@ class ShardedTopKSAE(nn.Module):
     @classmethod
     def from_full(cls, sae: TopKSAE) -> ShardedTopKSAE:
         """This rank's slice of the full TopK SAE ``sae`` (every rank passes the same ``sae``)."""
+        _require_group()
         if type(sae) is not TopKSAE:
             raise TypeError(f"latent sharding supports the plain TopK SAE ('topk'); got {type(sae).__name__}. "
                             "Train other architectures data-parallel (assay.dictionaries.trainer)")
@@ -80,7 +86,7 @@ class ShardedTopKSAE(nn.Module):
             shard.b_enc.copy_(sae.b_enc[lo:hi])
             shard.W_dec.copy_(sae.W_dec[lo:hi])
             shard.b_dec.copy_(sae.b_dec)
-        return cls(shard, d_sae=n, k=sae.cfg.k)
+        return cls(shard, full_cfg=sae.cfg)
 
     def forward(self, x: Tensor) -> SAEOutput:
         """Training forward on the batch ``x [B, d]`` (the same on every rank): global codes (detached,
@@ -112,7 +118,7 @@ class ShardedTopKSAE(nn.Module):
     def gather(self) -> TopKSAE:
         """The full TopK SAE, reassembled on every rank (a collective: call it on all ranks)."""
         s = self.shard
-        full = TopKSAE(replace(s.cfg, d_sae=self.d_sae, k=self.k, aux_coef=0.0))
+        full = TopKSAE(self.full_cfg)
         full.to(device=s.W_dec.device, dtype=s.W_dec.dtype)
         full.W_enc.copy_(torch.cat(_all_gather(s.W_enc.t()), dim=0).t())
         full.b_enc.copy_(torch.cat(_all_gather(s.b_enc)))
