@@ -1,7 +1,10 @@
 """TopK SAE training throughput: assay vs the peers, same synthetic activations, same optimizer (Adam,
 lr 2e-4/√(n/2¹⁴), grad clip 1, AuxK on; each library keeps its own decoder constraint).
 
-    .venv/bin/python benchmarks/sae_throughput.py [--steps 24] [--batch 4096] [--dense]
+    .venv/bin/python benchmarks/sae_throughput.py [--steps 24] [--batch 4096] [--dense] [--device cpu]
+
+With ``--device cuda`` only assay is timed (the peers' setups below are CPU-only), each step ends with a
+``torch.cuda.synchronize()``, and the peak-memory column is still the host RSS.
 
 Peers, each through its own training code:
 - EleutherAI sparsify (``eai-sparsify``): ``SparseCoder`` in a hand loop mirroring its trainer's step
@@ -121,7 +124,7 @@ def setup_assay(steps: int, *, sparse: bool = True) -> tuple[Step, Recon, Callab
     from assay.dictionaries.registry import build_sae
     from assay.dictionaries.trainer import SAETrainConfig, SAETrainer
 
-    sae = build_sae("topk", d_in=D_IN, d_sae=D_SAE, k=K, sparse=sparse)
+    sae = build_sae("topk", d_in=D_IN, d_sae=D_SAE, k=K, sparse=sparse).to(ARGS.device)
     tr = SAETrainer(sae, SAETrainConfig(steps=10**9, lr=LR, warmup_steps=0, normalize_inputs=False))
 
     def recon(x):
@@ -264,7 +267,7 @@ def setup_saelens(steps: int) -> tuple[Step, Recon, Callable[[], None]]:
 
 
 # ----- main -------------------------------------------------------------------------------------
-ARGS = argparse.Namespace(batch=4096)
+ARGS = argparse.Namespace(batch=4096, device="cpu")
 
 
 def main() -> None:
@@ -276,16 +279,22 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dense", action="store_true", help="also time assay's dense reference path")
+    ap.add_argument("--device", default="cpu", help="where assay trains, e.g. cuda (the peers: CPU only)")
     ARGS = args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     batches, held = make_data(args.batch, 4)
-    a = torch.randn(args.batch, D_IN)
-    w = torch.randn(D_IN, D_SAE)
+    batches, held = [b.to(dev) for b in batches], held.to(dev)
+    a = torch.randn(args.batch, D_IN, device=dev)
+    w = torch.randn(D_IN, D_SAE, device=dev)
     flops = 2 * args.batch * D_IN * D_SAE
 
     def matmul_s() -> float:
+        sync()
         t = time.perf_counter()
         a @ w
+        sync()
         return time.perf_counter() - t
 
     mm_times = [matmul_s() for _ in range(3)]
@@ -293,9 +302,13 @@ def main() -> None:
     setups: dict[str, Callable] = {"assay": setup_assay}
     if args.dense:
         setups["assay_dense_reference"] = lambda s: setup_assay(s, sparse=False)
-    setups |= {"sparsify": setup_sparsify, "sae_lens": setup_saelens,
-               "dictionary_learning": setup_dictionary_learning, "overcomplete": setup_overcomplete}
+    peer_setups = {"sparsify": setup_sparsify, "sae_lens": setup_saelens,
+                   "dictionary_learning": setup_dictionary_learning, "overcomplete": setup_overcomplete}
     methods, skipped, peaks = {}, {}, {}
+    if dev.type == "cpu":
+        setups |= peer_setups
+    else:
+        skipped |= {name: f"the peers' setups here run on the CPU only, not {dev}" for name in peer_setups}
     for name, make in setups.items():
         try:
             step, recon, close = make(args.steps)
@@ -312,8 +325,10 @@ def main() -> None:
     for i in range(args.warmup, args.steps):
         x = batches[i % len(batches)]
         for name, (step, _, _) in methods.items():
+            sync()
             t = time.perf_counter()
             step(x)
+            sync()
             times[name].append(time.perf_counter() - t)
         mm_times.append(matmul_s())  # the bound, sampled under the same load
     mm = statistics.median(mm_times)
@@ -353,7 +368,7 @@ def main() -> None:
         "fvu": {k: round(v["fvu"], 4) for k, v in results.items()},
         "step_peak_mib": {k: round(v) for k, v in peaks.items()},
         "steps": args.steps, "warmup": args.warmup, "batch": args.batch, "threads": args.threads,
-        "skipped": sorted(skipped),
+        "device": args.device, "skipped": sorted(skipped),
     }
     print(json.dumps(summary))
 

@@ -18,6 +18,9 @@ from assay.dictionaries.topk import TopKConfig, TopKSAE, topk_codes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+"""The kernels have a CPU and a CUDA path; the eager dense reference is the check on both."""
+
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
@@ -28,7 +31,8 @@ def test_topk_check_value():
     assert torch.equal(topk_codes(pre, 2), torch.tensor([[1.0, 0, 3, 0], [0, 6, 0, 8]]))
 
 
-def test_scatter_rows_and_gather_dot_naive():
+@pytest.mark.parametrize("device", DEVICES)
+def test_scatter_rows_and_gather_dot_naive(device):
     g = _gen()
     idx = torch.randint(0, 7, (5, 3), generator=g)
     w = torch.randn(5, 3, generator=g)
@@ -40,17 +44,18 @@ def test_scatter_rows_and_gather_dot_naive():
         for j in range(3):
             ref[idx[b, j]] += w[b, j] * rows[b]
             dots[b, j] = table[idx[b, j]] @ rows[b]
-    torch.testing.assert_close(scatter_rows(idx, w, rows, 7), ref)
-    torch.testing.assert_close(gather_dot(idx, table, rows), dots)
+    idx, w, rows, table = (t.to(device) for t in (idx, w, rows, table))
+    torch.testing.assert_close(scatter_rows(idx, w, rows, 7).cpu(), ref)
+    torch.testing.assert_close(gather_dot(idx, table, rows).cpu(), dots)
 
 
-def test_topk_encode_matches_dense_values_and_grads():
+@pytest.mark.parametrize("device", DEVICES)
+def test_topk_encode_matches_dense_values_and_grads(device):
     g = _gen(1)
     B, d, n, k = 16, 8, 32, 4
-    x = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
-    W = torch.randn(d, n, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(n, generator=g, dtype=torch.float64, requires_grad=True)
-    proj = torch.randn(n, generator=g, dtype=torch.float64)
+    x, W, b = (torch.randn(*shape, generator=g, dtype=torch.float64).to(device).requires_grad_()
+               for shape in ((B, d), (d, n), (n,)))
+    proj = torch.randn(n, generator=g, dtype=torch.float64).to(device)
     v, i = topk_encode(x, W, b, k)
     z = to_dense(v, i, n)
     z_ref = topk_encode_reference(x, W, b, k)
@@ -65,16 +70,17 @@ def test_topk_encode_matches_dense_values_and_grads():
     assert torch.autograd.gradcheck(lambda x_, W_, b_: topk_encode(x_, W_, b_, k)[0], (x, W, b))
 
 
-def test_sparse_decode_matches_dense_values_and_grads():
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_decode_matches_dense_values_and_grads(device):
     g = _gen(2)
     B, d, n, k = 12, 6, 20, 3
-    v = torch.rand(B, k, generator=g, dtype=torch.float64, requires_grad=True)
-    i = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(B)])
-    W = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.rand(B, k, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    i = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(B)]).to(device)
+    W = torch.randn(n, d, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    gy = torch.randn(B, d, generator=g, dtype=torch.float64).to(device)
     out = sparse_decode(v, i, W)
     ref = sparse_decode_reference(v, i, W)
     torch.testing.assert_close(out, ref)
-    gy = torch.randn(B, d, generator=g, dtype=torch.float64)
     gv, gW = torch.autograd.grad(out, (v, W), gy)
     rv, rW = torch.autograd.grad(ref, (v, W), gy)
     torch.testing.assert_close(gv, rv)

@@ -1,5 +1,5 @@
-"""Data-parallel SAE training: 2 gloo processes on localhost end with the same weights as one process
-on the same global batches."""
+"""Data-parallel dictionary training (SAE, transcoder, crosscoder): 2 gloo processes on localhost end with
+the same weights as one process on the same global batches, AuxK dead-latent loss included."""
 
 import os
 
@@ -12,28 +12,40 @@ from safetensors.torch import load_file, save_file
 from assay.dictionaries.registry import build_sae
 from assay.dictionaries.trainer import SAETrainConfig, SAETrainer
 
-CFG = SAETrainConfig(steps=4, warmup_steps=1, lr=1e-2, dead_window=64)
+# dead_window=32 (one global batch): latents that miss a step count as dead, so the AuxK loss is exercised
+CFG = SAETrainConfig(steps=4, warmup_steps=1, lr=1e-2, dead_window=32)
+
+KINDS = {
+    "topk": dict(d_in=8, d_sae=32, k=3, seed=0),
+    "topk_transcoder": dict(d_in=8, d_out=6, d_sae=32, k=3, skip=True, seed=0),
+    "crosscoder": dict(d_in=8, n_sources=2, d_sae=32, seed=0),
+}
 
 
-def _batches():
+def _batches(kind):
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(32, 8, generator=g) + 1.0 for _ in range(4)]
+    xs = [torch.randn(32, 8, generator=g) + 1.0 for _ in range(4)]
+    if kind != "topk_transcoder":
+        return xs
+    return [(x, x[:, :6].tanh() + 0.1 * torch.randn(32, 6, generator=g)) for x in xs]
 
 
-def _sae():
-    return build_sae("topk", d_in=8, d_sae=32, k=3, seed=0)
+def _sae(kind):
+    return build_sae(kind, **KINDS[kind])
 
 
-def _worker(rank, world, store_file, out):
+def _worker(rank, world, store_file, out_dir):
     torch.set_num_threads(1)
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     # a file rendezvous: no free-port race with other processes on the machine
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     try:
-        trainer = SAETrainer(_sae(), CFG)
-        trainer.fit(_batches())
-        if rank == 0:
-            save_file({k: v.contiguous() for k, v in trainer.saes[0].state_dict().items()}, out)
+        for kind in KINDS:  # one launch for all kinds: start-up dominates the cost
+            trainer = SAETrainer(_sae(kind), CFG)
+            trainer.fit(_batches(kind))
+            if rank == 0:
+                save_file({k: v.contiguous() for k, v in trainer.saes[0].state_dict().items()},
+                          f"{out_dir}/{kind}.safetensors")
         dist.barrier()  # neither rank tears gloo down while the other may still be using it
     finally:
         dist.destroy_process_group()
@@ -42,13 +54,21 @@ def _worker(rank, world, store_file, out):
     os._exit(0)
 
 
+@pytest.fixture(scope="module")
+def two_rank_weights(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(2, str(d / "rendezvous"), str(d)), nprocs=2, join=True)
+    return d
+
+
 @pytest.mark.slow
-def test_two_gloo_ranks_equal_one_process(tmp_path):
-    out = str(tmp_path / "w.safetensors")
-    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), out), nprocs=2, join=True)
-    ddp = load_file(out)
-    single = SAETrainer(_sae(), CFG)
-    single.fit(_batches())
-    assert not torch.equal(ddp["W_dec"], _sae().W_dec.detach())  # it trained
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_two_gloo_ranks_equal_one_process(two_rank_weights, kind):
+    ddp = load_file(two_rank_weights / f"{kind}.safetensors")
+    single = SAETrainer(_sae(kind), CFG)
+    single.fit(_batches(kind))
+    if kind != "crosscoder":  # AuxK ran: some latents were dead at a step and got a nonzero aux loss
+        assert single.last[0]["dead"] > 0
+    assert not torch.equal(ddp["W_dec"], _sae(kind).W_dec.detach())  # it trained
     for k, v in single.saes[0].state_dict().items():
         torch.testing.assert_close(ddp[k], v, atol=1e-5, rtol=1e-4, msg=k)

@@ -29,7 +29,7 @@ from assay.config import ConfigError
 from assay.dictionaries.base import SAE, Codes, SAEConfig
 from assay.dictionaries.sparse import topk_encode, topk_encode_reference
 
-__all__ = ["TopKConfig", "TopKSAE", "auxk_loss", "topk_codes"]
+__all__ = ["TopKConfig", "TopKSAE", "auxk_loss", "batch_variances", "topk_codes"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +76,8 @@ def auxk_loss(
     "Defaults and the evidence for them").
 
     ``centred``: what the encoder reads (x − b_dec) ``[B, d]``; ``residual`` = y − ŷ; ``dead`` bool ``[n]``;
-    returns 0 when no latent is dead.
+    returns 0 when no latent is dead. The two variances are over the global batch under data parallelism
+    (:func:`batch_variances`).
     """
     n_dead = int(dead.sum())
     if n_dead == 0:
@@ -88,10 +89,29 @@ def auxk_loss(
     e_hat = torch.zeros_like(pre).scatter(-1, pos, values) @ W_dec[idx]
     e = residual.detach()
     num = (e - e_hat).pow(2).sum(-1).mean()
-    den = (e - e.mean(0)).pow(2).sum(-1).mean()
-    y = target.detach()
-    target_variance = (y - y.mean(0)).pow(2).sum(-1).mean()
+    den, target_variance = batch_variances(e, target.detach())
     return torch.nan_to_num(num / den, nan=0.0, posinf=0.0) * target_variance
+
+
+def batch_variances(*rows: Tensor) -> Tensor:
+    """mean_b‖r_b − r̄‖² of each ``[B, d_i]`` batch in ``rows`` (detached) → ``[len(rows)]``.
+
+    Under ``torch.distributed`` (data-parallel training: each rank holds an equal slice of the global
+    batch) the mean and the variance are over the global batch, with two all-reduces, so that a loss
+    divided by them is the single-process loss and averaged gradients are the single-process gradients.
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    n = rows[0].shape[0] * world
+    sums = torch.cat([r.sum(0) for r in rows])
+    if world > 1:
+        dist.all_reduce(sums)
+    means = sums.split([r.shape[-1] for r in rows])
+    sq = torch.stack([(r - m / n).pow(2).sum() for r, m in zip(rows, means)])
+    if world > 1:
+        dist.all_reduce(sq)
+    return sq / n
 
 
 class TopKSAE(SAE):
