@@ -1,6 +1,6 @@
 """Contamination forgetting (Bordt et al. 2025): final accuracy gap per insertion time, and the curves.
 
-Runs :func:`assay.dynamics.forgetting.forgetting_curves` (defaults: insertion windows starting at 0, ¼, ½, ¾
+Runs :func:`assay.bench.forgetting.forgetting_curves` (defaults: insertion windows starting at 0, ¼, ½, ¾
 of 400 updates, 32 copies of each of 24 items, constant lr 1e-2 after warmup, weight decay 1.0, seeds 0–2)
 and prints the final gap (contaminated − clean accuracy) per window with a 95% t-interval over seeds, then
 writes the accuracy-over-training figure. Options override any ForgettingConfig field (``key=value``).
@@ -18,7 +18,7 @@ import dataclasses
 import json
 import time
 
-from assay.dynamics.forgetting import ForgettingConfig, forgetting_curves, plot_forgetting
+from assay.bench.forgetting import ForgettingConfig, forgetting_curves, plot_forgetting
 from assay.stats import t_interval
 
 

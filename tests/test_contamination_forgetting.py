@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from assay.bench.forgetting import ForgettingConfig, forgetting_curves, plot_forgetting
 from assay.config import ConfigError
-from assay.dynamics.forgetting import ForgettingConfig, forgetting_curves, plot_forgetting
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,7 @@ and their loss barriers), ``alignment`` (permutation alignment by weight or acti
 ``similarity`` (mechanistic similarity as shared invariances), ``transitions`` (onset and sharpness of
 an abrupt change), ``checkpoints`` (training writes a log-spaced checkpoint series into one artifact;
 any metric over a series is a curve), ``concept_space`` (trajectories in concept space and hidden
-capabilities), ``forgetting`` (accuracy on planted contamination over training, per insertion
-time; Bordt et al. 2025). The experiment behind ``assay dynamics`` is ``assay.bench.dynamics``. See
+capabilities). The experiment behind ``assay dynamics`` is ``assay.bench.dynamics``; the forgetting study
+(accuracy on planted contamination over training, per insertion time) is ``assay.bench.forgetting``. See
 docs/dynamics.md.
 """
