@@ -30,6 +30,7 @@ WORLDS: dict[str, str] = {
     "subspace": "assay.worlds.manifold:SubspaceManifoldConfig/SubspaceManifoldWorld",
     "sparse_teacher": "assay.worlds.sparse_teacher:SparseTeacherConfig/SparseTeacherWorld",
     "two_modality": "assay.worlds.two_modality:TwoModalityConfig/TwoModalityWorld",
+    "random_binary": "assay.worlds.random_binary:RandomBinaryConfig/RandomBinaryWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 
