@@ -31,6 +31,7 @@ WORLDS: dict[str, str] = {
     "sparse_teacher": "assay.worlds.sparse_teacher:SparseTeacherConfig/SparseTeacherWorld",
     "two_modality": "assay.worlds.two_modality:TwoModalityConfig/TwoModalityWorld",
     "random_binary": "assay.worlds.random_binary:RandomBinaryConfig/RandomBinaryWorld",
+    "matrix_completion": "assay.worlds.matrix_completion:MatrixCompletionConfig/MatrixCompletionWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 
