@@ -32,6 +32,7 @@ WORLDS: dict[str, str] = {
     "two_modality": "assay.worlds.two_modality:TwoModalityConfig/TwoModalityWorld",
     "random_binary": "assay.worlds.random_binary:RandomBinaryConfig/RandomBinaryWorld",
     "matrix_completion": "assay.worlds.matrix_completion:MatrixCompletionConfig/MatrixCompletionWorld",
+    "graph_trace": "assay.worlds.graph_trace:GraphTraceConfig/GraphTraceWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 
