@@ -187,6 +187,8 @@ class RandomBinaryWorld:
 
     pad_id: int = PAD
     bos_id: int = BOS
+    acceptance: tuple[str, float, str] = ("kl_bayes", 0.05, "min")
+    """Spec §2.1: mean KL(Bayes ‖ model) < 0.05 nat at positions ≥ 16 (lower is better)."""
 
     def __init__(self, config: RandomBinaryConfig | None = None) -> None:
         self.config = cfg = config or RandomBinaryConfig()
