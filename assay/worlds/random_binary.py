@@ -32,7 +32,7 @@ import gzip
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -40,7 +40,7 @@ from assay.config import ConfigError
 from assay.worlds.base import Batch
 from assay.worlds.vocab import BOS, PAD, check_logits, make_vocab
 
-__all__ = ["RandomBinaryConfig", "RandomBinaryWorld", "primitive_necklaces", "bayes_predictive",
+__all__ = ["RandomBinaryConfig", "RandomBinaryWorld", "BayesPrediction", "primitive_necklaces", "bayes_predictive",
            "continuation_probability", "sequence_statistics"]
 
 ZERO = 4
@@ -126,9 +126,18 @@ def _hypotheses(concepts: tuple[str, ...], length: int) -> tuple[torch.Tensor, t
             torch.tensor(phase, dtype=torch.long))
 
 
+class BayesPrediction(NamedTuple):
+    """The exact Bayes predictor at every position (position t has seen t flips)."""
+
+    p1: torch.Tensor
+    """P(x_{t+1} = 1 | x_{1:t}) [n, L] (float64)."""
+    p_pattern: torch.Tensor
+    """P(concept source | x_{1:t}) [n, L] (float64)."""
+
+
 def bayes_predictive(x: torch.Tensor, concepts: tuple[str, ...], *, pattern_prob: float,
-                     flip_noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact Bayes ``(P(x_{t+1} = 1 | x_{1:t}), P(concept | x_{1:t}))``, each [n, L] (float64), for flips ``x`` [n, L].
+                     flip_noise: float = 0.0) -> BayesPrediction:
+    """Exact Bayes P(x_{t+1} = 1 | x_{1:t}) and P(concept | x_{1:t}) for flips ``x`` [n, L] (0/1).
 
     Position t has seen t flips (t = 0 … L−1); see the module docstring for the formula.
     """
@@ -140,7 +149,7 @@ def bayes_predictive(x: torch.Tensor, concepts: tuple[str, ...], *, pattern_prob
     log_bern = log_bern + (math.log(1 - pattern_prob) if pattern_prob < 1 else -math.inf)
     p1_bern = (k + 1) / (t + 2)
     if not concepts or pattern_prob == 0:
-        return p1_bern, torch.zeros(n, L, dtype=torch.float64)
+        return BayesPrediction(p1_bern, torch.zeros(n, L, dtype=torch.float64))
     bits, concept, _ = _hypotheses(concepts, L)
     period = torch.tensor([len(concepts[c]) for c in concept.tolist()], dtype=torch.float64)
     log_prior = math.log(pattern_prob) - math.log(len(concepts)) - period.log()  # [H]
@@ -154,7 +163,7 @@ def bayes_predictive(x: torch.Tensor, concepts: tuple[str, ...], *, pattern_prob
     post = torch.softmax(joint, dim=1)
     next_one = flip_noise + (1 - 2 * flip_noise) * bits.double()  # [H, L]: P(x_{t+1} = 1 | c, φ)
     p1 = (post[:, :-1] * next_one[None]).sum(1) + post[:, -1] * p1_bern
-    return p1, 1 - post[:, -1]
+    return BayesPrediction(p1, 1 - post[:, -1])
 
 
 def continuation_probability(p1: torch.Tensor, x: torch.Tensor, depth: int = 5) -> torch.Tensor:
