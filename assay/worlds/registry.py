@@ -31,6 +31,9 @@ WORLDS: dict[str, str] = {
     "sparse_teacher": "assay.worlds.sparse_teacher:SparseTeacherConfig/SparseTeacherWorld",
     "two_modality": "assay.worlds.two_modality:TwoModalityConfig/TwoModalityWorld",
     "slow_state": "assay.worlds.slow_state:SlowStateConfig/SlowStateWorld",
+    "random_binary": "assay.worlds.random_binary:RandomBinaryConfig/RandomBinaryWorld",
+    "matrix_completion": "assay.worlds.matrix_completion:MatrixCompletionConfig/MatrixCompletionWorld",
+    "graph_trace": "assay.worlds.graph_trace:GraphTraceConfig/GraphTraceWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 
