@@ -141,11 +141,14 @@ def forgetting_curves(cfg: ForgettingConfig | None = None) -> ForgettingCurves:
 def plot_forgetting(curves: ForgettingCurves, path: str | Path, *, window_length: float | None = None) -> Path:
     """Write the accuracy-over-training curves (mean over seeds; one colour per insertion window, shaded
     when ``window_length`` is given; dashed: clean holdout) to ``path`` (any matplotlib format)."""
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+
+    from assay.report import new_figure, save_figure
 
     n = curves.steps[-1].item()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    colours = plt.get_cmap("viridis")(torch.linspace(0, 0.9, len(curves.insertion)).tolist())
+    fig = new_figure((6.4, 3.8))
+    ax = fig.subplots()
+    colours = colormaps["viridis"](torch.linspace(0, 0.9, len(curves.insertion)).tolist())
     for i, (start, c) in enumerate(zip(curves.insertion, colours)):
         ax.plot(curves.steps, curves.contaminated[i].mean(0), color=c, label=f"inserted from {start:g}·T")
         if window_length is not None:
@@ -156,7 +159,4 @@ def plot_forgetting(curves: ForgettingCurves, path: str | Path, *, window_length
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
