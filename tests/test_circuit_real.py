@@ -71,3 +71,23 @@ def test_a_prompt_longer_than_the_memory_budget_is_refused_saying_what_fits():
     prompt = torch.zeros(400, dtype=torch.long)
     with pytest.raises(ValueError, match=r"fits prompts up to \d+ tokens"):
         circuit_experiment(model, prompt, [], small)
+
+
+def test_the_section_draws_the_exported_graph(tmp_path):
+    from assay.report import Section, read_section, write_section
+
+    model = tiny_llama()
+    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    res = circuit_experiment(model, prompt, [exact_transcoder(model, 1)], SETTINGS)
+    write_section(tmp_path, Section(title="graph", graphs=[res.document]))
+    assert read_section(tmp_path).graphs[0]["metadata"]["prompt_tokens"] == [str(int(t)) for t in prompt]
+    page = (tmp_path / "report.html").read_text()
+    assert 'class="graphview"' in page and f'{len(res.document["nodes"])} nodes' in page
+
+
+def test_the_command_refuses_bad_settings():
+    from assay.cli.circuit import CircuitCommand
+    from assay.config import ConfigError
+
+    with pytest.raises(ConfigError, match="exceeds d_sae"):
+        CircuitCommand(d_sae=8, k=16)
