@@ -10,7 +10,8 @@ LLM Feature Circuits" (TopK as Gao et al. 2024). Steps:
 2. the graph of the prompt (:func:`~assay.circuits.graph.attribute`; RMSNorms and attention patterns frozen),
    refused up front when the prompt is longer than the memory budget allows (:func:`prompt_memory`);
 3. the pruned graph as circuit-tracer graph JSON and a report section with the graph view;
-4. interventions: each of the ``n_ablate`` most influential features is removed from its MLP's output in the
+4. interventions: each of the ``n_ablate`` most influential features (after the BOS position unless
+   ``ablate_first``) is removed from its MLP's output in the
    *real* model (``h_p ← h_p − a·W_dec[f]``) and the change of the top logit (minus the mean logit) is
    measured; the graph predicts it by propagating the ablation linearly through the feature-to-feature edges
    (errors held fixed). Their Pearson correlation is reported.
@@ -70,6 +71,9 @@ class CircuitSettings:
     """Interventions on this many most influential features."""
     memory_gb: float = 4.0
     """Memory budget of the graph computation (estimated up front, see :func:`prompt_memory`)."""
+    ablate_first: bool = False
+    """Also ablate features at position 0 (the BOS: an attention sink of outsized norm, dropped from the
+    transcoders' training rows, so its features are out of distribution)."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
@@ -225,7 +229,8 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     document = graph_json(graph, slug=slug, prompt_tokens=names, node_threshold=settings.node_threshold,
                           edge_threshold=settings.edge_threshold)
     inf = influence(normalize_matrix(graph.adjacency), graph.logit_weights())[f_sl]
-    top = inf.argsort(descending=True)[:settings.n_ablate].tolist()
+    order = [k for k in inf.argsort(descending=True).tolist() if settings.ablate_first or graph.features[k, 1] > 0]
+    top = order[:settings.n_ablate]
     token_id = int(graph.logit_tokens[0])
     with torch.no_grad():
         logits = model(prompt[None]).logits[0, -1]

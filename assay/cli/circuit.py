@@ -46,6 +46,8 @@ class CircuitCommand:
     """Memory budget of the graph; a longer prompt than it fits is refused, saying how long one fits."""
     n_ablate: int = 12
     """Feature ablations that check the graph."""
+    ablate_first: bool = False
+    """Also ablate features at position 0 (the BOS, whose activations the transcoders were not trained on)."""
     seed: int = 0
     """Seeds the transcoders and their training windows."""
     out_dir: Path = Path("runs/circuit")
@@ -56,7 +58,8 @@ class CircuitCommand:
         from assay.bench.circuit_real import CircuitSettings
 
         return CircuitSettings(layers=self.layers, d_sae=self.d_sae, k=self.k, steps=self.steps, seed=self.seed,
-                               graph_batch=self.graph_batch, memory_gb=self.memory_gb, n_ablate=self.n_ablate)
+                               graph_batch=self.graph_batch, memory_gb=self.memory_gb, n_ablate=self.n_ablate,
+                               ablate_first=self.ablate_first)
 
     def __post_init__(self) -> None:
         self.settings()
