@@ -32,7 +32,7 @@ def test_trained_transcoders_give_a_graph_whose_logit_rows_sum_to_the_model():
     summed = g.adjacency[lg].sum(1) + g.constants[lg]
     assert torch.allclose(summed, logits[g.logit_tokens] - logits.mean(), atol=1e-5)
     assert {n["feature_type"] for n in res.document["nodes"]} >= {"embedding", "logit"}
-    assert len(res.predicted) == len(res.measured) == min(SETTINGS.n_ablate, int((g.features[:, 1] > 0).sum()))
+    assert len(res.predicted) == len(res.measured) == len(res.measured_frozen) == min(SETTINGS.n_ablate, int((g.features[:, 1] > 0).sum()))
     assert all(p > 0 for _, p, _ in res.ablated)  # the BOS position is left out
     assert -1.0 <= res.correlation <= 1.0
 

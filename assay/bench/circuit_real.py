@@ -170,6 +170,11 @@ class CircuitResult(NamedTuple):
     """The change measured in the real model, [n_ablate]."""
     correlation: float
     """Pearson correlation of predicted and measured."""
+    measured_frozen: torch.Tensor
+    """The change measured in the real model with every MLP without a transcoder held at its clean output (as
+    the graph holds its error nodes), [n_ablate]."""
+    correlation_frozen: float
+    """Pearson correlation of predicted and measured_frozen."""
     ablated: tuple[tuple[str, int, int], ...]
     """(basis, position, feature) of each ablated feature."""
     memory: PromptMemory
@@ -199,7 +204,7 @@ def _predicted(graph: Graph, feature: int, token: int) -> float:
 
 
 def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: int, feat: int, act: float,
-              token_id: int, clean: float) -> float:
+              token_id: int, clean: float, held: dict[str, torch.Tensor]) -> float:
     from assay import hooks
 
     direction = act * basis.W_dec[feat]
@@ -209,7 +214,8 @@ def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: 
         h[:, pos] -= direction.to(h.dtype)
         return h
 
-    with torch.no_grad(), hooks.patch(model, {basis.output_site: remove}):
+    edits = {site: (lambda h, v=v: v.expand_as(h)) for site, v in held.items()}
+    with torch.no_grad(), hooks.patch(model, {**edits, basis.output_site: remove}):
         logits = model(tokens[None]).logits[0, -1]
     return float(logits[token_id] - logits.mean()) - clean
 
@@ -232,21 +238,29 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     order = [k for k in inf.argsort(descending=True).tolist() if settings.ablate_first or graph.features[k, 1] > 0]
     top = order[:settings.n_ablate]
     token_id = int(graph.logit_tokens[0])
-    with torch.no_grad():
+    from assay import hooks
+
+    error_sites = [name for name in graph.basis_names if name not in {b.name for b in bases}]
+    with torch.no_grad(), hooks.capture(model, error_sites) as cap:
         logits = model(prompt[None]).logits[0, -1]
     clean = float(logits[token_id] - logits.mean())
     by_name = {b.name: b for b in bases}
-    predicted, measured, ablated = [], [], []
+    predicted, measured, frozen, ablated = [], [], [], []
     for k in top:
         j, p, i = graph.features[k].tolist()
         basis = by_name[graph.basis_names[j]]
         predicted.append(_predicted(graph, k, 0))
-        measured.append(_measured(model, prompt, basis, p, i, float(graph.activations[k]), token_id, clean))
+        measured.append(_measured(model, prompt, basis, p, i, float(graph.activations[k]), token_id, clean, {}))
+        frozen.append(_measured(model, prompt, basis, p, i, float(graph.activations[k]), token_id, clean,
+                                {s: cap[s] for s in error_sites}))
         ablated.append((basis.name, p, i))
-    pred, meas = torch.tensor(predicted, dtype=torch.float64), torch.tensor(measured, dtype=torch.float64)
-    corr = float(torch.corrcoef(torch.stack([pred, meas]))[0, 1]) if len(top) > 1 else float("nan")
-    return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, corr, tuple(ablated),
-                         memory)
+    pred, meas, held = (torch.tensor(v, dtype=torch.float64) for v in (predicted, measured, frozen))
+    return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
+                         held, _pearson(pred, held), tuple(ablated), memory)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if len(a) > 1 else float("nan")
 
 
 def _mask(n: int, sl: slice) -> torch.Tensor:
@@ -309,8 +323,8 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph.json").write_text(json.dumps(res.document, indent=1))
     g = res.graph
-    rows = [(f"{b}@{p}#{f}", float(pr), float(me)) for (b, p, f), pr, me in
-            zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), strict=True)]
+    rows = [(f"{b}@{p}#{f}", pr, me, fr) for (b, p, f), pr, me, fr in
+            zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(), strict=True)]
     top = tok.decode([int(g.logit_tokens[0])])
     notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; transcoders (TopK, d_sae={settings.d_sae}, "
              f"k={settings.k}, {settings.steps} steps) on MLPs {list(settings.layers)}, the other MLPs are error nodes.",
@@ -318,12 +332,14 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              f"completeness {res.completeness:.3f}.",
              f"Interventions: each of the {len(rows)} most influential features removed from its MLP output in the real "
              f"model; change of the {top!r} logit (minus the mean logit) against the graph's linear prediction: "
-             f"Pearson r = {res.correlation:.3f}.",
+             f"Pearson r = {res.correlation:.3f}; with the MLPs without a transcoder held at their clean outputs (as "
+             f"the graph's error nodes are) r = {res.correlation_frozen:.3f}.",
              f"Memory: estimated {res.memory.need_gb:.2f} GB for the graph (budget {settings.memory_gb:g} GB, prompts up "
              f"to {res.memory.max_tokens} tokens); measured process peak {peak_gb:.2f} GB. Wall time: "
              f"{time.perf_counter() - start:.0f} s (transcoders {train_s:.0f} s, graph and interventions {graph_s:.0f} s).")
     section = Section(title=f"Attribution graph: {model_name}, {prompt!r}", notes=notes, graphs=[res.document],
                       tables=[Table("Feature ablations: predicted vs measured logit change",
-                                    ["feature (site@position#index)", "predicted", "measured"], rows)])
+                                    ["feature (site@position#index)", "predicted", "measured",
+                                     "measured, other MLPs held"], rows)])
     write_section(out, section)
     return res

@@ -72,7 +72,8 @@ def run(cfg: CircuitCommand) -> Any:
     res = run_real_circuit(cfg.model, cfg.prompt, cfg.settings(), cfg.out_dir, n_windows=cfg.n_windows,
                            window=cfg.window)
     typer.echo(f"{res.graph.n_features} features; replacement {res.replacement:.3f}, completeness "
-               f"{res.completeness:.3f}; ablations: predicted vs measured r = {res.correlation:.3f}; "
+               f"{res.completeness:.3f}; ablations: predicted vs measured r = {res.correlation:.3f} "
+               f"(other MLPs held: {res.correlation_frozen:.3f}); "
                f"wrote {cfg.out_dir / 'graph.json'} and {cfg.out_dir / 'report.html'}")
     return res
 
