@@ -64,10 +64,13 @@ class TranscoderTraining:
             raise ConfigError(f"TranscoderTraining.k={self.k} exceeds d_sae={self.d_sae}; lower k or widen d_sae")
 
 
-def transcoder_basis(transcoder, *, layer: int, labels: Sequence[str] = ()) -> FeatureBasis:
+def transcoder_basis(transcoder, *, layer: int, labels: Sequence[str] = (), input_site: str | None = None,
+                     output_site: str | None = None) -> FeatureBasis:
     """The feature basis of a trained TopK transcoder of MLP ``layer`` (input ``blocks.{layer}.ln2``, output
-    ``blocks.{layer}.mlp``): the same encoder, decoder and TopK∘ReLU activation, so ``decode(σ(pre(x)))`` is
-    the transcoder's own ``transcode(x)``. Skip-transcoders and other activations are refused."""
+    ``blocks.{layer}.mlp`` unless ``input_site`` / ``output_site`` name others, e.g. a Llama's
+    ``model.layers.{layer}.post_attention_layernorm`` / ``model.layers.{layer}.mlp``): the same encoder, decoder
+    and TopK∘ReLU activation, so ``decode(σ(pre(x)))`` is the transcoder's own ``transcode(x)``.
+    Skip-transcoders and other activations are refused."""
     from assay.dictionaries.topk import topk_codes
     from assay.dictionaries.transcoder import TopKTranscoder
 
@@ -77,8 +80,9 @@ def transcoder_basis(transcoder, *, layer: int, labels: Sequence[str] = ()) -> F
     if transcoder.cfg.skip:
         raise ValueError("a skip-transcoder's x W_skipᵀ term has no feature-basis form (it would be an input-"
                          "dependent error); train it with skip=False")
+    output_site = output_site or f"blocks.{layer}.mlp"
     return FeatureBasis(
-        name=f"blocks.{layer}.mlp", input_site=f"blocks.{layer}.ln2", output_site=f"blocks.{layer}.mlp",
+        name=output_site, input_site=input_site or f"blocks.{layer}.ln2", output_site=output_site,
         W_enc=transcoder.W_enc.detach().clone(), b_enc=transcoder.b_enc.detach().clone(),
         W_dec=transcoder.W_dec.detach().clone(), b_dec=transcoder.b_dec.detach().clone(),
         activation=functools.partial(topk_codes, k=transcoder.cfg.k), labels=tuple(labels))

@@ -175,7 +175,7 @@ def attribute(
     unexplored = rows.adjacency[:, dropped].sum(1)[keep]
     feats = rows.feats[sorted(visited)]
     activations = torch.stack([rep.acts[j][p, i] for j, p, i in feats.tolist()]) if len(feats) else torch.zeros(0)
-    return Graph(tokens=tokens, basis_names=tuple(b.name for b in bases), features=feats, activations=activations,
+    return Graph(tokens=tokens, basis_names=tuple(b.name for b in rep.bases), features=feats, activations=activations,
                  logit_tokens=chosen, logit_probs=probs, adjacency=rows.adjacency[keep][:, keep],
                  values=rows.values[keep], constants=rows.constants[keep], unexplored=unexplored)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["FeatureBasis", "relu", "identity"]
+__all__ = ["FeatureBasis", "relu", "identity", "error_basis"]
 
 
 def relu(pre: torch.Tensor) -> torch.Tensor:
@@ -84,3 +84,11 @@ class FeatureBasis:
     def decode(self, a: torch.Tensor) -> torch.Tensor:
         """Reconstruction ``a W_dec + b_dec``."""
         return a @ self.W_dec + self.b_dec
+
+
+def error_basis(site: str, d: int, *, dtype: torch.dtype = torch.float32) -> FeatureBasis:
+    """A basis with no features on ``site`` (output dimension ``d``): the site's whole output becomes one
+    error node per position. An MLP without a transcoder takes part in the replacement model this way."""
+    return FeatureBasis(name=site, input_site=site, output_site=site, W_enc=torch.zeros(d, 0, dtype=dtype),
+                        b_enc=torch.zeros(0, dtype=dtype), W_dec=torch.zeros(0, d, dtype=dtype),
+                        b_dec=torch.zeros(d, dtype=dtype), activation=identity)

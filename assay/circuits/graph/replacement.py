@@ -12,19 +12,36 @@ reproduces the model exactly.
 
 A LayerNorm site's input is rebuilt as the sum of the outputs of the sites that feed it
 (``norm_inputs``), recorded during the same forward pass; for assay's
-:class:`~assay.models.transformer.Transformer` this map is derived automatically. Other norm
-layers (RMSNorm, or LayerNorms not in ``norm_inputs``) are refused.
+:class:`~assay.models.transformer.Transformer` this map is derived automatically. An RMSNorm
+(``torch.nn.RMSNorm`` or a Hugging Face ``*RMSNorm``, as in Llama and SmolLM2) returns
+``w ⊙ x / r_frozen`` of its actual input. Hugging Face attention modules get their patterns frozen
+through transformers' attention interface (:mod:`assay.circuits.graph.hf_frozen`). LayerNorms not in
+``norm_inputs`` are refused.
+
+A site without a basis whose output is nonlinear in the residual stream would break linearity: every
+``*.mlp`` site that no basis rebuilds (a partial transcoder set) becomes a pure error node per position
+(by default for models other than assay's Transformer; ``error_sites`` names them explicitly)
+(:func:`~assay.circuits.graph.basis.error_basis`), appended after the given bases.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 
 from assay import hooks
-from assay.circuits.graph.basis import FeatureBasis
+from assay.circuits.graph.basis import FeatureBasis, error_basis
+from assay.circuits.graph.hf_frozen import (
+    eager_patterns,
+    frozen_patterns,
+    frozen_rms,
+    hf_attention_sites,
+    is_rms_norm,
+    rms_denominator,
+)
 from assay.models.transformer import Transformer
 
 __all__ = ["LocalReplacement", "transformer_norm_inputs"]
@@ -50,50 +67,78 @@ class LocalReplacement:
     every module named ``*.attn.pattern``); ``norm_inputs`` maps each LayerNorm site to the sites whose
     outputs sum to its input (default: derived for assay's Transformer, else none). Attributes: ``emb``
     [T, d], ``acts`` / ``pres`` (per basis [T, n]), ``errors`` (per basis [T, d]), ``sigmas`` (per norm
-    site [T, 1]), ``final`` [T, d] and ``logits`` [T, vocab] of the clean run. The bases are cast to the
-    dtype of the model's parameters.
+    site [T, 1]), ``rms`` (per RMSNorm site, its frozen denominator [T, 1]), ``final`` [T, d] and ``logits``
+    [T, vocab] of the clean run. ``error_sites``: sites (without a basis) whose whole output is an error node
+    per position; default every ``*.mlp`` site no basis rebuilds (none for assay's Transformer, whose compiled
+    models leave unused MLPs empty and whose callers count one error block per given basis). ``bases`` holds the given bases then one
+    :func:`~assay.circuits.graph.basis.error_basis` per error site, cast to the dtype of the model's
+    parameters. For a Hugging Face model the default pattern sites are its ``*.self_attn`` modules.
     """
 
     def __init__(
         self, model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis], *, embed_site: str = "embed",
         final_site: str = "ln_f", unembed: torch.Tensor | None = None, pattern_sites: Sequence[str] | None = None,
-        norm_inputs: Mapping[str, Sequence[str]] | None = None,
+        norm_inputs: Mapping[str, Sequence[str]] | None = None, error_sites: Sequence[str] | None = None,
     ) -> None:
+        dtype = next(model.parameters()).dtype
         if tokens.ndim != 1:
             raise ValueError(f"tokens must be one prompt [T], got shape {tuple(tokens.shape)}")
         if norm_inputs is None:
             norm_inputs = transformer_norm_inputs(model) if isinstance(model, Transformer) else {}
         self.norm_inputs = {site: tuple(ins) for site, ins in norm_inputs.items()}
-        norms = [name for name, m in model.named_modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))
-                 and not (isinstance(m, nn.LayerNorm) and name in self.norm_inputs)]
+        norms = [name for name, m in model.named_modules() if isinstance(m, nn.LayerNorm) and name not in self.norm_inputs]
         if norms:
-            raise ValueError(f"norm layers {norms[:3]} cannot be frozen: only LayerNorms listed in norm_inputs "
-                             "(derived automatically for assay's Transformer) are supported")
+            raise ValueError(f"LayerNorms {norms[:3]} cannot be frozen: give norm_inputs (the sites whose outputs sum "
+                             "to each LayerNorm's input; derived automatically for assay's Transformer)")
+        self.rms_sites = tuple(name for name, m in model.named_modules() if is_rms_norm(m))
         outputs = [b.output_site for b in bases]
+        if error_sites is None:
+            error_sites = [] if isinstance(model, Transformer) else [
+                name for name, _ in model.named_modules() if name.endswith(".mlp") and name not in outputs]
+        bad = [s for s in error_sites if s in outputs]
+        if bad:
+            raise ValueError(f"error_sites {bad} are rebuilt by a basis; a site is either a basis or an error node")
+        self.error_sites = tuple(error_sites)
+        outputs += list(self.error_sites)
         if len(set(outputs)) != len(outputs):
             raise ValueError(f"two bases rebuild the same site: {outputs}; give each output site one basis")
         clash = [b.name for b in bases if b.input_site != b.output_site and b.input_site in outputs]
         if clash:
             raise ValueError(f"bases {clash} read a site that another basis rebuilds; read the site before it")
-        dtype = next(model.parameters()).dtype
-        self.model, self.tokens, self.bases = model, tokens, tuple(b.to(dtype) for b in bases)
+        self.model, self.tokens = model, tokens
         self.embed_site, self.final_site = embed_site, final_site
         self.unembed = (unembed if unembed is not None else model.get_submodule("unembed").weight).detach()
-        self.pattern_sites = tuple(pattern_sites) if pattern_sites is not None else tuple(
+        self.hf_attention = pattern_sites is None and bool(hf_attention_sites(model))
+        self.pattern_sites = tuple(pattern_sites) if pattern_sites is not None else hf_attention_sites(model) or tuple(
             name for name, _ in model.named_modules() if name.endswith(".attn.pattern"))
         if pattern_sites is None and not self.pattern_sites:
             raise ValueError("found no '*.attn.pattern' sites to freeze the attention patterns at; pass "
                              "pattern_sites= (an empty tuple for a model without attention)")
         fed = {s for ins in self.norm_inputs.values() for s in ins}
-        sites = {embed_site, final_site, *self.pattern_sites, *(b.input_site for b in bases), *outputs, *fed}
-        with torch.no_grad(), hooks.capture(model, sorted(sites)) as cap:
+        sites = {embed_site, final_site, *(b.input_site for b in bases), *outputs, *fed, *self.rms_sites}
+        if not self.hf_attention:
+            sites |= set(self.pattern_sites)
+        rms_in: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), hooks.capture(model, sorted(sites)) as cap, _inputs(model, self.rms_sites, rms_in), \
+                eager_patterns(model, self.pattern_sites if self.hf_attention else ()) as hf_patterns:
             model(tokens[None])
-        self.patterns = {s: cap[s] for s in self.pattern_sites}
+        self.patterns = hf_patterns if self.hf_attention else {s: cap[s] for s in self.pattern_sites}
+        self.rms = {}
+        for site in self.rms_sites:
+            norm, x = model.get_submodule(site), rms_in[site][0]
+            self.rms[site] = rms_denominator(norm, x)
+            if not torch.allclose(frozen_rms(norm, x, self.rms[site]).to(cap[site].dtype), cap[site][0],
+                                  rtol=1e-3, atol=1e-5):
+                raise ValueError(f"RMSNorm {site!r} ({type(norm).__name__}) does not compute w * x / sqrt(mean(x^2) + "
+                                 "eps); its denominator cannot be frozen this way")
+        d_of = {s: cap[s].shape[-1] for s in self.error_sites}
+        bases = [*bases, *(error_basis(s, d_of[s], dtype=dtype) for s in self.error_sites)]
         self.sigmas = {}
         for site, ins in self.norm_inputs.items():
             x = sum(cap[s][0] if cap[s].ndim == 3 else cap[s] for s in ins)
             ln = model.get_submodule(site)
             self.sigmas[site] = (x.var(-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
+        self.bases = tuple(b.to(dtype) for b in bases)
         self.emb = cap[embed_site][0]
         self.pres = [b.pre(cap[b.input_site][0]) for b in self.bases]
         self.acts = [b.activation(p) for b, p in zip(self.bases, self.pres, strict=True)]
@@ -111,8 +156,12 @@ class LocalReplacement:
         pres: dict[int, torch.Tensor] = {}
         seen: dict[str, torch.Tensor] = {}
         edits: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {self.embed_site: lambda h: emb}
-        for site, pattern in self.patterns.items():
-            edits[site] = lambda h, p=pattern: p.expand_as(h)
+        if not self.hf_attention:
+            for site, pattern in self.patterns.items():
+                edits[site] = lambda h, p=pattern: p.expand_as(h)
+        rms_in: dict[str, torch.Tensor] = {}
+        for site in self.rms_sites:
+            edits[site] = lambda h, site=site: frozen_rms(self.model.get_submodule(site), rms_in[site], self.rms[site])
         for site, ins in self.norm_inputs.items():  # frozen norms first: a basis may read their output
             ln, sigma = self.model.get_submodule(site), self.sigmas[site]
 
@@ -142,10 +191,26 @@ class LocalReplacement:
                 return h
 
             edits[site] = _then(edits.get(site), record)
-        with hooks.patch(self.model, edits), \
+        with _inputs(self.model, self.rms_sites, rms_in), \
+                frozen_patterns(self.model, self.patterns) if self.hf_attention else nullcontext(), \
+                hooks.patch(self.model, edits), \
                 hooks.capture(self.model, [self.final_site], stop_at=self.final_site, detach=False) as cap:
             self.model(self.tokens.expand(b, -1))
         return [pres[j] for j in range(len(self.bases))], cap[self.final_site]
+
+
+@contextmanager
+def _inputs(model: nn.Module, sites: Sequence[str], out: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Record the first positional input of each site into ``out`` during forward passes inside the block."""
+    handles = []
+    try:
+        for site in sites:
+            handles.append(model.get_submodule(site).register_forward_pre_hook(
+                lambda module, args, site=site: out.__setitem__(site, args[0])))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _then(first: Callable | None, second: Callable) -> Callable:

@@ -1,0 +1,345 @@
+"""``assay circuit``: an attribution graph of a real Llama-style model (SmolLM2) over transcoders trained by assay.
+
+Ameisen et al. 2025, "Circuit Tracing: Revealing Computational Graphs in Language Models" (graphs, pruning,
+interventions); per-layer transcoders after Dunefsky, Chlenski & Nanda 2024, "Transcoders Find Interpretable
+LLM Feature Circuits" (TopK as Gao et al. 2024). Steps:
+
+1. a TopK transcoder per chosen layer, reading ``model.layers.{i}.post_attention_layernorm`` and rebuilding
+   ``model.layers.{i}.mlp``, trained on live activations of token windows (:func:`train_transcoders`; the CLI
+   caches them as SAE artifacts); every other MLP is an error node per position (a partial transcoder set);
+2. the graph of the prompt (:func:`~assay.circuits.graph.attribute`; RMSNorms and attention patterns frozen),
+   refused up front when the prompt is longer than the memory budget allows (:func:`prompt_memory`);
+3. the pruned graph as circuit-tracer graph JSON and a report section with the graph view;
+4. interventions: each of the ``n_ablate`` most influential features (after the BOS position unless
+   ``ablate_first``) is removed from its MLP's output in the
+   *real* model (``h_p ← h_p − a·W_dec[f]``) and the change of the top logit (minus the mean logit) is
+   measured; the graph predicts it by propagating the ablation linearly through the feature-to-feature edges
+   (errors held fixed). Their Pearson correlation is reported.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from assay.circuits.graph import (
+    FeatureBasis,
+    Graph,
+    GraphConfig,
+    attribute,
+    graph_json,
+    graph_scores,
+    influence,
+)
+from assay.circuits.graph.influence import normalize_matrix
+from assay.config import ConfigError, check_int_fields
+
+__all__ = ["CircuitSettings", "CircuitResult", "PromptMemory", "prompt_memory", "train_transcoders",
+           "llama_sites", "circuit_experiment", "run_real_circuit"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CircuitSettings:
+    """Transcoders, graph, memory budget and interventions of one ``assay circuit`` run."""
+
+    layers: tuple[int, ...] = (3, 9, 15)
+    """MLP layers that get a transcoder (the others are error nodes)."""
+    d_sae: int = 1024
+    """Features per transcoder."""
+    k: int = 16
+    """Active features per token (TopK)."""
+    steps: int = 300
+    """Optimizer steps per transcoder."""
+    rows: int = 256
+    """Activation rows (token positions) per step."""
+    seed: int = 0
+    """Seeds the transcoders' initialisation and the order of the training windows."""
+    graph_batch: int = 32
+    """Graph rows per backward pass (the memory knob)."""
+    max_n_logits: int = 5
+    """At most this many logit targets."""
+    node_threshold: float = 0.8
+    """Pruning: keep nodes holding this share of the influence."""
+    edge_threshold: float = 0.98
+    """Pruning: keep edges holding this share of the influence."""
+    n_ablate: int = 12
+    """Interventions on this many most influential features."""
+    memory_gb: float = 4.0
+    """Memory budget of the graph computation (estimated up front, see :func:`prompt_memory`)."""
+    ablate_first: bool = False
+    """Also ablate features at position 0 (the BOS: an attention sink of outsized norm, dropped from the
+    transcoders' training rows, so its features are out of distribution)."""
+
+    def __post_init__(self) -> None:
+        check_int_fields(self)
+        for name in ("d_sae", "k", "steps", "rows", "graph_batch", "max_n_logits", "n_ablate"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"CircuitSettings.{name} must be >= 1, got {getattr(self, name)}")
+        if self.k > self.d_sae:
+            raise ConfigError(f"CircuitSettings.k={self.k} exceeds d_sae={self.d_sae}")
+        if self.memory_gb <= 0:
+            raise ConfigError(f"CircuitSettings.memory_gb must be > 0, got {self.memory_gb}")
+
+
+class PromptMemory(NamedTuple):
+    """Estimated peak memory of a graph and the longest prompt the budget fits."""
+
+    need_gb: float
+    """Estimated peak of this prompt: the model's parameters, ``graph_batch`` copies of the activations kept
+    for the backward pass (12·d + 3·d_ff floats per token and layer) and the dense adjacency."""
+    max_tokens: int
+    """The longest prompt within the budget (0: not even one token)."""
+
+
+def _need_bytes(model: nn.Module, t: int, s: CircuitSettings) -> float:
+    c = model.config
+    n_layers, d, d_ff = c.num_hidden_layers, c.hidden_size, c.intermediate_size
+    item = next(model.parameters()).element_size()
+    params = sum(p.numel() for p in model.parameters()) * item
+    acts = s.graph_batch * t * n_layers * (12 * d + 3 * d_ff) * item
+    n = t * (s.k * len(s.layers) + n_layers + 1) + s.max_n_logits
+    return params + acts + n * n * item
+
+
+def prompt_memory(model: nn.Module, n_tokens: int, settings: CircuitSettings) -> PromptMemory:
+    """The estimate of :class:`PromptMemory` for a prompt of ``n_tokens`` (Llama-style config fields)."""
+    budget = settings.memory_gb * 2**30
+    lo, hi = 0, 1
+    while _need_bytes(model, hi, settings) <= budget and hi < 1 << 20:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _need_bytes(model, mid, settings) <= budget else (lo, mid)
+    return PromptMemory(_need_bytes(model, n_tokens, settings) / 2**30, lo)
+
+
+def llama_sites(layer: int) -> tuple[str, str]:
+    """The (input, output) sites of a Llama-style MLP: the post-attention RMSNorm's output and the MLP's output."""
+    return f"model.layers.{layer}.post_attention_layernorm", f"model.layers.{layer}.mlp"
+
+
+def _pairs(model: nn.Module, layer: int, windows: torch.Tensor, s: CircuitSettings) -> Iterator:
+    from assay.dictionaries.trainer import live_batches
+
+    g = torch.Generator().manual_seed(s.seed + layer)
+    per = max(1, -(-s.rows // (windows.shape[1] - 1)))
+
+    def tokens():
+        while True:
+            yield windows[torch.randint(0, windows.shape[0], (per,), generator=g)]
+
+    site, out = llama_sites(layer)
+    for x, y in live_batches(model, site, tokens(), batch_size=s.rows, output_site=out):
+        yield x.float(), y.float()
+
+
+def train_transcoders(model: nn.Module, windows: torch.Tensor, settings: CircuitSettings) -> dict[int, object]:
+    """A TopK transcoder per ``settings.layers`` MLP, trained on the activations of token ``windows`` [N, T]
+    (BOS positions dropped) with :func:`~assay.dictionaries.trainer.train_saes`."""
+    from assay.dictionaries.registry import build_sae
+    from assay.dictionaries.trainer import SAETrainConfig, train_saes
+
+    d = model.config.hidden_size
+    out = {}
+    for i in settings.layers:
+        tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=settings.d_sae, k=settings.k, seed=settings.seed + i)
+        train = SAETrainConfig(steps=settings.steps, warmup_steps=settings.steps // 10)
+        out[i], _ = train_saes(tc, train, _pairs(model, i, windows, settings))
+    return out
+
+
+class CircuitResult(NamedTuple):
+    """What ``assay circuit`` computed."""
+
+    graph: Graph
+    """The unpruned graph."""
+    document: dict
+    """The pruned graph as circuit-tracer graph JSON."""
+    replacement: float
+    """Replacement score (share of influence from token rather than error nodes)."""
+    completeness: float
+    """Completeness score."""
+    predicted: torch.Tensor
+    """Graph-predicted change of the top logit when each ablated feature is removed, [n_ablate]."""
+    measured: torch.Tensor
+    """The change measured in the real model, [n_ablate]."""
+    correlation: float
+    """Pearson correlation of predicted and measured."""
+    measured_frozen: torch.Tensor
+    """The change measured in the real model with every MLP without a transcoder held at its clean output (as
+    the graph holds its error nodes), [n_ablate]."""
+    correlation_frozen: float
+    """Pearson correlation of predicted and measured_frozen."""
+    ablated: tuple[tuple[str, int, int], ...]
+    """(basis, position, feature) of each ablated feature."""
+    memory: PromptMemory
+    """The up-front memory estimate."""
+
+
+def _check_length(model: nn.Module, n_tokens: int, s: CircuitSettings) -> PromptMemory:
+    mem = prompt_memory(model, n_tokens, s)
+    if n_tokens > mem.max_tokens:
+        raise ValueError(f"the prompt has {n_tokens} tokens and needs about {mem.need_gb:.1f} GB for its graph; the "
+                         f"{s.memory_gb:g} GB budget fits prompts up to {mem.max_tokens} tokens with graph_batch="
+                         f"{s.graph_batch}: shorten the prompt, lower graph_batch or raise memory_gb")
+    return mem
+
+
+def _predicted(graph: Graph, feature: int, token: int) -> float:
+    """The graph's linear prediction of the change of logit node ``token`` when feature node ``feature`` is set
+    to 0: the ablation propagated through feature→feature edges (each edge / its source's activation)."""
+    f_sl, lg = graph.slices()[0], graph.slices()[3]
+    a = graph.activations.to(torch.float64)
+    w = graph.adjacency[f_sl, f_sl].to(torch.float64) / a[None, :]
+    w[feature] = 0  # the ablated feature is held at 0
+    delta = torch.zeros(len(a), dtype=torch.float64)
+    delta[feature] = -a[feature]
+    delta = torch.linalg.solve(torch.eye(len(a), dtype=torch.float64) - w, delta)
+    return float(graph.adjacency[lg.start + token, f_sl].to(torch.float64) / a @ delta)
+
+
+def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: int, feat: int, act: float,
+              token_id: int, clean: float, held: dict[str, torch.Tensor]) -> float:
+    from assay import hooks
+
+    direction = act * basis.W_dec[feat]
+
+    def remove(h):
+        h = h.clone()
+        h[:, pos] -= direction.to(h.dtype)
+        return h
+
+    edits = {site: (lambda h, v=v: v.expand_as(h)) for site, v in held.items()}
+    with torch.no_grad(), hooks.patch(model, {**edits, basis.output_site: remove}):
+        logits = model(tokens[None]).logits[0, -1]
+    return float(logits[token_id] - logits.mean()) - clean
+
+
+def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[FeatureBasis], settings: CircuitSettings,
+                       *, decode: Callable[[int], str] = str, slug: str = "circuit") -> CircuitResult:
+    """Graph, pruned export and interventions of ``prompt`` [T] over ``bases`` (see the module docstring)."""
+    memory = _check_length(model, prompt.shape[0], settings)
+    cfg = GraphConfig(batch_size=settings.graph_batch, max_n_logits=settings.max_n_logits)
+    graph = attribute(model, prompt, bases, cfg, embed_site="model.embed_tokens", final_site="model.norm",
+                      unembed=model.lm_head.weight)
+    f_sl, e_sl, t_sl, _ = graph.slices()
+    n = graph.adjacency.shape[0]
+    mask = functools.partial(_mask, n)
+    scores = graph_scores(graph.adjacency, graph.logit_weights(), mask(e_sl), mask(t_sl))
+    names = [decode(int(t)) for t in prompt]
+    document = graph_json(graph, slug=slug, prompt_tokens=names, node_threshold=settings.node_threshold,
+                          edge_threshold=settings.edge_threshold)
+    inf = influence(normalize_matrix(graph.adjacency), graph.logit_weights())[f_sl]
+    order = [k for k in inf.argsort(descending=True).tolist() if settings.ablate_first or graph.features[k, 1] > 0]
+    top = order[:settings.n_ablate]
+    token_id = int(graph.logit_tokens[0])
+    from assay import hooks
+
+    error_sites = [name for name in graph.basis_names if name not in {b.name for b in bases}]
+    with torch.no_grad(), hooks.capture(model, error_sites) as cap:
+        logits = model(prompt[None]).logits[0, -1]
+    clean = float(logits[token_id] - logits.mean())
+    by_name = {b.name: b for b in bases}
+    predicted, measured, frozen, ablated = [], [], [], []
+    for k in top:
+        j, p, i = graph.features[k].tolist()
+        basis = by_name[graph.basis_names[j]]
+        predicted.append(_predicted(graph, k, 0))
+        measured.append(_measured(model, prompt, basis, p, i, float(graph.activations[k]), token_id, clean, {}))
+        frozen.append(_measured(model, prompt, basis, p, i, float(graph.activations[k]), token_id, clean,
+                                {s: cap[s] for s in error_sites}))
+        ablated.append((basis.name, p, i))
+    pred, meas, held = (torch.tensor(v, dtype=torch.float64) for v in (predicted, measured, frozen))
+    return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
+                         held, _pearson(pred, held), tuple(ablated), memory)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if len(a) > 1 else float("nan")
+
+
+def _mask(n: int, sl: slice) -> torch.Tensor:
+    m = torch.zeros(n, dtype=torch.bool)
+    m[sl] = True
+    return m
+
+
+def _transcoders(model: nn.Module, windows: torch.Tensor, settings: CircuitSettings, cache) -> dict[int, object]:
+    """Load each layer's transcoder from ``cache`` (a folder) or train the missing ones and save them there."""
+    from assay.dictionaries.registry import load_sae, save_sae
+
+    out, missing = {}, []
+    for i in settings.layers:
+        path = cache / f"layer{i}-d{settings.d_sae}-k{settings.k}-steps{settings.steps}-seed{settings.seed}"
+        if path.is_dir():
+            out[i] = load_sae(path)
+        else:
+            missing.append(i)
+    if missing:
+        trained = train_transcoders(model, windows, replace(settings, layers=tuple(missing)))
+        for i, tc in trained.items():
+            save_sae(cache / f"layer{i}-d{settings.d_sae}-k{settings.k}-steps{settings.steps}-seed{settings.seed}", tc)
+            out[i] = tc
+    return out
+
+
+def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, out_dir, *, n_windows: int = 256,
+                     window: int = 64) -> CircuitResult:
+    """Load ``model_name`` (:func:`assay.models.load`), train or load the transcoders (cached under
+    ``out_dir/transcoders``) on ``n_windows`` windows of ``window`` tokens of the bundled corpus, run
+    :func:`circuit_experiment` on ``prompt`` and write ``graph.json`` (circuit-tracer format) and the report
+    section (``section.json`` + ``report.html`` with the graph view) to ``out_dir``."""
+    import json
+    import resource
+    import time
+    from pathlib import Path
+
+    from assay import corpora
+    from assay.circuits.learned import transcoder_basis
+    from assay.models import load
+    from assay.report import Section, Table, write_section
+
+    start = time.perf_counter()
+    out = Path(out_dir)
+    loaded = load(model_name)
+    model, tok = loaded.model, loaded.tokenizer
+    ids = torch.tensor(tok(prompt).input_ids)
+    _check_length(model, len(ids), settings)  # before minutes of training
+    windows = corpora.token_windows(tok, corpora.load_corpus("bundled"), window).tokens[:n_windows]
+    t_train = time.perf_counter()
+    tcs = _transcoders(model, windows, settings, out / "transcoders")
+    train_s = time.perf_counter() - t_train
+    bases = [transcoder_basis(tcs[i], layer=i, input_site=llama_sites(i)[0], output_site=llama_sites(i)[1])
+             for i in settings.layers]
+    t_graph = time.perf_counter()
+    res = circuit_experiment(model, ids, bases, settings, decode=lambda t: tok.decode([t]), slug="circuit")
+    graph_s = time.perf_counter() - t_graph
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "graph.json").write_text(json.dumps(res.document, indent=1))
+    g = res.graph
+    rows = [(f"{b}@{p}#{f}", pr, me, fr) for (b, p, f), pr, me, fr in
+            zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(), strict=True)]
+    top = tok.decode([int(g.logit_tokens[0])])
+    notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; transcoders (TopK, d_sae={settings.d_sae}, "
+             f"k={settings.k}, {settings.steps} steps) on MLPs {list(settings.layers)}, the other MLPs are error nodes.",
+             f"{g.n_features} active features, {g.adjacency.shape[0]} nodes; replacement {res.replacement:.3f}, "
+             f"completeness {res.completeness:.3f}.",
+             f"Interventions: each of the {len(rows)} most influential features removed from its MLP output in the real "
+             f"model; change of the {top!r} logit (minus the mean logit) against the graph's linear prediction: "
+             f"Pearson r = {res.correlation:.3f}; with the MLPs without a transcoder held at their clean outputs (as "
+             f"the graph's error nodes are) r = {res.correlation_frozen:.3f}.",
+             f"Memory: estimated {res.memory.need_gb:.2f} GB for the graph (budget {settings.memory_gb:g} GB, prompts up "
+             f"to {res.memory.max_tokens} tokens); measured process peak {peak_gb:.2f} GB. Wall time: "
+             f"{time.perf_counter() - start:.0f} s (transcoders {train_s:.0f} s, graph and interventions {graph_s:.0f} s).")
+    section = Section(title=f"Attribution graph: {model_name}, {prompt!r}", notes=notes, graphs=[res.document],
+                      tables=[Table("Feature ablations: predicted vs measured logit change",
+                                    ["feature (site@position#index)", "predicted", "measured",
+                                     "measured, other MLPs held"], rows)])
+    write_section(out, section)
+    return res

@@ -1,0 +1,120 @@
+"""Frozen attention patterns and RMSNorm scales for Hugging Face decoders (Llama, SmolLM2, Qwen2, Mistral ...).
+
+The local replacement model of Ameisen et al. 2025, "Circuit Tracing: Revealing Computational Graphs in
+Language Models" (circuit-tracer's ``_configure_gradient_flow``) freezes every attention pattern and every
+norm's denominator at its value on the prompt. Hugging Face attention modules have no pattern site: they
+call a function from transformers' ``AttentionInterface`` chosen by ``config._attn_implementation``.
+:func:`eager_patterns` runs the model with eager attention and keeps each ``*.self_attn`` module's
+softmax weights; :func:`frozen_patterns` registers an attention function that returns ``pattern @ V``
+for those weights, so attention is linear in its input. An RMSNorm ``y = w ⊙ x / sqrt(mean(x²) + ε)``
+is frozen as ``w ⊙ x / r`` with ``r`` its clean denominator per position (:func:`rms_denominator`,
+:func:`frozen_rms`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+__all__ = ["FROZEN_ATTENTION", "is_rms_norm", "rms_denominator", "frozen_rms", "hf_attention_sites",
+           "eager_patterns", "frozen_patterns"]
+
+FROZEN_ATTENTION = "assay_frozen_pattern"
+"""Name under which the frozen-pattern attention function is registered in transformers' AttentionInterface."""
+
+_FROZEN: dict[int, torch.Tensor] = {}  # id(attention module) -> its frozen pattern [1, heads, T, T], while frozen
+
+
+def is_rms_norm(module: nn.Module) -> bool:
+    """True for ``torch.nn.RMSNorm`` and Hugging Face ``*RMSNorm`` modules."""
+    return isinstance(module, nn.RMSNorm) or type(module).__name__.endswith("RMSNorm")
+
+
+def _eps(module: nn.Module, dtype: torch.dtype) -> float:
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    return torch.finfo(dtype).eps if eps is None else float(eps)
+
+
+def rms_denominator(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``sqrt(mean(x²) + ε)`` over the last dimension of the norm's input ``x``, [..., 1]."""
+    return (x.pow(2).mean(-1, keepdim=True) + _eps(module, x.dtype)).sqrt()
+
+
+def frozen_rms(module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """The RMSNorm with its denominator frozen at ``r``: ``w ⊙ x / r`` (linear in ``x``)."""
+    y = x / r
+    weight = getattr(module, "weight", None)
+    return y * weight if weight is not None else y
+
+
+def hf_attention_sites(model: nn.Module) -> tuple[str, ...]:
+    """The ``*.self_attn`` modules of a Hugging Face model (those with a ``layer_idx``); empty for others."""
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) is None:
+        return ()
+    return tuple(name for name, m in model.named_modules() if name.endswith("self_attn") and hasattr(m, "layer_idx"))
+
+
+@contextmanager
+def _attention(model: nn.Module, implementation: str) -> Iterator[None]:
+    config = model.config
+    saved = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
+
+
+@contextmanager
+def eager_patterns(model: nn.Module, sites: tuple[str, ...]) -> Iterator[dict[str, torch.Tensor]]:
+    """Run forward passes inside the block with eager attention; yields ``site -> pattern`` [B, heads, T, T]
+    (the softmax weights each attention module returned in the last pass)."""
+    out: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make(site):
+        def hook(module, args, output):
+            if not isinstance(output, tuple) or len(output) < 2 or not isinstance(output[1], torch.Tensor):
+                raise TypeError(f"{site!r} returned no attention weights under eager attention; freezing its "
+                                "pattern needs an attention module returning (output, weights)")
+            out[site] = output[1].detach()
+        return hook
+
+    try:
+        for site in sites:
+            handles.append(model.get_submodule(site).register_forward_hook(make(site)))
+        if sites:
+            with _attention(model, "eager"):
+                yield out
+        else:
+            yield out
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _frozen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """AttentionInterface function: ``pattern @ V`` with the module's frozen pattern (Q, K and the mask unused)."""
+    pattern = _FROZEN[id(module)]
+    groups = getattr(module, "num_key_value_groups", 1)
+    v = value.repeat_interleave(groups, dim=1) if groups > 1 else value  # transformers' repeat_kv
+    return (pattern.to(v.dtype) @ v).transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def frozen_patterns(model: nn.Module, patterns: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Inside the block every attention module in ``patterns`` applies its given pattern [1, heads, T, T]."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(FROZEN_ATTENTION, _frozen_attention)
+    modules = {id(model.get_submodule(site)): p for site, p in patterns.items()}
+    _FROZEN.update(modules)
+    try:
+        with _attention(model, FROZEN_ATTENTION):
+            yield
+    finally:
+        for k in modules:
+            _FROZEN.pop(k, None)

@@ -1,0 +1,94 @@
+"""``assay circuit``'s experiment on a tiny random Llama: transcoders trained on live activations, the graph with a
+partial transcoder set, the memory check and the interventions' linear prediction (against the replacement
+model run by hand)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from assay.bench.circuit_real import CircuitSettings, circuit_experiment, llama_sites, train_transcoders
+from assay.circuits.graph.replacement import LocalReplacement
+from assay.circuits.learned import transcoder_basis
+from tests.test_circuits_llama import KW, T, exact_transcoder, tiny_llama
+
+SETTINGS = CircuitSettings(layers=(1,), d_sae=32, k=4, steps=30, rows=64, graph_batch=16, max_n_logits=3, n_ablate=5)
+
+
+def test_trained_transcoders_give_a_graph_whose_logit_rows_sum_to_the_model():
+    model = tiny_llama()
+    windows = torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3))
+    tcs = train_transcoders(model.float(), windows, SETTINGS)
+    model.double()
+    inp, out = llama_sites(1)
+    bases = [transcoder_basis(tcs[1], layer=1, input_site=inp, output_site=out)]
+    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    res = circuit_experiment(model, prompt, bases, SETTINGS)
+    g = res.graph
+    assert g.basis_names == ("model.layers.1.mlp", "model.layers.0.mlp")  # layer 0: an error node per position
+    lg = g.slices()[3]
+    with torch.no_grad():
+        logits = model(prompt[None]).logits[0, -1]
+    summed = g.adjacency[lg].sum(1) + g.constants[lg]
+    assert torch.allclose(summed, logits[g.logit_tokens] - logits.mean(), atol=1e-5)
+    assert {n["feature_type"] for n in res.document["nodes"]} >= {"embedding", "logit"}
+    assert len(res.predicted) == len(res.measured) == len(res.measured_frozen) == min(SETTINGS.n_ablate, int((g.features[:, 1] > 0).sum()))
+    assert all(p > 0 for _, p, _ in res.ablated)  # the BOS position is left out
+    assert -1.0 <= res.correlation <= 1.0
+
+
+def test_predicted_ablation_equals_the_replacement_model_propagated_by_hand():
+    """With exact transcoders, ablating a feature in the local replacement model and letting every active downstream
+    feature follow its (linear) pre-activation moves the top logit by exactly the graph's prediction."""
+    from assay.bench.circuit_real import _predicted
+
+    model = tiny_llama()
+    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    bases = [exact_transcoder(model, i) for i in (0, 1)]
+    res = circuit_experiment(model, prompt, bases, SETTINGS)
+    g = res.graph
+    rep = LocalReplacement(model, prompt, bases, unembed=model.lm_head.weight, **KW)
+    u = (model.lm_head.weight[g.logit_tokens[0]] - model.lm_head.weight.mean(0)).detach()
+    errs = [e[None] for e in rep.errors]
+    for k in range(0, g.n_features, max(1, g.n_features // 6)):
+        j0, p0, i0 = g.features[k].tolist()
+        acts = [a[None].clone() for a in rep.acts]
+        active = [a > 0 for a in acts]
+        with torch.no_grad():
+            for _ in range(len(bases) + 1):
+                acts[j0][0, p0, i0] = 0
+                pres, final = rep.run(rep.emb[None], acts, errs)
+                acts = [torch.where(m, p, a) for m, p, a in zip(active, pres, acts, strict=True)]
+            acts[j0][0, p0, i0] = 0
+            _, final = rep.run(rep.emb[None], acts, errs)
+            _, clean = rep.run(rep.emb[None], [a[None] for a in rep.acts], errs)
+        expected = float((final[0, -1] - clean[0, -1]) @ u)
+        assert _predicted(g, k, 0) == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_prompt_longer_than_the_memory_budget_is_refused_saying_what_fits():
+    model = tiny_llama()
+    small = CircuitSettings(layers=(1,), d_sae=32, k=4, memory_gb=0.001)
+    prompt = torch.zeros(400, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"fits prompts up to \d+ tokens"):
+        circuit_experiment(model, prompt, [], small)
+
+
+def test_the_section_draws_the_exported_graph(tmp_path):
+    from assay.report import Section, read_section, write_section
+
+    model = tiny_llama()
+    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    res = circuit_experiment(model, prompt, [exact_transcoder(model, 1)], SETTINGS)
+    write_section(tmp_path, Section(title="graph", graphs=[res.document]))
+    assert read_section(tmp_path).graphs[0]["metadata"]["prompt_tokens"] == [str(int(t)) for t in prompt]
+    page = (tmp_path / "report.html").read_text()
+    assert 'class="graphview"' in page and f'{len(res.document["nodes"])} nodes' in page
+
+
+def test_the_command_refuses_bad_settings():
+    from assay.cli.circuit import CircuitCommand
+    from assay.config import ConfigError
+
+    with pytest.raises(ConfigError, match="exceeds d_sae"):
+        CircuitCommand(d_sae=8, k=16)
