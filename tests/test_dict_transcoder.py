@@ -101,6 +101,19 @@ def test_sparsify_recipe_decoder_starts_at_zero_and_is_never_renormalised():
         assert reconstruction_metrics(y, tc.transcode(x)).fvu < 0.9  # it learns from the zero start
 
 
+def test_decoder_bias_off_holds_b_dec_at_zero_through_training_and_saving(tmp_path):
+    x, y, _ = _planted(n=2000)
+    tc = build_sae("topk_transcoder", d_in=32, d_out=12, d_sae=64, k=4, decoder_bias=False)
+    assert "b_dec" not in dict(tc.named_parameters()) and "b_dec" in tc.state_dict()
+    trained, _ = train_saes(tc, SAETrainConfig(steps=60, lr=3e-3, warmup_steps=5), _pairs(x, y, 60))
+    assert torch.equal(trained.b_dec, torch.zeros(12))  # no median init, no gradient step, folding keeps 0
+    with torch.no_grad():
+        assert reconstruction_metrics(y, trained.transcode(x)).fvu < 0.9
+    back = load_sae(save_sae(tmp_path / "tc", trained))
+    assert not back.cfg.decoder_bias and torch.equal(back.b_dec, torch.zeros(12))
+    torch.testing.assert_close(back.transcode(x[:8]), trained.transcode(x[:8]))
+
+
 def test_fold_scales_maps_raw_inputs_to_raw_outputs():
     tc = build_sae("jumprelu_transcoder", d_in=8, d_out=5, d_sae=20, skip=True, seed=2)
     g = torch.Generator().manual_seed(0)

@@ -121,10 +121,8 @@ def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
         raise ValueError(f"layers {bad} do not exist: the model has {model.config.n_layers}")
     out = {}
     for i in sorted(layers):
-        tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=cfg.d_sae, k=cfg.k, seed=cfg.seed + i)
-        if cfg.zero_decoder_bias:
-            tc.median_init = False  # b_dec stays at its initial 0 ...
-            tc.b_dec.requires_grad_(False)  # ... and gets no gradient, so the optimizer never moves it
+        tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=cfg.d_sae, k=cfg.k, seed=cfg.seed + i,
+                       decoder_bias=not cfg.zero_decoder_bias)
         train = SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.steps // 10)
         out[i], _ = train_saes(tc, train, _pairs(model, i, inputs, cfg))
     return out

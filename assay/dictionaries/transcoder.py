@@ -48,6 +48,10 @@ class TranscoderFields:
     unit_decoder: bool = True
     """Random unit-norm atoms kept at unit norm (§1.2 of the dictionaries spec); False: sparsify's transcoder
     recipe — W_dec starts at zero and is never renormalised."""
+    decoder_bias: bool = True
+    """Learn b_dec (geometric-median init). False: b_dec is held at 0 (a buffer, not trained), so each decoder
+    row carries a whole output value rather than an offset from a shared bias — what matching features to
+    known variables needs (docs/circuits.md, acceptance check A4)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]
@@ -82,7 +86,11 @@ class TranscoderMixin(SAE):
         g = torch.Generator().manual_seed(cfg.seed + 1)
         w_dec = unit_rows(torch.randn(n, d_out, generator=g)) if cfg.unit_decoder else torch.zeros(n, d_out)
         self.W_dec = nn.Parameter(w_dec)
-        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        del self.b_dec
+        if cfg.decoder_bias:
+            self.b_dec = nn.Parameter(torch.zeros(d_out))
+        else:
+            self.register_buffer("b_dec", torch.zeros(d_out))
         if cfg.skip:
             self.W_skip = nn.Parameter(torch.zeros(d_out, d_in))
 
@@ -112,11 +120,12 @@ class TranscoderMixin(SAE):
 
     @torch.no_grad()
     def init_from_batch(self, x: Tensor, target: Tensor | None = None) -> None:
-        """b_enc = −mean(x) W_enc (sparsify); b_dec = geometric median of the targets y."""
+        """b_enc = −mean(x) W_enc (sparsify); b_dec = geometric median of the targets y (if learned)."""
         if target is None:
             raise ValueError(f"a transcoder initialises from (input, output) pairs; got no output batch "
                              f"(train it with output_site= / (x, y) batches, d_out={self.d_out})")
-        super().init_from_batch(x, target)
+        if self.cfg.decoder_bias:
+            super().init_from_batch(x, target)
         self.b_enc.copy_(-(x.float().mean(0) @ self.W_enc.float()).to(self.b_enc.dtype))
 
     @torch.no_grad()
