@@ -98,6 +98,10 @@ def test_cache_resume_section_and_plots(tmp_path, monkeypatch):
     assert sec.title.startswith("Attribution bench")
     (table,) = sec.tables
     assert table.columns[:2] == ["method", "level"] and table.columns[2:] == list(FAMILY.metrics)
+    for r in res.runs:  # DiET's metrics (mask IoU, keep-top-1/p) are reported for every method
+        if r["metrics"]:
+            assert {"mask_iou", *(f"keep_top_{p}_accuracy" for p in (10, 20, 50, 100))} <= set(r["metrics"])
+            assert 0 <= r["metrics"]["mask_iou"] <= 1
     assert sorted(r[0] for r in table.rows) == ["gradient", "integrated_gradients", "integrated_gradients", "random"]
     masses = [float(r[2].split()[0]) for r in table.rows]
     assert masses == sorted(masses, reverse=True)
@@ -216,3 +220,21 @@ def test_lfa_fidelity_report_ranks_the_surrogate_that_matches_the_neighbourhood(
     # masks gradient 0.0236, input×gradient 0.0016, occlusion 0.0013, random 23.3
     assert g["gradient"] < g["input_x_gradient"] / 100 and g["gradient"] < g["occlusion"] / 100, g
     assert m["input_x_gradient"] < m["gradient"] / 5 and m["occlusion"] < m["gradient"] / 5, m
+
+
+def test_robust_world_fine_tunes_a_pgd_copy(tmp_path, monkeypatch):
+    """``robust_eps`` in a world spec explains a PGD-fine-tuned copy of the classifier (its own accuracy); a
+    negative ε fails before any work."""
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "models"))
+    settings = AttributionSettings(**TINY, robust_n_train=200, robust_epochs=1, robust_steps=2)
+    res = run_family(FAMILY, worlds=("tabular", "tabular:robust_eps=0.3"), methods=("gradient",), seeds=(0,),
+                     settings=settings, out_dir=tmp_path / "out", report=False)
+    acc = {r["world"]: r["metrics"]["model_accuracy"] for r in res.runs}
+    grad = {r["world"]: r["metrics"]["mask_iou"] for r in res.runs}
+    assert set(acc) == {"tabular", "tabular:robust_eps=0.3"} and acc["tabular"] != acc["tabular:robust_eps=0.3"]
+    assert grad["tabular"] != grad["tabular:robust_eps=0.3"]  # a different model explained
+    with pytest.raises(ConfigError, match="robust_eps must be"):
+        run_family(FAMILY, worlds=("tabular:robust_eps=-1",), methods=("gradient",), seeds=(0,), settings=settings,
+                   out_dir=tmp_path / "bad", report=False)
+    with pytest.raises(ConfigError, match="robust_epochs"):
+        AttributionSettings(robust_epochs=0)

@@ -67,11 +67,18 @@ WORLD_NAMES = ("digits", "tabular")
 METHOD_NAMES = (*METHODS, "diet", "random")
 """The registry's methods, DiET, and the chance-level control."""
 
-SUMMARY_METRICS = ("relevance_mass", "pointing_game", "top_k_precision", "rank_correlation", "deletion_auc",
-                   "faithfulness_correlation", "randomisation_spearman", "least_salient_accuracy",
-                   "least_salient_change", "gan_test_accuracy")
-"""Columns of the summary table: ground-truth agreement (4), faithfulness (2), the sanity check (1), the
+SUMMARY_METRICS = ("relevance_mass", "pointing_game", "top_k_precision", "rank_correlation", "mask_iou",
+                   "deletion_auc", "faithfulness_correlation", "keep_top_10_accuracy", "keep_top_50_accuracy",
+                   "randomisation_spearman", "least_salient_accuracy", "least_salient_change", "gan_test_accuracy")
+"""Columns of the summary table: ground-truth agreement (5), faithfulness (4), the sanity check (1), the
 unfaithfulness tests (3)."""
+
+KEEP_TOP_P = (10, 20, 50, 100)
+"""Keep-top-1/p: the shares 1/p of the features kept (DiET §6); each gives a ``keep_top_<p>_accuracy`` metric."""
+
+KEEP_TOP_COLOUR_SCALE = 0.1
+"""Keep-top-1/p fills removed pixels with DiET's random colour at this share of its σ (the paper's evaluation);
+tabular features are set to 0."""
 
 LEAST_SALIENT_FILL = {"digits": 0.5, "tabular": 0.0}
 """Value of removed features in the least-salient test: the paper's grey on images, the deletion baseline on
@@ -128,6 +135,12 @@ class AttributionSettings:
     """Training epochs of the classifier; None: the zoo recipe's."""
     hidden: tuple[int, ...] = ()
     """Conv channels (digits) or hidden widths (tabular) of the classifier; empty: the zoo recipe's."""
+    robust_epochs: int = 2
+    """Epochs of PGD adversarial fine-tuning for a world spec with ``robust_eps`` > 0."""
+    robust_steps: int = 5
+    """PGD steps per adversarial example of that fine-tuning."""
+    robust_n_train: int = 2_000
+    """Training examples (train split, the classifier's seed) of that fine-tuning."""
     gan_samples: int = 10
     """Samples of the GAN-test per method (targets cycle through the classes; images only); 0: no GAN-test."""
     gan_steps: int = 20
@@ -144,6 +157,8 @@ class AttributionSettings:
     def __post_init__(self) -> None:
         if self.n_examples < 1 or self.deletion_steps < 1 or self.faithfulness_runs < 3:
             raise ConfigError("n_examples and deletion_steps must be ≥ 1 and faithfulness_runs ≥ 3")
+        if min(self.robust_epochs, self.robust_steps, self.robust_n_train) < 1:
+            raise ConfigError("robust_epochs, robust_steps and robust_n_train must be ≥ 1")
         if self.gan_samples < 0 or self.gan_steps < 1:
             raise ConfigError("gan_samples must be ≥ 0 (0: no GAN-test) and gan_steps ≥ 1")
         check_choice("output", self.output, get_args(OutputKind))
@@ -321,6 +336,26 @@ def _world_parts(name: str, kw: dict[str, Any]) -> tuple[Any, Any]:
         raise ConfigError(f"world {name!r}: {e}") from None
 
 
+def robust_classifier(wc: Any, held_out: Any, eps: float, settings: AttributionSettings, recipe: Any, seed: int, *,
+                      image: bool) -> Any:
+    """A copy of the world classifier ``wc`` fine-tuned by PGD adversarial training (Madry et al. 2018,
+    :func:`assay.robustness.adversarial.adversarial_fit`; L∞ ball ``eps``, pixels kept in [0, 1]) for the
+    robust-vs-standard comparison of DiET (Bhalla, Srinivas & Lakkaraju 2023), with its held-out accuracy on the
+    zoo's test draw."""
+    import copy
+
+    from assay.models.fit import accuracy
+    from assay.robustness.adversarial import adversarial_fit
+    from assay.worlds.base import make_generator
+
+    train = wc.world.sample(settings.robust_n_train, generator=make_generator(seed))
+    model = adversarial_fit(copy.deepcopy(wc.model), train.inputs, train.targets, eps=eps, steps=settings.robust_steps,
+                            epochs=settings.robust_epochs, batch_size=recipe.batch_size, lr=1e-3,
+                            bounds=(0.0, 1.0) if image else None, seed=seed)
+    test = held_out.sample(recipe.n_test, generator=make_generator(seed + 10_000))
+    return wc._replace(model=model, test_accuracy=accuracy(model, test.inputs, test.targets), trained=True)
+
+
 def prepare_world(world: str, seed: int, settings: AttributionSettings) -> PreparedWorld:
     """Train (or load) the world's classifier and draw ``n_examples`` correctly classified held-out examples."""
     from assay.models.classifier_zoo import RECIPES, world_classifier
@@ -328,11 +363,16 @@ def prepare_world(world: str, seed: int, settings: AttributionSettings) -> Prepa
 
     name, kw = parse_world_spec(world, WORLD_NAMES)
     top_k = int(kw.pop("top_k", TOP_K[name]))
+    robust_eps = float(kw.pop("robust_eps", 0.0))
+    if not robust_eps >= 0:
+        raise ConfigError(f"world {world!r}: robust_eps must be ≥ 0 (0: the standard classifier), got {robust_eps}")
     world_config, held_out = _world_parts(name, kw)
     budget = {"n_train": settings.n_train, "epochs": settings.epochs, "hidden": settings.hidden or None}
     recipe = dataclasses.replace(RECIPES[name], **{k: v for k, v in budget.items() if v is not None})
     model_seed = settings.model_seed + (seed if settings.model_per_seed else 0)
     wc = world_classifier(name, world_config=world_config, recipe=recipe, seed=model_seed)
+    if robust_eps > 0:
+        wc = robust_classifier(wc, held_out, robust_eps, settings, recipe, model_seed, image=name == "digits")
     g = make_generator(EXAMPLE_SEED + seed)
     xs, masks, ys = [], [], []
     n, draws = settings.n_examples, 0
@@ -370,13 +410,14 @@ def score_method(ex: Explainer, world: PreparedWorld, settings: AttributionSetti
     setting also its LFA loss there."""
     from assay.evaluate.attribution_agreement import (
         importance_map,
+        mask_iou,
         pointing_game,
         rank_correlation,
         relevance_mass,
         top_k_precision,
     )
     from assay.evaluate.attribution_sanity import model_randomisation
-    from assay.evaluate.faithfulness import faithfulness_correlation, perturbation_curve
+    from assay.evaluate.faithfulness import faithfulness_correlation, keep_top, perturbation_curve
     from assay.evaluate.unfaithfulness import least_salient_removal
 
     model, x, mask, t = world.model, world.x, world.mask, world.target
@@ -391,7 +432,10 @@ def score_method(ex: Explainer, world: PreparedWorld, settings: AttributionSetti
                                  generator=torch.Generator().manual_seed(42 + seed))
     least = least_salient_removal(model, x, a, t, baseline=LEAST_SALIENT_FILL[world.name],
                                   generator=torch.Generator().manual_seed(seed), output="probability")
+    kept = keep_top(model, x, a, t, p=KEEP_TOP_P, baseline=_keep_top_fill(x, seed), output="probability")
     out = {"relevance_mass": float(mass.mean()), "pointing_game": float(pointing_game(m, mask).double().mean()),
+           "mask_iou": float(mask_iou(m, mask).mean()),
+           **{f"keep_top_{p}_accuracy": float(c) for p, c in zip(kept.p, kept.correct.double().mean(0))},
            "top_k_precision": float(top_k_precision(m, mask, world.top_k).mean()),
            "rank_correlation": float(rank_correlation(m, mask).nanmean()), "deletion_auc": float(curve.auc.mean()),
            "faithfulness_correlation": float(fc.nanmean()),
@@ -402,6 +446,17 @@ def score_method(ex: Explainer, world: PreparedWorld, settings: AttributionSetti
     if settings.neighbourhood:
         out.update(_lfa_metrics(values, ex.group_size, world, settings, seed))
     return out
+
+
+def _keep_top_fill(x: torch.Tensor, seed: int) -> torch.Tensor | float:
+    """The keep-top-1/p fill: DiET's random colour per image (σ × :data:`KEEP_TOP_COLOUR_SCALE`) on images, 0 on
+    tabular features."""
+    if x.dim() != 4:
+        return 0.0
+    from assay.attribution.diet import DietConfig, random_colour
+
+    return random_colour(x.shape[0], DietConfig(), torch.Generator().manual_seed(seed), scale=KEEP_TOP_COLOUR_SCALE,
+                         dtype=x.dtype)
 
 
 def _lfa_metrics(values: torch.Tensor, group_size: torch.Tensor | None, world: PreparedWorld,
@@ -514,9 +569,11 @@ class AttributionFamily:
                  f"seed; explained output {s.output}; classifier seed {s.model_seed}"
                  f"{' + the bench seed' if s.model_per_seed else ''}.",
                  "Ground-truth agreement: relevance mass (share of |φ| inside the signal mask; chance = the mask's "
-                 "area), pointing game, top-k precision and rank correlation with the mask. Faithfulness: deletion "
-                 "AUC (probability as features are removed in map order; lower is better), faithfulness "
-                 "correlation. Sanity: Spearman of the maps before and after cascading randomisation of the "
+                 "area), pointing game, top-k precision, rank correlation with the mask, and mask IoU (DiET §6: "
+                 "IoU of the map's top-|mask| features with the mask). Faithfulness: deletion AUC (probability as "
+                 "features are removed in map order; lower is better), faithfulness correlation, and keep-top-1/p "
+                 "accuracy (DiET §6: only the top 1/p of the features kept, the rest filled with DiET's random "
+                 "colour at 0.1 σ on images, 0 on tabular; p = 10 and 50 shown, 20 and 100 in the runs). Sanity: Spearman of the maps before and after cascading randomisation of the "
                  "classifier's layers (lower: the map depends on the learnt weights; the random control stays at "
                  "1).",
                  "Unfaithfulness (Srinivas & Fleuret 2021): least-salient accuracy and change are the classifier's "
