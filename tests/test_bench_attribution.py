@@ -238,3 +238,17 @@ def test_robust_world_fine_tunes_a_pgd_copy(tmp_path, monkeypatch):
                    out_dir=tmp_path / "bad", report=False)
     with pytest.raises(ConfigError, match="robust_epochs"):
         AttributionSettings(robust_epochs=0)
+
+
+def test_robust_model_makes_gradient_maps_pass_keep_top(tmp_path, zoo_cache):
+    """DiET's robust-vs-standard claim, the half that reproduces: keep-top-1/10 accuracy of IG on the zoo's digits
+    classifier vs its PGD-fine-tuned copy (ε = 0.05, 2 epochs on 2,000 digits). Measured (32 digits, seeds 0–2):
+    IG 0.281 → 0.854, gradient 0.281 → 0.625, random 0.115 → 0.198; at seed 0 with 16 digits IG 0.312 → 0.875,
+    random 0.125 → 0.312. Mask IoU does not rise (IG 0.508 → 0.532, gradient 0.479 → 0.400; docs/attribution.md)."""
+    res = run_family(FAMILY, worlds=("digits", "digits:robust_eps=0.05"), seeds=(0,), out_dir=tmp_path, report=False,
+                     methods=("integrated_gradients:steps=16", "random"),
+                     settings=AttributionSettings(n_examples=16, gan_samples=0, faithfulness_runs=3, plots=False))
+    keep = {(r["world"], r["method"]): r["metrics"]["keep_top_10_accuracy"] for r in res.runs}
+    gain_ig = keep[("digits:robust_eps=0.05", "integrated_gradients")] - keep[("digits", "integrated_gradients")]
+    gain_random = keep[("digits:robust_eps=0.05", "random")] - keep[("digits", "random")]
+    assert gain_ig > 0.3 and gain_ig > gain_random + 0.2, keep

@@ -8,6 +8,9 @@ Every method explains the same correctly classified held-out examples of a world
   Neural Attention by Excitation Backprop"), top-k precision and rank correlation with the binary mask
   (OpenXAI's feature agreement and RC, Krishna et al. 2022, "The Disagreement Problem in Explainable
   Machine Learning");
+* **DiET's metrics** (Bhalla, Srinivas & Lakkaraju 2023, §6): mask IoU (the map's top-|mask| features against
+  the signal mask) and keep-top-1/p accuracy (only the top 1/p of the features kept, p ∈ {10, 20, 50, 100},
+  the rest filled with DiET's random colour at 0.1 σ; 0 on tabular);
 * **faithfulness**: deletion AUC (Petsiuk, Das & Saenko 2018, "RISE"; lower is better) and faithfulness
   correlation (Bhatt, Weller & Moura 2020);
 * **sanity**: the cascading model-parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for
@@ -27,7 +30,10 @@ Every method explains the same correctly classified held-out examples of a world
 
 Worlds: ``digits`` (signal–distractor digits after DiET's Hard-MNIST, :mod:`assay.worlds.digits`; the
 mask is the signal digit's pixels) and ``tabular`` (OpenXAI's Gaussian clusters,
-:mod:`assay.worlds.tabular`; the mask is the point's cluster's signal features). Methods: every method of
+:mod:`assay.worlds.tabular`; the mask is the point's cluster's signal features). A world spec key ``robust_eps=ε``
+(e.g. ``digits:robust_eps=0.05``) explains a copy of the classifier fine-tuned by L∞ PGD adversarial training
+(:func:`robust_classifier`; budget in the settings' ``robust_*`` fields): listed beside the plain world, it is
+DiET's robust-vs-standard comparison. Methods: every method of
 the attribution registry (:data:`assay.attribution.registry.METHODS`), DiET (Bhalla, Srinivas &
 Lakkaraju 2023, "Discriminative Feature Attributions", :mod:`assay.attribution.diet`: its mask, learnt
 with a tuned copy of the model, is the map) and ``random``, a map that ignores the model (chance).
