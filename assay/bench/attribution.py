@@ -42,7 +42,8 @@ Maps are one importance per feature (Σ_c |φ_c| per pixel). The metrics are tho
 :mod:`assay.evaluate.attribution_sanity`, :mod:`assay.evaluate.unfaithfulness` and
 :mod:`assay.evaluate.local_fidelity`.
 
-Outputs beside the runner's tables: ``plots/truth_vs_sanity_<world>.{png,svg}`` (relevance mass against
+Outputs beside the runner's tables: ``plots/keep_top.{png,svg}`` (keep-top-1/p accuracy over p, a panel per
+world) and ``plots/truth_vs_sanity_<world>.{png,svg}`` (relevance mass against
 the randomisation Spearman, one point per method with its interval; good methods sit bottom right).
 """
 
@@ -569,6 +570,9 @@ class AttributionFamily:
                 path = result.out_dir / "plots" / f"truth_vs_sanity_{_slug(world)}"
                 plots.append(Plot(f"{world}: relevance mass vs randomisation Spearman",
                                   _truth_vs_sanity(mine.summary, world, chance, path)))
+        if result.settings.plots and any(s["metric"] == "keep_top_10_accuracy" and s["n"] for s in result.summary):
+            plots.append(Plot("keep-top-1/p accuracy (DiET §6) per world and method",
+                              _keep_top_plot(result.summary, result.out_dir / "plots" / "keep_top")))
         s = result.settings
         skipped = sorted({f"{r['method']} on {r['world']}" for r in result.runs if not r["metrics"]})
         notes = [f"{len(result.runs)} runs; {s.n_examples} correctly classified held-out examples per world and "
@@ -631,6 +635,34 @@ def _mean(summary: list[dict[str, Any]], metric: str) -> float:
 
 def _slug(world: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in world)
+
+
+def _keep_top_plot(summary: list[dict[str, Any]], path: Path) -> Path:
+    """Keep-top-1/p accuracy over p (one panel per world, one line per method level, 95% intervals over seeds).
+    Saved as PNG and SVG; returns the SVG."""
+    from assay.report import new_figure, save_figure
+
+    idx = {(s["world"], s["method"], s["level"], s["metric"]): s for s in summary if s["n"]}
+    worlds = list(dict.fromkeys(k[0] for k in idx))
+    fig = new_figure((4.2 * len(worlds), 3.6))
+    axes = fig.subplots(1, len(worlds), squeeze=False, sharey=True)[0]
+    for ax, world in zip(axes, worlds):
+        for meth, lev in dict.fromkeys((k[1], k[2]) for k in idx if k[0] == world):
+            pts = [(p, idx[(world, meth, lev, f"keep_top_{p}_accuracy")]) for p in KEEP_TOP_P
+                   if (world, meth, lev, f"keep_top_{p}_accuracy") in idx]
+            if pts:
+                ax.errorbar([p for p, _ in pts], [v["mean"] for _, v in pts], fmt="o-", ms=3, capsize=2,
+                            yerr=[[v["mean"] - v["ci_low"] for _, v in pts], [v["ci_high"] - v["mean"] for _, v in pts]],
+                            label=meth if lev == "default" else f"{meth} {lev}")
+        ax.set_xscale("log")
+        ax.set_xticks(list(KEEP_TOP_P), [f"1/{p}" for p in KEEP_TOP_P])
+        ax.minorticks_off()
+        ax.set_xlabel("share of features kept")
+        ax.set_title(world, fontsize=9)
+    axes[0].set_ylabel("accuracy with only the top 1/p kept")
+    axes[-1].legend(fontsize=7)
+    save_figure(fig, path.with_suffix(".png"), dpi=110, tight=True)
+    return save_figure(fig, path.with_suffix(".svg"), tight=True)
 
 
 def _truth_vs_sanity(summary: list[dict[str, Any]], world: str, chance: float, path: Path) -> Path:
