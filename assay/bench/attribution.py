@@ -8,6 +8,9 @@ Every method explains the same correctly classified held-out examples of a world
   Neural Attention by Excitation Backprop"), top-k precision and rank correlation with the binary mask
   (OpenXAI's feature agreement and RC, Krishna et al. 2022, "The Disagreement Problem in Explainable
   Machine Learning");
+* **DiET's metrics** (Bhalla, Srinivas & Lakkaraju 2023, §6): mask IoU (the map's top-|mask| features against
+  the signal mask) and keep-top-1/p accuracy (only the top 1/p of the features kept, p ∈ {10, 20, 50, 100},
+  the rest filled with DiET's random colour at 0.1 σ; 0 on tabular);
 * **faithfulness**: deletion AUC (Petsiuk, Das & Saenko 2018, "RISE"; lower is better) and faithfulness
   correlation (Bhatt, Weller & Moura 2020);
 * **sanity**: the cascading model-parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for
@@ -27,7 +30,10 @@ Every method explains the same correctly classified held-out examples of a world
 
 Worlds: ``digits`` (signal–distractor digits after DiET's Hard-MNIST, :mod:`assay.worlds.digits`; the
 mask is the signal digit's pixels) and ``tabular`` (OpenXAI's Gaussian clusters,
-:mod:`assay.worlds.tabular`; the mask is the point's cluster's signal features). Methods: every method of
+:mod:`assay.worlds.tabular`; the mask is the point's cluster's signal features). A world spec key ``robust_eps=ε``
+(e.g. ``digits:robust_eps=0.05``) explains a copy of the classifier fine-tuned by L∞ PGD adversarial training
+(:func:`robust_classifier`; budget in the settings' ``robust_*`` fields): listed beside the plain world, it is
+DiET's robust-vs-standard comparison. Methods: every method of
 the attribution registry (:data:`assay.attribution.registry.METHODS`), DiET (Bhalla, Srinivas &
 Lakkaraju 2023, "Discriminative Feature Attributions", :mod:`assay.attribution.diet`: its mask, learnt
 with a tuned copy of the model, is the map) and ``random``, a map that ignores the model (chance).
@@ -36,7 +42,8 @@ Maps are one importance per feature (Σ_c |φ_c| per pixel). The metrics are tho
 :mod:`assay.evaluate.attribution_sanity`, :mod:`assay.evaluate.unfaithfulness` and
 :mod:`assay.evaluate.local_fidelity`.
 
-Outputs beside the runner's tables: ``plots/truth_vs_sanity_<world>.{png,svg}`` (relevance mass against
+Outputs beside the runner's tables: ``plots/keep_top.{png,svg}`` (keep-top-1/p accuracy over p, a panel per
+world) and ``plots/truth_vs_sanity_<world>.{png,svg}`` (relevance mass against
 the randomisation Spearman, one point per method with its interval; good methods sit bottom right).
 """
 
@@ -67,11 +74,18 @@ WORLD_NAMES = ("digits", "tabular")
 METHOD_NAMES = (*METHODS, "diet", "random")
 """The registry's methods, DiET, and the chance-level control."""
 
-SUMMARY_METRICS = ("relevance_mass", "pointing_game", "top_k_precision", "rank_correlation", "deletion_auc",
-                   "faithfulness_correlation", "randomisation_spearman", "least_salient_accuracy",
-                   "least_salient_change", "gan_test_accuracy")
-"""Columns of the summary table: ground-truth agreement (4), faithfulness (2), the sanity check (1), the
+SUMMARY_METRICS = ("relevance_mass", "pointing_game", "top_k_precision", "rank_correlation", "mask_iou",
+                   "deletion_auc", "faithfulness_correlation", "keep_top_10_accuracy", "keep_top_50_accuracy",
+                   "randomisation_spearman", "least_salient_accuracy", "least_salient_change", "gan_test_accuracy")
+"""Columns of the summary table: ground-truth agreement (5), faithfulness (4), the sanity check (1), the
 unfaithfulness tests (3)."""
+
+KEEP_TOP_P = (10, 20, 50, 100)
+"""Keep-top-1/p: the shares 1/p of the features kept (DiET §6); each gives a ``keep_top_<p>_accuracy`` metric."""
+
+KEEP_TOP_COLOUR_SCALE = 0.1
+"""Keep-top-1/p fills removed pixels with DiET's random colour at this share of its σ (the paper's evaluation);
+tabular features are set to 0."""
 
 LEAST_SALIENT_FILL = {"digits": 0.5, "tabular": 0.0}
 """Value of removed features in the least-salient test: the paper's grey on images, the deletion baseline on
@@ -128,6 +142,12 @@ class AttributionSettings:
     """Training epochs of the classifier; None: the zoo recipe's."""
     hidden: tuple[int, ...] = ()
     """Conv channels (digits) or hidden widths (tabular) of the classifier; empty: the zoo recipe's."""
+    robust_epochs: int = 2
+    """Epochs of PGD adversarial fine-tuning for a world spec with ``robust_eps`` > 0."""
+    robust_steps: int = 5
+    """PGD steps per adversarial example of that fine-tuning."""
+    robust_n_train: int = 2_000
+    """Training examples (train split, the classifier's seed) of that fine-tuning."""
     gan_samples: int = 10
     """Samples of the GAN-test per method (targets cycle through the classes; images only); 0: no GAN-test."""
     gan_steps: int = 20
@@ -144,6 +164,8 @@ class AttributionSettings:
     def __post_init__(self) -> None:
         if self.n_examples < 1 or self.deletion_steps < 1 or self.faithfulness_runs < 3:
             raise ConfigError("n_examples and deletion_steps must be ≥ 1 and faithfulness_runs ≥ 3")
+        if min(self.robust_epochs, self.robust_steps, self.robust_n_train) < 1:
+            raise ConfigError("robust_epochs, robust_steps and robust_n_train must be ≥ 1")
         if self.gan_samples < 0 or self.gan_steps < 1:
             raise ConfigError("gan_samples must be ≥ 0 (0: no GAN-test) and gan_steps ≥ 1")
         check_choice("output", self.output, get_args(OutputKind))
@@ -321,6 +343,26 @@ def _world_parts(name: str, kw: dict[str, Any]) -> tuple[Any, Any]:
         raise ConfigError(f"world {name!r}: {e}") from None
 
 
+def robust_classifier(wc: Any, held_out: Any, eps: float, settings: AttributionSettings, recipe: Any, seed: int, *,
+                      image: bool) -> Any:
+    """A copy of the world classifier ``wc`` fine-tuned by PGD adversarial training (Madry et al. 2018,
+    :func:`assay.robustness.adversarial.adversarial_fit`; L∞ ball ``eps``, pixels kept in [0, 1]) for the
+    robust-vs-standard comparison of DiET (Bhalla, Srinivas & Lakkaraju 2023), with its held-out accuracy on the
+    zoo's test draw."""
+    import copy
+
+    from assay.models.fit import accuracy
+    from assay.robustness.adversarial import adversarial_fit
+    from assay.worlds.base import make_generator
+
+    train = wc.world.sample(settings.robust_n_train, generator=make_generator(seed))
+    model = adversarial_fit(copy.deepcopy(wc.model), train.inputs, train.targets, eps=eps, steps=settings.robust_steps,
+                            epochs=settings.robust_epochs, batch_size=recipe.batch_size, lr=1e-3,
+                            bounds=(0.0, 1.0) if image else None, seed=seed)
+    test = held_out.sample(recipe.n_test, generator=make_generator(seed + 10_000))
+    return wc._replace(model=model, test_accuracy=accuracy(model, test.inputs, test.targets), trained=True)
+
+
 def prepare_world(world: str, seed: int, settings: AttributionSettings) -> PreparedWorld:
     """Train (or load) the world's classifier and draw ``n_examples`` correctly classified held-out examples."""
     from assay.models.classifier_zoo import RECIPES, world_classifier
@@ -328,11 +370,16 @@ def prepare_world(world: str, seed: int, settings: AttributionSettings) -> Prepa
 
     name, kw = parse_world_spec(world, WORLD_NAMES)
     top_k = int(kw.pop("top_k", TOP_K[name]))
+    robust_eps = float(kw.pop("robust_eps", 0.0))
+    if not robust_eps >= 0:
+        raise ConfigError(f"world {world!r}: robust_eps must be ≥ 0 (0: the standard classifier), got {robust_eps}")
     world_config, held_out = _world_parts(name, kw)
     budget = {"n_train": settings.n_train, "epochs": settings.epochs, "hidden": settings.hidden or None}
     recipe = dataclasses.replace(RECIPES[name], **{k: v for k, v in budget.items() if v is not None})
     model_seed = settings.model_seed + (seed if settings.model_per_seed else 0)
     wc = world_classifier(name, world_config=world_config, recipe=recipe, seed=model_seed)
+    if robust_eps > 0:
+        wc = robust_classifier(wc, held_out, robust_eps, settings, recipe, model_seed, image=name == "digits")
     g = make_generator(EXAMPLE_SEED + seed)
     xs, masks, ys = [], [], []
     n, draws = settings.n_examples, 0
@@ -370,13 +417,14 @@ def score_method(ex: Explainer, world: PreparedWorld, settings: AttributionSetti
     setting also its LFA loss there."""
     from assay.evaluate.attribution_agreement import (
         importance_map,
+        mask_iou,
         pointing_game,
         rank_correlation,
         relevance_mass,
         top_k_precision,
     )
     from assay.evaluate.attribution_sanity import model_randomisation
-    from assay.evaluate.faithfulness import faithfulness_correlation, perturbation_curve
+    from assay.evaluate.faithfulness import faithfulness_correlation, keep_top, perturbation_curve
     from assay.evaluate.unfaithfulness import least_salient_removal
 
     model, x, mask, t = world.model, world.x, world.mask, world.target
@@ -391,7 +439,10 @@ def score_method(ex: Explainer, world: PreparedWorld, settings: AttributionSetti
                                  generator=torch.Generator().manual_seed(42 + seed))
     least = least_salient_removal(model, x, a, t, baseline=LEAST_SALIENT_FILL[world.name],
                                   generator=torch.Generator().manual_seed(seed), output="probability")
+    kept = keep_top(model, x, a, t, p=KEEP_TOP_P, baseline=_keep_top_fill(x, seed), output="probability")
     out = {"relevance_mass": float(mass.mean()), "pointing_game": float(pointing_game(m, mask).double().mean()),
+           "mask_iou": float(mask_iou(m, mask).mean()),
+           **{f"keep_top_{p}_accuracy": float(c) for p, c in zip(kept.p, kept.correct.double().mean(0))},
            "top_k_precision": float(top_k_precision(m, mask, world.top_k).mean()),
            "rank_correlation": float(rank_correlation(m, mask).nanmean()), "deletion_auc": float(curve.auc.mean()),
            "faithfulness_correlation": float(fc.nanmean()),
@@ -402,6 +453,17 @@ def score_method(ex: Explainer, world: PreparedWorld, settings: AttributionSetti
     if settings.neighbourhood:
         out.update(_lfa_metrics(values, ex.group_size, world, settings, seed))
     return out
+
+
+def _keep_top_fill(x: torch.Tensor, seed: int) -> torch.Tensor | float:
+    """The keep-top-1/p fill: DiET's random colour per image (σ × :data:`KEEP_TOP_COLOUR_SCALE`) on images, 0 on
+    tabular features."""
+    if x.dim() != 4:
+        return 0.0
+    from assay.attribution.diet import DietConfig, random_colour
+
+    return random_colour(x.shape[0], DietConfig(), torch.Generator().manual_seed(seed), scale=KEEP_TOP_COLOUR_SCALE,
+                         dtype=x.dtype)
 
 
 def _lfa_metrics(values: torch.Tensor, group_size: torch.Tensor | None, world: PreparedWorld,
@@ -508,15 +570,20 @@ class AttributionFamily:
                 path = result.out_dir / "plots" / f"truth_vs_sanity_{_slug(world)}"
                 plots.append(Plot(f"{world}: relevance mass vs randomisation Spearman",
                                   _truth_vs_sanity(mine.summary, world, chance, path)))
+        if result.settings.plots and any(s["metric"] == "keep_top_10_accuracy" and s["n"] for s in result.summary):
+            plots.append(Plot("keep-top-1/p accuracy (DiET §6) per world and method",
+                              _keep_top_plot(result.summary, result.out_dir / "plots" / "keep_top")))
         s = result.settings
         skipped = sorted({f"{r['method']} on {r['world']}" for r in result.runs if not r["metrics"]})
         notes = [f"{len(result.runs)} runs; {s.n_examples} correctly classified held-out examples per world and "
                  f"seed; explained output {s.output}; classifier seed {s.model_seed}"
                  f"{' + the bench seed' if s.model_per_seed else ''}.",
                  "Ground-truth agreement: relevance mass (share of |φ| inside the signal mask; chance = the mask's "
-                 "area), pointing game, top-k precision and rank correlation with the mask. Faithfulness: deletion "
-                 "AUC (probability as features are removed in map order; lower is better), faithfulness "
-                 "correlation. Sanity: Spearman of the maps before and after cascading randomisation of the "
+                 "area), pointing game, top-k precision, rank correlation with the mask, and mask IoU (DiET §6: "
+                 "IoU of the map's top-|mask| features with the mask). Faithfulness: deletion AUC (probability as "
+                 "features are removed in map order; lower is better), faithfulness correlation, and keep-top-1/p "
+                 "accuracy (DiET §6: only the top 1/p of the features kept, the rest filled with DiET's random "
+                 "colour at 0.1 σ on images, 0 on tabular; p = 10 and 50 shown, 20 and 100 in the runs). Sanity: Spearman of the maps before and after cascading randomisation of the "
                  "classifier's layers (lower: the map depends on the learnt weights; the random control stays at "
                  "1).",
                  "Unfaithfulness (Srinivas & Fleuret 2021): least-salient accuracy and change are the classifier's "
@@ -568,6 +635,34 @@ def _mean(summary: list[dict[str, Any]], metric: str) -> float:
 
 def _slug(world: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in world)
+
+
+def _keep_top_plot(summary: list[dict[str, Any]], path: Path) -> Path:
+    """Keep-top-1/p accuracy over p (one panel per world, one line per method level, 95% intervals over seeds).
+    Saved as PNG and SVG; returns the SVG."""
+    from assay.report import new_figure, save_figure
+
+    idx = {(s["world"], s["method"], s["level"], s["metric"]): s for s in summary if s["n"]}
+    worlds = list(dict.fromkeys(k[0] for k in idx))
+    fig = new_figure((4.2 * len(worlds), 3.6))
+    axes = fig.subplots(1, len(worlds), squeeze=False, sharey=True)[0]
+    for ax, world in zip(axes, worlds):
+        for meth, lev in dict.fromkeys((k[1], k[2]) for k in idx if k[0] == world):
+            pts = [(p, idx[(world, meth, lev, f"keep_top_{p}_accuracy")]) for p in KEEP_TOP_P
+                   if (world, meth, lev, f"keep_top_{p}_accuracy") in idx]
+            if pts:
+                ax.errorbar([p for p, _ in pts], [v["mean"] for _, v in pts], fmt="o-", ms=3, capsize=2,
+                            yerr=[[v["mean"] - v["ci_low"] for _, v in pts], [v["ci_high"] - v["mean"] for _, v in pts]],
+                            label=meth if lev == "default" else f"{meth} {lev}")
+        ax.set_xscale("log")
+        ax.set_xticks(list(KEEP_TOP_P), [f"1/{p}" for p in KEEP_TOP_P])
+        ax.minorticks_off()
+        ax.set_xlabel("share of features kept")
+        ax.set_title(world, fontsize=9)
+    axes[0].set_ylabel("accuracy with only the top 1/p kept")
+    axes[-1].legend(fontsize=7)
+    save_figure(fig, path.with_suffix(".png"), dpi=110, tight=True)
+    return save_figure(fig, path.with_suffix(".svg"), tight=True)
 
 
 def _truth_vs_sanity(summary: list[dict[str, Any]], world: str, chance: float, path: Path) -> Path:

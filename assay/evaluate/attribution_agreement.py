@@ -11,7 +11,10 @@ the top-k features by |value|:
 Localisation on a known signal mask (Arras, Osman & Samek 2022, "CLEVR-XAI" relevance mass; Zhang
 et al. 2018 pointing game): the share of |attribution| inside the mask, against the mask's area; and,
 for a binary mask, top-k precision (the share of the k most important features inside the mask: FA
-with the mask as the ground-truth set — FA itself would take an arbitrary k of the mask's features).
+with the mask as the ground-truth set — FA itself would take an arbitrary k of the mask's features), and
+the mask IoU of DiET (Bhalla, Srinivas & Lakkaraju 2023, "Discriminative Feature Attributions", §6): the
+intersection over union of the binarised attribution (its top k features, k = the mask's area by default)
+with the true signal mask.
 :func:`importance_map` turns an attribution into one non-negative importance per feature (Σ_c |φ_c|
 per pixel of an image).
 """
@@ -25,7 +28,7 @@ import torch
 from assay.stats import spearman
 
 __all__ = ["Agreement", "agreement", "rank_correlation", "importance_map", "relevance_mass", "pointing_game",
-           "top_k_precision"]
+           "top_k_precision", "mask_iou"]
 
 
 class Agreement(NamedTuple):
@@ -129,3 +132,19 @@ def top_k_precision(attributions: torch.Tensor, mask: torch.Tensor, k: int) -> t
         raise ValueError(f"k must lie in 1..{a.shape[1]}, got {k}")
     top = a.argsort(dim=1, descending=True, stable=True)[:, :k]
     return mask.flatten(1).to(a.device).bool().gather(1, top).double().mean(1)
+
+
+def mask_iou(attributions: torch.Tensor, mask: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """IoU of the top-``k`` features of the attribution (ties broken by position) with ``mask``, ``[B]``;
+    ``k`` None: each example's mask area (then IoU = o/(2|m| − o) with o the overlap). Inputs as
+    :func:`top_k_precision`."""
+    a = _localisation_map(attributions, mask).flatten(1)
+    m = mask.flatten(1).to(a.device).bool()
+    area = m.sum(1)
+    ks = area if k is None else torch.full_like(area, k)
+    if bool((ks < 1).any() | (ks > a.shape[1]).any()):
+        raise ValueError(f"k must lie in 1..{a.shape[1]} (an empty mask needs an explicit k), got {ks.tolist()}")
+    rank = torch.empty_like(m, dtype=torch.long).scatter_(
+        1, a.argsort(dim=1, descending=True, stable=True), torch.arange(a.shape[1], device=a.device).expand_as(a))
+    top = rank < ks[:, None]
+    return (top & m).sum(1).double() / (top | m).sum(1).double()

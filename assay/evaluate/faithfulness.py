@@ -8,6 +8,9 @@
   Model Explanations"): Pearson correlation over random subsets S of Σ_{i∈S} φ_i and f(x) − f(x_S→b).
 * PGI / PGU (Agarwal et al. 2022, "OpenXAI"): E|f(x) − f(x + ε ⊙ m)| with Gaussian ε on the top-k
   (PGI) or the other (PGU) features by |φ|.
+* Keep-top-1/p (Bhalla, Srinivas & Lakkaraju 2023, "Discriminative Feature Attributions", §6): keep
+  only the top 1/p of the features by attribution, fill the rest with a baseline (DiET's random colour),
+  and record whether the prediction is still the target — the insertion curve at fractions 1/p.
 * Infidelity (Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations"):
   E_I[(Iᵀφ − (f(x) − f(x − I)))²], optionally with φ rescaled by β = E[Iᵀφ·Δf]/E[(Iᵀφ)²] (Captum's
   ``normalize``).
@@ -36,6 +39,8 @@ __all__ = [
     "faithfulness_correlation",
     "prediction_gap",
     "infidelity",
+    "KeepTop",
+    "keep_top",
     "scores_of",
 ]
 
@@ -177,6 +182,32 @@ def perturbation_curve(
     frac = counts.double() / D
     auc = torch.trapezoid(scores, frac, dim=1)
     return Curve(frac, scores, auc, hits)
+
+
+class KeepTop(NamedTuple):
+    """Keep-top-1/p scores."""
+
+    p: tuple[int, ...]
+    """The kept share 1/p of each column (ascending p)."""
+    correct: torch.Tensor
+    """Whether the prediction is still the target with only the top round(D/p) features kept, bool ``[B, len(p)]``."""
+    scores: torch.Tensor
+    """f_t with only those features kept, ``[B, len(p)]``."""
+
+
+def keep_top(model: Callable, x: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor | None = None,
+             *, p: Sequence[int] = (10, 20, 50, 100), baseline: float | torch.Tensor = 0.0,
+             output: Output = "probability", chunk: int | None = None) -> KeepTop:
+    """Keep-top-1/p (DiET §6): the top round(D/p) features by attribution (stable ties) kept, every other
+    feature set to ``baseline`` (e.g. a per-image colour ``[B, C, 1, 1]``). The accuracy over examples
+    (``correct.double().mean(0)``) is the paper's metric; with correctly classified x it is the agreement
+    with the model's own prediction."""
+    ps = tuple(sorted({int(v) for v in p}))
+    if not ps or ps[0] < 1:
+        raise ValueError(f"p must be integers ≥ 1 (keep the top 1/p of the features), got {list(p)}")
+    curve = perturbation_curve(model, x, attributions, target, mode="insertion", fractions=[1 / v for v in ps[::-1]],
+                               baseline=baseline, output=output, chunk=chunk)
+    return KeepTop(ps, curve.correct.flip(1), curve.scores.flip(1))
 
 
 def faithfulness_correlation(
