@@ -1,17 +1,18 @@
 """Average-case robustness estimators vs Monte Carlo on a small CNN on the digits world.
 
 Per-point error of each estimator against a Monte Carlo ground truth (10,000 noisy copies per
-point), and its speed-up over Monte Carlo at matched error: MC is re-run with 8…4096 samples, its
-mean absolute error against the ground truth and its time are interpolated (log-log) at the
-estimator's error. Also: the batched MVN CDF against one SciPy call per point on the same Taylor
+point), and its speed-up over Monte Carlo at matched error: the MC samples that reach the estimator's
+mean absolute error come from the binomial formula (checked against MC re-run with 8…4096 samples),
+times MC's measured cost per sample. Also: the batched MVN CDF against one SciPy call per point on the same Taylor
 problems, and (unless --skip-curvature) curvature and accuracy of a standard vs a low-curvature CNN.
 
     .venv/bin/python benchmarks/avg_case_robustness.py [--n-points 32] [--sigma 0.1] [--skip-curvature]
 
 Sweep mode (``--sigmas 0.005 0.01 0.02 0.05 0.1 0.2``): the same error / matched-MC / speed-up
 measurement at every σ (a fresh MC ground truth per σ), one table row per estimator and σ, and the
-crossover σ per estimator (the largest σ at which its speed-up at matched error is still ≥ 1×; the MVN
-timing and the curvature comparison are skipped). ``--model low_curvature`` measures on the
+crossover σ per estimator (the largest σ at which its speed-up at matched error, with the matched MC
+samples capped at the ground truth's budget, is still ≥ 1×), and per σ the estimators meeting the goal
+(mean error ≤ 0.01 at ≥ 10× that lower bound). The MVN timing and the curvature comparison are skipped. ``--model low_curvature`` measures on the
 LowCurvatureCNN recipe (``fit_low_curvature`` defaults, ``--lc-train`` × ``--lc-epochs``) instead of
 the zoo CNN: the smooth model where the linearisation should hold.
 
@@ -72,8 +73,12 @@ def mc_matched(model, x, sigma: float, p_true: torch.Tensor, *, max_n: int = 409
     return curve, mc_time_at
 
 
-def compare_estimators(model, x, sigma: float, p_true: torch.Tensor, mc_time_at) -> dict[str, dict[str, float]]:
-    """Each estimator's mean |p̂ − p_true|, time, MC samples and time at the same error, speed-up."""
+def compare_estimators(model, x, sigma: float, p_true: torch.Tensor, mc_time_at,
+                       mc_truth: int) -> dict[str, dict[str, float]]:
+    """Each estimator's mean |p̂ − p_true|, time, MC samples and time at the same error, speed-up.
+
+    An error below the ground truth's own noise cannot be resolved, so ``speedup_lower_bound`` caps the
+    matched MC samples at the truth's budget ``mc_truth`` (``speedup_vs_mc`` does not)."""
     from assay.robustness import average_case as ac
     from assay.worlds.base import make_generator
 
@@ -93,7 +98,8 @@ def compare_estimators(model, x, sigma: float, p_true: torch.Tensor, mc_time_at)
         err = (p.double() - p_true).abs().mean().item()
         t_mc, n_mc = mc_time_at(err)
         rows[name] = {"mean_abs_error": round(err, 5), "time_s": round(t, 4), "matched_mc_samples": round(n_mc, 1),
-                      "matched_mc_s": round(t_mc, 4), "speedup_vs_mc": round(t_mc / t, 2)}
+                      "matched_mc_s": round(t_mc, 4), "speedup_vs_mc": round(t_mc / t, 2),
+                      "speedup_lower_bound": round(t_mc * min(1.0, mc_truth / n_mc) / t, 2)}
         print(f"{name:11s} mean |err| {err:.4f}  time {t:.3f}s  MC at same error ≈ {n_mc:.0f} samples, "
               f"{t_mc:.3f}s -> speed-up {t_mc / t:.1f}x", flush=True)
     return rows
@@ -127,7 +133,7 @@ def sigma_sweep(model, x, sigmas: list[float], mc_truth: int, header: dict) -> N
         print(f"σ = {sigma}: MC truth {mc_truth} samples/point in {t_truth:.1f}s; p mean {p_true.mean():.3f}, "
               f"min {p_true.min():.3f}, frac < 0.99: {(p_true < 0.99).float().mean():.2f}", flush=True)
         _, mc_time_at = mc_matched(model, x, sigma, p_true, max_n=min(4096, mc_truth // 4))
-        rows = compare_estimators(model, x, sigma, p_true, mc_time_at)
+        rows = compare_estimators(model, x, sigma, p_true, mc_time_at, mc_truth)
         per_sigma[sigma] = {"p_mean": round(p_true.mean().item(), 4), "p_min": round(p_true.min().item(), 4),
                             "estimators": rows}
     names = list(next(iter(per_sigma.values()))["estimators"])
@@ -136,16 +142,20 @@ def sigma_sweep(model, x, sigmas: list[float], mc_truth: int, header: dict) -> N
     for name in names:
         cells = [per_sigma[s]["estimators"][name] for s in sigmas]
         print(f"| {name} | " + " | ".join(f"{c['mean_abs_error']:.4f}, {c['time_s']:.3f} s, "
-                                          f"≈ {c['matched_mc_samples']:.0f} MC, {c['speedup_vs_mc']:.2f}×"
+                                          f"≈ {c['matched_mc_samples']:.0f} MC, {c['speedup_vs_mc']:.2f}× (≥ {c['speedup_lower_bound']:.2f}×)"
                                           for c in cells) + " |")
     crossover = {}
     for name in names:
-        paying = [s for s in sigmas if per_sigma[s]["estimators"][name]["speedup_vs_mc"] >= 1]
+        paying = [s for s in sigmas if per_sigma[s]["estimators"][name]["speedup_lower_bound"] >= 1]
         crossover[name] = max(paying) if paying else None
-    print("crossover σ (largest σ with speed-up ≥ 1×):", crossover)
+    print("crossover σ (largest σ whose speed-up lower bound is ≥ 1×):", crossover)
+    goal = {s: [k for k, r in per_sigma[s]["estimators"].items()
+                if r["mean_abs_error"] <= 0.01 and r["speedup_lower_bound"] >= 10] for s in sigmas}
+    print("mean error <= 0.01 at >= 10x MC (lower bound):", goal)
     print(json.dumps({**header, "sigmas": sigmas, "mc_truth_samples": mc_truth, "forward_s": round(t_fwd, 5),
                       "jacobian_s": round(t_jac, 5), "jacobian_in_forwards": round(t_jac / t_fwd, 1),
-                      "crossover_sigma": crossover, "per_sigma": {str(s): v for s, v in per_sigma.items()}}))
+                      "crossover_sigma": crossover,
+                      "goal_met_by": {str(s): v for s, v in goal.items()}, "per_sigma": {str(s): v for s, v in per_sigma.items()}}))
 
 
 def main() -> None:
@@ -220,7 +230,7 @@ def main() -> None:
 
     _, mc_time_at = mc_matched(model, x, sigma, p_true)
     t_fwd, t_jac = jacobian_cost(model, x)
-    rows = compare_estimators(model, x, sigma, p_true, mc_time_at)
+    rows = compare_estimators(model, x, sigma, p_true, mc_time_at, args.mc_truth)
     mean_abs_error = {k: r["mean_abs_error"] for k, r in rows.items()}
     speedup = {k: r["speedup_vs_mc"] for k, r in rows.items()}
     matched = {k: r["matched_mc_samples"] for k, r in rows.items()}
