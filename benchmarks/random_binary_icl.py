@@ -2,7 +2,7 @@
 
 Bigelow, Lubana, Dick, Tanaka, Ullman 2024, "In-Context Learning Dynamics with Random Binary
 Sequences" (ICLR 2024). Trains the world's reference model (``assay.models.train``) and, on fresh
-sequences, compares it with the exact Bayes predictor of the world (``specs/dynamics.md`` §2.1):
+sequences, compares it with the exact Bayes predictor of the world (``assay.worlds.random_binary``):
 
 - concept contexts: P(the next 5 flips continue the concept | t flips seen) — the paper's
   P(concept) — for the model and for Bayes, and the first t where each crosses 0.5;

@@ -1,5 +1,5 @@
 """Mode connectivity, permutation alignment and mechanistic similarity against the spec's check values
-(specs/dynamics.md §3) and planted permutations."""
+(Lubana et al. 2023) and planted permutations."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Transition detection (specs/dynamics.md §1.4) against closed forms and planted noisy sigmoids."""
+"""Transition detection (assay.dynamics.transitions) against closed forms and planted noisy sigmoids."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ probes and task metrics across it, detect transitions, and write the curves to a
 
 Instruments the learning-dynamics programme of Lubana et al. 2025 ("A Percolation Model of
 Emergence"), Gopalani, Lubana & Hu 2024 ("Abrupt Learning in Transformers") and Park et al. 2024
-("Emergence of Hidden Capabilities"), as laid out in specs/dynamics.md §1:
+("Emergence of Hidden Capabilities"):
 
 1. the world's default tiny transformer (:func:`assay.models.zoo.reference_configs`, ``steps``
    overridden) trains with :func:`assay.dynamics.checkpoints.train_series`, saving log-spaced checkpoints
@@ -235,7 +235,7 @@ def _write(cfg, out: Path, curves, transitions, series, trained) -> Path:
         "fixed rows, scored on the other half as 2·(balanced accuracy − 0.5), averaged over each label's one-hot "
         "concepts.",
         "Transitions: a sigmoid in log-step fitted to each normalised curve (3-checkpoint running median); abrupt "
-        "means a 10→90% width ≤ 0.5 decade and a jump ≥ 3 plateau standard deviations (specs/dynamics.md §1.4). "
+        "means a 10→90% width ≤ 0.5 decade and a jump ≥ 3 plateau standard deviations (assay.dynamics.transitions). "
         "One seed: a transition narrower than the checkpoint spacing is only known to be ≤ that spacing.",
         f"Abrupt transitions: {', '.join(abrupt) if abrupt else 'none'}.",
     ]

@@ -3,7 +3,6 @@ model (acausal, cross-layer features) or one site of several models (model diffi
 
 Lindsey, Templeton, Marcus, Conerly, Batson & Olah 2024, "Sparse Crosscoders for Cross-Layer Features and
 Model Diffing" (transformer-circuits.pub/2024/crosscoders); repo science-of-finetuning/crosscoder_learning.
-Spec: ../shared/specs/circuits.md §2.
 
     f = ReLU(Σ_m a^m W_enc^m + b_enc),     â^m = f W_dec^m + b_dec^m,
     L = Σ_m mean_b ‖a^m − â^m‖² + λ · mean_b Σ_i f_i Σ_m ‖W_dec,i^m‖    ("L1 of the per-source norms")

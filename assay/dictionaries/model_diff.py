@@ -4,7 +4,7 @@ whether an "exclusive" label survives the sparsity artifacts that fake it.
 Lindsey et al. 2024, "Sparse Crosscoders for Cross-Layer Features and Model Diffing" (relative decoder
 norms); Minder, Dumas, Juang, Chughtai & Nanda 2025, "Overcoming Sparsity Artifacts in Crosscoders to
 Interpret Chat-Tuning" (NeurIPS 2025, arXiv 2504.02922; repo science-of-finetuning/sparsity-artifacts-
-crosscoders, ``closed_form.py``) for Δ and Latent Scaling. Spec: ../shared/specs/circuits.md §2.2–2.3.
+crosscoders, ``closed_form.py``) for Δ and Latent Scaling.
 
     r_i = ‖d_i^B‖ / (‖d_i^A‖ + ‖d_i^B‖)        (≈ 0 A-only, ≈ 0.5 shared, ≈ 1 B-only)
     Δ_i = ½ ((‖d_i^B‖ − ‖d_i^A‖) / max(‖d_i^A‖, ‖d_i^B‖) + 1)

@@ -4,7 +4,7 @@
 Dunefsky, Chlenski & Nanda 2024, "Transcoders Find Interpretable LLM Feature Circuits" (NeurIPS 2024,
 arXiv 2406.11944; repo jacobdunefsky/transcoder_circuits); Paulo, Shabalin & Belrose 2025, "Transcoders
 Beat Sparse Autoencoders for Interpretability" (arXiv 2501.18823; repo EleutherAI/sparsify) for the
-skip connection. Spec: ../shared/specs/circuits.md §1.
+skip connection.
 
     z = σ(x W_enc + b_enc),    ŷ = z W_dec + b_dec  (+ x W_skipᵀ for a skip-transcoder),
     L = mean_b ‖y_b − ŷ_b‖² + the activation's sparsity / AuxK term (target y, never x).

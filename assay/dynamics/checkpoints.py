@@ -4,7 +4,7 @@ the series is a curve.
 The instrumentation of the learning-dynamics studies of Lubana et al. 2025 ("A Percolation Model of
 Emergence", repo ``EkdeepSLubana/ConceptPercolation``), Park et al. 2024 ("Emergence of Hidden
 Capabilities", repo ``cfpark00/concept-learning``) and Park et al.'s Markov-mixture configs (50
-near-geometric checkpoints), as specified in specs/dynamics.md §1.1::
+near-geometric checkpoints), in assay's form::
 
     log_steps(n_steps, n_ckpt, first) = {0} ∪ unique(round(geomspace(first, n_steps, n_ckpt)))
     log_steps(3000, 20, 10) = 0, 10, 14, 18, 25, 33, 45, 61, 82, 110, 149, 201, 272, 367, 495, 669,

@@ -6,7 +6,7 @@ read in a *concept space* whose axes are the data's independent concepts: at eac
 model's outputs on a (held-out) concept combination are read out as ĉ(t) ∈ [0, 1]^k, the probability
 of each concept's target value. The trajectory turns suddenly when a hidden capability emerges: an
 intervention (over-prompting, a latent intervention) already elicits the concept while naive prompting
-does not. As specified in specs/dynamics.md §1.3:
+does not. assay's reading of it:
 
 - the trajectory is smoothed by a 3-point running median over checkpoints;
 - steps Δ_j = ĉ(t_{j+1}) − ĉ(t_j) shorter than 0.02 are ignored; the turning angle between consecutive

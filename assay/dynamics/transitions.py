@@ -1,6 +1,6 @@
 """Transitions in training curves: onset, midpoint and sharpness of an abrupt change; loss plateaus.
 
-The definitions are those of assay's learning-dynamics spec (specs/dynamics.md §1.4), written for the
+The definitions are assay's (below), written for the
 phenomena of Lubana, Kawaguchi, Dick, Tanaka 2025, "A Percolation Model of Emergence" (ICLR 2025),
 Gopalani, Lubana, Hu 2024, "Abrupt Learning in Transformers: A Case Study on Matrix Completion"
 (NeurIPS 2024) and Park, Okawa, Lee, Lubana, Tanaka 2024, "Emergence of Hidden Capabilities" (NeurIPS

@@ -8,7 +8,7 @@ Laplacian L = D − A, for node vectors X [N, d]::
     E_G(X) = Σ_{i,j} A_ij ‖x_i − x_j‖² = 2 tr(Xᵀ L X)          (each edge counted twice)
     Ê_G(X) = tr(X̃ᵀ L X̃) / tr(X̃ᵀ X̃),   X̃ = X − mean            (scale-free, in [λ₂, λ_max])
 
-E is minimised by collapsing every x_i to one point, so Ê is the default (``specs/dynamics.md`` §2.2;
+E is minimised by collapsing every x_i to one point, so Ê is the default (assay's choice;
 the paper's normalisation is unverified). Check values: 3-node path, x = (0, 1, 3): E = 10,
 Ê = 1.071429; the 4×4 grid's true coordinates: Ê = 0.6; isotropic random vectors: E[Ê] ≈ tr L / (N − 1).
 """

@@ -1,8 +1,8 @@
 """In-context graph tracing: random walks on a small graph whose nodes get fresh random tokens per sequence.
 
 Park, Lee, Lubana, Yang, Okawa, Nishi, Wattenberg, Tanaka 2025, "ICLR: In-Context Learning of
-Representations" (ICLR 2025, arXiv 2501.00070); the world is the design ``GraphTrace`` of
-``specs/dynamics.md`` §2.2. A graph (``grid`` rows × cols with 4-neighbour moves, or a ``ring`` of
+Representations" (ICLR 2025, arXiv 2501.00070); the world is its graph-tracing task in
+assay's form. A graph (``grid`` rows × cols with 4-neighbour moves, or a ``ring`` of
 n nodes); each sequence draws an injective map node → token from V concept tokens (a fixed map would
 make it an in-weights task) and a walk of L steps from a uniform start node, each step to a uniform
 neighbour. The next token is predictable only from context: the valid next tokens are the current

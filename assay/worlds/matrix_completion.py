@@ -1,8 +1,8 @@
 """Matrix completion as a token task: masked low-rank matrices, and the singular-value-thresholding baseline.
 
 Gopalani, Lubana, Hu 2024, "Abrupt Learning in Transformers: A Case Study on Matrix Completion"
-(NeurIPS 2024, arXiv 2410.22244) [code: pulkitgopalani/tf-matcomp]; ``specs/worlds.md`` §9 and
-``specs/dynamics.md`` §1.5. M = UVᵀ ∈ ℝ^{n×n}, U, V ∈ U[−1, 1]^{n×r}, entries rounded to
+(NeurIPS 2024, arXiv 2410.22244) [code: pulkitgopalani/tf-matcomp].
+M = UVᵀ ∈ ℝ^{n×n}, U, V ∈ U[−1, 1]^{n×r}, entries rounded to
 ``value_step``; each entry is masked independently with probability p. Tokens: ``<mask>`` and one
 token per value −value_max, −value_max + step, …, value_max.
 

@@ -1,8 +1,8 @@
 """Random binary sequences: coin flips from a Bernoulli source or a repeated pattern, with the exact Bayes predictor.
 
 Bigelow, Lubana, Dick, Tanaka, Ullman 2024, "In-Context Learning Dynamics with Random Binary
-Sequences" (ICLR 2024, arXiv 2310.17639) [code: ebigelow/ICL-Random-Binary]; the world is the design of
-``specs/dynamics.md`` §2.1. Each sequence of L flips comes, with probability ρ (``pattern_prob``), from
+Sequences" (ICLR 2024, arXiv 2310.17639) [code: ebigelow/ICL-Random-Binary]; the world is their generating
+process in assay's form. Each sequence of L flips comes, with probability ρ (``pattern_prob``), from
 a periodic concept c — a primitive binary necklace of period m_c (``periods``: 01; 001, 011; 0001,
 0011, 0111 …), uniform over concepts, at a uniform phase φ, each flip inverted with probability ε
 (``flip_noise``) — and otherwise from a Bernoulli(p) coin, p ∼ U(0, 1). Exact Bayes after n flips
