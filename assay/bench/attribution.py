@@ -53,7 +53,6 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple, get_args
 
 import torch
@@ -61,6 +60,7 @@ from torch import nn
 
 from assay.attribution.engine import OutputKind
 from assay.attribution.registry import METHODS, configure
+from assay.bench.attribution_plots import keep_top_plot, truth_vs_sanity_plot
 from assay.bench.runner import BenchResult, RunContext, check_params, summary_rows
 from assay.bench.spec import SpecRun, expand_spec, parse_spec, parse_world_spec
 from assay.config import ConfigError, check_choice
@@ -569,10 +569,10 @@ class AttributionFamily:
             if result.settings.plots:
                 path = result.out_dir / "plots" / f"truth_vs_sanity_{_slug(world)}"
                 plots.append(Plot(f"{world}: relevance mass vs randomisation Spearman",
-                                  _truth_vs_sanity(mine.summary, world, chance, path)))
+                                  truth_vs_sanity_plot(mine.summary, world, chance, path)))
         if result.settings.plots and any(s["metric"] == "keep_top_10_accuracy" and s["n"] for s in result.summary):
             plots.append(Plot("keep-top-1/p accuracy (DiET §6) per world and method",
-                              _keep_top_plot(result.summary, result.out_dir / "plots" / "keep_top")))
+                              keep_top_plot(result.summary, result.out_dir / "plots" / "keep_top", KEEP_TOP_P)))
         s = result.settings
         skipped = sorted({f"{r['method']} on {r['world']}" for r in result.runs if not r["metrics"]})
         notes = [f"{len(result.runs)} runs; {s.n_examples} correctly classified held-out examples per world and "
@@ -635,60 +635,6 @@ def _mean(summary: list[dict[str, Any]], metric: str) -> float:
 
 def _slug(world: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in world)
-
-
-def _keep_top_plot(summary: list[dict[str, Any]], path: Path) -> Path:
-    """Keep-top-1/p accuracy over p (one panel per world, one line per method level, 95% intervals over seeds).
-    Saved as PNG and SVG; returns the SVG."""
-    from assay.report import new_figure, save_figure
-
-    idx = {(s["world"], s["method"], s["level"], s["metric"]): s for s in summary if s["n"]}
-    worlds = list(dict.fromkeys(k[0] for k in idx))
-    fig = new_figure((4.2 * len(worlds), 3.6))
-    axes = fig.subplots(1, len(worlds), squeeze=False, sharey=True)[0]
-    for ax, world in zip(axes, worlds):
-        for meth, lev in dict.fromkeys((k[1], k[2]) for k in idx if k[0] == world):
-            pts = [(p, idx[(world, meth, lev, f"keep_top_{p}_accuracy")]) for p in KEEP_TOP_P
-                   if (world, meth, lev, f"keep_top_{p}_accuracy") in idx]
-            if pts:
-                ax.errorbar([p for p, _ in pts], [v["mean"] for _, v in pts], fmt="o-", ms=3, capsize=2,
-                            yerr=[[v["mean"] - v["ci_low"] for _, v in pts], [v["ci_high"] - v["mean"] for _, v in pts]],
-                            label=meth if lev == "default" else f"{meth} {lev}")
-        ax.set_xscale("log")
-        ax.set_xticks(list(KEEP_TOP_P), [f"1/{p}" for p in KEEP_TOP_P])
-        ax.minorticks_off()
-        ax.set_xlabel("share of features kept")
-        ax.set_title(world, fontsize=9)
-    axes[0].set_ylabel("accuracy with only the top 1/p kept")
-    axes[-1].legend(fontsize=7)
-    save_figure(fig, path.with_suffix(".png"), dpi=110, tight=True)
-    return save_figure(fig, path.with_suffix(".svg"), tight=True)
-
-
-def _truth_vs_sanity(summary: list[dict[str, Any]], world: str, chance: float, path: Path) -> Path:
-    """Scatter of relevance mass (x) against randomisation Spearman (y), one point per method level with
-    95% intervals; good methods sit bottom right. Saved as PNG and SVG; returns the SVG."""
-    from assay.report import new_figure, save_figure
-
-    idx = {(s["method"], s["level"], s["metric"]): s for s in summary if s["n"]}
-    fig = new_figure((6, 4.2))
-    ax = fig.subplots()
-    for (meth, lev, met), sx in idx.items():
-        sy = idx.get((meth, lev, "randomisation_spearman"))
-        if met != "relevance_mass" or sy is None:
-            continue
-        ax.errorbar(sx["mean"], sy["mean"], xerr=[[sx["mean"] - sx["ci_low"]], [sx["ci_high"] - sx["mean"]]],
-                    yerr=[[sy["mean"] - sy["ci_low"]], [sy["ci_high"] - sy["mean"]]], fmt="o", ms=4, capsize=2)
-        ax.annotate(meth if lev == "default" else f"{meth} {lev}", (sx["mean"], sy["mean"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
-    if chance == chance:
-        ax.axvline(chance, color="grey", ls="--", lw=0.8, label="chance mass")
-        ax.legend(fontsize=7, loc="upper right")
-    ax.set_xlabel("relevance mass inside the signal mask (higher: agrees with the truth)")
-    ax.set_ylabel("randomisation Spearman (lower: depends on the weights)")
-    ax.set_title(world, fontsize=9)
-    save_figure(fig, path.with_suffix(".png"), dpi=110, tight=True)
-    return save_figure(fig, path.with_suffix(".svg"), tight=True)
 
 
 FAMILY = AttributionFamily()
