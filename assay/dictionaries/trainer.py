@@ -216,12 +216,12 @@ class SAETrainer:
         if not self.paired and y is not None:
             raise ValueError("an SAE reconstructs its input: give batches of x alone (build a transcoder, e.g. "
                              "'topk_transcoder', to map an input site to an output site)")
+        bad = ~torch.isfinite(x).all(dim=-1)
         if y is not None:
             if y.shape[-1] != self.d_out or y.shape[0] != x.shape[0]:
                 raise ValueError(f"output batch has shape {tuple(y.shape)} but the transcoder(s) expect "
                                  f"[{x.shape[0]}, d_out={self.d_out}] (one output row per input row)")
-            x = torch.cat([x, y], dim=-1)
-        bad = ~torch.isfinite(x).all(dim=-1)
+            bad |= ~torch.isfinite(y).all(dim=-1)
         if bool(bad.any()):
             loc = where(bad) if where is not None else ""
             raise NonFiniteActivationsError(
