@@ -1,0 +1,1 @@
+"""Learning-dynamics phenomena on the bench (the ``dynamics`` family): see :mod:`.base` and :mod:`.registry`."""
