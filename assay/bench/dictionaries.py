@@ -29,8 +29,8 @@ from assay.report.html import json_safe
 
 __all__ = ["DictionarySettings", "DictionaryFamily", "FAMILY", "SUMMARY_METRICS"]
 
-SUMMARY_METRICS = ("l0", "fvu", "recovery_mcc", "activation_mcc", "detect_auroc", "detect_f1", "probe_auroc_k1",
-                   "probe_auroc_k5", "absorption", "concepts_per_latent", "selectivity_relative", "ce_recovered")
+SUMMARY_METRICS = ("l0", "fvu", "recovery_mcc", "activation_mcc", "detect_auroc", "detect_f1", "f1_best5",
+                   "probe_auroc_k1", "probe_auroc_k5", "absorption", "concepts_per_latent", "selectivity_relative", "ce_recovered")
 """Columns of the summary table."""
 
 FEATURES_FILE = "features.json"
@@ -94,7 +94,7 @@ class DictionaryFamily:
         s: DictionarySettings = ctx.settings
         t0 = time.perf_counter()
         lens = fit_method(run, prepared.train, prepared.d, seed=ctx.seed, steps=s.steps, batch_size=s.batch_size,
-                          lr=s.lr, planted_l0=prepared.planted_l0)
+                          lr=s.lr, planted_l0=prepared.planted_l0, defaults=prepared.method_defaults)
         fit_s = time.perf_counter() - t0
         with torch.no_grad():
             sc = score_method(lens, prepared)
@@ -131,9 +131,15 @@ class DictionaryFamily:
         notes = [f"{len(result.runs)} runs on {len(worlds)} world(s); SAE steps {s.steps}, batch {s.batch_size}, "
                  f"lr {s.lr}, {s.n_eval} evaluation rows.",
                  "recovery_mcc: mean |cos| of Hungarian-matched atoms and planted directions; detect_auroc: best "
-                 "single-latent AUROC per concept, averaged; absorption: share of a parent's firings its latent "
+                 "single-latent AUROC per concept, averaged; detect_f1 / f1_best5: F1 of \"latent fires\" (> 1e-6) "
+                 "as a detector of the concept for its best latent / the mean of its best 5 (Hindupur et al. 2025), "
+                 "averaged over concepts; absorption: share of a parent's firings its latent "
                  "misses when a child fires (hierarchy world); ce_recovered: share of the CE loss gap between "
                  "zero-ablation and the clean model closed by splicing the reconstruction in."]
+        if any(r["world"].startswith("concept_clusters") for r in result.runs):
+            notes.append("concept_clusters (separability): unless a spec says otherwise, methods use expansion 25 "
+                         "(50 latents, the paper's width), relu l1_coef 0.6 and topk k 16 (each one's best per-latent "
+                         "F1 over a sweep).")
         features = next((f for r in result.runs if (f := _read(result.out_dir / "cache" / r["key"] / FEATURES_FILE))),
                         None)
         return Section(self.title, tables, plots, notes, features=features)

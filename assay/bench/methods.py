@@ -14,7 +14,8 @@ the random dictionary, ``k`` (default: the planted L0 rounded up, else 4).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import Tensor
 
@@ -39,9 +40,14 @@ def expand_method(spec: str) -> list[SpecRun]:
 
 
 def fit_method(run: SpecRun, train: Callable[[int, int], Tensor], d: int, *, seed: int, steps: int,
-               batch_size: int, lr: float | None = None, planted_l0: float | None = None):
-    """Fit ``run`` on data from ``train(n_rows, seed) -> [n_rows, d]``; returns a Lens with ``atoms [n, d]``."""
-    p = dict(run.params)
+               batch_size: int, lr: float | None = None, planted_l0: float | None = None,
+               defaults: Mapping[str, Mapping[str, Any]] | None = None):
+    """Fit ``run`` on data from ``train(n_rows, seed) -> [n_rows, d]``; returns a Lens with ``atoms [n, d]``.
+
+    ``defaults`` (a world's :attr:`~assay.bench.worlds.WorldData.method_defaults`) fill the parameters the
+    spec leaves out: ``defaults["*"]`` for every method, then ``defaults[run.name]``."""
+    defaults = defaults or {}
+    p = {**defaults.get("*", {}), **defaults.get(run.name, {}), **dict(run.params)}
     expansion = int(p.pop("expansion", 4))
     steps = int(p.pop("steps", steps))
     batch_size = int(p.pop("batch_size", batch_size))

@@ -7,6 +7,11 @@ A world spec is ``name[:key=value,…]``:
   planted directions, coefficients and firing pattern (concepts = features).
 - ``hierarchy`` — the same world with parent/child features (default 4 parents with 3 children each
   plus 16 free features: 48 features in d 16) for absorption.
+- ``concept_clusters`` — Gaussian concept clusters (:mod:`assay.worlds.concept_clusters`; keys
+  ``geometry=separability|heterogeneity``, ``standardise``, ``seed``): the SpaDE worlds of Hindupur et al.
+  2025, where ReLU/TopK receptive fields cannot isolate the clusters. Concepts = one column per cluster.
+  On ``separability`` (d = 2) methods default to ``expansion=25`` (the paper's 50 latents), ``relu`` to
+  ``l1_coef=0.6`` and ``topk`` to ``k=16`` (the best per-latent F1 of each one's sweep, docs/dictionaries.md).
 - ``dyck`` / ``expr`` / ``english`` / ``markov`` / ``bijections`` / ``graph`` / ``cyclic`` — a sequence
   world's default tiny transformer from the model zoo (:func:`assay.models.zoo.world_model`, cached),
   activations at ``site`` (default: the last block's residual output) on rows drawn the way the model
@@ -48,6 +53,10 @@ _SUPER_DEFAULTS = {"n_features": 64, "d_model": 16, "p_max": 0.2, "p_min": 0.02}
 _HIER_DEFAULTS = {"n_features": 32, "d_model": 16, "hierarchy": (3, 3, 3, 3) + (0,) * 16, "p_max": 0.25,
                   "p_min": 0.05, "profile": "constant"}
 
+SEPARABILITY_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"*": {"expansion": 25}, "relu": {"l1_coef": 0.6},
+                                                           "topk": {"k": 16}}
+"""Method defaults on the 2-d separability clusters (measured sweeps in docs/dictionaries.md)."""
+
 
 class WorldData(NamedTuple):
     """Activations of one world with their ground truth, for one bench seed."""
@@ -84,9 +93,12 @@ class WorldData(NamedTuple):
     """Token strings (sequence worlds)."""
     pad_id: int | None
     """The padding token id (sequence worlds)."""
+    method_defaults: dict[str, dict[str, Any]] | None = None
+    """Method name → parameters a method spec on this world gets unless it sets them (``"*"``: every
+    method), e.g. the dictionary width a small-d world needs; None: the methods' own defaults."""
 
 
-WORLD_NAMES = ("superposition", "hierarchy", *SEQUENCE_CONCEPTS)
+WORLD_NAMES = ("superposition", "hierarchy", "concept_clusters", *SEQUENCE_CONCEPTS)
 """The worlds a dictionary bench can use."""
 
 
@@ -100,6 +112,8 @@ def load_world(spec: str, *, seed: int, n_eval: int = 4096) -> WorldData:
     name, kw = parse_world(spec)
     if name in ("superposition", "hierarchy"):
         return _planted(spec, name, kw, seed, n_eval)
+    if name == "concept_clusters":
+        return _clusters(spec, kw, seed, n_eval)
     return _sequence(spec, name, kw, seed, n_eval)
 
 
@@ -118,6 +132,22 @@ def _planted(spec: str, name: str, kw: dict[str, Any], seed: int, n_eval: int) -
     l0 = float(b.labels["active"].double().sum(1).mean())
     return WorldData(spec, cfg.d_model, train, b.inputs, b.labels["active"], names, b.labels["acts"],
                      world.directions, parents, l0, None, None, None, None, None, None)
+
+
+def _clusters(spec: str, kw: dict[str, Any], seed: int, n_eval: int) -> WorldData:
+    from assay.worlds.concept_clusters import ConceptClustersConfig, ConceptClustersWorld
+
+    world = ConceptClustersWorld(ConceptClustersConfig(**kw))
+
+    def train(n: int, s: int) -> Tensor:
+        return world.sample(n, generator=make_generator(s)).inputs
+
+    b = world.sample(n_eval, generator=make_generator(10**9 + seed))
+    y = torch.nn.functional.one_hot(b.labels["cluster"], world.n_clusters).bool()
+    names = tuple(f"cluster{i}" for i in range(world.n_clusters))
+    defaults = SEPARABILITY_METHOD_DEFAULTS if world.config.geometry == "separability" else None
+    return WorldData(spec, world.d, train, b.inputs, y, names, None, None, None, 1.0, None, None, None, None, None,
+                     None, defaults)
 
 
 def _sequence(spec: str, name: str, kw: dict[str, Any], seed: int, n_eval: int) -> WorldData:

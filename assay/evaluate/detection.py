@@ -8,6 +8,8 @@ with the AUROC matrix of :func:`assay.stats.auroc_matrix`:
                R_ic = Σ of the (average-tie) ranks of z_i over the positives of concept c (Mann–Whitney)
     F1_ic    = 2 TP_ic / (#fires_i + P_c),   latent i "fires" when z_i > 1e-6 (SpaDE protocol)
     best latent of c: argmax_i AUROC_ic (resp. F1_ic)
+    best-k F1 of c: mean of the k largest F1_ic over latents i (k = 5: the per-latent F1 of Hindupur et
+               al. 2025, "Projecting Assumptions", which credits a concept tiled by several latents)
 
 k-sparse probing follows Gurnee et al. 2023, "Finding Neurons in a Haystack: Case Studies with Sparse
 Probing" and SAEBench (Karvonen et al. 2025): on a train split keep the k latents with the largest
@@ -32,7 +34,7 @@ from torch import Tensor
 from assay.evaluate.geometry import hungarian_match
 from assay.stats import auroc, auroc_matrix, logistic_regression
 
-__all__ = ["DetectionMetrics", "f1_matrix", "sparse_probe_auroc", "activation_mcc", "latent_detection",
+__all__ = ["DetectionMetrics", "f1_matrix", "best_k_f1", "sparse_probe_auroc", "activation_mcc", "latent_detection",
            "one_hot_concepts", "FIRE_THRESHOLD"]
 
 FIRE_THRESHOLD = 1e-6
@@ -55,6 +57,14 @@ def f1_matrix(z: Tensor, y: Tensor, *, threshold: float = FIRE_THRESHOLD) -> Ten
     tp = on.t() @ y.double()
     denom = on.sum(0)[:, None] + y.double().sum(0)[None, :]
     return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
+
+
+def best_k_f1(z: Tensor, y: Tensor, *, k: int = 5, threshold: float = FIRE_THRESHOLD) -> Tensor:
+    """Per concept, the mean F1 of its ``k`` best latents ``[C]`` (all latents when there are fewer than k)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    f1 = f1_matrix(z, y, threshold=threshold)
+    return f1.topk(min(k, f1.shape[0]), dim=0).values.mean(0)
 
 
 def sparse_probe_auroc(z: Tensor, y: Tensor, *, ks: Sequence[int] = (1, 2, 5), train_fraction: float = 0.5,
