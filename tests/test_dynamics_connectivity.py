@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from assay.dynamics.alignment import activation_matching, permute, spec_for, weight_matching
+from assay.dynamics.alignment import activation_matching, permute, spec_for, transformer_spec, weight_matching
 from assay.dynamics.connectivity import barriers, fit_bezier, interpolate, loss_path
 from assay.dynamics.similarity import invariance, mechanistic_similarity
 from assay.models.mlp import MLP
@@ -141,29 +141,84 @@ def test_permuted_mlp_aligns_back_exactly(method):
     assert before.barrier > 1e6 * max(after.barrier, 1e-18)
 
 
-@pytest.mark.parametrize("method", ["weight", "activation"])
-def test_permuted_transformer_mlp_neurons_align_back(method):
-    cfg = TransformerConfig(vocab_size=11, n_layers=2, n_heads=2, d_model=16, context=8)
-    a = Transformer(cfg, generator=make_generator(0)).double()
-    with torch.no_grad():  # larger weights than GPT-2 initialisation, so neurons differ clearly
-        for p in a.parameters():
+def _sharp_transformer(n_heads=4, seed=0):
+    cfg = TransformerConfig(vocab_size=11, n_layers=2, n_heads=n_heads, d_model=16, context=8)
+    model = Transformer(cfg, generator=make_generator(seed)).double()
+    with torch.no_grad():  # larger weights than GPT-2 initialisation, so heads and neurons differ clearly
+        for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(10.0)
-    spec = spec_for(a)
-    pi = {f"mlp{i}": torch.randperm(64, generator=make_generator(20 + i)) for i in range(2)}
+    return model
+
+
+@pytest.mark.parametrize("method", ["weight", "activation"])
+@pytest.mark.parametrize("parts", ["heads", "neurons", "both"])
+def test_permuted_transformer_heads_and_neurons_align_back(method, parts):
+    a = _sharp_transformer()
+    spec = transformer_spec(a, heads=parts != "neurons", neurons=parts != "heads")
+    assert spec_for(a) == transformer_spec(a)
+    pi = {}
+    for i in range(2):
+        if parts != "neurons":
+            pi[f"heads{i}"] = torch.tensor([2, 0, 3, 1]) if i == 0 else torch.tensor([3, 2, 1, 0])
+        if parts != "heads":
+            pi[f"mlp{i}"] = torch.randperm(64, generator=make_generator(20 + i))
+    assert set(pi) == set(spec.sizes(a.state_dict()))
     b = _clone(a)
     b.load_state_dict(permute(a.state_dict(), spec, pi))
     tokens = torch.randint(0, 11, (32, 8), generator=make_generator(3))
-    assert torch.allclose(a(tokens), b(tokens), atol=1e-10)
+    assert torch.allclose(a(tokens), b(tokens), atol=1e-10)  # a permuted copy is the same function ...
+    assert not torch.equal(a.blocks[0].attn.qkv.weight, b.blocks[0].attn.qkv.weight) or parts == "neurons"
+    target = a(tokens).detach()
+    loss = lambda f: ((f(tokens) - target) ** 2).mean()  # noqa: E731
+    before = loss_path(_clone(a), a.state_dict(), b.state_dict(), loss)
+    assert before.barrier > 1e-3  # ... but not linearly connected (measured 0.11 heads, 0.25 neurons, 0.38 both)
     if method == "weight":
         perms = weight_matching(a.state_dict(), b.state_dict(), spec, generator=make_generator(0))
     else:
         perms = activation_matching(a, b, tokens, spec)
-    for p in pi:
-        assert perms[p].tolist() == torch.argsort(pi[p]).tolist()
+    for p in pi:  # the spec's check: the assignment is argsort(π)
+        assert perms[p].tolist() == torch.argsort(pi[p]).tolist(), p
     aligned = permute(b.state_dict(), spec, perms)
     for k, v in a.state_dict().items():
         assert torch.equal(aligned[k], v), k
+    after = loss_path(_clone(a), a.state_dict(), aligned, loss)
+    assert after.barrier == 0.0 and after.barrier_mid == 0.0
+
+
+def test_head_permutation_moves_qkv_and_output_slices_together():
+    # checked slice by slice against the layout of the fused projection: B's head j is A's head π[j]
+    a = _sharp_transformer(n_heads=4)
+    spec = transformer_spec(a, neurons=False)
+    pi = torch.tensor([2, 0, 3, 1])
+    b = permute(a.state_dict(), spec, {"heads0": pi, "heads1": torch.arange(4)})
+    d, dh = 16, 4
+    wa, wb = a.state_dict()["blocks.0.attn.qkv.weight"], b["blocks.0.attn.qkv.weight"]
+    oa, ob = a.state_dict()["blocks.0.attn.out.weight"], b["blocks.0.attn.out.weight"]
+    for j in range(4):
+        src = int(pi[j])
+        for block in range(3):  # Q, K, V
+            assert torch.equal(wb[block * d + j * dh: block * d + (j + 1) * dh], wa[block * d + src * dh: block * d + (src + 1) * dh])
+        assert torch.equal(ob[:, j * dh:(j + 1) * dh], oa[:, src * dh:(src + 1) * dh])
+    assert torch.equal(b["blocks.0.attn.out.bias"], a.state_dict()["blocks.0.attn.out.bias"])
+
+
+def test_alignment_shape_mismatches_are_clear_errors():
+    a, wide = _sharp_transformer(n_heads=4), Transformer(TransformerConfig(vocab_size=11, n_layers=2, n_heads=3,
+                                                                          d_model=18, context=8)).double()
+    spec = transformer_spec(a)  # d_head 4: the wide model's 54 Q/K/V rows are not whole heads of 3·4
+    with pytest.raises(ValueError, match=r"axis 0 of 'blocks\.0\.attn\.qkv\.weight' has length 54, not a multiple"):
+        spec.sizes(wide.state_dict())
+    with pytest.raises(ValueError, match="different architectures"):
+        weight_matching(a.state_dict(), wide.state_dict(), spec, generator=make_generator(0))
+    with pytest.raises(ValueError, match="different architectures"):
+        activation_matching(a, wide, torch.zeros(2, 8, dtype=torch.long), spec)
+    # a spec built for 2 heads on a 4-head model (same parameter shapes): heads counted 2, not 4
+    two = transformer_spec(_sharp_transformer(n_heads=2), neurons=False)
+    with pytest.raises(ValueError, match=r"permutation 'heads0' must be a permutation of 0\.\.1"):
+        permute(a.state_dict(), two, {"heads0": torch.arange(4), "heads1": torch.arange(4)})
+    with pytest.raises(ValueError, match="heads=True or neurons=True"):
+        transformer_spec(a, heads=False, neurons=False)
 
 
 def test_interpolating_different_architectures_is_refused():

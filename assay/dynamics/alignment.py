@@ -18,16 +18,26 @@ every parameter, which permutation (if any) acts on each of its axes. Permuting 
   (and positions) at each permutation's site, one assignment per layer (permuting one hidden layer
   leaves every other layer's activations unchanged, so layers match independently).
 
-Specs are provided for :class:`assay.models.mlp.MLP` (every hidden layer) and for the MLP neurons of
-:class:`assay.models.transformer.Transformer` (one permutation per block: rows of ``fc_in``, columns of
-``fc_out``; activation matching reads ``fc_in``'s output, the pre-GELU value, which the permutation
-moves the same way). Check (spec): B = A with its hidden units permuted by π gives argsort(π).
+A permutation may move *groups* of entries as units (:class:`PermAxis`): an axis of length
+outer·n·inner laid out ``[outer, n, inner]`` is permuted on its middle index, so one attention head —
+its Q, K and V rows of the fused ``qkv`` projection (outer 3, inner d_head) and its d_head columns of
+the output projection — moves as one unit. Weight matching then flattens each head's entries into one
+row of M_p (an n_heads × n_heads assignment).
+
+Specs are provided for :class:`assay.models.mlp.MLP` (every hidden layer) and for
+:class:`assay.models.transformer.Transformer` (per block: ``heads{i}`` permuting its attention heads,
+``mlp{i}`` its MLP neurons — rows of ``fc_in``, columns of ``fc_out``). Activation matching reads
+``fc_in``'s output for the neurons (the pre-GELU value, which the permutation moves the same way) and
+the attention pattern ``attn.pattern`` ``[batch, head, query, key]`` for the heads (a head's pattern
+does not change under the GL(d_head) symmetries inside a head, so two heads that compute the same
+thing correlate fully). Check (spec): B = A with its hidden units permuted by π gives argsort(π).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,31 +47,65 @@ from torch import Tensor, nn
 from assay.dynamics.connectivity import State, check_same_architecture
 from assay.hooks import capture
 
-__all__ = ["PermutationSpec", "mlp_spec", "transformer_mlp_spec", "spec_for", "permute", "weight_matching",
+__all__ = ["PermAxis", "PermutationSpec", "mlp_spec", "transformer_spec", "spec_for", "permute", "weight_matching",
            "activation_matching"]
+
+
+class PermAxis(NamedTuple):
+    """A permutation acting on groups of an axis laid out ``[outer, n, inner]`` (n = the permutation's size)."""
+
+    perm: str
+    """The permutation's name."""
+    outer: int = 1
+    """Number of outer blocks, each holding all n units (3 for a fused Q/K/V projection)."""
+    inner: int = 1
+    """Consecutive entries that make one unit (d_head for an attention head)."""
+
+
+AxisEntry = str | PermAxis | None
+"""What acts on one axis: a permutation name (single entries), a :class:`PermAxis`, or nothing."""
+
+
+def _entry(e: AxisEntry) -> PermAxis | None:
+    return PermAxis(e) if isinstance(e, str) else e
+
+
+def _unit_index(perm: Tensor, outer: int, inner: int) -> Tensor:
+    """Entry indices of an ``[outer, n, inner]`` axis after permuting its units by ``perm``."""
+    n = perm.numel()
+    idx = (torch.arange(outer)[:, None, None] * n + perm[None, :, None]) * inner + torch.arange(inner)[None, None, :]
+    return idx.reshape(-1)
 
 
 @dataclass(frozen=True)
 class PermutationSpec:
     """Which permutation acts on which axis of which parameter."""
 
-    axes: Mapping[str, tuple[str | None, ...]]
-    """Parameter name → one entry per axis: the permutation acting on it, or None."""
+    axes: Mapping[str, tuple[AxisEntry, ...]]
+    """Parameter name → one entry per axis: the permutation acting on it (a name or a :class:`PermAxis`), or None."""
     sites: Mapping[str, str]
-    """Permutation name → the site whose output's last dimension it permutes (for activation matching)."""
+    """Permutation name → the site whose output carries its units (for activation matching)."""
+    site_axes: Mapping[str, int] = field(default_factory=dict)
+    """Permutation name → the axis of its site's output that indexes the units (default −1, the last)."""
 
     def sizes(self, state: State) -> dict[str, int]:
         """Permutation name → its size, read from ``state`` (and checked to agree across parameters)."""
         out: dict[str, int] = {}
-        for name, perms in self.axes.items():
+        for name, entries in self.axes.items():
             if name not in state:
                 raise KeyError(f"permutation spec names parameter {name!r}, which the model does not have")
-            for axis, p in enumerate(perms):
-                if p is None:
+            for axis, e in enumerate(map(_entry, entries)):
+                if e is None:
                     continue
-                n = state[name].shape[axis]
-                if out.setdefault(p, n) != n:
-                    raise ValueError(f"permutation {p!r} has size {out[p]} elsewhere but {n} on axis {axis} of {name!r}")
+                length = state[name].shape[axis]
+                if length % (e.outer * e.inner):
+                    raise ValueError(f"axis {axis} of {name!r} has length {length}, not a multiple of "
+                                     f"outer·inner = {e.outer}·{e.inner} for permutation {e.perm!r}; the spec was "
+                                     "built for a model of another shape: build it from this model")
+                n = length // (e.outer * e.inner)
+                if out.setdefault(e.perm, n) != n:
+                    raise ValueError(f"permutation {e.perm!r} has size {out[e.perm]} elsewhere but {n} on axis {axis} "
+                                     f"of {name!r}; the spec does not fit this model: build it from this model")
         return out
 
 
@@ -77,17 +121,30 @@ def mlp_spec(model: nn.Module) -> PermutationSpec:
     return PermutationSpec(axes, {f"P{i}": f"act{i}" for i in range(n)})
 
 
-def transformer_mlp_spec(model: nn.Module) -> PermutationSpec:
-    """Spec of a :class:`assay.models.transformer.Transformer`'s MLP neurons: ``mlp{i}`` per block."""
-    axes: dict[str, tuple[str | None, ...]] = {}
-    sites = {}
-    for i in range(model.config.n_layers):
-        pre = f"blocks.{i}.mlp"
-        axes[f"{pre}.fc_in.weight"] = (f"mlp{i}", None)
-        axes[f"{pre}.fc_in.bias"] = (f"mlp{i}",)
-        axes[f"{pre}.fc_out.weight"] = (None, f"mlp{i}")
-        sites[f"mlp{i}"] = f"{pre}.fc_in"
-    return PermutationSpec(axes, sites)
+def transformer_spec(model: nn.Module, *, heads: bool = True, neurons: bool = True) -> PermutationSpec:
+    """Spec of a :class:`assay.models.transformer.Transformer`: per block i, ``heads{i}`` moves whole
+    attention heads (Q, K, V rows of ``qkv`` and columns of ``out``; site ``attn.pattern``, axis 1) and
+    ``mlp{i}`` the MLP neurons (rows of ``fc_in``, columns of ``fc_out``; site ``fc_in``)."""
+    if not (heads or neurons):
+        raise ValueError("transformer_spec needs heads=True or neurons=True (otherwise nothing is permuted)")
+    cfg = model.config
+    axes: dict[str, tuple[AxisEntry, ...]] = {}
+    sites: dict[str, str] = {}
+    site_axes: dict[str, int] = {}
+    for i in range(cfg.n_layers):
+        if heads:
+            pre, p = f"blocks.{i}.attn", f"heads{i}"
+            axes[f"{pre}.qkv.weight"] = (PermAxis(p, 3, cfg.d_head), None)
+            axes[f"{pre}.qkv.bias"] = (PermAxis(p, 3, cfg.d_head),)
+            axes[f"{pre}.out.weight"] = (None, PermAxis(p, 1, cfg.d_head))
+            sites[p], site_axes[p] = f"{pre}.pattern", 1
+        if neurons:
+            pre, p = f"blocks.{i}.mlp", f"mlp{i}"
+            axes[f"{pre}.fc_in.weight"] = (p, None)
+            axes[f"{pre}.fc_in.bias"] = (p,)
+            axes[f"{pre}.fc_out.weight"] = (None, p)
+            sites[p] = f"{pre}.fc_in"
+    return PermutationSpec(axes, sites, site_axes)
 
 
 def spec_for(model: nn.Module) -> PermutationSpec:
@@ -98,23 +155,34 @@ def spec_for(model: nn.Module) -> PermutationSpec:
     if isinstance(model, MLP):
         return mlp_spec(model)
     if isinstance(model, Transformer):
-        return transformer_mlp_spec(model)
+        return transformer_spec(model)
     raise TypeError(f"no permutation spec for {type(model).__name__}; pass a PermutationSpec naming which "
                     "permutation acts on each axis of each parameter")
 
 
 def _apply(spec: PermutationSpec, perms: Mapping[str, Tensor], name: str, w: Tensor, skip_axis: int | None) -> Tensor:
-    for axis, p in enumerate(spec.axes.get(name, ())):
-        if p is not None and axis != skip_axis:
-            w = w.index_select(axis, perms[p])
+    for axis, e in enumerate(map(_entry, spec.axes.get(name, ()))):
+        if e is not None and axis != skip_axis:
+            w = w.index_select(axis, _unit_index(perms[e.perm], e.outer, e.inner).to(w.device))
     return w
+
+
+def _units_first(w: Tensor, axis: int, e: PermAxis, n: int) -> Tensor:
+    """``w`` as ``[n, rest]``: the units of ``axis`` first, everything else (their Q/K/V blocks, entries) flattened."""
+    w = w.movedim(axis, 0)
+    return w.reshape(e.outer, n, e.inner, -1).transpose(0, 1).reshape(n, -1)
 
 
 def permute(state: State, spec: PermutationSpec, perms: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``state`` with every permutation applied (``index_select`` on each axis it acts on)."""
-    missing = sorted(set(spec.sizes(state)) - set(perms))
+    sizes = spec.sizes(state)
+    missing = sorted(set(sizes) - set(perms))
     if missing:
         raise KeyError(f"no permutation given for {', '.join(missing)}")
+    for p, n in sizes.items():
+        if not torch.equal(torch.sort(perms[p].cpu()).values, torch.arange(n)):
+            raise ValueError(f"permutation {p!r} must be a permutation of 0..{n - 1} (the model has {n} such units), "
+                             f"got {perms[p].tolist()}")
     return {k: _apply(spec, perms, k, v, None) for k, v in state.items()}
 
 
@@ -125,11 +193,11 @@ def weight_matching(
     check_same_architecture(a, b)
     sizes = spec.sizes(a)
     perms = {p: torch.arange(n) for p, n in sizes.items()}
-    carried: dict[str, list[tuple[str, int]]] = {p: [] for p in sizes}
-    for name, axes in spec.axes.items():
-        for axis, p in enumerate(axes):
-            if p is not None:
-                carried[p].append((name, axis))
+    carried: dict[str, list[tuple[str, int, PermAxis]]] = {p: [] for p in sizes}
+    for name, entries in spec.axes.items():
+        for axis, e in enumerate(map(_entry, entries)):
+            if e is not None:
+                carried[e.perm].append((name, axis, e))
     names = list(sizes)
     for _ in range(max_sweeps):
         gained = False
@@ -137,9 +205,9 @@ def weight_matching(
             p = names[idx]
             n = sizes[p]
             m = torch.zeros(n, n, dtype=torch.float64)
-            for name, axis in carried[p]:
-                wa = a[name].double().movedim(axis, 0).reshape(n, -1)
-                wb = _apply(spec, perms, name, b[name].double(), axis).movedim(axis, 0).reshape(n, -1)
+            for name, axis, e in carried[p]:
+                wa = _units_first(a[name].double(), axis, e, n)
+                wb = _units_first(_apply(spec, perms, name, b[name].double(), axis), axis, e, n)
                 m += wa @ wb.T
             _, cols = linear_sum_assignment(m.numpy(), maximize=True)
             new = torch.as_tensor(cols, dtype=torch.long)
@@ -152,9 +220,9 @@ def weight_matching(
     return perms
 
 
-def _pearson_matrix(x: Tensor, y: Tensor) -> np.ndarray:
-    x = x.double().flatten(0, -2)
-    y = y.double().flatten(0, -2)
+def _pearson_matrix(x: Tensor, y: Tensor, axis: int = -1) -> np.ndarray:
+    x = x.double().movedim(axis, -1).flatten(0, -2)
+    y = y.double().movedim(axis, -1).flatten(0, -2)
     x = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-12)
     y = (y - y.mean(0)) / y.std(0, unbiased=False).clamp_min(1e-12)
     return (x.T @ y / x.shape[0]).numpy()
@@ -166,8 +234,8 @@ def activation_matching(
     *, forward: Callable[[nn.Module, Tensor], object] | None = None,
 ) -> dict[str, Tensor]:
     """Permutations of B's units maximising the summed Pearson correlation with A's units at each site,
-    over ``inputs`` (one batch; sequences are pooled over positions). ``forward(model, inputs)`` runs a model
-    (default ``model(inputs)``)."""
+    over ``inputs`` (one batch; every other axis of the site's output — batch, positions, a head's pattern
+    entries — is pooled). ``forward(model, inputs)`` runs a model (default ``model(inputs)``)."""
     check_same_architecture(dict(model_a.state_dict()), dict(model_b.state_dict()))
     run = forward or (lambda m, x: m(x))
     acts = []
@@ -177,6 +245,7 @@ def activation_matching(
         acts.append(cap)
     perms = {}
     for p, site in spec.sites.items():
-        _, cols = linear_sum_assignment(_pearson_matrix(acts[0][site], acts[1][site]), maximize=True)
+        corr = _pearson_matrix(acts[0][site], acts[1][site], spec.site_axes.get(p, -1))
+        _, cols = linear_sum_assignment(corr, maximize=True)
         perms[p] = torch.as_tensor(cols, dtype=torch.long)
     return perms
