@@ -2,7 +2,8 @@
 
 Modules (import them directly; nothing is loaded here): ``connectivity`` (paths between two models
 and their loss barriers), ``alignment`` (permutation alignment by weight or activation matching),
-``similarity`` (mechanistic similarity as shared invariances), ``transitions`` (onset and sharpness of
+``cbft`` (connectivity-based fine-tuning away from a cue), ``similarity`` (mechanistic similarity as
+shared invariances), ``transitions`` (onset and sharpness of
 an abrupt change), ``checkpoints`` (training writes a log-spaced checkpoint series into one artifact;
 any metric over a series is a curve), ``concept_space`` (trajectories in concept space and hidden
 capabilities). The experiment behind ``assay dynamics`` is ``assay.bench.dynamics``; the forgetting study
