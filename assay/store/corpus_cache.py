@@ -80,7 +80,7 @@ def prepare(cfg: CacheConfig, *, loaded: Any = None) -> tuple[Any, Any]:
     import torch
 
     from assay import corpora, models
-    from assay.store.distributed import rank_device
+    from assay.store.ranks import rank_device
 
     if loaded is None:
         loaded = models.load(cfg.model, device=rank_device(cfg.device))
@@ -113,7 +113,8 @@ def cache_corpus(cfg: CacheConfig, *, loaded: Any = None,
     """Cache ``cfg``'s model (or ``loaded``) at ``cfg.sites`` over its corpus into ``cfg.store_dir``; returns
     the :class:`assay.store.StoreSummary`. ``progress(rows_done, n_rows)`` is called after every batch."""
     from assay.store import write_store
-    from assay.store.distributed import launched_by_torchrun, torchrun_group, write_store_distributed
+    from assay.store.distributed import write_store_distributed
+    from assay.store.ranks import launched_by_torchrun, torchrun_group
 
     model, windows = prepare(cfg, loaded=loaded)
     kwargs = dict(batch_size=cfg.batch_size, shard_rows=cfg.shard_rows, dtype=cfg.dtype, model_name=cfg.model,
