@@ -46,6 +46,9 @@ class CacheConfig:
     """On-disk dtype of the activations (a named model runs in float32, a model folder in its saved dtype)."""
     device: str = "cpu"
     """Device to run the model on (cpu, cuda, cuda:1, ...)."""
+    autocast_dtype: Literal["bfloat16", "float16"] | None = None
+    """Run the forward pass under torch.autocast in this dtype (CPU or GPU; the weights stay as loaded); the
+    manifest records it. Unset: no autocast."""
     out_dir: Path | None = None
     """Store folder; unset: runs/cache/<model>-<sites>-<n_tokens>."""
     resume: bool = True
@@ -118,7 +121,7 @@ def cache_corpus(cfg: CacheConfig, *, loaded: Any = None,
 
     model, windows = prepare(cfg, loaded=loaded)
     kwargs = dict(batch_size=cfg.batch_size, shard_rows=cfg.shard_rows, dtype=cfg.dtype, model_name=cfg.model,
-                  resume=cfg.resume, verify=cfg.verify, progress=progress)
+                  resume=cfg.resume, verify=cfg.verify, progress=progress, autocast_dtype=cfg.autocast_dtype)
     if not launched_by_torchrun():
         return write_store(cfg.store_dir, model, cfg.sites, windows, **kwargs)
     with torchrun_group(cfg.timeout_s) as group:

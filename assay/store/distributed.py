@@ -201,6 +201,7 @@ def write_store_distributed(
     progress: ProgressFn | None = None,
     max_pending: int = 1,
     group: Any = None,
+    autocast_dtype: str | None = None,
 ) -> StoreSummary:
     """:func:`assay.store.write_store` split over the ranks of ``group`` (``None``: the default process group,
     which must be initialised; gloo, since only statuses travel over it). Call it on every rank with the same
@@ -215,7 +216,7 @@ def write_store_distributed(
     prepared, status = None, ""
     try:
         prepared = _prepare_run(model, sites, windows, batch_size=batch_size, shard_rows=shard_rows, dtype=dtype,
-                                model_name=model_name, forward=forward)
+                                model_name=model_name, forward=forward, autocast_dtype=autocast_dtype)
         if rank == 0:
             _start(out, prepared[0], int(prepared[1].tokens.numel()), world, resume)
     except Exception as e:  # noqa: BLE001 - reported to every rank by _exchange
