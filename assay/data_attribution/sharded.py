@@ -1,4 +1,4 @@
-"""Sharded TRAK: training examples split across ``torch.distributed`` ranks, the kernel reduced once.
+"""Sharded TRAK and influence functions: training examples split across ``torch.distributed`` ranks.
 
 Park, Georgiev, Ilyas, Leclerc & Madry 2023, "TRAK: Attributing Model Behavior at Scale" (ICML 2023), run on
 PyTorch's own engine (``torch.distributed``, started by ``torchrun``; Li et al. 2020, "PyTorch Distributed").
@@ -22,7 +22,13 @@ on it), and so is a different model, data set or projection.
 
 **Failures.** After setup and after featurisation every rank reports its status to rank 0
 (:func:`assay.store.ranks.exchange_status`), so a rank that died or hangs past the group's timeout is named and
-every live rank raises one :class:`ShardedTrakError`; the features finished so far are kept.
+every live rank raises one :class:`ShardedError`; the features finished so far are kept.
+
+**Influence functions** (Koh & Liang 2017, "Understanding Black-box Predictions via Influence Functions";
+:mod:`assay.data_attribution.influence`) split the same way: H of the mean training loss is Σ_r (n_r/n) H_r over
+the ranks' blocks, so :func:`influence_sharded` reduces the weighted block Hessians once (explicit solver) or
+the weighted block Hessian-vector products once per conjugate-gradient iteration, solves for the targets on
+every rank, and each rank scores its own train rows.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -40,20 +46,28 @@ from assay.artifact import atomic_write_text
 from assay.config import to_dict
 from assay.data_attribution.featstore import FeatureStore
 from assay.data_attribution.featurize import Method, check_inputs
-from assay.data_attribution.grads import select_parameters
+from assay.data_attribution.grads import per_example_grads, select_parameters
+from assay.data_attribution.influence import (
+    influence_scores,
+    loss_hessian,
+    make_hvp,
+    solve_cg,
+    solve_explicit,
+)
 from assay.data_attribution.projection import ProjectionConfig
 from assay.data_attribution.trak import trak_featurize, trak_finalize, trak_kernel, trak_scores
 from assay.store.ranks import exchange_status, rank_block, run_status
 from assay.store.writer import model_fingerprint
 
-__all__ = ["ShardedTrakError", "ShardedTrak", "trak_sharded", "META_FILE"]
+__all__ = ["ShardedError", "ShardedTrak", "trak_sharded", "influence_sharded", "META_FILE"]
 
 META_FILE = "meta.json"
 """The run record of a sharded TRAK folder."""
 
 
-class ShardedTrakError(RuntimeError):
-    """A sharded TRAK run failed on some rank (named in the message), or its folder belongs to another run."""
+class ShardedError(RuntimeError):
+    """A sharded TRAK or influence run failed on some rank (named in the message), or a TRAK folder belongs to
+    another run."""
 
 
 class ShardedTrak(NamedTuple):
@@ -84,14 +98,14 @@ def _start(out: Path, meta: dict[str, Any]) -> None:
         return
     old = json.loads(path.read_text())
     if old.get("world_size") != meta["world_size"]:
-        raise ShardedTrakError(
+        raise ShardedError(
             f"{out} holds sharded TRAK features from a run of {old.get('world_size')} ranks; this run has "
             f"{meta['world_size']}. Each rank's block of rows depends on the number of ranks: resume with "
             f"`torchrun --nproc-per-node {old.get('world_size')}` (or as many ranks), or use another out_dir")
     diff = [f"{key}: folder has {old.get(key)!r}, this run {value!r}" for key, value in meta.items()
             if old.get(key) != value]
     if diff:
-        raise ShardedTrakError(f"{out} holds features of a different run; use another out_dir:\n  " + "\n  ".join(diff))
+        raise ShardedError(f"{out} holds features of a different run; use another out_dir:\n  " + "\n  ".join(diff))
 
 
 def _featurize(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor],
@@ -113,7 +127,7 @@ def _featurize(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, ta
 
 def _check(verdict: str, out: Path) -> None:
     if verdict:
-        raise ShardedTrakError(f"sharded TRAK in {out} failed: {verdict}. Re-run the same command with the same number "
+        raise ShardedError(f"sharded TRAK in {out} failed: {verdict}. Re-run the same command with the same number "
                                "of processes to resume (finished features are kept)")
 
 
@@ -168,3 +182,61 @@ def trak_sharded(
     scores[rows.start : rows.stop] = trak_scores(cks, gs)
     dist.all_reduce(scores, group=group)  # each rank adds its rows to zeros: exact
     return ShardedTrak(scores, resumed, computed)
+
+
+def influence_sharded(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor],
+    *,
+    solver: Literal["explicit", "cg"] = "explicit",
+    damping: float = 0.0,
+    l2: float = 0.0,
+    params: Sequence[str] | None = None,
+    max_iter: int = 100,
+    group: Any = None,
+) -> torch.Tensor:
+    """Influence scores ``[n_train, n_targets]`` = G_train (H + λI)⁻¹ G_targetᵀ (H: the Hessian of the mean training
+    loss + (l2/2)‖θ‖², as :func:`assay.data_attribution.influence.objective_fn`), with the train rows split over the
+    ranks of ``group``; every rank returns the full scores. ``solver="explicit"`` all-reduces the weighted block
+    Hessians once (tiny models), ``"cg"`` all-reduces the weighted block Hessian-vector products once per
+    iteration (every rank runs the same iterations on the same reduced values)."""
+    import torch.distributed as dist
+
+    if solver not in ("explicit", "cg"):
+        raise ValueError(f"solver must be 'explicit' or 'cg' (LiSSA samples batches: not sharded), got {solver!r}")
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    n = int(train[0].shape[0])
+    rows = rank_block(n, rank, world)
+    weight = len(rows) / n
+    x, y = train[0][rows.start : rows.stop], train[1][rows.start : rows.stop]
+    prepared, status = None, ""
+    try:
+        if n < world:
+            raise ValueError(f"{n} train examples cannot be split over {world} ranks; use at most {n} ranks")
+        check_inputs(target[0], tuple(train[0].shape[1:]), "target inputs")
+        sel = select_parameters(model, params)
+        prepared = (sel, per_example_grads(model, x, y, params=sel), per_example_grads(model, *target, params=sel).T)
+    except Exception as e:  # noqa: BLE001 - reported to every rank by exchange_status
+        status = f"{type(e).__name__}: {e}"
+    verdict = exchange_status(status, group)
+    if verdict:
+        raise ShardedError(f"sharded influence failed: {verdict}")
+    sel, g_train, b = prepared
+    if solver == "explicit":
+        h = loss_hessian(model, x, y, params=sel, l2=l2) * weight
+        dist.all_reduce(h, group=group)  # the one reduction of the Hessian
+        solved = solve_explicit(h, b, damping=damping)
+    else:
+        local = make_hvp(model, x, y, params=sel, l2=l2)
+
+        def hvp(v: torch.Tensor) -> torch.Tensor:
+            out = local(v) * weight
+            dist.all_reduce(out, group=group)
+            return out
+
+        solved = solve_cg(hvp, b, damping=damping, max_iter=max_iter)
+    scores = torch.zeros(n, b.shape[1], dtype=g_train.dtype)
+    scores[rows.start : rows.stop] = influence_scores(g_train, solved)
+    dist.all_reduce(scores, group=group)  # each rank adds its rows to zeros: exact
+    return scores
