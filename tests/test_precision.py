@@ -5,7 +5,7 @@ most 2⁻⁹ ≈ 0.2% relative (products accumulate in float32). Measured here: 
 2-layer transformer differ from float32 by 0.05% (block 0) and 0.06% (block 1) in relative Frobenius norm, and
 a TopK SAE's first-step loss by far less than 1%; after 60 training steps the held FVU differed by < 0.001 for
 TopK (0.1587 vs 0.1596) and JumpReLU (0.1931 vs 0.1941). The bounds below (1% for one pass, 0.01 FVU after
-training) are about 10× the measured differences, yet far below what a wrong path (float32 silently, or a
+training) are at least 10× the measured differences, yet far below what a wrong path (float32 silently, or a
 broken cast) would give: the test also checks that autocast changed the numbers at all."""
 
 import json
