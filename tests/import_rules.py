@@ -1,6 +1,6 @@
 """The layer rules of the design (DESIGN.md §1) as a checker over a package's source (an `ast` walk).
 
-The layers, bottom to top: the floors (hooks, lens, stats, report, artifact, config, chunks and
+The layers, bottom to top: the floors (hooks, lens, stats, report, artifact, config, chunks, precision and
 the package's `__init__`), the data floor (worlds, models, store, corpora), the method packages
 (dictionaries, lenses, circuits, attribution, ...), `evaluate`, `bench` and `cli` (with `__main__`, which only runs the command line). The rules:
 
@@ -21,7 +21,7 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-FLOORS = ("hooks", "lens", "stats", "report", "artifact", "config", "chunks")
+FLOORS = ("hooks", "lens", "stats", "report", "artifact", "config", "chunks", "precision")
 DATA_FLOOR = ("worlds", "models", "store", "corpora")
 METHOD_PACKAGES = (
     "dictionaries", "lenses", "circuits", "attribution", "data_attribution", "robustness",

@@ -1,12 +1,10 @@
 """Data-parallel dictionary training (SAE, transcoder, crosscoder): 2 gloo processes on localhost end with
 the same weights as one process on the same global batches, AuxK dead-latent loss included."""
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from safetensors.torch import load_file, save_file
 
 from assay.dictionaries.registry import build_sae
@@ -34,30 +32,21 @@ def _sae(kind):
     return build_sae(kind, **KINDS[kind])
 
 
-def _worker(rank, world, store_file, out_dir):
-    torch.set_num_threads(1)
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    # a file rendezvous: no free-port race with other processes on the machine
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
-    try:
-        for kind in KINDS:  # one launch for all kinds: start-up dominates the cost
-            trainer = SAETrainer(_sae(kind), CFG)
-            trainer.fit(_batches(kind))
-            if rank == 0:
-                save_file({k: v.contiguous() for k, v in trainer.saes[0].state_dict().items()},
-                          f"{out_dir}/{kind}.safetensors")
-        dist.barrier()  # neither rank tears gloo down while the other may still be using it
-    finally:
-        dist.destroy_process_group()
-    # Skip interpreter teardown: gloo's background threads occasionally abort the exiting process
-    # ("terminate called without an active exception", ~1 run in 15 here) after all work is done.
-    os._exit(0)
+def _worker(rank, world, out_dir):
+    for kind in KINDS:  # one launch for all kinds: start-up dominates the cost
+        trainer = SAETrainer(_sae(kind), CFG)
+        trainer.fit(_batches(kind))
+        if rank == 0:
+            save_file({k: v.contiguous() for k, v in trainer.saes[0].state_dict().items()},
+                      f"{out_dir}/{kind}.safetensors")
+    dist.barrier()  # neither rank leaves while the other may still be using gloo
+    return {}
 
 
 @pytest.fixture(scope="module")
 def two_rank_weights(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, str(d / "rendezvous"), str(d)), nprocs=2, join=True)
+    assert all(r is not None for r in run_ranks(_worker, d, "ddp", str(d))), "a rank failed (its traceback is above)"
     return d
 
 

@@ -1,12 +1,10 @@
 """Latent-sharded TopK SAE: 2 gloo ranks, each holding half the latents, give the unsharded SAE's codes,
 reconstruction and one optimizer step (weights gathered), to float tolerance."""
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from safetensors.torch import load_file, save_file
 
 from assay.dictionaries.registry import build_sae
@@ -26,36 +24,29 @@ def _x():
     return torch.randn(16, 8, generator=torch.Generator().manual_seed(2)) + 1.0
 
 
-def _worker(rank, world, store_file, out_dir):
-    torch.set_num_threads(1)
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+def _worker(rank, world, out_dir):
+    model = ShardedTopKSAE.from_full(_sae())
+    out = model(_x())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss = sharded_train_step(model, opt, _x(), grad_clip=1.0)
+    full = model.gather()
     try:
-        model = ShardedTopKSAE.from_full(_sae())
-        out = model(_x())
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        loss = sharded_train_step(model, opt, _x(), grad_clip=1.0)
-        full = model.gather()
-        try:
-            ShardedTopKSAE.from_full(_sae(d_sae=31))
-            uneven = ""
-        except ValueError as e:
-            uneven = str(e)
-        if rank == 0:
-            save_file({"codes": out.codes.dense(), "recon": out.recon.detach(), "loss": loss,
-                       **{f"w.{k}": v.contiguous() for k, v in full.state_dict().items()}},
-                      f"{out_dir}/sharded.safetensors")
-            with open(f"{out_dir}/uneven.txt", "w") as f:
-                f.write(uneven)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    os._exit(0)  # skip interpreter teardown (gloo threads; see test_sae_distributed.py)
+        ShardedTopKSAE.from_full(_sae(d_sae=31))
+        uneven = ""
+    except ValueError as e:
+        uneven = str(e)
+    if rank == 0:
+        save_file({"codes": out.codes.dense(), "recon": out.recon.detach(), "loss": loss,
+                   **{f"w.{k}": v.contiguous() for k, v in full.state_dict().items()}},
+                  f"{out_dir}/sharded.safetensors")
+    dist.barrier()  # neither rank leaves while the other may still be using gloo
+    return {"uneven": uneven}
 
 
 @pytest.mark.slow
 def test_sharded_topk_equals_unsharded(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    ranks = run_ranks(_worker, tmp_path, "sharded", str(tmp_path))
+    assert all(r is not None for r in ranks), "a rank failed (its traceback is above)"
     got = load_file(tmp_path / "sharded.safetensors")
 
     sae = _sae()
@@ -79,4 +70,4 @@ def test_sharded_topk_equals_unsharded(tmp_path):
     for k, v in sae.state_dict().items():
         assert not torch.equal(v, _sae().state_dict()[k]), k  # every tensor moved
         torch.testing.assert_close(got[f"w.{k}"], v, atol=1e-5, rtol=1e-4, msg=k)
-    assert "d_sae=31 latents do not split evenly over 2 ranks" in (tmp_path / "uneven.txt").read_text()
+    assert all("d_sae=31 latents do not split evenly over 2 ranks" in r["uneven"] for r in ranks)

@@ -4,17 +4,16 @@ completes the same store; a resume with another world size is refused."""
 
 import json
 import os
-from datetime import timedelta
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 
 from assay.models.transformer import Transformer, TransformerConfig
 from assay.store import ActivationStore, StoreError, write_store
-from assay.store.distributed import RANKS, _start, rank_block, write_store_distributed
+from assay.store.distributed import RANKS, _start, write_store_distributed
 from assay.store.manifest import read_manifest
+from assay.store.ranks import rank_block
 
 SITES = ["blocks.0", "blocks.1"]
 KW = dict(batch_size=3, shard_rows=12, dtype="float32")  # batches straddle shards and the ranks' blocks
@@ -29,38 +28,20 @@ def _tokens():
     return torch.randint(0, 50, (10, 8), generator=torch.Generator().manual_seed(1))  # 80 rows: 7 shards
 
 
-def _worker(rank, world, rendezvous, out, kill_at_rows, result):
-    torch.set_num_threads(1)
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=20))
-
+def _worker(rank, world, out, kill_at_rows):
     def progress(done, total):
         if kill_at_rows is not None and rank == 1 and done >= kill_at_rows:
             os._exit(1)  # killed: no cleanup, no goodbye
 
     try:
         s = write_store_distributed(out, _model(), SITES, _tokens(), **KW, progress=progress, max_pending=0)
-        doc = {"error": None, "resumed": s.resumed_rows, "rows": s.n_rows, "shards": s.n_shards}
+        return {"error": None, "resumed": s.resumed_rows, "rows": s.n_rows, "shards": s.n_shards}
     except StoreError as e:
-        doc = {"error": str(e)}
-    with open(result, "w") as f:
-        json.dump(doc, f)
-    # skip interpreter teardown (gloo's threads can abort an exiting process; see test_sae_distributed.py)
-    os._exit(0)
+        return {"error": str(e)}
 
 
 def _run(tmp_path, tag, out, kill_at_rows=None):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, 2, str(tmp_path / f"rdv-{tag}"), str(out), kill_at_rows,
-                                                str(tmp_path / f"{tag}-{r}.json"))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode is not None, "a rank hung"
-    return [json.loads((tmp_path / f"{tag}-{r}.json").read_text()) if (tmp_path / f"{tag}-{r}.json").exists()
-            else None for r in range(2)]
+    return run_ranks(_worker, tmp_path, tag, str(out), kill_at_rows)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from assay.data_attribution.featurize import Method, check_inputs, featurize
 from assay.data_attribution.grads import margin, out_to_loss, select_parameters
 from assay.data_attribution.projection import ProjectionConfig
 
-__all__ = ["TrakCheckpoint", "trak_featurize", "trak_finalize", "trak_scores", "trak"]
+__all__ = ["TrakCheckpoint", "trak_featurize", "trak_kernel", "trak_finalize", "trak_scores", "trak"]
 
 
 class TrakCheckpoint(NamedTuple):
@@ -36,20 +36,37 @@ class TrakCheckpoint(NamedTuple):
     """Q = 1 − p_y per train point (or group mean) ``[n]``."""
 
 
+def trak_kernel(phi: torch.Tensor, *, block: int = 20_000) -> torch.Tensor:
+    """The kernel ΦᵀΦ ``[k, k]`` of train features Φ ``[n, k]``, accumulated in float64 blocks of rows (a sum over
+    rows: kernels of disjoint row blocks add up, which is how sharded TRAK reduces it across ranks)."""
+    if phi.dim() != 2:
+        raise ValueError(f"need Φ [n, k], got {tuple(phi.shape)}")
+    xtx = torch.zeros(phi.shape[1], phi.shape[1], dtype=torch.float64)
+    for start in range(0, phi.shape[0], block):
+        b = phi[start : start + block].double()
+        xtx += b.T @ b
+    return xtx
+
+
 def trak_finalize(
-    phi: torch.Tensor, out_to_loss: torch.Tensor, *, lambda_reg: float = 0.0, block: int = 20_000
+    phi: torch.Tensor,
+    out_to_loss: torch.Tensor,
+    *,
+    lambda_reg: float = 0.0,
+    block: int = 20_000,
+    kernel: torch.Tensor | None = None,
 ) -> TrakCheckpoint:
     """F = Φ Xinv from train features Φ ``[n, k]`` (already divided by √P); XᵀX accumulated in float64
-    blocks."""
+    blocks, or ``kernel`` (float64 ``[k, k]``) when given: ΦᵀΦ over *all* train rows when Φ is one rank's
+    block of them."""
     if phi.dim() != 2 or out_to_loss.shape != (phi.shape[0],):
         raise ValueError(f"need Φ [n, k] and Q [n]; got {tuple(phi.shape)} and {tuple(out_to_loss.shape)}")
     if lambda_reg < 0:
         raise ValueError(f"lambda_reg must be ≥ 0, got {lambda_reg}")
     k = phi.shape[1]
-    xtx = torch.zeros(k, k, dtype=torch.float64)
-    for start in range(0, phi.shape[0], block):
-        b = phi[start : start + block].double()
-        xtx += b.T @ b
+    if kernel is not None and (kernel.shape != (k, k) or kernel.dtype != torch.float64):
+        raise ValueError(f"kernel must be float64 [{k}, {k}], got {kernel.dtype} {tuple(kernel.shape)}")
+    xtx = trak_kernel(phi, block=block) if kernel is None else kernel.clone()
     xtx += lambda_reg * torch.eye(k, dtype=torch.float64)
     xinv = torch.linalg.inv(xtx)
     xinv /= xinv.abs().mean()

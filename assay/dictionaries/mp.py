@@ -45,7 +45,7 @@ def matching_pursuit(r: Tensor, atoms: Tensor, k: int) -> tuple[Tensor, Tensor]:
     for _ in range(k):
         c = r @ atoms.t()
         j = c.detach().argmax(-1, keepdim=True)
-        cj = c.gather(-1, j)
+        cj = c.gather(-1, j).to(r.dtype)  # c is in the low dtype under autocast
         z = z.scatter_add(-1, j, cj)
         r = r - cj * atoms[j.squeeze(-1)]
     return z, r

@@ -75,6 +75,9 @@ def _encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tenso
     B = x.shape[0]
     if x.device.type != "cpu" or B <= CHUNK_ROWS:
         return torch.addmm(b_enc, x, W_enc).topk(k, dim=-1, sorted=False)
+    if torch.is_autocast_enabled("cpu"):  # autocast skips ops with out=: cast to its dtype by hand
+        dt = torch.get_autocast_dtype("cpu")
+        x, W_enc, b_enc = x.to(dt), W_enc.to(dt), b_enc.to(dt)
     values = x.new_empty(B, k)
     indices = torch.empty(B, k, dtype=torch.long, device=x.device)
     buf = x.new_empty(CHUNK_ROWS, W_enc.shape[1])
@@ -89,7 +92,7 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int):  # type: ignore[override]
         values, indices = _encode_topk(x, W_enc, b_enc, k)
-        values = values.relu_()
+        values = values.to(x.dtype).relu_()  # under autocast only the dense product ran in the low dtype
         ctx.save_for_backward(x, W_enc, indices, values)
         ctx.mark_non_differentiable(indices)
         return values, indices

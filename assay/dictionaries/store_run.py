@@ -37,6 +37,7 @@ from assay.dictionaries.trainer import TrainResult
 from assay.evaluate.reconstruction import ReconstructionMetrics
 from assay.evaluate.sparsity import SparsityMetrics
 from assay.evaluate.spliced import SplicedMetrics
+from assay.precision import AutocastDtype
 
 __all__ = ["StoreSAEConfig", "StoreSAEResult", "train_sae_on_store", "build_store_sae"]
 
@@ -85,6 +86,8 @@ class StoreSAEConfig:
     """Windows per model forward pass in the spliced evaluation."""
     progress: bool = True
     """Show a progress bar with loss, L0, FVU and dead fraction."""
+    autocast_dtype: AutocastDtype | None = None
+    """Train with the SAE's forward pass under torch.autocast in this dtype (weights and Adam stay float32)."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
@@ -185,7 +188,8 @@ def train_sae_on_store(
 
     tcfg = SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, decay_fraction=cfg.decay_fraction,
                           normalize_inputs=cfg.normalize_inputs, resample_every=cfg.resample_every,
-                          checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+                          checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
+                          autocast_dtype=cfg.autocast_dtype)
     t0 = time.perf_counter()
     trained, result = train_saes(sae, tcfg, store, site=site, output_site=output_site, batch_size=cfg.batch_size,
                                  seed=cfg.seed, checkpoint=checkpoint, exclude_special=cfg.exclude_special,

@@ -18,7 +18,8 @@ CPU, NCCL on GPU), so W ranks give the same weights as one process on the same g
 Checkpoints (assay artifacts) hold weights, Adam state, step, input scale and dead-latent counters;
 the data position is the step, so a resumed run is bit-identical to an uninterrupted one. An
 ``on_step(step, saes)`` callback watches training (e.g. feature recovery over steps): it gets finalized
-copies, so it cannot disturb the run. From a store, BOS and padding rows (position −1; outlier norms, SAELens#333) are left out by default.
+copies, so it cannot disturb the run. ``autocast_dtype`` runs the SAEs' forward pass in bfloat16 (mixed
+precision, :mod:`assay.precision`). From a store, BOS and padding rows (position −1; outlier norms, SAELens#333) are left out by default.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.config import ConfigError, check_int_fields, to_dict
 from assay.dictionaries.base import SAE, topk_lr
 from assay.dictionaries.transcoder import is_transcoder
+from assay.precision import AutocastDtype, autocast, check_autocast_dtype
 from assay.store.sequence_reader import SequenceBatch
 
 __all__ = ["SAETrainConfig", "TrainResult", "SAETrainer", "NonFiniteActivationsError", "lr_at", "train_saes",
@@ -75,9 +77,13 @@ class SAETrainConfig:
     """Save a checkpoint every this many steps (and at the end) when a checkpoint path is given."""
     progress: bool = False
     """Show a rich progress bar with loss, L0, FVU and dead fraction."""
+    autocast_dtype: AutocastDtype | None = None
+    """Run the SAEs' forward pass under torch.autocast in this dtype (:mod:`assay.precision`; CPU or GPU); the
+    weights, gradients and Adam state stay float32. None: no autocast."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
+        check_autocast_dtype(self.autocast_dtype)
         if self.steps < 0:
             raise ConfigError(f"steps must be >= 0, got {self.steps}")
         if self.lr is not None and self.lr <= 0:
@@ -268,7 +274,8 @@ class SAETrainer:
         warm = min(self.cfg.warmup_steps, max(1, self.cfg.steps // 10))
         for i, (sae, opt) in enumerate(zip(self.saes, self.opts)):
             dead = self.since_fired[i] >= window
-            out = sae(x, dead=dead, sparsity_scale=sp, **extra)
+            with autocast(x.device, self.cfg.autocast_dtype):
+                out = sae(x, dead=dead, sparsity_scale=sp, **extra)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             fired = out.codes.fired()

@@ -46,6 +46,9 @@ class CacheConfig:
     """On-disk dtype of the activations (a named model runs in float32, a model folder in its saved dtype)."""
     device: str = "cpu"
     """Device to run the model on (cpu, cuda, cuda:1, ...)."""
+    autocast_dtype: Literal["bfloat16", "float16"] | None = None
+    """Run the forward pass under torch.autocast in this dtype (CPU or GPU; the weights stay as loaded); the
+    manifest records it. Unset: no autocast."""
     out_dir: Path | None = None
     """Store folder; unset: runs/cache/<model>-<sites>-<n_tokens>."""
     resume: bool = True
@@ -80,7 +83,7 @@ def prepare(cfg: CacheConfig, *, loaded: Any = None) -> tuple[Any, Any]:
     import torch
 
     from assay import corpora, models
-    from assay.store.distributed import rank_device
+    from assay.store.ranks import rank_device
 
     if loaded is None:
         loaded = models.load(cfg.model, device=rank_device(cfg.device))
@@ -113,11 +116,12 @@ def cache_corpus(cfg: CacheConfig, *, loaded: Any = None,
     """Cache ``cfg``'s model (or ``loaded``) at ``cfg.sites`` over its corpus into ``cfg.store_dir``; returns
     the :class:`assay.store.StoreSummary`. ``progress(rows_done, n_rows)`` is called after every batch."""
     from assay.store import write_store
-    from assay.store.distributed import launched_by_torchrun, torchrun_group, write_store_distributed
+    from assay.store.distributed import write_store_distributed
+    from assay.store.ranks import launched_by_torchrun, torchrun_group
 
     model, windows = prepare(cfg, loaded=loaded)
     kwargs = dict(batch_size=cfg.batch_size, shard_rows=cfg.shard_rows, dtype=cfg.dtype, model_name=cfg.model,
-                  resume=cfg.resume, verify=cfg.verify, progress=progress)
+                  resume=cfg.resume, verify=cfg.verify, progress=progress, autocast_dtype=cfg.autocast_dtype)
     if not launched_by_torchrun():
         return write_store(cfg.store_dir, model, cfg.sites, windows, **kwargs)
     with torchrun_group(cfg.timeout_s) as group:

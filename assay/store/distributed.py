@@ -30,13 +30,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import timedelta
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +53,7 @@ from assay.store.manifest import (
     shard_to_dict,
     write_manifest,
 )
+from assay.store.ranks import exchange_status, rank_block, run_status
 from assay.store.shardfile import file_damage
 from assay.store.writer import (
     ForwardFn,
@@ -70,109 +68,20 @@ from assay.store.writer import (
     open_manifest,
 )
 
-__all__ = ["write_store_distributed", "launched_by_torchrun", "torchrun_group", "rank_device", "rank_block", "RANKS"]
+__all__ = ["write_store_distributed", "RANKS"]
 
 RANKS = "ranks"
 """Folder of the per-rank records of an unfinished distributed store."""
-STATUS_BYTES = 4096
 _SHARD_NAME = re.compile(r"^\.?(shard_(\d+)\.safetensors)(\.tmp)?$")
 
 
-def launched_by_torchrun() -> bool:
-    """True inside a process started by ``torchrun`` with more than one rank (``WORLD_SIZE`` > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def rank_device(device: str) -> str:
-    """``cuda`` becomes ``cuda:<LOCAL_RANK>`` under torchrun (one GPU per rank); anything else is kept."""
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if device == "cuda" and launched_by_torchrun() else device
-
-
-@contextmanager
-def torchrun_group(timeout_s: float) -> Iterator[Any]:
-    """Join torchrun's process group (gloo, ``timeout_s``) for the block, unless one is initialised already;
-    yields the gloo group to coordinate over (``None``: the default group; a gloo side group when the
-    default one is NCCL)."""
-    import torch.distributed as dist
-
-    timeout = timedelta(seconds=timeout_s)
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("gloo", timeout=timeout)
-    try:
-        yield None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
-    finally:
-        if created:
-            dist.destroy_process_group()
-
-
-def rank_block(n_shards: int, rank: int, world: int) -> range:
-    """The shards rank ``rank`` of ``world`` computes: a contiguous block, sizes differing by at most one."""
-    return range(n_shards * rank // world, n_shards * (rank + 1) // world)
-
-
-# ------------------------------------------------------------------------------------ coordination
-def _send_text(text: str, dst: int, group: Any) -> None:
-    import torch.distributed as dist
-
-    data = text.encode()[:STATUS_BYTES]
-    buf = torch.zeros(STATUS_BYTES, dtype=torch.uint8)
-    buf[: len(data)] = torch.tensor(list(data), dtype=torch.uint8)
-    dist.send(buf, dst, group=group)
-
-
-def _recv_text(src: int, group: Any) -> str:
-    import torch.distributed as dist
-
-    buf = torch.zeros(STATUS_BYTES, dtype=torch.uint8)
-    dist.recv(buf, src, group=group)
-    return bytes(buf.tolist()).rstrip(b"\0").decode(errors="replace")
-
-
-def _why(e: BaseException) -> str:
-    return f"no answer: the process died or hangs past the group's timeout ({str(e).splitlines()[0][:200]})"
-
-
 def _exchange(status: str, out: Path, group: Any) -> None:
-    """Every rank tells rank 0 its status (``""``: fine), rank 0 tells everyone the verdict; a non-empty
-    verdict raises :class:`StoreError` on every live rank, naming each failed rank."""
-    import torch.distributed as dist
-
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
-    if rank == 0:
-        failed, answered = ({0: status} if status else {}), []
-        for r in range(1, world):
-            try:
-                msg = _recv_text(r, group)
-            except RuntimeError as e:
-                failed[r] = _why(e)
-                continue
-            answered.append(r)
-            if msg:
-                failed[r] = msg
-        verdict = "; ".join(f"rank {r}: {m}" for r, m in sorted(failed.items()))
-        for r in answered:
-            try:
-                _send_text(verdict, r, group)
-            except RuntimeError:
-                pass
-    else:
-        try:
-            _send_text(status, 0, group)
-            verdict = _recv_text(0, group)
-        except RuntimeError as e:
-            verdict = f"rank 0: {_why(e)}"
+    """:func:`assay.store.ranks.exchange_status`; a non-empty verdict raises :class:`StoreError` on every live
+    rank, naming each failed rank."""
+    verdict = exchange_status(status, group)
     if verdict:
         raise StoreError(f"distributed caching into {out} failed: {verdict}. Re-run the same command with the same "
                          "number of processes to resume (finished shards are kept)")
-
-
-def _status(fn: Any, *args: Any) -> tuple[Any, str]:
-    """``(fn(*args), "")``, or ``(None, what went wrong)``: a rank reports its errors instead of leaving."""
-    try:
-        return fn(*args), ""
-    except Exception as e:  # noqa: BLE001 - every failure is reported to the other ranks, then raised
-        return None, f"{type(e).__name__}: {e}"
 
 
 # ------------------------------------------------------------------------------------------ phases
@@ -292,6 +201,7 @@ def write_store_distributed(
     progress: ProgressFn | None = None,
     max_pending: int = 1,
     group: Any = None,
+    autocast_dtype: str | None = None,
 ) -> StoreSummary:
     """:func:`assay.store.write_store` split over the ranks of ``group`` (``None``: the default process group,
     which must be initialised; gloo, since only statuses travel over it). Call it on every rank with the same
@@ -306,16 +216,16 @@ def write_store_distributed(
     prepared, status = None, ""
     try:
         prepared = _prepare_run(model, sites, windows, batch_size=batch_size, shard_rows=shard_rows, dtype=dtype,
-                                model_name=model_name, forward=forward)
+                                model_name=model_name, forward=forward, autocast_dtype=autocast_dtype)
         if rank == 0:
             _start(out, prepared[0], int(prepared[1].tokens.numel()), world, resume)
     except Exception as e:  # noqa: BLE001 - reported to every rank by _exchange
         status = f"{type(e).__name__}: {e}"
     _exchange(status, out, group)
     config, src = prepared
-    done, status = _status(_work, out, src, config, rank, world, verify, progress, max_pending)
+    done, status = run_status(_work, out, src, config, rank, world, verify, progress, max_pending)
     _exchange(status, out, group)
-    status = _status(_finish, out, world, config, time.perf_counter() - t0)[1] if rank == 0 else ""
+    status = run_status(_finish, out, world, config, time.perf_counter() - t0)[1] if rank == 0 else ""
     _exchange(status, out, group)
     resumed, new, seconds = done
     manifest = read_manifest(out)

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from assay import hooks
+from assay.precision import autocast, check_autocast_dtype
 from assay.store.manifest import (
     FORMAT,
     MANIFEST_FILE,
@@ -334,6 +335,7 @@ def write_store(
     forward: ForwardFn | None = None,
     progress: ProgressFn | None = None,
     max_pending: int = 1,
+    autocast_dtype: str | None = None,
 ) -> StoreSummary:
     """Cache the activations of ``sites`` over ``windows`` into a store at ``out_dir``.
 
@@ -345,10 +347,12 @@ def write_store(
     (size, header, SHA-256: one full read of the store) and recomputes exactly the damaged shards
     (reported in :attr:`StoreSummary.repaired_shards`); ``verify=False`` skips the check.
     ``progress(rows_done, n_rows)`` is called after every batch of new rows. ``max_pending`` shards
-    may wait for the background writer (0 writes on the calling thread).
+    may wait for the background writer (0 writes on the calling thread). ``autocast_dtype`` (``"bfloat16"``
+    or ``"float16"``) runs the forward pass under ``torch.autocast`` (:mod:`assay.precision`; the weights stay
+    as they are); the manifest's config records it, and ``dtype`` stays the on-disk dtype.
     """
     config, src = _prepare_run(model, sites, windows, batch_size=batch_size, shard_rows=shard_rows, dtype=dtype,
-                               model_name=model_name, forward=forward)
+                               model_name=model_name, forward=forward, autocast_dtype=autocast_dtype)
     n_rows = int(src.tokens.numel())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -383,9 +387,23 @@ def open_manifest(out: Path, config: dict[str, Any], n_rows: int, *, resume: boo
     return manifest
 
 
+def _autocast_forward(forward: ForwardFn, device: torch.device, autocast_dtype: str | None) -> ForwardFn:
+    """``forward`` run under :func:`assay.precision.autocast` (itself when ``autocast_dtype`` is None)."""
+    if autocast_dtype is None:
+        return forward
+
+    def run(model: nn.Module, x: torch.Tensor) -> Any:
+        with autocast(device, autocast_dtype):
+            return forward(model, x)
+
+    return run
+
+
 def _prepare_run(model: nn.Module, sites: str | Sequence[str], windows: Any, *, batch_size: int, shard_rows: int,
-                 dtype: str | torch.dtype, model_name: str | None, forward: ForwardFn | None) -> tuple[dict[str, Any], _Source]:
-    """Check the arguments, probe the sites once: ``(run config for the manifest, _Source)``."""
+                 dtype: str | torch.dtype, model_name: str | None, forward: ForwardFn | None,
+                 autocast_dtype: str | None = None) -> tuple[dict[str, Any], _Source]:
+    """Check the arguments, probe the sites once: ``(run config for the manifest, _Source)``. The config has an
+    ``autocast_dtype`` key only when autocast is on, so stores written without it keep their config."""
     sites = [sites] if isinstance(sites, str) else list(sites)
     if not sites or len(set(sites)) != len(sites):
         raise StoreError(f"sites must be a non-empty list of distinct site names; got {sites!r}")
@@ -394,11 +412,15 @@ def _prepare_run(model: nn.Module, sites: str | Sequence[str], windows: Any, *, 
     if model.training:
         raise StoreError("the model is in training mode (dropout would make the cache irreproducible); call model.eval()")
     dtype = dtype_name(dtype)
-    forward = forward or (lambda m, x: m(x))
+    try:
+        check_autocast_dtype(autocast_dtype)
+    except ValueError as e:
+        raise StoreError(str(e)) from None
     tokens, doc_ids, positions = _windows(windows)
     n_windows, t = tokens.shape
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
+    forward = _autocast_forward(forward or (lambda m, x: m(x)), device, autocast_dtype)
     last, dims = _probe(model, sites, tokens[:1].to(device), forward)
     config = {
         "model": model_name or type(model).__name__,
@@ -412,6 +434,8 @@ def _prepare_run(model: nn.Module, sites: str | Sequence[str], windows: Any, *, 
         "shard_rows": shard_rows,
         "corpus_fingerprint": _fingerprint_corpus(tokens, doc_ids, positions),
     }
+    if autocast_dtype is not None:
+        config["autocast_dtype"] = autocast_dtype
     config = json.loads(json.dumps(config))
     src = _Source(model, sites, last, dims, tokens, doc_ids, positions, batch_size, shard_rows, DTYPES[dtype], dtype,
                   forward, device)
