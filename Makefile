@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # Peer libraries for parity tests (captum, quantus, sae-lens, ...); torch stays 2.13.0.
 $(PEERS): $(STAMP)
 	$(BIN)/pip install -q -e ".[peers]"
+	$(BIN)/pip install -q --no-deps circuit-tracer==0.5.0  # its pins (transformers<=4.57.3, nnsight>=0.6) are not needed for the TransformerLens path
 	@$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was installed instead of 2.13.0')"
 	touch $@
 
@@ -37,13 +38,13 @@ peers: $(PEERS)
 # Benchmark-only peers that plain pip cannot install next to torch 2.13.0 CPU (nnsight/overcomplete pin
 # torchvision, which would pull torch 2.15 + CUDA): --no-deps, then only the runtime deps they need to
 # import for benchmarks/sae_throughput.py (nnsight imports socketio). overcomplete's torchvision import is
-# stubbed inside the benchmark; circuit-tracer (TransformerLens path) for benchmarks/circuit_tracer_peer.py. See /work/shared/specs/peers.md.
+# stubbed inside the benchmark. See /work/shared/specs/peers.md.
 BENCH_PEERS := $(VENV)/.assay-bench-peers
 $(BENCH_PEERS): $(PEERS)
-	$(BIN)/pip install -q --no-deps dictionary-learning==0.1.0 nnsight==0.3.7 circuitsvis==1.43.3 overcomplete==0.3.0 torch-pruning==1.6.1 circuit-tracer==0.5.0
+	$(BIN)/pip install -q --no-deps dictionary-learning==0.1.0 nnsight==0.3.7 circuitsvis==1.43.3 overcomplete==0.3.0 torch-pruning==1.6.1
 	$(BIN)/pip install -q python-socketio
 	@$(BIN)/python -c "import torch, numpy, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') and numpy.__version__.startswith('2.') else f'torch {v} / numpy {numpy.__version__} changed (want 2.13.0 / 2.x)')"
-	@$(BIN)/python -c "import dictionary_learning.trainers.top_k, torch_pruning, circuit_tracer"
+	@$(BIN)/python -c "import dictionary_learning.trainers.top_k, torch_pruning"
 	touch $@
 
 bench-peers: $(BENCH_PEERS)

@@ -2,26 +2,23 @@
 
 Ameisen et al. 2025, "Circuit Tracing: Revealing Computational Graphs in Language Models"; the peer is
 the open-source ``circuit-tracer`` package (0.5.0, TransformerLens backend). Both libraries build the
-unpruned graph of one prompt over a TopK transcoder on every one of the 30 MLPs (the same weights on both
-sides: assay's transcoders, copied into circuit-tracer's ``SingleLayerTranscoder`` with a TopK∘ReLU
-activation, reading ``mlp.hook_in`` = ``post_attention_layernorm``'s output and writing ``mlp.hook_out``),
-with the same logit targets and the same rows per backward pass. Each side runs in its own fresh process,
-so its peak memory is its own. The driver then matches nodes (features by (layer, position, index), error
-nodes by (layer, position), tokens, logits) and compares the adjacency matrices.
+unpruned graph of one prompt over a JumpReLU transcoder on every one of the 30 MLPs: assay's
+``jumprelu_transcoder``s, written by :func:`assay.dictionaries.circuit_tracer_format.save_circuit_tracer` in
+circuit-tracer's own file format and read back by circuit-tracer's ``load_transcoders``
+(:func:`~assay.dictionaries.circuit_tracer_format.circuit_tracer_replacement`, which also says why
+TransformerLens cannot load SmolLM2 by name). Same logit targets, same rows per backward pass. Each side runs in
+its own fresh process, so its peak memory is its own. The driver then matches nodes (features by (layer,
+position, index), error nodes by (layer, position), tokens, logits) and compares the adjacency matrices.
+circuit-tracer zeroes every feature at position 0 (its BOS rule); the peer run sets ``zero_positions`` to an
+empty slice so both graphs hold the same nodes.
 
-How circuit-tracer is made to load SmolLM2 (TransformerLens 3.2.1 has no SmolLM2 entry, so
-``HookedTransformer.from_pretrained`` refuses the name): its config is read from the local model folder
-(``get_pretrained_model_config``), ``rotary_base`` is set to the model's ``rope_theta`` (TransformerLens's
-generic Llama branch leaves it at 10,000 where SmolLM2 uses 100,000), the weights are converted with
-TransformerLens's own ``convert_llama_weights``, and the replacement model is configured with the
-transcoders afterwards. circuit-tracer zeroes every feature at position 0 (its BOS rule); the peer run
-sets ``zero_positions`` to an empty slice so both graphs hold the same nodes.
+The transcoders are at initialisation with each feature's threshold θ set to the (1 − L0/d_sae) quantile of its
+pre-activation over corpus tokens (about ``--l0`` active features per token, as a trained one), unless ``--steps``
+trains them first; the comparison is of the graph computation, which is the same whatever the weights.
 
-    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/circuit_tracer_peer.py [--batch 64] [--k 16]
+    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/circuit_tracer_peer.py [--batch 64] [--l0 16]
 
-Needs ``circuit-tracer==0.5.0`` installed with ``--no-deps`` (``make bench-peers``). The transcoders are
-assay TopK transcoders at initialisation unless ``--steps`` trains them (the comparison is of the graph
-computation, which is the same whatever the weights). The last line is JSON.
+Needs ``circuit-tracer==0.5.0`` (installed with ``--no-deps`` by ``make peers``). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -50,25 +47,34 @@ def _rss_gb(field: str) -> float:
     return float("nan")
 
 
-def _bases(model, args):
+def _transcoders(model, tok, args) -> dict:
+    """A JumpReLU transcoder per MLP, θ calibrated to about ``args.l0`` active features per token."""
+    from assay import corpora, hooks
     from assay.bench.circuit_real import llama_sites
-    from assay.circuits.learned import transcoder_basis
     from assay.dictionaries.registry import build_sae
 
-    d = model.config.hidden_size
-    out = []
-    for i in range(model.config.num_hidden_layers):
-        tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=args.d_sae, k=args.k, seed=args.seed + i)
-        if args.steps:
-            from assay.bench.circuit_real import CircuitSettings, train_transcoders
-            from assay import corpora
-
-            windows = corpora.token_windows(args.tokenizer, corpora.load_corpus("bundled"), 64).tokens[:256]
-            s = CircuitSettings(layers=(i,), d_sae=args.d_sae, k=args.k, steps=args.steps, seed=args.seed)
-            tc = train_transcoders(model, windows, s)[i]
-        site_in, site_out = llama_sites(i)
-        out.append(transcoder_basis(tc, layer=i, input_site=site_in, output_site=site_out))
+    d, n_layers = model.config.hidden_size, model.config.num_hidden_layers
+    windows = corpora.token_windows(tok, corpora.load_corpus("bundled"), 64).tokens[:32]
+    sites = [llama_sites(i)[0] for i in range(n_layers)]
+    with torch.no_grad(), hooks.capture(model, sites) as cap:
+        model(windows)
+    out = {}
+    for i in range(n_layers):
+        tc = build_sae("jumprelu_transcoder", d_in=d, d_out=d, d_sae=args.d_sae, seed=args.seed + i)
+        x = cap[sites[i]][:, 1:].reshape(-1, d).float()  # BOS rows dropped, as in training
+        pre = x @ tc.W_enc + tc.b_enc
+        with torch.no_grad():
+            tc.set_threshold(torch.quantile(pre, 1 - args.l0 / args.d_sae, dim=0).clamp(min=1e-3))
+        out[i] = tc
     return out
+
+
+def _bases(tcs: dict) -> list:
+    from assay.bench.circuit_real import llama_sites
+    from assay.circuits.learned import transcoder_basis
+
+    return [transcoder_basis(tcs[i], layer=i, input_site=llama_sites(i)[0], output_site=llama_sites(i)[1])
+            for i in sorted(tcs)]
 
 
 def run_assay(model, ids, bases, args) -> dict:
@@ -85,42 +91,15 @@ def run_assay(model, ids, bases, args) -> dict:
             "seconds": seconds, "rss_before_gb": rss0, "peak_gb": _rss_gb("VmHWM")}
 
 
-def _tl_replacement(model, tokenizer, bases, args):
-    """circuit-tracer's TransformerLens replacement model of ``model`` with ``bases`` as its transcoder set."""
-    from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
-    from circuit_tracer.transcoder.activation_functions import TopK
-    from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder, TranscoderSet
-    from transformer_lens import loading_from_pretrained as loading
-    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
-
-    folder = model.config._name_or_path
-    cfg = loading.get_pretrained_model_config(folder, fold_ln=False, device="cpu", dtype=torch.float32, n_ctx=64)
-    cfg.rotary_base = model.config.rope_theta
-    tl = TransformerLensReplacementModel(cfg, tokenizer=tokenizer)
-    tl.load_and_process_state_dict(convert_llama_weights(model, cfg), fold_ln=False, center_writing_weights=False,
-                                   center_unembed=False, fold_value_biases=False)
-    tcs = {}
-    for i, b in enumerate(bases):
-        tc = SingleLayerTranscoder(b.W_enc.shape[0], b.n_features, torch.nn.Sequential(TopK(args.k), torch.nn.ReLU()),
-                                   layer_idx=i, device=torch.device("cpu"), dtype=torch.float32)
-        with torch.no_grad():
-            tc.W_enc.copy_(b.W_enc.T)
-            tc.b_enc.copy_(b.b_enc)
-            tc.W_dec.copy_(b.W_dec)
-            tc.b_dec.copy_(b.b_dec)
-        tcs[i] = tc
-    tl._configure_replacement_model(TranscoderSet(tcs, feature_input_hook="mlp.hook_in",
-                                                  feature_output_hook="mlp.hook_out"))
-    tl.zero_positions = slice(0, 0)  # keep position-0 features, as assay does
-    return tl
-
-
-def run_peer(model, tokenizer, ids, bases, args, logit_tokens) -> dict:
+def run_peer(model, tokenizer, ids, folder, logit_tokens, args) -> dict:
     from circuit_tracer import attribute
+
+    from assay.dictionaries.circuit_tracer_format import circuit_tracer_replacement
 
     rss0 = _rss_gb("VmRSS")
     t0 = time.perf_counter()
-    tl = _tl_replacement(model, tokenizer, bases, args)
+    tl = circuit_tracer_replacement(model.config._name_or_path, folder, n_ctx=64, tokenizer=tokenizer)
+    tl.zero_positions = slice(0, 0)  # keep position-0 features, as assay does
     build = time.perf_counter() - t0
     with torch.no_grad():
         diff = float((tl(ids[None])[0, -1] - model(ids[None]).logits[0, -1]).abs().max())
@@ -141,12 +120,15 @@ def side(args) -> None:
     model, tok = loaded.model, loaded.tokenizer
     args.tokenizer = tok
     ids = torch.tensor(tok(PROMPT).input_ids)
-    bases = _bases(model, args)
     if args.side == "assay":
-        res = run_assay(model, ids, bases, args)
+        from assay.dictionaries.circuit_tracer_format import save_circuit_tracer
+
+        tcs = _transcoders(model, tok, args)
+        save_circuit_tracer(tcs, args.transcoders)
+        res = run_assay(model, ids, _bases(tcs), args)
     else:
         logit_tokens = torch.load(args.logits, weights_only=True)
-        res = run_peer(model, tok, ids, bases, args, logit_tokens)
+        res = run_peer(model, tok, ids, args.transcoders, logit_tokens, args)
     res["n_tokens"] = len(ids)
     torch.save(res, args.out)
 
@@ -176,31 +158,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64, help="graph rows per backward pass, both libraries")
     ap.add_argument("--d-sae", type=int, default=1024)
-    ap.add_argument("--k", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=0, help="train each transcoder this many steps (0: initialisation)")
+    ap.add_argument("--l0", type=int, default=16, help="active features per token the thresholds are set for")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-n-logits", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--side", choices=("assay", "peer"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--logits", help=argparse.SUPPRESS)
+    ap.add_argument("--transcoders", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
         side(args)
         return
     os.environ["HF_HUB_OFFLINE"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
-        common = [sys.executable, __file__, "--batch", str(args.batch), "--d-sae", str(args.d_sae), "--k", str(args.k),
-                  "--steps", str(args.steps), "--seed", str(args.seed), "--max-n-logits", str(args.max_n_logits),
+        common = [sys.executable, __file__, "--batch", str(args.batch), "--d-sae", str(args.d_sae), "--l0", str(args.l0),
+                  "--seed", str(args.seed), "--max-n-logits", str(args.max_n_logits),
                   "--threads", str(args.threads)]
         a_path, p_path, l_path = (os.path.join(tmp, n) for n in ("assay.pt", "peer.pt", "logits.pt"))
+        common += ["--transcoders", os.path.join(tmp, "transcoders")]
         subprocess.run([*common, "--side", "assay", "--out", a_path], check=True)
         a = torch.load(a_path, weights_only=True)
         torch.save(a["logit_tokens"], l_path)
         subprocess.run([*common, "--side", "peer", "--out", p_path, "--logits", l_path], check=True)
         p = torch.load(p_path, weights_only=True)
     cmp = compare(a, p)
-    print(f"prompt {PROMPT!r}: {a['n_tokens']} tokens, 30 TopK transcoders (d_sae {args.d_sae}, k {args.k}), "
+    print(f"prompt {PROMPT!r}: {a['n_tokens']} tokens, 30 JumpReLU transcoders (d_sae {args.d_sae}, "
+          f"θ set for L0 ≈ {args.l0}), "
           f"batch {args.batch}, {args.threads} thread(s)")
     print(f"TransformerLens vs Hugging Face logits, max |diff|: {p['tl_vs_hf_logit_maxdiff']:.2e}")
     print(f"{'library':16s} {'graph s':>8s} {'peak GiB':>9s} {'RSS before':>10s}")
