@@ -191,6 +191,8 @@ class _Rows:
         self.t_len = rep.tokens.shape[0]
         self.u = rep.unembed - rep.unembed.mean(0, keepdim=True)  # demeaned unembedding rows, [vocab, d]
         self.active = [a.nonzero() for a in rep.acts]  # per basis: (position, feature index) of active features
+        self.active_pos_idx = [(a[:, 0], a[:, 1]) for a in self.active]
+        self.active_values = [a[p, i] for a, (p, i) in zip(rep.acts, self.active_pos_idx, strict=True)]  # [n_active_j]
         self.feats = torch.cat([torch.cat([torch.full((len(i), 1), j), i], 1) for j, i in enumerate(self.active)]) \
             if self.active else torch.zeros(0, 3, dtype=torch.long)
         self.first = [0, *torch.tensor([len(i) for i in self.active]).cumsum(0).tolist()]  # basis j: first[j]:first[j+1]
@@ -202,8 +204,9 @@ class _Rows:
         self.values = torch.zeros(self.n, dtype=dtype)
         self.constants = torch.zeros(self.n, dtype=dtype)
 
-    def _targets(self, chunk, pres, final) -> torch.Tensor:
-        """Target b of ``chunk`` read from copy b of a batched run (copy 0 when the run has one copy)."""
+    def _targets(self, chunk, inputs, final) -> torch.Tensor:
+        """Target b of ``chunk`` read from copy b of a batched run (copy 0 when the run has one copy): a feature's
+        pre-activation from what its basis reads, a logit from the final residual."""
         out = []
         for b, (kind, what) in enumerate(chunk):
             c = b if final.shape[0] > 1 else 0
@@ -211,21 +214,32 @@ class _Rows:
                 out.append(final[c, -1] @ self.u[what])
             else:
                 j, p, i = what
-                out.append(pres[j][c, p, i])
+                basis = self.rep.bases[j]
+                out.append(inputs[j][c, p] @ basis.W_enc[:, i] + basis.b_enc[i])
         return torch.stack(out)
 
+    def _outputs(self, values, errors) -> list[torch.Tensor]:
+        """Each basis's output from its active features' values [B, n_active_j] (decoded only for those) + its
+        error [B, T, d_out]."""
+        out = []
+        for basis, (pos, idx), v, e in zip(self.rep.bases, self.active_pos_idx, values, errors, strict=True):
+            decoded = torch.zeros_like(e).index_add(1, pos, v[..., None] * basis.W_dec[idx])
+            out.append(decoded + basis.b_dec + e)
+        return out
+
     def _forward(self) -> None:
-        """The linearised model on ``batch_size`` copies of the prompt with every source a leaf; its graph is
-        kept for all batches. Also the run with every source at zero, whose targets are the constants."""
+        """The linearised model on ``batch_size`` copies of the prompt with every source a leaf (each active
+        feature's value, each error, the embeddings); its graph is kept for all batches. Also the run with every
+        source at zero, whose targets are the constants."""
         rep, bsz = self.rep, self.batch_size
         emb = rep.emb.expand(bsz, -1, -1).clone().requires_grad_()
-        acts = [a.expand(bsz, -1, -1).clone().requires_grad_() for a in rep.acts]
+        values = [v.expand(bsz, -1).clone().requires_grad_() for v in self.active_values]
         errs = [e.expand(bsz, -1, -1).clone().requires_grad_() for e in rep.errors]
-        self.sources = [emb, *acts, *errs]
-        self.outputs = rep.run(emb, acts, errs)
+        self.sources = [emb, *values, *errs]
+        self.outputs = rep.run_outputs(emb, self._outputs(values, errs))
         with torch.no_grad():
-            self.zero = rep.run(torch.zeros_like(emb[:1]), [torch.zeros_like(a[:1]) for a in acts],
-                                [torch.zeros_like(e[:1]) for e in errs])
+            self.zero = rep.run_outputs(torch.zeros_like(emb[:1]), self._outputs(
+                [torch.zeros_like(v[:1]) for v in values], [torch.zeros_like(e[:1]) for e in errs]))
 
     def compute(self, chunk: list, r: list[int]) -> None:
         """Fill rows ``r`` with the direct effects on the targets ``chunk`` (one backward pass)."""
@@ -236,16 +250,16 @@ class _Rows:
         rep, n, t_len, n_feat, n_err = self.rep, len(chunk), self.t_len, self.n_feat, self.n_err
         vals = self._targets(chunk, *self.outputs)
         grads = torch.autograd.grad(vals.sum(), self.sources, allow_unused=True, retain_graph=True)
-        n_b = len(rep.acts)
-        g_emb, g_acts, g_errs = grads[0], grads[1:1 + n_b], grads[1 + n_b:]
-        self.adjacency[r, n_feat + n_err:n_feat + n_err + t_len] = (g_emb[:n] * rep.emb).sum(-1)
+        n_b = len(rep.bases)
+        g_emb, g_vals, g_errs = grads[0], grads[1:1 + n_b], grads[1 + n_b:]
+        if g_emb is not None:
+            self.adjacency[r, n_feat + n_err:n_feat + n_err + t_len] = (g_emb[:n] * rep.emb).sum(-1)
         for j, (g, e) in enumerate(zip(g_errs, rep.errors, strict=True)):
             if g is not None:
                 self.adjacency[r, n_feat + j * t_len:n_feat + (j + 1) * t_len] = (g[:n] * e).sum(-1)
-        for j, (g, a) in enumerate(zip(g_acts, rep.acts, strict=True)):
-            if g is not None and len(self.active[j]):
-                pos, idx = self.active[j].T
-                self.adjacency[r, self.first[j]:self.first[j + 1]] = (g[:n] * a)[:, pos, idx]
+        for j, (g, v) in enumerate(zip(g_vals, self.active_values, strict=True)):
+            if g is not None and v.numel():
+                self.adjacency[r, self.first[j]:self.first[j + 1]] = g[:n] * v
         self.values[r] = vals.detach()
         with torch.no_grad():  # the part of each target no source explains
             self.constants[r] = self._targets(chunk, *self.zero)
