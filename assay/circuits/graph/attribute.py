@@ -223,7 +223,8 @@ class _Rows:
         error [B, T, d_out]."""
         out = []
         for basis, (pos, idx), v, e in zip(self.rep.bases, self.active_pos_idx, values, errors, strict=True):
-            decoded = torch.zeros_like(e).index_add(1, pos, v[..., None] * basis.W_dec[idx])
+            # one small matmul per position: autograd then keeps only W_dec's active rows, not a [B, n_active, d] product
+            decoded = torch.stack([v[:, pos == t] @ basis.W_dec[idx[pos == t]] for t in range(self.t_len)], 1)
             out.append(decoded + basis.b_dec + e)
         return out
 

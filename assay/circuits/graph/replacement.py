@@ -202,12 +202,26 @@ class LocalReplacement:
                 return h
 
             edits[site] = _then(edits.get(site), record)
-        with _inputs(self.model, self.rms_sites, rms_in), _not_run(self.model, skipped), \
+        with _inputs(self.model, self.rms_sites, rms_in), _not_run(self.model, skipped), _no_weight_grads(self.model), \
                 frozen_patterns(self.model, self.patterns) if self.hf_attention else nullcontext(), \
                 hooks.patch(self.model, edits), \
                 hooks.capture(self.model, [self.final_site], stop_at=self.final_site, detach=False) as cap:
             self.model(self.tokens.expand(b, -1))
         return [inputs[j] for j in range(len(self.bases))], cap[self.final_site]
+
+
+@contextmanager
+def _no_weight_grads(model: nn.Module) -> Iterator[None]:
+    """Inside the block no parameter requires a gradient, so autograd keeps no layer inputs for weight gradients
+    (edges are gradients with respect to the sources only)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 @contextmanager
