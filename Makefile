@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # Peer libraries for parity tests (captum, quantus, sae-lens, ...); torch stays 2.13.0.
 $(PEERS): $(STAMP)
 	$(BIN)/pip install -q -e ".[peers]"
+	$(BIN)/pip install -q --no-deps circuit-tracer==0.5.0  # its pins (transformers<=4.57.3, nnsight>=0.6) are not needed for the TransformerLens path
 	@$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was installed instead of 2.13.0')"
 	touch $@
 

@@ -28,7 +28,7 @@ import torch
 
 from assay.circuits.compile.circuit import Circuit
 from assay.circuits.graph.attribute import Graph
-from assay.circuits.graph.basis import FeatureBasis
+from assay.circuits.graph.basis import FeatureBasis, jump_relu
 from assay.config import ConfigError, check_int_fields
 
 __all__ = ["TranscoderTraining", "transcoder_basis", "train_mlp_transcoders", "FeatureMatch", "match_features",
@@ -66,17 +66,21 @@ class TranscoderTraining:
 
 def transcoder_basis(transcoder, *, layer: int, labels: Sequence[str] = (), input_site: str | None = None,
                      output_site: str | None = None) -> FeatureBasis:
-    """The feature basis of a trained TopK transcoder of MLP ``layer`` (input ``blocks.{layer}.ln2``, output
-    ``blocks.{layer}.mlp`` unless ``input_site`` / ``output_site`` name others, e.g. a Llama's
+    """The feature basis of a trained TopK or JumpReLU transcoder of MLP ``layer`` (input ``blocks.{layer}.ln2``,
+    output ``blocks.{layer}.mlp`` unless ``input_site`` / ``output_site`` name others, e.g. a Llama's
     ``model.layers.{layer}.post_attention_layernorm`` / ``model.layers.{layer}.mlp``): the same encoder, decoder
-    and TopK∘ReLU activation, so ``decode(σ(pre(x)))`` is the transcoder's own ``transcode(x)``.
-    Skip-transcoders and other activations are refused."""
+    and activation (TopK∘ReLU, or JumpReLU with the transcoder's θ), so ``decode(σ(pre(x)))`` is the
+    transcoder's own ``transcode(x)``. Skip-transcoders and other activations are refused."""
     from assay.dictionaries.topk import topk_codes
-    from assay.dictionaries.transcoder import TopKTranscoder
+    from assay.dictionaries.transcoder import JumpReLUTranscoder, TopKTranscoder
 
-    if not isinstance(transcoder, TopKTranscoder):
-        raise TypeError(f"expected a TopKTranscoder, got {type(transcoder).__name__}; build one with "
-                        "build_sae('topk_transcoder', ...)")
+    if isinstance(transcoder, TopKTranscoder):
+        activation = functools.partial(topk_codes, k=transcoder.cfg.k)
+    elif isinstance(transcoder, JumpReLUTranscoder):
+        activation = functools.partial(jump_relu, threshold=transcoder.threshold.detach().clone())
+    else:
+        raise TypeError(f"expected a TopKTranscoder or JumpReLUTranscoder, got {type(transcoder).__name__}; build one "
+                        "with build_sae('topk_transcoder', ...) or build_sae('jumprelu_transcoder', ...)")
     if transcoder.cfg.skip:
         raise ValueError("a skip-transcoder's x W_skipᵀ term has no feature-basis form (it would be an input-"
                          "dependent error); train it with skip=False")
@@ -85,7 +89,7 @@ def transcoder_basis(transcoder, *, layer: int, labels: Sequence[str] = (), inpu
         name=output_site, input_site=input_site or f"blocks.{layer}.ln2", output_site=output_site,
         W_enc=transcoder.W_enc.detach().clone(), b_enc=transcoder.b_enc.detach().clone(),
         W_dec=transcoder.W_dec.detach().clone(), b_dec=transcoder.b_dec.detach().clone(),
-        activation=functools.partial(topk_codes, k=transcoder.cfg.k), labels=tuple(labels))
+        activation=activation, labels=tuple(labels))
 
 
 def _pairs(model, layer: int, inputs: torch.Tensor, cfg: TranscoderTraining) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -3,7 +3,7 @@ Graphs in Language Models"): the local replacement model, batched edge computati
 pruning and graph scores."""
 
 from assay.circuits.graph.attribute import Graph, GraphConfig, attribute, select_logits
-from assay.circuits.graph.basis import FeatureBasis, identity, relu
+from assay.circuits.graph.basis import FeatureBasis, identity, jump_relu, relu
 from assay.circuits.graph.export import (
     GRAPH_KIND,
     SCHEMA_VERSION,
@@ -28,7 +28,7 @@ from assay.circuits.graph.interventions import ConstrainedEffects, constrained_e
 from assay.circuits.graph.replacement import LocalReplacement, transformer_norm_inputs
 from assay.circuits.graph.subgraph import subgraph_values
 
-__all__ = ["Graph", "GraphConfig", "attribute", "select_logits", "FeatureBasis", "identity", "relu", "GraphScores", "Pruned",
+__all__ = ["Graph", "GraphConfig", "attribute", "select_logits", "FeatureBasis", "identity", "relu", "jump_relu", "GraphScores", "Pruned",
            "graph_scores", "influence", "influence_through", "influential_edge_recall", "normalize_matrix", "prune", "share_threshold", "LocalReplacement", "transformer_norm_inputs", "SCHEMA_VERSION", "graph_json", "read_graph_json",
            "write_graph_json", "GRAPH_KIND", "save_graph", "load_graph", "ConstrainedEffects", "constrained_effects",
            "subgraph_values"]

@@ -13,8 +13,10 @@ is the source's direct effect on the target: a feature's activation times the gr
 target with respect to it, an error or embedding vector dotted with the gradient at its position.
 A feature target is its pre-activation; a logit target is ``final · (W_U[v] − mean_v' W_U[v'])`` at
 the last position (the logit minus the mean logit). Rows come from batched backward passes: the
-linearised model runs on ``batch_size`` copies of the prompt, copy b seeded by target b, so one
-backward yields ``batch_size`` rows and memory is bounded by ``batch_size``. What no source
+linearised model runs once on ``batch_size`` copies of the prompt and its autograd graph is kept;
+each batch of rows is then one backward pass through it, copy b seeded by target b (circuit-tracer's
+scheme: no forward pass per batch, and a target at layer ℓ only back-propagates through the layers
+below it), so one backward yields ``batch_size`` rows and memory is bounded by ``batch_size``. What no source
 explains (biases, position embeddings) is kept per row in ``constants``, so that
 ``Σ_s A[t, s] + constants[t] + unexplored[t] = values[t]`` holds exactly.
 
@@ -150,7 +152,7 @@ def attribute(
               else select_logits(logits, max_n_logits=cfg.max_n_logits, desired_logit_prob=cfg.desired_logit_prob))
     if chosen.numel() == 0 or not bool(((chosen >= 0) & (chosen < rep.unembed.shape[0])).all()):
         raise ValueError(f"logit_tokens must be 1+ token ids in [0, {rep.unembed.shape[0]}), got {chosen.tolist()}")
-    rows = _Rows(rep, chosen)
+    rows = _Rows(rep, chosen, cfg.batch_size)
     probs = logits.softmax(-1)[chosen]
     n_feat, n_logit0 = rows.n_feat, rows.n - len(chosen)
     weights = torch.zeros(rows.n, dtype=rows.adjacency.dtype)
@@ -183,49 +185,82 @@ def attribute(
 class _Rows:
     """The adjacency of every active feature under construction, filled a batch of rows at a time."""
 
-    def __init__(self, rep: LocalReplacement, chosen: torch.Tensor) -> None:
+    def __init__(self, rep: LocalReplacement, chosen: torch.Tensor, batch_size: int) -> None:
         self.rep = rep
+        self.outputs: tuple | None = None  # the batched run, made at the first batch (see _forward)
         self.t_len = rep.tokens.shape[0]
         self.u = rep.unembed - rep.unembed.mean(0, keepdim=True)  # demeaned unembedding rows, [vocab, d]
         self.active = [a.nonzero() for a in rep.acts]  # per basis: (position, feature index) of active features
+        self.active_pos_idx = [(a[:, 0], a[:, 1]) for a in self.active]
+        self.active_values = [a[p, i] for a, (p, i) in zip(rep.acts, self.active_pos_idx, strict=True)]  # [n_active_j]
         self.feats = torch.cat([torch.cat([torch.full((len(i), 1), j), i], 1) for j, i in enumerate(self.active)]) \
             if self.active else torch.zeros(0, 3, dtype=torch.long)
         self.first = [0, *torch.tensor([len(i) for i in self.active]).cumsum(0).tolist()]  # basis j: first[j]:first[j+1]
         self.n_feat, self.n_err = self.feats.shape[0], len(rep.bases) * self.t_len
         self.n = self.n_feat + self.n_err + self.t_len + len(chosen)
+        self.batch_size = max(1, min(batch_size, max(len(chosen), self.n_feat)))  # copies: no more than any batch needs
         dtype = rep.emb.dtype
         self.adjacency = torch.zeros(self.n, self.n, dtype=dtype)
         self.values = torch.zeros(self.n, dtype=dtype)
         self.constants = torch.zeros(self.n, dtype=dtype)
 
-    def _targets(self, chunk, pres, final) -> torch.Tensor:
+    def _targets(self, chunk, inputs, final) -> torch.Tensor:
+        """Target b of ``chunk`` read from copy b of a batched run (copy 0 when the run has one copy): a feature's
+        pre-activation from what its basis reads, a logit from the final residual."""
         out = []
         for b, (kind, what) in enumerate(chunk):
+            c = b if final.shape[0] > 1 else 0
             if kind == "logit":
-                out.append(final[b, -1] @ self.u[what])
+                out.append(final[c, -1] @ self.u[what])
             else:
                 j, p, i = what
-                out.append(pres[j][b, p, i])
+                basis = self.rep.bases[j]
+                out.append(inputs[j][c, p] @ basis.W_enc[:, i] + basis.b_enc[i])
         return torch.stack(out)
 
-    def compute(self, chunk: list, r: list[int]) -> None:
-        """Fill rows ``r`` with the direct effects on the targets ``chunk`` (one batched backward)."""
-        rep, bsz, t_len, n_feat, n_err = self.rep, len(chunk), self.t_len, self.n_feat, self.n_err
+    def _outputs(self, values, errors) -> list[torch.Tensor]:
+        """Each basis's output from its active features' values [B, n_active_j] (decoded only for those) + its
+        error [B, T, d_out]."""
+        out = []
+        for basis, (pos, idx), v, e in zip(self.rep.bases, self.active_pos_idx, values, errors, strict=True):
+            # one small matmul per position: autograd then keeps only W_dec's active rows, not a [B, n_active, d] product
+            decoded = torch.stack([v[:, pos == t] @ basis.W_dec[idx[pos == t]] for t in range(self.t_len)], 1)
+            out.append(decoded + basis.b_dec + e)
+        return out
+
+    def _forward(self) -> None:
+        """The linearised model on ``batch_size`` copies of the prompt with every source a leaf (each active
+        feature's value, each error, the embeddings); its graph is kept for all batches. Also the run with every
+        source at zero, whose targets are the constants."""
+        rep, bsz = self.rep, self.batch_size
         emb = rep.emb.expand(bsz, -1, -1).clone().requires_grad_()
-        acts = [a.expand(bsz, -1, -1).clone().requires_grad_() for a in rep.acts]
+        values = [v.expand(bsz, -1).clone().requires_grad_() for v in self.active_values]
         errs = [e.expand(bsz, -1, -1).clone().requires_grad_() for e in rep.errors]
-        vals = self._targets(chunk, *rep.run(emb, acts, errs))
-        grads = torch.autograd.grad(vals.sum(), [emb, *acts, *errs], allow_unused=True)
-        g_emb, g_acts, g_errs = grads[0], grads[1:1 + len(acts)], grads[1 + len(acts):]
-        self.adjacency[r, n_feat + n_err:n_feat + n_err + t_len] = (g_emb * rep.emb).sum(-1).detach()
+        self.sources = [emb, *values, *errs]
+        self.outputs = rep.run_outputs(emb, self._outputs(values, errs))
+        with torch.no_grad():
+            self.zero = rep.run_outputs(torch.zeros_like(emb[:1]), self._outputs(
+                [torch.zeros_like(v[:1]) for v in values], [torch.zeros_like(e[:1]) for e in errs]))
+
+    def compute(self, chunk: list, r: list[int]) -> None:
+        """Fill rows ``r`` with the direct effects on the targets ``chunk`` (one backward pass)."""
+        if len(chunk) > self.batch_size:
+            raise ValueError(f"{len(chunk)} targets in one batch of {self.batch_size} copies")
+        if self.outputs is None:
+            self._forward()
+        rep, n, t_len, n_feat, n_err = self.rep, len(chunk), self.t_len, self.n_feat, self.n_err
+        vals = self._targets(chunk, *self.outputs)
+        grads = torch.autograd.grad(vals.sum(), self.sources, allow_unused=True, retain_graph=True)
+        n_b = len(rep.bases)
+        g_emb, g_vals, g_errs = grads[0], grads[1:1 + n_b], grads[1 + n_b:]
+        if g_emb is not None:
+            self.adjacency[r, n_feat + n_err:n_feat + n_err + t_len] = (g_emb[:n] * rep.emb).sum(-1)
         for j, (g, e) in enumerate(zip(g_errs, rep.errors, strict=True)):
             if g is not None:
-                self.adjacency[r, n_feat + j * t_len:n_feat + (j + 1) * t_len] = (g * e).sum(-1).detach()
-        for j, (g, a) in enumerate(zip(g_acts, rep.acts, strict=True)):
-            if g is not None and len(self.active[j]):
-                pos, idx = self.active[j].T
-                self.adjacency[r, self.first[j]:self.first[j + 1]] = (g * a)[:, pos, idx].detach()
+                self.adjacency[r, n_feat + j * t_len:n_feat + (j + 1) * t_len] = (g[:n] * e).sum(-1)
+        for j, (g, v) in enumerate(zip(g_vals, self.active_values, strict=True)):
+            if g is not None and v.numel():
+                self.adjacency[r, self.first[j]:self.first[j + 1]] = g[:n] * v
         self.values[r] = vals.detach()
         with torch.no_grad():  # the part of each target no source explains
-            zero = rep.run(torch.zeros_like(emb), [torch.zeros_like(a) for a in acts], [torch.zeros_like(e) for e in errs])
-            self.constants[r] = self._targets(chunk, *zero)
+            self.constants[r] = self._targets(chunk, *self.zero)

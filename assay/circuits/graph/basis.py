@@ -18,12 +18,17 @@ from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["FeatureBasis", "relu", "identity", "error_basis"]
+__all__ = ["FeatureBasis", "relu", "identity", "jump_relu", "error_basis"]
 
 
 def relu(pre: torch.Tensor) -> torch.Tensor:
     """ReLU activation."""
     return pre.clamp(min=0)
+
+
+def jump_relu(pre: torch.Tensor, *, threshold: torch.Tensor) -> torch.Tensor:
+    """JumpReLU at inference: ``pre · 1[pre > θ]`` per feature (θ [n], positive)."""
+    return pre * (pre > threshold)
 
 
 def identity(pre: torch.Tensor) -> torch.Tensor:

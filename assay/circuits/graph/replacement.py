@@ -152,8 +152,17 @@ class LocalReplacement:
         """The linearised forward pass for a batch of source values: ``emb`` [B, T, d], ``acts[j]``
         [B, T, n_j], ``errors[j]`` [B, T, d]. Returns every basis's pre-activations (as computed from
         the replacement's own residual stream) [B, T, n_j] and the final residual [B, T, d]."""
+        outputs = [b.decode(a) + e for b, a, e in zip(self.bases, acts, errors, strict=True)]
+        inputs, final = self.run_outputs(emb, outputs)
+        return [b.pre(x) for b, x in zip(self.bases, inputs, strict=True)], final
+
+    def run_outputs(self, emb: torch.Tensor, outputs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The linearised forward pass with every basis's output site set to ``outputs[j]`` [B, T, d_out] (its
+        features' decoded sum plus its error). Returns what each basis reads at its input site [B, T, d_in] and the
+        final residual [B, T, d]. A module whose output is replaced and which no basis reads (an MLP under a
+        transcoder) is not run at all."""
         b = emb.shape[0]
-        pres: dict[int, torch.Tensor] = {}
+        inputs: dict[int, torch.Tensor] = {}
         seen: dict[str, torch.Tensor] = {}
         edits: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {self.embed_site: lambda h: emb}
         if not self.hf_attention:
@@ -171,18 +180,20 @@ class LocalReplacement:
                 return y * ln.weight + ln.bias if ln.elementwise_affine else y
 
             edits[site] = frozen
+        skipped: dict[str, torch.Tensor] = {}
         for j, basis in enumerate(self.bases):
             def rebuild(h, j=j, basis=basis):
                 if basis.input_site == basis.output_site:
-                    pres[j] = basis.pre(h)
-                return basis.decode(acts[j]) + errors[j]
+                    inputs[j] = h
+                return outputs[j]
 
-            def read(h, j=j, basis=basis):
-                pres[j] = basis.pre(h)
+            def read(h, j=j):
+                inputs[j] = h
                 return h
 
             if basis.input_site != basis.output_site:
                 edits[basis.input_site] = _then(edits.get(basis.input_site), read)
+                skipped[basis.output_site] = outputs[j]
             edits[basis.output_site] = rebuild
         for site in {s for ins in self.norm_inputs.values() for s in ins}:  # last: record what feeds a norm
 
@@ -191,12 +202,41 @@ class LocalReplacement:
                 return h
 
             edits[site] = _then(edits.get(site), record)
-        with _inputs(self.model, self.rms_sites, rms_in), \
+        with _inputs(self.model, self.rms_sites, rms_in), _not_run(self.model, skipped), _no_weight_grads(self.model), \
                 frozen_patterns(self.model, self.patterns) if self.hf_attention else nullcontext(), \
                 hooks.patch(self.model, edits), \
                 hooks.capture(self.model, [self.final_site], stop_at=self.final_site, detach=False) as cap:
             self.model(self.tokens.expand(b, -1))
-        return [pres[j] for j in range(len(self.bases))], cap[self.final_site]
+        return [inputs[j] for j in range(len(self.bases))], cap[self.final_site]
+
+
+@contextmanager
+def _no_weight_grads(model: nn.Module) -> Iterator[None]:
+    """Inside the block no parameter requires a gradient, so autograd keeps no layer inputs for weight gradients
+    (edges are gradients with respect to the sources only)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@contextmanager
+def _not_run(model: nn.Module, values: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Inside the block each module ``site`` returns ``values[site]`` without computing anything (its hooks still
+    fire): for modules whose output the replacement model sets anyway."""
+    modules = [(model.get_submodule(site), v) for site, v in values.items()]
+    try:
+        for module, v in modules:
+            module.forward = lambda *args, _v=v, **kwargs: _v
+        yield
+    finally:
+        for module, _ in modules:
+            if "forward" in vars(module):
+                del module.forward
 
 
 @contextmanager
