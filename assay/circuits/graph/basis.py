@@ -6,7 +6,8 @@ A basis at one component reads the output of ``input_site`` (x), computes pre-ac
 (Dunefsky, Chlenski, Nanda 2024, "Transcoders Find Interpretable LLM Feature Circuits") is a basis
 with input = the MLP input and output = the MLP output; a compiled model's MLP neurons are an exact
 one (error 0), and so is the projection onto the variables a compiled attention layer writes
-(input = output = the attention output, σ = identity). Attribution graphs (Ameisen et al. 2025,
+(input = output = the attention output, σ = identity). A cross-layer transcoder (Ameisen et al. 2025) is one
+basis per layer whose features also write later layers' MLP outputs (``writes``). Attribution graphs (Ameisen et al. 2025,
 "Circuit Tracing: Revealing Computational Graphs in Language Models") take their feature nodes from
 any list of bases.
 """
@@ -53,6 +54,10 @@ class FeatureBasis:
     """σ: pre-activations → activations."""
     labels: tuple[str, ...] = ()
     """Optional name per feature (e.g. the compiled variable it belongs to)."""
+    writes: tuple[tuple[str, torch.Tensor], ...] = ()
+    """Further sites the features write, as (site, decoder [n, d_site]) pairs: a cross-layer transcoder's
+    decoders to later MLP outputs. Each site must be the ``output_site`` of a basis listed after this one; that
+    basis's rebuilt output then adds ``a W`` from these features (and its error is what all writers miss)."""
 
     def __post_init__(self) -> None:
         n = self.W_enc.shape[1]
@@ -65,6 +70,11 @@ class FeatureBasis:
             )
         if self.labels and len(self.labels) != n:
             raise ValueError(f"basis {self.name!r}: {len(self.labels)} labels for {n} features")
+        bad = [site for site, w in self.writes if w.ndim != 2 or w.shape[0] != n]
+        sites = [site for site, _ in self.writes]
+        if bad or len(set(sites)) != len(sites) or self.output_site in sites:
+            raise ValueError(f"basis {self.name!r}: writes {[(s, tuple(w.shape)) for s, w in self.writes]} must name "
+                             f"distinct sites other than its output site, each with a decoder [{n}, d_site]")
 
     @property
     def n_features(self) -> int:
@@ -75,7 +85,8 @@ class FeatureBasis:
         """The same basis with its tensors in ``dtype``."""
         if self.W_enc.dtype == dtype:
             return self
-        return replace(self, **{k: getattr(self, k).to(dtype) for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
+        return replace(self, **{k: getattr(self, k).to(dtype) for k in ("W_enc", "b_enc", "W_dec", "b_dec")},
+                       writes=tuple((site, w.to(dtype)) for site, w in self.writes))
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations ``x W_enc + b_enc``."""

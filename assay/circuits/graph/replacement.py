@@ -6,7 +6,8 @@ every attention pattern, every LayerNorm's scale σ per position, and each basis
 ``e = y − (a W_dec + b_dec)``; then the model in which (i) every pattern site returns its frozen
 pattern, (ii) every LayerNorm returns ``γ ⊙ (x − mean x)/σ_frozen + β`` (centring stays: it is
 linear), (iii) the embedding returns a given tensor and (iv) every basis's output site returns
-``a W_dec + b_dec + e`` for given activations ``a`` and errors ``e`` is *linear* in (embeddings,
+``a W_dec + b_dec + e`` (plus, for a cross-layer transcoder, the writes of earlier layers' features) for given
+activations ``a`` and errors ``e`` is *linear* in (embeddings,
 activations, errors), up to constants (biases, position embeddings). With the clean values it
 reproduces the model exactly.
 
@@ -139,10 +140,11 @@ class LocalReplacement:
             ln = model.get_submodule(site)
             self.sigmas[site] = (x.var(-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
         self.bases = tuple(b.to(dtype) for b in bases)
+        self.incoming = _cross_writes(self.bases)
         self.emb = cap[embed_site][0]
         self.pres = [b.pre(cap[b.input_site][0]) for b in self.bases]
         self.acts = [b.activation(p) for b, p in zip(self.bases, self.pres, strict=True)]
-        self.errors = [cap[b.output_site][0] - b.decode(a) for b, a in zip(self.bases, self.acts, strict=True)]
+        self.errors = [cap[b.output_site][0] - self.rebuilt(j, self.acts) for j, b in enumerate(self.bases)]
         self.final = cap[final_site][0]
         self.logits = self.final @ self.unembed.T
 
@@ -175,7 +177,7 @@ class LocalReplacement:
             def rebuild(h, j=j, basis=basis):
                 if basis.input_site == basis.output_site:
                     pres[j] = basis.pre(h)
-                return basis.decode(acts[j]) + errors[j]
+                return self.rebuilt(j, acts) + errors[j]
 
             def read(h, j=j, basis=basis):
                 pres[j] = basis.pre(h)
@@ -197,6 +199,32 @@ class LocalReplacement:
                 hooks.capture(self.model, [self.final_site], stop_at=self.final_site, detach=False) as cap:
             self.model(self.tokens.expand(b, -1))
         return [pres[j] for j in range(len(self.bases))], cap[self.final_site]
+
+
+    def rebuilt(self, j: int, acts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """What the features write into basis ``j``'s output site: its own decoder plus every earlier basis's
+        cross-layer writes there (``FeatureBasis.writes``)."""
+        out = self.bases[j].decode(acts[j])
+        for src, w in self.incoming[j]:
+            out = out + acts[src] @ w
+        return out
+
+
+def _cross_writes(bases: Sequence[FeatureBasis]) -> list[list[tuple[int, torch.Tensor]]]:
+    """Per basis, the (writer index, decoder) pairs of earlier bases that write into its output site."""
+    index = {b.output_site: j for j, b in enumerate(bases)}
+    incoming: list[list[tuple[int, torch.Tensor]]] = [[] for _ in bases]
+    for src, b in enumerate(bases):
+        for site, w in b.writes:
+            j = index.get(site)
+            if j is None or j <= src:
+                raise ValueError(f"basis {b.name!r} writes {site!r}, which is not the output site of a basis listed "
+                                 "after it; list the bases in forward order and give every written site its basis")
+            if w.shape[1] != bases[j].W_dec.shape[1]:
+                raise ValueError(f"basis {b.name!r} writes {site!r} with width {w.shape[1]}, but that site's basis "
+                                 f"{bases[j].name!r} rebuilds width {bases[j].W_dec.shape[1]}")
+            incoming[j].append((src, w))
+    return incoming
 
 
 @contextmanager
