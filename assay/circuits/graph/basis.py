@@ -14,12 +14,12 @@ any list of bases.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["FeatureBasis", "relu", "identity", "error_basis"]
+__all__ = ["FeatureBasis", "relu", "identity", "error_basis", "cross_writes", "rebuilt_outputs"]
 
 
 def relu(pre: torch.Tensor) -> torch.Tensor:
@@ -103,3 +103,32 @@ def error_basis(site: str, d: int, *, dtype: torch.dtype = torch.float32) -> Fea
     return FeatureBasis(name=site, input_site=site, output_site=site, W_enc=torch.zeros(d, 0, dtype=dtype),
                         b_enc=torch.zeros(0, dtype=dtype), W_dec=torch.zeros(0, d, dtype=dtype),
                         b_dec=torch.zeros(d, dtype=dtype), activation=identity)
+
+
+def cross_writes(bases: Sequence[FeatureBasis]) -> list[list[tuple[int, torch.Tensor]]]:
+    """Per basis, the (writer index, decoder) pairs of the earlier bases that write into its output site
+    (``FeatureBasis.writes``); a write into a site that no later basis rebuilds is refused."""
+    index = {b.output_site: j for j, b in enumerate(bases)}
+    incoming: list[list[tuple[int, torch.Tensor]]] = [[] for _ in bases]
+    for src, b in enumerate(bases):
+        for site, w in b.writes:
+            j = index.get(site)
+            if j is None or j <= src:
+                raise ValueError(f"basis {b.name!r} writes {site!r}, which is not the output site of a basis listed "
+                                 "after it; list the bases in forward order and give every written site its basis")
+            if w.shape[1] != bases[j].W_dec.shape[1]:
+                raise ValueError(f"basis {b.name!r} writes {site!r} with width {w.shape[1]}, but that site's basis "
+                                 f"{bases[j].name!r} rebuilds width {bases[j].W_dec.shape[1]}")
+            incoming[j].append((src, w))
+    return incoming
+
+
+def rebuilt_outputs(bases: Sequence[FeatureBasis], acts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """What the features of ``bases`` (activations ``acts[j]`` [..., n_j]) write into each basis's output site:
+    its own ``a W_dec + b_dec`` plus every earlier basis's cross-layer writes there — a cross-layer transcoder's
+    Σ_{l ≤ ℓ} a^l W_dec^{l→ℓ} + b_dec^ℓ."""
+    out = [b.decode(a) for b, a in zip(bases, acts, strict=True)]
+    for j, writers in enumerate(cross_writes(bases)):
+        for src, w in writers:
+            out[j] = out[j] + acts[src] @ w
+    return out

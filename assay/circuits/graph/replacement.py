@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from assay import hooks
-from assay.circuits.graph.basis import FeatureBasis, error_basis
+from assay.circuits.graph.basis import FeatureBasis, error_basis, rebuilt_outputs
 from assay.circuits.graph.hf_frozen import (
     eager_patterns,
     frozen_patterns,
@@ -140,11 +140,11 @@ class LocalReplacement:
             ln = model.get_submodule(site)
             self.sigmas[site] = (x.var(-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
         self.bases = tuple(b.to(dtype) for b in bases)
-        self.incoming = _cross_writes(self.bases)
         self.emb = cap[embed_site][0]
         self.pres = [b.pre(cap[b.input_site][0]) for b in self.bases]
         self.acts = [b.activation(p) for b, p in zip(self.bases, self.pres, strict=True)]
-        self.errors = [cap[b.output_site][0] - self.rebuilt(j, self.acts) for j, b in enumerate(self.bases)]
+        self.errors = [cap[b.output_site][0] - out for b, out in zip(self.bases, rebuilt_outputs(self.bases, self.acts),
+                                                                      strict=True)]
         self.final = cap[final_site][0]
         self.logits = self.final @ self.unembed.T
 
@@ -155,6 +155,7 @@ class LocalReplacement:
         [B, T, n_j], ``errors[j]`` [B, T, d]. Returns every basis's pre-activations (as computed from
         the replacement's own residual stream) [B, T, n_j] and the final residual [B, T, d]."""
         b = emb.shape[0]
+        outputs = rebuilt_outputs(self.bases, acts)  # the sources are given, so every rebuilt output is known now
         pres: dict[int, torch.Tensor] = {}
         seen: dict[str, torch.Tensor] = {}
         edits: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {self.embed_site: lambda h: emb}
@@ -177,7 +178,7 @@ class LocalReplacement:
             def rebuild(h, j=j, basis=basis):
                 if basis.input_site == basis.output_site:
                     pres[j] = basis.pre(h)
-                return self.rebuilt(j, acts) + errors[j]
+                return outputs[j] + errors[j]
 
             def read(h, j=j, basis=basis):
                 pres[j] = basis.pre(h)
@@ -199,32 +200,6 @@ class LocalReplacement:
                 hooks.capture(self.model, [self.final_site], stop_at=self.final_site, detach=False) as cap:
             self.model(self.tokens.expand(b, -1))
         return [pres[j] for j in range(len(self.bases))], cap[self.final_site]
-
-
-    def rebuilt(self, j: int, acts: Sequence[torch.Tensor]) -> torch.Tensor:
-        """What the features write into basis ``j``'s output site: its own decoder plus every earlier basis's
-        cross-layer writes there (``FeatureBasis.writes``)."""
-        out = self.bases[j].decode(acts[j])
-        for src, w in self.incoming[j]:
-            out = out + acts[src] @ w
-        return out
-
-
-def _cross_writes(bases: Sequence[FeatureBasis]) -> list[list[tuple[int, torch.Tensor]]]:
-    """Per basis, the (writer index, decoder) pairs of earlier bases that write into its output site."""
-    index = {b.output_site: j for j, b in enumerate(bases)}
-    incoming: list[list[tuple[int, torch.Tensor]]] = [[] for _ in bases]
-    for src, b in enumerate(bases):
-        for site, w in b.writes:
-            j = index.get(site)
-            if j is None or j <= src:
-                raise ValueError(f"basis {b.name!r} writes {site!r}, which is not the output site of a basis listed "
-                                 "after it; list the bases in forward order and give every written site its basis")
-            if w.shape[1] != bases[j].W_dec.shape[1]:
-                raise ValueError(f"basis {b.name!r} writes {site!r} with width {w.shape[1]}, but that site's basis "
-                                 f"{bases[j].name!r} rebuilds width {bases[j].W_dec.shape[1]}")
-            incoming[j].append((src, w))
-    return incoming
 
 
 @contextmanager
