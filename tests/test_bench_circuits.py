@@ -95,7 +95,7 @@ def test_specs_are_validated_and_the_cli_runs(tmp_path):
     with pytest.raises(ConfigError, match="unknown parameter"):
         FAMILY.expand("exact:k=3")
     with pytest.raises(ConfigError, match="unknown method"):
-        FAMILY.expand("clt")  # cross-layer transcoders are not built
+        FAMILY.expand("sae")
     with pytest.raises(ConfigError, match="unknown parameter.*width"):
         FAMILY.prepare("histogram:width=3", 0, SETTINGS)
     with pytest.raises(ConfigError, match="n_prompts must be >= 1"):
@@ -109,8 +109,8 @@ def test_specs_are_validated_and_the_cli_runs(tmp_path):
     assert {r["metric"] for r in rows} >= {"precision", "recall", "cpr", "cmd"} and (out / "section.json").exists()
 
 
-def test_transcoder_rows_match_the_compiled_values_only_with_a_zero_decoder_bias_and_miss_the_hop(tmp_path):
-    """A4/A6 with learned per-layer transcoders on two_hop (seed 0, 48 inputs, 2 prompts, 300 steps). Measured:
+def test_learned_transcoder_rows_match_the_compiled_values_only_with_a_zero_decoder_bias_and_miss_the_hop(tmp_path):
+    """A4/A6 with learned per-layer transcoders (and a CLT, asserted below) on two_hop (seed 0, 48 inputs, 2 prompts, 300 steps). Measured:
     zero_bias=true — replacement 0.99996, matched_share 1, node_precision 1, node_recall 0.5 (hop2 kept, hop1's
     features pruned: little influence reaches them), hop_share 0.13;
     zero_bias=false — replacement 0.9998, fvu < 1e-6, matched_share 0, node_precision 0, hop_share 0.23; exact
@@ -118,8 +118,9 @@ def test_transcoder_rows_match_the_compiled_values_only_with_a_zero_decoder_bias
     tests/test_circuits_learned.py); either way layer 1's transcoder reads the token directions directly, so the
     logit influence bypasses layer 0's features (the shortcut A6 flags). Programs without an MLP get no values."""
     settings = CircuitSettings(n_inputs=48, n_prompts=2, transcoder_steps=300, html=False)
-    res = run_family(FAMILY, worlds=("two_hop", "previous_token"), methods=("exact", "transcoder:zero_bias=true|false"),
-                     seeds=(0,), settings=settings, out_dir=tmp_path)
+    res = run_family(FAMILY, worlds=("two_hop", "previous_token"),
+                     methods=("exact", "transcoder:zero_bias=true|false", "clt"), seeds=(0,), settings=settings,
+                     out_dir=tmp_path)
     m = {(r["world"], r["method"], r["level"]): r["metrics"] for r in res.runs}
     zero, median = m[("two_hop", "transcoder", "zero_bias=True")], m[("two_hop", "transcoder", "zero_bias=False")]
     for tc in (zero, median):
@@ -127,4 +128,13 @@ def test_transcoder_rows_match_the_compiled_values_only_with_a_zero_decoder_bias
     assert zero["matched_share"] == zero["node_precision"] == 1.0 and zero["node_recall"] == 0.5
     assert median["matched_share"] == 0.0 and median["node_precision"] == 0.0
     assert m[("two_hop", "exact", "default")]["hop_share"] == pytest.approx(1.0)
+    assert m[("two_hop", "exact", "default")]["chain_share"] == pytest.approx(1.0)
     assert m[("previous_token", "transcoder", "zero_bias=True")] == {}
+    assert zero["chain_share"] <= zero["hop_share"] + 1e-12  # the chain share counts fewer paths
+    # the CLT (same budget, zero bias) is exact and its graph exact about itself, but rewrites A → B → C as a direct
+    # edge: its layer-0 features write hop2 into MLP 1's output (measured: replacement 0.998, fvu < 1e-6,
+    # constrained_error 0, hop_share 0.74 — layer 0 is on most paths — chain_share 0.012)
+    clt = m[("two_hop", "clt", "default")]
+    assert clt["replacement"] > 0.99 and clt["fvu"] < 1e-3 and clt["constrained_error"] < 1e-9
+    assert clt["chain_share"] < 0.1 < 0.5 < clt["hop_share"]
+    assert m[("previous_token", "clt", "default")] == {}
