@@ -21,7 +21,7 @@ through transformers' attention interface (:mod:`assay.circuits.graph.hf_frozen`
 
 A site without a basis whose output is nonlinear in the residual stream would break linearity: every
 ``*.mlp`` site that no basis rebuilds (a partial transcoder set) becomes a pure error node per position
-(by default for models other than assay's Transformer; ``error_sites`` names them explicitly)
+(by default; ``error_sites`` names them explicitly)
 (:func:`~assay.circuits.graph.basis.error_basis`), appended after the given bases.
 """
 
@@ -70,8 +70,9 @@ class LocalReplacement:
     [T, d], ``acts`` / ``pres`` (per basis [T, n]), ``errors`` (per basis [T, d]), ``sigmas`` (per norm
     site [T, 1]), ``rms`` (per RMSNorm site, its frozen denominator [T, 1]), ``final`` [T, d] and ``logits``
     [T, vocab] of the clean run. ``error_sites``: sites (without a basis) whose whole output is an error node
-    per position; default every ``*.mlp`` site no basis rebuilds (none for assay's Transformer, whose compiled
-    models leave unused MLPs empty and whose callers count one error block per given basis). ``bases`` holds the given bases then one
+    per position; default every ``*.mlp`` site no basis rebuilds (so no MLP runs live: its nonlinearity would
+    make the edges inexact; a compiled model's unused MLPs give all-zero error nodes). ``bases`` holds the given
+    bases then one
     :func:`~assay.circuits.graph.basis.error_basis` per error site, cast to the dtype of the model's
     parameters. For a Hugging Face model the default pattern sites are its ``*.self_attn`` modules.
     """
@@ -94,8 +95,7 @@ class LocalReplacement:
         self.rms_sites = tuple(name for name, m in model.named_modules() if is_rms_norm(m))
         outputs = [b.output_site for b in bases]
         if error_sites is None:
-            error_sites = [] if isinstance(model, Transformer) else [
-                name for name, _ in model.named_modules() if name.endswith(".mlp") and name not in outputs]
+            error_sites = [name for name, _ in model.named_modules() if name.endswith(".mlp") and name not in outputs]
         bad = [s for s in error_sites if s in outputs]
         if bad:
             raise ValueError(f"error_sites {bad} are rebuilt by a basis; a site is either a basis or an error node")
