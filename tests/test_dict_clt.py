@@ -10,7 +10,7 @@ from assay.config import ConfigError
 from assay.dictionaries.clt import clt_batches, is_clt
 from assay.dictionaries.registry import build_sae, load_sae, save_sae
 from assay.dictionaries.topk import topk_codes
-from assay.dictionaries.trainer import SAETrainConfig, train_saes
+from assay.dictionaries.trainer import SAETrainConfig, SAETrainer, train_saes
 from assay.dictionaries.transcoder import is_transcoder
 from assay.hooks import SiteError
 from assay.models.transformer import Transformer, TransformerConfig
@@ -52,6 +52,8 @@ def test_shapes_masks_and_bad_configs():
         build_sae("topk_clt", d_in=12, d_out=12, d_sae=15, k=6, n_layers=3)
     with pytest.raises(ConfigError, match="window"):
         build_sae("jumprelu_clt", d_in=12, d_out=12, d_sae=15, n_layers=3, window=-1)
+    with pytest.raises(ConfigError, match="block encoder"):  # resampling rewrites W_enc[:, i] columns
+        SAETrainer(clt, SAETrainConfig(steps=10, resample_every=5))
 
 
 @pytest.mark.parametrize("arch", ["topk_clt", "jumprelu_clt"])

@@ -183,8 +183,9 @@ class SAETrainer:
 
             bad = [s.architecture for s in self.saes if not can_resample(s)]
             if bad:
-                raise ConfigError(f"resample_every needs explicit W_enc/b_enc/W_dec parameters; {bad} derive their "
-                                  "decoder or have no encoder (MP, SpaDE, RA-SAE): train them with resample_every=None")
+                raise ConfigError(f"resample_every needs explicit W_enc [d_in, n] / b_enc / W_dec parameters; {bad} "
+                                  "derive their decoder, have no encoder (MP, SpaDE, RA-SAE) or a block encoder (CLTs): "
+                                  "train them with resample_every=None")
         self.resampled = [0 for _ in self.saes]
         """Latents resampled so far, per SAE."""
         self.lrs = [cfg.lr or s.default_lr or topk_lr(s.d_sae) for s in self.saes]
