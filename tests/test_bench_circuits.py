@@ -96,6 +96,9 @@ def test_specs_are_validated_and_the_cli_runs(tmp_path):
         FAMILY.expand("exact:k=3")
     with pytest.raises(ConfigError, match="unknown method"):
         FAMILY.expand("sae")
+    with pytest.raises(ConfigError, match="window must be 'all'"):
+        FAMILY.expand("clt:window=-1")
+    assert [r.params for r in FAMILY.expand("clt:window=0|all")] == [{"window": 0}, {"window": "all"}]
     with pytest.raises(ConfigError, match="unknown parameter.*width"):
         FAMILY.prepare("histogram:width=3", 0, SETTINGS)
     with pytest.raises(ConfigError, match="n_prompts must be >= 1"):

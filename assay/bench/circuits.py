@@ -19,7 +19,8 @@ the prompts. Methods (feature bases the graphs are built over):
   paths of the replacement model. Programs without an MLP (previous_token, induction) get no A4 row values;
 - ``clt`` — A4/A6 with one TopK cross-layer transcoder over the compiled MLP layers (Ameisen et al. 2025;
   :func:`~assay.circuits.learned.train_mlp_clt`, the same parameters per layer), layer l's features writing every
-  later MLP output; features are named by their decoder to their own layer.
+  later MLP output (parameter ``window``: ``all``, or how many layers ahead — 0 is per-layer transcoders trained
+  as one, the control for the cross-layer writes); features are named by their decoder to their own layer.
 
 Metrics, per (program, seed) — A1: ``accuracy``, ``min_margin``, ``max_error``; A2: ``off_circuit_change``
 (largest |Δ logit| from zero-ablating the decoy head or its variable), ``min_share_changed`` (smallest share of
@@ -59,7 +60,7 @@ __all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "ran
 
 METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_weights": {},
                                       "transcoder": {"d_sae": 16, "k": 1, "zero_bias": True},
-                                      "clt": {"d_sae": 16, "k": 1, "zero_bias": True}}
+                                      "clt": {"d_sae": 16, "k": 1, "zero_bias": True, "window": "all"}}
 """Method name → its parameters and their defaults."""
 WORLD_NAMES = ("previous_token", "dyck1", "induction", "histogram", "two_hop")
 
@@ -272,6 +273,16 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
             "cpr": sum(per["cpr"]) / len(per["cpr"]), "cmd": sum(per["cmd"]) / len(per["cmd"])}
 
 
+def _clt_window(params: dict[str, Any]) -> int | None:
+    """The ``clt`` method's ``window`` parameter as :class:`~assay.dictionaries.clt.CLTFields` takes it."""
+    window = params["window"]
+    if window == "all":
+        return None
+    if isinstance(window, int) and not isinstance(window, bool) and window >= 0:
+        return window
+    raise ConfigError(f"clt's window must be 'all' or a number of layers >= 0, got {window!r}")
+
+
 def _learned_checks(prepared: PreparedProgram, method: str, params: dict[str, Any], settings: CircuitSettings,
                     seed: int) -> dict[str, float]:
     """A4 and A6 with learned transcoders on the compiled MLPs — one per layer (``transcoder``) or one cross-layer
@@ -296,7 +307,8 @@ def _learned_checks(prepared: PreparedProgram, method: str, params: dict[str, An
     cfg = TranscoderTraining(d_sae=params["d_sae"], k=params["k"], steps=settings.transcoder_steps, seed=seed,
                              zero_decoder_bias=bool(params["zero_bias"]))
     if method == "clt":
-        learned = clt_bases(train_mlp_clt(compiled.model, prepared.inputs, layers, cfg), layers=layers)
+        clt = train_mlp_clt(compiled.model, prepared.inputs, layers, cfg, window=_clt_window(params))
+        learned = clt_bases(clt, layers=layers)
     else:
         transcoders = train_mlp_transcoders(compiled.model, prepared.inputs, layers, cfg)
         learned = [transcoder_basis(transcoders[i], layer=i) for i in layers]
@@ -340,7 +352,9 @@ class CircuitFamily:
     def expand(self, spec: str) -> list[SpecRun]:
         runs = expand_with(METHODS)(spec)
         for run in runs:
-            check_params(run, METHODS[run.name])
+            params = check_params(run, METHODS[run.name])
+            if run.name == "clt":
+                _clt_window(params)
         return runs
 
     def prepare(self, world: str, seed: int, settings: CircuitSettings) -> PreparedProgram:
