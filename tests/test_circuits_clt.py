@@ -18,6 +18,7 @@ from assay.circuits.graph import (
     graph_scores,
     influence_through,
     influence_through_chain,
+    subgraph_values,
 )
 from assay.circuits.learned import clt_bases, train_mlp_clt
 from assay.dictionaries.registry import build_sae
@@ -108,5 +109,9 @@ def test_a_trained_clt_graph_conserves_every_row():
     bases = [b.to(torch.float64) for b in clt_bases(clt, layers=[0, 1])]
     g = attribute(model.double(), inputs[0].clone(), bases, GraphConfig(batch_size=32))
     torch.testing.assert_close(g.adjacency.sum(1) + g.constants + g.unexplored, g.values, rtol=0, atol=1e-9)
+    # every edge kept → the clean values: σ = TopK ranks within each position's row (over all positions at once,
+    # k = 1 kept one feature of the whole prompt)
+    everything = torch.ones_like(g.adjacency, dtype=torch.bool)
+    torch.testing.assert_close(subgraph_values(g, bases, everything), g.values, rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="must be 1\\+ of the model's 2 layers"):
         train_mlp_clt(model, inputs, [0, 2])
