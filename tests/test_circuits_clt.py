@@ -20,6 +20,7 @@ from assay.circuits.graph import (
     influence_through_chain,
     subgraph_values,
 )
+from assay.circuits.graph.basis import rebuilt_outputs
 from assay.circuits.learned import clt_bases, train_mlp_clt
 from assay.dictionaries.registry import build_sae
 
@@ -85,6 +86,24 @@ def test_exact_clt_graphs_reproduce_the_logits_and_the_chain_share_flags_the_sho
     assert influence_through(g.adjacency, w, layer[0]) == pytest.approx(1.0)  # layer 0 is on every path either way
     assert influence_through_chain(g.adjacency, w, layer) == pytest.approx(0.0 if shortcut else 1.0)
     assert bool(layer[1].any()) != shortcut
+
+
+@pytest.mark.parametrize("arch", ["topk_clt", "jumprelu_clt"])
+def test_clt_bases_rebuild_the_clts_own_output(arch):
+    kw = {"k": 2} if arch == "topk_clt" else {}
+    clt = build_sae(arch, d_in=12, d_out=12, d_sae=15, n_layers=3, **kw).double()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+        clt.mask_decoder(clt.W_dec)
+    bases = clt_bases(clt, layers=[0, 1, 2])
+    assert [len(b.writes) for b in bases] == [2, 1, 0]
+    x = torch.randn(7, 12, generator=g, dtype=torch.float64)
+    acts = [b.activation(b.pre(x[:, 4 * i:4 * (i + 1)])) for i, b in enumerate(bases)]
+    torch.testing.assert_close(torch.cat(rebuilt_outputs(bases, acts), 1), clt.transcode(x), rtol=0, atol=1e-12)
+    with pytest.raises(TypeError, match="TopKCLT or JumpReLUCLT"):
+        clt_bases(build_sae("topk_transcoder", d_in=4, d_out=4, d_sae=5, k=2), layers=[0])
 
 
 def test_replacement_refuses_writes_into_sites_without_a_later_basis():

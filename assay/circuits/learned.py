@@ -165,15 +165,17 @@ def train_mlp_clt(model, inputs: torch.Tensor, layers: Collection[int], config: 
 
 def clt_bases(clt, *, layers: Sequence[int], input_sites: Sequence[str] | None = None,
               output_sites: Sequence[str] | None = None) -> list[FeatureBasis]:
-    """The feature bases of a TopK CLT over MLP ``layers`` (in forward order; sites ``blocks.{i}.ln2`` →
-    ``blocks.{i}.mlp`` unless given), one per layer: its encoder, its decoder to its own MLP output, and its
-    decoders to the later MLP outputs it may write as ``writes`` — so the replacement model rebuilds MLP ℓ as
-    Σ_{l ≤ ℓ} a^l W_dec^{l→ℓ} + b_dec^ℓ, the CLT's own output."""
-    from assay.dictionaries.clt import TopKCLT
+    """The feature bases of a TopK or JumpReLU CLT over MLP ``layers`` (in forward order; sites ``blocks.{i}.ln2``
+    → ``blocks.{i}.mlp`` unless given), one per layer: its encoder, its σ (TopK∘ReLU, or pre·1[pre > θ] with the
+    layer's thresholds), its decoder to its own MLP output, and its decoders to the later MLP outputs it may write
+    as ``writes`` — so the replacement model rebuilds MLP ℓ as Σ_{l ≤ ℓ} a^l W_dec^{l→ℓ} + b_dec^ℓ, the CLT's own
+    output."""
+    from assay.dictionaries.clt import JumpReLUCLT, TopKCLT
     from assay.dictionaries.topk import topk_codes
 
-    if not isinstance(clt, TopKCLT):
-        raise TypeError(f"expected a TopKCLT, got {type(clt).__name__}; build one with build_sae('topk_clt', ...)")
+    if not isinstance(clt, (TopKCLT, JumpReLUCLT)):
+        raise TypeError(f"expected a TopKCLT or JumpReLUCLT, got {type(clt).__name__}; build one with "
+                        "build_sae('topk_clt', ...)")
     ins = list(input_sites or [f"blocks.{i}.ln2" for i in layers])
     outs = list(output_sites or [f"blocks.{i}.mlp" for i in layers])
     if not len(layers) == len(ins) == len(outs) == clt.n_layers:
@@ -185,12 +187,18 @@ def clt_bases(clt, *, layers: Sequence[int], input_sites: Sequence[str] | None =
     for src in range(clt.n_layers):
         writes = tuple((outs[t], clt.decoder(src, t).detach().clone()) for t in range(src + 1, clt.n_layers)
                        if mask[src, t])
+        sigma = (functools.partial(topk_codes, k=clt.cfg.k) if isinstance(clt, TopKCLT) else
+                 functools.partial(_above, theta=clt.threshold[src * n:(src + 1) * n].detach().clone()))
         bases.append(FeatureBasis(
             name=outs[src], input_site=ins[src], output_site=outs[src], W_enc=clt.W_enc[src].detach().clone(),
             b_enc=clt.b_enc[src * n:(src + 1) * n].detach().clone(), W_dec=clt.decoder(src, src).detach().clone(),
-            b_dec=clt.b_dec[src * d:(src + 1) * d].detach().clone(), activation=functools.partial(topk_codes, k=clt.cfg.k),
-            writes=writes))
+            b_dec=clt.b_dec[src * d:(src + 1) * d].detach().clone(), activation=sigma, writes=writes))
     return bases
+
+
+def _above(pre: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """JumpReLU at inference: pre·1[pre > θ] per feature."""
+    return pre * (pre > theta.to(pre.dtype))
 
 
 def mlp_variables(circuit: Circuit, layers: Collection[int] | None = None) -> frozenset[str]:
