@@ -371,6 +371,20 @@ def test_layernorm_graphs_conserve_and_match_constrained_interventions():
     check_constrained_interventions(model, bases, tokens, graph, 1e-10)
 
 
+def test_an_mlp_without_a_basis_is_an_error_node_on_assay_transformers_too():
+    """Only MLP 0 has a basis: MLP 1 (GELU) must not run live in the replacement model (its nonlinearity would make
+    the edges a local linearisation, not exact) but become one error node per position, as on other models."""
+    cfg = TransformerConfig(vocab_size=9, n_layers=2, n_heads=2, d_model=8, d_mlp=8, context=8)
+    model = Transformer(cfg, generator=make_generator(4)).double().eval()
+    tokens = torch.tensor([1, 4, 7, 5, 4, 8])
+    bases = neuron_bases(model)[:1]
+    assert LocalReplacement(model, tokens, bases).error_sites == ("blocks.1.mlp",)
+    graph = attribute(model, tokens, bases, GraphConfig(batch_size=7))
+    assert graph.basis_names == ("blocks.0.mlp", "blocks.1.mlp")
+    torch.testing.assert_close(graph.adjacency.sum(1) + graph.constants, graph.values, rtol=0, atol=1e-10)
+    check_constrained_interventions(model, bases, tokens, graph, 1e-10)
+
+
 def test_subgraph_values_equal_the_frozen_model_with_a_token_removed(graphs):
     """Every edge kept → the clean values; none → the constants; all edges out of one token node dropped →
     the compiled model's own demeaned logits with that token's embedding zeroed and the attention patterns

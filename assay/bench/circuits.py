@@ -16,7 +16,11 @@ the prompts. Methods (feature bases the graphs are built over):
   on the seed's inputs (parameters ``d_sae``, ``k``, ``zero_bias`` — b_dec held at 0, default; false: the
   usual geometric-median b_dec; steps from the settings), each feature named after the
   compiled direction its decoder row matches (|cos| ≥ 0.9, else unnamed); attention outputs stay linear
-  paths of the replacement model. Programs without an MLP (previous_token, induction) get no A4 row values.
+  paths of the replacement model. Programs without an MLP (previous_token, induction) get no A4 row values;
+- ``clt`` — A4/A6 with one TopK cross-layer transcoder over the compiled MLP layers (Ameisen et al. 2025;
+  :func:`~assay.circuits.learned.train_mlp_clt`, the same parameters per layer), layer l's features writing every
+  later MLP output (parameter ``window``: ``all``, or how many layers ahead — 0 is per-layer transcoders trained
+  as one, the control for the cross-layer writes); features are named by their decoder to their own layer.
 
 Metrics, per (program, seed) — A1: ``accuracy``, ``min_margin``, ``max_error``; A2: ``off_circuit_change``
 (largest |Δ logit| from zero-ablating the decoy head or its variable), ``min_share_changed`` (smallest share of
@@ -32,7 +36,10 @@ compiled direction at |cos| ≥ 0.9), ``fvu`` (worst layer's fraction of MLP-out
 inputs), ``node_precision`` / ``node_recall`` of the pruned graphs' MLP feature nodes against the on-circuit
 MLP-written variables; A6: ``hop_share`` (worst prompt's share of logit influence through the feature nodes
 of the component writing an intermediate MLP variable — one no logit reads directly, two_hop's ``hop1`` — named
-or not: a shortcut from the tokens to the next layer's features bypasses them).
+or not: a shortcut from the tokens to the next layer's features bypasses them) and ``chain_share`` (worst prompt's
+share through the features of every MLP writing an on-circuit variable, in forward order — two_hop: layer 0's,
+then layer 1's; :func:`~assay.circuits.graph.influence_through_chain`: a CLT feature of layer 0 writing ``hop2``
+straight into MLP 1's output keeps ``hop_share`` but not ``chain_share``).
 """
 
 from __future__ import annotations
@@ -52,7 +59,8 @@ from assay.config import ConfigError
 __all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "random_bases", "random_weights"]
 
 METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_weights": {},
-                                      "transcoder": {"d_sae": 16, "k": 1, "zero_bias": True}}
+                                      "transcoder": {"d_sae": 16, "k": 1, "zero_bias": True},
+                                      "clt": {"d_sae": 16, "k": 1, "zero_bias": True, "window": "all"}}
 """Method name → its parameters and their defaults."""
 WORLD_NAMES = ("previous_token", "dyck1", "induction", "histogram", "two_hop")
 
@@ -193,6 +201,7 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
         graph_scores,
         influence,
         influence_through,
+        influence_through_chain,
         influential_edge_recall,
         normalize_matrix,
         prune,
@@ -204,6 +213,8 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
     expected = mlp_variables(compiled.circuit)
     intermediate = expected - {e.source for e in compiled.circuit.edges if e.target == LOGITS}
     hop_sites = {n.site for n in compiled.circuit.nodes if n.variable in intermediate}
+    chain_sites = sorted({n.site for n in compiled.circuit.nodes if n.variable in expected},
+                         key=lambda site: int(site.split(".")[1]))  # the MLPs of the hops, in forward order
     mlp_bases = [j for j, b in enumerate(bases) if b.output_site.endswith(".mlp")]
 
     model = compiled.model
@@ -222,6 +233,10 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
             hop[:gr.n_features] = torch.tensor([bases[j].output_site in hop_sites for j, _, _ in gr.features.tolist()],
                                                dtype=torch.bool)
             per.setdefault("hop_share", []).append(influence_through(gr.adjacency, w, hop))
+            sites = [bases[j].output_site for j, _, _ in gr.features.tolist()]
+            chain = [torch.cat([torch.tensor([s == site for s in sites], dtype=torch.bool),
+                                torch.zeros(len(feats) - gr.n_features, dtype=torch.bool)]) for site in chain_sites]
+            per.setdefault("chain_share", []).append(influence_through_chain(gr.adjacency, w, chain))
         eff = constrained_effects(model, gr, bases)
         decoy = torch.zeros_like(feats)
         for k, (j, _, i) in enumerate(gr.features.tolist()):
@@ -249,7 +264,7 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
     worst = {k: min(per[k]) for k in ("replacement", "completeness", "influential_recall")}
     worst |= {k: max(per[k]) for k in ("constrained_error", "decoy_edge_mass", "decoy_influence")}
     if intermediate:
-        worst["hop_share"] = min(per["hop_share"])
+        worst |= {k: min(per[k]) for k in ("hop_share", "chain_share")}
     if expected and mlp_bases:
         nodes = node_recovery(graphs, bases, expected, node_masks=node_masks, only=mlp_bases)
         worst |= {"node_precision": nodes.precision, "node_recall": nodes.recall}
@@ -258,14 +273,28 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
             "cpr": sum(per["cpr"]) / len(per["cpr"]), "cmd": sum(per["cmd"]) / len(per["cmd"])}
 
 
-def _transcoder_checks(prepared: PreparedProgram, params: dict[str, Any], settings: CircuitSettings,
-                       seed: int) -> dict[str, float]:
-    """A4 and A6 with learned per-layer transcoders on the compiled MLPs (the graph rows as for the other bases)."""
+def _clt_window(params: dict[str, Any]) -> int | None:
+    """The ``clt`` method's ``window`` parameter as :class:`~assay.dictionaries.clt.CLTFields` takes it."""
+    window = params["window"]
+    if window == "all":
+        return None
+    if isinstance(window, int) and not isinstance(window, bool) and window >= 0:
+        return window
+    raise ConfigError(f"clt's window must be 'all' or a number of layers >= 0, got {window!r}")
+
+
+def _learned_checks(prepared: PreparedProgram, method: str, params: dict[str, Any], settings: CircuitSettings,
+                    seed: int) -> dict[str, float]:
+    """A4 and A6 with learned transcoders on the compiled MLPs — one per layer (``transcoder``) or one cross-layer
+    transcoder over them (``clt``) — the graph rows as for the other bases."""
     from assay import hooks
+    from assay.circuits.graph.basis import rebuilt_outputs
     from assay.circuits.learned import (
         TranscoderTraining,
+        clt_bases,
         labelled,
         match_features,
+        train_mlp_clt,
         train_mlp_transcoders,
         transcoder_basis,
     )
@@ -277,20 +306,25 @@ def _transcoder_checks(prepared: PreparedProgram, params: dict[str, Any], settin
         return {}
     cfg = TranscoderTraining(d_sae=params["d_sae"], k=params["k"], steps=settings.transcoder_steps, seed=seed,
                              zero_decoder_bias=bool(params["zero_bias"]))
-    transcoders = train_mlp_transcoders(compiled.model, prepared.inputs, layers, cfg)
+    if method == "clt":
+        clt = train_mlp_clt(compiled.model, prepared.inputs, layers, cfg, window=_clt_window(params))
+        learned = clt_bases(clt, layers=layers)
+    else:
+        transcoders = train_mlp_transcoders(compiled.model, prepared.inputs, layers, cfg)
+        learned = [transcoder_basis(transcoders[i], layer=i) for i in layers]
+    learned = [b.to(torch.float64) for b in learned]
     sites = [s for i in layers for s in (f"blocks.{i}.ln2", f"blocks.{i}.mlp")]
     with torch.no_grad(), hooks.capture(compiled.model, sites) as cap:
         compiled.model(prepared.inputs)
+    d = compiled.model.config.d_model
+    acts = [b.activation(b.pre(cap[b.input_site].reshape(-1, d))) for b in learned]
     bases, alive, matched, fvus = [], 0, 0, []
-    for i in layers:
-        basis = transcoder_basis(transcoders[i], layer=i).to(torch.float64)
-        match = match_features(basis, compiled.circuit)
-        x, y = (cap[f"blocks.{i}.{s}"].reshape(-1, compiled.model.config.d_model) for s in ("ln2", "mlp"))
-        a = basis.activation(basis.pre(x))
+    for basis, a, y_hat in zip(learned, acts, rebuilt_outputs(learned, acts), strict=True):
+        match = match_features(basis, compiled.circuit)  # a CLT feature: by its decoder to its own layer
         fires = (a > 0).any(0)
         alive += int(fires.sum())
         matched += sum(bool(f) and bool(lab) for f, lab in zip(fires.tolist(), match.labels, strict=True))
-        fvus.append(float(fvu(y, basis.decode(a))))
+        fvus.append(float(fvu(cap[basis.output_site].reshape(-1, d), y_hat)))
         bases.append(labelled(basis, match))
     out = _graph_checks(compiled, bases, prepared.prompts, settings.batch_size)
     return {**out, "matched_share": matched / alive if alive else float("nan"), "fvu": max(fvus)}
@@ -300,13 +334,13 @@ class CircuitFamily:
     """Attribution graphs × compiled programs (module docstring)."""
 
     name = "circuits"
-    title = "Circuits bench: attribution graphs against compiled transformers (spec A1–A3, A5, A7, MIB CPR/CMD)"
+    title = "Circuits bench: attribution graphs against compiled transformers (spec A1–A7, MIB CPR/CMD)"
     worlds = WORLD_NAMES
-    methods = ("exact", "random_basis", "random_weights", "transcoder")
+    methods = ("exact", "random_basis", "random_weights", "transcoder", "clt")
     metrics = ("accuracy", "min_margin", "off_circuit_change", "min_share_changed", "min_share_moved", "precision", "recall", "chance",
                "replacement", "completeness", "pruned_precision", "pruned_recall", "influential_recall",
                "constrained_error", "free_success", "decoy_edge_mass", "cpr", "cmd", "matched_share", "fvu",
-               "node_precision", "node_recall", "hop_share")
+               "node_precision", "node_recall", "hop_share", "chain_share")
     settings_type = CircuitSettings
 
     def world_names(self) -> tuple[str, ...]:
@@ -318,7 +352,9 @@ class CircuitFamily:
     def expand(self, spec: str) -> list[SpecRun]:
         runs = expand_with(METHODS)(spec)
         for run in runs:
-            check_params(run, METHODS[run.name])
+            params = check_params(run, METHODS[run.name])
+            if run.name == "clt":
+                _clt_window(params)
         return runs
 
     def prepare(self, world: str, seed: int, settings: CircuitSettings) -> PreparedProgram:
@@ -351,8 +387,8 @@ class CircuitFamily:
         compiled = prepared.compiled
         g = make_generator(30_000 + ctx.seed)
         bases = exact_bases(compiled)
-        if run.name == "transcoder":
-            return _transcoder_checks(prepared, params, ctx.settings, ctx.seed)
+        if run.name in ("transcoder", "clt"):
+            return _learned_checks(prepared, run.name, params, ctx.settings, ctx.seed)
         if run.name == "random_weights":
             compiled = dataclasses.replace(compiled, model=random_weights(compiled.model, g))
             labels = [b.labels for b in bases]
@@ -389,6 +425,9 @@ class CircuitFamily:
             "transcoder (A4, A6): learned per-layer TopK transcoders on the compiled MLPs; acceptance matched_share, "
             "node_precision, node_recall, replacement ≥ 0.8 and hop_share ≥ 0.9 (spec). zero_bias=false (b_dec from "
             "the geometric median) leaves every feature offset by the bias, so none matches; see docs/circuits.md.",
+            "clt (A4, A6): one TopK cross-layer transcoder over the compiled MLPs. chain_share is the share of logit "
+            "influence through every hop's MLP features in turn; below 0.5 a graph is flagged as a shortcut rewrite "
+            "(spec A6): a CLT's layer-0 features can write the last hop's value straight into the last MLP's output.",
             "cpr / cmd: MIB's circuit scores (Mueller et al. 2025) of the graph's edges ranked by |A|, the circuit "
             "of the top k% edges run in the replacement model (other edges' sources at 0), faithfulness of the "
             "top logit; mean over prompts.",

@@ -15,6 +15,11 @@ one SAE trainer (:func:`assay.dictionaries.trainer.train_saes`). :func:`match_fe
 after the compiled residual direction (a variable's value) its decoder row is closest to in |cos|, a match
 when ≥ 0.9; :func:`node_recovery` scores the feature nodes a (pruned) graph keeps against the circuit's
 MLP-written variables.
+
+Cross-layer transcoders (Ameisen et al. 2025, the same paper; :mod:`assay.dictionaries.clt`):
+:func:`train_mlp_clt` trains one over the MLP layers (every layer captured in one pass) and :func:`clt_bases`
+turns it into one basis per layer whose features also write the later MLP outputs
+(:attr:`~assay.circuits.graph.basis.FeatureBasis.writes`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from assay.circuits.graph.attribute import Graph
 from assay.circuits.graph.basis import FeatureBasis, jump_relu
 from assay.config import ConfigError, check_int_fields
 
-__all__ = ["TranscoderTraining", "transcoder_basis", "train_mlp_transcoders", "FeatureMatch", "match_features",
+__all__ = ["TranscoderTraining", "transcoder_basis", "train_mlp_transcoders", "train_mlp_clt", "clt_bases",
+           "FeatureMatch", "match_features",
            "NodeRecovery", "node_recovery", "mlp_variables", "labelled"]
 
 
@@ -92,19 +98,20 @@ def transcoder_basis(transcoder, *, layer: int, labels: Sequence[str] = (), inpu
         activation=activation, labels=tuple(labels))
 
 
+def _tokens(inputs: torch.Tensor, cfg: TranscoderTraining) -> Iterator[torch.Tensor]:
+    """Endless seeded draws of rows of ``inputs``, enough per draw for ``cfg.batch_size`` positions."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    per = max(1, -(-cfg.batch_size // inputs.shape[1]))
+    while True:
+        yield inputs[torch.randint(0, inputs.shape[0], (per,), generator=g)]
+
+
 def _pairs(model, layer: int, inputs: torch.Tensor, cfg: TranscoderTraining) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless float32 (MLP input, MLP output) batches of ``cfg.batch_size`` rows over seeded draws of ``inputs``."""
     from assay.dictionaries.trainer import live_batches
 
-    g = torch.Generator().manual_seed(cfg.seed)
-    per = max(1, -(-cfg.batch_size // inputs.shape[1]))
-
-    def tokens():
-        while True:
-            yield inputs[torch.randint(0, inputs.shape[0], (per,), generator=g)]
-
-    for x, y in live_batches(model, f"blocks.{layer}.ln2", tokens(), batch_size=cfg.batch_size, drop_first=False,
-                             output_site=f"blocks.{layer}.mlp"):
+    for x, y in live_batches(model, f"blocks.{layer}.ln2", _tokens(inputs, cfg), batch_size=cfg.batch_size,
+                             drop_first=False, output_site=f"blocks.{layer}.mlp"):
         yield x.float(), y.float()
 
 
@@ -118,11 +125,7 @@ def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
 
     cfg = config or TranscoderTraining()
     d = model.config.d_model
-    if inputs.ndim != 2:
-        raise ValueError(f"inputs must be token ids [N, T], got shape {tuple(inputs.shape)}")
-    bad = [i for i in layers if not 0 <= i < model.config.n_layers]
-    if bad:
-        raise ValueError(f"layers {bad} do not exist: the model has {model.config.n_layers}")
+    _check_layers(model, inputs, layers)
     out = {}
     for i in sorted(layers):
         tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=cfg.d_sae, k=cfg.k, seed=cfg.seed + i,
@@ -130,6 +133,76 @@ def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
         train = SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.steps // 10)
         out[i], _ = train_saes(tc, train, _pairs(model, i, inputs, cfg))
     return out
+
+
+def _check_layers(model, inputs: torch.Tensor, layers: Collection[int]) -> None:
+    if inputs.ndim != 2:
+        raise ValueError(f"inputs must be token ids [N, T], got shape {tuple(inputs.shape)}")
+    bad = [i for i in layers if not 0 <= i < model.config.n_layers]
+    if bad or not layers:
+        raise ValueError(f"layers {sorted(layers)} must be 1+ of the model's {model.config.n_layers} layers")
+
+
+def train_mlp_clt(model, inputs: torch.Tensor, layers: Collection[int], config: TranscoderTraining | None = None, *,
+                  window: int | None = None):
+    """One TopK cross-layer transcoder (:mod:`assay.dictionaries.clt`) over the MLPs ``layers`` of ``model``
+    (assay's Transformer): ``config.d_sae`` features and ``config.k`` active per layer, layer l's features
+    writing MLP outputs l … l + ``window`` (None: all later ones), trained on every layer's MLP input and output
+    captured in one pass over seeded draws of ``inputs`` [N, T] (every position), through the one trainer.
+    Returns the finalized CLT (raw MLP inputs → raw MLP outputs, float32)."""
+    from assay.dictionaries.clt import clt_batches
+    from assay.dictionaries.registry import build_sae
+    from assay.dictionaries.trainer import SAETrainConfig, train_saes
+
+    cfg = config or TranscoderTraining()
+    _check_layers(model, inputs, layers)
+    order, d = sorted(layers), model.config.d_model
+    n = len(order)
+    clt = build_sae("topk_clt", d_in=n * d, d_out=n * d, d_sae=n * cfg.d_sae, k=cfg.k, n_layers=n, window=window,
+                    seed=cfg.seed, decoder_bias=not cfg.zero_decoder_bias)
+    pairs = ((x.float(), y.float()) for x, y in clt_batches(
+        model, clt, [f"blocks.{i}.ln2" for i in order], [f"blocks.{i}.mlp" for i in order], _tokens(inputs, cfg),
+        batch_size=cfg.batch_size, drop_first=False))
+    trained, _ = train_saes(clt, SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.steps // 10), pairs)
+    return trained
+
+
+def clt_bases(clt, *, layers: Sequence[int], input_sites: Sequence[str] | None = None,
+              output_sites: Sequence[str] | None = None) -> list[FeatureBasis]:
+    """The feature bases of a TopK or JumpReLU CLT over MLP ``layers`` (in forward order; sites ``blocks.{i}.ln2``
+    → ``blocks.{i}.mlp`` unless given), one per layer: its encoder, its σ (TopK∘ReLU, or pre·1[pre > θ] with the
+    layer's thresholds), its decoder to its own MLP output, and its decoders to the later MLP outputs it may write
+    as ``writes`` — so the replacement model rebuilds MLP ℓ as Σ_{l ≤ ℓ} a^l W_dec^{l→ℓ} + b_dec^ℓ, the CLT's own
+    output."""
+    from assay.dictionaries.clt import JumpReLUCLT, TopKCLT
+    from assay.dictionaries.topk import topk_codes
+
+    if not isinstance(clt, (TopKCLT, JumpReLUCLT)):
+        raise TypeError(f"expected a TopKCLT or JumpReLUCLT, got {type(clt).__name__}; build one with "
+                        "build_sae('topk_clt', ...)")
+    ins = list(input_sites or [f"blocks.{i}.ln2" for i in layers])
+    outs = list(output_sites or [f"blocks.{i}.mlp" for i in layers])
+    if not len(layers) == len(ins) == len(outs) == clt.n_layers:
+        raise ValueError(f"the CLT spans {clt.n_layers} layers but got {len(layers)} layers, {len(ins)} input and "
+                         f"{len(outs)} output sites")
+    n, d = clt.n_per_layer, clt.d_out // clt.n_layers
+    mask = clt.write_mask()
+    bases = []
+    for src in range(clt.n_layers):
+        writes = tuple((outs[t], clt.decoder(src, t).detach().clone()) for t in range(src + 1, clt.n_layers)
+                       if mask[src, t])
+        sigma = (functools.partial(topk_codes, k=clt.cfg.k) if isinstance(clt, TopKCLT) else
+                 functools.partial(_above, theta=clt.threshold[src * n:(src + 1) * n].detach().clone()))
+        bases.append(FeatureBasis(
+            name=outs[src], input_site=ins[src], output_site=outs[src], W_enc=clt.W_enc[src].detach().clone(),
+            b_enc=clt.b_enc[src * n:(src + 1) * n].detach().clone(), W_dec=clt.decoder(src, src).detach().clone(),
+            b_dec=clt.b_dec[src * d:(src + 1) * d].detach().clone(), activation=sigma, writes=writes))
+    return bases
+
+
+def _above(pre: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """JumpReLU at inference: pre·1[pre > θ] per feature."""
+    return pre * (pre > theta.to(pre.dtype))
 
 
 def mlp_variables(circuit: Circuit, layers: Collection[int] | None = None) -> frozenset[str]:

@@ -34,8 +34,11 @@ ARCHITECTURES: dict[str, str] = {
 TRANSCODERS: dict[str, str] = {
     "topk_transcoder": "assay.dictionaries.transcoder:TopKTranscoder",
     "jumprelu_transcoder": "assay.dictionaries.transcoder:JumpReLUTranscoder",
+    "topk_clt": "assay.dictionaries.clt:TopKCLT",
+    "jumprelu_clt": "assay.dictionaries.clt:JumpReLUCLT",
 }
-"""Transcoder architecture name → ``module:Class`` (input site → output site; config adds ``d_out``, ``skip``)."""
+"""Transcoder architecture name → ``module:Class`` (input site → output site; config adds ``d_out``, ``skip``;
+the cross-layer transcoders add ``n_layers``, ``window``)."""
 
 CROSSCODERS: dict[str, str] = {"crosscoder": "assay.dictionaries.crosscoder:Crosscoder"}
 """Crosscoder architecture name → ``module:Class`` (several sources concatenated; config adds ``n_sources``)."""

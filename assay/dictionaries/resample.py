@@ -10,7 +10,7 @@ saprmarks/dictionary_learning ``StandardTrainer.resample_neurons``; spec diction
 
 (dictionary_learning omits the 1/‖x‖ on the encoder column — a quirk, not a choice; the spec keeps it.)
 Needs an explicit encoder (``W_enc``, ``b_enc``) and a decoder parameter ``W_dec``; MP, SpaDE and RA-SAE
-(whose decoder is derived) are refused by :func:`can_resample`.
+(whose decoder is derived) and cross-layer transcoders (block encoder) are refused by :func:`can_resample`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ __all__ = ["can_resample", "resample_dead"]
 
 
 def can_resample(sae: SAE) -> bool:
-    """Whether ``sae`` has the W_enc / b_enc / W_dec parameters resampling rewrites."""
+    """Whether ``sae`` has the W_enc [d_in, n] / b_enc / W_dec parameters resampling rewrites (a cross-layer
+    transcoder's block encoder [L, d, n] is not one)."""
     params = dict(sae.named_parameters())
-    return all(isinstance(params.get(n), nn.Parameter) for n in ("W_enc", "b_enc", "W_dec"))
+    return all(isinstance(params.get(n), nn.Parameter) for n in ("W_enc", "b_enc", "W_dec")) and params["W_enc"].ndim == 2
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from assay.config import ConfigError
 from assay.dictionaries.base import SAE, Codes, SAEConfig
 from assay.dictionaries.sparse import topk_encode, topk_encode_reference
 
-__all__ = ["TopKConfig", "TopKSAE", "auxk_loss", "batch_variances", "topk_codes"]
+__all__ = ["TopKConfig", "TopKSAE", "auxk_loss", "auxk_from_pre", "batch_variances", "topk_codes"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,10 +83,15 @@ def auxk_loss(
     if n_dead == 0:
         return residual.new_zeros(())
     idx = dead.nonzero().squeeze(1)
-    pre = centred @ W_enc[:, idx] + b_enc[idx]
-    k = min(k_aux, n_dead)
+    return auxk_from_pre(centred @ W_enc[:, idx] + b_enc[idx], W_dec[idx], residual, k_aux, target=target)
+
+
+def auxk_from_pre(pre: Tensor, W_dec: Tensor, residual: Tensor, k_aux: int, *, target: Tensor) -> Tensor:
+    """The AuxK loss of :func:`auxk_loss` from the dead latents' pre-activations ``pre [B, n_dead]`` and decoder
+    rows ``W_dec [n_dead, d_out]`` (for encoders that are not one ``x W_enc``, e.g. a cross-layer transcoder's)."""
+    k = min(k_aux, pre.shape[-1])
     values, pos = pre.relu().topk(k, dim=-1)
-    e_hat = torch.zeros_like(pre).scatter(-1, pos, values) @ W_dec[idx]
+    e_hat = torch.zeros_like(pre).scatter(-1, pos, values) @ W_dec
     e = residual.detach()
     num = (e - e_hat).pow(2).sum(-1).mean()
     den, target_variance = batch_variances(e, target.detach())

@@ -25,7 +25,7 @@ precision, :mod:`assay.precision`). From a store, BOS and padding rows (position
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, overload
@@ -189,8 +189,9 @@ class SAETrainer:
 
             bad = [s.architecture for s in self.saes if not can_resample(s)]
             if bad:
-                raise ConfigError(f"resample_every needs explicit W_enc/b_enc/W_dec parameters; {bad} derive their "
-                                  "decoder or have no encoder (MP, SpaDE, RA-SAE): train them with resample_every=None")
+                raise ConfigError(f"resample_every needs explicit W_enc [d_in, n] / b_enc / W_dec parameters; {bad} "
+                                  "derive their decoder, have no encoder (MP, SpaDE, RA-SAE) or a block encoder (CLTs): "
+                                  "train them with resample_every=None")
         self.resampled = [0 for _ in self.saes]
         """Latents resampled so far, per SAE."""
         self.lrs = [cfg.lr or s.default_lr or topk_lr(s.d_sae) for s in self.saes]
@@ -449,17 +450,22 @@ class _Bar:
         self.p.stop()
 
 
-def live_batches(model: torch.nn.Module, site: str, token_batches: Iterable[Tensor], *, batch_size: int,
-                 drop_first: bool = True, output_site: str | None = None) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
+def live_batches(model: torch.nn.Module, site: str | Sequence[str], token_batches: Iterable[Tensor], *,
+                 batch_size: int, drop_first: bool = True, output_site: str | Sequence[str] | None = None
+                 ) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
     """Activations of ``site`` computed on the fly (no storage), regrouped into ``[batch_size, d]`` rows.
 
     Each item of ``token_batches`` is a model input ``[n, T]``; position 0 (BOS) is dropped by default.
     With ``output_site`` (transcoders) both sites are captured in the same forward pass (which stops after
-    ``output_site``) and each item is the pair (``site`` rows, ``output_site`` rows).
+    ``output_site``) and each item is the pair (``site`` rows, ``output_site`` rows). A sequence of sites
+    (a cross-layer transcoder's MLP inputs and outputs, in forward order) is captured in one pass and
+    concatenated along the last dimension in the order given; the pass stops after the last output site.
     """
     from assay.hooks import capture
 
-    sites = [site] if output_site is None else [site, output_site]
+    ins = [site] if isinstance(site, str) else list(site)
+    outs = [] if output_site is None else [output_site] if isinstance(output_site, str) else list(output_site)
+    sites = ins + outs
     last = sites[-1]
     buf: list[Tensor] = []
     have = 0
@@ -482,7 +488,7 @@ def live_batches(model: torch.nn.Module, site: str, token_batches: Iterable[Tens
             if output_site is None:
                 yield rows
             else:
-                d_in = cap[site].shape[-1]
+                d_in = sum(cap[s].shape[-1] for s in ins)
                 yield rows[:, :d_in], rows[:, d_in:]
             buf, have = [rest], rest.shape[0]
 

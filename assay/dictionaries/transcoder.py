@@ -120,13 +120,18 @@ class TranscoderMixin(SAE):
 
     @torch.no_grad()
     def init_from_batch(self, x: Tensor, target: Tensor | None = None) -> None:
-        """b_enc = −mean(x) W_enc (sparsify); b_dec = geometric median of the targets y (if learned)."""
+        """b_enc = −mean(x) W_enc (sparsify); b_dec = geometric median of the targets y (if learned, else 0)."""
         if target is None:
             raise ValueError(f"a transcoder initialises from (input, output) pairs; got no output batch "
                              f"(train it with output_site= / (x, y) batches, d_out={self.d_out})")
-        if self.cfg.decoder_bias:
-            super().init_from_batch(x, target)
-        self.b_enc.copy_(-(x.float().mean(0) @ self.W_enc.float()).to(self.b_enc.dtype))
+        super().init_from_batch(x, target)  # the architecture's own statistics (a JumpReLU's input norm) too
+        if not self.cfg.decoder_bias:
+            self.b_dec.zero_()
+        self.b_enc.copy_(self.centring_bias(x))
+
+    def centring_bias(self, x: Tensor) -> Tensor:
+        """−mean(x) W_enc: the encoder bias that centres the batch ``x`` (sparsify's step-0 b_enc)."""
+        return -(x.float().mean(0) @ self.W_enc.float()).to(self.b_enc.dtype)
 
     @torch.no_grad()
     def fold_scales(self, s_in: float, s_out: float) -> None:

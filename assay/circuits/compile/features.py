@@ -70,9 +70,9 @@ class EdgeRecovery(NamedTuple):
     expected: frozenset
     """(source, target) pairs of the circuit (embedded variables merged into ``embed``)."""
     chance: float
-    """Precision of a graph holding every causally possible edge (source basis before target basis — bases
-    listed in forward order, tokens first, logits last — and source position ≤ target position), named by
-    variables: what edges drawn at random score."""
+    """Precision of a graph holding every causally possible edge (into a feature or a logit — error and token
+    nodes receive none —, from a site that runs before the target's in the model — tokens first, logits last —,
+    at a position ≤ the target's), named by variables: what edges drawn at random score."""
 
 
 def _node_names(graph: Graph, bases: Sequence[FeatureBasis]) -> list[str]:
@@ -89,17 +89,26 @@ def _node_names(graph: Graph, bases: Sequence[FeatureBasis]) -> list[str]:
     return names
 
 
-def _possible_pairs(graph: Graph, bases: Sequence[FeatureBasis]) -> set[tuple[str, str]]:
+def _possible_pairs(graph: Graph, bases: Sequence[FeatureBasis], model: torch.nn.Module) -> set[tuple[str, str]]:
+    """Named (source, target) pairs of every causally possible edge: the target is a feature or a logit, the
+    source's site runs before the target's in ``model`` and its position is not later. The graph's bases are the
+    given ones then the error-only bases
+    :class:`~assay.circuits.graph.replacement.LocalReplacement` appended (MLPs without a basis, named by site)."""
     names = _node_names(graph, bases)
     f_sl, e_sl, t_sl, l_sl = graph.slices()
-    t_len = graph.n_tokens
-    order = torch.empty(len(names))
+    t_len, n_bases = graph.n_tokens, len(graph.basis_names)
+    rank = {name: float(i) for i, (name, _) in enumerate(model.named_modules())}
+    site_order = torch.tensor([rank[bases[j].output_site if j < len(bases) else graph.basis_names[j]]
+                               for j in range(n_bases)])
+    order = torch.empty(len(names), dtype=torch.float64)
     pos = torch.empty(len(names), dtype=torch.long)
-    order[f_sl], pos[f_sl] = graph.features[:, 0].double(), graph.features[:, 1]
-    order[e_sl], pos[e_sl] = torch.arange(len(bases)).repeat_interleave(t_len).double(), torch.arange(t_len).repeat(len(bases))
+    order[f_sl], pos[f_sl] = site_order[graph.features[:, 0]].double(), graph.features[:, 1]
+    order[e_sl], pos[e_sl] = site_order.repeat_interleave(t_len).double(), torch.arange(t_len).repeat(n_bases)
     order[t_sl], pos[t_sl] = -1.0, torch.arange(t_len)
-    order[l_sl], pos[l_sl] = float(len(bases)), t_len - 1
-    ok = (order[:, None] < order[None, :]) & (pos[:, None] <= pos[None, :])  # [source, target]
+    order[l_sl], pos[l_sl] = float(len(rank)), t_len - 1
+    can_receive = torch.zeros(len(names), dtype=torch.bool)  # error and token nodes have no incoming edges
+    can_receive[f_sl], can_receive[l_sl] = True, True
+    ok = (order[:, None] < order[None, :]) & (pos[:, None] <= pos[None, :]) & can_receive[None, :]  # [source, target]
     src, tgt = ok.nonzero(as_tuple=True)
     return {(names[a], names[b]) for a, b in zip(src.tolist(), tgt.tolist(), strict=True) if names[a] != names[b]}
 
@@ -123,7 +132,7 @@ def edge_recovery(graphs: Sequence[Graph], bases: Sequence[FeatureBasis], compil
     possible: set[tuple[str, str]] = set()
     for k, g in enumerate(graphs):
         found |= _graph_pairs(g, bases, rel_tol, None if edge_masks is None else edge_masks[k])
-        possible |= _possible_pairs(g, bases)
+        possible |= _possible_pairs(g, bases, compiled.model)
     embedded = {n.variable for n in compiled.circuit.nodes if n.site == "embed"}
     expected = {(EMBED if e.source in embedded else e.source, e.target)
                 for e in compiled.circuit.edges if e.kind != "qk"}

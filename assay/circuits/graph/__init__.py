@@ -19,6 +19,7 @@ from assay.circuits.graph.influence import (
     graph_scores,
     influence,
     influence_through,
+    influence_through_chain,
     influential_edge_recall,
     normalize_matrix,
     prune,
@@ -29,6 +30,6 @@ from assay.circuits.graph.replacement import LocalReplacement, transformer_norm_
 from assay.circuits.graph.subgraph import subgraph_values
 
 __all__ = ["Graph", "GraphConfig", "attribute", "select_logits", "FeatureBasis", "identity", "relu", "jump_relu", "GraphScores", "Pruned",
-           "graph_scores", "influence", "influence_through", "influential_edge_recall", "normalize_matrix", "prune", "share_threshold", "LocalReplacement", "transformer_norm_inputs", "SCHEMA_VERSION", "graph_json", "read_graph_json",
+           "graph_scores", "influence", "influence_through", "influence_through_chain", "influential_edge_recall", "normalize_matrix", "prune", "share_threshold", "LocalReplacement", "transformer_norm_inputs", "SCHEMA_VERSION", "graph_json", "read_graph_json",
            "write_graph_json", "GRAPH_KIND", "save_graph", "load_graph", "ConstrainedEffects", "constrained_effects",
            "subgraph_values"]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from assay.circuits.graph.basis import FeatureBasis
+from assay.circuits.graph.basis import FeatureBasis, cross_writes
 from assay.circuits.graph.influence import influence, normalize_matrix
 from assay.circuits.graph.replacement import LocalReplacement
 from assay.config import ConfigError, check_int_fields
@@ -219,13 +219,19 @@ class _Rows:
         return torch.stack(out)
 
     def _outputs(self, values, errors) -> list[torch.Tensor]:
-        """Each basis's output from its active features' values [B, n_active_j] (decoded only for those) + its
-        error [B, T, d_out]."""
+        """Each basis's output from the active features' values [B, n_active_j] (decoded only for those; its own and
+        any earlier basis's cross-layer writes) + its error [B, T, d_out]."""
+        def decoded(src: int, w: torch.Tensor) -> torch.Tensor:
+            # one small matmul per position: autograd then keeps only w's active rows, not a [B, n_active, d] product
+            (pos, idx), v = self.active_pos_idx[src], values[src]
+            return torch.stack([v[:, pos == t] @ w[idx[pos == t]] for t in range(self.t_len)], 1)
+
         out = []
-        for basis, (pos, idx), v, e in zip(self.rep.bases, self.active_pos_idx, values, errors, strict=True):
-            # one small matmul per position: autograd then keeps only W_dec's active rows, not a [B, n_active, d] product
-            decoded = torch.stack([v[:, pos == t] @ basis.W_dec[idx[pos == t]] for t in range(self.t_len)], 1)
-            out.append(decoded + basis.b_dec + e)
+        for j, (basis, e, writers) in enumerate(zip(self.rep.bases, errors, cross_writes(self.rep.bases), strict=True)):
+            total = decoded(j, basis.W_dec) + basis.b_dec + e
+            for src, w in writers:  # a cross-layer transcoder's earlier layers writing this output site
+                total = total + decoded(src, w)
+            out.append(total)
         return out
 
     def _forward(self) -> None:

@@ -6,19 +6,20 @@ A basis at one component reads the output of ``input_site`` (x), computes pre-ac
 (Dunefsky, Chlenski, Nanda 2024, "Transcoders Find Interpretable LLM Feature Circuits") is a basis
 with input = the MLP input and output = the MLP output; a compiled model's MLP neurons are an exact
 one (error 0), and so is the projection onto the variables a compiled attention layer writes
-(input = output = the attention output, σ = identity). Attribution graphs (Ameisen et al. 2025,
+(input = output = the attention output, σ = identity). A cross-layer transcoder (Ameisen et al. 2025) is one
+basis per layer whose features also write later layers' MLP outputs (``writes``). Attribution graphs (Ameisen et al. 2025,
 "Circuit Tracing: Revealing Computational Graphs in Language Models") take their feature nodes from
 any list of bases.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["FeatureBasis", "relu", "identity", "jump_relu", "error_basis"]
+__all__ = ["FeatureBasis", "relu", "identity", "jump_relu", "error_basis", "cross_writes", "rebuilt_outputs"]
 
 
 def relu(pre: torch.Tensor) -> torch.Tensor:
@@ -58,6 +59,10 @@ class FeatureBasis:
     """σ: pre-activations → activations."""
     labels: tuple[str, ...] = ()
     """Optional name per feature (e.g. the compiled variable it belongs to)."""
+    writes: tuple[tuple[str, torch.Tensor], ...] = ()
+    """Further sites the features write, as (site, decoder [n, d_site]) pairs: a cross-layer transcoder's
+    decoders to later MLP outputs. Each site must be the ``output_site`` of a basis listed after this one; that
+    basis's rebuilt output then adds ``a W`` from these features (and its error is what all writers miss)."""
 
     def __post_init__(self) -> None:
         n = self.W_enc.shape[1]
@@ -70,6 +75,11 @@ class FeatureBasis:
             )
         if self.labels and len(self.labels) != n:
             raise ValueError(f"basis {self.name!r}: {len(self.labels)} labels for {n} features")
+        bad = [site for site, w in self.writes if w.ndim != 2 or w.shape[0] != n]
+        sites = [site for site, _ in self.writes]
+        if bad or len(set(sites)) != len(sites) or self.output_site in sites:
+            raise ValueError(f"basis {self.name!r}: writes {[(s, tuple(w.shape)) for s, w in self.writes]} must name "
+                             f"distinct sites other than its output site, each with a decoder [{n}, d_site]")
 
     @property
     def n_features(self) -> int:
@@ -80,7 +90,8 @@ class FeatureBasis:
         """The same basis with its tensors in ``dtype``."""
         if self.W_enc.dtype == dtype:
             return self
-        return replace(self, **{k: getattr(self, k).to(dtype) for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
+        return replace(self, **{k: getattr(self, k).to(dtype) for k in ("W_enc", "b_enc", "W_dec", "b_dec")},
+                       writes=tuple((site, w.to(dtype)) for site, w in self.writes))
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations ``x W_enc + b_enc``."""
@@ -97,3 +108,32 @@ def error_basis(site: str, d: int, *, dtype: torch.dtype = torch.float32) -> Fea
     return FeatureBasis(name=site, input_site=site, output_site=site, W_enc=torch.zeros(d, 0, dtype=dtype),
                         b_enc=torch.zeros(0, dtype=dtype), W_dec=torch.zeros(0, d, dtype=dtype),
                         b_dec=torch.zeros(d, dtype=dtype), activation=identity)
+
+
+def cross_writes(bases: Sequence[FeatureBasis]) -> list[list[tuple[int, torch.Tensor]]]:
+    """Per basis, the (writer index, decoder) pairs of the earlier bases that write into its output site
+    (``FeatureBasis.writes``); a write into a site that no later basis rebuilds is refused."""
+    index = {b.output_site: j for j, b in enumerate(bases)}
+    incoming: list[list[tuple[int, torch.Tensor]]] = [[] for _ in bases]
+    for src, b in enumerate(bases):
+        for site, w in b.writes:
+            j = index.get(site)
+            if j is None or j <= src:
+                raise ValueError(f"basis {b.name!r} writes {site!r}, which is not the output site of a basis listed "
+                                 "after it; list the bases in forward order and give every written site its basis")
+            if w.shape[1] != bases[j].W_dec.shape[1]:
+                raise ValueError(f"basis {b.name!r} writes {site!r} with width {w.shape[1]}, but that site's basis "
+                                 f"{bases[j].name!r} rebuilds width {bases[j].W_dec.shape[1]}")
+            incoming[j].append((src, w))
+    return incoming
+
+
+def rebuilt_outputs(bases: Sequence[FeatureBasis], acts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """What the features of ``bases`` (activations ``acts[j]`` [..., n_j]) write into each basis's output site:
+    its own ``a W_dec + b_dec`` plus every earlier basis's cross-layer writes there — a cross-layer transcoder's
+    Σ_{l ≤ ℓ} a^l W_dec^{l→ℓ} + b_dec^ℓ."""
+    out = [b.decode(a) for b, a in zip(bases, acts, strict=True)]
+    for j, writers in enumerate(cross_writes(bases)):
+        for src, w in writers:
+            out[j] = out[j] + acts[src] @ w
+    return out

@@ -17,12 +17,13 @@ the share; every score ≥ that value kept).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
 __all__ = ["normalize_matrix", "influence", "share_threshold", "Pruned", "prune", "influential_edge_recall",
-           "influence_through", "GraphScores", "graph_scores"]
+           "influence_through", "influence_through_chain", "GraphScores", "graph_scores"]
 
 
 def normalize_matrix(adjacency: torch.Tensor) -> torch.Tensor:
@@ -129,9 +130,24 @@ def influence_through(adjacency: torch.Tensor, weights: torch.Tensor, through: t
     (spec circuits.md §4.3 A6: the multi-hop check). Flow stops at the first such node met going down from
     the logits (their rows are zeroed in Ā), so each path is counted once: the result is Σ_{s ∈ through} I'_s / Σ w
     with I' the influence on that cut graph."""
+    return influence_through_chain(adjacency, weights, [through])
+
+
+def influence_through_chain(adjacency: torch.Tensor, weights: torch.Tensor, chain: Sequence[torch.Tensor]) -> float:
+    """Share of the logit influence Σ w on paths that meet a node of *every* bool mask [N] in ``chain``, given in
+    forward order (a path up from the tokens meets ``chain[0]`` first — the hops of a multi-hop circuit, e.g.
+    the features of the MLP computing B = f(A), then those computing C = g(B)). Going down from the logits the
+    flow is stopped at the first node of ``chain[-1]`` met (as :func:`influence_through`), restarted from there
+    and stopped at ``chain[-2]``, and so on; what reaches ``chain[0]`` is the share. A graph that rewrites A → B
+    → C as a direct A → C edge (a cross-layer transcoder's shortcut) keeps the share through ``chain[0]`` but
+    loses the chain's."""
     cut = normalize_matrix(adjacency)
-    cut[through] = 0
-    return float(influence(cut, weights)[through].sum() / weights.sum())
+    flow = weights
+    for through in reversed(chain):
+        hop = cut.clone()
+        hop[through] = 0
+        flow = influence(hop, flow) * through
+    return float(flow.sum() / weights.sum())
 
 
 class GraphScores(NamedTuple):

@@ -6,7 +6,8 @@ every attention pattern, every LayerNorm's scale σ per position, and each basis
 ``e = y − (a W_dec + b_dec)``; then the model in which (i) every pattern site returns its frozen
 pattern, (ii) every LayerNorm returns ``γ ⊙ (x − mean x)/σ_frozen + β`` (centring stays: it is
 linear), (iii) the embedding returns a given tensor and (iv) every basis's output site returns
-``a W_dec + b_dec + e`` for given activations ``a`` and errors ``e`` is *linear* in (embeddings,
+``a W_dec + b_dec + e`` (plus, for a cross-layer transcoder, the writes of earlier layers' features) for given
+activations ``a`` and errors ``e`` is *linear* in (embeddings,
 activations, errors), up to constants (biases, position embeddings). With the clean values it
 reproduces the model exactly.
 
@@ -20,7 +21,7 @@ through transformers' attention interface (:mod:`assay.circuits.graph.hf_frozen`
 
 A site without a basis whose output is nonlinear in the residual stream would break linearity: every
 ``*.mlp`` site that no basis rebuilds (a partial transcoder set) becomes a pure error node per position
-(by default for models other than assay's Transformer; ``error_sites`` names them explicitly)
+(by default; ``error_sites`` names them explicitly)
 (:func:`~assay.circuits.graph.basis.error_basis`), appended after the given bases.
 """
 
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from assay import hooks
-from assay.circuits.graph.basis import FeatureBasis, error_basis
+from assay.circuits.graph.basis import FeatureBasis, error_basis, rebuilt_outputs
 from assay.circuits.graph.hf_frozen import (
     eager_patterns,
     frozen_patterns,
@@ -69,8 +70,9 @@ class LocalReplacement:
     [T, d], ``acts`` / ``pres`` (per basis [T, n]), ``errors`` (per basis [T, d]), ``sigmas`` (per norm
     site [T, 1]), ``rms`` (per RMSNorm site, its frozen denominator [T, 1]), ``final`` [T, d] and ``logits``
     [T, vocab] of the clean run. ``error_sites``: sites (without a basis) whose whole output is an error node
-    per position; default every ``*.mlp`` site no basis rebuilds (none for assay's Transformer, whose compiled
-    models leave unused MLPs empty and whose callers count one error block per given basis). ``bases`` holds the given bases then one
+    per position; default every ``*.mlp`` site no basis rebuilds (so no MLP runs live: its nonlinearity would
+    make the edges inexact; a compiled model's unused MLPs give all-zero error nodes). ``bases`` holds the given
+    bases then one
     :func:`~assay.circuits.graph.basis.error_basis` per error site, cast to the dtype of the model's
     parameters. For a Hugging Face model the default pattern sites are its ``*.self_attn`` modules.
     """
@@ -93,8 +95,7 @@ class LocalReplacement:
         self.rms_sites = tuple(name for name, m in model.named_modules() if is_rms_norm(m))
         outputs = [b.output_site for b in bases]
         if error_sites is None:
-            error_sites = [] if isinstance(model, Transformer) else [
-                name for name, _ in model.named_modules() if name.endswith(".mlp") and name not in outputs]
+            error_sites = [name for name, _ in model.named_modules() if name.endswith(".mlp") and name not in outputs]
         bad = [s for s in error_sites if s in outputs]
         if bad:
             raise ValueError(f"error_sites {bad} are rebuilt by a basis; a site is either a basis or an error node")
@@ -142,7 +143,8 @@ class LocalReplacement:
         self.emb = cap[embed_site][0]
         self.pres = [b.pre(cap[b.input_site][0]) for b in self.bases]
         self.acts = [b.activation(p) for b, p in zip(self.bases, self.pres, strict=True)]
-        self.errors = [cap[b.output_site][0] - b.decode(a) for b, a in zip(self.bases, self.acts, strict=True)]
+        self.errors = [cap[b.output_site][0] - out for b, out in zip(self.bases, rebuilt_outputs(self.bases, self.acts),
+                                                                      strict=True)]
         self.final = cap[final_site][0]
         self.logits = self.final @ self.unembed.T
 
@@ -152,13 +154,13 @@ class LocalReplacement:
         """The linearised forward pass for a batch of source values: ``emb`` [B, T, d], ``acts[j]``
         [B, T, n_j], ``errors[j]`` [B, T, d]. Returns every basis's pre-activations (as computed from
         the replacement's own residual stream) [B, T, n_j] and the final residual [B, T, d]."""
-        outputs = [b.decode(a) + e for b, a, e in zip(self.bases, acts, errors, strict=True)]
+        outputs = [out + e for out, e in zip(rebuilt_outputs(self.bases, acts), errors, strict=True)]
         inputs, final = self.run_outputs(emb, outputs)
         return [b.pre(x) for b, x in zip(self.bases, inputs, strict=True)], final
 
     def run_outputs(self, emb: torch.Tensor, outputs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The linearised forward pass with every basis's output site set to ``outputs[j]`` [B, T, d_out] (its
-        features' decoded sum plus its error). Returns what each basis reads at its input site [B, T, d_in] and the
+        """The linearised forward pass with every basis's output site set to ``outputs[j]`` [B, T, d_out] (what
+        the features write there, a cross-layer transcoder's earlier layers included, plus its error). Returns what each basis reads at its input site [B, T, d_in] and the
         final residual [B, T, d]. A module whose output is replaced and which no basis reads (an MLP under a
         transcoder) is not run at all."""
         b = emb.shape[0]

@@ -5,7 +5,8 @@ Interpretability Benchmark"), evaluated inside the graph's local replacement mod
 "Circuit Tracing: Revealing Computational Graphs in Language Models"): every target's value is its constant
 (what no source explains, plus any unexplored remainder) plus its kept incoming edges, each scaled by how
 much its source changed — a token embedding or error node is fixed (scale 1); a feature's activation is
-recomputed from its own new pre-activation through its basis's σ (scale σ(pre′)/a). With every edge kept
+recomputed from its own new pre-activation through its basis's σ, applied to its position's row of the basis's
+features (the features that are not nodes at 0, so a TopK ranks within the row; scale σ(pre′)/a). With every edge kept
 this returns the clean values exactly (rows are conserved); with none, the constants.
 """
 
@@ -31,11 +32,17 @@ def subgraph_values(graph: Graph, bases: Sequence[FeatureBasis], edge_mask: torc
     scale = torch.ones(n, dtype=a.dtype)
     f = graph.slices()[0]
     which = graph.features[:, 0]
+    pos, idx = graph.features[:, 1], graph.features[:, 2]
     for _ in range(len(bases) + 1):  # a DAG over the bases: each pass settles one more basis
         pre = (base + a @ scale)[f]
         act = torch.empty_like(pre)
         for j, basis in enumerate(bases):
             sel = which == j
-            act[sel] = basis.activation(pre[sel])
+            if not bool(sel.any()):
+                continue
+            # σ sees each position's row (a TopK ranks within a row); features that are not nodes stay at 0
+            rows = pre.new_zeros(graph.n_tokens, basis.n_features)
+            rows[pos[sel], idx[sel]] = pre[sel]
+            act[sel] = basis.activation(rows)[pos[sel], idx[sel]]
         scale[f] = act / graph.activations.to(a.dtype)
     return base + a @ scale
