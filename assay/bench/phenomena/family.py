@@ -120,29 +120,38 @@ class DynamicsFamily:
             found = {seed: load_curves(p) for seed, p in curves.items() if p.is_file()}
             if any(found.values()):
                 path = plot_curves(found, result.out_dir / "plots" / f"{world}.svg")
-                plots.append(Plot(f"{ph.title}: curves per seed (one colour per curve, one line per seed)", path))
+                plots.append(Plot(f"{ph.title}: thin lines are seeds, thick lines their mean", path))
         return Section(self.title, tables, plots, notes)
 
 
 def plot_curves(curves_by_seed: dict[int, tuple[Curve, ...]], path: Path) -> Path:
-    """One panel per y label; each curve in its colour, one line per seed (the legend names the curve once)."""
+    """One panel per y label; each curve in its colour: one thin line per seed and, where the seeds share the x
+    values, a thick line of their mean (NaN where a seed has none)."""
+    import warnings
+
+    import numpy as np
+
     from assay.report import new_figure, save_figure
 
-    panels = list(dict.fromkeys(c.y_label for cs in curves_by_seed.values() for c in cs))
-    names = list(dict.fromkeys(c.name for cs in curves_by_seed.values() for c in cs))
+    every = [c for cs in curves_by_seed.values() for c in cs]
+    panels = list(dict.fromkeys(c.y_label for c in every))
+    names = list(dict.fromkeys(c.name for c in every))
     fig = new_figure((5.2 * len(panels), 3.6))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    labelled: set[str] = set()
-    for cs in curves_by_seed.values():
-        for c in cs:
-            ax = axes[panels.index(c.y_label)]
-            ax.plot(c.xs, c.ys, color=f"C{names.index(c.name) % 10}", alpha=0.8, linewidth=1.2,
-                    label=None if c.name in labelled else c.name)
-            labelled.add(c.name)
-            ax.set_xlabel(c.x_label)
-            ax.set_ylabel(c.y_label)
-            if c.log_x:
-                ax.set_xscale("log")
+    for i, name in enumerate(names):
+        mine = [c for c in every if c.name == name]
+        ax, color = axes[panels.index(mine[0].y_label)], f"C{i % 10}"
+        for c in mine:
+            ax.plot(c.xs, c.ys, color=color, alpha=0.35, linewidth=0.8)
+        if all(c.xs == mine[0].xs for c in mine):
+            with warnings.catch_warnings():  # an x where every seed is NaN stays NaN (not drawn)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(np.array([c.ys for c in mine], dtype=float), axis=0)
+            ax.plot(mine[0].xs, mean, color=color, linewidth=2, label=f"{name} (mean of {len(mine)})" if len(mine) > 1 else name)
+        ax.set_xlabel(mine[0].x_label)
+        ax.set_ylabel(mine[0].y_label)
+        if mine[0].log_x:
+            ax.set_xscale("log")
     for ax in axes:
         ax.legend(fontsize=7, loc="best")
     return save_figure(fig, path, tight=True)
