@@ -5,11 +5,13 @@ Park, Lee, Lubana, Yang, Okawa, Nishi, Wattenberg, Tanaka 2025, "ICLR: In-Contex
 Representations" (ICLR 2025). The world is :class:`assay.worlds.graph_trace.GraphTraceWorld` (random walks
 with a fresh node → token map per sequence). After training, on fresh walks, per window of positions
 [t − W, t) (:func:`energy_by_window`): the softmax mass on the valid next tokens, and the normalised
-Dirichlet energy Ê (:func:`assay.evaluate.graph_energy.normalized_dirichlet_energy`) of the last block's
+Dirichlet energy Ê (:func:`assay.evaluate.graph_energy.normalized_dirichlet_energy`) of each block's
 per-node class means (:meth:`GraphTraceWorld.class_means`), averaged over the walks that visit every node
 in the window. Random vectors give Ê ≈ tr L/(N − 1); the graph's λ₂ is the minimum. Metrics:
-``energy_early`` / ``energy_late`` (first and last window), ``energy_drop`` = early − late (> 0: the
-representations become smoother on the graph with context), ``random_level``, ``valid_mass_late``.
+``energy_early`` / ``energy_late`` (first and last window, after the last block), ``energy_drop`` = early −
+late (> 0: the representations become smoother on the graph with context), ``energy_drop_block0`` (the same
+after the first block; the paper finds the reorganisation in middle layers), ``random_level``,
+``valid_mass_late``.
 
 ``benchmarks/graph_trace_energy.py`` runs the same measurement at the spec's budget (≥ 10,000 steps).
 """
@@ -96,7 +98,7 @@ class GraphTracePhenomenon:
              "energy on the graph falls from the random level towards λ₂. Shown by energy_drop = energy_early − "
              "energy_late > 0 with energy_late below random_level; valid_mass_late says whether the walk itself "
              "was learned.")
-    metrics = ("energy_early", "energy_late", "energy_drop", "random_level", "valid_mass_late")
+    metrics = ("energy_early", "energy_late", "energy_drop", "energy_drop_block0", "random_level", "valid_mass_late")
 
     def measure(self, seed: int, *, quick: bool, run_dir: Path) -> Measurement:
         from assay.bench.phenomena.training import train_reference
@@ -109,24 +111,25 @@ class GraphTracePhenomenon:
         world = GraphTraceWorld(GraphTraceConfig(graph=b.graph, ring_size=b.ring_size, seq_len=b.seq_len))
         res = train_reference(world, steps=b.steps, seed=seed, eval_size=b.n_eval)
         batch = world.sample(b.n_eval, generator=make_generator(10_000 + seed))
-        site = f"blocks.{len(res.model.blocks) - 1}"
-        with torch.no_grad(), capture(res.model, [site]) as acts:
+        sites = [f"blocks.{i}" for i in range(len(res.model.blocks))]
+        with torch.no_grad(), capture(res.model, sites) as acts:
             logits = res.model(batch.inputs)
-        rows = energy_by_window(world, acts[site], logits, batch, b.window)
+        by_site = {site: energy_by_window(world, acts[site], logits, batch, b.window) for site in sites}
+        rows, first = by_site[sites[-1]], by_site[sites[0]]
         lap = laplacian(world.adjacency)
         random_level = float(torch.trace(lap)) / (world.config.n_nodes - 1)
         lambda_2 = float(torch.linalg.eigvalsh(lap)[1])
         metrics = {"energy_early": rows[0].energy, "energy_late": rows[-1].energy,
-                   "energy_drop": rows[0].energy - rows[-1].energy, "random_level": random_level,
+                   "energy_drop": rows[0].energy - rows[-1].energy,
+                   "energy_drop_block0": first[0].energy - first[-1].energy, "random_level": random_level,
                    "valid_mass_late": rows[-1].valid_mass}
         x = tuple(float(r.stop) for r in rows)
         energy_label = "normalised Dirichlet energy"
-        curves = (Curve("Ê of the class means", "end of window (position)", energy_label, x,
-                        tuple(r.energy for r in rows)),
+        curves = (*(Curve(f"Ê of the class means after {site}", "end of window (position)", energy_label, x,
+                          tuple(r.energy for r in by_site[site])) for site in sites),
                   Curve("random vectors tr L/(N − 1)", "end of window (position)", energy_label, x,
                         (random_level,) * len(x)),
-                  Curve("λ₂ (minimum)", "end of window (position)", energy_label, x,
-                        (lambda_2,) * len(x)),
+                  Curve("λ₂ (minimum)", "end of window (position)", energy_label, x, (lambda_2,) * len(x)),
                   Curve("valid-next mass", "end of window (position)", "valid-next softmax mass", x,
                         tuple(r.valid_mass for r in rows)))
         return Measurement(metrics, curves)
