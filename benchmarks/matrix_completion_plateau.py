@@ -1,7 +1,7 @@
 """Benchmark: does the default tiny transformer on ``matrix_completion`` plateau, then drop, and beat SVT?
 
 Gopalani, Lubana, Hu 2024, "Abrupt Learning in Transformers: A Case Study on Matrix Completion"
-(NeurIPS 2024). Trains the world's reference model (``assay.models.train``), logging every
+(NeurIPS 2024). Trains the world's reference model (``assay.bench.phenomena.training.train_reference``), logging every
 ``--every`` steps the masked-entry MSE (plateau level r/9 = predicting 0, spec dynamics §1.5), the
 observed-entry MSE (copying) and the masked token accuracy; then scores the singular-value-thresholding
 baseline (Cai, Candès & Shen 2010) on the same held-out matrices.
@@ -14,13 +14,11 @@ Prints one line per evaluation and, last, one JSON object (docs/dynamics_worlds.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
-from assay.models.train import train
-from assay.models.transformer import Transformer
-from assay.models.zoo import reference_configs
+from assay.bench.phenomena.matrix_completion import plateau_steps
+from assay.bench.phenomena.training import train_reference
 from assay.worlds.base import make_generator
 from assay.worlds.matrix_completion import MatrixCompletionConfig, MatrixCompletionWorld
 
@@ -34,11 +32,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     world = MatrixCompletionWorld(MatrixCompletionConfig(size=args.size, rank=args.rank))
-    overrides = {"steps": args.steps} if args.steps else {}
-    model_cfg, train_cfg = reference_configs(world, train_overrides={**overrides, "eval_every": args.every,
-                                                                     "eval_size": 512}, seed=args.seed)
-    train_cfg = dataclasses.replace(train_cfg, checkpoint_every=None)  # the zoo's default; no folder here
-    model = Transformer(model_cfg, generator=make_generator(args.seed))
+    steps = args.steps or world.reference_model()["steps"]
     start = time.perf_counter()
 
     def show(entry: dict[str, float]) -> None:
@@ -46,20 +40,18 @@ def main() -> None:
               f"masked MSE {entry['masked_mse']:.4f}  observed MSE {entry['observed_mse']:.4f}  "
               f"masked acc {entry['masked_acc']:.3f}", flush=True)
 
-    res = train(model, world, train_cfg, on_eval=show)
+    res = train_reference(world, steps=steps, seed=args.seed, eval_every=args.every, eval_size=512, on_eval=show)
     seconds = time.perf_counter() - start
-    batch = world.sample(512, generator=make_generator(train_cfg.seed + 1))  # train()'s held-out batch
+    batch = world.sample(512, generator=make_generator(args.seed + 1))  # train()'s held-out batch
     M, mask = batch.labels["matrix"].double(), batch.labels["mask"]
     svt = float(((world.baseline(batch) - M) ** 2)[mask].mean())
     plateau = world.config.rank / 9
     curve = [(int(h["step"]), h["masked_mse"]) for h in res.history]
-    on_plateau = [s for s, v in curve if v > 0.9 * plateau]
-    below_half = [s for s, v in curve if v < 0.5 * plateau]
-    out = {"steps": train_cfg.steps, "seconds": round(seconds, 1), "plateau_mse": round(plateau, 4),
+    last_on, first_below = plateau_steps(curve, plateau)
+    out = {"steps": steps, "seconds": round(seconds, 1), "plateau_mse": round(plateau, 4),
            "final_masked_mse": round(res.metrics["masked_mse"], 4), "final_observed_mse": round(res.metrics["observed_mse"], 4),
            "final_masked_acc": round(res.metrics["masked_acc"], 4), "svt_masked_mse": round(svt, 4),
-           "last_plateau_step": on_plateau[-1] if on_plateau else None,
-           "first_half_plateau_step": below_half[0] if below_half else None,
+           "last_plateau_step": last_on, "first_half_plateau_step": first_below,
            "curve": [(s, round(v, 4)) for s, v in curve]}
     print(json.dumps(out))
 

@@ -20,7 +20,12 @@ from assay.data_attribution.tracin import TracInCheckpoint, tracin_cp
 from assay.evaluate.contamination import copy_recovery, split_gaps
 from assay.models.train import TrainConfig, sequence_loss, train
 from assay.models.transformer import Transformer, TransformerConfig
-from assay.worlds.contamination import ContaminatedWorld, ContaminationConfig
+from assay.worlds.contamination import (
+    ContaminatedMarkovConfig,
+    ContaminatedMarkovWorld,
+    ContaminatedWorld,
+    ContaminationConfig,
+)
 from assay.worlds.markov import MarkovConfig, MarkovMixtureWorld
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,3 +164,19 @@ def test_bad_config_errors():
         ContaminationConfig(steps=0)
     with pytest.raises(ValueError, match="bos_id"):
         ContaminatedWorld(object())
+
+
+def test_registered_markov_world_is_the_hand_built_one_and_trains_through_the_zoo(tmp_path):
+    from assay.models.zoo import reference_configs, world_model
+    from assay.worlds import registry
+
+    kw = dict(repetitions=(3,), items_per_split=2, window=(0.25, 0.75), steps=12, batch_size=4, seed=5)
+    world = registry.make("contamination", **kw)
+    assert isinstance(world, ContaminatedMarkovWorld) and world.config == ContaminatedMarkovConfig(**kw)
+    by_hand = ContaminatedWorld(_base(), ContaminationConfig(**kw))
+    assert torch.equal(world.stream.inputs, by_hand.stream.inputs) and torch.equal(world.inserts, by_hand.inserts)
+    assert world.decode(world.prompts().inputs[0]) == ["<bos>", "<sep>", "<key0>"]
+    _, train_cfg = reference_configs(world)
+    assert (train_cfg.steps, train_cfg.batch_size) == (12, 4)  # the whole stream, batch by batch
+    wm = world_model("contamination", world_overrides=kw, cache_dir=tmp_path, progress=False)
+    assert wm.trained and wm.metrics["step"] == 12 and wm.metrics["eval_loss"] > 0

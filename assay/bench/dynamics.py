@@ -35,7 +35,7 @@ from typing import Any, Literal, NamedTuple
 
 from assay.config import ConfigError
 
-__all__ = ["DynamicsConfig", "DynamicsResult", "run_dynamics", "DYNAMICS_WORLDS"]
+__all__ = ["DynamicsConfig", "DynamicsResult", "run_dynamics", "normalised_curve", "DYNAMICS_WORLDS"]
 
 DYNAMICS_WORLDS = ("dyck", "expr", "english", "markov", "bijections", "graph", "cyclic")
 """Sequence worlds with per-token concept labels (``assay.bench.worlds.SEQUENCE_CONCEPTS``)."""
@@ -156,7 +156,9 @@ def _probe_metric(cfg: DynamicsConfig, inputs, mask, y, names, fit, site: str):
     return metric
 
 
-def _normalised(name: str, values: list[float]):
+def normalised_curve(name: str, values: list[float]):
+    """A curve of :func:`run_dynamics` normalised for a transition fit: losses (L₀ − L)/(L₀ − min L), other task
+    metrics (m − m₀)/(1 − m₀), probe curves as they are; None when the curve cannot be normalised (flat from the start)."""
     from assay.dynamics.transitions import normalise, normalise_loss
 
     if name.startswith("probe:"):
@@ -201,7 +203,7 @@ def run_dynamics(cfg: DynamicsConfig) -> DynamicsResult:
             curves.setdefault(k, []).append((step, float(v)))
     transitions = {}
     for name, curve in curves.items():
-        norm = _normalised(name, [v for _, v in curve])
+        norm = normalised_curve(name, [v for _, v in curve])
         if norm is not None:
             transitions[name] = fit_transition([s for s, _ in curve], list(norm))
     section = _write(cfg, out, curves, transitions, series, trained)
@@ -251,7 +253,7 @@ def _plot(path: Path, curves, transitions) -> Path:
     fig = new_figure((7.0, 4.0))
     ax = fig.subplots()
     for i, (name, curve) in enumerate(curves.items()):
-        norm = _normalised(name, [v for _, v in curve])
+        norm = normalised_curve(name, [v for _, v in curve])
         if norm is None:
             continue
         pts = [(s, v) for (s, _), v in zip(curve, norm) if s > 0]

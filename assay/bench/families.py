@@ -26,6 +26,7 @@ FAMILY_MODULES = {
     "temporal": "assay.bench.temporal",
     "circuits": "assay.bench.circuits",
     "pruning": "assay.bench.pruning",
+    "dynamics": "assay.bench.phenomena.family",
 }
 """Family name → the module holding its ``FAMILY``."""
 

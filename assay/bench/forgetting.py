@@ -98,13 +98,11 @@ def _run(cfg: ForgettingConfig, start: float, seed: int) -> tuple[list[int], lis
     from assay.models.train import TrainConfig, train
     from assay.models.transformer import Transformer, TransformerConfig
     from assay.worlds.base import make_generator
-    from assay.worlds.contamination import ContaminatedWorld, ContaminationConfig
-    from assay.worlds.markov import MarkovConfig, MarkovMixtureWorld
+    from assay.worlds.contamination import ContaminatedMarkovConfig, ContaminatedMarkovWorld
 
-    wcfg = ContaminationConfig(repetitions=(cfg.repetitions,), items_per_split=cfg.items,
-                               window=(start, start + cfg.window_length), steps=cfg.steps,
-                               batch_size=cfg.batch_size, seed=seed)
-    world = ContaminatedWorld(MarkovMixtureWorld(MarkovConfig(n_states=8, n_chains=2, seq_len=12)), wcfg)
+    world = ContaminatedMarkovWorld(ContaminatedMarkovConfig(
+        repetitions=(cfg.repetitions,), items_per_split=cfg.items, window=(start, start + cfg.window_length),
+        steps=cfg.steps, batch_size=cfg.batch_size, seed=seed))
     model = Transformer(TransformerConfig(vocab_size=len(world.vocab), n_layers=1, n_heads=2, d_model=cfg.d_model,
                                           context=world.stream.inputs.shape[1], attn_impl="eager"),
                         generator=make_generator(seed + 1))

@@ -63,7 +63,8 @@ def run_bench(cfg: BenchCommand) -> Any:
     res = run_family(family, worlds=cfg.worlds, methods=cfg.methods, seeds=cfg.seeds, settings=settings,
                      out_dir=out, report=cfg.report,
                      log=lambda s: console.print(s, markup=False, highlight=False))
-    columns, rows = summary_rows(res, family.metrics)
+    shown = {s["metric"] for s in res.summary}
+    columns, rows = summary_rows(res, [m for m in family.metrics if m in shown])  # a family's worlds may differ
     table = Table(title=f"assay bench --family {cfg.family}: {len(res.runs)} runs ({res.computed} computed, "
                         f"{len(res.runs) - res.computed} cached)")
     for c in columns:

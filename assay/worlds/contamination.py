@@ -16,6 +16,10 @@ so the ground truth of training-data attribution is exact: the rows carrying ite
 (``row_item == t``) are the training points that should rank on top for t. ``assay.models.train``
 trains on it through :meth:`ContaminatedWorld.train_batch`; :meth:`ContaminatedWorld.sample` gives clean
 base rows (the evaluation batch).
+
+The registered world ``contamination`` (:class:`ContaminatedMarkovWorld`, for ``assay world sample/train``) is
+this over a small Markov-chain mixture (8 states, 2 chains, rows of 12 tokens), with a one-layer default model
+trained on the whole stream — the setting of :mod:`assay.bench.forgetting`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from assay.config import ConfigError
 from assay.models.train import next_token_targets
 from assay.worlds.base import Batch, make_generator
 
-__all__ = ["ContaminationConfig", "FactPool", "ContaminatedWorld", "make_facts", "insert_map"]
+__all__ = ["ContaminationConfig", "FactPool", "ContaminatedWorld", "make_facts", "insert_map", "ContaminatedMarkovConfig",
+           "ContaminatedMarkovWorld"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,3 +176,43 @@ class ContaminatedWorld:
         targets = torch.full_like(inputs, -100)
         targets[:, -1] = self.facts.answer
         return Batch(inputs=inputs, targets=targets)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContaminatedMarkovConfig(ContaminationConfig):
+    """Contamination over a Markov-chain mixture background (the registered ``contamination`` world)."""
+
+    n_states: int = 8
+    """States of each background chain (:class:`assay.worlds.markov.MarkovConfig`)."""
+    n_chains: int = 2
+    """Background chains."""
+    seq_len: int = 12
+    """Tokens per background row (≥ 5: the fact takes positions 1–3)."""
+    chain_seed: int = 0
+    """Seed of the background chains' transition matrices (``seed`` draws the facts, slots and rows)."""
+
+
+class ContaminatedMarkovWorld(ContaminatedWorld):
+    """Benchmark facts planted at known slots in a Markov-mixture training stream (Bordt et al. 2025).
+
+    :class:`ContaminatedWorld` over a :class:`assay.worlds.markov.MarkovMixtureWorld`, built from one config."""
+
+    def __init__(self, config: ContaminatedMarkovConfig | None = None) -> None:
+        from assay.worlds.markov import MarkovConfig, MarkovMixtureWorld
+
+        cfg = config or ContaminatedMarkovConfig()
+        base = MarkovMixtureWorld(MarkovConfig(n_states=cfg.n_states, n_chains=cfg.n_chains, seq_len=cfg.seq_len,
+                                               seed=cfg.chain_seed))
+        super().__init__(base, cfg)
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        """Token ids ``[T]`` → token strings (padding dropped)."""
+        return [self.vocab[i] for i in ids.tolist() if i != self.pad_id]
+
+    def reference_model(self) -> dict[str, Any]:
+        """One layer, two heads, d = 32, trained once through the whole stream with AdamW (lr 1e-2 held constant
+        after a warmup, weight decay 1.0: :class:`assay.bench.forgetting.ForgettingConfig`'s defaults)."""
+        cfg = self.config
+        return {"n_layers": 1, "n_heads": 2, "d_model": 32, "context": self.stream.inputs.shape[1],
+                "attn_impl": "eager", "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": 1e-2, "min_lr": 1e-2,
+                "warmup": max(1, cfg.steps // 12), "weight_decay": 1.0}

@@ -35,6 +35,7 @@ WORLDS: dict[str, str] = {
     "matrix_completion": "assay.worlds.matrix_completion:MatrixCompletionConfig/MatrixCompletionWorld",
     "graph_trace": "assay.worlds.graph_trace:GraphTraceConfig/GraphTraceWorld",
     "concept_clusters": "assay.worlds.concept_clusters:ConceptClustersConfig/ConceptClustersWorld",
+    "contamination": "assay.worlds.contamination:ContaminatedMarkovConfig/ContaminatedMarkovWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 

@@ -13,6 +13,12 @@ from assay.config import ConfigError
 __all__ = ["PHENOMENA", "load_phenomenon"]
 
 PHENOMENA: dict[str, str] = {
+    "toy_superposition": "assay.bench.phenomena.toy_superposition",
+    "random_binary": "assay.bench.phenomena.random_binary",
+    "matrix_completion": "assay.bench.phenomena.matrix_completion",
+    "graph_trace": "assay.bench.phenomena.graph_trace",
+    "contamination": "assay.bench.phenomena.contamination",
+    "cyclic": "assay.bench.phenomena.cyclic",
 }
 """Phenomenon name → the module holding its ``PHENOMENON``."""
 
