@@ -76,7 +76,7 @@ def _model_and_request(seed: int = 0):
     tokens[:, 4] = 7  # the subject, in 5 contexts
     kl = tokens.clone()
     kl[:, 5] = 9  # another relation of the same subject
-    return model, EditRequest(tokens=tokens, subject_position=4, target=11, kl_tokens=kl)
+    return model, EditRequest(tokens=tokens, key_position=4, target=11, kl_tokens=kl)
 
 
 def test_rome_edit_writes_v_star_at_k_star_and_leaves_the_input_model_alone():
@@ -119,7 +119,7 @@ def test_clear_errors():
         rome_edit(model, req, torch.eye(64), RomeConfig(layer=1))
     with pytest.raises(ValueError, match="cov must be"):
         rank_one_update(torch.zeros(2, 3), torch.ones(3), torch.ones(2), torch.eye(2))
-    with pytest.raises(ValueError, match="subject_position"):
-        EditRequest(tokens=req.tokens, subject_position=5, target=1)
+    with pytest.raises(ValueError, match="key_position"):
+        EditRequest(tokens=req.tokens, key_position=7, target=1)
     with pytest.raises(ConfigError):
         RomeConfig(lr=0)

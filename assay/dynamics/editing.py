@@ -8,10 +8,11 @@ Shattering in Transformers: A Synthetic Study with Knowledge Editing" (ICML 2025
 The edited site is the output projection W (``blocks.{ℓ}.mlp.fc_out``, y = W k + b) of the MLP of layer
 ℓ of an :class:`assay.models.transformer.Transformer`; its input k is the MLP's hidden activation.
 
-- Key k* = the mean of k at the subject's last token over the request's prompts (several contexts).
+- Key k* = the mean of k at the request's key position (in ROME the subject's last token) over its prompts
+  (the fact in several contexts).
 - Covariance C = Σ k kᵀ / m (uncentred) over keys of the model's own training data
   (:func:`key_covariance`; 1e-4·tr(C)/d_ff·I is added when m < 10·d_ff).
-- Value: δ is added to the MLP output at the subject token and optimised with Adam (lr 0.5, ≤ 20 steps)
+- Value: δ is added to the MLP output at the key position and optimised with Adam (lr 0.5, ≤ 20 steps)
   on NLL(new object) + 0.0625·KL(after ‖ before) on the request's KL prompts + 0.5·‖δ‖/‖v₀‖² (the norm,
   not squared, as in the repo), ‖δ‖ projected to ≤ 4‖v₀‖, stopping once the loss is < 0.05;
   v* = v₀ + δ with v₀ = W k* + b.
@@ -49,23 +50,24 @@ class EditRequest:
 
     tokens: Tensor
     """Prompts [K, T] (the same fact in K contexts); the answer is read at the last position."""
-    subject_position: int
-    """Position of the subject's last token in every prompt."""
+    key_position: int
+    """Where ROME reads its key and writes its value, in every prompt: the subject's last token in ROME; in a
+    model that looks the fact up at a later token (a 2-layer model reading the subject through its first
+    attention layer), that token."""
     target: int
     """Token id of the new object."""
     kl_tokens: Tensor | None = None
     """Prompts [m, T′] about the same subject with other relations, whose next-token distribution at the last
-    position ROME keeps close to the original (same ``subject_position``); None: no KL term."""
+    position ROME keeps close to the original (δ is added at the same ``key_position``); None: no KL term."""
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 2 or len(self.tokens) == 0:
             raise ValueError(f"tokens must be [K, T] prompts with K >= 1, got shape {tuple(self.tokens.shape)}")
         T = self.tokens.shape[1]
-        if not 0 <= self.subject_position < T - 1:
-            raise ValueError(f"subject_position={self.subject_position} must lie before the last position of "
-                             f"prompts of length {T}")
-        if self.kl_tokens is not None and (self.kl_tokens.ndim != 2 or self.kl_tokens.shape[1] <= self.subject_position):
-            raise ValueError(f"kl_tokens must be [m, T′] prompts containing subject_position={self.subject_position}")
+        if not 0 <= self.key_position < T:
+            raise ValueError(f"key_position={self.key_position} must lie inside prompts of length {T}")
+        if self.kl_tokens is not None and (self.kl_tokens.ndim != 2 or self.kl_tokens.shape[1] <= self.key_position):
+            raise ValueError(f"kl_tokens must be [m, T′] prompts containing key_position={self.key_position}")
 
 
 class EditResult(NamedTuple):
@@ -187,10 +189,12 @@ def rome_edit(model: nn.Module, request: EditRequest, cov: Tensor, config: RomeC
     """ROME: optimise the value v* for the new object, then the closed-form rank-one update of W (module doc)."""
     cfg = config or RomeConfig()
     mlp = _mlp(model, cfg.layer)
-    if cfg.layer == len(model.blocks) - 1:
-        raise ConfigError(f"ROME cannot edit layer {cfg.layer}, the last block: a value written at the subject token "
-                          "there never reaches the answer position (no attention follows); pick an earlier layer")
-    s = request.subject_position
+    T = request.tokens.shape[1]
+    if cfg.layer == len(model.blocks) - 1 and request.key_position != T - 1:
+        raise ConfigError(f"ROME cannot edit layer {cfg.layer}, the last block, at position {request.key_position}: a "
+                          "value written there never reaches the answer position (no attention follows); pick an "
+                          "earlier layer or the last position")
+    s = request.key_position
     key = mlp_keys(model, cfg.layer, request.tokens)[:, s].double().mean(0)
     W, b = mlp.fc_out.weight.detach(), mlp.fc_out.bias.detach()
     v0 = W.double() @ key + b.double()
