@@ -12,9 +12,9 @@ transformer (:func:`assay.models.zoo.world_model`, cached under ``run_dir``) are
    the subject token, averaged over all its prompts) are recorded before any edit;
 2. ``n_edits`` facts (e, r) → e′ are drawn, and each is rewritten to the counterfactual e″ that lies d
    hops beyond e′ along r's ring and direction, for d = 1 … max_hops (the paper's edit distance), by
-   ROME (:func:`assay.dynamics.editing.rome_edit`, layer 0; C from the MLP keys at every position of
-   ``cov_walks`` training walks, as ROME takes every position of its text corpus) and by fine-tuning
-   (:func:`assay.dynamics.editing.fine_tune_edit`, layer 0). ROME's key and value sit at the relation
+   ROME (:func:`assay.dynamics.editing.rome_edit` on block ``edit_layer``, 0 by default; C from the MLP
+   keys at every position of ``cov_walks`` training walks, as ROME takes every position of its text
+   corpus) and by fine-tuning (:func:`assay.dynamics.editing.fine_tune_edit`, same block). ROME's key and value sit at the relation
    token by default, not at the subject as in ROME: the trained 2-layer model reads the subject's
    embedding at the relation token through its first attention layer, so a value written after layer 0
    at the subject does not reach the answer (measured, seed 0: an unconstrained δ of norm 30 there lifts
@@ -34,6 +34,7 @@ drop rise with d (Spearman > 0 with an interval above 0 over seeds).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,7 +56,8 @@ from assay.hooks import capture
 from assay.stats import pearson, spearman
 from assay.worlds.base import make_generator
 
-__all__ = ["EditingBudget", "FULL", "QUICK", "KnowledgeEditing", "PHENOMENON"]
+__all__ = ["EditingBudget", "FULL", "QUICK", "KnowledgeEditing", "PHENOMENON", "measure_edits", "summarise",
+           "edit_results"]
 
 EDITORS = ("rome", "ft")
 """The editors compared: ROME's rank-one edit and fine-tuning of the same projection."""
@@ -67,8 +69,12 @@ class EditingBudget:
 
     world: dict
     """Overrides of the knowledge-graph world's config (besides its ``seed``)."""
+    model: dict = dataclasses.field(default_factory=dict)
+    """Overrides of the reference tiny transformer (e.g. ``{"n_layers": 4}``)."""
     train_steps: int | None
     """Training steps of the tiny model (None: the world's reference 3,000)."""
+    edit_layer: int = 0
+    """Block whose MLP output projection both editors change."""
     n_edits: int
     """Facts edited (each at every distance d = 1 … max_hops, by each editor)."""
     n_contexts: int
@@ -138,7 +144,7 @@ def _request(world, e: int, r: int, new_object: int, budget: EditingBudget, g: t
 
 def _covariance(model, world, budget: EditingBudget, seed: int) -> torch.Tensor:
     batch = world.sample(budget.cov_walks, generator=make_generator(seed + 7919))
-    keys = mlp_keys(model, 0, batch.inputs)
+    keys = mlp_keys(model, budget.edit_layer, batch.inputs)
     return key_covariance(keys[batch.inputs != world.pad_id])
 
 
@@ -162,8 +168,8 @@ def measure_edits(model, world, budget: EditingBudget, seed: int) -> dict[str, d
         far = ~_neighbourhood(world, e)
         for j, d in enumerate(range(1, H + 1)):
             req = _request(world, e, r, _counterfactual(world, e, r, d), budget, g)
-            edits = {"rome": rome_edit(model, req, cov, RomeConfig(layer=0)),
-                     "ft": fine_tune_edit(model, req, FineTuneConfig(layer=0))}
+            edits = {"rome": rome_edit(model, req, cov, RomeConfig(layer=budget.edit_layer)),
+                     "ft": fine_tune_edit(model, req, FineTuneConfig(layer=budget.edit_layer))}
             for E, res in edits.items():
                 after = FactEval(res.model, world, all_prompts.tokens, budget.n_contexts)
                 out[E]["R"][i, j] = shattering(before.reps, after.reps)
@@ -218,14 +224,18 @@ class KnowledgeEditing:
 
     def measure(self, seed: int, *, quick: bool, run_dir: Path) -> Measurement:
         """Train (or load) the seed's model under ``run_dir``, run every edit and summarise (module docstring)."""
-        from assay.models.zoo import world_model
-
-        budget = QUICK if quick else FULL
-        train = {"steps": budget.train_steps} if budget.train_steps is not None else {}
-        wm = world_model("knowledge_graph", world_overrides={**budget.world, "seed": seed}, train_overrides=train,
-                         seed=seed, cache_dir=run_dir, progress=False)
-        metrics, curves = summarise(measure_edits(wm.model, wm.world, budget, seed))
+        metrics, curves = summarise(edit_results(seed, QUICK if quick else FULL, run_dir))
         return Measurement(metrics, curves)
+
+
+def edit_results(seed: int, budget: EditingBudget, run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Train (or load from ``run_dir``) the seed's default model and run :func:`measure_edits` on it."""
+    from assay.models.zoo import world_model
+
+    train = {"steps": budget.train_steps} if budget.train_steps is not None else {}
+    wm = world_model("knowledge_graph", world_overrides={**budget.world, "seed": seed}, model_overrides=budget.model,
+                     train_overrides=train, seed=seed, cache_dir=run_dir, progress=False)
+    return measure_edits(wm.model, wm.world, budget, seed)
 
 
 PHENOMENON = KnowledgeEditing()
