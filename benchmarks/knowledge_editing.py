@@ -12,6 +12,8 @@ and R against the drop.
     flock /tmp/assay-bench.lock nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/knowledge_editing.py \\
         [--seeds 0 1 2] [--out /tmp/assay-bench-kg] [--plot docs/figures/knowledge_editing.svg] [rome_key=subject ...]
 
+``--replot`` only redraws ``--plot`` from ``--out``/results.json.
+
 Overrides set :class:`~assay.bench.phenomena.knowledge_editing.EditingBudget` fields (python literals).
 Last line: JSON with the mean of every metric over seeds.
 """
@@ -34,7 +36,7 @@ from assay.stats import t_interval
 
 def plot(results: list[dict], path: str) -> Path:
     """R(D*) and accuracy drop against edit distance (per-edit points, seed-mean line) and R against the drop."""
-    fig = new_figure((12, 3.6))
+    fig = new_figure((13, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
     colours = {"rome": "tab:red", "ft": "tab:blue"}
     labels = {"rome": "ROME (rank-one)", "ft": "fine-tuning"}
@@ -49,7 +51,7 @@ def plot(results: list[dict], path: str) -> Path:
             ax.plot(d, Y.mean((0, 1)), "-o", color=colours[E], label=labels[E])
         axes[2].plot(R.reshape(-1), drop.reshape(-1), ".", color=colours[E], alpha=0.5, label=labels[E])
     axes[0].set(xlabel="edit distance d", ylabel="shattering R(D*)", title="R(D*) vs edit distance")
-    axes[1].set(xlabel="edit distance d", ylabel="accuracy drop (unedited facts)", title="accuracy drop vs distance")
+    axes[1].set(xlabel="edit distance d", ylabel="accuracy drop", title="drop on unedited facts vs distance")
     axes[2].set(xlabel="R(D*)", ylabel="accuracy drop", title="shattering vs accuracy drop")
     for ax in axes[:2]:
         ax.set_xticks(range(1, H + 1))
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="/tmp/assay-bench-kg", help="folder for the cached models and results.json")
     ap.add_argument("--plot", default=None, help="write the figure to this file (svg, png, …)")
+    ap.add_argument("--replot", action="store_true", help="only redraw --plot from --out/results.json")
     ap.add_argument("overrides", nargs="*", help="EditingBudget fields as key=value (python literals)")
     args = ap.parse_args()
     fields = {f.name for f in dataclasses.fields(FULL)}
@@ -73,6 +76,11 @@ def main() -> None:
         kw[key] = value if key == "rome_key" else ast.literal_eval(value)
     budget = dataclasses.replace(FULL, **kw)
     out = Path(args.out)
+    if args.replot:
+        saved = json.loads((out / "results.json").read_text())["results"]
+        print("wrote", plot([{E: {k: torch.tensor(v) for k, v in r[E].items()} for E in EDITORS} for r in saved],
+                            args.plot))
+        return
     t0 = time.perf_counter()
     results, metrics = [], []
     for seed in args.seeds:
