@@ -21,7 +21,7 @@ def test_counterfactual_lies_d_hops_beyond_the_true_object_on_the_same_ring():
         for e in (0, 17, 63):
             ring = w.orders[o].tolist()
             expected = ring[(ring.index(e) + sign * (h + d)) % N]
-            assert ke._counterfactual(w, e, r, d) == expected
+            assert ke.counterfactual_object(w, e, r, d) == expected
             # the counterfactual is itself the object of the relation d hops longer (same direction)
             longer = w.relation_names.index(f"{name[:-1]}{h + d}") if h + d <= 4 else None
             if longer is not None:
@@ -30,7 +30,7 @@ def test_counterfactual_lies_d_hops_beyond_the_true_object_on_the_same_ring():
 
 def test_neighbourhood_is_every_entity_within_max_hops_on_any_ring():
     w = KnowledgeGraphWorld()
-    near = ke._neighbourhood(w, 5)
+    near = ke.ring_neighbourhood(w, 5)
     ring_dist = lambda o, a, b: min((w.positions[o][a] - w.positions[o][b]) % 64,  # noqa: E731
                                     (w.positions[o][b] - w.positions[o][a]) % 64)
     expected = torch.tensor([min(ring_dist(o, 5, x) for o in range(3)) <= 4 for x in range(64)])

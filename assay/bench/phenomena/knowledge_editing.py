@@ -57,7 +57,7 @@ from assay.stats import pearson, spearman
 from assay.worlds.base import make_generator
 
 __all__ = ["EditingBudget", "FULL", "QUICK", "KnowledgeEditing", "PHENOMENON", "measure_edits", "summarise",
-           "edit_results"]
+           "edit_results", "edit_request", "counterfactual_object", "ring_neighbourhood", "EDITORS"]
 
 EDITORS = ("rome", "ft")
 """The editors compared: ROME's rank-one edit and fine-tuning of the same projection."""
@@ -114,7 +114,7 @@ class FactEval:
         """Mean residual at the subject token per entity [N, d_model]."""
 
 
-def _neighbourhood(world, e: int) -> torch.Tensor:
+def ring_neighbourhood(world, e: int) -> torch.Tensor:
     """Entities within max_hops of ``e`` on any ring (``e`` included), as a bool mask [N]."""
     near = torch.zeros(world.config.n_entities, dtype=torch.bool)
     near[e] = True
@@ -122,7 +122,7 @@ def _neighbourhood(world, e: int) -> torch.Tensor:
     return near
 
 
-def _counterfactual(world, e: int, r: int, d: int) -> int:
+def counterfactual_object(world, e: int, r: int, d: int) -> int:
     """The entity d hops beyond the true object of (e, r), along r's ring and direction."""
     o, shift = int(world.relation_order[r]), int(world.relation_shift[r])
     N = world.config.n_entities
@@ -130,7 +130,9 @@ def _counterfactual(world, e: int, r: int, d: int) -> int:
     return int(world.orders[o][(world.positions[o][e] + step) % N])
 
 
-def _request(world, e: int, r: int, new_object: int, budget: EditingBudget, g: torch.Generator) -> EditRequest:
+def edit_request(world, e: int, r: int, new_object: int, budget: EditingBudget, g: torch.Generator) -> EditRequest:
+    """The request rewriting (e, r) to ``new_object``: the fact in ``n_contexts`` fresh contexts, ROME's key at
+    ``budget.rome_key``, and KL prompts of e with ``kl_relations`` other relations."""
     p = world.fact_prompts(torch.tensor([e]), torch.tensor([r]), n_contexts=budget.n_contexts,
                            context_steps=budget.context_steps, generator=g)
     others = torch.tensor([x for x in range(world.config.n_relations) if x != r])
@@ -165,9 +167,9 @@ def measure_edits(model, world, budget: EditingBudget, seed: int) -> dict[str, d
         e, r = divmod(fact, R)
         unedited = torch.ones(N, R, dtype=torch.bool)
         unedited[e, r] = False
-        far = ~_neighbourhood(world, e)
+        far = ~ring_neighbourhood(world, e)
         for j, d in enumerate(range(1, H + 1)):
-            req = _request(world, e, r, _counterfactual(world, e, r, d), budget, g)
+            req = edit_request(world, e, r, counterfactual_object(world, e, r, d), budget, g)
             edits = {"rome": rome_edit(model, req, cov, RomeConfig(layer=budget.edit_layer)),
                      "ft": fine_tune_edit(model, req, FineTuneConfig(layer=budget.edit_layer))}
             for E, res in edits.items():
