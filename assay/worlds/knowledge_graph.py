@@ -231,6 +231,10 @@ class KnowledgeGraphWorld(DocWorld):
                 if not bad.any():
                     break
                 r = torch.where(bad, torch.randint(R, (n,), generator=generator), r)
+            else:
+                if self.held_out[self.facts[cur, self.inverse[r]], r].any():
+                    raise RuntimeError("64 re-draws did not avoid the held-out facts in a context walk; "
+                                       "lower test_fraction")
             prev = self.facts[cur, self.inverse[r]]  # prev --r--> cur
             tokens[:, -3 - 2 * j] = self.relation_token(r)
             tokens[:, -4 - 2 * j] = self.entity_token(prev)
