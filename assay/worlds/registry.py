@@ -36,6 +36,7 @@ WORLDS: dict[str, str] = {
     "graph_trace": "assay.worlds.graph_trace:GraphTraceConfig/GraphTraceWorld",
     "concept_clusters": "assay.worlds.concept_clusters:ConceptClustersConfig/ConceptClustersWorld",
     "contamination": "assay.worlds.contamination:ContaminatedMarkovConfig/ContaminatedMarkovWorld",
+    "knowledge_graph": "assay.worlds.knowledge_graph:KnowledgeGraphConfig/KnowledgeGraphWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 

@@ -19,6 +19,7 @@ PHENOMENA: dict[str, str] = {
     "graph_trace": "assay.bench.phenomena.graph_trace",
     "contamination": "assay.bench.phenomena.contamination",
     "cyclic": "assay.bench.phenomena.cyclic",
+    "knowledge_editing": "assay.bench.phenomena.knowledge_editing",
 }
 """Phenomenon name → the module holding its ``PHENOMENON``."""
 
