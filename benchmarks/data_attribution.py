@@ -334,6 +334,8 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", default=["points"],
                     help="group section: points (per-example targets), mean (the property f = mean loss over the "
                          "targets: one gradient) and/or classC (mean loss over the targets of class C)")
+    ap.add_argument("--time-repeats", type=int, default=3,
+                    help="group section: train-side timings are the median of this many calls (both sides)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=3, help="projection seeds for assay and traker TRAK")
     ap.add_argument("--only", choices=["all", "peers", "groups", "dattri-digits"], default="all")

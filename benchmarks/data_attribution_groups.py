@@ -112,20 +112,22 @@ def groups_section(model, train, test, args, fn, cfg_retrain, truth=None) -> dic
     print(f"group retraining ground truth: {args.n_subsets} subsets (unions of half the groups) in {t_rt:.1f}s (cached)")
     cfg = ProjectionConfig(dim=k, seed=0, block_rows=16384)
     root_p = math.sqrt(sum(p.numel() for p in model.parameters()))
-    (phi, q), t_ftrain = timed(lambda: trak.trak_featurize(model, *train, projection=cfg, method="dense",
-                                                           batch_size=batch))
+    reps = args.time_repeats  # the same statistic for both sides: median of ``reps`` calls
+    (phi, q), t_ftrain = median_timed(lambda: trak.trak_featurize(model, *train, projection=cfg, method="dense",
+                                                                  batch_size=batch), reps)
     pw = {lam: pointwise_trak_finalize(phi, q, lam) for lam in args.group_lambdas}
     grp = {}
     for lam in args.group_lambdas:
         for kernel in ("group", "signed"):
             try:
                 grp[kernel, lam] = median_timed(lambda kernel=kernel, lam=lam: group_trak.group_trak_checkpoint(
-                    model, *train, gid, projection=cfg, kernel=kernel, lambda_reg=lam, method="dense", batch_size=batch))
+                    model, *train, gid, projection=cfg, kernel=kernel, lambda_reg=lam, method="dense", batch_size=batch), reps)
             except ValueError as e:  # K rows < k dims with λ = 0: singular, say so
                 print(f"group kernel {kernel!r}, lambda {lam:g}: n/a: {str(e)[:90]}…")
     print(f"groups: K={n_groups} (each class split at random, ≈{args.group_size} per group), n={n}, m={args.n_test} "
-          f"targets; proj dim {k} for both, generic path. Train side timed once (pointwise featurisation "
-          f"{t_ftrain:.2f}s + kernel; group checkpoints median of 3) and counted for every target")
+          f"targets; proj dim {k} for both, generic path. Train side timed once per kernel and λ as the median of "
+          f"{reps} calls (pointwise featurisation {t_ftrain:.2f}s + kernel; group checkpoints) and counted for every "
+          "target")
     print("timed work, both sides: featurise train (+ kernel, inverse) | target side | score; the target side is "
           "identical for both (per-example features, or one property gradient), median of 3, counted in both")
     out = {"group_n_train": n, "group_k": n_groups, "group_retrain_s": round(t_rt, 1), "targets": {}}
