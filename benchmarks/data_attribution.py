@@ -11,8 +11,11 @@ for both (featurise train incl. kernel + featurise test + score), its speed-up a
     .venv/bin/python benchmarks/data_attribution.py            # full
     .venv/bin/python benchmarks/data_attribution.py --quick    # small smoke run
     .venv/bin/python benchmarks/data_attribution.py --only groups   # group attribution only
+    .venv/bin/python benchmarks/data_attribution.py --only groups --n-train 20000 --group-size 64 --targets mean class0
+        # GGDA's regime: training set ≫ target side (one gradient of the property "mean loss over the targets")
 
-Last line: JSON with speedup_vs_best_peer, group_speedup, group_lds_ratio.
+Last line: JSON with speedup_vs_best_peer, group_speedup, group_lds_ratio. The group section is in
+benchmarks/data_attribution_groups.py.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
 import torch
+from data_attribution_groups import groups_section, timed  # benchmarks/: GGDA vs pointwise
 
-from assay.data_attribution import grads, group_trak, groups, retrain, tracin, trak
+from assay.data_attribution import grads, retrain, tracin, trak
 from assay.data_attribution.featurize import featurize
 from assay.data_attribution.projection import ProjectionConfig
-from assay.evaluate.lds import expand_group_masks, lds
+from assay.evaluate.lds import lds
 from assay.models.fit import fit_classifier
 from assay.models.mlp import MLP
 
@@ -67,12 +71,6 @@ def mlp_target_values(idx, seed, *, x_train, y_train, x_target, y_target, epochs
         return -torch.nn.functional.cross_entropy(model(x_target), y_target, reduction="none")
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
 # ----------------------------------------------------------------------------- assay
 
 
@@ -85,55 +83,6 @@ def assay_trak(model, train, test, k, batch, seed=0):
     g, _ = trak.trak_featurize(model, *test, projection=cfg, batch_size=batch)
     scores = trak.trak_scores([ck], [g])
     return scores, t_feat, time.perf_counter() - t0
-
-
-def pointwise_trak_parts(model, train, test, k, batch, repeats=3):
-    """Pointwise TRAK on the generic path (vmap per-example gradients + block-regenerated dense R), in
-    parts: (Φ, Q, G, t_featurise_train, t_featurise_test). Test featurisation is the same code on the same
-    inputs for pointwise and group TRAK: it is timed here (median of ``repeats``) and counted in both."""
-    cfg = ProjectionConfig(dim=k, seed=0, block_rows=16384)
-    (phi, q), t_train = timed(lambda: trak.trak_featurize(model, *train, projection=cfg, method="dense", batch_size=batch))
-    runs = [timed(lambda: trak.trak_featurize(model, *test, projection=cfg, method="dense", batch_size=batch))
-            for _ in range(repeats)]
-    return phi, q, runs[0][0][0], t_train, float(np.median([r[1] for r in runs]))
-
-
-def pointwise_trak_finish(phi, q, g, lam):
-    """Finalise (kernel, λ relative to its mean diagonal, as group TRAK) and score; returns (S, t_kernel, t_score)."""
-    lam_abs = lam * float((phi.double() ** 2).sum(0).mean())
-    ck, t_kernel = timed(lambda: trak.trak_finalize(phi, q, lambda_reg=lam_abs))
-    s, t_score = timed(lambda: trak.trak_scores([ck], [g]))
-    return s, t_kernel, t_score
-
-
-def group_trak_parts(model, train, g, gid, k, kernel, lam, batch, repeats=3):
-    """GGDA TRAK on the generic path: one vectorised backward pass per group (no per-example gradients),
-    dense projection of the K group rows, kernel and inverse from group rows (median time of ``repeats``);
-    scored against the pointwise test features ``g`` (per-example, as targets are points).
-    Returns (S, t_train incl. kernel, t_score)."""
-    cfg = ProjectionConfig(dim=k, seed=0, block_rows=16384)
-    runs = [timed(lambda: group_trak.group_trak_checkpoint(model, *train, gid, projection=cfg, kernel=kernel,
-                                                             lambda_reg=lam, method="dense", batch_size=batch))
-            for _ in range(repeats)]
-    s, t_score = timed(lambda: trak.trak_scores([runs[0][0]], [g]))
-    return s, float(np.median([r[1] for r in runs])), t_score
-
-
-def assay_group_tracin(model, train, test, gid, k, batch):
-    cfg = ProjectionConfig(dim=k, seed=0, block_rows=16384)
-    t0 = time.perf_counter()
-    phi = group_trak.group_features(model, *train, gid, projection=cfg, out_fn=grads.cross_entropy, method="dense",
-                                    batch_size=batch)
-    g = featurize(model, *test, projection=cfg, out_fn=grads.cross_entropy, method="dense", batch_size=batch)
-    return tracin.tracin_scores([phi], [g]), time.perf_counter() - t0
-
-
-def assay_tracin_dense(model, train, test, k, batch):
-    cfg = ProjectionConfig(dim=k, seed=0, block_rows=16384)
-    t0 = time.perf_counter()
-    phi = featurize(model, *train, projection=cfg, out_fn=grads.cross_entropy, method="dense", batch_size=batch)
-    g = featurize(model, *test, projection=cfg, out_fn=grads.cross_entropy, method="dense", batch_size=batch)
-    return tracin.tracin_scores([phi], [g]), time.perf_counter() - t0
 
 
 def assay_tracin(model, train, test, k, batch):
@@ -275,79 +224,6 @@ def peers_section(model, train, test, args, truth) -> dict:
     }
 
 
-def groups_section(model, train, test, args, fn, cfg, truth) -> dict:
-    """GGDA vs pointwise on the generic (any-module) path, one work definition for both:
-    featurise train (+ kernel and its inverse) + featurise test + score, all timed; same projection dim,
-    same λ (relative to the kernel's mean diagonal). Group-LDS on retrainings over unions of groups,
-    pointwise scores summed over the same groups."""
-    n, k, batch = args.n_train, args.group_dim, 500
-    per_class = max(1, round(n / 10 / args.group_size))
-    gid = groups.groups_by_class(train[1], per_class=per_class, generator=torch.Generator().manual_seed(0))
-    gid, n_groups = groups.check_groups(gid, n)
-    gmasks = retrain.subset_masks(n_groups, args.n_subsets, 0.5, seed=1)
-    gtruth = retrain.retrain(fn, n, cfg, cache_dir=args.cache_dir, key=f"bench-mlp-{n}-{args.n_test}-{args.epochs}",
-                             masks=expand_group_masks(gmasks, gid))
-    lams = args.group_lambdas
-    phi, q, g, t_ftrain, t_ftest = pointwise_trak_parts(model, train, test, k, batch)
-    print(f"groups: K={n_groups} (each class split at random, {args.group_size} per group), n={n}, m={args.n_test}, "
-          f"proj dim {k} for both, generic path (vmap per-example / vmap per-group gradients + dense R)")
-    print("timed work, both sides: featurise train (+ kernel, inverse) | featurise test | score; test featurisation "
-          "is identical for both (per-example targets), timed once as the median of 3 and counted in both")
-    print(f"{'TRAK':18s} {'lambda':>7s} {'train s':>8s} {'test s':>7s} {'score s':>8s} {'total s':>8s} "
-          f"{'speed-up':>8s} {'group-LDS':>9s}  95% CI          ratio")
-    rows = {}
-    for lam in lams:
-        s, t_kernel, t_score = pointwise_trak_finish(phi, q, g, lam)
-        r = lds(groups.group_sum(s, gid, n_groups), gmasks, gtruth.values)
-        pw_pointlds = lds(s, truth.masks, truth.values).mean
-        t = (t_ftrain + t_kernel, t_ftest, t_score)
-        rows[("pointwise", lam)] = (t, r, pw_pointlds)
-        print(f"{'pointwise (summed)':18s} {lam:7g} {t[0]:8.2f} {t[1]:7.2f} {t[2]:8.3f} {sum(t):8.2f} {'1.0x':>8s} "
-              f"{r.mean:9.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  (pointwise LDS {pw_pointlds:.3f})")
-        for kernel in ("group", "signed"):
-            try:
-                sg, tt, tsc = group_trak_parts(model, train, g, gid, k, kernel, lam, batch)
-                tte = t_ftest
-            except ValueError as e:  # K rows < k dims with λ = 0: singular, say so
-                print(f"{'group, ' + kernel:18s} {lam:7g}  n/a: {str(e)[:80]}…")
-                continue
-            rg = lds(sg, gmasks, gtruth.values)
-            tg = (tt, tte, tsc)
-            rows[(kernel, lam)] = (tg, rg, None)
-            print(f"{'group, ' + kernel:18s} {lam:7g} {tg[0]:8.2f} {tg[1]:7.2f} {tg[2]:8.3f} {sum(tg):8.2f} "
-                  f"{sum(t) / sum(tg):7.1f}x {rg.mean:9.3f}  [{rg.ci_low:.3f}, {rg.ci_high:.3f}]  {rg.mean / r.mean:5.2f}")
-    # headline: λ at which pointwise TRAK's group-LDS is best (the baseline at its best); literal GGDA kernel
-    best = max((lam_ for lam_ in lams if ("group", lam_) in rows), key=lambda lam_: rows[("pointwise", lam_)][1].mean)
-    (tp, rp, _), (tg, rg, _) = rows[("pointwise", best)], rows[("group", best)]
-    group_speedup, ratio = sum(tp) / sum(tg), rg.mean / rp.mean
-    train_speedup = tp[0] / tg[0]
-    cap = sum(tp) / tp[1]
-    print(f"headline (lambda {best:g}, best pointwise group-LDS; kernel 'group'): total {sum(tp):.2f}s -> {sum(tg):.2f}s "
-          f"= {group_speedup:.1f}x (train side alone {train_speedup:.1f}x); group-LDS {rg.mean:.3f} vs pointwise "
-          f"summed {rp.mean:.3f} = ratio {ratio:.2f}. Per-example test featurisation is common to both "
-          f"({tp[1]:.2f}s): it caps the total speed-up at {cap:.1f}x")
-    tr_dense, t_tr_dense = assay_tracin_dense(model, train, test, k, batch)
-    tr_group, t_tr_group = assay_group_tracin(model, train, test, gid, k, batch)
-    lds_tr_point = lds(groups.group_sum(tr_dense, gid, n_groups), gmasks, gtruth.values)
-    lds_tr_group = lds(tr_group, gmasks, gtruth.values)
-    print(f"TracIn pointwise (generic path) {t_tr_dense:.2f}s, group {t_tr_group:.2f}s -> "
-          f"{t_tr_dense / t_tr_group:.1f}x; group-LDS group {lds_tr_group.mean:.3f} vs pointwise summed "
-          f"{lds_tr_point.mean:.3f}")
-    return {
-        "group_speedup": round(group_speedup, 2),
-        "group_train_speedup": round(train_speedup, 2),
-        "group_speedup_cap_from_test_featurisation": round(cap, 2),
-        "group_lds_ratio": round(ratio, 3),
-        "group_lds": round(rg.mean, 4),
-        "pointwise_group_lds": round(rp.mean, 4),
-        "group_lambda": best,
-        "group_table": {f"{name} lam={lam:g}": {"total_s": round(sum(t), 3), "group_lds": round(r.mean, 4)}
-                        for (name, lam), (t, r, _) in rows.items()},
-        "group_tracin_speedup": round(t_tr_dense / t_tr_group, 2),
-        "group_tracin_lds_ratio": round(lds_tr_group.mean / lds_tr_point.mean, 3),
-    }
-
-
 DATTRI_MNIST_LR = {"IF-explicit": 0.80, "TracIn/Grad-Dot": 0.33, "TRAK-10": 0.64}
 """dattri's published LDS on MNIST logistic regression (5,000 / 500; read off the README's bar chart, ±0.02)."""
 
@@ -455,6 +331,11 @@ def main() -> None:
     ap.add_argument("--group-dim", type=int, default=256, help="projection dim of the group comparison (both sides)")
     ap.add_argument("--group-lambdas", type=float, nargs="+", default=[0.0, 1.0, 10.0],
                     help="λ (relative to the kernel's mean diagonal) swept for pointwise and group TRAK alike")
+    ap.add_argument("--targets", nargs="+", default=["points"],
+                    help="group section: points (per-example targets), mean (the property f = mean loss over the "
+                         "targets: one gradient) and/or classC (mean loss over the targets of class C)")
+    ap.add_argument("--time-repeats", type=int, default=3,
+                    help="group section: train-side timings are the median of this many calls (both sides)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=3, help="projection seeds for assay and traker TRAK")
     ap.add_argument("--only", choices=["all", "peers", "groups", "dattri-digits"], default="all")
@@ -480,9 +361,11 @@ def main() -> None:
     fn = partial(mlp_target_values, x_train=train[0], y_train=train[1], x_target=test[0], y_target=test[1],
                  epochs=args.epochs)
     cfg = retrain.RetrainConfig(n_subsets=args.n_subsets, fraction=0.5, seed=0, n_workers=args.workers)
-    truth, t_rt = timed(lambda: retrain.retrain(fn, n, cfg, cache_dir=args.cache_dir,
-                                                key=f"bench-mlp-{n}-{args.n_test}-{args.epochs}"))
-    print(f"retraining ground truth: {args.n_subsets} subsets in {t_rt:.1f}s (cached across runs)")
+    truth = None
+    if args.only in ("all", "peers"):  # pointwise LDS ground truth (the group section retrains on unions of groups)
+        truth, t_rt = timed(lambda: retrain.retrain(fn, n, cfg, cache_dir=args.cache_dir,
+                                                    key=f"bench-mlp-{n}-{args.n_test}-{args.epochs}"))
+        print(f"retraining ground truth: {args.n_subsets} subsets in {t_rt:.1f}s (cached across runs)")
     out = {}
     if args.only in ("all", "peers"):
         out.update(peers_section(model, train, test, args, truth))

@@ -17,6 +17,10 @@ rate of the update that produced it):
   rows (precision@r, AUROC; :mod:`assay.evaluate.contamination`), and the accuracy/loss gap of each split
   to the holdout. Only the methods that take any loss apply here (random, grad_dot, grad_cos, tracin).
 
+Group attribution and property targets (Ley et al. 2024, GGDA): the classifier worlds take ``grouping``,
+``group_size``, ``target`` and ``target_class`` (:mod:`assay.bench.data_attribution_groups`); then LDS is
+group-LDS (retraining on unions of groups) or property-LDS, and ``group_trak`` / ``group_tracin`` apply.
+
 Methods are :mod:`assay.data_attribution.scorers` by spec (``trak:proj_dim=512,ensemble=5``,
 ``influence:solver=lissa``, ``tracin``, ``grad_dot``, ``ekfac``, ``random``, …); ``seconds`` is the time
 to build the scorer and score the targets (training models is not counted).
@@ -35,10 +39,24 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from assay.bench.data_attribution_groups import (
+    GROUP_PARAMS,
+    check_group_params,
+    lds_metric,
+    make_groups,
+    world_property,
+)
 from assay.bench.runner import BenchResult, RunContext, expand_with, summary_rows
 from assay.bench.spec import SpecRun, parse_world_spec
 from assay.config import ConfigError
-from assay.data_attribution.scorers import CLASSIFIER_ONLY, METHODS, build_scorer, method_params
+from assay.data_attribution.property import Property
+from assay.data_attribution.scorers import (
+    CLASSIFIER_ONLY,
+    GROUP_METHODS,
+    METHODS,
+    build_scorer,
+    method_params,
+)
 from assay.data_attribution.tracin import TracInCheckpoint
 from assay.models.train import TrainConfig, lr_at, train
 from assay.worlds.base import Batch, make_generator
@@ -47,8 +65,8 @@ __all__ = ["WORLD_PARAMS", "check_world", "DataAttributionSettings", "Recipe", "
            "fit_classifier_run", "prepare_contamination"]
 
 WORLD_PARAMS: dict[str, dict[str, Any]] = {
-    "digits": {"model": "logreg", "label_noise": 0.0},
-    "tabular": {"model": "logreg", "label_noise": 0.0},
+    "digits": {"model": "logreg", "label_noise": 0.0, **GROUP_PARAMS},
+    "tabular": {"model": "logreg", "label_noise": 0.0, **GROUP_PARAMS},
     "contamination": {"repetitions": "0/4/16/64", "items": 12, "window_start": 0.0, "window_end": 1.0},
 }
 """World name → its spec parameters with their defaults."""
@@ -181,12 +199,18 @@ class _Classifier(NamedTuple):
     checkpoints: tuple[TracInCheckpoint, ...]
     """Its snapshots (TracInCP)."""
     masks: torch.Tensor
-    """``[M, n]`` retraining subsets."""
+    """``[M, n]`` retraining subsets (unions of groups when grouped)."""
     values: torch.Tensor
     """``[M, m]`` −loss of the retrained models on the targets."""
     members: dict[int, nn.Module]
     """Ensemble members trained so far (index ≥ 1; member 0 is ``model``)."""
     seed: int
+    groups: torch.Tensor | None
+    """``[n]`` group id of each training point (None: attribute to points)."""
+    group_masks: torch.Tensor | None
+    """``[M, K]`` the retraining subsets as sets of groups (None: not grouped)."""
+    prop: Property | None
+    """The property attributed (None: each target point)."""
 
 
 def _classification_data(name: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -206,7 +230,8 @@ def _classification_data(name: str, n: int, seed: int) -> tuple[torch.Tensor, to
 
 
 def _prepare_classifier(name: str, p: dict[str, Any], seed: int, s: DataAttributionSettings) -> _Classifier:
-    from assay.data_attribution.retrain import RetrainConfig, retrain
+    from assay.data_attribution.retrain import RetrainConfig, retrain, subset_masks
+    from assay.evaluate.lds import expand_group_masks
     from assay.evaluate.mislabel import plant_label_noise
 
     x, y, n_classes = _classification_data(name, s.n_train + s.n_test, seed)
@@ -219,8 +244,13 @@ def _prepare_classifier(name: str, p: dict[str, Any], seed: int, s: DataAttribut
     recipe = Recipe(d_in=x.shape[1], n_classes=n_classes, hidden=(64,) if p["model"] == "mlp" else (), train=cfg)
     model, cks = fit_classifier_run(recipe, x, y, seed, n_checkpoints=s.n_checkpoints)
     fn = partial(_target_values, recipe=recipe, x=x, y=y, xt=xt, yt=yt)
-    truth = retrain(fn, s.n_train, RetrainConfig(n_subsets=s.n_subsets, fraction=s.subset_fraction, seed=seed))
-    return _Classifier(name, x, y, flip, xt, yt, recipe, model, cks, truth.masks, truth.values, {}, seed)
+    gid, gmasks, rcfg = make_groups(p, model, x, y, seed), None, RetrainConfig(n_subsets=s.n_subsets,
+                                                                               fraction=s.subset_fraction, seed=seed)
+    if gid is not None:  # group-LDS: retrain on unions of a random fraction of the groups
+        gmasks = subset_masks(int(gid.max()) + 1, s.n_subsets, s.subset_fraction, seed=seed + 13)
+    truth = retrain(fn, s.n_train, rcfg, masks=None if gmasks is None else expand_group_masks(gmasks, gid))
+    return _Classifier(name, x, y, flip, xt, yt, recipe, model, cks, truth.masks, truth.values, {}, seed, gid, gmasks,
+                       world_property(p, xt, yt))
 
 
 def _ensemble(w: _Classifier, k: int) -> list[nn.Module]:
@@ -233,18 +263,23 @@ def _ensemble(w: _Classifier, k: int) -> list[nn.Module]:
 
 
 def _score_classifier(w: _Classifier, run: SpecRun, ctx: RunContext) -> dict[str, float]:
-    from assay.evaluate.lds import lds
     from assay.stats import auroc
 
-    members = _ensemble(w, run.params.get("ensemble", METHODS["trak"]["ensemble"])) if run.name == "trak" else []
+    group_method = run.name in GROUP_METHODS
+    if group_method and w.groups is None:
+        return {}  # a group method on a world attributed to points: does not apply
+    p = method_params(run.name, run.params)
+    members = _ensemble(w, p["ensemble"]) if "ensemble" in p else []
     t0 = time.perf_counter()  # model training (the world's, the ensemble's) is not attribution time
     scorer = build_scorer(run.name, run.params, model=w.model, train=(w.x, w.y), checkpoints=w.checkpoints,
-                          ensemble=lambda k: members[:k], seed=ctx.seed)
-    scores = scorer(w.xt, w.yt)
-    out = {"seconds": time.perf_counter() - t0, "lds": lds(scores, w.masks, w.values).mean}
-    if w.flip is not None:
+                          ensemble=lambda k: members[:k], groups=w.groups, seed=ctx.seed)
+    metric, value, scores = lds_metric(scorer, group_method=group_method, xt=w.xt, yt=w.yt, groups=w.groups,
+                                       masks=w.masks if w.group_masks is None else w.group_masks, values=w.values,
+                                       prop=w.prop)
+    out = {"seconds": time.perf_counter() - t0, metric: value}
+    if w.flip is not None and not group_method:
         out["mislabel_auroc"] = auroc(scorer(w.x, w.y).diagonal(), w.flip)
-    if w.world == "digits":
+    if w.world == "digits" and scores is not None and w.groups is None:
         _save_proponents(ctx.run_dir, w, scores)
     return out
 
@@ -327,7 +362,7 @@ def _score_contamination(c: _Contamination, run: SpecRun, ctx: RunContext) -> di
         out[f"loss_gap_r{r}"] = float(c.gaps.loss_gap[s])
         out[f"loss_gap_se_r{r}"] = float(c.gaps.loss_gap_se[s])
     items = torch.nonzero(facts.copies > 0).squeeze(1)
-    if run.name in CLASSIFIER_ONLY or not len(items):
+    if run.name in CLASSIFIER_ONLY or run.name in GROUP_METHODS or not len(items):
         return out  # the method needs a classifier, or nothing was inserted: gaps only
     t0 = time.perf_counter()
     stream, prompts = world.stream, world.prompts()
@@ -347,11 +382,14 @@ def _score_contamination(c: _Contamination, run: SpecRun, ctx: RunContext) -> di
 
 # ---------------------------------------------------------------- the report section
 
+LDS_METRICS = ("lds", "group_lds", "property_lds")
+"""The LDS metrics (one per world: points, groups, a property)."""
+
 
 def _bar_figure(result: BenchResult, path: Path) -> Path | None:
     from assay.report import new_figure, save_figure
 
-    rows = [s for s in result.summary if s["metric"] == "lds"]
+    rows = [s for s in result.summary if s["metric"] in LDS_METRICS]
     worlds = list(dict.fromkeys(s["world"] for s in rows))
     if not worlds:
         return None
@@ -366,7 +404,7 @@ def _bar_figure(result: BenchResult, path: Path) -> Path | None:
         ax.set_xticks(range(len(mine)), labels, rotation=45, ha="right", fontsize=7)
         ax.axhline(0.0, color="black", lw=0.6)
         ax.set_title(world, fontsize=8)
-        ax.set_ylabel("LDS (mean Spearman over targets)", fontsize=7)
+        ax.set_ylabel(mine[0]["metric"].replace("_", "-"), fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
     return path
@@ -427,9 +465,10 @@ def _contamination_tables(result: BenchResult) -> list[Any]:
 def _section(result: BenchResult) -> Any:
     from assay.report import Plot, Section, Table
 
-    columns, rows = summary_rows(result, ["lds", "mislabel_auroc", "seconds"])
+    shown = [m for m in LDS_METRICS if any(s["metric"] == m for s in result.summary)] or ["lds"]
+    columns, rows = summary_rows(result, [*shown, "mislabel_auroc", "seconds"])
     contaminated = [r for r in rows if str(r[0]).startswith("contamination")]
-    tables = [Table("LDS against retraining, mislabel AUROC of self-influence, seconds to score",
+    tables = [Table("LDS (group-LDS, property-LDS) against retraining, mislabel AUROC of self-influence, seconds",
                     columns, [r for r in rows if r not in contaminated])]
     if contaminated:
         tables += _contamination_tables(result)
@@ -441,7 +480,7 @@ def _section(result: BenchResult) -> Any:
     else:
         (result.out_dir / "plots").mkdir(parents=True, exist_ok=True)
         for caption, draw, name in (
-            ("LDS per method (mean and 95% interval over seeds)", _bar_figure, "lds.png"),
+            ("LDS per method and world (mean and 95% interval over seeds)", _bar_figure, "lds.png"),
             ("A digits target with its top-3 proponents (+) and opponents", _proponent_figure, "proponents.png"),
         ):
             path = draw(result, result.out_dir / "plots" / name)
@@ -457,8 +496,19 @@ def _section(result: BenchResult) -> Any:
         f"cosine to lr/100); tracin is TracInCP over {s.n_checkpoints} snapshots of that run with the learning "
         "rate of each; grad_dot is the final model only with η = 1.",
         "– : the metric does not apply (no label noise: no mislabel AUROC; TRAK, influence and EK-FAC need a "
-        "classifier, so on the contamination world they report the gaps only).",
+        "classifier, so on the contamination world they report the gaps only; group_trak and group_tracin "
+        "need a world with a grouping).",
     ]
+    if any(s["metric"] in ("group_lds", "property_lds") for s in result.summary):
+        notes += [
+            "group-LDS (worlds with grouping=…): the retraining subsets are unions of a random "
+            f"{s.subset_fraction:.0%} of the groups; pointwise methods' scores are summed over each group (the "
+            "baseline), group_trak / group_tracin score each group from one gradient of the group's summed output "
+            "(Ley et al. 2024, GGDA). group_tracin equals tracin summed over groups up to the projection.",
+            "property-LDS (target=mean): Spearman over the retrained subsets between the predicted and the actual "
+            "change of the property f = mean loss over the targets (of target_class when ≥ 0); group methods use "
+            "one gradient of f, pointwise methods the mean of their per-target columns (equal by linearity).",
+        ]
     return Section("Data attribution", tables, plots, notes)
 
 
@@ -478,9 +528,11 @@ def check_world(spec: str) -> tuple[str, dict[str, Any]]:
         _repetitions(p["repetitions"])
         if not isinstance(p["items"], int) or p["items"] < 2:
             raise ConfigError(f"contamination:items must be an integer ≥ 2 (a standard error per split), got {p['items']!r}")
-    elif p["model"] not in ("logreg", "mlp") or not 0.0 <= p["label_noise"] < 1.0:
+        return name, p
+    if p["model"] not in ("logreg", "mlp") or not 0.0 <= p["label_noise"] < 1.0:
         raise ConfigError(f"world {name}: model must be logreg or mlp and label_noise in [0, 1), got "
                           f"model={p['model']!r}, label_noise={p['label_noise']!r}")
+    check_group_params(p)
     return name, p
 
 
@@ -491,7 +543,7 @@ class DataAttributionFamily:
     title = "Data attribution"
     worlds = ("digits:label_noise=0.1", "contamination")
     methods = ("random", "grad_dot", "tracin", "trak", "influence", "ekfac")
-    metrics = ("lds", "mislabel_auroc", "copy_auroc", "copy_precision", "seconds")
+    metrics = ("lds", "group_lds", "property_lds", "mislabel_auroc", "copy_auroc", "copy_precision", "seconds")
     settings_type = DataAttributionSettings
 
     def world_names(self) -> tuple[str, ...]:

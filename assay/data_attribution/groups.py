@@ -4,7 +4,7 @@ Ley, Srinivas, Zhang, Rusak & Lakkaraju 2024, "Generalized Group Data Attributio
 (arXiv 2410.09940): attribute to K groups instead of n points. Gradient-based attributors are linear
 in the per-example gradients, so a group's feature is the gradient of its summed loss,
 g_G = ∇_θ Σ_{i∈G} ℓ(z_i) (see :func:`assay.data_attribution.grads.group_grads`), which costs one
-batched backward pass per group instead of per-example gradients. Groupings: by class, by k-means on
+batched backward pass per group instead of per-example gradients. Groupings: random, by class, by k-means on
 (projected) gradients ("Grad-K-Means", the paper's most faithful), within class, or user-given.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_groups", "groups_by_class", "kmeans", "groups_by_kmeans", "group_sum"]
+__all__ = ["check_groups", "random_groups", "groups_by_class", "kmeans", "groups_by_kmeans", "group_sum"]
 
 
 def check_groups(groups: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
@@ -29,6 +29,16 @@ def check_groups(groups: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
         empty = (sizes == 0).nonzero().squeeze(1).tolist()[:5]
         raise ValueError(f"group ids must be 0..K−1 with no empty group; ids {empty} are empty — relabel them")
     return groups, k
+
+
+def random_groups(n: int, size: int, *, generator: torch.Generator) -> torch.Tensor:
+    """``n`` points dealt at random into ⌈n / size⌉ groups whose sizes differ by at most one."""
+    if n < 1 or size < 1:
+        raise ValueError(f"random groups need n ≥ 1 points and size ≥ 1, got n = {n}, size = {size}")
+    k = -(-n // size)
+    out = torch.empty(n, dtype=torch.long)
+    out[torch.randperm(n, generator=generator)] = torch.arange(n) % k
+    return out
 
 
 def groups_by_class(targets: torch.Tensor, *, per_class: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
