@@ -27,6 +27,8 @@ class Demo:
     """Tags."""
     out: Path = Path("runs/demo")
     """Output folder."""
+    note: str = ""
+    """An optional note."""
 
 
 def _app(run):
@@ -42,6 +44,7 @@ def test_help_shows_defaults_required_and_no_markup(monkeypatch):
     assert res.exit_code == 0
     text = " ".join(res.output.split())
     assert "[default: (3)]" in text and "[default: (a b)]" in text and "[default: (runs/demo)]" in text
+    assert "An optional note. [default: (none)]" in text and "()" not in text  # an empty string reads "none"
     assert "REQUIRED. Who to greet" in text and "Choices: calm, loud." in text
     assert "`" not in res.output and ":func:" not in res.output
     assert "assay.hooks.capture" in text

@@ -66,7 +66,7 @@ def _plain(text: str) -> str:
 def _shown_default(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return " ".join(map(str, value)) if value else "none"
-    return "none" if value is None else str(value)
+    return "none" if value is None or value == "" else str(value)
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, ImportError, FileNotFoundError,
