@@ -15,7 +15,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -27,7 +28,7 @@ from assay import __version__
 from assay.config import from_dict, to_dict
 
 __all__ = ["ArtifactError", "Artifact", "save_artifact", "load_artifact", "sha256_file", "atomic_write_text",
-           "check_writable"]
+           "check_writable", "staged_folder"]
 
 C = TypeVar("C")
 CONFIG_FILE = "config.json"
@@ -120,9 +121,7 @@ def save_artifact(
     else:
         files = {stem: dict(t) for stem, t in tensors.items()}  # type: ignore[union-attr]
     cfg = to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    with staged_folder(path) as tmp:
         checksums = {}
         for stem, ts in files.items():
             f = tmp / f"{stem}.safetensors"
@@ -131,6 +130,19 @@ def save_artifact(
         doc = {"kind": kind, "assay_version": __version__, "config": cfg, "meta": dict(meta or {}),
                "files": checksums}
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
+    return path
+
+
+@contextmanager
+def staged_folder(path: str | Path) -> Iterator[Path]:
+    """Write a folder atomically: the block fills a fresh temporary folder beside ``path``, which then replaces
+    ``path`` (an existing one is moved aside first and removed after); if the block fails the temporary folder
+    is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -142,7 +154,6 @@ def save_artifact(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
 
 
 def load_artifact(

@@ -22,15 +22,13 @@ positive by construction). assay's TopK transcoders have no circuit-tracer file 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from assay.artifact import staged_folder
 from assay.dictionaries.base import SAE
 
 __all__ = ["save_circuit_tracer", "CONFIG_FILE", "circuit_tracer_replacement"]
@@ -55,9 +53,7 @@ def save_circuit_tracer(transcoders: Mapping[int, SAE], path: str | Path, *, fea
         if not bool((transcoders[i].threshold > 0).all()):  # type: ignore[operator]
             raise ValueError(f"layer {i}: a JumpReLU threshold ≤ 0 makes circuit-tracer's x·1[x > θ] differ from "
                              "assay's ReLU-then-mask; every θ must be positive")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_folder(path) as tmp:
         files = []
         for i in layers:
             tc = transcoders[i]
@@ -71,16 +67,6 @@ def save_circuit_tracer(transcoders: Mapping[int, SAE], path: str | Path, *, fea
         config = {"model_kind": "transcoder_set", "scan": scan, "feature_input_hook": feature_input_hook,
                   "feature_output_hook": feature_output_hook, "transcoders": files}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
