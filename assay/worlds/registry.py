@@ -34,6 +34,7 @@ WORLDS: dict[str, str] = {
     "random_binary": "assay.worlds.random_binary:RandomBinaryConfig/RandomBinaryWorld",
     "matrix_completion": "assay.worlds.matrix_completion:MatrixCompletionConfig/MatrixCompletionWorld",
     "graph_trace": "assay.worlds.graph_trace:GraphTraceConfig/GraphTraceWorld",
+    "pcsg": "assay.worlds.pcsg:PCSGConfig/PCSGWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 
