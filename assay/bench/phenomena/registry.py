@@ -13,6 +13,7 @@ from assay.config import ConfigError
 __all__ = ["PHENOMENA", "load_phenomenon"]
 
 PHENOMENA: dict[str, str] = {
+    "pcsg": "assay.bench.phenomena.pcsg",
 }
 """Phenomenon name → the module holding its ``PHENOMENON``."""
 
