@@ -32,8 +32,8 @@ token sequence (e.g. a model's generation): grammaticality by Earley recognition
 type-consistency as above.
 
 Task metrics (``evaluate``): ``grammar_acc`` (argmax next token is syntactically valid),
-``type_acc`` (at positions whose next token fills a typed slot, the argmax among that slot's tokens
-is type-consistent), ``ce``. Acceptance: ``type_acc`` ≥ 0.95 (this module's choice).
+``type_acc`` (at positions whose next token fills a typed slot that some filler would violate, the
+argmax among that slot's tokens is type-consistent), ``ce``. Acceptance: ``type_acc`` ≥ 0.95 (this module's choice).
 """
 
 from __future__ import annotations
@@ -344,16 +344,18 @@ class PCSGWorld(DocWorld):
                 seen_subject = True
             elif s == "descV":
                 bad = np.flatnonzero(self._pc != c)
-            elif s == "relV":
+            elif s == "relV":  # a wrong relation that still allows its objects: one violation, not several
                 rel = fill[i]
-                bad = np.flatnonzero(self._rc != c)
+                objs = [ec[fill[j]] for j in range(i + 1, len(symbols)) if symbols[j] == "objectID"
+                        and "relV" not in symbols[i + 1:j]]
+                bad = np.flatnonzero((self._rc != c) & self._ro[:, objs].all(1))
             elif s == "objectID":
                 bad = np.flatnonzero(~self._ro[rel][ec])
             else:
                 continue
             if len(bad):
                 options.append((i, bad))
-        i, bad = options[rng.integers(len(options))]  # a descV or relV slot always exists and has options
+        i, bad = options[rng.integers(len(options))]  # a non-empty VP always offers a descV, relV or object slot
         out = list(fill)
         out[i] = int(rng.choice(bad))
         return out
@@ -486,8 +488,9 @@ class PCSGWorld(DocWorld):
         nxt = batch.labels["next_symbol"]
         typed_slot = torch.zeros(len(SYMBOLS) + 1, dtype=torch.bool)
         typed_slot[[_SYM[s] for s in TYPED]] = True
-        at_typed = scored & typed_slot[nxt]  # index −1 (no next symbol) is False
         cat = self.category[nxt.clamp_min(0)]
+        binding = (cat & ~batch.labels["typed_next"]).any(-1)  # not the first subject, not an any-class object
+        at_typed = scored & typed_slot[nxt] & binding  # index −1 (no next symbol) is False
         within = logits.masked_fill(~cat, float("-inf"))
         return {
             "grammar_acc": argmax_in_set(logits, batch.labels["valid_next"], scored),
