@@ -1,0 +1,64 @@
+"""Tests of the percolation PCSG phenomenon (Lubana et al. 2025, "A Percolation Model of Emergence"):
+its helpers against hand values and stub models, and ``measure(quick=True)`` end to end."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from assay.bench.phenomena.pcsg import PERCOLATION_WORLD, PHENOMENON, QUICK, generate, half_max_crossing
+from assay.bench.phenomena.registry import load_phenomenon
+from assay.worlds.base import make_generator
+from assay.worlds.pcsg import PCSGConfig, PCSGWorld
+
+
+def test_half_max_crossing_interpolates_in_log_x():
+    # max 0.8, half 0.4 reached between x = 1 (0.2) and x = 4 (0.6): halfway in log x, i.e. at x = 2
+    assert half_max_crossing([0.5, 1.0, 4.0, 8.0], [0.0, 0.2, 0.6, 0.8]) == pytest.approx(2.0)
+    assert half_max_crossing([1.0, 2.0], [0.9, 1.0]) == 1.0  # already above half at the first point
+    assert math.isnan(half_max_crossing([1.0, 2.0], [-0.1, 0.0]))  # nothing emerged
+
+
+class _Stub(nn.Module):
+    """Logits that always favour one token."""
+
+    def __init__(self, vocab: int, token: int, context: int = 6) -> None:
+        super().__init__()
+        self.config = type("C", (), {"context": context})()
+        self.vocab, self.token = vocab, token
+
+    def forward(self, ids):
+        out = torch.full((*ids.shape, self.vocab), -30.0)
+        out[..., self.token] = 30.0
+        return out
+
+
+def test_generate_stops_at_eos_or_context():
+    w = PCSGWorld()
+    assert generate(_Stub(len(w.vocab), w.eos_id), w, 3, generator=make_generator(0)) == [[w.eos_id]] * 3
+    p = w.token_id("[P]")
+    assert generate(_Stub(len(w.vocab), p, context=6), w, 2, generator=make_generator(0)) == [[p] * 5] * 2
+    assert not w.check([p] * 5).grammatical
+
+
+def test_measure_quick(tmp_path):
+    assert load_phenomenon("pcsg") is PHENOMENON
+    m = PHENOMENON.measure(0, quick=True, run_dir=tmp_path)
+    assert set(m.metrics) == set(PHENOMENON.metrics)
+    assert all(isinstance(v, float) for v in m.metrics.values())
+    assert 0.0 <= m.metrics["gen_grammatical"] <= 1.0
+    names = [c.name for c in m.curves]
+    assert names[:3] == ["grammar_acc", "type_acc", "held-out type AUROC"]
+    for c in m.curves:
+        assert len(c.xs) == len(c.ys) > 1
+    # the sweep's x axis is the bond parameter q·√(n₁n₂), from its closed form
+    q = PERCOLATION_WORLD["pair_density"]
+    expect = [q * math.sqrt(32 / 4 * n / 4) for n in QUICK.sweep_properties]
+    assert list(m.curves[3].xs) == pytest.approx(expect)
+    graph = [PCSGWorld(PCSGConfig(n_properties=n, seed=0, **PERCOLATION_WORLD)).percolation().connected_heldout
+             for n in QUICK.sweep_properties]
+    assert list(m.curves[4].ys) == pytest.approx(graph)
+    assert (tmp_path / "series").is_dir()  # the checkpoint series was kept in run_dir
