@@ -246,8 +246,8 @@ class PCSGWorld(DocWorld):
 
     def reference_model(self) -> dict[str, Any]:
         """Tiny-transformer settings (spec §8 CPU default, the context cut to ``max_len`` rounded up to 8)."""
-        return {"n_layers": 2, "n_heads": 2, "d_model": 64, "context": 8 * math.ceil(self.config.max_len / 8), "steps": 2000, "batch_size": 64,
-                "lr": 1e-3, "weight_decay": 0.1, "betas": (0.9, 0.95), "pack": False}
+        return {"n_layers": 2, "n_heads": 2, "d_model": 64, "context": 8 * math.ceil(self.config.max_len / 8),
+                "steps": 2000, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.1, "betas": (0.9, 0.95), "pack": False}
 
     @property
     def percolation_threshold(self) -> float:
