@@ -251,6 +251,11 @@ def test_same_seed_same_world_and_batches():
     x, y = a.sample(16, generator=make_generator(0)), b.sample(16, generator=make_generator(0))
     assert torch.equal(x.inputs, y.inputs) and all(torch.equal(x.labels[k], y.labels[k]) for k in x.labels)
     assert not torch.equal(x.inputs, a.sample(16, generator=make_generator(1)).inputs)
+    packed = a.pack(4, 48, generator=make_generator(0))  # <eos> separators carry the next sentence's start
+    sep = packed.inputs == a.eos_id
+    assert packed.inputs.shape == (4, 48) and sep.any()
+    assert (packed.labels["next_symbol"][sep] == SYMBOLS.index("Ph")).all()
+    assert (packed.targets[sep] == a.token_id("[P]")).all()
 
 
 def test_registry_and_cli():
