@@ -61,4 +61,8 @@ def test_measure_quick(tmp_path):
     graph = [PCSGWorld(PCSGConfig(n_properties=n, seed=0, **PERCOLATION_WORLD)).percolation().connected_heldout
              for n in QUICK.sweep_properties]
     assert list(m.curves[4].ys) == pytest.approx(graph)
-    assert (tmp_path / "series").is_dir()  # the checkpoint series was kept in run_dir
+    assert (tmp_path / "series").is_dir()  # the checkpoint series was kept in run_dir ...
+    stamp = (tmp_path / "series" / "config.json").stat().st_mtime_ns
+    again = PHENOMENON.measure(0, quick=True, run_dir=tmp_path)  # ... and is reused, with the same result
+    assert (tmp_path / "series" / "config.json").stat().st_mtime_ns == stamp
+    assert again.metrics == pytest.approx(m.metrics, nan_ok=True)

@@ -9,7 +9,8 @@ percolation of the bipartite graph of entities and properties seen together in t
 Two measurements per seed, both on :class:`assay.worlds.pcsg.PCSGWorld`'s default tiny transformer:
 
 1. **Order in training steps.** Train on the default world (seed = ``seed``) with a log-spaced
-   checkpoint series (:func:`assay.dynamics.checkpoints.train_series`); at each checkpoint read, on a
+   checkpoint series (:func:`assay.dynamics.checkpoints.train_series`, kept in ``run_dir/series`` and
+   reused when the same series is asked for again); at each checkpoint read, on a
    fixed held-out batch, ``grammar_acc`` (argmax next token is syntactically valid) and ``type_acc``
    (argmax among the typed slot's tokens is type-consistent), normalised from their step-0 value to 1,
    and fit a sigmoid in log step to each (:func:`assay.dynamics.transitions.fit_transition`).
@@ -130,7 +131,8 @@ def _normalised(values: list[float]) -> list[float]:
 
 
 def _order_in_steps(seed: int, budget: PCSGBudget, run_dir: Path) -> tuple[dict[str, float], list[Curve]]:
-    from assay.dynamics.checkpoints import evaluate_series, log_steps, map_series, train_series
+    from assay.config import to_dict
+    from assay.dynamics.checkpoints import evaluate_series, load_series, log_steps, map_series, train_series
     from assay.dynamics.transitions import fit_transition, normalise
     from assay.models.transformer import Transformer
 
@@ -138,7 +140,10 @@ def _order_in_steps(seed: int, budget: PCSGBudget, run_dir: Path) -> tuple[dict[
     model_cfg, train_cfg = _configs(world, budget.steps, seed, budget.eval_size)
     model = Transformer(model_cfg, generator=make_generator(seed))
     steps = log_steps(budget.steps, budget.n_checkpoints, budget.first_checkpoint)
-    series = train_series(model, world, train_cfg, run_dir / "series", steps=steps, world_name="pcsg")
+    path = run_dir / "series"
+    series = load_series(path) if (path / "config.json").is_file() else None
+    if series is None or series.steps != steps or series.config.get("train") != to_dict(train_cfg):
+        series = train_series(model, world, train_cfg, path, steps=steps, world_name="pcsg")
     batch = world.sample(budget.eval_size, generator=make_generator(10_000 + seed))
     evals = map_series(series, lambda m: world.evaluate(m(batch.inputs), batch), model=model)
     held = evaluate_series(series, lambda m: world.heldout_type_auroc(_property_logits(m, world)), model=model)
