@@ -4,7 +4,7 @@ inference emerging at the bond-percolation threshold?
 Lubana, Kawaguchi, Dick, Tanaka 2025, "A Percolation Model of Emergence: Analyzing Transformers Trained on
 a Formal Language" (ICLR 2025). Runs the ``pcsg`` phenomenon (:mod:`assay.bench.phenomena.pcsg`,
 ``quick=False``) for each seed: the order-in-steps run on the default world and the sweep of the number
-of properties across q·√(n₁n₂) = 1. Draws one figure (curves per seed) and prints one JSON object with
+of properties across q·√(n₁n₂) = 1, with a rerun at half the density and 4× the properties (same β). Draws one figure (curves per seed) and prints one JSON object with
 every seed's metrics and curves (docs/dynamics.md records a run).
 
     flock /tmp/assay-bench.lock nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=. \\
@@ -33,7 +33,8 @@ def draw(results: dict[int, object], path: Path) -> Path:
             if c.name in colours:
                 left.plot(c.xs, c.ys, color=colours[c.name], alpha=0.8, label=c.name if seed == min(results) else None)
             elif c.name.startswith("model"):
-                right.plot(c.xs, c.ys, "o-", color="tab:red", alpha=0.8, label=c.name if seed == min(results) else None)
+                style, colour = ("^:", "tab:purple") if "4×" in c.name else ("o-", "tab:red")
+                right.plot(c.xs, c.ys, style, color=colour, alpha=0.8, label=c.name if seed == min(results) else None)
             else:
                 right.plot(c.xs, c.ys, "s--", color="tab:gray", alpha=0.8, label=c.name if seed == min(results) else None)
     left.set(xscale="log", xlabel="training step", ylabel="accuracy / AUROC",

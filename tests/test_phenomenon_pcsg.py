@@ -53,7 +53,7 @@ def test_measure_quick(tmp_path):
     names = [c.name for c in m.curves]
     assert names[:3] == ["grammar_acc", "type_acc", "held-out type AUROC"]
     for c in m.curves:
-        assert len(c.xs) == len(c.ys) > 1
+        assert len(c.xs) == len(c.ys) >= 1
     # the sweep's x axis is the bond parameter q·√(n₁n₂), from its closed form
     q = PERCOLATION_WORLD["pair_density"]
     expect = [q * math.sqrt(32 / 4 * n / 4) for n in QUICK.sweep_properties]
@@ -61,6 +61,11 @@ def test_measure_quick(tmp_path):
     graph = [PCSGWorld(PCSGConfig(n_properties=n, seed=0, **PERCOLATION_WORLD)).percolation().connected_heldout
              for n in QUICK.sweep_properties]
     assert list(m.curves[4].ys) == pytest.approx(graph)
+    # the half-density rerun at 4× the properties has the β of the sweep's 4 properties
+    assert list(m.curves[5].xs) == pytest.approx([q / 2 * math.sqrt(32 / 4 * 16 / 4)])
+    assert m.curves[5].xs[0] == pytest.approx(expect[0])
+    assert m.metrics["gap_same_beta"] == pytest.approx(abs(m.curves[5].ys[0] - m.curves[3].ys[0]))
+    assert m.metrics["gap_same_properties"] == pytest.approx(abs(m.curves[5].ys[0] - m.curves[3].ys[1]))
     assert (tmp_path / "series").is_dir()  # the checkpoint series was kept in run_dir ...
     stamp = (tmp_path / "series" / "config.json").stat().st_mtime_ns
     again = PHENOMENON.measure(0, quick=True, run_dir=tmp_path)  # ... and is reused, with the same result
