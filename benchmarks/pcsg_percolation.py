@@ -36,7 +36,8 @@ def draw(results: dict[int, object], path: Path) -> Path:
                 style, colour = ("^:", "tab:purple") if "4×" in c.name else ("o-", "tab:red")
                 right.plot(c.xs, c.ys, style, color=colour, alpha=0.8, label=c.name if seed == min(results) else None)
             else:
-                right.plot(c.xs, c.ys, "s--", color="tab:gray", alpha=0.8, label=c.name if seed == min(results) else None)
+                style, colour = ("v:", "tab:olive") if "4×" in c.name else ("s--", "tab:gray")
+                right.plot(c.xs, c.ys, style, color=colour, alpha=0.8, label=c.name if seed == min(results) else None)
     left.set(xscale="log", xlabel="training step", ylabel="accuracy / AUROC",
              title="default world: grammar, types, held-out types")
     right.axvline(1.0, color="k", lw=0.8, ls=":", label="giant component, q·√(n₁n₂) = 1")

@@ -64,8 +64,10 @@ def test_measure_quick(tmp_path):
     # the half-density rerun at 4× the properties has the β of the sweep's 4 properties
     assert list(m.curves[5].xs) == pytest.approx([q / 2 * math.sqrt(32 / 4 * 16 / 4)])
     assert m.curves[5].xs[0] == pytest.approx(expect[0])
-    assert m.metrics["gap_same_beta"] == pytest.approx(abs(m.curves[5].ys[0] - m.curves[3].ys[0]))
-    assert m.metrics["gap_same_properties"] == pytest.approx(abs(m.curves[5].ys[0] - m.curves[3].ys[1]))
+    half_graph = PCSGWorld(PCSGConfig(n_properties=16, seed=0, **{**PERCOLATION_WORLD, "pair_density": q / 2}))
+    assert m.curves[6].ys[0] == pytest.approx(half_graph.percolation().connected_heldout)
+    assert m.metrics["shortfall_half_density"] == pytest.approx(m.curves[6].ys[0] - m.curves[5].ys[0])
+    assert m.metrics["shortfall"] == pytest.approx(sum(g - s for g, s in zip(m.curves[4].ys, m.curves[3].ys)) / 2)
     assert (tmp_path / "series").is_dir()  # the checkpoint series was kept in run_dir ...
     stamp = (tmp_path / "series" / "config.json").stat().st_mtime_ns
     again = PHENOMENON.measure(0, quick=True, run_dir=tmp_path)  # ... and is reused, with the same result
