@@ -37,6 +37,7 @@ WORLDS: dict[str, str] = {
     "concept_clusters": "assay.worlds.concept_clusters:ConceptClustersConfig/ConceptClustersWorld",
     "contamination": "assay.worlds.contamination:ContaminatedMarkovConfig/ContaminatedMarkovWorld",
     "knowledge_graph": "assay.worlds.knowledge_graph:KnowledgeGraphConfig/KnowledgeGraphWorld",
+    "pcsg": "assay.worlds.pcsg:PCSGConfig/PCSGWorld",
 }
 """World name → ``"module:ConfigClass/WorldClass"``."""
 

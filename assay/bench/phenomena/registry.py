@@ -20,6 +20,7 @@ PHENOMENA: dict[str, str] = {
     "contamination": "assay.bench.phenomena.contamination",
     "cyclic": "assay.bench.phenomena.cyclic",
     "knowledge_editing": "assay.bench.phenomena.knowledge_editing",
+    "pcsg": "assay.bench.phenomena.pcsg",
 }
 """Phenomenon name → the module holding its ``PHENOMENON``."""
 
