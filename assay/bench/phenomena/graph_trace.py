@@ -16,7 +16,8 @@ late (> 0: the representations become smoother on the graph with context), ``ene
 after the first block; the paper finds the reorganisation in middle layers), ``random_level``,
 ``successor_level``, ``valid_mass_late``.
 
-``benchmarks/graph_trace_energy.py`` runs the same measurement at the spec's budget (≥ 10,000 steps).
+``benchmarks/graph_trace_energy.py`` runs the same measurement at any budget and graph, at every site, raw and
+with the position component removed, and on the readout.
 """
 
 from __future__ import annotations
