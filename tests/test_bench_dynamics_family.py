@@ -144,6 +144,7 @@ def test_quick_paths_return_their_metrics_and_curves(name, tmp_path):
         assert m.metrics["svt_masked_mse"] < 0.7 * m.metrics["zero_mse"]  # measured 0.109 vs 0.233
     if name == "graph_trace":  # 8-ring: tr L/(N − 1) = 16/7
         assert m.metrics["random_level"] == pytest.approx(16 / 7)
+        assert m.metrics["successor_level"] == pytest.approx(8 / 3)  # tests/test_world_graph_trace.py
         assert m.metrics["energy_drop"] == pytest.approx(m.metrics["energy_early"] - m.metrics["energy_late"])
     if name == "contamination":
         gaps = [m.metrics[k] for k in ph.metrics[:-1]]

@@ -1,8 +1,15 @@
+import math
+
 import pytest
 import torch
 
 from assay.config import ConfigError
-from assay.evaluate.graph_energy import dirichlet_energy, laplacian, normalized_dirichlet_energy
+from assay.evaluate.graph_energy import (
+    dirichlet_energy,
+    laplacian,
+    mixed_random_energy,
+    normalized_dirichlet_energy,
+)
 from assay.worlds import registry
 from assay.worlds.base import make_generator
 from assay.worlds.graph_trace import GraphTraceConfig, GraphTraceWorld
@@ -28,6 +35,25 @@ def test_dirichlet_energy_hand_values():
     assert normalized_dirichlet_energy(X, A) == pytest.approx(3.2, abs=0.05)
     with pytest.raises(ValueError, match="symmetric"):
         laplacian(torch.tensor([[0, 1], [0, 0]]))
+
+
+def test_mixed_random_energy_closed_forms_and_monte_carlo():
+    grid = GraphTraceWorld().adjacency
+    A = grid.double()
+    eye = torch.eye(16, dtype=torch.float64)
+    assert mixed_random_energy(eye, grid) == pytest.approx(3.2)  # M = I: tr L/(N − 1) = 48/15
+    # one round of neighbour mixing x_i + mean_{j∼i} x_j: the spec's exact 1.815245
+    assert mixed_random_energy(eye + A / A.sum(1, keepdim=True), grid) == pytest.approx(1.815245, abs=1e-6)
+    # successor code M = A on a ring of 8: eigenvalues of A are 2cos θ_k; Σ_{k≠0} cos²θ_k (2 − 2cos θ_k) /
+    # Σ_{k≠0} cos²θ_k = 8/3 (above the random 16/7)
+    ring = GraphTraceWorld(GraphTraceConfig(graph="ring", ring_size=8)).adjacency
+    assert mixed_random_energy(ring.double(), ring) == pytest.approx(8 / 3)
+    # Monte Carlo: Ê of M U with wide Gaussian U tends to the limit
+    U = torch.randn(8, 8192, generator=make_generator(1), dtype=torch.float64)
+    assert normalized_dirichlet_energy(ring.double() @ U, ring) == pytest.approx(8 / 3, abs=0.05)
+    assert math.isnan(mixed_random_energy(torch.ones(8, 8), ring))  # C M = 0: every x_i equal
+    with pytest.raises(ValueError, match="square"):
+        mixed_random_energy(torch.ones(8, 3), ring)
 
 
 def test_walks_follow_the_graph_with_a_fresh_token_map():

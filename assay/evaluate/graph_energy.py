@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["laplacian", "dirichlet_energy", "normalized_dirichlet_energy"]
+__all__ = ["laplacian", "dirichlet_energy", "normalized_dirichlet_energy", "mixed_random_energy"]
 
 
 def laplacian(adjacency: Tensor) -> Tensor:
@@ -47,3 +47,15 @@ def normalized_dirichlet_energy(X: Tensor, adjacency: Tensor) -> float:
     Xc = X.double() - X.double().mean(0)
     denom = float((Xc**2).sum())
     return float(torch.trace(Xc.T @ laplacian(adjacency) @ Xc)) / denom if denom > 0 else float("nan")
+
+
+def mixed_random_energy(mixing: Tensor, adjacency: Tensor) -> float:
+    """The limit (d → ∞) of Ê_G(M U) for U [N, d] with i.i.d. isotropic rows and ``mixing`` M [N, N]:
+    tr(Mᵀ C L C M) / tr(Mᵀ C M) with C = I − 11ᵀ/N the centring; NaN when C M = 0."""
+    _check(mixing, adjacency)
+    if mixing.shape[1] != mixing.shape[0]:
+        raise ValueError(f"mixing must be a square [N, N] matrix, got shape {tuple(mixing.shape)}")
+    N = adjacency.shape[0]
+    X = (torch.eye(N, dtype=torch.float64) - 1.0 / N) @ mixing.double()
+    denom = float((X**2).sum())
+    return float(torch.trace(X.T @ laplacian(adjacency) @ X)) / denom if denom > 0 else float("nan")

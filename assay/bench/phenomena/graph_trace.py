@@ -7,13 +7,17 @@ with a fresh node → token map per sequence). After training, on fresh walks, p
 [t − W, t) (:func:`energy_by_window`): the softmax mass on the valid next tokens, and the normalised
 Dirichlet energy Ê (:func:`assay.evaluate.graph_energy.normalized_dirichlet_energy`) of each block's
 per-node class means (:meth:`GraphTraceWorld.class_means`), averaged over the walks that visit every node
-in the window. Random vectors give Ê ≈ tr L/(N − 1); the graph's λ₂ is the minimum. Metrics:
+in the window. Random vectors give Ê ≈ tr L/(N − 1); the graph's λ₂ is the minimum; a model that codes each
+node by its neighbours' (per-sequence random) tokens — what predicting the next token needs — sits at
+``successor_level`` = Ê of A·U (:func:`assay.evaluate.graph_energy.mixed_random_energy`), above the random
+level on a ring or grid (adjacent nodes share no neighbour). Metrics:
 ``energy_early`` / ``energy_late`` (first and last window, after the last block), ``energy_drop`` = early −
 late (> 0: the representations become smoother on the graph with context), ``energy_drop_block0`` (the same
 after the first block; the paper finds the reorganisation in middle layers), ``random_level``,
-``valid_mass_late``.
+``successor_level``, ``valid_mass_late``.
 
-``benchmarks/graph_trace_energy.py`` runs the same measurement at the spec's budget (≥ 10,000 steps).
+``benchmarks/graph_trace_energy.py`` runs the same measurement at any budget and graph, at every site, raw and
+with the position component removed, and on the readout.
 """
 
 from __future__ import annotations
@@ -98,11 +102,12 @@ class GraphTracePhenomenon:
              "energy on the graph falls from the random level towards λ₂. Shown by energy_drop = energy_early − "
              "energy_late > 0 with energy_late below random_level; valid_mass_late says whether the walk itself "
              "was learned.")
-    metrics = ("energy_early", "energy_late", "energy_drop", "energy_drop_block0", "random_level", "valid_mass_late")
+    metrics = ("energy_early", "energy_late", "energy_drop", "energy_drop_block0", "random_level", "successor_level",
+               "valid_mass_late")
 
     def measure(self, seed: int, *, quick: bool, run_dir: Path) -> Measurement:
         from assay.bench.phenomena.training import train_reference
-        from assay.evaluate.graph_energy import laplacian
+        from assay.evaluate.graph_energy import laplacian, mixed_random_energy
         from assay.hooks import capture
         from assay.worlds.base import make_generator
         from assay.worlds.graph_trace import GraphTraceConfig, GraphTraceWorld
@@ -119,16 +124,19 @@ class GraphTracePhenomenon:
         lap = laplacian(world.adjacency)
         random_level = float(torch.trace(lap)) / (world.config.n_nodes - 1)
         lambda_2 = float(torch.linalg.eigvalsh(lap)[1])
+        successor_level = mixed_random_energy(world.adjacency.double(), world.adjacency)
         metrics = {"energy_early": rows[0].energy, "energy_late": rows[-1].energy,
                    "energy_drop": rows[0].energy - rows[-1].energy,
                    "energy_drop_block0": first[0].energy - first[-1].energy, "random_level": random_level,
-                   "valid_mass_late": rows[-1].valid_mass}
+                   "successor_level": successor_level, "valid_mass_late": rows[-1].valid_mass}
         x = tuple(float(r.stop) for r in rows)
         energy_label = "normalised Dirichlet energy"
         curves = (*(Curve(f"Ê of the class means after {site}", "end of window (position)", energy_label, x,
                           tuple(r.energy for r in by_site[site])) for site in sites),
                   Curve("random vectors tr L/(N − 1)", "end of window (position)", energy_label, x,
                         (random_level,) * len(x)),
+                  Curve("neighbour-token code A·U", "end of window (position)", energy_label, x,
+                        (successor_level,) * len(x)),
                   Curve("λ₂ (minimum)", "end of window (position)", energy_label, x, (lambda_2,) * len(x)),
                   Curve("valid-next mass", "end of window (position)", "valid-next softmax mass", x,
                         tuple(r.valid_mass for r in rows)))
