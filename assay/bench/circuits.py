@@ -193,12 +193,13 @@ def _model_checks(compiled, x: torch.Tensor, ref: torch.Tensor) -> dict[str, flo
 def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]:
     """A3, A4 (nodes), A5 (constrained), A6, A7 (decoy) and MIB's CPR/CMD on the attribution graphs of ``prompts``."""
     from assay.circuits.compile import DECOY, LOGITS
-    from assay.circuits.compile.features import edge_recovery
+    from assay.circuits.compile.features import edge_recovery, variable_groups
     from assay.circuits.graph import (
         GraphConfig,
         attribute,
         constrained_effects,
         graph_scores,
+        grouped_influential_recall,
         influence,
         influence_through,
         influence_through_chain,
@@ -253,6 +254,8 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
         absolute = faithfulness_curve(metric, gr.adjacency.abs(), candidates=exists)
         for k, v in (("replacement", sc.replacement), ("completeness", sc.completeness),
                      ("influential_recall", influential_edge_recall(gr.adjacency, w, pr.edge_mask)),
+                     ("aggregated_recall", grouped_influential_recall(gr.adjacency, w, always,
+                                                                       variable_groups(gr, bases)[0], features=feats)),
                      ("constrained_error", float((eff.measured - eff.predicted).abs().max())),
                      ("decoy_edge_mass", float(a[:, decoy].sum() / a.sum().clamp(min=1e-30))),
                      ("decoy_influence", float(inf[decoy].sum() / inf.sum().clamp(min=1e-30))),
@@ -261,7 +264,7 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
             per.setdefault(k, []).append(v)
     rec = edge_recovery(graphs, bases, compiled)
     pruned = edge_recovery(graphs, bases, compiled, edge_masks=masks)
-    worst = {k: min(per[k]) for k in ("replacement", "completeness", "influential_recall")}
+    worst = {k: min(per[k]) for k in ("replacement", "completeness", "influential_recall", "aggregated_recall")}
     worst |= {k: max(per[k]) for k in ("constrained_error", "decoy_edge_mass", "decoy_influence")}
     if intermediate:
         worst |= {k: min(per[k]) for k in ("hop_share", "chain_share")}
@@ -339,7 +342,7 @@ class CircuitFamily:
     methods = ("exact", "random_basis", "random_weights", "transcoder", "clt")
     metrics = ("accuracy", "min_margin", "off_circuit_change", "min_share_changed", "min_share_moved", "precision", "recall", "chance",
                "replacement", "completeness", "pruned_precision", "pruned_recall", "influential_recall",
-               "constrained_error", "free_success", "decoy_edge_mass", "cpr", "cmd", "matched_share", "fvu",
+               "aggregated_recall", "constrained_error", "free_success", "decoy_edge_mass", "cpr", "cmd", "matched_share", "fvu",
                "node_precision", "node_recall", "hop_share", "chain_share")
     settings_type = CircuitSettings
 
