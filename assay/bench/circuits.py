@@ -27,7 +27,9 @@ Metrics, per (program, seed) — A1: ``accuracy``, ``min_margin``, ``max_error``
 inputs whose answer changes when one on-circuit component or variable is ablated); A3 (unpruned graphs, all
 prompts): ``precision``, ``recall``, ``chance``, worst-prompt ``replacement`` and ``completeness``; after
 circuit-tracer's 0.8/0.98 pruning ``pruned_precision``, ``pruned_recall`` and the worst-prompt
-``influential_recall`` (edges carrying ≥ 1% of the logit influence kept); A5: ``constrained_error`` (largest
+``influential_recall`` (edges carrying ≥ 1% of the logit influence kept) and ``aggregated_recall`` (the same on
+the graph aggregated to (variable, position) nodes — the spec's aggregated nodes — and pruned there:
+:func:`~assay.circuits.graph.grouped_influential_recall`); A5: ``constrained_error`` (largest
 |measured − A| when doubling each source), ``free_success`` (share of free interventions that act as the
 program says); A7: ``decoy_edge_mass`` (share of Σ|A| on edges out of decoy features) and
 ``decoy_influence``; MIB (Mueller et al. 2025): ``cpr`` and ``cmd`` of the graph's edges ranked by |A|; A4:
@@ -421,7 +423,10 @@ class CircuitFamily:
             "influential_recall fails under circuit-tracer's pruning rule (0.8 node share of the influence, token "
             "nodes counted): token nodes accumulate the influence of every path above them and crowd out features "
             "on the only path. Excluding token nodes from the node share does not fix it (worst prompts: dyck1 0.70, "
-            "histogram 0.50, induction 0.67), so the peer-compatible rule is kept; see docs/circuits.md.",
+            "histogram 0.50, induction 0.67), so the peer-compatible rule is kept; see docs/circuits.md. "
+            "aggregated_recall reads the clause on the spec's aggregated nodes (one node per variable and position, "
+            "pruned by the same rule): it holds except on dyck1, where neuron biases enter the graph as edges from "
+            "the token (the `one` direction is embedded) and take most of the threshold neuron's row.",
             "Controls: random_basis (random features of the same sizes; the errors carry the computation) and "
             "random_weights (the circuit's names on redrawn weights: precision should sit at `chance`, the "
             "precision of every possible edge).",
