@@ -199,3 +199,16 @@ def test_histogram_has_an_exact_k1_transcoder_only_with_free_decoder_norms():
     assert set(match_features(basis, compiled.circuit).labels) == {"count"}  # every decoder row is one count value
     unit = torch.nn.functional.normalize(basis.W_dec, dim=1)  # the same features with unit-norm atoms
     assert (basis.activation(basis.pre(x)) @ unit - y).abs().max() > 0.5
+
+
+def test_recipe_options_reach_the_trainer():
+    compiled = compile_program(PROGRAMS["two_hop"]())
+    inputs = torch.cat([torch.ones(32, 1, dtype=torch.long),
+                        torch.randint(4, 7, (32, 4), generator=torch.Generator().manual_seed(0))], 1)
+    cfg = TranscoderTraining(d_sae=8, k=1, steps=30, unit_decoder=False, resample_every=10, decay_fraction=0.5)
+    tc = train_mlp_transcoders(compiled.model, inputs, [0], cfg)[0]
+    norms = tc.W_dec.detach().norm(dim=1)
+    # free norms: W_dec starts at 0 and is never renormalised (unit atoms would all share the norm 1/s_out)
+    assert not tc.cfg.unit_decoder and float(norms.max() - norms.min()) > 1e-3
+    with pytest.raises(ConfigError, match="decay_fraction"):
+        TranscoderTraining(decay_fraction=1.0)
