@@ -58,7 +58,8 @@ from assay.bench.runner import BenchResult, RunContext, check_params, expand_wit
 from assay.bench.spec import SpecRun, parse_world_spec
 from assay.config import ConfigError
 
-__all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "random_bases", "random_weights"]
+__all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "random_bases", "random_weights",
+           "learned_checks"]
 
 METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_weights": {},
                                       "transcoder": {"d_sae": 16, "k": 1, "zero_bias": True},
@@ -290,12 +291,24 @@ def _clt_window(params: dict[str, Any]) -> int | None:
 
 def _learned_checks(prepared: PreparedProgram, method: str, params: dict[str, Any], settings: CircuitSettings,
                     seed: int) -> dict[str, float]:
-    """A4 and A6 with learned transcoders on the compiled MLPs — one per layer (``transcoder``) or one cross-layer
-    transcoder over them (``clt``) — the graph rows as for the other bases."""
+    """A4 and A6 for the ``transcoder`` / ``clt`` methods: their parameters and the settings' budget."""
+    from assay.circuits.learned import TranscoderTraining
+
+    cfg = TranscoderTraining(d_sae=params["d_sae"], k=params["k"], steps=settings.transcoder_steps, seed=seed,
+                             zero_decoder_bias=bool(params["zero_bias"]))
+    window = _clt_window(params) if method == "clt" else None
+    return learned_checks(prepared, cfg, clt=method == "clt", window=window, batch_size=settings.batch_size)
+
+
+def learned_checks(prepared: PreparedProgram, config, *, clt: bool = False, window: int | None = None,
+                   batch_size: int = 64) -> dict[str, float]:
+    """A4 and A6 with learned transcoders on the compiled MLPs trained by ``config``
+    (:class:`~assay.circuits.learned.TranscoderTraining`) — one per layer, or one cross-layer transcoder over them
+    (``clt``, layer l's features writing ``window`` layers ahead; None: all) — with the graph rows as for the other
+    bases, plus ``matched_share`` and ``fvu``. Empty for a program without an MLP."""
     from assay import hooks
     from assay.circuits.graph.basis import rebuilt_outputs
     from assay.circuits.learned import (
-        TranscoderTraining,
         clt_bases,
         labelled,
         match_features,
@@ -309,13 +322,10 @@ def _learned_checks(prepared: PreparedProgram, method: str, params: dict[str, An
     layers = sorted({c.layer for c in compiled.circuit.components if c.kind == "mlp"})
     if not layers:
         return {}
-    cfg = TranscoderTraining(d_sae=params["d_sae"], k=params["k"], steps=settings.transcoder_steps, seed=seed,
-                             zero_decoder_bias=bool(params["zero_bias"]))
-    if method == "clt":
-        clt = train_mlp_clt(compiled.model, prepared.inputs, layers, cfg, window=_clt_window(params))
-        learned = clt_bases(clt, layers=layers)
+    if clt:
+        learned = clt_bases(train_mlp_clt(compiled.model, prepared.inputs, layers, config, window=window), layers=layers)
     else:
-        transcoders = train_mlp_transcoders(compiled.model, prepared.inputs, layers, cfg)
+        transcoders = train_mlp_transcoders(compiled.model, prepared.inputs, layers, config)
         learned = [transcoder_basis(transcoders[i], layer=i) for i in layers]
     learned = [b.to(torch.float64) for b in learned]
     sites = [s for i in layers for s in (f"blocks.{i}.ln2", f"blocks.{i}.mlp")]
@@ -331,7 +341,7 @@ def _learned_checks(prepared: PreparedProgram, method: str, params: dict[str, An
         matched += sum(bool(f) and bool(lab) for f, lab in zip(fires.tolist(), match.labels, strict=True))
         fvus.append(float(fvu(cap[basis.output_site].reshape(-1, d), y_hat)))
         bases.append(labelled(basis, match))
-    out = _graph_checks(compiled, bases, prepared.prompts, settings.batch_size)
+    out = _graph_checks(compiled, bases, prepared.prompts, batch_size)
     return {**out, "matched_share": matched / alive if alive else float("nan"), "fvu": max(fvus)}
 
 
