@@ -435,8 +435,7 @@ class CircuitFamily:
             "on the only path. Excluding token nodes from the node share does not fix it (worst prompts: dyck1 0.70, "
             "histogram 0.50, induction 0.67), so the peer-compatible rule is kept; see docs/circuits.md. "
             "aggregated_recall reads the clause on the spec's aggregated nodes (one node per variable and position, "
-            "pruned by the same rule): it holds except on dyck1, where neuron biases enter the graph as edges from "
-            "the token (the `one` direction is embedded) and take most of the threshold neuron's row.",
+            "pruned by the same rule): it holds on every program but dyck1 (docs/circuits.md).",
             "Controls: random_basis (random features of the same sizes; the errors carry the computation) and "
             "random_weights (the circuit's names on redrawn weights: precision should sit at `chance`, the "
             "precision of every possible edge).",
