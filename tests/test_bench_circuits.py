@@ -74,6 +74,7 @@ def test_exact_graphs_pass_the_acceptance_checks_and_the_controls_do_not(bench):
     meet A1, A2, A3 (unpruned), A5 and A7 exactly; the random-basis control loses precision and replacement;
     the random-weights model is wrong and its graphs' precision sits near the causal chance level."""
     m = _metrics(bench[0])
+    assert m[("histogram", "exact")]["influential_recall"] < 0.9  # measured 0.5: count's neurons split the node share
     for world in WORLDS:
         ex = m[(world, "exact")]
         assert ex["accuracy"] == 1.0 and ex["min_margin"] >= 5 and ex["max_error"] < 1e-4
@@ -82,6 +83,7 @@ def test_exact_graphs_pass_the_acceptance_checks_and_the_controls_do_not(bench):
         assert abs(ex["replacement"] - 1) <= 1e-6 and abs(ex["completeness"] - 1) <= 1e-6
         assert ex["constrained_error"] <= 1e-9 and ex["free_success"] >= 0.95
         assert ex["decoy_edge_mass"] == 0.0 and ex["decoy_influence"] == 0.0
+        assert ex["aggregated_recall"] == 1.0  # A3's pruned clause on (variable, position) nodes
         rb = m[(world, "random_basis")]
         assert rb["precision"] < 0.5 and rb["replacement"] < 0.7 and rb["decoy_edge_mass"] > 0
         assert rb["constrained_error"] <= 1e-9  # the graph is still exact about its own (useless) features

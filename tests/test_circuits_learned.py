@@ -168,3 +168,47 @@ def test_with_the_decoder_bias_held_at_zero_every_live_feature_is_a_compiled_val
     graphs = [attribute(model, torch.tensor(p), bases) for p in ([1, 4, 5, 6], [1, 6, 6])]
     rec = node_recovery(graphs, bases, mlp_variables(compiled.circuit))
     assert (rec.precision, rec.recall) == (1.0, 1.0)
+
+
+def test_histogram_has_an_exact_k1_transcoder_only_with_free_decoder_norms():
+    """histogram's MLP maps the scalar f = bos_frac ∈ {1/(c+1)} to the one-hot count e_c. A k = 1 TopK feature's
+    activation is affine in f, so the winners form the upper envelope of lines. Tangents of the convex f²,
+    ℓ_c(f) = 2 f_c f − f_c², each win at their own point f_c with value f_c², so decoders e_c / f_c² rebuild
+    the MLP exactly (FVU 0). With unit-norm decoders the activations themselves would have to be 1 at every
+    f_c — a convex envelope equal to 1 at all points is flat, so the winners tie: no exact solution."""
+    compiled = compile_program(PROGRAMS["histogram"]())
+    model = compiled.model.double()
+    node = {n.variable: n for n in compiled.circuit.nodes}
+    frac, count = node["bos_frac"].dims[0], node["count"]
+    d, points = model.config.d_model, [1.0 / (c + 1) for c in count.values]
+    tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=len(points), k=1, unit_decoder=False,
+                   decoder_bias=False).double()
+    with torch.no_grad():
+        tc.W_enc.zero_()
+        tc.W_dec.zero_()
+        for i, (c, f_c) in enumerate(zip(count.values, points, strict=True)):
+            tc.W_enc[frac, i], tc.b_enc[i] = 2 * f_c, -f_c ** 2
+            tc.W_dec[i, count.dims[count.values.index(c)]] = 1 / f_c ** 2
+    basis = transcoder_basis(tc, layer=0)
+    tokens = torch.cat([torch.ones(64, 1, dtype=torch.long),
+                        torch.randint(4, 7, (64, 7), generator=torch.Generator().manual_seed(0))], 1)
+    with torch.no_grad(), hooks.capture(model, ["blocks.0.ln2", "blocks.0.mlp"]) as cap:
+        model(tokens)
+    x, y = cap["blocks.0.ln2"].reshape(-1, d), cap["blocks.0.mlp"].reshape(-1, d)
+    torch.testing.assert_close(basis.decode(basis.activation(basis.pre(x))), y, atol=1e-9, rtol=0)
+    assert set(match_features(basis, compiled.circuit).labels) == {"count"}  # every decoder row is one count value
+    unit = torch.nn.functional.normalize(basis.W_dec, dim=1)  # the same features with unit-norm atoms
+    assert (basis.activation(basis.pre(x)) @ unit - y).abs().max() > 0.5
+
+
+def test_recipe_options_reach_the_trainer():
+    compiled = compile_program(PROGRAMS["two_hop"]())
+    inputs = torch.cat([torch.ones(32, 1, dtype=torch.long),
+                        torch.randint(4, 7, (32, 4), generator=torch.Generator().manual_seed(0))], 1)
+    cfg = TranscoderTraining(d_sae=8, k=1, steps=30, unit_decoder=False, resample_every=10, decay_fraction=0.5)
+    tc = train_mlp_transcoders(compiled.model, inputs, [0], cfg)[0]
+    norms = tc.W_dec.detach().norm(dim=1)
+    # free norms: W_dec starts at 0 and is never renormalised (unit atoms would all share the norm 1/s_out)
+    assert not tc.cfg.unit_decoder and float(norms.max() - norms.min()) > 1e-3
+    with pytest.raises(ConfigError, match="decay_fraction"):
+        TranscoderTraining(decay_fraction=1.0)

@@ -27,7 +27,9 @@ Metrics, per (program, seed) — A1: ``accuracy``, ``min_margin``, ``max_error``
 inputs whose answer changes when one on-circuit component or variable is ablated); A3 (unpruned graphs, all
 prompts): ``precision``, ``recall``, ``chance``, worst-prompt ``replacement`` and ``completeness``; after
 circuit-tracer's 0.8/0.98 pruning ``pruned_precision``, ``pruned_recall`` and the worst-prompt
-``influential_recall`` (edges carrying ≥ 1% of the logit influence kept); A5: ``constrained_error`` (largest
+``influential_recall`` (edges carrying ≥ 1% of the logit influence kept) and ``aggregated_recall`` (the same on
+the graph aggregated to (variable, position) nodes — the spec's aggregated nodes — and pruned there:
+:func:`~assay.circuits.graph.grouped_influential_recall`); A5: ``constrained_error`` (largest
 |measured − A| when doubling each source), ``free_success`` (share of free interventions that act as the
 program says); A7: ``decoy_edge_mass`` (share of Σ|A| on edges out of decoy features) and
 ``decoy_influence``; MIB (Mueller et al. 2025): ``cpr`` and ``cmd`` of the graph's edges ranked by |A|; A4:
@@ -56,7 +58,8 @@ from assay.bench.runner import BenchResult, RunContext, check_params, expand_wit
 from assay.bench.spec import SpecRun, parse_world_spec
 from assay.config import ConfigError
 
-__all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "random_bases", "random_weights"]
+__all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "random_bases", "random_weights",
+           "learned_checks"]
 
 METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_weights": {},
                                       "transcoder": {"d_sae": 16, "k": 1, "zero_bias": True},
@@ -193,12 +196,13 @@ def _model_checks(compiled, x: torch.Tensor, ref: torch.Tensor) -> dict[str, flo
 def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]:
     """A3, A4 (nodes), A5 (constrained), A6, A7 (decoy) and MIB's CPR/CMD on the attribution graphs of ``prompts``."""
     from assay.circuits.compile import DECOY, LOGITS
-    from assay.circuits.compile.features import edge_recovery
+    from assay.circuits.compile.features import edge_recovery, variable_groups
     from assay.circuits.graph import (
         GraphConfig,
         attribute,
         constrained_effects,
         graph_scores,
+        grouped_influential_recall,
         influence,
         influence_through,
         influence_through_chain,
@@ -253,6 +257,8 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
         absolute = faithfulness_curve(metric, gr.adjacency.abs(), candidates=exists)
         for k, v in (("replacement", sc.replacement), ("completeness", sc.completeness),
                      ("influential_recall", influential_edge_recall(gr.adjacency, w, pr.edge_mask)),
+                     ("aggregated_recall", grouped_influential_recall(gr.adjacency, w, always,
+                                                                       variable_groups(gr, bases)[0], features=feats)),
                      ("constrained_error", float((eff.measured - eff.predicted).abs().max())),
                      ("decoy_edge_mass", float(a[:, decoy].sum() / a.sum().clamp(min=1e-30))),
                      ("decoy_influence", float(inf[decoy].sum() / inf.sum().clamp(min=1e-30))),
@@ -261,7 +267,7 @@ def _graph_checks(compiled, bases, prompts, batch_size: int) -> dict[str, float]
             per.setdefault(k, []).append(v)
     rec = edge_recovery(graphs, bases, compiled)
     pruned = edge_recovery(graphs, bases, compiled, edge_masks=masks)
-    worst = {k: min(per[k]) for k in ("replacement", "completeness", "influential_recall")}
+    worst = {k: min(per[k]) for k in ("replacement", "completeness", "influential_recall", "aggregated_recall")}
     worst |= {k: max(per[k]) for k in ("constrained_error", "decoy_edge_mass", "decoy_influence")}
     if intermediate:
         worst |= {k: min(per[k]) for k in ("hop_share", "chain_share")}
@@ -285,12 +291,24 @@ def _clt_window(params: dict[str, Any]) -> int | None:
 
 def _learned_checks(prepared: PreparedProgram, method: str, params: dict[str, Any], settings: CircuitSettings,
                     seed: int) -> dict[str, float]:
-    """A4 and A6 with learned transcoders on the compiled MLPs — one per layer (``transcoder``) or one cross-layer
-    transcoder over them (``clt``) — the graph rows as for the other bases."""
+    """A4 and A6 for the ``transcoder`` / ``clt`` methods: their parameters and the settings' budget."""
+    from assay.circuits.learned import TranscoderTraining
+
+    cfg = TranscoderTraining(d_sae=params["d_sae"], k=params["k"], steps=settings.transcoder_steps, seed=seed,
+                             zero_decoder_bias=bool(params["zero_bias"]))
+    window = _clt_window(params) if method == "clt" else None
+    return learned_checks(prepared, cfg, clt=method == "clt", window=window, batch_size=settings.batch_size)
+
+
+def learned_checks(prepared: PreparedProgram, config, *, clt: bool = False, window: int | None = None,
+                   batch_size: int = 64) -> dict[str, float]:
+    """A4 and A6 with learned transcoders on the compiled MLPs trained by ``config``
+    (:class:`~assay.circuits.learned.TranscoderTraining`) — one per layer, or one cross-layer transcoder over them
+    (``clt``, layer l's features writing ``window`` layers ahead; None: all) — with the graph rows as for the other
+    bases, plus ``matched_share`` and ``fvu``. Empty for a program without an MLP."""
     from assay import hooks
     from assay.circuits.graph.basis import rebuilt_outputs
     from assay.circuits.learned import (
-        TranscoderTraining,
         clt_bases,
         labelled,
         match_features,
@@ -304,13 +322,10 @@ def _learned_checks(prepared: PreparedProgram, method: str, params: dict[str, An
     layers = sorted({c.layer for c in compiled.circuit.components if c.kind == "mlp"})
     if not layers:
         return {}
-    cfg = TranscoderTraining(d_sae=params["d_sae"], k=params["k"], steps=settings.transcoder_steps, seed=seed,
-                             zero_decoder_bias=bool(params["zero_bias"]))
-    if method == "clt":
-        clt = train_mlp_clt(compiled.model, prepared.inputs, layers, cfg, window=_clt_window(params))
-        learned = clt_bases(clt, layers=layers)
+    if clt:
+        learned = clt_bases(train_mlp_clt(compiled.model, prepared.inputs, layers, config, window=window), layers=layers)
     else:
-        transcoders = train_mlp_transcoders(compiled.model, prepared.inputs, layers, cfg)
+        transcoders = train_mlp_transcoders(compiled.model, prepared.inputs, layers, config)
         learned = [transcoder_basis(transcoders[i], layer=i) for i in layers]
     learned = [b.to(torch.float64) for b in learned]
     sites = [s for i in layers for s in (f"blocks.{i}.ln2", f"blocks.{i}.mlp")]
@@ -326,7 +341,7 @@ def _learned_checks(prepared: PreparedProgram, method: str, params: dict[str, An
         matched += sum(bool(f) and bool(lab) for f, lab in zip(fires.tolist(), match.labels, strict=True))
         fvus.append(float(fvu(cap[basis.output_site].reshape(-1, d), y_hat)))
         bases.append(labelled(basis, match))
-    out = _graph_checks(compiled, bases, prepared.prompts, settings.batch_size)
+    out = _graph_checks(compiled, bases, prepared.prompts, batch_size)
     return {**out, "matched_share": matched / alive if alive else float("nan"), "fvu": max(fvus)}
 
 
@@ -339,7 +354,7 @@ class CircuitFamily:
     methods = ("exact", "random_basis", "random_weights", "transcoder", "clt")
     metrics = ("accuracy", "min_margin", "off_circuit_change", "min_share_changed", "min_share_moved", "precision", "recall", "chance",
                "replacement", "completeness", "pruned_precision", "pruned_recall", "influential_recall",
-               "constrained_error", "free_success", "decoy_edge_mass", "cpr", "cmd", "matched_share", "fvu",
+               "aggregated_recall", "constrained_error", "free_success", "decoy_edge_mass", "cpr", "cmd", "matched_share", "fvu",
                "node_precision", "node_recall", "hop_share", "chain_share")
     settings_type = CircuitSettings
 
@@ -418,7 +433,9 @@ class CircuitFamily:
             "influential_recall fails under circuit-tracer's pruning rule (0.8 node share of the influence, token "
             "nodes counted): token nodes accumulate the influence of every path above them and crowd out features "
             "on the only path. Excluding token nodes from the node share does not fix it (worst prompts: dyck1 0.70, "
-            "histogram 0.50, induction 0.67), so the peer-compatible rule is kept; see docs/circuits.md.",
+            "histogram 0.50, induction 0.67), so the peer-compatible rule is kept; see docs/circuits.md. "
+            "aggregated_recall reads the clause on the spec's aggregated nodes (one node per variable and position, "
+            "pruned by the same rule): it holds on every program but dyck1 (docs/circuits.md).",
             "Controls: random_basis (random features of the same sizes; the errors carry the computation) and "
             "random_weights (the circuit's names on redrawn weights: precision should sit at `chance`, the "
             "precision of every possible edge).",

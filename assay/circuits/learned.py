@@ -60,9 +60,18 @@ class TranscoderTraining:
     zero_decoder_bias: bool = False
     """Hold b_dec at 0 (no geometric-median init, not trained): the decoder rows then carry whole output values
     instead of offsets from a shared bias."""
+    unit_decoder: bool = True
+    """Keep decoder rows at unit norm (False: sparsify's transcoder recipe, W_dec from 0 and never renormalised —
+    what an exact k = 1 transcoder of a discretising MLP needs; docs/circuits.md, A4)."""
+    resample_every: int | None = None
+    """Resample the latents that did not fire, every this many steps (None: never; the trainer's option)."""
+    decay_fraction: float = 0.0
+    """Decay the lr linearly to 0 over this last fraction of the steps (the trainer's option)."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
+        if not 0.0 <= self.decay_fraction < 1.0:
+            raise ConfigError(f"TranscoderTraining.decay_fraction must lie in [0, 1), got {self.decay_fraction}")
         for name in ("d_sae", "k", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TranscoderTraining.{name} must be >= 1, got {getattr(self, name)}")
@@ -121,7 +130,7 @@ def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
     ``inputs`` [N, T] (every position, BOS included) with :func:`~assay.dictionaries.trainer.train_saes`.
     Returns layer → the finalized transcoder (mapping raw MLP inputs to raw MLP outputs, float32)."""
     from assay.dictionaries.registry import build_sae
-    from assay.dictionaries.trainer import SAETrainConfig, train_saes
+    from assay.dictionaries.trainer import train_saes
 
     cfg = config or TranscoderTraining()
     d = model.config.d_model
@@ -129,10 +138,16 @@ def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
     out = {}
     for i in sorted(layers):
         tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=cfg.d_sae, k=cfg.k, seed=cfg.seed + i,
-                       decoder_bias=not cfg.zero_decoder_bias)
-        train = SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.steps // 10)
-        out[i], _ = train_saes(tc, train, _pairs(model, i, inputs, cfg))
+                       decoder_bias=not cfg.zero_decoder_bias, unit_decoder=cfg.unit_decoder)
+        out[i], _ = train_saes(tc, _train_config(cfg), _pairs(model, i, inputs, cfg))
     return out
+
+
+def _train_config(cfg: TranscoderTraining):
+    from assay.dictionaries.trainer import SAETrainConfig
+
+    return SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.steps // 10, decay_fraction=cfg.decay_fraction,
+                          resample_every=cfg.resample_every)
 
 
 def _check_layers(model, inputs: torch.Tensor, layers: Collection[int]) -> None:
@@ -152,18 +167,18 @@ def train_mlp_clt(model, inputs: torch.Tensor, layers: Collection[int], config: 
     Returns the finalized CLT (raw MLP inputs → raw MLP outputs, float32)."""
     from assay.dictionaries.clt import clt_batches
     from assay.dictionaries.registry import build_sae
-    from assay.dictionaries.trainer import SAETrainConfig, train_saes
+    from assay.dictionaries.trainer import train_saes
 
     cfg = config or TranscoderTraining()
     _check_layers(model, inputs, layers)
     order, d = sorted(layers), model.config.d_model
     n = len(order)
     clt = build_sae("topk_clt", d_in=n * d, d_out=n * d, d_sae=n * cfg.d_sae, k=cfg.k, n_layers=n, window=window,
-                    seed=cfg.seed, decoder_bias=not cfg.zero_decoder_bias)
+                    seed=cfg.seed, decoder_bias=not cfg.zero_decoder_bias, unit_decoder=cfg.unit_decoder)
     pairs = ((x.float(), y.float()) for x, y in clt_batches(
         model, clt, [f"blocks.{i}.ln2" for i in order], [f"blocks.{i}.mlp" for i in order], _tokens(inputs, cfg),
         batch_size=cfg.batch_size, drop_first=False))
-    trained, _ = train_saes(clt, SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.steps // 10), pairs)
+    trained, _ = train_saes(clt, _train_config(cfg), pairs)
     return trained
 
 

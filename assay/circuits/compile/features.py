@@ -24,7 +24,7 @@ from assay.circuits.compile.compiled import CompiledModel
 from assay.circuits.graph.attribute import Graph
 from assay.circuits.graph.basis import FeatureBasis, identity, relu
 
-__all__ = ["exact_bases", "EdgeRecovery", "edge_recovery", "EMBED"]
+__all__ = ["exact_bases", "EdgeRecovery", "edge_recovery", "EMBED", "variable_groups"]
 
 EMBED = "embed"
 """The node the token-embedding (graph) nodes map to."""
@@ -87,6 +87,29 @@ def _node_names(graph: Graph, bases: Sequence[FeatureBasis]) -> list[str]:
     for k in range(l_sl.start, l_sl.stop):
         names[k] = LOGITS
     return names
+
+
+def variable_groups(graph: Graph, bases: Sequence[FeatureBasis]) -> tuple[torch.Tensor, list[tuple[str, int, int]]]:
+    """Group ids of ``graph``'s nodes at the level of spec A3's aggregated nodes (circuits.md §4.3): the feature
+    nodes of one basis by (label, position) — a compiled variable at one position, e.g. every neuron of a
+    discretising MLP writing ``count`` at position 4 —, the token nodes by position, and every unnamed feature
+    (label ``""``), error and logit node alone. Groups never span two bases, so no edge joins two members of one
+    group and the grouped graph stays acyclic. Returns the id per node (long [N], for
+    :func:`~assay.circuits.graph.aggregate`) and each id's key (name, position, basis index), position and basis
+    −1 where they do not apply."""
+    names = _node_names(graph, bases)
+    f_sl, _, t_sl, _ = graph.slices()
+    keys: list[tuple[str, int, int]] = []
+    for k, name in enumerate(names):
+        if k < f_sl.stop and name:
+            keys.append((name, int(graph.features[k, 1]), int(graph.features[k, 0])))
+        elif t_sl.start <= k < t_sl.stop:
+            keys.append((name, k - t_sl.start, -1))
+        else:
+            keys.append((name, -1, -1 - k))  # alone
+    index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    ids = torch.tensor([index[key] for key in keys], dtype=torch.long)
+    return ids, [(name, pos, max(basis, -1)) for name, pos, basis in index]
 
 
 def _possible_pairs(graph: Graph, bases: Sequence[FeatureBasis], model: torch.nn.Module) -> set[tuple[str, str]]:

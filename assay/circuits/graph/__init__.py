@@ -16,7 +16,9 @@ from assay.circuits.graph.export import (
 from assay.circuits.graph.influence import (
     GraphScores,
     Pruned,
+    aggregate,
     graph_scores,
+    grouped_influential_recall,
     influence,
     influence_through,
     influence_through_chain,
@@ -30,6 +32,6 @@ from assay.circuits.graph.replacement import LocalReplacement, transformer_norm_
 from assay.circuits.graph.subgraph import subgraph_values
 
 __all__ = ["Graph", "GraphConfig", "attribute", "select_logits", "FeatureBasis", "identity", "relu", "jump_relu", "GraphScores", "Pruned",
-           "graph_scores", "influence", "influence_through", "influence_through_chain", "influential_edge_recall", "normalize_matrix", "prune", "share_threshold", "LocalReplacement", "transformer_norm_inputs", "SCHEMA_VERSION", "graph_json", "read_graph_json",
+           "graph_scores", "aggregate", "grouped_influential_recall", "influence", "influence_through", "influence_through_chain", "influential_edge_recall", "normalize_matrix", "prune", "share_threshold", "LocalReplacement", "transformer_norm_inputs", "SCHEMA_VERSION", "graph_json", "read_graph_json",
            "write_graph_json", "GRAPH_KIND", "save_graph", "load_graph", "ConstrainedEffects", "constrained_effects",
            "subgraph_values"]

@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["normalize_matrix", "influence", "share_threshold", "Pruned", "prune", "influential_edge_recall",
+__all__ = ["normalize_matrix", "influence", "share_threshold", "Pruned", "prune", "influential_edge_recall", "aggregate",
+           "grouped_influential_recall",
            "influence_through", "influence_through_chain", "GraphScores", "graph_scores"]
 
 
@@ -123,6 +124,36 @@ def influential_edge_recall(
     flow = normalized * (influence(normalized, weights) + weights)[:, None] / weights.sum()
     heavy = flow >= min_share
     return float((heavy & edge_mask).sum() / heavy.sum()) if heavy.any() else 1.0
+
+
+def aggregate(adjacency: torch.Tensor, groups: torch.Tensor, n_groups: int | None = None) -> torch.Tensor:
+    """The graph on groups of nodes (supernodes): ``out[G, H] = Σ_{t ∈ G, s ∈ H} A[t, s]`` for G ≠ H (signed
+    sums, so a group's edge is the summed effect of its members; edges inside a group are dropped, so the
+    result has no self-loops), ``groups`` the group id of each node, long [N]; groups ``0 … n_groups − 1``
+    (default ``groups.max() + 1``). With one node per group it is ``A`` reordered."""
+    n = int(groups.max()) + 1 if n_groups is None else n_groups
+    member = torch.zeros(n, len(groups), dtype=adjacency.dtype)
+    member[groups, torch.arange(len(groups))] = 1.0
+    return (member @ adjacency @ member.T).fill_diagonal_(0.0)
+
+
+def grouped_influential_recall(
+    adjacency: torch.Tensor, weights: torch.Tensor, always: torch.Tensor, groups: torch.Tensor, *,
+    features: torch.Tensor | None = None, min_share: float = 0.01,
+) -> float:
+    """:func:`influential_edge_recall` on the graph of node groups (:func:`aggregate`; e.g. a compiled variable at
+    one position), pruned there by :func:`prune`: a group's logit weight is its members' sum, and it is always
+    kept (needs an incoming edge) when one of its members is. The reading of spec circuits.md §4.3 A3's pruned
+    clause on its aggregated (component, position) nodes."""
+    n = int(groups.max()) + 1
+    grouped = aggregate(adjacency, groups, n)
+
+    def summed(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n, dtype=grouped.dtype).index_add_(0, groups, values.to(grouped.dtype))
+
+    w = summed(weights)
+    pr = prune(grouped, w, summed(always) > 0, features=None if features is None else summed(features) > 0)
+    return influential_edge_recall(grouped, w, pr.edge_mask, min_share=min_share)
 
 
 def influence_through(adjacency: torch.Tensor, weights: torch.Tensor, through: torch.Tensor) -> float:
