@@ -2,7 +2,7 @@
 entries and predicts the mean 0 for masked ones); the paper's sudden drop below the singular-value-thresholding
 baseline, with the attention moving onto the masked entry's row and column, is looked for. In the CPU sweep
 (docs/dynamics_worlds.md) the plateau reproduced and the drop below SVT did not (one seed in three stepped down
-to 0.78 of the plateau).
+to 0.77 of the plateau).
 
 Gopalani, Lubana, Hu 2024, "Abrupt Learning in Transformers: A Case Study on Matrix Completion" (NeurIPS
 2024). The world is :class:`assay.worlds.matrix_completion.MatrixCompletionWorld` in the paper's layout: a
