@@ -26,12 +26,13 @@ def tokens(n=3, t=10, seed=1):
     return torch.randint(0, CFG.vocab_size, (n, t), generator=make_generator(seed))
 
 
-def loop_attention(q, k, v):
-    """Attention one query at a time over keys up to it, written without any mask."""
+def loop_attention(q, k, v, causal=True):
+    """Attention one query at a time over keys up to it (every key when not ``causal``), written without any mask."""
     out = torch.zeros_like(q)
     for i in range(q.shape[-2]):
-        s = (q[..., i : i + 1, :] @ k[..., : i + 1, :].transpose(-2, -1)) / math.sqrt(q.shape[-1])
-        out[..., i, :] = (s.softmax(-1) @ v[..., : i + 1, :])[..., 0, :]
+        end = i + 1 if causal else q.shape[-2]
+        s = (q[..., i : i + 1, :] @ k[..., :end, :].transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        out[..., i, :] = (s.softmax(-1) @ v[..., :end, :])[..., 0, :]
     return out
 
 
@@ -43,6 +44,32 @@ def test_sdpa_and_naive_attention_match_a_loop_reference():
     torch.testing.assert_close(causal_attention(q, k, v, impl="sdpa"), ref, rtol=1e-12, atol=1e-12)
 
 
+def test_unmasked_attention_matches_a_loop_reference():
+    g = make_generator(2)
+    q, k, v = (torch.randn(2, 3, 7, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    ref = loop_attention(q, k, v, causal=False)
+    torch.testing.assert_close(naive_causal_attention(q, k, v, causal=False), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(causal_attention(q, k, v, impl="sdpa", causal=False), ref, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(ref, loop_attention(q, k, v))
+
+
+def test_encoder_model_matches_hand_written_encoder_and_sees_later_tokens():
+    enc_cfg = replace(CFG, causal=False)
+    enc, dec = model(enc_cfg), model()
+    x = tokens()
+    later = x.clone()
+    later[:, -1] = (later[:, -1] + 1) % CFG.vocab_size
+    eager = Transformer(replace(enc_cfg, attn_impl="eager")).eval()
+    eager.load_state_dict(enc.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), manual_forward(enc, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(eager(x), enc(x), rtol=1e-5, atol=1e-6)
+        assert (enc(x)[:, 0] - enc(later)[:, 0]).abs().max() > 1e-4  # position 0 reads the last token
+        torch.testing.assert_close(dec(x)[:, :-1], dec(later)[:, :-1])  # a decoder cannot
+    with pytest.raises(ConfigError, match="causal"):
+        TransformerConfig(vocab_size=5, causal="no")
+
+
 def test_model_sdpa_equals_eager_model():
     a = model()
     b = Transformer(replace(CFG, attn_impl="eager")).eval()
@@ -52,7 +79,8 @@ def test_model_sdpa_equals_eager_model():
 
 
 def manual_forward(m, x):
-    """The decoder written out by hand from the parameters (independent of the module code)."""
+    """The decoder (or encoder, ``causal=False``) written out by hand from the parameters (independent of the
+    module code)."""
     cfg = m.config
     b, t = x.shape
     h = m.embed.weight[x] + m.pos_embed.weight[:t]
@@ -61,7 +89,7 @@ def manual_forward(m, x):
         qkv = a @ blk.attn.qkv.weight.T + blk.attn.qkv.bias
         q, k, v = qkv.split(cfg.d_model, -1)
         q, k, v = (z.reshape(b, t, cfg.n_heads, cfg.d_head).transpose(1, 2) for z in (q, k, v))
-        y = loop_attention(q, k, v).transpose(1, 2).reshape(b, t, cfg.d_model)
+        y = loop_attention(q, k, v, cfg.causal).transpose(1, 2).reshape(b, t, cfg.d_model)
         h = h + y @ blk.attn.out.weight.T + blk.attn.out.bias
         a = F.layer_norm(h, (cfg.d_model,), blk.ln2.weight, blk.ln2.bias)
         mid = F.gelu(a @ blk.mlp.fc_in.weight.T + blk.mlp.fc_in.bias)

@@ -15,7 +15,7 @@ from assay.worlds.vocab import IGNORE, SEP
 
 
 def test_tokens_round_trip_and_rows_spell_the_masked_matrix():
-    w = MatrixCompletionWorld()
+    w = MatrixCompletionWorld(MatrixCompletionConfig(layout="copy"))
     assert len(w.vocab) == 4 + 1 + 41  # specials, <mask>, values −2.0 … 2.0 at 0.1
     v = torch.arange(-20, 21, dtype=torch.float64) / 10
     assert torch.allclose(w.detokenize(w.tokenize(v)), v)
@@ -38,8 +38,15 @@ def test_tokens_round_trip_and_rows_spell_the_masked_matrix():
     assert abs(mask.double().mean().item() - 0.3) < 0.02
     # the plateau level E[M²] = r/9 (spec §1.5): Monte Carlo on 500 matrices
     assert abs((M**2).mean().item() - 2 / 9) < 0.02
-    masked_only = MatrixCompletionWorld(MatrixCompletionConfig(loss_on="masked")).sample(50, generator=make_generator(0))
+    masked_only = MatrixCompletionWorld(MatrixCompletionConfig(layout="copy", loss_on="masked")).sample(
+        50, generator=make_generator(0))
     assert torch.equal(masked_only.targets[:, n2 + 1 :] != IGNORE, masked_only.labels["mask"].reshape(50, -1))
+    # the encoder layout is the first copy alone, with the targets at the same positions
+    enc = MatrixCompletionWorld().sample(500, generator=make_generator(0))
+    assert torch.equal(enc.inputs, b.inputs[:, :n2]) and torch.equal(enc.targets, b.targets[:, n2 + 1 :])
+    assert torch.equal(enc.labels["masked"], mask.reshape(500, -1))
+    ref = MatrixCompletionWorld().reference_model()
+    assert ref["causal"] is False and ref["context"] == n2 and "causal" not in w.reference_model()
 
 
 def test_singular_value_shrinkage_closed_form():
@@ -62,11 +69,13 @@ def test_svt_converges_to_its_closed_form():
     assert torch.allclose(svt_complete(M, torch.ones(4, 5, dtype=torch.bool), steps=1000), M, atol=1e-3)
 
 
-def test_evaluate_perfect_and_plateau_predictors():
-    w = MatrixCompletionWorld()
+@pytest.mark.parametrize("layout", ["copy", "encoder"])
+def test_evaluate_perfect_and_plateau_predictors(layout):
+    w = MatrixCompletionWorld(MatrixCompletionConfig(layout=layout))
     b = w.sample(64, generator=make_generator(1))
+    at = w.config.first_target
     true_ids = b.inputs.clone()
-    true_ids[:, 26:] = b.targets[:, 26:]
+    true_ids[:, at:] = b.targets[:, at:]
     perfect = torch.nn.functional.one_hot(true_ids, len(w.vocab)).double() * 50
     m = w.evaluate(perfect, b)
     assert m["masked_mse"] < 1e-12 and m["masked_acc"] == 1.0 and m["observed_mse"] < 1e-12
@@ -74,6 +83,28 @@ def test_evaluate_perfect_and_plateau_predictors():
     zero[..., int(w.tokenize(torch.tensor(0.0)))] = 50  # always predict 0: the plateau predictor
     M, mask = b.labels["matrix"].double(), b.labels["mask"]
     assert w.evaluate(zero, b)["masked_mse"] == pytest.approx(float((M[mask] ** 2).mean()))
+
+
+def test_mse_training_loss_is_the_squared_error_of_the_expected_value():
+    """loss="mse": the mean over scored entries of (Σ_v softmax(logits)_v · v − M)², checked by a loop; loss="ce"
+    leaves the trainer's cross-entropy (training_loss None), which the trainer then uses."""
+    from assay.models.train import batch_loss, sequence_loss
+
+    for loss_on in ("all", "masked"):
+        w = MatrixCompletionWorld(MatrixCompletionConfig(loss_on=loss_on))
+        b = w.sample(8, generator=make_generator(2))
+        logits = torch.randn(*b.inputs.shape, len(w.vocab), generator=make_generator(3), dtype=torch.float64)
+        M, mask = b.labels["matrix"].double(), b.labels["mask"]
+        errs = []
+        for i in range(8):
+            for j in range(25):
+                if loss_on == "all" or mask[i].flatten()[j]:
+                    p = torch.softmax(logits[i, j, 5:], -1)
+                    errs.append((sum(float(p[t]) * (t - 20) / 10 for t in range(41)) - M[i].flatten()[j].item()) ** 2)
+        assert batch_loss(logits, b, w).item() == pytest.approx(sum(errs) / len(errs), rel=1e-9)
+    ce = MatrixCompletionWorld(MatrixCompletionConfig(loss="ce"))
+    assert ce.training_loss is None
+    assert batch_loss(logits, b, ce) == sequence_loss(logits, b.targets)
     assert registry.make("matrix_completion", size=4, rank=1).config.rank == 1
 
 
@@ -82,6 +113,8 @@ def test_evaluate_perfect_and_plateau_predictors():
     ({"mask_prob": 0.0}, "mask_prob"),
     ({"value_max": 1.0}, "value_max"),
     ({"size": 1}, "size"),
+    ({"layout": "decoder"}, "layout"),
+    ({"loss": "l1"}, "loss"),
 ])
 def test_impossible_configs_are_refused(kw, match):
     with pytest.raises(ConfigError, match=match):

@@ -60,8 +60,8 @@ def test_cache_key_changes_with_every_config(tmp_path):
 
 
 def test_cache_key_of_default_models_ignores_the_compiled_weight_options():
-    """norm/act at their defaults leave the key as it was before the options existed (a hash of the config
-    dict without them); any other value changes it."""
+    """norm/act/causal at their defaults leave the key as it was before the options existed (a hash of the
+    config dict without them); any other value changes it."""
     import dataclasses
     import hashlib
 
@@ -71,15 +71,15 @@ def test_cache_key_of_default_models_ignores_the_compiled_weight_options():
 
     world = RefCountWorld()
     model_cfg, train_cfg = reference_configs(world, seed=0)
-    old = {k: v for k, v in to_dict(model_cfg).items() if k not in ("norm", "act")}
+    old = {k: v for k, v in to_dict(model_cfg).items() if k not in ("norm", "act", "causal")}
     doc = {"world": "w", "world_class": f"{type(world).__module__}.{type(world).__qualname__}",
            "world_config": to_dict(world.config), "model": old, "train": to_dict(train_cfg), "seed": 0,
            "version": __version__}
     assert cache_key("w", world, model_cfg, train_cfg, 0) == hashlib.sha256(
         json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
     keys = {cache_key("w", world, dataclasses.replace(model_cfg, **kw), train_cfg, 0)
-            for kw in ({}, {"norm": "none"}, {"act": "relu"})}
-    assert len(keys) == 3
+            for kw in ({}, {"norm": "none"}, {"act": "relu"}, {"causal": False})}
+    assert len(keys) == 4
 
 
 def test_retrain_and_corrupted_cache(tmp_path):

@@ -8,7 +8,8 @@ on matrices only (as in nanoGPT); gradient-norm clipping; learning rate at updat
 
 (the cosine schedule of Loshchilov & Hutter 2017, "SGDR"). The loss is next-token cross-entropy
 over positions whose target is not -100 (or, for a classifier's logits ``[n, C]`` with class ids
-``[n]``, plain cross-entropy).
+``[n]``, plain cross-entropy) — unless the world gives its own ``training_loss(logits, batch)``
+(e.g. a squared error on real values read from the logits; :func:`batch_loss`).
 
 Data come from ``world.sample(batch_size, generator=g)`` (or ``world.pack(batch_size, context,
 generator=g)`` with ``TrainConfig.pack``; or ``world.train_batch(step, batch_size, generator=g)`` for
@@ -41,7 +42,7 @@ from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.config import ConfigError, to_dict
 from assay.worlds.base import Batch, make_generator
 
-__all__ = ["TrainConfig", "TrainResult", "train", "lr_at", "sequence_loss", "latest_checkpoint", "batch_sampler"]
+__all__ = ["TrainConfig", "TrainResult", "train", "lr_at", "sequence_loss", "batch_loss", "latest_checkpoint", "batch_sampler"]
 
 CHECKPOINT_KIND = "train.checkpoint"
 
@@ -147,6 +148,13 @@ def sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=-100)
 
 
+def batch_loss(logits: torch.Tensor, batch: Batch, world: Any) -> torch.Tensor:
+    """The loss trained and reported as ``eval_loss``: ``world.training_loss(logits, batch)`` when the world
+    has one that is not None, else :func:`sequence_loss` on the batch's targets."""
+    own = getattr(world, "training_loss", None)
+    return own(logits, batch) if own is not None else sequence_loss(logits, batch_targets(batch, world))
+
+
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
@@ -203,7 +211,7 @@ def evaluate(model: nn.Module, world: Any, batch: Batch, *, chunk: int = 256) ->
     model.eval()
     logits = torch.cat([model(batch.inputs[i : i + chunk]) for i in range(0, len(batch), chunk)])
     model.train(was_training)
-    out = {"eval_loss": float(sequence_loss(logits, batch_targets(batch, world)))}
+    out = {"eval_loss": float(batch_loss(logits, batch, world))}
     if hasattr(world, "evaluate"):
         out.update({k: float(v) for k, v in world.evaluate(logits, batch).items()})
     return out
@@ -303,7 +311,7 @@ def train(
                 group["lr"] = lr_at(step, cfg)
             batch = (world.train_batch(step, cfg.batch_size, generator=g) if hasattr(world, "train_batch")
                      else draw(cfg.batch_size, g))
-            loss = sequence_loss(forward(batch.inputs, cfg.seed * 1_000_003 + step), batch_targets(batch, world))
+            loss = batch_loss(forward(batch.inputs, cfg.seed * 1_000_003 + step), batch, world)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:

@@ -11,6 +11,8 @@ Options for hand-built (compiled) weights, in the style of tracr (Lindner et al.
 Compiled Transformers as a Laboratory for Interpretability"): ``norm="none"`` makes every LayerNorm
 the identity (the sites ``ln1``/``ln2``/``ln_f`` stay, as ``nn.Identity``) and ``act="relu"`` makes
 the MLP nonlinearity an exact ReLU. Defaults (``"layernorm"``, ``"gelu"``) are the GPT-2 model.
+``causal=False`` drops the causal mask: a bidirectional encoder in the style of BERT (Devlin, Chang, Lee,
+Toutanova 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding").
 
 Sites reachable by :mod:`assay.hooks` (``model.get_submodule`` names):
 
@@ -70,6 +72,9 @@ class TransformerConfig:
     """Normalisation before each sublayer and the unembedding: LayerNorm, or none (identity)."""
     act: Literal["gelu", "relu"] = "gelu"
     """MLP nonlinearity: GELU (GPT-2) or an exact ReLU (for compiled weights)."""
+    causal: bool = True
+    """Causal attention (a decoder, GPT-2); False: every position attends to every position (a BERT-style
+    encoder, as in Devlin et al. 2019), e.g. for a world whose targets sit at the input positions."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layers", "n_heads", "d_model", "context"):
@@ -88,6 +93,8 @@ class TransformerConfig:
         check_choice("TransformerConfig.attn_impl", self.attn_impl, ("sdpa", "eager"))
         check_choice("TransformerConfig.norm", self.norm, ("layernorm", "none"))
         check_choice("TransformerConfig.act", self.act, ("gelu", "relu"))
+        if not isinstance(self.causal, bool):
+            raise ConfigError(f"TransformerConfig.causal must be True or False, got {self.causal!r}")
 
     @property
     def d_head(self) -> int:
@@ -110,34 +117,38 @@ def dropout(x: torch.Tensor, p: float, *, generator: torch.Generator | None = No
     return x * keep.to(x.dtype) / (1 - p)
 
 
-def causal_pattern(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Causal attention weights ``softmax(q kᵀ / √d + mask)``, [batch, head, query, key]."""
+def causal_pattern(q: torch.Tensor, k: torch.Tensor, *, causal: bool = True) -> torch.Tensor:
+    """Attention weights ``softmax(q kᵀ / √d + mask)``, [batch, head, query, key]; the causal mask only
+    when ``causal`` (False: no mask, every query sees every key)."""
     t = q.shape[-2]
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if not causal:
+        return scores.softmax(dim=-1)
     mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
     return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
 
 
 def naive_causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, causal: bool = True,
 ) -> torch.Tensor:
-    """Reference causal attention: ``softmax(q kᵀ / √d + mask) v`` for [batch, head, pos, d_head],
-    with :func:`dropout` of rate ``dropout_p`` on the attention weights."""
-    return dropout(causal_pattern(q, k), dropout_p, generator=generator) @ v
+    """Reference attention: ``softmax(q kᵀ / √d + mask) v`` for [batch, head, pos, d_head] (no mask when
+    ``causal`` is False), with :func:`dropout` of rate ``dropout_p`` on the attention weights."""
+    return dropout(causal_pattern(q, k, causal=causal), dropout_p, generator=generator) @ v
 
 
 def causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, impl: str = "sdpa", dropout_p: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, causal: bool = True,
 ) -> torch.Tensor:
-    """Causal attention with the chosen kernel; ``dropout_p`` applies to the attention weights, the mask
-    drawn from ``generator``. SDPA cannot draw from a generator, so with dropout the eager kernel runs."""
+    """Causal (or, with ``causal=False``, unmasked) attention with the chosen kernel; ``dropout_p`` applies to
+    the attention weights, the mask drawn from ``generator``. SDPA cannot draw from a generator, so with
+    dropout the eager kernel runs."""
     if impl not in ("sdpa", "eager"):
         raise ValueError(f"unknown attention implementation {impl!r}; use 'sdpa' or 'eager'")
     if impl == "sdpa" and dropout_p == 0.0:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return naive_causal_attention(q, k, v, dropout_p=dropout_p, generator=generator)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return naive_causal_attention(q, k, v, dropout_p=dropout_p, generator=generator, causal=causal)
 
 
 class Dropout(nn.Dropout):
@@ -175,9 +186,9 @@ class Attention(nn.Module):
         q, k, v = (z.view(b, t, h, d // h).transpose(1, 2) for z in (q, k, v))
         p = self.cfg.dropout if self.training else 0.0
         if self.cfg.attn_impl == "eager" or _has_hooks(self.pattern):
-            y = dropout(self.pattern(causal_pattern(q, k)), p, generator=generator) @ v
+            y = dropout(self.pattern(causal_pattern(q, k, causal=self.cfg.causal)), p, generator=generator) @ v
         else:
-            y = causal_attention(q, k, v, impl="sdpa", dropout_p=p, generator=generator)
+            y = causal_attention(q, k, v, impl="sdpa", dropout_p=p, generator=generator, causal=self.cfg.causal)
         return self.drop(self.out(y.transpose(1, 2).reshape(b, t, d)), generator=generator)
 
 

@@ -106,11 +106,11 @@ def reference_configs(
 
 
 def _model_key(cfg: TransformerConfig) -> dict[str, Any]:
-    """The model config as keyed: the compiled-weights options (``norm``, ``act``) only when they differ
+    """The model config as keyed: the options ``norm``, ``act`` and ``causal`` only when they differ
     from their defaults, so models cached before those options existed keep their keys."""
     d = to_dict(cfg)
     for f in dataclasses.fields(TransformerConfig):
-        if f.name in ("norm", "act") and d[f.name] == f.default:
+        if f.name in ("norm", "act", "causal") and d[f.name] == f.default:
             del d[f.name]
     return d
 

@@ -6,17 +6,18 @@ M = UVᵀ ∈ ℝ^{n×n}, U, V ∈ U[−1, 1]^{n×r}, entries rounded to
 ``value_step``; each entry is masked independently with probability p. Tokens: ``<mask>`` and one
 token per value −value_max, −value_max + step, …, value_max.
 
-The paper's model is a bidirectional BERT; assay's tiny transformer is causal, so a row reads the
-masked matrix twice, ``m₁₁ … m_nn <sep> m₁₁ … m_nn`` (row-major, masked entries as ``<mask>``): at
-the second copy every position has seen the whole masked matrix and is trained to output the true
-entry there — at every entry (``loss_on="all"``, the repo's all-entry loss) or at the masked ones
-only (``"masked"``, §9's MLM loss). Phenomenon: a plateau where observed entries are copied and a
-masked entry is predicted as the mean 0 — masked MSE ≈ E[M²] = r/9 (rank 2: 0.2222) — then a
-sudden drop. ``evaluate`` reads the model's prediction as the expected value under its softmax over
-value tokens.
+Two layouts. ``"encoder"`` (default), the paper's: a row is ``m₁₁ … m_nn`` (row-major, masked entries as
+``<mask>``) read by a bidirectional model (``causal=False``), and every position is trained to output its true
+entry. ``"copy"``, for a causal model: the masked matrix twice, ``m₁₁ … m_nn <sep> m₁₁ … m_nn``; at the second
+copy every position has seen the whole masked matrix. The loss covers every entry (``loss_on="all"``, the
+repo's) or the masked ones (``"masked"``, §9's MLM loss); it is the squared error of the expected value under
+the softmax over value tokens (``loss="mse"``, default: a real-valued output, as the repo's MSE head) or
+cross-entropy over value tokens (``"ce"``). Phenomenon: a plateau where observed entries are copied and a
+masked entry is predicted as the mean 0 — masked MSE ≈ E[M²] = r/9 (rank 2: 0.2222) — then a sudden drop.
+``evaluate`` reads the model's prediction as that expected value.
 
-Per-token labels [n, T]: ``entry`` (true value, NaN at the first copy and ``<sep>``), ``masked``
-(bool, False off the second copy). Per-matrix labels: ``matrix`` [n, n, n] (rounded M), ``mask``
+Per-token labels [n, T]: ``entry`` (true value; NaN at the first copy and ``<sep>`` of the copy layout),
+``masked`` (bool; False off the target positions). Per-matrix labels: ``matrix`` [n, n, n] (rounded M), ``mask``
 [n, n, n] (True = masked), ``U``, ``V`` [n, n, r].
 
 Baseline: :func:`svt_complete`, singular value thresholding (Cai, Candès, Shen 2010, "A Singular
@@ -57,7 +58,15 @@ class MatrixCompletionConfig:
     value_max: float | None = None
     """Value tokens span [−value_max, value_max]; None: ``rank`` (|u·v| ≤ r for U, V ∈ [−1, 1])."""
     loss_on: Literal["all", "masked"] = "all"
-    """Train on every entry of the second copy (the repo) or only on the masked entries (§9's MLM loss)."""
+    """Train on every entry (the repo) or only on the masked entries (§9's MLM loss)."""
+    layout: Literal["encoder", "copy"] = "encoder"
+    """``"encoder"``: a row is the n² masked entries and each position is trained to output its true entry — the
+    paper's BERT input, for a bidirectional model (``reference_model()`` sets ``causal=False``); ``"copy"``: the
+    masked matrix twice, ``m₁₁ … m_nn <sep> m₁₁ … m_nn``, targets at the second copy, for a causal model."""
+    loss: Literal["mse", "ce"] = "mse"
+    """``"mse"``: squared error of the expected value under the softmax over value tokens (a real-valued output,
+    as the paper's MSE head; :meth:`MatrixCompletionWorld.training_loss`); ``"ce"``: cross-entropy over value
+    tokens (the trainer's default loss on ``targets``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < 2:
@@ -74,11 +83,18 @@ class MatrixCompletionConfig:
             raise ConfigError(f"value_max={self.value_max} < rank={self.rank}: entries of a rank-{self.rank} matrix "
                               f"with U, V ∈ [−1, 1] reach ±{self.rank}; raise value_max or leave it None")
         check_choice("loss_on", self.loss_on, ("all", "masked"))
+        check_choice("layout", self.layout, ("encoder", "copy"))
+        check_choice("loss", self.loss, ("mse", "ce"))
 
     @property
     def max_value(self) -> float:
         """The largest value token, ``value_max`` or ``rank``."""
         return float(self.rank if self.value_max is None else self.value_max)
+
+    @property
+    def first_target(self) -> int:
+        """Position of entry m₁₁'s prediction in a row: 0 (encoder) or n² + 1 (the second copy)."""
+        return 0 if self.layout == "encoder" else self.size**2 + 1
 
     @property
     def n_values(self) -> int:
@@ -113,7 +129,8 @@ def svt_complete(observed: torch.Tensor, known: torch.Tensor, *, tau: float | No
 
 
 class MatrixCompletionWorld:
-    """Masked rank-r matrices as ``m … <sep> m …`` token rows; the true matrix and mask are the ground truth."""
+    """Masked rank-r matrices as token rows (``m …`` or ``m … <sep> m …``); the true matrix and mask are the
+    ground truth."""
 
     pad_id: int = PAD
 
@@ -125,6 +142,9 @@ class MatrixCompletionWorld:
         self.vocab = make_vocab(("<mask>", *(f"{v:.6g}" for v in self.values.tolist())))
         self.acceptance = ("masked_mse", 0.5 * cfg.rank / 9, "min")
         """Masked-entry MSE must fall to half the plateau r/9; lower is better."""
+        self.training_loss = self.value_mse if cfg.loss == "mse" else None
+        """The loss :func:`assay.models.train.train` minimises, ``(logits, batch) -> scalar``; None: its
+        cross-entropy on ``targets``."""
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         """Token ids ``[T]`` → token strings (padding dropped)."""
@@ -143,8 +163,11 @@ class MatrixCompletionWorld:
 
     def reference_model(self) -> dict[str, Any]:
         """Tiny-transformer settings (spec §9 CPU default: 2 layers, d = 64; steps measured in docs/dynamics_worlds.md)."""
-        return {"n_layers": 2, "n_heads": 4, "d_model": 64, "context": 2 * self.config.size**2 + 1, "steps": 3000,
-                "batch_size": 128, "lr": 1e-3, "warmup": 100, "weight_decay": 0.0}
+        cfg = self.config
+        encoder = cfg.layout == "encoder"
+        return {"n_layers": 2, "n_heads": 4, "d_model": 64, "context": cfg.first_target + cfg.size**2,
+                **({"causal": False} if encoder else {}), "steps": 3000, "batch_size": 128, "lr": 1e-3, "warmup": 100,
+                "weight_decay": 0.0}
 
     def sample(self, n: int, *, generator: torch.Generator) -> Batch:
         """``n`` masked matrices as token rows, with the truth."""
@@ -158,23 +181,34 @@ class MatrixCompletionWorld:
         mask = torch.rand(n, s, s, generator=generator, dtype=torch.float64) < cfg.mask_prob
         true_ids = self.tokenize(M).reshape(n, s * s)
         shown = torch.where(mask.reshape(n, -1), MASK, true_ids)
-        inputs = torch.cat([shown, torch.full((n, 1), SEP, dtype=torch.long), shown], 1)
+        if cfg.layout == "copy":
+            shown = torch.cat([shown, torch.full((n, 1), SEP, dtype=torch.long), shown], 1)
+        inputs, at = shown, cfg.first_target
         scored = mask.reshape(n, -1) if cfg.loss_on == "masked" else torch.ones(n, s * s, dtype=torch.bool)
         targets = torch.full_like(inputs, IGNORE)
-        targets[:, s * s + 1 :] = torch.where(scored, true_ids, IGNORE)
+        targets[:, at:] = torch.where(scored, true_ids, IGNORE)
         entry = torch.full(inputs.shape, float("nan"), dtype=torch.float64)
-        entry[:, s * s + 1 :] = M.reshape(n, -1)
+        entry[:, at:] = M.reshape(n, -1)
         masked = torch.zeros(inputs.shape, dtype=torch.bool)
-        masked[:, s * s + 1 :] = mask.reshape(n, -1)
+        masked[:, at:] = mask.reshape(n, -1)
         labels = {"entry": entry.float(), "masked": masked, "matrix": M.float(), "mask": mask,
                   "U": U.float(), "V": V.float()}
         return Batch(inputs=inputs, targets=targets, labels=labels)
 
     def predicted_values(self, logits: torch.Tensor) -> torch.Tensor:
-        """The model's entry estimates [n, size, size]: expected value under its softmax over value tokens at the second copy."""
+        """The model's entry estimates [n, size, size]: expected value under its softmax over value tokens at the
+        target positions (differentiable; in ``logits``' dtype)."""
         s = self.config.size
-        probs = torch.softmax(logits.double()[:, s * s + 1 :, MASK + 1 :], -1)
-        return (probs @ self.values).reshape(-1, s, s)
+        probs = torch.softmax(logits[:, self.config.first_target :, MASK + 1 :], -1)
+        return (probs @ self.values.to(probs)).reshape(-1, s, s)
+
+    def value_mse(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Training loss of ``loss="mse"``: mean squared error of :meth:`predicted_values` against the true entries
+        over the scored entries (all, or the masked ones with ``loss_on="masked"``)."""
+        check_logits(logits, batch)
+        M = batch.labels["matrix"].to(logits.dtype)
+        scored = batch.labels["mask"] if self.config.loss_on == "masked" else torch.ones_like(batch.labels["mask"])
+        return ((self.predicted_values(logits) - M) ** 2)[scored].mean()
 
     def baseline(self, batch: Batch, **svt_kwargs: Any) -> torch.Tensor:
         """SVT completions [n, size, size] of the batch's observed entries (:func:`svt_complete`)."""
@@ -187,8 +221,8 @@ class MatrixCompletionWorld:
         check_logits(logits, batch)
         s = self.config.size
         M, mask = batch.labels["matrix"].double(), batch.labels["mask"]
-        err = (self.predicted_values(logits) - M) ** 2
-        argmax = logits[:, s * s + 1 :, MASK + 1 :].argmax(-1).reshape(-1, s, s) + MASK + 1
+        err = (self.predicted_values(logits.double()) - M) ** 2
+        argmax = logits[:, self.config.first_target :, MASK + 1 :].argmax(-1).reshape(-1, s, s) + MASK + 1
         hit = argmax == self.tokenize(M)
         return {"masked_mse": float(err[mask].mean()), "observed_mse": float(err[~mask].mean()),
                 "masked_acc": float(hit[mask].double().mean()), "plateau_mse": self.config.rank / 9}
