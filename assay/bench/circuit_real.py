@@ -48,7 +48,8 @@ class CircuitSettings:
     """Transcoders, graph, memory budget and interventions of one ``assay circuit`` run."""
 
     layers: tuple[int, ...] = (3, 9, 15)
-    """MLP layers that get a transcoder (the others are error nodes)."""
+    """MLP layers that get a transcoder (the others are error nodes); empty: every layer
+    (:func:`run_real_circuit` fills them in from the model's config)."""
     d_sae: int = 1024
     """Features per transcoder."""
     k: int = 16
@@ -74,6 +75,8 @@ class CircuitSettings:
     ablate_first: bool = False
     """Also ablate features at position 0 (the BOS: an attention sink of outsized norm, dropped from the
     transcoders' training rows, so its features are out of distribution)."""
+    progress: bool = False
+    """Show a progress bar while the transcoders train (mean loss, FVU, L0, dead share over the layers)."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
@@ -84,6 +87,9 @@ class CircuitSettings:
             raise ConfigError(f"CircuitSettings.k={self.k} exceeds d_sae={self.d_sae}")
         if self.memory_gb <= 0:
             raise ConfigError(f"CircuitSettings.memory_gb must be > 0, got {self.memory_gb}")
+        if list(self.layers) != sorted(set(self.layers)) or any(i < 0 for i in self.layers):
+            raise ConfigError(f"CircuitSettings.layers must be distinct layer indices >= 0 in increasing order (one "
+                              f"forward pass captures them in that order), got {self.layers}")
 
 
 class PromptMemory(NamedTuple):
@@ -123,34 +129,52 @@ def llama_sites(layer: int) -> tuple[str, str]:
     return f"model.layers.{layer}.post_attention_layernorm", f"model.layers.{layer}.mlp"
 
 
-def _pairs(model: nn.Module, layer: int, windows: torch.Tensor, s: CircuitSettings) -> Iterator:
+def _token_batches(windows: torch.Tensor, s: CircuitSettings) -> Iterator[torch.Tensor]:
+    """Random token windows, enough for ``s.rows`` rows a batch, in an order fixed by ``s.seed`` alone (not by
+    the layers), so a layer's transcoder is the same whichever layers train with it."""
+    g = torch.Generator().manual_seed(s.seed)
+    per = max(1, -(-s.rows // (windows.shape[1] - 1)))
+    while True:
+        yield windows[torch.randint(0, windows.shape[0], (per,), generator=g)]
+
+
+def transcoder_batches(model: nn.Module, windows: torch.Tensor, settings: CircuitSettings) -> Iterator:
+    """(MLP inputs, MLP outputs) of every ``settings.layers`` MLP, each ``[rows, len(layers)·d]`` (layers
+    concatenated in order), all captured in ONE forward pass per batch (:func:`~assay.dictionaries.trainer.live_batches`)."""
     from assay.dictionaries.trainer import live_batches
 
-    g = torch.Generator().manual_seed(s.seed + layer)
-    per = max(1, -(-s.rows // (windows.shape[1] - 1)))
-
-    def tokens():
-        while True:
-            yield windows[torch.randint(0, windows.shape[0], (per,), generator=g)]
-
-    site, out = llama_sites(layer)
-    for x, y in live_batches(model, site, tokens(), batch_size=s.rows, output_site=out):
+    ins, outs = zip(*(llama_sites(i) for i in settings.layers), strict=True)
+    batches = live_batches(model, list(ins), _token_batches(windows, settings), batch_size=settings.rows,
+                           output_site=list(outs))
+    for x, y in batches:
         yield x.float(), y.float()
 
 
 def train_transcoders(model: nn.Module, windows: torch.Tensor, settings: CircuitSettings) -> dict[int, object]:
     """A TopK transcoder per ``settings.layers`` MLP, trained on the activations of token ``windows`` [N, T]
-    (BOS positions dropped) with :func:`~assay.dictionaries.trainer.train_saes`."""
+    (BOS positions dropped). One forward pass per step feeds every layer (:func:`transcoder_batches`); each
+    layer's :class:`~assay.dictionaries.trainer.SAETrainer` takes its step on its own slice, so a layer's
+    transcoder equals one trained alone with :func:`~assay.dictionaries.trainer.train_saes` on those batches."""
     from assay.dictionaries.registry import build_sae
-    from assay.dictionaries.trainer import SAETrainConfig, train_saes
+    from assay.dictionaries.trainer import SAETrainConfig, SAETrainer, _Bar
 
     d = model.config.hidden_size
-    out = {}
-    for i in settings.layers:
-        tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=settings.d_sae, k=settings.k, seed=settings.seed + i)
-        train = SAETrainConfig(steps=settings.steps, warmup_steps=settings.steps // 10)
-        out[i], _ = train_saes(tc, train, _pairs(model, i, windows, settings))
-    return out
+    cfg = SAETrainConfig(steps=settings.steps, warmup_steps=settings.steps // 10)
+    trainers = [SAETrainer(build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=settings.d_sae, k=settings.k,
+                                     seed=settings.seed + i), cfg) for i in settings.layers]
+    batches = transcoder_batches(model, windows, settings)
+    bar = _Bar(settings.steps, 0) if settings.progress else None
+    try:
+        for _ in range(settings.steps):
+            x, y = next(batches)
+            for j, t in enumerate(trainers):
+                t.train_step(x[:, j * d:(j + 1) * d], target=y[:, j * d:(j + 1) * d])
+            if bar:  # the mean over layers of the last step's loss, FVU, L0 and dead share
+                bar.update({key: sum(t.last[0][key] for t in trainers) / len(trainers) for key in trainers[0].last[0]})
+    finally:
+        if bar:
+            bar.close()
+    return {i: t.finalize()[0] for i, t in zip(settings.layers, trainers, strict=True)}
 
 
 class CircuitResult(NamedTuple):
@@ -270,20 +294,20 @@ def _mask(n: int, sl: slice) -> torch.Tensor:
 
 
 def _transcoders(model: nn.Module, windows: torch.Tensor, settings: CircuitSettings, cache) -> dict[int, object]:
-    """Load each layer's transcoder from ``cache`` (a folder) or train the missing ones and save them there."""
+    """Load each layer's transcoder from ``cache`` (a folder) or train the missing ones (jointly) and save them
+    there. The name holds everything a layer's transcoder depends on (not the other layers: see
+    :func:`train_transcoders`), the training windows' shape included."""
     from assay.dictionaries.registry import load_sae, save_sae
 
-    out, missing = {}, []
-    for i in settings.layers:
-        path = cache / f"layer{i}-d{settings.d_sae}-k{settings.k}-steps{settings.steps}-seed{settings.seed}"
-        if path.is_dir():
-            out[i] = load_sae(path)
-        else:
-            missing.append(i)
+    n, t = windows.shape
+    s = settings
+    paths = {i: cache / f"layer{i}-d{s.d_sae}-k{s.k}-steps{s.steps}-rows{s.rows}-seed{s.seed}-windows{n}x{t}"
+             for i in s.layers}
+    out = {i: load_sae(p) for i, p in paths.items() if p.is_dir()}
+    missing = tuple(i for i in s.layers if i not in out)
     if missing:
-        trained = train_transcoders(model, windows, replace(settings, layers=tuple(missing)))
-        for i, tc in trained.items():
-            save_sae(cache / f"layer{i}-d{settings.d_sae}-k{settings.k}-steps{settings.steps}-seed{settings.seed}", tc)
+        for i, tc in train_transcoders(model, windows, replace(s, layers=missing)).items():
+            save_sae(paths[i], tc)
             out[i] = tc
     return out
 
@@ -309,6 +333,8 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     loaded = load(model_name)
     model, tok = loaded.model, loaded.tokenizer
     ids = torch.tensor(tok(prompt).input_ids)
+    if not settings.layers:
+        settings = replace(settings, layers=tuple(range(model.config.num_hidden_layers)))
     _check_length(model, len(ids), settings)  # before minutes of training
     windows = corpora.token_windows(tok, corpora.load_corpus("bundled"), window).tokens[:n_windows]
     t_train = time.perf_counter()
@@ -327,7 +353,8 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
             zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(), strict=True)]
     top = tok.decode([int(g.logit_tokens[0])])
     notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; transcoders (TopK, d_sae={settings.d_sae}, "
-             f"k={settings.k}, {settings.steps} steps) on MLPs {list(settings.layers)}, the other MLPs are error nodes.",
+             f"k={settings.k}, {settings.steps} steps) on MLPs {list(settings.layers)} (on every MLP, an error node per position holds what its transcoder misses; "
+             f"an MLP without one is an error node).",
              f"{g.n_features} active features, {g.adjacency.shape[0]} nodes; replacement {res.replacement:.3f}, "
              f"completeness {res.completeness:.3f}.",
              f"Interventions: each of the {len(rows)} most influential features removed from its MLP output in the real "
