@@ -135,3 +135,26 @@ def test_the_command_refuses_bad_settings():
     with pytest.raises(ConfigError, match="increasing order"):
         CircuitCommand(layers=(9, 3))
     assert CircuitCommand(all_layers=True).settings().layers == ()  # filled in from the model's config
+
+
+def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcoders_its_ablations():
+    """Run with its clean errors the live replacement model gives the clean logits; with exact transcoders (error 0)
+    an ablation in it moves the logit exactly as removing the feature's write from the real model does."""
+    from assay.bench.circuit_real import _replacement_logits
+
+    model = tiny_llama()
+    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    exact = [exact_transcoder(model, i) for i in (0, 1)]
+    res = circuit_experiment(model, prompt, exact, SETTINGS)
+    assert torch.allclose(res.measured_replacement, res.measured, atol=1e-9)
+    assert res.measured.abs().max() > 1e-3  # the ablations do move the logit
+    tcs = train_transcoders(model.float(), torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3)),
+                            replace(SETTINGS, steps=4))
+    model.double()
+    learned = [transcoder_basis(tcs[1], layer=1, input_site=llama_sites(1)[0], output_site=llama_sites(1)[1])]
+    with torch.no_grad():
+        clean = model(prompt[None]).logits[0, -1]
+    _, errors = _replacement_logits(model, prompt, learned, None)
+    assert errors[0].abs().max() > 1e-3  # a 4-step transcoder is far from exact
+    rebuilt, _ = _replacement_logits(model, prompt, learned, errors)
+    assert torch.allclose(rebuilt, clean, atol=1e-9)

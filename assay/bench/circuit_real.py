@@ -199,6 +199,12 @@ class CircuitResult(NamedTuple):
     the graph holds its error nodes), [n_ablate]."""
     correlation_frozen: float
     """Pearson correlation of predicted and measured_frozen."""
+    measured_replacement: torch.Tensor
+    """The change in the replacement model run live: every transcoded MLP's output is its transcoder's rebuild of
+    its (live) input plus its clean error, the feature zeroed in its own code, attention and norms live, the other
+    features recomputed (TopK) [n_ablate]. Apart from attention, norms and TopK, this is what the graph linearises."""
+    correlation_replacement: float
+    """Pearson correlation of predicted and measured_replacement."""
     ablated: tuple[tuple[str, int, int], ...]
     """(basis, position, feature) of each ablated feature."""
     memory: PromptMemory
@@ -244,6 +250,39 @@ def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: 
     return float(logits[token_id] - logits.mean()) - clean
 
 
+def _replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis],
+                        errors: Sequence[torch.Tensor] | None, off: tuple[int, int, int] | None = None
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Last-position logits with every basis' output site set to ``decode(σ(pre(input)))`` plus ``errors[j]``,
+    feature ``off`` = (basis, position, feature) zeroed in its code; ``errors`` None leaves the outputs as they are
+    (the clean run). Returns the logits and each basis' error in this run (its output − its rebuild)."""
+    from assay import hooks
+
+    dtype = next(model.parameters()).dtype
+    bases = [b.to(dtype) for b in bases]
+    inputs: dict[str, torch.Tensor] = {}
+    errs: list[torch.Tensor] = []
+
+    def keep(site):
+        return lambda h: inputs.__setitem__(site, h) or h
+
+    def rebuild(j, b):
+        def fn(h):
+            a = b.activation(b.pre(inputs[b.input_site]))
+            if off is not None and off[0] == j:
+                a = a.clone()
+                a[:, off[1], off[2]] = 0
+            out = b.decode(a)
+            errs.append(h - out)
+            return h if errors is None else out + errors[j]
+        return fn
+
+    edits = {b.input_site: keep(b.input_site) for b in bases} | {b.output_site: rebuild(j, b) for j, b in enumerate(bases)}
+    with torch.no_grad(), hooks.patch(model, edits):
+        logits = model(tokens[None]).logits[0, -1]
+    return logits, errs
+
+
 def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[FeatureBasis], settings: CircuitSettings,
                        *, decode: Callable[[int], str] = str, slug: str = "circuit") -> CircuitResult:
     """Graph, pruned export and interventions of ``prompt`` [T] over ``bases`` (see the module docstring)."""
@@ -269,7 +308,8 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
         logits = model(prompt[None]).logits[0, -1]
     clean = float(logits[token_id] - logits.mean())
     by_name = {b.name: b for b in bases}
-    predicted, measured, frozen, ablated = [], [], [], []
+    _, clean_errors = _replacement_logits(model, prompt, bases, None)
+    predicted, measured, frozen, live, ablated = [], [], [], [], []
     for k in top:
         j, p, i = graph.features[k].tolist()
         basis = by_name[graph.basis_names[j]]
@@ -277,10 +317,12 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
         measured.append(_measured(model, prompt, basis, p, i, float(graph.activations[k]), token_id, clean, {}))
         frozen.append(_measured(model, prompt, basis, p, i, float(graph.activations[k]), token_id, clean,
                                 {s: cap[s] for s in error_sites}))
+        rep, _ = _replacement_logits(model, prompt, bases, clean_errors, ([b.name for b in bases].index(basis.name), p, i))
+        live.append(float(rep[token_id] - rep.mean()) - clean)
         ablated.append((basis.name, p, i))
-    pred, meas, held = (torch.tensor(v, dtype=torch.float64) for v in (predicted, measured, frozen))
+    pred, meas, held, rep = (torch.tensor(v, dtype=torch.float64) for v in (predicted, measured, frozen, live))
     return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
-                         held, _pearson(pred, held), tuple(ablated), memory)
+                         held, _pearson(pred, held), rep, _pearson(pred, rep), tuple(ablated), memory)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -349,8 +391,9 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph.json").write_text(json.dumps(res.document, indent=1))
     g = res.graph
-    rows = [(f"{b}@{p}#{f}", pr, me, fr) for (b, p, f), pr, me, fr in
-            zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(), strict=True)]
+    rows = [(f"{b}@{p}#{f}", pr, me, fr, rp) for (b, p, f), pr, me, fr, rp in
+            zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(),
+                res.measured_replacement.tolist(), strict=True)]
     top = tok.decode([int(g.logit_tokens[0])])
     notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; transcoders (TopK, d_sae={settings.d_sae}, "
              f"k={settings.k}, {settings.steps} steps) on MLPs {list(settings.layers)} (on every MLP, an error node per position holds what its transcoder misses; "
@@ -360,13 +403,14 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              f"Interventions: each of the {len(rows)} most influential features removed from its MLP output in the real "
              f"model; change of the {top!r} logit (minus the mean logit) against the graph's linear prediction: "
              f"Pearson r = {res.correlation:.3f}; with the MLPs without a transcoder held at their clean outputs (as "
-             f"the graph's error nodes are) r = {res.correlation_frozen:.3f}.",
+             f"the graph's error nodes are) r = {res.correlation_frozen:.3f}; in the replacement model run live (transcoders "
+             f"plus clean errors, attention and norms live, TopK recomputed) r = {res.correlation_replacement:.3f}.",
              f"Memory: estimated {res.memory.need_gb:.2f} GB for the graph (budget {settings.memory_gb:g} GB, prompts up "
              f"to {res.memory.max_tokens} tokens); measured process peak {peak_gb:.2f} GB. Wall time: "
              f"{time.perf_counter() - start:.0f} s (transcoders {train_s:.0f} s, graph and interventions {graph_s:.0f} s).")
     section = Section(title=f"Attribution graph: {model_name}, {prompt!r}", notes=notes, graphs=[res.document],
                       tables=[Table("Feature ablations: predicted vs measured logit change",
                                     ["feature (site@position#index)", "predicted", "measured",
-                                     "measured, other MLPs held"], rows)])
+                                     "measured, other MLPs held", "replacement model, live"], rows)])
     write_section(out, section)
     return res
