@@ -137,7 +137,8 @@ def test_the_command_refuses_bad_settings():
     assert CircuitCommand(all_layers=True).settings().layers == ()  # filled in from the model's config
 
 
-def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcoders_its_ablations():
+@pytest.mark.parametrize("fraction", [1.0, 0.25])
+def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcoders_its_ablations(fraction):
     """Run with its clean errors the live replacement model gives the clean logits; with exact transcoders (error 0)
     an ablation in it moves the logit exactly as removing the feature's write from the real model does."""
     from assay.bench.circuit_real import _replacement_logits
@@ -145,7 +146,7 @@ def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcod
     model = tiny_llama()
     prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
     exact = [exact_transcoder(model, i) for i in (0, 1)]
-    res = circuit_experiment(model, prompt, exact, SETTINGS)
+    res = circuit_experiment(model, prompt, exact, replace(SETTINGS, ablate_fraction=fraction))
     assert torch.allclose(res.measured_replacement, res.measured, atol=1e-9)
     assert res.measured.abs().max() > 1e-3  # the ablations do move the logit
     tcs = train_transcoders(model.float(), torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3)),

@@ -75,6 +75,9 @@ class CircuitSettings:
     ablate_first: bool = False
     """Also ablate features at position 0 (the BOS: an attention sink of outsized norm, dropped from the
     transcoders' training rows, so its features are out of distribution)."""
+    ablate_fraction: float = 1.0
+    """Remove this fraction of each ablated feature's activation (1: the whole feature; small: a derivative test of
+    the graph's linearisation, off the large-perturbation regime); measured changes are divided by it."""
     progress: bool = False
     """Show a progress bar while the transcoders train (mean loss, FVU, L0, dead share over the layers)."""
 
@@ -87,6 +90,8 @@ class CircuitSettings:
             raise ConfigError(f"CircuitSettings.k={self.k} exceeds d_sae={self.d_sae}")
         if self.memory_gb <= 0:
             raise ConfigError(f"CircuitSettings.memory_gb must be > 0, got {self.memory_gb}")
+        if not 0 < self.ablate_fraction <= 1:
+            raise ConfigError(f"CircuitSettings.ablate_fraction must lie in (0, 1], got {self.ablate_fraction}")
         if list(self.layers) != sorted(set(self.layers)) or any(i < 0 for i in self.layers):
             raise ConfigError(f"CircuitSettings.layers must be distinct layer indices >= 0 in increasing order (one "
                               f"forward pass captures them in that order), got {self.layers}")
@@ -251,10 +256,10 @@ def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: 
 
 
 def _replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis],
-                        errors: Sequence[torch.Tensor] | None, off: tuple[int, int, int] | None = None
+                        errors: Sequence[torch.Tensor] | None, off: tuple[int, int, int, float] | None = None
                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Last-position logits with every basis' output site set to ``decode(σ(pre(input)))`` plus ``errors[j]``,
-    feature ``off`` = (basis, position, feature) zeroed in its code; ``errors`` None leaves the outputs as they are
+    feature ``off`` = (basis, position, feature, fraction) scaled by 1 − fraction in its code; ``errors`` None leaves the outputs as they are
     (the clean run). Returns the logits and each basis' error in this run (its output − its rebuild)."""
     from assay import hooks
 
@@ -271,7 +276,7 @@ def _replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[
             a = b.activation(b.pre(inputs[b.input_site]))
             if off is not None and off[0] == j:
                 a = a.clone()
-                a[:, off[1], off[2]] = 0
+                a[:, off[1], off[2]] *= 1 - off[3]
             out = b.decode(a)
             errs.append(h - out)
             return h if errors is None else out + errors[j]
@@ -308,17 +313,19 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
         logits = model(prompt[None]).logits[0, -1]
     clean = float(logits[token_id] - logits.mean())
     by_name = {b.name: b for b in bases}
+    f = settings.ablate_fraction
     _, clean_errors = _replacement_logits(model, prompt, bases, None)
     predicted, measured, frozen, live, ablated = [], [], [], [], []
     for k in top:
         j, p, i = graph.features[k].tolist()
         basis = by_name[graph.basis_names[j]]
         predicted.append(_predicted(graph, k, 0))
-        measured.append(_measured(model, prompt, basis, p, i, float(graph.activations[k]), token_id, clean, {}))
-        frozen.append(_measured(model, prompt, basis, p, i, float(graph.activations[k]), token_id, clean,
-                                {s: cap[s] for s in error_sites}))
-        rep, _ = _replacement_logits(model, prompt, bases, clean_errors, ([b.name for b in bases].index(basis.name), p, i))
-        live.append(float(rep[token_id] - rep.mean()) - clean)
+        act = f * float(graph.activations[k])
+        measured.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}) / f)
+        frozen.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {s: cap[s] for s in error_sites}) / f)
+        rep, _ = _replacement_logits(model, prompt, bases, clean_errors,
+                                     ([b.name for b in bases].index(basis.name), p, i, f))
+        live.append((float(rep[token_id] - rep.mean()) - clean) / f)
         ablated.append((basis.name, p, i))
     pred, meas, held, rep = (torch.tensor(v, dtype=torch.float64) for v in (predicted, measured, frozen, live))
     return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
@@ -401,7 +408,7 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              f"{g.n_features} active features, {g.adjacency.shape[0]} nodes; replacement {res.replacement:.3f}, "
              f"completeness {res.completeness:.3f}.",
              f"Interventions: each of the {len(rows)} most influential features removed from its MLP output in the real "
-             f"model; change of the {top!r} logit (minus the mean logit) against the graph's linear prediction: "
+             f"model (fraction {settings.ablate_fraction:g} of it; changes divided by that); change of the {top!r} logit (minus the mean logit) against the graph's linear prediction: "
              f"Pearson r = {res.correlation:.3f}; with the MLPs without a transcoder held at their clean outputs (as "
              f"the graph's error nodes are) r = {res.correlation_frozen:.3f}; in the replacement model run live (transcoders "
              f"plus clean errors, attention and norms live, TopK recomputed) r = {res.correlation_replacement:.3f}.",

@@ -52,6 +52,8 @@ class CircuitCommand:
     """Feature ablations that check the graph."""
     ablate_first: bool = False
     """Also ablate features at position 0 (the BOS, whose activations the transcoders were not trained on)."""
+    ablate_fraction: float = 1.0
+    """Remove this fraction of each ablated feature (small: a derivative test); changes are divided by it."""
     seed: int = 0
     """Seeds the transcoders and their training windows."""
     out_dir: Path = Path("runs/circuit")
@@ -64,7 +66,7 @@ class CircuitCommand:
         return CircuitSettings(layers=() if self.all_layers else self.layers, d_sae=self.d_sae, k=self.k,
                                steps=self.steps, rows=self.rows, seed=self.seed, graph_batch=self.graph_batch,
                                memory_gb=self.memory_gb, n_ablate=self.n_ablate, ablate_first=self.ablate_first,
-                               progress=True)
+                               ablate_fraction=self.ablate_fraction, progress=True)
 
     def __post_init__(self) -> None:
         self.settings()
