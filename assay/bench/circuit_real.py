@@ -5,8 +5,9 @@ interventions); per-layer transcoders after Dunefsky, Chlenski & Nanda 2024, "Tr
 LLM Feature Circuits" (TopK as Gao et al. 2024). Steps:
 
 1. a TopK transcoder per chosen layer, reading ``model.layers.{i}.post_attention_layernorm`` and rebuilding
-   ``model.layers.{i}.mlp``, trained on live activations of token windows (:func:`train_transcoders`; the CLI
-   caches them as SAE artifacts); every other MLP is an error node per position (a partial transcoder set);
+   ``model.layers.{i}.mlp``, all trained together on live activations of token windows, one forward pass a step
+   (:func:`train_transcoders`; the CLI caches them per layer as SAE artifacts); every other MLP is an error node
+   per position (a partial transcoder set);
 2. the graph of the prompt (:func:`~assay.circuits.graph.attribute`; RMSNorms and attention patterns frozen),
    refused up front when the prompt is longer than the memory budget allows (:func:`prompt_memory`);
 3. the pruned graph as circuit-tracer graph JSON and a report section with the graph view;
@@ -14,7 +15,9 @@ LLM Feature Circuits" (TopK as Gao et al. 2024). Steps:
    ``ablate_first``) is removed from its MLP's output in the
    *real* model (``h_p ← h_p − a·W_dec[f]``) and the change of the top logit (minus the mean logit) is
    measured; the graph predicts it by propagating the ablation linearly through the feature-to-feature edges
-   (errors held fixed). Their Pearson correlation is reported.
+   (errors held fixed). Their Pearson correlation is reported, also against the same ablation in the live
+   replacement model (transcoders plus clean errors; :func:`_replacement_logits`) and, with ``ablate_fraction``
+   < 1, for a partial removal (a derivative test).
 """
 
 from __future__ import annotations
