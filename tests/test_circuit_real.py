@@ -4,13 +4,15 @@ model run by hand)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from assay.bench.circuit_real import CircuitSettings, circuit_experiment, llama_sites, train_transcoders
 from assay.circuits.graph.replacement import LocalReplacement
 from assay.circuits.learned import transcoder_basis
-from tests.test_circuits_llama import KW, T, exact_transcoder, tiny_llama
+from tests.test_circuits_llama import KW, D, T, exact_transcoder, tiny_llama
 
 SETTINGS = CircuitSettings(layers=(1,), d_sae=32, k=4, steps=30, rows=64, graph_batch=16, max_n_logits=3, n_ablate=5)
 
@@ -35,6 +37,44 @@ def test_trained_transcoders_give_a_graph_whose_logit_rows_sum_to_the_model():
     assert len(res.predicted) == len(res.measured) == len(res.measured_frozen) == min(SETTINGS.n_ablate, int((g.features[:, 1] > 0).sum()))
     assert all(p > 0 for _, p, _ in res.ablated)  # the BOS position is left out
     assert -1.0 <= res.correlation <= 1.0
+
+
+def test_transcoders_trained_jointly_equal_ones_trained_one_layer_at_a_time_on_the_same_batches():
+    """One forward pass per step feeds both layers; each must come out bit-identical to train_saes on that layer's
+    own live batches (same token windows, same seed)."""
+    from assay.bench.circuit_real import _token_batches
+    from assay.dictionaries.registry import build_sae
+    from assay.dictionaries.trainer import SAETrainConfig, live_batches, train_saes
+
+    model = tiny_llama().float()
+    windows = torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3))
+    settings = replace(SETTINGS, layers=(0, 1), steps=12)
+    joint = train_transcoders(model, windows, settings)
+    for i in (0, 1):
+        inp, out = llama_sites(i)
+        alone, _ = train_saes(build_sae("topk_transcoder", d_in=D, d_out=D, d_sae=32, k=4, seed=settings.seed + i),
+                              SAETrainConfig(steps=12, warmup_steps=1),
+                              live_batches(model, inp, _token_batches(windows, settings), batch_size=settings.rows,
+                                           output_site=out))
+        for name, p in alone.state_dict().items():
+            assert torch.equal(joint[i].state_dict()[name], p), (i, name)
+    assert not torch.equal(joint[0].state_dict()["W_dec"], joint[1].state_dict()["W_dec"])
+
+
+def test_cached_transcoders_are_loaded_and_only_missing_layers_trained(tmp_path, monkeypatch):
+    import assay.bench.circuit_real as cr
+
+    model = tiny_llama().float()
+    windows = torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3))
+    settings = replace(SETTINGS, steps=6)
+    first = cr._transcoders(model, windows, settings, tmp_path)  # layer 1 alone
+    trained = []
+    real = cr.train_transcoders
+    monkeypatch.setattr(cr, "train_transcoders", lambda m, w, s: trained.append(s.layers) or real(m, w, s))
+    both = cr._transcoders(model, windows, replace(settings, layers=(0, 1)), tmp_path)
+    assert trained == [(0,)]
+    assert torch.equal(both[1].state_dict()["W_dec"], first[1].state_dict()["W_dec"])
+    assert len(list(tmp_path.iterdir())) == 2
 
 
 def test_predicted_ablation_equals_the_replacement_model_propagated_by_hand():
@@ -92,3 +132,30 @@ def test_the_command_refuses_bad_settings():
 
     with pytest.raises(ConfigError, match="exceeds d_sae"):
         CircuitCommand(d_sae=8, k=16)
+    with pytest.raises(ConfigError, match="increasing order"):
+        CircuitCommand(layers=(9, 3))
+    assert CircuitCommand(all_layers=True).settings().layers == ()  # filled in from the model's config
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.25])
+def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcoders_its_ablations(fraction):
+    """Run with its clean errors the live replacement model gives the clean logits; with exact transcoders (error 0)
+    an ablation in it moves the logit exactly as removing the feature's write from the real model does."""
+    from assay.bench.circuit_real import _replacement_logits
+
+    model = tiny_llama()
+    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    exact = [exact_transcoder(model, i) for i in (0, 1)]
+    res = circuit_experiment(model, prompt, exact, replace(SETTINGS, ablate_fraction=fraction))
+    assert torch.allclose(res.measured_replacement, res.measured, atol=1e-9)
+    assert res.measured.abs().max() > 1e-3  # the ablations do move the logit
+    tcs = train_transcoders(model.float(), torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3)),
+                            replace(SETTINGS, steps=4))
+    model.double()
+    learned = [transcoder_basis(tcs[1], layer=1, input_site=llama_sites(1)[0], output_site=llama_sites(1)[1])]
+    with torch.no_grad():
+        clean = model(prompt[None]).logits[0, -1]
+    _, errors = _replacement_logits(model, prompt, learned, None)
+    assert errors[0].abs().max() > 1e-3  # a 4-step transcoder is far from exact
+    rebuilt, _ = _replacement_logits(model, prompt, learned, errors)
+    assert torch.allclose(rebuilt, clean, atol=1e-9)

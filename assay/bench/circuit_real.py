@@ -5,8 +5,9 @@ interventions); per-layer transcoders after Dunefsky, Chlenski & Nanda 2024, "Tr
 LLM Feature Circuits" (TopK as Gao et al. 2024). Steps:
 
 1. a TopK transcoder per chosen layer, reading ``model.layers.{i}.post_attention_layernorm`` and rebuilding
-   ``model.layers.{i}.mlp``, trained on live activations of token windows (:func:`train_transcoders`; the CLI
-   caches them as SAE artifacts); every other MLP is an error node per position (a partial transcoder set);
+   ``model.layers.{i}.mlp``, all trained together on live activations of token windows, one forward pass a step
+   (:func:`train_transcoders`; the CLI caches them per layer as SAE artifacts); every other MLP is an error node
+   per position (a partial transcoder set);
 2. the graph of the prompt (:func:`~assay.circuits.graph.attribute`; RMSNorms and attention patterns frozen),
    refused up front when the prompt is longer than the memory budget allows (:func:`prompt_memory`);
 3. the pruned graph as circuit-tracer graph JSON and a report section with the graph view;
@@ -14,7 +15,9 @@ LLM Feature Circuits" (TopK as Gao et al. 2024). Steps:
    ``ablate_first``) is removed from its MLP's output in the
    *real* model (``h_p ← h_p − a·W_dec[f]``) and the change of the top logit (minus the mean logit) is
    measured; the graph predicts it by propagating the ablation linearly through the feature-to-feature edges
-   (errors held fixed). Their Pearson correlation is reported.
+   (errors held fixed). Their Pearson correlation is reported, also against the same ablation in the live
+   replacement model (transcoders plus clean errors; :func:`_replacement_logits`) and, with ``ablate_fraction``
+   < 1, for a partial removal (a derivative test).
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ class CircuitSettings:
     """Transcoders, graph, memory budget and interventions of one ``assay circuit`` run."""
 
     layers: tuple[int, ...] = (3, 9, 15)
-    """MLP layers that get a transcoder (the others are error nodes)."""
+    """MLP layers that get a transcoder (the others are error nodes); empty: every layer
+    (:func:`run_real_circuit` fills them in from the model's config)."""
     d_sae: int = 1024
     """Features per transcoder."""
     k: int = 16
@@ -74,6 +78,11 @@ class CircuitSettings:
     ablate_first: bool = False
     """Also ablate features at position 0 (the BOS: an attention sink of outsized norm, dropped from the
     transcoders' training rows, so its features are out of distribution)."""
+    ablate_fraction: float = 1.0
+    """Remove this fraction of each ablated feature's activation (1: the whole feature; small: a derivative test of
+    the graph's linearisation, off the large-perturbation regime); measured changes are divided by it."""
+    progress: bool = False
+    """Show a progress bar while the transcoders train (mean loss, FVU, L0, dead share over the layers)."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
@@ -84,6 +93,11 @@ class CircuitSettings:
             raise ConfigError(f"CircuitSettings.k={self.k} exceeds d_sae={self.d_sae}")
         if self.memory_gb <= 0:
             raise ConfigError(f"CircuitSettings.memory_gb must be > 0, got {self.memory_gb}")
+        if not 0 < self.ablate_fraction <= 1:
+            raise ConfigError(f"CircuitSettings.ablate_fraction must lie in (0, 1], got {self.ablate_fraction}")
+        if list(self.layers) != sorted(set(self.layers)) or any(i < 0 for i in self.layers):
+            raise ConfigError(f"CircuitSettings.layers must be distinct layer indices >= 0 in increasing order (one "
+                              f"forward pass captures them in that order), got {self.layers}")
 
 
 class PromptMemory(NamedTuple):
@@ -123,34 +137,52 @@ def llama_sites(layer: int) -> tuple[str, str]:
     return f"model.layers.{layer}.post_attention_layernorm", f"model.layers.{layer}.mlp"
 
 
-def _pairs(model: nn.Module, layer: int, windows: torch.Tensor, s: CircuitSettings) -> Iterator:
+def _token_batches(windows: torch.Tensor, s: CircuitSettings) -> Iterator[torch.Tensor]:
+    """Random token windows, enough for ``s.rows`` rows a batch, in an order fixed by ``s.seed`` alone (not by
+    the layers), so a layer's transcoder is the same whichever layers train with it."""
+    g = torch.Generator().manual_seed(s.seed)
+    per = max(1, -(-s.rows // (windows.shape[1] - 1)))
+    while True:
+        yield windows[torch.randint(0, windows.shape[0], (per,), generator=g)]
+
+
+def transcoder_batches(model: nn.Module, windows: torch.Tensor, settings: CircuitSettings) -> Iterator:
+    """(MLP inputs, MLP outputs) of every ``settings.layers`` MLP, each ``[rows, len(layers)·d]`` (layers
+    concatenated in order), all captured in ONE forward pass per batch (:func:`~assay.dictionaries.trainer.live_batches`)."""
     from assay.dictionaries.trainer import live_batches
 
-    g = torch.Generator().manual_seed(s.seed + layer)
-    per = max(1, -(-s.rows // (windows.shape[1] - 1)))
-
-    def tokens():
-        while True:
-            yield windows[torch.randint(0, windows.shape[0], (per,), generator=g)]
-
-    site, out = llama_sites(layer)
-    for x, y in live_batches(model, site, tokens(), batch_size=s.rows, output_site=out):
+    ins, outs = zip(*(llama_sites(i) for i in settings.layers), strict=True)
+    batches = live_batches(model, list(ins), _token_batches(windows, settings), batch_size=settings.rows,
+                           output_site=list(outs))
+    for x, y in batches:
         yield x.float(), y.float()
 
 
 def train_transcoders(model: nn.Module, windows: torch.Tensor, settings: CircuitSettings) -> dict[int, object]:
     """A TopK transcoder per ``settings.layers`` MLP, trained on the activations of token ``windows`` [N, T]
-    (BOS positions dropped) with :func:`~assay.dictionaries.trainer.train_saes`."""
+    (BOS positions dropped). One forward pass per step feeds every layer (:func:`transcoder_batches`); each
+    layer's :class:`~assay.dictionaries.trainer.SAETrainer` takes its step on its own slice, so a layer's
+    transcoder equals one trained alone with :func:`~assay.dictionaries.trainer.train_saes` on those batches."""
     from assay.dictionaries.registry import build_sae
-    from assay.dictionaries.trainer import SAETrainConfig, train_saes
+    from assay.dictionaries.trainer import SAETrainConfig, SAETrainer, _Bar
 
     d = model.config.hidden_size
-    out = {}
-    for i in settings.layers:
-        tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=settings.d_sae, k=settings.k, seed=settings.seed + i)
-        train = SAETrainConfig(steps=settings.steps, warmup_steps=settings.steps // 10)
-        out[i], _ = train_saes(tc, train, _pairs(model, i, windows, settings))
-    return out
+    cfg = SAETrainConfig(steps=settings.steps, warmup_steps=settings.steps // 10)
+    trainers = [SAETrainer(build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=settings.d_sae, k=settings.k,
+                                     seed=settings.seed + i), cfg) for i in settings.layers]
+    batches = transcoder_batches(model, windows, settings)
+    bar = _Bar(settings.steps, 0) if settings.progress else None
+    try:
+        for _ in range(settings.steps):
+            x, y = next(batches)
+            for j, t in enumerate(trainers):
+                t.train_step(x[:, j * d:(j + 1) * d], target=y[:, j * d:(j + 1) * d])
+            if bar:  # the mean over layers of the last step's loss, FVU, L0 and dead share
+                bar.update({key: sum(t.last[0][key] for t in trainers) / len(trainers) for key in trainers[0].last[0]})
+    finally:
+        if bar:
+            bar.close()
+    return {i: t.finalize()[0] for i, t in zip(settings.layers, trainers, strict=True)}
 
 
 class CircuitResult(NamedTuple):
@@ -175,6 +207,12 @@ class CircuitResult(NamedTuple):
     the graph holds its error nodes), [n_ablate]."""
     correlation_frozen: float
     """Pearson correlation of predicted and measured_frozen."""
+    measured_replacement: torch.Tensor
+    """The change in the replacement model run live: every transcoded MLP's output is its transcoder's rebuild of
+    its (live) input plus its clean error, the feature zeroed in its own code, attention and norms live, the other
+    features recomputed (TopK) [n_ablate]. Apart from attention, norms and TopK, this is what the graph linearises."""
+    correlation_replacement: float
+    """Pearson correlation of predicted and measured_replacement."""
     ablated: tuple[tuple[str, int, int], ...]
     """(basis, position, feature) of each ablated feature."""
     memory: PromptMemory
@@ -220,6 +258,39 @@ def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: 
     return float(logits[token_id] - logits.mean()) - clean
 
 
+def _replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis],
+                        errors: Sequence[torch.Tensor] | None, off: tuple[int, int, int, float] | None = None
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Last-position logits with every basis' output site set to ``decode(σ(pre(input)))`` plus ``errors[j]``,
+    feature ``off`` = (basis, position, feature, fraction) scaled by 1 − fraction in its code; ``errors`` None leaves the outputs as they are
+    (the clean run). Returns the logits and each basis' error in this run (its output − its rebuild)."""
+    from assay import hooks
+
+    dtype = next(model.parameters()).dtype
+    bases = [b.to(dtype) for b in bases]
+    inputs: dict[str, torch.Tensor] = {}
+    errs: list[torch.Tensor] = []
+
+    def keep(site):
+        return lambda h: inputs.__setitem__(site, h) or h
+
+    def rebuild(j, b):
+        def fn(h):
+            a = b.activation(b.pre(inputs[b.input_site]))
+            if off is not None and off[0] == j:
+                a = a.clone()
+                a[:, off[1], off[2]] *= 1 - off[3]
+            out = b.decode(a)
+            errs.append(h - out)
+            return h if errors is None else out + errors[j]
+        return fn
+
+    edits = {b.input_site: keep(b.input_site) for b in bases} | {b.output_site: rebuild(j, b) for j, b in enumerate(bases)}
+    with torch.no_grad(), hooks.patch(model, edits):
+        logits = model(tokens[None]).logits[0, -1]
+    return logits, errs
+
+
 def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[FeatureBasis], settings: CircuitSettings,
                        *, decode: Callable[[int], str] = str, slug: str = "circuit") -> CircuitResult:
     """Graph, pruned export and interventions of ``prompt`` [T] over ``bases`` (see the module docstring)."""
@@ -245,18 +316,23 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
         logits = model(prompt[None]).logits[0, -1]
     clean = float(logits[token_id] - logits.mean())
     by_name = {b.name: b for b in bases}
-    predicted, measured, frozen, ablated = [], [], [], []
+    f = settings.ablate_fraction
+    _, clean_errors = _replacement_logits(model, prompt, bases, None)
+    predicted, measured, frozen, live, ablated = [], [], [], [], []
     for k in top:
         j, p, i = graph.features[k].tolist()
         basis = by_name[graph.basis_names[j]]
         predicted.append(_predicted(graph, k, 0))
-        measured.append(_measured(model, prompt, basis, p, i, float(graph.activations[k]), token_id, clean, {}))
-        frozen.append(_measured(model, prompt, basis, p, i, float(graph.activations[k]), token_id, clean,
-                                {s: cap[s] for s in error_sites}))
+        act = f * float(graph.activations[k])
+        measured.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}) / f)
+        frozen.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {s: cap[s] for s in error_sites}) / f)
+        rep, _ = _replacement_logits(model, prompt, bases, clean_errors,
+                                     ([b.name for b in bases].index(basis.name), p, i, f))
+        live.append((float(rep[token_id] - rep.mean()) - clean) / f)
         ablated.append((basis.name, p, i))
-    pred, meas, held = (torch.tensor(v, dtype=torch.float64) for v in (predicted, measured, frozen))
+    pred, meas, held, rep = (torch.tensor(v, dtype=torch.float64) for v in (predicted, measured, frozen, live))
     return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
-                         held, _pearson(pred, held), tuple(ablated), memory)
+                         held, _pearson(pred, held), rep, _pearson(pred, rep), tuple(ablated), memory)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -270,20 +346,20 @@ def _mask(n: int, sl: slice) -> torch.Tensor:
 
 
 def _transcoders(model: nn.Module, windows: torch.Tensor, settings: CircuitSettings, cache) -> dict[int, object]:
-    """Load each layer's transcoder from ``cache`` (a folder) or train the missing ones and save them there."""
+    """Load each layer's transcoder from ``cache`` (a folder) or train the missing ones (jointly) and save them
+    there. The name holds everything a layer's transcoder depends on (not the other layers: see
+    :func:`train_transcoders`), the training windows' shape included."""
     from assay.dictionaries.registry import load_sae, save_sae
 
-    out, missing = {}, []
-    for i in settings.layers:
-        path = cache / f"layer{i}-d{settings.d_sae}-k{settings.k}-steps{settings.steps}-seed{settings.seed}"
-        if path.is_dir():
-            out[i] = load_sae(path)
-        else:
-            missing.append(i)
+    n, t = windows.shape
+    s = settings
+    paths = {i: cache / f"layer{i}-d{s.d_sae}-k{s.k}-steps{s.steps}-rows{s.rows}-seed{s.seed}-windows{n}x{t}"
+             for i in s.layers}
+    out = {i: load_sae(p) for i, p in paths.items() if p.is_dir()}
+    missing = tuple(i for i in s.layers if i not in out)
     if missing:
-        trained = train_transcoders(model, windows, replace(settings, layers=tuple(missing)))
-        for i, tc in trained.items():
-            save_sae(cache / f"layer{i}-d{settings.d_sae}-k{settings.k}-steps{settings.steps}-seed{settings.seed}", tc)
+        for i, tc in train_transcoders(model, windows, replace(s, layers=missing)).items():
+            save_sae(paths[i], tc)
             out[i] = tc
     return out
 
@@ -309,6 +385,8 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     loaded = load(model_name)
     model, tok = loaded.model, loaded.tokenizer
     ids = torch.tensor(tok(prompt).input_ids)
+    if not settings.layers:
+        settings = replace(settings, layers=tuple(range(model.config.num_hidden_layers)))
     _check_length(model, len(ids), settings)  # before minutes of training
     windows = corpora.token_windows(tok, corpora.load_corpus("bundled"), window).tokens[:n_windows]
     t_train = time.perf_counter()
@@ -323,23 +401,26 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph.json").write_text(json.dumps(res.document, indent=1))
     g = res.graph
-    rows = [(f"{b}@{p}#{f}", pr, me, fr) for (b, p, f), pr, me, fr in
-            zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(), strict=True)]
+    rows = [(f"{b}@{p}#{f}", pr, me, fr, rp) for (b, p, f), pr, me, fr, rp in
+            zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(),
+                res.measured_replacement.tolist(), strict=True)]
     top = tok.decode([int(g.logit_tokens[0])])
     notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; transcoders (TopK, d_sae={settings.d_sae}, "
-             f"k={settings.k}, {settings.steps} steps) on MLPs {list(settings.layers)}, the other MLPs are error nodes.",
+             f"k={settings.k}, {settings.steps} steps) on MLPs {list(settings.layers)} (on every MLP, an error node per position holds what its transcoder misses; "
+             f"an MLP without one is an error node).",
              f"{g.n_features} active features, {g.adjacency.shape[0]} nodes; replacement {res.replacement:.3f}, "
              f"completeness {res.completeness:.3f}.",
              f"Interventions: each of the {len(rows)} most influential features removed from its MLP output in the real "
-             f"model; change of the {top!r} logit (minus the mean logit) against the graph's linear prediction: "
+             f"model (fraction {settings.ablate_fraction:g} of it; changes divided by that); change of the {top!r} logit (minus the mean logit) against the graph's linear prediction: "
              f"Pearson r = {res.correlation:.3f}; with the MLPs without a transcoder held at their clean outputs (as "
-             f"the graph's error nodes are) r = {res.correlation_frozen:.3f}.",
+             f"the graph's error nodes are) r = {res.correlation_frozen:.3f}; in the replacement model run live (transcoders "
+             f"plus clean errors, attention and norms live, TopK recomputed) r = {res.correlation_replacement:.3f}.",
              f"Memory: estimated {res.memory.need_gb:.2f} GB for the graph (budget {settings.memory_gb:g} GB, prompts up "
              f"to {res.memory.max_tokens} tokens); measured process peak {peak_gb:.2f} GB. Wall time: "
              f"{time.perf_counter() - start:.0f} s (transcoders {train_s:.0f} s, graph and interventions {graph_s:.0f} s).")
     section = Section(title=f"Attribution graph: {model_name}, {prompt!r}", notes=notes, graphs=[res.document],
                       tables=[Table("Feature ablations: predicted vs measured logit change",
                                     ["feature (site@position#index)", "predicted", "measured",
-                                     "measured, other MLPs held"], rows)])
+                                     "measured, other MLPs held", "replacement model, live"], rows)])
     write_section(out, section)
     return res

@@ -29,13 +29,17 @@ class CircuitCommand:
     prompt: str = "The capital of France is"
     """The prompt to explain (its next-token logits are the graph's targets)."""
     layers: tuple[int, ...] = (3, 9, 15)
-    """MLP layers that get a transcoder; the other MLPs are error nodes."""
+    """MLP layers that get a transcoder (increasing); the other MLPs are error nodes."""
+    all_layers: bool = False
+    """A transcoder on every MLP (overrides --layers); all train together, one forward pass per step."""
     d_sae: int = 1024
     """Features per transcoder."""
     k: int = 16
     """Active features per token (TopK)."""
     steps: int = 300
-    """Training steps per transcoder."""
+    """Training steps (one forward pass each feeds every transcoder)."""
+    rows: int = 256
+    """Activation rows (token positions) per training step."""
     n_windows: int = 256
     """Training windows of the bundled corpus."""
     window: int = 64
@@ -48,6 +52,8 @@ class CircuitCommand:
     """Feature ablations that check the graph."""
     ablate_first: bool = False
     """Also ablate features at position 0 (the BOS, whose activations the transcoders were not trained on)."""
+    ablate_fraction: float = 1.0
+    """Remove this fraction of each ablated feature (small: a derivative test); changes are divided by it."""
     seed: int = 0
     """Seeds the transcoders and their training windows."""
     out_dir: Path = Path("runs/circuit")
@@ -57,9 +63,10 @@ class CircuitCommand:
         """The experiment's settings (validated)."""
         from assay.bench.circuit_real import CircuitSettings
 
-        return CircuitSettings(layers=self.layers, d_sae=self.d_sae, k=self.k, steps=self.steps, seed=self.seed,
-                               graph_batch=self.graph_batch, memory_gb=self.memory_gb, n_ablate=self.n_ablate,
-                               ablate_first=self.ablate_first)
+        return CircuitSettings(layers=() if self.all_layers else self.layers, d_sae=self.d_sae, k=self.k,
+                               steps=self.steps, rows=self.rows, seed=self.seed, graph_batch=self.graph_batch,
+                               memory_gb=self.memory_gb, n_ablate=self.n_ablate, ablate_first=self.ablate_first,
+                               ablate_fraction=self.ablate_fraction, progress=True)
 
     def __post_init__(self) -> None:
         self.settings()
@@ -73,7 +80,8 @@ def run(cfg: CircuitCommand) -> Any:
                            window=cfg.window)
     typer.echo(f"{res.graph.n_features} features; replacement {res.replacement:.3f}, completeness "
                f"{res.completeness:.3f}; ablations: predicted vs measured r = {res.correlation:.3f} "
-               f"(other MLPs held: {res.correlation_frozen:.3f}); "
+               f"(other MLPs held: {res.correlation_frozen:.3f}; live replacement model: "
+               f"{res.correlation_replacement:.3f}); "
                f"wrote {cfg.out_dir / 'graph.json'} and {cfg.out_dir / 'report.html'}")
     return res
 
