@@ -16,6 +16,7 @@ from assay.circuits.graph import (
     LocalReplacement,
     attribute,
     constrained_effects,
+    graph_json,
     graph_scores,
     influence,
     influential_edge_recall,
@@ -289,6 +290,11 @@ def test_graph_json_export_round_trip_and_version_check(graphs, tmp_path):
     for link in doc["links"]:
         assert link["weight"] == pytest.approx(float(g.adjacency[index[link["target"]], index[link["source"]]]))
     assert doc["links"], "the pruned graph keeps some edges"
+    named = graph_json(g, slug="test", prompt_tokens=names, logit_names=[f"tok<{i}>" for i in range(g.n_logits)])
+    logit_clerps = [n["clerp"] for n in named["nodes"] if n["feature_type"] == "logit"]
+    assert logit_clerps and all(c.startswith('Output "tok<') for c in logit_clerps)  # decoded names, not ids
+    with pytest.raises(ValueError, match="logit_names"):
+        graph_json(g, slug="test", prompt_tokens=names, logit_names=["a"] * (g.n_logits + 1))
     back = load_graph(save_graph(tmp_path / "graph", g))
     assert back.basis_names == g.basis_names
     for name in ("tokens", "features", "activations", "logit_tokens", "logit_probs", "adjacency", "values", "constants",

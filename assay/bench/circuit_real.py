@@ -304,7 +304,8 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     scores = graph_scores(graph.adjacency, graph.logit_weights(), mask(e_sl), mask(t_sl))
     names = [decode(int(t)) for t in prompt]
     document = graph_json(graph, slug=slug, prompt_tokens=names, node_threshold=settings.node_threshold,
-                          edge_threshold=settings.edge_threshold)
+                          edge_threshold=settings.edge_threshold,
+                          logit_names=[decode(int(t)) for t in graph.logit_tokens])
     inf = influence(normalize_matrix(graph.adjacency), graph.logit_weights())[f_sl]
     order = [k for k in inf.argsort(descending=True).tolist() if settings.ablate_first or graph.features[k, 1] > 0]
     top = order[:settings.n_ablate]

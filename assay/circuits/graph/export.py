@@ -60,11 +60,15 @@ def _cumulative_share(scores: torch.Tensor) -> torch.Tensor:
 def graph_json(
     graph: Graph, *, slug: str, prompt_tokens: Sequence[str], labels: Sequence[Sequence[str]] | None = None,
     scan: str = "assay", node_threshold: float = 0.8, edge_threshold: float = 0.98,
+    logit_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The pruned graph as a circuit-tracer graph-JSON document. ``prompt_tokens`` are the decoded
-    tokens; ``labels`` (optional, per basis, per feature) become the features' ``clerp`` text."""
+    tokens; ``labels`` (optional, per basis, per feature) become the features' ``clerp`` text; ``logit_names``
+    (optional, the decoded logit tokens) label the logit nodes (default: their token ids)."""
     if len(prompt_tokens) != graph.n_tokens:
         raise ValueError(f"{len(prompt_tokens)} prompt_tokens for a graph of {graph.n_tokens} positions")
+    if logit_names is not None and len(logit_names) != graph.n_logits:
+        raise ValueError(f"{len(logit_names)} logit_names for a graph of {graph.n_logits} logit nodes")
     f_sl, e_sl, t_sl, l_sl = graph.slices()
     n = graph.adjacency.shape[0]
     w = graph.logit_weights()
@@ -96,7 +100,7 @@ def graph_json(
             tok, prob = int(graph.logit_tokens[r]), float(graph.logit_probs[r])
             node = _node(f"{n_layers + 1}_{tok}_{t_len - 1}", tok, str(n_layers + 1), t_len - 1, "logit",
                          f"L_{tok}-{t_len - 1}", influence=inf, token_prob=prob, target=r == 0,
-                         clerp=f'Output "{tok}" (p={prob:.3f})')
+                         clerp=f'Output "{logit_names[r] if logit_names is not None else tok}" (p={prob:.3f})')
         ids[k] = node["node_id"]
         nodes.append(node)
     links = [{"source": ids[s], "target": ids[t], "weight": float(graph.adjacency[t, s])}
