@@ -20,7 +20,7 @@ the novel code (the reference uses the dense ReLU), and each head's values are t
 latents — no n×n value and output projections. Since codes and attention weights are ≥ 0 the
 reference's ReLU after attention is then the identity, and ẑ_t D = Σ_h Σ_j a^h_tj (c_j[h] D[h]) is an
 attention over per-head partial reconstructions (``[T, d]`` values), so the only dense ``n × d``
-products are the two encoders. Queries and keys are linear in the sparse codes (``embedding_bag``).
+products are the two encoders. Queries and keys are linear in the sparse codes (a sparse decode through their weights).
 
 The decoder is unconstrained (atoms ~ N(0, 1), as the reference; λ sets the code scale); the trainer's
 input normalisation, Adam, warmup/decay schedules, clipping and checkpoints are reused unchanged
@@ -215,7 +215,7 @@ class _CausalMix(torch.autograd.Function):
                 t1 = min(t0 + block, T)
                 torch.bmm(grad_out[:, t0:t1], v[:, : t1 * heads].transpose(1, 2), out=grad_a[:, t0:t1, : t1 * heads])
         if ctx.needs_input_grad[1]:
-            grad_v = torch.zeros_like(v)
+            grad_v = torch.empty_like(v)  # every block of slots is written below
             for t0 in range(0, T, block):  # slots [s0, s1) are read by the queries t ≥ s0/H
                 s0, s1 = t0 * heads, min(t0 + block, T) * heads
                 torch.bmm(a[:, t0:, s0:s1].transpose(1, 2), grad_out[:, t0:], out=grad_v[:, s0:s1])
@@ -306,7 +306,7 @@ class TemporalSAE(SAE):
         xc = (x * self.input_scale - self.b_dec).reshape(B * T, d)
         E, no_bias = self.W_dec.t(), x.new_zeros(n)
         u_val, u_idx = topk_encode(self.lam * xc, E, no_bias, k)
-        qk = F.embedding_bag(u_idx, torch.cat([self.W_q, self.W_k], 1), per_sample_weights=u_val, mode="sum")
+        qk = sparse_decode(u_val, u_idx, torch.cat([self.W_q, self.W_k], 1))  # sparse backward
         q, key = qk[:, :r] + self.b_q, qk[:, r:] + self.b_k
         # context slot 0 is the empty code; slot j ≥ 1 is token j − 1
         values = context_values(u_val, u_idx, self.W_dec, H, B)  # [B, T, H, d]
