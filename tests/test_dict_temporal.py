@@ -12,8 +12,6 @@ from assay.dictionaries.temporal import (
     TemporalConfig,
     TemporalSAE,
     bag_dot,
-    causal_mix,
-    causal_mix_reference,
     context_values,
     context_values_reference,
     train_temporal_sae,
@@ -210,10 +208,10 @@ def test_context_values_match_the_dense_reference_in_values_and_gradients():
     D = torch.randn(12, 5, generator=g, dtype=torch.float64, requires_grad=True)
     idx = torch.stack([torch.randperm(12, generator=g)[:4] for _ in range(2 * 6)])
     val = torch.rand(2 * 6, 4, generator=g, dtype=torch.float64).requires_grad_(True)
-    up = torch.randn(2, 6, 3, 5, generator=g, dtype=torch.float64)
+    up = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64)
     out = context_values(val, idx, D, 3, 2)
     ref = context_values_reference(val, idx, D, 3, 2)
-    assert out.shape == (2, 6, 3, 5) and torch.equal(out[:, 0], torch.zeros(2, 3, 5, dtype=torch.float64))
+    assert out.shape == (2, 3, 6, 5) and torch.equal(out[:, :, 0], torch.zeros(2, 3, 5, dtype=torch.float64))
     torch.testing.assert_close(out, ref)
     grads = torch.autograd.grad((out * up).sum(), [val, D])
     for a, b in zip(grads, torch.autograd.grad((ref * up).sum(), [val, D])):
@@ -227,24 +225,3 @@ def test_bag_dot_paths_agree_with_a_loop():
     ref = torch.tensor([float(D[i] @ vec[b]) for b in range(3) for i in idx[crow[b]:crow[b + 1]]])
     for sampled in (True, False):  # CSR sampled product (CPU default) and row gather (the GPU path)
         torch.testing.assert_close(bag_dot(idx, D, vec, crow, sampled=sampled), ref)
-
-
-def test_causal_mix_matches_the_dense_product_in_values_and_gradients():
-    g = torch.Generator().manual_seed(3)
-    B, H, T, d = 2, 3, 11, 5
-    logits = torch.randn(B, H, T, T, generator=g, dtype=torch.float64, requires_grad=True)
-    values = torch.randn(B, T, H, d, generator=g, dtype=torch.float64, requires_grad=True)
-    t = torch.arange(T)
-    allowed = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - 4)  # causal, context of 4 slots
-    allowed = allowed[None, None] & (torch.rand(B, 1, 1, T, generator=g) < 0.7) | (t == 0)  # and padding
-    att = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
-    up = torch.randn(B, T, d, generator=g, dtype=torch.float64)
-    ref = causal_mix_reference(att, values)
-    naive = sum(att[:, h, :, j, None] * values[:, None, j, h] for h in range(H) for j in range(T))
-    torch.testing.assert_close(ref, naive)
-    ref_grads = torch.autograd.grad((ref * up).sum(), [logits, values], retain_graph=True)
-    for block in (1, 4, 11, 16):  # blocks that divide T or not, and one past it
-        out = causal_mix(att, values, block=block)
-        torch.testing.assert_close(out, ref)
-        for a, b in zip(torch.autograd.grad((out * up).sum(), [logits, values], retain_graph=True), ref_grads):
-            torch.testing.assert_close(a, b)

@@ -47,7 +47,7 @@ from assay.dictionaries.base import SAE, Codes, SAEConfig, SAEOutput, rec_loss
 from assay.dictionaries.sparse import sparse_decode, to_dense, topk_encode
 
 __all__ = ["TemporalConfig", "TemporalSAE", "TemporalCodes", "train_temporal_sae", "context_values",
-           "context_values_reference", "bag_dot", "causal_mix", "causal_mix_reference"]
+           "context_values_reference", "bag_dot"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +110,9 @@ class _Pass(NamedTuple):
     scale: Tensor
     u: tuple[Tensor, Tensor]
     novel: tuple[Tensor, Tensor]
-    attention: Tensor
+    q: Tensor
+    k: Tensor
+    allowed: Tensor
 
 
 def bag_dot(indices: Tensor, D: Tensor, vectors: Tensor, crow: Tensor, *, sampled: bool | None = None) -> Tensor:
@@ -154,24 +156,24 @@ class _Bags(torch.autograd.Function):
 
 
 def context_values(values: Tensor, indices: Tensor, D: Tensor, heads: int, windows: int) -> Tensor:
-    """The attention's values ``[B, T, H, d]``: slot j of head h holds token j − 1's partial decode
+    """The attention's values ``[B, H, T, d]``: slot j of head h holds token j − 1's partial decode
     Σ_{m: head(indices[m]) = h} values[m] D[indices[m]] (head h owns latents [h·n/H, (h+1)·n/H)); slot 0 is empty.
 
-    ``values``/``indices`` ``[B·T, k]`` are each token's code. The entries are ordered by (window, slot, head)
-    and decoded as one ``embedding_bag`` with one bag per (slot, head), written straight into the slot-major
-    layout :func:`causal_mix` reads: forward and backward cost what one sparse decode of the window costs."""
+    ``values``/``indices`` ``[B·T, k]`` are each token's code. The entries are ordered by (window, head, slot)
+    and decoded as one ``embedding_bag`` with one bag per slot, written straight into the attention layout:
+    forward and backward cost what one sparse decode of the window costs."""
     N, k = indices.shape
     T = N // windows
     n = D.shape[0]
     head_of = torch.div(indices, n // heads, rounding_mode="floor").view(windows, T, k)
     t = torch.arange(T, device=indices.device).view(1, T, 1)
-    slot = (torch.arange(windows, device=indices.device).view(-1, 1, 1) * T + t + 1) * heads + head_of
+    slot = ((torch.arange(windows, device=indices.device).view(-1, 1, 1) * heads + head_of) * T + t + 1)
     keep = (t < T - 1).expand_as(slot).reshape(-1)  # the last token is no one's context
     slot = slot.reshape(-1)[keep]
     slot, order = slot.sort(stable=True)
-    counts = torch.bincount(slot, minlength=windows * T * heads)
+    counts = torch.bincount(slot, minlength=windows * heads * T)
     out = _Bags.apply(values.reshape(-1)[keep][order], indices.reshape(-1)[keep][order], D, counts)
-    return out.view(windows, T, heads, D.shape[1])
+    return out.view(windows, heads, T, D.shape[1])
 
 
 def context_values_reference(values: Tensor, indices: Tensor, D: Tensor, heads: int, windows: int) -> Tensor:
@@ -180,60 +182,7 @@ def context_values_reference(values: Tensor, indices: Tensor, D: Tensor, heads: 
     z = to_dense(values, indices, n).view(windows, -1, n)
     ctx = F.pad(z[:, :-1], (0, 0, 1, 0))
     g = n // heads
-    return torch.stack([ctx[..., h * g:(h + 1) * g] @ D[h * g:(h + 1) * g] for h in range(heads)], 2)
-
-
-CAUSAL_BLOCK = 16
-"""Queries per block in :func:`causal_mix`: block [t0, t0 + b) reads only the slots < t0 + b, so the products
-skip the zero upper triangle of the attention (≈ (1 + b/T)/2 of the dense work)."""
-
-
-class _CausalMix(torch.autograd.Function):
-    """``out[:, t] = a[:, t, :(t+1)·H] @ v[:, :(t+1)·H]`` in blocks of queries; entries of ``a`` past a query's
-    block are neither read nor given a gradient (they must be 0: the attention is causal)."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, v: Tensor, heads: int, block: int):  # type: ignore[override]
-        ctx.save_for_backward(a, v)
-        ctx.heads, ctx.block = heads, block
-        B, T, _ = a.shape
-        out = a.new_empty(B, T, v.shape[-1])
-        for t0 in range(0, T, block):
-            t1 = min(t0 + block, T)
-            torch.bmm(a[:, t0:t1, : t1 * heads], v[:, : t1 * heads], out=out[:, t0:t1])
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        a, v = ctx.saved_tensors
-        heads, block = ctx.heads, ctx.block
-        T = a.shape[1]
-        grad_a = grad_v = None
-        if ctx.needs_input_grad[0]:
-            grad_a = torch.zeros_like(a)
-            for t0 in range(0, T, block):
-                t1 = min(t0 + block, T)
-                torch.bmm(grad_out[:, t0:t1], v[:, : t1 * heads].transpose(1, 2), out=grad_a[:, t0:t1, : t1 * heads])
-        if ctx.needs_input_grad[1]:
-            grad_v = torch.empty_like(v)  # every block of slots is written below
-            for t0 in range(0, T, block):  # slots [s0, s1) are read by the queries t ≥ s0/H
-                s0, s1 = t0 * heads, min(t0 + block, T) * heads
-                torch.bmm(a[:, t0:, s0:s1].transpose(1, 2), grad_out[:, t0:], out=grad_v[:, s0:s1])
-        return grad_a, grad_v, None, None
-
-
-def causal_mix(attention: Tensor, values: Tensor, *, block: int = CAUSAL_BLOCK) -> Tensor:
-    """ẑ D per token ``[B, T, d]`` = Σ_h Σ_j a^h_tj · values[:, j, h] for a causal attention ``[B, H, T, T]``
-    (a^h_tj = 0 for j > t) over slot-major values ``[B, T, H, d]`` (:func:`context_values`), as block products
-    that skip the zero upper triangle. Gradients flow to both (to the attention's lower triangle only)."""
-    B, H, T, _ = attention.shape
-    a = attention.permute(0, 2, 3, 1).reshape(B, T, T * H)  # [query, (slot, head)]
-    return _CausalMix.apply(a, values.reshape(B, T * H, -1), H, block)
-
-
-def causal_mix_reference(attention: Tensor, values: Tensor) -> Tensor:
-    """Eager dense reference of :func:`causal_mix`: Σ_h a^h @ values[:, :, h]."""
-    return (attention @ values.transpose(1, 2)).sum(1)
+    return torch.stack([ctx[..., h * g:(h + 1) * g] @ D[h * g:(h + 1) * g] for h in range(heads)], 1)
 
 
 class TemporalSAE(SAE):
@@ -309,18 +258,18 @@ class TemporalSAE(SAE):
         qk = sparse_decode(u_val, u_idx, torch.cat([self.W_q, self.W_k], 1))  # sparse backward
         q, key = qk[:, :r] + self.b_q, qk[:, r:] + self.b_k
         # context slot 0 is the empty code; slot j ≥ 1 is token j − 1
-        values = context_values(u_val, u_idx, self.W_dec, H, B)  # [B, T, H, d]
+        values = context_values(u_val, u_idx, self.W_dec, H, B)  # [B, H, T, d]
         keys = torch.cat([self.b_k.expand(B, 1, r), key.view(B, T, r)[:, :-1]], 1)
         qh = q.view(B, T, H, r // H).transpose(1, 2)
         kh = keys.view(B, T, H, r // H).transpose(1, 2)
-        logits = qh @ kh.transpose(-1, -2) / math.sqrt(r // H)
-        att = logits.masked_fill(~self._allowed(mask), float("-inf")).softmax(-1)  # [B, H, T, T]
-        pred = causal_mix(att, values).view(B * T, d)
+        allowed = self._allowed(mask)
+        pred = F.scaled_dot_product_attention(qh, kh, values, attn_mask=allowed).sum(1).reshape(B * T, d)
         scale = (pred * xc).sum(-1, keepdim=True) / (pred.norm(dim=-1, keepdim=True) + 1e-6).square()
         p_rec = scale * pred
         n_val, n_idx = topk_encode(self.lam * (xc - p_rec), E, no_bias, k)
         recon = p_rec + sparse_decode(n_val, n_idx, self.W_dec) + self.b_dec
-        return _Pass(recon.view(B, T, d) / self.input_scale, scale, (u_val, u_idx), (n_val, n_idx), att)
+        return _Pass(recon.view(B, T, d) / self.input_scale, scale, (u_val, u_idx), (n_val, n_idx), qh, kh,
+                     allowed)
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None, dead: Tensor | None = None,
                 sparsity_scale: float = 1.0) -> SAEOutput:
@@ -343,7 +292,8 @@ class TemporalSAE(SAE):
         B, T, _ = x.shape
         n, H = self.d_sae, self.cfg.n_heads
         p = self._pass(x, mask)
-        att = p.attention
+        att = (p.q @ p.k.transpose(-1, -2) / math.sqrt(p.q.shape[-1])).masked_fill(~p.allowed, float("-inf"))
+        att = att.softmax(-1)  # [B, H, T, T]
         u = to_dense(*p.u, n).view(B, T, n)
         ctx = F.pad(u[:, :-1], (0, 0, 1, 0)).view(B, T, H, n // H).transpose(1, 2)  # [B, H, T, n/H]
         z_hat = (att @ ctx).transpose(1, 2).reshape(B, T, n)
