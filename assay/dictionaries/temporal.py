@@ -20,7 +20,7 @@ the novel code (the reference uses the dense ReLU), and each head's values are t
 latents — no n×n value and output projections. Since codes and attention weights are ≥ 0 the
 reference's ReLU after attention is then the identity, and ẑ_t D = Σ_h Σ_j a^h_tj (c_j[h] D[h]) is an
 attention over per-head partial reconstructions (``[T, d]`` values), so the only dense ``n × d``
-products are the two encoders. Queries and keys are linear in the sparse codes (``embedding_bag``).
+products are the two encoders. Queries and keys are linear in the sparse codes (a sparse decode through their weights).
 
 The decoder is unconstrained (atoms ~ N(0, 1), as the reference; λ sets the code scale); the trainer's
 input normalisation, Adam, warmup/decay schedules, clipping and checkpoints are reused unchanged
@@ -255,7 +255,7 @@ class TemporalSAE(SAE):
         xc = (x * self.input_scale - self.b_dec).reshape(B * T, d)
         E, no_bias = self.W_dec.t(), x.new_zeros(n)
         u_val, u_idx = topk_encode(self.lam * xc, E, no_bias, k)
-        qk = F.embedding_bag(u_idx, torch.cat([self.W_q, self.W_k], 1), per_sample_weights=u_val, mode="sum")
+        qk = sparse_decode(u_val, u_idx, torch.cat([self.W_q, self.W_k], 1))  # sparse backward
         q, key = qk[:, :r] + self.b_q, qk[:, r:] + self.b_k
         # context slot 0 is the empty code; slot j ≥ 1 is token j − 1
         values = context_values(u_val, u_idx, self.W_dec, H, B)  # [B, H, T, d]
