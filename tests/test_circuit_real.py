@@ -43,8 +43,9 @@ def test_transcoders_trained_jointly_equal_ones_trained_one_layer_at_a_time_on_t
     """One forward pass per step feeds both layers; each must come out bit-identical to train_saes on that layer's
     own live batches (same token windows, same seed)."""
     from assay.bench.circuit_real import _token_batches
+    from assay.dictionaries.batches import live_batches
     from assay.dictionaries.registry import build_sae
-    from assay.dictionaries.trainer import SAETrainConfig, live_batches, train_saes
+    from assay.dictionaries.trainer import SAETrainConfig, train_saes
 
     model = tiny_llama().float()
     windows = torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3))

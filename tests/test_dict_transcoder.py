@@ -9,8 +9,9 @@ import copy
 import pytest
 import torch
 
+from assay.dictionaries.batches import live_batches
 from assay.dictionaries.registry import build_sae, load_sae, save_sae
-from assay.dictionaries.trainer import SAETrainConfig, live_batches, train_saes
+from assay.dictionaries.trainer import SAETrainConfig, train_saes
 from assay.dictionaries.transcoder import is_transcoder
 from assay.evaluate.reconstruction import reconstruction_metrics
 from assay.evaluate.recovery import feature_recovery

@@ -120,7 +120,7 @@ def test_train_on_store_reports_heldout_and_ce_recovered(tmp_path):
     assert s.ce_zero > s.ce_clean and s.ce_recovered > 0.5
     assert math.isclose(s.ce_recovered, (s.ce_zero - s.ce_sae) / (s.ce_zero - s.ce_clean), rel_tol=1e-9)
     # the BOS rows and held-out rows never reach training: a batch's rows are all < cut with position ≥ 0
-    from assay.dictionaries.trainer import store_batches
+    from assay.dictionaries.batches import store_batches
 
     keep = lambda r: (r < cut) & (store.positions[r] >= 0)  # noqa: E731
     _, rows_of = store_batches(store, "blocks.0", batch_size=64, seed=0, start_batch=0, n_batches=1,

@@ -7,12 +7,12 @@ from torch import nn
 from assay.artifact import ArtifactError
 from assay.config import ConfigError
 from assay.dictionaries.base import SAE
+from assay.dictionaries.batches import live_batches
 from assay.dictionaries.registry import build_sae
 from assay.dictionaries.trainer import (
     NonFiniteActivationsError,
     SAETrainConfig,
     SAETrainer,
-    live_batches,
     lr_at,
     train_saes,
 )

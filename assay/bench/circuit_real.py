@@ -148,8 +148,8 @@ def _token_batches(windows: torch.Tensor, s: CircuitSettings) -> Iterator[torch.
 
 def transcoder_batches(model: nn.Module, windows: torch.Tensor, settings: CircuitSettings) -> Iterator:
     """(MLP inputs, MLP outputs) of every ``settings.layers`` MLP, each ``[rows, len(layers)·d]`` (layers
-    concatenated in order), all captured in ONE forward pass per batch (:func:`~assay.dictionaries.trainer.live_batches`)."""
-    from assay.dictionaries.trainer import live_batches
+    concatenated in order), all captured in ONE forward pass per batch (:func:`~assay.dictionaries.batches.live_batches`)."""
+    from assay.dictionaries.batches import live_batches
 
     ins, outs = zip(*(llama_sites(i) for i in settings.layers), strict=True)
     batches = live_batches(model, list(ins), _token_batches(windows, settings), batch_size=settings.rows,
@@ -164,14 +164,14 @@ def train_transcoders(model: nn.Module, windows: torch.Tensor, settings: Circuit
     layer's :class:`~assay.dictionaries.trainer.SAETrainer` takes its step on its own slice, so a layer's
     transcoder equals one trained alone with :func:`~assay.dictionaries.trainer.train_saes` on those batches."""
     from assay.dictionaries.registry import build_sae
-    from assay.dictionaries.trainer import SAETrainConfig, SAETrainer, _Bar
+    from assay.dictionaries.trainer import ProgressBar, SAETrainConfig, SAETrainer
 
     d = model.config.hidden_size
     cfg = SAETrainConfig(steps=settings.steps, warmup_steps=settings.steps // 10)
     trainers = [SAETrainer(build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=settings.d_sae, k=settings.k,
                                      seed=settings.seed + i), cfg) for i in settings.layers]
     batches = transcoder_batches(model, windows, settings)
-    bar = _Bar(settings.steps, 0) if settings.progress else None
+    bar = ProgressBar(settings.steps, 0) if settings.progress else None
     try:
         for _ in range(settings.steps):
             x, y = next(batches)

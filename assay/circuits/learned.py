@@ -117,7 +117,7 @@ def _tokens(inputs: torch.Tensor, cfg: TranscoderTraining) -> Iterator[torch.Ten
 
 def _pairs(model, layer: int, inputs: torch.Tensor, cfg: TranscoderTraining) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless float32 (MLP input, MLP output) batches of ``cfg.batch_size`` rows over seeded draws of ``inputs``."""
-    from assay.dictionaries.trainer import live_batches
+    from assay.dictionaries.batches import live_batches
 
     for x, y in live_batches(model, f"blocks.{layer}.ln2", _tokens(inputs, cfg), batch_size=cfg.batch_size,
                              drop_first=False, output_site=f"blocks.{layer}.mlp"):

@@ -186,8 +186,8 @@ def clt_batches(model: nn.Module, clt: CLTMixin, input_sites: Sequence[str], out
                 ) -> Iterator[tuple[Tensor, Tensor]]:
     """(x, y) training pairs ``[batch_size, L·d]`` for ``clt``: every layer's MLP input (``input_sites``) and
     output (``output_sites``), in forward order, captured in one pass of ``model`` per token batch
-    (:func:`~assay.dictionaries.trainer.live_batches`). Site lists that do not fit the CLT are refused."""
-    from assay.dictionaries.trainer import live_batches
+    (:func:`~assay.dictionaries.batches.live_batches`). Site lists that do not fit the CLT are refused."""
+    from assay.dictionaries.batches import live_batches
     from assay.hooks import resolve
 
     ins, outs = list(input_sites), list(output_sites)

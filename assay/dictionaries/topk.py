@@ -107,7 +107,9 @@ def batch_variances(*rows: Tensor) -> Tensor:
     """
     import torch.distributed as dist
 
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    from assay.store.ranks import rank_and_world
+
+    world = rank_and_world()[1]
     n = rows[0].shape[0] * world
     sums = torch.cat([r.sum(0) for r in rows])
     if world > 1:

@@ -25,7 +25,7 @@ precision, :mod:`assay.precision`). From a store, BOS and padding rows (position
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, overload
@@ -36,12 +36,14 @@ from torch import Tensor
 from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.config import ConfigError, check_int_fields, to_dict
 from assay.dictionaries.base import SAE, topk_lr
+from assay.dictionaries.batches import store_batches
 from assay.dictionaries.transcoder import is_transcoder
 from assay.precision import AutocastDtype, autocast, check_autocast_dtype
+from assay.store.ranks import rank_and_world
 from assay.store.sequence_reader import SequenceBatch
 
 __all__ = ["SAETrainConfig", "TrainResult", "SAETrainer", "NonFiniteActivationsError", "lr_at", "train_saes",
-           "live_batches", "store_batches", "StepCallback"]
+           "StepCallback", "ProgressBar"]
 
 
 class NonFiniteActivationsError(RuntimeError):
@@ -128,14 +130,6 @@ class TrainResult(NamedTuple):
     """Per SAE, the last step's loss, FVU, L0 and dead fraction."""
     output_scale: float = 1.0
     """A transcoder's output (target) scale s_out; equal to ``input_scale`` for SAEs."""
-
-
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 StepCallback = Callable[[int, list[SAE]], None]
@@ -245,7 +239,7 @@ class SAETrainer:
         y = None if target is None else target.reshape(-1, target.shape[-1])
         rows = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]
         self._check(rows, y, where)
-        rank, world = _dist()
+        rank, world = rank_and_world()
         if self.step == 0:
             if self.cfg.normalize_inputs:
                 self.input_scale = math.sqrt(self.d_in) / rows.float().norm(dim=-1).mean().item()
@@ -330,7 +324,7 @@ class SAETrainer:
         are exactly as without it. After a resume it runs for the remaining steps only."""
         due = _due(on_step_at)
         it = iter(batches)
-        bar = _Bar(self.cfg.steps, self.step) if self.cfg.progress and _dist()[0] == 0 else None
+        bar = ProgressBar(self.cfg.steps, self.step) if self.cfg.progress and rank_and_world()[0] == 0 else None
         try:
             while self.step < self.cfg.steps:
                 try:
@@ -371,7 +365,7 @@ class SAETrainer:
     # ----- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path) -> Path:
         """Save weights, Adam state, step, input scale and dead counters (rank 0 writes)."""
-        if _dist()[0] != 0:
+        if rank_and_world()[0] != 0:
             return Path(path)
         files: dict[str, dict[str, Tensor]] = {}
         groups = []
@@ -433,7 +427,9 @@ class SAETrainer:
         self.output_scale = float(meta.get("output_scale", self.input_scale))
 
 
-class _Bar:
+class ProgressBar:
+    """The training progress bar (rich): steps, time left, and the last step's loss, L0, FVU and dead share."""
+
     def __init__(self, total: int, done: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -448,86 +444,6 @@ class _Bar:
 
     def close(self) -> None:
         self.p.stop()
-
-
-def live_batches(model: torch.nn.Module, site: str | Sequence[str], token_batches: Iterable[Tensor], *,
-                 batch_size: int, drop_first: bool = True, output_site: str | Sequence[str] | None = None
-                 ) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
-    """Activations of ``site`` computed on the fly (no storage), regrouped into ``[batch_size, d]`` rows.
-
-    Each item of ``token_batches`` is a model input ``[n, T]``; position 0 (BOS) is dropped by default.
-    With ``output_site`` (transcoders) both sites are captured in the same forward pass (which stops after
-    ``output_site``) and each item is the pair (``site`` rows, ``output_site`` rows). A sequence of sites
-    (a cross-layer transcoder's MLP inputs and outputs, in forward order) is captured in one pass and
-    concatenated along the last dimension in the order given; the pass stops after the last output site.
-    """
-    from assay.hooks import capture
-
-    ins = [site] if isinstance(site, str) else list(site)
-    outs = [] if output_site is None else [output_site] if isinstance(output_site, str) else list(output_site)
-    sites = ins + outs
-    last = sites[-1]
-    buf: list[Tensor] = []
-    have = 0
-    for tokens in token_batches:
-        with torch.no_grad(), capture(model, sites, stop_at=last) as cap:
-            model(tokens)
-        missing = [s for s in sites if s not in cap]
-        if missing:
-            raise RuntimeError(f"site(s) {missing} did not run before {last!r} stopped the forward pass; the input "
-                               "site must run before the output site (e.g. blocks.0.ln2 → blocks.0.mlp)")
-        h = torch.cat([cap[s] for s in sites], dim=-1)
-        if drop_first and h.dim() == 3:
-            h = h[:, 1:]
-        h = h.reshape(-1, h.shape[-1])
-        buf.append(h)
-        have += h.shape[0]
-        while have >= batch_size:
-            flat = torch.cat(buf)
-            rows, rest = flat[:batch_size], flat[batch_size:]
-            if output_site is None:
-                yield rows
-            else:
-                d_in = sum(cap[s].shape[-1] for s in ins)
-                yield rows[:, :d_in], rows[:, d_in:]
-            buf, have = [rest], rest.shape[0]
-
-
-def store_batches(store: Any, site: str, *, batch_size: int, seed: int, start_batch: int, n_batches: int,
-                  exclude_special: bool = True, keep_rows: Callable[[Tensor], Tensor] | None = None,
-                  prefetch: int = 2, output_site: str | None = None
-                  ) -> tuple[Iterator[Tensor | tuple[Tensor, Tensor]], Callable[[int], Tensor]]:
-    """Batches ``start_batch .. n_batches-1`` of ``site`` in the store's seeded order (epochs past the
-    first continue the order), and ``rows_of(step)``: the global store rows of that step's batch.
-
-    ``exclude_special`` drops BOS and padding rows (store position −1: their norms are outliers,
-    SAELens#333); ``keep_rows(rows) -> bool mask`` drops more rows (e.g. held-out windows). A batch then
-    holds the kept rows only (trimmed to a multiple of the data-parallel world size). Batch b depends
-    only on (store, batch_size, seed, b), so a resumed run reads exactly the batches it would have.
-    With ``output_site`` (transcoders) each batch is the pair (``site`` rows, ``output_site`` rows) read at
-    the same store rows: the two sites were cached together in one pass.
-    """
-    from assay.store.prefetch import prefetch as _prefetch
-
-    world = _dist()[1]
-
-    def rows_of(step: int) -> Tensor:
-        rows = store.batch_rows(step, batch_size=batch_size, seed=seed)
-        if exclude_special:
-            rows = rows[store.positions[rows] >= 0]
-        if keep_rows is not None:
-            rows = rows[keep_rows(rows)]
-        return rows[: rows.shape[0] - rows.shape[0] % world]
-
-    def gen() -> Iterator[Tensor]:
-        for b in range(start_batch, n_batches):
-            rows = rows_of(b)
-            if rows.numel() == 0:
-                raise ValueError(f"batch {b} of the store keeps no rows after filtering; use a larger batch_size")
-            x = store.read_rows(site, rows)
-            yield x if output_site is None else (x, store.read_rows(output_site, rows))
-
-    return _prefetch(gen(), prefetch), rows_of
 
 
 @overload
@@ -556,7 +472,7 @@ def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: s
     """Train ``saes`` (one SAE, or a list trained in lockstep on the same batches) on ``data``:
 
     - an :class:`assay.store.ActivationStore`, with ``site``, ``batch_size``, ``seed``: batches in the
-      store's seeded order, as many epochs as ``cfg.steps`` needs (:func:`store_batches`); transcoders
+      store's seeded order, as many epochs as ``cfg.steps`` needs (:func:`~assay.dictionaries.batches.store_batches`); transcoders
       also need ``output_site`` (read at the same rows). BOS and
       padding rows (store position −1) are left out unless ``exclude_special=False``; ``keep_rows``
       drops more rows;
@@ -564,7 +480,7 @@ def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: s
     - an iterable of ``[B, d]`` tensors or (x, y) pairs (batches already consumed before a resume are
       skipped).
 
-    These last two carry no positions: leave BOS rows out of them yourself (:func:`live_batches` does).
+    These last two carry no positions: leave BOS rows out of them yourself (:func:`~assay.dictionaries.batches.live_batches` does).
     ``on_step(step, saes)`` watches training at the steps ``on_step_at`` picks (:meth:`SAETrainer.fit`).
     Resumes from ``checkpoint`` when it exists. Returns the finalized (input-scale-folded) SAE(s) and
     the result: one SAE in, one SAE out; a list in, a list out (in the same order).

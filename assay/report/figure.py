@@ -2,7 +2,7 @@
 its own canvas.
 
 pyplot keeps global state (the current figure, the figure manager) and its backend is process-wide:
-a library that calls ``matplotlib.use("Agg")`` or opens figures through pyplot switches a notebook
+a library that sets matplotlib's backend (its ``use`` function) or opens figures through pyplot switches a notebook
 user's backend and leaks figures. A bare ``Figure`` needs neither: ``Figure.savefig`` picks the
 renderer from the file suffix (Agg for PNG, the SVG renderer for SVG). This is matplotlib's own
 recipe for embedding ("Embedding in a web application server").

@@ -23,10 +23,19 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["launched_by_torchrun", "rank_device", "torchrun_group", "rank_block", "exchange_status", "run_status"]
+__all__ = ["rank_and_world", "launched_by_torchrun", "rank_device", "torchrun_group", "rank_block", "exchange_status", "run_status"]
 
 STATUS_BYTES = 4096
 T = TypeVar("T")
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, or (0, 1) when none is initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def launched_by_torchrun() -> bool:
