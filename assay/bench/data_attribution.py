@@ -330,13 +330,12 @@ def prepare_contamination(p: dict[str, Any], seed: int, s: DataAttributionSettin
     the gaps of every split (module docstring)."""
     from assay.evaluate.contamination import split_gaps
     from assay.models.transformer import Transformer, TransformerConfig
-    from assay.worlds.contamination import ContaminatedWorld, ContaminationConfig
-    from assay.worlds.markov import MarkovConfig, MarkovMixtureWorld
+    from assay.worlds.contamination import ContaminatedMarkovConfig, ContaminatedMarkovWorld
 
-    cfg = ContaminationConfig(repetitions=_repetitions(p["repetitions"]), items_per_split=p["items"],
+    cfg = ContaminatedMarkovConfig(repetitions=_repetitions(p["repetitions"]), items_per_split=p["items"],
                               window=(p["window_start"], p["window_end"]), steps=s.lm_steps,
                               batch_size=s.lm_batch_size, seed=seed)
-    world = ContaminatedWorld(MarkovMixtureWorld(MarkovConfig(n_states=8, n_chains=2, seq_len=12)), cfg)
+    world = ContaminatedMarkovWorld(cfg)
     model = Transformer(TransformerConfig(vocab_size=len(world.vocab), n_layers=1, n_heads=2, d_model=32,
                                           context=world.stream.inputs.shape[1], attn_impl="eager"),
                         generator=make_generator(seed + 1))
