@@ -47,7 +47,7 @@ from assay.bench.data_attribution_groups import (
     world_property,
 )
 from assay.bench.runner import BenchResult, RunContext, expand_with, summary_rows
-from assay.bench.spec import SpecRun, parse_world_spec
+from assay.bench.spec import SpecRun, world_params
 from assay.config import ConfigError
 from assay.data_attribution.property import Property
 from assay.data_attribution.scorers import (
@@ -517,12 +517,7 @@ def _section(result: BenchResult) -> Any:
 def check_world(spec: str) -> tuple[str, dict[str, Any]]:
     """``(name, parameters over the defaults)`` of a world spec; an unknown name, key or value raises
     :class:`ConfigError`."""
-    name, given = parse_world_spec(spec, WORLD_PARAMS)
-    unknown = sorted(set(given) - set(WORLD_PARAMS[name]))
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for world {name!r}; "
-                          f"valid: {', '.join(WORLD_PARAMS[name])}")
-    p = {**WORLD_PARAMS[name], **given}
+    name, p = world_params(spec, WORLD_PARAMS)
     if name == "contamination":
         _repetitions(p["repetitions"])
         if not isinstance(p["items"], int) or p["items"] < 2:
@@ -545,8 +540,8 @@ class DataAttributionFamily:
     metrics = ("lds", "group_lds", "property_lds", "mislabel_auroc", "copy_auroc", "copy_precision", "seconds")
     settings_type = DataAttributionSettings
 
-    def world_names(self) -> tuple[str, ...]:
-        return tuple(WORLD_PARAMS)
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        return WORLD_PARAMS
 
     def method_names(self) -> tuple[str, ...]:
         return tuple(METHODS)

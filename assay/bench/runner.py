@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from assay import __version__
-from assay.bench.spec import SpecRun, expand_spec, parse_world_spec, spec_value
+from assay.bench.spec import SpecRun, expand_spec, parse_world_spec, spec_value, world_params
 from assay.config import ConfigError, from_dict
 from assay.report.html import json_safe
 
@@ -70,7 +70,8 @@ class Family(Protocol):
     """The frozen settings dataclass (run budget); ``--options key=value`` sets its fields."""
 
     def world_names(self) -> Collection[str]:
-        """Names a world spec may use."""
+        """Names a world spec may use; a mapping name → the world's parameters and their defaults also has
+        :func:`run_family` refuse a parameter the world does not take before any work starts."""
         ...
 
     def method_names(self) -> Collection[str]:
@@ -176,8 +177,9 @@ def run_family(family: Family, *, worlds: Collection[str] = (), methods: Collect
     if not seeds:
         raise ConfigError("give at least one seed")
     settings = family.settings_type() if settings is None else settings
+    known = family.world_names()
     for w in worlds:
-        parse_world_spec(w, family.world_names())
+        world_params(w, known) if isinstance(known, Mapping) else parse_world_spec(w, known)
     plan = [(spec, family.expand(spec)) for spec in methods]
     out = Path(out_dir)
     cache = out / "cache"

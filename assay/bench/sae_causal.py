@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from assay.bench.runner import BenchResult, RunContext, check_params, expand_with, summary_rows
-from assay.bench.spec import SpecRun, parse_world_spec
+from assay.bench.spec import SpecRun, world_params
 from assay.config import ConfigError, check_choice
 from assay.worlds.base import make_generator
 
@@ -153,12 +153,7 @@ def prepare_world(spec: str, seed: int, settings: CausalSettings) -> CausalWorld
     from assay.hooks import SiteError, resolve
     from assay.models.zoo import world_model
 
-    name, given = parse_world_spec(spec, WORLD_PARAMS)
-    unknown = sorted(set(given) - set(WORLD_PARAMS[name]))
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for world {name!r}; "
-                          f"valid: {', '.join(WORLD_PARAMS[name])}")
-    p = {**WORLD_PARAMS[name], **given}
+    name, p = world_params(spec, WORLD_PARAMS)
     check_choice("sae", p["sae"], SAE_ARCHS)
     s = settings
     wm = world_model(name, model_overrides={"n_layers": s.n_layers, "n_heads": 2, "d_model": s.d_model,
@@ -316,8 +311,8 @@ class CausalFamily:
                                 "auroc_a", "auroc_b", "edit_norm")
     settings_type = CausalSettings
 
-    def world_names(self) -> tuple[str, ...]:
-        return tuple(WORLD_PARAMS)
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        return WORLD_PARAMS
 
     def method_names(self) -> tuple[str, ...]:
         return tuple(METHOD_PARAMS)

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from assay.bench.runner import BenchResult, RunContext, check_params, expand_with, summary_rows
-from assay.bench.spec import SpecRun, parse_world_spec
+from assay.bench.spec import SpecRun, world_params
 from assay.config import ConfigError, check_choice
 from assay.worlds.base import make_generator
 
@@ -241,12 +241,7 @@ def prepare_world(spec: str, seed: int, settings: FragilitySettings) -> Fragilit
     from assay.models.zoo import world_model
     from assay.worlds.vocab import SPECIALS
 
-    name, given = parse_world_spec(spec, WORLD_PARAMS)
-    unknown = sorted(set(given) - set(WORLD_PARAMS[name]))
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for world {name!r}; "
-                          f"valid: {', '.join(WORLD_PARAMS[name])}")
-    p = {**WORLD_PARAMS[name], **given}
+    name, p = world_params(spec, WORLD_PARAMS)
     check_choice("sae", p["sae"], SAE_ARCHS)
     s = settings
     wm = world_model(name, model_overrides={"n_layers": s.n_layers, "n_heads": 2, "d_model": s.d_model,
@@ -404,8 +399,8 @@ class FragilityFamily:
                                 "kl", "size", "init_latent_change")
     settings_type = FragilitySettings
 
-    def world_names(self) -> tuple[str, ...]:
-        return tuple(WORLD_PARAMS)
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        return WORLD_PARAMS
 
     def method_names(self) -> tuple[str, ...]:
         return tuple(METHOD_PARAMS)

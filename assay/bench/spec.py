@@ -9,12 +9,12 @@ else kept as text. A world spec takes single values only (``"dyck:model_steps=20
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from assay.config import ConfigError
 
-__all__ = ["SpecRun", "spec_value", "parse_spec", "expand_spec", "parse_world_spec"]
+__all__ = ["SpecRun", "spec_value", "parse_spec", "expand_spec", "parse_world_spec", "world_params"]
 
 
 def spec_value(v: str) -> Any:
@@ -53,6 +53,18 @@ def parse_world_spec(spec: str, known: Collection[str]) -> tuple[str, dict[str, 
     for k, (v,) in params.items():
         out[k] = tuple(spec_value(p) for p in v.split("/")) if isinstance(v, str) and "/" in v else v
     return name, out
+
+
+def world_params(spec: str, defaults: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """``(name, the world's default parameters updated by the spec's)`` for a family whose worlds each take a
+    fixed set of parameters (``defaults``: world name → its parameters and their defaults). A key the world
+    does not take is refused, naming the ones it does."""
+    name, given = parse_world_spec(spec, defaults)
+    unknown = sorted(set(given) - set(defaults[name]))
+    if unknown:
+        valid = ", ".join(defaults[name]) or "none (this world takes no parameters)"
+        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for world {name!r}; valid: {valid}")
+    return name, {**defaults[name], **given}
 
 
 class SpecRun(NamedTuple):

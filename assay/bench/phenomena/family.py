@@ -21,8 +21,7 @@ from typing import Any
 from assay.bench.phenomena.base import Curve
 from assay.bench.phenomena.registry import PHENOMENA, load_phenomenon
 from assay.bench.runner import BenchResult, RunContext, check_params, expand_with, summary_rows
-from assay.bench.spec import SpecRun, parse_world_spec
-from assay.config import ConfigError
+from assay.bench.spec import SpecRun, parse_world_spec, world_params
 
 __all__ = ["DynamicsSettings", "DynamicsFamily", "DEFAULT_WORLDS", "save_curves", "load_curves", "FAMILY"]
 
@@ -74,8 +73,8 @@ class DynamicsFamily:
         """Every registered phenomenon's metrics, in registry order (each world's table shows its own)."""
         return tuple(dict.fromkeys(m for name in PHENOMENA for m in load_phenomenon(name).metrics))
 
-    def world_names(self) -> tuple[str, ...]:
-        return tuple(PHENOMENA)
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        return {name: {} for name in PHENOMENA}
 
     def method_names(self) -> tuple[str, ...]:
         return ("default",)
@@ -87,11 +86,7 @@ class DynamicsFamily:
         return runs
 
     def prepare(self, world: str, seed: int, settings: DynamicsSettings) -> Any:
-        name, params = parse_world_spec(world, self.world_names())
-        if params:
-            raise ConfigError(f"dynamics world {name!r} takes no parameters (got {', '.join(params)}); its budget is "
-                              "fixed by the phenomenon (settings: quick=true|false)")
-        return load_phenomenon(name)
+        return load_phenomenon(world_params(world, self.world_names())[0])
 
     def score(self, prepared: Any, run: SpecRun, ctx: RunContext) -> dict[str, float]:
         m = prepared.measure(ctx.seed, quick=ctx.settings.quick, run_dir=ctx.run_dir)
