@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from assay.bench.runner import BenchResult, RunContext, check_params, expand_with, summary_rows
-from assay.bench.spec import SpecRun, parse_world_spec
+from assay.bench.spec import SpecRun, world_params
 from assay.config import ConfigError
 from assay.worlds.base import make_generator
 
@@ -397,8 +397,8 @@ class LensesFamily:
     metrics = ("readout_auroc", "success", "kl")
     settings_type = LensesSettings
 
-    def world_names(self) -> tuple[str, ...]:
-        return tuple(WORLD_PARAMS)
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        return WORLD_PARAMS
 
     def method_names(self) -> tuple[str, ...]:
         return tuple(METHOD_PARAMS)
@@ -410,12 +410,7 @@ class LensesFamily:
         return runs
 
     def prepare(self, world: str, seed: int, settings: LensesSettings) -> Any:
-        name, given = parse_world_spec(world, WORLD_PARAMS)
-        unknown = sorted(set(given) - set(WORLD_PARAMS[name]))
-        if unknown:
-            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for world {name!r}; "
-                              f"valid: {', '.join(WORLD_PARAMS[name])}")
-        p = {**WORLD_PARAMS[name], **given}
+        name, p = world_params(world, WORLD_PARAMS)
         if name == "cyclic":
             from assay.bench.lenses.cyclic import prepare_cyclic
 
