@@ -67,9 +67,17 @@ def test_a_transcoder_holding_the_compiled_mlp_gives_the_exact_graph():
     assert int((basis.activation(basis.pre(x)) > 0).sum(1).max()) <= 2
 
 
+def test_a_skip_transcoders_basis_is_its_map_with_the_skip_term():
+    tc = build_sae("topk_transcoder", d_in=4, d_out=3, d_sae=8, k=2, skip=True, seed=0)
+    with torch.no_grad():
+        tc.W_skip.copy_(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)))
+    basis = transcoder_basis(tc, layer=0)
+    x = torch.randn(20, 4, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(basis.decode(basis.activation(basis.pre(x))) + basis.skip(x), tc.transcode(x))
+    assert transcoder_basis(build_sae("topk_transcoder", d_in=4, d_out=3, d_sae=8, k=2), layer=0).skip(x) == 0.0
+
+
 def test_transcoder_basis_refuses_what_it_cannot_represent():
-    with pytest.raises(ValueError, match="skip"):
-        transcoder_basis(build_sae("topk_transcoder", d_in=4, d_out=4, d_sae=8, k=2, skip=True), layer=0)
     with pytest.raises(TypeError, match="TopKTranscoder"):
         transcoder_basis(build_sae("topk", d_in=4, d_sae=8, k=2), layer=0)
     with pytest.raises(ConfigError, match="k=9"):

@@ -46,9 +46,11 @@ def exact_transcoder(model, i: int) -> FeatureBasis:
 KW = dict(embed_site="model.embed_tokens", final_site="model.norm")
 
 
-def hand_forward(model, tokens, exact: list[int]):
+def hand_forward(model, tokens, exact: list[int], skips: dict[int, torch.Tensor] | None = None):
     """Clean run by hand, with the attention patterns HF reports (eager, output_attentions); returns the logits and
-    the linearised forward ``f(emb, acts, errs) -> (pres, logits)`` with norms and patterns frozen at the clean run."""
+    the linearised forward ``f(emb, acts, errs) -> (pres, logits)`` with norms and patterns frozen at the clean run
+    (``errs`` by layer; a transcoded layer i adds ``h skips[i]`` of its input h and its error ``errs[i]`` if given)."""
+    skips = skips or {}
     model.set_attn_implementation("eager")
     out = model(tokens[None], output_attentions=True)
     model.set_attn_implementation("sdpa")
@@ -84,6 +86,8 @@ def hand_forward(model, tokens, exact: list[int]):
                 m = layers[i].mlp
                 pres.append(h @ m.gate_proj.weight.T + m.gate_proj.bias)
                 x = x + acts[exact.index(i)] @ m.down_proj.weight.T + m.down_proj.bias
+                if i in skips:
+                    x = x + h @ skips[i] + errs[i]
             else:
                 x = x + errs[i]
         return pres, (model.model.norm.weight * x / rs[-1]) @ model.lm_head.weight.T
@@ -148,3 +152,61 @@ def _mask(graph, k):
     m = torch.zeros(graph.adjacency.shape[0], dtype=torch.bool)
     m[graph.slices()[k]] = True
     return m
+
+
+def test_skip_transcoder_edges_include_the_linear_skip_path():
+    """A skip-transcoder's ``x W_skip`` is a linear path in the replacement model: edges equal the Jacobians of a
+    hand-written forward in which each transcoded MLP adds h W_skip of its (live) input h, and its error node holds
+    what decoder + skip miss; rows still sum to the model's logits."""
+    import dataclasses
+
+    model = tiny_llama()
+    tokens = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(3)
+    skips = {i: 0.2 * torch.randn(D, D, generator=g, dtype=torch.float64) for i in range(N_LAYERS)}
+    bases = [dataclasses.replace(exact_transcoder(model, i), W_skip=skips[i]) for i in range(N_LAYERS)]
+    with torch.no_grad():
+        emb, _, logits, linear = hand_forward(model, tokens, list(range(N_LAYERS)), skips)
+    graph = attribute(model, tokens, bases, GraphConfig(batch_size=5, max_n_logits=3, desired_logit_prob=1.0),
+                      unembed=model.lm_head.weight, **KW)
+    rep = LocalReplacement(model, tokens, bases, unembed=model.lm_head.weight, **KW)
+    acts, errs = [a.detach() for a in rep.acts], {i: rep.errors[i] for i in range(N_LAYERS)}
+    assert all(e.abs().max() > 1e-3 for e in errs.values())  # the errors hold minus the skip term here
+    feats, sl = graph.features.tolist(), graph.slices()
+    targets = [("logit", int(v)) for v in graph.logit_tokens] + [("feature", f) for f in feats[:12]]
+    rows = [sl[3].start + k for k in range(graph.n_logits)] + list(range(min(12, len(feats))))
+    for (kind, what), r in zip(targets, rows, strict=True):
+        def target(emb_, *rest, kind=kind, what=what):
+            pres, lg = linear(emb_, list(rest[:N_LAYERS]), dict(enumerate(rest[N_LAYERS:])))
+            if kind == "logit":
+                return lg[-1, what] - lg[-1].mean()
+            j, p, i = what
+            return pres[j][p, i]
+
+        jac = torch.autograd.functional.jacobian(target, (emb, *acts, *errs.values()))
+        expected = torch.zeros(graph.adjacency.shape[1], dtype=torch.float64)
+        expected[sl[2]] = (jac[0] * emb).sum(-1)
+        for k, (j, p, i) in enumerate(feats):
+            expected[k] = jac[1 + j][p, i] * acts[j][p, i]
+        for i in range(N_LAYERS):
+            expected[sl[1].start + i * T:sl[1].start + (i + 1) * T] = (jac[1 + N_LAYERS + i] * errs[i]).sum(-1)
+        assert torch.allclose(graph.adjacency[r], expected, atol=1e-6), (kind, what)
+    lg = sl[3]
+    summed = graph.adjacency[lg].sum(1) + graph.constants[lg] + graph.unexplored[lg]
+    torch.testing.assert_close(summed, logits[-1, graph.logit_tokens] - logits[-1].mean(), rtol=0, atol=1e-5)
+    # dropping the skip path from the graph (same errors) changes the edges: the test can fail
+    plain = attribute(model, tokens, [exact_transcoder(model, i) for i in range(N_LAYERS)],
+                      GraphConfig(batch_size=5, max_n_logits=3, desired_logit_prob=1.0),
+                      unembed=model.lm_head.weight, **KW)
+    assert not torch.allclose(plain.adjacency[lg][:, :graph.n_features], graph.adjacency[lg][:, :graph.n_features],
+                              atol=1e-3)
+
+
+def test_a_skip_term_needs_matching_shapes_and_a_separate_input_site():
+    base = exact_transcoder(tiny_llama(), 0)
+    import dataclasses
+
+    with pytest.raises(ValueError, match="W_skip"):
+        dataclasses.replace(base, W_skip=torch.zeros(D, D + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="same site"):
+        dataclasses.replace(base, input_site=base.output_site, W_skip=torch.zeros(D, D, dtype=torch.float64))

@@ -57,6 +57,9 @@ class CircuitSettings:
     """Features per transcoder."""
     k: int = 16
     """Active features per token (TopK)."""
+    skip: bool = False
+    """Skip-transcoders (Paulo et al. 2025): each adds a linear map of its MLP input, a linear path through the MLP
+    in the graph, so less of the MLP's response to a change upstream is left to its (fixed) error node."""
     steps: int = 300
     """Optimizer steps per transcoder."""
     rows: int = 256
@@ -169,7 +172,7 @@ def train_transcoders(model: nn.Module, windows: torch.Tensor, settings: Circuit
     d = model.config.hidden_size
     cfg = SAETrainConfig(steps=settings.steps, warmup_steps=settings.steps // 10)
     trainers = [SAETrainer(build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=settings.d_sae, k=settings.k,
-                                     seed=settings.seed + i), cfg) for i in settings.layers]
+                                     skip=settings.skip, seed=settings.seed + i), cfg) for i in settings.layers]
     batches = transcoder_batches(model, windows, settings)
     bar = ProgressBar(settings.steps, 0) if settings.progress else None
     try:
@@ -280,7 +283,7 @@ def _replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[
             if off is not None and off[0] == j:
                 a = a.clone()
                 a[:, off[1], off[2]] *= 1 - off[3]
-            out = b.decode(a)
+            out = b.decode(a) + b.skip(inputs[b.input_site])
             errs.append(h - out)
             return h if errors is None else out + errors[j]
         return fn
@@ -354,7 +357,8 @@ def _transcoders(model: nn.Module, windows: torch.Tensor, settings: CircuitSetti
 
     n, t = windows.shape
     s = settings
-    paths = {i: cache / f"layer{i}-d{s.d_sae}-k{s.k}-steps{s.steps}-rows{s.rows}-seed{s.seed}-windows{n}x{t}"
+    kind = "-skip" if s.skip else ""
+    paths = {i: cache / f"layer{i}-d{s.d_sae}-k{s.k}{kind}-steps{s.steps}-rows{s.rows}-seed{s.seed}-windows{n}x{t}"
              for i in s.layers}
     out = {i: load_sae(p) for i, p in paths.items() if p.is_dir()}
     missing = tuple(i for i in s.layers if i not in out)
@@ -406,7 +410,8 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
             zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(),
                 res.measured_replacement.tolist(), strict=True)]
     top = tok.decode([int(g.logit_tokens[0])])
-    notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; transcoders (TopK, d_sae={settings.d_sae}, "
+    kind = "skip-transcoders (TopK" if settings.skip else "transcoders (TopK"
+    notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; {kind}, d_sae={settings.d_sae}, "
              f"k={settings.k}, {settings.steps} steps) on MLPs {list(settings.layers)} (on every MLP, an error node per position holds what its transcoder misses; "
              f"an MLP without one is an error node).",
              f"{g.n_features} active features, {g.adjacency.shape[0]} nodes; replacement {res.replacement:.3f}, "

@@ -85,7 +85,8 @@ def transcoder_basis(transcoder, *, layer: int, labels: Sequence[str] = (), inpu
     output ``blocks.{layer}.mlp`` unless ``input_site`` / ``output_site`` name others, e.g. a Llama's
     ``model.layers.{layer}.post_attention_layernorm`` / ``model.layers.{layer}.mlp``): the same encoder, decoder
     and activation (TopK∘ReLU, or JumpReLU with the transcoder's θ), so ``decode(σ(pre(x)))`` is the
-    transcoder's own ``transcode(x)``. Skip-transcoders and other activations are refused."""
+    transcoder's own ``transcode(x)`` (a skip-transcoder's ``x W_skipᵀ`` is the basis's ``W_skip``, a linear path in
+    the graph: :class:`~assay.circuits.graph.basis.FeatureBasis`). Other activations are refused."""
     from assay.dictionaries.topk import topk_codes
     from assay.dictionaries.transcoder import JumpReLUTranscoder, TopKTranscoder
 
@@ -96,15 +97,13 @@ def transcoder_basis(transcoder, *, layer: int, labels: Sequence[str] = (), inpu
     else:
         raise TypeError(f"expected a TopKTranscoder or JumpReLUTranscoder, got {type(transcoder).__name__}; build one "
                         "with build_sae('topk_transcoder', ...) or build_sae('jumprelu_transcoder', ...)")
-    if transcoder.cfg.skip:
-        raise ValueError("a skip-transcoder's x W_skipᵀ term has no feature-basis form (it would be an input-"
-                         "dependent error); train it with skip=False")
     output_site = output_site or f"blocks.{layer}.mlp"
     return FeatureBasis(
         name=output_site, input_site=input_site or f"blocks.{layer}.ln2", output_site=output_site,
         W_enc=transcoder.W_enc.detach().clone(), b_enc=transcoder.b_enc.detach().clone(),
         W_dec=transcoder.W_dec.detach().clone(), b_dec=transcoder.b_dec.detach().clone(),
-        activation=activation, labels=tuple(labels))
+        activation=activation, labels=tuple(labels),
+        W_skip=transcoder.W_skip.detach().t().clone() if transcoder.cfg.skip else None)
 
 
 def _tokens(inputs: torch.Tensor, cfg: TranscoderTraining) -> Iterator[torch.Tensor]:

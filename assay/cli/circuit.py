@@ -36,6 +36,8 @@ class CircuitCommand:
     """Features per transcoder."""
     k: int = 16
     """Active features per token (TopK)."""
+    skip: bool = False
+    """Skip-transcoders: each adds a linear map of its MLP input (a linear path through the MLP in the graph)."""
     steps: int = 300
     """Training steps (one forward pass each feeds every transcoder)."""
     rows: int = 256
@@ -63,7 +65,7 @@ class CircuitCommand:
         """The experiment's settings (validated)."""
         from assay.bench.circuit_real import CircuitSettings
 
-        return CircuitSettings(layers=() if self.all_layers else self.layers, d_sae=self.d_sae, k=self.k,
+        return CircuitSettings(layers=() if self.all_layers else self.layers, d_sae=self.d_sae, k=self.k, skip=self.skip,
                                steps=self.steps, rows=self.rows, seed=self.seed, graph_batch=self.graph_batch,
                                memory_gb=self.memory_gb, n_ablate=self.n_ablate, ablate_first=self.ablate_first,
                                ablate_fraction=self.ablate_fraction, progress=True)

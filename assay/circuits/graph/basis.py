@@ -7,7 +7,10 @@ A basis at one component reads the output of ``input_site`` (x), computes pre-ac
 with input = the MLP input and output = the MLP output; a compiled model's MLP neurons are an exact
 one (error 0), and so is the projection onto the variables a compiled attention layer writes
 (input = output = the attention output, σ = identity). A cross-layer transcoder (Ameisen et al. 2025) is one
-basis per layer whose features also write later layers' MLP outputs (``writes``). Attribution graphs (Ameisen et al. 2025,
+basis per layer whose features also write later layers' MLP outputs (``writes``). A skip-transcoder (Paulo, Shabalin &
+Belrose 2025, "Transcoders Beat Sparse Autoencoders for Interpretability") adds a linear term ``x W_skip`` of its
+input to its rebuild: in the replacement model that term is a linear path through the MLP, like attention with its
+pattern frozen, so it carries effects between nodes but is not a node. Attribution graphs (Ameisen et al. 2025,
 "Circuit Tracing: Revealing Computational Graphs in Language Models") take their feature nodes from
 any list of bases.
 """
@@ -63,6 +66,9 @@ class FeatureBasis:
     """Further sites the features write, as (site, decoder [n, d_site]) pairs: a cross-layer transcoder's
     decoders to later MLP outputs. Each site must be the ``output_site`` of a basis listed after this one; that
     basis's rebuilt output then adds ``a W`` from these features (and its error is what all writers miss)."""
+    W_skip: torch.Tensor | None = None
+    """A skip-transcoder's linear term, [d_in, d_out]: the rebuilt output adds ``x W_skip`` of what the basis reads
+    (module docstring); None: no skip term."""
 
     def __post_init__(self) -> None:
         n = self.W_enc.shape[1]
@@ -80,6 +86,13 @@ class FeatureBasis:
         if bad or len(set(sites)) != len(sites) or self.output_site in sites:
             raise ValueError(f"basis {self.name!r}: writes {[(s, tuple(w.shape)) for s, w in self.writes]} must name "
                              f"distinct sites other than its output site, each with a decoder [{n}, d_site]")
+        if self.W_skip is not None:
+            want = (self.W_enc.shape[0], self.W_dec.shape[1])
+            if tuple(self.W_skip.shape) != want:
+                raise ValueError(f"basis {self.name!r}: W_skip {tuple(self.W_skip.shape)} must be [d_in, d_out] = {want}")
+            if self.input_site == self.output_site:
+                raise ValueError(f"basis {self.name!r} reads and rebuilds the same site {self.input_site!r}; a skip "
+                                 "term needs an input site before the output site (a transcoder's)")
 
     @property
     def n_features(self) -> int:
@@ -91,15 +104,20 @@ class FeatureBasis:
         if self.W_enc.dtype == dtype:
             return self
         return replace(self, **{k: getattr(self, k).to(dtype) for k in ("W_enc", "b_enc", "W_dec", "b_dec")},
-                       writes=tuple((site, w.to(dtype)) for site, w in self.writes))
+                       writes=tuple((site, w.to(dtype)) for site, w in self.writes),
+                       W_skip=None if self.W_skip is None else self.W_skip.to(dtype))
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations ``x W_enc + b_enc``."""
         return x @ self.W_enc + self.b_enc
 
     def decode(self, a: torch.Tensor) -> torch.Tensor:
-        """Reconstruction ``a W_dec + b_dec``."""
+        """Reconstruction ``a W_dec + b_dec`` (without the skip term: see :meth:`skip`)."""
         return a @ self.W_dec + self.b_dec
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor | float:
+        """The skip term ``x W_skip`` of the input ``x`` (0 without one)."""
+        return 0.0 if self.W_skip is None else x @ self.W_skip
 
 
 def error_basis(site: str, d: int, *, dtype: torch.dtype = torch.float32) -> FeatureBasis:

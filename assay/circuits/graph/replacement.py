@@ -3,11 +3,12 @@
 Ameisen et al. 2025, "Circuit Tracing: Revealing Computational Graphs in Language Models" (§ "The
 local replacement model"; circuit-tracer's ``_configure_gradient_flow``): run the prompt once, keep
 every attention pattern, every LayerNorm's scale σ per position, and each basis's error
-``e = y − (a W_dec + b_dec)``; then the model in which (i) every pattern site returns its frozen
+``e = y − (a W_dec + b_dec)`` (a skip-transcoder's ``x W_skip`` subtracted too); then the model in which (i) every pattern site returns its frozen
 pattern, (ii) every LayerNorm returns ``γ ⊙ (x − mean x)/σ_frozen + β`` (centring stays: it is
 linear), (iii) the embedding returns a given tensor and (iv) every basis's output site returns
 ``a W_dec + b_dec + e`` (plus, for a cross-layer transcoder, the writes of earlier layers' features) for given
-activations ``a`` and errors ``e`` is *linear* in (embeddings,
+activations ``a`` and errors ``e`` (plus a skip-transcoder's ``x W_skip`` of its live input ``x``: a linear path) is
+*linear* in (embeddings,
 activations, errors), up to constants (biases, position embeddings). With the clean values it
 reproduces the model exactly.
 
@@ -143,8 +144,8 @@ class LocalReplacement:
         self.emb = cap[embed_site][0]
         self.pres = [b.pre(cap[b.input_site][0]) for b in self.bases]
         self.acts = [b.activation(p) for b, p in zip(self.bases, self.pres, strict=True)]
-        self.errors = [cap[b.output_site][0] - out for b, out in zip(self.bases, rebuilt_outputs(self.bases, self.acts),
-                                                                      strict=True)]
+        self.errors = [cap[b.output_site][0] - out - b.skip(cap[b.input_site][0])
+                       for b, out in zip(self.bases, rebuilt_outputs(self.bases, self.acts), strict=True)]
         self.final = cap[final_site][0]
         self.logits = self.final @ self.unembed.T
 
@@ -160,7 +161,8 @@ class LocalReplacement:
 
     def run_outputs(self, emb: torch.Tensor, outputs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The linearised forward pass with every basis's output site set to ``outputs[j]`` [B, T, d_out] (what
-        the features write there, a cross-layer transcoder's earlier layers included, plus its error). Returns what each basis reads at its input site [B, T, d_in] and the
+        the features write there, a cross-layer transcoder's earlier layers included, plus its error; a skip-transcoder's
+        ``x W_skip`` of what it reads in this run is added). Returns what each basis reads at its input site [B, T, d_in] and the
         final residual [B, T, d]. A module whose output is replaced and which no basis reads (an MLP under a
         transcoder) is not run at all."""
         b = emb.shape[0]
@@ -187,7 +189,8 @@ class LocalReplacement:
             def rebuild(h, j=j, basis=basis):
                 if basis.input_site == basis.output_site:
                     inputs[j] = h
-                return outputs[j]
+                    return outputs[j]
+                return outputs[j] + basis.skip(inputs[j])
 
             def read(h, j=j):
                 inputs[j] = h
