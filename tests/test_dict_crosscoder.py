@@ -3,10 +3,10 @@ against a hand computation, folding, the spec's check values, Latent Scaling aga
 fit, and the ground truth of diffing — a tiny model and a copy with one rule changed (after token FLIP the
 next token is NEW), planted as an exact residual edit: a crosscoder finds latents exclusive to the changed
 model that fire exactly where the rule applies (the world's label) and whose decoder is the edit, nothing
-exclusive to the unchanged model carries it, and two identical models give no exclusive latent.
-(A fine-tuned copy was tried first: the change then co-occurs with the "current token" feature and the L1
-crosscoder mostly keeps one shared latent whose two decoders differ; results changed with the run —
-docs/dictionaries.md, "Crosscoders".)"""
+exclusive to the unchanged model carries it, and two identical models give no exclusive latent; and the same
+rule learned by fine-tuning (a copy of a converged base model fine-tuned on the world with the rule): latents
+exclusive to the fine-tuned model detect the rule's positions, and the same fine-tuning without the rule gives
+none (docs/dictionaries.md, "Crosscoders")."""
 
 import copy
 
@@ -217,4 +217,63 @@ def test_crosscoder_finds_a_latent_exclusive_to_the_model_with_the_changed_rule(
     assert max(a_auc, default=0.5) < 0.75, a_auc  # nothing exclusive to the unchanged model carries the rule
     # control: two identical models give no robust exclusive latent that carries the rule (measured: none at all)
     _, b_ctrl, _, _ = _diff(A, PlantedRule(A, strength=0.0).eval(), **kw)
+    assert max(b_ctrl.values(), default=0.5) < 0.75, b_ctrl
+
+
+def _world_with_rule(n, seed, *, rule):
+    """Draws of the base world (as :func:`_tokens`) where, with ``rule``, the token two after a FLIP is NEW: the
+    model predicting position t + 1 at t must see that the token at t − 1 is FLIP (:func:`rule_applies`), which
+    the base world never asks for — a new feature, not a changed use of an existing one."""
+    g = torch.Generator().manual_seed(seed)
+    tok = torch.empty(n, T, dtype=torch.long)
+    tok[:, 0] = 0
+    tok[:, 1] = torch.randint(1, V, (n,), generator=g)
+    for t in range(2, T):
+        nxt = (3 * tok[:, t - 1] + 1) % V
+        tok[:, t] = torch.where(torch.rand(n, generator=g) < 0.5, nxt, torch.randint(1, V, (n,), generator=g))
+        if rule and t >= 3:
+            tok[:, t] = torch.where(tok[:, t - 2] == FLIP, torch.full_like(tok[:, t], NEW), tok[:, t])
+    return tok
+
+
+def _fit(model, steps, lr, *, rule, seed):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for s in range(steps):
+        data = _world_with_rule(256, seed + s, rule=rule)
+        loss = nn.functional.cross_entropy(model(data)[:, :-1].reshape(-1, V), data[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def fine_tuned():
+    """A base model trained to convergence on fresh draws of the base world (1000 steps), a copy fine-tuned for
+    300 steps on the world with the rule, and the control: the same fine-tuning on the base world."""
+    cfg = TransformerConfig(vocab_size=V, n_layers=1, n_heads=2, d_model=16, context=T)
+    base = _fit(Transformer(cfg, generator=torch.Generator().manual_seed(0)), 1000, 3e-3, rule=False, seed=1)
+    tuned = _fit(copy.deepcopy(base), 300, 1e-3, rule=True, seed=5000)
+    control = _fit(copy.deepcopy(base), 300, 1e-3, rule=False, seed=5000)
+    return base, tuned, control
+
+
+def test_crosscoder_finds_latents_exclusive_to_a_model_fine_tuned_on_a_changed_rule(fine_tuned):
+    A, B, C = fine_tuned
+    with torch.no_grad():
+        ev = _tokens(64, 5)
+        at = rule_applies(ev)[:, 1:]
+        assert (B(ev).argmax(-1)[:, 1:][at] == NEW).float().mean() > 0.9  # fine-tuning learned the rule ...
+        for M in (A, C):
+            assert (M(ev).argmax(-1)[:, 1:][at] == NEW).float().mean() < 0.2  # ... the others did not
+    diff, b_auc, a_auc, _ = _diff(A, B)
+    # measured (base seeds 0-3): 6-11 robust B-only latents, the best at AUROC 0.976-0.984 for the rule's positions,
+    # 4/6-8/11 of them above 0.8 (the rest 0.63-0.74); A-only latents: 1-2, each "the current token is 16" (AUROC
+    # 1.0 for that; 0.79 for the rule, since the token after a FLIP is 16 half the time), 0.49 for another
+    assert b_auc and max(b_auc.values()) > 0.95, b_auc
+    assert sum(v > 0.8 for v in b_auc.values()) >= len(b_auc) / 2, b_auc
+    assert max(a_auc, default=0.5) < 0.85, a_auc
+    # control: the same fine-tuning without the rule gives no exclusive latent carrying it (measured: none at all)
+    _, b_ctrl, _, _ = _diff(A, C)
     assert max(b_ctrl.values(), default=0.5) < 0.75, b_ctrl
