@@ -119,8 +119,11 @@ def test_sources_of_different_widths_need_a_projection():
     assert got.shape == (8, 16)
 
 
-def _tokens(n, seed):
-    """The base world: t → (3t + 1) mod V with probability 0.5, else a random token (BOS 0 first)."""
+def _tokens(n, seed, *, rule=False):
+    """The base world: t → (3t + 1) mod V with probability 0.5, else a random token (BOS 0 first). With ``rule``, the
+    token two after a FLIP is NEW: the model predicting position t + 1 at t must see that the token at t − 1 is
+    FLIP (:func:`rule_applies`), which the base world never asks for — a new feature, not a changed use of an
+    existing one."""
     g = torch.Generator().manual_seed(seed)
     tok = torch.empty(n, T, dtype=torch.long)
     tok[:, 0] = 0
@@ -128,6 +131,8 @@ def _tokens(n, seed):
     for t in range(2, T):
         nxt = (3 * tok[:, t - 1] + 1) % V
         tok[:, t] = torch.where(torch.rand(n, generator=g) < 0.5, nxt, torch.randint(1, V, (n,), generator=g))
+        if rule and t >= 3:
+            tok[:, t] = torch.where(tok[:, t - 2] == FLIP, torch.full_like(tok[:, t], NEW), tok[:, t])
     return tok
 
 
@@ -220,27 +225,11 @@ def test_crosscoder_finds_a_latent_exclusive_to_the_model_with_the_changed_rule(
     assert max(b_ctrl.values(), default=0.5) < 0.75, b_ctrl
 
 
-def _world_with_rule(n, seed, *, rule):
-    """Draws of the base world (as :func:`_tokens`) where, with ``rule``, the token two after a FLIP is NEW: the
-    model predicting position t + 1 at t must see that the token at t − 1 is FLIP (:func:`rule_applies`), which
-    the base world never asks for — a new feature, not a changed use of an existing one."""
-    g = torch.Generator().manual_seed(seed)
-    tok = torch.empty(n, T, dtype=torch.long)
-    tok[:, 0] = 0
-    tok[:, 1] = torch.randint(1, V, (n,), generator=g)
-    for t in range(2, T):
-        nxt = (3 * tok[:, t - 1] + 1) % V
-        tok[:, t] = torch.where(torch.rand(n, generator=g) < 0.5, nxt, torch.randint(1, V, (n,), generator=g))
-        if rule and t >= 3:
-            tok[:, t] = torch.where(tok[:, t - 2] == FLIP, torch.full_like(tok[:, t], NEW), tok[:, t])
-    return tok
-
-
 def _fit(model, steps, lr, *, rule, seed):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for s in range(steps):
-        data = _world_with_rule(256, seed + s, rule=rule)
+        data = _tokens(256, seed + s, rule=rule)
         loss = nn.functional.cross_entropy(model(data)[:, :-1].reshape(-1, V), data[:, 1:].reshape(-1))
         opt.zero_grad()
         loss.backward()
