@@ -1,11 +1,12 @@
 """Graphs on groups of nodes (supernodes) and spec A3's pruned clause read on its aggregated nodes
-(circuits.md §4.3): hand values, the ungrouped pipeline as the reference, and a compiled histogram graph
-whose count variable is spread over many neurons."""
+(circuits.md §4.3): hand values, the ungrouped pipeline as the reference, a compiled histogram graph
+whose count variable is spread over many neurons, and the split of dyck1's eos_ok constant between the token
+and the bias (the same function; only the split the program uses keeps the clause)."""
 
 import torch
 
-from assay.circuits.compile import PROGRAMS, compile_program
-from assay.circuits.compile.features import exact_bases, variable_groups
+from assay.circuits.compile import PROGRAMS, compile_program, dyck1
+from assay.circuits.compile.features import edge_recovery, exact_bases, variable_groups
 from assay.circuits.graph import (
     GraphConfig,
     aggregate,
@@ -14,6 +15,7 @@ from assay.circuits.graph import (
     influential_edge_recall,
     prune,
 )
+from tests.test_circuits_compile import all_inputs, logits_of
 from tests.test_circuits_graph import masks, small_graph
 
 
@@ -58,3 +60,38 @@ def test_histogram_count_neurons_form_one_node_and_the_aggregated_clause_holds()
     # with the count neurons as one node, every edge carrying ≥ 1% of the influence is kept.
     assert raw < 0.9
     assert grouped_influential_recall(graph.adjacency, w, always, ids, features=feats) == 1.0
+
+
+def aggregated_recall(graph, bases) -> float:
+    """The bench's ``aggregated_recall`` of one exact-feature graph (tokens and logits always kept)."""
+    f, _, t, _ = graph.slices()
+    always = torch.zeros(graph.adjacency.shape[0], dtype=torch.bool)
+    always[t.start:] = True
+    feats = torch.zeros_like(always)
+    feats[f] = True
+    return grouped_influential_recall(graph.adjacency, graph.logit_weights(), always, variable_groups(graph, bases)[0],
+                                      features=feats)
+
+
+def test_dyck1_eos_split_keeps_the_aggregated_clause_where_the_plain_and_complement_gates_do_not():
+    prompts = ([1, 5, 4, 4, 5, 5, 4],  # ends at depth 0: the depth's edge into eos_ok is 0
+               [1, 4, 4, 5, 5, 5, 5, 4, 4, 4, 5, 5],  # ends at depth −1 after 11 brackets: the depth's edge is small
+               [1, 5, 5],  # ends at depth −2 with both eos_ok neurons on: the depth's edge is large
+               [1, 5, 5, 5, 4, 5, 5], [1, 4, 5, 4])  # docs/circuits.md's failing prompt; one ending at depth 1
+    gate = 2.0 * 16 + 2.0
+    splits = {w: compile_program(dyck1(bracket_weight=w)) for w in (3.0, 0.0, gate)}  # default, complement, plain
+    x = all_inputs(dyck1())  # every bracket string of length 16, and random strings with specials (the veto's inputs)
+    for compiled in splits.values():  # one function: every split gives the same logits (to 1e-4, A1's tolerance)
+        torch.testing.assert_close(logits_of(compiled, x), logits_of(splits[3.0], x), rtol=0, atol=1e-4)
+    recall = {}
+    for w, compiled in splits.items():
+        model, bases = compiled.model.double(), exact_bases(compiled)
+        graphs = [attribute(model, torch.tensor(p), bases, GraphConfig(batch_size=64)) for p in prompts]
+        recall[w] = [aggregated_recall(g, bases) for g in graphs]
+        rec = edge_recovery(graphs, bases, compiled)
+        assert rec.precision == 1.0
+        # the complement gate's token edge acts only by switching eos_ok off (at specials): never a graph edge
+        assert rec.expected - rec.found == ({("embed", "eos_ok")} if w == 0.0 else set())
+    assert min(recall[3.0]) >= 0.9, recall
+    # measured: 0.5 (eos_ok at depth 0 has no input edge, so it is pruned) and 0.42–0.83 (the depth head pruned)
+    assert recall[0.0][0] < 0.9 and max(recall[gate][1:4]) < 0.9, recall
