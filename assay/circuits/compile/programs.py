@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 from assay.circuits.compile.assemble import Program
@@ -43,7 +44,7 @@ from assay.circuits.compile.blocks import (
 from assay.circuits.compile.space import ONE, Layout, Variable
 from assay.worlds.vocab import BOS, EOS, SPECIALS
 
-__all__ = ["SCALE", "previous_token", "dyck1", "induction", "histogram", "two_hop", "with_decoy", "DECOY", "PROGRAMS"]
+__all__ = ["SCALE", "previous_token", "dyck1", "eos_bracket_weight", "induction", "histogram", "two_hop", "with_decoy", "DECOY", "PROGRAMS"]
 
 SCALE = 10.0
 """Readout weight: a selected output gets logit SCALE (the top-1 margin of one-hot outputs)."""
@@ -98,7 +99,19 @@ def previous_token(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
                    output_values=tuple(range(n)), max_seq_len=max_seq_len, reference=reference)
 
 
-def dyck1(*, max_seq_len: int = 16, bracket_weight: float = 3.0) -> Program:
+def eos_bracket_weight(max_seq_len: int) -> float:
+    """The default ``bracket_weight`` of :func:`dyck1`: √(lo·hi), the geometric middle of the weights w for which
+    circuit-tracer's pruning keeps A3's influential edges of dyck1's exact graphs, K = max_seq_len (derived from
+    the pruning's shares and measured in docs/circuits.md, A3). lo = K/8: below it the 0.98 edge step drops the
+    token → ``eos_ok`` edge of short prompts ending below depth 0 (the depth's edge, 2K·|d|/(t+1) per neuron, is
+    large there); hi = min(4, K/3): above it the last token and ``eos_ok`` cover the 0.8 node share alone and the
+    depth head is pruned ([BOS, c]: w < K/3; a length-K prompt ending at depth −1: w < 4). The window is empty
+    beyond K ≈ 32."""
+    k = float(max_seq_len)
+    return math.sqrt(k / 8 * min(4.0, k / 3))
+
+
+def dyck1(*, max_seq_len: int = 16, bracket_weight: float | None = None) -> Program:
     """Dyck-1 next-token validity from the running depth (matches DyckWorld(k=1) ``valid_next``).
 
     ``bracket_weight`` (w) splits the ``eos_ok`` neurons' constant between the token and the bias: their
@@ -106,9 +119,8 @@ def dyck1(*, max_seq_len: int = 16, bracket_weight: float = 3.0) -> Program:
     (the token one-hot sums to 1). It sets how much of the neurons' input the token's edge carries in an
     attribution graph: w = gate is the plain gate (the token edge outweighs the depth's and the depth head is
     pruned), w = 0 the complement gate (no token edge at brackets, so the edge the circuit lists is never
-    measured and, where d_t = 0, ``eos_ok`` has no input at all). The default 3 lies inside the window
-    measured at max_seq_len = 16 where circuit-tracer's pruning keeps A3's influential aggregated edges
-    (docs/circuits.md, A3)."""
+    measured and, where d_t = 0, ``eos_ok`` has no input at all). The default (None) is
+    :func:`eos_bracket_weight`."""
     n = N_SPECIAL + 2
     o, c = N_SPECIAL, N_SPECIAL + 1
     layout, token, one, _ = _base(n, max_seq_len, position=False)
@@ -116,7 +128,8 @@ def dyck1(*, max_seq_len: int = 16, bracket_weight: float = 3.0) -> Program:
     close_ok = layout.numerical("close_ok")
     eos_ok = layout.numerical("eos_ok")
     head = mean_head("depth_head", value=token, output=depth, value_map=lambda v: {o: 1.0, c: -1.0}.get(v))
-    k2, gate, w = 2.0 * max_seq_len, 2.0 * max_seq_len + 2.0, bracket_weight
+    k2, gate = 2.0 * max_seq_len, 2.0 * max_seq_len + 2.0
+    w = eos_bracket_weight(max_seq_len) if bracket_weight is None else bracket_weight
     x = depth.dim()
     tok = ((token.dim(o), w), (token.dim(c), w), *((token.dim(v), w - gate) for v in range(N_SPECIAL)))
     neurons = (  # close_ok = clip(2K·x − ½, 0, 1); eos_ok = clip(1½ − 2K·x − gate·[special], 0, 1)
