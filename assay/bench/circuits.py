@@ -435,7 +435,7 @@ class CircuitFamily:
             "on the only path. Excluding token nodes from the node share does not fix it (worst prompts: dyck1 0.70, "
             "histogram 0.50, induction 0.67), so the peer-compatible rule is kept; see docs/circuits.md. "
             "aggregated_recall reads the clause on the spec's aggregated nodes (one node per variable and position, "
-            "pruned by the same rule): it holds on every program but dyck1 (docs/circuits.md).",
+            "pruned by the same rule): it holds on every program (on dyck1 through its eos_ok split; docs/circuits.md).",
             "Controls: random_basis (random features of the same sizes; the errors carry the computation) and "
             "random_weights (the circuit's names on redrawn weights: precision should sit at `chance`, the "
             "precision of every possible edge).",

@@ -12,7 +12,10 @@ input starts with BOS and holds no other BOS.
 - ``dyck1``: the valid next tokens of Dyck-1 given the depth d_t = #o − #c (the labels of
   :class:`~assay.worlds.dyck.DyckWorld` with k = 1): ``o`` always, ``c`` iff d_t > 0, EOS iff d_t ≤ 0
   and token t is a bracket; logit +S if valid, −S if not. A uniform head writes d_t/(t+1); an MLP
-  thresholds it (slope 2·max_seq_len, exact because |d_t/(t+1)| ≥ 1/max_seq_len when d_t ≠ 0). 1 layer.
+  thresholds it (slope 2·max_seq_len, exact because |d_t/(t+1)| ≥ 1/max_seq_len when d_t ≠ 0). The
+  ``eos_ok`` neurons AND the depth with "token t is a bracket" (a special token vetoes them); how their
+  constant is split between the token's weights and the bias (``bracket_weight``) does not change the
+  function but decides what their attribution-graph edges show (docs/circuits.md, A3). 1 layer.
 - ``induction``: layer 0 copies token[t−1] into ``prev``; layer 1 attends to the positions s with
   prev[s] = token[t] and copies token[s] (the mean one-hot if several match; BOS if none). 2 layers.
 - ``histogram``: out[t] = #{1 ≤ s ≤ t : token[s] = token[t]} (0 at non-symbols). A head over the
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 from assay.circuits.compile.assemble import Program
@@ -40,7 +44,7 @@ from assay.circuits.compile.blocks import (
 from assay.circuits.compile.space import ONE, Layout, Variable
 from assay.worlds.vocab import BOS, EOS, SPECIALS
 
-__all__ = ["SCALE", "previous_token", "dyck1", "induction", "histogram", "two_hop", "with_decoy", "DECOY", "PROGRAMS"]
+__all__ = ["SCALE", "previous_token", "dyck1", "eos_bracket_weight", "induction", "histogram", "two_hop", "with_decoy", "DECOY", "PROGRAMS"]
 
 SCALE = 10.0
 """Readout weight: a selected output gets logit SCALE (the top-1 margin of one-hot outputs)."""
@@ -95,8 +99,28 @@ def previous_token(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
                    output_values=tuple(range(n)), max_seq_len=max_seq_len, reference=reference)
 
 
-def dyck1(*, max_seq_len: int = 16) -> Program:
-    """Dyck-1 next-token validity from the running depth (matches DyckWorld(k=1) ``valid_next``)."""
+def eos_bracket_weight(max_seq_len: int) -> float:
+    """The default ``bracket_weight`` of :func:`dyck1`: √(lo·hi), the geometric middle of the weights w for which
+    circuit-tracer's pruning keeps A3's influential edges of dyck1's exact graphs, K = max_seq_len (derived from
+    the pruning's shares and measured in docs/circuits.md, A3). lo = K/8: below it the 0.98 edge step drops the
+    token → ``eos_ok`` edge of short prompts ending below depth 0 (the depth's edge, 2K·|d|/(t+1) per neuron, is
+    large there); hi = min(4, K/3): above it the last token and ``eos_ok`` cover the 0.8 node share alone and the
+    depth head is pruned ([BOS, c]: w < K/3; a length-K prompt ending at depth −1: w < 4). The window is empty
+    beyond K ≈ 32."""
+    k = float(max_seq_len)
+    return math.sqrt(k / 8 * min(4.0, k / 3))
+
+
+def dyck1(*, max_seq_len: int = 16, bracket_weight: float | None = None) -> Program:
+    """Dyck-1 next-token validity from the running depth (matches DyckWorld(k=1) ``valid_next``).
+
+    ``bracket_weight`` (w) splits the ``eos_ok`` neurons' constant between the token and the bias: their
+    pre-activation is w·[bracket] − (gate − w)·[special] + (offset − w) − 2K·x, the same function for every w
+    (the token one-hot sums to 1). It sets how much of the neurons' input the token's edge carries in an
+    attribution graph: w = gate is the plain gate (the token edge outweighs the depth's and the depth head is
+    pruned), w = 0 the complement gate (no token edge at brackets, so the edge the circuit lists is never
+    measured and, where d_t = 0, ``eos_ok`` has no input at all). The default (None) is
+    :func:`eos_bracket_weight`."""
     n = N_SPECIAL + 2
     o, c = N_SPECIAL, N_SPECIAL + 1
     layout, token, one, _ = _base(n, max_seq_len, position=False)
@@ -105,12 +129,14 @@ def dyck1(*, max_seq_len: int = 16) -> Program:
     eos_ok = layout.numerical("eos_ok")
     head = mean_head("depth_head", value=token, output=depth, value_map=lambda v: {o: 1.0, c: -1.0}.get(v))
     k2, gate = 2.0 * max_seq_len, 2.0 * max_seq_len + 2.0
-    x, br = depth.dim(), ((token.dim(o), gate), (token.dim(c), gate))
-    neurons = (  # close_ok = clip(2K·x − ½, 0, 1); eos_ok = clip(1½ − 2K·x − gate·(1 − is_bracket), 0, 1)
+    w = eos_bracket_weight(max_seq_len) if bracket_weight is None else bracket_weight
+    x = depth.dim()
+    tok = ((token.dim(o), w), (token.dim(c), w), *((token.dim(v), w - gate) for v in range(N_SPECIAL)))
+    neurons = (  # close_ok = clip(2K·x − ½, 0, 1); eos_ok = clip(1½ − 2K·x − gate·[special], 0, 1)
         Neuron(w_in=((x, k2),), bias=-0.5, w_out=((close_ok.dim(), 1.0),), writes="close_ok"),
         Neuron(w_in=((x, k2),), bias=-1.5, w_out=((close_ok.dim(), -1.0),), writes="close_ok"),
-        Neuron(w_in=((x, -k2), *br), bias=1.5 - gate, w_out=((eos_ok.dim(), 1.0),), writes="eos_ok"),
-        Neuron(w_in=((x, -k2), *br), bias=0.5 - gate, w_out=((eos_ok.dim(), -1.0),), writes="eos_ok"),
+        Neuron(w_in=((x, -k2), *tok), bias=1.5 - w, w_out=((eos_ok.dim(), 1.0),), writes="eos_ok"),
+        Neuron(w_in=((x, -k2), *tok), bias=0.5 - w, w_out=((eos_ok.dim(), -1.0),), writes="eos_ok"),
     )
     mlp = neuron_mlp("balance_mlp", reads=(depth, token), neurons=neurons)
     readout = [(one.dim(), v, SCALE if v == o else -SCALE) for v in range(n)]
