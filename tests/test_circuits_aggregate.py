@@ -111,3 +111,15 @@ def test_dyck1_default_split_follows_max_seq_len():
     default, _ = graph_recalls(compile_program(dyck1(max_seq_len=8)), prompts)
     fixed, _ = graph_recalls(compile_program(dyck1(max_seq_len=8, bracket_weight=3.0)), prompts)
     assert min(default) >= 0.9 and fixed[0] < 0.9, (default, fixed)
+
+
+def test_influential_edge_recall_is_an_exact_ratio():
+    # ten sources feeding one logit equally; the mask keeps nine of the ten edges: 9/10 is 0.9 (a float32 division
+    # gave 0.89999998, failing a ≥ 0.9 check)
+    a = torch.zeros(11, 11)
+    a[10, :10] = 1.0
+    w = torch.zeros(11)
+    w[10] = 1.0
+    keep = torch.zeros(11, 11, dtype=torch.bool)
+    keep[10, :9] = True
+    assert influential_edge_recall(a, w, keep) == 0.9

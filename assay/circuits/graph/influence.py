@@ -123,7 +123,7 @@ def influential_edge_recall(
     normalized = normalize_matrix(adjacency)
     flow = normalized * (influence(normalized, weights) + weights)[:, None] / weights.sum()
     heavy = flow >= min_share
-    return float((heavy & edge_mask).sum() / heavy.sum()) if heavy.any() else 1.0
+    return int((heavy & edge_mask).sum()) / int(heavy.sum()) if heavy.any() else 1.0  # exact counts: 9/10 is 0.9
 
 
 def aggregate(adjacency: torch.Tensor, groups: torch.Tensor, n_groups: int | None = None) -> torch.Tensor:
