@@ -8,16 +8,7 @@ import torch
 from test_store import Tiny
 from test_store_sequences import DOC_LENGTHS, cut_windows
 
-from assay.dictionaries.temporal import (
-    TemporalConfig,
-    TemporalSAE,
-    bag_dot,
-    context_values,
-    context_values_reference,
-    past_attention,
-    past_attention_reference,
-    train_temporal_sae,
-)
+from assay.dictionaries.temporal import TemporalConfig, TemporalSAE, train_temporal_sae
 from assay.dictionaries.trainer import SAETrainConfig, SAETrainer
 from assay.evaluate.temporal import mean_tortuosity, predictable_share, tortuosity
 from assay.store import SequenceReader, write_store
@@ -203,48 +194,3 @@ def test_metric_closed_forms():
     assert math.isnan(tortuosity(both)[1]) and mean_tortuosity(both) == pytest.approx(3.0)
     with pytest.raises(ValueError, match=r"mask must be \[batch, pos\]"):
         tortuosity(square, torch.ones(4, dtype=torch.bool))
-
-
-def test_context_values_match_the_dense_reference_in_values_and_gradients():
-    g = torch.Generator().manual_seed(0)
-    D = torch.randn(12, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    idx = torch.stack([torch.randperm(12, generator=g)[:4] for _ in range(2 * 6)])
-    val = torch.rand(2 * 6, 4, generator=g, dtype=torch.float64).requires_grad_(True)
-    up = torch.randn(2, 6, 3, 5, generator=g, dtype=torch.float64)
-    out = context_values(val, idx, D, 3, 2)
-    ref = context_values_reference(val, idx, D, 3, 2)
-    assert out.shape == (2, 6, 3, 5) and torch.equal(out[:, 0], torch.zeros(2, 3, 5, dtype=torch.float64))
-    torch.testing.assert_close(out, ref)
-    grads = torch.autograd.grad((out * up).sum(), [val, D])
-    for a, b in zip(grads, torch.autograd.grad((ref * up).sum(), [val, D])):
-        torch.testing.assert_close(a, b)
-
-
-def test_past_attention_matches_the_summed_sdpa_in_values_and_gradients():
-    g = torch.Generator().manual_seed(3)
-    B, H, T, dh, d = 2, 3, 11, 4, 5
-    q, k = (torch.randn(B, H, T, dh, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    v = torch.randn(B, T, H, d, generator=g, dtype=torch.float64, requires_grad=True)
-    sae = TemporalSAE(dataclasses.replace(CFG, context=4))
-    mask = torch.ones(B, T, dtype=torch.bool)
-    mask[0, 0], mask[1, 3:5] = False, False
-    allowed = sae._allowed(mask)  # past slots only, within the context, never a masked token
-    up = torch.randn(B, T, d, generator=g, dtype=torch.float64)
-    for block in (1, 4, T):  # blocks of queries: one, a few with a ragged last one, the whole window
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("assay.dictionaries.temporal.ATTENTION_BLOCK", block)
-            out = past_attention(q, k, v, allowed)
-            grads = torch.autograd.grad((out * up).sum(), [q, k, v])
-        ref = past_attention_reference(q, k, v, allowed)
-        torch.testing.assert_close(out, ref)
-        for a, b in zip(grads, torch.autograd.grad((ref * up).sum(), [q, k, v])):
-            torch.testing.assert_close(a, b)
-
-
-def test_bag_dot_paths_agree_with_a_loop():
-    g = torch.Generator().manual_seed(2)
-    D, vec = torch.randn(9, 4, generator=g), torch.randn(3, 4, generator=g)
-    idx, crow = torch.tensor([1, 5, 0, 2, 2, 8]), torch.tensor([0, 2, 2, 6])  # bag 1 is empty
-    ref = torch.tensor([float(D[i] @ vec[b]) for b in range(3) for i in idx[crow[b]:crow[b + 1]]])
-    for sampled in (True, False):  # CSR sampled product (CPU default) and row gather (the GPU path)
-        torch.testing.assert_close(bag_dot(idx, D, vec, crow, sampled=sampled), ref)
