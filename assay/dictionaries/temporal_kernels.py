@@ -207,9 +207,9 @@ class _FitPast(torch.autograd.Function):
         xc = x - b
         norm = pred.norm(dim=-1, keepdim=True)
         den = (norm + 1e-6).square()
-        scale = (pred * xc).sum(-1, keepdim=True) / den
+        scale = torch.linalg.vecdot(pred, xc).unsqueeze(-1) / den
         fit = scale * pred
-        residual = (xc - fit).mul_(lam)
+        residual = torch.sub(xc, fit).mul_(lam)
         ctx.save_for_backward(pred, xc, norm, den, scale)
         ctx.lam = lam
         ctx.mark_non_differentiable(scale)
@@ -217,17 +217,17 @@ class _FitPast(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_fit: Tensor, grad_residual: Tensor, grad_scale: Tensor | None):  # type: ignore[override]
+        # in place on one [N, d] temporary: a fresh one costs as much as the arithmetic (page faults)
         pred, xc, norm, den, scale = ctx.saved_tensors
-        lam_g = grad_residual * ctx.lam
-        g = grad_fit - lam_g  # total gradient of the fit s·pred
-        ds = (g * pred).sum(-1, keepdim=True)
-        ds_den = ds / den
+        lam = ctx.lam
+        g = torch.sub(grad_fit, grad_residual, alpha=lam)  # total gradient of the fit s·pred
+        ds_den = torch.linalg.vecdot(g, pred).unsqueeze(-1) / den
         # ∂s/∂pred = xc/den − 2 s/((‖pred‖ + ε) ‖pred‖) pred  (0 where pred = 0, as autograd's norm)
-        along = torch.where(norm > 0, 2 * scale * ds / ((norm + 1e-6) * norm), torch.zeros_like(norm))
-        grad_pred = g * scale + ds_den * xc - along * pred
+        along = torch.where(norm > 0, 2 * scale * ds_den * den / ((norm + 1e-6) * norm), torch.zeros_like(norm))
+        grad_pred = g.mul_(scale).addcmul_(xc, ds_den).addcmul_(pred, along, value=-1)
         grad_b = None
         if ctx.needs_input_grad[2]:  # xc = x − b enters the residual and ⟨pred, xc⟩
-            grad_b = -(lam_g.sum(0) + ds_den.squeeze(-1) @ pred)
+            grad_b = -(lam * grad_residual.sum(0) + ds_den.squeeze(-1) @ pred)
         return grad_pred, None, grad_b, None
 
 
