@@ -200,7 +200,7 @@ class TemporalSAE(SAE):
         pred = past_attention(qh, kh, values, allowed).reshape(B * T, d)
         p_rec, residual, scale = fit_past(pred, xs, self.b_dec, self.lam)
         n_rec, n_val, n_idx = novel_code(residual, self.W_dec, k)
-        recon = p_rec + n_rec + self.b_dec
+        recon = torch.add(p_rec, n_rec).add_(self.b_dec)
         return _Pass(recon.view(B, T, d) / self.input_scale, scale, (u_val, u_idx), (n_val, n_idx), qh, kh,
                      allowed)
 

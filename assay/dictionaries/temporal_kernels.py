@@ -170,23 +170,23 @@ def past_attention_reference(q: Tensor, k: Tensor, values: Tensor, allowed: Tens
 class _CentredEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, b: Tensor, D: Tensor, lam: float, k: int):  # type: ignore[override]
-        xc = x - b
-        values, indices = topk_encode(lam * xc, D.t(), D.new_zeros(D.shape[0]), k)  # forward only: no graph here
-        ctx.save_for_backward(xc, D, values, indices)
+        inputs = torch.sub(x, b).mul_(lam)  # λ (x − b), the encoder's input and the rows of D's gradient
+        values, indices = topk_encode(inputs, D.t(), D.new_zeros(D.shape[0]), k)  # forward only: no graph here
+        ctx.save_for_backward(inputs, D, values, indices)
         ctx.lam = lam
         ctx.mark_non_differentiable(indices)
         return values, indices
 
     @staticmethod
     def backward(ctx, grad_values: Tensor, grad_indices: Tensor | None):  # type: ignore[override]
-        xc, D, values, indices = ctx.saved_tensors
-        g = grad_values * (values > 0) * ctx.lam  # ReLU gate, and ∂pre/∂(x D_i) = λ
+        inputs, D, values, indices = ctx.saved_tensors
+        g = grad_values * (values > 0)  # ReLU gate
         grad_b = grad_D = None
-        if ctx.needs_input_grad[1]:  # pre_bi = λ ⟨x_b − b, D_i⟩: Σ_b ∂/∂b = −Σ_i (Σ_b g_bi) D_i
+        if ctx.needs_input_grad[1]:  # pre_bi = λ ⟨x_b − b, D_i⟩: Σ_b ∂/∂b = −λ Σ_i (Σ_b g_bi) D_i
             per_latent = g.new_zeros(D.shape[0]).index_add_(0, indices.reshape(-1), g.reshape(-1))
-            grad_b = -(per_latent @ D)
+            grad_b = -ctx.lam * (per_latent @ D)
         if ctx.needs_input_grad[2]:
-            grad_D = sorted_scatter(indices, g, xc, D.shape[0])
+            grad_D = sorted_scatter(indices, g, inputs, D.shape[0])
         return None, grad_b, grad_D, None, None
 
 
