@@ -128,7 +128,7 @@ class _PastAttention(torch.autograd.Function):
         B, H, T, dh = q.shape
         logits = (q @ k.transpose(-1, -2)).mul_(1 / math.sqrt(dh)).masked_fill_(~allowed, float("-inf"))
         a = logits.softmax(-1).permute(0, 2, 3, 1).reshape(B, T, T * H)  # [b, query, slot·H + head]
-        v = values.view(B, T * H, -1)
+        v = values.reshape(B, T * H, -1)
         out = v.new_empty(B, T, v.shape[-1])
         for t0 in range(0, T, ATTENTION_BLOCK):
             t1 = min(t0 + ATTENTION_BLOCK, T)
@@ -148,14 +148,19 @@ class _PastAttention(torch.autograd.Function):
             torch.bmm(grad_out[:, t0:t1], v[:, : t1 * H].transpose(1, 2), out=grad_a[:, t0:t1, : t1 * H])
             # slots [t0, t1) are read by the queries t ≥ t0 only
             torch.bmm(a[:, t0:, t0 * H : t1 * H].transpose(1, 2), grad_out[:, t0:], out=grad_v[:, t0 * H : t1 * H])
+        # softmax backward in place on grad_a: a ⊙ (∂a − Σ_j a ∂a), per query and head
         a4, g4 = a.view(B, T, T, H), grad_a.view(B, T, T, H)
-        grad_logits = (a4 * (g4 - (a4 * g4).sum(2, keepdim=True))).permute(0, 3, 1, 2).mul_(1 / math.sqrt(dh))
-        return grad_logits @ k, grad_logits.transpose(-1, -2) @ q, grad_v.view(B, T, H, -1), None
+        g4.sub_(torch.linalg.vecdot(a4, g4, dim=2).unsqueeze(2)).mul_(a4)
+        grad_logits = g4.permute(0, 3, 1, 2).contiguous()
+        c = 1 / math.sqrt(dh)
+        return ((grad_logits @ k).mul_(c), (grad_logits.transpose(-1, -2) @ q).mul_(c), grad_v.view(B, T, H, -1),
+                None)
 
 
 def past_attention(q: Tensor, k: Tensor, values: Tensor, allowed: Tensor) -> Tensor:
     """``out[b, t] = Σ_h Σ_j a^h_tj values[b, j, h]`` → ``[B, T, d]``, with a^h_t = softmax_j(q^h_t · k^h_j / √dh)
-    over the slots ``allowed[b, 0, t]`` (which must be j ≤ t: a slot after the query is skipped, not masked).
+    over the slots ``allowed[b, 0, t]`` (which must be j ≤ t — a slot after the query is skipped, not masked — and
+    hold at least one slot per query).
 
     ``q``, ``k`` ``[B, H, T, dh]``, ``values`` ``[B, T, H, d]`` (slot-major, :func:`context_values`). The sum over
     heads of ``scaled_dot_product_attention`` (:func:`past_attention_reference`), in about half its work."""
