@@ -17,6 +17,7 @@ from assay.dictionaries.temporal_kernels import (
     novel_code,
     past_attention,
     past_attention_reference,
+    past_prediction,
     sorted_scatter,
 )
 
@@ -126,6 +127,23 @@ def test_past_attention_matches_the_summed_sdpa_in_values_and_gradients():
         torch.testing.assert_close(out, ref)
         for a, b in zip(grads, torch.autograd.grad((ref * up).sum(), [q, k, v])):
             torch.testing.assert_close(a, b)
+
+
+def test_past_prediction_in_chunks_of_windows_matches_one_piece():
+    g = torch.Generator().manual_seed(8)
+    B, T, H, n, d, k = 5, 6, 2, 12, 4, 3
+    D = _f64(n, d, g=g)
+    idx = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(B * T)])
+    val = torch.rand(B * T, k, generator=g, dtype=torch.float64).requires_grad_(True)
+    q, kk = _f64(B, H, T, 2, g=g), _f64(B, H, T, 2, g=g)
+    allowed = TemporalSAE(dataclasses.replace(CFG, context=None))._allowed(torch.ones(B, T, dtype=torch.bool))
+    window_bytes = T * H * d * 8
+    for budget in (1, 2 * window_bytes, 10**9):  # one window a chunk; chunks of 2, 2 and 1 windows; one piece
+        ref = past_attention(q, kk, context_values(val, idx, D, H, B), allowed)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("assay.dictionaries.temporal_kernels.VALUES_CHUNK_BYTES", budget)
+            _same_grads(past_prediction(val, idx, D, q, kk, allowed), ref, [val, D, q, kk],
+                        torch.randn(B, T, d, generator=g, dtype=torch.float64))
 
 
 def test_bag_dot_paths_agree_with_a_loop():

@@ -46,10 +46,9 @@ from assay.dictionaries.base import SAE, Codes, SAEConfig, SAEOutput, rec_loss
 from assay.dictionaries.sparse import sparse_decode, to_dense
 from assay.dictionaries.temporal_kernels import (
     centred_encode,
-    context_values,
     fit_past,
     novel_code,
-    past_attention,
+    past_prediction,
 )
 
 __all__ = ["TemporalConfig", "TemporalSAE", "TemporalCodes", "train_temporal_sae"]
@@ -192,12 +191,11 @@ class TemporalSAE(SAE):
         qk = sparse_decode(u_val, u_idx, torch.cat([self.W_q, self.W_k], 1))  # sparse backward
         q, key = qk[:, :r] + self.b_q, qk[:, r:] + self.b_k
         # context slot 0 is the empty code; slot j ≥ 1 is token j − 1
-        values = context_values(u_val, u_idx, self.W_dec, H, B)  # [B, T, H, d]
         keys = torch.cat([self.b_k.expand(B, 1, r), key.view(B, T, r)[:, :-1]], 1)
         qh = q.view(B, T, H, r // H).transpose(1, 2)
         kh = keys.view(B, T, H, r // H).transpose(1, 2)
         allowed = self._allowed(mask)
-        pred = past_attention(qh, kh, values, allowed).reshape(B * T, d)
+        pred = past_prediction(u_val, u_idx, self.W_dec, qh, kh, allowed).reshape(B * T, d)
         p_rec, residual, scale = fit_past(pred, xs, self.b_dec, self.lam)
         n_rec, n_val, n_idx = novel_code(residual, self.W_dec, k)
         recon = torch.add(p_rec, n_rec).add_(self.b_dec)
