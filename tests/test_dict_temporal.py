@@ -154,6 +154,18 @@ def test_windows_shorter_than_the_context_are_refused(tmp_path):
         sae(torch.randn(4, 8))
 
 
+def test_the_forward_pass_runs_under_bfloat16_autocast():
+    sae = trained_like().float()
+    x, mask = windows()
+    x = x.float()
+    full = sae(x, mask=mask).loss.detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(x, mask=mask)
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and float(out.loss.detach()) == pytest.approx(float(full), rel=0.1)
+    assert all(torch.isfinite(p.grad).all() and p.grad.dtype == torch.float32 for p in sae.parameters())
+
+
 def test_training_on_sequence_batches_learns_and_resumes_bit_identically(tmp_path):
     win = cut_windows(DOC_LENGTHS * 3, seed=1)
     write_store(tmp_path / "s", Tiny(d=8).eval(), ["layers.0"], win, batch_size=8, shard_rows=64)

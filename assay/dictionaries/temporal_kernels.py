@@ -128,13 +128,15 @@ class _PastAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, values: Tensor, allowed: Tensor):  # type: ignore[override]
         B, H, T, dh = q.shape
-        logits = (q @ k.transpose(-1, -2)).mul_(1 / math.sqrt(dh)).masked_fill_(~allowed, float("-inf"))
-        a = logits.softmax(-1).permute(0, 2, 3, 1).reshape(B, T, T * H)  # [b, query, slot·H + head]
-        v = values.reshape(B, T * H, -1)
-        out = v.new_empty(B, T, v.shape[-1])
-        for t0 in range(0, T, ATTENTION_BLOCK):
-            t1 = min(t0 + ATTENTION_BLOCK, T)
-            torch.bmm(a[:, t0:t1, : t1 * H], v[:, : t1 * H], out=out[:, t0:t1])
+        with torch.autocast(q.device.type, enabled=False):  # one dtype throughout: the values' (products with out=)
+            q, k = q.to(values.dtype), k.to(values.dtype)
+            logits = (q @ k.transpose(-1, -2)).mul_(1 / math.sqrt(dh)).masked_fill_(~allowed, float("-inf"))
+            a = logits.softmax(-1).permute(0, 2, 3, 1).reshape(B, T, T * H)  # [b, query, slot·H + head]
+            v = values.reshape(B, T * H, -1)
+            out = v.new_empty(B, T, v.shape[-1])
+            for t0 in range(0, T, ATTENTION_BLOCK):
+                t1 = min(t0 + ATTENTION_BLOCK, T)
+                torch.bmm(a[:, t0:t1, : t1 * H], v[:, : t1 * H], out=out[:, t0:t1])
         ctx.save_for_backward(q, k, v, a)
         return out
 
@@ -142,7 +144,7 @@ class _PastAttention(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         q, k, v, a = ctx.saved_tensors
         B, H, T, dh = q.shape
-        grad_out = grad_out.contiguous()
+        grad_out = grad_out.to(v.dtype).contiguous()
         grad_a = torch.zeros_like(a)
         grad_v = torch.empty_like(v)
         for t0 in range(0, T, ATTENTION_BLOCK):
