@@ -190,7 +190,7 @@ def past_prediction(values: Tensor, indices: Tensor, D: Tensor, q: Tensor, k: Te
     in chunks of whole windows of at most :data:`VALUES_CHUNK_BYTES` of values."""
     B, H, T, _ = q.shape
     per_window = T * H * D.shape[1] * D.element_size()
-    chunks = -(-B * per_window // VALUES_CHUNK_BYTES)
+    chunks = max(1, -(-B * per_window // VALUES_CHUNK_BYTES))
     size = -(-B // chunks)
     out = []
     for w0 in range(0, B, size):
