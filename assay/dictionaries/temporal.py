@@ -33,7 +33,6 @@ decay 1e-4 is not applied (the shared trainer's Adam has none).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,10 +43,15 @@ from torch import Tensor, nn
 
 from assay.config import ConfigError
 from assay.dictionaries.base import SAE, Codes, SAEConfig, SAEOutput, rec_loss
-from assay.dictionaries.sparse import sparse_decode, to_dense, topk_encode
+from assay.dictionaries.sparse import sparse_decode, to_dense
+from assay.dictionaries.temporal_kernels import (
+    centred_encode,
+    fit_past,
+    novel_code,
+    past_prediction,
+)
 
-__all__ = ["TemporalConfig", "TemporalSAE", "TemporalCodes", "train_temporal_sae", "context_values",
-           "context_values_reference", "bag_dot"]
+__all__ = ["TemporalConfig", "TemporalSAE", "TemporalCodes", "train_temporal_sae"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,76 +117,6 @@ class _Pass(NamedTuple):
     q: Tensor
     k: Tensor
     allowed: Tensor
-
-
-def bag_dot(indices: Tensor, D: Tensor, vectors: Tensor, crow: Tensor, *, sampled: bool | None = None) -> Tensor:
-    """``out[m] = ⟨D[indices[m]], vectors[bag(m)]⟩`` for entries grouped in bags (bag b holds entries
-    ``crow[b] .. crow[b+1] − 1``). ``sampled`` (default: on CPU) uses a CSR sampled dense–dense product;
-    otherwise rows are gathered (the GPU path)."""
-    if sampled if sampled is not None else D.device.type == "cpu":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's sparse "beta" notices
-            pattern = torch.sparse_csr_tensor(crow, indices, torch.zeros(indices.shape, dtype=vectors.dtype,
-                                              device=vectors.device), (vectors.shape[0], D.shape[0]))
-            return torch.sparse.sampled_addmm(pattern, vectors, D.t()).values()
-    bag_of = torch.repeat_interleave(torch.arange(vectors.shape[0], device=D.device), crow.diff())
-    return (D[indices] * vectors[bag_of]).sum(-1)
-
-
-class _Bags(torch.autograd.Function):
-    """Σ of weighted dictionary rows per bag (an ``embedding_bag`` with offsets) with a sparse backward:
-    ``grad_values`` by :func:`bag_dot`, ``grad_D`` by a sparse (n × bags) product — the kernels of
-    :mod:`assay.dictionaries.sparse` with variable-size bags."""
-
-    @staticmethod
-    def forward(ctx, values: Tensor, indices: Tensor, D: Tensor, counts: Tensor):  # type: ignore[override]
-        crow = F.pad(counts.cumsum(0), (1, 0))
-        ctx.save_for_backward(values, indices, D, crow)
-        return F.embedding_bag(indices, D, crow[:-1], per_sample_weights=values, mode="sum")
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        values, indices, D, crow = ctx.saved_tensors
-        grad_values = grad_D = None
-        if ctx.needs_input_grad[0]:
-            grad_values = bag_dot(indices, D, grad_out, crow)
-        if ctx.needs_input_grad[2]:
-            bag_of = torch.repeat_interleave(torch.arange(grad_out.shape[0], device=D.device), crow.diff())
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                g = torch.sparse_coo_tensor(torch.stack([indices, bag_of]), values, (D.shape[0], grad_out.shape[0]))
-                grad_D = torch.sparse.mm(g, grad_out)
-        return grad_values, None, grad_D, None
-
-
-def context_values(values: Tensor, indices: Tensor, D: Tensor, heads: int, windows: int) -> Tensor:
-    """The attention's values ``[B, H, T, d]``: slot j of head h holds token j − 1's partial decode
-    Σ_{m: head(indices[m]) = h} values[m] D[indices[m]] (head h owns latents [h·n/H, (h+1)·n/H)); slot 0 is empty.
-
-    ``values``/``indices`` ``[B·T, k]`` are each token's code. The entries are ordered by (window, head, slot)
-    and decoded as one ``embedding_bag`` with one bag per slot, written straight into the attention layout:
-    forward and backward cost what one sparse decode of the window costs."""
-    N, k = indices.shape
-    T = N // windows
-    n = D.shape[0]
-    head_of = torch.div(indices, n // heads, rounding_mode="floor").view(windows, T, k)
-    t = torch.arange(T, device=indices.device).view(1, T, 1)
-    slot = ((torch.arange(windows, device=indices.device).view(-1, 1, 1) * heads + head_of) * T + t + 1)
-    keep = (t < T - 1).expand_as(slot).reshape(-1)  # the last token is no one's context
-    slot = slot.reshape(-1)[keep]
-    slot, order = slot.sort(stable=True)
-    counts = torch.bincount(slot, minlength=windows * heads * T)
-    out = _Bags.apply(values.reshape(-1)[keep][order], indices.reshape(-1)[keep][order], D, counts)
-    return out.view(windows, heads, T, D.shape[1])
-
-
-def context_values_reference(values: Tensor, indices: Tensor, D: Tensor, heads: int, windows: int) -> Tensor:
-    """Eager dense reference of :func:`context_values`: dense codes shifted by one token, per head times D."""
-    n = D.shape[0]
-    z = to_dense(values, indices, n).view(windows, -1, n)
-    ctx = F.pad(z[:, :-1], (0, 0, 1, 0))
-    g = n // heads
-    return torch.stack([ctx[..., h * g:(h + 1) * g] @ D[h * g:(h + 1) * g] for h in range(heads)], 1)
 
 
 class TemporalSAE(SAE):
@@ -251,23 +185,20 @@ class TemporalSAE(SAE):
 
     def _pass(self, x: Tensor, mask: Tensor) -> _Pass:
         B, T, d = x.shape
-        n, H, r, k = self.d_sae, self.cfg.n_heads, self.cfg.attn_width, self.cfg.k
-        xc = (x * self.input_scale - self.b_dec).reshape(B * T, d)
-        E, no_bias = self.W_dec.t(), x.new_zeros(n)
-        u_val, u_idx = topk_encode(self.lam * xc, E, no_bias, k)
+        H, r, k = self.cfg.n_heads, self.cfg.attn_width, self.cfg.k
+        xs = (x * self.input_scale).reshape(B * T, d)
+        u_val, u_idx = centred_encode(xs, self.b_dec, self.W_dec, self.lam, k)
         qk = sparse_decode(u_val, u_idx, torch.cat([self.W_q, self.W_k], 1))  # sparse backward
         q, key = qk[:, :r] + self.b_q, qk[:, r:] + self.b_k
         # context slot 0 is the empty code; slot j ≥ 1 is token j − 1
-        values = context_values(u_val, u_idx, self.W_dec, H, B)  # [B, H, T, d]
         keys = torch.cat([self.b_k.expand(B, 1, r), key.view(B, T, r)[:, :-1]], 1)
         qh = q.view(B, T, H, r // H).transpose(1, 2)
         kh = keys.view(B, T, H, r // H).transpose(1, 2)
         allowed = self._allowed(mask)
-        pred = F.scaled_dot_product_attention(qh, kh, values, attn_mask=allowed).sum(1).reshape(B * T, d)
-        scale = (pred * xc).sum(-1, keepdim=True) / (pred.norm(dim=-1, keepdim=True) + 1e-6).square()
-        p_rec = scale * pred
-        n_val, n_idx = topk_encode(self.lam * (xc - p_rec), E, no_bias, k)
-        recon = p_rec + sparse_decode(n_val, n_idx, self.W_dec) + self.b_dec
+        pred = past_prediction(u_val, u_idx, self.W_dec, qh, kh, allowed).reshape(B * T, d)
+        p_rec, residual, scale = fit_past(pred, xs, self.b_dec, self.lam)
+        n_rec, n_val, n_idx = novel_code(residual, self.W_dec, k)
+        recon = torch.add(p_rec, n_rec).add_(self.b_dec)
         return _Pass(recon.view(B, T, d) / self.input_scale, scale, (u_val, u_idx), (n_val, n_idx), qh, kh,
                      allowed)
 
