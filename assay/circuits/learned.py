@@ -67,9 +67,16 @@ class TranscoderTraining:
     """Resample the latents that did not fire, every this many steps (None: never; the trainer's option)."""
     decay_fraction: float = 0.0
     """Decay the lr linearly to 0 over this last fraction of the steps (the trainer's option)."""
+    data_init: bool = False
+    """Initialise each transcoder from its first batch: one feature per input centre (k-means++ over the distinct
+    input rows in standardised units), winning on the inputs nearest to it, with the least-squares decoder of the
+    outputs it wins (:mod:`assay.dictionaries.centre_init`). Needs ``unit_decoder=False``; per-layer
+    transcoders only. What passes A4 on histogram, with a small ``lr`` (docs/circuits.md)."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
+        if self.data_init and self.unit_decoder:
+            raise ConfigError("TranscoderTraining.data_init sets decoder rows of free norms: set unit_decoder=False")
         if not 0.0 <= self.decay_fraction < 1.0:
             raise ConfigError(f"TranscoderTraining.decay_fraction must lie in [0, 1), got {self.decay_fraction}")
         for name in ("d_sae", "k", "steps", "batch_size"):
@@ -138,7 +145,7 @@ def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
     out = {}
     for i in sorted(layers):
         tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=cfg.d_sae, k=cfg.k, seed=cfg.seed + i,
-                       decoder_bias=not cfg.zero_decoder_bias, unit_decoder=cfg.unit_decoder)
+                       decoder_bias=not cfg.zero_decoder_bias, unit_decoder=cfg.unit_decoder, data_init=cfg.data_init)
         out[i], _ = train_saes(tc, _train_config(cfg), _pairs(model, i, inputs, cfg))
     return out
 
@@ -170,6 +177,9 @@ def train_mlp_clt(model, inputs: torch.Tensor, layers: Collection[int], config: 
     from assay.dictionaries.trainer import train_saes
 
     cfg = config or TranscoderTraining()
+    if cfg.data_init:
+        raise ConfigError("data_init is for per-layer TopK transcoders (train_mlp_transcoders); a cross-layer "
+                          "transcoder's block encoder has no such initialisation: set data_init=False")
     _check_layers(model, inputs, layers)
     order, d = sorted(layers), model.config.d_model
     n = len(order)
