@@ -449,8 +449,10 @@ class CircuitFamily:
             "random_weights (the circuit's names on redrawn weights: precision should sit at `chance`, the "
             "precision of every possible edge).",
             "transcoder (A4, A6): learned per-layer TopK transcoders on the compiled MLPs; acceptance matched_share, "
-            "node_precision, node_recall, replacement ≥ 0.8 and hop_share ≥ 0.9 (spec). zero_bias=false (b_dec from "
-            "the geometric median) leaves every feature offset by the bias, so none matches; see docs/circuits.md.",
+            "node_precision, node_recall, replacement ≥ 0.8 and hop_share ≥ 0.9 (spec). init=data (default) starts each "
+            "from one feature per input centre of its first batch (free decoder norms, lr 1e-5); init=random (unit-norm "
+            "atoms, default lr) fails A4 on histogram. zero_bias=false (b_dec from the geometric median) leaves every "
+            "feature offset by the bias, so none matches; see docs/circuits.md.",
             "clt (A4, A6): one TopK cross-layer transcoder over the compiled MLPs. chain_share is the share of logit "
             "influence through every hop's MLP features in turn; below 0.5 a graph is flagged as a shortcut rewrite "
             "(spec A6): a CLT's layer-0 features can write the last hop's value straight into the last MLP's output.",

@@ -11,7 +11,8 @@ have no norm, so this is the residual stream) and rebuilds the MLP output ``bloc
 
 which is a :class:`~assay.circuits.graph.basis.FeatureBasis` with σ = TopK∘ReLU (:func:`transcoder_basis`).
 :func:`train_mlp_transcoders` trains one per MLP layer on a model's activations of given inputs through the
-one SAE trainer (:func:`assay.dictionaries.trainer.train_saes`). :func:`match_features` names each feature
+one SAE trainer (:func:`assay.dictionaries.trainer.train_saes`), optionally from a data initialisation (one feature
+per input centre, :mod:`assay.dictionaries.centre_init`). :func:`match_features` names each feature
 after the compiled residual direction (a variable's value) its decoder row is closest to in |cos|, a match
 when ≥ 0.9; :func:`node_recovery` scores the feature nodes a (pruned) graph keeps against the circuit's
 MLP-written variables.

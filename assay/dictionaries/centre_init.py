@@ -15,7 +15,7 @@ batch of (input x, output y) pairs:
    b_enc[j] = C − ‖μ_j‖²_w + ‖o‖²_w (both expanded) — and TopK with k = 1 picks the nearest centre (a power
    diagram); C = 0 with a zero-output origin (inputs nearer to o than to every centre fire nothing), else the
    smallest C that makes every winner positive plus the winners' standard deviation; feature j's bias is lowered
-   by j · 10⁻⁵ of the mean winning score, so an input equidistant from two centres goes to the earlier one
+   by j · 10⁻⁴/n of the mean winning score, so an input equidistant from two centres goes to the earlier one
    whatever the TopK kernel's tie-breaking;
 5. W_dec[j] is the least-squares fit of t on the winning activation over the rows feature j wins; finally
    all features are rescaled together (encoder × α, decoder ÷ α, the winners unchanged) to a mean decoder norm of 1.
@@ -84,8 +84,8 @@ def nearest_centre_init(x: Tensor, target: Tensor, n: int, *, generator: torch.G
         if origin is None:  # every winner positive, with a margin of the winners' spread
             b_enc[:used] += (-best.min()).clamp(min=0) + best.std(correction=0)
         # inputs equidistant from two centres (structural in compiled models) go to the earlier feature whatever
-        # the TopK kernel's tie-breaking: a 1e-5 step per feature, far below the gaps between distinct inputs
-        b_enc[:used] -= torch.arange(used) * 1e-5 * best.abs().mean()
+        # the TopK kernel's tie-breaking: steps of 1e-4 / n of the mean winner, far below the gaps between inputs
+        b_enc[:used] -= torch.arange(used) * (1e-4 / used) * best.abs().mean()
         best, win = (x @ W_enc[:, :used] + b_enc[:used]).max(1)
         a = best.clamp(min=0)
         num = torch.zeros(used, d_out).index_add_(0, win, a[:, None] * t)
@@ -104,14 +104,14 @@ def nearest_centre_init(x: Tensor, target: Tensor, n: int, *, generator: torch.G
 def _kmeans_pp(z: Tensor, weight: Tensor, n: int, generator: torch.Generator, *, start: Tensor | None) -> list[int]:
     """k-means++ seeding: up to ``n`` rows of ``z`` drawn with probability ∝ weight × squared distance to the
     nearest centre so far (the first ∝ weight alone, or measured from ``start`` when given)."""
-    d2 = torch.full((z.shape[0],), float("inf")) if start is None else ((z - start) ** 2).sum(1)
+    d2 = torch.ones(z.shape[0]) if start is None else ((z - start) ** 2).sum(1)
     chosen: list[int] = []
     while len(chosen) < n:
-        p = weight * (d2 if start is not None or chosen else torch.ones_like(d2))
-        p = torch.where(torch.isfinite(p), p, weight)
+        p = weight * d2
         if not bool(p.sum() > 0):
             break
         j = int(torch.multinomial(p / p.sum(), 1, generator=generator))
         chosen.append(j)
-        d2 = torch.minimum(d2, ((z - z[j]) ** 2).sum(1))
+        dj = ((z - z[j]) ** 2).sum(1)
+        d2 = dj if start is None and len(chosen) == 1 else torch.minimum(d2, dj)
     return chosen
