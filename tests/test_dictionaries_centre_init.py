@@ -87,3 +87,18 @@ def test_a_topk_transcoder_with_data_init_starts_from_the_centres():
         build_sae("topk_transcoder", d_in=6, d_out=4, d_sae=12, k=1, data_init=True)
     with pytest.raises(ValueError, match="same B"):
         nearest_centre_init(x, y[:3], 4, generator=torch.Generator())
+
+
+def test_rows_the_centres_already_rebuild_are_not_drawn():
+    """Three tight clusters of inputs, each sharing one output: once a centre sits in each cluster every row's
+    nearest centre has its output, so the seeding stops at 3 centres (one per cluster) out of 16 features."""
+    g = torch.Generator().manual_seed(0)
+    means, outs = 10 * torch.randn(3, 5, generator=g), torch.randn(3, 4, generator=g)
+    which = torch.arange(300) % 3
+    x = means[which] + 0.01 * torch.randn(300, 5, generator=g)
+    init = nearest_centre_init(x, outs[which], 16, generator=torch.Generator().manual_seed(0))
+    assert sorted(which[init.centres].tolist()) == [0, 1, 2]
+    assert init.W_enc[:, 3:].abs().max() == 0 and init.W_dec[3:].abs().max() == 0
+    y_hat, winner = _apply(init, x)
+    assert torch.equal(which[init.centres][winner], which)  # each cluster goes to its own centre
+    assert float(((y_hat - outs[which]) ** 2).sum() / ((outs[which] - outs[which].mean(0)) ** 2).sum()) < 1e-3

@@ -69,10 +69,12 @@ class TranscoderTraining:
     decay_fraction: float = 0.0
     """Decay the lr linearly to 0 over this last fraction of the steps (the trainer's option)."""
     data_init: bool = False
-    """Initialise each transcoder from its first batch: one feature per input centre (k-means++ over the distinct
-    input rows in standardised units), winning on the inputs nearest to it, with the least-squares decoder of the
-    outputs it wins (:mod:`assay.dictionaries.centre_init`). Needs ``unit_decoder=False``; per-layer
-    transcoders only. What passes A4 on histogram, with a small ``lr`` (docs/circuits.md)."""
+    """Initialise each transcoder from every position of ``inputs`` (its first batch): one feature per input
+    centre (error-weighted k-means++ over the distinct input rows in standardised units), winning on the inputs
+    nearest to it, with the least-squares decoder of the outputs it wins (:mod:`assay.dictionaries.centre_init`);
+    AuxK is off (undrawn features stay at 0 by design, and an exact fit leaves AuxK no residual to normalise by).
+    Needs ``unit_decoder=False``; per-layer transcoders only. What passes A4 on histogram, with a small ``lr``
+    (docs/circuits.md)."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
@@ -124,12 +126,18 @@ def _tokens(inputs: torch.Tensor, cfg: TranscoderTraining) -> Iterator[torch.Ten
 
 
 def _pairs(model, layer: int, inputs: torch.Tensor, cfg: TranscoderTraining) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless float32 (MLP input, MLP output) batches of ``cfg.batch_size`` rows over seeded draws of ``inputs``."""
+    """Endless float32 (MLP input, MLP output) batches of ``cfg.batch_size`` rows over seeded draws of ``inputs``;
+    with ``cfg.data_init`` the first batch is every position of ``inputs`` (what the initialisation reads)."""
     from assay.dictionaries.batches import live_batches
 
-    for x, y in live_batches(model, f"blocks.{layer}.ln2", _tokens(inputs, cfg), batch_size=cfg.batch_size,
-                             drop_first=False, output_site=f"blocks.{layer}.mlp"):
-        yield x.float(), y.float()
+    def pairs(tokens, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in live_batches(model, f"blocks.{layer}.ln2", tokens, batch_size=batch_size, drop_first=False,
+                                 output_site=f"blocks.{layer}.mlp"):
+            yield x.float(), y.float()
+
+    if cfg.data_init:
+        yield from pairs([inputs], inputs.numel())
+    yield from pairs(_tokens(inputs, cfg), cfg.batch_size)
 
 
 def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
@@ -146,7 +154,8 @@ def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
     out = {}
     for i in sorted(layers):
         tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=cfg.d_sae, k=cfg.k, seed=cfg.seed + i,
-                       decoder_bias=not cfg.zero_decoder_bias, unit_decoder=cfg.unit_decoder, data_init=cfg.data_init)
+                       decoder_bias=not cfg.zero_decoder_bias, unit_decoder=cfg.unit_decoder,
+                       **({"data_init": True, "aux_coef": 0.0} if cfg.data_init else {}))
         out[i], _ = train_saes(tc, _train_config(cfg), _pairs(model, i, inputs, cfg))
     return out
 

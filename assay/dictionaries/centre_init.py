@@ -9,8 +9,10 @@ batch of (input x, output y) pairs:
    ‖u‖²_w = Σ_i w_i u_i² with w_i = 1/Var(x_i) (coordinates that never vary get w_i = 0);
 2. when some rows' mean target t = y − b_dec is 0, the most frequent of them is the *origin* o: "no feature
    fires" rebuilds 0 there (b_dec); otherwise o is the mean input;
-3. up to ``n`` centres μ_j are drawn among the other distinct rows by k-means++ (probability ∝ count × squared
-   distance to the nearest centre chosen so far, starting from the origin when it is a data row);
+3. up to ``n`` centres μ_j are drawn among the other distinct rows by k-means++ weighted by the error of the
+   nearest centre so far: probability ∝ count × squared distance to the nearest centre × squared distance
+   between the row's mean target and that centre's (starting from the origin when there is one), so rows the
+   centres would already rebuild are not drawn and drawing stops when none is left;
 4. feature j scores s_j(x) = ‖x − o‖²_w − ‖x − μ_j‖²_w + C — affine in x, so W_enc[:, j] = 2 w ⊙ (μ_j − o),
    b_enc[j] = C − ‖μ_j‖²_w + ‖o‖²_w (both expanded) — and TopK with k = 1 picks the nearest centre (a power
    diagram); C = 0 with a zero-output origin (inputs nearer to o than to every centre fire nothing), else the
@@ -20,8 +22,8 @@ batch of (input x, output y) pairs:
 5. W_dec[j] is the least-squares fit of t on the winning activation over the rows feature j wins; finally
    all features are rescaled together (encoder × α, decoder ÷ α, the winners unchanged) to a mean decoder norm of 1.
 
-With n ≥ the number of distinct non-zero-output rows every distinct input is its own feature's winner and the
-batch is rebuilt exactly. On a discretising MLP (the compiled ``histogram`` program, docs/circuits.md A4) this is
+When no two distinct non-zero-output rows share a target and n ≥ their number, every distinct input is its own
+feature's winner and the batch is rebuilt exactly; features left undrawn stay at 0 (never active). On a discretising MLP (the compiled ``histogram`` program, docs/circuits.md A4) this is
 what gradient training of a k = 1 TopK transcoder does not find.
 """
 
@@ -69,8 +71,7 @@ def nearest_centre_init(x: Tensor, target: Tensor, n: int, *, generator: torch.G
     norm_t = mean_t.norm(dim=1)
     zero = norm_t <= zero_tol * norm_t.max().clamp(min=1e-30)
     origin = int(torch.where(zero, counts, 0).argmax()) if bool(zero.any()) else None
-    chosen = _kmeans_pp(rows * w.sqrt(), counts.float() * ~zero, n, generator,
-                        start=None if origin is None else rows[origin] * w.sqrt())
+    chosen = _kmeans_pp(rows * w.sqrt(), counts.float() * ~zero, mean_t, n, generator, origin=origin)
     d_in, d_out = x.shape[1], t.shape[1]
     first_row = torch.full((rows.shape[0],), x.shape[0]).scatter_reduce_(0, inverse, torch.arange(x.shape[0]), "amin")
     W_enc, b_enc, W_dec = torch.zeros(d_in, n), torch.zeros(n), torch.zeros(n, d_out)
@@ -101,17 +102,25 @@ def nearest_centre_init(x: Tensor, target: Tensor, n: int, *, generator: torch.G
                       None if origin is None else int(first_row[origin]))
 
 
-def _kmeans_pp(z: Tensor, weight: Tensor, n: int, generator: torch.Generator, *, start: Tensor | None) -> list[int]:
-    """k-means++ seeding: up to ``n`` rows of ``z`` drawn with probability ∝ weight × squared distance to the
-    nearest centre so far (the first ∝ weight alone, or measured from ``start`` when given)."""
-    d2 = torch.ones(z.shape[0]) if start is None else ((z - start) ** 2).sum(1)
+def _kmeans_pp(z: Tensor, weight: Tensor, mean_t: Tensor, n: int, generator: torch.Generator, *,
+               origin: int | None) -> list[int]:
+    """k-means++ seeding weighted by the error of the nearest centre so far: up to ``n`` rows of ``z`` drawn with
+    probability ∝ weight × squared distance to the nearest centre × squared distance of the row's mean target
+    ``mean_t`` to that centre's (the origin row ``origin`` is a centre from the start; without one the first draw
+    is ∝ weight). Stops early when every row's nearest centre already has its target."""
+    if origin is None:
+        d2, near_t = torch.ones(z.shape[0]), None
+    else:
+        d2, near_t = ((z - z[origin]) ** 2).sum(1), mean_t[origin].expand_as(mean_t)
     chosen: list[int] = []
     while len(chosen) < n:
-        p = weight * d2
+        p = weight if near_t is None else weight * d2 * ((mean_t - near_t) ** 2).sum(1)
         if not bool(p.sum() > 0):
             break
         j = int(torch.multinomial(p / p.sum(), 1, generator=generator))
         chosen.append(j)
         dj = ((z - z[j]) ** 2).sum(1)
-        d2 = dj if start is None and len(chosen) == 1 else torch.minimum(d2, dj)
+        closer = torch.ones_like(dj, dtype=torch.bool) if near_t is None else dj < d2
+        d2 = torch.where(closer, dj, d2)
+        near_t = torch.where(closer[:, None], mean_t[j], mean_t[j] if near_t is None else near_t)
     return chosen
