@@ -25,7 +25,7 @@ RECIPES = {
     "bench": {"steps": 1000},  # the bench's transcoder method with init=random: unit-norm atoms, b_dec = 0
     "free_norm": {"steps": 1000, "unit_decoder": False},  # sparsify's decoder: from 0, never renormalised
     "resample": {"steps": 4000, "resample_every": 250, "decay_fraction": 0.5},
-    # one feature per input centre of the first batch, free norms (assay.dictionaries.centre_init):
+    # one feature per input centre of the training positions, free norms (assay.dictionaries.centre_init):
     "data_init_only": {"steps": 1, "lr": 1e-9, "unit_decoder": False, "data_init": True},  # the initialisation
     "data": {"steps": 1000, **INIT_RECIPES["data"]},  # the bench's default transcoder recipe (init=data, lr 1e-5)
     "data_default_lr": {"steps": 1000, "unit_decoder": False, "data_init": True},  # the TopK default lr 6.4e-3

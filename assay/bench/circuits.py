@@ -14,7 +14,7 @@ the prompts. Methods (feature bases the graphs are built over):
   (Gaussian, each tensor's RMS kept);
 - ``transcoder`` — A4/A6: one TopK transcoder per compiled MLP layer (:mod:`assay.circuits.learned`), trained
   on the seed's inputs (parameters ``d_sae``, ``k``, ``zero_bias`` — b_dec held at 0, default; false: the
-  usual geometric-median b_dec; ``init`` — ``data``, default: one feature per input centre of the first batch,
+  usual geometric-median b_dec; ``init`` — ``data``, default: one feature per input centre of the training positions,
   free decoder norms, lr 1e-5; ``random``: random unit-norm atoms at the default lr (:data:`INIT_RECIPES`);
   steps from the settings), each feature named after the
   compiled direction its decoder row matches (|cos| ≥ 0.9, else unnamed); attention outputs stay linear
@@ -69,7 +69,7 @@ METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_w
 """Method name → its parameters and their defaults."""
 INIT_RECIPES: dict[str, dict[str, Any]] = {"random": {}, "data": {"data_init": True, "unit_decoder": False, "lr": 1e-5}}
 """The ``transcoder`` method's ``init`` → its training recipe (:class:`~assay.circuits.learned.TranscoderTraining`
-fields): random unit-norm atoms at the TopK default lr, or one feature per input centre of the first batch with
+fields): random unit-norm atoms at the TopK default lr, or one feature per input centre of the training positions with
 free decoder norms, fine-tuned at lr 1e-5 (the default lr undoes it; docs/circuits.md, A4)."""
 WORLD_NAMES = ("previous_token", "dyck1", "induction", "histogram", "two_hop")
 
@@ -450,7 +450,7 @@ class CircuitFamily:
             "precision of every possible edge).",
             "transcoder (A4, A6): learned per-layer TopK transcoders on the compiled MLPs; acceptance matched_share, "
             "node_precision, node_recall, replacement ≥ 0.8 and hop_share ≥ 0.9 (spec). init=data (default) starts each "
-            "from one feature per input centre of its first batch (free decoder norms, lr 1e-5); init=random (unit-norm "
+            "from one feature per input centre of its training positions (free decoder norms, lr 1e-5); init=random (unit-norm "
             "atoms, default lr) fails A4 on histogram. zero_bias=false (b_dec from the geometric median) leaves every "
             "feature offset by the bias, so none matches; see docs/circuits.md.",
             "clt (A4, A6): one TopK cross-layer transcoder over the compiled MLPs. chain_share is the share of logit "
