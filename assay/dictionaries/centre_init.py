@@ -23,8 +23,9 @@ batch of (input x, output y) pairs:
    all features are rescaled together (encoder × α, decoder ÷ α, the winners unchanged) to a mean decoder norm of 1.
 
 When no two distinct non-zero-output rows share a target and n ≥ their number, every distinct input is its own
-feature's winner and the batch is rebuilt exactly; features left undrawn stay at 0 (never active). On a discretising MLP (the compiled ``histogram`` program, docs/circuits.md A4) this is
-what gradient training of a k = 1 TopK transcoder does not find.
+feature's winner and the batch is rebuilt exactly; features left undrawn stay at 0 (never active). On a
+discretising MLP (the compiled ``histogram`` program, docs/circuits.md A4) this is what gradient training of a
+k = 1 TopK transcoder does not find.
 """
 
 from __future__ import annotations
