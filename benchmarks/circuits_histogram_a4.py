@@ -7,7 +7,7 @@ EleutherAI sparsify); graphs as Ameisen et al. 2025 ("Circuit Tracing"); the com
 the bench's own (:func:`assay.bench.circuits.learned_checks`, on the bench's histogram world and seeds).
 
     PYTHONPATH=. flock /tmp/assay-bench.lock nice -n 10 env OMP_NUM_THREADS=1 python \\
-        benchmarks/circuits_histogram_a4.py [--seeds 0 1 2] [--recipes bench resample]
+        benchmarks/circuits_histogram_a4.py [--seeds 0 1 2] [--recipes bench resample data]
 
 One JSON line per (recipe, seed): fvu, matched_share, replacement (worst prompt), node_precision, node_recall.
 """
@@ -18,13 +18,17 @@ import argparse
 import json
 import time
 
-from assay.bench.circuits import FAMILY, CircuitSettings, learned_checks
+from assay.bench.circuits import FAMILY, INIT_RECIPES, CircuitSettings, learned_checks
 from assay.circuits.learned import TranscoderTraining
 
 RECIPES = {
-    "bench": {"steps": 1000},  # the bench's transcoder method: unit-norm atoms, b_dec = 0
+    "bench": {"steps": 1000},  # the bench's transcoder method with init=random: unit-norm atoms, b_dec = 0
     "free_norm": {"steps": 1000, "unit_decoder": False},  # sparsify's decoder: from 0, never renormalised
     "resample": {"steps": 4000, "resample_every": 250, "decay_fraction": 0.5},
+    # one feature per input centre of the training positions, free norms (assay.dictionaries.centre_init):
+    "data_init_only": {"steps": 1, "lr": 1e-9, "unit_decoder": False, "data_init": True},  # the initialisation
+    "data": {"steps": 1000, **INIT_RECIPES["data"]},  # the bench's default transcoder recipe (init=data, lr 1e-5)
+    "data_default_lr": {"steps": 1000, "unit_decoder": False, "data_init": True},  # the TopK default lr 6.4e-3
 }
 
 

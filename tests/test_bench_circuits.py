@@ -115,7 +115,8 @@ def test_specs_are_validated_and_the_cli_runs(tmp_path):
 
 
 def test_learned_transcoder_rows_match_the_compiled_values_only_with_a_zero_decoder_bias_and_miss_the_hop(tmp_path):
-    """A4/A6 with learned per-layer transcoders (and a CLT, asserted below) on two_hop (seed 0, 48 inputs, 2 prompts, 300 steps). Measured:
+    """A4/A6 with learned per-layer transcoders (random init, unit-norm atoms: init=random; and a CLT, asserted below)
+    on two_hop (seed 0, 48 inputs, 2 prompts, 300 steps). Measured:
     zero_bias=true — replacement 0.99996, matched_share 1, node_precision 1, node_recall 0.5 (hop2 kept, hop1's
     features pruned: little influence reaches them), hop_share 0.13;
     zero_bias=false — replacement 0.9998, fvu < 1e-6, matched_share 0, node_precision 0, hop_share 0.23; exact
@@ -124,17 +125,17 @@ def test_learned_transcoder_rows_match_the_compiled_values_only_with_a_zero_deco
     logit influence bypasses layer 0's features (the shortcut A6 flags). Programs without an MLP get no values."""
     settings = CircuitSettings(n_inputs=48, n_prompts=2, transcoder_steps=300, html=False)
     res = run_family(FAMILY, worlds=("two_hop", "previous_token"),
-                     methods=("exact", "transcoder:zero_bias=true|false", "clt"), seeds=(0,), settings=settings,
+                     methods=("exact", "transcoder:zero_bias=true|false,init=random", "clt"), seeds=(0,), settings=settings,
                      out_dir=tmp_path)
     m = {(r["world"], r["method"], r["level"]): r["metrics"] for r in res.runs}
-    zero, median = m[("two_hop", "transcoder", "zero_bias=True")], m[("two_hop", "transcoder", "zero_bias=False")]
+    zero, median = m[("two_hop", "transcoder,init=random", "zero_bias=True")], m[("two_hop", "transcoder,init=random", "zero_bias=False")]
     for tc in (zero, median):
         assert tc["replacement"] > 0.99 and tc["fvu"] < 1e-3 and tc["hop_share"] < 0.5
     assert zero["matched_share"] == zero["node_precision"] == 1.0 and zero["node_recall"] == 0.5
     assert median["matched_share"] == 0.0 and median["node_precision"] == 0.0
     assert m[("two_hop", "exact", "default")]["hop_share"] == pytest.approx(1.0)
     assert m[("two_hop", "exact", "default")]["chain_share"] == pytest.approx(1.0)
-    assert m[("previous_token", "transcoder", "zero_bias=True")] == {}
+    assert m[("previous_token", "transcoder,init=random", "zero_bias=True")] == {}
     assert zero["chain_share"] <= zero["hop_share"] + 1e-12  # the chain share counts fewer paths
     # the CLT (same budget, zero bias) is exact and its graph exact about itself, but rewrites A → B → C as a direct
     # edge: its layer-0 features write hop2 into MLP 1's output (measured: replacement 0.998, fvu < 1e-6,

@@ -14,7 +14,9 @@ the prompts. Methods (feature bases the graphs are built over):
   (Gaussian, each tensor's RMS kept);
 - ``transcoder`` — A4/A6: one TopK transcoder per compiled MLP layer (:mod:`assay.circuits.learned`), trained
   on the seed's inputs (parameters ``d_sae``, ``k``, ``zero_bias`` — b_dec held at 0, default; false: the
-  usual geometric-median b_dec; steps from the settings), each feature named after the
+  usual geometric-median b_dec; ``init`` — ``data``, default: one feature per input centre of the training positions,
+  free decoder norms, lr 1e-5; ``random``: random unit-norm atoms at the default lr (:data:`INIT_RECIPES`);
+  steps from the settings), each feature named after the
   compiled direction its decoder row matches (|cos| ≥ 0.9, else unnamed); attention outputs stay linear
   paths of the replacement model. Programs without an MLP (previous_token, induction) get no A4 row values;
 - ``clt`` — A4/A6 with one TopK cross-layer transcoder over the compiled MLP layers (Ameisen et al. 2025;
@@ -62,9 +64,13 @@ __all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "ran
            "learned_checks"]
 
 METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_weights": {},
-                                      "transcoder": {"d_sae": 16, "k": 1, "zero_bias": True},
+                                      "transcoder": {"d_sae": 16, "k": 1, "zero_bias": True, "init": "data"},
                                       "clt": {"d_sae": 16, "k": 1, "zero_bias": True, "window": "all"}}
 """Method name → its parameters and their defaults."""
+INIT_RECIPES: dict[str, dict[str, Any]] = {"random": {}, "data": {"data_init": True, "unit_decoder": False, "lr": 1e-5}}
+"""The ``transcoder`` method's ``init`` → its training recipe (:class:`~assay.circuits.learned.TranscoderTraining`
+fields): random unit-norm atoms at the TopK default lr, or one feature per input centre of the training positions with
+free decoder norms, fine-tuned at lr 1e-5 (the default lr undoes it; docs/circuits.md, A4)."""
 WORLD_NAMES = ("previous_token", "dyck1", "induction", "histogram", "two_hop")
 
 
@@ -294,8 +300,11 @@ def _learned_checks(prepared: PreparedProgram, method: str, params: dict[str, An
     """A4 and A6 for the ``transcoder`` / ``clt`` methods: their parameters and the settings' budget."""
     from assay.circuits.learned import TranscoderTraining
 
+    init = params.get("init", "random")  # clt: random only
+    if init not in INIT_RECIPES:
+        raise ConfigError(f"transcoder's init must be one of {', '.join(INIT_RECIPES)}, got {init!r}")
     cfg = TranscoderTraining(d_sae=params["d_sae"], k=params["k"], steps=settings.transcoder_steps, seed=seed,
-                             zero_decoder_bias=bool(params["zero_bias"]))
+                             zero_decoder_bias=bool(params["zero_bias"]), **INIT_RECIPES[init])
     window = _clt_window(params) if method == "clt" else None
     return learned_checks(prepared, cfg, clt=method == "clt", window=window, batch_size=settings.batch_size)
 
@@ -440,8 +449,10 @@ class CircuitFamily:
             "random_weights (the circuit's names on redrawn weights: precision should sit at `chance`, the "
             "precision of every possible edge).",
             "transcoder (A4, A6): learned per-layer TopK transcoders on the compiled MLPs; acceptance matched_share, "
-            "node_precision, node_recall, replacement ≥ 0.8 and hop_share ≥ 0.9 (spec). zero_bias=false (b_dec from "
-            "the geometric median) leaves every feature offset by the bias, so none matches; see docs/circuits.md.",
+            "node_precision, node_recall, replacement ≥ 0.8 and hop_share ≥ 0.9 (spec). init=data (default) starts each "
+            "from one feature per input centre of its training positions (free decoder norms, lr 1e-5); init=random (unit-norm "
+            "atoms, default lr) fails A4 on histogram. zero_bias=false (b_dec from the geometric median) leaves every "
+            "feature offset by the bias, so none matches; see docs/circuits.md.",
             "clt (A4, A6): one TopK cross-layer transcoder over the compiled MLPs. chain_share is the share of logit "
             "influence through every hop's MLP features in turn; below 0.5 a graph is flagged as a shortcut rewrite "
             "(spec A6): a CLT's layer-0 features can write the last hop's value straight into the last MLP's output.",

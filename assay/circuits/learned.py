@@ -11,7 +11,8 @@ have no norm, so this is the residual stream) and rebuilds the MLP output ``bloc
 
 which is a :class:`~assay.circuits.graph.basis.FeatureBasis` with σ = TopK∘ReLU (:func:`transcoder_basis`).
 :func:`train_mlp_transcoders` trains one per MLP layer on a model's activations of given inputs through the
-one SAE trainer (:func:`assay.dictionaries.trainer.train_saes`). :func:`match_features` names each feature
+one SAE trainer (:func:`assay.dictionaries.trainer.train_saes`), optionally from a data initialisation (one feature
+per input centre, :mod:`assay.dictionaries.centre_init`). :func:`match_features` names each feature
 after the compiled residual direction (a variable's value) its decoder row is closest to in |cos|, a match
 when ≥ 0.9; :func:`node_recovery` scores the feature nodes a (pruned) graph keeps against the circuit's
 MLP-written variables.
@@ -67,9 +68,18 @@ class TranscoderTraining:
     """Resample the latents that did not fire, every this many steps (None: never; the trainer's option)."""
     decay_fraction: float = 0.0
     """Decay the lr linearly to 0 over this last fraction of the steps (the trainer's option)."""
+    data_init: bool = False
+    """Initialise each transcoder from every position of ``inputs`` (its first batch): one feature per input
+    centre (error-weighted k-means++ over the distinct input rows in standardised units), winning on the inputs
+    nearest to it, with the least-squares decoder of the outputs it wins (:mod:`assay.dictionaries.centre_init`);
+    AuxK is off (undrawn features stay at 0 by design, and an exact fit leaves AuxK no residual to normalise by).
+    Needs ``unit_decoder=False``; per-layer transcoders only. What passes A4 on histogram, with a small ``lr``
+    (docs/circuits.md)."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
+        if self.data_init and self.unit_decoder:
+            raise ConfigError("TranscoderTraining.data_init sets decoder rows of free norms: set unit_decoder=False")
         if not 0.0 <= self.decay_fraction < 1.0:
             raise ConfigError(f"TranscoderTraining.decay_fraction must lie in [0, 1), got {self.decay_fraction}")
         for name in ("d_sae", "k", "steps", "batch_size"):
@@ -115,12 +125,18 @@ def _tokens(inputs: torch.Tensor, cfg: TranscoderTraining) -> Iterator[torch.Ten
 
 
 def _pairs(model, layer: int, inputs: torch.Tensor, cfg: TranscoderTraining) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless float32 (MLP input, MLP output) batches of ``cfg.batch_size`` rows over seeded draws of ``inputs``."""
+    """Endless float32 (MLP input, MLP output) batches of ``cfg.batch_size`` rows over seeded draws of ``inputs``;
+    with ``cfg.data_init`` the first batch is every position of ``inputs`` (what the initialisation reads)."""
     from assay.dictionaries.batches import live_batches
 
-    for x, y in live_batches(model, f"blocks.{layer}.ln2", _tokens(inputs, cfg), batch_size=cfg.batch_size,
-                             drop_first=False, output_site=f"blocks.{layer}.mlp"):
-        yield x.float(), y.float()
+    def pairs(tokens, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in live_batches(model, f"blocks.{layer}.ln2", tokens, batch_size=batch_size, drop_first=False,
+                                 output_site=f"blocks.{layer}.mlp"):
+            yield x.float(), y.float()
+
+    if cfg.data_init:
+        yield from pairs([inputs], inputs.numel())
+    yield from pairs(_tokens(inputs, cfg), cfg.batch_size)
 
 
 def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
@@ -137,7 +153,8 @@ def train_mlp_transcoders(model, inputs: torch.Tensor, layers: Collection[int],
     out = {}
     for i in sorted(layers):
         tc = build_sae("topk_transcoder", d_in=d, d_out=d, d_sae=cfg.d_sae, k=cfg.k, seed=cfg.seed + i,
-                       decoder_bias=not cfg.zero_decoder_bias, unit_decoder=cfg.unit_decoder)
+                       decoder_bias=not cfg.zero_decoder_bias, unit_decoder=cfg.unit_decoder,
+                       **({"data_init": True, "aux_coef": 0.0} if cfg.data_init else {}))
         out[i], _ = train_saes(tc, _train_config(cfg), _pairs(model, i, inputs, cfg))
     return out
 
@@ -169,6 +186,9 @@ def train_mlp_clt(model, inputs: torch.Tensor, layers: Collection[int], config: 
     from assay.dictionaries.trainer import train_saes
 
     cfg = config or TranscoderTraining()
+    if cfg.data_init:
+        raise ConfigError("data_init is for per-layer TopK transcoders (train_mlp_transcoders); a cross-layer "
+                          "transcoder's block encoder has no such initialisation: set data_init=False")
     _check_layers(model, inputs, layers)
     order, d = sorted(layers), model.config.d_model
     n = len(order)

@@ -63,6 +63,17 @@ class TranscoderFields:
 class TopKTranscoderConfig(TranscoderFields, TopKConfig):
     """A TopK transcoder (sparsify's ``transcode=True``). Loss: sum over d_out, mean over tokens."""
 
+    data_init: bool = False
+    """At the first batch, give each of up to d_sae centres drawn among its distinct input rows (k-means++ in
+    standardised units) its own feature, winning on the inputs nearest to it, with the least-squares decoder of
+    the outputs it wins (:mod:`assay.dictionaries.centre_init`; exact k = 1 cells). Needs ``unit_decoder=False``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.data_init and self.unit_decoder:
+            raise ConfigError("data_init sets decoder rows of free norms (least squares); build the transcoder with "
+                              "unit_decoder=False")
+
 
 @dataclass(frozen=True, kw_only=True)
 class JumpReLUTranscoderConfig(TranscoderFields, JumpReLUConfig):
@@ -154,6 +165,21 @@ class TopKTranscoder(TranscoderMixin, TopKSAE):
     architecture = "topk_transcoder"
     config_cls = TopKTranscoderConfig
     median_init = True
+    cfg: TopKTranscoderConfig
+
+    @torch.no_grad()
+    def init_from_batch(self, x: Tensor, target: Tensor | None = None) -> None:
+        """As every transcoder; with ``data_init`` the encoder and decoder then come from the batch's input centres
+        (:func:`~assay.dictionaries.centre_init.nearest_centre_init`, seeded by the config's seed)."""
+        super().init_from_batch(x, target)
+        if getattr(self.cfg, "data_init", False):  # a TopK CLT (a subclass) has no such option
+            from assay.dictionaries.centre_init import nearest_centre_init
+
+            init = nearest_centre_init(x, target - self.b_dec, self.d_sae,
+                                       generator=torch.Generator().manual_seed(self.cfg.seed + 2))
+            self.W_enc.copy_(init.W_enc)
+            self.b_enc.copy_(init.b_enc)
+            self.W_dec.copy_(init.W_dec)
 
 
 class JumpReLUTranscoder(TranscoderMixin, JumpReLUSAE):
