@@ -71,6 +71,37 @@ def test_topk_encode_matches_dense_values_and_grads(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("x_needs_grad", [True, False])
+def test_topk_encode_with_shift_matches_dense_values_and_grads(device, x_needs_grad):
+    """``shift=`` (an SAE's b_dec) is subtracted inside the kernel; its gradient −W_enc·∂L/∂b_enc must equal
+    autograd's through the dense reference on x − shift."""
+    g = _gen(6)
+    B, d, n, k = 16, 8, 32, 4
+    x, W, b, s = (torch.randn(*shape, generator=g, dtype=torch.float64).to(device).requires_grad_()
+                  for shape in ((B, d), (d, n), (n,), (d,)))
+    x.requires_grad_(x_needs_grad)
+    proj = torch.randn(n, generator=g, dtype=torch.float64).to(device)
+    z = to_dense(*topk_encode(x, W, b, k, shift=s), n)
+    z_ref = topk_encode_reference(x - s, W, b, k)
+    torch.testing.assert_close(z, z_ref)
+    leaves = (x, W, b, s) if x_needs_grad else (W, b, s)
+    got = torch.autograd.grad((z * proj).sum() + z.pow(2).sum(), leaves)
+    want = torch.autograd.grad((z_ref * proj).sum() + z_ref.pow(2).sum(), leaves)
+    for a, r in zip(got, want):
+        torch.testing.assert_close(a, r)
+    # only the shift needs a gradient: the kernel must still produce it without W_enc's or b_enc's
+    (gs,) = torch.autograd.grad(topk_encode(x.detach(), W.detach(), b.detach(), k, shift=s)[0].sum(), s)
+    (rs,) = torch.autograd.grad(topk_encode_reference(x.detach() - s, W.detach(), b.detach(), k).sum(), s)
+    torch.testing.assert_close(gs, rs)
+    assert torch.autograd.gradcheck(lambda W_, b_, s_: topk_encode(x.detach(), W_, b_, k, shift=s_)[0], (W, b, s))
+
+
+def test_topk_encode_shift_of_the_wrong_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"shift must have shape \[8\]"):
+        topk_encode(torch.randn(4, 8), torch.randn(8, 16), torch.zeros(16), 2, shift=torch.zeros(4, 8))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_sparse_decode_matches_dense_values_and_grads(device):
     g = _gen(2)
     B, d, n, k = 12, 6, 20, 3

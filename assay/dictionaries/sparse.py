@@ -37,16 +37,17 @@ __all__ = [
 def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
     """``out[i] = Σ_{(b,j): indices[b,j] = i} weights[b,j] · rows[b]`` → ``[n, d]``, without a B×n temporary.
 
-    Computed as the product of the sparse matrix Gᵀ (n × B, k entries per column) with ``rows``.
+    The product of the sparse matrix Gᵀ (n × B, k entries per column) with ``rows``, computed latent-major:
+    the B·k entries are sorted by latent (stable, so each latent's rows are summed in batch order) and
+    ``embedding_bag`` sums each latent's weighted rows (one bag per latent, empty bags give zero rows).
     """
     B, k = indices.shape
-    cols = torch.arange(B, device=indices.device).repeat_interleave(k)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's "sparse invariant checks" / "beta" notices
-        gt = torch.sparse_coo_tensor(
-            torch.stack([indices.reshape(-1), cols]), weights.reshape(-1).to(rows.dtype), (n, B)
-        )
-        return torch.sparse.mm(gt, rows)
+    flat = indices.reshape(-1)
+    order = torch.sort(flat, stable=True).indices
+    offsets = torch.zeros(n, dtype=torch.long, device=indices.device)
+    torch.cumsum(torch.bincount(flat, minlength=n)[:-1], 0, out=offsets[1:])
+    return F.embedding_bag(order.div(k, rounding_mode="floor"), rows, offsets, mode="sum",
+                           per_sample_weights=weights.reshape(-1)[order].to(rows.dtype))
 
 
 def gather_dot(indices: Tensor, table: Tensor, vectors: Tensor) -> Tensor:
@@ -90,36 +91,47 @@ def _encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tenso
 
 class _TopKEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int):  # type: ignore[override]
-        values, indices = _encode_topk(x, W_enc, b_enc, k)
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, shift: Tensor | None):  # type: ignore[override]
+        centred = x if shift is None else x - shift
+        values, indices = _encode_topk(centred, W_enc, b_enc, k)
         values = values.to(x.dtype).relu_()  # under autocast only the dense product ran in the low dtype
-        ctx.save_for_backward(x, W_enc, indices, values)
+        ctx.save_for_backward(centred, W_enc, indices, values)
         ctx.mark_non_differentiable(indices)
         return values, indices
 
     @staticmethod
     def backward(ctx, grad_values: Tensor, grad_indices: Tensor | None):  # type: ignore[override]
-        x, W_enc, indices, values = ctx.saved_tensors
+        centred, W_enc, indices, values = ctx.saved_tensors
+        need_x, need_W, need_b, _, need_shift = ctx.needs_input_grad
         g = grad_values * (values > 0)  # ReLU gate
-        grad_x = grad_W = grad_b = None
+        grad_x = grad_W = grad_b = grad_shift = None
         n = W_enc.shape[1]
-        if ctx.needs_input_grad[0]:
+        if need_x:
             # x-gradient: Σ_j g_bj W_enc[:, i_bj]
             grad_x = F.embedding_bag(indices, W_enc.t(), per_sample_weights=g, mode="sum")
-        if ctx.needs_input_grad[1]:
-            grad_W = scatter_rows(indices, g, x, n).t()
-        if ctx.needs_input_grad[2]:
+        if need_W:
+            grad_W = scatter_rows(indices, g, centred, n).t()
+        if need_b or need_shift:
             grad_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))
-        return grad_x, grad_W, grad_b, None
+        if need_shift:
+            # −Σ_b (x-gradient)_b = −Σ_i W_enc[:, i] Σ_{(b,j): i_bj = i} g_bj = −W_enc · (b_enc-gradient)
+            grad_shift = -(W_enc @ grad_b)
+        return grad_x, grad_W, grad_b if need_b else None, None, grad_shift
 
 
-def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """TopK(ReLU(x W_enc + b_enc)) as ``(values [B, k], indices [B, k])`` with a sparse backward.
+def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, *, shift: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """TopK(ReLU((x − shift) W_enc + b_enc)) as ``(values [B, k], indices [B, k])`` with a sparse backward.
 
-    ``x`` is ``[B, d]`` (already centred by b_dec), ``W_enc`` ``[d, n]``. Indices are not sorted.
-    Since ReLU is monotone, TopK∘ReLU = ReLU∘TopK, so the ReLU runs on k values per row only.
+    ``x`` is ``[B, d]``, ``W_enc`` ``[d, n]``; ``shift`` ``[d]`` (e.g. an SAE's b_dec; None: x is read as
+    it is). Indices are not sorted. Since ReLU is monotone, TopK∘ReLU = ReLU∘TopK, so the ReLU runs on k
+    values per row only. The shift's gradient, −Σ_b ∂L/∂x_b, is taken as −W_enc · ∂L/∂b_enc (a [d, n]
+    matrix-vector product) instead of summing a [B, d] x-gradient.
     """
-    return _TopKEncode.apply(x, W_enc, b_enc, k)
+    if shift is not None and shift.shape != x.shape[-1:]:
+        raise ValueError(f"shift must have shape [{x.shape[-1]}] (one offset per input feature), got "
+                         f"{tuple(shift.shape)}")
+    return _TopKEncode.apply(x, W_enc, b_enc, k, shift)
 
 
 def topk_encode_reference(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> Tensor:
