@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from assay.dictionaries.threads import one_thread
+
 __all__ = [
     "topk_encode",
     "topk_encode_reference",
@@ -42,12 +44,12 @@ def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tens
     ``embedding_bag`` sums each latent's weighted rows (one bag per latent, empty bags give zero rows).
     """
     B, k = indices.shape
-    flat = indices.reshape(-1)
-    order = torch.sort(flat, stable=True).indices
-    offsets = torch.zeros(n, dtype=torch.long, device=indices.device)
-    torch.cumsum(torch.bincount(flat, minlength=n)[:-1], 0, out=offsets[1:])
-    return F.embedding_bag(order.div(k, rounding_mode="floor"), rows, offsets, mode="sum",
-                           per_sample_weights=weights.reshape(-1)[order].to(rows.dtype))
+    with one_thread():  # O(B·k) bookkeeping; the O(B·k·d) sum below keeps every thread
+        latents, order = torch.sort(indices.reshape(-1), stable=True)
+        offsets = torch.searchsorted(latents, torch.arange(n, device=indices.device))
+        bag_rows = order.div(k, rounding_mode="floor")
+        bag_weights = weights.reshape(-1)[order].to(rows.dtype)
+    return F.embedding_bag(bag_rows, rows, offsets, mode="sum", per_sample_weights=bag_weights)
 
 
 def gather_dot(indices: Tensor, table: Tensor, vectors: Tensor) -> Tensor:
@@ -56,11 +58,12 @@ def gather_dot(indices: Tensor, table: Tensor, vectors: Tensor) -> Tensor:
     if table.device.type == "cpu":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            crow = torch.arange(0, B * k + 1, k, device=indices.device)
-            pattern = torch.sparse_csr_tensor(
-                crow, indices.reshape(-1), torch.zeros(B * k, dtype=vectors.dtype, device=vectors.device),
-                (B, table.shape[0]),
-            )
+            with one_thread():  # the O(B·k) pattern; the products below keep every thread
+                crow = torch.arange(0, B * k + 1, k, device=indices.device)
+                pattern = torch.sparse_csr_tensor(
+                    crow, indices.reshape(-1), torch.zeros(B * k, dtype=vectors.dtype, device=vectors.device),
+                    (B, table.shape[0]),
+                )
             return torch.sparse.sampled_addmm(pattern, vectors, table.t()).values().view(B, k)
     return torch.bmm(table[indices], vectors.unsqueeze(2)).squeeze(2)
 
@@ -85,13 +88,15 @@ def _topk_with_floor(buf: Tensor, k: int, out: tuple[Tensor, Tensor]) -> None:
     """
     pre = buf[:, k:]
     rows, n = pre.shape
-    groups = pre[:, : (n // k) * k].view(rows, n // k, k).amax(1)
-    tau = groups.amin(1, keepdim=True)
-    torch.nextafter(tau, tau.new_full((), float("-inf")), out=buf[:, :1])
-    buf[:, 1:k] = buf[:, :1]
+    with one_thread():  # one light pass over the block and O(rows·k) bookkeeping
+        tau = pre[:, : (n // k) * k].view(rows, n // k, k).amax(1).amin(1, keepdim=True)
+        torch.nextafter(tau, tau.new_full((), float("-inf")), out=buf[:, :1])
+        buf[:, 1:k] = buf[:, :1]
     torch.topk(buf, k, dim=-1, sorted=False, out=out)
-    out[1].sub_(k)
-    if bool((out[1] < 0).any()):
+    with one_thread():
+        out[1].sub_(k)
+        floor_won = bool((out[1] < 0).any())
+    if floor_won:
         torch.topk(pre, k, dim=-1, sorted=False, out=out)
 
 
@@ -122,7 +127,8 @@ class _TopKEncode(torch.autograd.Function):
     def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, shift: Tensor | None):  # type: ignore[override]
         centred = x if shift is None else x - shift
         values, indices = _encode_topk(centred, W_enc, b_enc, k)
-        values = values.to(x.dtype).relu_()  # under autocast only the dense product ran in the low dtype
+        with one_thread():
+            values = values.to(x.dtype).relu_()  # under autocast only the dense product ran in the low dtype
         ctx.save_for_backward(centred, W_enc, indices, values)
         ctx.mark_non_differentiable(indices)
         return values, indices
@@ -131,16 +137,17 @@ class _TopKEncode(torch.autograd.Function):
     def backward(ctx, grad_values: Tensor, grad_indices: Tensor | None):  # type: ignore[override]
         centred, W_enc, indices, values = ctx.saved_tensors
         need_x, need_W, need_b, _, need_shift = ctx.needs_input_grad
-        g = grad_values * (values > 0)  # ReLU gate
         grad_x = grad_W = grad_b = grad_shift = None
         n = W_enc.shape[1]
+        with one_thread():
+            g = grad_values * (values > 0)  # ReLU gate
+            if need_b or need_shift:
+                grad_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))
         if need_x:
             # x-gradient: Σ_j g_bj W_enc[:, i_bj]
             grad_x = F.embedding_bag(indices, W_enc.t(), per_sample_weights=g, mode="sum")
         if need_W:
             grad_W = scatter_rows(indices, g, centred, n).t()
-        if need_b or need_shift:
-            grad_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))
         if need_shift:
             # −Σ_b (x-gradient)_b = −Σ_i W_enc[:, i] Σ_{(b,j): i_bj = i} g_bj = −W_enc · (b_enc-gradient)
             grad_shift = -(W_enc @ grad_b)

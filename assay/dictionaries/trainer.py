@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, overload
@@ -37,6 +38,7 @@ from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.config import ConfigError, check_int_fields, to_dict
 from assay.dictionaries.base import SAE, topk_lr
 from assay.dictionaries.batches import store_batches
+from assay.dictionaries.threads import one_thread
 from assay.dictionaries.transcoder import is_transcoder
 from assay.precision import AutocastDtype, autocast, check_autocast_dtype
 from assay.store.ranks import rank_and_world
@@ -289,8 +291,10 @@ class SAETrainer:
                 out = sae(x, dead=dead, sparsity_scale=sp, **extra)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            fired = out.codes.fired()
-            stats = torch.stack([out.rec_loss * rows.shape[0], spread, out.codes.l0().sum().float()])
+            with nullcontext() if out.codes.is_dense else one_thread():  # sparse codes: O(B·k) bookkeeping
+                fired = out.codes.fired()
+                l0 = out.codes.l0().sum().float()
+            stats = torch.stack([out.rec_loss * rows.shape[0], spread, l0])
             if world > 1:
                 import torch.distributed as dist
 
