@@ -144,8 +144,8 @@ class TopKSAE(SAE):
     def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None, *,
                    target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         zero = x_hat.new_zeros(())
-        if dead is None or self.cfg.aux_coef == 0:
-            return zero, zero
+        if dead is None or self.cfg.aux_coef == 0 or not bool(dead.any()):  # no dead latent: L_aux = 0, and
+            return zero, zero  # the centred batch and the residual (two [B, d] passes) are not needed
         k_aux = self.cfg.aux_k or max(1, self.d_out // 2)
         y = x if target is None else target
         aux = auxk_loss(self.centre(x), self.W_enc, self.b_enc, self.W_dec, y - x_hat, dead, k_aux, target=y)
