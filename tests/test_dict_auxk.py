@@ -58,3 +58,17 @@ def test_topk_loss_is_homogeneous_of_degree_two_in_the_input_scale():
     assert float(a.aux_loss) > 0
     torch.testing.assert_close(b.aux_loss, c**2 * a.aux_loss, rtol=1e-9, atol=0)
     torch.testing.assert_close(b.loss, c**2 * a.loss, rtol=1e-9, atol=0)
+
+
+def test_no_dead_latent_means_no_aux_loss_and_the_plain_reconstruction_gradient():
+    g = torch.Generator().manual_seed(3)
+    sae = TopKSAE(TopKConfig(d_in=6, d_sae=20, k=3))
+    x = torch.randn(10, 6, generator=g)
+    out = sae(x, dead=torch.zeros(20, dtype=torch.bool))
+    assert out.aux_loss == 0 and torch.equal(out.loss, out.rec_loss)
+    out.loss.backward()
+    got = [p.grad.clone() for p in sae.parameters()]
+    sae.zero_grad()
+    sae(x).loss.backward()  # dead=None: no AuxK at all
+    for a, p in zip(got, sae.parameters()):
+        assert torch.equal(a, p.grad)

@@ -211,3 +211,18 @@ def test_on_step_after_resume_runs_for_the_remaining_steps_only(tmp_path):
         train_saes(_saes(), CFG, _data, on_step=print, on_step_at=[0, 3])
     with pytest.raises(ValueError, match="positive step interval"):
         train_saes(_saes(), CFG, _data, on_step=print, on_step_at=0)
+
+
+def test_finite_check_and_batch_spread_match_their_plain_definitions():
+    from assay.dictionaries.trainer import _all_finite, _sum_sq_deviations
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(300, 24, generator=g) * 3 + 5  # an offset mean, as activations have
+    assert _all_finite(x) and _all_finite(x[:0])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        y = x.clone()
+        y[123, 7] = bad
+        assert not _all_finite(y)
+    want = (x.double() - x.double().mean(0)).pow(2).sum()  # Σ_b ‖x_b − x̄‖² in float64
+    torch.testing.assert_close(_sum_sq_deviations(x).double(), want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(_sum_sq_deviations(x), x.var(0, correction=0).sum() * x.shape[0])

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assay.config import ConfigError, check_int_fields
@@ -112,8 +113,9 @@ def detach_codes(codes: Codes) -> Codes:
 
 
 def rec_loss(x: Tensor, x_hat: Tensor) -> Tensor:
-    """mean_b ‖x_b − x̂_b‖²: sum over features, mean over tokens."""
-    return (x - x_hat).pow(2).sum(-1).mean()
+    """mean_b ‖x_b − x̂_b‖²: sum over features, mean over tokens (one fused ``mse_loss`` sum, whose backward is
+    one pass too, divided by the number of tokens)."""
+    return F.mse_loss(x_hat, x, reduction="sum") / (x.numel() // x.shape[-1])
 
 
 def unit_rows(w: Tensor, eps: float = 1e-8) -> Tensor:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from assay.dictionaries.threads import one_thread
+
 __all__ = [
     "topk_encode",
     "topk_encode_reference",
@@ -37,16 +39,17 @@ __all__ = [
 def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
     """``out[i] = Σ_{(b,j): indices[b,j] = i} weights[b,j] · rows[b]`` → ``[n, d]``, without a B×n temporary.
 
-    Computed as the product of the sparse matrix Gᵀ (n × B, k entries per column) with ``rows``.
+    The product of the sparse matrix Gᵀ (n × B, k entries per column) with ``rows``, computed latent-major:
+    the B·k entries are sorted by latent (stable, so each latent's rows are summed in batch order) and
+    ``embedding_bag`` sums each latent's weighted rows (one bag per latent, empty bags give zero rows).
     """
     B, k = indices.shape
-    cols = torch.arange(B, device=indices.device).repeat_interleave(k)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's "sparse invariant checks" / "beta" notices
-        gt = torch.sparse_coo_tensor(
-            torch.stack([indices.reshape(-1), cols]), weights.reshape(-1).to(rows.dtype), (n, B)
-        )
-        return torch.sparse.mm(gt, rows)
+    with one_thread():  # O(B·k) bookkeeping; the O(B·k·d) sum below keeps every thread
+        latents, order = torch.sort(indices.reshape(-1), stable=True)
+        offsets = torch.searchsorted(latents, torch.arange(n, device=indices.device))
+        bag_rows = order.div(k, rounding_mode="floor")
+        bag_weights = weights.reshape(-1)[order].to(rows.dtype)
+    return F.embedding_bag(bag_rows, rows, offsets, mode="sum", per_sample_weights=bag_weights)
 
 
 def gather_dot(indices: Tensor, table: Tensor, vectors: Tensor) -> Tensor:
@@ -55,11 +58,12 @@ def gather_dot(indices: Tensor, table: Tensor, vectors: Tensor) -> Tensor:
     if table.device.type == "cpu":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            crow = torch.arange(0, B * k + 1, k, device=indices.device)
-            pattern = torch.sparse_csr_tensor(
-                crow, indices.reshape(-1), torch.zeros(B * k, dtype=vectors.dtype, device=vectors.device),
-                (B, table.shape[0]),
-            )
+            with one_thread():  # the O(B·k) pattern; the products below keep every thread
+                crow = torch.arange(0, B * k + 1, k, device=indices.device)
+                pattern = torch.sparse_csr_tensor(
+                    crow, indices.reshape(-1), torch.zeros(B * k, dtype=vectors.dtype, device=vectors.device),
+                    (B, table.shape[0]),
+                )
             return torch.sparse.sampled_addmm(pattern, vectors, table.t()).values().view(B, k)
     return torch.bmm(table[indices], vectors.unsqueeze(2)).squeeze(2)
 
@@ -71,6 +75,31 @@ into it that ``addmm`` makes) is never materialised. Measured on 2 CPU cores at 
 less CPU time for matmul + TopK than one ``addmm`` over the whole batch, and 75 MB less peak memory."""
 
 
+def _topk_with_floor(buf: Tensor, k: int, out: tuple[Tensor, Tensor]) -> None:
+    """Exact row-wise top-k of ``buf[:, k:]`` into ``out`` (indices relative to that slice), ``buf [R, k + n]``.
+
+    torch's CPU top-k keeps a k-element heap and walks the row; its cost is mostly the heap insertions,
+    k·ln(n/k) per row from an empty heap. The k leading columns are filled with a floor just below
+    τ = min over the k strided groups {c, c + k, c + 2k, …} of the group maxima: those k maxima are distinct
+    elements ≥ τ, so at least k real elements beat every floor entry, the top k of the row are all real,
+    and only the elements above τ (≈4k for Gaussian pre-activations at n = 144k) ever enter the heap.
+    Rows with NaN or −inf at the floor could let a floor entry through: then the block falls back to a
+    plain top-k (checked, not assumed).
+    """
+    pre = buf[:, k:]
+    rows, n = pre.shape
+    with one_thread():  # one light pass over the block and O(rows·k) bookkeeping
+        tau = pre[:, : (n // k) * k].view(rows, n // k, k).amax(1).amin(1, keepdim=True)
+        torch.nextafter(tau, tau.new_full((), float("-inf")), out=buf[:, :1])
+        buf[:, 1:k] = buf[:, :1]
+    torch.topk(buf, k, dim=-1, sorted=False, out=out)
+    with one_thread():
+        out[1].sub_(k)
+        floor_won = bool((out[1] < 0).any())
+    if floor_won:
+        torch.topk(pre, k, dim=-1, sorted=False, out=out)
+
+
 def _encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor]:
     B = x.shape[0]
     if x.device.type != "cpu" or B <= CHUNK_ROWS:
@@ -80,46 +109,64 @@ def _encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tenso
         x, W_enc, b_enc = x.to(dt), W_enc.to(dt), b_enc.to(dt)
     values = x.new_empty(B, k)
     indices = torch.empty(B, k, dtype=torch.long, device=x.device)
-    buf = x.new_empty(CHUNK_ROWS, W_enc.shape[1])
+    floor = x.dtype in (torch.float32, torch.float64)  # nextafter: full-precision floats only
+    buf = x.new_empty(CHUNK_ROWS, (k if floor else 0) + W_enc.shape[1])
     for i in range(0, B, CHUNK_ROWS):
         j = min(i + CHUNK_ROWS, B)
-        pre = torch.addmm(b_enc, x[i:j], W_enc, out=buf[: j - i])
-        torch.topk(pre, k, dim=-1, sorted=False, out=(values[i:j], indices[i:j]))
+        out = (values[i:j], indices[i:j])
+        if floor:
+            torch.addmm(b_enc, x[i:j], W_enc, out=buf[: j - i, k:])
+            _topk_with_floor(buf[: j - i], k, out)
+        else:
+            torch.topk(torch.addmm(b_enc, x[i:j], W_enc, out=buf[: j - i]), k, dim=-1, sorted=False, out=out)
     return values, indices
 
 
 class _TopKEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int):  # type: ignore[override]
-        values, indices = _encode_topk(x, W_enc, b_enc, k)
-        values = values.to(x.dtype).relu_()  # under autocast only the dense product ran in the low dtype
-        ctx.save_for_backward(x, W_enc, indices, values)
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, shift: Tensor | None):  # type: ignore[override]
+        centred = x if shift is None else x - shift
+        values, indices = _encode_topk(centred, W_enc, b_enc, k)
+        with one_thread():
+            values = values.to(x.dtype).relu_()  # under autocast only the dense product ran in the low dtype
+        ctx.save_for_backward(centred, W_enc, indices, values)
         ctx.mark_non_differentiable(indices)
         return values, indices
 
     @staticmethod
     def backward(ctx, grad_values: Tensor, grad_indices: Tensor | None):  # type: ignore[override]
-        x, W_enc, indices, values = ctx.saved_tensors
-        g = grad_values * (values > 0)  # ReLU gate
-        grad_x = grad_W = grad_b = None
+        centred, W_enc, indices, values = ctx.saved_tensors
+        need_x, need_W, need_b, _, need_shift = ctx.needs_input_grad
+        grad_x = grad_W = grad_b = grad_shift = None
         n = W_enc.shape[1]
-        if ctx.needs_input_grad[0]:
+        with one_thread():
+            g = grad_values * (values > 0)  # ReLU gate
+            if need_b or need_shift:
+                grad_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))
+        if need_x:
             # x-gradient: Σ_j g_bj W_enc[:, i_bj]
             grad_x = F.embedding_bag(indices, W_enc.t(), per_sample_weights=g, mode="sum")
-        if ctx.needs_input_grad[1]:
-            grad_W = scatter_rows(indices, g, x, n).t()
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))
-        return grad_x, grad_W, grad_b, None
+        if need_W:
+            grad_W = scatter_rows(indices, g, centred, n).t()
+        if need_shift:
+            # −Σ_b (x-gradient)_b = −Σ_i W_enc[:, i] Σ_{(b,j): i_bj = i} g_bj = −W_enc · (b_enc-gradient)
+            grad_shift = -(W_enc @ grad_b)
+        return grad_x, grad_W, grad_b if need_b else None, None, grad_shift
 
 
-def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """TopK(ReLU(x W_enc + b_enc)) as ``(values [B, k], indices [B, k])`` with a sparse backward.
+def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, *, shift: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """TopK(ReLU((x − shift) W_enc + b_enc)) as ``(values [B, k], indices [B, k])`` with a sparse backward.
 
-    ``x`` is ``[B, d]`` (already centred by b_dec), ``W_enc`` ``[d, n]``. Indices are not sorted.
-    Since ReLU is monotone, TopK∘ReLU = ReLU∘TopK, so the ReLU runs on k values per row only.
+    ``x`` is ``[B, d]``, ``W_enc`` ``[d, n]``; ``shift`` ``[d]`` (e.g. an SAE's b_dec; None: x is read as
+    it is). Indices are not sorted. Since ReLU is monotone, TopK∘ReLU = ReLU∘TopK, so the ReLU runs on k
+    values per row only. The shift's gradient, −Σ_b ∂L/∂x_b, is taken as −W_enc · ∂L/∂b_enc (a [d, n]
+    matrix-vector product) instead of summing a [B, d] x-gradient.
     """
-    return _TopKEncode.apply(x, W_enc, b_enc, k)
+    if shift is not None and shift.shape != x.shape[-1:]:
+        raise ValueError(f"shift must have shape [{x.shape[-1]}] (one offset per input feature), got "
+                         f"{tuple(shift.shape)}")
+    return _TopKEncode.apply(x, W_enc, b_enc, k, shift)
 
 
 def topk_encode_reference(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> Tensor:

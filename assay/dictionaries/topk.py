@@ -133,17 +133,19 @@ class TopKSAE(SAE):
         return x - self.b_dec
 
     def encode_codes(self, x: Tensor) -> Codes:
-        centred = self.centre(x)
         if self.cfg.sparse:
-            values, indices = topk_encode(centred, self.W_enc, self.b_enc, self.cfg.k)
+            if type(self).centre is TopKSAE.centre:  # x − b_dec: the kernel subtracts it (cheaper b_dec gradient)
+                values, indices = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, shift=self.b_dec)
+            else:
+                values, indices = topk_encode(self.centre(x), self.W_enc, self.b_enc, self.cfg.k)
             return Codes(values, indices, self.d_sae, False)
-        return Codes.from_dense(topk_encode_reference(centred, self.W_enc, self.b_enc, self.cfg.k))
+        return Codes.from_dense(topk_encode_reference(self.centre(x), self.W_enc, self.b_enc, self.cfg.k))
 
     def loss_terms(self, x: Tensor, codes: Codes, x_hat: Tensor, dead: Tensor | None, *,
                    target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         zero = x_hat.new_zeros(())
-        if dead is None or self.cfg.aux_coef == 0:
-            return zero, zero
+        if dead is None or self.cfg.aux_coef == 0 or not bool(dead.any()):  # no dead latent: L_aux = 0, and
+            return zero, zero  # the centred batch and the residual (two [B, d] passes) are not needed
         k_aux = self.cfg.aux_k or max(1, self.d_out // 2)
         y = x if target is None else target
         aux = auxk_loss(self.centre(x), self.W_enc, self.b_enc, self.W_dec, y - x_hat, dead, k_aux, target=y)
