@@ -6,10 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from assay.dictionaries.sparse import scatter_rows, sparse_decode, topk_encode
+from assay.dictionaries.sparse import bag_dot, scatter_rows, sparse_decode, topk_encode
 from assay.dictionaries.temporal import TemporalConfig, TemporalSAE
 from assay.dictionaries.temporal_kernels import (
-    bag_dot,
     centred_encode,
     context_values,
     context_values_reference,
@@ -18,7 +17,6 @@ from assay.dictionaries.temporal_kernels import (
     past_attention,
     past_attention_reference,
     past_prediction,
-    sorted_scatter,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,7 +34,7 @@ def _same_grads(out, ref, inputs, up):
         torch.testing.assert_close(a, b)
 
 
-def test_sorted_scatter_matches_scatter_rows_and_a_loop():
+def test_scatter_rows_with_flat_entries_and_their_rows_matches_a_loop():
     g = torch.Generator().manual_seed(4)
     idx = torch.stack([torch.randperm(10, generator=g)[:3] for _ in range(6)])
     idx[2, 0] = idx[1, 0]  # a latent hit by two rows; latent set is not all of 0..n−1 (empty bags)
@@ -45,10 +43,9 @@ def test_sorted_scatter_matches_scatter_rows_and_a_loop():
     for b in range(6):
         for j in range(3):
             ref[idx[b, j]] += w[b, j] * rows[b]
-    torch.testing.assert_close(sorted_scatter(idx, w, rows, 12), ref)
-    torch.testing.assert_close(sorted_scatter(idx, w, rows, 12), scatter_rows(idx, w, rows, 12))
+    torch.testing.assert_close(scatter_rows(idx, w, rows, 12), ref)
     row_of = torch.arange(6).repeat_interleave(3).flip(0)  # flat entries with explicit rows
-    torch.testing.assert_close(sorted_scatter(idx.reshape(-1), w.reshape(-1), rows.flip(0), 12, row_of=row_of), ref)
+    torch.testing.assert_close(scatter_rows(idx.reshape(-1), w.reshape(-1), rows.flip(0), 12, row_of=row_of), ref)
 
 
 def test_centred_encode_matches_topk_encode_in_values_and_gradients():

@@ -32,22 +32,25 @@ __all__ = [
     "sparse_decode_reference",
     "scatter_rows",
     "gather_dot",
+    "bag_dot",
     "to_dense",
 ]
 
 
-def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
+def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n: int, row_of: Tensor | None = None) -> Tensor:
     """``out[i] = Σ_{(b,j): indices[b,j] = i} weights[b,j] · rows[b]`` → ``[n, d]``, without a B×n temporary.
 
     The product of the sparse matrix Gᵀ (n × B, k entries per column) with ``rows``, computed latent-major:
     the B·k entries are sorted by latent (stable, so each latent's rows are summed in batch order) and
     ``embedding_bag`` sums each latent's weighted rows (one bag per latent, empty bags give zero rows).
+    With ``row_of``, the entries are flat (``indices``, ``weights`` ``[M]``) and entry m reads ``rows[row_of[m]]``
+    (bags of different sizes, e.g. the temporal SAE's).
     """
-    B, k = indices.shape
+    per_row = indices.shape[1] if row_of is None else 1
     with one_thread():  # O(B·k) bookkeeping; the O(B·k·d) sum below keeps every thread
         latents, order = torch.sort(indices.reshape(-1), stable=True)
         offsets = torch.searchsorted(latents, torch.arange(n, device=indices.device))
-        bag_rows = order.div(k, rounding_mode="floor")
+        bag_rows = order.div(per_row, rounding_mode="floor") if row_of is None else row_of[order]
         bag_weights = weights.reshape(-1)[order].to(rows.dtype)
     return F.embedding_bag(bag_rows, rows, offsets, mode="sum", per_sample_weights=bag_weights)
 
@@ -56,16 +59,24 @@ def gather_dot(indices: Tensor, table: Tensor, vectors: Tensor) -> Tensor:
     """``out[b, j] = ⟨table[indices[b, j]], vectors[b]⟩`` → ``[B, k]`` (sampled dense-dense product)."""
     B, k = indices.shape
     if table.device.type == "cpu":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with one_thread():  # the O(B·k) pattern; the products below keep every thread
-                crow = torch.arange(0, B * k + 1, k, device=indices.device)
-                pattern = torch.sparse_csr_tensor(
-                    crow, indices.reshape(-1), torch.zeros(B * k, dtype=vectors.dtype, device=vectors.device),
-                    (B, table.shape[0]),
-                )
-            return torch.sparse.sampled_addmm(pattern, vectors, table.t()).values().view(B, k)
+        crow = torch.arange(0, B * k + 1, k, device=indices.device)
+        return bag_dot(indices.reshape(-1), table, vectors, crow).view(B, k)
     return torch.bmm(table[indices], vectors.unsqueeze(2)).squeeze(2)
+
+
+def bag_dot(indices: Tensor, table: Tensor, vectors: Tensor, crow: Tensor, *, sampled: bool | None = None) -> Tensor:
+    """``out[m] = ⟨table[indices[m]], vectors[bag(m)]⟩`` for flat entries ``[M]`` grouped in bags (bag b holds
+    entries ``crow[b] .. crow[b+1] − 1``; :func:`gather_dot` is k entries per bag). ``sampled`` (default: on CPU)
+    uses a CSR sampled dense–dense product; otherwise rows are gathered (the GPU path)."""
+    if sampled if sampled is not None else table.device.type == "cpu":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's sparse "beta" notices
+            with one_thread():  # the O(M) pattern; the products below keep every thread
+                pattern = torch.sparse_csr_tensor(crow, indices, torch.zeros(indices.shape, dtype=vectors.dtype,
+                                                  device=vectors.device), (vectors.shape[0], table.shape[0]))
+            return torch.sparse.sampled_addmm(pattern, vectors, table.t()).values()
+    bag_of = torch.repeat_interleave(torch.arange(vectors.shape[0], device=table.device), crow.diff())
+    return (table[indices] * vectors[bag_of]).sum(-1)
 
 
 CHUNK_ROWS = 1024
