@@ -72,3 +72,18 @@ def test_no_dead_latent_means_no_aux_loss_and_the_plain_reconstruction_gradient(
     sae(x).loss.backward()  # dead=None: no AuxK at all
     for a, p in zip(got, sae.parameters()):
         assert torch.equal(a, p.grad)
+
+
+def test_an_exact_fit_gives_no_aux_loss_and_finite_gradients():
+    # the residual is exactly 0 (an exact fit) while latents are dead: nothing to rebuild, so AuxK is 0 and its
+    # gradient is 0, not NaN (the ratio's value was mended by nan_to_num, its gradient was not: NaN weights)
+    g = torch.Generator().manual_seed(0)
+    sae = TopKSAE(TopKConfig(d_in=6, d_sae=20, k=2, seed=1))
+    x = torch.randn(9, 6, generator=g)
+    dead = torch.zeros(20, dtype=torch.bool)
+    dead[[1, 4, 5]] = True
+    loss = auxk_loss(x - sae.b_dec, sae.W_enc, sae.b_enc, sae.W_dec, torch.zeros_like(x), dead, 3, target=x)
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    for p in (sae.W_enc, sae.b_enc, sae.W_dec):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and float(p.grad.abs().max()) == 0.0

@@ -95,7 +95,10 @@ def auxk_from_pre(pre: Tensor, W_dec: Tensor, residual: Tensor, k_aux: int, *, t
     e = residual.detach()
     num = (e - e_hat).pow(2).sum(-1).mean()
     den, target_variance = batch_variances(e, target.detach())
-    return torch.nan_to_num(num / den, nan=0.0, posinf=0.0) * target_variance
+    # a numerically exact fit leaves no residual to rebuild: no AuxK there (the ratio and its gradient would blow up;
+    # torch.nan_to_num mended the value but not the gradient, and the weights became NaN)
+    live = den > 1e-12 * target_variance
+    return torch.where(live, num / torch.where(live, den, torch.ones_like(den)), torch.zeros_like(den)) * target_variance
 
 
 def batch_variances(*rows: Tensor) -> Tensor:
