@@ -13,6 +13,19 @@ W_dec [d_sae, d_in], b_dec [d_in] (+ ``threshold`` [d_sae] for JumpReLU). Archit
                        it reads back as a plain TopK SAE)
     assay jumprelu_transcoder ↔ SAELens "jumprelu_transcoder" / "jumprelu_skip_transcoder" (+ d_out,
                        W_skip [d_out, d_in]; ReLU then the mask pre > θ, as assay for θ > 0)
+    assay temporal (k = d_sae only) → SAELens "temporal" (Lubana et al. 2025, arXiv 2511.01836; one way):
+                       tied W_dec, b_dec, the queries/keys as ``attn_layers.0.q_target`` / ``k_ctx``, and
+                       identity value and output projections ``v_ctx`` / ``c_proj`` (n × n, zero bias)
+
+SAELens' TemporalSAE is the reference model: its context codes are the dense ReLU codes and its
+attention has learned n × n value and output projections, followed by a ReLU. assay's TemporalSAE keeps
+the context codes TopK_k-sparse and uses each head's own past codes as values, i.e. the identity
+projections (after which the ReLU does nothing: codes and weights are ≥ 0). So the two compute the same
+thing only when TopK_k is the identity (k = d_sae), when assay attends to the whole window (``context``
+None; SAELens has no context limit and no mask) and when d_sae / d_attn is a whole number (SAELens' query
+width is d_sae / bottleneck_factor); otherwise ``save_saelens`` raises, naming each difference. A λ other
+than SAELens' fixed 1/(4 d_in) is exported untied (W_enc = (λ / λ_SAELens) W_decᵀ), the input scale as
+``constant_scalar_rescale``.
 
 SAELens 6.54 has no format for assay's TopK transcoder (its transcoders are ReLU "transcoder" /
 "skip_transcoder" and the JumpReLU pair), MP (its "matching_pursuit" is a training-time SAE with a
@@ -33,6 +46,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from assay.artifact import staged_folder
 from assay.dictionaries.base import SAE
 
 __all__ = ["save_saelens", "load_saelens", "CFG_FILE", "WEIGHTS_FILE"]
@@ -42,16 +56,20 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 
 
 def save_saelens(sae: SAE, path: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``sae`` in SAELens' format (inference form) and return the folder."""
+    """Write ``sae`` in SAELens' format (inference form) to folder ``path`` (replaced atomically: written beside
+    it, then renamed) and return the folder."""
     path = Path(path)
     arch = sae.architecture
+    if arch == "temporal":
+        cfg, weights = _temporal(sae, metadata)
+        return _write(path, cfg, weights)
     sd = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
     if arch == "archetypal":
         sd["W_dec"] = sae.W_dec
     weights = {k: sd[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")} if "W_enc" in sd and "W_dec" in sd else None
     if weights is None:
         raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE (SAELens-loadable: relu, topk, "
-                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder)")
+                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder, temporal with k = d_sae)")
     cfg: dict[str, Any] = {"d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": str(sd["W_enc"].dtype).removeprefix("torch."),
                            "device": "cpu", "normalize_activations": "none", "reshape_activations": "none",
                            "metadata": dict(metadata or {})}
@@ -84,11 +102,54 @@ def save_saelens(sae: SAE, path: str | Path, *, metadata: dict[str, Any] | None 
         weights["threshold"] = torch.full((sae.d_sae,), theta, dtype=sd["W_enc"].dtype)
     else:
         raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE (SAELens-loadable: relu, topk, "
-                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder)")
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(path / WEIGHTS_FILE))
-    (path / CFG_FILE).write_text(json.dumps(cfg, indent=2))
+                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder, temporal with k = d_sae)")
+    return _write(path, cfg, weights)
+
+
+def _write(path: Path, cfg: dict[str, Any], weights: dict[str, torch.Tensor]) -> Path:
+    with staged_folder(path) as tmp:
+        save_file(weights, str(tmp / WEIGHTS_FILE))
+        (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2))
     return path
+
+
+def _temporal(sae: Any, metadata: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """SAELens' "temporal" config and weights for an assay TemporalSAE (module docstring), or a ValueError
+    naming every term SAELens' model cannot represent."""
+    c = sae.cfg
+    n, d, r = sae.d_sae, sae.d_in, c.attn_width
+    differs = []
+    if c.k != n:
+        differs.append(f"assay's context codes are TopK_k-sparse (k={c.k}) where SAELens' are the dense ReLU codes "
+                       f"(the same only for k = d_sae = {n})")
+    if c.context is not None:
+        differs.append(f"assay attends to the last context={c.context} tokens where SAELens attends to the whole "
+                       "window (build the SAE with context=None)")
+    if n % r:
+        differs.append(f"SAELens' query/key width is d_sae / bottleneck_factor (a whole number), but d_sae={n} and "
+                       f"d_attn={r} (choose d_attn dividing d_sae)")
+    if differs:
+        raise ValueError("SAELens' TemporalSAE cannot represent this temporal SAE: " + "; ".join(differs) + ". Keep "
+                         "it as an assay artifact (assay.artifact.save_artifact) or a trainer checkpoint")
+    dec = sae.W_dec.detach().contiguous().cpu()
+    weights = {"W_dec": dec, "b_dec": sae.b_dec.detach().contiguous().cpu()}
+    for theirs, w, b in (("q_target", sae.W_q.detach().T, sae.b_q.detach()),
+                         ("k_ctx", sae.W_k.detach().T, sae.b_k.detach())):  # nn.Linear weights are [out, in]
+        weights[f"attn_layers.0.{theirs}.weight"] = w.contiguous().cpu()
+        weights[f"attn_layers.0.{theirs}.bias"] = b.contiguous().cpu()
+    for theirs in ("v_ctx", "c_proj"):
+        weights[f"attn_layers.0.{theirs}.weight"] = torch.eye(n, dtype=dec.dtype)
+        weights[f"attn_layers.0.{theirs}.bias"] = torch.zeros(n, dtype=dec.dtype)
+    ratio = 1.0 if c.lam is None else c.lam * 4 * d  # λ / λ_SAELens; SAELens fixes λ = 1/(4 d_in)
+    tied = ratio == 1.0
+    if not tied:
+        weights["W_enc"] = (ratio * dec.T).contiguous()
+    cfg = {"architecture": "temporal", "d_in": d, "d_sae": n, "dtype": str(dec.dtype).removeprefix("torch."),
+           "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "constant_scalar_rescale",
+           "activation_normalization_factor": float(sae.input_scale), "reshape_activations": "none",
+           "n_heads": c.n_heads, "n_attn_layers": 1, "bottleneck_factor": n // r, "sae_diff_type": "topk",
+           "kval_topk": c.k, "tied_weights": tied, "metadata": dict(metadata or {})}
+    return cfg, weights
 
 
 def load_saelens(path: str | Path) -> SAE:
