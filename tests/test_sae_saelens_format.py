@@ -143,7 +143,12 @@ def test_temporal_exports_to_saelens(lam, tmp_path):
         torch.testing.assert_close(theirs(x), ours.recon, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(novel, ours.novel, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(predictable, ours.predictable, atol=1e-5, rtol=1e-5)
-    assert ours.predictable_recon.norm() > 0.1 * ours.recon.norm()  # the past's share is not negligible
+        assert ours.predictable_recon.norm() > 0.1 * ours.recon.norm()  # the past's share is not negligible
+        # and back: SAELens writes, assay reads
+        theirs.save_model(str(tmp_path / "back"))
+        back = load_saelens(tmp_path / "back").codes(x)
+        for name in ("recon", "novel", "predictable"):
+            torch.testing.assert_close(getattr(back, name), getattr(ours, name), atol=1e-5, rtol=1e-5)
 
 
 def test_temporal_saelens_cannot_represent_is_refused_naming_each_term(tmp_path):
@@ -173,3 +178,15 @@ def test_temporal_topk_context_is_what_saelens_lacks(tmp_path):
         gap = (theirs(x) - ours.recon).norm() / (ours.recon - ours.recon.mean((0, 1))).norm()
         torch.testing.assert_close(theirs.encode_with_predictions(x)[0].count_nonzero(-1).max(), torch.tensor(4))
     assert gap > 0.1
+
+
+@pytest.mark.peers
+def test_native_saelens_temporal_sae_is_refused_naming_each_term(tmp_path):
+    peer("sae_lens")
+    from sae_lens.saes.temporal_sae import TemporalSAE as TheirTemporalSAE
+    from sae_lens.saes.temporal_sae import TemporalSAEConfig
+
+    theirs = TheirTemporalSAE(TemporalSAEConfig(d_in=16, d_sae=64, n_heads=2, bottleneck_factor=4, kval_topk=4))
+    theirs.save_model(str(tmp_path / "t"))  # its own initialisation: learned-looking v_ctx, c_proj
+    with pytest.raises(ValueError, match=r"v_ctx, c_proj.*TopK_4 but its context code dense"):
+        load_saelens(tmp_path / "t")

@@ -163,6 +163,8 @@ def load_saelens(path: str | Path) -> SAE:
         raise ValueError(f"{path} is not an SAELens SAE folder (needs {CFG_FILE} and {WEIGHTS_FILE})")
     cfg = json.loads((path / CFG_FILE).read_text())
     arch = cfg.get("architecture", "standard")
+    if arch == "temporal":
+        return _load_temporal(path, cfg, load_file(str(path / WEIGHTS_FILE)))
     if cfg.get("normalize_activations", "none") != "none":
         raise ValueError(f"{path}: normalize_activations={cfg['normalize_activations']!r} is not supported; "
                          "fold the normalisation into the weights first")
@@ -192,7 +194,8 @@ def load_saelens(path: str | Path) -> SAE:
         if apply_b_dec:
             b_enc = b_enc - w["b_dec"] @ w["W_enc"]
     else:
-        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (standard, topk, jumprelu)")
+        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (standard, topk, jumprelu, "
+                         "jumprelu_transcoder, jumprelu_skip_transcoder, temporal)")
     with torch.no_grad():
         sae.W_enc.copy_(w["W_enc"])
         sae.b_enc.copy_(b_enc)
@@ -222,4 +225,57 @@ def _load_jumprelu_transcoder(path: Path, cfg: dict[str, Any], w: dict[str, torc
         for name in ("W_enc", "b_enc", "W_dec", "b_dec") + (("W_skip",) if skip else ()):
             getattr(sae, name).copy_(w[name])
         sae.set_threshold(w["threshold"])
+    return sae.eval()
+
+
+def _load_temporal(path: Path, cfg: dict[str, Any], w: dict[str, torch.Tensor]) -> SAE:
+    """An SAELens "temporal" SAE as an assay TemporalSAE, where it is the same model (module docstring): one
+    attention layer with identity value and output projections, a dense novel code (then assay's k = d_sae),
+    W_enc tied or a multiple of W_decᵀ. Otherwise a ValueError naming every term that differs."""
+    from assay.dictionaries.temporal import TemporalConfig, TemporalSAE
+
+    d, n = int(cfg["d_in"]), int(cfg["d_sae"])
+    r = n // int(cfg.get("bottleneck_factor", 64))
+    tied = bool(cfg.get("tied_weights", True))
+    a = "attn_layers.0."
+    shapes = {"W_dec": (n, d), "b_dec": (d,)} | ({} if tied else {"W_enc": (d, n)}) | {
+        f"{a}{m}.{p}": shape for m, out in (("q_target", r), ("k_ctx", r), ("v_ctx", n), ("c_proj", n))
+        for p, shape in (("weight", (out, n)), ("bias", (out,)))}
+    for name, shape in shapes.items():
+        if name not in w or tuple(w[name].shape) != shape:
+            got = tuple(w[name].shape) if name in w else "missing"
+            raise ValueError(f"{path}: tensor {name} is {got}, expected {shape}")
+    differs = []
+    if int(cfg.get("n_attn_layers", 1)) != 1:
+        differs.append(f"it has {cfg['n_attn_layers']} attention layers (assay: one)")
+    eye = torch.eye(n, dtype=w["W_dec"].dtype)
+    if not all(torch.equal(w[f"{a}{m}.weight"], eye) and not w[f"{a}{m}.bias"].any() for m in ("v_ctx", "c_proj")):
+        differs.append("its value and output projections (v_ctx, c_proj) are learned n × n maps, where assay's "
+                       "values are each head's own past codes (the identity)")
+    k = cfg.get("kval_topk")
+    if cfg.get("sae_diff_type", "topk") == "topk" and k is not None and int(k) != n:
+        differs.append(f"its novel code is TopK_{k} but its context code dense, where assay uses one k for both")
+    ratio = 1.0
+    if not tied:
+        ratio = float((w["W_enc"] * w["W_dec"].T).sum() / w["W_dec"].square().sum())
+        if not torch.allclose(w["W_enc"], ratio * w["W_dec"].T, rtol=1e-5, atol=1e-7):
+            differs.append("its W_enc is not a multiple of W_decᵀ (assay's encoder is λ W_decᵀ)")
+    if not cfg.get("apply_b_dec_to_input", True):
+        differs.append("it does not subtract b_dec from the input (assay centres x − b)")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", "constant_scalar_rescale"):
+        differs.append(f"normalize_activations={norm!r} (assay keeps a constant input scale only)")
+    if differs:
+        raise ValueError(f"{path}: assay's TemporalSAE cannot represent this SAELens temporal SAE: " + "; ".join(differs))
+    sae = TemporalSAE(TemporalConfig(d_in=d, d_sae=n, k=n, n_heads=int(cfg.get("n_heads", 8)), d_attn=r,
+                                     lam=None if tied else ratio / (4 * d)))
+    with torch.no_grad():
+        sae.W_dec.copy_(w["W_dec"])
+        sae.b_dec.copy_(w["b_dec"])
+        sae.W_q.copy_(w[f"{a}q_target.weight"].T)
+        sae.b_q.copy_(w[f"{a}q_target.bias"])
+        sae.W_k.copy_(w[f"{a}k_ctx.weight"].T)
+        sae.b_k.copy_(w[f"{a}k_ctx.bias"])
+        if norm == "constant_scalar_rescale":
+            sae.fold_input_scale(float(cfg.get("activation_normalization_factor", 1.0)))
     return sae.eval()
