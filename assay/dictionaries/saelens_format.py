@@ -13,7 +13,7 @@ W_dec [d_sae, d_in], b_dec [d_in] (+ ``threshold`` [d_sae] for JumpReLU). Archit
                        it reads back as a plain TopK SAE)
     assay jumprelu_transcoder ↔ SAELens "jumprelu_transcoder" / "jumprelu_skip_transcoder" (+ d_out,
                        W_skip [d_out, d_in]; ReLU then the mask pre > θ, as assay for θ > 0)
-    assay temporal (k = d_sae only) → SAELens "temporal" (Lubana et al. 2025, arXiv 2511.01836; one way):
+    assay temporal (k = d_sae only) ↔ SAELens "temporal" (Lubana et al. 2025, arXiv 2511.01836):
                        tied W_dec, b_dec, the queries/keys as ``attn_layers.0.q_target`` / ``k_ctx``, and
                        identity value and output projections ``v_ctx`` / ``c_proj`` (n × n, zero bias)
 
@@ -25,7 +25,10 @@ thing only when TopK_k is the identity (k = d_sae), when assay attends to the wh
 None; SAELens has no context limit and no mask) and when d_sae / d_attn is a whole number (SAELens' query
 width is d_sae / bottleneck_factor); otherwise ``save_saelens`` raises, naming each difference. A λ other
 than SAELens' fixed 1/(4 d_in) is exported untied (W_enc = (λ / λ_SAELens) W_decᵀ), the input scale as
-``constant_scalar_rescale``.
+``constant_scalar_rescale``. Reading takes the same subset back (identity v_ctx / c_proj, a dense novel code,
+W_enc tied or a multiple of W_decᵀ) and refuses the rest, e.g. every temporal SAE SAELens trains or
+downloads (learned projections), naming each term. benchmarks/temporal_saelens_gap.py measures what the
+TopK context code alone changes on a trained model (docs/temporal_sae.md).
 
 SAELens 6.54 has no format for assay's TopK transcoder (its transcoders are ReLU "transcoder" /
 "skip_transcoder" and the JumpReLU pair), MP (its "matching_pursuit" is a training-time SAE with a
@@ -34,7 +37,8 @@ different residual rule), SpaDE, or crosscoders: saving those raises, naming the
 
 Reading an SAELens SAE with ``apply_b_dec_to_input=True`` into an assay architecture that does not
 subtract b_dec folds it into the encoder bias: (x − b_dec) W_enc + b_enc = x W_enc + (b_enc − b_dec W_enc).
-Input normalisation other than ``"none"`` is refused (assay folds its input scale into the weights).
+Input normalisation other than ``"none"`` is refused (assay folds its input scale into the weights), except
+``constant_scalar_rescale`` for the temporal SAE (kept as its input-scale buffer).
 """
 
 from __future__ import annotations
