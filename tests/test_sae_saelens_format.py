@@ -114,3 +114,79 @@ def test_architectures_saelens_cannot_load_are_refused_by_name(tmp_path):
         save_saelens(build_sae("topk_transcoder", d_in=4, d_out=3, d_sae=8, k=2), tmp_path / "t")
     with pytest.raises(ValueError, match="SAELens-loadable"):
         save_saelens(build_sae("mp", d_in=4, d_sae=8, k=2), tmp_path / "m")
+
+
+def _temporal(**kw):
+    from assay.dictionaries.temporal import TemporalConfig, TemporalSAE
+
+    sae = TemporalSAE(TemporalConfig(**({"d_in": 16, "d_sae": 64, "k": 64, "n_heads": 2, "d_attn": 16, "seed": 0}
+                                        | kw)))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in (sae.b_dec, sae.b_q, sae.b_k):
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+        sae.fold_input_scale(0.7)
+    return sae, 2 * torch.randn(3, 10, 16, generator=g)  # three windows of ten tokens
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("lam", [None, 0.01])  # SAELens' fixed λ = 1/(4 d) (tied), or another (exported untied)
+def test_temporal_exports_to_saelens(lam, tmp_path):
+    sae_lens = peer("sae_lens")
+    sae, x = _temporal(lam=lam)
+    save_saelens(sae, tmp_path / "t")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "t"))
+    assert type(theirs).__name__ == "TemporalSAE" and theirs.cfg.tied_weights == (lam is None)
+    with torch.no_grad():
+        ours = sae.codes(x)
+        novel, predictable = theirs.encode_with_predictions(x)
+        torch.testing.assert_close(theirs(x), ours.recon, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(novel, ours.novel, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(predictable, ours.predictable, atol=1e-5, rtol=1e-5)
+        assert ours.predictable_recon.norm() > 0.1 * ours.recon.norm()  # the past's share is not negligible
+        # and back: SAELens writes, assay reads
+        theirs.save_model(str(tmp_path / "back"))
+        back = load_saelens(tmp_path / "back").codes(x)
+        for name in ("recon", "novel", "predictable"):
+            torch.testing.assert_close(getattr(back, name), getattr(ours, name), atol=1e-5, rtol=1e-5)
+
+
+def test_temporal_saelens_cannot_represent_is_refused_naming_each_term(tmp_path):
+    with pytest.raises(ValueError, match=r"TopK_k-sparse \(k=4\).*dense ReLU") as e:
+        save_saelens(_temporal(k=4)[0], tmp_path / "k")
+    assert "context=" not in str(e.value) and "d_attn=" not in str(e.value)
+    with pytest.raises(ValueError, match=r"context=3 tokens.*whole window"):
+        save_saelens(_temporal(context=3)[0], tmp_path / "c")
+    with pytest.raises(ValueError, match=r"d_sae=64 and d_attn=24"):
+        save_saelens(_temporal(d_attn=24)[0], tmp_path / "a")
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.peers
+def test_temporal_topk_context_is_what_saelens_lacks(tmp_path):
+    """Why k < d_sae is refused: SAELens' model with the same weights and TopK novel code, but its dense
+    context code, reconstructs differently."""
+    sae_lens = peer("sae_lens")
+    dense, x = _temporal()
+    sparse = _temporal(k=4)[0]
+    sparse.load_state_dict(dense.state_dict())
+    save_saelens(dense, tmp_path / "t")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "t"))
+    theirs.cfg.kval_topk = 4
+    with torch.no_grad():
+        ours = sparse.codes(x)
+        gap = (theirs(x) - ours.recon).norm() / (ours.recon - ours.recon.mean((0, 1))).norm()
+        torch.testing.assert_close(theirs.encode_with_predictions(x)[0].count_nonzero(-1).max(), torch.tensor(4))
+    assert gap > 0.1
+
+
+@pytest.mark.peers
+def test_native_saelens_temporal_sae_is_refused_naming_each_term(tmp_path):
+    peer("sae_lens")
+    from sae_lens.saes.temporal_sae import TemporalSAE as TheirTemporalSAE
+    from sae_lens.saes.temporal_sae import TemporalSAEConfig
+
+    theirs = TheirTemporalSAE(TemporalSAEConfig(d_in=16, d_sae=64, n_heads=2, bottleneck_factor=4, kval_topk=4))
+    theirs.save_model(str(tmp_path / "t"))  # its own initialisation: learned-looking v_ctx, c_proj
+    with pytest.raises(ValueError, match=r"v_ctx, c_proj.*TopK_4 but its context code dense"):
+        load_saelens(tmp_path / "t")

@@ -13,6 +13,22 @@ W_dec [d_sae, d_in], b_dec [d_in] (+ ``threshold`` [d_sae] for JumpReLU). Archit
                        it reads back as a plain TopK SAE)
     assay jumprelu_transcoder ↔ SAELens "jumprelu_transcoder" / "jumprelu_skip_transcoder" (+ d_out,
                        W_skip [d_out, d_in]; ReLU then the mask pre > θ, as assay for θ > 0)
+    assay temporal (k = d_sae only) ↔ SAELens "temporal" (Lubana et al. 2025, arXiv 2511.01836):
+                       tied W_dec, b_dec, the queries/keys as ``attn_layers.0.q_target`` / ``k_ctx``, and
+                       identity value and output projections ``v_ctx`` / ``c_proj`` (n × n, zero bias)
+
+SAELens' TemporalSAE is the reference model: its context codes are the dense ReLU codes and its
+attention has learned n × n value and output projections, followed by a ReLU. assay's TemporalSAE keeps
+the context codes TopK_k-sparse and uses each head's own past codes as values, i.e. the identity
+projections (after which the ReLU does nothing: codes and weights are ≥ 0). So the two compute the same
+thing only when TopK_k is the identity (k = d_sae), when assay attends to the whole window (``context``
+None; SAELens has no context limit and no mask) and when d_sae / d_attn is a whole number (SAELens' query
+width is d_sae / bottleneck_factor); otherwise ``save_saelens`` raises, naming each difference. A λ other
+than SAELens' fixed 1/(4 d_in) is exported untied (W_enc = (λ / λ_SAELens) W_decᵀ), the input scale as
+``constant_scalar_rescale``. Reading takes the same subset back (identity v_ctx / c_proj, a dense novel code,
+W_enc tied or a multiple of W_decᵀ) and refuses the rest, e.g. every temporal SAE SAELens trains or
+downloads (learned projections), naming each term. benchmarks/temporal_saelens_gap.py measures what the
+TopK context code alone changes on a trained model (docs/temporal_sae.md).
 
 SAELens 6.54 has no format for assay's TopK transcoder (its transcoders are ReLU "transcoder" /
 "skip_transcoder" and the JumpReLU pair), MP (its "matching_pursuit" is a training-time SAE with a
@@ -21,7 +37,8 @@ different residual rule), SpaDE, or crosscoders: saving those raises, naming the
 
 Reading an SAELens SAE with ``apply_b_dec_to_input=True`` into an assay architecture that does not
 subtract b_dec folds it into the encoder bias: (x − b_dec) W_enc + b_enc = x W_enc + (b_enc − b_dec W_enc).
-Input normalisation other than ``"none"`` is refused (assay folds its input scale into the weights).
+Input normalisation other than ``"none"`` is refused (assay folds its input scale into the weights), except
+``constant_scalar_rescale`` for the temporal SAE (kept as its input-scale buffer).
 """
 
 from __future__ import annotations
@@ -33,6 +50,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from assay.artifact import staged_folder
 from assay.dictionaries.base import SAE
 
 __all__ = ["save_saelens", "load_saelens", "CFG_FILE", "WEIGHTS_FILE"]
@@ -42,16 +60,20 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 
 
 def save_saelens(sae: SAE, path: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``sae`` in SAELens' format (inference form) and return the folder."""
+    """Write ``sae`` in SAELens' format (inference form) to folder ``path`` (replaced atomically: written beside
+    it, then renamed) and return the folder."""
     path = Path(path)
     arch = sae.architecture
+    if arch == "temporal":
+        cfg, weights = _temporal(sae, metadata)
+        return _write(path, cfg, weights)
     sd = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
     if arch == "archetypal":
         sd["W_dec"] = sae.W_dec
     weights = {k: sd[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")} if "W_enc" in sd and "W_dec" in sd else None
     if weights is None:
         raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE (SAELens-loadable: relu, topk, "
-                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder)")
+                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder, temporal with k = d_sae)")
     cfg: dict[str, Any] = {"d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": str(sd["W_enc"].dtype).removeprefix("torch."),
                            "device": "cpu", "normalize_activations": "none", "reshape_activations": "none",
                            "metadata": dict(metadata or {})}
@@ -84,11 +106,54 @@ def save_saelens(sae: SAE, path: str | Path, *, metadata: dict[str, Any] | None 
         weights["threshold"] = torch.full((sae.d_sae,), theta, dtype=sd["W_enc"].dtype)
     else:
         raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE (SAELens-loadable: relu, topk, "
-                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder)")
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(path / WEIGHTS_FILE))
-    (path / CFG_FILE).write_text(json.dumps(cfg, indent=2))
+                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder, temporal with k = d_sae)")
+    return _write(path, cfg, weights)
+
+
+def _write(path: Path, cfg: dict[str, Any], weights: dict[str, torch.Tensor]) -> Path:
+    with staged_folder(path) as tmp:
+        save_file(weights, str(tmp / WEIGHTS_FILE))
+        (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2))
     return path
+
+
+def _temporal(sae: Any, metadata: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """SAELens' "temporal" config and weights for an assay TemporalSAE (module docstring), or a ValueError
+    naming every term SAELens' model cannot represent."""
+    c = sae.cfg
+    n, d, r = sae.d_sae, sae.d_in, c.attn_width
+    differs = []
+    if c.k != n:
+        differs.append(f"assay's context codes are TopK_k-sparse (k={c.k}) where SAELens' are the dense ReLU codes "
+                       f"(the same only for k = d_sae = {n})")
+    if c.context is not None:
+        differs.append(f"assay attends to the last context={c.context} tokens where SAELens attends to the whole "
+                       "window (build the SAE with context=None)")
+    if n % r:
+        differs.append(f"SAELens' query/key width is d_sae / bottleneck_factor (a whole number), but d_sae={n} and "
+                       f"d_attn={r} (choose d_attn dividing d_sae)")
+    if differs:
+        raise ValueError("SAELens' TemporalSAE cannot represent this temporal SAE: " + "; ".join(differs) + ". Keep "
+                         "it as an assay artifact (assay.artifact.save_artifact) or a trainer checkpoint")
+    dec = sae.W_dec.detach().contiguous().cpu()
+    weights = {"W_dec": dec, "b_dec": sae.b_dec.detach().contiguous().cpu()}
+    for theirs, w, b in (("q_target", sae.W_q.detach().T, sae.b_q.detach()),
+                         ("k_ctx", sae.W_k.detach().T, sae.b_k.detach())):  # nn.Linear weights are [out, in]
+        weights[f"attn_layers.0.{theirs}.weight"] = w.contiguous().cpu()
+        weights[f"attn_layers.0.{theirs}.bias"] = b.contiguous().cpu()
+    for theirs in ("v_ctx", "c_proj"):
+        weights[f"attn_layers.0.{theirs}.weight"] = torch.eye(n, dtype=dec.dtype)
+        weights[f"attn_layers.0.{theirs}.bias"] = torch.zeros(n, dtype=dec.dtype)
+    ratio = 1.0 if c.lam is None else c.lam * 4 * d  # λ / λ_SAELens; SAELens fixes λ = 1/(4 d_in)
+    tied = ratio == 1.0
+    if not tied:
+        weights["W_enc"] = (ratio * dec.T).contiguous()
+    cfg = {"architecture": "temporal", "d_in": d, "d_sae": n, "dtype": str(dec.dtype).removeprefix("torch."),
+           "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "constant_scalar_rescale",
+           "activation_normalization_factor": float(sae.input_scale), "reshape_activations": "none",
+           "n_heads": c.n_heads, "n_attn_layers": 1, "bottleneck_factor": n // r, "sae_diff_type": "topk",
+           "kval_topk": c.k, "tied_weights": tied, "metadata": dict(metadata or {})}
+    return cfg, weights
 
 
 def load_saelens(path: str | Path) -> SAE:
@@ -102,6 +167,8 @@ def load_saelens(path: str | Path) -> SAE:
         raise ValueError(f"{path} is not an SAELens SAE folder (needs {CFG_FILE} and {WEIGHTS_FILE})")
     cfg = json.loads((path / CFG_FILE).read_text())
     arch = cfg.get("architecture", "standard")
+    if arch == "temporal":
+        return _load_temporal(path, cfg, load_file(str(path / WEIGHTS_FILE)))
     if cfg.get("normalize_activations", "none") != "none":
         raise ValueError(f"{path}: normalize_activations={cfg['normalize_activations']!r} is not supported; "
                          "fold the normalisation into the weights first")
@@ -131,7 +198,8 @@ def load_saelens(path: str | Path) -> SAE:
         if apply_b_dec:
             b_enc = b_enc - w["b_dec"] @ w["W_enc"]
     else:
-        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (standard, topk, jumprelu)")
+        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (standard, topk, jumprelu, "
+                         "jumprelu_transcoder, jumprelu_skip_transcoder, temporal)")
     with torch.no_grad():
         sae.W_enc.copy_(w["W_enc"])
         sae.b_enc.copy_(b_enc)
@@ -161,4 +229,57 @@ def _load_jumprelu_transcoder(path: Path, cfg: dict[str, Any], w: dict[str, torc
         for name in ("W_enc", "b_enc", "W_dec", "b_dec") + (("W_skip",) if skip else ()):
             getattr(sae, name).copy_(w[name])
         sae.set_threshold(w["threshold"])
+    return sae.eval()
+
+
+def _load_temporal(path: Path, cfg: dict[str, Any], w: dict[str, torch.Tensor]) -> SAE:
+    """An SAELens "temporal" SAE as an assay TemporalSAE, where it is the same model (module docstring): one
+    attention layer with identity value and output projections, a dense novel code (then assay's k = d_sae),
+    W_enc tied or a multiple of W_decᵀ. Otherwise a ValueError naming every term that differs."""
+    from assay.dictionaries.temporal import TemporalConfig, TemporalSAE
+
+    d, n = int(cfg["d_in"]), int(cfg["d_sae"])
+    r = n // int(cfg.get("bottleneck_factor", 64))
+    tied = bool(cfg.get("tied_weights", True))
+    a = "attn_layers.0."
+    shapes = {"W_dec": (n, d), "b_dec": (d,)} | ({} if tied else {"W_enc": (d, n)}) | {
+        f"{a}{m}.{p}": shape for m, out in (("q_target", r), ("k_ctx", r), ("v_ctx", n), ("c_proj", n))
+        for p, shape in (("weight", (out, n)), ("bias", (out,)))}
+    for name, shape in shapes.items():
+        if name not in w or tuple(w[name].shape) != shape:
+            got = tuple(w[name].shape) if name in w else "missing"
+            raise ValueError(f"{path}: tensor {name} is {got}, expected {shape}")
+    differs = []
+    if int(cfg.get("n_attn_layers", 1)) != 1:
+        differs.append(f"it has {cfg['n_attn_layers']} attention layers (assay: one)")
+    eye = torch.eye(n, dtype=w["W_dec"].dtype)
+    if not all(torch.equal(w[f"{a}{m}.weight"], eye) and not w[f"{a}{m}.bias"].any() for m in ("v_ctx", "c_proj")):
+        differs.append("its value and output projections (v_ctx, c_proj) are learned n × n maps, where assay's "
+                       "values are each head's own past codes (the identity)")
+    k = cfg.get("kval_topk")
+    if cfg.get("sae_diff_type", "topk") == "topk" and k is not None and int(k) != n:
+        differs.append(f"its novel code is TopK_{k} but its context code dense, where assay uses one k for both")
+    ratio = 1.0
+    if not tied:
+        ratio = float((w["W_enc"] * w["W_dec"].T).sum() / w["W_dec"].square().sum())
+        if not torch.allclose(w["W_enc"], ratio * w["W_dec"].T, rtol=1e-5, atol=1e-7):
+            differs.append("its W_enc is not a multiple of W_decᵀ (assay's encoder is λ W_decᵀ)")
+    if not cfg.get("apply_b_dec_to_input", True):
+        differs.append("it does not subtract b_dec from the input (assay centres x − b)")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", "constant_scalar_rescale"):
+        differs.append(f"normalize_activations={norm!r} (assay keeps a constant input scale only)")
+    if differs:
+        raise ValueError(f"{path}: assay's TemporalSAE cannot represent this SAELens temporal SAE: " + "; ".join(differs))
+    sae = TemporalSAE(TemporalConfig(d_in=d, d_sae=n, k=n, n_heads=int(cfg.get("n_heads", 8)), d_attn=r,
+                                     lam=None if tied else ratio / (4 * d)))
+    with torch.no_grad():
+        sae.W_dec.copy_(w["W_dec"])
+        sae.b_dec.copy_(w["b_dec"])
+        sae.W_q.copy_(w[f"{a}q_target.weight"].T)
+        sae.b_q.copy_(w[f"{a}q_target.bias"])
+        sae.W_k.copy_(w[f"{a}k_ctx.weight"].T)
+        sae.b_k.copy_(w[f"{a}k_ctx.bias"])
+        if norm == "constant_scalar_rescale":
+            sae.fold_input_scale(float(cfg.get("activation_normalization_factor", 1.0)))
     return sae.eval()
