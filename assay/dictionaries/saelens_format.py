@@ -72,8 +72,7 @@ def save_saelens(sae: SAE, path: str | Path, *, metadata: dict[str, Any] | None 
         sd["W_dec"] = sae.W_dec
     weights = {k: sd[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")} if "W_enc" in sd and "W_dec" in sd else None
     if weights is None:
-        raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE (SAELens-loadable: relu, topk, "
-                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder, temporal with k = d_sae)")
+        raise _no_format(arch)
     cfg: dict[str, Any] = {"d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": str(sd["W_enc"].dtype).removeprefix("torch."),
                            "device": "cpu", "normalize_activations": "none", "reshape_activations": "none",
                            "metadata": dict(metadata or {})}
@@ -105,9 +104,13 @@ def save_saelens(sae: SAE, path: str | Path, *, metadata: dict[str, Any] | None 
         cfg |= {"architecture": "jumprelu", "apply_b_dec_to_input": True}
         weights["threshold"] = torch.full((sae.d_sae,), theta, dtype=sd["W_enc"].dtype)
     else:
-        raise ValueError(f"SAELens has no inference format for assay's {arch!r} SAE (SAELens-loadable: relu, topk, "
-                         "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder, temporal with k = d_sae)")
+        raise _no_format(arch)
     return _write(path, cfg, weights)
+
+
+def _no_format(arch: str) -> ValueError:
+    return ValueError(f"SAELens has no inference format for assay's {arch!r} SAE (SAELens-loadable: relu, topk, "
+                      "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder, temporal with k = d_sae)")
 
 
 def _write(path: Path, cfg: dict[str, Any], weights: dict[str, torch.Tensor]) -> Path:
