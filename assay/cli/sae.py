@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from assay.cli import command
+from assay.config import ConfigError
 from assay.dictionaries.store_run import StoreSAEConfig
 
 __all__ = ["SAETrainCommand", "run_sae_train", "register"]
@@ -30,6 +31,9 @@ class SAETrainCommand(StoreSAEConfig):
     """Site whose activations to train on (a transcoder's input site, e.g. blocks.0.ln2)."""
     output_site: str | None = None
     """A transcoder's output site in the same store (e.g. blocks.0.mlp); needs a *_transcoder architecture."""
+    cross_site: tuple[str, ...] = ()
+    """A crosscoder's further sources: sites of the store read with --site at the same rows (needs
+    --architecture crosscoder)."""
     out: Path
     """Output artifact folder for the trained SAE (checked before training; never replaced unless --overwrite)."""
     overwrite: bool = False
@@ -40,6 +44,15 @@ class SAETrainCommand(StoreSAEConfig):
     """Load the store's model (an offline model name or a local model folder) and report CE loss recovered on
     held-out windows."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.cross_site) != (self.architecture == "crosscoder"):
+            raise ConfigError("--cross-site names a crosscoder's further sources; give it with --architecture "
+                              "crosscoder" if self.cross_site else "a crosscoder reads several sites: give "
+                              "--cross-site (one or more) besides --site")
+        if self.output_site and self.architecture in ("crosscoder", "temporal"):
+            raise ConfigError(f"--output-site is a transcoder option; a {self.architecture} reconstructs its input")
+
 
 def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
     """Run ``assay sae train``; returns the printed figures."""
@@ -48,7 +61,13 @@ def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
     from assay.store import ActivationStore
 
     check_writable(cfg.out, overwrite=cfg.overwrite)
-    store = ActivationStore.open(cfg.store, sites=[cfg.site] + ([cfg.output_site] if cfg.output_site else []))
+    store = ActivationStore.open(cfg.store, sites=[cfg.site, *cfg.cross_site] + ([cfg.output_site] if cfg.output_site
+                                                                                 else []))
+    if cfg.architecture == "crosscoder":  # held-out FVU per source; no CE splice or feature browser yet
+        from assay.dictionaries.store_crosscoder import train_crosscoder_on_store
+
+        return _echo({"out": str(cfg.out)} | train_crosscoder_on_store(
+            store, [cfg.site, *cfg.cross_site], cfg, out=cfg.out, checkpoint=cfg.checkpoint, log=typer.echo).figures())
     loaded = None
     if cfg.evaluate_model:
         from assay.models.local_hf import is_model_path
@@ -71,10 +90,15 @@ def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
         facts |= {"ce_clean": round(s.ce_clean, 4), "ce_sae": round(s.ce_sae, 4), "ce_zero": round(s.ce_zero, 4),
                   "ce_mean": round(s.ce_mean, 4), "ce_recovered": round(s.ce_recovered, 4),
                   "ce_recovered_vs_mean": round(s.ce_recovered_mean, 4), "kl_score": round(s.kl_score, 4)}
-    for k, v in facts.items():
-        typer.echo(f"{k}: {v}")
+    _echo(facts)
     _write_section(cfg, store, res, facts, loaded)
     typer.echo(f"report: {cfg.out / 'report.html'}")
+    return facts
+
+
+def _echo(facts: dict[str, Any]) -> dict[str, Any]:
+    for k, v in facts.items():
+        typer.echo(f"{k}: {v}")
     return facts
 
 
