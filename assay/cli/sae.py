@@ -68,6 +68,11 @@ def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
 
         return _echo({"out": str(cfg.out)} | train_crosscoder_on_store(
             store, [cfg.site, *cfg.cross_site], cfg, out=cfg.out, checkpoint=cfg.checkpoint, log=typer.echo).figures())
+    if cfg.architecture == "temporal":  # whole windows; no CE splice or feature browser yet
+        from assay.dictionaries.store_temporal import train_temporal_on_store
+
+        return _echo({"out": str(cfg.out)} | train_temporal_on_store(
+            store, cfg.site, cfg, out=cfg.out, checkpoint=cfg.checkpoint, log=typer.echo).figures())
     loaded = None
     if cfg.evaluate_model:
         from assay.models.local_hf import is_model_path
