@@ -34,6 +34,9 @@ class SAETrainCommand(StoreSAEConfig):
     cross_site: tuple[str, ...] = ()
     """A crosscoder's further sources: sites of the store read with --site at the same rows (needs
     --architecture crosscoder)."""
+    cross_store: tuple[Path, ...] = ()
+    """A crosscoder's further sources across models: the --site of these stores, cached from the same token
+    stream as --store (needs --architecture crosscoder)."""
     out: Path
     """Output artifact folder for the trained SAE (checked before training; never replaced unless --overwrite)."""
     overwrite: bool = False
@@ -46,10 +49,10 @@ class SAETrainCommand(StoreSAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if bool(self.cross_site) != (self.architecture == "crosscoder"):
-            raise ConfigError("--cross-site names a crosscoder's further sources; give it with --architecture "
-                              "crosscoder" if self.cross_site else "a crosscoder reads several sites: give "
-                              "--cross-site (one or more) besides --site")
+        if bool(self.cross_site or self.cross_store) != (self.architecture == "crosscoder"):
+            raise ConfigError("--cross-site/--cross-store name a crosscoder's further sources; give them with "
+                              "--architecture crosscoder" if self.cross_site or self.cross_store else "a crosscoder "
+                              "reads several sources: give --cross-site or --cross-store (one or more)")
         if self.output_site and self.architecture in ("crosscoder", "temporal"):
             raise ConfigError(f"--output-site is a transcoder option; a {self.architecture} reconstructs its input")
 
@@ -63,16 +66,15 @@ def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
     check_writable(cfg.out, overwrite=cfg.overwrite)
     store = ActivationStore.open(cfg.store, sites=[cfg.site, *cfg.cross_site] + ([cfg.output_site] if cfg.output_site
                                                                                  else []))
-    if cfg.architecture == "crosscoder":  # held-out FVU per source; no CE splice or feature browser yet
+    if cfg.architecture in ("crosscoder", "temporal"):  # no CE splice or feature browser for these yet
         from assay.dictionaries.store_crosscoder import train_crosscoder_on_store
-
-        return _echo({"out": str(cfg.out)} | train_crosscoder_on_store(
-            store, [cfg.site, *cfg.cross_site], cfg, out=cfg.out, checkpoint=cfg.checkpoint, log=typer.echo).figures())
-    if cfg.architecture == "temporal":  # whole windows; no CE splice or feature browser yet
         from assay.dictionaries.store_temporal import train_temporal_on_store
 
-        return _echo({"out": str(cfg.out)} | train_temporal_on_store(
-            store, cfg.site, cfg, out=cfg.out, checkpoint=cfg.checkpoint, log=typer.echo).figures())
+        sources = [(store, s) for s in (cfg.site, *cfg.cross_site)] + [(p, cfg.site) for p in cfg.cross_store]
+        res = (train_crosscoder_on_store(sources, cfg, out=cfg.out, checkpoint=cfg.checkpoint, log=typer.echo)
+               if cfg.architecture == "crosscoder" else
+               train_temporal_on_store(store, cfg.site, cfg, out=cfg.out, checkpoint=cfg.checkpoint, log=typer.echo))
+        return _echo({"out": str(cfg.out)} | res.figures())
     loaded = None
     if cfg.evaluate_model:
         from assay.models.local_hf import is_model_path
