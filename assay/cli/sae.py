@@ -1,13 +1,14 @@
 """``assay sae train``: train an SAE on one site of an activation store (``assay cache`` output), report
 held-out FVU/L0 and, when the store's model is an offline model, CE loss recovered with the
 reconstruction spliced in. Config: :class:`SAETrainCommand`; the work is
-:func:`assay.dictionaries.store_run.train_sae_on_store`. The SAE's folder also gets a report section
-(``section.json`` + ``report.html``, so ``assay report`` shows it) with the held-out figures and a
-feature browser over the held-out windows (:func:`assay.dictionaries.features.store_browser_data`)."""
+:func:`assay.dictionaries.store_run.train_sae_on_store` (a crosscoder:
+:func:`assay.dictionaries.store_crosscoder.train_crosscoder_on_store`; a temporal SAE:
+:func:`assay.dictionaries.store_temporal.train_temporal_on_store`). A token-level SAE's folder also gets a
+report section (:func:`assay.dictionaries.store_section.write_store_sae_section`: ``section.json`` +
+``report.html``, so ``assay report`` shows it) with the held-out figures and a feature browser."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
     """Run ``assay sae train``; returns the printed figures."""
     from assay.artifact import check_writable
     from assay.dictionaries.store_run import train_sae_on_store
+    from assay.dictionaries.store_section import write_store_sae_section
     from assay.store import ActivationStore
 
     check_writable(cfg.out, overwrite=cfg.overwrite)
@@ -98,7 +100,7 @@ def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
                   "ce_mean": round(s.ce_mean, 4), "ce_recovered": round(s.ce_recovered, 4),
                   "ce_recovered_vs_mean": round(s.ce_recovered_mean, 4), "kl_score": round(s.kl_score, 4)}
     _echo(facts)
-    _write_section(cfg, store, res, facts, loaded)
+    write_store_sae_section(cfg.out, store, cfg.site, cfg, res, facts, loaded, log=typer.echo)
     typer.echo(f"report: {cfg.out / 'report.html'}")
     return facts
 
@@ -107,39 +109,6 @@ def _echo(facts: dict[str, Any]) -> dict[str, Any]:
     for k, v in facts.items():
         typer.echo(f"{k}: {v}")
     return facts
-
-
-def _write_section(cfg: SAETrainCommand, store: Any, res: Any, facts: dict[str, Any], loaded: Any) -> None:
-    """The SAE's report section in its output folder: the figures and a feature browser."""
-    from assay.dictionaries.features import store_browser_data
-    from assay.report import Section, Table, write_section
-
-    T = int(store.config["context_length"])
-    where = f"the {cfg.holdout_windows} held-out windows" if cfg.holdout_windows else "the first windows of the store"
-    typer.echo(f"feature browser: top contexts of the {res.sae.d_sae} latents on {where} ...")
-    t0 = time.perf_counter()
-    token_str, unembed = None, None
-    if loaded is not None:
-        tok = loaded.tokenizer
-        token_str = lambda i: tok.decode([int(i)])  # noqa: E731
-        head = loaded.model.get_output_embeddings()
-        if head is not None and head.weight.shape[1] == res.sae.d_in:  # logit effects: residual-stream sites
-            unembed = head.weight.detach()
-    model_name = store.config.get("model")
-    title = f"SAE ({res.sae.architecture}, {res.sae.d_sae} latents) on {model_name} {cfg.site}"
-    start = store.n_rows - cfg.holdout_windows * T if cfg.holdout_windows else 0
-    features = store_browser_data(res.sae, store, cfg.site, start=start,
-                                  exclude_special=cfg.exclude_special, token_str=token_str, unembed=unembed,
-                                  top_n=6, radius=10, title=title)
-    typer.echo(f"feature browser: done ({time.perf_counter() - t0:.1f} s)")
-    rows = [[k, v] for k, v in facts.items() if isinstance(v, int | float) and k != "steps"]
-    notes = [f"assay sae train: store {cfg.store}, site {cfg.site}, {res.train.steps} steps of batch "
-             f"{cfg.batch_size}; BOS/padding rows {'left out' if cfg.exclude_special else 'kept'}.",
-             f"Held-out figures and the feature browser use {where} (never trained on)."
-             if cfg.holdout_windows else "No windows were held out: no held-out figures; the browser shows "
-             "training windows."]
-    write_section(cfg.out, Section(title, [Table("Held-out figures", ["metric", "value"], rows)], notes=notes,
-                                   features=features))
 
 
 def register(app: typer.Typer) -> None:
