@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from assay.cli import app
 from assay.dictionaries.registry import load_sae
+from assay.dictionaries.store_run import StoreSAEConfig, train_sae_on_store
 from assay.dictionaries.temporal import TemporalConfig, TemporalSAE
 from assay.dictionaries.trainer import SAETrainConfig, train_saes
-from assay.store import SequenceReader, write_store
+from assay.store import SequenceReader, StoreError, write_store
 from assay.store.manifest import read_manifest, write_manifest
 from assay.store.order import batch_rows
 
@@ -84,3 +85,19 @@ def test_bad_temporal_inputs_are_named(store, tmp_path):
                                    str(tmp_path / "y"), "--heads", "2", "--no-evaluate-model"])
     assert res.exit_code != 0 and "temporal option" in res.output
     assert "transcoder option" in run(store, "--output-site", "layers.1")
+
+
+def test_the_sequence_reader_draws_from_the_first_windows_only(store):
+    reader = SequenceReader.open(store)
+    seen = [b.windows for b in reader.batches("layers.0", batch_size=3, seed=0, epochs=2, windows=10)]
+    assert len(seen) == 6 and all(int(w.max()) < 10 for w in seen)
+    assert len(set(torch.cat(seen[:3]).tolist())) == 9  # one epoch: 3 batches of distinct windows
+    for bad in (0, reader.n_windows + 1):
+        with pytest.raises(StoreError, match="windows must lie in"):
+            reader.batches("layers.0", batch_size=3, seed=0, windows=bad)
+
+
+def test_the_token_level_trainer_points_to_the_crosscoder_and_temporal_trainers(store):
+    for arch, where in (("temporal", "train_temporal_on_store"), ("crosscoder", "train_crosscoder_on_store")):
+        with pytest.raises(ValueError, match=where):
+            train_sae_on_store(store, "layers.0", StoreSAEConfig(architecture=arch, holdout_windows=1))
