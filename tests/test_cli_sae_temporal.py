@@ -85,6 +85,7 @@ def test_bad_temporal_inputs_are_named(store, tmp_path):
                                    str(tmp_path / "y"), "--heads", "2", "--no-evaluate-model"])
     assert res.exit_code != 0 and "temporal option" in res.output
     assert "transcoder option" in run(store, "--output-site", "layers.1")
+    assert "always masks the BOS" in run(store, "--no-exclude-special")
 
 
 def test_the_sequence_reader_draws_from_the_first_windows_only(store):

@@ -113,6 +113,9 @@ class StoreSAEConfig:
             if given and self.architecture != arch:
                 raise ConfigError(f"{', '.join(given)} {'is a' if len(given) == 1 else 'are'} {arch} option(s); "
                                   f"architecture is {self.architecture!r} (use --architecture {arch})")
+        if self.architecture == "temporal" and not self.exclude_special:
+            raise ConfigError("a temporal SAE always masks the BOS and padding out of its loss and figures (it reads "
+                              "whole windows); drop exclude_special=False (--no-exclude-special)")
         if self.l1_coef is not None and self.crosscoder_topk:
             raise ConfigError("l1_coef is the ReLU crosscoder's penalty; a crosscoder_topk crosscoder has no L1 term")
 
