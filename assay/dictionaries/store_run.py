@@ -54,9 +54,9 @@ class StoreSAEConfig:
     architecture: Architecture = "topk"
     """SAE architecture."""
     expansion: int = 8
-    """d_sae = expansion × d_in."""
+    """d_sae = expansion × d_in (a crosscoder: × one source's width)."""
     k: int = 32
-    """Active latents per token (TopK family, RA-SAE, MP, TopK transcoder)."""
+    """Active latents per token (TopK family, RA-SAE, MP, TopK transcoder, TopK crosscoder, temporal SAE)."""
     skip: bool = False
     """Transcoders: add the affine skip term (a skip-transcoder, Paulo et al. 2025)."""
     resample_every: int | None = None
