@@ -1,13 +1,14 @@
 """``assay sae train``: train an SAE on one site of an activation store (``assay cache`` output), report
 held-out FVU/L0 and, when the store's model is an offline model, CE loss recovered with the
 reconstruction spliced in. Config: :class:`SAETrainCommand`; the work is
-:func:`assay.dictionaries.store_run.train_sae_on_store`. The SAE's folder also gets a report section
-(``section.json`` + ``report.html``, so ``assay report`` shows it) with the held-out figures and a
-feature browser over the held-out windows (:func:`assay.dictionaries.features.store_browser_data`)."""
+:func:`assay.dictionaries.store_run.train_sae_on_store` (a crosscoder:
+:func:`assay.dictionaries.store_crosscoder.train_crosscoder_on_store`; a temporal SAE:
+:func:`assay.dictionaries.store_temporal.train_temporal_on_store`). A token-level SAE's folder also gets a
+report section (:func:`assay.dictionaries.store_section.write_store_sae_section`: ``section.json`` +
+``report.html``, so ``assay report`` shows it) with the held-out figures and a feature browser."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import typer
 
 from assay.cli import command
+from assay.config import ConfigError
 from assay.dictionaries.store_run import StoreSAEConfig
 
 __all__ = ["SAETrainCommand", "run_sae_train", "register"]
@@ -30,6 +32,12 @@ class SAETrainCommand(StoreSAEConfig):
     """Site whose activations to train on (a transcoder's input site, e.g. blocks.0.ln2)."""
     output_site: str | None = None
     """A transcoder's output site in the same store (e.g. blocks.0.mlp); needs a *_transcoder architecture."""
+    cross_site: tuple[str, ...] = ()
+    """A crosscoder's further sources: sites of the store read with --site at the same rows (needs
+    --architecture crosscoder)."""
+    cross_store: tuple[Path, ...] = ()
+    """A crosscoder's further sources across models: the --site of these stores, cached from the same token
+    stream as --store (needs --architecture crosscoder)."""
     out: Path
     """Output artifact folder for the trained SAE (checked before training; never replaced unless --overwrite)."""
     overwrite: bool = False
@@ -40,15 +48,35 @@ class SAETrainCommand(StoreSAEConfig):
     """Load the store's model (an offline model name or a local model folder) and report CE loss recovered on
     held-out windows."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if bool(self.cross_site or self.cross_store) != (self.architecture == "crosscoder"):
+            raise ConfigError("--cross-site/--cross-store name a crosscoder's further sources; give them with "
+                              "--architecture crosscoder" if self.cross_site or self.cross_store else "a crosscoder "
+                              "reads several sources: give --cross-site or --cross-store (one or more)")
+        if self.output_site and self.architecture in ("crosscoder", "temporal"):
+            raise ConfigError(f"--output-site is a transcoder option; a {self.architecture} reconstructs its input")
+
 
 def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
     """Run ``assay sae train``; returns the printed figures."""
     from assay.artifact import check_writable
     from assay.dictionaries.store_run import train_sae_on_store
+    from assay.dictionaries.store_section import write_store_sae_section
     from assay.store import ActivationStore
 
     check_writable(cfg.out, overwrite=cfg.overwrite)
-    store = ActivationStore.open(cfg.store, sites=[cfg.site] + ([cfg.output_site] if cfg.output_site else []))
+    store = ActivationStore.open(cfg.store, sites=[cfg.site, *cfg.cross_site] + ([cfg.output_site] if cfg.output_site
+                                                                                 else []))
+    if cfg.architecture in ("crosscoder", "temporal"):  # no CE splice or feature browser for these yet
+        from assay.dictionaries.store_crosscoder import train_crosscoder_on_store
+        from assay.dictionaries.store_temporal import train_temporal_on_store
+
+        sources = [(store, s) for s in (cfg.site, *cfg.cross_site)] + [(p, cfg.site) for p in cfg.cross_store]
+        res = (train_crosscoder_on_store(sources, cfg, out=cfg.out, checkpoint=cfg.checkpoint, log=typer.echo)
+               if cfg.architecture == "crosscoder" else
+               train_temporal_on_store(store, cfg.site, cfg, out=cfg.out, checkpoint=cfg.checkpoint, log=typer.echo))
+        return _echo({"out": str(cfg.out)} | res.figures())
     loaded = None
     if cfg.evaluate_model:
         from assay.models.local_hf import is_model_path
@@ -71,44 +99,16 @@ def run_sae_train(cfg: SAETrainCommand) -> dict[str, Any]:
         facts |= {"ce_clean": round(s.ce_clean, 4), "ce_sae": round(s.ce_sae, 4), "ce_zero": round(s.ce_zero, 4),
                   "ce_mean": round(s.ce_mean, 4), "ce_recovered": round(s.ce_recovered, 4),
                   "ce_recovered_vs_mean": round(s.ce_recovered_mean, 4), "kl_score": round(s.kl_score, 4)}
-    for k, v in facts.items():
-        typer.echo(f"{k}: {v}")
-    _write_section(cfg, store, res, facts, loaded)
+    _echo(facts)
+    write_store_sae_section(cfg.out, store, cfg.site, cfg, res, facts, loaded, log=typer.echo)
     typer.echo(f"report: {cfg.out / 'report.html'}")
     return facts
 
 
-def _write_section(cfg: SAETrainCommand, store: Any, res: Any, facts: dict[str, Any], loaded: Any) -> None:
-    """The SAE's report section in its output folder: the figures and a feature browser."""
-    from assay.dictionaries.features import store_browser_data
-    from assay.report import Section, Table, write_section
-
-    T = int(store.config["context_length"])
-    where = f"the {cfg.holdout_windows} held-out windows" if cfg.holdout_windows else "the first windows of the store"
-    typer.echo(f"feature browser: top contexts of the {res.sae.d_sae} latents on {where} ...")
-    t0 = time.perf_counter()
-    token_str, unembed = None, None
-    if loaded is not None:
-        tok = loaded.tokenizer
-        token_str = lambda i: tok.decode([int(i)])  # noqa: E731
-        head = loaded.model.get_output_embeddings()
-        if head is not None and head.weight.shape[1] == res.sae.d_in:  # logit effects: residual-stream sites
-            unembed = head.weight.detach()
-    model_name = store.config.get("model")
-    title = f"SAE ({res.sae.architecture}, {res.sae.d_sae} latents) on {model_name} {cfg.site}"
-    start = store.n_rows - cfg.holdout_windows * T if cfg.holdout_windows else 0
-    features = store_browser_data(res.sae, store, cfg.site, start=start,
-                                  exclude_special=cfg.exclude_special, token_str=token_str, unembed=unembed,
-                                  top_n=6, radius=10, title=title)
-    typer.echo(f"feature browser: done ({time.perf_counter() - t0:.1f} s)")
-    rows = [[k, v] for k, v in facts.items() if isinstance(v, int | float) and k != "steps"]
-    notes = [f"assay sae train: store {cfg.store}, site {cfg.site}, {res.train.steps} steps of batch "
-             f"{cfg.batch_size}; BOS/padding rows {'left out' if cfg.exclude_special else 'kept'}.",
-             f"Held-out figures and the feature browser use {where} (never trained on)."
-             if cfg.holdout_windows else "No windows were held out: no held-out figures; the browser shows "
-             "training windows."]
-    write_section(cfg.out, Section(title, [Table("Held-out figures", ["metric", "value"], rows)], notes=notes,
-                                   features=features))
+def _echo(facts: dict[str, Any]) -> dict[str, Any]:
+    for k, v in facts.items():
+        typer.echo(f"{k}: {v}")
+    return facts
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,7 @@ import torch
 from assay.artifact import ArtifactError, load_artifact, save_artifact
 from assay.dictionaries.base import SAE, SAEConfig
 
-__all__ = ["ARCHITECTURES", "TRANSCODERS", "CROSSCODERS", "sae_class", "build_sae", "save_sae", "load_sae"]
+__all__ = ["ARCHITECTURES", "TRANSCODERS", "CROSSCODERS", "SEQUENCE_SAES", "sae_class", "build_sae", "save_sae", "load_sae"]
 
 ARCHITECTURES: dict[str, str] = {
     "relu": "assay.dictionaries.relu:ReLUSAE",
@@ -43,10 +43,14 @@ the cross-layer transcoders add ``n_layers``, ``window``)."""
 CROSSCODERS: dict[str, str] = {"crosscoder": "assay.dictionaries.crosscoder:Crosscoder"}
 """Crosscoder architecture name → ``module:Class`` (several sources concatenated; config adds ``n_sources``)."""
 
+SEQUENCE_SAES: dict[str, str] = {"temporal": "assay.dictionaries.temporal:TemporalSAE"}
+"""Sequence SAE name → ``module:Class`` (they read whole windows ``[B, T, d]``, not tokens; outside
+``ARCHITECTURES``, whose contract suite assumes token-level SAEs)."""
+
 
 def sae_class(architecture: str) -> type[SAE]:
     """The SAE (or transcoder) class registered under ``architecture``."""
-    table = ARCHITECTURES | TRANSCODERS | CROSSCODERS
+    table = ARCHITECTURES | TRANSCODERS | CROSSCODERS | SEQUENCE_SAES
     if architecture not in table:
         raise ValueError(f"unknown SAE architecture {architecture!r}; choose one of {', '.join(table)}")
     module, name = table[architecture].split(":")

@@ -39,12 +39,12 @@ from assay.evaluate.sparsity import SparsityMetrics
 from assay.evaluate.spliced import SplicedMetrics
 from assay.precision import AutocastDtype
 
-__all__ = ["StoreSAEConfig", "StoreSAEResult", "train_sae_on_store", "build_store_sae"]
+__all__ = ["StoreSAEConfig", "StoreSAEResult", "train_sae_on_store", "build_store_sae", "trainer_config", "layout"]
 
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "archetypal", "mp", "spade",
-                       "topk_transcoder", "jumprelu_transcoder"]
-K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "archetypal", "mp", "topk_transcoder")
-"""Architectures that take ``k`` (active latents per token)."""
+                       "topk_transcoder", "jumprelu_transcoder", "crosscoder", "temporal"]
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka", "archetypal", "mp", "topk_transcoder", "temporal")
+"""Architectures that take ``k`` (active latents per token; a crosscoder only with ``crosscoder_topk``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,9 +54,9 @@ class StoreSAEConfig:
     architecture: Architecture = "topk"
     """SAE architecture."""
     expansion: int = 8
-    """d_sae = expansion × d_in."""
+    """d_sae = expansion × d_in (a crosscoder: × one source's width)."""
     k: int = 32
-    """Active latents per token (TopK family, RA-SAE, MP, TopK transcoder)."""
+    """Active latents per token (TopK family, RA-SAE, MP, TopK transcoder, TopK crosscoder, temporal SAE)."""
     skip: bool = False
     """Transcoders: add the affine skip term (a skip-transcoder, Paulo et al. 2025)."""
     resample_every: int | None = None
@@ -88,6 +88,14 @@ class StoreSAEConfig:
     """Show a progress bar with loss, L0, FVU and dead fraction."""
     autocast_dtype: AutocastDtype | None = None
     """Train with the SAE's forward pass under torch.autocast in this dtype (weights and Adam stay float32)."""
+    l1_coef: float | None = None
+    """Crosscoders: λ of the L1 of per-source decoder norms (None: 1.0; ReLU crosscoder only)."""
+    crosscoder_topk: bool = False
+    """Crosscoders: keep the k latents of largest decoder-scaled code per row, no L1 (Minder et al. 2025)."""
+    temporal_context: int | None = None
+    """Temporal SAE: past codes a token attends to (None: its whole window); windows must be this long."""
+    heads: int | None = None
+    """Temporal SAE: attention heads (None: 4); must divide d_sae."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
@@ -100,6 +108,16 @@ class StoreSAEConfig:
             raise ConfigError(f"decay_fraction must lie in [0, 1), got {self.decay_fraction}")
         if self.skip and not self.architecture.endswith("_transcoder"):
             raise ConfigError(f"skip=True is a transcoder option; architecture {self.architecture!r} is an SAE")
+        for arch, names in (("crosscoder", ("l1_coef", "crosscoder_topk")), ("temporal", ("temporal_context", "heads"))):
+            given = [n for n in names if getattr(self, n) not in (None, False)]
+            if given and self.architecture != arch:
+                raise ConfigError(f"{', '.join(given)} {'is a' if len(given) == 1 else 'are'} {arch} option(s); "
+                                  f"architecture is {self.architecture!r} (use --architecture {arch})")
+        if self.architecture == "temporal" and not self.exclude_special:
+            raise ConfigError("a temporal SAE always masks the BOS and padding out of its loss and figures (it reads "
+                              "whole windows); drop exclude_special=False (--no-exclude-special)")
+        if self.l1_coef is not None and self.crosscoder_topk:
+            raise ConfigError("l1_coef is the ReLU crosscoder's penalty; a crosscoder_topk crosscoder has no L1 term")
 
 
 class StoreSAEResult(NamedTuple):
@@ -126,6 +144,11 @@ def build_store_sae(cfg: StoreSAEConfig, d_in: int, d_out: int | None = None) ->
     the output site's width)."""
     from assay.dictionaries.registry import build_sae
 
+    if cfg.architecture in ("crosscoder", "temporal"):
+        raise ValueError(f"a {cfg.architecture} is trained by "
+                         + ("assay.dictionaries.store_crosscoder.train_crosscoder_on_store (several sites)"
+                            if cfg.architecture == "crosscoder" else
+                            "assay.dictionaries.store_temporal.train_temporal_on_store (whole windows)"))
     kw: dict[str, Any] = {"d_in": d_in, "d_sae": cfg.expansion * d_in, "seed": cfg.seed}
     if cfg.architecture in K_ARCHITECTURES:
         kw["k"] = cfg.k
@@ -140,7 +163,17 @@ def build_store_sae(cfg: StoreSAEConfig, d_in: int, d_out: int | None = None) ->
     return build_sae(cfg.architecture, **kw)
 
 
-def _layout(store: Any, cfg: StoreSAEConfig) -> tuple[int, int]:
+def trainer_config(cfg: StoreSAEConfig) -> Any:
+    """The :class:`~assay.dictionaries.trainer.SAETrainConfig` of ``cfg``'s optimisation fields."""
+    from assay.dictionaries.trainer import SAETrainConfig
+
+    return SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, decay_fraction=cfg.decay_fraction,
+                          normalize_inputs=cfg.normalize_inputs, resample_every=cfg.resample_every,
+                          checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
+                          autocast_dtype=cfg.autocast_dtype)
+
+
+def layout(store: Any, cfg: StoreSAEConfig) -> tuple[int, int]:
     """(window length T, first held-out row)."""
     t = int(store.config.get("context_length", 0))
     if t <= 0 or store.n_rows % t:
@@ -174,7 +207,7 @@ def train_sae_on_store(
     transcoder from ``site`` to this site (both cached in ``store``).
     """
     from assay.dictionaries.registry import save_sae
-    from assay.dictionaries.trainer import SAETrainConfig, train_saes
+    from assay.dictionaries.trainer import train_saes
     from assay.store import ActivationStore
 
     if not hasattr(store, "batch_rows"):
@@ -184,14 +217,10 @@ def train_sae_on_store(
     if sae.d_in != d:
         raise ValueError(f"store site {site!r} has d={d} but the SAE expects d_in={sae.d_in}; "
                          "build the SAE with d_in equal to the store's width")
-    t, cut = _layout(store, cfg)
+    t, cut = layout(store, cfg)
 
-    tcfg = SAETrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, decay_fraction=cfg.decay_fraction,
-                          normalize_inputs=cfg.normalize_inputs, resample_every=cfg.resample_every,
-                          checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
-                          autocast_dtype=cfg.autocast_dtype)
     t0 = time.perf_counter()
-    trained, result = train_saes(sae, tcfg, store, site=site, output_site=output_site, batch_size=cfg.batch_size,
+    trained, result = train_saes(sae, trainer_config(cfg), store, site=site, output_site=output_site, batch_size=cfg.batch_size,
                                  seed=cfg.seed, checkpoint=checkpoint, exclude_special=cfg.exclude_special,
                                  keep_rows=lambda rows: rows < cut)
     train_s = time.perf_counter() - t0

@@ -256,18 +256,19 @@ class TemporalSAE(SAE):
 
 
 def train_temporal_sae(sae: TemporalSAE, cfg: Any, reader: Any, site: str, *, batch_size: int, seed: int = 0,
-                       checkpoint: str | Path | None = None) -> tuple[TemporalSAE, Any]:
+                       checkpoint: str | Path | None = None, windows: int | None = None) -> tuple[TemporalSAE, Any]:
     """Train ``sae`` on whole windows of ``site`` from ``reader`` (an :class:`assay.store.SequenceReader`)
     under ``cfg`` (:class:`~assay.dictionaries.trainer.SAETrainConfig`), with exact resume from
-    ``checkpoint``. Returns the finalized SAE (it takes raw activations) and the
-    :class:`~assay.dictionaries.trainer.TrainResult`."""
+    ``checkpoint``; ``windows=n`` trains on the store's first n windows only (None: all). Returns the
+    finalized SAE (it takes raw activations) and the :class:`~assay.dictionaries.trainer.TrainResult`."""
     from assay.dictionaries.trainer import train_saes
 
     sae.check_window(reader.window)
-    per_epoch = reader.n_batches(batch_size)
+    per_epoch = reader.n_batches(batch_size, windows=windows)
     epochs = max(1, -(-cfg.steps // per_epoch)) if per_epoch else 1
 
     def data(start: int):
-        return reader.batches(site, batch_size=batch_size, seed=seed, start_batch=start, epochs=epochs, prefetch=1)
+        return reader.batches(site, batch_size=batch_size, seed=seed, start_batch=start, epochs=epochs, prefetch=1,
+                              windows=windows)
 
     return train_saes(sae, cfg, data, checkpoint=checkpoint)

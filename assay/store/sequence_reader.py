@@ -78,13 +78,15 @@ class SequenceReader:
         """Open the store at ``path`` (keywords as :meth:`ActivationStore.open`) for sequence reading."""
         return cls(ActivationStore.open(path, **kwargs))
 
-    def n_batches(self, batch_size: int, *, epochs: int = 1) -> int:
-        """Number of batches :meth:`batches` yields."""
-        return (self.n_windows // batch_size) * epochs
+    def n_batches(self, batch_size: int, *, epochs: int = 1, windows: int | None = None) -> int:
+        """Number of batches :meth:`batches` yields (over the first ``windows`` windows; None: all)."""
+        return ((self.n_windows if windows is None else windows) // batch_size) * epochs
 
-    def batch_windows(self, batch: int, *, batch_size: int, seed: int) -> Tensor:
-        """Window numbers of batch ``batch`` of :meth:`batches` ``[batch_size]``."""
-        return torch.from_numpy(batch_rows(batch, n=self.n_windows, batch_size=batch_size, seed=seed))
+    def batch_windows(self, batch: int, *, batch_size: int, seed: int, windows: int | None = None) -> Tensor:
+        """Window numbers of batch ``batch`` of :meth:`batches` ``[batch_size]`` (drawn from the first
+        ``windows`` windows; None: all)."""
+        n = self.n_windows if windows is None else windows
+        return torch.from_numpy(batch_rows(batch, n=n, batch_size=batch_size, seed=seed))
 
     def read_windows(self, site: str, windows: Tensor | np.ndarray | list[int], *,
                      dtype: torch.dtype = torch.float32) -> SequenceBatch:
@@ -119,24 +121,30 @@ class SequenceReader:
                              f"boundaries for sequence batches; {RECACHE_HINT}")
 
     def batches(self, site: str, *, batch_size: int, seed: int, start_batch: int = 0, epochs: int = 1,
-                dtype: torch.dtype = torch.float32, prefetch: int = 0) -> Iterator[SequenceBatch]:
+                dtype: torch.dtype = torch.float32, prefetch: int = 0, windows: int | None = None
+                ) -> Iterator[SequenceBatch]:
         """:class:`SequenceBatch` es of ``batch_size`` whole windows in a seeded random order.
 
         Each epoch visits ``n_windows // batch_size`` batches (every window at most once; the few left over
         differ between epochs). Batch ``b`` depends only on ``(n_windows, batch_size, seed, b)``:
         ``start_batch=b`` continues exactly where a run that consumed ``b`` batches stopped.
-        ``prefetch=k`` reads up to ``k`` batches ahead on a background thread.
+        ``prefetch=k`` reads up to ``k`` batches ahead on a background thread. ``windows=n`` draws from the
+        first ``n`` windows only (the rest held out, e.g. for evaluation).
         """
         self.store.d(site)  # an unknown site fails here, before any work
-        if not 0 < batch_size <= self.n_windows:
-            raise StoreError(f"batch_size must lie in [1, {self.n_windows}] (the store's windows); got {batch_size}")
-        total = self.n_batches(batch_size, epochs=epochs)
+        n = self.n_windows if windows is None else windows
+        if not 0 < n <= self.n_windows:
+            raise StoreError(f"windows must lie in [1, {self.n_windows}] (the store's windows); got {windows}")
+        if not 0 < batch_size <= n:
+            raise StoreError(f"batch_size must lie in [1, {n}] (the windows drawn from); got {batch_size}")
+        total = self.n_batches(batch_size, epochs=epochs, windows=n)
         if not 0 <= start_batch <= total:
             raise StoreError(f"start_batch must lie in [0, {total}]; got {start_batch}")
 
         def gen() -> Iterator[SequenceBatch]:
             for b in range(start_batch, total):
-                yield self.read_windows(site, self.batch_windows(b, batch_size=batch_size, seed=seed), dtype=dtype)
+                yield self.read_windows(site, self.batch_windows(b, batch_size=batch_size, seed=seed, windows=n),
+                                        dtype=dtype)
 
         return _prefetch(gen(), prefetch)
 
