@@ -129,3 +129,15 @@ def test_bad_crosscoder_inputs_are_named(store, tmp_path):
     assert "with --architecture crosscoder" in run("--cross-store", str(shifted))
     assert "no L1 term" in run("--architecture", "crosscoder", "--cross-site", "blocks.1", "--crosscoder-topk",
                                "--l1-coef", "1")
+
+
+def test_a_crosscoder_checkpoint_refuses_other_sources_on_resume(store, other, tmp_path):
+    # the checkpoint records the (store, site) sources; resuming with another source would make a hybrid run
+    ck = tmp_path / "ck"
+    first = CliRunner().invoke(app, _args(store, tmp_path / "a", "--architecture", "crosscoder", "--cross-site",
+                                          "blocks.1", "--checkpoint", str(ck)))
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, _args(store, tmp_path / "b", "--architecture", "crosscoder", "--cross-store",
+                                          str(other), "--checkpoint", str(ck)))
+    assert again.exit_code != 0
+    assert "changed settings" in str(again.exception) + again.output and "blocks.1" in str(again.exception) + again.output

@@ -144,7 +144,9 @@ def train_crosscoder_on_store(sources: Sequence[tuple[Any, str]], cfg: StoreSAEC
     sae = build_sae("crosscoder", d_in=len(sources) * d, d_sae=cfg.expansion * d, n_sources=len(sources),
                     seed=cfg.seed, **kind)
     t0 = time.perf_counter()
-    trained, result = train_saes(sae, trainer_config(cfg), data, checkpoint=checkpoint)
+    identity = {"sources": [[str(st.path), site] for st, site in sources], "batch_size": cfg.batch_size,
+                "seed": cfg.seed, "exclude_special": cfg.exclude_special, "train_rows": cut}
+    trained, result = train_saes(sae, trainer_config(cfg), data, checkpoint=checkpoint, data_identity=identity)
     train_s = time.perf_counter() - t0
     trained.fold_source_scales(scales)  # type: ignore[operator]
     rec = per = spars = None

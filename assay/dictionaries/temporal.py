@@ -271,4 +271,5 @@ def train_temporal_sae(sae: TemporalSAE, cfg: Any, reader: Any, site: str, *, ba
         return reader.batches(site, batch_size=batch_size, seed=seed, start_batch=start, epochs=epochs, prefetch=1,
                               windows=windows)
 
-    return train_saes(sae, cfg, data, checkpoint=checkpoint)
+    identity = {"store": str(reader.store.path), "site": site, "batch_size": batch_size, "seed": seed, "windows": windows}
+    return train_saes(sae, cfg, data, checkpoint=checkpoint, data_identity=identity)

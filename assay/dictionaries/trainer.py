@@ -470,7 +470,7 @@ def train_saes(saes: SAE, cfg: SAETrainConfig, data: Any, *, site: str | None = 
                batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
                resume: bool = True, exclude_special: bool = True,
                keep_rows: Callable[[Tensor], Tensor] | None = None, on_step: StepCallback | None = None,
-               on_step_at: int | Collection[int] = 1) -> tuple[SAE, TrainResult]: ...
+               on_step_at: int | Collection[int] = 1, data_identity: dict[str, Any] | None = None) -> tuple[SAE, TrainResult]: ...
 
 
 @overload
@@ -479,7 +479,7 @@ def train_saes(saes: list[SAE], cfg: SAETrainConfig, data: Any, *, site: str | N
                batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
                resume: bool = True, exclude_special: bool = True,
                keep_rows: Callable[[Tensor], Tensor] | None = None, on_step: StepCallback | None = None,
-               on_step_at: int | Collection[int] = 1) -> tuple[list[SAE], TrainResult]: ...
+               on_step_at: int | Collection[int] = 1, data_identity: dict[str, Any] | None = None) -> tuple[list[SAE], TrainResult]: ...
 
 
 def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: str | None = None,
@@ -487,7 +487,7 @@ def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: s
                batch_size: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
                resume: bool = True, exclude_special: bool = True,
                keep_rows: Callable[[Tensor], Tensor] | None = None, on_step: StepCallback | None = None,
-               on_step_at: int | Collection[int] = 1) -> tuple[SAE | list[SAE], TrainResult]:
+               on_step_at: int | Collection[int] = 1, data_identity: dict[str, Any] | None = None) -> tuple[SAE | list[SAE], TrainResult]:
     """Train ``saes`` (one SAE, or a list trained in lockstep on the same batches) on ``data``:
 
     - an :class:`assay.store.ActivationStore`, with ``site``, ``batch_size``, ``seed``: batches in the
@@ -501,6 +501,8 @@ def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: s
 
     These last two carry no positions: leave BOS rows out of them yourself (:func:`~assay.dictionaries.batches.live_batches` does).
     ``on_step(step, saes)`` watches training at the steps ``on_step_at`` picks (:meth:`SAETrainer.fit`).
+    ``data_identity``: what a callable or iterable yields (JSON values, e.g. the stores and sites it reads), recorded
+    in checkpoints and checked on resume like a store's site and seed (a store records its own).
     Resumes from ``checkpoint`` when it exists. Returns the finalized (input-scale-folded) SAE(s) and
     the result: one SAE in, one SAE out; a list in, a list out (in the same order).
     """
@@ -511,6 +513,8 @@ def train_saes(saes: SAE | list[SAE], cfg: SAETrainConfig, data: Any, *, site: s
                                  "exclude_special": exclude_special}
         if output_site is not None:
             trainer.data_identity["output_site"] = output_site
+    elif data_identity is not None:
+        trainer.data_identity = dict(data_identity)
     if checkpoint is not None and resume and (Path(checkpoint) / "config.json").exists():
         trainer.load_checkpoint(checkpoint)
     start = trainer.step
