@@ -162,3 +162,17 @@ def test_aggregate_ignores_non_finite_values():
     runs = [{"world": "w", "method": "m", "level": "l", "metrics": {"x": v}} for v in (1.0, float("nan"), 3.0)]
     (s,) = aggregate(runs)
     assert s["n"] == 2 and s["mean"] == 2.0 and math.isfinite(s["ci_low"])
+
+
+@pytest.mark.parametrize("name", sorted(__import__("assay.bench.families", fromlist=["x"]).FAMILY_MODULES))
+def test_every_family_refuses_an_unknown_world_parameter_before_any_work(name, tmp_path):
+    # the bad spec is the second world: nothing may run for the first one before it is refused
+    from assay.bench.families import load_family
+
+    family = load_family(name)
+    first = family.worlds[0]
+    bad = first.split(":")[0] + ":no_such_parameter=1"
+    with pytest.raises(ConfigError, match="unknown parameter.*no_such_parameter"):
+        run_family(family, worlds=(first, bad), methods=family.methods[:1], seeds=(0,), out_dir=tmp_path / "o",
+                   report=False)
+    assert not (tmp_path / "o").exists()

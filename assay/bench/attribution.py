@@ -62,7 +62,7 @@ from assay.attribution.engine import OutputKind
 from assay.attribution.registry import METHODS, configure
 from assay.bench.attribution_plots import keep_top_plot, truth_vs_sanity_plot
 from assay.bench.runner import BenchResult, RunContext, check_params, summary_rows
-from assay.bench.spec import SpecRun, expand_spec, parse_spec, parse_world_spec
+from assay.bench.spec import SpecRun, expand_spec, parameter_defaults, parse_spec, parse_world_spec
 from assay.config import ConfigError, check_choice
 
 __all__ = ["AttributionSettings", "AttributionFamily", "PreparedWorld", "Explainer", "FAMILY", "WORLD_NAMES",
@@ -522,8 +522,12 @@ class AttributionFamily:
     metrics = SUMMARY_METRICS
     settings_type = AttributionSettings
 
-    def world_names(self) -> tuple[str, ...]:
-        return WORLD_NAMES
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        from assay.worlds.digits import DigitsConfig
+        from assay.worlds.tabular import TabularConfig
+
+        return {name: {**parameter_defaults(cfg), "top_k": TOP_K[name], "robust_eps": 0.0}
+                for name, cfg in (("digits", DigitsConfig), ("tabular", TabularConfig))}
 
     def method_names(self) -> tuple[str, ...]:
         return METHOD_NAMES

@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 import torch
 
 from assay.bench.runner import BenchResult, RunContext, check_params, expand_with, summary_rows
-from assay.bench.spec import SpecRun, parse_world_spec
+from assay.bench.spec import SpecRun, parameter_defaults, parse_world_spec
 from assay.config import ConfigError
 
 __all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "random_bases", "random_weights",
@@ -367,8 +367,10 @@ class CircuitFamily:
                "node_precision", "node_recall", "hop_share", "chain_share")
     settings_type = CircuitSettings
 
-    def world_names(self) -> tuple[str, ...]:
-        return WORLD_NAMES
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        from assay.circuits.compile import PROGRAMS
+
+        return {name: parameter_defaults(PROGRAMS[name]) for name in WORLD_NAMES}
 
     def method_names(self) -> tuple[str, ...]:
         return tuple(METHODS)

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from assay.bench.runner import BenchResult, RunContext, check_params, expand_with, summary_rows
-from assay.bench.spec import SpecRun, parse_world_spec
+from assay.bench.spec import SpecRun, parameter_defaults, parse_world_spec
 from assay.config import ConfigError
 
 __all__ = ["ConceptSettings", "ConceptFamily", "FAMILY", "PreparedWorld", "nnls_codes"]
@@ -80,8 +80,10 @@ class ConceptFamily:
     metrics = ("f1", "precision", "recall", "l0", "cosine")
     settings_type = ConceptSettings
 
-    def world_names(self) -> tuple[str, ...]:
-        return WORLD_NAMES
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        from assay.worlds.two_modality import TwoModalityConfig
+
+        return {"two_modality": parameter_defaults(TwoModalityConfig, exclude=("seed",))}
 
     def method_names(self) -> tuple[str, ...]:
         return tuple(METHODS)

@@ -23,7 +23,6 @@ from typing import Any
 from assay.bench.methods import METHOD_NAMES, expand_method
 from assay.bench.runner import BenchResult, RunContext, summary_rows
 from assay.bench.spec import SpecRun
-from assay.bench.worlds import WORLD_NAMES
 from assay.config import ConfigError
 from assay.report.html import json_safe
 
@@ -68,8 +67,10 @@ class DictionaryFamily:
     metrics = SUMMARY_METRICS
     settings_type = DictionarySettings
 
-    def world_names(self) -> tuple[str, ...]:
-        return WORLD_NAMES
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        from assay.bench.worlds import world_parameters
+
+        return world_parameters()
 
     def method_names(self) -> tuple[str, ...]:
         return METHOD_NAMES

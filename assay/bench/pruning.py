@@ -25,7 +25,7 @@ from typing import Any
 from assay.bench.pruning_methods import APPLIES, METHOD_PARAMS, check_method, score_method
 from assay.bench.pruning_worlds import WORLD_NAMES, prepare_world
 from assay.bench.runner import BenchResult, RunContext, check_params, summary_rows
-from assay.bench.spec import SpecRun, expand_spec
+from assay.bench.spec import SpecRun, expand_spec, parameter_defaults
 from assay.config import ConfigError
 
 __all__ = ["PruningSettings", "PruningFamily", "FAMILY", "SUMMARY_METRICS"]
@@ -103,8 +103,12 @@ class PruningFamily:
     metrics = SUMMARY_METRICS
     settings_type = PruningSettings
 
-    def world_names(self) -> Collection[str]:
-        return WORLD_NAMES
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        from assay.models.planted_redundancy import PlantedRedundancyConfig
+        from assay.worlds.sparse_teacher import SparseTeacherConfig
+
+        return {"sparse_teacher": parameter_defaults(SparseTeacherConfig, exclude=("seed",)),
+                "redundancy": parameter_defaults(PlantedRedundancyConfig), "digits_mlp": {"hidden": (128, 64)}}
 
     def method_names(self) -> Collection[str]:
         return tuple(METHOD_PARAMS)

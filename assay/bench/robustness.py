@@ -303,8 +303,8 @@ class RobustnessFamily:
                                 "manifold_alignment", "on_off_ratio", "seconds")
     settings_type = RobustnessSettings
 
-    def world_names(self) -> Collection[str]:
-        return WORLD_NAMES
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        return {name: {"low_curvature": False} for name in WORLD_NAMES}
 
     def method_names(self) -> Collection[str]:
         return (*ESTIMATORS, "pgd", "curvature", "off_manifold")

@@ -70,8 +70,9 @@ class Family(Protocol):
     """The frozen settings dataclass (run budget); ``--options key=value`` sets its fields."""
 
     def world_names(self) -> Collection[str]:
-        """Names a world spec may use; a mapping name → the world's parameters and their defaults also has
-        :func:`run_family` refuse a parameter the world does not take before any work starts."""
+        """Names a world spec may use; a mapping name → the world's parameters and their defaults (every
+        family in assay gives one) also has :func:`run_family` refuse a parameter the world does not take before
+        any work starts."""
         ...
 
     def method_names(self) -> Collection[str]:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from assay.config import ConfigError
 
-__all__ = ["SpecRun", "spec_value", "parse_spec", "expand_spec", "parse_world_spec", "world_params"]
+__all__ = ["SpecRun", "spec_value", "parse_spec", "expand_spec", "parse_world_spec", "parameter_defaults", "world_params"]
 
 
 def spec_value(v: str) -> Any:
@@ -53,6 +53,20 @@ def parse_world_spec(spec: str, known: Collection[str]) -> tuple[str, dict[str, 
     for k, (v,) in params.items():
         out[k] = tuple(spec_value(p) for p in v.split("/")) if isinstance(v, str) and "/" in v else v
     return name, out
+
+
+def parameter_defaults(of: Any, *, exclude: Collection[str] = ()) -> dict[str, Any]:
+    """The parameters a world spec may set, with their defaults (None where there is none): a config dataclass's
+    fields or a builder function's keyword arguments, less ``exclude`` (e.g. ``seed``, set by the bench)."""
+    import dataclasses
+    import inspect
+
+    if dataclasses.is_dataclass(of):
+        out = {f.name: None if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(of)}
+    else:
+        out = {k: None if p.default is inspect.Parameter.empty else p.default
+               for k, p in inspect.signature(of).parameters.items()}
+    return {k: v for k, v in out.items() if k not in exclude}
 
 
 def world_params(spec: str, defaults: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import torch
 
 from assay.bench.runner import BenchResult, RunContext, check_params, expand_with, summary_rows
-from assay.bench.spec import SpecRun, parse_world_spec
+from assay.bench.spec import SpecRun, parameter_defaults, parse_world_spec
 from assay.config import ConfigError
 
 __all__ = ["TemporalSettings", "TemporalFamily", "FAMILY"]
@@ -76,8 +76,10 @@ class TemporalFamily:
     metrics = ("state_auroc", "state_auroc_zp", "fvu", "l0", "predictable_share", "tortuosity")
     settings_type = TemporalSettings
 
-    def world_names(self) -> tuple[str, ...]:
-        return ("slow_state",)
+    def world_names(self) -> dict[str, dict[str, Any]]:
+        from assay.worlds.slow_state import SlowStateConfig
+
+        return {"slow_state": parameter_defaults(SlowStateConfig, exclude=("seed",))}
 
     def method_names(self) -> tuple[str, ...]:
         return tuple(METHOD_PARAMS)

@@ -36,7 +36,7 @@ from assay.bench.spec import parse_world_spec
 from assay.config import ConfigError
 from assay.worlds.base import make_generator
 
-__all__ = ["WorldData", "WORLD_NAMES", "parse_world", "load_world", "SEQUENCE_CONCEPTS"]
+__all__ = ["WorldData", "WORLD_NAMES", "world_parameters", "parse_world", "load_world", "SEQUENCE_CONCEPTS"]
 
 SEQUENCE_CONCEPTS: dict[str, tuple[str, ...]] = {
     "dyck": ("depth", "top"),
@@ -100,6 +100,24 @@ class WorldData(NamedTuple):
 
 WORLD_NAMES = ("superposition", "hierarchy", "concept_clusters", *SEQUENCE_CONCEPTS)
 """The worlds a dictionary bench can use."""
+
+
+def world_parameters() -> dict[str, dict[str, Any]]:
+    """Each bench world's parameters with their defaults: a planted world's config fields (the bench's defaults
+    over them), a sequence world's config fields plus its model and pooling keys (``model_steps``, ``site``,
+    ``context``, ``pool_rows``)."""
+    from assay.bench.spec import parameter_defaults
+    from assay.worlds import registry
+    from assay.worlds.concept_clusters import ConceptClustersConfig
+    from assay.worlds.superposition import SuperpositionConfig
+
+    planted = parameter_defaults(SuperpositionConfig)
+    out = {"superposition": {**planted, **_SUPER_DEFAULTS}, "hierarchy": {**planted, **_HIER_DEFAULTS},
+           "concept_clusters": parameter_defaults(ConceptClustersConfig)}
+    for name in SEQUENCE_CONCEPTS:
+        out[name] = {**parameter_defaults(registry.get(name).config_cls), "model_steps": None, "site": None,
+                     "context": None, "pool_rows": 256}
+    return out
 
 
 def parse_world(spec: str) -> tuple[str, dict[str, Any]]:
