@@ -150,6 +150,18 @@ def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcod
     res = circuit_experiment(model, prompt, exact, replace(SETTINGS, ablate_fraction=fraction))
     assert torch.allclose(res.measured_replacement, res.measured, atol=1e-9)
     assert res.measured.abs().max() > 1e-3  # the ablations do move the logit
+    # with every attention pattern frozen at its clean value the run without an ablation is the clean run, and the
+    # ablations differ from the live-attention ones (moving where attention looks is part of their effect)
+    from assay.bench.circuit_real import _measured
+    from assay.circuits.graph.hf_frozen import eager_patterns, hf_attention_sites
+
+    with torch.no_grad(), eager_patterns(model, hf_attention_sites(model)) as patterns:
+        logits = model(prompt[None]).logits[0, -1]
+    token = int(res.graph.logit_tokens[0])
+    clean_value = float(logits[token] - logits.mean())
+    assert abs(_measured(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, dict(patterns))) < 1e-9
+    assert res.measured_frozen_attention.shape == res.measured.shape
+    assert not torch.allclose(res.measured_frozen_attention, res.measured, atol=1e-6)
     tcs = train_transcoders(model.float(), torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3)),
                             replace(SETTINGS, steps=4))
     model.double()

@@ -216,6 +216,12 @@ class CircuitResult(NamedTuple):
     features recomputed (TopK) [n_ablate]. Apart from attention, norms and TopK, this is what the graph linearises."""
     correlation_replacement: float
     """Pearson correlation of predicted and measured_replacement."""
+    measured_frozen_attention: torch.Tensor
+    """The change measured in the real model with every attention pattern held at its clean value (as the graph
+    holds them; Hugging Face models), [n_ablate]: what an ablation does through the residual stream and the MLPs
+    alone, without moving where attention looks."""
+    correlation_frozen_attention: float
+    """Pearson correlation of predicted and measured_frozen_attention."""
     ablated: tuple[tuple[str, int, int], ...]
     """(basis, position, feature) of each ablated feature."""
     memory: PromptMemory
@@ -245,8 +251,14 @@ def _predicted(graph: Graph, feature: int, token: int) -> float:
 
 
 def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: int, feat: int, act: float,
-              token_id: int, clean: float, held: dict[str, torch.Tensor]) -> float:
+              token_id: int, clean: float, held: dict[str, torch.Tensor],
+              patterns: dict[str, torch.Tensor] | None = None) -> float:
+    """The real model's change of the demeaned ``token_id`` logit when ``act`` of feature ``feat`` is removed at
+    ``pos`` from its MLP output; ``held`` sites return their given outputs; ``patterns``: attention frozen there."""
+    from contextlib import nullcontext
+
     from assay import hooks
+    from assay.circuits.graph.hf_frozen import frozen_patterns
 
     direction = act * basis.W_dec[feat]
 
@@ -256,7 +268,8 @@ def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: 
         return h
 
     edits = {site: (lambda h, v=v: v.expand_as(h)) for site, v in held.items()}
-    with torch.no_grad(), hooks.patch(model, {**edits, basis.output_site: remove}):
+    with torch.no_grad(), frozen_patterns(model, patterns) if patterns else nullcontext(), \
+            hooks.patch(model, {**edits, basis.output_site: remove}):
         logits = model(tokens[None]).logits[0, -1]
     return float(logits[token_id] - logits.mean()) - clean
 
@@ -315,14 +328,17 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     token_id = int(graph.logit_tokens[0])
     from assay import hooks
 
+    from assay.circuits.graph.hf_frozen import eager_patterns, hf_attention_sites
+
     error_sites = [name for name in graph.basis_names if name not in {b.name for b in bases}]
-    with torch.no_grad(), hooks.capture(model, error_sites) as cap:
+    with torch.no_grad(), hooks.capture(model, error_sites) as cap, \
+            eager_patterns(model, hf_attention_sites(model)) as patterns:
         logits = model(prompt[None]).logits[0, -1]
     clean = float(logits[token_id] - logits.mean())
     by_name = {b.name: b for b in bases}
     f = settings.ablate_fraction
     _, clean_errors = _replacement_logits(model, prompt, bases, None)
-    predicted, measured, frozen, live, ablated = [], [], [], [], []
+    predicted, measured, frozen, live, attn, ablated = [], [], [], [], [], []
     for k in top:
         j, p, i = graph.features[k].tolist()
         basis = by_name[graph.basis_names[j]]
@@ -330,13 +346,15 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
         act = f * float(graph.activations[k])
         measured.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}) / f)
         frozen.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {s: cap[s] for s in error_sites}) / f)
+        attn.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}, dict(patterns)) / f)
         rep, _ = _replacement_logits(model, prompt, bases, clean_errors,
                                      ([b.name for b in bases].index(basis.name), p, i, f))
         live.append((float(rep[token_id] - rep.mean()) - clean) / f)
         ablated.append((basis.name, p, i))
-    pred, meas, held, rep = (torch.tensor(v, dtype=torch.float64) for v in (predicted, measured, frozen, live))
+    pred, meas, held, rep, fa = (torch.tensor(v, dtype=torch.float64) for v in (predicted, measured, frozen, live, attn))
     return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
-                         held, _pearson(pred, held), rep, _pearson(pred, rep), tuple(ablated), memory)
+                         held, _pearson(pred, held), rep, _pearson(pred, rep), fa, _pearson(pred, fa), tuple(ablated),
+                         memory)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
