@@ -18,8 +18,8 @@ Two choices differ from the reference code, both to keep a training step within 
 of the same width (docs/temporal_sae.md has the measurement): the context codes u are TopK-sparse like
 the novel code (the reference uses the dense ReLU; ``dense_context=True`` does too, by eager dense
 products), and each head's values are the past codes of its own latents — no n×n value and output
-projections. Since codes and attention weights are ≥ 0 the reference's ReLU after attention is then the identity, and ẑ_t D = Σ_h Σ_j a^h_tj (c_j[h] D[h]) is an
-attention over per-head partial reconstructions (``[T, d]`` values), so the only dense ``n × d``
+projections. Since codes and attention weights are ≥ 0 the reference's ReLU after attention is then the
+identity, and ẑ_t D = Σ_h Σ_j a^h_tj (c_j[h] D[h]) is an attention over per-head partial reconstructions (``[T, d]`` values), so the only dense ``n × d``
 products are the two encoders. Queries and keys are linear in the sparse codes (a sparse decode through their weights).
 
 The decoder is unconstrained (atoms ~ N(0, 1), as the reference; λ sets the code scale); the trainer's
