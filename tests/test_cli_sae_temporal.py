@@ -42,17 +42,20 @@ def _figure(output, name):
     return float(next(line for line in output.splitlines() if line.startswith(name + ":")).split()[-1])
 
 
-def test_temporal_sae_from_the_cli_equals_one_trained_by_hand(store, tmp_path):
-    res = CliRunner().invoke(app, _args(store, tmp_path / "t"))
+@pytest.mark.parametrize("dense_context", [False, True])
+def test_temporal_sae_from_the_cli_equals_one_trained_by_hand(dense_context, store, tmp_path):
+    res = CliRunner().invoke(app, _args(store, tmp_path / "t", *(["--dense-context"] if dense_context else [])))
     assert res.exit_code == 0, res.output
     sae = load_sae(tmp_path / "t")
     assert isinstance(sae, TemporalSAE) and sae.d_sae == 16 and sae.cfg.n_heads == 2
+    assert sae.cfg.dense_context == dense_context
 
     reader = SequenceReader.open(store)
     n_train = reader.n_windows - 5  # 69 windows of 8 tokens; 48 tokens a step = 6 whole windows
     batches = [reader.read_windows("layers.0", batch_rows(b, n=n_train, batch_size=6, seed=3)) for b in range(5)]
     assert all(int(b.windows.max()) < n_train for b in batches)
-    ref, _ = train_saes(TemporalSAE(TemporalConfig(d_in=8, d_sae=16, k=3, n_heads=2, seed=3)),
+    ref, _ = train_saes(TemporalSAE(TemporalConfig(d_in=8, d_sae=16, k=3, n_heads=2, seed=3,
+                                                   dense_context=dense_context)),
                         SAETrainConfig(steps=5, warmup_steps=1, progress=False), batches)
     for name, t in ref.state_dict().items():
         torch.testing.assert_close(sae.state_dict()[name], t, msg=name)
@@ -84,6 +87,9 @@ def test_bad_temporal_inputs_are_named(store, tmp_path):
     res = CliRunner().invoke(app, ["sae", "train", "--store", str(store), "--site", "layers.0", "--out",
                                    str(tmp_path / "y"), "--heads", "2", "--no-evaluate-model"])
     assert res.exit_code != 0 and "temporal option" in res.output
+    res = CliRunner().invoke(app, ["sae", "train", "--store", str(store), "--site", "layers.0", "--out",
+                                   str(tmp_path / "y"), "--dense-context", "--no-evaluate-model"])
+    assert res.exit_code != 0 and "dense_context is a temporal option" in res.output
     assert "transcoder option" in run(store, "--output-site", "layers.1")
     assert "always masks the BOS" in run(store, "--no-exclude-special")
 

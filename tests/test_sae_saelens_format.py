@@ -130,13 +130,16 @@ def _temporal(**kw):
 
 
 @pytest.mark.peers
-@pytest.mark.parametrize("lam", [None, 0.01])  # SAELens' fixed λ = 1/(4 d) (tied), or another (exported untied)
-def test_temporal_exports_to_saelens(lam, tmp_path):
+@pytest.mark.parametrize(("lam", "kw"), [
+    (None, {}), (0.01, {}),  # SAELens' fixed λ = 1/(4 d) (tied), or another (exported untied); k = d_sae
+    (None, {"k": 4, "dense_context": True}), (0.01, {"k": 7, "dense_context": True})])  # dense u, TopK novel code
+def test_temporal_exports_to_saelens(lam, kw, tmp_path):
     sae_lens = peer("sae_lens")
-    sae, x = _temporal(lam=lam)
+    sae, x = _temporal(lam=lam, **kw)
     save_saelens(sae, tmp_path / "t")
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "t"))
     assert type(theirs).__name__ == "TemporalSAE" and theirs.cfg.tied_weights == (lam is None)
+    assert theirs.cfg.kval_topk == sae.cfg.k
     with torch.no_grad():
         ours = sae.codes(x)
         novel, predictable = theirs.encode_with_predictions(x)
@@ -146,7 +149,10 @@ def test_temporal_exports_to_saelens(lam, tmp_path):
         assert ours.predictable_recon.norm() > 0.1 * ours.recon.norm()  # the past's share is not negligible
         # and back: SAELens writes, assay reads
         theirs.save_model(str(tmp_path / "back"))
-        back = load_saelens(tmp_path / "back").codes(x)
+        back_sae = load_saelens(tmp_path / "back")
+        assert (back_sae.cfg.k, back_sae.cfg.dense_context) == (sae.cfg.k, sae.cfg.k < sae.d_sae)
+        assert (ours.novel != 0).sum(-1).max() <= sae.cfg.k
+        back = back_sae.codes(x)
         for name in ("recon", "novel", "predictable"):
             torch.testing.assert_close(getattr(back, name), getattr(ours, name), atol=1e-5, rtol=1e-5)
 
@@ -164,7 +170,7 @@ def test_temporal_saelens_cannot_represent_is_refused_naming_each_term(tmp_path)
 
 @pytest.mark.peers
 def test_temporal_topk_context_is_what_saelens_lacks(tmp_path):
-    """Why k < d_sae is refused: SAELens' model with the same weights and TopK novel code, but its dense
+    """Why k < d_sae is refused without dense_context: SAELens' model with the same weights and TopK novel code, but its dense
     context code, reconstructs differently."""
     sae_lens = peer("sae_lens")
     dense, x = _temporal()
@@ -188,5 +194,6 @@ def test_native_saelens_temporal_sae_is_refused_naming_each_term(tmp_path):
 
     theirs = TheirTemporalSAE(TemporalSAEConfig(d_in=16, d_sae=64, n_heads=2, bottleneck_factor=4, kval_topk=4))
     theirs.save_model(str(tmp_path / "t"))  # its own initialisation: learned-looking v_ctx, c_proj
-    with pytest.raises(ValueError, match=r"v_ctx, c_proj.*TopK_4 but its context code dense"):
+    with pytest.raises(ValueError, match=r"v_ctx, c_proj.*learned") as e:
         load_saelens(tmp_path / "t")
+    assert "TopK" not in str(e.value)  # its TopK_4 novel code alone is representable (dense_context)

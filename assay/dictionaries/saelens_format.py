@@ -13,20 +13,21 @@ W_dec [d_sae, d_in], b_dec [d_in] (+ ``threshold`` [d_sae] for JumpReLU). Archit
                        it reads back as a plain TopK SAE)
     assay jumprelu_transcoder ↔ SAELens "jumprelu_transcoder" / "jumprelu_skip_transcoder" (+ d_out,
                        W_skip [d_out, d_in]; ReLU then the mask pre > θ, as assay for θ > 0)
-    assay temporal (k = d_sae only) ↔ SAELens "temporal" (Lubana et al. 2025, arXiv 2511.01836):
+    assay temporal (dense_context, or k = d_sae) ↔ SAELens "temporal" (Lubana et al. 2025, arXiv 2511.01836):
                        tied W_dec, b_dec, the queries/keys as ``attn_layers.0.q_target`` / ``k_ctx``, and
                        identity value and output projections ``v_ctx`` / ``c_proj`` (n × n, zero bias)
 
 SAELens' TemporalSAE is the reference model: its context codes are the dense ReLU codes and its
 attention has learned n × n value and output projections, followed by a ReLU. assay's TemporalSAE keeps
-the context codes TopK_k-sparse and uses each head's own past codes as values, i.e. the identity
-projections (after which the ReLU does nothing: codes and weights are ≥ 0). So the two compute the same
-thing only when TopK_k is the identity (k = d_sae), when assay attends to the whole window (``context``
+the context codes TopK_k-sparse (unless ``dense_context``) and uses each head's own past codes as values,
+i.e. the identity projections (after which the ReLU does nothing: codes and weights are ≥ 0). So the two
+compute the same thing only when the context code is dense (``dense_context=True``, any k: the novel
+code's TopK_k is SAELens' ``kval_topk``; or k = d_sae), when assay attends to the whole window (``context``
 None; SAELens has no context limit and no mask) and when d_sae / d_attn is a whole number (SAELens' query
 width is d_sae / bottleneck_factor); otherwise ``save_saelens`` raises, naming each difference. A λ other
 than SAELens' fixed 1/(4 d_in) is exported untied (W_enc = (λ / λ_SAELens) W_decᵀ), the input scale as
-``constant_scalar_rescale``. Reading takes the same subset back (identity v_ctx / c_proj, a dense novel code,
-W_enc tied or a multiple of W_decᵀ) and refuses the rest, e.g. every temporal SAE SAELens trains or
+``constant_scalar_rescale``. Reading takes the same subset back (identity v_ctx / c_proj, W_enc tied or a
+multiple of W_decᵀ; a TopK novel code with kval_topk < d_sae as ``dense_context=True``) and refuses the rest, e.g. every temporal SAE SAELens trains or
 downloads (learned projections), naming each term. benchmarks/temporal_saelens_gap.py measures what the
 TopK context code alone changes on a trained model (docs/temporal_sae.md).
 
@@ -110,7 +111,7 @@ def save_saelens(sae: SAE, path: str | Path, *, metadata: dict[str, Any] | None 
 
 def _no_format(arch: str) -> ValueError:
     return ValueError(f"SAELens has no inference format for assay's {arch!r} SAE (SAELens-loadable: relu, topk, "
-                      "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder, temporal with k = d_sae)")
+                      "jumprelu, batchtopk, matryoshka, archetypal, jumprelu_transcoder, temporal with dense_context or k = d_sae)")
 
 
 def _write(path: Path, cfg: dict[str, Any], weights: dict[str, torch.Tensor]) -> Path:
@@ -126,9 +127,9 @@ def _temporal(sae: Any, metadata: dict[str, Any] | None) -> tuple[dict[str, Any]
     c = sae.cfg
     n, d, r = sae.d_sae, sae.d_in, c.attn_width
     differs = []
-    if c.k != n:
+    if c.k != n and not c.dense_context:
         differs.append(f"assay's context codes are TopK_k-sparse (k={c.k}) where SAELens' are the dense ReLU codes "
-                       f"(the same only for k = d_sae = {n})")
+                       f"(the same only for k = d_sae = {n}; or turn dense_context on)")
     if c.context is not None:
         differs.append(f"assay attends to the last context={c.context} tokens where SAELens attends to the whole "
                        "window (build the SAE with context=None)")
@@ -237,8 +238,9 @@ def _load_jumprelu_transcoder(path: Path, cfg: dict[str, Any], w: dict[str, torc
 
 def _load_temporal(path: Path, cfg: dict[str, Any], w: dict[str, torch.Tensor]) -> SAE:
     """An SAELens "temporal" SAE as an assay TemporalSAE, where it is the same model (module docstring): one
-    attention layer with identity value and output projections, a dense novel code (then assay's k = d_sae),
-    W_enc tied or a multiple of W_decᵀ. Otherwise a ValueError naming every term that differs."""
+    attention layer with identity value and output projections (a novel code TopK_k with k < d_sae reads as
+    ``dense_context=True``, a dense one as k = d_sae), W_enc tied or a multiple of W_decᵀ. Otherwise a
+    ValueError naming every term that differs."""
     from assay.dictionaries.temporal import TemporalConfig, TemporalSAE
 
     d, n = int(cfg["d_in"]), int(cfg["d_sae"])
@@ -260,8 +262,7 @@ def _load_temporal(path: Path, cfg: dict[str, Any], w: dict[str, torch.Tensor]) 
         differs.append("its value and output projections (v_ctx, c_proj) are learned n × n maps, where assay's "
                        "values are each head's own past codes (the identity)")
     k = cfg.get("kval_topk")
-    if cfg.get("sae_diff_type", "topk") == "topk" and k is not None and int(k) != n:
-        differs.append(f"its novel code is TopK_{k} but its context code dense, where assay uses one k for both")
+    k = int(k) if cfg.get("sae_diff_type", "topk") == "topk" and k is not None else n
     ratio = 1.0
     if not tied:
         ratio = float((w["W_enc"] * w["W_dec"].T).sum() / w["W_dec"].square().sum())
@@ -274,8 +275,8 @@ def _load_temporal(path: Path, cfg: dict[str, Any], w: dict[str, torch.Tensor]) 
         differs.append(f"normalize_activations={norm!r} (assay keeps a constant input scale only)")
     if differs:
         raise ValueError(f"{path}: assay's TemporalSAE cannot represent this SAELens temporal SAE: " + "; ".join(differs))
-    sae = TemporalSAE(TemporalConfig(d_in=d, d_sae=n, k=n, n_heads=int(cfg.get("n_heads", 8)), d_attn=r,
-                                     lam=None if tied else ratio / (4 * d)))
+    sae = TemporalSAE(TemporalConfig(d_in=d, d_sae=n, k=k, n_heads=int(cfg.get("n_heads", 8)), d_attn=r,
+                                     lam=None if tied else ratio / (4 * d), dense_context=k < n))
     with torch.no_grad():
         sae.W_dec.copy_(w["W_dec"])
         sae.b_dec.copy_(w["b_dec"])

@@ -96,6 +96,9 @@ class StoreSAEConfig:
     """Temporal SAE: past codes a token attends to (None: its whole window); windows must be this long."""
     heads: int | None = None
     """Temporal SAE: attention heads (None: 4); must divide d_sae."""
+    dense_context: bool = False
+    """Temporal SAE: the reference's dense context code ReLU(λ(x − b)E) (slower; exports to SAELens for any k).
+    False: TopK_k, assay's faster default."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
@@ -108,7 +111,8 @@ class StoreSAEConfig:
             raise ConfigError(f"decay_fraction must lie in [0, 1), got {self.decay_fraction}")
         if self.skip and not self.architecture.endswith("_transcoder"):
             raise ConfigError(f"skip=True is a transcoder option; architecture {self.architecture!r} is an SAE")
-        for arch, names in (("crosscoder", ("l1_coef", "crosscoder_topk")), ("temporal", ("temporal_context", "heads"))):
+        for arch, names in (("crosscoder", ("l1_coef", "crosscoder_topk")), ("temporal", ("temporal_context", "heads",
+                                                                                          "dense_context"))):
             given = [n for n in names if getattr(self, n) not in (None, False)]
             if given and self.architecture != arch:
                 raise ConfigError(f"{', '.join(given)} {'is a' if len(given) == 1 else 'are'} {arch} option(s); "

@@ -72,7 +72,7 @@ def train_temporal_on_store(store: Any, site: str, cfg: StoreSAEConfig, *, out: 
                             checkpoint: str | Path | None = None, log: Callable[[str], None] | None = None
                             ) -> StoreTemporalResult:
     """Train a temporal SAE (``cfg.architecture="temporal"``; d_sae = expansion × d, ``k``, ``heads``,
-    ``temporal_context``) on ``site`` of ``store`` (an :class:`assay.store.ActivationStore` or its folder).
+    ``temporal_context``, ``dense_context``) on ``site`` of ``store`` (an :class:`assay.store.ActivationStore` or its folder).
     ``cfg.batch_size`` counts tokens: each step reads ``batch_size // T`` whole windows of T tokens. A store
     without window boundaries, or windows shorter than ``temporal_context``, is refused by name. With ``out``
     the SAE is saved as an artifact (``load_sae`` reloads it)."""
@@ -95,7 +95,7 @@ def train_temporal_on_store(store: Any, site: str, cfg: StoreSAEConfig, *, out: 
                          f"only {n_train} windows are for training; lower --batch-size or --holdout-windows")
     d = store.d(site)
     sae = TemporalSAE(TemporalConfig(d_in=d, d_sae=cfg.expansion * d, k=cfg.k, n_heads=cfg.heads or 4,
-                                     context=cfg.temporal_context, seed=cfg.seed))
+                                     context=cfg.temporal_context, dense_context=cfg.dense_context, seed=cfg.seed))
     t0 = time.perf_counter()
     trained, result = train_temporal_sae(sae, trainer_config(cfg), reader, site, batch_size=per_batch, seed=cfg.seed,
                                          checkpoint=checkpoint, windows=n_train)

@@ -6,7 +6,7 @@ Interpretability" (ICLR 2026, arXiv 2511.01836); repo eslubana/temporalSAEs (``T
 
 Per window x_1..x_T (tied dictionary D ∈ ℝ^{n×d}, E = Dᵀ, bias b, λ = 1/(4d)):
 
-    x ← x − b;   u_t = TopK_k(ReLU(λ x_t E))                   (each token's own code)
+    x ← x − b;   u_t = TopK_k(ReLU(λ x_t E))        (each token's own code; with dense_context: ReLU(λ x_t E))
     c_0 = 0,  c_j = u_{j−1}                                     (context: strictly-past codes)
     head h owns latents [h·n/H, (h+1)·n/H):   ẑ_t[h] = Σ_j a^h_tj c_j[h],
     a^h_t = softmax_j(q^h(u_t)·k^h(c_j)/√d_h) over j ≤ t (and j > t − context; c_0 always allowed)
@@ -16,10 +16,10 @@ Per window x_1..x_T (tied dictionary D ∈ ℝ^{n×d}, E = Dᵀ, bias b, λ = 1/
 
 Two choices differ from the reference code, both to keep a training step within 2× of a TopK SAE step
 of the same width (docs/temporal_sae.md has the measurement): the context codes u are TopK-sparse like
-the novel code (the reference uses the dense ReLU), and each head's values are the past codes of its own
-latents — no n×n value and output projections. Since codes and attention weights are ≥ 0 the
-reference's ReLU after attention is then the identity, and ẑ_t D = Σ_h Σ_j a^h_tj (c_j[h] D[h]) is an
-attention over per-head partial reconstructions (``[T, d]`` values), so the only dense ``n × d``
+the novel code (the reference uses the dense ReLU; ``dense_context=True`` does too, by eager dense
+products), and each head's values are the past codes of its own latents — no n×n value and output
+projections. Since codes and attention weights are ≥ 0 the reference's ReLU after attention is then the
+identity, and ẑ_t D = Σ_h Σ_j a^h_tj (c_j[h] D[h]) is an attention over per-head partial reconstructions (``[T, d]`` values), so the only dense ``n × d``
 products are the two encoders. Queries and keys are linear in the sparse codes (a sparse decode through their weights).
 
 The decoder is unconstrained (atoms ~ N(0, 1), as the reference; λ sets the code scale); the trainer's
@@ -48,6 +48,7 @@ from assay.dictionaries.temporal_kernels import (
     centred_encode,
     fit_past,
     novel_code,
+    past_attention,
     past_prediction,
 )
 
@@ -59,7 +60,7 @@ class TemporalConfig(SAEConfig):
     """A temporal SAE (Lubana et al. 2025). Reconstruction loss: sum over d, mean over document tokens."""
 
     k: int = 32
-    """Active latents per token of the novel code (and of each token's context code u)."""
+    """Active latents per token of the novel code (and of each token's context code u, unless dense_context)."""
     n_heads: int = 4
     """Attention heads; head h predicts latents [h·n/H, (h+1)·n/H)."""
     d_attn: int | None = None
@@ -69,6 +70,9 @@ class TemporalConfig(SAEConfig):
     this long."""
     lam: float | None = None
     """Encoder scale λ (None: 1/(4·d_in), the reference's value for N(0, 1) atoms)."""
+    dense_context: bool = False
+    """The reference's dense context code u_t = ReLU(λ(x_t − b)E) (the novel code stays TopK_k; eager dense
+    products, slower). False: u_t = TopK_k(ReLU(λ(x_t − b)E)), assay's faster default."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -112,7 +116,8 @@ class TemporalCodes(NamedTuple):
 class _Pass(NamedTuple):
     recon: Tensor
     scale: Tensor
-    u: tuple[Tensor, Tensor]
+    u: Tensor | tuple[Tensor, Tensor]
+    """The context codes: dense ``[B·T, n]`` with ``dense_context``, else TopK ``(values, indices)`` ``[B·T, k]``."""
     novel: tuple[Tensor, Tensor]
     q: Tensor
     k: Tensor
@@ -187,20 +192,30 @@ class TemporalSAE(SAE):
         B, T, d = x.shape
         H, r, k = self.cfg.n_heads, self.cfg.attn_width, self.cfg.k
         xs = (x * self.input_scale).reshape(B * T, d)
-        u_val, u_idx = centred_encode(xs, self.b_dec, self.W_dec, self.lam, k)
-        qk = sparse_decode(u_val, u_idx, torch.cat([self.W_q, self.W_k], 1))  # sparse backward
+        u: Tensor | tuple[Tensor, Tensor]
+        if self.cfg.dense_context:  # the reference's dense u: plain autograd, dense products
+            u = F.relu(self.lam * (xs - self.b_dec) @ self.W_dec.T)
+            qk = u @ torch.cat([self.W_q, self.W_k], 1)
+        else:
+            u = centred_encode(xs, self.b_dec, self.W_dec, self.lam, k)
+            qk = sparse_decode(*u, torch.cat([self.W_q, self.W_k], 1))  # sparse backward
         q, key = qk[:, :r] + self.b_q, qk[:, r:] + self.b_k
         # context slot 0 is the empty code; slot j ≥ 1 is token j − 1
         keys = torch.cat([self.b_k.expand(B, 1, r), key.view(B, T, r)[:, :-1]], 1)
         qh = q.view(B, T, H, r // H).transpose(1, 2)
         kh = keys.view(B, T, H, r // H).transpose(1, 2)
         allowed = self._allowed(mask)
-        pred = past_prediction(u_val, u_idx, self.W_dec, qh, kh, allowed).reshape(B * T, d)
+        if isinstance(u, Tensor):  # values: per head, Σ_{i ∈ head} u_{t−1}[i] D[i] (slot 0 empty)
+            n = self.d_sae
+            ctx = F.pad(u.view(B, T, n)[:, :-1], (0, 0, 1, 0)).view(B, T, H, n // H)
+            values = torch.einsum("btha,had->bthd", ctx, self.W_dec.view(H, n // H, d))
+            pred = past_attention(qh, kh, values, allowed).reshape(B * T, d)
+        else:
+            pred = past_prediction(*u, self.W_dec, qh, kh, allowed).reshape(B * T, d)
         p_rec, residual, scale = fit_past(pred, xs, self.b_dec, self.lam)
         n_rec, n_val, n_idx = novel_code(residual, self.W_dec, k)
         recon = torch.add(p_rec, n_rec).add_(self.b_dec)
-        return _Pass(recon.view(B, T, d) / self.input_scale, scale, (u_val, u_idx), (n_val, n_idx), qh, kh,
-                     allowed)
+        return _Pass(recon.view(B, T, d) / self.input_scale, scale, u, (n_val, n_idx), qh, kh, allowed)
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None, dead: Tensor | None = None,
                 sparsity_scale: float = 1.0) -> SAEOutput:
@@ -225,7 +240,7 @@ class TemporalSAE(SAE):
         p = self._pass(x, mask)
         att = (p.q @ p.k.transpose(-1, -2) / math.sqrt(p.q.shape[-1])).masked_fill(~p.allowed, float("-inf"))
         att = att.softmax(-1)  # [B, H, T, T]
-        u = to_dense(*p.u, n).view(B, T, n)
+        u = (p.u if isinstance(p.u, Tensor) else to_dense(*p.u, n)).view(B, T, n)
         ctx = F.pad(u[:, :-1], (0, 0, 1, 0)).view(B, T, H, n // H).transpose(1, 2)  # [B, H, T, n/H]
         z_hat = (att @ ctx).transpose(1, 2).reshape(B, T, n)
         z_p = p.scale.view(B, T, 1) * z_hat
