@@ -327,7 +327,6 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     top = order[:settings.n_ablate]
     token_id = int(graph.logit_tokens[0])
     from assay import hooks
-
     from assay.circuits.graph.hf_frozen import eager_patterns, hf_attention_sites
 
     error_sites = [name for name in graph.basis_names if name not in {b.name for b in bases}]
@@ -424,9 +423,9 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph.json").write_text(json.dumps(res.document, indent=1))
     g = res.graph
-    rows = [(f"{b}@{p}#{f}", pr, me, fr, rp) for (b, p, f), pr, me, fr, rp in
+    rows = [(f"{b}@{p}#{f}", pr, me, fr, fa, rp) for (b, p, f), pr, me, fr, fa, rp in
             zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(),
-                res.measured_replacement.tolist(), strict=True)]
+                res.measured_frozen_attention.tolist(), res.measured_replacement.tolist(), strict=True)]
     top = tok.decode([int(g.logit_tokens[0])])
     kind = "skip-transcoders (TopK" if settings.skip else "transcoders (TopK"
     notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; {kind}, d_sae={settings.d_sae}, "
@@ -438,13 +437,16 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              f"model (fraction {settings.ablate_fraction:g} of it; changes divided by that); change of the {top!r} logit (minus the mean logit) against the graph's linear prediction: "
              f"Pearson r = {res.correlation:.3f}; with the MLPs without a transcoder held at their clean outputs (as "
              f"the graph's error nodes are) r = {res.correlation_frozen:.3f}; in the replacement model run live (transcoders "
-             f"plus clean errors, attention and norms live, TopK recomputed) r = {res.correlation_replacement:.3f}.",
+             f"plus clean errors, attention and norms live, TopK recomputed) r = {res.correlation_replacement:.3f}; in the real "
+             f"model with every attention pattern held at its clean value (as the graph holds them) r = "
+             f"{res.correlation_frozen_attention:.3f}.",
              f"Memory: estimated {res.memory.need_gb:.2f} GB for the graph (budget {settings.memory_gb:g} GB, prompts up "
              f"to {res.memory.max_tokens} tokens); measured process peak {peak_gb:.2f} GB. Wall time: "
              f"{time.perf_counter() - start:.0f} s (transcoders {train_s:.0f} s, graph and interventions {graph_s:.0f} s).")
     section = Section(title=f"Attribution graph: {model_name}, {prompt!r}", notes=notes, graphs=[res.document],
                       tables=[Table("Feature ablations: predicted vs measured logit change",
                                     ["feature (site@position#index)", "predicted", "measured",
-                                     "measured, other MLPs held", "replacement model, live"], rows)])
+                                     "measured, other MLPs held", "measured, attention frozen",
+                                     "replacement model, live"], rows)])
     write_section(out, section)
     return res
