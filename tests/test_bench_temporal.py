@@ -91,7 +91,7 @@ def test_section_and_cli(bench, tmp_path):
 
 
 def test_bad_specs_fail_before_any_work(tmp_path):
-    for spec, msg in (("temporal:k=0", "positive"), ("topk:n_heads=2", "unknown parameter"), ("gru", "unknown method")):
+    for spec, msg in (("temporal:k=0", "positive"), ("temporal:dense_context=2", "true or false"), ("topk:n_heads=2", "unknown parameter"), ("gru", "unknown method")):
         with pytest.raises(ConfigError, match=msg):
             run_family(FAMILY, worlds=("slow_state",), methods=(spec,), seeds=(0,), out_dir=tmp_path)
     with pytest.raises(ConfigError, match="unknown world"):

@@ -27,7 +27,8 @@ from assay.config import ConfigError
 
 __all__ = ["TemporalSettings", "TemporalFamily", "FAMILY"]
 
-METHOD_PARAMS: dict[str, dict[str, Any]] = {"temporal": {"k": 4, "n_heads": 4}, "topk": {"k": 4}}
+METHOD_PARAMS: dict[str, dict[str, Any]] = {"temporal": {"k": 4, "n_heads": 4, "dense_context": False},
+                                            "topk": {"k": 4}}
 """Method name → its parameters and their defaults."""
 
 
@@ -63,6 +64,8 @@ def _method(run: SpecRun) -> dict[str, Any]:
     p = check_params(run, METHOD_PARAMS[run.name])
     if not isinstance(p["k"], int) or p["k"] <= 0 or not isinstance(p.get("n_heads", 1), int) or p.get("n_heads", 1) <= 0:
         raise ConfigError(f"{run.name}: k and n_heads must be positive integers; got {p}")
+    if not isinstance(p.get("dense_context", False), bool):
+        raise ConfigError(f"{run.name}: dense_context must be true or false; got {p['dense_context']!r}")
     return p
 
 
@@ -120,7 +123,7 @@ class TemporalFamily:
             from assay.dictionaries.temporal import TemporalConfig, TemporalSAE
 
             trainer = SAETrainer(TemporalSAE(TemporalConfig(d_in=d, d_sae=n, k=p["k"], n_heads=p["n_heads"],
-                                                            seed=ctx.seed)),
+                                                            dense_context=p["dense_context"], seed=ctx.seed)),
                                  SAETrainConfig(steps=s.steps, warmup_steps=20, lr=s.lr))
             trainer.fit(iter(prepared.train))
             c = trainer.finalize()[0].codes(x)
