@@ -131,16 +131,18 @@ class TopKSAE(SAE):
     config_cls = TopKConfig
     cfg: TopKConfig
 
+    def encoder_shift(self) -> Tensor | None:
+        """What the encoder subtracts from x: b_dec (a transcoder reads x itself: its b_dec is in output space)."""
+        return self.b_dec
+
     def centre(self, x: Tensor) -> Tensor:
-        """What the encoder reads: x − b_dec (a transcoder reads x itself: its b_dec is in output space)."""
-        return x - self.b_dec
+        """What the encoder reads: x − :meth:`encoder_shift`."""
+        shift = self.encoder_shift()
+        return x if shift is None else x - shift
 
     def encode_codes(self, x: Tensor) -> Codes:
-        if self.cfg.sparse:
-            if type(self).centre is TopKSAE.centre:  # x − b_dec: the kernel subtracts it (cheaper b_dec gradient)
-                values, indices = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, shift=self.b_dec)
-            else:
-                values, indices = topk_encode(self.centre(x), self.W_enc, self.b_enc, self.cfg.k)
+        if self.cfg.sparse:  # the kernel subtracts the shift itself (a cheaper b_dec gradient)
+            values, indices = topk_encode(x, self.W_enc, self.b_enc, self.cfg.k, shift=self.encoder_shift())
             return Codes(values, indices, self.d_sae, False)
         return Codes.from_dense(topk_encode_reference(self.centre(x), self.W_enc, self.b_enc, self.cfg.k))
 

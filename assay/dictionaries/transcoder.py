@@ -109,8 +109,8 @@ class TranscoderMixin(SAE):
     def d_out(self) -> int:
         return self.cfg.d_out
 
-    def centre(self, x: Tensor) -> Tensor:
-        return x  # b_dec is in output space
+    def encoder_shift(self) -> Tensor | None:
+        return None  # b_dec is in output space: the encoder reads x itself
 
     def before_step(self) -> None:
         if self.cfg.unit_decoder:
