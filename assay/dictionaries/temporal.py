@@ -46,6 +46,7 @@ from assay.dictionaries.base import SAE, Codes, SAEConfig, SAEOutput, rec_loss
 from assay.dictionaries.sparse import sparse_decode, to_dense
 from assay.dictionaries.temporal_kernels import (
     centred_encode,
+    dense_context_values,
     fit_past,
     novel_code,
     past_attention,
@@ -205,11 +206,8 @@ class TemporalSAE(SAE):
         qh = q.view(B, T, H, r // H).transpose(1, 2)
         kh = keys.view(B, T, H, r // H).transpose(1, 2)
         allowed = self._allowed(mask)
-        if isinstance(u, Tensor):  # values: per head, Σ_{i ∈ head} u_{t−1}[i] D[i] (slot 0 empty)
-            n = self.d_sae
-            ctx = F.pad(u.view(B, T, n)[:, :-1], (0, 0, 1, 0)).view(B, T, H, n // H)
-            values = torch.einsum("btha,had->bthd", ctx, self.W_dec.view(H, n // H, d))
-            pred = past_attention(qh, kh, values, allowed).reshape(B * T, d)
+        if isinstance(u, Tensor):
+            pred = past_attention(qh, kh, dense_context_values(u, self.W_dec, H, B), allowed).reshape(B * T, d)
         else:
             pred = past_prediction(*u, self.W_dec, qh, kh, allowed).reshape(B * T, d)
         p_rec, residual, scale = fit_past(pred, xs, self.b_dec, self.lam)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from assay.dictionaries.sparse import bag_dot, gather_dot, scatter_rows, to_dense, topk_encode
 
-__all__ = [ "context_values", "context_values_reference", "past_attention",
+__all__ = ["context_values", "context_values_reference", "dense_context_values", "past_attention",
            "past_attention_reference", "past_prediction", "centred_encode", "fit_past", "novel_code",
            "ATTENTION_BLOCK", "VALUES_CHUNK_BYTES"]
 
@@ -77,13 +77,18 @@ def context_values(values: Tensor, indices: Tensor, D: Tensor, heads: int, windo
     return out.view(windows, T, heads, D.shape[1])
 
 
+def dense_context_values(u: Tensor, D: Tensor, heads: int, windows: int) -> Tensor:
+    """The attention's values ``[B, T, H, d]`` from dense codes ``u [B·T, n]`` by plain autograd: slot j of head h
+    is Σ_{i ∈ head h} u_{j−1}[i] D[i], slot 0 empty (the reference's dense context code, and the eager reference of
+    :func:`context_values`)."""
+    n, d = D.shape
+    ctx = F.pad(u.view(windows, -1, n)[:, :-1], (0, 0, 1, 0))
+    return torch.einsum("btha,had->bthd", ctx.view(windows, -1, heads, n // heads), D.view(heads, n // heads, d))
+
+
 def context_values_reference(values: Tensor, indices: Tensor, D: Tensor, heads: int, windows: int) -> Tensor:
     """Eager dense reference of :func:`context_values`: dense codes shifted by one token, per head times D."""
-    n = D.shape[0]
-    z = to_dense(values, indices, n).view(windows, -1, n)
-    ctx = F.pad(z[:, :-1], (0, 0, 1, 0))
-    g = n // heads
-    return torch.stack([ctx[..., h * g:(h + 1) * g] @ D[h * g:(h + 1) * g] for h in range(heads)], 2)
+    return dense_context_values(to_dense(values, indices, D.shape[0]), D, heads, windows)
 
 
 ATTENTION_BLOCK = 32
