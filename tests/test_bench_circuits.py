@@ -100,6 +100,8 @@ def test_specs_are_validated_and_the_cli_runs(tmp_path):
         FAMILY.expand("sae")
     with pytest.raises(ConfigError, match="window must be 'all'"):
         FAMILY.expand("clt:window=-1")
+    with pytest.raises(ConfigError, match="init must be one of random, data"):
+        FAMILY.expand("transcoder:init=kmeans")
     assert [r.params for r in FAMILY.expand("clt:window=0|all")] == [{"window": 0}, {"window": "all"}]
     with pytest.raises(ConfigError, match="unknown parameter.*width"):
         FAMILY.prepare("histogram:width=3", 0, SETTINGS)

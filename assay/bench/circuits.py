@@ -50,14 +50,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
 from assay.bench.runner import BenchResult, RunContext, check_params, expand_with, summary_rows
-from assay.bench.spec import SpecRun, parameter_defaults, parse_world_spec
+from assay.bench.spec import SpecRun, parameter_defaults, world_params
 from assay.config import ConfigError
 
 __all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "random_bases", "random_weights",
@@ -295,16 +294,21 @@ def _clt_window(params: dict[str, Any]) -> int | None:
     raise ConfigError(f"clt's window must be 'all' or a number of layers >= 0, got {window!r}")
 
 
+def _init_recipe(params: dict[str, Any]) -> dict[str, Any]:
+    """The training recipe of the ``transcoder`` method's ``init`` parameter (:data:`INIT_RECIPES`; clt: random)."""
+    init = params.get("init", "random")
+    if init not in INIT_RECIPES:
+        raise ConfigError(f"transcoder's init must be one of {', '.join(INIT_RECIPES)}, got {init!r}")
+    return INIT_RECIPES[init]
+
+
 def _learned_checks(prepared: PreparedProgram, method: str, params: dict[str, Any], settings: CircuitSettings,
                     seed: int) -> dict[str, float]:
     """A4 and A6 for the ``transcoder`` / ``clt`` methods: their parameters and the settings' budget."""
     from assay.circuits.learned import TranscoderTraining
 
-    init = params.get("init", "random")  # clt: random only
-    if init not in INIT_RECIPES:
-        raise ConfigError(f"transcoder's init must be one of {', '.join(INIT_RECIPES)}, got {init!r}")
     cfg = TranscoderTraining(d_sae=params["d_sae"], k=params["k"], steps=settings.transcoder_steps, seed=seed,
-                             zero_decoder_bias=bool(params["zero_bias"]), **INIT_RECIPES[init])
+                             zero_decoder_bias=bool(params["zero_bias"]), **_init_recipe(params))
     window = _clt_window(params) if method == "clt" else None
     return learned_checks(prepared, cfg, clt=method == "clt", window=window, batch_size=settings.batch_size)
 
@@ -381,19 +385,15 @@ class CircuitFamily:
             params = check_params(run, METHODS[run.name])
             if run.name == "clt":
                 _clt_window(params)
+            _init_recipe(params)
         return runs
 
     def prepare(self, world: str, seed: int, settings: CircuitSettings) -> PreparedProgram:
         from assay.circuits.compile import PROGRAMS, compile_program, with_decoy
         from assay.worlds.base import make_generator
 
-        name, params = parse_world_spec(world, WORLD_NAMES)
-        builder = PROGRAMS[name]
-        valid = set(inspect.signature(builder).parameters)
-        unknown = sorted(set(params) - valid)
-        if unknown:
-            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} in world {world!r}; valid: {', '.join(sorted(valid))}")
-        program = with_decoy(builder(**params))
+        name, params = world_params(world, self.world_names())
+        program = with_decoy(PROGRAMS[name](**params))
         compiled = compile_program(program)
         compiled.model.double()
         g = make_generator(20_000 + seed)

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from assay.bench.runner import BenchResult, RunContext, check_params, expand_with, summary_rows
-from assay.bench.spec import SpecRun, parameter_defaults, parse_world_spec
+from assay.bench.spec import SpecRun, parameter_defaults, world_params
 from assay.config import ConfigError
 
 __all__ = ["ConceptSettings", "ConceptFamily", "FAMILY", "PreparedWorld", "nnls_codes"]
@@ -97,17 +97,11 @@ class ConceptFamily:
         return runs
 
     def prepare(self, world: str, seed: int, settings: ConceptSettings) -> PreparedWorld:
-        import dataclasses
-
         from assay.concepts.dictionary import modality_mean
         from assay.worlds.base import make_generator
         from assay.worlds.two_modality import TwoModalityConfig, TwoModalityWorld
 
-        _, params = parse_world_spec(world, WORLD_NAMES)
-        fields = {f.name for f in dataclasses.fields(TwoModalityConfig)} - {"seed"}
-        unknown = sorted(set(params) - fields)
-        if unknown:
-            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} in world {world!r}; valid: {', '.join(sorted(fields))}")
+        _, params = world_params(world, self.world_names())
         w = TwoModalityWorld(TwoModalityConfig(**{**params, "seed": seed}))
         g = make_generator(10_000 + seed)
         ref = w.sample(settings.n_reference, generator=g).inputs

@@ -62,7 +62,9 @@ def parameter_defaults(of: Any, *, exclude: Collection[str] = ()) -> dict[str, A
     import inspect
 
     if dataclasses.is_dataclass(of):
-        out = {f.name: None if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(of)}
+        out = {f.name: f.default if f.default is not dataclasses.MISSING
+               else f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+               for f in dataclasses.fields(of)}
     else:
         out = {k: None if p.default is inspect.Parameter.empty else p.default
                for k, p in inspect.signature(of).parameters.items()}
