@@ -144,7 +144,8 @@ def train_crosscoder_on_store(sources: Sequence[tuple[Any, str]], cfg: StoreSAEC
     sae = build_sae("crosscoder", d_in=len(sources) * d, d_sae=cfg.expansion * d, n_sources=len(sources),
                     seed=cfg.seed, **kind)
     t0 = time.perf_counter()
-    identity = {"sources": [[str(st.path), site] for st, site in sources], "batch_size": cfg.batch_size,
+    named = [[str(st.path), site] for st, site in sources]
+    identity = {"sources": named, "batch_size": cfg.batch_size,
                 "seed": cfg.seed, "exclude_special": cfg.exclude_special, "train_rows": cut}
     trained, result = train_saes(sae, trainer_config(cfg), data, checkpoint=checkpoint, data_identity=identity)
     train_s = time.perf_counter() - t0
@@ -158,7 +159,7 @@ def train_crosscoder_on_store(sources: Sequence[tuple[Any, str]], cfg: StoreSAEC
             f"L0 {spars.l0:.2f} on {rec.n_tokens} tokens")
     if out is not None:
         save_sae(out, trained, meta={
-            "sources": [[str(st.path), site] for st, site in sources],
+            "sources": named,
             "models": [st.config.get("model") for st, _ in sources], "source_scales": scales.tolist(),
             "steps": result.steps, "last": result.last[0], "heldout_fvu": rec.fvu if rec else None,
             "heldout_fvu_per_source": [m.fvu for m in per] if per else None,
