@@ -172,3 +172,20 @@ def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcod
     assert errors[0].abs().max() > 1e-3  # a 4-step transcoder is far from exact
     rebuilt, _ = _replacement_logits(model, prompt, learned, errors)
     assert torch.allclose(rebuilt, clean, atol=1e-9)
+
+
+def test_the_real_models_first_order_prediction_is_the_limit_of_small_ablations():
+    """The attribution-patching reference (the logit's gradient at the MLP output, dotted with the removed write)
+    must equal the measured change per unit removed as the removed fraction goes to 0 (finite differences; the
+    model's logits come out in float32, hence a fraction of 1e-3), and differ from whole-feature removals (the model
+    is not linear)."""
+    model = tiny_llama()
+    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    exact = [exact_transcoder(model, i) for i in (0, 1)]
+    small = circuit_experiment(model, prompt, exact, replace(SETTINGS, ablate_fraction=1e-3))
+    assert small.first_order.abs().max() > 0.1
+    assert torch.allclose(small.first_order, small.measured, rtol=1e-2, atol=2e-3)
+    assert small.correlation_first_order > 0.999
+    whole = circuit_experiment(model, prompt, exact, SETTINGS)
+    assert torch.equal(whole.first_order, small.first_order)  # the same features, the same gradient
+    assert not torch.allclose(whole.first_order, whole.measured, rtol=1e-3, atol=1e-5)

@@ -222,6 +222,13 @@ class CircuitResult(NamedTuple):
     alone, without moving where attention looks."""
     correlation_frozen_attention: float
     """Pearson correlation of predicted and measured_frozen_attention."""
+    first_order: torch.Tensor
+    """The real model's own first-order prediction of each ablation (the gradient of the demeaned logit at the
+    feature's MLP output, everything live, dotted with the removed vector; attribution patching), [n_ablate]: the
+    best any linearisation at the clean run can do, with no transcoder in the way."""
+    correlation_first_order: float
+    """Pearson correlation of first_order and measured: how linear the real model itself is over these ablations,
+    the reference for the graph's correlation."""
     ablated: tuple[tuple[str, int, int], ...]
     """(basis, position, feature) of each ablated feature."""
     memory: PromptMemory
@@ -272,6 +279,22 @@ def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: 
             hooks.patch(model, {**edits, basis.output_site: remove}):
         logits = model(tokens[None]).logits[0, -1]
     return float(logits[token_id] - logits.mean()) - clean
+
+
+def _first_order(model: nn.Module, tokens: torch.Tensor, sites: Sequence[str], token_id: int) -> dict[str, torch.Tensor]:
+    """The gradient of the demeaned ``token_id`` logit with respect to each site's output [T, d], everything live
+    (attention, norms, every MLP): dotted with a change of that output it is the real model's own first-order
+    prediction of the change (attribution patching: Nanda 2023; Kramár et al. 2024, "AtP*") — what the best
+    linear model of the real model predicts, against which the graph's prediction (transcoder Jacobians, frozen
+    attention and norms) is read."""
+    from assay import hooks
+
+    dtype = next(model.parameters()).dtype
+    zeros = {s: torch.zeros(tokens.shape[0], model.config.hidden_size, dtype=dtype, requires_grad=True) for s in sites}
+    with torch.enable_grad(), hooks.patch(model, {s: (lambda h, z=z: h + z) for s, z in zeros.items()}):
+        logits = model(tokens[None]).logits[0, -1]
+        grads = torch.autograd.grad(logits[token_id] - logits.mean(), list(zeros.values()))
+    return dict(zip(zeros, grads, strict=True))
 
 
 def _replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis],
@@ -337,11 +360,14 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     by_name = {b.name: b for b in bases}
     f = settings.ablate_fraction
     _, clean_errors = _replacement_logits(model, prompt, bases, None)
-    predicted, measured, frozen, live, attn, ablated = [], [], [], [], [], []
+    gradient = _first_order(model, prompt, [b.output_site for b in bases], token_id)
+    predicted, measured, frozen, live, attn, first, ablated = [], [], [], [], [], [], []
     for k in top:
         j, p, i = graph.features[k].tolist()
         basis = by_name[graph.basis_names[j]]
         predicted.append(_predicted(graph, k, 0))
+        first.append(-float(graph.activations[k]) * float(basis.W_dec[i].to(gradient[basis.output_site].dtype)
+                                                           @ gradient[basis.output_site][p]))
         act = f * float(graph.activations[k])
         measured.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}) / f)
         frozen.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {s: cap[s] for s in error_sites}) / f)
@@ -350,14 +376,19 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
                                      ([b.name for b in bases].index(basis.name), p, i, f))
         live.append((float(rep[token_id] - rep.mean()) - clean) / f)
         ablated.append((basis.name, p, i))
-    pred, meas, held, rep, fa = (torch.tensor(v, dtype=torch.float64) for v in (predicted, measured, frozen, live, attn))
+    pred, meas, held, rep, fa, fo = (torch.tensor(v, dtype=torch.float64)
+                                     for v in (predicted, measured, frozen, live, attn, first))
     return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
-                         held, _pearson(pred, held), rep, _pearson(pred, rep), fa, _pearson(pred, fa), tuple(ablated),
-                         memory)
+                         held, _pearson(pred, held), rep, _pearson(pred, rep), fa, _pearson(pred, fa), fo,
+                         _pearson(fo, meas), tuple(ablated), memory)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if len(a) > 1 else float("nan")
+
+
+def _sign_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((torch.sign(a) == torch.sign(b)).double().mean()) if len(a) else float("nan")
 
 
 def _mask(n: int, sl: slice) -> torch.Tensor:
@@ -423,9 +454,10 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph.json").write_text(json.dumps(res.document, indent=1))
     g = res.graph
-    rows = [(f"{b}@{p}#{f}", pr, me, fr, fa, rp) for (b, p, f), pr, me, fr, fa, rp in
+    rows = [(f"{b}@{p}#{f}", pr, me, fr, fa, rp, fo) for (b, p, f), pr, me, fr, fa, rp, fo in
             zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(),
-                res.measured_frozen_attention.tolist(), res.measured_replacement.tolist(), strict=True)]
+                res.measured_frozen_attention.tolist(), res.measured_replacement.tolist(), res.first_order.tolist(),
+                strict=True)]
     top = tok.decode([int(g.logit_tokens[0])])
     kind = "skip-transcoders (TopK" if settings.skip else "transcoders (TopK"
     notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; {kind}, d_sae={settings.d_sae}, "
@@ -439,7 +471,11 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              f"the graph's error nodes are) r = {res.correlation_frozen:.3f}; in the replacement model run live (transcoders "
              f"plus clean errors, attention and norms live, TopK recomputed) r = {res.correlation_replacement:.3f}; in the real "
              f"model with every attention pattern held at its clean value (as the graph holds them) r = "
-             f"{res.correlation_frozen_attention:.3f}.",
+             f"{res.correlation_frozen_attention:.3f}. Sign agreement (predicted, measured): "
+             f"{_sign_agreement(res.predicted, res.measured):.2f}. For reference, the real model's own first-order "
+             f"prediction (the logit's gradient at the MLP output, everything live: attribution patching) against the "
+             f"measured changes: r = {res.correlation_first_order:.3f}, sign agreement "
+             f"{_sign_agreement(res.first_order, res.measured):.2f}.",
              f"Memory: estimated {res.memory.need_gb:.2f} GB for the graph (budget {settings.memory_gb:g} GB, prompts up "
              f"to {res.memory.max_tokens} tokens); measured process peak {peak_gb:.2f} GB. Wall time: "
              f"{time.perf_counter() - start:.0f} s (transcoders {train_s:.0f} s, graph and interventions {graph_s:.0f} s).")
@@ -447,6 +483,6 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
                       tables=[Table("Feature ablations: predicted vs measured logit change",
                                     ["feature (site@position#index)", "predicted", "measured",
                                      "measured, other MLPs held", "measured, attention frozen",
-                                     "replacement model, live"], rows)])
+                                     "replacement model, live", "real model's first-order prediction"], rows)])
     write_section(out, section)
     return res
