@@ -189,3 +189,17 @@ def test_the_real_models_first_order_prediction_is_the_limit_of_small_ablations(
     whole = circuit_experiment(model, prompt, exact, SETTINGS)
     assert torch.equal(whole.first_order, small.first_order)  # the same features, the same gradient
     assert not torch.allclose(whole.first_order, whole.measured, rtol=1e-3, atol=1e-5)
+
+
+def test_with_exact_transcoders_the_graph_predicts_the_real_models_frozen_linearisation():
+    """With the MLPs' own neurons as features (error 0), the graph's prediction of every ablation (a matrix solve
+    over its edges) is the real model's gradient with attention and norm denominators frozen (autograd through the
+    Hugging Face forward), and differs from the fully live gradient."""
+    model = tiny_llama()
+    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    exact = [exact_transcoder(model, i) for i in (0, 1)]
+    res = circuit_experiment(model, prompt, exact, SETTINGS)
+    assert res.predicted.abs().max() > 0.1
+    assert torch.allclose(res.first_order_frozen, res.predicted, rtol=1e-4, atol=1e-5)
+    assert res.correlation_transcoders > 0.9999
+    assert not torch.allclose(res.first_order, res.first_order_frozen, rtol=1e-3, atol=1e-4)

@@ -229,6 +229,13 @@ class CircuitResult(NamedTuple):
     correlation_first_order: float
     """Pearson correlation of first_order and measured: how linear the real model itself is over these ablations,
     the reference for the graph's correlation."""
+    first_order_frozen: torch.Tensor
+    """The same first-order prediction with attention and norm denominators frozen at their clean values, as the
+    graph freezes them, [n_ablate]: it differs from ``predicted`` only by the real MLPs' Jacobians standing where the
+    graph has the transcoders' (equal for exact transcoders)."""
+    correlation_transcoders: float
+    """Pearson correlation of predicted and first_order_frozen: how well the transcoders stand in for the MLPs'
+    local response, with attention, norms and nonlinearity out of the comparison."""
     ablated: tuple[tuple[str, int, int], ...]
     """(basis, position, feature) of each ablated feature."""
     memory: PromptMemory
@@ -281,17 +288,23 @@ def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: 
     return float(logits[token_id] - logits.mean()) - clean
 
 
-def _first_order(model: nn.Module, tokens: torch.Tensor, sites: Sequence[str], token_id: int) -> dict[str, torch.Tensor]:
-    """The gradient of the demeaned ``token_id`` logit with respect to each site's output [T, d], everything live
-    (attention, norms, every MLP): dotted with a change of that output it is the real model's own first-order
-    prediction of the change (attribution patching: Nanda 2023; Kramár et al. 2024, "AtP*") — what the best
-    linear model of the real model predicts, against which the graph's prediction (transcoder Jacobians, frozen
-    attention and norms) is read."""
+def _first_order(model: nn.Module, tokens: torch.Tensor, sites: Sequence[str], token_id: int,
+                 patterns: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The gradient of the demeaned ``token_id`` logit with respect to each site's output [T, d]: dotted with a
+    change of that output it is the real model's own first-order prediction of the change (attribution patching:
+    Nanda 2023; Kramár et al. 2024, "AtP*"). Everything live by default; with the clean attention ``patterns``,
+    attention is frozen at them and every norm's denominator at its clean value, as in the graph, so that only
+    the real MLPs' Jacobians separate this linearisation from the graph's (which has the transcoders')."""
+    from contextlib import nullcontext
+
     from assay import hooks
+    from assay.circuits.graph.hf_frozen import detached_rms, frozen_patterns
 
     dtype = next(model.parameters()).dtype
     zeros = {s: torch.zeros(tokens.shape[0], model.config.hidden_size, dtype=dtype, requires_grad=True) for s in sites}
-    with torch.enable_grad(), hooks.patch(model, {s: (lambda h, z=z: h + z) for s, z in zeros.items()}):
+    with torch.enable_grad(), frozen_patterns(model, patterns) if patterns else nullcontext(), \
+            detached_rms(model) if patterns else nullcontext(), \
+            hooks.patch(model, {s: (lambda h, z=z: h + z) for s, z in zeros.items()}):
         logits = model(tokens[None]).logits[0, -1]
         grads = torch.autograd.grad(logits[token_id] - logits.mean(), list(zeros.values()))
     return dict(zip(zeros, grads, strict=True))
@@ -360,14 +373,17 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     by_name = {b.name: b for b in bases}
     f = settings.ablate_fraction
     _, clean_errors = _replacement_logits(model, prompt, bases, None)
-    gradient = _first_order(model, prompt, [b.output_site for b in bases], token_id)
-    predicted, measured, frozen, live, attn, first, ablated = [], [], [], [], [], [], []
+    sites = [b.output_site for b in bases]
+    gradient = _first_order(model, prompt, sites, token_id)
+    gradient_frozen = _first_order(model, prompt, sites, token_id, dict(patterns))
+    predicted, measured, frozen, live, attn, first, first_frozen, ablated = [], [], [], [], [], [], [], []
     for k in top:
         j, p, i = graph.features[k].tolist()
         basis = by_name[graph.basis_names[j]]
         predicted.append(_predicted(graph, k, 0))
-        first.append(-float(graph.activations[k]) * float(basis.W_dec[i].to(gradient[basis.output_site].dtype)
-                                                           @ gradient[basis.output_site][p]))
+        write = -float(graph.activations[k]) * basis.W_dec[i].to(gradient[basis.output_site].dtype)
+        first.append(float(write @ gradient[basis.output_site][p]))
+        first_frozen.append(float(write @ gradient_frozen[basis.output_site][p]))
         act = f * float(graph.activations[k])
         measured.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}) / f)
         frozen.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {s: cap[s] for s in error_sites}) / f)
@@ -376,11 +392,11 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
                                      ([b.name for b in bases].index(basis.name), p, i, f))
         live.append((float(rep[token_id] - rep.mean()) - clean) / f)
         ablated.append((basis.name, p, i))
-    pred, meas, held, rep, fa, fo = (torch.tensor(v, dtype=torch.float64)
-                                     for v in (predicted, measured, frozen, live, attn, first))
+    pred, meas, held, rep, fa, fo, ff = (torch.tensor(v, dtype=torch.float64)
+                                         for v in (predicted, measured, frozen, live, attn, first, first_frozen))
     return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
                          held, _pearson(pred, held), rep, _pearson(pred, rep), fa, _pearson(pred, fa), fo,
-                         _pearson(fo, meas), tuple(ablated), memory)
+                         _pearson(fo, meas), ff, _pearson(pred, ff), tuple(ablated), memory)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -454,10 +470,10 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph.json").write_text(json.dumps(res.document, indent=1))
     g = res.graph
-    rows = [(f"{b}@{p}#{f}", pr, me, fr, fa, rp, fo) for (b, p, f), pr, me, fr, fa, rp, fo in
+    rows = [(f"{b}@{p}#{f}", pr, me, fr, fa, rp, fo, ff) for (b, p, f), pr, me, fr, fa, rp, fo, ff in
             zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(),
                 res.measured_frozen_attention.tolist(), res.measured_replacement.tolist(), res.first_order.tolist(),
-                strict=True)]
+                res.first_order_frozen.tolist(), strict=True)]
     top = tok.decode([int(g.logit_tokens[0])])
     kind = "skip-transcoders (TopK" if settings.skip else "transcoders (TopK"
     notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; {kind}, d_sae={settings.d_sae}, "
@@ -475,7 +491,9 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              f"{_sign_agreement(res.predicted, res.measured):.2f}. For reference, the real model's own first-order "
              f"prediction (the logit's gradient at the MLP output, everything live: attribution patching) against the "
              f"measured changes: r = {res.correlation_first_order:.3f}, sign agreement "
-             f"{_sign_agreement(res.first_order, res.measured):.2f}.",
+             f"{_sign_agreement(res.first_order, res.measured):.2f}; with attention and norms frozen as in the graph, "
+             f"that prediction against the graph's (only the MLPs' Jacobians differ: the transcoders' quality) r = "
+             f"{res.correlation_transcoders:.3f}.",
              f"Memory: estimated {res.memory.need_gb:.2f} GB for the graph (budget {settings.memory_gb:g} GB, prompts up "
              f"to {res.memory.max_tokens} tokens); measured process peak {peak_gb:.2f} GB. Wall time: "
              f"{time.perf_counter() - start:.0f} s (transcoders {train_s:.0f} s, graph and interventions {graph_s:.0f} s).")
@@ -483,6 +501,7 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
                       tables=[Table("Feature ablations: predicted vs measured logit change",
                                     ["feature (site@position#index)", "predicted", "measured",
                                      "measured, other MLPs held", "measured, attention frozen",
-                                     "replacement model, live", "real model's first-order prediction"], rows)])
+                                     "replacement model, live", "real model's first-order prediction",
+                                     "same, attention and norms frozen"], rows)])
     write_section(out, section)
     return res

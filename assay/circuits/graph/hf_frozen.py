@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["FROZEN_ATTENTION", "is_rms_norm", "rms_denominator", "frozen_rms", "hf_attention_sites",
+__all__ = ["FROZEN_ATTENTION", "is_rms_norm", "rms_denominator", "frozen_rms", "detached_rms", "hf_attention_sites",
            "eager_patterns", "frozen_patterns"]
 
 FROZEN_ATTENTION = "assay_frozen_pattern"
@@ -48,6 +48,22 @@ def frozen_rms(module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Ten
     y = x / r
     weight = getattr(module, "weight", None)
     return y * weight if weight is not None else y
+
+
+@contextmanager
+def detached_rms(model: nn.Module) -> Iterator[None]:
+    """Inside the block every RMSNorm returns ``w ⊙ x / r`` with ``r`` = :func:`rms_denominator` of its input
+    detached from autograd: the same values, and gradients as if the denominator were frozen at this run's value
+    (the local replacement model's norms, at the run's own point)."""
+    def hook(module, args, output):
+        return frozen_rms(module, args[0], rms_denominator(module, args[0]).detach()).to(output.dtype)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if is_rms_norm(m)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def hf_attention_sites(model: nn.Module) -> tuple[str, ...]:
