@@ -152,14 +152,18 @@ def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcod
     assert res.measured.abs().max() > 1e-3  # the ablations do move the logit
     # with every attention pattern frozen at its clean value the run without an ablation is the clean run, and the
     # ablations differ from the live-attention ones (moving where attention looks is part of their effect)
-    from assay.bench.circuit_real import _measured
-    from assay.circuits.graph.hf_frozen import eager_patterns, hf_attention_sites
+    from assay.bench.circuit_real import Frozen, _measured
+    from assay.circuits.graph.hf_frozen import eager_patterns, hf_attention_sites, recorded_rms
 
-    with torch.no_grad(), eager_patterns(model, hf_attention_sites(model)) as patterns:
+    with torch.no_grad(), eager_patterns(model, hf_attention_sites(model)) as patterns, recorded_rms(model) as rms:
         logits = model(prompt[None]).logits[0, -1]
     token = int(res.graph.logit_tokens[0])
     clean_value = float(logits[token] - logits.mean())
-    assert abs(_measured(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, dict(patterns))) < 1e-9
+    still = Frozen(dict(patterns), dict(rms))
+    assert len(still.denominators) == 5  # two norms per layer and the final one
+    assert abs(_measured(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, still)) < 1e-9
+    # Hugging Face's RMSNorm computes its denominator in float32 even in a float64 model; the frozen one does not
+    assert abs(_measured(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, still, norms=True)) < 1e-6
     assert res.measured_frozen_attention.shape == res.measured.shape
     assert not torch.allclose(res.measured_frozen_attention, res.measured, atol=1e-6)
     tcs = train_transcoders(model.float(), torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3)),
@@ -176,8 +180,8 @@ def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcod
 
 def test_the_real_models_first_order_prediction_is_the_limit_of_small_ablations():
     """The attribution-patching reference (the logit's gradient at the MLP output, dotted with the removed write)
-    must equal the measured change per unit removed as the removed fraction goes to 0 (finite differences; the
-    model's logits come out in float32, hence a fraction of 1e-3), and differ from whole-feature removals (the model
+    must equal the measured change per unit removed as the removed fraction goes to 0 (finite differences; Hugging
+    Face's RMSNorm works in float32 even in a float64 model, hence a fraction of 1e-3), and differ from whole-feature removals (the model
     is not linear)."""
     model = tiny_llama()
     prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
@@ -203,3 +207,7 @@ def test_with_exact_transcoders_the_graph_predicts_the_real_models_frozen_linear
     assert torch.allclose(res.first_order_frozen, res.predicted, rtol=1e-4, atol=1e-5)
     assert res.correlation_transcoders > 0.9999
     assert not torch.allclose(res.first_order, res.first_order_frozen, rtol=1e-3, atol=1e-4)
+    # small ablations in the real model with attention and norm denominators frozen (MLPs live) tend to the same
+    small = circuit_experiment(model, prompt, exact, replace(SETTINGS, ablate_fraction=1e-3))
+    assert torch.allclose(small.measured_frozen_norms, small.predicted, rtol=1e-2, atol=2e-3)
+    assert not torch.allclose(small.measured_frozen_attention, small.predicted, rtol=1e-2, atol=2e-3)

@@ -222,6 +222,12 @@ class CircuitResult(NamedTuple):
     alone, without moving where attention looks."""
     correlation_frozen_attention: float
     """Pearson correlation of predicted and measured_frozen_attention."""
+    measured_frozen_norms: torch.Tensor
+    """The change measured in the real model with every attention pattern and every RMSNorm denominator held at
+    its clean value — the graph's local replacement model with the real MLPs in place of the transcoders, run
+    live (nonlinear) — [n_ablate]."""
+    correlation_frozen_norms: float
+    """Pearson correlation of predicted and measured_frozen_norms."""
     first_order: torch.Tensor
     """The real model's own first-order prediction of each ablation (the gradient of the demeaned logit at the
     feature's MLP output, everything live, dotted with the removed vector; attribution patching), [n_ablate]: the
@@ -264,15 +270,35 @@ def _predicted(graph: Graph, feature: int, token: int) -> float:
     return float(graph.adjacency[lg.start + token, f_sl].to(torch.float64) / a @ delta)
 
 
-def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: int, feat: int, act: float,
-              token_id: int, clean: float, held: dict[str, torch.Tensor],
-              patterns: dict[str, torch.Tensor] | None = None) -> float:
-    """The real model's change of the demeaned ``token_id`` logit when ``act`` of feature ``feat`` is removed at
-    ``pos`` from its MLP output; ``held`` sites return their given outputs; ``patterns``: attention frozen there."""
-    from contextlib import nullcontext
+class Frozen(NamedTuple):
+    """The clean run's attention patterns (``site -> [1, heads, T, T]``) and RMSNorm denominators (``site ->
+    [1, T, 1]``): what the graph's local replacement model holds fixed."""
 
+    patterns: dict[str, torch.Tensor]
+    denominators: dict[str, torch.Tensor]
+
+
+def _freezing(model: nn.Module, frozen: Frozen | None, *, norms: bool = True):
+    """A context holding attention at ``frozen.patterns`` and (``norms``) every RMSNorm at its clean denominator."""
+    from contextlib import ExitStack
+
+    from assay.circuits.graph.hf_frozen import frozen_patterns, frozen_rms_norms
+
+    stack = ExitStack()
+    if frozen is not None:
+        stack.enter_context(frozen_patterns(model, frozen.patterns))
+        if norms:
+            stack.enter_context(frozen_rms_norms(model, frozen.denominators))
+    return stack
+
+
+def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: int, feat: int, act: float,
+              token_id: int, clean: float, held: dict[str, torch.Tensor], frozen: Frozen | None = None, *,
+              norms: bool = False) -> float:
+    """The real model's change of the demeaned ``token_id`` logit when ``act`` of feature ``feat`` is removed at
+    ``pos`` from its MLP output; ``held`` sites return their given outputs; ``frozen``: attention frozen at its
+    clean patterns, and with ``norms`` every RMSNorm at its clean denominator (the MLPs stay live)."""
     from assay import hooks
-    from assay.circuits.graph.hf_frozen import frozen_patterns
 
     direction = act * basis.W_dec[feat]
 
@@ -282,28 +308,23 @@ def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: 
         return h
 
     edits = {site: (lambda h, v=v: v.expand_as(h)) for site, v in held.items()}
-    with torch.no_grad(), frozen_patterns(model, patterns) if patterns else nullcontext(), \
-            hooks.patch(model, {**edits, basis.output_site: remove}):
+    with torch.no_grad(), _freezing(model, frozen, norms=norms), hooks.patch(model, {**edits, basis.output_site: remove}):
         logits = model(tokens[None]).logits[0, -1]
     return float(logits[token_id] - logits.mean()) - clean
 
 
 def _first_order(model: nn.Module, tokens: torch.Tensor, sites: Sequence[str], token_id: int,
-                 patterns: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                 frozen: Frozen | None = None) -> dict[str, torch.Tensor]:
     """The gradient of the demeaned ``token_id`` logit with respect to each site's output [T, d]: dotted with a
     change of that output it is the real model's own first-order prediction of the change (attribution patching:
-    Nanda 2023; Kramár et al. 2024, "AtP*"). Everything live by default; with the clean attention ``patterns``,
-    attention is frozen at them and every norm's denominator at its clean value, as in the graph, so that only
-    the real MLPs' Jacobians separate this linearisation from the graph's (which has the transcoders')."""
-    from contextlib import nullcontext
-
+    Nanda 2023; Kramár et al. 2024, "AtP*"). Everything live by default; with ``frozen``, attention and every
+    RMSNorm's denominator are held at their clean values, as in the graph, so that only the real MLPs' Jacobians
+    separate this linearisation from the graph's (which has the transcoders')."""
     from assay import hooks
-    from assay.circuits.graph.hf_frozen import detached_rms, frozen_patterns
 
     dtype = next(model.parameters()).dtype
     zeros = {s: torch.zeros(tokens.shape[0], model.config.hidden_size, dtype=dtype, requires_grad=True) for s in sites}
-    with torch.enable_grad(), frozen_patterns(model, patterns) if patterns else nullcontext(), \
-            detached_rms(model) if patterns else nullcontext(), \
+    with torch.enable_grad(), _freezing(model, frozen), \
             hooks.patch(model, {s: (lambda h, z=z: h + z) for s, z in zeros.items()}):
         logits = model(tokens[None]).logits[0, -1]
         grads = torch.autograd.grad(logits[token_id] - logits.mean(), list(zeros.values()))
@@ -363,11 +384,11 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     top = order[:settings.n_ablate]
     token_id = int(graph.logit_tokens[0])
     from assay import hooks
-    from assay.circuits.graph.hf_frozen import eager_patterns, hf_attention_sites
+    from assay.circuits.graph.hf_frozen import eager_patterns, hf_attention_sites, recorded_rms
 
     error_sites = [name for name in graph.basis_names if name not in {b.name for b in bases}]
     with torch.no_grad(), hooks.capture(model, error_sites) as cap, \
-            eager_patterns(model, hf_attention_sites(model)) as patterns:
+            eager_patterns(model, hf_attention_sites(model)) as patterns, recorded_rms(model) as denominators:
         logits = model(prompt[None]).logits[0, -1]
     clean = float(logits[token_id] - logits.mean())
     by_name = {b.name: b for b in bases}
@@ -375,8 +396,9 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     _, clean_errors = _replacement_logits(model, prompt, bases, None)
     sites = [b.output_site for b in bases]
     gradient = _first_order(model, prompt, sites, token_id)
-    gradient_frozen = _first_order(model, prompt, sites, token_id, dict(patterns))
-    predicted, measured, frozen, live, attn, first, first_frozen, ablated = [], [], [], [], [], [], [], []
+    still = Frozen(dict(patterns), dict(denominators))
+    gradient_frozen = _first_order(model, prompt, sites, token_id, still)
+    predicted, measured, frozen, live, attn, local, first, first_frozen, ablated = [], [], [], [], [], [], [], [], []
     for k in top:
         j, p, i = graph.features[k].tolist()
         basis = by_name[graph.basis_names[j]]
@@ -387,16 +409,17 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
         act = f * float(graph.activations[k])
         measured.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}) / f)
         frozen.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {s: cap[s] for s in error_sites}) / f)
-        attn.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}, dict(patterns)) / f)
+        attn.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}, still) / f)
+        local.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}, still, norms=True) / f)
         rep, _ = _replacement_logits(model, prompt, bases, clean_errors,
                                      ([b.name for b in bases].index(basis.name), p, i, f))
         live.append((float(rep[token_id] - rep.mean()) - clean) / f)
         ablated.append((basis.name, p, i))
-    pred, meas, held, rep, fa, fo, ff = (torch.tensor(v, dtype=torch.float64)
-                                         for v in (predicted, measured, frozen, live, attn, first, first_frozen))
+    pred, meas, held, rep, fa, lo, fo, ff = (torch.tensor(v, dtype=torch.float64) for v in
+                                             (predicted, measured, frozen, live, attn, local, first, first_frozen))
     return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
-                         held, _pearson(pred, held), rep, _pearson(pred, rep), fa, _pearson(pred, fa), fo,
-                         _pearson(fo, meas), ff, _pearson(pred, ff), tuple(ablated), memory)
+                         held, _pearson(pred, held), rep, _pearson(pred, rep), fa, _pearson(pred, fa), lo,
+                         _pearson(pred, lo), fo, _pearson(fo, meas), ff, _pearson(pred, ff), tuple(ablated), memory)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -470,10 +493,11 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph.json").write_text(json.dumps(res.document, indent=1))
     g = res.graph
-    rows = [(f"{b}@{p}#{f}", pr, me, fr, fa, rp, fo, ff) for (b, p, f), pr, me, fr, fa, rp, fo, ff in
+    rows = [(f"{b}@{p}#{f}", *values) for (b, p, f), *values in
             zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(),
-                res.measured_frozen_attention.tolist(), res.measured_replacement.tolist(), res.first_order.tolist(),
-                res.first_order_frozen.tolist(), strict=True)]
+                res.measured_frozen_attention.tolist(), res.measured_frozen_norms.tolist(),
+                res.measured_replacement.tolist(), res.first_order.tolist(), res.first_order_frozen.tolist(),
+                strict=True)]
     top = tok.decode([int(g.logit_tokens[0])])
     kind = "skip-transcoders (TopK" if settings.skip else "transcoders (TopK"
     notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; {kind}, d_sae={settings.d_sae}, "
@@ -486,8 +510,10 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              f"Pearson r = {res.correlation:.3f}; with the MLPs without a transcoder held at their clean outputs (as "
              f"the graph's error nodes are) r = {res.correlation_frozen:.3f}; in the replacement model run live (transcoders "
              f"plus clean errors, attention and norms live, TopK recomputed) r = {res.correlation_replacement:.3f}; in the real "
-             f"model with every attention pattern held at its clean value (as the graph holds them) r = "
-             f"{res.correlation_frozen_attention:.3f}. Sign agreement (predicted, measured): "
+             f"model with every attention pattern held at its clean value (as the graph holds them; circuit-tracer's "
+             f"default intervention) r = {res.correlation_frozen_attention:.3f}; with the norms' denominators held "
+             f"too (the graph's local replacement model with the real MLPs, run live) r = "
+             f"{res.correlation_frozen_norms:.3f}. Sign agreement (predicted, measured): "
              f"{_sign_agreement(res.predicted, res.measured):.2f}. For reference, the real model's own first-order "
              f"prediction (the logit's gradient at the MLP output, everything live: attribution patching) against the "
              f"measured changes: r = {res.correlation_first_order:.3f}, sign agreement "
@@ -501,6 +527,7 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
                       tables=[Table("Feature ablations: predicted vs measured logit change",
                                     ["feature (site@position#index)", "predicted", "measured",
                                      "measured, other MLPs held", "measured, attention frozen",
+                                     "measured, attention and norms frozen",
                                      "replacement model, live", "real model's first-order prediction",
                                      "same, attention and norms frozen"], rows)])
     write_section(out, section)

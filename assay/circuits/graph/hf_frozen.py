@@ -19,7 +19,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["FROZEN_ATTENTION", "is_rms_norm", "rms_denominator", "frozen_rms", "detached_rms", "hf_attention_sites",
+__all__ = ["FROZEN_ATTENTION", "is_rms_norm", "rms_denominator", "frozen_rms", "recorded_rms", "frozen_rms_norms",
+           "hf_attention_sites",
            "eager_patterns", "frozen_patterns"]
 
 FROZEN_ATTENTION = "assay_frozen_pattern"
@@ -51,14 +52,26 @@ def frozen_rms(module: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Ten
 
 
 @contextmanager
-def detached_rms(model: nn.Module) -> Iterator[None]:
-    """Inside the block every RMSNorm returns ``w ⊙ x / r`` with ``r`` = :func:`rms_denominator` of its input
-    detached from autograd: the same values, and gradients as if the denominator were frozen at this run's value
-    (the local replacement model's norms, at the run's own point)."""
-    def hook(module, args, output):
-        return frozen_rms(module, args[0], rms_denominator(module, args[0]).detach()).to(output.dtype)
+def recorded_rms(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Yields ``site -> denominator`` [..., 1] of every RMSNorm (:func:`rms_denominator` of its input), filled by
+    the forward passes inside the block (the last one's values)."""
+    out: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda module, args, site=name: out.__setitem__(
+        site, rms_denominator(module, args[0]).detach())) for name, m in model.named_modules() if is_rms_norm(m)]
+    try:
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if is_rms_norm(m)]
+
+@contextmanager
+def frozen_rms_norms(model: nn.Module, denominators: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Inside the block each RMSNorm site in ``denominators`` returns ``w ⊙ x / r`` (:func:`frozen_rms`) of its
+    live input with its given denominator ``r``, as the local replacement model's norms (linear in ``x``)."""
+    handles = [model.get_submodule(site).register_forward_hook(
+        lambda module, args, output, r=r: frozen_rms(module, args[0], r).to(output.dtype))
+        for site, r in denominators.items()]
     try:
         yield
     finally:
