@@ -83,8 +83,9 @@ def run(cfg: CircuitCommand) -> Any:
     typer.echo(f"{res.graph.n_features} features; replacement {res.replacement:.3f}, completeness "
                f"{res.completeness:.3f}; ablations: predicted vs measured r = {res.correlation:.3f} "
                f"(other MLPs held: {res.correlation_frozen:.3f}; live replacement model: "
-               f"{res.correlation_replacement:.3f}; attention frozen: {res.correlation_frozen_attention:.3f}; the real model's first-order "
-               f"prediction vs measured: {res.correlation_first_order:.3f}); "
+               f"{res.correlation_replacement:.3f}; attention frozen: {res.correlation_frozen_attention:.3f}; "
+               f"attention and norms frozen: {res.correlation_frozen_norms:.3f}); the real model's own first-order "
+               f"prediction vs measured: {res.correlation_first_order:.3f}; "
                f"wrote {cfg.out_dir / 'graph.json'} and {cfg.out_dir / 'report.html'}")
     return res
 
