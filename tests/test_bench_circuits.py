@@ -17,16 +17,21 @@ and for ``exact`` on all five programs: accuracy 1, min_margin 10, off_circuit_c
 """
 
 import csv
+import dataclasses
 import shutil
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from assay.bench.circuits import FAMILY, CircuitSettings
+from assay.bench.circuits import FAMILY, WORLD_NAMES, CircuitSettings, draw_prompts
 from assay.bench.runner import run_family
+from assay.circuits.compile import LOGITS, edge_recovery, exact_bases
+from assay.circuits.graph import GraphConfig, attribute
 from assay.cli import app
 from assay.config import ConfigError
 from assay.report import read_section
+from assay.worlds.base import make_generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,3 +151,65 @@ def test_learned_transcoder_rows_match_the_compiled_values_only_with_a_zero_deco
     assert clt["replacement"] > 0.99 and clt["fvu"] < 1e-3 and clt["constrained_error"] < 1e-9
     assert clt["chain_share"] < 0.1 < 0.5 < clt["hop_share"]
     assert m[("previous_token", "clt", "default")] == {}
+
+
+def _exact_graphs(prepared, prompts):
+    bases = exact_bases(prepared.compiled)
+    return bases, [attribute(prepared.compiled.model, p, bases, GraphConfig()) for p in prompts]
+
+
+def test_dyck1_graph_prompts_exercise_every_circuit_edge():
+    """A3's unpruned recall must not depend on the prompts a seed draws. Seed 3's unstratified draw (until
+    2026-12-02) ended no prompt above depth 0, so close_ok → logits was in no graph and recall was 0.875. The
+    prompts are now stratified by the sign of the final depth; the ones ending at or below 0 alone still miss it."""
+    prepared = FAMILY.prepare("dyck1", 3, CircuitSettings())  # the bench's draw (the inputs are drawn first)
+    bases, graphs = _exact_graphs(prepared, prepared.prompts)
+    rec = edge_recovery(graphs, bases, prepared.compiled)
+    assert rec.precision == rec.recall == 1.0, rec.expected - rec.found
+    state = prepared.program.prompt_strata.state
+    assert [state(p.tolist()) for p in prepared.prompts] == [-1, 0, 1, -1, 0, 1, -1, 0]
+    not_above = edge_recovery([g for g, p in zip(graphs, prepared.prompts, strict=True) if state(p.tolist()) <= 0],
+                              bases, prepared.compiled)
+    assert ("close_ok", LOGITS) in not_above.expected - not_above.found and not_above.recall < 1
+    with pytest.raises(ConfigError, match=r"stratified by 3 states.*n_prompts=2 < 3"):
+        FAMILY.prepare("dyck1", 0, CircuitSettings(n_inputs=1, n_prompts=2))
+    with pytest.raises(ConfigError, match="no prompt of state 0 in 10000 draws"):  # [BOS, o] or [BOS, c] only
+        FAMILY.prepare("dyck1:max_seq_len=2", 0, CircuitSettings(n_inputs=1))
+
+
+@pytest.mark.parametrize("world", WORLD_NAMES)
+def test_one_prompt_per_state_exercises_every_circuit_edge(world):
+    """The claim behind ``prompt_strata``: on any draw, one prompt of each state (one prompt where a program has no
+    strata) shows every circuit edge in the exact graphs (checked on 5 draws)."""
+    prepared = FAMILY.prepare(world, 0, CircuitSettings(n_inputs=1))
+    strata = prepared.program.prompt_strata
+    for seed in range(5):
+        prompts = draw_prompts(prepared.program, 1 if strata is None else len(strata.values), make_generator(seed))
+        bases, graphs = _exact_graphs(prepared, prompts)
+        rec = edge_recovery(graphs, bases, prepared.compiled)
+        assert rec.precision == rec.recall == 1.0, (seed, rec.expected - rec.found)
+
+
+@pytest.mark.parametrize("edge", [("close_ok", LOGITS), ("depth_frac", "eos_ok")])
+def test_recall_catches_a_circuit_edge_missing_from_every_graph(edge):
+    """The check can fail: with one circuit edge zeroed in every graph (all positions) recall drops to 7/8 and the
+    edge is named as missing."""
+    prepared = FAMILY.prepare("dyck1", 0, CircuitSettings(n_inputs=1))
+    bases, graphs = _exact_graphs(prepared, prepared.prompts)
+    source, target = edge
+    cut = []
+    for g in graphs:
+        labels = [bases[j].labels[i] for j, _, i in g.features.tolist()]
+        n = g.adjacency.shape[0]
+        src = torch.tensor([lab == source for lab in labels] + [False] * (n - g.n_features))
+        tgt = torch.zeros(n, dtype=torch.bool)
+        if target == LOGITS:
+            tgt[g.slices()[3]] = True
+        else:
+            tgt[:g.n_features] = torch.tensor([lab == target for lab in labels])
+        a = g.adjacency.clone()
+        a[tgt[:, None] & src[None, :]] = 0.0
+        cut.append(dataclasses.replace(g, adjacency=a))
+    assert edge_recovery(graphs, bases, prepared.compiled).recall == 1.0
+    rec = edge_recovery(cut, bases, prepared.compiled)
+    assert rec.recall == 7 / 8 and rec.expected - rec.found == {edge} and rec.precision == 1.0

@@ -59,8 +59,8 @@ from assay.bench.runner import BenchResult, RunContext, check_params, expand_wit
 from assay.bench.spec import SpecRun, parameter_defaults, world_params
 from assay.config import ConfigError
 
-__all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "random_bases", "random_weights",
-           "learned_checks"]
+__all__ = ["CircuitSettings", "CircuitFamily", "FAMILY", "PreparedProgram", "draw_prompts", "random_bases",
+           "random_weights", "learned_checks"]
 
 METHODS: dict[str, dict[str, Any]] = {"exact": {}, "random_basis": {}, "random_weights": {},
                                       "transcoder": {"d_sae": 16, "k": 1, "zero_bias": True, "init": "data"},
@@ -80,7 +80,8 @@ class CircuitSettings:
     n_inputs: int = 256
     """Inputs (BOS + random symbols, full length) per seed for A1, A2 and free interventions."""
     n_prompts: int = 8
-    """Prompts (random lengths) per seed whose attribution graphs are built."""
+    """Prompts (random lengths) per seed whose attribution graphs are built; stratified by the program's
+    ``prompt_strata`` where it has them (dyck1: the sign of the final depth, so at least 3)."""
     batch_size: int = 64
     """Graph rows per backward pass."""
     html: bool = True
@@ -106,7 +107,7 @@ class PreparedProgram(NamedTuple):
     reference: torch.Tensor
     """The program's outputs on them, [n_inputs, T, n_outputs]."""
     prompts: list[torch.Tensor]
-    """Graph prompts (BOS + symbols), each [T_i]."""
+    """Graph prompts (BOS + symbols, :func:`draw_prompts`), each [T_i]."""
 
 
 def random_bases(bases, circuit, generator: torch.Generator):
@@ -142,6 +143,38 @@ def _draw_inputs(program, n: int, g: torch.Generator) -> torch.Tensor:
     syms = torch.arange(4, len(program.token.values))
     body = syms[torch.randint(0, len(syms), (n, program.max_seq_len - 1), generator=g)]
     return torch.cat([torch.ones(n, 1, dtype=torch.long), body], 1)
+
+
+MAX_DRAWS = 10_000
+"""Draws per stratified graph prompt before :func:`draw_prompts` gives up."""
+
+
+def draw_prompts(program, n: int, g: torch.Generator) -> list[torch.Tensor]:
+    """``n`` graph prompts (BOS + symbols, lengths 2..max_seq_len drawn uniformly). For a program with
+    ``prompt_strata`` prompt i is redrawn until its state is the strata's value i mod their number, so that
+    together the prompts exercise every circuit edge (A3's recall needs each edge in some graph); fewer prompts
+    than states, or a state no prompt of this length reaches, is refused."""
+    strata = program.prompt_strata
+    if strata is None:
+        lengths = torch.randint(2, program.max_seq_len + 1, (n,), generator=g)
+        return [_draw_inputs(program, 1, g)[0, :int(t)] for t in lengths]
+    k = len(strata.values)
+    if n < k:
+        raise ConfigError(f"{program.name}'s graph prompts are stratified by {k} states {strata.values}, one each "
+                          f"needed to exercise every circuit edge; n_prompts={n} < {k}")
+    prompts = []
+    for i in range(n):
+        want = strata.values[i % k]
+        for _ in range(MAX_DRAWS):
+            t = int(torch.randint(2, program.max_seq_len + 1, (1,), generator=g))
+            prompt = _draw_inputs(program, 1, g)[0, :t]
+            if strata.state(prompt.tolist()) == want:
+                prompts.append(prompt)
+                break
+        else:
+            raise ConfigError(f"{program.name}: no prompt of state {want!r} in {MAX_DRAWS} draws (max_seq_len "
+                              f"{program.max_seq_len}), so its graphs cannot exercise every circuit edge")
+    return prompts
 
 
 def _masks(graph):
@@ -399,9 +432,7 @@ class CircuitFamily:
         g = make_generator(20_000 + seed)
         inputs = _draw_inputs(program, settings.n_inputs, g)
         reference = torch.tensor([program.reference(row) for row in inputs.tolist()], dtype=torch.float64)
-        lengths = torch.randint(2, program.max_seq_len + 1, (settings.n_prompts,), generator=g)
-        prompts = [_draw_inputs(program, 1, g)[0, :int(t)] for t in lengths]
-        return PreparedProgram(program, compiled, inputs, reference, prompts)
+        return PreparedProgram(program, compiled, inputs, reference, draw_prompts(program, settings.n_prompts, g))
 
     def score(self, prepared: PreparedProgram, run: SpecRun, ctx: RunContext) -> dict[str, float]:
         from assay.circuits.compile import exact_bases
@@ -480,7 +511,7 @@ def _graph_view(world: str, settings: CircuitSettings) -> dict[str, Any]:
     from assay.circuits.graph import GraphConfig, attribute, graph_json
     from assay.worlds.base import make_generator
 
-    prepared = FAMILY.prepare(world, 0, dataclasses.replace(settings, n_inputs=1, n_prompts=1))
+    prepared = FAMILY.prepare(world, 0, dataclasses.replace(settings, n_inputs=1))
     prompt = _draw_inputs(prepared.program, 1, make_generator(0))[0]
     bases = exact_bases(prepared.compiled)
     graph = attribute(prepared.compiled.model, prompt, bases, GraphConfig(batch_size=settings.batch_size))

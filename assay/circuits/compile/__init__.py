@@ -5,7 +5,13 @@ After tracr (Lindner et al. 2023, "Tracr: Compiled Transformers as a Laboratory 
 and RASP (Weiss, Goldberg, Yahav 2021, "Thinking Like Transformers"), at tracr's craft level.
 """
 
-from assay.circuits.compile.assemble import CompileError, Program, allocate_layers, compile_program
+from assay.circuits.compile.assemble import (
+    CompileError,
+    Program,
+    PromptStrata,
+    allocate_layers,
+    compile_program,
+)
 from assay.circuits.compile.blocks import (
     Head,
     MLPBlock,
@@ -33,7 +39,7 @@ from assay.circuits.compile.programs import (
 from assay.circuits.compile.space import ONE, Layout, Variable
 
 __all__ = [
-    "CompileError", "Program", "allocate_layers", "compile_program", "Head", "MLPBlock", "Neuron",
+    "CompileError", "Program", "PromptStrata", "allocate_layers", "compile_program", "Head", "MLPBlock", "Neuron",
     "discretising_mlp", "lookup_mlp", "mean_head", "neuron_mlp", "select_head", "LOGITS", "Circuit",
     "CircuitComponent", "CircuitEdge", "CircuitNode", "CompiledModel", "load_compiled", "save_compiled",
     "without_component", "EMBED", "EdgeRecovery", "edge_recovery", "exact_bases",

@@ -16,8 +16,9 @@ same sparse entries the weights are written from.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -27,11 +28,22 @@ from assay.circuits.compile.compiled import CompiledModel
 from assay.circuits.compile.space import Layout, Variable
 from assay.models.transformer import Transformer, TransformerConfig
 
-__all__ = ["Program", "CompileError", "allocate_layers", "compile_program"]
+__all__ = ["Program", "PromptStrata", "CompileError", "allocate_layers", "compile_program"]
 
 
 class CompileError(ValueError):
     """A program that cannot be compiled as asked (too few layers, a variable nobody writes, ...)."""
+
+
+class PromptStrata(NamedTuple):
+    """The states of a program after a prompt's last token that decide which of its circuit edges the prompt's
+    attribution graph can show (an edge into the logits needs its source active at the last position): prompts
+    drawn one per state exercise every circuit edge together."""
+
+    state: Callable[[Sequence[int]], Hashable]
+    """The state of a token-id sequence (BOS first), by the program's definition."""
+    values: tuple[Hashable, ...]
+    """Every state."""
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -61,6 +73,9 @@ class Program:
     reference: Callable[[Sequence[int]], list[list[float]]]
     """The program's meaning in pure Python: for a token-id sequence (BOS first), the intended logits per
     position divided by the readout scale (one row of len(output_values) per position)."""
+    prompt_strata: PromptStrata | None = None
+    """How graph prompts must be drawn to exercise every circuit edge; None: any one prompt (BOS + at least one
+    symbol) exercises every edge."""
 
 
 def _embedded(program: Program) -> dict[str, str]:

@@ -15,7 +15,9 @@ input starts with BOS and holds no other BOS.
   thresholds it (slope 2·max_seq_len, exact because |d_t/(t+1)| ≥ 1/max_seq_len when d_t ≠ 0). The
   ``eos_ok`` neurons AND the depth with "token t is a bracket" (a special token vetoes them); how their
   constant is split between the token's weights and the bias (``bracket_weight``) does not change the
-  function but decides what their attribution-graph edges show (docs/circuits.md, A3). 1 layer.
+  function but decides what their attribution-graph edges show (docs/circuits.md, A3). Its graph prompts
+  are stratified by the sign of the final depth (``prompt_strata``): only a prompt ending above 0 shows
+  ``close_ok`` → logits, only one ending below 0 ``eos_ok``'s edges from the depth. 1 layer.
 - ``induction``: layer 0 copies token[t−1] into ``prev``; layer 1 attends to the positions s with
   prev[s] = token[t] and copies token[s] (the mean one-hot if several match; BOS if none). 2 layers.
 - ``histogram``: out[t] = #{1 ≤ s ≤ t : token[s] = token[t]} (0 at non-symbols). A head over the
@@ -29,10 +31,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
-from assay.circuits.compile.assemble import Program
+from assay.circuits.compile.assemble import Program, PromptStrata
 from assay.circuits.compile.blocks import (
     Neuron,
     discretising_mlp,
@@ -142,18 +145,27 @@ def dyck1(*, max_seq_len: int = 16, bracket_weight: float | None = None) -> Prog
     readout = [(one.dim(), v, SCALE if v == o else -SCALE) for v in range(n)]
     readout += [(close_ok.dim(), c, 2 * SCALE), (eos_ok.dim(), EOS, 2 * SCALE)]
 
+    def depths(tokens: Sequence[int]) -> list[int]:
+        return list(itertools.accumulate({o: 1, c: -1}.get(t, 0) for t in tokens))
+
     def reference(tokens: Sequence[int]) -> list[list[float]]:
         _check_input(tokens, n)
-        out, d = [], 0
-        for t in tokens:
-            d += {o: 1, c: -1}.get(t, 0)
+        out = []
+        for t, d in zip(tokens, depths(tokens), strict=True):
             valid = {o} | ({c} if d > 0 else set()) | ({EOS} if d <= 0 and t in (o, c) else set())
             out.append([1.0 if v in valid else -1.0 for v in range(n)])
         return out
 
+    def final_depth_sign(tokens: Sequence[int]) -> int:
+        d = depths(tokens)[-1]
+        return (d > 0) - (d < 0)
+
+    # > 0: close_ok (read from depth_frac) feeds the logits; < 0: eos_ok, read from depth_frac and the token,
+    # feeds them; 0: eos_ok from the token alone (depth_frac = 0)
+    strata = PromptStrata(state=final_depth_sign, values=(-1, 0, 1))
     return Program(name="dyck1", layout=layout, token=token, one=one, position=None, heads=(head,), mlps=(mlp,),
                    readout=tuple(readout), output_values=tuple(range(n)), max_seq_len=max_seq_len,
-                   reference=reference)
+                   reference=reference, prompt_strata=strata)
 
 
 def induction(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
