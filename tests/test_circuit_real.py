@@ -187,12 +187,17 @@ def test_the_real_models_first_order_prediction_is_the_limit_of_small_ablations(
     prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
     exact = [exact_transcoder(model, i) for i in (0, 1)]
     small = circuit_experiment(model, prompt, exact, replace(SETTINGS, ablate_fraction=1e-3))
-    assert small.first_order.abs().max() > 0.1
-    assert torch.allclose(small.first_order, small.measured, rtol=1e-2, atol=2e-3)
+    assert small.first_order["live"].abs().max() > 0.1
+    assert torch.allclose(small.first_order["live"], small.measured, rtol=1e-2, atol=2e-3)
     assert small.correlation_first_order > 0.999
+    assert torch.allclose(small.first_order["attention frozen"], small.measured_frozen_attention, rtol=1e-2, atol=2e-3)
+    assert torch.allclose(small.first_order["attention and norms frozen"], small.measured_frozen_norms, rtol=1e-2,
+                          atol=2e-3)
+    assert not torch.allclose(small.first_order["norms frozen"], small.first_order["live"], rtol=1e-2, atol=2e-3)
     whole = circuit_experiment(model, prompt, exact, SETTINGS)
-    assert torch.equal(whole.first_order, small.first_order)  # the same features, the same gradient
-    assert not torch.allclose(whole.first_order, whole.measured, rtol=1e-3, atol=1e-5)
+    # the same features, the same gradients
+    assert all(torch.equal(whole.first_order[k], small.first_order[k]) for k in whole.first_order)
+    assert not torch.allclose(whole.first_order["live"], whole.measured, rtol=1e-3, atol=1e-5)
 
 
 def test_with_exact_transcoders_the_graph_predicts_the_real_models_frozen_linearisation():
@@ -204,9 +209,10 @@ def test_with_exact_transcoders_the_graph_predicts_the_real_models_frozen_linear
     exact = [exact_transcoder(model, i) for i in (0, 1)]
     res = circuit_experiment(model, prompt, exact, SETTINGS)
     assert res.predicted.abs().max() > 0.1
-    assert torch.allclose(res.first_order_frozen, res.predicted, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(res.first_order["attention and norms frozen"], res.predicted, rtol=1e-4, atol=1e-5)
     assert res.correlation_transcoders > 0.9999
-    assert not torch.allclose(res.first_order, res.first_order_frozen, rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(res.first_order["live"], res.first_order["attention and norms frozen"], rtol=1e-3,
+                              atol=1e-4)
     # small ablations in the real model with attention and norm denominators frozen (MLPs live) tend to the same
     small = circuit_experiment(model, prompt, exact, replace(SETTINGS, ablate_fraction=1e-3))
     assert torch.allclose(small.measured_frozen_norms, small.predicted, rtol=1e-2, atol=2e-3)

@@ -228,20 +228,18 @@ class CircuitResult(NamedTuple):
     live (nonlinear) — [n_ablate]."""
     correlation_frozen_norms: float
     """Pearson correlation of predicted and measured_frozen_norms."""
-    first_order: torch.Tensor
+    first_order: dict[str, torch.Tensor]
     """The real model's own first-order prediction of each ablation (the gradient of the demeaned logit at the
-    feature's MLP output, everything live, dotted with the removed vector; attribution patching), [n_ablate]: the
-    best any linearisation at the clean run can do, with no transcoder in the way."""
+    feature's MLP output dotted with the removed vector: attribution patching), [n_ablate] under each freezing in
+    :data:`FREEZINGS`: ``"live"`` is the best any linearisation at the clean run can do; ``"attention and norms
+    frozen"`` is the graph's own freezing, so it differs from ``predicted`` only by the real MLPs' Jacobians
+    standing where the graph has the transcoders' (equal for exact transcoders)."""
     correlation_first_order: float
-    """Pearson correlation of first_order and measured: how linear the real model itself is over these ablations,
-    the reference for the graph's correlation."""
-    first_order_frozen: torch.Tensor
-    """The same first-order prediction with attention and norm denominators frozen at their clean values, as the
-    graph freezes them, [n_ablate]: it differs from ``predicted`` only by the real MLPs' Jacobians standing where the
-    graph has the transcoders' (equal for exact transcoders)."""
+    """Pearson correlation of ``first_order["live"]`` and measured: how linear the real model itself is over these
+    ablations, the reference for the graph's correlation."""
     correlation_transcoders: float
-    """Pearson correlation of predicted and first_order_frozen: how well the transcoders stand in for the MLPs'
-    local response, with attention, norms and nonlinearity out of the comparison."""
+    """Pearson correlation of predicted and ``first_order["attention and norms frozen"]``: how well the transcoders
+    stand in for the MLPs' local response, with attention, norms and nonlinearity out of the comparison."""
     ablated: tuple[tuple[str, int, int], ...]
     """(basis, position, feature) of each ablated feature."""
     memory: PromptMemory
@@ -278,17 +276,22 @@ class Frozen(NamedTuple):
     denominators: dict[str, torch.Tensor]
 
 
+FREEZINGS = ("live", "attention frozen", "norms frozen", "attention and norms frozen")
+"""What the real model's first-order predictions hold at its clean values (:attr:`CircuitResult.first_order`)."""
+
+
 def _freezing(model: nn.Module, frozen: Frozen | None, *, norms: bool = True):
-    """A context holding attention at ``frozen.patterns`` and (``norms``) every RMSNorm at its clean denominator."""
+    """A context holding attention at ``frozen.patterns`` (if any) and, with ``norms``, every RMSNorm in
+    ``frozen.denominators`` at its clean denominator."""
     from contextlib import ExitStack
 
     from assay.circuits.graph.hf_frozen import frozen_patterns, frozen_rms_norms
 
     stack = ExitStack()
-    if frozen is not None:
+    if frozen is not None and frozen.patterns:
         stack.enter_context(frozen_patterns(model, frozen.patterns))
-        if norms:
-            stack.enter_context(frozen_rms_norms(model, frozen.denominators))
+    if frozen is not None and norms:
+        stack.enter_context(frozen_rms_norms(model, frozen.denominators))
     return stack
 
 
@@ -395,17 +398,19 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     f = settings.ablate_fraction
     _, clean_errors = _replacement_logits(model, prompt, bases, None)
     sites = [b.output_site for b in bases]
-    gradient = _first_order(model, prompt, sites, token_id)
     still = Frozen(dict(patterns), dict(denominators))
-    gradient_frozen = _first_order(model, prompt, sites, token_id, still)
-    predicted, measured, frozen, live, attn, local, first, first_frozen, ablated = [], [], [], [], [], [], [], [], []
+    held_by = dict(zip(FREEZINGS, (None, Frozen(still.patterns, {}), Frozen({}, still.denominators), still),
+                       strict=True))
+    gradients = {name: _first_order(model, prompt, sites, token_id, fz) for name, fz in held_by.items()}
+    first: dict[str, list[float]] = {name: [] for name in FREEZINGS}
+    predicted, measured, frozen, live, attn, local, ablated = [], [], [], [], [], [], []
     for k in top:
         j, p, i = graph.features[k].tolist()
         basis = by_name[graph.basis_names[j]]
         predicted.append(_predicted(graph, k, 0))
-        write = -float(graph.activations[k]) * basis.W_dec[i].to(gradient[basis.output_site].dtype)
-        first.append(float(write @ gradient[basis.output_site][p]))
-        first_frozen.append(float(write @ gradient_frozen[basis.output_site][p]))
+        write = -float(graph.activations[k]) * basis.W_dec[i].to(gradients["live"][basis.output_site].dtype)
+        for name, g in gradients.items():
+            first[name].append(float(write @ g[basis.output_site][p]))
         act = f * float(graph.activations[k])
         measured.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}) / f)
         frozen.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {s: cap[s] for s in error_sites}) / f)
@@ -415,11 +420,13 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
                                      ([b.name for b in bases].index(basis.name), p, i, f))
         live.append((float(rep[token_id] - rep.mean()) - clean) / f)
         ablated.append((basis.name, p, i))
-    pred, meas, held, rep, fa, lo, fo, ff = (torch.tensor(v, dtype=torch.float64) for v in
-                                             (predicted, measured, frozen, live, attn, local, first, first_frozen))
+    pred, meas, held, rep, fa, lo = (torch.tensor(v, dtype=torch.float64)
+                                     for v in (predicted, measured, frozen, live, attn, local))
+    fo = {name: torch.tensor(v, dtype=torch.float64) for name, v in first.items()}
     return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
                          held, _pearson(pred, held), rep, _pearson(pred, rep), fa, _pearson(pred, fa), lo,
-                         _pearson(pred, lo), fo, _pearson(fo, meas), ff, _pearson(pred, ff), tuple(ablated), memory)
+                         _pearson(pred, lo), fo, _pearson(fo["live"], meas),
+                         _pearson(pred, fo["attention and norms frozen"]), tuple(ablated), memory)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -496,7 +503,7 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     rows = [(f"{b}@{p}#{f}", *values) for (b, p, f), *values in
             zip(res.ablated, res.predicted.tolist(), res.measured.tolist(), res.measured_frozen.tolist(),
                 res.measured_frozen_attention.tolist(), res.measured_frozen_norms.tolist(),
-                res.measured_replacement.tolist(), res.first_order.tolist(), res.first_order_frozen.tolist(),
+                res.measured_replacement.tolist(), *(res.first_order[name].tolist() for name in FREEZINGS),
                 strict=True)]
     top = tok.decode([int(g.logit_tokens[0])])
     kind = "skip-transcoders (TopK" if settings.skip else "transcoders (TopK"
@@ -515,11 +522,12 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              f"too (the graph's local replacement model with the real MLPs, run live) r = "
              f"{res.correlation_frozen_norms:.3f}. Sign agreement (predicted, measured): "
              f"{_sign_agreement(res.predicted, res.measured):.2f}. For reference, the real model's own first-order "
-             f"prediction (the logit's gradient at the MLP output, everything live: attribution patching) against the "
-             f"measured changes: r = {res.correlation_first_order:.3f}, sign agreement "
-             f"{_sign_agreement(res.first_order, res.measured):.2f}; with attention and norms frozen as in the graph, "
-             f"that prediction against the graph's (only the MLPs' Jacobians differ: the transcoders' quality) r = "
-             f"{res.correlation_transcoders:.3f}.",
+             f"prediction (the logit's gradient at the MLP output dotted with the removed write: attribution patching) "
+             f"against the measured changes, r / sign agreement: " + "; ".join(
+                 f"{name} {_pearson(res.first_order[name], res.measured):.3f} / "
+                 f"{_sign_agreement(res.first_order[name], res.measured):.2f}" for name in FREEZINGS)
+             + f". With attention and norms frozen as in the graph, that prediction against the graph's (only the MLPs' "
+             f"Jacobians differ: the transcoders' quality): r = {res.correlation_transcoders:.3f}.",
              f"Memory: estimated {res.memory.need_gb:.2f} GB for the graph (budget {settings.memory_gb:g} GB, prompts up "
              f"to {res.memory.max_tokens} tokens); measured process peak {peak_gb:.2f} GB. Wall time: "
              f"{time.perf_counter() - start:.0f} s (transcoders {train_s:.0f} s, graph and interventions {graph_s:.0f} s).")
@@ -528,7 +536,8 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
                                     ["feature (site@position#index)", "predicted", "measured",
                                      "measured, other MLPs held", "measured, attention frozen",
                                      "measured, attention and norms frozen",
-                                     "replacement model, live", "real model's first-order prediction",
-                                     "same, attention and norms frozen"], rows)])
+                                     "replacement model, live",
+                                     *(f"real model's first-order prediction, {name}" for name in FREEZINGS)],
+                                    rows)])
     write_section(out, section)
     return res
