@@ -217,3 +217,24 @@ def test_with_exact_transcoders_the_graph_predicts_the_real_models_frozen_linear
     small = circuit_experiment(model, prompt, exact, replace(SETTINGS, ablate_fraction=1e-3))
     assert torch.allclose(small.measured_frozen_norms, small.predicted, rtol=1e-2, atol=2e-3)
     assert not torch.allclose(small.measured_frozen_attention, small.predicted, rtol=1e-2, atol=2e-3)
+
+
+def test_a_graph_with_linearised_norms_predicts_the_real_model_with_only_attention_frozen():
+    """norms='linearised' replaces each RMSNorm by its Jacobian at the clean run: with exact transcoders the graph's
+    prediction of every ablation is then the real model's gradient with attention frozen and norms live (not the
+    frozen-norm one), and the logit rows still sum to the logits with their constants (the rows stay affine)."""
+    from assay.config import ConfigError
+
+    model = tiny_llama()
+    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    exact = [exact_transcoder(model, i) for i in (0, 1)]
+    res = circuit_experiment(model, prompt, exact, replace(SETTINGS, norms="linearised"))
+    assert torch.allclose(res.predicted, res.first_order["attention frozen"], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(res.predicted, res.first_order["attention and norms frozen"], rtol=1e-3, atol=1e-4)
+    g = res.graph
+    lg = g.slices()[3]
+    with torch.no_grad():
+        logits = model(prompt[None]).logits[0, -1]
+    assert torch.allclose(g.adjacency[lg].sum(1) + g.constants[lg], logits[g.logit_tokens] - logits.mean(), atol=1e-5)
+    with pytest.raises(ConfigError, match="norms"):
+        CircuitSettings(norms="live")

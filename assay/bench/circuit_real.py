@@ -84,6 +84,10 @@ class CircuitSettings:
     ablate_fraction: float = 1.0
     """Remove this fraction of each ablated feature's activation (1: the whole feature; small: a derivative test of
     the graph's linearisation, off the large-perturbation regime); measured changes are divided by it."""
+    norms: str = "frozen"
+    """How the graph treats the RMSNorms: ``"frozen"`` (denominators held: the paper's and circuit-tracer's local
+    replacement model) or ``"linearised"`` (each norm's own Jacobian at the clean run: rescalings along the residual
+    are removed as the model removes them; see :class:`~assay.circuits.graph.replacement.LocalReplacement`)."""
     progress: bool = False
     """Show a progress bar while the transcoders train (mean loss, FVU, L0, dead share over the layers)."""
 
@@ -96,6 +100,8 @@ class CircuitSettings:
             raise ConfigError(f"CircuitSettings.k={self.k} exceeds d_sae={self.d_sae}")
         if self.memory_gb <= 0:
             raise ConfigError(f"CircuitSettings.memory_gb must be > 0, got {self.memory_gb}")
+        if self.norms not in ("frozen", "linearised"):
+            raise ConfigError(f"CircuitSettings.norms must be 'frozen' or 'linearised', got {self.norms!r}")
         if not 0 < self.ablate_fraction <= 1:
             raise ConfigError(f"CircuitSettings.ablate_fraction must lie in (0, 1], got {self.ablate_fraction}")
         if list(self.layers) != sorted(set(self.layers)) or any(i < 0 for i in self.layers):
@@ -373,7 +379,7 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     memory = _check_length(model, prompt.shape[0], settings)
     cfg = GraphConfig(batch_size=settings.graph_batch, max_n_logits=settings.max_n_logits)
     graph = attribute(model, prompt, bases, cfg, embed_site="model.embed_tokens", final_site="model.norm",
-                      unembed=model.lm_head.weight)
+                      unembed=model.lm_head.weight, norms=settings.norms)
     f_sl, e_sl, t_sl, _ = graph.slices()
     n = graph.adjacency.shape[0]
     mask = functools.partial(_mask, n)
@@ -510,7 +516,8 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; {kind}, d_sae={settings.d_sae}, "
              f"k={settings.k}, {settings.steps} steps) on MLPs {list(settings.layers)} (on every MLP, an error node per position holds what its transcoder misses; "
              f"an MLP without one is an error node).",
-             f"{g.n_features} active features, {g.adjacency.shape[0]} nodes; replacement {res.replacement:.3f}, "
+             f"Norms {settings.norms} in the graph. {g.n_features} active features, {g.adjacency.shape[0]} nodes; "
+             f"replacement {res.replacement:.3f}, "
              f"completeness {res.completeness:.3f}.",
              f"Interventions: each of the {len(rows)} most influential features removed from its MLP output in the real "
              f"model (fraction {settings.ablate_fraction:g} of it; changes divided by that); change of the {top!r} logit (minus the mean logit) against the graph's linear prediction: "

@@ -76,12 +76,20 @@ class LocalReplacement:
     bases then one
     :func:`~assay.circuits.graph.basis.error_basis` per error site, cast to the dtype of the model's
     parameters. For a Hugging Face model the default pattern sites are its ``*.self_attn`` modules.
+    ``norms``: ``"frozen"`` (the paper's and circuit-tracer's local replacement: every norm's denominator held) or
+    ``"linearised"`` (RMSNorms only: each norm replaced by its Jacobian at the clean input, so a change along the
+    residual no longer passes as if the norm did not rescale it; rows stay affine in the sources, so they still
+    sum to their values with the constants, but a row's constant then holds the norms' offsets too). Linearised
+    norms make the graph's edges first-order effects of the real model's norms (an ablation's prediction moves
+    towards the real model's) at the cost of the frozen model's plain reading (the constants are no longer
+    biases and position embeddings alone).
     """
 
     def __init__(
         self, model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis], *, embed_site: str = "embed",
         final_site: str = "ln_f", unembed: torch.Tensor | None = None, pattern_sites: Sequence[str] | None = None,
         norm_inputs: Mapping[str, Sequence[str]] | None = None, error_sites: Sequence[str] | None = None,
+        norms: str = "frozen",
     ) -> None:
         dtype = next(model.parameters()).dtype
         if tokens.ndim != 1:
@@ -89,11 +97,17 @@ class LocalReplacement:
         if norm_inputs is None:
             norm_inputs = transformer_norm_inputs(model) if isinstance(model, Transformer) else {}
         self.norm_inputs = {site: tuple(ins) for site, ins in norm_inputs.items()}
-        norms = [name for name, m in model.named_modules() if isinstance(m, nn.LayerNorm) and name not in self.norm_inputs]
-        if norms:
-            raise ValueError(f"LayerNorms {norms[:3]} cannot be frozen: give norm_inputs (the sites whose outputs sum "
+        unfed = [name for name, m in model.named_modules() if isinstance(m, nn.LayerNorm) and name not in self.norm_inputs]
+        if unfed:
+            raise ValueError(f"LayerNorms {unfed[:3]} cannot be frozen: give norm_inputs (the sites whose outputs sum "
                              "to each LayerNorm's input; derived automatically for assay's Transformer)")
         self.rms_sites = tuple(name for name, m in model.named_modules() if is_rms_norm(m))
+        if norms not in ("frozen", "linearised"):
+            raise ValueError(f"norms must be 'frozen' or 'linearised', got {norms!r}")
+        if norms == "linearised" and self.norm_inputs:
+            raise ValueError("norms='linearised' is built for RMSNorms; this model has LayerNorms "
+                             f"({list(self.norm_inputs)[:3]}): use norms='frozen'")
+        self.norms = norms
         outputs = [b.output_site for b in bases]
         if error_sites is None:
             error_sites = [name for name, _ in model.named_modules() if name.endswith(".mlp") and name not in outputs]
@@ -125,10 +139,12 @@ class LocalReplacement:
                 eager_patterns(model, self.pattern_sites if self.hf_attention else ()) as hf_patterns:
             model(tokens[None])
         self.patterns = hf_patterns if self.hf_attention else {s: cap[s] for s in self.pattern_sites}
-        self.rms = {}
+        self.rms, self.rms_inputs = {}, {}
         for site in self.rms_sites:
             norm, x = model.get_submodule(site), rms_in[site][0]
             self.rms[site] = rms_denominator(norm, x)
+            if norms == "linearised":
+                self.rms_inputs[site] = x
             if not torch.allclose(frozen_rms(norm, x, self.rms[site]).to(cap[site].dtype), cap[site][0],
                                   rtol=1e-3, atol=1e-5):
                 raise ValueError(f"RMSNorm {site!r} ({type(norm).__name__}) does not compute w * x / sqrt(mean(x^2) + "
@@ -174,7 +190,7 @@ class LocalReplacement:
                 edits[site] = lambda h, p=pattern: p.expand_as(h)
         rms_in: dict[str, torch.Tensor] = {}
         for site in self.rms_sites:
-            edits[site] = lambda h, site=site: frozen_rms(self.model.get_submodule(site), rms_in[site], self.rms[site])
+            edits[site] = lambda h, site=site: self._rms(site, rms_in[site])
         for site, ins in self.norm_inputs.items():  # frozen norms first: a basis may read their output
             ln, sigma = self.model.get_submodule(site), self.sigmas[site]
 
@@ -213,6 +229,18 @@ class LocalReplacement:
                 hooks.capture(self.model, [self.final_site], stop_at=self.final_site, detach=False) as cap:
             self.model(self.tokens.expand(b, -1))
         return [inputs[j] for j in range(len(self.bases))], cap[self.final_site]
+
+
+    def _rms(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        """The RMSNorm ``site`` on its input ``x`` in this model: frozen (``w ⊙ x / r``), or linearised at the clean
+        input ``c``: ``w ⊙ (x − c (c·(x − c)) / (d r²)) / r`` — the clean value at ``c`` and the norm's own Jacobian
+        ``(w / r)(I − c cᵀ / (d r²))``, so the part of a change along ``c`` (a rescaling) is removed as the norm
+        removes it, and each row stays affine in the sources."""
+        module, r = self.model.get_submodule(site), self.rms[site]
+        if self.norms == "linearised":
+            c = self.rms_inputs[site]
+            x = x - c * ((x - c) * c).sum(-1, keepdim=True) / (c.shape[-1] * r.square())
+        return frozen_rms(module, x, r)
 
 
 @contextmanager
