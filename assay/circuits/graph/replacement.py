@@ -198,6 +198,7 @@ class LocalReplacement:
 
             if basis.input_site != basis.output_site:
                 edits[basis.input_site] = _then(edits.get(basis.input_site), read)
+            if basis.input_site != basis.output_site or not basis.n_features:  # an error node's site reads nothing
                 skipped[basis.output_site] = outputs[j]
             edits[basis.output_site] = rebuild
         for site in {s for ins in self.norm_inputs.values() for s in ins}:  # last: record what feeds a norm
