@@ -174,7 +174,8 @@ class LocalReplacement:
                 edits[site] = lambda h, p=pattern: p.expand_as(h)
         rms_in: dict[str, torch.Tensor] = {}
         for site in self.rms_sites:
-            edits[site] = lambda h, site=site: frozen_rms(self.model.get_submodule(site), rms_in[site], self.rms[site])
+            # popped: the norm's input (a residual stream) is not kept to the end of the pass
+            edits[site] = lambda h, site=site: frozen_rms(self.model.get_submodule(site), rms_in.pop(site), self.rms[site])
         for site, ins in self.norm_inputs.items():  # frozen norms first: a basis may read their output
             ln, sigma = self.model.get_submodule(site), self.sigmas[site]
 
