@@ -1,46 +1,25 @@
-"""The graph memory model (assay.circuits.graph.memory) against the tensors a graph really holds, and ``assay
-circuit``'s refusal of a prompt longer than the budget fits."""
+"""The graph memory model (assay.circuits.graph.memory) against the tensors a graph really holds (measured from
+torch's allocator events: deterministic), and ``assay circuit``'s refusal of a prompt longer than the budget fits."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from assay.bench.circuit_real import CircuitSettings, _check_length, llama_sites, prompt_memory
-from assay.circuits.graph import GraphConfig, attribute, graph_json, graph_scores
 from assay.circuits.graph.memory import HEAP, graph_memory, max_tokens
 from assay.circuits.learned import transcoder_basis
 from assay.dictionaries.registry import build_sae
 from tests.test_circuits_llama import KW, D, tiny_llama
 
-
-def live_peak(fn) -> int:
-    """Most bytes of tensors alive at once while ``fn`` runs (torch's CPU allocator events: no allocator slack)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    cur = peak = 0
-    for _, nbytes in events:
-        cur += nbytes
-        peak = max(peak, cur)
-    return peak
-
-
-def graph_stage(model, prompt, bases, s: CircuitSettings) -> None:
-    """What ``assay circuit`` does with a prompt before its interventions: the graph, its scores, its pruned JSON."""
-    g = attribute(model, prompt, bases, GraphConfig(batch_size=s.graph_batch, max_n_logits=s.max_n_logits),
-                  unembed=model.lm_head.weight, **KW)
-    n = g.adjacency.shape[0]
-    masks = [torch.zeros(n, dtype=torch.bool) for _ in range(2)]
-    masks[0][g.slices()[1]] = True
-    masks[1][g.slices()[2]] = True
-    graph_scores(g.adjacency, g.logit_weights(), *masks)
-    graph_json(g, slug="m", prompt_tokens=[str(int(t)) for t in prompt], node_threshold=s.node_threshold,
-               edge_threshold=s.edge_threshold)
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_circuit_memory", Path(__file__).resolve().parents[1] / "benchmarks" / "circuit_memory.py")
+bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench)  # its live_peak (allocator events) and graph_stage (what assay circuit runs)
 
 
 @pytest.mark.parametrize(("n_tokens", "batch", "layers"), [(8, 16, (1,)), (24, 16, (1,)), (48, 4, (0, 1)), (48, 32, (1,))])
@@ -53,7 +32,7 @@ def test_the_estimate_bounds_the_tensors_a_graph_holds_and_is_not_loose(n_tokens
     prompt = torch.randint(0, 50, (n_tokens,), generator=torch.Generator().manual_seed(n_tokens))
     with torch.no_grad():
         model(prompt[None])  # first-call allocations (rotary caches) are the model's, not the graph's
-    measured = live_peak(lambda: graph_stage(model, prompt, bases, s))
+    measured = bench.live_peak(lambda: bench.graph_stage(model, prompt, bases, s, **KW))
     modelled = prompt_memory(model, n_tokens, s).need_gb * 2**30 / HEAP  # the live part of the estimate
     assert measured <= modelled <= 3 * measured, (measured, modelled)
 
