@@ -40,6 +40,7 @@ from assay.circuits.graph import (
     influence,
 )
 from assay.circuits.graph.influence import normalize_matrix
+from assay.circuits.graph.memory import graph_memory, max_tokens
 from assay.config import ConfigError, check_int_fields
 
 __all__ = ["CircuitSettings", "CircuitResult", "PromptMemory", "prompt_memory", "train_transcoders",
@@ -77,7 +78,8 @@ class CircuitSettings:
     n_ablate: int = 12
     """Interventions on this many most influential features."""
     memory_gb: float = 4.0
-    """Memory budget of the graph computation (estimated up front, see :func:`prompt_memory`)."""
+    """Memory budget of the graph (GiB): what computing and pruning it may add to the process's resident memory
+    beyond the loaded model and transcoders, estimated up front (:func:`prompt_memory`)."""
     ablate_first: bool = False
     """Also ablate features at position 0 (the BOS: an attention sink of outsized norm, dropped from the
     transcoders' training rows, so its features are out of distribution)."""
@@ -113,32 +115,26 @@ class PromptMemory(NamedTuple):
     """Estimated peak memory of a graph and the longest prompt the budget fits."""
 
     need_gb: float
-    """Estimated peak of this prompt: the model's parameters, ``graph_batch`` copies of the activations kept
-    for the backward pass (12·d + 3·d_ff floats per token and layer) and the dense adjacency."""
+    """Estimated growth of the process's resident memory while this prompt's graph is computed and pruned
+    (:func:`~assay.circuits.graph.memory.graph_memory`'s ``resident``; the loaded model and transcoders excluded)."""
     max_tokens: int
     """The longest prompt within the budget (0: not even one token)."""
 
 
 def _need_bytes(model: nn.Module, t: int, s: CircuitSettings) -> float:
+    """:func:`~assay.circuits.graph.memory.graph_memory` of a ``t``-token prompt: at most ``k`` active features per
+    token and transcoder (TopK), every MLP a basis (a transcoder or an error node), Llama-style config fields."""
     c = model.config
-    n_layers, d, d_ff = c.num_hidden_layers, c.hidden_size, c.intermediate_size
-    item = next(model.parameters()).element_size()
-    params = sum(p.numel() for p in model.parameters()) * item
-    acts = s.graph_batch * t * n_layers * (12 * d + 3 * d_ff) * item
-    n = t * (s.k * len(s.layers) + n_layers + 1) + s.max_n_logits
-    return params + acts + n * n * item
+    return graph_memory(n_tokens=t, n_features=t * s.k * len(s.layers), n_bases=c.num_hidden_layers,
+                        n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=c.num_attention_heads,
+                        vocab=c.vocab_size, dict_features=s.d_sae * len(s.layers), batch=s.graph_batch,
+                        n_logits=s.max_n_logits, element_size=next(model.parameters()).element_size()).resident
 
 
 def prompt_memory(model: nn.Module, n_tokens: int, settings: CircuitSettings) -> PromptMemory:
-    """The estimate of :class:`PromptMemory` for a prompt of ``n_tokens`` (Llama-style config fields)."""
-    budget = settings.memory_gb * 2**30
-    lo, hi = 0, 1
-    while _need_bytes(model, hi, settings) <= budget and hi < 1 << 20:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _need_bytes(model, mid, settings) <= budget else (lo, mid)
-    return PromptMemory(_need_bytes(model, n_tokens, settings) / 2**30, lo)
+    """The estimate of :class:`PromptMemory` for a prompt of ``n_tokens`` against ``settings.memory_gb``."""
+    need = functools.partial(_need_bytes, model, s=settings)
+    return PromptMemory(need(n_tokens) / 2**30, max_tokens(need, settings.memory_gb * 2**30))
 
 
 def llama_sites(layer: int) -> tuple[str, str]:

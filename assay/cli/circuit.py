@@ -49,7 +49,8 @@ class CircuitCommand:
     graph_batch: int = 32
     """Graph rows per backward pass (the memory knob)."""
     memory_gb: float = 4.0
-    """Memory budget of the graph; a longer prompt than it fits is refused, saying how long one fits."""
+    """Memory budget of the graph in GiB (what computing and pruning it may add to the process beyond the loaded
+    model and transcoders, estimated up front); a longer prompt than it fits is refused, saying how long one fits."""
     n_ablate: int = 12
     """Feature ablations that check the graph."""
     ablate_first: bool = False

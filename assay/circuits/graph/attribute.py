@@ -172,13 +172,15 @@ def attribute(
         take, remaining = remaining[:k], remaining[k:]
         rows.compute([("feature", tuple(map(int, rows.feats[k]))) for k in take], take)
         visited += take
-    keep = sorted(visited) + list(range(n_feat, rows.n))
+    keep = torch.tensor(sorted(visited) + list(range(n_feat, rows.n)), dtype=torch.long)
     dropped = sorted(set(range(n_feat)) - set(visited))
     unexplored = rows.adjacency[:, dropped].sum(1)[keep]
+    # every feature visited: the adjacency as built, else one gather (no [N, N] copy beside it)
+    adjacency = rows.adjacency[keep[:, None], keep] if dropped else rows.adjacency
     feats = rows.feats[sorted(visited)]
     activations = torch.stack([rep.acts[j][p, i] for j, p, i in feats.tolist()]) if len(feats) else torch.zeros(0)
     return Graph(tokens=tokens, basis_names=tuple(b.name for b in rep.bases), features=feats, activations=activations,
-                 logit_tokens=chosen, logit_probs=probs, adjacency=rows.adjacency[keep][:, keep],
+                 logit_tokens=chosen, logit_probs=probs, adjacency=adjacency,
                  values=rows.values[keep], constants=rows.constants[keep], unexplored=unexplored)
 
 
@@ -189,7 +191,7 @@ class _Rows:
         self.rep = rep
         self.outputs: tuple | None = None  # the batched run, made at the first batch (see _forward)
         self.t_len = rep.tokens.shape[0]
-        self.u = rep.unembed - rep.unembed.mean(0, keepdim=True)  # demeaned unembedding rows, [vocab, d]
+        self.mean_u = rep.unembed.mean(0)  # the mean unembedding row, [d] (rows demeaned per target, not copied)
         self.active = [a.nonzero() for a in rep.acts]  # per basis: (position, feature index) of active features
         self.active_pos_idx = [(a[:, 0], a[:, 1]) for a in self.active]
         self.active_values = [a[p, i] for a, (p, i) in zip(rep.acts, self.active_pos_idx, strict=True)]  # [n_active_j]
@@ -211,7 +213,7 @@ class _Rows:
         for b, (kind, what) in enumerate(chunk):
             c = b if final.shape[0] > 1 else 0
             if kind == "logit":
-                out.append(final[c, -1] @ self.u[what])
+                out.append(final[c, -1] @ (self.rep.unembed[what] - self.mean_u))
             else:
                 j, p, i = what
                 basis = self.rep.bases[j]

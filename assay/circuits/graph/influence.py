@@ -30,7 +30,7 @@ __all__ = ["normalize_matrix", "influence", "share_threshold", "Pruned", "prune"
 def normalize_matrix(adjacency: torch.Tensor) -> torch.Tensor:
     """|A| with each row divided by its sum (rows summing to 0 stay 0)."""
     a = adjacency.abs()
-    return a / a.sum(1, keepdim=True).clamp(min=1e-10)
+    return a.div_(a.sum(1, keepdim=True).clamp(min=1e-10))  # in place: one [N, N] buffer, not two
 
 
 def influence(normalized: torch.Tensor, weights: torch.Tensor, *, max_iter: int = 1000) -> torch.Tensor:
@@ -93,13 +93,12 @@ def prune(
     """Prune a graph by influence. ``weights``: logit probabilities on logit nodes (0 elsewhere);
     ``always``: nodes never pruned (tokens and logits); ``features``: nodes that need an incoming
     kept edge (default: none). Feature and error nodes (all not in ``always``) need an outgoing one."""
-    normalized = normalize_matrix(adjacency)
-    node_inf = influence(normalized, weights)
+    # no [N, N] intermediate outlives its use: the normalized and the node-pruned matrices are not kept
+    node_inf = influence(normalize_matrix(adjacency), weights)
     node_mask = (node_inf >= share_threshold(node_inf, node_threshold)) | always
-    pruned = adjacency * (node_mask[:, None] & node_mask[None, :])
-    norm_p = normalize_matrix(pruned)
+    norm_p = normalize_matrix(adjacency * (node_mask[:, None] & node_mask[None, :]))
     inf_p = influence(norm_p, weights)
-    scores = norm_p * (inf_p + weights)[:, None]
+    scores = norm_p.mul_((inf_p + weights)[:, None])  # in place (norm_p is not used again)
     edge_mask = scores >= share_threshold(scores, edge_threshold)
     edge_mask &= scores > 0
     needs_in = features if features is not None else torch.zeros_like(always)

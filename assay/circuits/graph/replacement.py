@@ -190,7 +190,8 @@ class LocalReplacement:
                 edits[site] = lambda h, p=pattern: p.expand_as(h)
         rms_in: dict[str, torch.Tensor] = {}
         for site in self.rms_sites:
-            edits[site] = lambda h, site=site: self._rms(site, rms_in[site])
+            # popped: the norm's input (a residual stream) is not kept to the end of the pass
+            edits[site] = lambda h, site=site: self._rms(site, rms_in.pop(site))
         for site, ins in self.norm_inputs.items():  # frozen norms first: a basis may read their output
             ln, sigma = self.model.get_submodule(site), self.sigmas[site]
 
@@ -214,6 +215,7 @@ class LocalReplacement:
 
             if basis.input_site != basis.output_site:
                 edits[basis.input_site] = _then(edits.get(basis.input_site), read)
+            if basis.input_site != basis.output_site or not basis.n_features:  # an error node's site reads nothing
                 skipped[basis.output_site] = outputs[j]
             edits[basis.output_site] = rebuild
         for site in {s for ins in self.norm_inputs.values() for s in ins}:  # last: record what feeds a norm
