@@ -91,7 +91,9 @@ def test_predicted_ablation_equals_the_replacement_model_propagated_by_hand():
     rep = LocalReplacement(model, prompt, bases, unembed=model.lm_head.weight, **KW)
     u = (model.lm_head.weight[g.logit_tokens[0]] - model.lm_head.weight.mean(0)).detach()
     errs = [e[None] for e in rep.errors]
-    for k in range(0, g.n_features, max(1, g.n_features // 6)):
+    chosen = list(range(0, g.n_features, max(1, g.n_features // 6)))
+    predicted = _predicted(g, chosen, 0)
+    for k, prediction in zip(chosen, predicted.tolist(), strict=True):
         j0, p0, i0 = g.features[k].tolist()
         acts = [a[None].clone() for a in rep.acts]
         active = [a > 0 for a in acts]
@@ -104,7 +106,7 @@ def test_predicted_ablation_equals_the_replacement_model_propagated_by_hand():
             _, final = rep.run(rep.emb[None], acts, errs)
             _, clean = rep.run(rep.emb[None], [a[None] for a in rep.acts], errs)
         expected = float((final[0, -1] - clean[0, -1]) @ u)
-        assert _predicted(g, k, 0) == pytest.approx(expected, abs=1e-6)
+        assert prediction == pytest.approx(expected, abs=1e-6)
 
 
 def test_a_prompt_longer_than_the_memory_budget_is_refused_saying_what_fits():

@@ -257,17 +257,20 @@ def _check_length(model: nn.Module, n_tokens: int, s: CircuitSettings) -> Prompt
     return mem
 
 
-def _predicted(graph: Graph, feature: int, token: int) -> float:
-    """The graph's linear prediction of the change of logit node ``token`` when feature node ``feature`` is set
-    to 0: the ablation propagated through feature→feature edges (each edge / its source's activation)."""
+def _predicted(graph: Graph, features: Sequence[int], token: int) -> torch.Tensor:
+    """The graph's linear prediction of the change of logit node ``token`` when each feature node in ``features``
+    is set to 0 (alone), [len(features)]: the ablation propagated through feature→feature edges (each edge / its
+    source's activation). The features form a DAG (a feature reads only earlier layers and positions), so the
+    ablated feature's own inputs never change and one transposed solve serves every ablation:
+    Δlogit_f = −a_f · [(I − W)⁻ᵀ u]_f with u the logit row's feature edges / activations."""
     f_sl, lg = graph.slices()[0], graph.slices()[3]
     a = graph.activations.to(torch.float64)
     w = graph.adjacency[f_sl, f_sl].to(torch.float64) / a[None, :]
-    w[feature] = 0  # the ablated feature is held at 0
-    delta = torch.zeros(len(a), dtype=torch.float64)
-    delta[feature] = -a[feature]
-    delta = torch.linalg.solve(torch.eye(len(a), dtype=torch.float64) - w, delta)
-    return float(graph.adjacency[lg.start + token, f_sl].to(torch.float64) / a @ delta)
+    w.neg_().diagonal().add_(1.0)  # I − W, in place
+    u = graph.adjacency[lg.start + token, f_sl].to(torch.float64) / a
+    y = torch.linalg.solve(w.T, u)
+    index = torch.as_tensor(list(features), dtype=torch.long)
+    return -a[index] * y[index]
 
 
 class Frozen(NamedTuple):
@@ -405,11 +408,10 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
                        strict=True))
     gradients = {name: _first_order(model, prompt, sites, token_id, fz) for name, fz in held_by.items()}
     first: dict[str, list[float]] = {name: [] for name in FREEZINGS}
-    predicted, measured, frozen, live, attn, local, ablated = [], [], [], [], [], [], []
+    measured, frozen, live, attn, local, ablated = [], [], [], [], [], []
     for k in top:
         j, p, i = graph.features[k].tolist()
         basis = by_name[graph.basis_names[j]]
-        predicted.append(_predicted(graph, k, 0))
         write = -float(graph.activations[k]) * basis.W_dec[i].to(gradients["live"][basis.output_site].dtype)
         for name, g in gradients.items():
             first[name].append(float(write @ g[basis.output_site][p]))
@@ -422,8 +424,8 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
                                      ([b.name for b in bases].index(basis.name), p, i, f))
         live.append((float(rep[token_id] - rep.mean()) - clean) / f)
         ablated.append((basis.name, p, i))
-    pred, meas, held, rep, fa, lo = (torch.tensor(v, dtype=torch.float64)
-                                     for v in (predicted, measured, frozen, live, attn, local))
+    pred = _predicted(graph, top, 0)
+    meas, held, rep, fa, lo = (torch.tensor(v, dtype=torch.float64) for v in (measured, frozen, live, attn, local))
     fo = {name: torch.tensor(v, dtype=torch.float64) for name, v in first.items()}
     return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
                          held, _pearson(pred, held), rep, _pearson(pred, rep), fa, _pearson(pred, fa), lo,
