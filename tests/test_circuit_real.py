@@ -240,3 +240,19 @@ def test_a_graph_with_linearised_norms_predicts_the_real_model_with_only_attenti
     assert torch.allclose(g.adjacency[lg].sum(1) + g.constants[lg], logits[g.logit_tokens] - logits.mean(), atol=1e-5)
     with pytest.raises(ConfigError, match="norms"):
         CircuitSettings(norms="live")
+
+
+def test_a_graph_with_linearised_attention_and_norms_predicts_the_real_models_own_gradient():
+    """With attention linearised too (the pattern moves with Q and K to first order), exact transcoders make the
+    graph's prediction of every ablation the real model's gradient with nothing frozen; rows stay affine."""
+    model = tiny_llama()
+    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    exact = [exact_transcoder(model, i) for i in (0, 1)]
+    res = circuit_experiment(model, prompt, exact, replace(SETTINGS, norms="linearised", attention="linearised"))
+    assert torch.allclose(res.predicted, res.first_order["live"], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(res.predicted, res.first_order["attention frozen"], rtol=1e-3, atol=1e-4)
+    g = res.graph
+    lg = g.slices()[3]
+    with torch.no_grad():
+        logits = model(prompt[None]).logits[0, -1]
+    assert torch.allclose(g.adjacency[lg].sum(1) + g.constants[lg], logits[g.logit_tokens] - logits.mean(), atol=1e-5)

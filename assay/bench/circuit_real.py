@@ -90,6 +90,9 @@ class CircuitSettings:
     """How the graph treats the RMSNorms: ``"frozen"`` (denominators held: the paper's and circuit-tracer's local
     replacement model) or ``"linearised"`` (each norm's own Jacobian at the clean run: rescalings along the residual
     are removed as the model removes them; see :class:`~assay.circuits.graph.replacement.LocalReplacement`)."""
+    attention: str = "frozen"
+    """How the graph treats attention: ``"frozen"`` (the clean patterns: the paper's and circuit-tracer's) or
+    ``"linearised"`` (each attention's linearisation at the clean run: the pattern moves with Q and K)."""
     progress: bool = False
     """Show a progress bar while the transcoders train (mean loss, FVU, L0, dead share over the layers)."""
 
@@ -102,8 +105,9 @@ class CircuitSettings:
             raise ConfigError(f"CircuitSettings.k={self.k} exceeds d_sae={self.d_sae}")
         if self.memory_gb <= 0:
             raise ConfigError(f"CircuitSettings.memory_gb must be > 0, got {self.memory_gb}")
-        if self.norms not in ("frozen", "linearised"):
-            raise ConfigError(f"CircuitSettings.norms must be 'frozen' or 'linearised', got {self.norms!r}")
+        for name in ("norms", "attention"):
+            if getattr(self, name) not in ("frozen", "linearised"):
+                raise ConfigError(f"CircuitSettings.{name} must be 'frozen' or 'linearised', got {getattr(self, name)!r}")
         if not 0 < self.ablate_fraction <= 1:
             raise ConfigError(f"CircuitSettings.ablate_fraction must lie in (0, 1], got {self.ablate_fraction}")
         if list(self.layers) != sorted(set(self.layers)) or any(i < 0 for i in self.layers):
@@ -378,7 +382,8 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     memory = _check_length(model, prompt.shape[0], settings)
     cfg = GraphConfig(batch_size=settings.graph_batch, max_n_logits=settings.max_n_logits)
     graph = attribute(model, prompt, bases, cfg, embed_site="model.embed_tokens", final_site="model.norm",
-                      unembed=model.lm_head.weight, norms=settings.norms)
+                      unembed=model.lm_head.weight, norms=settings.norms,
+                      attention=settings.attention)
     f_sl, e_sl, t_sl, _ = graph.slices()
     n = graph.adjacency.shape[0]
     mask = functools.partial(_mask, n)
@@ -514,7 +519,7 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; {kind}, d_sae={settings.d_sae}, "
              f"k={settings.k}, {settings.steps} steps) on MLPs {list(settings.layers)} (on every MLP, an error node per position holds what its transcoder misses; "
              f"an MLP without one is an error node).",
-             f"Norms {settings.norms} in the graph. {g.n_features} active features, {g.adjacency.shape[0]} nodes; "
+             f"Norms {settings.norms} and attention {settings.attention} in the graph. {g.n_features} active features, {g.adjacency.shape[0]} nodes; "
              f"replacement {res.replacement:.3f}, "
              f"completeness {res.completeness:.3f}.",
              f"Interventions: each of the {len(rows)} most influential features removed from its MLP output in the real "
@@ -534,7 +539,8 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              + f". With attention and norms frozen as in the graph, that prediction against the graph's (only the MLPs' "
              f"Jacobians differ: the transcoders' quality): r = {res.correlation_transcoders:.3f}.",
              f"Memory: estimated {res.memory.need_gb:.2f} GB for the graph (budget {settings.memory_gb:g} GB, prompts up "
-             f"to {res.memory.max_tokens} tokens); measured process peak {peak_gb:.2f} GB. Wall time: "
+             f"to {res.memory.max_tokens} tokens); whole-process peak, training and interventions included, "
+             f"{peak_gb:.2f} GB. Wall time: "
              f"{time.perf_counter() - start:.0f} s (transcoders {train_s:.0f} s, graph and interventions {graph_s:.0f} s).")
     section = Section(title=f"Attribution graph: {model_name}, {prompt!r}", notes=notes, graphs=[res.document],
                       tables=[Table("Feature ablations: predicted vs measured logit change",

@@ -59,6 +59,8 @@ class CircuitCommand:
     """Remove this fraction of each ablated feature (small: a derivative test); changes are divided by it."""
     norms: str = "frozen"
     """RMSNorms in the graph: frozen (circuit-tracer's local replacement) or linearised (their own Jacobians)."""
+    attention: str = "frozen"
+    """Attention in the graph: frozen patterns (circuit-tracer's local replacement) or linearised (its own Jacobian)."""
     seed: int = 0
     """Seeds the transcoders and their training windows."""
     out_dir: Path = Path("runs/circuit")
@@ -71,7 +73,7 @@ class CircuitCommand:
         return CircuitSettings(layers=() if self.all_layers else self.layers, d_sae=self.d_sae, k=self.k, skip=self.skip,
                                steps=self.steps, rows=self.rows, seed=self.seed, graph_batch=self.graph_batch,
                                memory_gb=self.memory_gb, n_ablate=self.n_ablate, ablate_first=self.ablate_first,
-                               ablate_fraction=self.ablate_fraction, norms=self.norms, progress=True)
+                               ablate_fraction=self.ablate_fraction, norms=self.norms, attention=self.attention, progress=True)
 
     def __post_init__(self) -> None:
         self.settings()

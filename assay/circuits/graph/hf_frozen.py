@@ -8,7 +8,9 @@ call a function from transformers' ``AttentionInterface`` chosen by ``config._at
 softmax weights; :func:`frozen_patterns` registers an attention function that returns ``pattern @ V``
 for those weights, so attention is linear in its input. An RMSNorm ``y = w ⊙ x / sqrt(mean(x²) + ε)``
 is frozen as ``w ⊙ x / r`` with ``r`` its clean denominator per position (:func:`rms_denominator`,
-:func:`frozen_rms`).
+:func:`frozen_rms`). For graphs whose edges follow the model's own first-order response instead,
+:func:`linearised_attention` replaces each attention by its linearisation at the clean run (from
+:func:`recorded_qkv`: the pattern moves with the queries and keys to first order).
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import torch
 from torch import nn
 
 __all__ = ["FROZEN_ATTENTION", "is_rms_norm", "rms_denominator", "frozen_rms", "recorded_rms", "frozen_rms_norms",
-           "hf_attention_sites",
-           "eager_patterns", "frozen_patterns"]
+           "hf_attention_sites", "eager_patterns", "frozen_patterns", "recorded_qkv", "linearised_attention"]
 
 FROZEN_ATTENTION = "assay_frozen_pattern"
 """Name under which the frozen-pattern attention function is registered in transformers' AttentionInterface."""
@@ -147,3 +148,72 @@ def frozen_patterns(model: nn.Module, patterns: Mapping[str, torch.Tensor]) -> I
     finally:
         for k in modules:
             _FROZEN.pop(k, None)
+
+
+RECORDING_ATTENTION = "assay_recorded_qkv"
+LINEARISED_ATTENTION = "assay_linearised_pattern"
+_RECORDED: dict[int, tuple[torch.Tensor, ...]] = {}  # id(attention module) -> its (query, key, value), while recording
+_LINEAR: dict[int, tuple[torch.Tensor, ...]] = {}  # id(attention module) -> clean (pattern, query, key, value)
+
+
+def _repeat_kv(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    groups = getattr(module, "num_key_value_groups", 1)
+    return t.repeat_interleave(groups, dim=1) if groups > 1 else t  # transformers' repeat_kv
+
+
+def _recording_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """AttentionInterface function: transformers' SDPA attention, keeping the (post-rotary) query, key and value."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    _RECORDED[id(module)] = (query.detach(), key.detach(), value.detach())
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                           **kwargs)
+
+
+@contextmanager
+def recorded_qkv(model: nn.Module, sites: tuple[str, ...]) -> Iterator[dict[str, tuple[torch.Tensor, ...]]]:
+    """Yields ``site -> (query, key, value)`` of each attention module (after the rotary embedding; key and value
+    per key-value head), filled by the forward passes inside the block."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(RECORDING_ATTENTION, _recording_attention)
+    ids = {site: id(model.get_submodule(site)) for site in sites}
+    out: dict[str, tuple[torch.Tensor, ...]] = {}
+    try:
+        with _attention(model, RECORDING_ATTENTION):
+            yield out
+            out.update({site: _RECORDED[i] for site, i in ids.items() if i in _RECORDED})
+    finally:
+        for i in ids.values():
+            _RECORDED.pop(i, None)
+
+
+def _linearised_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """AttentionInterface function: attention linearised at its clean run — ``P₀ V + dP V₀`` with the softmax's
+    Jacobian ``dP = P₀ ⊙ (dS − Σ P₀ dS)`` of the scores' linear change ``dS = (Q₀ dKᵀ + dQ K₀ᵀ)·scaling``: the clean
+    output at the clean inputs, and the attention's own derivative (where it looks moves with Q and K)."""
+    p0, q0, k0, v0 = _LINEAR[id(module)]
+    scale = scaling if scaling is not None else module.scaling
+    k, v, k0, v0 = (_repeat_kv(module, t) for t in (key, value, k0, v0))
+    ds = (q0 @ (k - k0).transpose(-1, -2) + (query - q0) @ k0.transpose(-1, -2)) * scale
+    p0 = p0.to(v.dtype)
+    dp = p0 * (ds - (p0 * ds).sum(-1, keepdim=True))
+    return (p0 @ v + dp @ v0).transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def linearised_attention(model: nn.Module, patterns: Mapping[str, torch.Tensor],
+                         qkv: Mapping[str, tuple[torch.Tensor, ...]]) -> Iterator[None]:
+    """Inside the block every attention module in ``patterns`` is linearised at its clean pattern [1, heads, T, T]
+    and clean (query, key, value) (:func:`recorded_qkv`): affine in its inputs, exact at the clean run."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(LINEARISED_ATTENTION, _linearised_attention)
+    modules = {id(model.get_submodule(site)): (p, *qkv[site]) for site, p in patterns.items()}
+    _LINEAR.update(modules)
+    try:
+        with _attention(model, LINEARISED_ATTENTION):
+            yield
+    finally:
+        for k in modules:
+            _LINEAR.pop(k, None)

@@ -42,6 +42,8 @@ from assay.circuits.graph.hf_frozen import (
     frozen_rms,
     hf_attention_sites,
     is_rms_norm,
+    linearised_attention,
+    recorded_qkv,
     rms_denominator,
 )
 from assay.models.transformer import Transformer
@@ -82,14 +84,17 @@ class LocalReplacement:
     sum to their values with the constants, but a row's constant then holds the norms' offsets too). Linearised
     norms make the graph's edges first-order effects of the real model's norms (an ablation's prediction moves
     towards the real model's) at the cost of the frozen model's plain reading (the constants are no longer
-    biases and position embeddings alone).
+    biases and position embeddings alone). ``attention``: ``"frozen"`` (the clean patterns) or ``"linearised"``
+    (Hugging Face attention only: each attention's linearisation at the clean run, so where it looks moves with
+    the queries and keys to first order; :func:`~assay.circuits.graph.hf_frozen.linearised_attention`). With both
+    linearised the graph's edges are the first-order effects of the model itself (with its MLPs replaced).
     """
 
     def __init__(
         self, model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis], *, embed_site: str = "embed",
         final_site: str = "ln_f", unembed: torch.Tensor | None = None, pattern_sites: Sequence[str] | None = None,
         norm_inputs: Mapping[str, Sequence[str]] | None = None, error_sites: Sequence[str] | None = None,
-        norms: str = "frozen",
+        norms: str = "frozen", attention: str = "frozen",
     ) -> None:
         dtype = next(model.parameters()).dtype
         if tokens.ndim != 1:
@@ -108,6 +113,9 @@ class LocalReplacement:
             raise ValueError("norms='linearised' is built for RMSNorms; this model has LayerNorms "
                              f"({list(self.norm_inputs)[:3]}): use norms='frozen'")
         self.norms = norms
+        if attention not in ("frozen", "linearised"):
+            raise ValueError(f"attention must be 'frozen' or 'linearised', got {attention!r}")
+        self.attention = attention
         outputs = [b.output_site for b in bases]
         if error_sites is None:
             error_sites = [name for name, _ in model.named_modules() if name.endswith(".mlp") and name not in outputs]
@@ -139,6 +147,13 @@ class LocalReplacement:
                 eager_patterns(model, self.pattern_sites if self.hf_attention else ()) as hf_patterns:
             model(tokens[None])
         self.patterns = hf_patterns if self.hf_attention else {s: cap[s] for s in self.pattern_sites}
+        self.qkv: dict[str, tuple[torch.Tensor, ...]] = {}
+        if attention == "linearised":
+            if not self.hf_attention:
+                raise ValueError("attention='linearised' is built for Hugging Face attention modules; this model's "
+                                 "patterns are sites: use attention='frozen'")
+            with torch.no_grad(), recorded_qkv(model, self.pattern_sites) as self.qkv:
+                model(tokens[None])
         self.rms, self.rms_inputs = {}, {}
         for site in self.rms_sites:
             norm, x = model.get_submodule(site), rms_in[site][0]
@@ -226,12 +241,21 @@ class LocalReplacement:
 
             edits[site] = _then(edits.get(site), record)
         with _inputs(self.model, self.rms_sites, rms_in), _not_run(self.model, skipped), _no_weight_grads(self.model), \
-                frozen_patterns(self.model, self.patterns) if self.hf_attention else nullcontext(), \
+                self._attention_context(), \
                 hooks.patch(self.model, edits), \
                 hooks.capture(self.model, [self.final_site], stop_at=self.final_site, detach=False) as cap:
             self.model(self.tokens.expand(b, -1))
         return [inputs[j] for j in range(len(self.bases))], cap[self.final_site]
 
+
+    def _attention_context(self):
+        """Hugging Face attention frozen at the clean patterns, or linearised at the clean run; nothing for pattern
+        sites (their edits freeze them)."""
+        if not self.hf_attention:
+            return nullcontext()
+        if self.attention == "linearised":
+            return linearised_attention(self.model, self.patterns, self.qkv)
+        return frozen_patterns(self.model, self.patterns)
 
     def _rms(self, site: str, x: torch.Tensor) -> torch.Tensor:
         """The RMSNorm ``site`` on its input ``x`` in this model: frozen (``w ⊙ x / r``), or linearised at the clean
