@@ -221,38 +221,27 @@ def test_with_exact_transcoders_the_graph_predicts_the_real_models_frozen_linear
     assert not torch.allclose(small.measured_frozen_attention, small.predicted, rtol=1e-2, atol=2e-3)
 
 
-def test_a_graph_with_linearised_norms_predicts_the_real_model_with_only_attention_frozen():
-    """norms='linearised' replaces each RMSNorm by its Jacobian at the clean run: with exact transcoders the graph's
-    prediction of every ablation is then the real model's gradient with attention frozen and norms live (not the
-    frozen-norm one), and the logit rows still sum to the logits with their constants (the rows stay affine)."""
+@pytest.mark.parametrize(("attention", "equals", "differs"), [("frozen", "attention frozen", "attention and norms frozen"),
+                                                             ("linearised", "live", "attention frozen")])
+def test_a_graph_with_linearised_norms_predicts_the_real_models_gradient_with_what_it_freezes(attention, equals,
+                                                                                             differs):
+    """norms='linearised' replaces each RMSNorm by its Jacobian at the clean run, attention='linearised' each attention
+    by its linearisation (the pattern moves with Q and K to first order). With exact transcoders the graph's
+    prediction of every ablation is then the real model's gradient with only attention frozen, or with nothing
+    frozen; and the logit rows still sum to the logits with their constants (the rows stay affine)."""
     from assay.config import ConfigError
 
     model = tiny_llama()
     prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
     exact = [exact_transcoder(model, i) for i in (0, 1)]
-    res = circuit_experiment(model, prompt, exact, replace(SETTINGS, norms="linearised"))
-    assert torch.allclose(res.predicted, res.first_order["attention frozen"], rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(res.predicted, res.first_order["attention and norms frozen"], rtol=1e-3, atol=1e-4)
+    res = circuit_experiment(model, prompt, exact, replace(SETTINGS, norms="linearised", attention=attention))
+    assert torch.allclose(res.predicted, res.first_order[equals], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(res.predicted, res.first_order[differs], rtol=1e-3, atol=1e-4)
     g = res.graph
     lg = g.slices()[3]
     with torch.no_grad():
         logits = model(prompt[None]).logits[0, -1]
     assert torch.allclose(g.adjacency[lg].sum(1) + g.constants[lg], logits[g.logit_tokens] - logits.mean(), atol=1e-5)
-    with pytest.raises(ConfigError, match="norms"):
-        CircuitSettings(norms="live")
-
-
-def test_a_graph_with_linearised_attention_and_norms_predicts_the_real_models_own_gradient():
-    """With attention linearised too (the pattern moves with Q and K to first order), exact transcoders make the
-    graph's prediction of every ablation the real model's gradient with nothing frozen; rows stay affine."""
-    model = tiny_llama()
-    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
-    exact = [exact_transcoder(model, i) for i in (0, 1)]
-    res = circuit_experiment(model, prompt, exact, replace(SETTINGS, norms="linearised", attention="linearised"))
-    assert torch.allclose(res.predicted, res.first_order["live"], rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(res.predicted, res.first_order["attention frozen"], rtol=1e-3, atol=1e-4)
-    g = res.graph
-    lg = g.slices()[3]
-    with torch.no_grad():
-        logits = model(prompt[None]).logits[0, -1]
-    assert torch.allclose(g.adjacency[lg].sum(1) + g.constants[lg], logits[g.logit_tokens] - logits.mean(), atol=1e-5)
+    for bad in ({"norms": "live"}, {"attention": "live"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            CircuitSettings(**bad)

@@ -135,19 +135,26 @@ def _frozen_attention(module, query, key, value, attention_mask, scaling=None, d
 
 
 @contextmanager
-def frozen_patterns(model: nn.Module, patterns: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Inside the block every attention module in ``patterns`` applies its given pattern [1, heads, T, T]."""
+def _attention_function(model: nn.Module, name: str, fn, table: dict[int, object],
+                        entries: Mapping[str, object]) -> Iterator[None]:
+    """Inside the block the model's attention is transformers' AttentionInterface function ``fn`` (registered as
+    ``name``), which finds each module's entry (``entries``: site -> value) in ``table`` by the module's id."""
     from transformers import AttentionInterface
 
-    AttentionInterface.register(FROZEN_ATTENTION, _frozen_attention)
-    modules = {id(model.get_submodule(site)): p for site, p in patterns.items()}
-    _FROZEN.update(modules)
+    AttentionInterface.register(name, fn)
+    modules = {id(model.get_submodule(site)): value for site, value in entries.items()}
+    table.update(modules)
     try:
-        with _attention(model, FROZEN_ATTENTION):
+        with _attention(model, name):
             yield
     finally:
         for k in modules:
-            _FROZEN.pop(k, None)
+            table.pop(k, None)
+
+
+def frozen_patterns(model: nn.Module, patterns: Mapping[str, torch.Tensor]):
+    """A context inside which every attention module in ``patterns`` applies its given pattern [1, heads, T, T]."""
+    return _attention_function(model, FROZEN_ATTENTION, _frozen_attention, _FROZEN, patterns)
 
 
 RECORDING_ATTENTION = "assay_recorded_qkv"
@@ -201,19 +208,10 @@ def _linearised_attention(module, query, key, value, attention_mask, scaling=Non
     return (p0 @ v + dp @ v0).transpose(1, 2).contiguous(), None
 
 
-@contextmanager
 def linearised_attention(model: nn.Module, patterns: Mapping[str, torch.Tensor],
-                         qkv: Mapping[str, tuple[torch.Tensor, ...]]) -> Iterator[None]:
-    """Inside the block every attention module in ``patterns`` is linearised at its clean pattern [1, heads, T, T]
-    and clean (query, key, value) (:func:`recorded_qkv`): affine in its inputs, exact at the clean run."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(LINEARISED_ATTENTION, _linearised_attention)
-    modules = {id(model.get_submodule(site)): (p, *qkv[site]) for site, p in patterns.items()}
-    _LINEAR.update(modules)
-    try:
-        with _attention(model, LINEARISED_ATTENTION):
-            yield
-    finally:
-        for k in modules:
-            _LINEAR.pop(k, None)
+                         qkv: Mapping[str, tuple[torch.Tensor, ...]]):
+    """A context inside which every attention module in ``patterns`` is linearised at its clean pattern
+    [1, heads, T, T] and clean (query, key, value) (:func:`recorded_qkv`): affine in its inputs, exact at the
+    clean run."""
+    return _attention_function(model, LINEARISED_ATTENTION, _linearised_attention, _LINEAR,
+                               {site: (p, *qkv[site]) for site, p in patterns.items()})
