@@ -229,6 +229,7 @@ def test_a_graph_with_linearised_norms_predicts_the_real_models_gradient_with_wh
     by its linearisation (the pattern moves with Q and K to first order). With exact transcoders the graph's
     prediction of every ablation is then the real model's gradient with only attention frozen, or with nothing
     frozen; and the logit rows still sum to the logits with their constants (the rows stay affine)."""
+    from assay.bench.circuit_real import graph_freezing
     from assay.config import ConfigError
 
     model = tiny_llama()
@@ -236,6 +237,8 @@ def test_a_graph_with_linearised_norms_predicts_the_real_models_gradient_with_wh
     exact = [exact_transcoder(model, i) for i in (0, 1)]
     res = circuit_experiment(model, prompt, exact, replace(SETTINGS, norms="linearised", attention=attention))
     assert torch.allclose(res.predicted, res.first_order[equals], rtol=1e-4, atol=1e-5)
+    assert graph_freezing(replace(SETTINGS, norms="linearised", attention=attention)) == equals
+    assert res.correlation_transcoders > 0.9999
     assert not torch.allclose(res.predicted, res.first_order[differs], rtol=1e-3, atol=1e-4)
     g = res.graph
     lg = g.slices()[3]

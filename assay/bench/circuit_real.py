@@ -43,7 +43,7 @@ from assay.circuits.graph.influence import normalize_matrix
 from assay.circuits.graph.memory import graph_memory, max_tokens
 from assay.config import ConfigError, check_int_fields
 
-__all__ = ["CircuitSettings", "CircuitResult", "PromptMemory", "prompt_memory", "train_transcoders",
+__all__ = ["CircuitSettings", "CircuitResult", "PromptMemory", "prompt_memory", "graph_freezing", "train_transcoders",
            "llama_sites", "circuit_experiment", "run_real_circuit"]
 
 
@@ -237,15 +237,16 @@ class CircuitResult(NamedTuple):
     first_order: dict[str, torch.Tensor]
     """The real model's own first-order prediction of each ablation (the gradient of the demeaned logit at the
     feature's MLP output dotted with the removed vector: attribution patching), [n_ablate] under each freezing in
-    :data:`FREEZINGS`: ``"live"`` is the best any linearisation at the clean run can do; ``"attention and norms
-    frozen"`` is the graph's own freezing, so it differs from ``predicted`` only by the real MLPs' Jacobians
-    standing where the graph has the transcoders' (equal for exact transcoders)."""
+    :data:`FREEZINGS`: ``"live"`` is the best any linearisation at the clean run can do; the one that holds what
+    the graph holds (:func:`graph_freezing`; ``"attention and norms frozen"`` by default) differs from ``predicted``
+    only by the real MLPs' Jacobians standing where the graph has the transcoders' (equal for exact transcoders)."""
     correlation_first_order: float
     """Pearson correlation of ``first_order["live"]`` and measured: how linear the real model itself is over these
     ablations, the reference for the graph's correlation."""
     correlation_transcoders: float
-    """Pearson correlation of predicted and ``first_order["attention and norms frozen"]``: how well the transcoders
-    stand in for the MLPs' local response, with attention, norms and nonlinearity out of the comparison."""
+    """Pearson correlation of predicted and the first-order prediction under the graph's own freezing
+    (:func:`graph_freezing`): how well the transcoders stand in for the MLPs' local response, with attention,
+    norms and nonlinearity out of the comparison."""
     ablated: tuple[tuple[str, int, int], ...]
     """(basis, position, feature) of each ablated feature."""
     memory: PromptMemory
@@ -287,6 +288,13 @@ class Frozen(NamedTuple):
 
 FREEZINGS = ("live", "attention frozen", "norms frozen", "attention and norms frozen")
 """What the real model's first-order predictions hold at its clean values (:attr:`CircuitResult.first_order`)."""
+
+
+def graph_freezing(settings: CircuitSettings) -> str:
+    """The entry of :data:`FREEZINGS` that holds what a graph built with ``settings`` holds (frozen norms and/or
+    attention; linearised ones are live to first order)."""
+    held = [part for part, how in (("attention", settings.attention), ("norms", settings.norms)) if how == "frozen"]
+    return f"{' and '.join(held)} frozen" if held else "live"
 
 
 def _freezing(model: nn.Module, frozen: Frozen | None, *, norms: bool = True):
@@ -435,7 +443,7 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
                          held, _pearson(pred, held), rep, _pearson(pred, rep), fa, _pearson(pred, fa), lo,
                          _pearson(pred, lo), fo, _pearson(fo["live"], meas),
-                         _pearson(pred, fo["attention and norms frozen"]), tuple(ablated), memory)
+                         _pearson(pred, fo[graph_freezing(settings)]), tuple(ablated), memory)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -536,8 +544,8 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              f"against the measured changes, r / sign agreement: " + "; ".join(
                  f"{name} {_pearson(res.first_order[name], res.measured):.3f} / "
                  f"{_sign_agreement(res.first_order[name], res.measured):.2f}" for name in FREEZINGS)
-             + f". With attention and norms frozen as in the graph, that prediction against the graph's (only the MLPs' "
-             f"Jacobians differ: the transcoders' quality): r = {res.correlation_transcoders:.3f}.",
+             + f". Under the graph's own freezing ({graph_freezing(settings)}), that prediction against the graph's "
+             f"(only the MLPs' Jacobians differ: the transcoders' quality): r = {res.correlation_transcoders:.3f}.",
              f"Memory: estimated {res.memory.need_gb:.2f} GB for the graph (budget {settings.memory_gb:g} GB, prompts up "
              f"to {res.memory.max_tokens} tokens); whole-process peak, training and interventions included, "
              f"{peak_gb:.2f} GB. Wall time: "
