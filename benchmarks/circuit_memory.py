@@ -50,7 +50,7 @@ def graph_stage(model, prompt: torch.Tensor, bases, settings, **sites):
     from assay.circuits.graph import GraphConfig, attribute, graph_json, graph_scores
 
     g = attribute(model, prompt, bases, GraphConfig(batch_size=settings.graph_batch, max_n_logits=settings.max_n_logits),
-                  unembed=model.lm_head.weight, **sites)
+                  unembed=model.lm_head.weight, norms=settings.norms, attention=settings.attention, **sites)
     n = g.adjacency.shape[0]
     errors, tokens = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
     errors[g.slices()[1]] = True

@@ -22,10 +22,13 @@ bench = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bench)  # its live_peak (allocator events) and graph_stage (what assay circuit runs)
 
 
+@pytest.mark.parametrize("linearised", ["frozen", "linearised"])
 @pytest.mark.parametrize(("n_tokens", "batch", "layers"), [(8, 16, (1,)), (24, 16, (1,)), (48, 4, (0, 1)), (48, 32, (1,))])
-def test_the_estimate_bounds_the_tensors_a_graph_holds_and_is_not_loose(n_tokens, batch, layers):
+def test_the_estimate_bounds_the_tensors_a_graph_holds_and_is_not_loose(n_tokens, batch, layers, linearised):
+    """Graphs with frozen norms and attention (circuit-tracer's) and with both linearised (which hold more)."""
     model = tiny_llama()
-    s = CircuitSettings(layers=layers, d_sae=64, k=4, graph_batch=batch, max_n_logits=3)
+    s = CircuitSettings(layers=layers, d_sae=64, k=4, graph_batch=batch, max_n_logits=3, norms=linearised,
+                        attention=linearised)
     bases = [transcoder_basis(build_sae("topk_transcoder", d_in=D, d_out=D, d_sae=s.d_sae, k=s.k, seed=i), layer=i,
                               input_site=llama_sites(i)[0], output_site=llama_sites(i)[1]).to(torch.float64)
              for i in layers]  # in the model's dtype, as assay circuit's (else the graph holds a cast copy)

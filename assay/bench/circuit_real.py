@@ -132,7 +132,9 @@ def _need_bytes(model: nn.Module, t: int, s: CircuitSettings) -> float:
     return graph_memory(n_tokens=t, n_features=t * s.k * len(s.layers), n_bases=c.num_hidden_layers,
                         n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=c.num_attention_heads,
                         vocab=c.vocab_size, dict_features=s.d_sae * len(s.layers), batch=s.graph_batch,
-                        n_logits=s.max_n_logits, element_size=next(model.parameters()).element_size()).resident
+                        n_logits=s.max_n_logits, element_size=next(model.parameters()).element_size(),
+                        linearised_attention=s.attention == "linearised", linearised_norms=s.norms == "linearised"
+                        ).resident
 
 
 def prompt_memory(model: nn.Module, n_tokens: int, settings: CircuitSettings) -> PromptMemory:
