@@ -81,7 +81,7 @@ def test_cached_transcoders_are_loaded_and_only_missing_layers_trained(tmp_path,
 def test_predicted_ablation_equals_the_replacement_model_propagated_by_hand():
     """With exact transcoders, ablating a feature in the local replacement model and letting every active downstream
     feature follow its (linear) pre-activation moves the top logit by exactly the graph's prediction."""
-    from assay.bench.circuit_real import _predicted
+    from assay.bench.circuit_interventions import predicted_ablations
 
     model = tiny_llama()
     prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
@@ -92,7 +92,7 @@ def test_predicted_ablation_equals_the_replacement_model_propagated_by_hand():
     u = (model.lm_head.weight[g.logit_tokens[0]] - model.lm_head.weight.mean(0)).detach()
     errs = [e[None] for e in rep.errors]
     chosen = list(range(0, g.n_features, max(1, g.n_features // 6)))
-    predicted = _predicted(g, chosen, 0)
+    predicted = predicted_ablations(g, chosen, 0)
     for k, prediction in zip(chosen, predicted.tolist(), strict=True):
         j0, p0, i0 = g.features[k].tolist()
         acts = [a[None].clone() for a in rep.acts]
@@ -144,7 +144,7 @@ def test_the_command_refuses_bad_settings():
 def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcoders_its_ablations(fraction):
     """Run with its clean errors the live replacement model gives the clean logits; with exact transcoders (error 0)
     an ablation in it moves the logit exactly as removing the feature's write from the real model does."""
-    from assay.bench.circuit_real import _replacement_logits
+    from assay.bench.circuit_interventions import replacement_logits
 
     model = tiny_llama()
     prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
@@ -154,7 +154,7 @@ def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcod
     assert res.measured.abs().max() > 1e-3  # the ablations do move the logit
     # with every attention pattern frozen at its clean value the run without an ablation is the clean run, and the
     # ablations differ from the live-attention ones (moving where attention looks is part of their effect)
-    from assay.bench.circuit_real import Frozen, _measured
+    from assay.bench.circuit_interventions import Frozen, measured_ablation
     from assay.circuits.graph.hf_frozen import eager_patterns, hf_attention_sites, recorded_rms
 
     with torch.no_grad(), eager_patterns(model, hf_attention_sites(model)) as patterns, recorded_rms(model) as rms:
@@ -163,9 +163,9 @@ def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcod
     clean_value = float(logits[token] - logits.mean())
     still = Frozen(dict(patterns), dict(rms))
     assert len(still.denominators) == 5  # two norms per layer and the final one
-    assert abs(_measured(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, still)) < 1e-9
+    assert abs(measured_ablation(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, still)) < 1e-9
     # Hugging Face's RMSNorm computes its denominator in float32 even in a float64 model; the frozen one does not
-    assert abs(_measured(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, still, norms=True)) < 1e-6
+    assert abs(measured_ablation(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, still, norms=True)) < 1e-6
     assert res.measured_frozen_attention.shape == res.measured.shape
     assert not torch.allclose(res.measured_frozen_attention, res.measured, atol=1e-6)
     tcs = train_transcoders(model.float(), torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3)),
@@ -174,9 +174,9 @@ def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcod
     learned = [transcoder_basis(tcs[1], layer=1, input_site=llama_sites(1)[0], output_site=llama_sites(1)[1])]
     with torch.no_grad():
         clean = model(prompt[None]).logits[0, -1]
-    _, errors = _replacement_logits(model, prompt, learned, None)
+    _, errors = replacement_logits(model, prompt, learned, None)
     assert errors[0].abs().max() > 1e-3  # a 4-step transcoder is far from exact
-    rebuilt, _ = _replacement_logits(model, prompt, learned, errors)
+    rebuilt, _ = replacement_logits(model, prompt, learned, errors)
     assert torch.allclose(rebuilt, clean, atol=1e-9)
 
 
@@ -229,7 +229,7 @@ def test_a_graph_with_linearised_norms_predicts_the_real_models_gradient_with_wh
     by its linearisation (the pattern moves with Q and K to first order). With exact transcoders the graph's
     prediction of every ablation is then the real model's gradient with only attention frozen, or with nothing
     frozen; and the logit rows still sum to the logits with their constants (the rows stay affine)."""
-    from assay.bench.circuit_real import graph_freezing
+    from assay.bench.circuit_interventions import graph_freezing
     from assay.config import ConfigError
 
     model = tiny_llama()
@@ -237,7 +237,7 @@ def test_a_graph_with_linearised_norms_predicts_the_real_models_gradient_with_wh
     exact = [exact_transcoder(model, i) for i in (0, 1)]
     res = circuit_experiment(model, prompt, exact, replace(SETTINGS, norms="linearised", attention=attention))
     assert torch.allclose(res.predicted, res.first_order[equals], rtol=1e-4, atol=1e-5)
-    assert graph_freezing(replace(SETTINGS, norms="linearised", attention=attention)) == equals
+    assert graph_freezing("linearised", attention) == equals
     assert res.correlation_transcoders > 0.9999
     assert not torch.allclose(res.predicted, res.first_order[differs], rtol=1e-3, atol=1e-4)
     g = res.graph

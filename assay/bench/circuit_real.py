@@ -16,7 +16,7 @@ LLM Feature Circuits" (TopK as Gao et al. 2024). Steps:
    *real* model (``h_p ← h_p − a·W_dec[f]``) and the change of the top logit (minus the mean logit) is
    measured; the graph predicts it by propagating the ablation linearly through the feature-to-feature edges
    (errors held fixed). Their Pearson correlation is reported, also against the same ablation in the live
-   replacement model (transcoders plus clean errors; :func:`_replacement_logits`) and, with ``ablate_fraction``
+   replacement model (transcoders plus clean errors; :func:`~assay.bench.circuit_interventions.replacement_logits`) and, with ``ablate_fraction``
    < 1, for a partial removal (a derivative test).
 """
 
@@ -30,6 +30,17 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from assay.bench.circuit_interventions import (
+    FREEZINGS,
+    Frozen,
+    first_order,
+    graph_freezing,
+    measured_ablation,
+    pearson,
+    predicted_ablations,
+    replacement_logits,
+    sign_agreement,
+)
 from assay.circuits.graph import (
     FeatureBasis,
     Graph,
@@ -43,7 +54,7 @@ from assay.circuits.graph.influence import normalize_matrix
 from assay.circuits.graph.memory import graph_memory, max_tokens
 from assay.config import ConfigError, check_int_fields
 
-__all__ = ["CircuitSettings", "CircuitResult", "PromptMemory", "prompt_memory", "graph_freezing", "train_transcoders",
+__all__ = ["CircuitSettings", "CircuitResult", "PromptMemory", "prompt_memory", "train_transcoders",
            "llama_sites", "circuit_experiment", "run_real_circuit"]
 
 
@@ -264,128 +275,6 @@ def _check_length(model: nn.Module, n_tokens: int, s: CircuitSettings) -> Prompt
     return mem
 
 
-def _predicted(graph: Graph, features: Sequence[int], token: int) -> torch.Tensor:
-    """The graph's linear prediction of the change of logit node ``token`` when each feature node in ``features``
-    is set to 0 (alone), [len(features)]: the ablation propagated through feature→feature edges (each edge / its
-    source's activation). The features form a DAG (a feature reads only earlier layers and positions), so the
-    ablated feature's own inputs never change and one transposed solve serves every ablation:
-    Δlogit_f = −a_f · [(I − W)⁻ᵀ u]_f with u the logit row's feature edges / activations."""
-    f_sl, lg = graph.slices()[0], graph.slices()[3]
-    a = graph.activations.to(torch.float64)
-    w = graph.adjacency[f_sl, f_sl].to(torch.float64) / a[None, :]
-    w.neg_().diagonal().add_(1.0)  # I − W, in place
-    u = graph.adjacency[lg.start + token, f_sl].to(torch.float64) / a
-    y = torch.linalg.solve(w.T, u)
-    index = torch.as_tensor(list(features), dtype=torch.long)
-    return -a[index] * y[index]
-
-
-class Frozen(NamedTuple):
-    """The clean run's attention patterns (``site -> [1, heads, T, T]``) and RMSNorm denominators (``site ->
-    [1, T, 1]``): what the graph's local replacement model holds fixed."""
-
-    patterns: dict[str, torch.Tensor]
-    denominators: dict[str, torch.Tensor]
-
-
-FREEZINGS = ("live", "attention frozen", "norms frozen", "attention and norms frozen")
-"""What the real model's first-order predictions hold at its clean values (:attr:`CircuitResult.first_order`)."""
-
-
-def graph_freezing(settings: CircuitSettings) -> str:
-    """The entry of :data:`FREEZINGS` that holds what a graph built with ``settings`` holds (frozen norms and/or
-    attention; linearised ones are live to first order)."""
-    held = [part for part, how in (("attention", settings.attention), ("norms", settings.norms)) if how == "frozen"]
-    return f"{' and '.join(held)} frozen" if held else "live"
-
-
-def _freezing(model: nn.Module, frozen: Frozen | None, *, norms: bool = True):
-    """A context holding attention at ``frozen.patterns`` (if any) and, with ``norms``, every RMSNorm in
-    ``frozen.denominators`` at its clean denominator."""
-    from contextlib import ExitStack
-
-    from assay.circuits.graph.hf_frozen import frozen_patterns, frozen_rms_norms
-
-    stack = ExitStack()
-    if frozen is not None and frozen.patterns:
-        stack.enter_context(frozen_patterns(model, frozen.patterns))
-    if frozen is not None and norms:
-        stack.enter_context(frozen_rms_norms(model, frozen.denominators))
-    return stack
-
-
-def _measured(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: int, feat: int, act: float,
-              token_id: int, clean: float, held: dict[str, torch.Tensor], frozen: Frozen | None = None, *,
-              norms: bool = False) -> float:
-    """The real model's change of the demeaned ``token_id`` logit when ``act`` of feature ``feat`` is removed at
-    ``pos`` from its MLP output; ``held`` sites return their given outputs; ``frozen``: attention frozen at its
-    clean patterns, and with ``norms`` every RMSNorm at its clean denominator (the MLPs stay live)."""
-    from assay import hooks
-
-    direction = act * basis.W_dec[feat]
-
-    def remove(h):
-        h = h.clone()
-        h[:, pos] -= direction.to(h.dtype)
-        return h
-
-    edits = {site: (lambda h, v=v: v.expand_as(h)) for site, v in held.items()}
-    with torch.no_grad(), _freezing(model, frozen, norms=norms), hooks.patch(model, {**edits, basis.output_site: remove}):
-        logits = model(tokens[None]).logits[0, -1]
-    return float(logits[token_id] - logits.mean()) - clean
-
-
-def _first_order(model: nn.Module, tokens: torch.Tensor, sites: Sequence[str], token_id: int,
-                 frozen: Frozen | None = None) -> dict[str, torch.Tensor]:
-    """The gradient of the demeaned ``token_id`` logit with respect to each site's output [T, d]: dotted with a
-    change of that output it is the real model's own first-order prediction of the change (attribution patching:
-    Nanda 2023; Kramár et al. 2024, "AtP*"). Everything live by default; with ``frozen``, attention and every
-    RMSNorm's denominator are held at their clean values, as in the graph, so that only the real MLPs' Jacobians
-    separate this linearisation from the graph's (which has the transcoders')."""
-    from assay import hooks
-
-    dtype = next(model.parameters()).dtype
-    zeros = {s: torch.zeros(tokens.shape[0], model.config.hidden_size, dtype=dtype, requires_grad=True) for s in sites}
-    with torch.enable_grad(), _freezing(model, frozen), \
-            hooks.patch(model, {s: (lambda h, z=z: h + z) for s, z in zeros.items()}):
-        logits = model(tokens[None]).logits[0, -1]
-        grads = torch.autograd.grad(logits[token_id] - logits.mean(), list(zeros.values()))
-    return dict(zip(zeros, grads, strict=True))
-
-
-def _replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis],
-                        errors: Sequence[torch.Tensor] | None, off: tuple[int, int, int, float] | None = None
-                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Last-position logits with every basis' output site set to ``decode(σ(pre(input)))`` plus ``errors[j]``,
-    feature ``off`` = (basis, position, feature, fraction) scaled by 1 − fraction in its code; ``errors`` None leaves the outputs as they are
-    (the clean run). Returns the logits and each basis' error in this run (its output − its rebuild)."""
-    from assay import hooks
-
-    dtype = next(model.parameters()).dtype
-    bases = [b.to(dtype) for b in bases]
-    inputs: dict[str, torch.Tensor] = {}
-    errs: list[torch.Tensor] = []
-
-    def keep(site):
-        return lambda h: inputs.__setitem__(site, h) or h
-
-    def rebuild(j, b):
-        def fn(h):
-            a = b.activation(b.pre(inputs[b.input_site]))
-            if off is not None and off[0] == j:
-                a = a.clone()
-                a[:, off[1], off[2]] *= 1 - off[3]
-            out = b.decode(a) + b.skip(inputs[b.input_site])
-            errs.append(h - out)
-            return h if errors is None else out + errors[j]
-        return fn
-
-    edits = {b.input_site: keep(b.input_site) for b in bases} | {b.output_site: rebuild(j, b) for j, b in enumerate(bases)}
-    with torch.no_grad(), hooks.patch(model, edits):
-        logits = model(tokens[None]).logits[0, -1]
-    return logits, errs
-
-
 def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[FeatureBasis], settings: CircuitSettings,
                        *, decode: Callable[[int], str] = str, slug: str = "circuit") -> CircuitResult:
     """Graph, pruned export and interventions of ``prompt`` [T] over ``bases`` (see the module docstring)."""
@@ -416,12 +305,12 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     clean = float(logits[token_id] - logits.mean())
     by_name = {b.name: b for b in bases}
     f = settings.ablate_fraction
-    _, clean_errors = _replacement_logits(model, prompt, bases, None)
+    _, clean_errors = replacement_logits(model, prompt, bases, None)
     sites = [b.output_site for b in bases]
     still = Frozen(dict(patterns), dict(denominators))
     held_by = dict(zip(FREEZINGS, (None, Frozen(still.patterns, {}), Frozen({}, still.denominators), still),
                        strict=True))
-    gradients = {name: _first_order(model, prompt, sites, token_id, fz) for name, fz in held_by.items()}
+    gradients = {name: first_order(model, prompt, sites, token_id, fz) for name, fz in held_by.items()}
     first: dict[str, list[float]] = {name: [] for name in FREEZINGS}
     measured, frozen, live, attn, local, ablated = [], [], [], [], [], []
     for k in top:
@@ -431,29 +320,21 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
         for name, g in gradients.items():
             first[name].append(float(write @ g[basis.output_site][p]))
         act = f * float(graph.activations[k])
-        measured.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}) / f)
-        frozen.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {s: cap[s] for s in error_sites}) / f)
-        attn.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}, still) / f)
-        local.append(_measured(model, prompt, basis, p, i, act, token_id, clean, {}, still, norms=True) / f)
-        rep, _ = _replacement_logits(model, prompt, bases, clean_errors,
+        measured.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {}) / f)
+        frozen.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {s: cap[s] for s in error_sites}) / f)
+        attn.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {}, still) / f)
+        local.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {}, still, norms=True) / f)
+        rep, _ = replacement_logits(model, prompt, bases, clean_errors,
                                      ([b.name for b in bases].index(basis.name), p, i, f))
         live.append((float(rep[token_id] - rep.mean()) - clean) / f)
         ablated.append((basis.name, p, i))
-    pred = _predicted(graph, top, 0)
+    pred = predicted_ablations(graph, top, 0)
     meas, held, rep, fa, lo = (torch.tensor(v, dtype=torch.float64) for v in (measured, frozen, live, attn, local))
     fo = {name: torch.tensor(v, dtype=torch.float64) for name, v in first.items()}
-    return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, _pearson(pred, meas),
-                         held, _pearson(pred, held), rep, _pearson(pred, rep), fa, _pearson(pred, fa), lo,
-                         _pearson(pred, lo), fo, _pearson(fo["live"], meas),
-                         _pearson(pred, fo[graph_freezing(settings)]), tuple(ablated), memory)
-
-
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if len(a) > 1 else float("nan")
-
-
-def _sign_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((torch.sign(a) == torch.sign(b)).double().mean()) if len(a) else float("nan")
+    return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, pearson(pred, meas),
+                         held, pearson(pred, held), rep, pearson(pred, rep), fa, pearson(pred, fa), lo,
+                         pearson(pred, lo), fo, pearson(fo["live"], meas),
+                         pearson(pred, fo[graph_freezing(settings.norms, settings.attention)]), tuple(ablated), memory)
 
 
 def _mask(n: int, sl: slice) -> torch.Tensor:
@@ -541,12 +422,12 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              f"default intervention) r = {res.correlation_frozen_attention:.3f}; with the norms' denominators held "
              f"too (the graph's local replacement model with the real MLPs, run live) r = "
              f"{res.correlation_frozen_norms:.3f}. Sign agreement (predicted, measured): "
-             f"{_sign_agreement(res.predicted, res.measured):.2f}. For reference, the real model's own first-order "
+             f"{sign_agreement(res.predicted, res.measured):.2f}. For reference, the real model's own first-order "
              f"prediction (the logit's gradient at the MLP output dotted with the removed write: attribution patching) "
              f"against the measured changes, r / sign agreement: " + "; ".join(
-                 f"{name} {_pearson(res.first_order[name], res.measured):.3f} / "
-                 f"{_sign_agreement(res.first_order[name], res.measured):.2f}" for name in FREEZINGS)
-             + f". Under the graph's own freezing ({graph_freezing(settings)}), that prediction against the graph's "
+                 f"{name} {pearson(res.first_order[name], res.measured):.3f} / "
+                 f"{sign_agreement(res.first_order[name], res.measured):.2f}" for name in FREEZINGS)
+             + f". Under the graph's own freezing ({graph_freezing(settings.norms, settings.attention)}), that prediction against the graph's "
              f"(only the MLPs' Jacobians differ: the transcoders' quality): r = {res.correlation_transcoders:.3f}.",
              f"Memory: estimated {res.memory.need_gb:.2f} GB for the graph (budget {settings.memory_gb:g} GB, prompts up "
              f"to {res.memory.max_tokens} tokens); whole-process peak, training and interventions included, "
