@@ -1,4 +1,4 @@
-"""benchmarks/circuit_jacobian_finetune.py's transcoder Jacobian-vector product against finite differences of the
+"""benchmarks/circuit_transcoder_fidelity.py's transcoder Jacobian-vector product against finite differences of the
 transcoder itself, and its error measure against a hand computation."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from assay.dictionaries.registry import build_sae
 
 _SPEC = importlib.util.spec_from_file_location(
-    "bench_circuit_jacobian", Path(__file__).resolve().parents[1] / "benchmarks" / "circuit_jacobian_finetune.py")
+    "bench_circuit_fidelity", Path(__file__).resolve().parents[1] / "benchmarks" / "circuit_transcoder_fidelity.py")
 bench = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bench)
 

@@ -1,21 +1,19 @@
-"""Fine-tune `assay circuit`'s cached TopK (skip-)transcoders to match their MLPs' Jacobians as well as outputs,
-then compare the attribution graph's intervention predictions (an experiment, not a product path).
+"""How faithfully `assay circuit`'s cached TopK (skip-)transcoders stand in for their MLPs: held-out FVU of the
+outputs and the error of their Jacobians; optionally fine-tune them to match the Jacobians too (an experiment).
 
-Olah 2025, "A toy model of mechanistic (un)faithfulness" (transformer-circuits.pub) suggests Jacobian matching so
-that transcoders implement the MLPs' mechanism, not only their outputs; Srinivas & Fleuret 2018 match Jacobians in
-distillation. Here each layer's loss is the batch FVU of the outputs plus ``--jacobian-coef`` × the normalised
-error of the Jacobian-vector product on random directions v (a Hutchinson estimate of ‖J_tc − J_mlp‖²_F):
-J_mlp v from forward-mode AD through the real MLP, J_tc v = (v W_enc) on the active TopK features decoded, plus
-v W_skipᵀ. The fine-tuned transcoders are written under ``--to`` with the same cache names, so
+Held out: the last ``--held-out`` windows of the bundled corpus (training takes the first ``--n-windows``), BOS
+rows left out. FVU = Σ‖y − ŷ‖² / Σ‖y − ȳ‖² per layer. Jacobian error = ‖J_mlp v − J_tc v‖² / ‖J_mlp v‖² on random
+directions v (a Hutchinson estimate of the relative ‖J_tc − J_mlp‖²_F): J_mlp v by forward-mode AD through the real
+MLP, J_tc v = (v W_enc) on the active TopK features decoded, plus v W_skipᵀ.
 
-    assay circuit --all-layers --skip --k 32 --steps 1200 --n-windows 2828 --out-dir <to> [--norms linearised ...]
+With ``--finetune-steps N > 0`` each layer is trained further on the output FVU plus ``--jacobian-coef`` × the
+Jacobian error (Olah 2025, "A toy model of mechanistic (un)faithfulness", transformer-circuits.pub, suggests
+Jacobian matching so that transcoders implement the MLPs' mechanism, not only their outputs; Srinivas & Fleuret
+2018 match Jacobians in distillation) and written under ``--to`` with the same cache names, so
+``assay circuit ... --out-dir <to>`` loads them. Run (after `assay circuit ... --out-dir runs/circuit`):
 
-loads them. Run (after `assay circuit ... --out-dir runs/circuit` trained the originals):
-
-    PYTHONPATH=. python benchmarks/circuit_jacobian_finetune.py --from runs/circuit --to runs/circuit_jac \\
-        --all-layers --skip --k 32 --steps 1200 --n-windows 2828 --finetune-steps 200
-
-Prints, per layer, the held-out FVU and the held-out Jacobian error before and after.
+    PYTHONPATH=. python benchmarks/circuit_transcoder_fidelity.py --from runs/circuit --all-layers --skip --k 32 \
+        --steps 1200 --n-windows 2828 [--finetune-steps 150 --relative-lr 1e-2 --to runs/circuit_jac]
 """
 
 from __future__ import annotations
@@ -55,7 +53,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="src", type=Path, required=True)
-    ap.add_argument("--to", type=Path, required=True)
+    ap.add_argument("--to", type=Path, help="where fine-tuned transcoders go (with --finetune-steps > 0)")
     ap.add_argument("--all-layers", action="store_true")
     ap.add_argument("--layers", type=int, nargs="*", default=[3, 9, 15])
     ap.add_argument("--d-sae", type=int, default=1024)
@@ -63,12 +61,14 @@ def main() -> None:
     ap.add_argument("--skip", action="store_true")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--n-windows", type=int, default=256)
-    ap.add_argument("--finetune-steps", type=int, default=200)
+    ap.add_argument("--finetune-steps", type=int, default=0)
     ap.add_argument("--jacobian-rows", type=int, default=64)
     ap.add_argument("--jacobian-coef", type=float, default=1.0)
     ap.add_argument("--relative-lr", type=float, default=1e-3, help="Adam lr per tensor = this × the tensor's RMS")
     ap.add_argument("--held-out", type=int, default=16)
     a = ap.parse_args()
+    if a.finetune_steps > 0 and a.to is None:
+        raise SystemExit("--finetune-steps > 0 writes fine-tuned transcoders: give --to <run folder>")
     torch.manual_seed(0)
     loaded = load("smollm2-135m")
     model, tok = loaded.model, loaded.tokenizer
@@ -98,10 +98,14 @@ def main() -> None:
             errs = {i: _errors(tcs[i], mlps[i], *held_rows[i], v_held) for i in layers}
         f = [float(e[0]) for e in errs.values()]
         j = [float(e[1]) for e in errs.values()]
+        for i, fi, ji in zip(layers, f, j, strict=True):
+            print(f"{tag}: layer {i:2d}: held-out FVU {fi:.3f}, Jacobian error {ji:.3f}")
         print(f"{tag}: held-out FVU mean {sum(f) / len(f):.3f}; Jacobian error mean {sum(j) / len(j):.3f} "
               f"(layers 0-2: {[round(x, 3) for x in j[:3]]}; min {min(j):.3f}, max {max(j):.3f})", flush=True)
 
     report("before")
+    if a.finetune_steps == 0:
+        return
     opts = {i: torch.optim.Adam([{"params": [p], "lr": a.relative_lr * float(p.detach().pow(2).mean().sqrt()) + 1e-8}
                                  for p in tcs[i].parameters() if p.requires_grad]) for i in layers}
     batches = _token_batches(windows, s)
