@@ -163,9 +163,10 @@ def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcod
     clean_value = float(logits[token] - logits.mean())
     still = Frozen(dict(patterns), dict(rms))
     assert len(still.denominators) == 5  # two norms per layer and the final one
-    assert abs(measured_ablation(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, still)) < 1e-9
+    attention_only = Frozen(still.patterns, {})
+    assert abs(measured_ablation(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, attention_only)) < 1e-9
     # Hugging Face's RMSNorm computes its denominator in float32 even in a float64 model; the frozen one does not
-    assert abs(measured_ablation(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, still, norms=True)) < 1e-6
+    assert abs(measured_ablation(model, prompt, exact[1], 2, 0, 0.0, token, clean_value, {}, still)) < 1e-6
     assert res.measured_frozen_attention.shape == res.measured.shape
     assert not torch.allclose(res.measured_frozen_attention, res.measured, atol=1e-6)
     tcs = train_transcoders(model.float(), torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3)),

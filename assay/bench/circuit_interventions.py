@@ -57,9 +57,9 @@ def graph_freezing(norms: str, attention: str) -> str:
     return f"{' and '.join(held)} frozen" if held else "live"
 
 
-def _freezing(model: nn.Module, frozen: Frozen | None, *, norms: bool = True):
-    """A context holding attention at ``frozen.patterns`` (if any) and, with ``norms``, every RMSNorm in
-    ``frozen.denominators`` at its clean denominator."""
+def _freezing(model: nn.Module, frozen: Frozen | None):
+    """A context holding attention at ``frozen.patterns`` and each RMSNorm in ``frozen.denominators`` at its clean
+    denominator (empty: that part stays live)."""
     from contextlib import ExitStack
 
     from assay.circuits.graph.hf_frozen import frozen_patterns, frozen_rms_norms
@@ -67,17 +67,17 @@ def _freezing(model: nn.Module, frozen: Frozen | None, *, norms: bool = True):
     stack = ExitStack()
     if frozen is not None and frozen.patterns:
         stack.enter_context(frozen_patterns(model, frozen.patterns))
-    if frozen is not None and norms:
+    if frozen is not None and frozen.denominators:
         stack.enter_context(frozen_rms_norms(model, frozen.denominators))
     return stack
 
 
 def measured_ablation(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasis, pos: int, feat: int, act: float,
-              token_id: int, clean: float, held: dict[str, torch.Tensor], frozen: Frozen | None = None, *,
-              norms: bool = False) -> float:
+                      token_id: int, clean: float, held: dict[str, torch.Tensor], frozen: Frozen | None = None
+                      ) -> float:
     """The real model's change of the demeaned ``token_id`` logit when ``act`` of feature ``feat`` is removed at
-    ``pos`` from its MLP output; ``held`` sites return their given outputs; ``frozen``: attention frozen at its
-    clean patterns, and with ``norms`` every RMSNorm at its clean denominator (the MLPs stay live)."""
+    ``pos`` from its MLP output; ``held`` sites return their given outputs; ``frozen``: what is held at the clean
+    run (its attention patterns and/or RMSNorm denominators; the MLPs stay live)."""
     from assay import hooks
 
     direction = act * basis.W_dec[feat]
@@ -88,17 +88,17 @@ def measured_ablation(model: nn.Module, tokens: torch.Tensor, basis: FeatureBasi
         return h
 
     edits = {site: (lambda h, v=v: v.expand_as(h)) for site, v in held.items()}
-    with torch.no_grad(), _freezing(model, frozen, norms=norms), hooks.patch(model, {**edits, basis.output_site: remove}):
+    with torch.no_grad(), _freezing(model, frozen), hooks.patch(model, {**edits, basis.output_site: remove}):
         logits = model(tokens[None]).logits[0, -1]
     return float(logits[token_id] - logits.mean()) - clean
 
 
 def first_order(model: nn.Module, tokens: torch.Tensor, sites: Sequence[str], token_id: int,
-                 frozen: Frozen | None = None) -> dict[str, torch.Tensor]:
+                frozen: Frozen | None = None) -> dict[str, torch.Tensor]:
     """The gradient of the demeaned ``token_id`` logit with respect to each site's output [T, d]: dotted with a
     change of that output it is the real model's own first-order prediction of the change (attribution patching:
-    Nanda 2023; Kramár et al. 2024, "AtP*"). Everything live by default; with ``frozen``, attention and every
-    RMSNorm's denominator are held at their clean values, as in the graph, so that only the real MLPs' Jacobians
+    Nanda 2023; Kramár et al. 2024, "AtP*"). Everything live by default; ``frozen`` holds its attention patterns
+    and/or RMSNorm denominators at their clean values — with what the graph holds, only the real MLPs' Jacobians
     separate this linearisation from the graph's (which has the transcoders')."""
     from assay import hooks
 
@@ -112,8 +112,8 @@ def first_order(model: nn.Module, tokens: torch.Tensor, sites: Sequence[str], to
 
 
 def replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis],
-                        errors: Sequence[torch.Tensor] | None, off: tuple[int, int, int, float] | None = None
-                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                       errors: Sequence[torch.Tensor] | None, off: tuple[int, int, int, float] | None = None
+                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Last-position logits with every basis' output site set to ``decode(σ(pre(input)))`` plus ``errors[j]``,
     feature ``off`` = (basis, position, feature, fraction) scaled by 1 − fraction in its code; ``errors`` None leaves the outputs as they are
     (the clean run). Returns the logits and each basis' error in this run (its output − its rebuild)."""
@@ -145,7 +145,10 @@ def replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[F
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if len(a) > 1 else float("nan")
+    """:func:`assay.stats.pearson` of two vectors, as a float (NaN for fewer than two values)."""
+    from assay.stats import pearson as stats_pearson
+
+    return float(stats_pearson(a, b))
 
 
 def sign_agreement(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -322,8 +322,9 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
         act = f * float(graph.activations[k])
         measured.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {}) / f)
         frozen.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {s: cap[s] for s in error_sites}) / f)
-        attn.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {}, still) / f)
-        local.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {}, still, norms=True) / f)
+        attn.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {},
+                                      held_by["attention frozen"]) / f)
+        local.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {}, still) / f)
         rep, _ = replacement_logits(model, prompt, bases, clean_errors,
                                      ([b.name for b in bases].index(basis.name), p, i, f))
         live.append((float(rep[token_id] - rep.mean()) - clean) / f)

@@ -15,13 +15,15 @@ is frozen as ``w ⊙ x / r`` with ``r`` its clean denominator per position (:fun
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-__all__ = ["FROZEN_ATTENTION", "is_rms_norm", "rms_denominator", "frozen_rms", "recorded_rms", "frozen_rms_norms",
+__all__ = ["FROZEN_ATTENTION", "is_rms_norm", "rms_denominator", "frozen_rms", "recorded_rms", "replaced_norms",
+           "frozen_rms_norms",
            "hf_attention_sites", "eager_patterns", "frozen_patterns", "recorded_qkv", "linearised_attention"]
 
 FROZEN_ATTENTION = "assay_frozen_pattern"
@@ -67,17 +69,23 @@ def recorded_rms(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
 
 
 @contextmanager
-def frozen_rms_norms(model: nn.Module, denominators: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Inside the block each RMSNorm site in ``denominators`` returns ``w ⊙ x / r`` (:func:`frozen_rms`) of its
-    live input with its given denominator ``r``, as the local replacement model's norms (linear in ``x``)."""
+def replaced_norms(model: nn.Module, norms: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """Inside the block each norm site in ``norms`` returns ``norms[site](x)`` of its live input ``x`` (a forward
+    hook: enter this before other hooks on those sites, so that they see the replaced output)."""
     handles = [model.get_submodule(site).register_forward_hook(
-        lambda module, args, output, r=r: frozen_rms(module, args[0], r).to(output.dtype))
-        for site, r in denominators.items()]
+        lambda module, args, output, fn=fn: fn(args[0]).to(output.dtype)) for site, fn in norms.items()]
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def frozen_rms_norms(model: nn.Module, denominators: Mapping[str, torch.Tensor]):
+    """A context inside which each RMSNorm site in ``denominators`` returns ``w ⊙ x / r`` (:func:`frozen_rms`) of
+    its live input with its given denominator ``r``, as the local replacement model's norms (linear in ``x``)."""
+    return replaced_norms(model, {site: functools.partial(frozen_rms, model.get_submodule(site), r=r)
+                                  for site, r in denominators.items()})
 
 
 def hf_attention_sites(model: nn.Module) -> tuple[str, ...]:

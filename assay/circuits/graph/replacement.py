@@ -28,6 +28,7 @@ A site without a basis whose output is nonlinear in the residual stream would br
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 
@@ -44,6 +45,7 @@ from assay.circuits.graph.hf_frozen import (
     is_rms_norm,
     linearised_attention,
     recorded_qkv,
+    replaced_norms,
     rms_denominator,
 )
 from assay.models.transformer import Transformer
@@ -203,10 +205,6 @@ class LocalReplacement:
         if not self.hf_attention:
             for site, pattern in self.patterns.items():
                 edits[site] = lambda h, p=pattern: p.expand_as(h)
-        rms_in: dict[str, torch.Tensor] = {}
-        for site in self.rms_sites:
-            # popped: the norm's input (a residual stream) is not kept to the end of the pass
-            edits[site] = lambda h, site=site: self._rms(site, rms_in.pop(site))
         for site, ins in self.norm_inputs.items():  # frozen norms first: a basis may read their output
             ln, sigma = self.model.get_submodule(site), self.sigmas[site]
 
@@ -240,13 +238,14 @@ class LocalReplacement:
                 return h
 
             edits[site] = _then(edits.get(site), record)
-        with _inputs(self.model, self.rms_sites, rms_in), _not_run(self.model, skipped), _no_weight_grads(self.model), \
+        # the RMSNorms' hooks first: a basis that reads a norm's output (its patch edit) sees the replaced one
+        norms = {site: functools.partial(self._rms, site) for site in self.rms_sites}
+        with replaced_norms(self.model, norms), _not_run(self.model, skipped), _no_weight_grads(self.model), \
                 self._attention_context(), \
                 hooks.patch(self.model, edits), \
                 hooks.capture(self.model, [self.final_site], stop_at=self.final_site, detach=False) as cap:
             self.model(self.tokens.expand(b, -1))
         return [inputs[j] for j in range(len(self.bases))], cap[self.final_site]
-
 
     def _attention_context(self):
         """Hugging Face attention frozen at the clean patterns, or linearised at the clean run; nothing for pattern
