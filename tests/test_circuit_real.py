@@ -249,3 +249,35 @@ def test_a_graph_with_linearised_norms_predicts_the_real_models_gradient_with_wh
     for bad in ({"norms": "live"}, {"attention": "live"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             CircuitSettings(**bad)
+
+
+@pytest.mark.parametrize(("norms", "attention"), [("frozen", "frozen"), ("linearised", "linearised")])
+def test_constrained_interventions_move_every_target_by_its_edge_on_the_ablated_and_drawn_features(norms, attention):
+    """circuit-tracer's exactness check on a partial transcoder set with trained (inexact, so non-zero error nodes)
+    transcoders: the ablated features, then drawn others up to n_constrained, then every token embedding, each
+    doubled, move every feature pre-activation and logit by the graph's edge; the sampled columns are the same as
+    when every feature is doubled."""
+    from assay.circuits.graph import constrained_effects
+
+    model = tiny_llama()
+    windows = torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3))
+    tcs = train_transcoders(model.float(), windows, SETTINGS)
+    model.double()
+    inp, out = llama_sites(1)
+    bases = [transcoder_basis(tcs[1], layer=1, input_site=inp, output_site=out)]
+    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    settings = replace(SETTINGS, n_constrained=7, norms=norms, attention=attention, graph_batch=3)
+    res = circuit_experiment(model, prompt, bases, settings)
+    c, g = res.constrained, res.graph
+    assert c.measured.shape == (g.n_features + g.n_logits, 7 + T)
+    assert float(c.predicted.abs().max()) > 0.1
+    torch.testing.assert_close(c.measured, c.predicted, rtol=0, atol=1e-9)
+    nodes = {(g.basis_names[j], p, i): k for k, (j, p, i) in enumerate(g.features.tolist())}
+    assert list(c.columns[:len(res.ablated)]) == [nodes[a] for a in res.ablated]
+    tokens = g.slices()[2]
+    assert len(set(c.columns)) == len(c.columns) and list(c.columns[7:]) == list(range(tokens.start, tokens.stop))
+    full = constrained_effects(model, g, bases, **KW, unembed=model.lm_head.weight, norms=norms, attention=attention)
+    at = {col: n for n, col in enumerate(full.columns)}
+    torch.testing.assert_close(c.measured, full.measured[:, [at[col] for col in c.columns]], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="must index the graph"):
+        constrained_effects(model, g, bases, features=[g.n_features], **KW, unembed=model.lm_head.weight)

@@ -42,10 +42,12 @@ from assay.bench.circuit_interventions import (
     sign_agreement,
 )
 from assay.circuits.graph import (
+    ConstrainedEffects,
     FeatureBasis,
     Graph,
     GraphConfig,
     attribute,
+    constrained_effects,
     graph_json,
     graph_scores,
     influence,
@@ -88,6 +90,10 @@ class CircuitSettings:
     """Pruning: keep edges holding this share of the influence."""
     n_ablate: int = 12
     """Interventions on this many most influential features."""
+    n_constrained: int = 100
+    """Constrained interventions (spec circuits.md §3.7, circuit-tracer's exactness check): the ablated features plus
+    randomly drawn other active features, this many in all (or every one, if fewer), and every token embedding are
+    each doubled in the graph's local replacement model; every target must move by its graph column."""
     memory_gb: float = 4.0
     """Memory budget of the graph (GiB): what computing and pruning it may add to the process's resident memory
     beyond the loaded model and transcoders, estimated up front (:func:`prompt_memory`)."""
@@ -109,7 +115,7 @@ class CircuitSettings:
 
     def __post_init__(self) -> None:
         check_int_fields(self)
-        for name in ("d_sae", "k", "steps", "rows", "graph_batch", "max_n_logits", "n_ablate"):
+        for name in ("d_sae", "k", "steps", "rows", "graph_batch", "max_n_logits", "n_ablate", "n_constrained"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"CircuitSettings.{name} must be >= 1, got {getattr(self, name)}")
         if self.k > self.d_sae:
@@ -260,6 +266,12 @@ class CircuitResult(NamedTuple):
     """Pearson correlation of predicted and the first-order prediction under the graph's own freezing
     (:func:`graph_freezing`): how well the transcoders stand in for the MLPs' local response, with attention,
     norms and nonlinearity out of the comparison."""
+    constrained: ConstrainedEffects
+    """The constrained interventions (:attr:`CircuitSettings.n_constrained`): each chosen feature and token
+    embedding doubled in the graph's local replacement model (attention, norms, errors and the other sources held
+    as the graph holds them), every feature pre-activation's and target logit's move next to the graph's column.
+    They test what the graph claims, its direct effects, exactly; the ablations above test how far its linear
+    picture carries into the real model."""
     ablated: tuple[tuple[str, int, int], ...]
     """(basis, position, feature) of each ablated feature."""
     memory: PromptMemory
@@ -280,9 +292,9 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     """Graph, pruned export and interventions of ``prompt`` [T] over ``bases`` (see the module docstring)."""
     memory = _check_length(model, prompt.shape[0], settings)
     cfg = GraphConfig(batch_size=settings.graph_batch, max_n_logits=settings.max_n_logits)
-    graph = attribute(model, prompt, bases, cfg, embed_site="model.embed_tokens", final_site="model.norm",
-                      unembed=model.lm_head.weight, norms=settings.norms,
-                      attention=settings.attention)
+    replacement_kw = dict(embed_site="model.embed_tokens", final_site="model.norm", unembed=model.lm_head.weight,
+                          norms=settings.norms, attention=settings.attention)
+    graph = attribute(model, prompt, bases, cfg, **replacement_kw)
     f_sl, e_sl, t_sl, _ = graph.slices()
     n = graph.adjacency.shape[0]
     mask = functools.partial(_mask, n)
@@ -330,12 +342,30 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
         live.append((float(rep[token_id] - rep.mean()) - clean) / f)
         ablated.append((basis.name, p, i))
     pred = predicted_ablations(graph, top, 0)
+    drawn = torch.randperm(graph.n_features, generator=torch.Generator().manual_seed(settings.seed)).tolist()
+    taken = set(top)
+    others = [k for k in drawn if k not in taken][:max(0, settings.n_constrained - len(top))]
+    constrained = constrained_effects(model, graph, bases, features=top + others, batch_size=settings.graph_batch,
+                                      **replacement_kw)
     meas, held, rep, fa, lo = (torch.tensor(v, dtype=torch.float64) for v in (measured, frozen, live, attn, local))
     fo = {name: torch.tensor(v, dtype=torch.float64) for name, v in first.items()}
     return CircuitResult(graph, document, scores.replacement, scores.completeness, pred, meas, pearson(pred, meas),
                          held, pearson(pred, held), rep, pearson(pred, rep), fa, pearson(pred, fa), lo,
                          pearson(pred, lo), fo, pearson(fo["live"], meas),
-                         pearson(pred, fo[graph_freezing(settings.norms, settings.attention)]), tuple(ablated), memory)
+                         pearson(pred, fo[graph_freezing(settings.norms, settings.attention)]), constrained,
+                         tuple(ablated), memory)
+
+
+def _constrained_note(c: ConstrainedEffects, n_features: int) -> str:
+    """The constrained interventions' agreement with the graph, feature rows and logit rows apart."""
+    diff = (c.measured - c.predicted).abs()
+    parts = [f"{what}: largest |measured − edge| {float(diff[rows].max()):.2e}, largest |edge| "
+             f"{float(c.predicted[rows].abs().max()):.2e}" for what, rows in
+             (("feature pre-activations", slice(0, n_features)), ("demeaned logits", slice(n_features, None)))]
+    return (f"Constrained interventions (circuit-tracer's exactness check): {c.predicted.shape[1]} sources (the ablated "
+            f"and randomly drawn other features, then every token embedding) each doubled in the graph's local "
+            f"replacement model with everything else held; every target should move by the source's edge to it — "
+            + "; ".join(parts) + f"; replay of the clean logits {c.replay_error:.1e}.")
 
 
 def _mask(n: int, sl: slice) -> torch.Tensor:
@@ -414,6 +444,7 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
              f"Norms {settings.norms} and attention {settings.attention} in the graph. {g.n_features} active features, {g.adjacency.shape[0]} nodes; "
              f"replacement {res.replacement:.3f}, "
              f"completeness {res.completeness:.3f}.",
+             _constrained_note(res.constrained, g.n_features),
              f"Interventions: each of the {len(rows)} most influential features removed from its MLP output in the real "
              f"model (fraction {settings.ablate_fraction:g} of it; changes divided by that); change of the {top!r} logit (minus the mean logit) against the graph's linear prediction: "
              f"Pearson r = {res.correlation:.3f}; with the MLPs without a transcoder held at their clean outputs (as "

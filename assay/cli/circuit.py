@@ -53,6 +53,9 @@ class CircuitCommand:
     model and transcoders, estimated up front); a longer prompt than it fits is refused, saying how long one fits."""
     n_ablate: int = 12
     """Feature ablations that check the graph."""
+    n_constrained: int = 100
+    """Features doubled in constrained interventions (the ablated ones, then randomly drawn others), which must move
+    every target by exactly the graph's edges."""
     ablate_first: bool = False
     """Also ablate features at position 0 (the BOS, whose activations the transcoders were not trained on)."""
     ablate_fraction: float = 1.0
@@ -72,7 +75,8 @@ class CircuitCommand:
 
         return CircuitSettings(layers=() if self.all_layers else self.layers, d_sae=self.d_sae, k=self.k, skip=self.skip,
                                steps=self.steps, rows=self.rows, seed=self.seed, graph_batch=self.graph_batch,
-                               memory_gb=self.memory_gb, n_ablate=self.n_ablate, ablate_first=self.ablate_first,
+                               memory_gb=self.memory_gb, n_ablate=self.n_ablate,
+                               n_constrained=self.n_constrained, ablate_first=self.ablate_first,
                                ablate_fraction=self.ablate_fraction, norms=self.norms, attention=self.attention, progress=True)
 
     def __post_init__(self) -> None:
@@ -85,8 +89,10 @@ def run(cfg: CircuitCommand) -> Any:
 
     res = run_real_circuit(cfg.model, cfg.prompt, cfg.settings(), cfg.out_dir, n_windows=cfg.n_windows,
                            window=cfg.window)
+    c = res.constrained
     typer.echo(f"{res.graph.n_features} features; replacement {res.replacement:.3f}, completeness "
-               f"{res.completeness:.3f}; ablations: predicted vs measured r = {res.correlation:.3f} "
+               f"{res.completeness:.3f}; constrained interventions: largest |measured − edge| "
+               f"{float((c.measured - c.predicted).abs().max()):.1e} (largest edge {float(c.predicted.abs().max()):.1e}); ablations: predicted vs measured r = {res.correlation:.3f} "
                f"(other MLPs held: {res.correlation_frozen:.3f}; live replacement model: "
                f"{res.correlation_replacement:.3f}; attention frozen: {res.correlation_frozen_attention:.3f}; "
                f"attention and norms frozen: {res.correlation_frozen_norms:.3f}); the real model's own first-order "
