@@ -281,3 +281,26 @@ def test_constrained_interventions_move_every_target_by_its_edge_on_the_ablated_
     torch.testing.assert_close(c.measured, full.measured[:, [at[col] for col in c.columns]], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="must index the graph"):
         constrained_effects(model, g, bases, features=[g.n_features], **KW, unembed=model.lm_head.weight)
+
+
+def test_the_command_on_smollm2_in_float64_gives_a_graph_whose_edges_constrained_interventions_reproduce(smollm2, tmp_path):
+    """End to end on the real model (a tiny transcoder set, a few steps): the run writes graph.json, the report and the
+    cached transcoder; in float64 doubling each sampled feature and token embedding moves every target by its edge
+    far below float32 rounding (the replay of the clean logits stays at float32's level: Hugging Face's RMSNorm
+    computes in float32 whatever the model's dtype)."""
+    import json
+
+    from assay.bench.circuit_real import run_real_circuit
+
+    settings = CircuitSettings(layers=(2, 5), d_sae=64, k=4, steps=3, rows=32, n_ablate=3, n_constrained=6,
+                               float64=True)
+    res = run_real_circuit("smollm2-135m", "The capital of France is", settings, tmp_path, n_windows=8, window=16)
+    c, g = res.constrained, res.graph
+    assert g.adjacency.dtype == torch.float64 and c.measured.shape == (g.n_features + g.n_logits, 6 + g.n_tokens)
+    assert float(c.predicted.abs().max()) > 1e-2
+    torch.testing.assert_close(c.measured, c.predicted, rtol=0, atol=1e-9)
+    assert c.replay_error < 1e-3
+    assert json.loads((tmp_path / "graph.json").read_text())["metadata"]["slug"] == "circuit"
+    notes = " ".join(json.loads((tmp_path / "section.json").read_text())["notes"])
+    assert "computed in float64" in notes and "every entry inside circuit-tracer's tolerances" in notes
+    assert len(list((tmp_path / "transcoders").iterdir())) == 2

@@ -110,6 +110,9 @@ class CircuitSettings:
     attention: str = "frozen"
     """How the graph treats attention: ``"frozen"`` (the clean patterns: the paper's and circuit-tracer's) or
     ``"linearised"`` (each attention's linearisation at the clean run: the pattern moves with Q and K)."""
+    float64: bool = False
+    """Graph, interventions and checks in float64 (:func:`run_real_circuit` casts the model and the transcoders after
+    training, which stays float32): the constrained interventions then hold to rounding far below float32's."""
     progress: bool = False
     """Show a progress bar while the transcoders train (mean loss, FVU, L0, dead share over the layers)."""
 
@@ -144,12 +147,13 @@ class PromptMemory(NamedTuple):
 
 def _need_bytes(model: nn.Module, t: int, s: CircuitSettings) -> float:
     """:func:`~assay.circuits.graph.memory.graph_memory` of a ``t``-token prompt: at most ``k`` active features per
-    token and transcoder (TopK), every MLP a basis (a transcoder or an error node), Llama-style config fields."""
+    token and transcoder (TopK), every MLP a basis (a transcoder or an error node), Llama-style config fields,
+    8-byte elements under ``s.float64`` (the model is cast before the graph)."""
     c = model.config
     return graph_memory(n_tokens=t, n_features=t * s.k * len(s.layers), n_bases=c.num_hidden_layers,
                         n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_heads=c.num_attention_heads,
                         vocab=c.vocab_size, dict_features=s.d_sae * len(s.layers), batch=s.graph_batch,
-                        n_logits=s.max_n_logits, element_size=next(model.parameters()).element_size(),
+                        n_logits=s.max_n_logits, element_size=8 if s.float64 else next(model.parameters()).element_size(),
                         linearised_attention=s.attention == "linearised", linearised_norms=s.norms == "linearised"
                         ).resident
 
@@ -357,15 +361,20 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
 
 
 def _constrained_note(c: ConstrainedEffects, n_features: int) -> str:
-    """The constrained interventions' agreement with the graph, feature rows and logit rows apart."""
+    """The constrained interventions' agreement with the graph, feature rows and logit rows apart, and whether every
+    entry is inside circuit-tracer's tolerances (its test_attributions_gemma: features atol 5e-4; logits atol 1e-5,
+    rtol 1e-3)."""
     diff = (c.measured - c.predicted).abs()
+    feats, logits = slice(0, n_features), slice(n_features, None)
+    inside = bool((diff[feats] <= 5e-4).all() and (diff[logits] <= 1e-5 + 1e-3 * c.predicted[logits].abs()).all())
     parts = [f"{what}: largest |measured − edge| {float(diff[rows].max()):.2e}, largest |edge| "
              f"{float(c.predicted[rows].abs().max()):.2e}" for what, rows in
-             (("feature pre-activations", slice(0, n_features)), ("demeaned logits", slice(n_features, None)))]
+             (("feature pre-activations", feats), ("demeaned logits", logits))]
     return (f"Constrained interventions (circuit-tracer's exactness check): {c.predicted.shape[1]} sources (the ablated "
             f"and randomly drawn other features, then every token embedding) each doubled in the graph's local "
             f"replacement model with everything else held; every target should move by the source's edge to it — "
-            + "; ".join(parts) + f"; replay of the clean logits {c.replay_error:.1e}.")
+            + "; ".join(parts) + f"; every entry {'inside' if inside else 'OUTSIDE'} circuit-tracer's tolerances "
+            f"(features atol 5e-4, logits atol 1e-5 + rtol 1e-3); replay of the clean logits {c.replay_error:.1e}.")
 
 
 def _mask(n: int, sl: slice) -> torch.Tensor:
@@ -424,6 +433,9 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     train_s = time.perf_counter() - t_train
     bases = [transcoder_basis(tcs[i], layer=i, input_site=llama_sites(i)[0], output_site=llama_sites(i)[1])
              for i in settings.layers]
+    if settings.float64:
+        model.double()
+        bases = [b.to(torch.float64) for b in bases]
     t_graph = time.perf_counter()
     res = circuit_experiment(model, ids, bases, settings, decode=lambda t: tok.decode([t]), slug="circuit")
     graph_s = time.perf_counter() - t_graph
@@ -441,7 +453,8 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     notes = (f"Prompt {prompt!r} ({len(ids)} tokens) on {model_name}; {kind}, d_sae={settings.d_sae}, "
              f"k={settings.k}, {settings.steps} steps) on MLPs {list(settings.layers)} (on every MLP, an error node per position holds what its transcoder misses; "
              f"an MLP without one is an error node).",
-             f"Norms {settings.norms} and attention {settings.attention} in the graph. {g.n_features} active features, {g.adjacency.shape[0]} nodes; "
+             f"Norms {settings.norms} and attention {settings.attention} in the graph, computed in "
+             f"{'float64' if settings.float64 else 'float32'}. {g.n_features} active features, {g.adjacency.shape[0]} nodes; "
              f"replacement {res.replacement:.3f}, "
              f"completeness {res.completeness:.3f}.",
              _constrained_note(res.constrained, g.n_features),

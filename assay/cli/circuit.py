@@ -64,6 +64,8 @@ class CircuitCommand:
     """RMSNorms in the graph: frozen (circuit-tracer's local replacement) or linearised (their own Jacobians)."""
     attention: str = "frozen"
     """Attention in the graph: frozen patterns (circuit-tracer's local replacement) or linearised (its own Jacobian)."""
+    float64: bool = False
+    """Graph, interventions and checks in float64 (the transcoders still train in float32)."""
     seed: int = 0
     """Seeds the transcoders and their training windows."""
     out_dir: Path = Path("runs/circuit")
@@ -77,7 +79,8 @@ class CircuitCommand:
                                steps=self.steps, rows=self.rows, seed=self.seed, graph_batch=self.graph_batch,
                                memory_gb=self.memory_gb, n_ablate=self.n_ablate,
                                n_constrained=self.n_constrained, ablate_first=self.ablate_first,
-                               ablate_fraction=self.ablate_fraction, norms=self.norms, attention=self.attention, progress=True)
+                               ablate_fraction=self.ablate_fraction, norms=self.norms, attention=self.attention,
+                               float64=self.float64, progress=True)
 
     def __post_init__(self) -> None:
         self.settings()
