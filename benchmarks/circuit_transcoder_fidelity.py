@@ -80,7 +80,7 @@ def main() -> None:
     if a.n_windows + a.held_out > all_windows.shape[0]:
         raise SystemExit("training and held-out windows overlap")
     src = a.src / "transcoders"
-    tcs = _transcoders(model, windows, s, src)  # loads: refuses to silently train if they are not there
+    tcs = _transcoders(model, windows, s, src)  # loads them, or trains (and caches) the missing ones as assay circuit does
     mlps = {i: model.get_submodule(f"model.layers.{i}.mlp") for i in layers}
     sites = [x for i in layers for x in llama_sites(i)]
 
@@ -101,7 +101,7 @@ def main() -> None:
         for i, fi, ji in zip(layers, f, j, strict=True):
             print(f"{tag}: layer {i:2d}: held-out FVU {fi:.3f}, Jacobian error {ji:.3f}")
         print(f"{tag}: held-out FVU mean {sum(f) / len(f):.3f}; Jacobian error mean {sum(j) / len(j):.3f} "
-              f"(layers 0-2: {[round(x, 3) for x in j[:3]]}; min {min(j):.3f}, max {max(j):.3f})", flush=True)
+              f"(layers {layers[:3]}: {[round(x, 3) for x in j[:3]]}; min {min(j):.3f}, max {max(j):.3f})", flush=True)
 
     report("before")
     if a.finetune_steps == 0:
