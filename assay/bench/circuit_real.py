@@ -374,7 +374,10 @@ def _constrained_note(c: ConstrainedEffects, n_features: int) -> str:
             f"and randomly drawn other features, then every token embedding) each doubled in the graph's local "
             f"replacement model with everything else held; every target should move by the source's edge to it — "
             + "; ".join(parts) + f"; every entry {'inside' if inside else 'OUTSIDE'} circuit-tracer's tolerances "
-            f"(features atol 5e-4, logits atol 1e-5 + rtol 1e-3); replay of the clean logits {c.replay_error:.1e}.")
+            f"(features atol 5e-4, logits atol 1e-5 + rtol 1e-3)"
+            + ("" if inside or c.measured.dtype == torch.float64 else
+               " — float32 rounding of logits of order 10 is itself about 1e-5: rerun with --float64 to tell it from a "
+               "wrong edge") + f"; replay of the clean logits {c.replay_error:.1e}.")
 
 
 def _mask(n: int, sl: slice) -> torch.Tensor:
