@@ -114,7 +114,8 @@ class CircuitSettings:
     """Graph, interventions and checks in float64 (:func:`run_real_circuit` casts the model and the transcoders after
     training, which stays float32): the constrained interventions then hold to rounding far below float32's."""
     progress: bool = False
-    """Show a progress bar while the transcoders train (mean loss, FVU, L0, dead share over the layers)."""
+    """Show progress bars while the transcoders train (mean loss, FVU, L0, dead share over the layers) and while the
+    features are ablated (five forward passes each)."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
@@ -329,7 +330,9 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     gradients = {name: first_order(model, prompt, sites, token_id, fz) for name, fz in held_by.items()}
     first: dict[str, list[float]] = {name: [] for name in FREEZINGS}
     measured, frozen, live, attn, local, ablated = [], [], [], [], [], []
-    for k in top:
+    from rich.progress import track
+
+    for k in track(top, description="ablations", disable=not settings.progress):
         j, p, i = graph.features[k].tolist()
         basis = by_name[graph.basis_names[j]]
         write = -float(graph.activations[k]) * basis.W_dec[i].to(gradients["live"][basis.output_site].dtype)
