@@ -2,7 +2,8 @@
 built from them), layer allocation, programs, and each model's circuit as data.
 
 After tracr (Lindner et al. 2023, "Tracr: Compiled Transformers as a Laboratory for Interpretability")
-and RASP (Weiss, Goldberg, Yahav 2021, "Thinking Like Transformers"), at tracr's craft level.
+and RASP (Weiss, Goldberg, Yahav 2021, "Thinking Like Transformers"), at tracr's craft level, with a small RASP
+front end (:mod:`~assay.circuits.compile.rasp`).
 """
 
 from assay.circuits.compile.assemble import (
@@ -36,6 +37,7 @@ from assay.circuits.compile.programs import (
     two_hop,
     with_decoy,
 )
+from assay.circuits.compile.rasp import compile_rasp, evaluate
 from assay.circuits.compile.space import ONE, Layout, Variable
 
 __all__ = [
@@ -44,4 +46,5 @@ __all__ = [
     "CircuitComponent", "CircuitEdge", "CircuitNode", "CompiledModel", "load_compiled", "save_compiled",
     "without_component", "EMBED", "EdgeRecovery", "edge_recovery", "exact_bases",
     "DECOY", "PROGRAMS", "SCALE", "dyck1", "histogram", "induction", "previous_token", "two_hop", "with_decoy", "ONE", "Layout", "Variable",
+    "compile_rasp", "evaluate",
 ]

@@ -55,7 +55,8 @@ SCALE = 10.0
 N_SPECIAL = len(SPECIALS)
 
 
-def _check_input(tokens: Sequence[int], vocab: int) -> None:
+def check_input(tokens: Sequence[int], vocab: int) -> None:
+    """Refuse an input that does not start with BOS, holds another BOS, or has ids outside the vocabulary."""
     if not tokens or tokens[0] != BOS or BOS in tokens[1:]:
         raise ValueError(f"inputs must start with BOS ({BOS}) and hold no other BOS, got {list(tokens)}")
     if any(not 0 <= t < vocab for t in tokens):
@@ -66,7 +67,9 @@ def _one_hot(i: int, n: int) -> list[float]:
     return [1.0 if j == i else 0.0 for j in range(n)]
 
 
-def _base(n_tokens: int, max_seq_len: int, *, position: bool) -> tuple[Layout, Variable, Variable, Variable | None]:
+def base_layout(n_tokens: int, max_seq_len: int, *, position: bool) -> tuple[Layout, Variable, Variable, Variable | None]:
+    """The embedded variables every program starts from: ``token`` (ids 0..n_tokens−1), ``one`` and, if asked,
+    ``position`` (0..max_seq_len−1)."""
     layout = Layout()
     token = layout.categorical("token", range(n_tokens))
     one = layout.numerical(ONE)
@@ -83,22 +86,23 @@ def _prev_head(token: Variable, one: Variable, pos: Variable, prev: Variable):
                        value=token, output=prev, value_map=lambda v: v, one=one, bos=(token, BOS))
 
 
-def _readout(var: Variable) -> tuple[tuple[int, int, float], ...]:
+def readout_entries(var: Variable) -> tuple[tuple[int, int, float], ...]:
+    """Unembedding entries giving output index i logit SCALE when categorical ``var`` holds its i-th value."""
     return tuple((var.dim(v), i, SCALE) for i, v in enumerate(var.values))
 
 
 def previous_token(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
     """Copy the previous token: out[t] = token[t − 1]."""
     n = N_SPECIAL + n_symbols
-    layout, token, one, pos = _base(n, max_seq_len, position=True)
+    layout, token, one, pos = base_layout(n, max_seq_len, position=True)
     prev = layout.categorical("prev", range(n))
 
     def reference(tokens: Sequence[int]) -> list[list[float]]:
-        _check_input(tokens, n)
+        check_input(tokens, n)
         return [_one_hot(tokens[max(t - 1, 0)], n) for t in range(len(tokens))]
 
     return Program(name="previous_token", layout=layout, token=token, one=one, position=pos,
-                   heads=(_prev_head(token, one, pos, prev),), mlps=(), readout=_readout(prev),
+                   heads=(_prev_head(token, one, pos, prev),), mlps=(), readout=readout_entries(prev),
                    output_values=tuple(range(n)), max_seq_len=max_seq_len, reference=reference)
 
 
@@ -126,7 +130,7 @@ def dyck1(*, max_seq_len: int = 16, bracket_weight: float | None = None) -> Prog
     :func:`eos_bracket_weight`."""
     n = N_SPECIAL + 2
     o, c = N_SPECIAL, N_SPECIAL + 1
-    layout, token, one, _ = _base(n, max_seq_len, position=False)
+    layout, token, one, _ = base_layout(n, max_seq_len, position=False)
     depth = layout.numerical("depth_frac")
     close_ok = layout.numerical("close_ok")
     eos_ok = layout.numerical("eos_ok")
@@ -149,7 +153,7 @@ def dyck1(*, max_seq_len: int = 16, bracket_weight: float | None = None) -> Prog
         return list(itertools.accumulate({o: 1, c: -1}.get(t, 0) for t in tokens))
 
     def reference(tokens: Sequence[int]) -> list[list[float]]:
-        _check_input(tokens, n)
+        check_input(tokens, n)
         out = []
         for t, d in zip(tokens, depths(tokens), strict=True):
             valid = {o} | ({c} if d > 0 else set()) | ({EOS} if d <= 0 and t in (o, c) else set())
@@ -171,14 +175,14 @@ def dyck1(*, max_seq_len: int = 16, bracket_weight: float | None = None) -> Prog
 def induction(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
     """Induction: predict the token that followed the last earlier occurrence(s) of the current token."""
     n = N_SPECIAL + n_symbols
-    layout, token, one, pos = _base(n, max_seq_len, position=True)
+    layout, token, one, pos = base_layout(n, max_seq_len, position=True)
     prev = layout.categorical("prev", range(n))
     ind = layout.categorical("induced", range(n))
     head = select_head("induction_head", query=token, key=prev, predicate=lambda a, b: a == b and _is_symbol(a),
                        value=token, output=ind, value_map=lambda v: v, one=one, bos=(token, BOS))
 
     def reference(tokens: Sequence[int]) -> list[list[float]]:
-        _check_input(tokens, n)
+        check_input(tokens, n)
         prev_of = [tokens[max(s - 1, 0)] for s in range(len(tokens))]
         out = []
         for t, q in enumerate(tokens):
@@ -190,14 +194,14 @@ def induction(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
         return out
 
     return Program(name="induction", layout=layout, token=token, one=one, position=pos,
-                   heads=(_prev_head(token, one, pos, prev), head), mlps=(), readout=_readout(ind),
+                   heads=(_prev_head(token, one, pos, prev), head), mlps=(), readout=readout_entries(ind),
                    output_values=tuple(range(n)), max_seq_len=max_seq_len, reference=reference)
 
 
 def histogram(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
     """Histogram: how often the current symbol has occurred so far (itself included)."""
     n = N_SPECIAL + n_symbols
-    layout, token, one, _ = _base(n, max_seq_len, position=False)
+    layout, token, one, _ = base_layout(n, max_seq_len, position=False)
     frac = layout.numerical("bos_frac")
     hist = layout.categorical("count", range(max_seq_len))
     head = select_head("count_head", query=token, key=token, predicate=lambda a, b: a == b and _is_symbol(a),
@@ -207,19 +211,19 @@ def histogram(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
                            output=hist, f=lambda x: round(1.0 / x) - 1)
 
     def reference(tokens: Sequence[int]) -> list[list[float]]:
-        _check_input(tokens, n)
+        check_input(tokens, n)
         return [_one_hot(sum(tokens[s] == q for s in range(1, t + 1)) if _is_symbol(q) else 0, max_seq_len)
                 for t, q in enumerate(tokens)]
 
     return Program(name="histogram", layout=layout, token=token, one=one, position=None, heads=(head,),
-                   mlps=(mlp,), readout=_readout(hist), output_values=tuple(range(max_seq_len)),
+                   mlps=(mlp,), readout=readout_entries(hist), output_values=tuple(range(max_seq_len)),
                    max_seq_len=max_seq_len, reference=reference)
 
 
 def two_hop(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
     """Two chained lookups at every position: A (the token) → B = f(A) → C = g(B)."""
     n = N_SPECIAL + n_symbols
-    layout, token, one, _ = _base(n, max_seq_len, position=False)
+    layout, token, one, _ = base_layout(n, max_seq_len, position=False)
     hop1 = layout.categorical("hop1", range(n_symbols))
     hop2 = layout.categorical("hop2", range(n_symbols))
 
@@ -234,7 +238,7 @@ def two_hop(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
     readout = tuple((hop2.dim(c), N_SPECIAL + c, SCALE) for c in hop2.values)
 
     def reference(tokens: Sequence[int]) -> list[list[float]]:
-        _check_input(tokens, n)
+        check_input(tokens, n)
         return [_one_hot(N_SPECIAL + g(f(t)), n) if _is_symbol(t) else [0.0] * n for t in tokens]
 
     return Program(name="two_hop", layout=layout, token=token, one=one, position=None, heads=(),

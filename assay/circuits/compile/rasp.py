@@ -1,0 +1,350 @@
+"""A small RASP front end: sequence operations, their meaning, and their compilation to the craft layer.
+
+RASP (Weiss, Goldberg, Yahav 2021, "Thinking Like Transformers") writes a transformer's algorithm as operations
+on sequences; tracr (Lindner et al. 2023, "Tracr: Compiled Transformers as a Laboratory for Interpretability",
+§3) compiles them. This is the causal subset that maps one-to-one onto :mod:`~assay.circuits.compile.blocks`:
+
+- ``tokens``, ``indices``: the embedded inputs (categorical);
+- ``Map(f, sop)``: ``f`` at every position — a lookup-table MLP (``numerical=True``: ``f`` returns numbers and
+  the result is one numerical direction);
+- ``SequenceMap(f, a, b)``: ``f(a, b)`` at every position — an MLP with one ReLU per value pair,
+  ``ReLU(x_a + y_b − 1)`` (exact on one-hot inputs);
+- ``Select(keys, queries, predicate)``: position t selects the earlier positions s ≥ 1 with
+  ``predicate(keys[s], queries[t])``; the BOS position is the default, read when nothing is selected;
+- ``SelectAll()``: every position so far, BOS included (a uniform head);
+- ``Aggregate(selector, sop)``: the mean of ``sop`` over the selected positions — a selection head (categorical:
+  the one value they share, or a mix, which only the output may be; ``numerical=True``: a number);
+- ``SelectorWidth(selector)``: how many positions are selected — a head that also attends BOS, then a
+  discretising MLP (the histogram's construction).
+
+:func:`evaluate` is the meaning (pure Python, causal, per position); :func:`compile_rasp` turns an output
+sequence operation into a :class:`~assay.circuits.compile.assemble.Program` whose ``reference`` is that meaning,
+one variable per operation (named by ``name=`` or by kind and order), so the compiled model's circuit
+names the program's own operations. Layers are allocated by :func:`~assay.circuits.compile.assemble.compile_program`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from assay.circuits.compile.assemble import CompileError, Program, PromptStrata
+from assay.circuits.compile.blocks import (
+    Head,
+    MLPBlock,
+    Neuron,
+    discretising_mlp,
+    lookup_mlp,
+    mean_head,
+    neuron_mlp,
+    select_head,
+)
+from assay.circuits.compile.programs import SCALE, base_layout, check_input, readout_entries
+from assay.circuits.compile.space import Variable
+from assay.worlds.vocab import BOS, SPECIALS
+
+__all__ = ["SOp", "Tokens", "Indices", "Map", "SequenceMap", "Select", "SelectAll", "Aggregate", "SelectorWidth",
+           "Mix", "RASPError", "tokens", "indices", "evaluate", "compile_rasp"]
+
+
+class RASPError(ValueError):
+    """A RASP program whose meaning is undefined on an input (e.g. a mix of values fed to another operation)."""
+
+
+@dataclass(frozen=True, eq=False)
+class SOp:
+    """A sequence operation: one value per position. Compared by identity (each is one node of the program)."""
+
+    name: str | None = field(default=None, kw_only=True)
+    """The variable's name in the compiled model and its circuit (None: kind and order, e.g. ``map_1``)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Tokens(SOp):
+    """The input token ids."""
+
+
+@dataclass(frozen=True, eq=False)
+class Indices(SOp):
+    """The positions 0, 1, …"""
+
+
+@dataclass(frozen=True, eq=False)
+class Map(SOp):
+    """``f(sop[t])`` at every position t."""
+
+    f: Callable[[Hashable], Any]
+    sop: SOp
+    numerical: bool = field(default=False, kw_only=True)
+    """``f`` returns numbers, held as one numerical direction (only an output or a numerical Aggregate's source
+    may be one: nothing compiles a lookup on a number)."""
+
+
+@dataclass(frozen=True, eq=False)
+class SequenceMap(SOp):
+    """``f(first[t], second[t])`` at every position t."""
+
+    f: Callable[[Hashable, Hashable], Hashable]
+    first: SOp
+    second: SOp
+
+
+@dataclass(frozen=True, eq=False)
+class Select:
+    """Position t selects the positions 1 ≤ s ≤ t with ``predicate(keys[s], queries[t])``."""
+
+    keys: SOp
+    queries: SOp
+    predicate: Callable[[Hashable, Hashable], bool]
+
+
+@dataclass(frozen=True, eq=False)
+class SelectAll:
+    """Position t selects every position 0 ≤ s ≤ t, BOS included."""
+
+
+@dataclass(frozen=True, eq=False)
+class Aggregate(SOp):
+    """The mean of ``sop`` over the positions ``selector`` selects (the BOS position's value if none is)."""
+
+    selector: Select | SelectAll
+    sop: SOp
+    numerical: bool = field(default=False, kw_only=True)
+    """The mean of ``sop``'s numbers as one numerical direction; else categorical (the shared value, or a mix)."""
+
+
+@dataclass(frozen=True, eq=False)
+class SelectorWidth(SOp):
+    """How many positions ``selector`` selects (0 … max_seq_len − 1)."""
+
+    selector: Select
+
+
+tokens = Tokens(name="token")
+"""The token sequence (the ``token`` variable)."""
+indices = Indices(name="position")
+"""The position sequence (the ``position`` variable)."""
+
+
+@dataclass(frozen=True)
+class Mix:
+    """A categorical Aggregate over positions holding different values: each value's share."""
+
+    shares: tuple[tuple[Hashable, float], ...]
+
+
+def _children(sop: SOp) -> tuple[SOp, ...]:
+    if isinstance(sop, Map):
+        return (sop.sop,)
+    if isinstance(sop, SequenceMap):
+        return sop.first, sop.second
+    if isinstance(sop, (Aggregate, SelectorWidth)):
+        sel = sop.selector
+        reads = () if isinstance(sel, SelectAll) else (sel.keys, sel.queries)
+        return (*reads, sop.sop) if isinstance(sop, Aggregate) else reads
+    return ()
+
+
+def _order(output: SOp) -> list[SOp]:
+    """Every operation ``output`` depends on, each after its inputs."""
+    seen: dict[int, SOp] = {}
+
+    def visit(s: SOp) -> None:
+        if id(s) in seen:
+            return
+        for c in _children(s):
+            visit(c)
+        seen[id(s)] = s
+
+    visit(output)
+    return list(seen.values())
+
+
+def _selected(sel: Select | SelectAll, t: int, values: dict[int, list]) -> list[int]:
+    if isinstance(sel, SelectAll):
+        return list(range(t + 1))
+    keys, queries = values[id(sel.keys)], values[id(sel.queries)]
+    return [s for s in range(1, t + 1) if sel.predicate(keys[s], queries[t])]
+
+
+def evaluate(output: SOp, token_ids: Sequence[int]) -> list:
+    """The value of ``output`` at every position of ``token_ids`` (BOS first): its meaning, position by position
+    (causal: position t sees positions 0..t). A categorical Aggregate over different values gives a :class:`Mix`;
+    feeding a mix to another operation raises :class:`RASPError`."""
+    values: dict[int, list] = {}
+    n = len(token_ids)
+    for sop in _order(output):
+        ins = [values[id(c)] for c in _children(sop)]
+        for c, vals in zip(_children(sop), ins, strict=True):
+            if any(isinstance(v, Mix) for v in vals):
+                raise RASPError(f"{_label(c)} is a mix of values at some position of {list(token_ids)}; only the "
+                                f"output may be one (select one value, or aggregate numerically)")
+        if isinstance(sop, Tokens):
+            out = list(token_ids)
+        elif isinstance(sop, Indices):
+            out = list(range(n))
+        elif isinstance(sop, Map):
+            out = [sop.f(v) for v in values[id(sop.sop)]]
+        elif isinstance(sop, SequenceMap):
+            out = [sop.f(a, b) for a, b in zip(values[id(sop.first)], values[id(sop.second)], strict=True)]
+        elif isinstance(sop, SelectorWidth):
+            out = [len(_selected(sop.selector, t, values)) for t in range(n)]
+        elif isinstance(sop, Aggregate):
+            src = values[id(sop.sop)]
+            out = []
+            for t in range(n):
+                picked = [src[s] for s in _selected(sop.selector, t, values)] or [src[0]]
+                if sop.numerical:
+                    out.append(sum(float(v) for v in picked) / len(picked))
+                else:
+                    counts = Counter(picked)
+                    out.append(picked[0] if len(counts) == 1 else
+                               Mix(tuple((v, c / len(picked)) for v, c in counts.items())))
+        else:
+            raise TypeError(f"not a RASP operation: {sop!r}")
+        values[id(sop)] = out
+    return values[id(output)]
+
+
+def _label(sop: SOp) -> str:
+    return f"{type(sop).__name__}{'' if sop.name is None else f' {sop.name!r}'}"
+
+
+def compile_rasp(output: SOp, *, name: str, n_symbols: int = 3, max_seq_len: int = 8,
+                 prompt_strata: PromptStrata | None = None) -> Program:
+    """The craft :class:`~assay.circuits.compile.assemble.Program` of ``output`` over the token ids 0 … 3 +
+    ``n_symbols`` (the specials, then the symbols) and inputs of up to ``max_seq_len`` tokens, BOS first: one
+    variable per operation, one component per Map, SequenceMap and Aggregate, two per SelectorWidth; the readout
+    gives output value v logit SCALE (a numerical output: SCALE × its value). Its ``reference`` is
+    :func:`evaluate`. Refused with :class:`~assay.circuits.compile.assemble.CompileError`: a lookup on a numerical
+    operation, a selector whose predicate would select the BOS position, an operation with no values."""
+    n_tok = len(SPECIALS) + n_symbols
+    order = _order(output)
+    uses_indices = any(isinstance(s, Indices) for s in order)
+    layout, token, one, position = base_layout(n_tok, max_seq_len, position=uses_indices)
+    names: dict[int, str] = {}
+    counters: Counter[str] = Counter()
+    for sop in order:
+        if isinstance(sop, Tokens):
+            names[id(sop)] = token.name
+        elif isinstance(sop, Indices):
+            names[id(sop)] = position.name  # type: ignore[union-attr]
+        else:
+            kind = {"SelectorWidth": "selector_width", "SequenceMap": "sequence_map"}.get(type(sop).__name__,
+                                                                                         type(sop).__name__.lower())
+            counters[kind] += 1
+            names[id(sop)] = sop.name or f"{kind}_{counters[kind]}"
+    if len(set(names.values())) != len(names):
+        raise CompileError(f"program {name!r}: two operations share a name: {sorted(names.values())}")
+    var: dict[int, Variable] = {}
+    value_sets: dict[int, tuple] = {}
+    heads: list[Head] = []
+    mlps: list[MLPBlock] = []
+
+    def categorical(sop: SOp, what: str) -> Variable:
+        v = var[id(sop)]
+        if v.kind != "categorical":
+            raise CompileError(f"program {name!r}: {what} reads {names[id(sop)]!r}, a numerical operation; only a "
+                               f"numerical Aggregate's source or the output may be numerical")
+        return v
+
+    def distinct(values) -> tuple:
+        out = tuple(dict.fromkeys(values))
+        if not out:
+            raise CompileError(f"program {name!r}: an operation takes no value on any input")
+        return out
+
+    def selection(sel: Select, label: str) -> tuple[Variable, Variable, Callable]:
+        keys, queries = categorical(sel.keys, label), categorical(sel.queries, label)
+        at_bos = evaluate(sel.keys, [BOS])[0]
+        chosen = [q for q in value_sets[id(sel.queries)] if sel.predicate(at_bos, q)]
+        if chosen:
+            raise CompileError(f"program {name!r}: {label}'s predicate selects the BOS position (key "
+                               f"{at_bos!r} there) for queries {chosen}; exclude that key, the BOS is the default")
+        return queries, keys, (lambda a, b, p=sel.predicate: p(b, a))  # select_head's predicate is (query, key)
+
+    for sop in order:
+        label = names[id(sop)]
+        if isinstance(sop, Tokens):
+            value_sets[id(sop)] = tuple(range(n_tok))
+            var[id(sop)] = token
+            continue
+        if isinstance(sop, Indices):
+            value_sets[id(sop)] = tuple(range(max_seq_len))
+            var[id(sop)] = position  # type: ignore[assignment]
+            continue
+        if isinstance(sop, Map):
+            src = categorical(sop.sop, label)
+            if sop.numerical:
+                out = layout.numerical(label)
+            else:
+                values = distinct(sop.f(v) for v in value_sets[id(sop.sop)])
+                value_sets[id(sop)] = values
+                out = layout.categorical(label, values)
+            mlps.append(lookup_mlp(f"{label}_mlp", input=src, output=out, table=sop.f))
+        elif isinstance(sop, SequenceMap):
+            a, b = categorical(sop.first, label), categorical(sop.second, label)
+            if a is b:
+                raise CompileError(f"program {name!r}: {label} reads {a.name!r} twice; use a Map")
+            pairs = list(itertools.product(value_sets[id(sop.first)], value_sets[id(sop.second)]))
+            values = distinct(sop.f(x, y) for x, y in pairs)
+            value_sets[id(sop)] = values
+            out = layout.categorical(label, values)
+            neurons = [Neuron(w_in=((a.dim(x), 1.0), (b.dim(y), 1.0)), bias=-1.0,
+                              w_out=((out.dim(sop.f(x, y)), 1.0),), writes=label) for x, y in pairs]
+            mlps.append(neuron_mlp(f"{label}_mlp", reads=(a, b), neurons=neurons))
+        elif isinstance(sop, Aggregate):
+            src = categorical(sop.sop, label)
+            if sop.numerical:
+                out = layout.numerical(label)
+                value_map = float
+            else:
+                value_sets[id(sop)] = value_sets[id(sop.sop)]
+                out = layout.categorical(label, value_sets[id(sop)])
+
+                def value_map(v):
+                    return v
+            if isinstance(sop.selector, SelectAll):
+                heads.append(mean_head(f"{label}_head", value=src, output=out, value_map=value_map))
+            else:
+                q, k, predicate = selection(sop.selector, label)
+                heads.append(select_head(f"{label}_head", query=q, key=k, predicate=predicate, value=src, output=out,
+                                         value_map=value_map, one=one, bos=(token, BOS)))
+        elif isinstance(sop, SelectorWidth):
+            if not isinstance(sop.selector, Select):
+                raise CompileError(f"program {name!r}: {label}: SelectorWidth needs a Select (SelectAll's width is t + 1)")
+            q, k, predicate = selection(sop.selector, label)
+            frac = layout.numerical(f"{label}_bos_frac")
+            heads.append(select_head(f"{label}_head", query=q, key=k, predicate=predicate, value=token, output=frac,
+                                     value_map=lambda v: 1.0 if v == BOS else None, one=one, bos=(token, BOS),
+                                     bos_score="equal"))
+            value_sets[id(sop)] = tuple(range(max_seq_len))
+            out = layout.categorical(label, value_sets[id(sop)])
+            mlps.append(discretising_mlp(f"{label}_mlp", input=frac, points=[1.0 / (w + 1) for w in range(max_seq_len)],
+                                         output=out, f=lambda x: round(1.0 / x) - 1))
+        else:
+            raise TypeError(f"not a RASP operation: {sop!r}")
+        var[id(sop)] = out
+    final = var[id(output)]
+    if final.kind == "categorical":
+        readout, output_values = readout_entries(final), final.values
+    else:
+        readout, output_values = ((final.dim(), 0, SCALE),), (final.name,)
+
+    def reference(token_ids: Sequence[int]) -> list[list[float]]:
+        check_input(token_ids, n_tok)
+        rows = []
+        for v in evaluate(output, token_ids):
+            if final.kind == "numerical":
+                rows.append([float(v)])
+            else:
+                shares = dict(v.shares) if isinstance(v, Mix) else {v: 1.0}
+                rows.append([shares.get(u, 0.0) for u in output_values])
+        return rows
+
+    return Program(name=name, layout=layout, token=token, one=one, position=position, heads=tuple(heads),
+                   mlps=tuple(mlps), readout=readout, output_values=tuple(output_values), max_seq_len=max_seq_len,
+                   reference=reference, prompt_strata=prompt_strata)
