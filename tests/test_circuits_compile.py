@@ -32,7 +32,7 @@ from assay.worlds.vocab import BOS, IGNORE
 
 SMALL = {"previous_token": dict(n_symbols=3, max_seq_len=8), "induction": dict(n_symbols=3, max_seq_len=8),
          "histogram": dict(n_symbols=3, max_seq_len=8), "dyck1": dict(max_seq_len=13),
-         "two_hop": dict(n_symbols=3, max_seq_len=6)}
+         "two_hop": dict(n_symbols=3, max_seq_len=6), "repeated_token": dict(n_symbols=3, max_seq_len=7)}
 
 
 def all_inputs(program):

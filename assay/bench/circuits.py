@@ -70,7 +70,7 @@ INIT_RECIPES: dict[str, dict[str, Any]] = {"random": {}, "data": {"data_init": T
 """The ``transcoder`` method's ``init`` → its training recipe (:class:`~assay.circuits.learned.TranscoderTraining`
 fields): random unit-norm atoms at the TopK default lr, or one feature per input centre of the training positions with
 free decoder norms, fine-tuned at lr 1e-5 (the default lr undoes it; docs/circuits.md, A4)."""
-WORLD_NAMES = ("previous_token", "dyck1", "induction", "histogram", "two_hop")
+WORLD_NAMES = ("previous_token", "dyck1", "induction", "histogram", "two_hop", "repeated_token")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,6 +34,7 @@ from assay.circuits.compile.programs import (
     histogram,
     induction,
     previous_token,
+    repeated_token,
     two_hop,
     with_decoy,
 )
@@ -45,6 +46,6 @@ __all__ = [
     "discretising_mlp", "lookup_mlp", "mean_head", "neuron_mlp", "select_head", "LOGITS", "Circuit",
     "CircuitComponent", "CircuitEdge", "CircuitNode", "CompiledModel", "load_compiled", "save_compiled",
     "without_component", "EMBED", "EdgeRecovery", "edge_recovery", "exact_bases",
-    "DECOY", "PROGRAMS", "SCALE", "dyck1", "histogram", "induction", "previous_token", "two_hop", "with_decoy", "ONE", "Layout", "Variable",
+    "DECOY", "PROGRAMS", "SCALE", "dyck1", "histogram", "induction", "previous_token", "repeated_token", "two_hop", "with_decoy", "ONE", "Layout", "Variable",
     "compile_rasp", "evaluate",
 ]

@@ -28,7 +28,7 @@ from assay.circuits.compile.compiled import CompiledModel
 from assay.circuits.compile.space import Layout, Variable
 from assay.models.transformer import Transformer, TransformerConfig
 
-__all__ = ["Program", "PromptStrata", "CompileError", "allocate_layers", "compile_program"]
+__all__ = ["Program", "PromptStrata", "Intervenable", "CompileError", "allocate_layers", "compile_program"]
 
 
 class CompileError(ValueError):
@@ -44,6 +44,16 @@ class PromptStrata(NamedTuple):
     """The state of a token-id sequence (BOS first), by the program's definition."""
     values: tuple[Hashable, ...]
     """Every state."""
+
+
+class Intervenable(NamedTuple):
+    """A categorical variable that free interventions may overwrite, and what the program then outputs."""
+
+    variable: str
+    """The variable's name."""
+    outputs: Callable[[Sequence[int], int, Hashable], list[list[float]]]
+    """For a token-id sequence (BOS first), a position p and a value v: the program's outputs (reference units, a
+    row per position) with ``variable`` := v at p and everything after it recomputed; positions ≥ p are scored."""
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -76,6 +86,9 @@ class Program:
     prompt_strata: PromptStrata | None = None
     """How graph prompts must be drawn to exercise every circuit edge; None: any one prompt (BOS + at least one
     symbol) exercises every edge."""
+    intervenable: Intervenable | None = None
+    """The variable free interventions overwrite and the outputs they must cause (a RASP program's, from its
+    meaning); None: :data:`~assay.circuits.compile.interventions.INTERVENED` names it for the hand-written programs."""
 
 
 def _embedded(program: Program) -> dict[str, str]:

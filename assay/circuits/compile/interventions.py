@@ -3,7 +3,8 @@
 Spec circuits.md §4.3 A5 (second half), after tracr (Lindner et al. 2023, "Tracr: Compiled Transformers as a
 Laboratory for Interpretability"): overwrite one variable of the residual stream at one position with
 another of its values, let the model run on (attention recomputed), and compare the outputs at that position
-with the program's outputs for that value. One intermediate variable per program:
+with the program's outputs for that value. A RASP program names its variable and gets its outputs from its own
+meaning (:class:`~assay.circuits.compile.assemble.Intervenable`); the hand-written ones have one each:
 
 - ``dyck1``: the depth ``d/(t+1)`` := d'/(t+1), d' ∈ [−2, 3] → the valid next tokens for depth d';
 - ``histogram``: the selector width ``1/(w+1)`` := 1/(w'+1) → count w';
@@ -66,9 +67,50 @@ def _induction(row: list[int], s: int, v: int, n_out: int) -> list[list[float]]:
     return out
 
 
+def _overwritten(compiled: CompiledModel, node, inputs: torch.Tensor, pos: torch.Tensor, n_out: int, *,
+                 picks: list[int] | None = None, written: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's logits [n, T, n_out] with ``node`` overwritten at ``pos[r]`` of each row r: by its value
+    ``node.values[picks[r]]`` (categorical: that one-hot) or by the number ``written[r]`` (numerical)."""
+    rows = torch.arange(inputs.shape[0])
+
+    def overwrite(h: torch.Tensor) -> torch.Tensor:
+        h = h.clone()
+        if written is not None:
+            h[rows, pos, node.dims[0]] = written.to(h.dtype)
+        else:
+            block = h[rows, pos]
+            block[:, list(node.dims)] = 0.0
+            block[rows, torch.tensor([node.dims[k] for k in picks])] = 1.0
+            h[rows, pos] = block
+        return h
+
+    with torch.no_grad(), hooks.patch(compiled.model, {node.site: overwrite}):
+        return compiled.model(inputs)[..., :n_out]
+
+
+def _from_meaning(program: Program, compiled: CompiledModel, inputs: torch.Tensor,
+                  generator: torch.Generator) -> FreeIntervention:
+    """A program's :class:`~assay.circuits.compile.assemble.Intervenable`: its categorical variable set to a drawn
+    value at a drawn position; the program's outputs from its own meaning with that value, scored from there on."""
+    variable, outputs = program.intervenable  # type: ignore[misc]
+    node = compiled.circuit.node(variable)
+    n, t_len = inputs.shape
+    pos = torch.randint(1, t_len, (n,), generator=generator)
+    picks = torch.randint(0, len(node.values), (n,), generator=generator).tolist()
+    logits = _overwritten(compiled, node, inputs, pos, len(program.output_values), picks=picks)
+    expected = torch.tensor([outputs(row, p, node.values[k]) for row, p, k in
+                             zip(inputs.tolist(), pos.tolist(), picks, strict=True)], dtype=torch.float64)
+    scored = torch.arange(t_len)[None, :] >= pos[:, None]
+    return FreeIntervention(logits, expected, scored)
+
+
 def free_interventions(program: Program, compiled: CompiledModel, inputs: torch.Tensor, *,
                        generator: torch.Generator) -> FreeIntervention:
-    """One free intervention per input row [n, T] (BOS + symbols) at a drawn position and value."""
+    """One free intervention per input row [n, T] (BOS + symbols) at a drawn position and value: on the program's
+    :attr:`~assay.circuits.compile.assemble.Program.intervenable` variable if it has one (RASP programs), else on
+    :data:`INTERVENED`'s."""
+    if program.intervenable is not None:
+        return _from_meaning(program, compiled, inputs, generator)
     if program.name not in INTERVENED:
         raise ValueError(f"no free intervention is defined for program {program.name!r}; defined: {sorted(INTERVENED)}")
     node = compiled.circuit.node(INTERVENED[program.name])
@@ -85,21 +127,8 @@ def free_interventions(program: Program, compiled: CompiledModel, inputs: torch.
         choices = torch.tensor(list(node.values))
         values = choices[torch.randint(0, len(choices), (n,), generator=generator)]
         written = None
-    rows = torch.arange(n)
-
-    def overwrite(h: torch.Tensor) -> torch.Tensor:
-        h = h.clone()
-        if written is not None:
-            h[rows, pos, node.dims[0]] = written.to(h.dtype)
-        else:
-            block = h[rows, pos]
-            block[:, list(node.dims)] = 0.0
-            block[rows, torch.tensor([node.dims[node.values.index(int(v))] for v in values])] = 1.0
-            h[rows, pos] = block
-        return h
-
-    with torch.no_grad(), hooks.patch(compiled.model, {node.site: overwrite}):
-        logits = compiled.model(inputs)[..., :n_out]
+    picks = None if written is not None else [node.values.index(int(v)) for v in values]
+    logits = _overwritten(compiled, node, inputs, pos, n_out, picks=picks, written=written)
     expected = torch.zeros(n, t_len, n_out, dtype=torch.float64)
     scored = torch.zeros(n, t_len, dtype=torch.bool)
     for r, (row, p, v) in enumerate(zip(inputs.tolist(), pos.tolist(), values.tolist(), strict=True)):

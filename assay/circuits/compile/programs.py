@@ -1,4 +1,5 @@
-"""Programs compiled by hand into transformers: previous-token copy, Dyck-1 balance, induction, histogram.
+"""Programs compiled into transformers: previous-token copy, Dyck-1 balance, induction, histogram, two-hop by
+hand at the craft level; a duplicate-token detector written in RASP.
 
 Each builder returns a :class:`~assay.circuits.compile.assemble.Program` whose ``reference`` is the
 program's meaning in pure Python; tests check the compiled model against it exhaustively. The
@@ -22,6 +23,9 @@ input starts with BOS and holds no other BOS.
   prev[s] = token[t] and copies token[s] (the mean one-hot if several match; BOS if none). 2 layers.
 - ``histogram``: out[t] = #{1 ≤ s ≤ t : token[s] = token[t]} (0 at non-symbols). A head over the
   matches plus BOS writes 1/(w+1) (selector width); a discretising MLP inverts it. 1 layer.
+- ``repeated_token``: out[t] = [token[t] = token[t−1]] (False at position 1, whose previous token is BOS), written
+  in RASP and compiled by :func:`~assay.circuits.compile.rasp.compile_rasp` (one head, one MLP over (token, prev)
+  pairs). 1 layer.
 - ``two_hop``: out[t] = g(f(token[t])) for symbols (no output at specials), f(a) = a + 1 and
   g(b) = n − 1 − b on symbol indices mod n: two lookup-table MLPs in a row, A → B → C (the multi-hop
   circuit of spec circuits.md §4.3 A6). 2 layers.
@@ -44,37 +48,16 @@ from assay.circuits.compile.blocks import (
     neuron_mlp,
     select_head,
 )
-from assay.circuits.compile.space import ONE, Layout, Variable
-from assay.worlds.vocab import BOS, EOS, SPECIALS
+from assay.circuits.compile.program_parts import N_SPECIAL, SCALE, base_layout, check_input, readout_entries
+from assay.circuits.compile.rasp import Aggregate, Select, SequenceMap, compile_rasp, indices, tokens
+from assay.circuits.compile.space import Variable
+from assay.worlds.vocab import BOS, EOS
 
-__all__ = ["SCALE", "previous_token", "dyck1", "eos_bracket_weight", "induction", "histogram", "two_hop", "with_decoy", "DECOY", "PROGRAMS"]
-
-SCALE = 10.0
-"""Readout weight: a selected output gets logit SCALE (the top-1 margin of one-hot outputs)."""
-
-N_SPECIAL = len(SPECIALS)
-
-
-def check_input(tokens: Sequence[int], vocab: int) -> None:
-    """Refuse an input that does not start with BOS, holds another BOS, or has ids outside the vocabulary."""
-    if not tokens or tokens[0] != BOS or BOS in tokens[1:]:
-        raise ValueError(f"inputs must start with BOS ({BOS}) and hold no other BOS, got {list(tokens)}")
-    if any(not 0 <= t < vocab for t in tokens):
-        raise ValueError(f"token ids must lie in [0, {vocab}), got {list(tokens)}")
+__all__ = ["SCALE", "previous_token", "dyck1", "eos_bracket_weight", "induction", "histogram", "two_hop", "repeated_token", "with_decoy", "DECOY", "PROGRAMS"]
 
 
 def _one_hot(i: int, n: int) -> list[float]:
     return [1.0 if j == i else 0.0 for j in range(n)]
-
-
-def base_layout(n_tokens: int, max_seq_len: int, *, position: bool) -> tuple[Layout, Variable, Variable, Variable | None]:
-    """The embedded variables every program starts from: ``token`` (ids 0..n_tokens−1), ``one`` and, if asked,
-    ``position`` (0..max_seq_len−1)."""
-    layout = Layout()
-    token = layout.categorical("token", range(n_tokens))
-    one = layout.numerical(ONE)
-    pos = layout.categorical("position", range(max_seq_len)) if position else None
-    return layout, token, one, pos
 
 
 def _is_symbol(v) -> bool:
@@ -84,11 +67,6 @@ def _is_symbol(v) -> bool:
 def _prev_head(token: Variable, one: Variable, pos: Variable, prev: Variable):
     return select_head("prev_token_head", query=pos, key=pos, predicate=lambda a, b: b == a - 1 and b >= 1,
                        value=token, output=prev, value_map=lambda v: v, one=one, bos=(token, BOS))
-
-
-def readout_entries(var: Variable) -> tuple[tuple[int, int, float], ...]:
-    """Unembedding entries giving output index i logit SCALE when categorical ``var`` holds its i-th value."""
-    return tuple((var.dim(v), i, SCALE) for i, v in enumerate(var.values))
 
 
 def previous_token(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
@@ -246,6 +224,16 @@ def two_hop(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
                    reference=reference)
 
 
+def repeated_token(*, n_symbols: int = 3, max_seq_len: int = 8) -> Program:
+    """Whether the current token repeats the previous one (a duplicate-token detector), written in RASP
+    (:mod:`~assay.circuits.compile.rasp`): a head copies the previous token into ``prev`` (the BOS by default at
+    position 1), an MLP with one ReLU per (token, prev) pair writes ``same``. Free interventions overwrite
+    ``prev``; the program's meaning gives what they must cause."""
+    prev = Aggregate(Select(indices, indices, lambda k, q: k == q - 1 and k >= 1), tokens, name="prev")
+    same = SequenceMap(lambda a, b: a == b, tokens, prev, name="same")
+    return compile_rasp(same, name="repeated_token", n_symbols=n_symbols, max_seq_len=max_seq_len, intervene="prev")
+
+
 DECOY = "decoy"
 """The variable :func:`with_decoy`'s head writes."""
 
@@ -265,6 +253,6 @@ def with_decoy(program: Program) -> Program:
 
 PROGRAMS: dict[str, Callable[..., Program]] = {
     "previous_token": previous_token, "dyck1": dyck1, "induction": induction, "histogram": histogram,
-    "two_hop": two_hop,
+    "two_hop": two_hop, "repeated_token": repeated_token,
 }
 """Program builders by name."""

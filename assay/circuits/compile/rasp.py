@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from assay.circuits.compile.assemble import CompileError, Program, PromptStrata
+from assay.circuits.compile.assemble import CompileError, Intervenable, Program, PromptStrata
 from assay.circuits.compile.blocks import (
     Head,
     MLPBlock,
@@ -42,7 +42,7 @@ from assay.circuits.compile.blocks import (
     neuron_mlp,
     select_head,
 )
-from assay.circuits.compile.programs import SCALE, base_layout, check_input, readout_entries
+from assay.circuits.compile.program_parts import SCALE, base_layout, check_input, readout_entries
 from assay.circuits.compile.space import Variable
 from assay.worlds.vocab import BOS, SPECIALS
 
@@ -170,10 +170,14 @@ def _selected(sel: Select | SelectAll, t: int, values: dict[int, list]) -> list[
     return [s for s in range(1, t + 1) if sel.predicate(keys[s], queries[t])]
 
 
-def evaluate(output: SOp, token_ids: Sequence[int]) -> list:
+def evaluate(output: SOp, token_ids: Sequence[int], overrides: Mapping[str, Mapping[int, Hashable]] | None = None
+             ) -> list:
     """The value of ``output`` at every position of ``token_ids`` (BOS first): its meaning, position by position
     (causal: position t sees positions 0..t). A categorical Aggregate over different values gives a :class:`Mix`;
-    feeding a mix to another operation raises :class:`RASPError`."""
+    feeding a mix to another operation raises :class:`RASPError`. ``overrides`` maps an operation's name to
+    {position: value}: that operation holds those values there, and everything reading it sees them (a free
+    intervention)."""
+    overrides = overrides or {}
     values: dict[int, list] = {}
     n = len(token_ids)
     for sop in _order(output):
@@ -205,6 +209,8 @@ def evaluate(output: SOp, token_ids: Sequence[int]) -> list:
                                Mix(tuple((v, c / len(picked)) for v, c in counts.items())))
         else:
             raise TypeError(f"not a RASP operation: {sop!r}")
+        for p, v in overrides.get(sop.name, {}).items() if sop.name is not None else ():
+            out[p] = v
         values[id(sop)] = out
     return values[id(output)]
 
@@ -214,13 +220,16 @@ def _label(sop: SOp) -> str:
 
 
 def compile_rasp(output: SOp, *, name: str, n_symbols: int = 3, max_seq_len: int = 8,
-                 prompt_strata: PromptStrata | None = None) -> Program:
+                 prompt_strata: PromptStrata | None = None, intervene: str | None = None) -> Program:
     """The craft :class:`~assay.circuits.compile.assemble.Program` of ``output`` over the token ids 0 … 3 +
     ``n_symbols`` (the specials, then the symbols) and inputs of up to ``max_seq_len`` tokens, BOS first: one
     variable per operation, one component per Map, SequenceMap and Aggregate, two per SelectorWidth; the readout
     gives output value v logit SCALE (a numerical output: SCALE × its value). Its ``reference`` is
-    :func:`evaluate`. Refused with :class:`~assay.circuits.compile.assemble.CompileError`: a lookup on a numerical
-    operation, a selector whose predicate would select the BOS position, an operation with no values."""
+    :func:`evaluate`. ``intervene`` names a categorical operation that free interventions may overwrite (the
+    program's :class:`~assay.circuits.compile.assemble.Intervenable`, its outputs from :func:`evaluate` with the
+    override). Refused with :class:`~assay.circuits.compile.assemble.CompileError`: a lookup on a numerical
+    operation, a selector whose predicate would select the BOS position, an operation with no values, an
+    ``intervene`` that is not a computed categorical operation of the program."""
     n_tok = len(SPECIALS) + n_symbols
     order = _order(output)
     uses_indices = any(isinstance(s, Indices) for s in order)
@@ -334,17 +343,30 @@ def compile_rasp(output: SOp, *, name: str, n_symbols: int = 3, max_seq_len: int
     else:
         readout, output_values = ((final.dim(), 0, SCALE),), (final.name,)
 
+    def rows(values: list) -> list[list[float]]:
+        if final.kind == "numerical":
+            return [[float(v)] for v in values]
+        shares = [dict(v.shares) if isinstance(v, Mix) else {v: 1.0} for v in values]
+        return [[share.get(u, 0.0) for u in output_values] for share in shares]
+
     def reference(token_ids: Sequence[int]) -> list[list[float]]:
         check_input(token_ids, n_tok)
-        rows = []
-        for v in evaluate(output, token_ids):
-            if final.kind == "numerical":
-                rows.append([float(v)])
-            else:
-                shares = dict(v.shares) if isinstance(v, Mix) else {v: 1.0}
-                rows.append([shares.get(u, 0.0) for u in output_values])
-        return rows
+        return rows(evaluate(output, token_ids))
+
+    intervenable = None
+    if intervene is not None:
+        computed = {names[id(s)]: s for s in order if not isinstance(s, (Tokens, Indices))}
+        if intervene not in computed or var[id(computed[intervene])].kind != "categorical" or \
+                computed[intervene].name != intervene:
+            raise CompileError(f"program {name!r}: intervene={intervene!r} must name (by its name=) a computed "
+                               f"categorical operation; named ones: {sorted(s.name for s in computed.values() if s.name)}")
+
+        def outputs(token_ids: Sequence[int], pos: int, value: Hashable) -> list[list[float]]:
+            check_input(token_ids, n_tok)
+            return rows(evaluate(output, token_ids, {intervene: {pos: value}}))
+
+        intervenable = Intervenable(intervene, outputs)
 
     return Program(name=name, layout=layout, token=token, one=one, position=position, heads=tuple(heads),
                    mlps=tuple(mlps), readout=readout, output_values=tuple(output_values), max_seq_len=max_seq_len,
-                   reference=reference, prompt_strata=prompt_strata)
+                   reference=reference, prompt_strata=prompt_strata, intervenable=intervenable)
