@@ -50,8 +50,7 @@ def hybrid_gradients(model, tokens, bases, transcoded: set[int], clean_errors, t
 
 def main() -> None:
     from assay.bench.circuit_interventions import pearson, replacement_logits
-    from assay.bench.circuit_real import CircuitSettings, _transcoders, llama_sites
-    from assay.circuits.learned import transcoder_basis
+    from assay.bench.circuit_real import CircuitSettings, cached_transcoders, llama_bases
     from assay.models import load
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -81,9 +80,8 @@ def main() -> None:
     cached = a.src / "transcoders"
     if not cached.is_dir():
         raise SystemExit(f"no transcoders under {cached}: run assay circuit with --out-dir {a.src} first")
-    tcs = _transcoders(model, windows, s, cached)
-    bases = [transcoder_basis(tcs[i], layer=i, input_site=llama_sites(i)[0], output_site=llama_sites(i)[1])
-             for i in layers]
+    tcs = cached_transcoders(model, windows, s, cached)
+    bases = llama_bases(tcs)
     table = json.loads((a.src / "section.json").read_text())["tables"][0]
     col = {name: k for k, name in enumerate(table["columns"])}
     feats = []

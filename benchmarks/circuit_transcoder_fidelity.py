@@ -47,7 +47,7 @@ def _errors(tc, mlp, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> tuple
 
 def main() -> None:
     from assay import corpora, hooks
-    from assay.bench.circuit_real import CircuitSettings, _token_batches, _transcoders, llama_sites
+    from assay.bench.circuit_real import CircuitSettings, _token_batches, cached_transcoders, llama_sites
     from assay.dictionaries.registry import save_sae
     from assay.models import load
 
@@ -80,7 +80,7 @@ def main() -> None:
     if a.n_windows + a.held_out > all_windows.shape[0]:
         raise SystemExit("training and held-out windows overlap")
     src = a.src / "transcoders"
-    tcs = _transcoders(model, windows, s, src)  # loads them, or trains (and caches) the missing ones as assay circuit does
+    tcs = cached_transcoders(model, windows, s, src)  # loads them, or trains (and caches) the missing ones as assay circuit does
     mlps = {i: model.get_submodule(f"model.layers.{i}.mlp") for i in layers}
     sites = [x for i in layers for x in llama_sites(i)]
 
@@ -124,7 +124,7 @@ def main() -> None:
     dst = a.to / "transcoders"
     dst.mkdir(parents=True, exist_ok=True)
     kind = "-skip" if s.skip else ""
-    for i in layers:  # the cache names _transcoders reads
+    for i in layers:  # the cache names cached_transcoders reads
         name = f"layer{i}-d{s.d_sae}-k{s.k}{kind}-steps{s.steps}-rows{s.rows}-seed{s.seed}-windows{a.n_windows}x64"
         if (dst / name).exists():
             shutil.rmtree(dst / name)

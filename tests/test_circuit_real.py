@@ -9,22 +9,30 @@ from dataclasses import replace
 import pytest
 import torch
 
-from assay.bench.circuit_real import CircuitSettings, circuit_experiment, llama_sites, train_transcoders
+from assay.bench.circuit_real import (
+    CircuitSettings,
+    circuit_experiment,
+    llama_bases,
+    llama_sites,
+    train_transcoders,
+)
 from assay.circuits.graph.replacement import LocalReplacement
-from assay.circuits.learned import transcoder_basis
 from tests.test_circuits_llama import KW, D, T, exact_transcoder, tiny_llama
 
 SETTINGS = CircuitSettings(layers=(1,), d_sae=32, k=4, steps=30, rows=64, graph_batch=16, max_n_logits=3, n_ablate=5)
 
 
-def test_trained_transcoders_give_a_graph_whose_logit_rows_sum_to_the_model():
+def trained_on_tiny_llama():
+    """A tiny float64 Llama, a transcoder trained (in float32) on its layer-1 MLP, and a prompt."""
     model = tiny_llama()
     windows = torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3))
     tcs = train_transcoders(model.float(), windows, SETTINGS)
     model.double()
-    inp, out = llama_sites(1)
-    bases = [transcoder_basis(tcs[1], layer=1, input_site=inp, output_site=out)]
-    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    return model, llama_bases(tcs), torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+
+
+def test_trained_transcoders_give_a_graph_whose_logit_rows_sum_to_the_model():
+    model, bases, prompt = trained_on_tiny_llama()
     res = circuit_experiment(model, prompt, bases, SETTINGS)
     g = res.graph
     assert g.basis_names == ("model.layers.1.mlp", "model.layers.0.mlp")  # layer 0: an error node per position
@@ -68,11 +76,11 @@ def test_cached_transcoders_are_loaded_and_only_missing_layers_trained(tmp_path,
     model = tiny_llama().float()
     windows = torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3))
     settings = replace(SETTINGS, steps=6)
-    first = cr._transcoders(model, windows, settings, tmp_path)  # layer 1 alone
+    first = cr.cached_transcoders(model, windows, settings, tmp_path)  # layer 1 alone
     trained = []
     real = cr.train_transcoders
     monkeypatch.setattr(cr, "train_transcoders", lambda m, w, s: trained.append(s.layers) or real(m, w, s))
-    both = cr._transcoders(model, windows, replace(settings, layers=(0, 1)), tmp_path)
+    both = cr.cached_transcoders(model, windows, replace(settings, layers=(0, 1)), tmp_path)
     assert trained == [(0,)]
     assert torch.equal(both[1].state_dict()["W_dec"], first[1].state_dict()["W_dec"])
     assert len(list(tmp_path.iterdir())) == 2
@@ -172,7 +180,7 @@ def test_the_live_replacement_model_reproduces_the_model_and_with_exact_transcod
     tcs = train_transcoders(model.float(), torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3)),
                             replace(SETTINGS, steps=4))
     model.double()
-    learned = [transcoder_basis(tcs[1], layer=1, input_site=llama_sites(1)[0], output_site=llama_sites(1)[1])]
+    learned = llama_bases(tcs)
     with torch.no_grad():
         clean = model(prompt[None]).logits[0, -1]
     _, errors = replacement_logits(model, prompt, learned, None)
@@ -259,13 +267,7 @@ def test_constrained_interventions_move_every_target_by_its_edge_on_the_ablated_
     when every feature is doubled."""
     from assay.circuits.graph import constrained_effects
 
-    model = tiny_llama()
-    windows = torch.randint(0, 50, (16, 12), generator=torch.Generator().manual_seed(3))
-    tcs = train_transcoders(model.float(), windows, SETTINGS)
-    model.double()
-    inp, out = llama_sites(1)
-    bases = [transcoder_basis(tcs[1], layer=1, input_site=inp, output_site=out)]
-    prompt = torch.randint(0, 50, (T,), generator=torch.Generator().manual_seed(1))
+    model, bases, prompt = trained_on_tiny_llama()
     settings = replace(SETTINGS, n_constrained=7, norms=norms, attention=attention, graph_batch=3)
     res = circuit_experiment(model, prompt, bases, settings)
     c, g = res.constrained, res.graph

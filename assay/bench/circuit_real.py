@@ -57,6 +57,7 @@ from assay.circuits.graph.memory import graph_memory, max_tokens
 from assay.config import ConfigError, check_int_fields
 
 __all__ = ["CircuitSettings", "CircuitResult", "PromptMemory", "prompt_memory", "train_transcoders",
+           "cached_transcoders", "llama_bases",
            "llama_sites", "circuit_experiment", "run_real_circuit"]
 
 
@@ -163,6 +164,14 @@ def prompt_memory(model: nn.Module, n_tokens: int, settings: CircuitSettings) ->
     """The estimate of :class:`PromptMemory` for a prompt of ``n_tokens`` against ``settings.memory_gb``."""
     need = functools.partial(_need_bytes, model, s=settings)
     return PromptMemory(need(n_tokens) / 2**30, max_tokens(need, settings.memory_gb * 2**30))
+
+
+def llama_bases(transcoders: dict[int, object]) -> list[FeatureBasis]:
+    """The graph bases of per-layer transcoders {layer: transcoder} on a Llama-style model's MLPs, in layer order."""
+    from assay.circuits.learned import transcoder_basis
+
+    return [transcoder_basis(tc, layer=i, input_site=llama_sites(i)[0], output_site=llama_sites(i)[1])
+            for i, tc in sorted(transcoders.items())]
 
 
 def llama_sites(layer: int) -> tuple[str, str]:
@@ -389,7 +398,7 @@ def _mask(n: int, sl: slice) -> torch.Tensor:
     return m
 
 
-def _transcoders(model: nn.Module, windows: torch.Tensor, settings: CircuitSettings, cache) -> dict[int, object]:
+def cached_transcoders(model: nn.Module, windows: torch.Tensor, settings: CircuitSettings, cache) -> dict[int, object]:
     """Load each layer's transcoder from ``cache`` (a folder) or train the missing ones (jointly) and save them
     there. The name holds everything a layer's transcoder depends on (not the other layers: see
     :func:`train_transcoders`), the training windows' shape included."""
@@ -421,7 +430,6 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     from pathlib import Path
 
     from assay import corpora
-    from assay.circuits.learned import transcoder_basis
     from assay.models import load
     from assay.report import Section, Table, write_section
 
@@ -435,10 +443,9 @@ def run_real_circuit(model_name: str, prompt: str, settings: CircuitSettings, ou
     _check_length(model, len(ids), settings)  # before minutes of training
     windows = corpora.token_windows(tok, corpora.load_corpus("bundled"), window).tokens[:n_windows]
     t_train = time.perf_counter()
-    tcs = _transcoders(model, windows, settings, out / "transcoders")
+    tcs = cached_transcoders(model, windows, settings, out / "transcoders")
     train_s = time.perf_counter() - t_train
-    bases = [transcoder_basis(tcs[i], layer=i, input_site=llama_sites(i)[0], output_site=llama_sites(i)[1])
-             for i in settings.layers]
+    bases = llama_bases(tcs)
     if settings.float64:
         model.double()
         bases = [b.to(torch.float64) for b in bases]
