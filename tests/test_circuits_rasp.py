@@ -125,5 +125,9 @@ def test_bad_rasp_programs_are_clear_errors():
         compile_rasp(SelectorWidth(SelectAll()), name="p")
     with pytest.raises(CompileError, match="needs 2 layers but n_layers=1"):
         compile_program(compile_rasp(rasp_induction(), name="p"), n_layers=1)
+    with pytest.raises(CompileError, match=r"intervene='nope' must name.*named ones: \['first', 'same'\]"):
+        compile_rasp(same_as_first(), name="p", intervene="nope")
+    with pytest.raises(CompileError, match="intervene='frac_a' must name"):  # numerical: no one-hot to write
+        compile_rasp(frac_a(), name="p", intervene="frac_a")
     with pytest.raises(ValueError, match="start with BOS"):
         compile_rasp(same_as_first(), name="p").reference([4, 5])

@@ -228,8 +228,8 @@ def compile_rasp(output: SOp, *, name: str, n_symbols: int = 3, max_seq_len: int
     :func:`evaluate`. ``intervene`` names a categorical operation that free interventions may overwrite (the
     program's :class:`~assay.circuits.compile.assemble.Intervenable`, its outputs from :func:`evaluate` with the
     override). Refused with :class:`~assay.circuits.compile.assemble.CompileError`: a lookup on a numerical
-    operation, a selector whose predicate would select the BOS position, an operation with no values, an
-    ``intervene`` that is not a computed categorical operation of the program."""
+    operation, a selector whose predicate would select the BOS position, two operations with one name, an
+    ``intervene`` that is not a named computed categorical operation of the program."""
     n_tok = len(SPECIALS) + n_symbols
     order = _order(output)
     uses_indices = any(isinstance(s, Indices) for s in order)
@@ -260,12 +260,6 @@ def compile_rasp(output: SOp, *, name: str, n_symbols: int = 3, max_seq_len: int
                                f"numerical Aggregate's source or the output may be numerical")
         return v
 
-    def distinct(values) -> tuple:
-        out = tuple(dict.fromkeys(values))
-        if not out:
-            raise CompileError(f"program {name!r}: an operation takes no value on any input")
-        return out
-
     def selection(sel: Select, label: str) -> tuple[Variable, Variable, Callable]:
         keys, queries = categorical(sel.keys, label), categorical(sel.queries, label)
         at_bos = evaluate(sel.keys, [BOS])[0]
@@ -290,7 +284,7 @@ def compile_rasp(output: SOp, *, name: str, n_symbols: int = 3, max_seq_len: int
             if sop.numerical:
                 out = layout.numerical(label)
             else:
-                values = distinct(sop.f(v) for v in value_sets[id(sop.sop)])
+                values = tuple(dict.fromkeys(sop.f(v) for v in value_sets[id(sop.sop)]))
                 value_sets[id(sop)] = values
                 out = layout.categorical(label, values)
             mlps.append(lookup_mlp(f"{label}_mlp", input=src, output=out, table=sop.f))
@@ -299,7 +293,7 @@ def compile_rasp(output: SOp, *, name: str, n_symbols: int = 3, max_seq_len: int
             if a is b:
                 raise CompileError(f"program {name!r}: {label} reads {a.name!r} twice; use a Map")
             pairs = list(itertools.product(value_sets[id(sop.first)], value_sets[id(sop.second)]))
-            values = distinct(sop.f(x, y) for x, y in pairs)
+            values = tuple(dict.fromkeys(sop.f(x, y) for x, y in pairs))
             value_sets[id(sop)] = values
             out = layout.categorical(label, values)
             neurons = [Neuron(w_in=((a.dim(x), 1.0), (b.dim(y), 1.0)), bias=-1.0,

@@ -58,8 +58,6 @@ def constrained_effects(model: nn.Module, graph: Graph, bases: Sequence[FeatureB
     replay = float((final[0] @ rep.unembed.T - clean).abs().max())
     u = rep.unembed - rep.unembed.mean(0)
     f, _, t, lg = graph.slices()
-    j_idx, p_idx, i_idx = (torch.tensor(c, dtype=torch.long) for c in zip(*feats, strict=True)) if feats else (
-        torch.zeros(0, dtype=torch.long),) * 3
 
     def targets(pres, final):
         """[B, n_features + n_logits]: every feature's pre-activation, then the demeaned logits."""
@@ -78,7 +76,8 @@ def constrained_effects(model: nn.Module, graph: Graph, bases: Sequence[FeatureB
             emb = rep.emb[None].repeat(b, 1, 1)
             for r, (kind, k) in enumerate(chunk):
                 if kind == "feature":
-                    acts[int(j_idx[k])][r, p_idx[k], i_idx[k]] *= 2
+                    j, p, i = feats[k]
+                    acts[j][r, p, i] *= 2
                 else:
                     emb[r, k] *= 2
             columns.append(targets(*rep.run(emb, acts, [e.expand(b, -1, -1) for e in errors])) - base)
