@@ -91,6 +91,25 @@ def test_new_rasp_programs_equal_their_meaning_on_every_input(build):
                                                            else {"is_a", "frac_a"})
 
 
+def majority_a():
+    return Map(lambda x: x > 0.5, frac_a(), name="majority")
+
+
+def test_a_map_reads_a_number_back_into_categories_exactly_at_every_mean_it_can_take():
+    """frac_a (the share of a-tokens so far, BOS counted) is a numerical Aggregate; Map(x > 0.5) on it compiles to a
+    discretising MLP exact at every mean of up to max_seq_len values of {0, 1}, so the 2-layer model equals the
+    meaning on every input (ties at exactly 1/2 included: False)."""
+    program = compile_rasp(majority_a(), name="majority_a", n_symbols=3, max_seq_len=7)
+    compiled = compile_program(program)
+    assert compiled.model.config.n_layers == 2  # is_a (MLP 0) → frac_a (head 1) → majority (MLP 1)
+    x = all_inputs(program)
+    ref = torch.tensor([program.reference(row.tolist()) for row in x])
+    assert ref[:, :, 0].sum() > 0 and ref[:, :, 1].sum() > 0  # both answers occur
+    torch.testing.assert_close(logits_of(compiled, x), SCALE * ref, rtol=0, atol=1e-4)
+    ties = [row for row in x.tolist() if any(v == 0.5 for v in evaluate(frac_a(), row))]
+    assert ties  # the boundary itself is exercised
+
+
 def test_exact_graphs_of_a_rasp_program_recover_its_compiled_circuit():
     """A3 and A5 (constrained) on a program written in RASP: precision = recall = 1 of the variable-level edges,
     replacement = completeness = 1, constrained interventions equal to the edges (fp64)."""
@@ -116,8 +135,10 @@ def test_exact_graphs_of_a_rasp_program_recover_its_compiled_circuit():
 def test_bad_rasp_programs_are_clear_errors():
     with pytest.raises(CompileError, match="selects the BOS position"):
         compile_rasp(Aggregate(Select(indices, indices, lambda k, q: k == q - 1), tokens), name="p")
-    with pytest.raises(CompileError, match="numerical operation"):
-        compile_rasp(Map(lambda x: x > 0, frac_a()), name="p")
+    with pytest.raises(CompileError, match="maps the numerical 'frac_a' to a number"):
+        compile_rasp(Map(lambda x: 2 * x, frac_a(), numerical=True), name="p")
+    with pytest.raises(CompileError, match="reads 'frac_a', a numerical operation"):
+        compile_rasp(SequenceMap(lambda a, b: a, tokens, frac_a()), name="p")
     with pytest.raises(CompileError, match="share a name"):
         compile_rasp(SequenceMap(lambda a, b: a, Map(lambda t: t, tokens, name="x"), Map(lambda t: -t, tokens, name="x")),
                      name="p")

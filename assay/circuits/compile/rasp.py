@@ -6,7 +6,8 @@ on sequences; tracr (Lindner et al. 2023, "Tracr: Compiled Transformers as a Lab
 
 - ``tokens``, ``indices``: the embedded inputs (categorical);
 - ``Map(f, sop)``: ``f`` at every position — a lookup-table MLP (``numerical=True``: ``f`` returns numbers and
-  the result is one numerical direction);
+  the result is one numerical direction); on a numerical ``sop``, a discretising MLP exact at every value the
+  operation can take (a numerical Aggregate: every mean of up to max_seq_len of its source's values);
 - ``SequenceMap(f, a, b)``: ``f(a, b)`` at every position — an MLP with one ReLU per value pair,
   ``ReLU(x_a + y_b − 1)`` (exact on one-hot inputs);
 - ``Select(keys, queries, predicate)``: position t selects the earlier positions s ≥ 1 with
@@ -79,8 +80,8 @@ class Map(SOp):
     f: Callable[[Hashable], Any]
     sop: SOp
     numerical: bool = field(default=False, kw_only=True)
-    """``f`` returns numbers, held as one numerical direction (only an output or a numerical Aggregate's source
-    may be one: nothing compiles a lookup on a number)."""
+    """``f`` returns numbers, held as one numerical direction (a Map may read it back into categories; a numerical
+    Map of a number does not compile)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,6 +216,16 @@ def evaluate(output: SOp, token_ids: Sequence[int], overrides: Mapping[str, Mapp
     return values[id(output)]
 
 
+def _means(values: Sequence[float], max_seq_len: int) -> tuple[float, ...]:
+    """Every mean of 1 … max_seq_len values drawn (with repeats) from ``values``: what a numerical Aggregate can
+    hold, the points a discretising MLP reading it must be exact at (rounded to 12 digits to merge float ties)."""
+    sums, means = {0.0}, set()
+    for n in range(1, max_seq_len + 1):
+        sums = {round(a + float(v), 12) for a in sums for v in values}
+        means |= {round(a / n, 12) for a in sums}
+    return tuple(sorted(means))
+
+
 def _label(sop: SOp) -> str:
     return f"{type(sop).__name__}{'' if sop.name is None else f' {sop.name!r}'}"
 
@@ -227,8 +238,8 @@ def compile_rasp(output: SOp, *, name: str, n_symbols: int = 3, max_seq_len: int
     gives output value v logit SCALE (a numerical output: SCALE × its value). Its ``reference`` is
     :func:`evaluate`. ``intervene`` names a categorical operation that free interventions may overwrite (the
     program's :class:`~assay.circuits.compile.assemble.Intervenable`, its outputs from :func:`evaluate` with the
-    override). Refused with :class:`~assay.circuits.compile.assemble.CompileError`: a lookup on a numerical
-    operation, a selector whose predicate would select the BOS position, two operations with one name, an
+    override). Refused with :class:`~assay.circuits.compile.assemble.CompileError`: a numerical Map of a numerical
+    operation, a Map of a one-valued number, a selector whose predicate would select the BOS position, two operations with one name, an
     ``intervene`` that is not a named computed categorical operation of the program."""
     n_tok = len(SPECIALS) + n_symbols
     order = _order(output)
@@ -256,8 +267,8 @@ def compile_rasp(output: SOp, *, name: str, n_symbols: int = 3, max_seq_len: int
     def categorical(sop: SOp, what: str) -> Variable:
         v = var[id(sop)]
         if v.kind != "categorical":
-            raise CompileError(f"program {name!r}: {what} reads {names[id(sop)]!r}, a numerical operation; only a "
-                               f"numerical Aggregate's source or the output may be numerical")
+            raise CompileError(f"program {name!r}: {what} reads {names[id(sop)]!r}, a numerical operation; a head or "
+                               f"a SequenceMap reads categories: Map it to categories first")
         return v
 
     def selection(sel: Select, label: str) -> tuple[Variable, Variable, Callable]:
@@ -280,14 +291,20 @@ def compile_rasp(output: SOp, *, name: str, n_symbols: int = 3, max_seq_len: int
             var[id(sop)] = position  # type: ignore[assignment]
             continue
         if isinstance(sop, Map):
-            src = categorical(sop.sop, label)
-            if sop.numerical:
-                out = layout.numerical(label)
+            values = tuple(dict.fromkeys(sop.f(v) for v in value_sets[id(sop.sop)]))
+            value_sets[id(sop)] = values
+            out = layout.numerical(label) if sop.numerical else layout.categorical(label, values)
+            if var[id(sop.sop)].kind == "categorical":
+                mlps.append(lookup_mlp(f"{label}_mlp", input=var[id(sop.sop)], output=out, table=sop.f))
+            elif sop.numerical:
+                raise CompileError(f"program {name!r}: {label} maps the numerical {names[id(sop.sop)]!r} to a number; "
+                                   f"only numerical → categorical Maps compile (a discretising MLP)")
+            elif len(value_sets[id(sop.sop)]) < 2:
+                raise CompileError(f"program {name!r}: {label} reads {names[id(sop.sop)]!r}, which takes one value "
+                                   f"only ({value_sets[id(sop.sop)]}); a constant needs no MLP")
             else:
-                values = tuple(dict.fromkeys(sop.f(v) for v in value_sets[id(sop.sop)]))
-                value_sets[id(sop)] = values
-                out = layout.categorical(label, values)
-            mlps.append(lookup_mlp(f"{label}_mlp", input=src, output=out, table=sop.f))
+                mlps.append(discretising_mlp(f"{label}_mlp", input=var[id(sop.sop)], points=value_sets[id(sop.sop)],
+                                             output=out, f=sop.f))
         elif isinstance(sop, SequenceMap):
             a, b = categorical(sop.first, label), categorical(sop.second, label)
             if a is b:
@@ -304,6 +321,7 @@ def compile_rasp(output: SOp, *, name: str, n_symbols: int = 3, max_seq_len: int
             if sop.numerical:
                 out = layout.numerical(label)
                 value_map = float
+                value_sets[id(sop)] = _means(value_sets[id(sop.sop)], max_seq_len)
             else:
                 value_sets[id(sop)] = value_sets[id(sop.sop)]
                 out = layout.categorical(label, value_sets[id(sop)])
