@@ -137,6 +137,9 @@ def test_bad_rasp_programs_are_clear_errors():
         compile_rasp(Aggregate(Select(indices, indices, lambda k, q: k == q - 1), tokens), name="p")
     with pytest.raises(CompileError, match="maps the numerical 'frac_a' to a number"):
         compile_rasp(Map(lambda x: 2 * x, frac_a(), numerical=True), name="p")
+    ones = Aggregate(SelectAll(), Map(lambda t: 1, tokens), numerical=True, name="ones")
+    with pytest.raises(CompileError, match=r"reads 'ones', which takes one value only \(\(1.0,\)\)"):
+        compile_rasp(Map(lambda x: x > 0, ones), name="p")
     with pytest.raises(CompileError, match="reads 'frac_a', a numerical operation"):
         compile_rasp(SequenceMap(lambda a, b: a, tokens, frac_a()), name="p")
     with pytest.raises(CompileError, match="share a name"):

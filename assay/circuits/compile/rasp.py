@@ -10,7 +10,7 @@ on sequences; tracr (Lindner et al. 2023, "Tracr: Compiled Transformers as a Lab
   operation can take (a numerical Aggregate: every mean of up to max_seq_len of its source's values);
 - ``SequenceMap(f, a, b)``: ``f(a, b)`` at every position — an MLP with one ReLU per value pair,
   ``ReLU(x_a + y_b − 1)`` (exact on one-hot inputs);
-- ``Select(keys, queries, predicate)``: position t selects the earlier positions s ≥ 1 with
+- ``Select(keys, queries, predicate)``: position t selects the positions 1 ≤ s ≤ t with
   ``predicate(keys[s], queries[t])``; the BOS position is the default, read when nothing is selected;
 - ``SelectAll()``: every position so far, BOS included (a uniform head);
 - ``Aggregate(selector, sop)``: the mean of ``sop`` over the selected positions — a selection head (categorical:
