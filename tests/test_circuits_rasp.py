@@ -155,3 +155,19 @@ def test_bad_rasp_programs_are_clear_errors():
         compile_rasp(frac_a(), name="p", intervene="frac_a")
     with pytest.raises(ValueError, match="start with BOS"):
         compile_rasp(same_as_first(), name="p").reference([4, 5])
+
+
+def test_the_docs_example_runs_as_written():
+    """docs/circuits.md's RASP example: the model equals the meaning, and the exact graph recovers the circuit."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "circuits.md").read_text(encoding="utf-8")
+    section = text.split("## A small RASP front end", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    ns: dict = {}
+    exec(compile(block, "docs/circuits.md", "exec"), ns)
+    assert ns["meaning"] == [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
+    torch.testing.assert_close(ns["logits"].detach(), SCALE * torch.tensor(ns["meaning"]), rtol=0, atol=1e-4)
+    rec = ns["recovery"]
+    assert rec.precision == rec.recall == 1.0 and ("back2", "same") in rec.found
