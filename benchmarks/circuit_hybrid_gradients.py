@@ -23,33 +23,8 @@ from pathlib import Path
 import torch
 
 
-def hybrid_gradients(model, tokens, bases, transcoded: set[int], clean_errors, token_id: int) -> list[torch.Tensor]:
-    """The gradient of the demeaned ``token_id`` logit at every basis's output site [T, d], with basis j's MLP
-    replaced by its transcoder (live, plus its clean error) for j in ``transcoded`` and the real MLP elsewhere."""
-    from assay import hooks
-
-    inputs: dict[str, torch.Tensor] = {}
-    zeros = [torch.zeros(tokens.shape[0], model.config.hidden_size, requires_grad=True) for _ in bases]
-
-    def keep(site):
-        return lambda h: inputs.__setitem__(site, h) or h
-
-    def output(j, b):
-        def fn(h):
-            if j in transcoded:
-                x = inputs[b.input_site]
-                h = b.decode(b.activation(b.pre(x))) + b.skip(x) + clean_errors[j]
-            return h + zeros[j]
-        return fn
-
-    edits = {b.input_site: keep(b.input_site) for b in bases} | {b.output_site: output(j, b) for j, b in enumerate(bases)}
-    with torch.enable_grad(), hooks.patch(model, edits):
-        logits = model(tokens[None]).logits[0, -1]
-        return list(torch.autograd.grad(logits[token_id] - logits.mean(), zeros))
-
-
 def main() -> None:
-    from assay.bench.circuit_interventions import pearson, replacement_logits
+    from assay.bench.circuit_interventions import first_order, pearson, replacement_logits, spliced
     from assay.bench.circuit_real import CircuitSettings, cached_transcoders, llama_bases
     from assay.models import load
 
@@ -108,10 +83,16 @@ def main() -> None:
         act = b.activation(b.pre(cap[b.input_site][0]))[pos, idx]
         writes.append(-act * b.W_dec[idx])
 
+    sites = [b.output_site for b in bases]
+
     def predictions(transcoded: set[int]) -> torch.Tensor:
-        grads = hybrid_gradients(model, tokens, bases, transcoded, [e[0] for e in clean_errors], token_id)
-        return torch.tensor([float(w @ grads[layer][pos]) for w, (layer, pos, _) in zip(writes, feats, strict=True)],
-                            dtype=torch.float64)
+        """The hybrid's first-order prediction of each ablation: basis j's MLP replaced by its transcoder (live,
+        plus its clean error) for j in ``transcoded``, the real MLP elsewhere."""
+        chosen = sorted(transcoded)
+        with spliced(model, [bases[j] for j in chosen], [clean_errors[j] for j in chosen]):
+            grads = first_order(model, tokens, sites, token_id)
+        return torch.tensor([float(w @ grads[sites[layer]][pos]) for w, (layer, pos, _) in
+                             zip(writes, feats, strict=True)], dtype=torch.float64)
 
     early = torch.tensor([layer <= 2 for layer, _, _ in feats])
     every, none = predictions(set(range(n_layers))), predictions(set())

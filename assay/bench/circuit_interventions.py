@@ -3,14 +3,15 @@
 Ameisen et al. 2025, "Circuit Tracing: Revealing Computational Graphs in Language Models" (validating graphs by
 feature ablations): the graph's linear prediction of removing a feature (:func:`predicted_ablations`), the change
 measured in the real model with nothing, attention, or attention and norms held at the clean run
-(:func:`measured_ablation`), in the live replacement model (:func:`replacement_logits`), and the real model's own
-first-order prediction under each freezing (:func:`first_order`; attribution patching, Nanda 2023; Kramár et al.
+(:func:`measured_ablation`), in the live replacement model (:func:`spliced`, :func:`replacement_logits`), and the
+real model's own first-order prediction under each freezing (:func:`first_order`; attribution patching, Nanda 2023; Kramár et al.
 2024, "AtP*"). Used by :func:`assay.bench.circuit_real.circuit_experiment`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from assay.circuits.graph import FeatureBasis, Graph
 
 __all__ = ["Frozen", "FREEZINGS", "graph_freezing", "predicted_ablations", "measured_ablation", "first_order",
-           "replacement_logits", "pearson", "sign_agreement"]
+           "spliced", "replacement_logits", "pearson", "sign_agreement"]
 
 
 def predicted_ablations(graph: Graph, features: Sequence[int], token: int) -> torch.Tensor:
@@ -111,12 +112,14 @@ def first_order(model: nn.Module, tokens: torch.Tensor, sites: Sequence[str], to
     return dict(zip(zeros, grads, strict=True))
 
 
-def replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis],
-                       errors: Sequence[torch.Tensor] | None, off: tuple[int, int, int, float] | None = None
-                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Last-position logits with every basis' output site set to ``decode(σ(pre(input)))`` plus ``errors[j]``,
-    feature ``off`` = (basis, position, feature, fraction) scaled by 1 − fraction in its code; ``errors`` None leaves the outputs as they are
-    (the clean run). Returns the logits and each basis' error in this run (its output − its rebuild)."""
+@contextmanager
+def spliced(model: nn.Module, bases: Sequence[FeatureBasis], errors: Sequence[torch.Tensor] | None,
+            off: tuple[int, int, int, float] | None = None) -> Iterator[list[torch.Tensor]]:
+    """Inside the block every basis' output site returns ``decode(σ(pre(input)))`` plus its skip term plus
+    ``errors[j]`` (the live replacement model; ``errors`` None leaves the outputs as they are), feature ``off`` =
+    (basis, position, feature, fraction) scaled by 1 − fraction in its code. Yields a list each forward pass
+    fills with every basis' error in that run (its output − its rebuild). Patches entered inside the block act on
+    the spliced outputs."""
     from assay import hooks
 
     dtype = next(model.parameters()).dtype
@@ -139,7 +142,16 @@ def replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[F
         return fn
 
     edits = {b.input_site: keep(b.input_site) for b in bases} | {b.output_site: rebuild(j, b) for j, b in enumerate(bases)}
-    with torch.no_grad(), hooks.patch(model, edits):
+    with hooks.patch(model, edits):
+        yield errs
+
+
+def replacement_logits(model: nn.Module, tokens: torch.Tensor, bases: Sequence[FeatureBasis],
+                       errors: Sequence[torch.Tensor] | None, off: tuple[int, int, int, float] | None = None
+                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Last-position logits of the model :func:`spliced` with ``bases``, ``errors`` and ``off`` (``errors`` None:
+    the clean run). Returns the logits and each basis' error in this run (its output − its rebuild)."""
+    with torch.no_grad(), spliced(model, bases, errors, off) as errs:
         logits = model(tokens[None]).logits[0, -1]
     return logits, errs
 

@@ -116,7 +116,7 @@ class CircuitSettings:
     training, which stays float32): the constrained interventions then hold to rounding far below float32's."""
     progress: bool = False
     """Show progress bars while the transcoders train (mean loss, FVU, L0, dead share over the layers) and while the
-    features are ablated (five forward passes each)."""
+    features are ablated (up to five forward passes each)."""
 
     def __post_init__(self) -> None:
         check_int_fields(self)
@@ -329,7 +329,6 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
             eager_patterns(model, hf_attention_sites(model)) as patterns, recorded_rms(model) as denominators:
         logits = model(prompt[None]).logits[0, -1]
     clean = float(logits[token_id] - logits.mean())
-    by_name = {b.name: b for b in bases}
     f = settings.ablate_fraction
     _, clean_errors = replacement_logits(model, prompt, bases, None)
     sites = [b.output_site for b in bases]
@@ -341,20 +340,22 @@ def circuit_experiment(model: nn.Module, prompt: torch.Tensor, bases: Sequence[F
     measured, frozen, live, attn, local, ablated = [], [], [], [], [], []
     from rich.progress import track
 
+    held = {s: cap[s] for s in error_sites}
+
     for k in track(top, description="ablations", disable=not settings.progress):
         j, p, i = graph.features[k].tolist()
-        basis = by_name[graph.basis_names[j]]
+        basis = bases[j]  # a feature's basis index: the graph's bases are the given ones, then the error nodes
         write = -float(graph.activations[k]) * basis.W_dec[i].to(gradients["live"][basis.output_site].dtype)
         for name, g in gradients.items():
             first[name].append(float(write @ g[basis.output_site][p]))
         act = f * float(graph.activations[k])
         measured.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {}) / f)
-        frozen.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {s: cap[s] for s in error_sites}) / f)
+        frozen.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, held) / f if held
+                      else measured[-1])  # no MLP without a transcoder: the same run as the plain measurement
         attn.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {},
                                       held_by["attention frozen"]) / f)
         local.append(measured_ablation(model, prompt, basis, p, i, act, token_id, clean, {}, still) / f)
-        rep, _ = replacement_logits(model, prompt, bases, clean_errors,
-                                     ([b.name for b in bases].index(basis.name), p, i, f))
+        rep, _ = replacement_logits(model, prompt, bases, clean_errors, (j, p, i, f))
         live.append((float(rep[token_id] - rep.mean()) - clean) / f)
         ablated.append((basis.name, p, i))
     pred = predicted_ablations(graph, top, 0)
